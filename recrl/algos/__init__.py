@@ -1,0 +1,1 @@
+"""Algorithms: one self-contained file each (``conf/algo/<name>.yaml`` -> ``recrl/algos/<name>.py``)."""

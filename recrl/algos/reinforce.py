@@ -1,0 +1,104 @@
+"""REINFORCE with a learned baseline (``algo=reinforce``).
+
+The policy is a softmax over the catalogue, ``pi(a|s) = softmax(state @ E.T + b)``; slates of
+size ``K`` are sampled without replacement (Gumbel top-``K``) and their log-probability is
+approximated by the sum of the items' log-probabilities. Whole episodes are collected with the
+current policy, then::
+
+    G_t = sum_{t' >= t} gamma^(t'-t) r_t'
+    L = -mean[(G_t - V(s_t)) * log pi(a_t|s_t)] + value_coef * mean[(V(s_t) - G_t)^2]
+        - entropy_coef * mean[H(pi(.|s_t))]
+
+Reference: Williams. Simple statistical gradient-following algorithms for connectionist
+reinforcement learning. Machine Learning 8, 1992.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from recrl.algos.nets import HistoryEncoder, ItemScorer, top_k
+from recrl.buffer import Rollout, discounted_returns
+from recrl.types import AlgoContext, Obs
+
+
+class Reinforce:
+    """Monte-Carlo policy gradient with a state-value baseline and an entropy bonus.
+
+    Example::
+
+        algo = Reinforce(ctx, lr=3e-3)
+        slates = algo.act(obs, explore=True)     # sampled from the policy
+        stats = algo.update(rollout)             # one step on whole episodes
+    """
+
+    mode = "on_policy"
+
+    def __init__(self, ctx: AlgoContext, dim: int = 32, hidden: int = 128, lr: float = 3e-3,
+                 gamma: float = 0.95, value_coef: float = 0.5, entropy_coef: float = 0.01,
+                 epochs: int = 1, grad_clip: float = 10.0) -> None:
+        self.ctx, self.gamma = ctx, gamma
+        self.value_coef, self.entropy_coef, self.epochs = value_coef, entropy_coef, epochs
+        self.grad_clip = grad_clip
+        torch.manual_seed(ctx.seed)
+        encoder = HistoryEncoder(ctx.n_items, ctx.history_len, ctx.slate_size, ctx.horizon, dim, hidden)
+        self.policy = ItemScorer(encoder, ctx.n_items, dim).to(ctx.device)
+        self.value = nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(), nn.Linear(hidden, 1)).to(ctx.device)
+        params = list(self.policy.parameters()) + list(self.value.parameters())
+        self.optimizer = torch.optim.Adam(params, lr=lr)
+        self.generator = torch.Generator(ctx.device).manual_seed(ctx.seed)
+        self.updates = 0
+
+    @torch.no_grad()
+    def act(self, obs: Obs, explore: bool) -> torch.Tensor:
+        """Sample a slate from the policy (``explore``) or take its top-``K`` items."""
+        logits = self.policy(obs)
+        if not explore:
+            return top_k(logits, self.ctx.slate_size)
+        u = torch.rand(logits.shape, device=logits.device, generator=self.generator)
+        gumbel = -torch.log(-torch.log(u.clamp(1e-12, 1.0 - 1e-7)))
+        return top_k(logits + gumbel, self.ctx.slate_size)
+
+    def update(self, batch: Rollout) -> dict[str, float]:
+        """Policy-gradient steps on a batch of complete episodes."""
+        returns = discounted_returns(batch.reward, batch.done, self.gamma).reshape(-1)
+        valid = batch.valid.reshape(-1)
+        actions = batch.action.reshape(-1, batch.action.shape[-1])
+        obs = batch.flat_obs()
+        n = valid.sum().clamp(min=1.0)
+        for _ in range(self.epochs):
+            state = self.policy.encoder(obs)
+            log_pi = torch.log_softmax(self.policy.score(state), 1)
+            logp = log_pi.gather(1, actions).sum(1)
+            value = self.value(state).squeeze(1)
+            advantage = (returns - value).detach()
+            entropy = -(log_pi.exp() * log_pi).sum(1)
+            policy_loss = -(advantage * logp * valid).sum() / n
+            value_loss = (((value - returns) ** 2) * valid).sum() / n
+            entropy_mean = (entropy * valid).sum() / n
+            loss = policy_loss + self.value_coef * value_loss - self.entropy_coef * entropy_mean
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(list(self.policy.parameters()) + list(self.value.parameters()),
+                                     self.grad_clip)
+            self.optimizer.step()
+        self.updates += 1
+        return {"train/loss": loss.detach(), "train/policy_loss": policy_loss.detach(),
+                "train/value_loss": value_loss.detach(), "train/entropy": entropy_mean.detach()}
+
+    def state_dict(self) -> dict[str, Any]:
+        """Weights, optimizer and counters."""
+        return {"policy": self.policy.state_dict(), "value": self.value.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "updates": self.updates,
+                "generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore from :meth:`state_dict`."""
+        self.policy.load_state_dict(state["policy"])
+        self.value.load_state_dict(state["value"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.updates = int(state["updates"])
+        self.generator.set_state(state["generator"])

@@ -1,0 +1,1 @@
+"""Behavior (user) models learned from logged interactions."""

@@ -1,0 +1,153 @@
+"""GRU user model (``behavior=gru``): a recurrent state over the session, with response heads.
+
+At each step the user, in hidden state ``h``, is shown a slate. Item utilities for the
+multinomial-logit click choice are ``(W_click h) . e_item + b_item`` (one matrix product scores
+the whole catalogue). Conversion and rating heads have the same bilinear form. The shown slate
+and the response then update ``h`` through a GRU cell, and a leave head reads the new ``h``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from recrl.behavior.fit import FitReport, SessionTensors, fit_sequence_model
+from recrl.data.synthetic import mnl_probs, sample_choice
+from recrl.types import Interactions, Obs, Response
+
+
+class _Bilinear(nn.Module):
+    """Scores ``(W h) . e_i + b_i`` for given items or, with ``items=None``, for all items."""
+
+    def __init__(self, hidden: int, item_emb: nn.Embedding) -> None:
+        super().__init__()
+        self.proj = nn.Linear(hidden, item_emb.embedding_dim, bias=True)
+        self.item_emb = item_emb
+        self.bias = nn.Parameter(torch.zeros(item_emb.num_embeddings))
+
+    def forward(self, h: Tensor, items: Tensor | None = None) -> Tensor:
+        query = self.proj(h)
+        if items is None:
+            return query @ self.item_emb.weight.T + self.bias
+        return torch.einsum("...d,...kd->...k", query, self.item_emb(items)) + self.bias[items]
+
+
+class GRUBehavior(nn.Module):
+    """GRU4Rec-style user model with click, conversion, rating and leave heads.
+
+    Example::
+
+        model = GRUBehavior(n_items=100, dim=16, hidden=32)
+        report = model.fit(interactions)               # supervised, early stopping
+        h = model.initial_state(8, generator)
+        response, h = model.respond(h, slates, generator)
+    """
+
+    def __init__(self, n_items: int, dim: int = 32, hidden: int = 64, lr: float = 3e-3,
+                 weight_decay: float = 1e-5, epochs: int = 40, batch_size: int = 256,
+                 patience: int = 4, seed: int = 0, device: str = "cpu") -> None:
+        super().__init__()
+        self.n_items, self.hidden = n_items, hidden
+        self.lr, self.weight_decay, self.epochs = lr, weight_decay, epochs
+        self.batch_size, self.patience, self.seed = batch_size, patience, seed
+        torch.manual_seed(seed)
+        self.item_in = nn.Embedding(n_items + 1, dim, padding_idx=n_items)
+        self.event = nn.Linear(2 * dim + 2, hidden)
+        self.cell = nn.GRUCell(hidden, hidden)
+        self.h0 = nn.Parameter(torch.zeros(hidden))
+        self.item_out = nn.Embedding(n_items, dim)
+        self.click_head = _Bilinear(hidden, self.item_out)
+        self.conversion_head = _Bilinear(hidden, nn.Embedding(n_items, dim))
+        self.rating_head = _Bilinear(hidden, nn.Embedding(n_items, dim))
+        self.leave_head = nn.Sequential(nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, 1))
+        self.to(device)
+
+    @property
+    def device(self) -> torch.device:
+        """Where the weights live."""
+        return self.h0.device
+
+    # ------------------------------------------------------------------ recurrent core
+    def _event(self, slates: Tensor, click: Tensor, conversion: Tensor) -> Tensor:
+        """Input vector ``[B, hidden]`` summarising one shown slate and its response."""
+        emb = self.item_in(slates)
+        shown = emb.mean(-2)
+        clicked = (click.unsqueeze(-1) * emb).sum(-2)
+        flags = torch.stack([click.sum(-1), conversion.sum(-1)], -1)
+        return torch.relu(self.event(torch.cat([shown, clicked, flags], -1)))
+
+    def next_state(self, state: Tensor, slates: Tensor, click: Tensor, conversion: Tensor) -> Tensor:
+        """Hidden state after the user saw ``slates`` and responded."""
+        return self.cell(self._event(slates, click, conversion), state)
+
+    def initial_state(self, n_users: int, generator: torch.Generator | None = None) -> Tensor:
+        """The learned start-of-session state, repeated ``n_users`` times."""
+        return self.h0.detach().expand(n_users, -1).clone()
+
+    def leave_logit(self, state: Tensor) -> Tensor:
+        """Logit ``[B]`` of leaving in ``state``."""
+        return self.leave_head(state).squeeze(-1)
+
+    # ------------------------------------------------------------------ UserModel protocol
+    @torch.no_grad()
+    def respond(self, state: Tensor, slates: Tensor,
+                generator: torch.Generator) -> tuple[Response, Tensor]:
+        """Sample the response to ``slates`` ``[B, K]`` and return it with the next state."""
+        click_prob = mnl_probs(self.click_head(state, slates))
+        click = sample_choice(click_prob, generator)
+        conv_prob = torch.sigmoid(self.conversion_head(state, slates))
+        u = torch.rand(conv_prob.shape, device=conv_prob.device, generator=generator)
+        conversion = click * (u < conv_prob).to(click.dtype)
+        rating = 1.0 + 4.0 * torch.sigmoid(self.rating_head(state, slates))
+        nxt = self.next_state(state, slates, click, conversion)
+        response = Response(click_prob=click_prob, click=click, conversion_prob=conv_prob,
+                            conversion=conversion, rating=rating,
+                            leave_prob=torch.sigmoid(self.leave_logit(nxt)))
+        return response, nxt
+
+    @torch.no_grad()
+    def score_all(self, state: Tensor) -> Response:
+        """Each item's predicted response if shown alone, ``[B, n_items]`` (no sampling).
+
+        ``click``/``conversion`` hold probabilities here; ``leave_prob`` is the current one.
+        """
+        click_prob = torch.sigmoid(self.click_head(state))
+        conv_prob = torch.sigmoid(self.conversion_head(state))
+        rating = 1.0 + 4.0 * torch.sigmoid(self.rating_head(state))
+        return Response(click_prob=click_prob, click=click_prob, conversion_prob=conv_prob,
+                        conversion=click_prob * conv_prob, rating=rating,
+                        leave_prob=torch.sigmoid(self.leave_logit(state)))
+
+    @torch.no_grad()
+    def encode(self, obs: Obs) -> Tensor:
+        """Hidden state from an observed history (padding slates leave the state unchanged)."""
+        h = self.initial_state(obs.batch_size).to(obs.items.device)
+        conversion = torch.zeros_like(obs.clicks[:, 0])
+        for t in range(obs.items.shape[1]):
+            items = obs.items[:, t]
+            valid = (items[:, 0] < self.n_items)[:, None]
+            safe = items.clamp(max=self.n_items)
+            h = torch.where(valid, self.next_state(h, safe, obs.clicks[:, t], conversion), h)
+        return h
+
+    # ------------------------------------------------------------------ training
+    def sequence_logits(self, batch: SessionTensors) -> dict[str, Tensor]:
+        """Per-step logits of every head over padded sessions ``[S, T]`` (slate size 1)."""
+        h = self.initial_state(batch.item.shape[0]).to(batch.item.device)
+        click, conv, rating, leave = [], [], [], []
+        for t in range(batch.item.shape[1]):
+            items = batch.item[:, t:t + 1].clamp(max=self.n_items - 1)
+            click.append(self.click_head(h, items)[:, 0])
+            conv.append(self.conversion_head(h, items)[:, 0])
+            rating.append(self.rating_head(h, items)[:, 0])
+            h = self.next_state(h, batch.item[:, t:t + 1], batch.click[:, t:t + 1],
+                                batch.conversion[:, t:t + 1])
+            leave.append(self.leave_logit(h))
+        return {k: torch.stack(v, 1) for k, v in
+                (("click", click), ("conversion", conv), ("rating", rating), ("leave", leave))}
+
+    def fit(self, interactions: Interactions) -> FitReport:
+        """Fit on the training users, early-stop on the validation users' loss."""
+        return fit_sequence_model(self, interactions, lr=self.lr, weight_decay=self.weight_decay,
+                                  epochs=self.epochs, batch_size=self.batch_size,
+                                  patience=self.patience, seed=self.seed)

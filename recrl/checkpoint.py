@@ -1,0 +1,59 @@
+"""Atomic checkpoint files that load without unpickling arbitrary objects."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from recrl.types import RecrlError
+
+FORMAT_VERSION = 1
+
+
+def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
+    """Write ``payload`` (tensors, numbers, strings, nested dicts/lists) to ``path`` atomically.
+
+    The file is written to a temporary name in the same folder and renamed over ``path``, so an
+    interrupted save (Ctrl-C, crash) leaves the previous checkpoint intact.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save({"format": FORMAT_VERSION, **payload}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def resolve_checkpoint(where: str | Path) -> Path:
+    """A checkpoint file from a file path or a run folder (its ``checkpoints/last.pt``)."""
+    p = Path(where).expanduser()
+    if p.is_dir():
+        for candidate in (p / "checkpoints" / "last.pt", p / "last.pt"):
+            if candidate.is_file():
+                return candidate
+        raise RecrlError(f"no checkpoint in {p}: expected {p / 'checkpoints' / 'last.pt'}")
+    if not p.is_file():
+        raise RecrlError(f"checkpoint {p} does not exist: pass a run folder or a .pt file")
+    return p
+
+
+def load_checkpoint(where: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint with ``weights_only=True`` (no arbitrary code runs on load)."""
+    path = resolve_checkpoint(where)
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # corrupt file, foreign pickle, truncated write
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise RecrlError(f"cannot read checkpoint {path}: {first}") from err
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT_VERSION:
+        raise RecrlError(f"{path} is not a recrl checkpoint of format {FORMAT_VERSION}")
+    return payload

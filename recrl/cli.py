@@ -1,0 +1,161 @@
+"""The ``recrl`` command: ``recrl train|eval|sweep [key=value ...]`` (Hydra at the edge).
+
+Overrides are checked before anything runs: an unknown option, key or badly typed value
+prints one line and exits with code 2 (set ``RECRL_DEBUG=1`` for tracebacks).
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import hydra
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException, MissingConfigException, OverrideParseException
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from recrl.checkpoint import resolve_checkpoint
+from recrl.config import CONF_DIR, validate
+from recrl.types import RecrlError
+
+USAGE = """usage: recrl <command> [key=value ...]
+
+commands:
+  train   run the whole pipeline once          recrl train algo=dqn reward=ctr
+  eval    re-evaluate a saved run              recrl eval checkpoint=outputs/train/<run>
+  sweep   Hydra multirun + a summary table     recrl sweep algo=dqn,reinforce seed=0,1,2
+
+options live in conf/: dataset, behavior, env, reward, algo, trainer, eval, experiment
+"""
+COMMANDS = {"train": "train", "eval": "eval", "sweep": "train"}
+MAX_CHECKED_COMBINATIONS = 64
+
+
+def _debug() -> bool:
+    return os.environ.get("RECRL_DEBUG", "") not in ("", "0")
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"recrl: error: {message}", file=sys.stderr)
+    return code
+
+
+def _group_options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
+def _explain(err: Exception, override_text: str) -> str:
+    """One line for a Hydra composition error."""
+    text = str(err)
+    if isinstance(err, MissingConfigException) or "Could not find" in text:
+        for override in override_text.split():
+            key, _, value = override.partition("=")
+            group = key.lstrip("+~")
+            if (CONF_DIR / group).is_dir() and value not in _group_options(group):
+                return (f"unknown option {group}={value}; valid options for {group}: "
+                        f"{', '.join(_group_options(group))}")
+    first = text.strip().splitlines()[0] if text.strip() else type(err).__name__
+    if "Could not override" in first:
+        key = first.split("'")[1] if "'" in first else first
+        return f"unknown key {key} (check the spelling; `recrl {{command}} --cfg job` shows all keys)"
+    return first
+
+
+def _combinations(overrides: list[str]) -> list[list[str]]:
+    """Expand sweep overrides (``a=1,2``) into the single-valued override lists they stand for."""
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    choices = []
+    for o in parsed:
+        key = o.get_key_element()
+        values = list(o.sweep_string_iterator()) if o.is_sweep_override() else [
+            o.get_value_element_as_str()]
+        choices.append([f"{key}={v}" if not o.is_delete() else f"~{key}" for v in values])
+    return [list(c) for c in itertools.islice(itertools.product(*choices), MAX_CHECKED_COMBINATIONS)]
+
+
+def check_overrides(config_name: str, overrides: list[str]) -> None:
+    """Compose and validate the config for every combination of the overrides."""
+    try:
+        combos = _combinations(overrides)
+    except OverrideParseException as err:
+        raise RecrlError(f"cannot parse overrides: {str(err).splitlines()[0]}") from err
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        for combo in combos:
+            try:
+                cfg = compose(config_name=config_name, overrides=combo)
+            except (HydraException, OmegaConfBaseException) as err:
+                raise RecrlError(_explain(err, " ".join(combo))) from err
+            if config_name == "train":
+                validate(cfg)
+            else:
+                if OmegaConf.is_missing(cfg, "checkpoint"):
+                    raise RecrlError("recrl eval needs checkpoint=<run folder or .pt file>")
+                resolve_checkpoint(cfg.checkpoint)
+
+
+def _task(cfg: DictConfig) -> None:
+    """Body of every Hydra job: run the task, turn failures into one line and an exit code."""
+    from recrl.evaluate import evaluate
+    from recrl.train import train
+
+    hc = HydraConfig.get()
+    run_dir = Path(hc.runtime.output_dir)
+    try:
+        if cfg.task == "eval":
+            evaluate(cfg, run_dir)
+        else:
+            train(cfg, run_dir, algo_name=hc.runtime.choices["algo"])
+    except RecrlError as err:
+        if _debug():
+            raise
+        sys.exit(_fail(str(err), 2))
+    except KeyboardInterrupt:
+        sys.exit(_fail(f"interrupted; checkpoints already written in {run_dir / 'checkpoints'} "
+                       "are intact", 130))
+    except Exception as err:
+        if _debug():
+            raise
+        sys.exit(_fail(f"{type(err).__name__}: {err} (set RECRL_DEBUG=1 for the traceback)", 1))
+
+
+def _run_hydra(config_name: str, overrides: list[str], multirun: bool) -> None:
+    entry: Callable[[], None] = hydra.main(config_path=str(CONF_DIR), config_name=config_name,
+                                           version_base="1.3")(_task)
+    saved = sys.argv
+    sys.argv = ["recrl", *overrides, *(["--multirun"] if multirun else [])]
+    try:
+        entry()
+    finally:
+        sys.argv = saved
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``recrl`` console script; returns the exit code."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    if not args or args[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return 0
+    command, overrides = args[0], args[1:]
+    if command not in COMMANDS:
+        return _fail(f"unknown command {command!r}; use one of: {', '.join(COMMANDS)}", 2)
+    config_name = COMMANDS[command]
+    passthrough = any(o.startswith("-") for o in overrides)  # hydra flags such as --cfg job
+    if not passthrough:
+        try:
+            check_overrides(config_name, overrides)
+        except RecrlError as err:
+            if _debug():
+                raise
+            return _fail(str(err).replace("{command}", command), 2)
+    _run_hydra(config_name, overrides, multirun=command == "sweep")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,112 @@
+"""Config checking and instantiation: every group node is validated against its class.
+
+Each config group node has a ``_target_`` class. Before anything runs, every key of the node
+is checked against that class's constructor: unknown keys and values of the wrong type become a
+one-line :class:`~recrl.types.RecrlError` naming the key, so ``trainer.steps=abc`` fails at once
+instead of deep inside training.
+"""
+
+from __future__ import annotations
+
+import inspect
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+from hydra.utils import get_class, instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from recrl.types import RecrlError
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+GROUPS = ("dataset", "behavior", "env", "reward", "algo", "trainer")
+
+
+def _type_ok(value: Any, hint: Any) -> bool:
+    """Whether a config ``value`` fits the annotation ``hint`` (ints pass as floats)."""
+    if hint is Any or hint is inspect.Parameter.empty:
+        return True
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_type_ok(value, h) for h in typing.get_args(hint))
+    if origin is typing.Literal:
+        return value in typing.get_args(hint)
+    if origin in (list, tuple, typing.Sequence):
+        return isinstance(value, (list, tuple)) or OmegaConf.is_list(value)
+    if origin is dict:
+        return isinstance(value, dict) or OmegaConf.is_dict(value)
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if isinstance(hint, type):
+        return isinstance(value, hint)
+    return True
+
+
+def _hint_name(hint: Any) -> str:
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+
+
+def check_node(node: DictConfig, path: str) -> None:
+    """Check the keys and value types of one ``_target_`` node against its constructor."""
+    target = node.get("_target_")
+    if target is None:
+        raise RecrlError(f"{path}: missing _target_ (each config group file names one class)")
+    try:
+        cls = get_class(target)
+    except Exception as err:
+        raise RecrlError(f"{path}._target_={target!r} cannot be imported") from err
+    signature = inspect.signature(cls.__init__)
+    hints = typing.get_type_hints(cls.__init__)
+    params = {n: p for n, p in signature.parameters.items() if n != "self"}
+    takes_kwargs = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    for key in node:
+        if str(key).startswith("_"):
+            continue
+        if key not in params and not takes_kwargs:
+            valid = ", ".join(n for n in params if n not in ("ctx",))
+            raise RecrlError(f"unknown key {path}.{key} for {target}; valid keys: {valid}")
+        value = OmegaConf.to_object(node[key]) if OmegaConf.is_config(node[key]) else node[key]
+        hint = hints.get(key, inspect.Parameter.empty)
+        if not _type_ok(value, hint):
+            raise RecrlError(f"{path}.{key}={value!r} is not a valid {_hint_name(hint)}")
+
+
+def validate(cfg: DictConfig) -> None:
+    """Resolve the whole config and check every group node and the top-level seed."""
+    try:
+        OmegaConf.resolve(cfg)
+    except Exception as err:
+        raise RecrlError(f"config does not resolve: {str(err).splitlines()[0]}") from err
+    seed = cfg.get("seed")
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise RecrlError(f"seed={seed!r} is not a valid int")
+    for group in GROUPS:
+        if group in cfg:
+            check_node(cfg[group], group)
+    for name in cfg.get("eval", {}).get("baselines", []):
+        if name not in algo_options():
+            raise RecrlError(f"eval.baselines: {name!r} is not an algo; options: {', '.join(algo_options())}")
+
+
+def algo_options() -> list[str]:
+    """Names of the ``algo`` config group's options."""
+    return sorted(p.stem for p in (CONF_DIR / "algo").glob("*.yaml"))
+
+
+def build(node: DictConfig, **runtime: Any) -> Any:
+    """Instantiate a checked group node, passing values known only at run time."""
+    return instantiate(node, **runtime)
+
+
+def build_algo_by_name(name: str, **runtime: Any) -> Any:
+    """Instantiate ``conf/algo/<name>.yaml`` (used for the evaluation baselines)."""
+    node = OmegaConf.load(CONF_DIR / "algo" / f"{name}.yaml")
+    check_node(node, f"algo/{name}")
+    return build(node)(**runtime)

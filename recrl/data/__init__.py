@@ -1,0 +1,1 @@
+"""Datasets: logged interactions and the built-in synthetic world."""

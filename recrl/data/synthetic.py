@@ -1,0 +1,258 @@
+"""The built-in synthetic world: a ground-truth user population and the logs it produces.
+
+Users have latent topic interests that drift toward what they click, a satisfaction level and
+per-topic boredom. Items have a topic, a quality, a price and may be *clickbait*: very
+attractive (high click probability) but of low quality, so clicking them lowers satisfaction and
+raises the chance of leaving. A myopic policy that maximises the immediate click probability
+therefore serves clickbait and loses users early; serving good, varied items earns more clicks
+over a session. The same world generates the logged data (under a popularity-biased logging
+policy that records its propensities) and serves as the ground-truth evaluation environment.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from recrl.types import Interactions, Response
+
+
+def sample_choice(click_prob: Tensor, generator: torch.Generator) -> Tensor:
+    """Sample at most one clicked slot per row from per-slot choice probabilities ``[B, K]``.
+
+    The probability of no click is ``1 - click_prob.sum(1)``. Returns 0/1 floats ``[B, K]``.
+    """
+    u = torch.rand(click_prob.shape[0], 1, device=click_prob.device, generator=generator)
+    cum = click_prob.cumsum(1)
+    chosen = (u < cum) & (u >= cum - click_prob)
+    return chosen.to(click_prob.dtype)
+
+
+def mnl_probs(utility: Tensor) -> Tensor:
+    """Multinomial-logit choice probabilities ``[B, K]`` with a no-click option of utility 0.
+
+    For ``K = 1`` this is ``sigmoid(utility)``.
+
+    Example::
+
+        >>> mnl_probs(torch.tensor([[0.0, 0.0]]))
+        tensor([[0.3333, 0.3333]])
+    """
+    zeros = torch.zeros_like(utility[:, :1])
+    return torch.softmax(torch.cat([zeros, utility], 1), 1)[:, 1:]
+
+
+class SyntheticWorld:
+    """Ground-truth user model plus logged-data generator (``dataset=synthetic``).
+
+    All knobs are keyword arguments; the world is a pure function of them and ``seed``.
+
+    Example::
+
+        world = SyntheticWorld(n_items=50, n_users=100, seed=0)
+        logs = world.load()                      # Interactions from the logging policy
+        state = world.initial_state(8, torch.Generator().manual_seed(0))
+        resp = world.respond(state, torch.zeros(8, 1, dtype=torch.long), generator)
+    """
+
+    def __init__(
+        self,
+        n_items: int = 500,
+        n_users: int = 3000,
+        n_topics: int = 10,
+        horizon: int = 20,
+        clickbait_share: float = 0.15,
+        click_bias: float = -1.0,
+        click_affinity: float = 2.0,
+        click_quality: float = 0.5,
+        click_bait: float = 2.0,
+        click_boredom: float = 0.4,
+        boredom_decay: float = 0.7,
+        satisfaction_decay: float = 0.9,
+        satisfaction_gain: float = 1.0,
+        bait_penalty: float = 0.8,
+        no_click_penalty: float = 0.1,
+        leave_bias: float = -3.0,
+        leave_satisfaction: float = 1.5,
+        interest_drift: float = 0.1,
+        logging_temperature: float = 1.0,
+        logging_epsilon: float = 0.1,
+        valid_share: float = 0.1,
+        test_share: float = 0.1,
+        seed: int = 0,
+    ) -> None:
+        self.n_items, self.n_users, self.n_topics, self.horizon = n_items, n_users, n_topics, horizon
+        self.click_bias, self.click_affinity = click_bias, click_affinity
+        self.click_quality, self.click_bait, self.click_boredom = click_quality, click_bait, click_boredom
+        self.boredom_decay, self.satisfaction_decay = boredom_decay, satisfaction_decay
+        self.satisfaction_gain, self.bait_penalty = satisfaction_gain, bait_penalty
+        self.no_click_penalty, self.leave_bias = no_click_penalty, leave_bias
+        self.leave_satisfaction, self.interest_drift = leave_satisfaction, interest_drift
+        self.logging_temperature, self.logging_epsilon = logging_temperature, logging_epsilon
+        self.valid_share, self.test_share, self.seed = valid_share, test_share, seed
+        self._build_items(clickbait_share)
+        self.device = torch.device("cpu")
+
+    # ----------------------------------------------------------------------------- items
+    def _build_items(self, clickbait_share: float) -> None:
+        g = torch.Generator().manual_seed(self.seed)
+        n, t = self.n_items, self.n_topics
+        self.topic = torch.randint(0, t, (n,), generator=g)
+        emb = F.one_hot(self.topic, t).float() + 0.3 * torch.randn(n, t, generator=g)
+        self.item_emb = F.normalize(emb, dim=1)
+        self.is_bait = (torch.rand(n, generator=g) < clickbait_share).float()
+        quality = _beta(g, n)
+        self.quality = torch.where(self.is_bait > 0, 0.3 * quality, quality)
+        self.price = torch.rand(n, generator=g)
+        # Popularity the logging policy believes in: a Zipf-like prior, partly driven by appeal.
+        zipf = 1.0 / torch.arange(1, n + 1).float()
+        self.log_popularity = torch.log(zipf[torch.randperm(n, generator=g)]) + self.is_bait
+
+    def to(self, device: torch.device | str) -> SyntheticWorld:
+        """Move the item tables to ``device`` (in place) and return ``self``."""
+        self.device = torch.device(device)
+        for name in ("topic", "item_emb", "is_bait", "quality", "price", "log_popularity"):
+            setattr(self, name, getattr(self, name).to(self.device))
+        return self
+
+    # ----------------------------------------------------------------------------- state
+    # state = [interest (n_topics) | satisfaction (1) | boredom (n_topics)]
+    def _split(self, state: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        t = self.n_topics
+        return state[:, :t], state[:, t], state[:, t + 1:]
+
+    def initial_state(self, n_users: int, generator: torch.Generator) -> Tensor:
+        """Fresh users: random unit interest, neutral satisfaction, no boredom."""
+        t = self.n_topics
+        interest = F.normalize(torch.randn(n_users, t, device=self.device, generator=generator), dim=1)
+        rest = torch.zeros(n_users, 1 + t, device=self.device)
+        return torch.cat([interest, rest], 1)
+
+    def click_utility(self, state: Tensor, slates: Tensor) -> Tensor:
+        """MNL utility ``[B, K]`` of each slate item (no-click has utility 0)."""
+        interest, _, boredom = self._split(state)
+        affinity = torch.einsum("bt,bkt->bk", interest, self.item_emb[slates])
+        return (self.click_bias + self.click_affinity * affinity
+                + self.click_quality * self.quality[slates]
+                + self.click_bait * self.is_bait[slates]
+                - self.click_boredom * boredom.gather(1, self.topic[slates]))
+
+    def conversion_prob(self, state: Tensor, slates: Tensor) -> Tensor:
+        """Probability ``[B, K]`` of a purchase given a click: quality up, price down."""
+        interest = self._split(state)[0]
+        affinity = torch.einsum("bt,bkt->bk", interest, self.item_emb[slates])
+        return torch.sigmoid(-1.0 + 2.0 * self.quality[slates] - 1.5 * self.price[slates] + affinity)
+
+    def rating(self, state: Tensor, slates: Tensor) -> Tensor:
+        """Expected rating ``[B, K]`` in 1..5 given a click."""
+        interest = self._split(state)[0]
+        affinity = torch.einsum("bt,bkt->bk", interest, self.item_emb[slates])
+        return 1.0 + 4.0 * torch.sigmoid(3.0 * (self.quality[slates] - 0.5) + affinity)
+
+    def leave_prob(self, state: Tensor) -> Tensor:
+        """Probability ``[B]`` of leaving now: low satisfaction makes users leave."""
+        satisfaction = self._split(state)[1]
+        return torch.sigmoid(self.leave_bias - self.leave_satisfaction * satisfaction)
+
+    def respond(self, state: Tensor, slates: Tensor,
+                generator: torch.Generator) -> tuple[Response, Tensor]:
+        """Sample clicks (MNL with no-click) and conversions; return them and the next state.
+
+        ``leave_prob`` of the response is the probability of leaving after this step.
+        """
+        click_prob = mnl_probs(self.click_utility(state, slates))
+        click = sample_choice(click_prob, generator)
+        conv_prob = self.conversion_prob(state, slates)
+        u = torch.rand(conv_prob.shape, device=conv_prob.device, generator=generator)
+        conversion = click * (u < conv_prob).to(click.dtype)
+        next_state = self.update(state, slates, click)
+        response = Response(click_prob=click_prob, click=click, conversion_prob=conv_prob,
+                            conversion=conversion, rating=self.rating(state, slates),
+                            leave_prob=self.leave_prob(next_state))
+        return response, next_state
+
+    def update(self, state: Tensor, slates: Tensor, click: Tensor) -> Tensor:
+        """Next state: boredom with shown topics, satisfaction from the clicked item, drift."""
+        interest, satisfaction, boredom = self._split(state)
+        shown = F.one_hot(self.topic[slates], self.n_topics).float().sum(1)
+        boredom = self.boredom_decay * boredom + shown
+        clicked_any = click.sum(1)
+        gain = (click * (self.satisfaction_gain * (self.quality[slates] - 0.5)
+                         - self.bait_penalty * self.is_bait[slates])).sum(1)
+        satisfaction = (self.satisfaction_decay * satisfaction + gain
+                        - self.no_click_penalty * (1.0 - clicked_any))
+        clicked_emb = torch.einsum("bk,bkt->bt", click, self.item_emb[slates])
+        interest = F.normalize(interest + self.interest_drift * clicked_emb, dim=1)
+        return torch.cat([interest, satisfaction[:, None], boredom], 1)
+
+    # ----------------------------------------------------------------------------- logs
+    def logging_probs(self) -> Tensor:
+        """The logging policy over items ``[n_items]``: popularity softmax mixed with uniform."""
+        soft = torch.softmax(self.log_popularity / self.logging_temperature, 0)
+        return (1 - self.logging_epsilon) * soft + self.logging_epsilon / self.n_items
+
+    def load(self) -> Interactions:
+        """Simulate one session per user under the logging policy (slate size 1)."""
+        g = torch.Generator().manual_seed(self.seed + 1)
+        world = self if self.device.type == "cpu" else self._cpu_copy()
+        n = self.n_users
+        state = world.initial_state(n, g)
+        probs = world.logging_probs()
+        alive = torch.ones(n, dtype=torch.bool)
+        columns: dict[str, list[Tensor]] = {k: [] for k in
+                                            ("user", "step", "item", "click", "conversion",
+                                             "rating", "leave", "propensity")}
+        users = torch.arange(n)
+        for step in range(self.horizon):
+            items = torch.multinomial(probs, n, replacement=True, generator=g)[:, None]
+            resp, state = world.respond(state, items, g)
+            leave = torch.rand(n, generator=g) < resp.leave_prob
+            rows = alive
+            for key, value in (("user", users), ("step", torch.full((n,), step)),
+                               ("item", items[:, 0]), ("click", resp.click[:, 0]),
+                               ("conversion", resp.conversion[:, 0]),
+                               ("rating", torch.where(resp.click[:, 0] > 0, resp.rating[:, 0],
+                                                      torch.full((n,), math.nan))),
+                               ("leave", leave.float()), ("propensity", probs[items[:, 0]])):
+                columns[key].append(value[rows])
+            alive = alive & ~leave
+            if not alive.any():
+                break
+        log = pd.DataFrame({k: torch.cat(v).numpy() for k, v in columns.items()})
+        log["session"] = log["user"]
+        log = log.sort_values(["user", "step"], kind="stable").reset_index(drop=True)
+        for col in ("user", "step", "item", "session"):
+            log[col] = log[col].astype(np.int64)
+        items_table = pd.DataFrame({"topic": world.topic.numpy(), "quality": world.quality.numpy(),
+                                    "price": world.price.numpy(), "clickbait": world.is_bait.numpy()})
+        return Interactions(log=log, items=items_table, n_users=n, n_items=self.n_items,
+                            split=self._split_users(n))
+
+    def _split_users(self, n: int) -> np.ndarray:
+        rng = np.random.default_rng(self.seed + 2)
+        u = rng.random(n)
+        split = np.full(n, "train", dtype=object)
+        split[u < self.valid_share + self.test_share] = "valid"
+        split[u < self.test_share] = "test"
+        return split
+
+    def _cpu_copy(self) -> SyntheticWorld:
+        clone = object.__new__(SyntheticWorld)
+        clone.__dict__.update(self.__dict__)
+        return clone.to("cpu")
+
+    def ground_truth(self, device: torch.device | str) -> SyntheticWorld:
+        """The true user model on ``device``, for evaluation."""
+        clone = object.__new__(SyntheticWorld)
+        clone.__dict__.update(self.__dict__)
+        return clone.to(device)
+
+
+def _beta(g: torch.Generator, n: int) -> Tensor:
+    """Beta(2, 2) samples drawn with ``g`` (median of three uniforms has this law)."""
+    return torch.rand(n, 3, generator=g).median(1).values

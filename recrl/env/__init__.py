@@ -1,0 +1,1 @@
+"""Environments: the batched recommendation simulator."""

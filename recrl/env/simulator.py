@@ -1,0 +1,95 @@
+"""Batched recommendation environment over any :class:`~recrl.types.UserModel`.
+
+All users of a batch step together on one device: one call of the user model per step, the
+observation history updated in place, no Python loop over users and no host round trip.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from recrl.types import Obs, RecrlError, Reward, StepInfo, UserModel
+
+
+class RecEnv:
+    """Sessions of ``n_users`` users with a user model, a reward and a leave model.
+
+    A user's episode ends when they leave (sampled from the model's leave probability) or after
+    ``horizon`` steps. With ``autoreset`` a finished user is replaced by a fresh one in the same
+    row so the batch stays full (the returned observation is then the new user's first);
+    without it the row stays finished (``alive`` false, zero reward) until :meth:`reset`.
+
+    Example::
+
+        env = RecEnv(world, ClickReward(), horizon=20, slate_size=1, history_len=10)
+        obs = env.reset(n_users=1024, seed=0)
+        obs, reward, done, info = env.step(torch.randint(0, n_items, (1024, 1)))
+    """
+
+    def __init__(self, model: UserModel, reward: Reward, horizon: int = 20, slate_size: int = 1,
+                 history_len: int = 10, autoreset: bool = False,
+                 device: torch.device | str = "cpu") -> None:
+        if horizon < 1 or slate_size < 1 or history_len < 1:
+            raise RecrlError("env: horizon, slate_size and history_len must all be >= 1")
+        if slate_size > model.n_items:
+            raise RecrlError(f"env.slate_size={slate_size} exceeds the catalogue ({model.n_items} items)")
+        self.model, self.reward = model, reward
+        self.horizon, self.slate_size, self.history_len = horizon, slate_size, history_len
+        self.autoreset = autoreset
+        self.device = torch.device(device)
+        self.n_items = model.n_items
+        self.generator = torch.Generator(self.device)
+
+    def reset(self, n_users: int, seed: int | None = None) -> Obs:
+        """Start ``n_users`` fresh sessions; ``seed`` re-seeds the environment's generator."""
+        if seed is not None:
+            self.generator.manual_seed(seed)
+        self.state = self.model.initial_state(n_users, self.generator)
+        self.items = torch.full((n_users, self.history_len, self.slate_size), self.n_items,
+                                dtype=torch.long, device=self.device)
+        self.clicks = torch.zeros(n_users, self.history_len, self.slate_size, device=self.device)
+        self.t = torch.zeros(n_users, dtype=torch.long, device=self.device)
+        self.alive = torch.ones(n_users, dtype=torch.bool, device=self.device)
+        return self.observe()
+
+    def observe(self) -> Obs:
+        """The current observation (copies, so stored observations never change)."""
+        return Obs(items=self.items.clone(), clicks=self.clicks.clone(), step=self.t.clone())
+
+    def step(self, slates: Tensor) -> tuple[Obs, Tensor, Tensor, StepInfo]:
+        """Show ``slates`` ``[B, K]``; return ``(obs, reward [B], done [B], info)``."""
+        if slates.shape != (self.state.shape[0], self.slate_size):
+            raise RecrlError(f"env.step expects slates of shape {(self.state.shape[0], self.slate_size)}, "
+                             f"got {tuple(slates.shape)}")
+        was_alive = self.alive.clone()
+        response, next_state = self.model.respond(self.state, slates, self.generator)
+        live = was_alive.to(response.click.dtype)
+        reward = self.reward(response) * live
+        left = torch.rand(self.t.shape, device=self.device, generator=self.generator) < response.leave_prob
+        self.t = self.t + was_alive.long()
+        terminated = was_alive & left
+        truncated = was_alive & ~left & (self.t >= self.horizon)
+        done = terminated | truncated
+        keep = was_alive[:, None]
+        self.state = torch.where(keep, next_state, self.state)
+        self.items = torch.where(keep[:, :, None], torch.cat([self.items[:, 1:], slates[:, None]], 1),
+                                 self.items)
+        self.clicks = torch.where(keep[:, :, None],
+                                  torch.cat([self.clicks[:, 1:], response.click[:, None]], 1), self.clicks)
+        self.alive = was_alive & ~done
+        if self.autoreset:
+            self._restart(done)
+        info = StepInfo(response=response, terminated=terminated, truncated=truncated,
+                        was_alive=was_alive)
+        return self.observe(), reward, done, info
+
+    def _restart(self, rows: Tensor) -> None:
+        """Replace finished users (``rows`` true) by fresh ones, without a host sync."""
+        fresh = self.model.initial_state(rows.shape[0], self.generator)
+        r = rows[:, None]
+        self.state = torch.where(r, fresh, self.state)
+        self.items = torch.where(r[:, :, None], torch.full_like(self.items, self.n_items), self.items)
+        self.clicks = torch.where(r[:, :, None], torch.zeros_like(self.clicks), self.clicks)
+        self.t = torch.where(rows, torch.zeros_like(self.t), self.t)
+        self.alive = self.alive | rows

@@ -1,0 +1,84 @@
+"""Evaluation: score policies in every environment, and re-evaluate a saved run (``recrl eval``)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from recrl.checkpoint import load_checkpoint, resolve_checkpoint
+from recrl.config import validate
+from recrl.env.simulator import RecEnv
+from recrl.loop import resolve_device
+from recrl.metrics.online import run_episodes
+from recrl.report import print_report_table, write_report
+from recrl.types import Policy, RecrlError
+
+
+class Evaluation:
+    """Final evaluation settings (``eval=default``) and the routine that applies them.
+
+    Every policy runs ``episodes`` complete episodes, with exploration off, in every
+    environment; users and their random draws depend only on ``seed``, so two evaluations of
+    the same policy give the same numbers.
+
+    Example::
+
+        evaluation = Evaluation(baselines=["random"], episodes=500)
+        table = evaluation.run({"dqn": algo}, {"simulator": sim_env, "ground_truth": gt_env})
+    """
+
+    def __init__(self, baselines: list[str] | None = None, episodes: int = 1000,
+                 batch_size: int = 1000, seed: int = 12345) -> None:
+        if episodes < 2:
+            raise RecrlError("eval.episodes must be >= 2 to give a confidence interval")
+        self.baselines = list(baselines or [])
+        self.episodes, self.batch_size, self.seed = episodes, batch_size, seed
+
+    def mean_return(self, policy: Policy, env: RecEnv, episodes: int) -> float:
+        """Mean episode return over ``episodes`` evaluation episodes (training-time checks)."""
+        stats = run_episodes(policy, env, episodes, self.seed, self.batch_size)
+        return float(stats.returns.mean())
+
+    def run(self, policies: dict[str, Policy],
+            envs: dict[str, RecEnv]) -> dict[str, dict[str, dict[str, Any]]]:
+        """``{env: {policy: {metric: {mean, ci95, n}}}}`` for every pair."""
+        return {env_name: {name: run_episodes(policy, env, self.episodes, self.seed,
+                                              self.batch_size).summary()
+                           for name, policy in policies.items()}
+                for env_name, env in envs.items()}
+
+
+def evaluate(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    """Rebuild a run from its checkpoint's saved config and evaluate it again.
+
+    With the same seed and device the numbers equal the run's own final evaluation.
+    """
+    from recrl.train import build_stages, final_evaluation  # train imports this module
+
+    start = time.perf_counter()
+    path = resolve_checkpoint(cfg.checkpoint)
+    payload = load_checkpoint(path)
+    saved = OmegaConf.create(payload["config"])
+    if cfg.get("device"):
+        saved.trainer.device = cfg.device
+    elif saved.trainer.device.startswith("cuda"):
+        saved.trainer.device = "auto"
+    validate(saved)
+    device = resolve_device(saved.trainer.device)
+    stages = build_stages(saved, device, behavior_state=payload["behavior"])
+    algo = stages.build_algo(saved.algo)
+    try:
+        algo.load_state_dict(payload["algo"])
+    except (RuntimeError, KeyError, ValueError) as err:
+        first = str(err).strip().splitlines()[0]
+        raise RecrlError(f"checkpoint {path} does not fit its config's algorithm: {first}") from err
+    report = final_evaluation(saved, stages, algo, payload["algo_name"], run_dir)
+    report.update(task="eval", checkpoint=str(path), source_run=str(payload.get("run_dir", "")),
+                  checkpoint_step=int(payload["step"]))
+    report["timings"] = {"total_s": time.perf_counter() - start}
+    write_report(run_dir, report)
+    print_report_table(report)
+    return report

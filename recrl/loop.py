@@ -1,0 +1,157 @@
+"""The training loop (``trainer=default``): collect -> update -> evaluate -> checkpoint."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from tqdm import tqdm
+
+from recrl.buffer import ReplayBuffer, Rollout
+from recrl.env.simulator import RecEnv
+from recrl.types import Algorithm, RecrlError, Transition
+
+MetricsLogger = Callable[[int, dict[str, float]], None]
+Evaluator = Callable[[], dict[str, float]]
+Saver = Callable[[str, int], None]
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` -> ``cuda`` when available, else ``cpu``; other names are checked."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise RecrlError(f"trainer.device={device} but no CUDA device is available; "
+                         "use trainer.device=cpu or auto")
+    try:
+        return torch.device(device)
+    except RuntimeError as err:
+        raise RecrlError(f"trainer.device={device!r} is not a device name (auto, cpu, cuda, cuda:0)") from err
+
+
+@dataclass
+class TrainStats:
+    """What the loop did: env steps, user-steps, updates, seconds, best eval return."""
+
+    env_steps: int
+    user_steps: int
+    updates: int
+    seconds: float
+    best_eval_return: float
+
+
+class Trainer:
+    """Runs an :class:`~recrl.types.Algorithm` against a :class:`RecEnv`.
+
+    Off-policy algorithms step ``n_users`` users continuously (finished users are replaced) and
+    learn from a replay buffer on the device; on-policy algorithms collect whole episodes of
+    ``n_users`` users and learn from each batch. The budget ``steps`` counts environment steps
+    (each is ``n_users`` user-steps). Scalars stay on the device between log points.
+
+    Example::
+
+        trainer = Trainer(steps=2000, n_users=64)
+        stats = trainer.fit(algo, env, evaluate=lambda: {...}, log=logger.log, save=saver)
+    """
+
+    def __init__(self, steps: int = 3000, n_users: int = 64, batch_size: int = 256,
+                 updates_per_step: int = 1, learning_starts: int = 1000,
+                 buffer_size: int = 100_000, eval_every: int = 500, eval_episodes: int = 256,
+                 log_every: int = 100, checkpoint_every: int = 1000,
+                 device: str = "auto", progress: bool = True) -> None:
+        if steps < 0 or n_users < 1 or batch_size < 1:
+            raise RecrlError("trainer: steps must be >= 0, n_users and batch_size >= 1")
+        self.steps, self.n_users, self.batch_size = steps, n_users, batch_size
+        self.updates_per_step, self.learning_starts = updates_per_step, learning_starts
+        self.buffer_size, self.eval_every, self.eval_episodes = buffer_size, eval_every, eval_episodes
+        self.log_every, self.checkpoint_every = log_every, checkpoint_every
+        self.device_name, self.progress = device, progress
+
+    @property
+    def device(self) -> torch.device:
+        """The resolved device."""
+        return resolve_device(self.device_name)
+
+    def fit(self, algo: Algorithm, env: RecEnv, *, evaluate: Evaluator, log: MetricsLogger,
+            save: Saver, seed: int = 0) -> TrainStats:
+        """Train ``algo`` for ``steps`` environment steps; evaluate, log and save on cadence."""
+        start = time.perf_counter()
+        if algo.mode == "none" or self.steps == 0:
+            save("last", 0)
+            return TrainStats(0, 0, 0, time.perf_counter() - start, float("nan"))
+        run = self._off_policy if algo.mode == "off_policy" else self._on_policy
+        best = float("-inf")
+        env_steps = updates = 0
+        bar = tqdm(total=self.steps, desc=f"train {type(algo).__name__}", disable=not self.progress,
+                   leave=False)
+        next_eval, next_ckpt, next_log = self.eval_every, self.checkpoint_every, self.log_every
+        for done_steps, n_updates, metrics in run(algo, env, seed):
+            bar.update(done_steps - env_steps)
+            env_steps, updates = done_steps, updates + n_updates
+            if env_steps >= next_log and metrics:
+                log(env_steps, {k: float(v) for k, v in metrics.items()})
+                next_log += self.log_every
+            if env_steps >= next_eval or env_steps >= self.steps:
+                scores = evaluate()
+                log(env_steps, scores)
+                if scores["eval/return"] > best:
+                    best = scores["eval/return"]
+                    save("best", env_steps)
+                next_eval += self.eval_every
+            if env_steps >= next_ckpt:
+                save("last", env_steps)
+                next_ckpt += self.checkpoint_every
+        bar.close()
+        save("last", env_steps)
+        return TrainStats(env_steps, env_steps * self.n_users, updates, time.perf_counter() - start, best)
+
+    def _off_policy(self, algo: Algorithm, env: RecEnv, seed: int):
+        """Yield ``(env_steps, updates, metrics)`` after every step of continuous collection."""
+        env.autoreset = True
+        buffer = ReplayBuffer(self.buffer_size, env.history_len, env.slate_size, env.n_items, env.device)
+        generator = torch.Generator(env.device).manual_seed(seed)
+        obs = env.reset(self.n_users, seed=seed)
+        episode_return = torch.zeros(self.n_users, device=env.device)
+        finished = torch.zeros(2, device=env.device)  # sum of returns, count of episodes
+        for step in range(1, self.steps + 1):
+            slates = algo.act(obs, explore=True)
+            next_obs, reward, done, info = env.step(slates)
+            buffer.add(Transition(obs=obs, action=slates, reward=reward, next_obs=next_obs,
+                                  done=done.float(), valid=info.was_alive.float()))
+            episode_return += reward
+            finished += torch.stack([(episode_return * done).sum(), done.sum()])
+            episode_return = episode_return * ~done
+            obs = next_obs
+            metrics: dict[str, torch.Tensor | float] = {}
+            n_updates = 0
+            if len(buffer) >= self.learning_starts:
+                for _ in range(self.updates_per_step):
+                    metrics = algo.update(buffer.sample(self.batch_size, generator))
+                    n_updates += 1
+            if step % self.log_every == 0:
+                metrics = dict(metrics)
+                metrics["train/episode_return"] = finished[0] / finished[1].clamp(min=1)
+                finished.zero_()
+            yield step, n_updates, metrics
+
+    def _on_policy(self, algo: Algorithm, env: RecEnv, seed: int):
+        """Yield after each batch of complete episodes collected with the current policy."""
+        env.autoreset = False
+        env_steps, first = 0, True
+        while env_steps < self.steps:
+            obs = env.reset(self.n_users, seed=seed if first else None)
+            first = False
+            steps: list[Transition] = []
+            for _ in range(env.horizon):
+                slates = algo.act(obs, explore=True)
+                next_obs, reward, done, info = env.step(slates)
+                steps.append(Transition(obs=obs, action=slates, reward=reward, next_obs=next_obs,
+                                        done=done.float(), valid=info.was_alive.float()))
+                obs = next_obs
+            rollout = Rollout.stack(steps)
+            metrics = dict(algo.update(rollout))
+            metrics["train/episode_return"] = rollout.reward.sum(0).mean()
+            env_steps += env.horizon
+            yield env_steps, 1, metrics

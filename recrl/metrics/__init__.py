@@ -1,0 +1,1 @@
+"""Metrics: offline ranking/prediction metrics, online episode statistics."""

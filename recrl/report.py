@@ -1,0 +1,331 @@
+"""Run artifacts: metric logging (JSON lines + TensorBoard), learning curves and final reports."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Self, TextIO
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+METRICS_FILE = "metrics.jsonl"
+PLOT_PREFIXES = ("eval/", "train/")
+
+
+def to_jsonable(obj: Any) -> Any:
+    """Recursively convert ``obj`` into strict-JSON data: non-finite floats become ``None``.
+
+    NumPy / torch scalars and arrays, paths, tuples and sets are converted to plain Python.
+    """
+    if isinstance(obj, Mapping):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple, set)):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, (torch.Tensor, np.ndarray)):
+        return to_jsonable(obj.tolist())
+    if isinstance(obj, np.generic):
+        return to_jsonable(obj.item())
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def _write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to a temp file next to ``path``, fsync it, then ``os.replace`` it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Atomically write UTF-8 ``text`` to ``path`` (temp file in the same dir + fsync + replace)."""
+    _write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    """Atomically write ``obj`` as indented strict JSON (NaN/inf written as ``null``)."""
+    text = json.dumps(to_jsonable(obj), indent=2, allow_nan=False)
+    write_text_atomic(path, text + "\n")
+
+
+class RunLogger:
+    """Logs scalar metrics to ``run_dir/metrics.jsonl`` and, optionally, TensorBoard ``run_dir/tb``.
+
+    Example::
+
+        logger = RunLogger(run_dir)
+        logger.log(100, {"train/loss": 0.3, "eval/return": 9.1})
+        logger.close()
+    """
+
+    def __init__(self, run_dir: Path, tensorboard: bool = True) -> None:
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.tensorboard = tensorboard
+        self.metrics_path = self.run_dir / METRICS_FILE
+        self._file: TextIO | None = None
+        self._writer: Any = None
+
+    def _tb_writer(self) -> Any:
+        """The lazily created ``SummaryWriter`` (imported on first use to keep startup fast)."""
+        if self._writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writer = SummaryWriter(log_dir=str(self.run_dir / "tb"))
+        return self._writer
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        """Append ``{"step": step, **metrics}`` as one JSON line and write the scalars to TensorBoard."""
+        record = to_jsonable({"step": int(step), **metrics})
+        if self._file is None:
+            self._file = self.metrics_path.open("a", encoding="utf-8")
+        self._file.write(json.dumps(record, allow_nan=False) + "\n")
+        self._file.flush()
+        if self.tensorboard:
+            writer = self._tb_writer()
+            for key, value in metrics.items():
+                scalar = _as_scalar(value)
+                if scalar is not None:
+                    writer.add_scalar(key, scalar, global_step=int(step))
+            writer.flush()
+
+    def close(self) -> None:
+        """Close the metrics file and the TensorBoard writer (safe to call twice)."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _as_scalar(value: Any) -> float | None:
+    """``value`` as a float if it is a real scalar (bools excluded), else ``None``."""
+    if isinstance(value, (bool, np.bool_)):
+        return None
+    if isinstance(value, (torch.Tensor, np.ndarray)):
+        size = value.numel() if isinstance(value, torch.Tensor) else value.size
+        return float(value.item()) if size == 1 else None
+    if isinstance(value, (int, float, np.integer, np.floating)):
+        return float(value)
+    return None
+
+
+def read_metrics(path: Path) -> list[dict]:
+    """Read a ``metrics.jsonl`` file into a list of dicts (a truncated final line is skipped)."""
+    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    records: list[dict] = []
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i == len(lines) - 1:
+                break
+            raise
+    return records
+
+
+def _curves(records: Iterable[dict], keys: Sequence[str] | None) -> dict[str, tuple[list, list]]:
+    """Per-key (steps, values) series, null/non-finite points dropped, too-short series removed."""
+    series: dict[str, tuple[list, list]] = {}
+    for rec in (r for r in records if "step" in r):
+        for key, value in rec.items():
+            wanted = key.startswith(PLOT_PREFIXES) if keys is None else key in keys
+            scalar = _as_scalar(value) if wanted and key != "step" else None
+            if scalar is not None and math.isfinite(scalar):
+                xs, ys = series.setdefault(key, ([], []))
+                xs.append(float(rec["step"]))
+                ys.append(scalar)
+    min_points = 2 if keys is None else 1
+    ordered = sorted(series) if keys is None else [k for k in keys if k in series]
+    return {k: series[k] for k in ordered if len(series[k][0]) >= min_points}
+
+
+def plot_learning_curves(metrics_path: Path, out_png: Path, keys: Sequence[str] | None = None) -> Path | None:
+    """Plot one subplot per metric (x = step) from ``metrics.jsonl`` into ``out_png``, atomically.
+
+    By default every ``eval/*`` and ``train/*`` key with at least two points is drawn. Returns the
+    PNG path, or ``None`` when there is nothing to plot.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    metrics_path = Path(metrics_path)
+    if not metrics_path.exists():
+        return None
+    series = _curves(read_metrics(metrics_path), keys)
+    if not series:
+        return None
+    ncols = min(3, len(series))
+    nrows = math.ceil(len(series) / ncols)
+    fig = Figure(figsize=(4.5 * ncols, 3.2 * nrows), layout="constrained")
+    FigureCanvasAgg(fig)
+    for i, (key, (xs, ys)) in enumerate(series.items()):
+        ax = fig.add_subplot(nrows, ncols, i + 1)
+        ax.plot(xs, ys, marker="o" if len(xs) < 30 else None, markersize=3)
+        ax.set_title(key)
+        ax.set_xlabel("step")
+        ax.grid(True, alpha=0.3)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    _write_bytes_atomic(Path(out_png), buf.getvalue())
+    return Path(out_png)
+
+
+def format_stat(stat: Mapping[str, Any] | None, digits: int = 3) -> str:
+    """Format a ``{"mean", "ci95"}`` dict as ``"mean ± ci95"`` (the ``±`` part omitted if ci is null/nan)."""
+    if not stat:
+        return "–"
+    mean, ci = stat.get("mean"), stat.get("ci95")
+    if mean is None or not math.isfinite(float(mean)):
+        return "nan"
+    text = f"{float(mean):.{digits}f}"
+    if ci is not None and math.isfinite(float(ci)):
+        text += f" ± {float(ci):.{digits}f}"
+    return text
+
+
+def markdown_table(headers: list[str], rows: list[list[str]]) -> str:
+    """Render a GitHub-flavoured markdown table (pipes in cells are escaped)."""
+
+    def line(cells: Sequence[str]) -> str:
+        return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
+
+    sep = "|" + "|".join(["---"] + ["---:"] * (len(headers) - 1)) + "|"
+    return "\n".join([line(headers), sep, *(line(r) for r in rows)])
+
+
+def _unique(items: Iterable[str]) -> list[str]:
+    """Items in first-seen order, without duplicates."""
+    return list(dict.fromkeys(items))
+
+
+def _evaluation_axes(evaluation: Mapping[str, Any]) -> tuple[list[str], list[str], list[str]]:
+    """(envs, policies, metrics) of an evaluation block, ``return`` first among metrics."""
+    envs = list(evaluation)
+    policies = _unique(p for env in envs for p in evaluation[env])
+    metrics = _unique(m for env in envs for pol in evaluation[env].values() for m in pol)
+    if "return" in metrics:
+        metrics.remove("return")
+        metrics.insert(0, "return")
+    return envs, policies, metrics
+
+
+def _metric_by_env_table(evaluation: Mapping[str, Any], metric: str) -> str:
+    """Markdown table of one metric: policies as rows, env names as columns."""
+    envs, policies, _ = _evaluation_axes(evaluation)
+    rows = [[p] + [format_stat(evaluation[e].get(p, {}).get(metric)) for e in envs] for p in policies]
+    return markdown_table(["policy", *envs], rows)
+
+
+def _env_table(evaluation: Mapping[str, Any], env: str) -> str:
+    """Markdown table of one env: policies as rows, all metrics as columns."""
+    _, _, metrics = _evaluation_axes(evaluation)
+    rows = [[p] + [format_stat(stats.get(m)) for m in metrics] for p, stats in evaluation[env].items()]
+    return markdown_table(["policy", *metrics], rows)
+
+
+def _header_lines(report: Mapping[str, Any]) -> list[str]:
+    """Title and run facts (algo, reward, seed, versions, run dir) of a report."""
+    facts = [f"**{k}**: `{report[k]}`" for k in ("task", "algo", "reward", "seed") if k in report]
+    facts += [f"{name} {ver}" for name, ver in report.get("versions", {}).items()]
+    lines = [f"# recrl report: {report.get('algo', 'run')}", "", " · ".join(facts)]
+    if "run_dir" in report:
+        lines += ["", f"Run directory: `{report['run_dir']}`"]
+    return lines
+
+
+def _section(title: str, *body: str, level: int = 2) -> list[str]:
+    """Markdown lines for a heading followed by blank-line-separated body blocks."""
+    lines = ["", f"{'#' * level} {title}"]
+    for block in body:
+        lines += ["", block]
+    return lines
+
+
+def _kv_table(values: Mapping[str, Any], unit: str = "") -> str:
+    """A two-column name/value markdown table (numbers with 4 decimals)."""
+
+    def cell(v: Any) -> str:
+        if v is None:
+            return "–"
+        return f"{v:.4f}{unit}" if _as_scalar(v) is not None else str(v)
+
+    return markdown_table(["name", "value"], [[k, cell(v)] for k, v in values.items()])
+
+
+def render_markdown(report: Mapping[str, Any]) -> str:
+    """Render a final report dict as markdown (the return table first: the sim-to-real gap)."""
+    lines = _header_lines(report)
+    if report.get("timings"):
+        lines += _section("Timings", _kv_table(report["timings"], unit=" s"))
+    if report.get("behavior"):
+        lines += _section("Behavior model", _kv_table(report["behavior"]))
+    evaluation = report.get("evaluation") or {}
+    if evaluation:
+        note = "Mean ± 95% CI half width; policies as rows, environments as columns."
+        lines += _section("Return by environment", note, _metric_by_env_table(evaluation, "return"))
+        for metric in _evaluation_axes(evaluation)[2]:
+            if metric != "return":
+                lines += _section(metric, _metric_by_env_table(evaluation, metric), level=3)
+        lines += _section("All metrics per environment")
+        for env in evaluation:
+            lines += _section(env, _env_table(evaluation, env), level=3)
+    if report.get("config"):
+        config_json = json.dumps(to_jsonable(report["config"]), indent=2)
+        details = f"<details><summary>resolved config</summary>\n\n```json\n{config_json}\n```\n\n</details>"
+        lines += _section("Config", details)
+    return "\n".join(lines) + "\n"
+
+
+def write_report(run_dir: Path, report: dict) -> None:
+    """Write ``run_dir/report.json`` (indent 2) and ``run_dir/report.md``, both atomically."""
+    run_dir = Path(run_dir)
+    write_json_atomic(run_dir / "report.json", report)
+    write_text_atomic(run_dir / "report.md", render_markdown(to_jsonable(report)))
+
+
+def print_report_table(report: dict, console: Console | None = None) -> None:
+    """Print one rich table per evaluation env: policies as rows, metrics as ``mean ± ci`` columns."""
+    console = console or Console()
+    evaluation = report.get("evaluation") or {}
+    if not evaluation:
+        console.print("[yellow]No evaluation results in report.[/yellow]")
+        return
+    _, _, metrics = _evaluation_axes(evaluation)
+    for env, policies in evaluation.items():
+        table = Table(title=escape(f"Evaluation on {env}"), title_justify="left")
+        table.add_column("policy", style="bold")
+        for metric in metrics:
+            table.add_column(escape(metric), justify="right")
+        for policy, stats in policies.items():
+            table.add_row(escape(policy), *(format_stat(stats.get(m)) for m in metrics))
+        console.print(table)

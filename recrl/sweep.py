@@ -1,0 +1,186 @@
+"""Aggregate a Hydra multirun sweep: mean and 95% CI of every evaluation metric across seeds."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from recrl.metrics.stats import summarize
+from recrl.report import format_stat, markdown_table, write_text_atomic
+
+SEED_KEY = "seed"
+DEFAULT_CONFIGURATION = "(default)"
+HEADLINE_METRIC = "return"
+COLUMNS = ["configuration", "env", "policy", "metric", "mean", "ci95", "n_seeds"]
+
+_Key = tuple[str, str, str, str]
+
+
+def load_overrides(job_dir: Path) -> list[str]:
+    """The command-line overrides of a Hydra job (``job_dir/.hydra/overrides.yaml``), or ``[]``."""
+    path = Path(job_dir) / ".hydra" / "overrides.yaml"
+    if not path.exists():
+        return []
+    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    return [str(item) for item in data or []]
+
+
+def configuration_label(overrides: list[str]) -> str:
+    """Sorted, space-joined overrides without the seed override, e.g. ``"algo=dqn reward=ctr"``.
+
+    Example::
+
+        >>> configuration_label(["seed=1", "reward=ctr", "algo=dqn"])
+        'algo=dqn reward=ctr'
+        >>> configuration_label(["+seed=3"])
+        '(default)'
+    """
+    kept = sorted(o for o in overrides if o.split("=", 1)[0].lstrip("+~") != SEED_KEY)
+    return " ".join(kept) or DEFAULT_CONFIGURATION
+
+
+def _job_means(report: dict[str, Any]) -> dict[tuple[str, str, str], float]:
+    """``(env, policy, metric) -> mean`` of one job's report (missing/null means become NaN)."""
+    means: dict[tuple[str, str, str], float] = {}
+    for env, policies in (report.get("evaluation") or {}).items():
+        for policy, metrics in policies.items():
+            for metric, stat in metrics.items():
+                mean = stat.get("mean") if isinstance(stat, dict) else None
+                means[(env, policy, metric)] = float("nan") if mean is None else float(mean)
+    return means
+
+
+def find_reports(sweep_dir: Path) -> list[Path]:
+    """Every job ``report.json`` below ``sweep_dir`` (not a report in ``sweep_dir`` itself), sorted."""
+    sweep_dir = Path(sweep_dir)
+    return sorted(p for p in sweep_dir.rglob("report.json") if p.parent != sweep_dir)
+
+
+def collect_sweep(report_paths: list[Path]) -> pd.DataFrame:
+    """Long table (``COLUMNS``) of per-configuration means and 95% CIs across the seeds of each job group."""
+    values: dict[_Key, list[float]] = {}
+    for path in report_paths:
+        label = configuration_label(load_overrides(path.parent))
+        report = json.loads(path.read_text(encoding="utf-8"))
+        for (env, policy, metric), mean in _job_means(report).items():
+            values.setdefault((label, env, policy, metric), []).append(mean)
+    rows = []
+    for (label, env, policy, metric), means in values.items():
+        stats = summarize(means)
+        rows.append([label, env, policy, metric, stats["mean"], stats["ci95"], stats["n"]])
+    frame = pd.DataFrame(rows, columns=COLUMNS)
+    return frame.sort_values("configuration", kind="stable", ignore_index=True)
+
+
+def _cell(row: pd.Series) -> str:
+    """``mean ± ci95`` text of one summary row."""
+    return format_stat({"mean": row["mean"], "ci95": row["ci95"]})
+
+
+def _headline(frame: pd.DataFrame) -> str:
+    """The metric shown in per-env tables: ``return`` when present, else the first metric."""
+    metrics = list(frame["metric"].unique())
+    return HEADLINE_METRIC if HEADLINE_METRIC in metrics else metrics[0]
+
+
+def pivot_metric(frame: pd.DataFrame, env: str, metric: str) -> tuple[list[str], list[list[str]]]:
+    """(configurations, rows) for one env and metric: policies as rows, configurations as columns."""
+    sub = frame[(frame["env"] == env) & (frame["metric"] == metric)]
+    configs = list(dict.fromkeys(sub["configuration"]))
+    cells = {(r["policy"], r["configuration"]): _cell(r) for _, r in sub.iterrows()}
+    policies = list(dict.fromkeys(sub["policy"]))
+    rows = [[p] + [cells.get((p, c), "–") for c in configs] for p in policies]
+    return configs, rows
+
+
+def _fmt(value: float) -> str:
+    """Three-decimal number, or ``nan``."""
+    return f"{value:.3f}" if math.isfinite(value) else "nan"
+
+
+def render_sweep_markdown(frame: pd.DataFrame, sweep_dir: Path, n_jobs: int) -> str:
+    """Markdown summary: a headline-metric table per env, then the full long table."""
+    metric = _headline(frame)
+    n_configs = frame["configuration"].nunique()
+    lines = [
+        f"# Sweep summary: `{sweep_dir}`",
+        "",
+        f"{n_jobs} jobs, {n_configs} configurations; mean ± 95% CI half width across seeds.",
+    ]
+    for env in frame["env"].unique():
+        configs, rows = pivot_metric(frame, env, metric)
+        lines += ["", f"## {metric} on {env}", "", markdown_table(["policy", *configs], rows)]
+    long_rows = [
+        [
+            r["configuration"],
+            r["env"],
+            r["policy"],
+            r["metric"],
+            _fmt(r["mean"]),
+            _fmt(r["ci95"]),
+            str(r["n_seeds"]),
+        ]
+        for _, r in frame.iterrows()
+    ]
+    lines += ["", "## All metrics", "", markdown_table(COLUMNS, long_rows)]
+    return "\n".join(lines) + "\n"
+
+
+def print_sweep_tables(frame: pd.DataFrame, console: Console) -> None:
+    """Print one rich table per env of the headline metric (policies x configurations)."""
+    metric = _headline(frame)
+    for env in frame["env"].unique():
+        configs, rows = pivot_metric(frame, env, metric)
+        title = escape(f"Sweep: {metric} on {env} (mean ± 95% CI across seeds)")
+        table = Table(title=title, title_justify="left")
+        table.add_column("policy", style="bold")
+        for config in configs:
+            table.add_column(escape(config), justify="right")
+        for row in rows:
+            table.add_row(*(escape(cell) for cell in row))
+        console.print(table)
+
+
+def summarize_sweep(sweep_dir: Path, console: Console | None = None) -> pd.DataFrame | None:
+    """Aggregate every job ``report.json`` of a multirun dir into ``summary.csv`` and ``summary.md``.
+
+    Jobs are grouped by their Hydra overrides minus ``seed=...``; each (configuration, env,
+    policy, metric) gets the mean and Student-t 95% CI of the per-job means, plus ``n_seeds``.
+    Returns the long DataFrame, or ``None`` (with a message) when no report is found.
+    """
+    console = console or Console()
+    sweep_dir = Path(sweep_dir)
+    reports = find_reports(sweep_dir)
+    if not reports:
+        console.print(f"[yellow]No report.json found under {sweep_dir}; nothing to summarize.[/yellow]")
+        return None
+    frame = collect_sweep(reports)
+    if frame.empty:
+        console.print(f"[yellow]Reports under {sweep_dir} hold no evaluation results.[/yellow]")
+        return None
+    write_text_atomic(sweep_dir / "summary.csv", frame.to_csv(index=False))
+    write_text_atomic(sweep_dir / "summary.md", render_sweep_markdown(frame, sweep_dir, len(reports)))
+    print_sweep_tables(frame, console)
+    console.print(f"Sweep summary of {len(reports)} jobs written to {sweep_dir / 'summary.md'}")
+    return frame
+
+
+class SweepSummaryCallback(Callback):
+    """Hydra callback that summarizes the sweep directory once all multirun jobs have finished.
+
+    Register it with ``hydra.callbacks.sweep_summary._target_: recrl.sweep.SweepSummaryCallback``.
+    """
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        """Run :func:`summarize_sweep` on ``config.hydra.sweep.dir``."""
+        summarize_sweep(Path(config.hydra.sweep.dir))

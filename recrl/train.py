@@ -1,0 +1,159 @@
+"""``train(cfg)``: logs -> behavior model -> simulator -> algorithm -> evaluation -> report."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from rich.console import Console
+
+import recrl
+from recrl.checkpoint import load_checkpoint, save_checkpoint
+from recrl.config import build, build_algo_by_name, validate
+from recrl.env.simulator import RecEnv
+from recrl.evaluate import Evaluation
+from recrl.loop import resolve_device
+from recrl.metrics.stats import set_seed
+from recrl.report import RunLogger, plot_learning_curves, print_report_table, write_report
+from recrl.types import AlgoContext, Interactions, RecrlError
+
+console = Console(stderr=True)
+
+
+@dataclass
+class Stages:
+    """The built stages of a run that do not learn during RL training."""
+
+    cfg: DictConfig
+    device: torch.device
+    dataset: Any
+    interactions: Interactions
+    behavior: Any
+    behavior_report: dict[str, Any]
+    reward: Any
+    ctx: AlgoContext
+
+    def make_env(self, model: Any) -> RecEnv:
+        """A fresh environment of the configured shape over ``model``."""
+        return build(self.cfg.env)(model=model, reward=self.reward, device=self.device)
+
+    def eval_envs(self) -> dict[str, RecEnv]:
+        """The training simulator and, when the dataset has one, the ground-truth world."""
+        envs = {"simulator": self.make_env(self.behavior)}
+        if hasattr(self.dataset, "ground_truth"):
+            envs["ground_truth"] = self.make_env(self.dataset.ground_truth(self.device))
+        return envs
+
+    def build_algo(self, node: DictConfig) -> Any:
+        """Instantiate an algorithm node with the run-time context."""
+        return build(node)(ctx=self.ctx)
+
+
+def config_hash(*nodes: DictConfig) -> str:
+    """Stable short hash of resolved config nodes (cache keys)."""
+    blob = json.dumps([OmegaConf.to_container(n, resolve=True) for n in nodes], sort_keys=True)
+    return hashlib.sha256(f"{recrl.__version__}|{blob}".encode()).hexdigest()[:16]
+
+
+def fit_behavior(cfg: DictConfig, behavior: Any, interactions: Interactions) -> dict[str, Any]:
+    """Fit ``behavior`` or load it from the cache keyed by the dataset + behavior config."""
+    path = Path(cfg.cache_dir) / "behavior" / f"{config_hash(cfg.dataset, cfg.behavior)}.pt"
+    if path.is_file():
+        try:
+            cached = load_checkpoint(path, map_location=behavior.device)
+            behavior.load_state_dict(cached["state_dict"])
+            console.print(f"[dim]behavior model: cache hit {path}[/dim]")
+            return {**cached["report"], "cached": True}
+        except (RecrlError, RuntimeError, KeyError) as err:
+            console.print(f"[yellow]behavior cache {path} unusable ({err}); refitting[/yellow]")
+    report = behavior.fit(interactions).to_dict()
+    save_checkpoint(path, {"state_dict": behavior.state_dict(), "report": report})
+    return {**report, "cached": False}
+
+
+def build_stages(cfg: DictConfig, device: torch.device,
+                 behavior_state: dict[str, Any] | None = None) -> Stages:
+    """Load the data and fit (or restore) the behavior model; nothing here touches test users."""
+    dataset = build(cfg.dataset)
+    interactions = dataset.load()
+    behavior = build(cfg.behavior)(n_items=interactions.n_items, device=str(device))
+    if behavior_state is None:
+        behavior_report = fit_behavior(cfg, behavior, interactions)
+    else:
+        behavior.load_state_dict(behavior_state)
+        behavior.eval()
+        behavior_report = {}
+    reward = build(cfg.reward)
+    ctx = AlgoContext(n_items=interactions.n_items, slate_size=cfg.env.slate_size,
+                      history_len=cfg.env.history_len, horizon=cfg.env.horizon, device=device,
+                      seed=cfg.seed, item_popularity=torch.as_tensor(interactions.item_popularity()),
+                      behavior=behavior, reward=reward)
+    return Stages(cfg=cfg, device=device, dataset=dataset, interactions=interactions,
+                  behavior=behavior, behavior_report=behavior_report, reward=reward, ctx=ctx)
+
+
+def final_evaluation(cfg: DictConfig, stages: Stages, algo: Any, algo_name: str,
+                     run_dir: Path) -> dict[str, Any]:
+    """Evaluate the trained policy and every baseline in every environment."""
+    evaluation: Evaluation = build(cfg.eval)
+    policies = {algo_name: algo}
+    for name in evaluation.baselines:
+        if name != algo_name:
+            policies[name] = build_algo_by_name(name, ctx=stages.ctx)
+    results = evaluation.run(policies, stages.eval_envs())
+    return {"task": "train", "run_dir": str(run_dir), "seed": int(cfg.seed), "algo": algo_name,
+            "reward": type(stages.reward).__name__, "device": str(stages.device),
+            "config": OmegaConf.to_container(cfg, resolve=True),
+            "versions": {"recrl": recrl.__version__, "torch": torch.__version__,
+                         "python": platform.python_version()},
+            "behavior": stages.behavior_report, "evaluation": results}
+
+
+def train(cfg: DictConfig, run_dir: Path, algo_name: str) -> dict[str, Any]:
+    """Run the whole pipeline for one configuration and write the run folder."""
+    t0 = time.perf_counter()
+    validate(cfg)
+    set_seed(cfg.seed)
+    device = resolve_device(cfg.trainer.device)
+    stages = build_stages(cfg, device)
+    t_fit = time.perf_counter()
+    algo = stages.build_algo(cfg.algo)
+    trainer = build(cfg.trainer)
+    evaluation: Evaluation = build(cfg.eval)
+    train_env, check_env = stages.make_env(stages.behavior), stages.make_env(stages.behavior)
+    config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
+
+    def save(tag: str, step: int) -> None:
+        save_checkpoint(run_dir / "checkpoints" / f"{tag}.pt",
+                        {"algo": algo.state_dict(), "behavior": stages.behavior.state_dict(),
+                         "step": step, "config": config_yaml, "algo_name": algo_name,
+                         "run_dir": str(run_dir), "recrl_version": recrl.__version__,
+                         "torch_rng": torch.get_rng_state(),
+                         "env_rng": train_env.generator.get_state()})
+
+    def check() -> dict[str, float]:
+        return {"eval/return": evaluation.mean_return(algo, check_env, trainer.eval_episodes)}
+
+    logger = RunLogger(run_dir)
+    try:
+        stats = trainer.fit(algo, train_env, evaluate=check, log=logger.log, save=save, seed=cfg.seed)
+    finally:
+        logger.close()
+    t_train = time.perf_counter()
+    report = final_evaluation(cfg, stages, algo, algo_name, run_dir)
+    report["training"] = {"env_steps": stats.env_steps, "user_steps": stats.user_steps,
+                          "updates": stats.updates, "best_eval_return": stats.best_eval_return,
+                          "user_steps_per_s": stats.user_steps / max(stats.seconds, 1e-9)}
+    report["timings"] = {"behavior_fit_s": t_fit - t0, "train_s": t_train - t_fit,
+                         "eval_s": time.perf_counter() - t_train, "total_s": time.perf_counter() - t0}
+    plot_learning_curves(run_dir / "metrics.jsonl", run_dir / "plots" / "learning_curve.png")
+    write_report(run_dir, report)
+    print_report_table(report)
+    return report

@@ -1,0 +1,244 @@
+"""The contracts between recrl's stages: small typed containers and Protocols.
+
+Every stage talks to the next through these types only: batched tensors on one device,
+never a shared config dict.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor
+
+
+class RecrlError(Exception):
+    """A user-facing error: the CLI prints its message as one line and exits with code 2."""
+
+
+def _map_tensors(obj: Any, fn: Any) -> Any:
+    """Apply ``fn`` to every tensor field of a dataclass, returning a new instance."""
+    return replace(obj, **{f.name: fn(getattr(obj, f.name)) for f in fields(obj)
+                           if isinstance(getattr(obj, f.name), Tensor)})
+
+
+@dataclass(frozen=True)
+class Obs:
+    """What a policy sees of a batch of users: their recent history, nothing latent.
+
+    Attributes:
+        items: ``[B, L, K]`` item ids of the last ``L`` slates shown (``n_items`` = padding),
+            oldest first.
+        clicks: ``[B, L, K]`` 1.0 where the shown item was clicked.
+        step: ``[B]`` steps already taken in the current episode.
+
+    Example::
+
+        obs = Obs(items=torch.full((2, 4, 1), 10), clicks=torch.zeros(2, 4, 1),
+                  step=torch.zeros(2, dtype=torch.long))
+    """
+
+    items: Tensor
+    clicks: Tensor
+    step: Tensor
+
+    @property
+    def batch_size(self) -> int:
+        """Number of users in the batch."""
+        return self.items.shape[0]
+
+    def index(self, idx: Tensor) -> Obs:
+        """Rows ``idx`` of every field."""
+        return _map_tensors(self, lambda t: t[idx])
+
+    def to(self, device: torch.device | str) -> Obs:
+        """The same observation on ``device``."""
+        return _map_tensors(self, lambda t: t.to(device))
+
+
+@dataclass(frozen=True)
+class Response:
+    """How a batch of users responded to a batch of slates ``[B, K]``.
+
+    Probabilities are what the user model believed; ``click``/``conversion`` are the sampled
+    outcomes. Under the multinomial-logit choice model at most one item per slate is clicked.
+
+    Attributes:
+        click_prob: ``[B, K]`` probability that each slate item is the one clicked.
+        click: ``[B, K]`` sampled clicks (0/1 floats).
+        conversion_prob: ``[B, K]`` probability of a conversion given a click on the item.
+        conversion: ``[B, K]`` sampled conversions (0 where not clicked).
+        rating: ``[B, K]`` expected rating (1..5) given a click on the item.
+        leave_prob: ``[B]`` probability that the user leaves after this step.
+    """
+
+    click_prob: Tensor
+    click: Tensor
+    conversion_prob: Tensor
+    conversion: Tensor
+    rating: Tensor
+    leave_prob: Tensor
+
+
+@dataclass(frozen=True)
+class StepInfo:
+    """Extra per-step results of :meth:`Env.step`.
+
+    Attributes:
+        response: the users' response to the actions.
+        terminated: ``[B]`` the user left.
+        truncated: ``[B]`` the episode reached the horizon.
+        was_alive: ``[B]`` the user was in an episode before this step (rows that were not
+            carry zero reward and must be ignored by learners).
+    """
+
+    response: Response
+    terminated: Tensor
+    truncated: Tensor
+    was_alive: Tensor
+
+
+@dataclass(frozen=True)
+class Transition:
+    """A batch of environment transitions, the unit stored in replay and rollout buffers."""
+
+    obs: Obs
+    action: Tensor  # [B, K] long
+    reward: Tensor  # [B]
+    next_obs: Obs
+    done: Tensor  # [B] float, 1.0 where the episode ended at this step
+    valid: Tensor  # [B] float, 1.0 where the row is a real transition
+
+    def index(self, idx: Tensor) -> Transition:
+        """Rows ``idx`` of every field."""
+        return Transition(obs=self.obs.index(idx), action=self.action[idx],
+                          reward=self.reward[idx], next_obs=self.next_obs.index(idx),
+                          done=self.done[idx], valid=self.valid[idx])
+
+
+@dataclass
+class Interactions:
+    """Logged interactions in columnar form plus the item table.
+
+    ``log`` has one row per shown item with columns ``user``, ``session``, ``step``, ``item``,
+    ``click``, ``conversion``, ``rating`` (NaN without a click), ``leave`` (1 on the step after
+    which the user left) and ``propensity`` (the logging policy's probability of the action).
+    Ids are dense ``0..n-1`` ints. ``items`` is indexed by item id (features such as topic,
+    quality, price). ``split`` maps each user to ``train``/``valid``/``test``.
+    """
+
+    log: pd.DataFrame
+    items: pd.DataFrame
+    n_users: int
+    n_items: int
+    split: np.ndarray
+
+    def subset(self, part: str) -> pd.DataFrame:
+        """Rows of the log whose user belongs to split ``part``."""
+        users = np.flatnonzero(self.split == part)
+        return self.log[self.log["user"].isin(users)]
+
+    def item_popularity(self) -> np.ndarray:
+        """Clicks per item over the training split (length ``n_items``)."""
+        train = self.subset("train")
+        clicks = train.groupby("item")["click"].sum()
+        pop = np.zeros(self.n_items)
+        pop[clicks.index.to_numpy()] = clicks.to_numpy()
+        return pop
+
+
+@runtime_checkable
+class UserModel(Protocol):
+    """A batched model of users: the ground-truth world or a fitted behavior model.
+
+    State is an opaque tensor ``[B, S]`` so the environment can store and reset it in place.
+    """
+
+    n_items: int
+
+    def initial_state(self, n_users: int, generator: torch.Generator) -> Tensor:
+        """Fresh user states ``[n_users, S]``."""
+        ...
+
+    def respond(self, state: Tensor, slates: Tensor,
+                generator: torch.Generator) -> tuple[Response, Tensor]:
+        """Sampled responses of users in ``state`` to ``slates`` ``[B, K]`` and their next state.
+
+        ``Response.leave_prob`` is the probability of leaving after this step.
+        """
+        ...
+
+
+class Reward(Protocol):
+    """Turns a response into a scalar reward per user."""
+
+    def __call__(self, response: Response) -> Tensor:
+        """Realised reward ``[B]`` from sampled outcomes."""
+        ...
+
+    def expected(self, response: Response) -> Tensor:
+        """Expected immediate reward ``[B, K]`` of each slate item under the model."""
+        ...
+
+
+@runtime_checkable
+class Policy(Protocol):
+    """Anything that recommends: ``act`` maps observations to slates ``[B, K]``."""
+
+    def act(self, obs: Obs, explore: bool) -> Tensor:
+        """Slates of item ids ``[B, K]`` for the users in ``obs``."""
+        ...
+
+
+@runtime_checkable
+class Algorithm(Policy, Protocol):
+    """A policy that learns.
+
+    ``mode`` tells the training loop how to feed it: ``"off_policy"`` (replay of single
+    transitions), ``"on_policy"`` (whole episodes collected with the current policy) or
+    ``"none"`` (a fixed baseline that never updates).
+    """
+
+    mode: str
+
+    def update(self, batch: Any) -> dict[str, float]:
+        """One learning step on ``batch``; returns scalar diagnostics."""
+        ...
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume: weights, optimizer, counters."""
+        ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore from :meth:`state_dict`."""
+        ...
+
+
+@dataclass(frozen=True)
+class AlgoContext:
+    """Run-time facts every algorithm is built with (filled in by ``train.py``).
+
+    Attributes:
+        n_items: catalogue size.
+        slate_size: items per recommendation ``K``.
+        history_len: slates of history in an observation ``L``.
+        horizon: maximum episode length.
+        device: where tensors live.
+        seed: seed for the algorithm's own random numbers.
+        item_popularity: ``[n_items]`` clicks per item in the training logs.
+        behavior: the fitted behavior model (for model-based baselines such as greedy).
+        reward: the reward function being optimised.
+    """
+
+    n_items: int
+    slate_size: int
+    history_len: int
+    horizon: int
+    device: torch.device
+    seed: int
+    item_popularity: Tensor
+    behavior: Any
+    reward: Any
