@@ -9,7 +9,7 @@ import os
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Self, TextIO
+from typing import Any, TextIO
 
 import numpy as np
 import torch
@@ -118,7 +118,7 @@ class RunLogger:
             self._writer.close()
             self._writer = None
 
-    def __enter__(self) -> Self:
+    def __enter__(self) -> RunLogger:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -213,13 +213,16 @@ def format_stat(stat: Mapping[str, Any] | None, digits: int = 3) -> str:
     return text
 
 
-def markdown_table(headers: list[str], rows: list[list[str]]) -> str:
-    """Render a GitHub-flavoured markdown table (pipes in cells are escaped)."""
+def markdown_table(headers: list[str], rows: list[list[str]], right_from: int = 1) -> str:
+    """Render a GitHub-flavoured markdown table (pipes in cells are escaped).
+
+    Columns with index ``>= right_from`` are right-aligned (numbers); earlier ones left-aligned.
+    """
 
     def line(cells: Sequence[str]) -> str:
         return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
 
-    sep = "|" + "|".join(["---"] + ["---:"] * (len(headers) - 1)) + "|"
+    sep = "|" + "|".join("---:" if i >= right_from else "---" for i in range(len(headers))) + "|"
     return "\n".join([line(headers), sep, *(line(r) for r in rows)])
 
 
@@ -271,13 +274,13 @@ def _section(title: str, *body: str, level: int = 2) -> list[str]:
     return lines
 
 
-def _kv_table(values: Mapping[str, Any], unit: str = "") -> str:
-    """A two-column name/value markdown table (numbers with 4 decimals)."""
+def _kv_table(values: Mapping[str, Any], unit: str = "", digits: int = 4) -> str:
+    """A two-column name/value markdown table (numbers with ``digits`` decimals)."""
 
     def cell(v: Any) -> str:
         if v is None:
             return "–"
-        return f"{v:.4f}{unit}" if _as_scalar(v) is not None else str(v)
+        return f"{v:.{digits}f}{unit}" if _as_scalar(v) is not None else str(v)
 
     return markdown_table(["name", "value"], [[k, cell(v)] for k, v in values.items()])
 
@@ -286,7 +289,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     """Render a final report dict as markdown (the return table first: the sim-to-real gap)."""
     lines = _header_lines(report)
     if report.get("timings"):
-        lines += _section("Timings", _kv_table(report["timings"], unit=" s"))
+        lines += _section("Timings", _kv_table(report["timings"], unit=" s", digits=2))
     if report.get("behavior"):
         lines += _section("Behavior model", _kv_table(report["behavior"]))
     evaluation = report.get("evaluation") or {}

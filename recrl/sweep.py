@@ -35,8 +35,11 @@ def load_overrides(job_dir: Path) -> list[str]:
     return [str(item) for item in data or []]
 
 
-def configuration_label(overrides: list[str]) -> str:
-    """Sorted, space-joined overrides without the seed override, e.g. ``"algo=dqn reward=ctr"``.
+def configuration_label(overrides: list[str], shared: frozenset[str] = frozenset()) -> str:
+    """Sorted, space-joined overrides without the seed and the ``shared`` ones.
+
+    ``shared`` holds the overrides every job of the sweep has (``experiment=smoke``, say), so
+    the label names only what tells configurations apart.
 
     Example::
 
@@ -44,8 +47,11 @@ def configuration_label(overrides: list[str]) -> str:
         'algo=dqn reward=ctr'
         >>> configuration_label(["+seed=3"])
         '(default)'
+        >>> configuration_label(["algo=dqn", "experiment=smoke"], frozenset({"experiment=smoke"}))
+        'algo=dqn'
     """
-    kept = sorted(o for o in overrides if o.split("=", 1)[0].lstrip("+~") != SEED_KEY)
+    kept = sorted(o for o in overrides
+                  if o.split("=", 1)[0].lstrip("+~") != SEED_KEY and o not in shared)
     return " ".join(kept) or DEFAULT_CONFIGURATION
 
 
@@ -69,8 +75,12 @@ def find_reports(sweep_dir: Path) -> list[Path]:
 def collect_sweep(report_paths: list[Path]) -> pd.DataFrame:
     """Long table (``COLUMNS``) of per-configuration means and 95% CIs across the seeds of each job group."""
     values: dict[_Key, list[float]] = {}
+    overrides = {path: load_overrides(path.parent) for path in report_paths}
+    shared = frozenset.intersection(*(frozenset(o) for o in overrides.values())) if overrides else frozenset()
+    if len({configuration_label(o) for o in overrides.values()}) == 1:
+        shared = frozenset()  # a single configuration keeps its full label
     for path in report_paths:
-        label = configuration_label(load_overrides(path.parent))
+        label = configuration_label(overrides[path], shared)
         report = json.loads(path.read_text(encoding="utf-8"))
         for (env, policy, metric), mean in _job_means(report).items():
             values.setdefault((label, env, policy, metric), []).append(mean)
@@ -132,7 +142,7 @@ def render_sweep_markdown(frame: pd.DataFrame, sweep_dir: Path, n_jobs: int) -> 
         ]
         for _, r in frame.iterrows()
     ]
-    lines += ["", "## All metrics", "", markdown_table(COLUMNS, long_rows)]
+    lines += ["", "## All metrics", "", markdown_table(COLUMNS, long_rows, right_from=4)]
     return "\n".join(lines) + "\n"
 
 

@@ -148,6 +148,7 @@ def test_write_report_markdown_tables(tmp_path: Path) -> None:
     assert "**algo**: `dqn`" in md and "**reward**: `ctr`" in md and "**seed**: `0`" in md
     assert "torch 2.13.0" in md
     assert "## Behavior model" in md and "| valid_click_auc | 0.6400 |" in md
+    assert "| total_s | 50.00 s |" in md
 
 
 def test_write_report_without_behavior(tmp_path: Path) -> None:

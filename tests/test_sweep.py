@@ -68,6 +68,8 @@ def test_configuration_label() -> None:
     assert configuration_label(["++seed=2"]) == "(default)"
     assert configuration_label([]) == "(default)"
     assert configuration_label(["seeds=3"]) == "seeds=3"
+    shared = frozenset({"experiment=smoke"})
+    assert configuration_label(["algo=dqn", "experiment=smoke", "seed=1"], shared) == "algo=dqn"
 
 
 def test_summarize_sweep_means_and_cis(tmp_path: Path) -> None:
@@ -76,7 +78,7 @@ def test_summarize_sweep_means_and_cis(tmp_path: Path) -> None:
     assert frame is not None
     csv = pd.read_csv(tmp_path / "summary.csv")
     assert list(csv.columns) == COLUMNS
-    a, b = "algo=dqn", "algo=dqn reward=conversion"
+    a, b = "(default)", "reward=conversion"  # algo=dqn is shared by all jobs
     assert set(csv["configuration"]) == {a, b}
     # config a: [9, 10, 11] -> mean 10, sd 1
     row = _row(csv, a, "simulator", "dqn", "return")
@@ -107,7 +109,7 @@ def test_summary_markdown_and_console(tmp_path: Path) -> None:
     md = (tmp_path / "summary.md").read_text()
     sim_table = "\n".join(
         [
-            "| policy | algo=dqn | algo=dqn reward=conversion |",
+            "| policy | (default) | reward=conversion |",
             "|---|---:|---:|",
             "| dqn | 10.000 ± 2.484 | 3.000 ± 6.572 |",
             "| random | 2.000 ± 0.000 | 2.000 ± 0.000 |",
@@ -115,7 +117,8 @@ def test_summary_markdown_and_console(tmp_path: Path) -> None:
     )
     assert "## return on simulator" in md and sim_table in md
     assert "## return on ground_truth" in md
-    assert "| algo=dqn | ground_truth | dqn | return | 9.000 | 2.484 | 3 |" in md
+    assert "|---|---|---|---|---:|---:|---:|" in md
+    assert "| (default) | ground_truth | dqn | return | 9.000 | 2.484 | 3 |" in md
     assert "6 jobs, 2 configurations" in md
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
     text = console.export_text()
@@ -127,9 +130,9 @@ def test_null_means_are_dropped_from_seed_counts(tmp_path: Path) -> None:
     _make_job(tmp_path, 6, ["algo=dqn", "seed=3"], None)  # e.g. a diverged run
     frame = summarize_sweep(tmp_path, console=Console(record=True))
     assert frame is not None
-    row = _row(frame, "algo=dqn", "simulator", "dqn", "return")
+    row = _row(frame, "(default)", "simulator", "dqn", "return")
     assert (row["mean"], row["n_seeds"]) == (pytest.approx(10.0), 3)
-    assert _row(frame, "algo=dqn", "simulator", "random", "return")["n_seeds"] == 4
+    assert _row(frame, "(default)", "simulator", "random", "return")["n_seeds"] == 4
 
 
 def test_jobs_without_overrides_form_default_configuration(tmp_path: Path) -> None:

@@ -39,8 +39,8 @@ class Reinforce:
 
     def __init__(self, ctx: AlgoContext, dim: int = 32, hidden: int = 128, lr: float = 3e-3,
                  gamma: float = 0.95, value_coef: float = 0.5, entropy_coef: float = 0.01,
-                 epochs: int = 1, grad_clip: float = 10.0) -> None:
-        self.ctx, self.gamma = ctx, gamma
+                 epochs: int = 1, grad_clip: float = 10.0, sample_in_eval: bool = True) -> None:
+        self.ctx, self.gamma, self.sample_in_eval = ctx, gamma, sample_in_eval
         self.value_coef, self.entropy_coef, self.epochs = value_coef, entropy_coef, epochs
         self.grad_clip = grad_clip
         torch.manual_seed(ctx.seed)
@@ -54,9 +54,10 @@ class Reinforce:
 
     @torch.no_grad()
     def act(self, obs: Obs, explore: bool) -> torch.Tensor:
-        """Sample a slate from the policy (``explore``) or take its top-``K`` items."""
+        """Sample a slate from the policy, or take its top-``K`` items when neither ``explore``
+        nor ``sample_in_eval`` is set (the learned policy is stochastic; its mode can differ)."""
         logits = self.policy(obs)
-        if not explore:
+        if not (explore or self.sample_in_eval):
             return top_k(logits, self.ctx.slate_size)
         u = torch.rand(logits.shape, device=logits.device, generator=self.generator)
         gumbel = -torch.log(-torch.log(u.clamp(1e-12, 1.0 - 1e-7)))
@@ -75,6 +76,10 @@ class Reinforce:
             logp = log_pi.gather(1, actions).sum(1)
             value = self.value(state).squeeze(1)
             advantage = (returns - value).detach()
+            # normalised over the valid rows: the step size no longer depends on the reward scale
+            mean = (advantage * valid).sum() / n
+            std = (((advantage - mean) ** 2 * valid).sum() / n).sqrt()
+            advantage = (advantage - mean) / (std + 1e-8)
             entropy = -(log_pi.exp() * log_pi).sum(1)
             policy_loss = -(advantage * logp * valid).sum() / n
             value_loss = (((value - returns) ** 2) * valid).sum() / n

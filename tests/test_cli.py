@@ -1,0 +1,152 @@
+"""End to end through the ``recrl`` command in a subprocess, with the tiny smoke config."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from recrl.checkpoint import load_checkpoint
+
+SMOKE = ["experiment=smoke"]
+
+
+def recrl(*args: str, cwd: Path, cache: Path, check: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "RECRL_CACHE_DIR": str(cache), "RECRL_DEBUG": ""}
+    proc = subprocess.run([sys.executable, "-m", "recrl.cli", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
+    if check:
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def means(report: dict) -> dict[tuple[str, str, str], float]:
+    return {(env, pol, metric): stat["mean"]
+            for env, by_policy in report["evaluation"].items()
+            for pol, metrics in by_policy.items() for metric, stat in metrics.items()}
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("cli")
+    run_dir = root / "run"
+    recrl("train", *SMOKE, f"hydra.run.dir={run_dir}", cwd=root, cache=root / "cache")
+    return root, run_dir
+
+
+def test_train_writes_the_run_folder(trained_run: tuple[Path, Path]) -> None:
+    _, run = trained_run
+    for name in (".hydra/config.yaml", ".hydra/overrides.yaml", "checkpoints/last.pt", "checkpoints/best.pt",
+                 "metrics.jsonl", "report.json", "report.md", "plots/learning_curve.png"):
+        assert (run / name).is_file(), name
+    assert any((run / "tb").iterdir())
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert any("eval/return" in line for line in lines)
+    assert any("train/loss" in line for line in lines)
+    report = json.loads((run / "report.json").read_text())
+    assert set(report["evaluation"]) == {"simulator", "ground_truth"}
+    assert set(report["evaluation"]["ground_truth"]) == {"dqn", "random", "popular", "greedy"}
+    ret = report["evaluation"]["ground_truth"]["dqn"]["return"]
+    assert ret["n"] == 64 and ret["ci95"] > 0
+    assert 0 < report["behavior"]["valid_click_auc"] <= 1
+    assert report["seed"] == 0 and report["versions"]["torch"]
+    ckpt = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert ckpt["algo_name"] == "dqn" and ckpt["step"] == 60
+
+
+def test_eval_reproduces_the_final_evaluation(trained_run: tuple[Path, Path]) -> None:
+    root, run = trained_run
+    out = root / "eval"
+    recrl("eval", f"checkpoint={run}", f"hydra.run.dir={out}", cwd=root, cache=root / "cache")
+    original = means(json.loads((run / "report.json").read_text()))
+    again = means(json.loads((out / "report.json").read_text()))
+    assert original.keys() == again.keys()
+    for key, value in original.items():
+        if not math.isnan(value):
+            assert abs(value - again[key]) <= 1e-6, key
+
+
+def test_behavior_model_is_cached(trained_run: tuple[Path, Path]) -> None:
+    root, _ = trained_run
+    proc = recrl("train", *SMOKE, "algo=random", f"hydra.run.dir={root / 'random'}", cwd=root,
+                 cache=root / "cache")
+    assert "cache hit" in proc.stderr
+    report = json.loads((root / "random" / "report.json").read_text())
+    assert report["behavior"]["cached"] is True
+
+
+def test_sweep_writes_one_folder_per_job_and_a_summary(tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    recrl("sweep", *SMOKE, "algo=reinforce,random", "seed=0,1", "eval.baselines=[]",
+          f"hydra.sweep.dir={sweep}", cwd=tmp_path, cache=tmp_path / "cache")
+    jobs = sorted(p for p in sweep.iterdir() if p.is_dir() and (p / "report.json").is_file())
+    assert len(jobs) == 4
+    summary = (sweep / "summary.csv").read_text().splitlines()
+    header = summary[0].split(",")
+    assert header[:4] == ["configuration", "env", "policy", "metric"]
+    rows = [dict(zip(header, line.split(","), strict=True)) for line in summary[1:]]
+    returns = [r for r in rows if r["metric"] == "return" and r["env"] == "ground_truth"]
+    assert {r["configuration"] for r in returns} == {"algo=reinforce", "algo=random"}
+    assert all(r["n_seeds"] == "2" for r in returns)
+    assert (sweep / "summary.md").is_file()
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["train", "algo=dqnn"], "valid options for algo: dqn, greedy, popular, random, reinforce"),
+    (["train", "trainer.steps=abc"], "trainer.steps='abc' is not a valid int"),
+    (["train", "trainer.stepz=1"], "unknown key trainer.stepz"),
+    (["train", "seed=1.5"], "seed=1.5 is not a valid int"),
+    (["eval"], "recrl eval needs checkpoint="),
+    (["eval", "checkpoint=/no/such/run"], "does not exist"),
+    (["fly"], "unknown command"),
+])
+def test_bad_input_gives_one_line_and_exit_code_2(tmp_path: Path, args: list[str], message: str) -> None:
+    proc = recrl(*args, cwd=tmp_path, cache=tmp_path / "cache", check=False)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], proc.stderr
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_incompatible_checkpoint_is_a_clear_error(trained_run: tuple[Path, Path], tmp_path: Path) -> None:
+    root, run = trained_run
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    proc = recrl("eval", f"checkpoint={bad}", f"hydra.run.dir={tmp_path / 'e'}", cwd=tmp_path,
+                 cache=tmp_path / "cache", check=False)
+    assert proc.returncode == 2 and "cannot read checkpoint" in proc.stderr
+    # a checkpoint whose weights do not fit its config (history length changed)
+    import torch
+    payload = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    payload["config"] = payload["config"].replace("history_len: 4", "history_len: 7")
+    torch.save(payload, tmp_path / "mismatch.pt")
+    proc = recrl("eval", f"checkpoint={tmp_path / 'mismatch.pt'}", f"hydra.run.dir={tmp_path / 'e2'}",
+                 cwd=tmp_path, cache=root / "cache", check=False)
+    assert proc.returncode == 2 and "does not fit" in proc.stderr, proc.stderr
+
+
+def test_ctrl_c_leaves_the_last_checkpoint_intact(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    env = {**os.environ, "RECRL_CACHE_DIR": str(tmp_path / "cache"), "RECRL_DEBUG": ""}
+    proc = subprocess.Popen([sys.executable, "-m", "recrl.cli", "train", *SMOKE, "trainer.steps=1000000",
+                             "trainer.checkpoint_every=5", "trainer.eval_every=1000000",
+                             f"hydra.run.dir={run}"], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    last = run / "checkpoints" / "last.pt"
+    deadline = time.time() + 120
+    while time.time() < deadline and not last.is_file():
+        time.sleep(0.2)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err
+    assert load_checkpoint(last)["step"] >= 5
+    assert not list(last.parent.glob("*.tmp"))
