@@ -102,8 +102,9 @@ def discounted_returns(reward: Tensor, done: Tensor, gamma: float) -> Tensor:
 
     Example::
 
-        >>> discounted_returns(torch.tensor([[1.], [1.], [1.]]), torch.tensor([[0.], [1.], [0.]]), 0.5)
-        tensor([[1.5000], [1.0000], [1.0000]])
+        # one user, rewards 1, 1, 1, the episode ends after step 1, gamma 0.5
+        discounted_returns(torch.ones(3, 1), torch.tensor([[0.0], [1.0], [0.0]]), 0.5)
+        # -> [[1.5], [1.0], [1.0]]
     """
     out = torch.zeros_like(reward)
     running = torch.zeros_like(reward[0])

@@ -61,8 +61,11 @@ class Trainer:
                  buffer_size: int = 100_000, eval_every: int = 500, eval_episodes: int = 256,
                  log_every: int = 100, checkpoint_every: int = 1000,
                  device: str = "auto", progress: bool = True) -> None:
-        if steps < 0 or n_users < 1 or batch_size < 1:
-            raise RecrlError("trainer: steps must be >= 0, n_users and batch_size >= 1")
+        if steps < 0 or n_users < 1 or batch_size < 1 or eval_episodes < 1:
+            raise RecrlError("trainer: steps must be >= 0; n_users, batch_size, eval_episodes >= 1")
+        if buffer_size < n_users:
+            raise RecrlError(f"trainer.buffer_size={buffer_size} must hold at least one step of "
+                             f"trainer.n_users={n_users} transitions")
         self.steps, self.n_users, self.batch_size = steps, n_users, batch_size
         self.updates_per_step, self.learning_starts = updates_per_step, learning_starts
         self.buffer_size, self.eval_every, self.eval_episodes = buffer_size, eval_every, eval_episodes

@@ -280,6 +280,8 @@ def _kv_table(values: Mapping[str, Any], unit: str = "", digits: int = 4) -> str
     def cell(v: Any) -> str:
         if v is None:
             return "–"
+        if isinstance(v, (int, np.integer)) and not isinstance(v, bool):
+            return f"{v}{unit}"
         return f"{v:.{digits}f}{unit}" if _as_scalar(v) is not None else str(v)
 
     return markdown_table(["name", "value"], [[k, cell(v)] for k, v in values.items()])
@@ -318,7 +320,10 @@ def write_report(run_dir: Path, report: dict) -> None:
 
 def print_report_table(report: dict, console: Console | None = None) -> None:
     """Print one rich table per evaluation env: policies as rows, metrics as ``mean ± ci`` columns."""
-    console = console or Console()
+    if console is None:
+        console = Console()
+        if not console.is_terminal:  # logs and pipes: wide enough for every metric column
+            console = Console(width=150)
     evaluation = report.get("evaluation") or {}
     if not evaluation:
         console.print("[yellow]No evaluation results in report.[/yellow]")

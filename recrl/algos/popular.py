@@ -23,9 +23,11 @@ class PopularPolicy(FixedPolicy):
     def __init__(self, ctx: AlgoContext, skip_shown: bool = True) -> None:
         super().__init__(ctx)
         self.skip_shown = skip_shown
-        # a tiny id-dependent tie-break keeps the ranking deterministic
-        tie = torch.arange(ctx.n_items, device=ctx.device).float() * 1e-9
-        self.popularity = ctx.item_popularity.to(ctx.device).float() - tie
+        # score = minus the rank, so equally popular items are ordered by id on every device
+        order = torch.sort(-ctx.item_popularity.double(), stable=True).indices
+        rank = torch.empty_like(order)
+        rank[order] = torch.arange(ctx.n_items)
+        self.popularity = -rank.to(ctx.device).float()
 
     def scores(self, obs: Obs) -> torch.Tensor:
         """Popularity of every item, ``-inf`` for items already shown when ``skip_shown``."""

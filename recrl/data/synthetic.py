@@ -29,7 +29,9 @@ def sample_choice(click_prob: Tensor, generator: torch.Generator) -> Tensor:
     """
     u = torch.rand(click_prob.shape[0], 1, device=click_prob.device, generator=generator)
     cum = click_prob.cumsum(1)
-    chosen = (u < cum) & (u >= cum - click_prob)
+    # compare with the previous cumulative sum itself: `cum - p` can round below it
+    previous = torch.cat([torch.zeros_like(cum[:, :1]), cum[:, :-1]], 1)
+    chosen = (u < cum) & (u >= previous)
     return chosen.to(click_prob.dtype)
 
 

@@ -34,14 +34,12 @@ def auc(score: Tensor, label: Tensor) -> float:
         return float("nan")
     order = torch.argsort(score.double())
     sorted_scores = score.double()[order]
-    ranks = torch.empty_like(sorted_scores)
-    ranks[order] = torch.arange(1, len(score) + 1, dtype=torch.float64)
-    # average ranks over ties
+    positions = torch.arange(1, len(score) + 1, dtype=torch.float64)
+    # tied scores share the average of their positions
     uniq, inverse = torch.unique(sorted_scores, return_inverse=True)
-    sums = torch.zeros(len(uniq), dtype=torch.float64).index_add_(
-        0, inverse, torch.arange(1, len(score) + 1, dtype=torch.float64))
-    counts = torch.zeros(len(uniq), dtype=torch.float64).index_add_(
-        0, inverse, torch.ones(len(score), dtype=torch.float64))
+    sums = torch.zeros(len(uniq), dtype=torch.float64).index_add_(0, inverse, positions)
+    counts = torch.zeros(len(uniq), dtype=torch.float64).index_add_(0, inverse, torch.ones_like(positions))
+    ranks = torch.empty_like(sorted_scores)
     ranks[order] = (sums / counts)[inverse]
     rank_sum = float(ranks[label].sum())
     return (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)

@@ -1,0 +1,178 @@
+"""Tests for recrl.config and conf/: every group file checks and instantiates; bad keys fail early."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig, OmegaConf
+
+from recrl.behavior.gru import GRUBehavior
+from recrl.config import CONF_DIR, GROUPS, algo_options, build, build_algo_by_name, check_node, validate
+from recrl.data.synthetic import SyntheticWorld
+from recrl.env.simulator import RecEnv
+from recrl.rewards import ClickReward
+from recrl.types import AlgoContext, Obs, RecrlError
+
+ALL_GROUPS = (*GROUPS, "eval")
+GROUP_FILES = sorted((group, path) for group in ALL_GROUPS for path in (CONF_DIR / group).glob("*.yaml"))
+EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
+
+
+def test_every_group_has_files() -> None:
+    for group in ALL_GROUPS:
+        assert list((CONF_DIR / group).glob("*.yaml")), group
+    assert algo_options() == ["dqn", "greedy", "popular", "random", "reinforce"]
+
+
+def tiny_ctx() -> AlgoContext:
+    return AlgoContext(n_items=20, slate_size=2, history_len=3, horizon=5, device=torch.device("cpu"),
+                       seed=0, item_popularity=torch.arange(20).float(),
+                       behavior=GRUBehavior(n_items=20, dim=4, hidden=8), reward=ClickReward())
+
+
+def instantiate_node(group: str, node: DictConfig) -> object:
+    """Build a group node the way train.py does, passing the run-time arguments to partials."""
+    obj = build(node)
+    if not node.get("_partial_", False):
+        return obj
+    if group == "behavior":
+        return obj(n_items=20, device="cpu")
+    if group == "env":
+        world = SyntheticWorld(n_items=20, n_users=10, n_topics=3, horizon=5)
+        return obj(model=world, reward=ClickReward(), device="cpu")
+    if group == "algo":
+        return obj(ctx=tiny_ctx())
+    raise AssertionError(f"unexpected partial node in group {group}")
+
+
+@pytest.mark.parametrize(("group", "path"), GROUP_FILES, ids=[f"{g}/{p.stem}" for g, p in GROUP_FILES])
+def test_group_file_checks_and_instantiates(group: str, path: Path) -> None:
+    node = OmegaConf.load(path)
+    check_node(node, group)
+    obj = instantiate_node(group, node)
+    assert type(obj).__module__ + "." + type(obj).__name__ == node["_target_"]
+    # the keys of the file reached the object (spot check on numbers and flags)
+    if group == "env":
+        assert isinstance(obj, RecEnv)
+        assert (obj.horizon, obj.slate_size, obj.history_len) == (node.horizon, node.slate_size,
+                                                                   node.history_len)
+    if group == "algo" and "gamma" in node:
+        assert obj.gamma == node.gamma
+
+
+@pytest.mark.parametrize("name", algo_options())
+def test_build_algo_by_name(name: str) -> None:
+    algo = build_algo_by_name(name, ctx=tiny_ctx())
+    obs = Obs(torch.full((3, 3, 2), 20), torch.zeros(3, 3, 2), torch.zeros(3, dtype=torch.long))
+    slates = algo.act(obs, explore=False)
+    assert slates.shape == (3, 2) and bool(((slates >= 0) & (slates < 20)).all())
+
+
+@pytest.mark.parametrize("experiment", [None, *EXPERIMENTS])
+def test_train_config_composes_and_validates(experiment: str | None) -> None:
+    overrides = [] if experiment is None else [f"experiment={experiment}"]
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=overrides)
+    validate(cfg)
+    for group in GROUPS:
+        assert "_target_" in cfg[group]
+    assert cfg.task == "train" and isinstance(cfg.seed, int)
+    if experiment == "smoke":
+        assert cfg.dataset.n_items == 40 and cfg.trainer.steps == 60 and cfg.trainer.progress is False
+        assert cfg.env.history_len == 4
+
+
+def test_every_algo_and_reward_composes() -> None:
+    rewards = sorted(p.stem for p in (CONF_DIR / "reward").glob("*.yaml"))
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        for algo in algo_options():
+            cfg = compose("train", overrides=[f"algo={algo}", "experiment=smoke"])
+            validate(cfg)
+            assert cfg.algo._target_.rsplit(".", 2)[-2] == algo
+        for reward in rewards:
+            validate(compose("train", overrides=[f"reward={reward}"]))
+
+
+def test_eval_config_composes() -> None:
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("eval", overrides=["checkpoint=some/run"])
+    assert cfg.task == "eval" and cfg.checkpoint == "some/run"
+
+
+def dqn_node(**keys: object) -> DictConfig:
+    return OmegaConf.create({"_target_": "recrl.algos.dqn.DQN", "_partial_": True, **keys})
+
+
+def test_check_node_rejects_unknown_key() -> None:
+    with pytest.raises(RecrlError, match=r"unknown key algo\.lrr for recrl\.algos\.dqn\.DQN") as err:
+        check_node(dqn_node(lrr=0.1), "algo")
+    assert "valid keys:" in str(err.value) and "lr" in str(err.value) and "ctx" not in str(err.value)
+
+
+def test_check_node_rejects_wrong_types() -> None:
+    with pytest.raises(RecrlError, match=r"algo\.lr='fast' is not a valid float"):
+        check_node(dqn_node(lr="fast"), "algo")
+    trainer = OmegaConf.load(CONF_DIR / "trainer" / "default.yaml")
+    trainer.steps = "abc"
+    with pytest.raises(RecrlError, match=r"trainer\.steps='abc' is not a valid int"):
+        check_node(trainer, "trainer")
+    with pytest.raises(RecrlError, match=r"algo\.dim=1\.5 is not a valid int"):
+        check_node(dqn_node(dim=1.5), "algo")
+    with pytest.raises(RecrlError, match=r"algo\.skip_shown='yes' is not a valid bool"):
+        check_node(OmegaConf.create({"_target_": "recrl.algos.popular.PopularPolicy", "skip_shown": "yes"}),
+                   "algo")
+    with pytest.raises(RecrlError, match=r"eval\.baselines='random'"):
+        check_node(OmegaConf.create({"_target_": "recrl.evaluate.Evaluation", "baselines": "random"}), "eval")
+
+
+def test_check_node_number_rules() -> None:
+    check_node(dqn_node(lr=1, gamma=1, tau=1), "algo")  # ints are accepted for float params
+    check_node(dqn_node(dim=16, lr=0.5), "algo")
+    with pytest.raises(RecrlError, match=r"algo\.dim=True is not a valid int"):
+        check_node(dqn_node(dim=True), "algo")  # bools are not ints
+    with pytest.raises(RecrlError, match=r"algo\.lr=False is not a valid float"):
+        check_node(dqn_node(lr=False), "algo")
+    check_node(OmegaConf.create({"_target_": "recrl.evaluate.Evaluation", "baselines": None}), "eval")
+    check_node(OmegaConf.create({"_target_": "recrl.evaluate.Evaluation", "baselines": ["random"]}), "eval")
+
+
+def test_check_node_needs_an_importable_target() -> None:
+    with pytest.raises(RecrlError, match="missing _target_"):
+        check_node(OmegaConf.create({"lr": 0.1}), "algo")
+    with pytest.raises(RecrlError, match="cannot be imported"):
+        check_node(OmegaConf.create({"_target_": "recrl.algos.nope.Nope"}), "algo")
+
+
+def composed(*overrides: str) -> DictConfig:
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose("train", overrides=list(overrides))
+
+
+def test_validate_rejects_bad_values() -> None:
+    with pytest.raises(RecrlError, match=r"trainer\.steps='abc'"):
+        validate(composed("trainer.steps=abc"))
+    with pytest.raises(RecrlError, match=r"unknown key algo\.bogus"):
+        validate(composed("+algo.bogus=1"))
+    with pytest.raises(RecrlError, match="seed='x' is not a valid int"):
+        validate(composed("seed=x"))
+    with pytest.raises(RecrlError, match="seed=True is not a valid int"):
+        validate(composed("seed=true"))
+    with pytest.raises(RecrlError, match="'nope' is not an algo"):
+        validate(composed("eval.baselines=[random,nope]"))
+    with pytest.raises(RecrlError, match="does not resolve"):
+        validate(composed("+dataset.alias=${missing.key}"))
+
+
+def test_validate_accepts_overrides_of_the_right_type() -> None:
+    cfg = composed("trainer.steps=5", "algo=reinforce", "algo.lr=1", "reward=mix", "reward.rating=2")
+    validate(cfg)
+    assert cfg.trainer.steps == 5 and cfg.algo.lr == 1
+
+
+@pytest.mark.parametrize("override", ["eval.episodes=abc", "+eval.bogus=1", "eval.seed=1.5"])
+def test_validate_checks_the_eval_group(override: str) -> None:
+    with pytest.raises(RecrlError, match=r"eval\."):
+        validate(composed(override))

@@ -1,0 +1,184 @@
+"""Tests for recrl.env.simulator.RecEnv over the synthetic ground-truth world."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from recrl.data.synthetic import SyntheticWorld
+from recrl.env.simulator import RecEnv
+from recrl.rewards import ClickReward
+from recrl.types import RecrlError
+
+N_ITEMS, K, L, B = 15, 2, 3, 6
+
+
+def world(leave_bias: float = -3.0) -> SyntheticWorld:
+    """``leave_bias`` -30: nobody ever leaves; +30: everybody leaves after one step."""
+    return SyntheticWorld(n_items=N_ITEMS, n_users=10, n_topics=3, horizon=5, leave_bias=leave_bias, seed=0)
+
+
+def make_env(leave_bias: float = -3.0, horizon: int = 4, autoreset: bool = False) -> RecEnv:
+    return RecEnv(world(leave_bias), ClickReward(), horizon=horizon, slate_size=K, history_len=L,
+                  autoreset=autoreset)
+
+
+def slates(gen: torch.Generator, b: int = B) -> torch.Tensor:
+    return torch.rand(b, N_ITEMS, generator=gen).topk(K, dim=1).indices
+
+
+def test_reset_and_step_shapes() -> None:
+    env = make_env()
+    obs = env.reset(B, seed=0)
+    assert obs.items.shape == (B, L, K) and obs.items.dtype == torch.long
+    assert bool((obs.items == N_ITEMS).all())  # history starts as padding
+    assert obs.clicks.shape == (B, L, K) and bool((obs.clicks == 0).all())
+    assert obs.step.tolist() == [0] * B
+    assert bool(env.alive.all())
+    obs, reward, done, info = env.step(slates(torch.Generator().manual_seed(0)))
+    assert obs.items.shape == (B, L, K) and obs.step.tolist() == [1] * B
+    assert reward.shape == (B,) and done.shape == (B,) and done.dtype == torch.bool
+    assert info.response.click.shape == (B, K) and info.response.leave_prob.shape == (B,)
+    assert info.terminated.shape == info.truncated.shape == info.was_alive.shape == (B,)
+    torch.testing.assert_close(reward, info.response.click.sum(1))  # ClickReward
+    assert torch.equal(done, info.terminated | info.truncated)
+
+
+def test_history_shifts_left_and_keeps_the_last_slate() -> None:
+    env = make_env(leave_bias=-30.0)
+    env.reset(B, seed=0)
+    gen = torch.Generator().manual_seed(0)
+    s1, s2 = slates(gen), slates(gen)
+    obs1, _, _, info1 = env.step(s1)
+    assert torch.equal(obs1.items[:, -1], s1)
+    assert bool((obs1.items[:, :-1] == N_ITEMS).all())
+    assert torch.equal(obs1.clicks[:, -1], info1.response.click)
+    assert bool((obs1.clicks[:, :-1] == 0).all())
+    obs2, _, _, info2 = env.step(s2)
+    assert torch.equal(obs2.items[:, -2], s1) and torch.equal(obs2.items[:, -1], s2)
+    assert torch.equal(obs2.clicks[:, -2], info1.response.click)
+    assert torch.equal(obs2.clicks[:, -1], info2.response.click)
+    assert bool((obs2.items[:, 0] == N_ITEMS).all())
+    obs3, *_ = env.step(slates(gen))
+    assert torch.equal(obs3.items[:, 0], s1)  # history_len 3: s1 is now the oldest slot
+    # observations are copies: later steps never change an earlier one
+    assert torch.equal(obs1.items[:, -1], s1) and bool((obs1.items[:, 0] == N_ITEMS).all())
+
+
+def test_finished_users_stay_finished_without_autoreset() -> None:
+    env = make_env(leave_bias=30.0)
+    env.reset(B, seed=0)
+    gen = torch.Generator().manual_seed(0)
+    s1 = slates(gen)
+    obs1, _, done, info = env.step(s1)
+    assert bool(done.all()) and bool(info.terminated.all()) and not bool(info.truncated.any())
+    assert bool(info.was_alive.all()) and not bool(env.alive.any())
+    state = env.state.clone()
+    for _ in range(3):
+        obs, reward, done, info = env.step(slates(gen))
+        assert bool((reward == 0).all())
+        assert not bool(done.any()) and not bool(info.terminated.any()) and not bool(info.truncated.any())
+        assert not bool(info.was_alive.any()) and not bool(env.alive.any())
+        assert obs.step.tolist() == [1] * B  # step counter frozen
+        assert torch.equal(obs.items, obs1.items) and torch.equal(obs.clicks, obs1.clicks)
+        assert torch.equal(env.state, state)
+    obs = env.reset(B)  # a new reset revives everybody
+    assert bool(env.alive.all()) and obs.step.tolist() == [0] * B
+
+
+def test_autoreset_keeps_the_batch_full() -> None:
+    env = make_env(leave_bias=30.0, autoreset=True)
+    env.reset(B, seed=0)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        obs, reward, done, info = env.step(slates(gen))
+        assert bool(done.all()) and bool(info.was_alive.all())
+        assert bool(env.alive.all())
+        # the returned observation is the fresh user's first one
+        assert bool((obs.items == N_ITEMS).all()) and bool((obs.clicks == 0).all())
+        assert obs.step.tolist() == [0] * B
+        torch.testing.assert_close(reward, info.response.click.sum(1))
+
+
+def test_autoreset_restarts_only_finished_rows() -> None:
+    env = make_env(leave_bias=0.0, autoreset=True)  # leave probability around one half
+    env.reset(64, seed=0)
+    s = slates(torch.Generator().manual_seed(0), b=64)
+    before = env.state.clone()
+    obs, _, done, info = env.step(s)
+    assert 0 < int(done.sum()) < 64
+    assert bool(env.alive.all())
+    assert torch.equal(done, info.terminated)  # horizon 4: nobody is truncated yet
+    kept, fresh = ~done, done
+    assert torch.equal(obs.items[kept, -1], s[kept]) and obs.step[kept].tolist() == [1] * int(kept.sum())
+    assert bool((obs.items[fresh] == N_ITEMS).all()) and bool((obs.clicks[fresh] == 0).all())
+    assert obs.step[fresh].tolist() == [0] * int(fresh.sum())
+    # fresh users: neutral satisfaction and no boredom again
+    assert bool((env.state[fresh, 3:] == 0).all())
+    assert not torch.equal(env.state[fresh], before[fresh])
+
+
+def test_truncation_exactly_at_horizon() -> None:
+    env = make_env(leave_bias=-30.0, horizon=3)
+    env.reset(B, seed=0)
+    gen = torch.Generator().manual_seed(0)
+    for t in (1, 2):
+        obs, _, done, info = env.step(slates(gen))
+        assert not bool(done.any()) and obs.step.tolist() == [t] * B
+    obs, _, done, info = env.step(slates(gen))
+    assert bool(done.all()) and bool(info.truncated.all()) and not bool(info.terminated.any())
+    assert obs.step.tolist() == [3] * B and not bool(env.alive.any())
+
+
+def test_truncation_with_autoreset_restarts_at_horizon() -> None:
+    env = make_env(leave_bias=-30.0, horizon=2, autoreset=True)
+    env.reset(B, seed=0)
+    gen = torch.Generator().manual_seed(0)
+    dones = []
+    for _ in range(6):
+        _obs, _, done, info = env.step(slates(gen))
+        dones.append(bool(done.all()))
+        assert bool(info.truncated.all()) == dones[-1]
+    assert dones == [False, True] * 3
+
+
+def rollout(env: RecEnv, seed: int, steps: int = 4) -> list[torch.Tensor]:
+    out = [env.reset(B, seed=seed).items]
+    gen = torch.Generator().manual_seed(123)  # the same actions every time
+    for _ in range(steps):
+        obs, reward, done, info = env.step(slates(gen))
+        out += [obs.items, obs.clicks, reward, done.float(), info.response.click_prob]
+    return out
+
+
+def test_same_seed_same_trajectory() -> None:
+    a, b = rollout(make_env(), seed=3), rollout(make_env(), seed=3)
+    for x, y in zip(a, b, strict=True):
+        assert torch.equal(x, y)
+    env = make_env()
+    again = rollout(env, seed=3)
+    again_after_reuse = rollout(env, seed=3)  # reset(seed) re-seeds the env's generator
+    for x, y in zip(again, again_after_reuse, strict=True):
+        assert torch.equal(x, y)
+    c = rollout(make_env(), seed=4)
+    assert any(not torch.equal(x, y) for x, y in zip(a, c, strict=True))
+    assert not torch.equal(a[5], c[5])  # different users: different click probabilities
+
+
+def test_wrong_slate_shape_raises() -> None:
+    env = make_env()
+    env.reset(B, seed=0)
+    with pytest.raises(RecrlError, match="slates of shape"):
+        env.step(torch.zeros(B, K + 1, dtype=torch.long))
+    with pytest.raises(RecrlError, match="slates of shape"):
+        env.step(torch.zeros(B + 1, K, dtype=torch.long))
+    with pytest.raises(RecrlError, match="slates of shape"):
+        env.step(torch.zeros(B, dtype=torch.long))
+
+
+def test_invalid_construction_raises() -> None:
+    with pytest.raises(RecrlError, match="exceeds the catalogue"):
+        RecEnv(world(), ClickReward(), slate_size=N_ITEMS + 1)
+    for kwargs in ({"horizon": 0}, {"slate_size": 0}, {"history_len": 0}):
+        with pytest.raises(RecrlError, match=">= 1"):
+            RecEnv(world(), ClickReward(), **kwargs)
