@@ -22,7 +22,7 @@ from recrl.evaluate import Evaluation
 from recrl.loop import resolve_device
 from recrl.metrics.stats import set_seed
 from recrl.report import RunLogger, plot_learning_curves, print_report_table, write_report
-from recrl.types import AlgoContext, Interactions, RecrlError
+from recrl.types import AlgoContext, Interactions, RecrlError, Splits
 
 console = Console(stderr=True)
 
@@ -34,7 +34,7 @@ class Stages:
     cfg: DictConfig
     device: torch.device
     dataset: Any
-    interactions: Interactions
+    splits: Splits
     behavior: Any
     behavior_report: dict[str, Any]
     reward: Any
@@ -82,7 +82,8 @@ def build_stages(cfg: DictConfig, device: torch.device,
                  behavior_state: dict[str, Any] | None = None) -> Stages:
     """Load the data and fit (or restore) the behavior model; nothing here touches test users."""
     dataset = build(cfg.dataset)
-    interactions = dataset.load()
+    splits = dataset.load()
+    interactions = splits.interactions  # the only part of the data the fitting code sees
     behavior = build(cfg.behavior)(n_items=interactions.n_items, device=str(device))
     if behavior_state is None:
         behavior_report = fit_behavior(cfg, behavior, interactions)
@@ -95,7 +96,7 @@ def build_stages(cfg: DictConfig, device: torch.device,
                       history_len=cfg.env.history_len, horizon=cfg.env.horizon, device=device,
                       seed=cfg.seed, item_popularity=torch.as_tensor(interactions.item_popularity()),
                       behavior=behavior, reward=reward)
-    return Stages(cfg=cfg, device=device, dataset=dataset, interactions=interactions,
+    return Stages(cfg=cfg, device=device, dataset=dataset, splits=splits,
                   behavior=behavior, behavior_report=behavior_report, reward=reward, ctx=ctx)
 
 

@@ -6,7 +6,7 @@ never a shared config dict.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -119,35 +119,58 @@ class Transition:
                           done=self.done[idx], valid=self.valid[idx])
 
 
+LOG_COLUMNS = ("user", "item", "time", "click", "conversion", "rating", "leave", "propensity")
+
+
 @dataclass
 class Interactions:
-    """Logged interactions in columnar form plus the item table.
+    """What training code may see: the training and validation rows of a logged dataset.
 
-    ``log`` has one row per shown item with columns ``user``, ``session``, ``step``, ``item``,
-    ``click``, ``conversion``, ``rating`` (NaN without a click), ``leave`` (1 on the step after
-    which the user left) and ``propensity`` (the logging policy's probability of the action).
-    Ids are dense ``0..n-1`` ints. ``items`` is indexed by item id (features such as topic,
-    quality, price). ``split`` maps each user to ``train``/``valid``/``test``.
+    Each log is a DataFrame with one row per shown item, sorted by ``user`` then ``time``, with
+    the columns of :data:`LOG_COLUMNS`: dense ``user``/``item`` ids (``0..n-1``), an integer
+    ``time`` that orders a user's rows, ``click`` and ``conversion`` (0/1), ``rating`` (NaN
+    where unknown), ``leave`` (1 on the row after which the user left, NaN when the data does
+    not say) and ``propensity`` (the logging policy's probability of the item, NaN if unknown).
+    ``items`` is indexed by item id (features, genres, titles). The held-out test rows are not
+    here by construction: they live in :class:`Splits` next to this object.
+    ``positive_only`` marks logs of positive events only (no shown-but-ignored rows), where
+    a click model needs sampled negatives.
     """
 
-    log: pd.DataFrame
+    train: pd.DataFrame
+    valid: pd.DataFrame
     items: pd.DataFrame
     n_users: int
     n_items: int
-    split: np.ndarray
-
-    def subset(self, part: str) -> pd.DataFrame:
-        """Rows of the log whose user belongs to split ``part``."""
-        users = np.flatnonzero(self.split == part)
-        return self.log[self.log["user"].isin(users)]
+    positive_only: bool = False
 
     def item_popularity(self) -> np.ndarray:
-        """Clicks per item over the training split (length ``n_items``)."""
-        train = self.subset("train")
-        clicks = train.groupby("item")["click"].sum()
-        pop = np.zeros(self.n_items)
-        pop[clicks.index.to_numpy()] = clicks.to_numpy()
-        return pop
+        """Clicks per item over the training rows (length ``n_items``)."""
+        pop = np.bincount(self.train["item"].to_numpy(), weights=self.train["click"].to_numpy(),
+                          minlength=self.n_items)
+        return pop.astype(np.float64)
+
+
+@dataclass
+class Splits:
+    """A prepared dataset: the training view, the held-out test rows and bookkeeping.
+
+    Attributes:
+        interactions: train + validation rows, the only part training code receives.
+        test: held-out rows (same columns), used by evaluation only.
+        ground_truth: an optional second log for a ground-truth user model (e.g. Coat's
+            randomized exposures), used by evaluation only.
+        user_ids, item_ids: raw ids indexed by dense id (the maps back).
+        meta: facts for reports (name, source checksums, skipped rows, ...).
+    """
+
+    interactions: Interactions
+    test: pd.DataFrame
+    ground_truth: Interactions | None = None
+    user_ids: np.ndarray | None = None
+    item_ids: np.ndarray | None = None
+    users: pd.DataFrame | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
 
 
 @runtime_checkable

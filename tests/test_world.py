@@ -12,6 +12,7 @@ import torch
 from recrl.data.synthetic import SyntheticWorld, mnl_probs, sample_choice
 from recrl.env.simulator import RecEnv
 from recrl.rewards import ClickReward
+from recrl.types import LOG_COLUMNS, Splits
 
 # Non-default coefficients so that a formula using the wrong knob is caught.
 COEFS = dict(click_bias=-0.7, click_affinity=1.3, click_quality=0.9, click_bait=1.7, click_boredom=0.25,
@@ -243,56 +244,61 @@ def test_to_and_ground_truth_keep_the_tables() -> None:
 
 
 # ----------------------------------------------------------------------------- logs
+def full_log(data: Splits) -> pd.DataFrame:
+    parts = [data.interactions.train, data.interactions.valid, data.test]
+    return pd.concat(parts).sort_values(["user", "time"], kind="stable").reset_index(drop=True)
+
+
 @pytest.fixture(scope="module")
-def logs_world() -> tuple[SyntheticWorld, object]:
+def logs_world() -> tuple[SyntheticWorld, Splits]:
     w = small_world(n_users=80, horizon=6)
     return w, w.load()
 
 
 def test_load_columns_and_sessions(logs_world) -> None:
     w, data = logs_world
-    log = data.log
-    assert set(log.columns) == {"user", "session", "step", "item", "click", "conversion", "rating",
-                                "leave", "propensity"}
-    assert data.n_users == 80 and data.n_items == 20
-    assert (log["session"] == log["user"]).all()  # one session per user
+    log = full_log(data)
+    assert list(log.columns) == list(LOG_COLUMNS)
+    assert data.interactions.n_users == 80 and data.interactions.n_items == 20
     assert sorted(log["user"].unique().tolist()) == list(range(80))  # every user logged
-    for col in ("user", "step", "item", "session"):
+    for col in ("user", "time", "item"):
         assert log[col].dtype == np.int64
     assert log["item"].between(0, 19).all()
     for _, rows in log.groupby("user"):
-        assert rows["step"].tolist() == list(range(len(rows)))  # contiguous, sorted
+        assert rows["time"].tolist() == list(range(len(rows)))  # contiguous, sorted
         assert len(rows) <= w.horizon
 
 
 def test_load_leave_only_on_last_row(logs_world) -> None:
     w, data = logs_world
-    for _, rows in data.log.groupby("user"):
+    log = full_log(data)
+    for _, rows in log.groupby("user"):
         leave = rows["leave"].to_numpy()
         assert set(np.unique(leave).tolist()) <= {0.0, 1.0}
         assert leave[:-1].sum() == 0
         if len(rows) < w.horizon:  # a session only ends early because the user left
             assert leave[-1] == 1.0
-    assert data.log["leave"].sum() > 0
+    assert log["leave"].sum() > 0
 
 
 def test_load_outcomes_and_propensities(logs_world) -> None:
     w, data = logs_world
-    log = data.log
+    log = full_log(data)
     probs = w.logging_probs().numpy()
     np.testing.assert_allclose(log["propensity"].to_numpy(), probs[log["item"].to_numpy()], rtol=1e-6)
     assert (log["rating"].isna() == (log["click"] == 0)).all()  # rating only with a click
     assert log["rating"].dropna().between(1, 5).all()
     assert (log["conversion"] <= log["click"]).all()
     assert 0 < log["click"].sum() < len(log)
-    np.testing.assert_allclose(data.items["quality"].to_numpy(), w.quality.numpy())
-    np.testing.assert_allclose(data.items["clickbait"].to_numpy(), w.is_bait.numpy())
-    assert data.items["topic"].tolist() == w.topic.tolist()
+    items = data.interactions.items
+    np.testing.assert_allclose(items["quality"].to_numpy(), w.quality.numpy())
+    np.testing.assert_allclose(items["clickbait"].to_numpy(), w.is_bait.numpy())
+    assert items["topic"].tolist() == w.topic.tolist()
 
 
 def test_load_follows_the_logging_policy() -> None:
     w = SyntheticWorld(n_items=10, n_users=6000, n_topics=3, horizon=1, seed=3)
-    log = w.load().log
+    log = full_log(w.load())
     freq = np.bincount(log["item"].to_numpy(), minlength=10) / len(log)
     np.testing.assert_allclose(freq, w.logging_probs().numpy(), atol=0.02)
 
@@ -300,28 +306,28 @@ def test_load_follows_the_logging_policy() -> None:
 def test_load_is_deterministic(logs_world) -> None:
     _, data = logs_world
     again = small_world(n_users=80, horizon=6).load()
-    pd.testing.assert_frame_equal(data.log, again.log)
-    np.testing.assert_array_equal(data.split, again.split)
+    pd.testing.assert_frame_equal(full_log(data), full_log(again))
+    pd.testing.assert_frame_equal(data.test, again.test)
     other = small_world(n_users=80, horizon=6, seed=5).load()
-    assert not data.log[["item", "click"]].head(80).equals(other.log[["item", "click"]].head(80))
+    assert not full_log(data)[["item", "click"]].head(80).equals(full_log(other)[["item", "click"]].head(80))
 
 
 def test_split_is_a_partition_of_users(logs_world) -> None:
     _, data = logs_world
-    assert len(data.split) == 80
-    assert set(data.split.tolist()) <= {"train", "valid", "test"}
-    parts = {p: set(data.subset(p)["user"].unique().tolist()) for p in ("train", "valid", "test")}
+    frames = {"train": data.interactions.train, "valid": data.interactions.valid, "test": data.test}
+    parts = {p: set(f["user"].unique().tolist()) for p, f in frames.items()}
     assert not parts["train"] & parts["valid"] and not parts["train"] & parts["test"]
     assert not parts["valid"] & parts["test"]
     assert parts["train"] | parts["valid"] | parts["test"] == set(range(80))
-    assert sum(len(data.subset(p)) for p in parts) == len(data.log)
+    assert sum(len(f) for f in frames.values()) == len(full_log(data))
     assert len(parts["train"]) > len(parts["valid"])
-    pop = data.item_popularity()
-    assert pop.shape == (20,) and pop.sum() == data.subset("train")["click"].sum()
+    pop = data.interactions.item_popularity()
+    assert pop.shape == (20,) and pop.sum() == frames["train"]["click"].sum()
+    assert not hasattr(data.interactions, "test")  # training code cannot reach the test rows
 
 
 def test_split_shares_are_respected() -> None:
     w = SyntheticWorld(n_items=5, n_users=4000, n_topics=2, horizon=1, valid_share=0.2, test_share=0.3)
-    split = w._split_users(4000)
+    split = w.user_split(4000)
     assert (split == "valid").mean() == pytest.approx(0.2, abs=0.03)
     assert (split == "test").mean() == pytest.approx(0.3, abs=0.03)

@@ -20,7 +20,13 @@ from recrl.types import Interactions, RecrlError
 
 @dataclass(frozen=True)
 class SessionTensors:
-    """Logged sessions padded to ``[S, T]`` (slate size 1); ``mask`` marks real steps."""
+    """Each user's rows padded to ``[S, T]`` (slate size 1, padding after the last row).
+
+    ``mask`` marks the rows that count in the loss (all real rows for training; only the
+    validation rows, after the user's training history, for validation); ``leave_mask`` those
+    of them whose leave label is known. ``negative`` holds sampled negative items (positive-only
+    logs) or is ``None``.
+    """
 
     item: Tensor
     click: Tensor
@@ -28,36 +34,58 @@ class SessionTensors:
     rating: Tensor
     leave: Tensor
     mask: Tensor
+    leave_mask: Tensor
+    negative: Tensor | None = None
+
+    def _map(self, fn) -> SessionTensors:
+        return SessionTensors(*(None if getattr(self, f) is None else fn(getattr(self, f))
+                                for f in self.__dataclass_fields__))
 
     def rows(self, idx: Tensor) -> SessionTensors:
         """Sessions ``idx``."""
-        return SessionTensors(*(getattr(self, f)[idx] for f in self.__dataclass_fields__))
+        return self._map(lambda t: t[idx])
 
     def to(self, device: torch.device) -> SessionTensors:
         """The same sessions on ``device``."""
-        return SessionTensors(*(getattr(self, f).to(device) for f in self.__dataclass_fields__))
+        return self._map(lambda t: t.to(device))
 
 
-def session_tensors(log: pd.DataFrame, n_items: int) -> SessionTensors:
-    """Pad the sessions of ``log`` (sorted by session, step) into tensors."""
+def session_tensors(log: pd.DataFrame, n_items: int, max_len: int | None = None,
+                    target: np.ndarray | None = None, negatives: bool = False,
+                    seed: int = 0) -> SessionTensors:
+    """Pad the rows of ``log`` (sorted by user, time) per user, keeping each user's last
+    ``max_len`` rows; ``target`` (bool per row, default all) selects the rows that count."""
     if log.empty:
-        raise RecrlError("no logged sessions to fit the behavior model on: the split is empty")
-    codes, sessions = pd.factorize(log["session"], sort=True)
+        raise RecrlError("no logged interactions to fit the behavior model on: the split is empty")
+    codes, _ = pd.factorize(log["user"], sort=True)
     position = log.groupby(codes).cumcount().to_numpy()
-    s, t = len(sessions), int(position.max()) + 1
-    item = np.full((s, t), n_items, dtype=np.int64)
-    item[codes, position] = log["item"].to_numpy()
+    length = np.bincount(codes)
+    if max_len is not None:
+        position = position - np.maximum(length[codes] - max_len, 0)
+    keep = position >= 0
+    codes, position = codes[keep], position[keep]
+    s, t = len(length), int(position.max()) + 1
+    kept = log[keep]
 
-    def dense(col: str) -> Tensor:
-        out = np.zeros((s, t), dtype=np.float32)
-        out[codes, position] = np.nan_to_num(log[col].to_numpy(dtype=np.float32))
+    def dense(values: np.ndarray, fill: float = 0.0, dtype=np.float32) -> Tensor:
+        out = np.full((s, t), fill, dtype=dtype)
+        out[codes, position] = values
         return torch.from_numpy(out)
 
-    mask = np.zeros((s, t), dtype=np.float32)
-    mask[codes, position] = 1.0
-    return SessionTensors(item=torch.from_numpy(item), click=dense("click"),
-                          conversion=dense("conversion"), rating=dense("rating"),
-                          leave=dense("leave"), mask=torch.from_numpy(mask))
+    target_rows = np.ones(len(kept), bool) if target is None else np.asarray(target)[keep]
+    leave = kept["leave"].to_numpy(dtype=np.float32)
+    negative = None
+    if negatives:
+        rng = np.random.default_rng(seed)
+        negative = dense(rng.integers(0, n_items, len(kept)), fill=n_items, dtype=np.int64)
+    return SessionTensors(item=dense(kept["item"].to_numpy(), fill=n_items, dtype=np.int64),
+                          click=dense(kept["click"].to_numpy(dtype=np.float32)),
+                          conversion=dense(np.nan_to_num(kept["conversion"].to_numpy(dtype=np.float32))),
+                          rating=dense(np.nan_to_num(kept["rating"].to_numpy(dtype=np.float32))),
+                          leave=dense(np.nan_to_num(leave)),
+                          mask=dense(target_rows.astype(np.float32)),
+                          leave_mask=dense((target_rows & ~np.isnan(leave)).astype(np.float32)),
+                          negative=negative)
 
 
 class SequenceModel(Protocol):
@@ -88,46 +116,75 @@ class FitReport:
         return asdict(self)
 
 
+def _masked_bce(logit: Tensor, target: Tensor, weight: Tensor) -> Tensor:
+    loss = F.binary_cross_entropy_with_logits(logit, target, reduction="none")
+    return (loss * weight).sum() / weight.sum().clamp(min=1.0)
+
+
 def sequence_loss(logits: dict[str, Tensor], batch: SessionTensors) -> Tensor:
-    """Masked sum of BCE (click, leave), BCE on clicked steps (conversion) and rating MSE."""
+    """Masked BCE for clicks (plus sampled negatives), leaving and conversions given a click,
+    and squared error of ratings given a click."""
     m = batch.mask
     clicked = m * batch.click
-
-    def masked_bce(logit: Tensor, target: Tensor, weight: Tensor) -> Tensor:
-        loss = F.binary_cross_entropy_with_logits(logit, target, reduction="none")
-        return (loss * weight).sum() / weight.sum().clamp(min=1.0)
-
     rating_pred = 1.0 + 4.0 * torch.sigmoid(logits["rating"])
     rating_loss = ((rating_pred - batch.rating) ** 2 * clicked).sum() / clicked.sum().clamp(min=1.0)
-    return (masked_bce(logits["click"], batch.click, m)
-            + masked_bce(logits["leave"], batch.leave, m)
-            + masked_bce(logits["conversion"], batch.conversion, clicked)
+    loss = (_masked_bce(logits["click"], batch.click, m)
+            + _masked_bce(logits["leave"], batch.leave, batch.leave_mask)
+            + _masked_bce(logits["conversion"], batch.conversion, clicked)
             + 0.1 * rating_loss)
+    if "click_negative" in logits:
+        loss = loss + _masked_bce(logits["click_negative"], torch.zeros_like(m), m)
+    return loss
+
+
+def _auc_logloss(logit: Tensor, label: Tensor) -> tuple[float, float]:
+    if len(label) == 0:
+        return float("nan"), float("nan")
+    prob = torch.sigmoid(logit)
+    return auc(prob, label), logloss(prob, label)
 
 
 @torch.no_grad()
 def _validate(model: nn.Module, data: SessionTensors) -> dict[str, float]:
     model.eval()
     logits = model.sequence_logits(data)
-    m = data.mask.bool()
-    click_p = torch.sigmoid(logits["click"][m])
-    leave_p = torch.sigmoid(logits["leave"][m])
     model.train()
-    return {"loss": float(sequence_loss(logits, data)),
-            "click_logloss": logloss(click_p, data.click[m]),
-            "click_auc": auc(click_p, data.click[m]),
-            "leave_logloss": logloss(leave_p, data.leave[m]),
-            "leave_auc": auc(leave_p, data.leave[m])}
+    m, lm = data.mask.bool(), data.leave_mask.bool()
+    click_logit, click_label = logits["click"][m], data.click[m]
+    if "click_negative" in logits:  # positives against sampled negatives
+        click_logit = torch.cat([click_logit, logits["click_negative"][m]])
+        click_label = torch.cat([click_label, torch.zeros_like(click_label)])
+    click_auc, click_ll = _auc_logloss(click_logit, click_label)
+    leave_auc, leave_ll = _auc_logloss(logits["leave"][lm], data.leave[lm])
+    return {"loss": float(sequence_loss(logits, data)), "click_logloss": click_ll,
+            "click_auc": click_auc, "leave_logloss": leave_ll, "leave_auc": leave_auc}
+
+
+def training_tensors(interactions: Interactions, max_len: int | None,
+                     seed: int) -> tuple[SessionTensors, SessionTensors]:
+    """Training sequences (train rows) and validation sequences (train history followed by
+    the validation rows, only the latter counted); sampled negatives for positive-only logs."""
+    n, neg = interactions.n_items, interactions.positive_only
+    train = session_tensors(interactions.train, n, max_len, negatives=neg, seed=seed)
+    both = pd.concat([interactions.train, interactions.valid], ignore_index=True)
+    both["_valid"] = np.r_[np.zeros(len(interactions.train), bool), np.ones(len(interactions.valid), bool)]
+    both = both.sort_values(["user", "time", "_valid"], kind="stable")
+    users = both.loc[both["_valid"], "user"].unique()
+    both = both[both["user"].isin(users)]
+    valid = session_tensors(both, n, max_len, target=both["_valid"].to_numpy(), negatives=neg,
+                            seed=seed + 1)
+    return train, valid
 
 
 def fit_sequence_model(model: nn.Module, interactions: Interactions, *, lr: float,
                        weight_decay: float, epochs: int, batch_size: int, patience: int,
-                       seed: int) -> FitReport:
-    """Mini-batch Adam on the training users; keep the weights of the best validation loss."""
+                       seed: int, max_len: int | None = None) -> FitReport:
+    """Mini-batch Adam on the training rows; keep the weights of the best validation loss."""
     start = time.perf_counter()
     device = next(model.parameters()).device
-    train = session_tensors(interactions.subset("train"), interactions.n_items).to(device)
-    valid = session_tensors(interactions.subset("valid"), interactions.n_items).to(device)
+    if interactions.valid.empty:
+        raise RecrlError("the validation split is empty: the behavior model needs it for early stopping")
+    train, valid = (t.to(device) for t in training_tensors(interactions, max_len, seed))
     g = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     best, best_state, best_epoch, stale = float("inf"), None, 0, 0

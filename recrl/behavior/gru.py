@@ -8,6 +8,7 @@ and the response then update ``h`` through a GRU cell, and a leave head reads th
 
 from __future__ import annotations
 
+import pandas as pd
 import torch
 from torch import Tensor, nn
 
@@ -45,11 +46,11 @@ class GRUBehavior(nn.Module):
 
     def __init__(self, n_items: int, dim: int = 32, hidden: int = 64, lr: float = 3e-3,
                  weight_decay: float = 1e-5, epochs: int = 40, batch_size: int = 256,
-                 patience: int = 4, seed: int = 0, device: str = "cpu") -> None:
+                 patience: int = 4, max_len: int = 50, seed: int = 0, device: str = "cpu") -> None:
         super().__init__()
         self.n_items, self.hidden = n_items, hidden
         self.lr, self.weight_decay, self.epochs = lr, weight_decay, epochs
-        self.batch_size, self.patience, self.seed = batch_size, patience, seed
+        self.batch_size, self.patience, self.seed, self.max_len = batch_size, patience, seed, max_len
         torch.manual_seed(seed)
         self.item_in = nn.Embedding(n_items + 1, dim, padding_idx=n_items)
         self.event = nn.Linear(2 * dim + 2, hidden)
@@ -60,6 +61,7 @@ class GRUBehavior(nn.Module):
         self.conversion_head = _Bilinear(hidden, nn.Embedding(n_items, dim))
         self.rating_head = _Bilinear(hidden, nn.Embedding(n_items, dim))
         self.leave_head = nn.Sequential(nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, 1))
+        self.register_buffer("leave_known", torch.tensor(True))
         self.to(device)
 
     @property
@@ -88,6 +90,10 @@ class GRUBehavior(nn.Module):
         """Logit ``[B]`` of leaving in ``state``."""
         return self.leave_head(state).squeeze(-1)
 
+    def leave_prob(self, state: Tensor) -> Tensor:
+        """Probability ``[B]`` of leaving in ``state`` (0 when the logs had no leave labels)."""
+        return torch.sigmoid(self.leave_logit(state)) * self.leave_known
+
     # ------------------------------------------------------------------ UserModel protocol
     @torch.no_grad()
     def respond(self, state: Tensor, slates: Tensor,
@@ -102,7 +108,7 @@ class GRUBehavior(nn.Module):
         nxt = self.next_state(state, slates, click, conversion)
         response = Response(click_prob=click_prob, click=click, conversion_prob=conv_prob,
                             conversion=conversion, rating=rating,
-                            leave_prob=torch.sigmoid(self.leave_logit(nxt)))
+                            leave_prob=self.leave_prob(nxt))
         return response, nxt
 
     @torch.no_grad()
@@ -116,7 +122,7 @@ class GRUBehavior(nn.Module):
         rating = 1.0 + 4.0 * torch.sigmoid(self.rating_head(state))
         return Response(click_prob=click_prob, click=click_prob, conversion_prob=conv_prob,
                         conversion=click_prob * conv_prob, rating=rating,
-                        leave_prob=torch.sigmoid(self.leave_logit(state)))
+                        leave_prob=self.leave_prob(state))
 
     @torch.no_grad()
     def encode(self, obs: Obs) -> Tensor:
@@ -134,20 +140,29 @@ class GRUBehavior(nn.Module):
     def sequence_logits(self, batch: SessionTensors) -> dict[str, Tensor]:
         """Per-step logits of every head over padded sessions ``[S, T]`` (slate size 1)."""
         h = self.initial_state(batch.item.shape[0]).to(batch.item.device)
-        click, conv, rating, leave = [], [], [], []
+        click, conv, rating, leave, negative = [], [], [], [], []
         for t in range(batch.item.shape[1]):
             items = batch.item[:, t:t + 1].clamp(max=self.n_items - 1)
             click.append(self.click_head(h, items)[:, 0])
+            if batch.negative is not None:
+                negative.append(self.click_head(h, batch.negative[:, t:t + 1].clamp(max=self.n_items - 1))[:, 0])
             conv.append(self.conversion_head(h, items)[:, 0])
             rating.append(self.rating_head(h, items)[:, 0])
             h = self.next_state(h, batch.item[:, t:t + 1], batch.click[:, t:t + 1],
                                 batch.conversion[:, t:t + 1])
             leave.append(self.leave_logit(h))
         return {k: torch.stack(v, 1) for k, v in
-                (("click", click), ("conversion", conv), ("rating", rating), ("leave", leave))}
+                (("click", click), ("conversion", conv), ("rating", rating), ("leave", leave),
+                 ("click_negative", negative)) if v}
 
     def fit(self, interactions: Interactions) -> FitReport:
-        """Fit on the training users, early-stop on the validation users' loss."""
+        """Fit on the training rows, early-stop on the validation rows' loss.
+
+        Logs without leave labels leave the leave head untrained; the model then never makes
+        a user leave (the environment's horizon or leave rule ends episodes).
+        """
+        leave = pd.concat([interactions.train["leave"], interactions.valid["leave"]])
+        self.leave_known.fill_(bool(leave.notna().any()))
         return fit_sequence_model(self, interactions, lr=self.lr, weight_decay=self.weight_decay,
                                   epochs=self.epochs, batch_size=self.batch_size,
-                                  patience=self.patience, seed=self.seed)
+                                  patience=self.patience, seed=self.seed, max_len=self.max_len)

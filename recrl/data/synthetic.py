@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from recrl.types import Interactions, Response
+from recrl.types import LOG_COLUMNS, Interactions, Response, Splits
 
 
 def sample_choice(click_prob: Tensor, generator: torch.Generator) -> Tensor:
@@ -57,7 +57,7 @@ class SyntheticWorld:
     Example::
 
         world = SyntheticWorld(n_items=50, n_users=100, seed=0)
-        logs = world.load()                      # Interactions from the logging policy
+        data = world.load()                      # Splits of the logging policy's sessions
         state = world.initial_state(8, torch.Generator().manual_seed(0))
         resp = world.respond(state, torch.zeros(8, 1, dtype=torch.long), generator)
     """
@@ -198,8 +198,12 @@ class SyntheticWorld:
         soft = torch.softmax(self.log_popularity / self.logging_temperature, 0)
         return (1 - self.logging_epsilon) * soft + self.logging_epsilon / self.n_items
 
-    def load(self) -> Interactions:
-        """Simulate one session per user under the logging policy (slate size 1)."""
+    def load(self) -> Splits:
+        """Simulate one session per user under the logging policy (slate size 1).
+
+        Users are split into train / valid / test; the test users' rows go to
+        :attr:`Splits.test` only.
+        """
         g = torch.Generator().manual_seed(self.seed + 1)
         world = self if self.device.type == "cpu" else self._cpu_copy()
         n = self.n_users
@@ -207,7 +211,7 @@ class SyntheticWorld:
         probs = world.logging_probs()
         alive = torch.ones(n, dtype=torch.bool)
         columns: dict[str, list[Tensor]] = {k: [] for k in
-                                            ("user", "step", "item", "click", "conversion",
+                                            ("user", "time", "item", "click", "conversion",
                                              "rating", "leave", "propensity")}
         users = torch.arange(n)
         for step in range(self.horizon):
@@ -215,7 +219,7 @@ class SyntheticWorld:
             resp, state = world.respond(state, items, g)
             leave = torch.rand(n, generator=g) < resp.leave_prob
             rows = alive
-            for key, value in (("user", users), ("step", torch.full((n,), step)),
+            for key, value in (("user", users), ("time", torch.full((n,), step)),
                                ("item", items[:, 0]), ("click", resp.click[:, 0]),
                                ("conversion", resp.conversion[:, 0]),
                                ("rating", torch.where(resp.click[:, 0] > 0, resp.rating[:, 0],
@@ -226,16 +230,21 @@ class SyntheticWorld:
             if not alive.any():
                 break
         log = pd.DataFrame({k: torch.cat(v).numpy() for k, v in columns.items()})
-        log["session"] = log["user"]
-        log = log.sort_values(["user", "step"], kind="stable").reset_index(drop=True)
-        for col in ("user", "step", "item", "session"):
+        log = log.sort_values(["user", "time"], kind="stable").reset_index(drop=True)
+        for col in ("user", "time", "item"):
             log[col] = log[col].astype(np.int64)
+        log = log[list(LOG_COLUMNS)]
         items_table = pd.DataFrame({"topic": world.topic.numpy(), "quality": world.quality.numpy(),
                                     "price": world.price.numpy(), "clickbait": world.is_bait.numpy()})
-        return Interactions(log=log, items=items_table, n_users=n, n_items=self.n_items,
-                            split=self._split_users(n))
+        part = self.user_split(n)[log["user"].to_numpy()]
+        train, valid, test = (log[part == p].reset_index(drop=True) for p in ("train", "valid", "test"))
+        interactions = Interactions(train=train, valid=valid, items=items_table, n_users=n,
+                                    n_items=self.n_items)
+        return Splits(interactions=interactions, test=test, user_ids=np.arange(n),
+                      item_ids=np.arange(self.n_items), meta={"name": "synthetic", "rows": len(log)})
 
-    def _split_users(self, n: int) -> np.ndarray:
+    def user_split(self, n: int) -> np.ndarray:
+        """``train``/``valid``/``test`` for each of ``n`` users (fixed by ``seed``)."""
         rng = np.random.default_rng(self.seed + 2)
         u = rng.random(n)
         split = np.full(n, "train", dtype=object)
