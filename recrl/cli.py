@@ -30,10 +30,13 @@ commands:
   train   run the whole pipeline once          recrl train algo=dqn reward=ctr
   eval    re-evaluate a saved run              recrl eval checkpoint=outputs/train/<run>
   sweep   Hydra multirun + a summary table     recrl sweep algo=dqn,reinforce seed=0,1,2
+  data    prepare / describe / download data   recrl data info dataset=ml100k
+          recrl data prepare dataset=coat      recrl data download ml100k [--data-dir DIR]
 
 options live in conf/: dataset, behavior, env, reward, algo, trainer, eval, experiment
 """
-COMMANDS = {"train": "train", "eval": "eval", "sweep": "train"}
+COMMANDS = {"train": "train", "eval": "eval", "sweep": "train", "data": "train"}
+DATA_COMMANDS = ("info", "prepare", "download")
 MAX_CHECKED_COMBINATIONS = 64
 
 
@@ -79,6 +82,26 @@ def _combinations(overrides: list[str]) -> list[list[str]]:
     return [list(c) for c in itertools.islice(itertools.product(*choices), MAX_CHECKED_COMBINATIONS)]
 
 
+def compose_checked(config_name: str, overrides: list[str]) -> DictConfig:
+    """Compose one configuration and validate it (one-line errors)."""
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        try:
+            cfg = compose(config_name=config_name, overrides=overrides)
+        except (HydraException, OmegaConfBaseException) as err:
+            raise RecrlError(_explain(err, " ".join(overrides))) from err
+    validate(cfg)
+    return cfg
+
+
+def _check_data_files(cfg: DictConfig) -> None:
+    """Fail before any run folder exists when a file-backed dataset's files are missing."""
+    from recrl.config import build
+
+    dataset = build(cfg.dataset)
+    if hasattr(dataset, "check_files"):
+        dataset.check_files()
+
+
 def check_overrides(config_name: str, overrides: list[str]) -> None:
     """Compose and validate the config for every combination of the overrides."""
     try:
@@ -93,6 +116,7 @@ def check_overrides(config_name: str, overrides: list[str]) -> None:
                 raise RecrlError(_explain(err, " ".join(combo))) from err
             if config_name == "train":
                 validate(cfg)
+                _check_data_files(cfg)
             else:
                 if OmegaConf.is_missing(cfg, "checkpoint"):
                     raise RecrlError("recrl eval needs checkpoint=<run folder or .pt file>")
@@ -135,6 +159,31 @@ def _run_hydra(config_name: str, overrides: list[str], multirun: bool) -> None:
         sys.argv = saved
 
 
+def data_command(args: list[str]) -> int:
+    """``recrl data info|prepare [overrides]`` and ``recrl data download NAME``."""
+    from recrl.config import build
+    from recrl.data import download
+    from recrl.data.summary import describe, print_description
+
+    if not args or args[0] not in DATA_COMMANDS:
+        return _fail(f"use `recrl data {{{'|'.join(DATA_COMMANDS)}}} ...`", 2)
+    if args[0] == "download":
+        return download.main(args[1:])
+    try:
+        cfg = compose_checked("train", args[1:])
+        dataset = build(cfg.dataset)
+        splits = dataset.load()
+    except RecrlError as err:
+        if _debug():
+            raise
+        return _fail(str(err), 2)
+    load = getattr(dataset, "last_load", {})
+    print_description(describe(splits), load=load)
+    if args[0] == "prepare" and load.get("folder"):
+        print(f"prepared: {load['folder']}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``recrl`` console script; returns the exit code."""
     args = sys.argv[1:] if argv is None else list(argv)
@@ -144,6 +193,8 @@ def main(argv: list[str] | None = None) -> int:
     command, overrides = args[0], args[1:]
     if command not in COMMANDS:
         return _fail(f"unknown command {command!r}; use one of: {', '.join(COMMANDS)}", 2)
+    if command == "data":
+        return data_command(overrides)
     config_name = COMMANDS[command]
     passthrough = any(o.startswith("-") for o in overrides)  # hydra flags such as --cfg job
     if not passthrough:

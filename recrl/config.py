@@ -72,6 +72,9 @@ def check_node(node: DictConfig, path: str) -> None:
         if key not in params and not takes_kwargs:
             valid = ", ".join(n for n in params if n not in ("ctx",))
             raise RecrlError(f"unknown key {path}.{key} for {target}; valid keys: {valid}")
+        if OmegaConf.is_dict(node[key]) and "_target_" in node[key]:
+            check_node(node[key], f"{path}.{key}")  # a nested component, e.g. dataset.preprocess
+            continue
         value = OmegaConf.to_object(node[key]) if OmegaConf.is_config(node[key]) else node[key]
         hint = hints.get(key, inspect.Parameter.empty)
         if not _type_ok(value, hint):

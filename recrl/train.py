@@ -39,16 +39,17 @@ class Stages:
     behavior_report: dict[str, Any]
     reward: Any
     ctx: AlgoContext
+    ground_truth: Any = None
 
     def make_env(self, model: Any) -> RecEnv:
         """A fresh environment of the configured shape over ``model``."""
         return build(self.cfg.env)(model=model, reward=self.reward, device=self.device)
 
     def eval_envs(self) -> dict[str, RecEnv]:
-        """The training simulator and, when the dataset has one, the ground-truth world."""
+        """The training simulator and, when the data gives one, the ground-truth environment."""
         envs = {"simulator": self.make_env(self.behavior)}
-        if hasattr(self.dataset, "ground_truth"):
-            envs["ground_truth"] = self.make_env(self.dataset.ground_truth(self.device))
+        if self.ground_truth is not None:
+            envs["ground_truth"] = self.make_env(self.ground_truth)
         return envs
 
     def build_algo(self, node: DictConfig) -> Any:
@@ -62,14 +63,22 @@ def config_hash(*nodes: DictConfig) -> str:
     return hashlib.sha256(f"{recrl.__version__}|{blob}".encode()).hexdigest()[:16]
 
 
-def fit_behavior(cfg: DictConfig, behavior: Any, interactions: Interactions) -> dict[str, Any]:
-    """Fit ``behavior`` or load it from the cache keyed by the dataset + behavior config."""
-    path = Path(cfg.cache_dir) / "behavior" / f"{config_hash(cfg.dataset, cfg.behavior)}.pt"
+def data_fingerprint(cfg: DictConfig, dataset: Any) -> str:
+    """What identifies the prepared data: its cache entry, or the dataset config (synthetic)."""
+    folder = getattr(dataset, "last_load", {}).get("folder")
+    return Path(folder).name if folder else config_hash(cfg.dataset)
+
+
+def fit_behavior(cfg: DictConfig, behavior: Any, interactions: Interactions, data_key: str,
+                 role: str = "simulator") -> dict[str, Any]:
+    """Fit ``behavior`` or load it from the cache keyed by the data, the behavior config and role."""
+    key = hashlib.sha256(f"{data_key}|{role}|{config_hash(cfg.behavior)}".encode()).hexdigest()[:16]
+    path = Path(cfg.cache_dir) / "behavior" / f"{role}-{key}.pt"
     if path.is_file():
         try:
             cached = load_checkpoint(path, map_location=behavior.device)
             behavior.load_state_dict(cached["state_dict"])
-            console.print(f"[dim]behavior model: cache hit {path}[/dim]")
+            console.print(f"[dim]{role} behavior model: cache hit {path}[/dim]")
             return {**cached["report"], "cached": True}
         except (RecrlError, RuntimeError, KeyError) as err:
             console.print(f"[yellow]behavior cache {path} unusable ({err}); refitting[/yellow]")
@@ -84,9 +93,10 @@ def build_stages(cfg: DictConfig, device: torch.device,
     dataset = build(cfg.dataset)
     splits = dataset.load()
     interactions = splits.interactions  # the only part of the data the fitting code sees
+    data_key = data_fingerprint(cfg, dataset)
     behavior = build(cfg.behavior)(n_items=interactions.n_items, device=str(device))
     if behavior_state is None:
-        behavior_report = fit_behavior(cfg, behavior, interactions)
+        behavior_report = fit_behavior(cfg, behavior, interactions, data_key)
     else:
         behavior.load_state_dict(behavior_state)
         behavior.eval()
@@ -97,7 +107,21 @@ def build_stages(cfg: DictConfig, device: torch.device,
                       seed=cfg.seed, item_popularity=torch.as_tensor(interactions.item_popularity()),
                       behavior=behavior, reward=reward)
     return Stages(cfg=cfg, device=device, dataset=dataset, splits=splits,
-                  behavior=behavior, behavior_report=behavior_report, reward=reward, ctx=ctx)
+                  behavior=behavior, behavior_report=behavior_report, reward=reward, ctx=ctx,
+                  ground_truth=ground_truth_model(cfg, dataset, splits, device, data_key))
+
+
+def ground_truth_model(cfg: DictConfig, dataset: Any, splits: Splits, device: torch.device,
+                       data_key: str) -> Any:
+    """The evaluation-only user model: the synthetic world's true one, or a behavior model
+    fitted on randomized exposures (e.g. Coat's random test set); ``None`` otherwise."""
+    if hasattr(dataset, "ground_truth"):
+        return dataset.ground_truth(device)
+    if splits.ground_truth is None:
+        return None
+    model = build(cfg.behavior)(n_items=splits.ground_truth.n_items, device=str(device))
+    fit_behavior(cfg, model, splits.ground_truth, data_key, role="ground_truth")
+    return model
 
 
 def final_evaluation(cfg: DictConfig, stages: Stages, algo: Any, algo_name: str,
@@ -114,7 +138,17 @@ def final_evaluation(cfg: DictConfig, stages: Stages, algo: Any, algo_name: str,
             "config": OmegaConf.to_container(cfg, resolve=True),
             "versions": {"recrl": recrl.__version__, "torch": torch.__version__,
                          "python": platform.python_version()},
-            "behavior": stages.behavior_report, "evaluation": results}
+            "data": data_summary(stages.splits), "behavior": stages.behavior_report,
+            "evaluation": results}
+
+
+def data_summary(splits: Splits) -> dict[str, Any]:
+    """Sizes and preparation facts of the data, for reports."""
+    inter = splits.interactions
+    return {**{k: v for k, v in splits.meta.items() if isinstance(v, (int, float, str))},
+            "users": inter.n_users, "items": inter.n_items, "train_rows": len(inter.train),
+            "valid_rows": len(inter.valid), "test_rows": len(splits.test),
+            "positive_only": inter.positive_only}
 
 
 def train(cfg: DictConfig, run_dir: Path, algo_name: str) -> dict[str, Any]:

@@ -50,7 +50,10 @@ def instantiate_node(group: str, node: DictConfig) -> object:
 
 @pytest.mark.parametrize(("group", "path"), GROUP_FILES, ids=[f"{g}/{p.stem}" for g, p in GROUP_FILES])
 def test_group_file_checks_and_instantiates(group: str, path: Path) -> None:
-    node = OmegaConf.load(path)
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=[f"{group}={path.stem}"])
+    OmegaConf.resolve(cfg)  # interpolations such as ${data_dir} and group defaults lists
+    node = cfg[group]
     check_node(node, group)
     obj = instantiate_node(group, node)
     assert type(obj).__module__ + "." + type(obj).__name__ == node["_target_"]
@@ -81,7 +84,7 @@ def test_train_config_composes_and_validates(experiment: str | None) -> None:
         assert "_target_" in cfg[group]
     assert cfg.task == "train" and isinstance(cfg.seed, int)
     if experiment == "smoke":
-        assert cfg.dataset.n_items == 40 and cfg.trainer.steps == 60 and cfg.trainer.progress is False
+        assert cfg.behavior.hidden == 16 and cfg.trainer.steps == 60 and cfg.trainer.progress is False
         assert cfg.env.history_len == 4
 
 

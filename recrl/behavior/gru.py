@@ -145,7 +145,8 @@ class GRUBehavior(nn.Module):
             items = batch.item[:, t:t + 1].clamp(max=self.n_items - 1)
             click.append(self.click_head(h, items)[:, 0])
             if batch.negative is not None:
-                negative.append(self.click_head(h, batch.negative[:, t:t + 1].clamp(max=self.n_items - 1))[:, 0])
+                sampled = batch.negative[:, t:t + 1].clamp(max=self.n_items - 1)
+                negative.append(self.click_head(h, sampled)[:, 0])
             conv.append(self.conversion_head(h, items)[:, 0])
             rating.append(self.rating_head(h, items)[:, 0])
             h = self.next_state(h, batch.item[:, t:t + 1], batch.click[:, t:t + 1],

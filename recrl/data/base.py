@@ -1,0 +1,91 @@
+"""Base class of file-backed datasets: check the files, read, preprocess, cache."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, ClassVar
+
+from recrl.data.cache import cache_key, load_splits, save_splits
+from recrl.data.preprocess import Preprocessing, RawLog
+from recrl.data.reader import check_policy
+from recrl.types import RecrlError, Splits
+
+
+class FileDataset:
+    """A dataset read from files under ``root``.
+
+    Subclasses set ``name`` (and ``download_name`` when ``recrl data download`` knows it),
+    list their files in :meth:`required_files` and turn them into a :class:`RawLog` in
+    :meth:`read`. :meth:`load` does the rest: a clear message for missing files, a cache hit
+    when the files and settings are unchanged, otherwise read + preprocess + atomic cache write.
+
+    Example::
+
+        splits = MovieLens100K(root="../shared/data/ml-100k").load()
+    """
+
+    name: ClassVar[str] = "dataset"
+    download_name: ClassVar[str | None] = None
+
+    def __init__(self, root: str, preprocess: Preprocessing | None = None, on_bad_rows: str = "error",
+                 cache_dir: str | None = None) -> None:
+        check_policy(on_bad_rows)
+        self.root = Path(root).expanduser()
+        self.preprocess = preprocess or Preprocessing()
+        self.on_bad_rows = on_bad_rows
+        self.cache_dir = None if cache_dir is None else Path(cache_dir).expanduser()
+        self.last_load: dict[str, Any] = {}
+
+    # ------------------------------------------------------------------ for subclasses
+    def required_files(self) -> list[Path]:
+        """Files that must exist (their checksums key the cache)."""
+        raise NotImplementedError  # abstract: each dataset lists its files
+
+    def optional_files(self) -> list[Path]:
+        """Files used when present (side information); they key the cache too."""
+        return []
+
+    def read(self) -> RawLog:
+        """Parse the files into a raw log."""
+        raise NotImplementedError  # abstract: each dataset parses its own format
+
+    # ------------------------------------------------------------------ shared
+    def settings(self) -> dict[str, Any]:
+        """Everything that changes the prepared result besides the files (for the cache key)."""
+        own = {k: v for k, v in vars(self).items()
+               if k not in ("root", "preprocess", "cache_dir", "last_load")}
+        return {"class": type(self).__name__, **own, "preprocess": self.preprocess.fingerprint()}
+
+    def check_files(self) -> list[Path]:
+        """The files the cache key covers; a one-line error naming what is missing and where."""
+        missing = [p for p in self.required_files() if not p.is_file()]
+        if missing:
+            raise RecrlError(self._missing_message(missing))
+        return self.required_files() + [p for p in self.optional_files() if p.is_file()]
+
+    def _missing_message(self, missing: list[Path]) -> str:
+        names = ", ".join(p.name for p in missing)
+        how = (f"run `recrl data download {self.download_name}` (set RECRL_DATA_DIR or data_dir= "
+               "to choose where)" if self.download_name else "point dataset.root at the folder that has it")
+        return f"dataset {self.name}: {names} not found in {self.root.resolve()}; {how}"
+
+    def load(self) -> Splits:
+        """Prepared splits, from the cache when the files and settings are unchanged."""
+        start = time.perf_counter()
+        files = self.check_files()
+        if self.cache_dir is None:
+            splits = self.preprocess(self.read())
+            self.last_load = {"cache": "disabled", "seconds": time.perf_counter() - start}
+            return splits
+        key = cache_key(files, self.settings())
+        folder = self.cache_dir / "data" / f"{self.name}-{key}"
+        if (folder / "meta.json").is_file():
+            splits = load_splits(folder)
+            self.last_load = {"cache": "hit", "folder": str(folder), "seconds": time.perf_counter() - start}
+            return splits
+        splits = self.preprocess(self.read())
+        splits.meta.setdefault("name", self.name)
+        save_splits(folder, splits)
+        self.last_load = {"cache": "miss", "folder": str(folder), "seconds": time.perf_counter() - start}
+        return splits
