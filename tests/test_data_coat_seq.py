@@ -132,7 +132,7 @@ def test_coat_missing_files_name_the_folder(tmp_path: Path) -> None:
     with pytest.raises(RecrlError) as err:
         coat(tmp_path / "nowhere").load()
     message = str(err.value)
-    assert "train.ascii, test.ascii not found in" in message and str(tmp_path / "nowhere") in message
+    assert "looked for train.ascii, test.ascii in" in message and str(tmp_path / "nowhere") in message
     assert "recrl data download coat" in message and "\n" not in message
 
 
@@ -211,7 +211,7 @@ def test_s3rec_missing_file_names_the_folder(tmp_path: Path) -> None:
     with pytest.raises(RecrlError) as err:
         loader.load()
     message = str(err.value)
-    assert message.startswith("dataset beauty: Beauty.txt not found in " + str(tmp_path))
+    assert message.startswith("dataset beauty: beauty data not found: looked for Beauty.txt in " + str(tmp_path))
     assert "recrl data download beauty" in message and "\n" not in message
 
 

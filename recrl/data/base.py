@@ -65,10 +65,14 @@ class FileDataset:
         return self.required_files() + [p for p in self.optional_files() if p.is_file()]
 
     def _missing_message(self, missing: list[Path]) -> str:
+        from recrl.data.download import DATASETS, missing_message
+
+        if self.download_name in DATASETS:
+            return f"dataset {self.name}: " + missing_message(
+                self.download_name, self.root, [str(p.relative_to(self.root)) for p in missing])
         names = ", ".join(p.name for p in missing)
-        how = (f"run `recrl data download {self.download_name}` (set RECRL_DATA_DIR or data_dir= "
-               "to choose where)" if self.download_name else "point dataset.root at the folder that has it")
-        return f"dataset {self.name}: {names} not found in {self.root.resolve()}; {how}"
+        return (f"dataset {self.name}: {names} not found in {self.root.resolve()}; point dataset.root "
+                "(or data_dir / RECRL_DATA_DIR) at the folder that has it")
 
     def load(self) -> Splits:
         """Prepared splits, from the cache when the files and settings are unchanged."""

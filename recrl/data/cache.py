@@ -23,6 +23,7 @@ import recrl
 from recrl.types import Interactions, RecrlError, Splits
 
 CACHE_FORMAT = 1
+ROWS_ONLY = "_rows_only"
 
 
 def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
@@ -48,11 +49,13 @@ def _ids_frame(ids: np.ndarray | None) -> pd.DataFrame:
 def _write_tables(folder: Path, splits: Splits) -> None:
     inter = splits.interactions
     tables = {"train": inter.train, "valid": inter.valid, "test": splits.test, "items": inter.items,
-              "users": splits.users if splits.users is not None else pd.DataFrame(),
+              **({"users": splits.users} if splits.users is not None else {}),
               "user_ids": _ids_frame(splits.user_ids), "item_ids": _ids_frame(splits.item_ids)}
     if splits.ground_truth is not None:
         tables.update(gt_train=splits.ground_truth.train, gt_valid=splits.ground_truth.valid)
     for name, frame in tables.items():
+        if frame.shape[1] == 0:  # Parquet drops the row count of a table without columns
+            frame = pd.DataFrame({ROWS_ONLY: np.zeros(len(frame), dtype=np.int8)})
         frame.to_parquet(folder / f"{name}.parquet", index=False)
     meta = {"format": CACHE_FORMAT, "n_users": inter.n_users, "n_items": inter.n_items,
             "positive_only": inter.positive_only, "has_ground_truth": splits.ground_truth is not None,
@@ -82,6 +85,7 @@ def load_splits(folder: Path) -> Splits:
         if meta.get("format") != CACHE_FORMAT:
             raise RecrlError(f"{folder} was written by another recrl version; delete it to rebuild")
         read = {p.stem: pd.read_parquet(p) for p in folder.glob("*.parquet")}
+        read = {k: v.drop(columns=[ROWS_ONLY]) if ROWS_ONLY in v else v for k, v in read.items()}
     except (OSError, ValueError) as err:
         raise RecrlError(f"cache entry {folder} is unreadable ({err}); delete it to rebuild") from err
     n_users, n_items, positive = meta["n_users"], meta["n_items"], meta["positive_only"]
@@ -91,7 +95,7 @@ def load_splits(folder: Path) -> Splits:
     if meta["has_ground_truth"]:
         ground_truth = Interactions(train=read["gt_train"], valid=read["gt_valid"], items=read["items"],
                                     n_users=n_users, n_items=n_items, positive_only=positive)
-    users = read["users"] if len(read["users"].columns) else None
+    users = read["users"] if "users" in read and len(read["users"].columns) else None
     return Splits(interactions=inter, test=read["test"], ground_truth=ground_truth,
                   user_ids=read["user_ids"]["raw_id"].to_numpy(),
                   item_ids=read["item_ids"]["raw_id"].to_numpy(), users=users, meta=meta["meta"])

@@ -17,6 +17,10 @@ import pandas as pd
 from recrl.types import LOG_COLUMNS, Interactions, RecrlError, Splits
 
 SPLITS = ("leave_last_out", "temporal", "random", "given", "user")
+TRAIN, VALID, TEST = 0, 1, 2
+# compact on purpose: logs are the largest tables recrl holds in memory
+LOG_DTYPES = {"user": np.int32, "item": np.int32, "time": np.int64, "click": np.float32,
+              "conversion": np.float32, "rating": np.float32, "leave": np.float32, "propensity": np.float32}
 DEDUPE = ("exact", "user_item", "none")
 
 
@@ -44,7 +48,8 @@ class Preprocessing:
     """How a raw log is cleaned and split.
 
     Args:
-        split: ``leave_last_out`` (per user: last row test, second last valid),
+        split: ``leave_last_out`` (per user: last row test, second last valid; users with
+            fewer than 3 rows stay wholly in train),
             ``temporal`` (global: the latest ``test_share`` of rows test, the ``valid_share``
             before them valid), ``random`` (rows), ``user`` (whole users) or ``given`` (the
             dataset's own test file; valid is a random share of the rest).
@@ -91,11 +96,14 @@ class Preprocessing:
                              f"{self.min_user_interactions}/{self.min_item_interactions}): lower "
                              "dataset.preprocess.min_user_interactions / min_item_interactions")
         given = None if raw.test is None or self.split != "given" else self._standardise(raw.test, "test")
+        dropped_test = 0
         if given is not None:
-            given = given[given["user"].isin(log["user"]) & given["item"].isin(log["item"])]
+            known = given["user"].isin(log["user"]) & given["item"].isin(log["item"])
+            dropped_test, given = int((~known).sum()), given[known]
         user_ids, item_ids, log, given = _remap(log, given)
         part = self._assign(log)
-        frames = {p: _finish(log[part == p]) for p in ("train", "valid", "test")}
+        frames = {name: _finish(log[part == code]) for name, code in
+                  (("train", TRAIN), ("valid", VALID), ("test", TEST))}
         if given is not None:
             frames["test"] = _finish(given)
         if frames["train"].empty:
@@ -107,15 +115,18 @@ class Preprocessing:
                                                        and self.implicit_threshold is None))
         ground_truth = self._ground_truth(frames["test"], interactions) if raw.test_is_randomized else None
         meta = {**raw.meta, "rows_read": rows_raw, "skipped_rows": raw.skipped_rows,
-                "duplicates_removed": deduped,
+                "duplicates_removed": deduped, "test_rows_without_training_user_or_item": dropped_test,
                 "rows_after_filtering": len(log) + (0 if given is None else len(given)),
                 "split": self.split}
         return Splits(interactions=interactions, test=frames["test"], ground_truth=ground_truth,
-                      user_ids=user_ids, item_ids=item_ids, users=_side_table(raw.users, user_ids), meta=meta)
+                      user_ids=user_ids, item_ids=item_ids,
+                      users=None if raw.users is None else _side_table(raw.users, user_ids), meta=meta)
 
     # ------------------------------------------------------------------ steps
     def _standardise(self, log: pd.DataFrame, what: str) -> pd.DataFrame:
-        """All of :data:`LOG_COLUMNS`, with clicks derived from ratings where asked."""
+        """``user``, ``item``, ``time``, ``click`` and whichever other log columns the data has,
+        in compact dtypes; absent columns are added only at the end (:func:`_finish`) so they
+        are not carried through the sorts and copies."""
         for column in ("user", "item"):
             if column not in log:
                 columns = ", ".join(map(str, log.columns))
@@ -123,15 +134,15 @@ class Preprocessing:
         out = pd.DataFrame({"user": log["user"].to_numpy(), "item": log["item"].to_numpy()})
         out["time"] = (log["time"].to_numpy() if "time" in log
                        else out.groupby("user", sort=False).cumcount().to_numpy())
-        out["rating"] = log["rating"].to_numpy(dtype=np.float64) if "rating" in log else np.nan
         if self.implicit_threshold is not None:
             if "rating" not in log:
                 raise RecrlError("dataset.preprocess.implicit_threshold is set but the data has no ratings")
-            out["click"] = (out["rating"] >= self.implicit_threshold).astype(np.float32)
+            out["click"] = (log["rating"].to_numpy() >= self.implicit_threshold).astype(np.float32)
         else:
             out["click"] = log["click"].to_numpy(dtype=np.float32) if "click" in log else np.float32(1.0)
-        for column, default in (("conversion", 0.0), ("leave", np.nan), ("propensity", np.nan)):
-            out[column] = log[column].to_numpy(dtype=np.float64) if column in log else default
+        for column in ("rating", "conversion", "leave", "propensity"):
+            if column in log:
+                out[column] = log[column].to_numpy(dtype=np.float32)
         extra = [c for c in log.columns if c not in out.columns]
         for column in extra:  # e.g. watch_ratio: kept for models that use it
             out[column] = log[column].to_numpy()
@@ -158,29 +169,33 @@ class Preprocessing:
         return log
 
     def _assign(self, log: pd.DataFrame) -> np.ndarray:
-        """``train``/``valid``/``test`` for each row of the (remapped, user/time-sorted) log."""
+        """Split code per row (:data:`TRAIN`, :data:`VALID`, :data:`TEST`) of the remapped,
+        user/time-sorted log; int8 codes and numpy only, since logs can be large."""
         n = len(log)
-        part = np.full(n, "train", dtype=object)
+        part = np.full(n, TRAIN, dtype=np.int8)
         rng = np.random.default_rng(self.seed)
+        user = log["user"].to_numpy()
         if self.split == "leave_last_out":
-            from_end = log.groupby("user").cumcount(ascending=False).to_numpy()
-            long_enough = log["user"].map(log["user"].value_counts()).to_numpy() >= 3
-            part[(from_end == 1) & long_enough] = "valid"
-            part[(from_end == 0) & long_enough] = "test"
+            counts = np.bincount(user)
+            ends = np.cumsum(counts)[user]  # rows are grouped by user: one past each user's last row
+            from_end = ends - 1 - np.arange(n)
+            long_enough = counts[user] >= 3
+            part[(from_end == 1) & long_enough] = VALID
+            part[(from_end == 0) & long_enough] = TEST
         elif self.split == "temporal":
             order = np.argsort(log["time"].to_numpy(), kind="stable")
             n_test, n_valid = round(n * self.test_share), round(n * self.valid_share)
-            part[order[n - n_test:]] = "test"
-            part[order[n - n_test - n_valid:n - n_test]] = "valid"
+            part[order[n - n_test:]] = TEST
+            part[order[n - n_test - n_valid:n - n_test]] = VALID
         elif self.split in ("random", "given"):
             u = rng.random(n)
-            part[u < self.valid_share] = "valid"
+            part[u < self.valid_share] = VALID
             if self.split == "random":
-                part[(u >= self.valid_share) & (u < self.valid_share + self.test_share)] = "test"
+                part[(u >= self.valid_share) & (u < self.valid_share + self.test_share)] = TEST
         else:  # user
-            users = rng.random(int(log["user"].max()) + 1)[log["user"].to_numpy()]
-            part[users < self.valid_share + self.test_share] = "valid"
-            part[users < self.test_share] = "test"
+            draw = rng.random(int(user.max()) + 1)[user]
+            part[draw < self.valid_share + self.test_share] = VALID
+            part[draw < self.test_share] = TEST
         return part
 
     def _ground_truth(self, test: pd.DataFrame, interactions: Interactions) -> Interactions:
@@ -199,8 +214,8 @@ def _remap(log: pd.DataFrame, given: pd.DataFrame | None
     items = pd.Index(np.sort(log["item"].unique()))
 
     def apply(frame: pd.DataFrame) -> pd.DataFrame:
-        frame = frame.assign(user=users.get_indexer(frame["user"]).astype(np.int64),
-                             item=items.get_indexer(frame["item"]).astype(np.int64),
+        frame = frame.assign(user=users.get_indexer(frame["user"]).astype(np.int32),
+                             item=items.get_indexer(frame["item"]).astype(np.int32),
                              time=frame["time"].astype(np.int64))
         return frame.sort_values(["user", "time"], kind="stable").reset_index(drop=True)
 
@@ -209,9 +224,13 @@ def _remap(log: pd.DataFrame, given: pd.DataFrame | None
 
 def _finish(frame: pd.DataFrame) -> pd.DataFrame:
     """Standard column order and dtypes; extra columns follow."""
+    frame = frame.reset_index(drop=True)
+    for column, default in (("rating", np.nan), ("conversion", 0.0), ("leave", np.nan),
+                            ("propensity", np.nan)):
+        if column not in frame:
+            frame[column] = np.full(len(frame), default, dtype=LOG_DTYPES[column])
     extra = [c for c in frame.columns if c not in LOG_COLUMNS]
-    out = frame[list(LOG_COLUMNS) + extra].reset_index(drop=True)
-    return out.astype({"click": np.float32, "conversion": np.float32})
+    return frame[list(LOG_COLUMNS) + extra].astype(LOG_DTYPES)
 
 
 def _side_table(table: pd.DataFrame | None, ids: np.ndarray) -> pd.DataFrame:

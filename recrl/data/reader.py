@@ -88,6 +88,14 @@ def parse_lines(path: Path, *, sep: str, columns: dict[str, str], encoding: str 
     return Table(frame=frame, skipped=skipped)
 
 
+def _kind_ok(series: pd.Series, kind: str) -> bool:
+    if kind == "int":
+        return pd.api.types.is_integer_dtype(series)
+    if kind == "float":
+        return pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series)
+    return True
+
+
 def _dtype(kind: str) -> object:
     return {"int": np.int64, "float": np.float64, "str": object}[kind]
 
@@ -96,13 +104,16 @@ def read_delimited(path: Path, *, sep: str, columns: dict[str, str], encoding: s
                    on_bad_rows: str = "error", skip_header: bool = False) -> Table:
     """Read a single-character-delimited file fast; fall back to :func:`parse_lines` for errors."""
     check_policy(on_bad_rows)
-    dtypes = {n: _dtype(k) for n, k in columns.items()}
     try:
-        frame = pd.read_csv(path, sep=sep if sep != " " else r"\s+", header=None, names=list(columns),
-                            dtype=dtypes, encoding=encoding, skiprows=1 if skip_header else 0,
-                            engine="c", on_bad_lines="error", skip_blank_lines=True)
-        if not frame.isna().any().any():  # a short line shows up as NaN: find it below
-            return Table(frame=frame)
+        frame = pd.read_csv(path, sep=sep if sep != " " else r"\s+", header=None, encoding=encoding,
+                            skiprows=1 if skip_header else 0, engine="c", on_bad_lines="error",
+                            skip_blank_lines=True)
+        # every line must have exactly the expected fields, of the expected kinds; otherwise the
+        # line-by-line pass below names the first line that does not
+        if frame.shape[1] == len(columns) and not frame.isna().any().any():
+            frame.columns = list(columns)
+            if all(_kind_ok(frame[n], k) for n, k in columns.items()):
+                return Table(frame=frame.astype({n: _dtype(k) for n, k in columns.items()}))
     except (ValueError, pd.errors.ParserError, UnicodeDecodeError, OverflowError):
         pass  # the line-by-line pass says which line is wrong
     except (OSError, EOFError) as err:
