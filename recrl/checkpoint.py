@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
+import io
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from recrl.fileio import write_bytes_atomic
 from recrl.types import RecrlError
 
 FORMAT_VERSION = 1
@@ -20,17 +20,9 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
     The file is written to a temporary name in the same folder and renamed over ``path``, so an
     interrupted save (Ctrl-C, crash) leaves the previous checkpoint intact.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save({"format": FORMAT_VERSION, **payload}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    buffer = io.BytesIO()
+    torch.save({"format": FORMAT_VERSION, **payload}, buffer)
+    write_bytes_atomic(path, buffer.getvalue())
 
 
 def resolve_checkpoint(where: str | Path) -> Path:

@@ -5,8 +5,6 @@ from __future__ import annotations
 import io
 import json
 import math
-import os
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
@@ -16,6 +14,8 @@ import torch
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+
+from recrl.fileio import write_bytes_atomic, write_text_atomic
 
 METRICS_FILE = "metrics.jsonl"
 PLOT_PREFIXES = ("eval/", "train/")
@@ -39,27 +39,6 @@ def to_jsonable(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     return obj
-
-
-def _write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temp file next to ``path``, fsync it, then ``os.replace`` it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Atomically write UTF-8 ``text`` to ``path`` (temp file in the same dir + fsync + replace)."""
-    _write_bytes_atomic(path, text.encode("utf-8"))
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
@@ -196,7 +175,7 @@ def plot_learning_curves(metrics_path: Path, out_png: Path, keys: Sequence[str] 
         ax.grid(True, alpha=0.3)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
-    _write_bytes_atomic(Path(out_png), buf.getvalue())
+    write_bytes_atomic(Path(out_png), buf.getvalue())
     return Path(out_png)
 
 
