@@ -211,7 +211,8 @@ def test_s3rec_missing_file_names_the_folder(tmp_path: Path) -> None:
     with pytest.raises(RecrlError) as err:
         loader.load()
     message = str(err.value)
-    assert message.startswith("dataset beauty: beauty data not found: looked for Beauty.txt in " + str(tmp_path))
+    expected = "dataset beauty: beauty data not found: looked for Beauty.txt in "
+    assert message.startswith(expected + str(tmp_path))
     assert "recrl data download beauty" in message and "\n" not in message
 
 

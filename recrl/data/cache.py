@@ -60,7 +60,12 @@ def _write_tables(folder: Path, splits: Splits) -> None:
     meta = {"format": CACHE_FORMAT, "n_users": inter.n_users, "n_items": inter.n_items,
             "positive_only": inter.positive_only, "has_ground_truth": splits.ground_truth is not None,
             "meta": splits.meta}
-    (folder / "meta.json").write_text(json.dumps(meta, indent=2, default=str))
+    (folder / "meta.json").write_text(json.dumps(meta, indent=2, default=_json_scalar))
+
+
+def _json_scalar(value: Any) -> Any:
+    """numpy numbers as Python numbers; anything else as its string."""
+    return value.item() if isinstance(value, np.generic) else str(value)
 
 
 def save_splits(folder: Path, splits: Splits) -> None:
@@ -82,20 +87,21 @@ def load_splits(folder: Path) -> Splits:
     """Read an entry written by :func:`save_splits`."""
     try:
         meta = json.loads((folder / "meta.json").read_text())
-        if meta.get("format") != CACHE_FORMAT:
+        if not isinstance(meta, dict) or meta.get("format") != CACHE_FORMAT:
             raise RecrlError(f"{folder} was written by another recrl version; delete it to rebuild")
         read = {p.stem: pd.read_parquet(p) for p in folder.glob("*.parquet")}
         read = {k: v.drop(columns=[ROWS_ONLY]) if ROWS_ONLY in v else v for k, v in read.items()}
-    except (OSError, ValueError) as err:
-        raise RecrlError(f"cache entry {folder} is unreadable ({err}); delete it to rebuild") from err
-    n_users, n_items, positive = meta["n_users"], meta["n_items"], meta["positive_only"]
-    inter = Interactions(train=read["train"], valid=read["valid"], items=read["items"], n_users=n_users,
-                         n_items=n_items, positive_only=positive)
-    ground_truth = None
-    if meta["has_ground_truth"]:
-        ground_truth = Interactions(train=read["gt_train"], valid=read["gt_valid"], items=read["items"],
-                                    n_users=n_users, n_items=n_items, positive_only=positive)
-    users = read["users"] if "users" in read and len(read["users"].columns) else None
-    return Splits(interactions=inter, test=read["test"], ground_truth=ground_truth,
-                  user_ids=read["user_ids"]["raw_id"].to_numpy(),
-                  item_ids=read["item_ids"]["raw_id"].to_numpy(), users=users, meta=meta["meta"])
+        n_users, n_items, positive = meta["n_users"], meta["n_items"], meta["positive_only"]
+        inter = Interactions(train=read["train"], valid=read["valid"], items=read["items"],
+                             n_users=n_users, n_items=n_items, positive_only=positive)
+        ground_truth = None
+        if meta["has_ground_truth"]:
+            ground_truth = Interactions(train=read["gt_train"], valid=read["gt_valid"], items=read["items"],
+                                        n_users=n_users, n_items=n_items, positive_only=positive)
+        users = read["users"] if "users" in read and len(read["users"].columns) else None
+        test, user_ids, item_ids = read["test"], read["user_ids"]["raw_id"], read["item_ids"]["raw_id"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise RecrlError(f"cache entry {folder} is unreadable ({type(err).__name__}: {err}); "
+                         "delete it to rebuild") from err
+    return Splits(interactions=inter, test=test, ground_truth=ground_truth, user_ids=user_ids.to_numpy(),
+                  item_ids=item_ids.to_numpy(), users=users, meta=meta["meta"])

@@ -95,7 +95,8 @@ class Preprocessing:
             raise RecrlError(f"no interactions left after filtering ({rows_raw} rows read, k-core "
                              f"{self.min_user_interactions}/{self.min_item_interactions}): lower "
                              "dataset.preprocess.min_user_interactions / min_item_interactions")
-        given = None if raw.test is None or self.split != "given" else self._standardise(raw.test, "test")
+        # the dataset's own test log: the test split (split=given) and/or the ground truth
+        given = None if raw.test is None else self._standardise(raw.test, "test")
         dropped_test = 0
         if given is not None:
             known = given["user"].isin(log["user"]) & given["item"].isin(log["item"])
@@ -104,8 +105,9 @@ class Preprocessing:
         part = self._assign(log)
         frames = {name: _finish(log[part == code]) for name, code in
                   (("train", TRAIN), ("valid", VALID), ("test", TEST))}
-        if given is not None:
-            frames["test"] = _finish(given)
+        given_frame = None if given is None else _finish(given)
+        if self.split == "given":
+            frames["test"] = given_frame
         if frames["train"].empty:
             raise RecrlError("the training split is empty: use a smaller valid_share/test_share or more data")
         items = _side_table(raw.items, item_ids)
@@ -113,7 +115,8 @@ class Preprocessing:
                                     n_users=len(user_ids), n_items=len(item_ids),
                                     positive_only=bool(raw.log.get("click") is None
                                                        and self.implicit_threshold is None))
-        ground_truth = self._ground_truth(frames["test"], interactions) if raw.test_is_randomized else None
+        ground_truth = (self._ground_truth(given_frame, interactions)
+                        if raw.test_is_randomized and given_frame is not None else None)
         meta = {**raw.meta, "rows_read": rows_raw, "skipped_rows": raw.skipped_rows,
                 "duplicates_removed": deduped, "test_rows_without_training_user_or_item": dropped_test,
                 "rows_after_filtering": len(log) + (0 if given is None else len(given)),
@@ -237,4 +240,5 @@ def _side_table(table: pd.DataFrame | None, ids: np.ndarray) -> pd.DataFrame:
     """Rows of a raw-id-indexed side table in dense-id order (missing ids give empty rows)."""
     if table is None:
         return pd.DataFrame(index=pd.RangeIndex(len(ids)))
+    table = table[~table.index.duplicated(keep="last")]  # a repeated id: its last row wins
     return table.reindex(ids).reset_index(drop=True)

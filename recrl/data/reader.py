@@ -20,7 +20,14 @@ import pandas as pd
 from recrl.types import RecrlError
 
 BAD_ROW_POLICIES = ("error", "skip")
-_CONVERTERS: dict[str, Callable[[str], object]] = {"int": int, "float": float, "str": str}
+def _int64(text: str) -> int:
+    value = int(text)
+    if not -(2**63) <= value < 2**63:
+        raise ValueError(f"integer {text} does not fit in 64 bits")
+    return value
+
+
+_CONVERTERS: dict[str, Callable[[str], object]] = {"int": _int64, "float": float, "str": str}
 
 
 @dataclass
