@@ -79,7 +79,7 @@ class FileDataset:
         start = time.perf_counter()
         files = self.check_files()
         if self.cache_dir is None:
-            splits = self.preprocess(self.read())
+            splits = self.preprocess(self.read(), release=True)
             self.last_load = {"cache": "disabled", "seconds": time.perf_counter() - start}
             return splits
         key = cache_key(files, self.settings())
@@ -88,7 +88,7 @@ class FileDataset:
             splits = load_splits(folder)
             self.last_load = {"cache": "hit", "folder": str(folder), "seconds": time.perf_counter() - start}
             return splits
-        splits = self.preprocess(self.read())
+        splits = self.preprocess(self.read(), release=True)
         splits.meta.setdefault("name", self.name)
         save_splits(folder, splits)
         self.last_load = {"cache": "miss", "folder": str(folder), "seconds": time.perf_counter() - start}

@@ -13,7 +13,7 @@ import pandas as pd
 
 from recrl.data.base import FileDataset
 from recrl.data.preprocess import Preprocessing, RawLog
-from recrl.data.reader import open_text, parse_lines, read_delimited
+from recrl.data.reader import CHUNK_ROWS, ChunkedColumns, count_lines, open_text, parse_lines, read_delimited
 from recrl.types import RecrlError
 
 RATING_COLUMNS = {"user": "int", "item": "int", "rating": "float", "time": "int"}
@@ -127,12 +127,13 @@ class MovieLens1M(FileDataset):
     def _ratings(self, path: Path) -> tuple[pd.DataFrame, int]:
         """``::`` split fast as ``:`` (every other field is empty); odd lines go line by line."""
         try:
+            fill = ChunkedColumns(RATING_COLUMNS, count_lines(path))
             with open_text(path, "latin-1") as f:
-                raw = pd.read_csv(f, sep=":", header=None, engine="c", usecols=[0, 2, 4, 6],
-                                  names=["user", "gap1", "item", "gap2", "rating", "gap3", "time"],
-                                  dtype={"user": np.int64, "item": np.int64, "rating": np.float64,
-                                         "time": np.int64}, on_bad_lines="error")
-            return raw[["user", "item", "rating", "time"]], 0
+                chunks = pd.read_csv(f, sep=":", header=None, engine="c", usecols=[0, 2, 4, 6],
+                                     names=["user", "gap1", "item", "gap2", "rating", "gap3", "time"],
+                                     on_bad_lines="error", chunksize=CHUNK_ROWS)
+                if all(fill.add(chunk[["user", "item", "rating", "time"]]) for chunk in chunks):
+                    return fill.frame(), 0
         except (ValueError, TypeError, pd.errors.ParserError):
             pass
         table = parse_lines(path, sep="::", columns=RATING_COLUMNS, encoding="latin-1",

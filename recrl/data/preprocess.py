@@ -82,102 +82,137 @@ class Preprocessing:
         """The settings, for cache keys."""
         return dict(vars(self))
 
-    def __call__(self, raw: RawLog) -> Splits:
-        """Clean, filter, remap and split ``raw``."""
+    def __call__(self, raw: RawLog, release: bool = False) -> Splits:
+        """Clean, filter, remap and split ``raw``.
+
+        The work is done on plain numpy columns, one column at a time, so the peak memory stays
+        a small multiple of the compact result. With ``release`` the caller hands ``raw.log``
+        over: it is emptied as soon as its columns are taken, so its memory can be freed early.
+        """
         if self.split == "given" and raw.test is None:
             raise RecrlError("dataset.preprocess.split=given but this dataset has no test file of its own")
-        log = self._standardise(raw.log, "log")
-        rows_raw = len(log)
-        log = self._dedupe(log)
-        deduped = rows_raw - len(log)
-        log = self._k_core(log)
-        if log.empty:
+        positive_only = "click" not in raw.log and self.implicit_threshold is None
+        cols = self._standardise(raw.log, "log")
+        rows_raw = len(cols["user"])
+        if release:
+            raw.log = pd.DataFrame(columns=raw.log.columns)  # drops every reference to the data
+        user_ids, cols["user"] = _codes(cols["user"])
+        item_ids, cols["item"] = _codes(cols["item"])
+        cols = _take(cols, np.lexsort((cols["time"], cols["user"])))  # by user, then time (stable)
+        cols = _take(cols, self._dedupe_keep(cols))
+        deduped = rows_raw - len(cols["user"])
+        cols = _take(cols, self._k_core_keep(cols))
+        if len(cols["user"]) == 0:
             raise RecrlError(f"no interactions left after filtering ({rows_raw} rows read, k-core "
                              f"{self.min_user_interactions}/{self.min_item_interactions}): lower "
                              "dataset.preprocess.min_user_interactions / min_item_interactions")
+        user_ids, cols["user"] = _densify(user_ids, cols["user"])
+        item_ids, cols["item"] = _densify(item_ids, cols["item"])
+        part = self._assign(cols["user"], cols["time"])
+        frames = _split_frames(cols, part)
+        del cols
         # the dataset's own test log: the test split (split=given) and/or the ground truth
-        given = None if raw.test is None else self._standardise(raw.test, "test")
-        dropped_test = 0
-        if given is not None:
-            known = given["user"].isin(log["user"]) & given["item"].isin(log["item"])
-            dropped_test, given = int((~known).sum()), given[known]
-        user_ids, item_ids, log, given = _remap(log, given)
-        part = self._assign(log)
-        frames = {name: _finish(log[part == code]) for name, code in
-                  (("train", TRAIN), ("valid", VALID), ("test", TEST))}
-        given_frame = None if given is None else _finish(given)
+        given, dropped_test = (None, 0) if raw.test is None else self._given(raw.test, user_ids, item_ids)
         if self.split == "given":
-            frames["test"] = given_frame
+            frames["test"] = given
         if frames["train"].empty:
             raise RecrlError("the training split is empty: use a smaller valid_share/test_share or more data")
         items = _side_table(raw.items, item_ids)
         interactions = Interactions(train=frames["train"], valid=frames["valid"], items=items,
-                                    n_users=len(user_ids), n_items=len(item_ids),
-                                    positive_only=bool(raw.log.get("click") is None
-                                                       and self.implicit_threshold is None))
-        ground_truth = (self._ground_truth(given_frame, interactions)
-                        if raw.test_is_randomized and given_frame is not None else None)
+                                    n_users=len(user_ids), n_items=len(item_ids), positive_only=positive_only)
+        ground_truth = (self._ground_truth(given, interactions)
+                        if raw.test_is_randomized and given is not None else None)
+        kept = sum(len(f) for f in (frames["train"], frames["valid"])) + len(frames["test"])
         meta = {**raw.meta, "rows_read": rows_raw, "skipped_rows": raw.skipped_rows,
                 "duplicates_removed": deduped, "test_rows_without_training_user_or_item": dropped_test,
-                "rows_after_filtering": len(log) + (0 if given is None else len(given)),
-                "split": self.split}
+                "rows_after_filtering": kept, "split": self.split}
         return Splits(interactions=interactions, test=frames["test"], ground_truth=ground_truth,
                       user_ids=user_ids, item_ids=item_ids,
                       users=None if raw.users is None else _side_table(raw.users, user_ids), meta=meta)
 
+    def _given(self, test: pd.DataFrame, user_ids: np.ndarray,
+               item_ids: np.ndarray) -> tuple[pd.DataFrame, int]:
+        """The dataset's own test log in dense ids (rows of unknown users/items dropped, counted)."""
+        cols = self._standardise(test, "test")
+        cols["user"] = pd.Index(user_ids).get_indexer(cols["user"]).astype(np.int32)
+        cols["item"] = pd.Index(item_ids).get_indexer(cols["item"]).astype(np.int32)
+        known = (cols["user"] >= 0) & (cols["item"] >= 0)
+        cols = _take(cols, np.flatnonzero(known))
+        cols = _take(cols, np.lexsort((cols["time"], cols["user"])))
+        return _frame(cols), int((~known).sum())
+
     # ------------------------------------------------------------------ steps
-    def _standardise(self, log: pd.DataFrame, what: str) -> pd.DataFrame:
-        """``user``, ``item``, ``time``, ``click`` and whichever other log columns the data has,
-        in compact dtypes; absent columns are added only at the end (:func:`_finish`) so they
-        are not carried through the sorts and copies."""
+    def _standardise(self, log: pd.DataFrame, what: str) -> dict[str, np.ndarray]:
+        """Columns ``user``, ``item``, ``time``, ``click`` and whichever other log columns the
+        data has, as numpy arrays (views of ``log`` where no conversion is needed); absent
+        columns are added only in the final frames so they are not carried through the sorts."""
         for column in ("user", "item"):
             if column not in log:
                 columns = ", ".join(map(str, log.columns))
                 raise RecrlError(f"the {what} has no {column!r} column (columns: {columns})")
-        out = pd.DataFrame({"user": log["user"].to_numpy(), "item": log["item"].to_numpy()})
+        n = len(log)
+        out = {"user": log["user"].to_numpy(), "item": log["item"].to_numpy()}
         out["time"] = (log["time"].to_numpy() if "time" in log
-                       else out.groupby("user", sort=False).cumcount().to_numpy())
+                       else log.groupby("user", sort=False).cumcount().to_numpy())
         if self.implicit_threshold is not None:
             if "rating" not in log:
                 raise RecrlError("dataset.preprocess.implicit_threshold is set but the data has no ratings")
             out["click"] = (log["rating"].to_numpy() >= self.implicit_threshold).astype(np.float32)
         else:
-            out["click"] = log["click"].to_numpy(dtype=np.float32) if "click" in log else np.float32(1.0)
+            out["click"] = (log["click"].to_numpy(dtype=np.float32) if "click" in log
+                            else np.ones(n, dtype=np.float32))
         for column in ("rating", "conversion", "leave", "propensity"):
             if column in log:
                 out[column] = log[column].to_numpy(dtype=np.float32)
-        extra = [c for c in log.columns if c not in out.columns]
-        for column in extra:  # e.g. watch_ratio: kept for models that use it
-            out[column] = log[column].to_numpy()
+        for column in log.columns:  # extras such as watch_ratio: kept for models that use them
+            if column not in out:
+                out[column] = log[column].to_numpy()
         return out
 
-    def _dedupe(self, log: pd.DataFrame) -> pd.DataFrame:
+    def _dedupe_keep(self, cols: dict[str, np.ndarray]) -> np.ndarray:
+        """Rows to keep of the user/time-sorted columns (ties in file order): the last of each
+        repeated (user, item, time) for ``exact``, the last in time of each (user, item) for
+        ``user_item``."""
+        user, item, time = cols["user"], cols["item"], cols["time"]
+        n = len(user)
+        if self.dedupe == "none" or n < 2:
+            return np.arange(n)
         if self.dedupe == "exact":
-            return log.drop_duplicates(["user", "item", "time"], keep="last")
-        if self.dedupe == "user_item":
-            ordered = log.sort_values(["user", "time"], kind="stable")
-            return ordered.drop_duplicates(["user", "item"], keep="last").sort_index()
-        return log
+            # a repeat shares user and time with its neighbour: look only inside such runs
+            tie = user[1:] == user[:-1]
+            tie &= time[1:] == time[:-1]
+            rows = np.flatnonzero(np.r_[tie, False] | np.r_[False, tie])
+            if len(rows) == 0:
+                return np.arange(n)
+            keys = pd.DataFrame({"user": user[rows], "item": item[rows], "time": time[rows]})
+            drop = rows[keys.duplicated(keep="last").to_numpy()]
+        else:
+            key = user.astype(np.int64) * (int(item.max()) + 1) + item
+            drop = np.flatnonzero(pd.Series(key).duplicated(keep="last").to_numpy())
+        keep = np.ones(n, dtype=bool)
+        keep[drop] = False
+        return np.flatnonzero(keep)
 
-    def _k_core(self, log: pd.DataFrame) -> pd.DataFrame:
-        """Drop users and items with too few rows, repeatedly, until none is left to drop."""
+    def _k_core_keep(self, cols: dict[str, np.ndarray]) -> np.ndarray:
+        """Rows of users and items with enough rows, filtering repeatedly until stable."""
         min_u, min_i = self.min_user_interactions, self.min_item_interactions
+        user, item = cols["user"], cols["item"]
+        keep = np.ones(len(user), dtype=bool)
         while min_u > 1 or min_i > 1:
-            user_counts = log["user"].map(log["user"].value_counts())
-            item_counts = log["item"].map(log["item"].value_counts())
-            keep = (user_counts >= min_u) & (item_counts >= min_i)
-            if keep.all():
+            users_ok = np.bincount(user[keep], minlength=int(user.max()) + 1) >= min_u
+            items_ok = np.bincount(item[keep], minlength=int(item.max()) + 1) >= min_i
+            now = keep & users_ok[user] & items_ok[item]
+            if now.sum() == keep.sum():
                 break
-            log = log[keep]
-        return log
+            keep = now
+        return np.flatnonzero(keep)
 
-    def _assign(self, log: pd.DataFrame) -> np.ndarray:
+    def _assign(self, user: np.ndarray, time: np.ndarray) -> np.ndarray:
         """Split code per row (:data:`TRAIN`, :data:`VALID`, :data:`TEST`) of the remapped,
-        user/time-sorted log; int8 codes and numpy only, since logs can be large."""
-        n = len(log)
+        user/time-sorted log."""
+        n = len(user)
         part = np.full(n, TRAIN, dtype=np.int8)
         rng = np.random.default_rng(self.seed)
-        user = log["user"].to_numpy()
         if self.split == "leave_last_out":
             counts = np.bincount(user)
             ends = np.cumsum(counts)[user]  # rows are grouped by user: one past each user's last row
@@ -186,7 +221,7 @@ class Preprocessing:
             part[(from_end == 1) & long_enough] = VALID
             part[(from_end == 0) & long_enough] = TEST
         elif self.split == "temporal":
-            order = np.argsort(log["time"].to_numpy(), kind="stable")
+            order = np.argsort(time, kind="stable")
             n_test, n_valid = round(n * self.test_share), round(n * self.valid_share)
             part[order[n - n_test:]] = TEST
             part[order[n - n_test - n_valid:n - n_test]] = VALID
@@ -210,19 +245,57 @@ class Preprocessing:
                             n_items=interactions.n_items, positive_only=interactions.positive_only)
 
 
-def _remap(log: pd.DataFrame, given: pd.DataFrame | None
-           ) -> tuple[np.ndarray, np.ndarray, pd.DataFrame, pd.DataFrame | None]:
-    """Dense ids in sorted raw-id order; rows sorted by user, then time (stable)."""
-    users = pd.Index(np.sort(log["user"].unique()))
-    items = pd.Index(np.sort(log["item"].unique()))
+def _codes(raw_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted distinct raw ids and each row's dense int32 code."""
+    if raw_ids.dtype.kind in "iu" and len(raw_ids):
+        low, high = int(raw_ids.min()), int(raw_ids.max())
+        if high - low <= 4 * len(raw_ids) + 1024:  # compact integer ids: a lookup table, no hashing
+            present = np.zeros(high - low + 1, dtype=bool)
+            present[raw_ids - low] = True
+            code_of = (np.cumsum(present, dtype=np.int64) - 1).astype(np.int32)
+            return np.flatnonzero(present) + low, code_of[raw_ids - low]
+    codes, uniques = pd.factorize(raw_ids, sort=True)
+    return np.asarray(uniques), codes.astype(np.int32)
 
-    def apply(frame: pd.DataFrame) -> pd.DataFrame:
-        frame = frame.assign(user=users.get_indexer(frame["user"]).astype(np.int32),
-                             item=items.get_indexer(frame["item"]).astype(np.int32),
-                             time=frame["time"].astype(np.int64))
-        return frame.sort_values(["user", "time"], kind="stable").reset_index(drop=True)
 
-    return users.to_numpy(), items.to_numpy(), apply(log), None if given is None else apply(given)
+def _densify(ids: np.ndarray, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Renumber codes 0..n-1 after filtering (order kept), with the matching raw ids."""
+    present = np.bincount(codes, minlength=len(ids)) > 0
+    if present.all():
+        return ids, codes
+    new_code = np.cumsum(present, dtype=np.int64).astype(np.int32) - 1
+    return ids[present], new_code[codes]
+
+
+def _take(cols: dict[str, np.ndarray], rows: np.ndarray) -> dict[str, np.ndarray]:
+    """Rows ``rows`` of every column, one column at a time (old columns freed as we go)."""
+    if len(rows) == len(cols["user"]) and (len(rows) == 0 or (rows[0] == 0 and (np.diff(rows) == 1).all())):
+        return cols
+    for name in list(cols):
+        cols[name] = cols[name][rows]
+    return cols
+
+
+def _split_frames(cols: dict[str, np.ndarray], part: np.ndarray) -> dict[str, pd.DataFrame]:
+    """Train / valid / test frames; rows are regrouped by split so each frame is a slice."""
+    order = np.argsort(part, kind="stable")
+    cols = _take(cols, order)
+    bounds = np.cumsum(np.bincount(part, minlength=3))
+    starts = (0, int(bounds[0]), int(bounds[1]))
+    return {name: _frame({k: v[a:b] for k, v in cols.items()})
+            for name, a, b in zip(("train", "valid", "test"), starts, bounds.tolist(), strict=True)}
+
+
+def _frame(cols: dict[str, np.ndarray]) -> pd.DataFrame:
+    """A log frame in :data:`LOG_COLUMNS` order and dtypes (absent columns filled in)."""
+    n = len(cols["user"])
+    out = {}
+    for column in LOG_COLUMNS:
+        default = {"rating": np.nan, "conversion": 0.0, "leave": np.nan, "propensity": np.nan}.get(column)
+        value = cols[column] if column in cols else np.full(n, default, dtype=LOG_DTYPES[column])
+        out[column] = np.asarray(value, dtype=LOG_DTYPES[column])
+    out.update({k: v for k, v in cols.items() if k not in LOG_COLUMNS})
+    return pd.DataFrame(out, copy=False)
 
 
 def _finish(frame: pd.DataFrame) -> pd.DataFrame:
