@@ -8,6 +8,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from recrl.behavior.offline import offline_ranking
 from recrl.checkpoint import load_checkpoint, resolve_checkpoint
 from recrl.config import validate
 from recrl.env.simulator import RecEnv
@@ -31,11 +32,22 @@ class Evaluation:
     """
 
     def __init__(self, baselines: list[str] | None = None, episodes: int = 1000,
-                 batch_size: int = 1000, seed: int = 12345) -> None:
+                 batch_size: int = 1000, seed: int = 12345, offline_users: int = 2000) -> None:
         if episodes < 2:
             raise RecrlError("eval.episodes must be >= 2 to give a confidence interval")
+        if offline_users < 0:
+            raise RecrlError("eval.offline_users must be >= 0 (0 turns offline ranking off)")
         self.baselines = list(baselines or [])
         self.episodes, self.batch_size, self.seed = episodes, batch_size, seed
+        self.offline_users = offline_users
+
+    def offline(self, behavior: Any, splits: Any, history_len: int) -> dict[str, dict[str, float]]:
+        """Next-item ranking of the behavior model on the test rows (up to ``offline_users``
+        users, sampled with ``seed``), under the full and sampled-100 protocols."""
+        if self.offline_users == 0 or not hasattr(behavior, "score_all"):
+            return {}
+        return offline_ranking(behavior, splits, history_len=history_len, max_users=self.offline_users,
+                               seed=self.seed)
 
     def mean_return(self, policy: Policy, env: RecEnv, episodes: int) -> float:
         """Mean episode return over ``episodes`` evaluation episodes (training-time checks)."""

@@ -266,13 +266,27 @@ def _kv_table(values: Mapping[str, Any], unit: str = "", digits: int = 4) -> str
     return markdown_table(["name", "value"], [[k, cell(v)] for k, v in values.items()])
 
 
+def _offline_table(offline: Mapping[str, Mapping[str, float]]) -> str:
+    """Protocols as rows, metrics as columns."""
+    metrics = list(dict.fromkeys(m for values in offline.values() for m in values))
+    rows = [[protocol, *(f"{values[m]:.4f}" if m in values else "–" for m in metrics)]
+            for protocol, values in offline.items()]
+    return markdown_table(["protocol", *metrics], rows)
+
+
 def render_markdown(report: Mapping[str, Any]) -> str:
     """Render a final report dict as markdown (the return table first: the sim-to-real gap)."""
     lines = _header_lines(report)
     if report.get("timings"):
         lines += _section("Timings", _kv_table(report["timings"], unit=" s", digits=2))
+    if report.get("data"):
+        lines += _section("Data", _kv_table(report["data"]))
     if report.get("behavior"):
         lines += _section("Behavior model", _kv_table(report["behavior"]))
+    if report.get("offline"):
+        note = ("Next-item ranking of the behavior model on held-out test users: `full` ranks among "
+                "all unseen items, `sampled-100` among 100 sampled unseen items (fixed seed).")
+        lines += _section("Behavior model: offline ranking", note, _offline_table(report["offline"]))
     evaluation = report.get("evaluation") or {}
     if evaluation:
         note = "Mean ± 95% CI half width; policies as rows, environments as columns."

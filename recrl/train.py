@@ -78,6 +78,7 @@ def fit_behavior(cfg: DictConfig, behavior: Any, interactions: Interactions, dat
         try:
             cached = load_checkpoint(path, map_location=behavior.device)
             behavior.load_state_dict(cached["state_dict"])
+            behavior.eval()
             console.print(f"[dim]{role} behavior model: cache hit {path}[/dim]")
             return {**cached["report"], "cached": True}
         except (RecrlError, RuntimeError, KeyError) as err:
@@ -139,6 +140,8 @@ def final_evaluation(cfg: DictConfig, stages: Stages, algo: Any, algo_name: str,
             "versions": {"recrl": recrl.__version__, "torch": torch.__version__,
                          "python": platform.python_version()},
             "data": data_summary(stages.splits), "behavior": stages.behavior_report,
+            "offline": evaluation.offline(stages.behavior, stages.splits,
+                                          history_len=int(cfg.behavior.get("max_len", 50))),
             "evaluation": results}
 
 

@@ -84,7 +84,7 @@ def test_train_config_composes_and_validates(experiment: str | None) -> None:
         assert "_target_" in cfg[group]
     assert cfg.task == "train" and isinstance(cfg.seed, int)
     if experiment == "smoke":
-        assert cfg.behavior.hidden == 16 and cfg.trainer.steps == 60 and cfg.trainer.progress is False
+        assert cfg.behavior.dim == 8 and cfg.trainer.steps == 60 and cfg.trainer.progress is False
         assert cfg.env.history_len == 4
 
 

@@ -1,0 +1,91 @@
+"""Offline next-item ranking of a fitted behavior model on held-out test rows.
+
+For every test user the target is their first clicked test item; the model reads the user's
+logged history before it (train + valid rows, the last ``history_len`` of them) through its own
+``encode`` and scores the catalogue with its click head. Two protocols, labelled in every report:
+``full`` (rank among all items the user has not interacted with) and ``sampled-100`` (rank among
+100 uniformly sampled unseen items, fixed seed, as in the SASRec paper).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor
+
+from recrl.metrics.ranking import full_ranking, sampled_ranking, summarize_ranking
+from recrl.types import Obs, Splits
+
+
+@dataclass(frozen=True)
+class NextItemTask:
+    """Histories (as observations), targets and the items each user has seen."""
+
+    obs: Obs
+    targets: Tensor
+    seen: list[Tensor]
+
+
+def next_item_task(splits: Splits, history_len: int, max_users: int | None = None,
+                   seed: int = 0) -> NextItemTask | None:
+    """Build the task from ``splits`` (``None`` when no test user clicked anything)."""
+    inter = splits.interactions
+    test = splits.test[splits.test["click"] > 0]
+    if test.empty:
+        return None
+    first = test.sort_values(["user", "time"], kind="stable").drop_duplicates("user")
+    if max_users is not None and len(first) > max_users:
+        first = first.sample(max_users, random_state=seed).sort_values("user")
+    history = pd.concat([inter.train, inter.valid, splits.test], ignore_index=True)
+    history = history[history["user"].isin(first["user"])]
+    cutoff = history["user"].map(first.set_index("user")["time"])
+    history = history[history["time"] < cutoff].sort_values(["user", "time"], kind="stable")
+    users = first["user"].to_numpy()
+    row_of = pd.Series(np.arange(len(users)), index=users)
+    rank_from_end = history.groupby("user").cumcount(ascending=False).to_numpy()
+    keep = rank_from_end < history_len
+    rows = row_of[history["user"].to_numpy()[keep]].to_numpy()
+    slot = history_len - 1 - rank_from_end[keep]  # oldest first, padding at the front
+    items = np.full((len(users), history_len, 1), inter.n_items, dtype=np.int64)
+    clicks = np.zeros((len(users), history_len, 1), dtype=np.float32)
+    items[rows, slot, 0] = history["item"].to_numpy()[keep]
+    clicks[rows, slot, 0] = history["click"].to_numpy()[keep]
+    steps = np.bincount(rows, minlength=len(users))
+    obs = Obs(items=torch.from_numpy(items), clicks=torch.from_numpy(clicks), step=torch.from_numpy(steps))
+    seen_groups = history.groupby("user")["item"].unique()
+    empty = np.zeros(0, dtype=np.int64)
+    seen = [torch.tensor(seen_groups.get(u, empty), dtype=torch.long) for u in users]
+    return NextItemTask(obs=obs, targets=torch.tensor(first["item"].to_numpy(), dtype=torch.long),
+                        seen=seen)
+
+
+@torch.no_grad()
+def offline_ranking(model: Any, splits: Splits, history_len: int = 50, ks: tuple[int, ...] = (5, 10, 20),
+                    n_negatives: int = 100, max_users: int | None = None, seed: int = 0,
+                    chunk: int = 512) -> dict[str, dict[str, float]]:
+    """``{protocol: {metric: value}}`` for ``model`` (needs ``encode`` and ``score_all``)."""
+    task = next_item_task(splits, history_len, max_users, seed)
+    if task is None:
+        return {}
+    device = model.device
+    rows = torch.arange(len(task.targets))
+
+    def states(idx: Tensor) -> Tensor:
+        return model.encode(task.obs.index(idx).to(device))
+
+    def score_all(idx: Tensor) -> Tensor:
+        return model.score_all(states(idx)).click_prob
+
+    def score_items(idx: Tensor, items: Tensor) -> Tensor:
+        return model.score_all(states(idx)).click_prob.gather(1, items.to(device))
+
+    results = [full_ranking(score_all, rows, task.targets, task.seen, ks=ks, chunk=chunk)]
+    n_items = splits.interactions.n_items
+    if n_items - 1 - max(len(s) for s in task.seen) >= n_negatives:
+        results.append(sampled_ranking(score_items, rows, task.targets, task.seen, n_items,
+                                       n_negatives=n_negatives, ks=(1, *ks), seed=seed, chunk=chunk))
+    return summarize_ranking(results)

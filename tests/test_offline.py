@@ -1,0 +1,81 @@
+"""Offline next-item ranking of behavior models: the task built from splits, and its metrics."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import torch
+
+from recrl.behavior.offline import next_item_task, offline_ranking
+from recrl.types import LOG_COLUMNS, Interactions, Obs, Response, Splits
+
+N_ITEMS = 6
+
+
+def log(rows: list[tuple[int, int, int, float]]) -> pd.DataFrame:
+    frame = pd.DataFrame(rows, columns=["user", "item", "time", "click"])
+    for column, value in (("conversion", 0.0), ("rating", np.nan), ("leave", np.nan), ("propensity", np.nan)):
+        frame[column] = value
+    return frame[list(LOG_COLUMNS)]
+
+
+def splits() -> Splits:
+    train = log([(0, 0, 1, 1.0), (0, 1, 2, 0.0), (1, 2, 1, 1.0), (2, 3, 1, 1.0)])
+    valid = log([(0, 2, 3, 1.0), (1, 3, 2, 1.0)])
+    # user 0's first clicked test item is 4 (time 5); user 1 never clicks in test; user 2 clicks 5
+    test = log([(0, 3, 4, 0.0), (0, 4, 5, 1.0), (1, 1, 3, 0.0), (2, 5, 2, 1.0)])
+    inter = Interactions(train=train, valid=valid, items=pd.DataFrame(index=range(N_ITEMS)), n_users=3,
+                         n_items=N_ITEMS)
+    return Splits(interactions=inter, test=test)
+
+
+def test_task_histories_targets_and_seen_items() -> None:
+    task = next_item_task(splits(), history_len=3)
+    assert task is not None
+    assert task.targets.tolist() == [4, 5]  # users 0 and 2; user 1 has no clicked test row
+    # user 0: last 3 rows before time 5 are items 1, 2, 3 (oldest first); user 2: item 3 then padding
+    assert task.obs.items[:, :, 0].tolist() == [[1, 2, 3], [N_ITEMS, N_ITEMS, 3]]
+    assert task.obs.clicks[:, :, 0].tolist() == [[0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]
+    assert [sorted(s.tolist()) for s in task.seen] == [[0, 1, 2, 3], [3]]
+
+
+class FixedScores:
+    """A stand-in model whose click scores ignore the history."""
+
+    device = torch.device("cpu")
+
+    def __init__(self, scores: list[float]) -> None:
+        self.scores = torch.tensor(scores)
+
+    def encode(self, obs: Obs) -> torch.Tensor:
+        return torch.zeros(obs.batch_size, 1)
+
+    def score_all(self, state: torch.Tensor) -> Response:
+        prob = self.scores.expand(state.shape[0], -1)
+        zeros = torch.zeros(state.shape[0])
+        return Response(click_prob=prob, click=prob, conversion_prob=prob, conversion=prob, rating=prob,
+                        leave_prob=zeros)
+
+
+def test_full_ranking_excludes_seen_items() -> None:
+    # user 0 (target 4 scores 0.6, seen 0-3): the only other candidate, 5, scores 0.3 -> rank 0
+    #   (item 3 scores 0.9 but was seen, so it is excluded)
+    # user 2 (target 5 scores 0.3, seen 3): items 0 (0.5) and 4 (0.6) score higher -> rank 2
+    model = FixedScores([0.5, 0.1, 0.2, 0.9, 0.6, 0.3])
+    result = offline_ranking(model, splits(), history_len=3, ks=(1, 2), n_negatives=1)
+    full = result["full"]
+    assert full["hr@1"] == 0.5 and full["hr@2"] == 0.5
+    assert math.isclose(full["ndcg@2"], 0.5)
+    assert math.isclose(full["mrr"], (1 + 1 / 3) / 2)
+    sampled = result["sampled-1"]  # user 0 has one unseen negative (5, scored lower): always a hit
+    assert sampled["n_users"] == 2 and sampled["hr@1"] >= 0.5
+    assert "sampled-2" not in offline_ranking(model, splits(), history_len=3, n_negatives=2)
+
+
+def test_no_clicked_test_rows_gives_no_task() -> None:
+    data = splits()
+    data.test["click"] = 0.0
+    assert next_item_task(data, history_len=3) is None
+    assert offline_ranking(FixedScores([0.0] * N_ITEMS), data) == {}
