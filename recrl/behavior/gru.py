@@ -8,13 +8,11 @@ and the response then update ``h`` through a GRU cell, and a leave head reads th
 
 from __future__ import annotations
 
-import pandas as pd
 import torch
 from torch import Tensor, nn
 
-from recrl.behavior.fit import FitReport, SessionTensors, fit_sequence_model
-from recrl.data.synthetic import mnl_probs, sample_choice
-from recrl.types import Interactions, Obs, Response
+from recrl.behavior.base import SequenceUserModel
+from recrl.behavior.fit import SessionTensors
 
 
 class _Bilinear(nn.Module):
@@ -33,7 +31,7 @@ class _Bilinear(nn.Module):
         return torch.einsum("...d,...kd->...k", query, self.item_emb(items)) + self.bias[items]
 
 
-class GRUBehavior(nn.Module):
+class GRUBehavior(SequenceUserModel):
     """GRU4Rec-style user model with click, conversion, rating and leave heads.
 
     Example::
@@ -64,11 +62,6 @@ class GRUBehavior(nn.Module):
         self.register_buffer("leave_known", torch.tensor(True))
         self.to(device)
 
-    @property
-    def device(self) -> torch.device:
-        """Where the weights live."""
-        return self.h0.device
-
     # ------------------------------------------------------------------ recurrent core
     def _event(self, slates: Tensor, click: Tensor, conversion: Tensor) -> Tensor:
         """Input vector ``[B, hidden]`` summarising one shown slate and its response."""
@@ -85,56 +78,6 @@ class GRUBehavior(nn.Module):
     def initial_state(self, n_users: int, generator: torch.Generator | None = None) -> Tensor:
         """The learned start-of-session state, repeated ``n_users`` times."""
         return self.h0.detach().expand(n_users, -1).clone()
-
-    def leave_logit(self, state: Tensor) -> Tensor:
-        """Logit ``[B]`` of leaving in ``state``."""
-        return self.leave_head(state).squeeze(-1)
-
-    def leave_prob(self, state: Tensor) -> Tensor:
-        """Probability ``[B]`` of leaving in ``state`` (0 when the logs had no leave labels)."""
-        return torch.sigmoid(self.leave_logit(state)) * self.leave_known
-
-    # ------------------------------------------------------------------ UserModel protocol
-    @torch.no_grad()
-    def respond(self, state: Tensor, slates: Tensor,
-                generator: torch.Generator) -> tuple[Response, Tensor]:
-        """Sample the response to ``slates`` ``[B, K]`` and return it with the next state."""
-        click_prob = mnl_probs(self.click_head(state, slates))
-        click = sample_choice(click_prob, generator)
-        conv_prob = torch.sigmoid(self.conversion_head(state, slates))
-        u = torch.rand(conv_prob.shape, device=conv_prob.device, generator=generator)
-        conversion = click * (u < conv_prob).to(click.dtype)
-        rating = 1.0 + 4.0 * torch.sigmoid(self.rating_head(state, slates))
-        nxt = self.next_state(state, slates, click, conversion)
-        response = Response(click_prob=click_prob, click=click, conversion_prob=conv_prob,
-                            conversion=conversion, rating=rating,
-                            leave_prob=self.leave_prob(nxt))
-        return response, nxt
-
-    @torch.no_grad()
-    def score_all(self, state: Tensor) -> Response:
-        """Each item's predicted response if shown alone, ``[B, n_items]`` (no sampling).
-
-        ``click``/``conversion`` hold probabilities here; ``leave_prob`` is the current one.
-        """
-        click_prob = torch.sigmoid(self.click_head(state))
-        conv_prob = torch.sigmoid(self.conversion_head(state))
-        rating = 1.0 + 4.0 * torch.sigmoid(self.rating_head(state))
-        return Response(click_prob=click_prob, click=click_prob, conversion_prob=conv_prob,
-                        conversion=click_prob * conv_prob, rating=rating,
-                        leave_prob=self.leave_prob(state))
-
-    @torch.no_grad()
-    def encode(self, obs: Obs) -> Tensor:
-        """Hidden state from an observed history (padding slates leave the state unchanged)."""
-        h = self.initial_state(obs.batch_size).to(obs.items.device)
-        conversion = torch.zeros_like(obs.clicks[:, 0])
-        for t in range(obs.items.shape[1]):
-            items = obs.items[:, t]
-            valid = (items[:, 0] < self.n_items)[:, None]
-            safe = items.clamp(max=self.n_items)
-            h = torch.where(valid, self.next_state(h, safe, obs.clicks[:, t], conversion), h)
-        return h
 
     # ------------------------------------------------------------------ training
     def sequence_logits(self, batch: SessionTensors) -> dict[str, Tensor]:
@@ -155,15 +98,3 @@ class GRUBehavior(nn.Module):
         return {k: torch.stack(v, 1) for k, v in
                 (("click", click), ("conversion", conv), ("rating", rating), ("leave", leave),
                  ("click_negative", negative)) if v}
-
-    def fit(self, interactions: Interactions) -> FitReport:
-        """Fit on the training rows, early-stop on the validation rows' loss.
-
-        Logs without leave labels leave the leave head untrained; the model then never makes
-        a user leave (the environment's horizon or leave rule ends episodes).
-        """
-        leave = pd.concat([interactions.train["leave"], interactions.valid["leave"]])
-        self.leave_known.fill_(bool(leave.notna().any()))
-        return fit_sequence_model(self, interactions, lr=self.lr, weight_decay=self.weight_decay,
-                                  epochs=self.epochs, batch_size=self.batch_size,
-                                  patience=self.patience, seed=self.seed, max_len=self.max_len)

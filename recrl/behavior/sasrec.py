@@ -24,14 +24,13 @@ State layout (``[B, S]`` floats, ``W = max_len + 1``, ``D = dim``, ``S = 2 * lay
 
 from __future__ import annotations
 
-import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from recrl.behavior.fit import FitReport, SessionTensors, fit_sequence_model
-from recrl.data.synthetic import mnl_probs, sample_choice
-from recrl.types import Interactions, Obs, RecrlError, Response
+from recrl.behavior.base import SequenceUserModel
+from recrl.behavior.fit import SessionTensors
+from recrl.types import RecrlError
 
 
 def rope_tables(positions: Tensor, inv_freq: Tensor) -> tuple[Tensor, Tensor]:
@@ -117,7 +116,7 @@ class _Block(nn.Module):
         return self._finish(x[:, None], attn, 0.0)[:, 0], keys, values
 
 
-class SASRecBehavior(nn.Module):
+class SASRecBehavior(SequenceUserModel):
     """SASRec-style causal transformer user model with click, conversion, rating and leave heads.
 
     Same interface as :class:`~recrl.behavior.gru.GRUBehavior`; the state is a sliding
@@ -169,11 +168,6 @@ class SASRecBehavior(nn.Module):
         return table
 
     @property
-    def device(self) -> torch.device:
-        """Where the weights live."""
-        return self.start.device
-
-    @property
     def state_size(self) -> int:
         """Width ``S`` of the packed state: caches, output vector and step counter."""
         return 2 * self.layers * self.window * self.dim + self.dim + 1
@@ -222,57 +216,6 @@ class SASRecBehavior(nn.Module):
                                   self.start[None])
         return first.expand(n_users, -1).clone()
 
-    def leave_logit(self, state: Tensor) -> Tensor:
-        """Logit ``[B]`` of leaving in ``state``."""
-        return self.leave_head(self.output(state)).squeeze(-1)
-
-    def leave_prob(self, state: Tensor) -> Tensor:
-        """Probability ``[B]`` of leaving in ``state`` (0 when the logs had no leave labels)."""
-        return torch.sigmoid(self.leave_logit(state)) * self.leave_known
-
-    # ------------------------------------------------------------------ UserModel protocol
-    @torch.no_grad()
-    def respond(self, state: Tensor, slates: Tensor,
-                generator: torch.Generator) -> tuple[Response, Tensor]:
-        """Sample the response to ``slates`` ``[B, K]`` and return it with the next state."""
-        h = self.output(state)
-        click_prob = mnl_probs(self.click_head(h, slates))
-        click = sample_choice(click_prob, generator)
-        conv_prob = torch.sigmoid(self.conversion_head(h, slates))
-        u = torch.rand(conv_prob.shape, device=conv_prob.device, generator=generator)
-        conversion = click * (u < conv_prob).to(click.dtype)
-        rating = 1.0 + 4.0 * torch.sigmoid(self.rating_head(h, slates))
-        nxt = self.next_state(state, slates, click, conversion)
-        response = Response(click_prob=click_prob, click=click, conversion_prob=conv_prob,
-                            conversion=conversion, rating=rating, leave_prob=self.leave_prob(nxt))
-        return response, nxt
-
-    @torch.no_grad()
-    def score_all(self, state: Tensor) -> Response:
-        """Each item's predicted response if shown alone, ``[B, n_items]`` (no sampling).
-
-        ``click``/``conversion`` hold probabilities here; ``leave_prob`` is the current one.
-        """
-        h = self.output(state)
-        click_prob = torch.sigmoid(self.click_head(h))
-        conv_prob = torch.sigmoid(self.conversion_head(h))
-        rating = 1.0 + 4.0 * torch.sigmoid(self.rating_head(h))
-        return Response(click_prob=click_prob, click=click_prob, conversion_prob=conv_prob,
-                        conversion=click_prob * conv_prob, rating=rating,
-                        leave_prob=self.leave_prob(state))
-
-    @torch.no_grad()
-    def encode(self, obs: Obs) -> Tensor:
-        """State from an observed history (padding slates leave the state unchanged)."""
-        state = self.initial_state(obs.batch_size).to(obs.items.device)
-        conversion = torch.zeros_like(obs.clicks[:, 0])
-        for t in range(obs.items.shape[1]):
-            items = obs.items[:, t]
-            valid = (items[:, 0] < self.n_items)[:, None]
-            safe = items.clamp(max=self.n_items)
-            state = torch.where(valid, self.next_state(state, safe, obs.clicks[:, t], conversion), state)
-        return state
-
     # ------------------------------------------------------------------ training
     def _attention_mask(self, length: int, device: torch.device) -> Tensor | None:
         """``None`` (plain causal) when the sequence fits the window, else a banded causal mask."""
@@ -309,15 +252,3 @@ class SASRecBehavior(nn.Module):
             sampled = batch.negative.clamp(max=self.n_items - 1)[..., None]
             logits["click_negative"] = self.click_head(before, sampled)[..., 0]
         return logits
-
-    def fit(self, interactions: Interactions) -> FitReport:
-        """Fit on the training rows, early-stop on the validation rows' loss.
-
-        Logs without leave labels leave the leave head untrained; the model then never makes
-        a user leave (the environment's horizon or leave rule ends episodes).
-        """
-        leave = pd.concat([interactions.train["leave"], interactions.valid["leave"]])
-        self.leave_known.fill_(bool(leave.notna().any()))
-        return fit_sequence_model(self, interactions, lr=self.lr, weight_decay=self.weight_decay,
-                                  epochs=self.epochs, batch_size=self.batch_size,
-                                  patience=self.patience, seed=self.seed, max_len=self.max_len)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -12,7 +13,7 @@ from recrl.data.reader import check_policy
 from recrl.types import RecrlError, Splits
 
 
-class FileDataset:
+class FileDataset(ABC):
     """A dataset read from files under ``root``.
 
     Subclasses set ``name`` (and ``download_name`` when ``recrl data download`` knows it),
@@ -38,17 +39,17 @@ class FileDataset:
         self.last_load: dict[str, Any] = {}
 
     # ------------------------------------------------------------------ for subclasses
+    @abstractmethod
     def required_files(self) -> list[Path]:
         """Files that must exist (their checksums key the cache)."""
-        raise NotImplementedError  # abstract: each dataset lists its files
 
     def optional_files(self) -> list[Path]:
         """Files used when present (side information); they key the cache too."""
         return []
 
+    @abstractmethod
     def read(self) -> RawLog:
         """Parse the files into a raw log."""
-        raise NotImplementedError  # abstract: each dataset parses its own format
 
     # ------------------------------------------------------------------ shared
     def settings(self) -> dict[str, Any]:

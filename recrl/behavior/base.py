@@ -1,0 +1,123 @@
+"""What every sequential behavior model shares: the simulator-facing methods built on a few hooks.
+
+A subclass defines its recurrent core (``initial_state``, ``next_state``, ``output``), its heads
+(``click_head``, ``conversion_head``, ``rating_head`` scoring ``(h, items)`` or, with ``items``
+omitted, the whole catalogue; ``leave_head`` on ``h``) and ``sequence_logits`` for training.
+This class turns them into the :class:`~recrl.types.UserModel` protocol, greedy scoring, history
+encoding and fitting, so the models cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import pandas as pd
+import torch
+from torch import Tensor, nn
+
+from recrl.behavior.fit import FitReport, SessionTensors, fit_sequence_model
+from recrl.data.synthetic import mnl_probs, sample_choice
+from recrl.types import Interactions, Obs, Response
+
+
+class SequenceUserModel(nn.Module, ABC):
+    """Base class of ``GRUBehavior`` and ``SASRecBehavior`` (not used on its own)."""
+
+    n_items: int
+    lr: float
+    weight_decay: float
+    epochs: int
+    batch_size: int
+    patience: int
+    seed: int
+    max_len: int
+
+    click_head: nn.Module
+    conversion_head: nn.Module
+    rating_head: nn.Module
+    leave_head: nn.Module
+    leave_known: Tensor
+
+    # ------------------------------------------------------------------ hooks
+    @abstractmethod
+    def initial_state(self, n_users: int, generator: torch.Generator | None = None) -> Tensor:
+        """Start-of-session states ``[n_users, S]``."""
+
+    @abstractmethod
+    def next_state(self, state: Tensor, slates: Tensor, click: Tensor, conversion: Tensor) -> Tensor:
+        """State after the user saw ``slates`` and responded."""
+
+    @abstractmethod
+    def sequence_logits(self, batch: SessionTensors) -> dict[str, Tensor]:
+        """Per-step logits of every head over padded sessions (see ``fit.sequence_loss``)."""
+
+    def output(self, state: Tensor) -> Tensor:
+        """The vector the heads read (the state itself unless a model packs more into it)."""
+        return state
+
+    # ------------------------------------------------------------------ shared
+    @property
+    def device(self) -> torch.device:
+        """Where the weights live."""
+        return self.leave_known.device
+
+    def leave_logit(self, state: Tensor) -> Tensor:
+        """Logit ``[B]`` of leaving in ``state``."""
+        return self.leave_head(self.output(state)).squeeze(-1)
+
+    def leave_prob(self, state: Tensor) -> Tensor:
+        """Probability ``[B]`` of leaving in ``state`` (0 when the logs had no leave labels)."""
+        return torch.sigmoid(self.leave_logit(state)) * self.leave_known
+
+    @torch.no_grad()
+    def respond(self, state: Tensor, slates: Tensor,
+                generator: torch.Generator) -> tuple[Response, Tensor]:
+        """Sample the response to ``slates`` ``[B, K]`` (MNL click with no-click) and the next state."""
+        h = self.output(state)
+        click_prob = mnl_probs(self.click_head(h, slates))
+        click = sample_choice(click_prob, generator)
+        conv_prob = torch.sigmoid(self.conversion_head(h, slates))
+        u = torch.rand(conv_prob.shape, device=conv_prob.device, generator=generator)
+        conversion = click * (u < conv_prob).to(click.dtype)
+        rating = 1.0 + 4.0 * torch.sigmoid(self.rating_head(h, slates))
+        nxt = self.next_state(state, slates, click, conversion)
+        response = Response(click_prob=click_prob, click=click, conversion_prob=conv_prob,
+                            conversion=conversion, rating=rating, leave_prob=self.leave_prob(nxt))
+        return response, nxt
+
+    @torch.no_grad()
+    def score_all(self, state: Tensor) -> Response:
+        """Each item's predicted response if shown alone, ``[B, n_items]`` (no sampling).
+
+        ``click``/``conversion`` hold probabilities here; ``leave_prob`` is the current one.
+        """
+        h = self.output(state)
+        click_prob = torch.sigmoid(self.click_head(h))
+        conv_prob = torch.sigmoid(self.conversion_head(h))
+        rating = 1.0 + 4.0 * torch.sigmoid(self.rating_head(h))
+        return Response(click_prob=click_prob, click=click_prob, conversion_prob=conv_prob,
+                        conversion=click_prob * conv_prob, rating=rating, leave_prob=self.leave_prob(state))
+
+    @torch.no_grad()
+    def encode(self, obs: Obs) -> Tensor:
+        """State from an observed history (padding slates leave the state unchanged)."""
+        state = self.initial_state(obs.batch_size).to(obs.items.device)
+        conversion = torch.zeros_like(obs.clicks[:, 0])
+        for t in range(obs.items.shape[1]):
+            items = obs.items[:, t]
+            valid = (items[:, 0] < self.n_items)[:, None]
+            safe = items.clamp(max=self.n_items)
+            state = torch.where(valid, self.next_state(state, safe, obs.clicks[:, t], conversion), state)
+        return state
+
+    def fit(self, interactions: Interactions) -> FitReport:
+        """Fit on the training rows, early-stop on the validation rows' loss.
+
+        Logs without leave labels leave the leave head untrained; the model then never makes
+        a user leave (the environment's horizon or leave rule ends episodes).
+        """
+        leave = pd.concat([interactions.train["leave"], interactions.valid["leave"]])
+        self.leave_known.fill_(bool(leave.notna().any()))
+        return fit_sequence_model(self, interactions, lr=self.lr, weight_decay=self.weight_decay,
+                                  epochs=self.epochs, batch_size=self.batch_size,
+                                  patience=self.patience, seed=self.seed, max_len=self.max_len)
