@@ -266,10 +266,31 @@ def _kv_table(values: Mapping[str, Any], unit: str = "", digits: int = 4) -> str
     return markdown_table(["name", "value"], [[k, cell(v)] for k, v in values.items()])
 
 
+def _number(value: Any, digits: int = 4) -> str:
+    """A float with ``digits`` decimals; ``–`` for missing or non-finite values."""
+    scalar = _as_scalar(value)
+    return f"{scalar:.{digits}f}" if scalar is not None and math.isfinite(scalar) else "–"
+
+
+def _fidelity_text(fidelity: Mapping[str, Any]) -> str:
+    """Click accuracy per check, and the agreement with a true model when there is one."""
+    names = {"validation": "validation rows",
+             "randomized": "randomized exposures (model fitted on biased log)"}
+    rows = [[names.get(k, k), *(_number(v[m]) for m in ("click_logloss", "click_auc", "click_ece")),
+             str(v["rows"])] for k, v in fidelity.items() if "click_logloss" in v]
+    text = markdown_table(["check", "click logloss", "click AUC", "ECE", "rows"], rows) if rows else ""
+    true = fidelity.get("true_model")
+    if true:
+        text += (f"\n\nAgainst the true user model (random slates, {true['pairs']} pairs): Pearson "
+                 f"correlation of click probabilities {_number(true['click_prob_pearson'], 3)}; mean true "
+                 f"{_number(true['mean_true'], 3)}, mean model {_number(true['mean_model'], 3)}.")
+    return text + "\n\nCalibration curve: `plots/calibration.png`."
+
+
 def _offline_table(offline: Mapping[str, Mapping[str, float]]) -> str:
     """Protocols as rows, metrics as columns."""
     metrics = list(dict.fromkeys(m for values in offline.values() for m in values))
-    rows = [[protocol, *(f"{values[m]:.4f}" if m in values else "–" for m in metrics)]
+    rows = [[protocol, *(_number(values[m]) if m in values else "–" for m in metrics)]
             for protocol, values in offline.items()]
     return markdown_table(["protocol", *metrics], rows)
 
@@ -287,6 +308,8 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         note = ("Next-item ranking of the behavior model on held-out test users: `full` ranks among "
                 "all unseen items, `sampled-100` among 100 sampled unseen items (fixed seed).")
         lines += _section("Behavior model: offline ranking", note, _offline_table(report["offline"]))
+    if report.get("fidelity"):
+        lines += _section("Simulator fidelity", _fidelity_text(report["fidelity"]))
     evaluation = report.get("evaluation") or {}
     if evaluation:
         note = "Mean ± 95% CI half width; policies as rows, environments as columns."

@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
 import recrl
+from recrl.behavior.fidelity import fidelity_report
 from recrl.checkpoint import load_checkpoint, save_checkpoint
 from recrl.config import build, build_algo_by_name, validate
 from recrl.env.simulator import RecEnv
@@ -133,7 +134,11 @@ def final_evaluation(cfg: DictConfig, stages: Stages, algo: Any, algo_name: str,
     for name in evaluation.baselines:
         if name != algo_name:
             policies[name] = build_algo_by_name(name, ctx=stages.ctx)
-    results = evaluation.run(policies, stages.eval_envs())
+    envs = stages.eval_envs()
+    results = evaluation.run(policies, envs)
+    fidelity = fidelity_report(stages.behavior, stages.splits, envs.get("ground_truth"),
+                               ground_truth_is_true_model=hasattr(stages.dataset, "ground_truth"),
+                               plot=run_dir / "plots" / "calibration.png")
     return {"task": "train", "run_dir": str(run_dir), "seed": int(cfg.seed), "algo": algo_name,
             "reward": type(stages.reward).__name__, "device": str(stages.device),
             "config": OmegaConf.to_container(cfg, resolve=True),
@@ -142,7 +147,7 @@ def final_evaluation(cfg: DictConfig, stages: Stages, algo: Any, algo_name: str,
             "data": data_summary(stages.splits), "behavior": stages.behavior_report,
             "offline": evaluation.offline(stages.behavior, stages.splits,
                                           history_len=int(cfg.behavior.get("max_len", 50))),
-            "evaluation": results}
+            "fidelity": fidelity, "evaluation": results}
 
 
 def data_summary(splits: Splits) -> dict[str, Any]:
