@@ -79,3 +79,28 @@ def test_no_clicked_test_rows_gives_no_task() -> None:
     data.test["click"] = 0.0
     assert next_item_task(data, history_len=3) is None
     assert offline_ranking(FixedScores([0.0] * N_ITEMS), data) == {}
+
+
+def test_early_stopping_on_validation_ndcg() -> None:
+    from recrl.behavior.gru import GRUBehavior
+    from recrl.data.synthetic import SyntheticWorld
+
+    data = SyntheticWorld(n_items=20, n_users=200, n_topics=2, horizon=6, seed=2).load().interactions
+    model = GRUBehavior(n_items=20, dim=8, hidden=16, epochs=3, patience=3, early_stopping="ndcg@10")
+    report = model.fit(data)
+    assert report.early_stopping == "ndcg@10" and 0.0 <= report.valid_ndcg10 <= 1.0
+    assert 1 <= report.best_epoch <= report.epochs
+
+
+def test_unknown_early_stopping_is_a_clear_error() -> None:
+    import pytest
+
+    from recrl.behavior.fit import fit_sequence_model
+    from recrl.behavior.gru import GRUBehavior
+    from recrl.data.synthetic import SyntheticWorld
+    from recrl.types import RecrlError
+
+    data = SyntheticWorld(n_items=20, n_users=50, n_topics=2, horizon=4).load().interactions
+    with pytest.raises(RecrlError, match=r"behavior\.early_stopping='auc'"):
+        fit_sequence_model(GRUBehavior(n_items=20, dim=4, hidden=8), data, lr=1e-3, weight_decay=0.0,
+                           epochs=1, batch_size=32, patience=1, seed=0, early_stopping="auc")

@@ -31,6 +31,7 @@ class SequenceUserModel(nn.Module, ABC):
     patience: int
     seed: int
     max_len: int
+    early_stopping: str
 
     click_head: nn.Module
     conversion_head: nn.Module
@@ -120,4 +121,5 @@ class SequenceUserModel(nn.Module, ABC):
         self.leave_known.fill_(bool(leave.notna().any()))
         return fit_sequence_model(self, interactions, lr=self.lr, weight_decay=self.weight_decay,
                                   epochs=self.epochs, batch_size=self.batch_size,
-                                  patience=self.patience, seed=self.seed, max_len=self.max_len)
+                                  patience=self.patience, seed=self.seed, max_len=self.max_len,
+                                  early_stopping=self.early_stopping)

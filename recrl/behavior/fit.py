@@ -14,8 +14,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from recrl.behavior.offline import NextItemTask, build_task, rank_task
 from recrl.metrics.ranking import auc, logloss
 from recrl.types import Interactions, RecrlError
+
+EARLY_STOPPING = ("loss", "ndcg@10")
 
 
 @dataclass(frozen=True)
@@ -110,6 +113,8 @@ class FitReport:
     valid_leave_auc: float
     train_sessions: int
     valid_sessions: int
+    early_stopping: str = "loss"
+    valid_ndcg10: float = float("nan")
 
     def to_dict(self) -> dict[str, float]:
         """Plain dict for JSON reports."""
@@ -176,18 +181,45 @@ def training_tensors(interactions: Interactions, max_len: int | None,
     return train, valid
 
 
+def _stopping_score(model: nn.Module, valid: SessionTensors, task: NextItemTask | None,
+                    n_items: int) -> tuple[float, dict[str, float]]:
+    """Validation figures and the score early stopping maximises (minus the loss, or NDCG@10)."""
+    val = _validate(model, valid)
+    if task is None:
+        return -val["loss"], val
+    model.eval()
+    val["ndcg@10"] = rank_task(model, task, n_items, ks=(10,), n_negatives=None)["full"]["ndcg@10"]
+    model.train()
+    return val["ndcg@10"], val
+
+
 def fit_sequence_model(model: nn.Module, interactions: Interactions, *, lr: float,
                        weight_decay: float, epochs: int, batch_size: int, patience: int,
-                       seed: int, max_len: int | None = None) -> FitReport:
-    """Mini-batch Adam on the training rows; keep the weights of the best validation loss."""
+                       seed: int, max_len: int | None = None, early_stopping: str = "loss",
+                       ranking_users: int = 1000) -> FitReport:
+    """Mini-batch Adam on the training rows; keep the weights of the best validation epoch.
+
+    ``early_stopping="loss"`` keeps the lowest validation loss; ``"ndcg@10"`` the highest
+    full-ranking NDCG@10 of each validation user's clicked validation item given their training
+    history (up to ``ranking_users`` users, fixed by ``seed``).
+    """
     start = time.perf_counter()
     device = next(model.parameters()).device
     if interactions.valid.empty:
         raise RecrlError("the validation split is empty: the behavior model needs it for early stopping")
+    if early_stopping not in EARLY_STOPPING:
+        options = ", ".join(EARLY_STOPPING)
+        raise RecrlError(f"behavior.early_stopping={early_stopping!r}: use one of {options}")
+    task = None
+    if early_stopping == "ndcg@10":
+        task = build_task(interactions.train, interactions.valid, interactions.n_items, max_len or 50,
+                          max_users=ranking_users, seed=seed)
+        if task is None:
+            raise RecrlError("behavior.early_stopping=ndcg@10 needs clicked validation rows; use loss")
     train, valid = (t.to(device) for t in training_tensors(interactions, max_len, seed))
     g = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
-    best, best_state, best_epoch, stale = float("inf"), None, 0, 0
+    best, best_state, best_epoch, stale = float("-inf"), None, 0, 0
     n = train.item.shape[0]
     bar = tqdm(range(epochs), desc="fit behavior", leave=False, disable=None)
     for epoch in bar:
@@ -197,21 +229,21 @@ def fit_sequence_model(model: nn.Module, interactions: Interactions, *, lr: floa
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-        val = _validate(model, valid)
-        bar.set_postfix(valid_loss=f"{val['loss']:.4f}")
-        if val["loss"] < best - 1e-5:
-            best, best_epoch, stale = val["loss"], epoch + 1, 0
+        score, _ = _stopping_score(model, valid, task, interactions.n_items)
+        bar.set_postfix(valid=f"{score:.4f}")
+        stale = 0 if score > best + 1e-5 else stale + 1
+        if score >= best:  # ties keep the later, longer-trained weights (NDCG saturates on small data)
+            best, best_epoch = score, epoch + 1
             best_state = copy.deepcopy(model.state_dict())
-        else:
-            stale += 1
-            if stale >= patience:
-                break
+        if stale >= patience:
+            break
     if best_state is not None:
         model.load_state_dict(best_state)
-    final = _validate(model, valid)
+    _, final = _stopping_score(model, valid, task, interactions.n_items)
     model.eval()
     return FitReport(epochs=epoch + 1, best_epoch=best_epoch,
                      seconds=time.perf_counter() - start, valid_loss=final["loss"],
                      valid_click_logloss=final["click_logloss"], valid_click_auc=final["click_auc"],
                      valid_leave_logloss=final["leave_logloss"], valid_leave_auc=final["leave_auc"],
-                     train_sessions=n, valid_sessions=int(valid.item.shape[0]))
+                     train_sessions=n, valid_sessions=int(valid.item.shape[0]),
+                     early_stopping=early_stopping, valid_ndcg10=final.get("ndcg@10", float("nan")))

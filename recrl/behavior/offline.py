@@ -32,16 +32,23 @@ class NextItemTask:
 
 def next_item_task(splits: Splits, history_len: int, max_users: int | None = None,
                    seed: int = 0) -> NextItemTask | None:
-    """Build the task from ``splits`` (``None`` when no test user clicked anything)."""
+    """The test task: each test user's first clicked test item, after everything before it."""
     inter = splits.interactions
-    test = splits.test[splits.test["click"] > 0]
-    if test.empty:
+    known = pd.concat([inter.train, inter.valid, splits.test], ignore_index=True)
+    return build_task(known, splits.test, inter.n_items, history_len, max_users, seed)
+
+
+def build_task(known: pd.DataFrame, candidates: pd.DataFrame, n_items: int, history_len: int,
+               max_users: int | None = None, seed: int = 0) -> NextItemTask | None:
+    """Each user's first clicked row of ``candidates`` is the target; the user's rows of ``known``
+    before it are the history (``None`` when no candidate row is a click)."""
+    clicked = candidates[candidates["click"] > 0]
+    if clicked.empty:
         return None
-    first = test.sort_values(["user", "time"], kind="stable").drop_duplicates("user")
+    first = clicked.sort_values(["user", "time"], kind="stable").drop_duplicates("user")
     if max_users is not None and len(first) > max_users:
         first = first.sample(max_users, random_state=seed).sort_values("user")
-    history = pd.concat([inter.train, inter.valid, splits.test], ignore_index=True)
-    history = history[history["user"].isin(first["user"])]
+    history = known[known["user"].isin(first["user"])]
     cutoff = history["user"].map(first.set_index("user")["time"])
     history = history[history["time"] < cutoff].sort_values(["user", "time"], kind="stable")
     users = first["user"].to_numpy()
@@ -50,7 +57,7 @@ def next_item_task(splits: Splits, history_len: int, max_users: int | None = Non
     keep = rank_from_end < history_len
     rows = row_of[history["user"].to_numpy()[keep]].to_numpy()
     slot = history_len - 1 - rank_from_end[keep]  # oldest first, padding at the front
-    items = np.full((len(users), history_len, 1), inter.n_items, dtype=np.int64)
+    items = np.full((len(users), history_len, 1), n_items, dtype=np.int64)
     clicks = np.zeros((len(users), history_len, 1), dtype=np.float32)
     items[rows, slot, 0] = history["item"].to_numpy()[keep]
     clicks[rows, slot, 0] = history["click"].to_numpy()[keep]
@@ -71,6 +78,13 @@ def offline_ranking(model: Any, splits: Splits, history_len: int = 50, ks: tuple
     task = next_item_task(splits, history_len, max_users, seed)
     if task is None:
         return {}
+    return rank_task(model, task, splits.interactions.n_items, ks, n_negatives, seed, chunk)
+
+
+@torch.no_grad()
+def rank_task(model: Any, task: NextItemTask, n_items: int, ks: tuple[int, ...] = (5, 10, 20),
+              n_negatives: int | None = 100, seed: int = 0, chunk: int = 512) -> dict[str, dict[str, float]]:
+    """Full ranking (and sampled ranking unless ``n_negatives`` is ``None``) of ``task``."""
     device = model.device
     rows = torch.arange(len(task.targets))
 
@@ -84,8 +98,7 @@ def offline_ranking(model: Any, splits: Splits, history_len: int = 50, ks: tuple
         return model.score_all(states(idx)).click_prob.gather(1, items.to(device))
 
     results = [full_ranking(score_all, rows, task.targets, task.seen, ks=ks, chunk=chunk)]
-    n_items = splits.interactions.n_items
-    if n_items - 1 - max(len(s) for s in task.seen) >= n_negatives:
+    if n_negatives is not None and n_items - 1 - max(len(s) for s in task.seen) >= n_negatives:
         results.append(sampled_ranking(score_items, rows, task.targets, task.seen, n_items,
                                        n_negatives=n_negatives, ks=(1, *ks), seed=seed, chunk=chunk))
     return summarize_ranking(results)
