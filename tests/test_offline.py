@@ -104,3 +104,23 @@ def test_unknown_early_stopping_is_a_clear_error() -> None:
     with pytest.raises(RecrlError, match=r"behavior\.early_stopping='auc'"):
         fit_sequence_model(GRUBehavior(n_items=20, dim=4, hidden=8), data, lr=1e-3, weight_decay=0.0,
                            epochs=1, batch_size=32, patience=1, seed=0, early_stopping="auc")
+
+
+def test_negative_sampler_resamples_and_respects_padding() -> None:
+    from recrl.behavior.fit import NegativeSampler, session_tensors
+    from recrl.types import Interactions
+
+    frame = log([(0, 1, 1, 1.0), (0, 2, 2, 1.0), (1, 1, 1, 1.0)])
+    inter = Interactions(train=frame, valid=frame.iloc[:0], items=pd.DataFrame(index=range(N_ITEMS)),
+                         n_users=2, n_items=N_ITEMS, positive_only=True)
+    batch = session_tensors(frame, N_ITEMS, negatives=True)
+    for how in ("uniform", "popularity"):
+        sampler = NegativeSampler(inter, how, torch.Generator().manual_seed(0))
+        first, second = sampler(batch).negative, sampler(batch).negative
+        assert first[1, 1] == N_ITEMS and second[1, 1] == N_ITEMS  # user 1's padded step
+        assert bool((first[batch.item < N_ITEMS] < N_ITEMS).all())
+    many = NegativeSampler(inter, "popularity", torch.Generator().manual_seed(0))
+    draws = torch.cat([many(batch).negative[batch.item < N_ITEMS] for _ in range(2000)])
+    freq = torch.bincount(draws, minlength=N_ITEMS).float() / len(draws)
+    # counts + 1 smoothing: item 1 seen twice (weight 3), item 2 once (2), others 1; total 9
+    assert abs(float(freq[1]) - 3 / 9) < 0.02 and abs(float(freq[0]) - 1 / 9) < 0.02

@@ -32,6 +32,7 @@ class SequenceUserModel(nn.Module, ABC):
     seed: int
     max_len: int
     early_stopping: str
+    negative_sampling: str
 
     click_head: nn.Module
     conversion_head: nn.Module
@@ -122,4 +123,5 @@ class SequenceUserModel(nn.Module, ABC):
         return fit_sequence_model(self, interactions, lr=self.lr, weight_decay=self.weight_decay,
                                   epochs=self.epochs, batch_size=self.batch_size,
                                   patience=self.patience, seed=self.seed, max_len=self.max_len,
-                                  early_stopping=self.early_stopping)
+                                  early_stopping=self.early_stopping,
+                                  negative_sampling=self.negative_sampling)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Protocol
 
 import numpy as np
@@ -181,6 +181,42 @@ def training_tensors(interactions: Interactions, max_len: int | None,
     return train, valid
 
 
+NEGATIVE_SAMPLING = ("uniform", "popularity")
+
+
+class NegativeSampler:
+    """Fresh negative items for every training batch: uniform, or by training popularity
+    (smoothed by one), never on padding positions.
+
+    Example::
+
+        sampler = NegativeSampler(interactions, "popularity", generator)
+        batch = sampler(batch)            # batch.negative resampled
+    """
+
+    def __init__(self, interactions: Interactions, how: str, generator: torch.Generator) -> None:
+        if how not in NEGATIVE_SAMPLING:
+            raise RecrlError(f"behavior.negative_sampling={how!r}: use one of {', '.join(NEGATIVE_SAMPLING)}")
+        self.n_items, self.generator = interactions.n_items, generator
+        self.weights = None
+        if how == "popularity":
+            counts = np.bincount(interactions.train["item"].to_numpy(), minlength=self.n_items) + 1.0
+            self.weights = torch.as_tensor(counts, dtype=torch.float)
+
+    def __call__(self, batch: SessionTensors) -> SessionTensors:
+        """``batch`` with newly drawn negatives (unchanged when it has none)."""
+        if batch.negative is None:
+            return batch
+        shape = batch.item.shape
+        if self.weights is None:
+            drawn = torch.randint(0, self.n_items, shape, generator=self.generator)
+        else:
+            drawn = torch.multinomial(self.weights, shape.numel(), replacement=True,
+                                      generator=self.generator).view(shape)
+        drawn = drawn.to(batch.item.device)
+        return replace(batch, negative=torch.where(batch.item < self.n_items, drawn, self.n_items))
+
+
 def _stopping_score(model: nn.Module, valid: SessionTensors, task: NextItemTask | None,
                     n_items: int) -> tuple[float, dict[str, float]]:
     """Validation figures and the score early stopping maximises (minus the loss, or NDCG@10)."""
@@ -196,12 +232,13 @@ def _stopping_score(model: nn.Module, valid: SessionTensors, task: NextItemTask 
 def fit_sequence_model(model: nn.Module, interactions: Interactions, *, lr: float,
                        weight_decay: float, epochs: int, batch_size: int, patience: int,
                        seed: int, max_len: int | None = None, early_stopping: str = "loss",
-                       ranking_users: int = 1000) -> FitReport:
+                       negative_sampling: str = "uniform", ranking_users: int = 1000) -> FitReport:
     """Mini-batch Adam on the training rows; keep the weights of the best validation epoch.
 
     ``early_stopping="loss"`` keeps the lowest validation loss; ``"ndcg@10"`` the highest
     full-ranking NDCG@10 of each validation user's clicked validation item given their training
-    history (up to ``ranking_users`` users, fixed by ``seed``).
+    history (up to ``ranking_users`` users, fixed by ``seed``). On positive-only logs every
+    batch gets fresh negatives (``negative_sampling``: uniform or by popularity).
     """
     start = time.perf_counter()
     device = next(model.parameters()).device
@@ -218,13 +255,14 @@ def fit_sequence_model(model: nn.Module, interactions: Interactions, *, lr: floa
             raise RecrlError("behavior.early_stopping=ndcg@10 needs clicked validation rows; use loss")
     train, valid = (t.to(device) for t in training_tensors(interactions, max_len, seed))
     g = torch.Generator().manual_seed(seed)
+    resample = NegativeSampler(interactions, negative_sampling, torch.Generator().manual_seed(seed + 2))
     opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     best, best_state, best_epoch, stale = float("-inf"), None, 0, 0
     n = train.item.shape[0]
     bar = tqdm(range(epochs), desc="fit behavior", leave=False, disable=None)
     for epoch in bar:
         for idx in torch.randperm(n, generator=g).split(batch_size):
-            batch = train.rows(idx.to(device))
+            batch = resample(train.rows(idx.to(device)))
             loss = sequence_loss(model.sequence_logits(batch), batch)
             opt.zero_grad(set_to_none=True)
             loss.backward()

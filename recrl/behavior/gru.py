@@ -47,12 +47,14 @@ class GRUBehavior(SequenceUserModel):
     def __init__(self, n_items: int, dim: int = 32, hidden: int = 64, lr: float = 3e-3,
                  weight_decay: float = 1e-5, epochs: int = 40, batch_size: int = 256,
                  patience: int = 4, max_len: int = 50, seed: int = 0,
-                 early_stopping: Literal["loss", "ndcg@10"] = "loss", device: str = "cpu") -> None:
+                 early_stopping: Literal["loss", "ndcg@10"] = "loss",
+                 negative_sampling: Literal["uniform", "popularity"] = "uniform",
+                 device: str = "cpu") -> None:
         super().__init__()
         self.n_items, self.hidden = n_items, hidden
         self.lr, self.weight_decay, self.epochs = lr, weight_decay, epochs
         self.batch_size, self.patience, self.seed, self.max_len = batch_size, patience, seed, max_len
-        self.early_stopping = early_stopping
+        self.early_stopping, self.negative_sampling = early_stopping, negative_sampling
         torch.manual_seed(seed)
         self.item_in = nn.Embedding(n_items + 1, dim, padding_idx=n_items)
         self.event = nn.Linear(2 * dim + 2, hidden)

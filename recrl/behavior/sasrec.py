@@ -135,7 +135,9 @@ class SASRecBehavior(SequenceUserModel):
     def __init__(self, n_items: int, dim: int = 64, layers: int = 2, heads: int = 2, max_len: int = 50,
                  dropout: float = 0.2, lr: float = 1e-3, weight_decay: float = 0.0, epochs: int = 200,
                  batch_size: int = 256, patience: int = 10, seed: int = 0,
-                 early_stopping: Literal["loss", "ndcg@10"] = "ndcg@10", device: str = "cpu") -> None:
+                 early_stopping: Literal["loss", "ndcg@10"] = "ndcg@10",
+                 negative_sampling: Literal["uniform", "popularity"] = "uniform",
+                 device: str = "cpu") -> None:
         super().__init__()
         if heads < 1 or dim % heads or (dim // heads) % 2:
             raise RecrlError(f"behavior.dim={dim} must split into behavior.heads={heads} heads of even size")
@@ -145,7 +147,7 @@ class SASRecBehavior(SequenceUserModel):
         self.max_len, self.window, self.dropout = max_len, max_len + 1, dropout
         self.lr, self.weight_decay, self.epochs = lr, weight_decay, epochs
         self.batch_size, self.patience, self.seed = batch_size, patience, seed
-        self.early_stopping = early_stopping
+        self.early_stopping, self.negative_sampling = early_stopping, negative_sampling
         torch.manual_seed(seed)
         self.item_emb = self._table(n_items + 1, padding_idx=n_items)
         self.feedback = self._table(2)  # rows: clicked, converted
