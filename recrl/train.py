@@ -20,7 +20,6 @@ from recrl.checkpoint import load_checkpoint, save_checkpoint
 from recrl.config import build, build_algo_by_name, validate
 from recrl.env.simulator import RecEnv
 from recrl.evaluate import Evaluation
-from recrl.loop import resolve_device
 from recrl.metrics.stats import set_seed
 from recrl.report import RunLogger, plot_learning_curves, print_report_table, write_report
 from recrl.types import AlgoContext, Interactions, RecrlError, Splits
@@ -164,11 +163,10 @@ def train(cfg: DictConfig, run_dir: Path, algo_name: str) -> dict[str, Any]:
     t0 = time.perf_counter()
     validate(cfg)
     set_seed(cfg.seed)
-    device = resolve_device(cfg.trainer.device)
-    stages = build_stages(cfg, device)
+    trainer = build(cfg.trainer)
+    stages = build_stages(cfg, trainer.device)
     t_fit = time.perf_counter()
     algo = stages.build_algo(cfg.algo)
-    trainer = build(cfg.trainer)
     evaluation: Evaluation = build(cfg.eval)
     train_env, check_env = stages.make_env(stages.behavior), stages.make_env(stages.behavior)
     config_yaml = OmegaConf.to_yaml(cfg, resolve=True)

@@ -20,6 +20,30 @@ from recrl.data.synthetic import mnl_probs, sample_choice
 from recrl.types import Interactions, Obs, Response
 
 
+class BilinearScorer(nn.Module):
+    """Scores ``(W h) . e_i + b_i`` for given items or, with ``items=None``, the whole catalogue
+    (the first ``n_items`` rows of the table: a padding row after them is never scored).
+
+    Example::
+
+        head = BilinearScorer(hidden=64, item_emb=nn.Embedding(100, 32), n_items=100)
+        logits = head(h)                  # [B, 100]
+    """
+
+    def __init__(self, hidden: int, item_emb: nn.Embedding, n_items: int) -> None:
+        super().__init__()
+        self.proj = nn.Linear(hidden, item_emb.embedding_dim, bias=True)
+        self.item_emb, self.n_items = item_emb, n_items
+        self.bias = nn.Parameter(torch.zeros(n_items))
+
+    def forward(self, h: Tensor, items: Tensor | None = None) -> Tensor:
+        """Logits ``[..., K]`` for ``items`` ``[..., K]``, or ``[..., n_items]``."""
+        query = self.proj(h)
+        if items is None:
+            return query @ self.item_emb.weight[:self.n_items].T + self.bias
+        return torch.einsum("...d,...kd->...k", query, self.item_emb(items)) + self.bias[items]
+
+
 class SequenceUserModel(nn.Module, ABC):
     """Base class of ``GRUBehavior`` and ``SASRecBehavior`` (not used on its own)."""
 

@@ -13,24 +13,8 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from recrl.behavior.base import SequenceUserModel
+from recrl.behavior.base import BilinearScorer, SequenceUserModel
 from recrl.behavior.fit import SessionTensors
-
-
-class _Bilinear(nn.Module):
-    """Scores ``(W h) . e_i + b_i`` for given items or, with ``items=None``, for all items."""
-
-    def __init__(self, hidden: int, item_emb: nn.Embedding) -> None:
-        super().__init__()
-        self.proj = nn.Linear(hidden, item_emb.embedding_dim, bias=True)
-        self.item_emb = item_emb
-        self.bias = nn.Parameter(torch.zeros(item_emb.num_embeddings))
-
-    def forward(self, h: Tensor, items: Tensor | None = None) -> Tensor:
-        query = self.proj(h)
-        if items is None:
-            return query @ self.item_emb.weight.T + self.bias
-        return torch.einsum("...d,...kd->...k", query, self.item_emb(items)) + self.bias[items]
 
 
 class GRUBehavior(SequenceUserModel):
@@ -61,9 +45,9 @@ class GRUBehavior(SequenceUserModel):
         self.cell = nn.GRUCell(hidden, hidden)
         self.h0 = nn.Parameter(torch.zeros(hidden))
         self.item_out = nn.Embedding(n_items, dim)
-        self.click_head = _Bilinear(hidden, self.item_out)
-        self.conversion_head = _Bilinear(hidden, nn.Embedding(n_items, dim))
-        self.rating_head = _Bilinear(hidden, nn.Embedding(n_items, dim))
+        self.click_head = BilinearScorer(hidden, self.item_out, n_items)
+        self.conversion_head = BilinearScorer(hidden, nn.Embedding(n_items, dim), n_items)
+        self.rating_head = BilinearScorer(hidden, nn.Embedding(n_items, dim), n_items)
         self.leave_head = nn.Sequential(nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, 1))
         self.register_buffer("leave_known", torch.tensor(True))
         self.to(device)

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from recrl.behavior.base import SequenceUserModel
+from recrl.behavior.base import BilinearScorer, SequenceUserModel
 from recrl.behavior.fit import SessionTensors
 from recrl.types import RecrlError
 
@@ -56,22 +56,6 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     """
     x1, x2 = x.chunk(2, -1)
     return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], -1)
-
-
-class _ItemScorer(nn.Module):
-    """Scores ``(W h) . e_i + b_i`` for given items or, with ``items=None``, the whole catalogue."""
-
-    def __init__(self, dim: int, table: nn.Embedding, n_items: int) -> None:
-        super().__init__()
-        self.proj = nn.Linear(dim, table.embedding_dim)
-        self.table, self.n_items = table, n_items
-        self.bias = nn.Parameter(torch.zeros(n_items))
-
-    def forward(self, h: Tensor, items: Tensor | None = None) -> Tensor:
-        query = self.proj(h)
-        if items is None:
-            return query @ self.table.weight[:self.n_items].T + self.bias
-        return torch.einsum("...d,...kd->...k", query, self.table(items)) + self.bias[items]
 
 
 class _Block(nn.Module):
@@ -154,9 +138,9 @@ class SASRecBehavior(SequenceUserModel):
         self.start = nn.Parameter(torch.randn(dim) * dim ** -0.5)
         self.blocks = nn.ModuleList(_Block(dim, heads, dropout) for _ in range(layers))
         self.norm = nn.LayerNorm(dim)
-        self.click_head = _ItemScorer(dim, self.item_emb, n_items)
-        self.conversion_head = _ItemScorer(dim, self._table(n_items), n_items)
-        self.rating_head = _ItemScorer(dim, self._table(n_items), n_items)
+        self.click_head = BilinearScorer(dim, self.item_emb, n_items)
+        self.conversion_head = BilinearScorer(dim, self._table(n_items), n_items)
+        self.rating_head = BilinearScorer(dim, self._table(n_items), n_items)
         self.leave_head = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), nn.Linear(dim, 1))
         half = dim // heads
         self.register_buffer("inv_freq", 10000.0 ** -(torch.arange(0, half, 2).float() / half),
