@@ -95,7 +95,8 @@ def build_stages(cfg: DictConfig, device: torch.device,
     splits = dataset.load()
     interactions = splits.interactions  # the only part of the data the fitting code sees
     data_key = data_fingerprint(cfg, dataset)
-    behavior = build(cfg.behavior)(n_items=interactions.n_items, device=str(device))
+    behavior = build(cfg.behavior)(n_items=interactions.n_items, n_users=interactions.n_users,
+                                    device=str(device))
     if behavior_state is None:
         behavior_report = fit_behavior(cfg, behavior, interactions, data_key)
     else:
@@ -120,7 +121,8 @@ def ground_truth_model(cfg: DictConfig, dataset: Any, splits: Splits, device: to
         return dataset.ground_truth(device)
     if splits.ground_truth is None:
         return None
-    model = build(cfg.behavior)(n_items=splits.ground_truth.n_items, device=str(device))
+    model = build(cfg.behavior)(n_items=splits.ground_truth.n_items,
+                                 n_users=splits.ground_truth.n_users, device=str(device))
     fit_behavior(cfg, model, splits.ground_truth, data_key, role="ground_truth")
     return model
 

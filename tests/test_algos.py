@@ -323,7 +323,7 @@ def test_random_policy_returns_valid_distinct_items() -> None:
 
 
 def test_greedy_policy_uses_the_behavior_model() -> None:
-    model = GRUBehavior(n_items=N_ITEMS, dim=4, hidden=8, seed=0)
+    model = GRUBehavior(n_items=N_ITEMS, dim=4, hidden=8)
     reward = ConversionReward()
     policy = GreedyPolicy(make_ctx(behavior=model, reward=reward))
     obs = random_obs(9, torch.Generator().manual_seed(0))

@@ -84,7 +84,7 @@ def test_training_code_never_sees_test_rows(tmp_path: Path, monkeypatch: pytest.
     monkeypatch.setattr(GRUBehavior, "fit", spy)
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("train", overrides=["dataset=ml100k", "experiment=smoke", f"data_dir={SHARED}",
-                                          f"cache_dir={tmp_path}", "behavior.epochs=1"])
+                                          f"cache_dir={tmp_path}", "behavior.training.epochs=1"])
     stages = build_stages(cfg, torch.device("cpu"))
     assert len(seen) == 1 and not hasattr(seen[0], "test")
     test = stages.splits.test

@@ -9,6 +9,7 @@ import pandas as pd
 import torch
 
 from recrl.behavior.fidelity import click_figures, fidelity_report, randomized_log_view
+from recrl.behavior.fit import TrainingSettings
 from recrl.behavior.gru import GRUBehavior
 from recrl.data.synthetic import SyntheticWorld
 from recrl.env.simulator import RecEnv
@@ -29,7 +30,7 @@ def test_click_figures_by_hand() -> None:
 def test_fidelity_on_the_synthetic_world(tmp_path: Path) -> None:
     world = SyntheticWorld(n_items=30, n_users=400, n_topics=3, horizon=8, seed=1)
     splits = world.load()
-    model = GRUBehavior(n_items=30, dim=8, hidden=16, epochs=3)
+    model = GRUBehavior(n_items=30, dim=8, hidden=16, training=TrainingSettings(epochs=3))
     model.fit(splits.interactions)
     env = RecEnv(world.ground_truth("cpu"), ClickReward(), horizon=8, history_len=4)
     report = fidelity_report(model, splits, env, ground_truth_is_true_model=True,

@@ -49,7 +49,7 @@ class FixedScores:
     def __init__(self, scores: list[float]) -> None:
         self.scores = torch.tensor(scores)
 
-    def encode(self, obs: Obs) -> torch.Tensor:
+    def encode(self, obs: Obs, users: torch.Tensor | None = None) -> torch.Tensor:
         return torch.zeros(obs.batch_size, 1)
 
     def score_all(self, state: torch.Tensor) -> Response:
@@ -82,11 +82,13 @@ def test_no_clicked_test_rows_gives_no_task() -> None:
 
 
 def test_early_stopping_on_validation_ndcg() -> None:
+    from recrl.behavior.fit import TrainingSettings
     from recrl.behavior.gru import GRUBehavior
     from recrl.data.synthetic import SyntheticWorld
 
     data = SyntheticWorld(n_items=20, n_users=200, n_topics=2, horizon=6, seed=2).load().interactions
-    model = GRUBehavior(n_items=20, dim=8, hidden=16, epochs=3, patience=3, early_stopping="ndcg@10")
+    settings = TrainingSettings(epochs=3, patience=3, early_stopping="ndcg@10")
+    model = GRUBehavior(n_items=20, dim=8, hidden=16, training=settings)
     report = model.fit(data)
     assert report.early_stopping == "ndcg@10" and 0.0 <= report.valid_ndcg10 <= 1.0
     assert 1 <= report.best_epoch <= report.epochs
@@ -95,15 +97,11 @@ def test_early_stopping_on_validation_ndcg() -> None:
 def test_unknown_early_stopping_is_a_clear_error() -> None:
     import pytest
 
-    from recrl.behavior.fit import fit_sequence_model
-    from recrl.behavior.gru import GRUBehavior
-    from recrl.data.synthetic import SyntheticWorld
+    from recrl.behavior.fit import TrainingSettings
     from recrl.types import RecrlError
 
-    data = SyntheticWorld(n_items=20, n_users=50, n_topics=2, horizon=4).load().interactions
-    with pytest.raises(RecrlError, match=r"behavior\.early_stopping='auc'"):
-        fit_sequence_model(GRUBehavior(n_items=20, dim=4, hidden=8), data, lr=1e-3, weight_decay=0.0,
-                           epochs=1, batch_size=32, patience=1, seed=0, early_stopping="auc")
+    with pytest.raises(RecrlError, match=r"behavior\.training\.early_stopping='auc'"):
+        TrainingSettings(early_stopping="auc")
 
 
 def test_negative_sampler_resamples_and_respects_padding() -> None:

@@ -7,10 +7,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
 
-from recrl.behavior.fit import SessionTensors
+from recrl.behavior.fit import SessionTensors, TrainingSettings
 from recrl.behavior.sasrec import SASRecBehavior
 from recrl.config import CONF_DIR, check_node
 from recrl.env.simulator import RecEnv
@@ -20,8 +20,8 @@ from recrl.types import LOG_COLUMNS, Interactions, Obs, RecrlError
 N_ITEMS, K, B, T = 12, 3, 5, 7
 
 
-def small(max_len: int = 10, **kwargs) -> SASRecBehavior:
-    model = SASRecBehavior(n_items=N_ITEMS, dim=16, layers=2, heads=2, max_len=max_len, **kwargs)
+def small(window: int = 10, **kwargs) -> SASRecBehavior:
+    model = SASRecBehavior(n_items=N_ITEMS, dim=16, layers=2, heads=2, window=window, **kwargs)
     return model.eval()
 
 
@@ -30,7 +30,8 @@ def sessions(n: int, t: int, gen: torch.Generator, negatives: bool = False) -> S
     click = (torch.rand(n, t, generator=gen) < 0.5).float()
     conversion = click * (torch.rand(n, t, generator=gen) < 0.5).float()
     ones = torch.ones(n, t)
-    return SessionTensors(item=torch.randint(0, N_ITEMS, (n, t), generator=gen), click=click,
+    return SessionTensors(user=torch.arange(n), item=torch.randint(0, N_ITEMS, (n, t), generator=gen),
+                          click=click,
                           conversion=conversion, rating=torch.rand(n, t, generator=gen) * 4 + 1,
                           leave=torch.zeros(n, t), mask=ones, leave_mask=ones,
                           negative=torch.randint(0, N_ITEMS, (n, t), generator=gen) if negatives else None)
@@ -49,7 +50,8 @@ def feed(model: SASRecBehavior, batch: SessionTensors, steps: int) -> list[torch
 def test_shapes() -> None:
     model, gen = small(), torch.Generator().manual_seed(0)
     logits = model.sequence_logits(sessions(B, T, gen, negatives=True))
-    assert set(logits) == {"click", "conversion", "rating", "leave", "click_negative"}
+    assert set(logits) == {"click", "conversion", "rating", "leave", "click_negative", "click_state"}
+    assert logits.pop("click_state").shape == (B, T, model.dim)
     assert all(v.shape == (B, T) for v in logits.values())
     assert "click_negative" not in model.sequence_logits(sessions(B, T, gen))
     state = model.initial_state(B, gen)
@@ -67,8 +69,8 @@ def test_shapes() -> None:
 
 
 def test_incremental_state_matches_full_sequence() -> None:
-    model, gen = small(max_len=10), torch.Generator().manual_seed(1)
-    batch = sessions(B, 9, gen)  # 9 events + start token fit the window of max_len + 1
+    model, gen = small(window=10), torch.Generator().manual_seed(1)
+    batch = sessions(B, 9, gen)  # 9 events + start token fit the window of window + 1
     states = feed(model, batch, 9)
     with torch.no_grad():
         full = model.sequence_hidden(batch)
@@ -87,8 +89,8 @@ def test_incremental_state_matches_full_sequence() -> None:
                                    atol=1e-5, rtol=1e-5)
 
 
-def test_sliding_window_past_max_len() -> None:
-    model, gen = small(max_len=4), torch.Generator().manual_seed(2)
+def test_sliding_window_past_window() -> None:
+    model, gen = small(window=4), torch.Generator().manual_seed(2)
     batch = sessions(B, 12, gen)
     states = feed(model, batch, 12)
     with torch.no_grad():
@@ -109,7 +111,8 @@ def test_causality() -> None:
     click[:, t + 1:] = 1 - click[:, t + 1:]
     conversion = batch.conversion.clone()
     conversion[:, t + 1:] = click[:, t + 1:]
-    changed = SessionTensors(item=item, click=click, conversion=conversion, rating=batch.rating,
+    changed = SessionTensors(user=batch.user, item=item, click=click, conversion=conversion,
+                             rating=batch.rating,
                              leave=batch.leave, mask=batch.mask, leave_mask=batch.leave_mask)
     with torch.no_grad():
         a, b = model.sequence_logits(batch), model.sequence_logits(changed)
@@ -153,8 +156,8 @@ def pattern_interactions(n_users: int = 48, length: int = 14, leave: bool = Fals
 
 def test_overfits_a_deterministic_pattern() -> None:
     data = pattern_interactions()
-    model = SASRecBehavior(n_items=N_ITEMS, dim=32, layers=1, heads=2, max_len=20, dropout=0.0, lr=1e-2,
-                           epochs=60, patience=60, seed=0)
+    model = SASRecBehavior(n_items=N_ITEMS, dim=32, layers=1, heads=2, window=20, dropout=0.0,
+                           training=TrainingSettings(lr=1e-2, epochs=60, patience=60, max_len=20))
     report = model.fit(data)
     assert not model.training and report.epochs >= 1
     assert bool(model.leave_known) is False  # no leave labels in these logs
@@ -170,7 +173,8 @@ def test_overfits_a_deterministic_pattern() -> None:
 
 
 def test_fit_sets_leave_known() -> None:
-    model = SASRecBehavior(n_items=N_ITEMS, dim=8, layers=1, heads=2, max_len=8, epochs=1)
+    model = SASRecBehavior(n_items=N_ITEMS, dim=8, layers=1, heads=2, window=8,
+                           training=TrainingSettings(epochs=1, max_len=8))
     model.fit(pattern_interactions(n_users=4, length=6, leave=True))
     assert bool(model.leave_known) is True
     model.fit(pattern_interactions(n_users=4, length=6, leave=False))
@@ -180,7 +184,7 @@ def test_fit_sets_leave_known() -> None:
 
 
 def test_env_runs_with_autoreset() -> None:
-    model = small(max_len=2)
+    model = small(window=2)
     env = RecEnv(model, ClickReward(), horizon=2, slate_size=K, history_len=4, autoreset=True)
     obs = env.reset(B, seed=0)
     gen = torch.Generator().manual_seed(5)
@@ -216,9 +220,10 @@ def test_bad_head_split_is_rejected() -> None:
 
 @pytest.mark.parametrize(("name", "dim", "layers"), [("sasrec", 64, 2), ("sasrec_large", 256, 4)])
 def test_yaml_instantiates(name: str, dim: int, layers: int) -> None:
-    node = OmegaConf.load(CONF_DIR / "behavior" / f"{name}.yaml")
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        node = compose("train", overrides=[f"behavior={name}"]).behavior
     check_node(node, "behavior")
     model = instantiate(node)(n_items=N_ITEMS, device="cpu")
     assert isinstance(model, SASRecBehavior)
-    assert model.dim == dim and model.layers == layers and model.max_len == 50
+    assert model.dim == dim and model.layers == layers and model.max_len == 50 and model.window == 51
     assert model.initial_state(2).shape == (2, model.state_size)

@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
-from recrl.behavior.fit import FitReport, SessionTensors, fit_sequence_model
+from recrl.behavior.fit import FitReport, SessionTensors, TrainingSettings, fit_sequence_model
 from recrl.data.synthetic import mnl_probs, sample_choice
 from recrl.types import Interactions, Obs, Response
 
@@ -43,20 +43,21 @@ class BilinearScorer(nn.Module):
             return query @ self.item_emb.weight[:self.n_items].T + self.bias
         return torch.einsum("...d,...kd->...k", query, self.item_emb(items)) + self.bias[items]
 
+    def score_shared(self, h: Tensor, items: Tensor) -> Tensor:
+        """Logits ``[..., N]`` of the same ``items`` ``[N]`` for every row of ``h``."""
+        return self.proj(h) @ self.item_emb(items).T + self.bias[items]
+
 
 class SequenceUserModel(nn.Module, ABC):
-    """Base class of ``GRUBehavior`` and ``SASRecBehavior`` (not used on its own)."""
+    """Base class of the behavior models (not used on its own).
+
+    ``training`` holds how the model is fitted (:class:`~recrl.behavior.fit.TrainingSettings`,
+    the ``behavior.training`` config node); ``n_users`` is the number of users in the logs.
+    """
 
     n_items: int
-    lr: float
-    weight_decay: float
-    epochs: int
-    batch_size: int
-    patience: int
-    seed: int
-    max_len: int
-    early_stopping: str
-    negative_sampling: str
+    n_users: int
+    training_settings: TrainingSettings
 
     click_head: nn.Module
     conversion_head: nn.Module
@@ -124,9 +125,23 @@ class SequenceUserModel(nn.Module, ABC):
         return Response(click_prob=click_prob, click=click_prob, conversion_prob=conv_prob,
                         conversion=click_prob * conv_prob, rating=rating, leave_prob=self.leave_prob(state))
 
+    def _setup(self, n_items: int, n_users: int, training: TrainingSettings | None) -> None:
+        """Store the sizes and training settings and seed the weight initialisation."""
+        self.n_items, self.n_users = n_items, n_users
+        self.training_settings = training or TrainingSettings()
+        torch.manual_seed(self.training_settings.seed)
+
+    @property
+    def max_len(self) -> int:
+        """Each user's last rows used for fitting (and the history offline ranking reads)."""
+        return self.training_settings.max_len
+
     @torch.no_grad()
-    def encode(self, obs: Obs) -> Tensor:
-        """State from an observed history (padding slates leave the state unchanged)."""
+    def encode(self, obs: Obs, users: Tensor | None = None) -> Tensor:
+        """State from an observed history (padding slates leave the state unchanged).
+
+        ``users`` (dense ids) is ignored by sequence models, which know a user by history only.
+        """
         state = self.initial_state(obs.batch_size).to(obs.items.device)
         conversion = torch.zeros_like(obs.clicks[:, 0])
         for t in range(obs.items.shape[1]):
@@ -144,8 +159,4 @@ class SequenceUserModel(nn.Module, ABC):
         """
         leave = pd.concat([interactions.train["leave"], interactions.valid["leave"]])
         self.leave_known.fill_(bool(leave.notna().any()))
-        return fit_sequence_model(self, interactions, lr=self.lr, weight_decay=self.weight_decay,
-                                  epochs=self.epochs, batch_size=self.batch_size,
-                                  patience=self.patience, seed=self.seed, max_len=self.max_len,
-                                  early_stopping=self.early_stopping,
-                                  negative_sampling=self.negative_sampling)
+        return fit_sequence_model(self, interactions, self.training_settings)

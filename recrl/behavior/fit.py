@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import copy
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, replace
-from typing import Protocol
+from typing import Literal, Protocol
 
 import numpy as np
 import pandas as pd
@@ -19,6 +20,68 @@ from recrl.metrics.ranking import auc, logloss
 from recrl.types import Interactions, RecrlError
 
 EARLY_STOPPING = ("loss", "ndcg@10")
+NEGATIVE_SAMPLING = ("uniform", "popularity")
+LOSSES = ("bce", "softmax")
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+@dataclass(frozen=True)
+class TrainingSettings:
+    """How a behavior model is fitted (the ``behavior.training`` config node).
+
+    Attributes:
+        lr, weight_decay: Adam's step size and L2 penalty.
+        epochs, batch_size: passes over the training users and users per mini-batch.
+        patience: epochs without a better validation score before stopping.
+        max_len: each user's last rows used for fitting.
+        seed: weight initialisation, batch order and sampled negatives.
+        early_stopping: ``loss`` (validation loss) or ``ndcg@10`` (full-ranking NDCG@10 of the
+            validation items).
+        negative_sampling: ``uniform`` or ``popularity`` negatives for positive-only logs.
+        loss: ``bce`` (clicks and sampled negatives as binary labels) or ``softmax``: adds a
+            cross-entropy of each clicked item against the catalogue (or against
+            ``softmax_negatives`` shared sampled items, with the log-q correction), the loss that
+            drives full-ranking accuracy; the BCE terms stay so click probabilities keep an
+            absolute scale for the simulator's no-click choice.
+        softmax_negatives: sampled items per batch for ``loss=softmax``; 0 = the whole catalogue.
+        precision: ``auto`` (bf16 autocast on CUDA, fp32 elsewhere), ``fp32`` or ``bf16``.
+
+    Example::
+
+        settings = TrainingSettings(epochs=20, loss="softmax", softmax_negatives=1024)
+    """
+
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    epochs: int = 40
+    batch_size: int = 256
+    patience: int = 4
+    max_len: int = 50
+    seed: int = 0
+    early_stopping: Literal["loss", "ndcg@10"] = "loss"
+    negative_sampling: Literal["uniform", "popularity"] = "uniform"
+    loss: Literal["bce", "softmax"] = "bce"
+    softmax_negatives: int = 0
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+
+    def __post_init__(self) -> None:
+        for name, options in (("early_stopping", EARLY_STOPPING), ("negative_sampling", NEGATIVE_SAMPLING),
+                              ("loss", LOSSES), ("precision", PRECISIONS)):
+            if getattr(self, name) not in options:
+                raise RecrlError(f"behavior.training.{name}={getattr(self, name)!r}: use one of "
+                                 f"{', '.join(options)}")
+        for name in ("epochs", "batch_size", "patience", "max_len"):
+            if getattr(self, name) < 1:
+                raise RecrlError(f"behavior.training.{name}={getattr(self, name)} must be >= 1")
+        if self.softmax_negatives < 0:
+            raise RecrlError("behavior.training.softmax_negatives must be >= 0 (0 = whole catalogue)")
+
+    def autocast(self, device: torch.device):
+        """The mixed-precision context for forward passes on ``device``."""
+        use_bf16 = self.precision == "bf16" or (self.precision == "auto" and device.type == "cuda")
+        if not use_bf16:
+            return nullcontext()
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
 @dataclass(frozen=True)
@@ -28,9 +91,11 @@ class SessionTensors:
     ``mask`` marks the rows that count in the loss (all real rows for training; only the
     validation rows, after the user's training history, for validation); ``leave_mask`` those
     of them whose leave label is known. ``negative`` holds sampled negative items (positive-only
-    logs) or is ``None``.
+    logs) or is ``None``. ``user`` ``[S]`` is each session's dense user id (static models such
+    as MF read it; sequence models ignore it).
     """
 
+    user: Tensor
     item: Tensor
     click: Tensor
     conversion: Tensor
@@ -60,7 +125,7 @@ def session_tensors(log: pd.DataFrame, n_items: int, max_len: int | None = None,
     ``max_len`` rows; ``target`` (bool per row, default all) selects the rows that count."""
     if log.empty:
         raise RecrlError("no logged interactions to fit the behavior model on: the split is empty")
-    codes, _ = pd.factorize(log["user"], sort=True)
+    codes, user_ids = pd.factorize(log["user"], sort=True)
     position = log.groupby(codes).cumcount().to_numpy()
     length = np.bincount(codes)
     if max_len is not None:
@@ -81,7 +146,8 @@ def session_tensors(log: pd.DataFrame, n_items: int, max_len: int | None = None,
     if negatives:
         rng = np.random.default_rng(seed)
         negative = dense(rng.integers(0, n_items, len(kept)), fill=n_items, dtype=np.int64)
-    return SessionTensors(item=dense(kept["item"].to_numpy(), fill=n_items, dtype=np.int64),
+    user = torch.tensor(np.asarray(user_ids), dtype=torch.long)
+    return SessionTensors(user=user, item=dense(kept["item"].to_numpy(), fill=n_items, dtype=np.int64),
                           click=dense(kept["click"].to_numpy(dtype=np.float32)),
                           conversion=dense(np.nan_to_num(kept["conversion"].to_numpy(dtype=np.float32))),
                           rating=dense(np.nan_to_num(kept["rating"].to_numpy(dtype=np.float32))),
@@ -181,8 +247,6 @@ def training_tensors(interactions: Interactions, max_len: int | None,
     return train, valid
 
 
-NEGATIVE_SAMPLING = ("uniform", "popularity")
-
 
 class NegativeSampler:
     """Fresh negative items for every training batch: uniform, or by training popularity
@@ -192,6 +256,7 @@ class NegativeSampler:
 
         sampler = NegativeSampler(interactions, "popularity", generator)
         batch = sampler(batch)            # batch.negative resampled
+        items, log_q = sampler.shared(1024)
     """
 
     def __init__(self, interactions: Interactions, how: str, generator: torch.Generator) -> None:
@@ -203,18 +268,68 @@ class NegativeSampler:
             counts = np.bincount(interactions.train["item"].to_numpy(), minlength=self.n_items) + 1.0
             self.weights = torch.as_tensor(counts, dtype=torch.float)
 
+    def draw(self, n: int) -> Tensor:
+        """``n`` items drawn with replacement (on the CPU)."""
+        if self.weights is None:
+            return torch.randint(0, self.n_items, (n,), generator=self.generator)
+        return torch.multinomial(self.weights, n, replacement=True, generator=self.generator)
+
+    def log_prob(self, items: Tensor) -> Tensor:
+        """Log-probability of drawing each of ``items`` (the sampled-softmax correction)."""
+        if self.weights is None:
+            return torch.full(items.shape, -float(np.log(self.n_items)), device=items.device)
+        weights = self.weights.to(items.device)
+        return torch.log(weights[items] / weights.sum())
+
+    def shared(self, n: int) -> tuple[Tensor, Tensor]:
+        """``n`` items shared by a whole batch and their log-probabilities."""
+        items = self.draw(n)
+        return items, self.log_prob(items)
+
     def __call__(self, batch: SessionTensors) -> SessionTensors:
         """``batch`` with newly drawn negatives (unchanged when it has none)."""
         if batch.negative is None:
             return batch
-        shape = batch.item.shape
-        if self.weights is None:
-            drawn = torch.randint(0, self.n_items, shape, generator=self.generator)
-        else:
-            drawn = torch.multinomial(self.weights, shape.numel(), replacement=True,
-                                      generator=self.generator).view(shape)
-        drawn = drawn.to(batch.item.device)
+        drawn = self.draw(batch.item.numel()).view(batch.item.shape).to(batch.item.device)
         return replace(batch, negative=torch.where(batch.item < self.n_items, drawn, self.n_items))
+
+
+def softmax_click_loss(model: nn.Module, click_state: Tensor, batch: SessionTensors,
+                       sampler: NegativeSampler, n_negatives: int) -> Tensor:
+    """Cross-entropy of every clicked item against the catalogue, or against ``n_negatives``
+    items shared by the batch (log-q corrected, accidental hits masked).
+
+    ``click_state`` ``[S, T, H]`` is what the click head reads before each step; the head must
+    score the whole catalogue (``head(h)``), given items (``head(h, items)``) and items shared
+    by all rows (``head.score_shared(h, items)``).
+    """
+    n_items = sampler.n_items
+    target = (batch.mask * batch.click).bool() & (batch.item < n_items)
+    h, positive = click_state[target], batch.item[target]
+    if len(positive) == 0:
+        return click_state.sum() * 0.0
+    head = model.click_head
+    if n_negatives == 0 or n_negatives >= n_items:
+        return F.cross_entropy(head(h).float(), positive)
+    negative, log_q = sampler.shared(n_negatives)
+    negative, log_q = negative.to(h.device), log_q.to(h.device)
+    pos_logit = head(h, positive[:, None])[:, 0].float() - sampler.log_prob(positive)
+    neg_logit = head.score_shared(h, negative).float() - log_q
+    neg_logit = neg_logit.masked_fill(negative[None] == positive[:, None], float("-inf"))
+    logits = torch.cat([pos_logit[:, None], neg_logit], 1)
+    return F.cross_entropy(logits, torch.zeros_like(positive))
+
+
+def batch_loss(model: nn.Module, batch: SessionTensors, settings: TrainingSettings,
+               sampler: NegativeSampler) -> Tensor:
+    """The training loss of one mini-batch under ``settings`` (see :class:`TrainingSettings`)."""
+    with settings.autocast(batch.item.device):
+        logits = model.sequence_logits(batch)
+        loss = sequence_loss({k: v.float() for k, v in logits.items()}, batch)
+        if settings.loss == "softmax":
+            loss = loss + softmax_click_loss(model, logits["click_state"], batch, sampler,
+                                             settings.softmax_negatives)
+    return loss
 
 
 def _stopping_score(model: nn.Module, valid: SessionTensors, task: NextItemTask | None,
@@ -229,41 +344,37 @@ def _stopping_score(model: nn.Module, valid: SessionTensors, task: NextItemTask 
     return val["ndcg@10"], val
 
 
-def fit_sequence_model(model: nn.Module, interactions: Interactions, *, lr: float,
-                       weight_decay: float, epochs: int, batch_size: int, patience: int,
-                       seed: int, max_len: int | None = None, early_stopping: str = "loss",
-                       negative_sampling: str = "uniform", ranking_users: int = 1000) -> FitReport:
+def fit_sequence_model(model: nn.Module, interactions: Interactions, settings: TrainingSettings,
+                       ranking_users: int = 1000) -> FitReport:
     """Mini-batch Adam on the training rows; keep the weights of the best validation epoch.
 
-    ``early_stopping="loss"`` keeps the lowest validation loss; ``"ndcg@10"`` the highest
-    full-ranking NDCG@10 of each validation user's clicked validation item given their training
-    history (up to ``ranking_users`` users, fixed by ``seed``). On positive-only logs every
-    batch gets fresh negatives (``negative_sampling``: uniform or by popularity).
+    ``settings.early_stopping="loss"`` keeps the lowest validation loss; ``"ndcg@10"`` the
+    highest full-ranking NDCG@10 of each validation user's clicked validation item given their
+    training history (up to ``ranking_users`` users, fixed by the seed). On positive-only logs
+    every batch gets fresh negatives (``settings.negative_sampling``).
     """
     start = time.perf_counter()
     device = next(model.parameters()).device
     if interactions.valid.empty:
         raise RecrlError("the validation split is empty: the behavior model needs it for early stopping")
-    if early_stopping not in EARLY_STOPPING:
-        options = ", ".join(EARLY_STOPPING)
-        raise RecrlError(f"behavior.early_stopping={early_stopping!r}: use one of {options}")
     task = None
-    if early_stopping == "ndcg@10":
-        task = build_task(interactions.train, interactions.valid, interactions.n_items, max_len or 50,
-                          max_users=ranking_users, seed=seed)
+    if settings.early_stopping == "ndcg@10":
+        task = build_task(interactions.train, interactions.valid, interactions.n_items, settings.max_len,
+                          max_users=ranking_users, seed=settings.seed)
         if task is None:
-            raise RecrlError("behavior.early_stopping=ndcg@10 needs clicked validation rows; use loss")
-    train, valid = (t.to(device) for t in training_tensors(interactions, max_len, seed))
-    g = torch.Generator().manual_seed(seed)
-    resample = NegativeSampler(interactions, negative_sampling, torch.Generator().manual_seed(seed + 2))
-    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+            raise RecrlError("behavior.training.early_stopping=ndcg@10 needs clicked validation rows; "
+                             "use loss")
+    train, valid = (t.to(device) for t in training_tensors(interactions, settings.max_len, settings.seed))
+    g = torch.Generator().manual_seed(settings.seed)
+    sampler = NegativeSampler(interactions, settings.negative_sampling,
+                              torch.Generator().manual_seed(settings.seed + 2))
+    opt = torch.optim.Adam(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     best, best_state, best_epoch, stale = float("-inf"), None, 0, 0
     n = train.item.shape[0]
-    bar = tqdm(range(epochs), desc="fit behavior", leave=False, disable=None)
+    bar = tqdm(range(settings.epochs), desc="fit behavior", leave=False, disable=None)
     for epoch in bar:
-        for idx in torch.randperm(n, generator=g).split(batch_size):
-            batch = resample(train.rows(idx.to(device)))
-            loss = sequence_loss(model.sequence_logits(batch), batch)
+        for idx in torch.randperm(n, generator=g).split(settings.batch_size):
+            loss = batch_loss(model, sampler(train.rows(idx.to(device))), settings, sampler)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -273,7 +384,7 @@ def fit_sequence_model(model: nn.Module, interactions: Interactions, *, lr: floa
         if score >= best:  # ties keep the later, longer-trained weights (NDCG saturates on small data)
             best, best_epoch = score, epoch + 1
             best_state = copy.deepcopy(model.state_dict())
-        if stale >= patience:
+        if stale >= settings.patience:
             break
     if best_state is not None:
         model.load_state_dict(best_state)
@@ -284,4 +395,4 @@ def fit_sequence_model(model: nn.Module, interactions: Interactions, *, lr: floa
                      valid_click_logloss=final["click_logloss"], valid_click_auc=final["click_auc"],
                      valid_leave_logloss=final["leave_logloss"], valid_leave_auc=final["leave_auc"],
                      train_sessions=n, valid_sessions=int(valid.item.shape[0]),
-                     early_stopping=early_stopping, valid_ndcg10=final.get("ndcg@10", float("nan")))
+                     early_stopping=settings.early_stopping, valid_ndcg10=final.get("ndcg@10", float("nan")))

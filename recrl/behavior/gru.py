@@ -8,13 +8,11 @@ and the response then update ``h`` through a GRU cell, and a leave head reads th
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 from torch import Tensor, nn
 
 from recrl.behavior.base import BilinearScorer, SequenceUserModel
-from recrl.behavior.fit import SessionTensors
+from recrl.behavior.fit import SessionTensors, TrainingSettings
 
 
 class GRUBehavior(SequenceUserModel):
@@ -22,24 +20,18 @@ class GRUBehavior(SequenceUserModel):
 
     Example::
 
-        model = GRUBehavior(n_items=100, dim=16, hidden=32)
+        model = GRUBehavior(n_items=100, dim=16, hidden=32, training=TrainingSettings(epochs=10))
         report = model.fit(interactions)               # supervised, early stopping
         h = model.initial_state(8, generator)
         response, h = model.respond(h, slates, generator)
     """
 
-    def __init__(self, n_items: int, dim: int = 32, hidden: int = 64, lr: float = 3e-3,
-                 weight_decay: float = 1e-5, epochs: int = 40, batch_size: int = 256,
-                 patience: int = 4, max_len: int = 50, seed: int = 0,
-                 early_stopping: Literal["loss", "ndcg@10"] = "loss",
-                 negative_sampling: Literal["uniform", "popularity"] = "uniform",
+    def __init__(self, n_items: int, dim: int = 32, hidden: int = 64,
+                 training: TrainingSettings | None = None, n_users: int = 0,
                  device: str = "cpu") -> None:
         super().__init__()
-        self.n_items, self.hidden = n_items, hidden
-        self.lr, self.weight_decay, self.epochs = lr, weight_decay, epochs
-        self.batch_size, self.patience, self.seed, self.max_len = batch_size, patience, seed, max_len
-        self.early_stopping, self.negative_sampling = early_stopping, negative_sampling
-        torch.manual_seed(seed)
+        self._setup(n_items, n_users, training)
+        self.hidden = hidden
         self.item_in = nn.Embedding(n_items + 1, dim, padding_idx=n_items)
         self.event = nn.Linear(2 * dim + 2, hidden)
         self.cell = nn.GRUCell(hidden, hidden)
@@ -73,8 +65,9 @@ class GRUBehavior(SequenceUserModel):
     def sequence_logits(self, batch: SessionTensors) -> dict[str, Tensor]:
         """Per-step logits of every head over padded sessions ``[S, T]`` (slate size 1)."""
         h = self.initial_state(batch.item.shape[0]).to(batch.item.device)
-        click, conv, rating, leave, negative = [], [], [], [], []
+        click, conv, rating, leave, negative, states = [], [], [], [], [], []
         for t in range(batch.item.shape[1]):
+            states.append(h)
             items = batch.item[:, t:t + 1].clamp(max=self.n_items - 1)
             click.append(self.click_head(h, items)[:, 0])
             if batch.negative is not None:
@@ -87,4 +80,4 @@ class GRUBehavior(SequenceUserModel):
             leave.append(self.leave_logit(h))
         return {k: torch.stack(v, 1) for k, v in
                 (("click", click), ("conversion", conv), ("rating", rating), ("leave", leave),
-                 ("click_negative", negative)) if v}
+                 ("click_negative", negative), ("click_state", states)) if v}

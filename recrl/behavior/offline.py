@@ -23,11 +23,13 @@ from recrl.types import Obs, Splits
 
 @dataclass(frozen=True)
 class NextItemTask:
-    """Histories (as observations), targets and the items each user has seen."""
+    """Histories (as observations), targets, the items each user has seen and the dense user ids
+    (static models such as MF know users by id)."""
 
     obs: Obs
     targets: Tensor
     seen: list[Tensor]
+    users: Tensor
 
 
 def next_item_task(splits: Splits, history_len: int, max_users: int | None = None,
@@ -67,7 +69,7 @@ def build_task(known: pd.DataFrame, candidates: pd.DataFrame, n_items: int, hist
     empty = np.zeros(0, dtype=np.int64)
     seen = [torch.tensor(seen_groups.get(u, empty), dtype=torch.long) for u in users]
     return NextItemTask(obs=obs, targets=torch.tensor(first["item"].to_numpy(), dtype=torch.long),
-                        seen=seen)
+                        seen=seen, users=torch.as_tensor(users, dtype=torch.long))
 
 
 @torch.no_grad()
@@ -89,7 +91,7 @@ def rank_task(model: Any, task: NextItemTask, n_items: int, ks: tuple[int, ...] 
     rows = torch.arange(len(task.targets))
 
     def states(idx: Tensor) -> Tensor:
-        return model.encode(task.obs.index(idx).to(device))
+        return model.encode(task.obs.index(idx).to(device), task.users[idx].to(device))
 
     def score_all(idx: Tensor) -> Tensor:
         return model.score_all(states(idx)).click_prob

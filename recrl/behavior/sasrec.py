@@ -5,7 +5,7 @@ each logged step becomes one token (shown slate's mean item embedding + the clic
 embedding + learned click/conversion feedback vectors), a learned *start* token opens every
 session, and pre-LayerNorm blocks of causal self-attention with rotary position embeddings
 (RoPE) read the sequence. RoPE makes attention depend on relative positions only, so the
-simulator can keep a sliding key/value cache of the last ``max_len + 1`` tokens and append one
+simulator can keep a sliding key/value cache of the last ``window + 1`` tokens and append one
 token per step without re-encoding the history. Training uses the same sliding window as a
 banded causal mask, so the fitted model and the simulated one compute the same function.
 
@@ -13,7 +13,7 @@ The heads are those of :class:`~recrl.behavior.gru.GRUBehavior`: item utilities
 ``(W h) . e_item + b_item`` (the click head shares the input item embedding table), conversion
 and rating heads of the same form, and a leave head on the state after the step.
 
-State layout (``[B, S]`` floats, ``W = max_len + 1``, ``D = dim``, ``S = 2 * layers * W * D + D + 1``)::
+State layout (``[B, S]`` floats, ``W = window + 1``, ``D = dim``, ``S = 2 * layers * W * D + D + 1``)::
 
     [0, 2*layers*W*D)      key/value cache, reshaped to [B, layers, 2 (key, value), W, D]:
                            per layer the un-rotated keys and the values of the last W tokens,
@@ -24,14 +24,12 @@ State layout (``[B, S]`` floats, ``W = max_len + 1``, ``D = dim``, ``S = 2 * lay
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from recrl.behavior.base import BilinearScorer, SequenceUserModel
-from recrl.behavior.fit import SessionTensors
+from recrl.behavior.fit import SessionTensors, TrainingSettings
 from recrl.types import RecrlError
 
 
@@ -110,29 +108,23 @@ class SASRecBehavior(SequenceUserModel):
 
     Example::
 
-        model = SASRecBehavior(n_items=100, dim=32, layers=2, heads=2, max_len=20)
+        model = SASRecBehavior(n_items=100, dim=32, layers=2, heads=2, window=20)
         report = model.fit(interactions)               # supervised, early stopping
         state = model.initial_state(8, generator)
         response, state = model.respond(state, slates, generator)
     """
 
-    def __init__(self, n_items: int, dim: int = 64, layers: int = 2, heads: int = 2, max_len: int = 50,
-                 dropout: float = 0.2, lr: float = 1e-3, weight_decay: float = 0.0, epochs: int = 200,
-                 batch_size: int = 256, patience: int = 10, seed: int = 0,
-                 early_stopping: Literal["loss", "ndcg@10"] = "ndcg@10",
-                 negative_sampling: Literal["uniform", "popularity"] = "uniform",
+    def __init__(self, n_items: int, dim: int = 64, layers: int = 2, heads: int = 2, window: int = 50,
+                 dropout: float = 0.2, training: TrainingSettings | None = None, n_users: int = 0,
                  device: str = "cpu") -> None:
         super().__init__()
         if heads < 1 or dim % heads or (dim // heads) % 2:
             raise RecrlError(f"behavior.dim={dim} must split into behavior.heads={heads} heads of even size")
-        if layers < 1 or max_len < 1:
-            raise RecrlError("behavior.layers and behavior.max_len must be >= 1")
-        self.n_items, self.dim, self.layers, self.heads = n_items, dim, layers, heads
-        self.max_len, self.window, self.dropout = max_len, max_len + 1, dropout
-        self.lr, self.weight_decay, self.epochs = lr, weight_decay, epochs
-        self.batch_size, self.patience, self.seed = batch_size, patience, seed
-        self.early_stopping, self.negative_sampling = early_stopping, negative_sampling
-        torch.manual_seed(seed)
+        if layers < 1 or window < 1:
+            raise RecrlError("behavior.layers and behavior.window must be >= 1")
+        self._setup(n_items, n_users, training)
+        self.dim, self.layers, self.heads = dim, layers, heads
+        self.window, self.dropout = window + 1, dropout
         self.item_emb = self._table(n_items + 1, padding_idx=n_items)
         self.feedback = self._table(2)  # rows: clicked, converted
         self.start = nn.Parameter(torch.randn(dim) * dim ** -0.5)
@@ -241,4 +233,5 @@ class SASRecBehavior(SequenceUserModel):
         if batch.negative is not None:
             sampled = batch.negative.clamp(max=self.n_items - 1)[..., None]
             logits["click_negative"] = self.click_head(before, sampled)[..., 0]
+        logits["click_state"] = before
         return logits
