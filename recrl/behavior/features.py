@@ -1,0 +1,172 @@
+"""Item content as model inputs: side-table attributes and pretrained text embeddings.
+
+A behavior model with ``features: [side]`` and/or ``[text]`` receives an :class:`ItemFeatures`
+for the whole catalogue and adds an encoding of it to its item embeddings, so an item that
+never appeared in the training logs still gets a meaningful vector (cold start).
+
+``side`` turns each dataset's item table into two parts:
+
+- tokens (multi-hot): ``|``-separated lists (MovieLens genres), space-separated attribute ids
+  (S3-Rec ``attributes``), 0/1 indicator columns (Coat's ``color:blue``) and integer columns with
+  few distinct values (the synthetic world's ``topic``);
+- dense: other numeric columns, standardised (the synthetic world's ``quality``, ``price``).
+
+Free text with many distinct values (titles, dates) is left to ``text``: one sentence-embedding
+per item from :mod:`recrl.behavior.text`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor, nn
+
+from recrl.types import RecrlError
+
+FEATURE_KINDS = ("side", "text")
+MAX_INT_LEVELS = 64  # integer columns with at most this many values are categories
+MAX_TOKEN_SHARE = 0.5  # a string column with more distinct tokens than this share of rows is free text
+
+
+@dataclass(frozen=True)
+class ItemFeatures:
+    """Content of every item ``0..n_items-1``.
+
+    Attributes:
+        tokens: ``[n_items, C]`` multi-hot categorical tokens (``None`` when there are none).
+        dense: ``[n_items, F]`` real-valued features, standardised or unit-norm embeddings.
+        token_names: the name of each token column (e.g. ``genres=Comedy``).
+
+    Example::
+
+        features = side_features(interactions.items, interactions.n_items)
+        features.tokens.shape              # [n_items, C]
+    """
+
+    tokens: Tensor | None
+    dense: Tensor | None
+    token_names: tuple[str, ...] = ()
+
+    @property
+    def n_tokens(self) -> int:
+        """Number of token columns ``C`` (0 without tokens)."""
+        return 0 if self.tokens is None else self.tokens.shape[1]
+
+    @property
+    def n_dense(self) -> int:
+        """Width ``F`` of the dense part (0 without it)."""
+        return 0 if self.dense is None else self.dense.shape[1]
+
+    def join(self, other: ItemFeatures) -> ItemFeatures:
+        """Both feature sets side by side (for ``features: [side, text]``)."""
+        def cat(a: Tensor | None, b: Tensor | None) -> Tensor | None:
+            parts = [t for t in (a, b) if t is not None]
+            return torch.cat(parts, 1) if parts else None
+        return ItemFeatures(cat(self.tokens, other.tokens), cat(self.dense, other.dense),
+                            self.token_names + other.token_names)
+
+
+def _split_tokens(values: pd.Series, sep: str | None) -> list[list[str]]:
+    return [[] if pd.isna(v) else [t for t in str(v).split(sep) if t] for v in values]
+
+
+def _column_tokens(name: str, column: pd.Series) -> list[list[str]] | None:
+    """Per-row tokens of one column, or ``None`` when the column is not categorical."""
+    if pd.api.types.is_bool_dtype(column) or (
+            pd.api.types.is_numeric_dtype(column) and set(column.dropna().unique()) <= {0, 1}):
+        return [[name] if v == 1 else [] for v in column]
+    if pd.api.types.is_integer_dtype(column) and column.nunique() <= MAX_INT_LEVELS:
+        return [[] if pd.isna(v) else [f"{name}={int(v)}"] for v in column]
+    if pd.api.types.is_string_dtype(column) or column.dtype == object:
+        text = column.dropna().astype(str)
+        sep = next((c for c in ("|", " ") if text.str.contains(c, regex=False).any()), None)
+        rows = _split_tokens(column, sep)
+        vocabulary = {t for row in rows for t in row}
+        if len(vocabulary) <= MAX_TOKEN_SHARE * max(len(text), 1):  # else free text (titles)
+            return [[f"{name}={t}" for t in row] for row in rows]
+    return None
+
+
+def side_features(items: pd.DataFrame, n_items: int) -> ItemFeatures:
+    """Tokens and standardised numeric columns of the item side table (indexed by item id)."""
+    table = items.reindex(range(n_items))
+    rows: list[list[str]] = [[] for _ in range(n_items)]
+    dense_cols: list[np.ndarray] = []
+    for name in table.columns:
+        column = table[name]
+        tokens = _column_tokens(str(name), column)
+        if tokens is not None:
+            for row, extra in zip(rows, tokens, strict=True):
+                row.extend(extra)
+        elif pd.api.types.is_numeric_dtype(column):
+            values = column.to_numpy(dtype=np.float64)
+            values = np.nan_to_num(values, nan=np.nanmean(values) if np.isfinite(values).any() else 0.0)
+            dense_cols.append((values - values.mean()) / (values.std() or 1.0))
+    names = sorted({t for row in rows for t in row})
+    index = {t: j for j, t in enumerate(names)}
+    tokens = None
+    if names:
+        tokens = torch.zeros(n_items, len(names))
+        for i, row in enumerate(rows):
+            tokens[i, [index[t] for t in row]] = 1.0
+    dense = torch.tensor(np.stack(dense_cols, 1), dtype=torch.float32) if dense_cols else None
+    return ItemFeatures(tokens=tokens, dense=dense, token_names=tuple(names))
+
+
+def build_item_features(kinds: Sequence[str], items: pd.DataFrame, n_items: int,
+                        cache_dir: str | Path) -> ItemFeatures | None:
+    """The features a model asked for (``behavior.features``), ``None`` for none."""
+    unknown = [k for k in kinds if k not in FEATURE_KINDS]
+    if unknown:
+        options = ", ".join(FEATURE_KINDS)
+        raise RecrlError(f"behavior.features: unknown kind {unknown[0]!r}; use any of {options}")
+    result: ItemFeatures | None = None
+    for kind in dict.fromkeys(kinds):
+        if kind == "side":
+            part = side_features(items, n_items)
+        else:
+            from recrl.behavior.text import item_text_embeddings
+
+            part = ItemFeatures(tokens=None, dense=item_text_embeddings(items, n_items, cache_dir))
+        result = part if result is None else result.join(part)
+    if result is not None and result.n_tokens == 0 and result.n_dense == 0:
+        raise RecrlError("behavior.features=[side]: the dataset's item table has no usable columns; "
+                         "drop side from behavior.features")
+    return result
+
+
+class ItemContentEncoder(nn.Module):
+    """Maps every item's features to a ``dim`` vector: a mean of token embeddings plus a linear
+    map of the dense part. Added to an item-id embedding, it lets unseen items be scored.
+
+    Example::
+
+        encoder = ItemContentEncoder(features, dim=64)
+        content = encoder()               # [n_items, 64]
+    """
+
+    def __init__(self, features: ItemFeatures, dim: int) -> None:
+        super().__init__()
+        tokens = features.tokens if features.tokens is not None else torch.zeros(0, 0)
+        counts = tokens.sum(1, keepdim=True).clamp(min=1.0) if tokens.numel() else tokens
+        self.register_buffer("tokens", tokens / counts if tokens.numel() else tokens, persistent=False)
+        self.register_buffer("dense", features.dense if features.dense is not None else torch.zeros(0, 0),
+                             persistent=False)
+        self.token_emb = nn.Linear(features.n_tokens, dim, bias=False) if features.n_tokens else None
+        self.dense_proj = nn.Linear(features.n_dense, dim) if features.n_dense else None
+        if self.token_emb is not None:
+            nn.init.normal_(self.token_emb.weight, 0.0, dim ** -0.5)
+
+    def forward(self, items: Tensor | None = None) -> Tensor:
+        """Content vectors ``[n_items, dim]`` (or ``[..., dim]`` for given ``items``)."""
+        parts = []
+        if self.token_emb is not None:
+            parts.append(self.token_emb(self.tokens if items is None else self.tokens[items]))
+        if self.dense_proj is not None:
+            parts.append(self.dense_proj(self.dense if items is None else self.dense[items]))
+        return torch.stack(parts).sum(0)
