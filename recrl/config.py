@@ -8,6 +8,7 @@ instead of deep inside training.
 
 from __future__ import annotations
 
+import collections.abc
 import inspect
 import types
 import typing
@@ -32,7 +33,7 @@ def _type_ok(value: Any, hint: Any) -> bool:
         return any(_type_ok(value, h) for h in typing.get_args(hint))
     if origin is typing.Literal:
         return value in typing.get_args(hint)
-    if origin in (list, tuple, typing.Sequence):
+    if origin in (list, tuple, typing.Sequence, collections.abc.Sequence):
         return isinstance(value, (list, tuple)) or OmegaConf.is_list(value)
     if origin is dict:
         return isinstance(value, dict) or OmegaConf.is_dict(value)

@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
 import recrl
+from recrl.behavior.features import build_item_features
 from recrl.behavior.fidelity import fidelity_report
 from recrl.checkpoint import load_checkpoint, save_checkpoint
 from recrl.config import build, build_algo_by_name, validate
@@ -88,6 +89,15 @@ def fit_behavior(cfg: DictConfig, behavior: Any, interactions: Interactions, dat
     return {**report, "cached": False}
 
 
+def build_behavior(cfg: DictConfig, interactions: Interactions, device: torch.device) -> Any:
+    """An unfitted behavior model sized for ``interactions``, with the item content it asked for
+    (``behavior.features``: side-table attributes and/or cached text embeddings)."""
+    features = build_item_features(cfg.behavior.get("features", ()), interactions.items,
+                                   interactions.n_items, cfg.cache_dir)
+    return build(cfg.behavior)(n_items=interactions.n_items, n_users=interactions.n_users,
+                               item_features=features, device=str(device))
+
+
 def build_stages(cfg: DictConfig, device: torch.device,
                  behavior_state: dict[str, Any] | None = None) -> Stages:
     """Load the data and fit (or restore) the behavior model; nothing here touches test users."""
@@ -95,8 +105,7 @@ def build_stages(cfg: DictConfig, device: torch.device,
     splits = dataset.load()
     interactions = splits.interactions  # the only part of the data the fitting code sees
     data_key = data_fingerprint(cfg, dataset)
-    behavior = build(cfg.behavior)(n_items=interactions.n_items, n_users=interactions.n_users,
-                                    device=str(device))
+    behavior = build_behavior(cfg, interactions, device)
     if behavior_state is None:
         behavior_report = fit_behavior(cfg, behavior, interactions, data_key)
     else:
@@ -121,8 +130,7 @@ def ground_truth_model(cfg: DictConfig, dataset: Any, splits: Splits, device: to
         return dataset.ground_truth(device)
     if splits.ground_truth is None:
         return None
-    model = build(cfg.behavior)(n_items=splits.ground_truth.n_items,
-                                 n_users=splits.ground_truth.n_users, device=str(device))
+    model = build_behavior(cfg, splits.ground_truth, device)
     fit_behavior(cfg, model, splits.ground_truth, data_key, role="ground_truth")
     return model
 

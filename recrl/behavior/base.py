@@ -10,19 +10,22 @@ encoding and fitting, so the models cannot drift apart.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 
 import pandas as pd
 import torch
 from torch import Tensor, nn
 
+from recrl.behavior.features import FEATURE_KINDS, ItemContentEncoder, ItemFeatures
 from recrl.behavior.fit import FitReport, SessionTensors, TrainingSettings, fit_sequence_model
 from recrl.data.synthetic import mnl_probs, sample_choice
-from recrl.types import Interactions, Obs, Response
+from recrl.types import Interactions, Obs, RecrlError, Response
 
 
 class BilinearScorer(nn.Module):
     """Scores ``(W h) . e_i + b_i`` for given items or, with ``items=None``, the whole catalogue
     (the first ``n_items`` rows of the table: a padding row after them is never scored).
+    With a ``content`` encoder the item vector is ``e_i + content_i`` (item features).
 
     Example::
 
@@ -30,22 +33,28 @@ class BilinearScorer(nn.Module):
         logits = head(h)                  # [B, 100]
     """
 
-    def __init__(self, hidden: int, item_emb: nn.Embedding, n_items: int) -> None:
+    def __init__(self, hidden: int, item_emb: nn.Embedding, n_items: int,
+                 content: ItemContentEncoder | None = None) -> None:
         super().__init__()
         self.proj = nn.Linear(hidden, item_emb.embedding_dim, bias=True)
-        self.item_emb, self.n_items = item_emb, n_items
+        self.item_emb, self.n_items, self.content = item_emb, n_items, content
         self.bias = nn.Parameter(torch.zeros(n_items))
+
+    def vectors(self, items: Tensor | None = None) -> Tensor:
+        """Item vectors ``[..., D]`` of ``items`` (all ``n_items`` when ``None``)."""
+        emb = self.item_emb.weight[:self.n_items] if items is None else self.item_emb(items)
+        return emb if self.content is None else emb + self.content(items)
 
     def forward(self, h: Tensor, items: Tensor | None = None) -> Tensor:
         """Logits ``[..., K]`` for ``items`` ``[..., K]``, or ``[..., n_items]``."""
         query = self.proj(h)
         if items is None:
-            return query @ self.item_emb.weight[:self.n_items].T + self.bias
-        return torch.einsum("...d,...kd->...k", query, self.item_emb(items)) + self.bias[items]
+            return query @ self.vectors().T + self.bias
+        return torch.einsum("...d,...kd->...k", query, self.vectors(items)) + self.bias[items]
 
     def score_shared(self, h: Tensor, items: Tensor) -> Tensor:
         """Logits ``[..., N]`` of the same ``items`` ``[N]`` for every row of ``h``."""
-        return self.proj(h) @ self.item_emb(items).T + self.bias[items]
+        return self.proj(h) @ self.vectors(items).T + self.bias[items]
 
 
 class SequenceUserModel(nn.Module, ABC):
@@ -58,6 +67,7 @@ class SequenceUserModel(nn.Module, ABC):
     n_items: int
     n_users: int
     training_settings: TrainingSettings
+    content: ItemContentEncoder | None
 
     click_head: nn.Module
     conversion_head: nn.Module
@@ -125,11 +135,46 @@ class SequenceUserModel(nn.Module, ABC):
         return Response(click_prob=click_prob, click=click_prob, conversion_prob=conv_prob,
                         conversion=click_prob * conv_prob, rating=rating, leave_prob=self.leave_prob(state))
 
-    def _setup(self, n_items: int, n_users: int, training: TrainingSettings | None) -> None:
-        """Store the sizes and training settings and seed the weight initialisation."""
+    def _setup(self, n_items: int, n_users: int, training: TrainingSettings | None,
+               features: Sequence[str] = (), item_features: ItemFeatures | None = None,
+               dim: int = 0) -> None:
+        """Store the sizes and training settings, seed the weight initialisation and build the
+        item content encoder (``self.content``, ``None`` without ``features``)."""
         self.n_items, self.n_users = n_items, n_users
         self.training_settings = training or TrainingSettings()
         torch.manual_seed(self.training_settings.seed)
+        self.features = tuple(features)
+        unknown = [k for k in self.features if k not in FEATURE_KINDS]
+        if unknown:
+            raise RecrlError(f"behavior.features: unknown kind {unknown[0]!r}; use any of "
+                             f"{', '.join(FEATURE_KINDS)}")
+        if self.features and item_features is None:
+            raise RecrlError(f"behavior.features={list(self.features)} needs item features, but none were "
+                             "given (they are built from the dataset's item table at run time)")
+        self.content = ItemContentEncoder(item_features, dim) if self.features else None
+
+    def content_input(self, table: nn.Embedding, items: Tensor) -> Tensor:
+        """Input embeddings of ``items`` (``n_items`` = padding, a zero vector) plus their content."""
+        emb = table(items)
+        if self.content is None:
+            return emb
+        real = (items < self.n_items).unsqueeze(-1).to(emb.dtype)
+        return emb + self.content(items.clamp(max=self.n_items - 1)) * real
+
+    def id_table(self, rows: int, dim: int, padding_idx: int | None = None,
+                 std: float | None = None) -> nn.Embedding:
+        """An item-id embedding table: ``N(0, std)`` entries (``nn.Embedding``'s own init when
+        ``std`` is ``None``), or zeros when item content is used (an item never seen in training
+        is then represented by its content alone)."""
+        table = nn.Embedding(rows, dim, padding_idx=padding_idx)
+        with torch.no_grad():
+            if std is not None:
+                table.weight.normal_(0.0, std)
+            if self.content is not None:
+                table.weight.zero_()
+            if padding_idx is not None:
+                table.weight[padding_idx].zero_()
+        return table
 
     @property
     def max_len(self) -> int:

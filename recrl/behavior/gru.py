@@ -8,10 +8,13 @@ and the response then update ``h`` through a GRU cell, and a leave head reads th
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor, nn
 
 from recrl.behavior.base import BilinearScorer, SequenceUserModel
+from recrl.behavior.features import ItemFeatures
 from recrl.behavior.fit import SessionTensors, TrainingSettings
 
 
@@ -27,17 +30,17 @@ class GRUBehavior(SequenceUserModel):
     """
 
     def __init__(self, n_items: int, dim: int = 32, hidden: int = 64,
-                 training: TrainingSettings | None = None, n_users: int = 0,
-                 device: str = "cpu") -> None:
+                 features: Sequence[str] = (), training: TrainingSettings | None = None,
+                 n_users: int = 0, item_features: ItemFeatures | None = None, device: str = "cpu") -> None:
         super().__init__()
-        self._setup(n_items, n_users, training)
+        self._setup(n_items, n_users, training, features, item_features, dim)
         self.hidden = hidden
-        self.item_in = nn.Embedding(n_items + 1, dim, padding_idx=n_items)
+        self.item_in = self.id_table(n_items + 1, dim, padding_idx=n_items)
         self.event = nn.Linear(2 * dim + 2, hidden)
         self.cell = nn.GRUCell(hidden, hidden)
         self.h0 = nn.Parameter(torch.zeros(hidden))
-        self.item_out = nn.Embedding(n_items, dim)
-        self.click_head = BilinearScorer(hidden, self.item_out, n_items)
+        self.item_out = self.id_table(n_items, dim)
+        self.click_head = BilinearScorer(hidden, self.item_out, n_items, self.content)
         self.conversion_head = BilinearScorer(hidden, nn.Embedding(n_items, dim), n_items)
         self.rating_head = BilinearScorer(hidden, nn.Embedding(n_items, dim), n_items)
         self.leave_head = nn.Sequential(nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, 1))
@@ -47,7 +50,7 @@ class GRUBehavior(SequenceUserModel):
     # ------------------------------------------------------------------ recurrent core
     def _event(self, slates: Tensor, click: Tensor, conversion: Tensor) -> Tensor:
         """Input vector ``[B, hidden]`` summarising one shown slate and its response."""
-        emb = self.item_in(slates)
+        emb = self.content_input(self.item_in, slates)
         shown = emb.mean(-2)
         clicked = (click.unsqueeze(-1) * emb).sum(-2)
         flags = torch.stack([click.sum(-1), conversion.sum(-1)], -1)

@@ -69,7 +69,7 @@ def build_task(known: pd.DataFrame, candidates: pd.DataFrame, n_items: int, hist
     empty = np.zeros(0, dtype=np.int64)
     seen = [torch.tensor(seen_groups.get(u, empty), dtype=torch.long) for u in users]
     return NextItemTask(obs=obs, targets=torch.tensor(first["item"].to_numpy(), dtype=torch.long),
-                        seen=seen, users=torch.as_tensor(users, dtype=torch.long))
+                        seen=seen, users=torch.tensor(users, dtype=torch.long))
 
 
 @torch.no_grad()

@@ -24,11 +24,14 @@ State layout (``[B, S]`` floats, ``W = window + 1``, ``D = dim``, ``S = 2 * laye
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from recrl.behavior.base import BilinearScorer, SequenceUserModel
+from recrl.behavior.features import ItemFeatures
 from recrl.behavior.fit import SessionTensors, TrainingSettings
 from recrl.types import RecrlError
 
@@ -115,22 +118,23 @@ class SASRecBehavior(SequenceUserModel):
     """
 
     def __init__(self, n_items: int, dim: int = 64, layers: int = 2, heads: int = 2, window: int = 50,
-                 dropout: float = 0.2, training: TrainingSettings | None = None, n_users: int = 0,
-                 device: str = "cpu") -> None:
+                 dropout: float = 0.2, features: Sequence[str] = (),
+                 training: TrainingSettings | None = None, n_users: int = 0,
+                 item_features: ItemFeatures | None = None, device: str = "cpu") -> None:
         super().__init__()
         if heads < 1 or dim % heads or (dim // heads) % 2:
             raise RecrlError(f"behavior.dim={dim} must split into behavior.heads={heads} heads of even size")
         if layers < 1 or window < 1:
             raise RecrlError("behavior.layers and behavior.window must be >= 1")
-        self._setup(n_items, n_users, training)
+        self._setup(n_items, n_users, training, features, item_features, dim)
         self.dim, self.layers, self.heads = dim, layers, heads
         self.window, self.dropout = window + 1, dropout
-        self.item_emb = self._table(n_items + 1, padding_idx=n_items)
+        self.item_emb = self.id_table(n_items + 1, dim, padding_idx=n_items, std=dim ** -0.5)
         self.feedback = self._table(2)  # rows: clicked, converted
         self.start = nn.Parameter(torch.randn(dim) * dim ** -0.5)
         self.blocks = nn.ModuleList(_Block(dim, heads, dropout) for _ in range(layers))
         self.norm = nn.LayerNorm(dim)
-        self.click_head = BilinearScorer(dim, self.item_emb, n_items)
+        self.click_head = BilinearScorer(dim, self.item_emb, n_items, self.content)
         self.conversion_head = BilinearScorer(dim, self._table(n_items), n_items)
         self.rating_head = BilinearScorer(dim, self._table(n_items), n_items)
         self.leave_head = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), nn.Linear(dim, 1))
@@ -157,7 +161,7 @@ class SASRecBehavior(SequenceUserModel):
     # ------------------------------------------------------------------ tokens and state packing
     def _token(self, slates: Tensor, click: Tensor, conversion: Tensor) -> Tensor:
         """Event token ``[..., D]`` of shown slates ``[..., K]`` and their response."""
-        emb = self.item_emb(slates)
+        emb = self.content_input(self.item_emb, slates)
         flags = torch.stack([click.sum(-1), conversion.sum(-1)], -1)
         return emb.mean(-2) + (click.unsqueeze(-1) * emb).sum(-2) + flags @ self.feedback.weight
 
