@@ -29,6 +29,7 @@ USAGE = """usage: recrl <command> [key=value ...]
 commands:
   train   run the whole pipeline once          recrl train algo=dqn reward=ctr
   eval    re-evaluate a saved run              recrl eval checkpoint=outputs/train/<run>
+          or only the behavior model           recrl eval behavior-only dataset=beauty behavior=sasrec
   sweep   Hydra multirun + a summary table     recrl sweep algo=dqn,reinforce seed=0,1,2
   data    prepare / describe / download data   recrl data info dataset=ml100k
           recrl data prepare dataset=coat      recrl data download ml100k [--data-dir DIR]
@@ -126,13 +127,15 @@ def check_overrides(config_name: str, overrides: list[str]) -> None:
 def _task(cfg: DictConfig) -> None:
     """Body of every Hydra job: run the task, turn failures into one line and an exit code."""
     from recrl.evaluate import evaluate
-    from recrl.train import train
+    from recrl.train import evaluate_behavior, train
 
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
     try:
         if cfg.task == "eval":
             evaluate(cfg, run_dir)
+        elif cfg.task == "behavior":
+            evaluate_behavior(cfg, run_dir)
         else:
             train(cfg, run_dir, algo_name=hc.runtime.choices["algo"])
     except RecrlError as err:
@@ -196,6 +199,8 @@ def main(argv: list[str] | None = None) -> int:
     if command == "data":
         return data_command(overrides)
     config_name = COMMANDS[command]
+    if command == "eval" and overrides[:1] == ["behavior-only"]:  # fit/load + offline + fidelity
+        config_name, overrides = "train", [*overrides[1:], "task=behavior"]
     passthrough = any(o.startswith("-") for o in overrides)  # hydra flags such as --cfg job
     if not passthrough:
         try:

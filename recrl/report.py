@@ -341,6 +341,9 @@ def print_report_table(report: dict, console: Console | None = None) -> None:
         if not console.is_terminal:  # logs and pipes: wide enough for every metric column
             console = Console(width=150)
     evaluation = report.get("evaluation") or {}
+    if report.get("offline") and not evaluation:
+        _print_offline_table(report["offline"], console)
+        return
     if not evaluation:
         console.print("[yellow]No evaluation results in report.[/yellow]")
         return
@@ -353,3 +356,15 @@ def print_report_table(report: dict, console: Console | None = None) -> None:
         for policy, stats in policies.items():
             table.add_row(escape(policy), *(format_stat(stats.get(m)) for m in metrics))
         console.print(table)
+
+
+def _print_offline_table(offline: Mapping[str, Mapping[str, float]], console: Console) -> None:
+    """The behavior model's offline ranking: protocols as rows, metrics as columns."""
+    metrics = list(dict.fromkeys(m for values in offline.values() for m in values))
+    table = Table(title="Behavior model: offline ranking (test users)", title_justify="left")
+    table.add_column("protocol", style="bold")
+    for metric in metrics:
+        table.add_column(escape(metric), justify="right")
+    for protocol, values in offline.items():
+        table.add_row(escape(protocol), *(_number(values.get(m)) for m in metrics))
+    console.print(table)

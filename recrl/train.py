@@ -145,18 +145,42 @@ def final_evaluation(cfg: DictConfig, stages: Stages, algo: Any, algo_name: str,
             policies[name] = build_algo_by_name(name, ctx=stages.ctx)
     envs = stages.eval_envs()
     results = evaluation.run(policies, envs)
+    return {"task": "train", "algo": algo_name, "reward": type(stages.reward).__name__,
+            **behavior_sections(cfg, stages, evaluation, envs, run_dir), "evaluation": results}
+
+
+def behavior_sections(cfg: DictConfig, stages: Stages, evaluation: Evaluation, envs: dict[str, RecEnv],
+                      run_dir: Path) -> dict[str, Any]:
+    """Run facts and everything a report says about the data and the behavior model: its fit,
+    offline ranking on the test users and simulator fidelity."""
     fidelity = fidelity_report(stages.behavior, stages.splits, envs.get("ground_truth"),
                                ground_truth_is_true_model=hasattr(stages.dataset, "ground_truth"),
                                plot=run_dir / "plots" / "calibration.png")
-    return {"task": "train", "run_dir": str(run_dir), "seed": int(cfg.seed), "algo": algo_name,
-            "reward": type(stages.reward).__name__, "device": str(stages.device),
+    return {"run_dir": str(run_dir), "seed": int(cfg.seed), "device": str(stages.device),
             "config": OmegaConf.to_container(cfg, resolve=True),
             "versions": {"recrl": recrl.__version__, "torch": torch.__version__,
                          "python": platform.python_version()},
             "data": data_summary(stages.splits), "behavior": stages.behavior_report,
             "offline": evaluation.offline(stages.behavior, stages.splits,
-                                          history_len=int(cfg.behavior.get("max_len", 50))),
-            "fidelity": fidelity, "evaluation": results}
+                                          history_len=getattr(stages.behavior, "max_len", 50)),
+            "fidelity": fidelity}
+
+
+def evaluate_behavior(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    """``recrl eval behavior-only``: fit (or load from the cache) the behavior model and report
+    its fit, offline ranking and simulator fidelity; no RL training."""
+    t0 = time.perf_counter()
+    validate(cfg)
+    set_seed(cfg.seed)
+    stages = build_stages(cfg, build(cfg.trainer).device)
+    t_fit = time.perf_counter()
+    evaluation: Evaluation = build(cfg.eval)
+    report = {"task": "behavior", **behavior_sections(cfg, stages, evaluation, stages.eval_envs(), run_dir)}
+    report["timings"] = {"behavior_fit_s": t_fit - t0, "eval_s": time.perf_counter() - t_fit,
+                         "total_s": time.perf_counter() - t0}
+    write_report(run_dir, report)
+    print_report_table(report)
+    return report
 
 
 def data_summary(splits: Splits) -> dict[str, Any]:

@@ -82,6 +82,20 @@ def test_behavior_model_is_cached(trained_run: tuple[Path, Path]) -> None:
     assert report["behavior"]["cached"] is True
 
 
+def test_eval_behavior_only_reports_the_behavior_model(trained_run: tuple[Path, Path]) -> None:
+    root, _ = trained_run
+    out = root / "behavior"
+    proc = recrl("eval", "behavior-only", *SMOKE, f"hydra.run.dir={out}", cwd=root, cache=root / "cache")
+    assert "cache hit" in proc.stderr  # the model fitted by `recrl train` is reused
+    report = json.loads((out / "report.json").read_text())
+    assert report["task"] == "behavior" and "evaluation" not in report
+    assert set(report["offline"]) == {"full", "sampled-100"}
+    assert 0 <= report["offline"]["full"]["ndcg@10"] <= report["offline"]["full"]["hr@10"] <= 1
+    assert {"validation", "true_model"} <= set(report["fidelity"])
+    assert (out / "plots" / "calibration.png").is_file()
+    assert "offline ranking" in proc.stdout and "## Simulator fidelity" in (out / "report.md").read_text()
+
+
 def test_sweep_writes_one_folder_per_job_and_a_summary(tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
     recrl("sweep", *SMOKE, "algo=reinforce,random", "seed=0,1", "eval.baselines=[]",
