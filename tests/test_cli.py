@@ -89,7 +89,7 @@ def test_eval_behavior_only_reports_the_behavior_model(trained_run: tuple[Path, 
     assert "cache hit" in proc.stderr  # the model fitted by `recrl train` is reused
     report = json.loads((out / "report.json").read_text())
     assert report["task"] == "behavior" and "evaluation" not in report
-    assert set(report["offline"]) == {"full", "sampled-100"}
+    assert set(report["offline"]) == {"full", "sampled-100", "popularity · full", "popularity · sampled-100"}
     assert 0 <= report["offline"]["full"]["ndcg@10"] <= report["offline"]["full"]["hr@10"] <= 1
     assert {"validation", "true_model"} <= set(report["fidelity"])
     assert (out / "plots" / "calibration.png").is_file()

@@ -4,11 +4,13 @@ For every test user the target is their first clicked test item; the model reads
 logged history before it (train + valid rows, the last ``history_len`` of them) through its own
 ``encode`` and scores the catalogue with its click head. Two protocols, labelled in every report:
 ``full`` (rank among all items the user has not interacted with) and ``sampled-100`` (rank among
-100 uniformly sampled unseen items, fixed seed, as in the SASRec paper).
+100 uniformly sampled unseen items, fixed seed, as in the SASRec paper). The same users ranked
+by training popularity give the reference rows ``popularity · full`` / ``popularity · sampled-100``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -76,28 +78,44 @@ def build_task(known: pd.DataFrame, candidates: pd.DataFrame, n_items: int, hist
 def offline_ranking(model: Any, splits: Splits, history_len: int = 50, ks: tuple[int, ...] = (5, 10, 20),
                     n_negatives: int = 100, max_users: int | None = None, seed: int = 0,
                     chunk: int = 512) -> dict[str, dict[str, float]]:
-    """``{protocol: {metric: value}}`` for ``model`` (needs ``encode`` and ``score_all``)."""
+    """``{protocol: {metric: value}}`` for ``model`` (needs ``encode`` and ``score_all``), plus
+    the popularity reference rows."""
     task = next_item_task(splits, history_len, max_users, seed)
     if task is None:
         return {}
-    return rank_task(model, task, splits.interactions.n_items, ks, n_negatives, seed, chunk)
+    n_items = splits.interactions.n_items
+    popularity = torch.as_tensor(splits.interactions.item_popularity(), dtype=torch.float)
+    reference = rank_task(lambda idx: popularity.expand(len(idx), -1), task, n_items, ks, n_negatives,
+                          seed, chunk)
+    return {**rank_task(model, task, n_items, ks, n_negatives, seed, chunk),
+            **{f"popularity · {protocol}": values for protocol, values in reference.items()}}
+
+
+Scorer = Callable[[Tensor], Tensor]
+
+
+def model_scorer(model: Any, task: NextItemTask) -> Scorer:
+    """Click probabilities ``[len(idx), n_items]`` of task rows ``idx`` from a behavior model."""
+    device = model.device
+
+    def scores(idx: Tensor) -> Tensor:
+        state = model.encode(task.obs.index(idx).to(device), task.users[idx].to(device))
+        return model.score_all(state).click_prob
+
+    return scores
 
 
 @torch.no_grad()
 def rank_task(model: Any, task: NextItemTask, n_items: int, ks: tuple[int, ...] = (5, 10, 20),
               n_negatives: int | None = 100, seed: int = 0, chunk: int = 512) -> dict[str, dict[str, float]]:
-    """Full ranking (and sampled ranking unless ``n_negatives`` is ``None``) of ``task``."""
-    device = model.device
+    """Full ranking (and sampled ranking unless ``n_negatives`` is ``None``) of ``task``;
+    ``model`` is a behavior model or already a :data:`Scorer` of task rows."""
     rows = torch.arange(len(task.targets))
-
-    def states(idx: Tensor) -> Tensor:
-        return model.encode(task.obs.index(idx).to(device), task.users[idx].to(device))
-
-    def score_all(idx: Tensor) -> Tensor:
-        return model.score_all(states(idx)).click_prob
+    score_all = model_scorer(model, task) if hasattr(model, "score_all") else model
 
     def score_items(idx: Tensor, items: Tensor) -> Tensor:
-        return model.score_all(states(idx)).click_prob.gather(1, items.to(device))
+        scores = score_all(idx)
+        return scores.gather(1, items.to(scores.device))
 
     results = [full_ranking(score_all, rows, task.targets, task.seen, ks=ks, chunk=chunk)]
     if n_negatives is not None and n_items - 1 - max(len(s) for s in task.seen) >= n_negatives:
