@@ -138,6 +138,30 @@ def test_encode_skips_padding() -> None:
     torch.testing.assert_close(empty, model.initial_state(B))
 
 
+@pytest.mark.parametrize(("window", "length"), [(10, 6), (4, 9), (3, 3)])
+def test_parallel_encode_equals_feeding_events_one_by_one(window: int, length: int) -> None:
+    """Left-padded histories of different lengths, shorter and longer than the window."""
+    from recrl.behavior.base import SequenceUserModel
+
+    model, gen = small(window=window), torch.Generator().manual_seed(9)
+    items = torch.randint(0, N_ITEMS, (B, length, K), generator=gen)
+    clicks = (torch.rand(B, length, K, generator=gen) < 0.3).float()
+    for row, pad in enumerate([0, 1, length - 1, length, 2][:B]):
+        items[row, :pad], clicks[row, :pad] = N_ITEMS, 0.0
+    obs = Obs(items=items, clicks=clicks, step=torch.zeros(B, dtype=torch.long))
+    torch.testing.assert_close(model.encode(obs), SequenceUserModel.encode(model, obs), atol=1e-5, rtol=1e-5)
+
+
+def test_encode_with_padding_inside_the_history_takes_the_step_path() -> None:
+    from recrl.behavior.base import SequenceUserModel
+
+    model, gen = small(), torch.Generator().manual_seed(10)
+    items = torch.randint(0, N_ITEMS, (B, 5, K), generator=gen)
+    items[:, 2] = N_ITEMS
+    obs = Obs(items=items, clicks=torch.zeros(B, 5, K), step=torch.zeros(B, dtype=torch.long))
+    torch.testing.assert_close(model.encode(obs), SequenceUserModel.encode(model, obs))
+
+
 def pattern_interactions(n_users: int = 48, length: int = 14, leave: bool = False) -> Interactions:
     """Positive-only logs where item ``k`` is always followed by item ``k + 1`` (mod n_items)."""
     rng = np.random.default_rng(0)

@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from recrl.behavior.base import BilinearScorer, SequenceUserModel
 from recrl.behavior.features import ItemFeatures
 from recrl.behavior.fit import SessionTensors, TrainingSettings
-from recrl.types import RecrlError
+from recrl.types import Obs, RecrlError
 
 
 def rope_tables(positions: Tensor, inv_freq: Tensor) -> tuple[Tensor, Tensor]:
@@ -81,11 +81,17 @@ class _Block(nn.Module):
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None) -> Tensor:
         """Whole sequences ``x`` ``[B, T, D]``; ``mask`` ``None`` means plain causal attention."""
-        q, k, v = (self._split(t) for t in self.qkv(self.norm1(x)).chunk(3, -1))
+        return self.forward_kv(x, cos, sin, mask)[0]
+
+    def forward_kv(self, x: Tensor, cos: Tensor, sin: Tensor,
+                   mask: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+        """:meth:`forward`, also returning the un-rotated keys and the values ``[B, T, D]``."""
+        q, k, v = self.qkv(self.norm1(x)).chunk(3, -1)
         drop = self.dropout if self.training else 0.0
-        attn = F.scaled_dot_product_attention(apply_rope(q, cos, sin), apply_rope(k, cos, sin), v,
+        attn = F.scaled_dot_product_attention(apply_rope(self._split(q), cos, sin),
+                                              apply_rope(self._split(k), cos, sin), self._split(v),
                                               attn_mask=mask, dropout_p=drop, is_causal=mask is None)
-        return self._finish(x, attn, drop)
+        return self._finish(x, attn, drop), k, v
 
     def step(self, x: Tensor, keys: Tensor, values: Tensor, cos: Tensor, sin: Tensor,
              valid: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -201,6 +207,38 @@ class SASRecBehavior(SequenceUserModel):
             first = self._advance(cache, torch.zeros(1, dtype=torch.long, device=self.device),
                                   self.start[None])
         return first.expand(n_users, -1).clone()
+
+    @torch.no_grad()
+    def encode(self, obs: Obs, users: Tensor | None = None) -> Tensor:
+        """State from an observed history in one parallel pass over it (equal to feeding the
+        events one by one through :meth:`next_state`). Histories must be left-padded, as the
+        environment and the offline tasks make them; others take the step-by-step path."""
+        valid = obs.items[:, :, 0] < self.n_items
+        count = valid.sum(1)
+        length = obs.items.shape[1]
+        first = length - count  # position of the start token in the sequence below
+        positions = torch.arange(length + 1, device=valid.device)
+        if not bool((valid == (positions[None, :length] >= first[:, None])).all()):
+            return super().encode(obs, users)
+        tokens = self._token(obs.items.clamp(max=self.n_items), obs.clicks, torch.zeros_like(obs.clicks))
+        x = torch.cat([tokens[:, :1], tokens], 1)
+        is_start = (positions[None] == first[:, None]).unsqueeze(-1)
+        x = torch.where(is_start, self.start.to(x.dtype), x)
+        live = positions[None] >= first[:, None]  # start token and events
+        offset = positions[:, None] - positions[None]
+        band = (offset >= 0) & (offset < self.window)
+        mask = (band[None] & live[:, None, :]) | torch.eye(length + 1, dtype=torch.bool, device=x.device)
+        cos, sin = rope_tables(positions, self.inv_freq)
+        caches = []
+        keep = min(self.window, length + 1)
+        slot_live = live[:, -keep:, None].to(x.dtype)
+        for block in self.blocks:
+            x_in = x
+            x, keys, values = block.forward_kv(x_in, cos, sin, mask[:, None])
+            kv = torch.stack([keys[:, -keep:], values[:, -keep:]], 1) * slot_live[:, None]
+            caches.append(F.pad(kv, (0, 0, self.window - keep, 0)))
+        cache = torch.stack(caches, 1).flatten(1)
+        return torch.cat([cache, self.norm(x[:, -1]), count.to(x.dtype)[:, None]], 1)
 
     # ------------------------------------------------------------------ training
     def _attention_mask(self, length: int, device: torch.device) -> Tensor | None:
