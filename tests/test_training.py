@@ -180,3 +180,26 @@ def test_train_with_text_features_on_movielens(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-2000:]
     cached = list((tmp_path / "cache" / "text").glob("*.npy"))
     assert len(cached) == 1 and np.load(cached[0]).shape == (1682, 384)
+
+
+def test_length_buckets_cover_every_session_once_and_group_similar_lengths() -> None:
+    from recrl.behavior.fit import batch_order
+
+    lengths = torch.tensor([5, 1, 9, 1, 5, 9, 2, 8])
+    settings = TrainingSettings(batch_size=2, bucket_by_length=True)
+    batches = batch_order(lengths, settings, torch.Generator().manual_seed(0))
+    assert sorted(torch.cat(batches).tolist()) == list(range(8))
+    assert sorted(sorted(lengths[b].tolist()) for b in batches) == [[1, 1], [2, 5], [5, 8], [9, 9]]
+    plain = batch_order(lengths, TrainingSettings(batch_size=3), torch.Generator().manual_seed(0))
+    assert [len(b) for b in plain] == [3, 3, 2] and sorted(torch.cat(plain).tolist()) == list(range(8))
+
+
+def test_trim_drops_only_steps_that_are_padding_everywhere() -> None:
+    pad = 9
+    batch = _one_click(1)
+    wide = SessionTensors(**{f: (getattr(batch, f) if f == "user" else
+                                 torch.cat([getattr(batch, f), torch.full((1, 3), pad if f == "item" else 0.0,
+                                                                          dtype=getattr(batch, f).dtype)], 1))
+                             for f in batch.__dataclass_fields__ if f != "negative"})
+    assert wide.item.shape == (1, 4) and wide.trim(pad).item.tolist() == [[1]]
+    assert wide.trim(pad).mask.shape == (1, 1) and wide.trim(pad).user.tolist() == [0]
