@@ -27,7 +27,7 @@ from recrl.behavior.fit import sequence_loss, session_tensors
 from recrl.config import CONF_DIR
 from recrl.types import LOG_COLUMNS, Obs
 
-MODELS = ("gru", "sasrec", "sasrec_large")
+MODELS = ("gru", "sasrec", "sasrec_large", "mf", "deepfm")
 
 
 def generated_log(users: int, length: int, items: int, seed: int = 0) -> pd.DataFrame:
@@ -42,11 +42,11 @@ def generated_log(users: int, length: int, items: int, seed: int = 0) -> pd.Data
     return frame[list(LOG_COLUMNS)]
 
 
-def build(name: str, items: int, device: str) -> torch.nn.Module:
-    """A model from ``conf/behavior/<name>.yaml``."""
+def build(name: str, items: int, users: int, device: str) -> torch.nn.Module:
+    """A model from ``conf/behavior/<name>.yaml`` (static models such as MF need ``users``)."""
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("train", overrides=[f"behavior={name}"])
-    return instantiate(cfg.behavior)(n_items=items, device=device)
+    return instantiate(cfg.behavior)(n_items=items, n_users=users, device=device)
 
 
 def sync(device: str) -> None:
@@ -112,7 +112,7 @@ def main() -> None:
     results = []
     for name in args.models:
         torch.manual_seed(0)
-        model = build(name, args.items, args.device)
+        model = build(name, args.items, args.users, args.device)
         params = sum(p.numel() for p in model.parameters())
         train = bench_training(model, log, args.items, args.batch, args.steps, args.device)
         score = bench_scoring(model, args.items, args.users, args.history, args.device)
