@@ -32,14 +32,15 @@ class Evaluation:
     """
 
     def __init__(self, baselines: list[str] | None = None, episodes: int = 1000,
-                 batch_size: int = 1000, seed: int = 12345, offline_users: int = 2000) -> None:
+                 batch_size: int = 1000, seed: int = 12345, offline_users: int = 2000,
+                 ground_truth: str | None = None) -> None:
         if episodes < 2:
             raise RecrlError("eval.episodes must be >= 2 to give a confidence interval")
         if offline_users < 0:
             raise RecrlError("eval.offline_users must be >= 0 (0 turns offline ranking off)")
         self.baselines = list(baselines or [])
         self.episodes, self.batch_size, self.seed = episodes, batch_size, seed
-        self.offline_users = offline_users
+        self.offline_users, self.ground_truth = offline_users, ground_truth
 
     def offline(self, behavior: Any, splits: Any, history_len: int) -> dict[str, dict[str, float]]:
         """Next-item ranking of the behavior model on the test rows (up to ``offline_users``

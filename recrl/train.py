@@ -15,9 +15,9 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
 import recrl
-from recrl.behavior.features import build_item_features
+from recrl.behavior.features import build_item_features, item_categories
 from recrl.behavior.fidelity import fidelity_report
-from recrl.checkpoint import load_checkpoint, save_checkpoint
+from recrl.checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
 from recrl.config import build, build_algo_by_name, validate
 from recrl.env.simulator import RecEnv
 from recrl.evaluate import Evaluation
@@ -44,7 +44,12 @@ class Stages:
 
     def make_env(self, model: Any) -> RecEnv:
         """A fresh environment of the configured shape over ``model``."""
-        return build(self.cfg.env)(model=model, reward=self.reward, device=self.device)
+        categories = None
+        if self.cfg.env.get("boredom"):
+            inter, column = self.splits.interactions, self.cfg.env.boredom.get("category_column")
+            categories = item_categories(inter.items, inter.n_items, column)
+        return build(self.cfg.env)(model=model, reward=self.reward, item_categories=categories,
+                                   device=self.device)
 
     def eval_envs(self) -> dict[str, RecEnv]:
         """The training simulator and, when the data gives one, the ground-truth environment."""
@@ -124,8 +129,11 @@ def build_stages(cfg: DictConfig, device: torch.device,
 
 def ground_truth_model(cfg: DictConfig, dataset: Any, splits: Splits, device: torch.device,
                        data_key: str) -> Any:
-    """The evaluation-only user model: the synthetic world's true one, or a behavior model
-    fitted on randomized exposures (e.g. Coat's random test set); ``None`` otherwise."""
+    """The evaluation-only user model: the behavior model of a saved run (``eval.ground_truth``),
+    the synthetic world's true one, or a behavior model fitted on randomized exposures (e.g.
+    Coat's random test set); ``None`` otherwise."""
+    if cfg.eval.get("ground_truth"):
+        return behavior_from_checkpoint(cfg.eval.ground_truth, splits.interactions, device)
     if hasattr(dataset, "ground_truth"):
         return dataset.ground_truth(device)
     if splits.ground_truth is None:
@@ -133,6 +141,24 @@ def ground_truth_model(cfg: DictConfig, dataset: Any, splits: Splits, device: to
     model = build_behavior(cfg, splits.ground_truth, device)
     fit_behavior(cfg, model, splits.ground_truth, data_key, role="ground_truth")
     return model
+
+
+def behavior_from_checkpoint(where: str, interactions: Interactions, device: torch.device) -> Any:
+    """The fitted behavior model saved in a run's checkpoint (a run folder or a ``.pt``), for the
+    same prepared data as this run (same item ids)."""
+    path = resolve_checkpoint(where)
+    payload = load_checkpoint(path, map_location=device)
+    saved = OmegaConf.create(payload.get("config", ""))
+    if "behavior" not in saved or "behavior" not in payload:
+        raise RecrlError(f"eval.ground_truth={where}: {path} holds no behavior model (use a recrl train run)")
+    model = build_behavior(saved, interactions, device)
+    try:
+        model.load_state_dict(payload["behavior"])
+    except RuntimeError as err:
+        raise RecrlError(f"eval.ground_truth={where}: its behavior model does not fit this run's data "
+                         f"({interactions.n_items} items, {interactions.n_users} users); it must come from "
+                         "a run on the same dataset and preprocessing") from err
+    return model.eval()
 
 
 def final_evaluation(cfg: DictConfig, stages: Stages, algo: Any, algo_name: str,
@@ -154,7 +180,8 @@ def behavior_sections(cfg: DictConfig, stages: Stages, evaluation: Evaluation, e
     """Run facts and everything a report says about the data and the behavior model: its fit,
     offline ranking on the test users and simulator fidelity."""
     fidelity = fidelity_report(stages.behavior, stages.splits, envs.get("ground_truth"),
-                               ground_truth_is_true_model=hasattr(stages.dataset, "ground_truth"),
+                               ground_truth_is_true_model=hasattr(stages.dataset, "ground_truth")
+                               and not cfg.eval.get("ground_truth"),
                                plot=run_dir / "plots" / "calibration.png")
     return {"run_dir": str(run_dir), "seed": int(cfg.seed), "device": str(stages.device),
             "config": OmegaConf.to_container(cfg, resolve=True),

@@ -186,10 +186,12 @@ class UserModel(Protocol):
         """Fresh user states ``[n_users, S]``."""
         ...
 
-    def respond(self, state: Tensor, slates: Tensor,
-                generator: torch.Generator) -> tuple[Response, Tensor]:
+    def respond(self, state: Tensor, slates: Tensor, generator: torch.Generator,
+                choice: Any = None, available: Tensor | None = None) -> tuple[Response, Tensor]:
         """Sampled responses of users in ``state`` to ``slates`` ``[B, K]`` and their next state.
 
+        ``choice`` (a :class:`recrl.env.choice.Choice`) turns click utilities into the clicked
+        slot; items where ``available`` ``[B, K]`` is false are never clicked.
         ``Response.leave_prob`` is the probability of leaving after this step.
         """
         ...

@@ -96,6 +96,19 @@ def test_eval_behavior_only_reports_the_behavior_model(trained_run: tuple[Path, 
     assert "offline ranking" in proc.stdout and "## Simulator fidelity" in (out / "report.md").read_text()
 
 
+def test_ground_truth_env_from_a_saved_run(trained_run: tuple[Path, Path], tmp_path: Path) -> None:
+    root, run = trained_run
+    out = tmp_path / "gt"
+    recrl("train", *SMOKE, "algo=random", "eval.baselines=[]", f"eval.ground_truth={run}",
+          f"hydra.run.dir={out}", cwd=root, cache=root / "cache")
+    report = json.loads((out / "report.json").read_text())
+    assert set(report["evaluation"]) == {"simulator", "ground_truth"}
+    assert "true_model" not in report["fidelity"]  # the saved model is not the true world
+    proc = recrl("train", *SMOKE, f"eval.ground_truth={tmp_path / 'nothing'}", cwd=tmp_path,
+                 cache=root / "cache", check=False)
+    assert proc.returncode == 2 and "does not exist" in proc.stderr
+
+
 def test_sweep_writes_one_folder_per_job_and_a_summary(tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
     recrl("sweep", *SMOKE, "algo=reinforce,random", "seed=0,1", "eval.baselines=[]",

@@ -47,7 +47,9 @@ def test_train_smoke_on_real_data(tmp_path: Path, dataset: str, users: int, envs
     assert report["fidelity"]["validation"]["rows"] > 0 and (run / "plots" / "calibration.png").is_file()
     if dataset == "coat":  # the biased-log model scored on all 4,640 randomized exposures
         assert report["fidelity"]["randomized"]["rows"] == 4_640
-    assert set(report["offline"]) <= {"full", "sampled-100"} and "full" in report["offline"]
+    protocols = {"full", "sampled-100"}
+    assert set(report["offline"]) <= protocols | {f"popularity · {p}" for p in protocols}
+    assert "full" in report["offline"] and "popularity · full" in report["offline"]
 
 
 @needs_shared

@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 import torch
 
-from recrl.data.synthetic import SyntheticWorld, mnl_probs, sample_choice
+from recrl.data.synthetic import SyntheticWorld
+from recrl.env.choice import mnl_probs, sample_choice
 from recrl.env.simulator import RecEnv
 from recrl.rewards import ClickReward
 from recrl.types import LOG_COLUMNS, Splits

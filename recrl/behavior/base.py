@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from recrl.behavior.features import FEATURE_KINDS, ItemContentEncoder, ItemFeatures
 from recrl.behavior.fit import FitReport, SessionTensors, TrainingSettings, fit_sequence_model
-from recrl.data.synthetic import mnl_probs, sample_choice
+from recrl.env.choice import MNL, ChoiceModel, sample_choice
 from recrl.types import Interactions, Obs, RecrlError, Response
 
 
@@ -107,11 +107,16 @@ class SequenceUserModel(nn.Module, ABC):
         return torch.sigmoid(self.leave_logit(state)) * self.leave_known
 
     @torch.no_grad()
-    def respond(self, state: Tensor, slates: Tensor,
-                generator: torch.Generator) -> tuple[Response, Tensor]:
-        """Sample the response to ``slates`` ``[B, K]`` (MNL click with no-click) and the next state."""
+    def respond(self, state: Tensor, slates: Tensor, generator: torch.Generator,
+                choice: ChoiceModel = MNL, available: Tensor | None = None) -> tuple[Response, Tensor]:
+        """Sample the response to ``slates`` ``[B, K]`` and the next state: the click by
+        ``choice`` (MNL with no-click by default) over the click head's utilities, never on
+        items that are not ``available``."""
         h = self.output(state)
-        click_prob = mnl_probs(self.click_head(h, slates))
+        utility = self.click_head(h, slates)
+        if available is not None:
+            utility = utility.masked_fill(~available, float("-inf"))
+        click_prob = choice.probs(utility)
         click = sample_choice(click_prob, generator)
         conv_prob = torch.sigmoid(self.conversion_head(h, slates))
         u = torch.rand(conv_prob.shape, device=conv_prob.device, generator=generator)

@@ -118,6 +118,53 @@ def side_features(items: pd.DataFrame, n_items: int) -> ItemFeatures:
     return ItemFeatures(tokens=tokens, dense=dense, token_names=tuple(names))
 
 
+def item_categories(items: pd.DataFrame, n_items: int, column: str | None = None) -> Tensor:
+    """One category code per item ``[n_items]`` (long; -1 = unknown), e.g. for a boredom rule.
+
+    ``column`` names a categorical column (multi-valued cells such as ``Action|Comedy`` count
+    by their first value) or the prefix of 0/1 indicator columns (Coat's ``jackettype`` for
+    ``jackettype:bomber`` ...). ``None`` takes the first column with a few distinct values.
+
+    Example::
+
+        codes = item_categories(interactions.items, interactions.n_items, "topic")
+    """
+    table = items.reindex(range(n_items))
+    indicators: dict[str, list[str]] = {}
+    for name in table.columns:
+        prefix, sep, _ = str(name).partition(":")
+        if sep:
+            indicators.setdefault(prefix, []).append(name)
+    if column is not None:
+        codes = _category_codes(table, indicators, column)
+        if codes is None:
+            options = sorted({*map(str, table.columns), *indicators})
+            raise RecrlError(f"item category column {column!r} is not a categorical column of the item "
+                             f"table; options: {', '.join(options) or '(the table is empty)'}")
+        return codes
+    names = [*indicators, *map(str, table.columns)]
+    found = [c for c in (_category_codes(table, indicators, n) for n in names)
+             if c is not None and 2 <= int(c.max()) + 1 <= MAX_INT_LEVELS]
+    if not found:
+        raise RecrlError("the item table has no column with 2-64 categories; name one "
+                         "(e.g. env.boredom.category_column=genres)")
+    return max(found, key=lambda c: int(c.max()))
+
+
+def _category_codes(table: pd.DataFrame, indicators: dict[str, list[str]], name: str) -> Tensor | None:
+    """Codes of one indicator group or categorical column (first value of multi-valued cells)."""
+    if name in indicators:
+        flags = table[indicators[name]].fillna(0).to_numpy(dtype=np.float32)
+        return torch.as_tensor(np.where(flags.any(1), flags.argmax(1), -1), dtype=torch.long)
+    if name not in table.columns or name in {c for group in indicators.values() for c in group}:
+        return None
+    tokens = _column_tokens(name, table[name])
+    if tokens is None or not any(tokens):
+        return None
+    codes, _ = pd.factorize(pd.Series([row[0] if row else None for row in tokens]))
+    return torch.as_tensor(codes, dtype=torch.long)
+
+
 def build_item_features(kinds: Sequence[str], items: pd.DataFrame, n_items: int,
                         cache_dir: str | Path) -> ItemFeatures | None:
     """The features a model asked for (``behavior.features``), ``None`` for none."""

@@ -19,34 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from recrl.env.choice import MNL, ChoiceModel, sample_choice
 from recrl.types import LOG_COLUMNS, Interactions, Response, Splits
-
-
-def sample_choice(click_prob: Tensor, generator: torch.Generator) -> Tensor:
-    """Sample at most one clicked slot per row from per-slot choice probabilities ``[B, K]``.
-
-    The probability of no click is ``1 - click_prob.sum(1)``. Returns 0/1 floats ``[B, K]``.
-    """
-    u = torch.rand(click_prob.shape[0], 1, device=click_prob.device, generator=generator)
-    cum = click_prob.cumsum(1)
-    # compare with the previous cumulative sum itself: `cum - p` can round below it
-    previous = torch.cat([torch.zeros_like(cum[:, :1]), cum[:, :-1]], 1)
-    chosen = (u < cum) & (u >= previous)
-    return chosen.to(click_prob.dtype)
-
-
-def mnl_probs(utility: Tensor) -> Tensor:
-    """Multinomial-logit choice probabilities ``[B, K]`` with a no-click option of utility 0.
-
-    For ``K = 1`` this is ``sigmoid(utility)``.
-
-    Example::
-
-        >>> mnl_probs(torch.tensor([[0.0, 0.0]]))
-        tensor([[0.3333, 0.3333]])
-    """
-    zeros = torch.zeros_like(utility[:, :1])
-    return torch.softmax(torch.cat([zeros, utility], 1), 1)[:, 1:]
 
 
 class SyntheticWorld:
@@ -161,13 +135,17 @@ class SyntheticWorld:
         satisfaction = self._split(state)[1]
         return torch.sigmoid(self.leave_bias - self.leave_satisfaction * satisfaction)
 
-    def respond(self, state: Tensor, slates: Tensor,
-                generator: torch.Generator) -> tuple[Response, Tensor]:
-        """Sample clicks (MNL with no-click) and conversions; return them and the next state.
+    def respond(self, state: Tensor, slates: Tensor, generator: torch.Generator,
+                choice: ChoiceModel = MNL, available: Tensor | None = None) -> tuple[Response, Tensor]:
+        """Sample clicks (``choice``: MNL with no-click by default; items not ``available`` are
+        never clicked) and conversions; return them and the next state.
 
         ``leave_prob`` of the response is the probability of leaving after this step.
         """
-        click_prob = mnl_probs(self.click_utility(state, slates))
+        utility = self.click_utility(state, slates)
+        if available is not None:
+            utility = utility.masked_fill(~available, float("-inf"))
+        click_prob = choice.probs(utility)
         click = sample_choice(click_prob, generator)
         conv_prob = self.conversion_prob(state, slates)
         u = torch.rand(conv_prob.shape, device=conv_prob.device, generator=generator)

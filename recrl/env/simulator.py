@@ -1,7 +1,9 @@
 """Batched recommendation environment over any :class:`~recrl.types.UserModel`.
 
 All users of a batch step together on one device: one call of the user model per step, the
-observation history updated in place, no Python loop over users and no host round trip.
+observation history updated in place, no Python loop over users and no host round trip. Only
+the shown slates are scored each step; the one ``[users x items]`` table (``no_repeat``'s
+"already shown" flags) is allocated at reset, never per step.
 """
 
 from __future__ import annotations
@@ -9,16 +11,21 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from recrl.env.choice import Choice
+from recrl.env.leave import BoredomRule, LeaveRule, SatisfactionRule
 from recrl.types import Obs, RecrlError, Reward, StepInfo, UserModel
 
 
 class RecEnv:
     """Sessions of ``n_users`` users with a user model, a reward and a leave model.
 
-    A user's episode ends when they leave (sampled from the model's leave probability) or after
-    ``horizon`` steps. With ``autoreset`` a finished user is replaced by a fresh one in the same
-    row so the batch stays full (the returned observation is then the new user's first);
-    without it the row stays finished (``alive`` false, zero reward) until :meth:`reset`.
+    A user's episode ends when they leave (sampled from the model's leave probability, or by a
+    leave rule: ``boredom``, ``satisfaction``) or after ``horizon`` steps. With ``autoreset`` a
+    finished user is replaced by a fresh one in the same row so the batch stays full (the
+    returned observation is then the new user's first); without it the row stays finished
+    (``alive`` false, zero reward) until :meth:`reset`. ``choice`` is how a user picks from the
+    slate (``mnl`` or ``cascade``); with ``no_repeat`` a user ignores items already shown in
+    the episode.
 
     Example::
 
@@ -28,7 +35,9 @@ class RecEnv:
     """
 
     def __init__(self, model: UserModel, reward: Reward, horizon: int = 20, slate_size: int = 1,
-                 history_len: int = 10, autoreset: bool = False,
+                 history_len: int = 10, autoreset: bool = False, choice: Choice | None = None,
+                 no_repeat: bool = False, boredom: BoredomRule | None = None,
+                 satisfaction: SatisfactionRule | None = None, item_categories: Tensor | None = None,
                  device: torch.device | str = "cpu") -> None:
         if horizon < 1 or slate_size < 1 or history_len < 1:
             raise RecrlError("env: horizon, slate_size and history_len must all be >= 1")
@@ -36,10 +45,16 @@ class RecEnv:
             raise RecrlError(f"env.slate_size={slate_size} exceeds the catalogue ({model.n_items} items)")
         self.model, self.reward = model, reward
         self.horizon, self.slate_size, self.history_len = horizon, slate_size, history_len
-        self.autoreset = autoreset
+        self.autoreset, self.no_repeat = autoreset, no_repeat
+        self.choice = choice or Choice()
         self.device = torch.device(device)
         self.n_items = model.n_items
         self.generator = torch.Generator(self.device)
+        if boredom is not None:
+            if item_categories is None:
+                raise RecrlError("env.boredom needs item categories (built from the dataset's item table)")
+            boredom.bind(item_categories)
+        self.rules: list[LeaveRule] = [r for r in (boredom, satisfaction) if r is not None]
 
     def reset(self, n_users: int, seed: int | None = None) -> Obs:
         """Start ``n_users`` fresh sessions; ``seed`` re-seeds the environment's generator."""
@@ -51,6 +66,10 @@ class RecEnv:
         self.clicks = torch.zeros(n_users, self.history_len, self.slate_size, device=self.device)
         self.t = torch.zeros(n_users, dtype=torch.long, device=self.device)
         self.alive = torch.ones(n_users, dtype=torch.bool, device=self.device)
+        self.shown = (torch.zeros(n_users, self.n_items, dtype=torch.bool, device=self.device)
+                      if self.no_repeat else None)
+        for rule in self.rules:
+            rule.reset(n_users, self.device)
         return self.observe()
 
     def observe(self) -> Obs:
@@ -63,11 +82,19 @@ class RecEnv:
             raise RecrlError(f"env.step expects slates of shape {(self.state.shape[0], self.slate_size)}, "
                              f"got {tuple(slates.shape)}")
         was_alive = self.alive.clone()
-        response, next_state = self.model.respond(self.state, slates, self.generator)
+        available = None
+        if self.shown is not None:
+            seen = self.shown.gather(1, slates)
+            available = ~seen
+            self.shown.scatter_(1, slates, seen | was_alive[:, None])
+        response, next_state = self.model.respond(self.state, slates, self.generator, choice=self.choice,
+                                                  available=available)
         live = was_alive.to(response.click.dtype)
         reward = self.reward(response) * live
         left = torch.rand(self.t.shape, device=self.device, generator=self.generator) < response.leave_prob
         self.t = self.t + was_alive.long()
+        for rule in self.rules:
+            left = left | rule.step(slates, response, self.t)
         terminated = was_alive & left
         truncated = was_alive & ~left & (self.t >= self.horizon)
         done = terminated | truncated
@@ -93,3 +120,7 @@ class RecEnv:
         self.clicks = torch.where(r[:, :, None], torch.zeros_like(self.clicks), self.clicks)
         self.t = torch.where(rows, torch.zeros_like(self.t), self.t)
         self.alive = self.alive | rows
+        if self.shown is not None:
+            self.shown &= ~rows[:, None]
+        for rule in self.rules:
+            rule.restart(rows)
