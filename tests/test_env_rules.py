@@ -158,3 +158,21 @@ def test_train_with_cascade_slates_and_leave_rules_end_to_end(tmp_path: Path) ->
         capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert (tmp_path / "run" / "report.json").is_file()
+
+
+def test_same_seed_same_trajectory_with_cascade_and_rules() -> None:
+    def rollout(seed: int) -> list[list[float]]:
+        env = RecEnv(FixedUtility([0.5, -0.5, 1.0, 0.0]), ClickReward(), horizon=6, slate_size=3,
+                     choice=Choice("cascade"), no_repeat=True, autoreset=True,
+                     boredom=BoredomRule(window=3, max_repeats=4), item_categories=torch.tensor([0, 0, 1, 1]),
+                     satisfaction=SatisfactionRule(decay=0.7, threshold=0.3))
+        env.reset(16, seed=seed)
+        actions = torch.Generator().manual_seed(99)
+        rewards = []
+        for _ in range(12):
+            slates = torch.rand(16, 4, generator=actions).topk(3, dim=1).indices
+            rewards.append(env.step(slates)[1].tolist())
+        return rewards
+
+    assert rollout(3) == rollout(3)
+    assert rollout(3) != rollout(4)
