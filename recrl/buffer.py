@@ -37,6 +37,8 @@ class ReplayBuffer:
         self.reward = torch.zeros(capacity, device=d)
         self.done = torch.zeros(capacity, device=d)
         self.valid = torch.zeros(capacity, device=d)
+        self.features: Tensor | None = None  # [capacity, F] real observations (gym envs), made on first add
+        self.next_features: Tensor | None = None
         self.cursor, self.size = 0, 0
 
     def __len__(self) -> int:
@@ -51,6 +53,13 @@ class ReplayBuffer:
                             ("next_step", tr.next_obs.step), ("action", tr.action),
                             ("reward", tr.reward), ("done", tr.done), ("valid", tr.valid)):
             getattr(self, name)[idx] = value
+        if tr.obs.features is not None:
+            if self.features is None:
+                width = tr.obs.features.shape[1]
+                self.features = torch.zeros(self.capacity, width, device=self.device)
+                self.next_features = torch.zeros(self.capacity, width, device=self.device)
+            self.features[idx] = tr.obs.features
+            self.next_features[idx] = tr.next_obs.features
         self.cursor = (self.cursor + n) % self.capacity
         self.size = min(self.size + n, self.capacity)
 
@@ -59,9 +68,12 @@ class ReplayBuffer:
         if self.size == 0:
             raise ValueError("cannot sample from an empty replay buffer")
         idx = torch.randint(0, self.size, (batch_size,), device=self.device, generator=generator)
-        return Transition(obs=Obs(self.items[idx], self.clicks[idx], self.step[idx]),
+        feats, next_feats = ((None, None) if self.features is None
+                             else (self.features[idx], self.next_features[idx]))
+        return Transition(obs=Obs(self.items[idx], self.clicks[idx], self.step[idx], feats),
                           action=self.action[idx], reward=self.reward[idx],
-                          next_obs=Obs(self.next_items[idx], self.next_clicks[idx], self.next_step[idx]),
+                          next_obs=Obs(self.next_items[idx], self.next_clicks[idx], self.next_step[idx],
+                                       next_feats),
                           done=self.done[idx], valid=self.valid[idx])
 
 
@@ -81,9 +93,11 @@ class Rollout:
     @staticmethod
     def stack(steps: list[Transition]) -> Rollout:
         """Stack per-step transitions into a time-major rollout."""
+        features = steps[0].obs.features
         obs = Obs(items=torch.stack([s.obs.items for s in steps]),
                   clicks=torch.stack([s.obs.clicks for s in steps]),
-                  step=torch.stack([s.obs.step for s in steps]))
+                  step=torch.stack([s.obs.step for s in steps]),
+                  features=None if features is None else torch.stack([s.obs.features for s in steps]))
         return Rollout(obs=obs, action=torch.stack([s.action for s in steps]),
                        reward=torch.stack([s.reward for s in steps]),
                        done=torch.stack([s.done for s in steps]),
@@ -92,9 +106,11 @@ class Rollout:
     def flat_obs(self) -> Obs:
         """Observations reshaped to ``[T * B, ...]``."""
         t, b = self.reward.shape
+        features = self.obs.features
         return Obs(items=self.obs.items.reshape(t * b, *self.obs.items.shape[2:]),
                    clicks=self.obs.clicks.reshape(t * b, *self.obs.clicks.shape[2:]),
-                   step=self.obs.step.reshape(t * b))
+                   step=self.obs.step.reshape(t * b),
+                   features=None if features is None else features.reshape(t * b, -1))
 
 
 def discounted_returns(reward: Tensor, done: Tensor, gamma: float) -> Tensor:

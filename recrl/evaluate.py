@@ -69,7 +69,7 @@ def evaluate(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 
     With the same seed and device the numbers equal the run's own final evaluation.
     """
-    from recrl.train import build_stages, final_evaluation  # train imports this module
+    from recrl.train import build_stages, gym_stages, is_gym  # train imports this module
 
     start = time.perf_counter()
     path = resolve_checkpoint(cfg.checkpoint)
@@ -81,14 +81,15 @@ def evaluate(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         saved.trainer.device = "auto"
     validate(saved)
     device = resolve_device(saved.trainer.device)
-    stages = build_stages(saved, device, behavior_state=payload["behavior"])
+    stages = (gym_stages(saved, device) if is_gym(saved)
+              else build_stages(saved, device, behavior_state=payload["behavior"]))
     algo = stages.build_algo(saved.algo)
     try:
         algo.load_state_dict(payload["algo"])
     except (RuntimeError, KeyError, ValueError) as err:
         first = str(err).strip().splitlines()[0]
         raise RecrlError(f"checkpoint {path} does not fit its config's algorithm: {first}") from err
-    report = final_evaluation(saved, stages, algo, payload["algo_name"], run_dir)
+    report = stages.report(algo, payload["algo_name"], run_dir)
     report.update(task="eval", checkpoint=str(path), source_run=str(payload.get("run_dir", "")),
                   checkpoint_step=int(payload["step"]))
     report["timings"] = {"total_s": time.perf_counter() - start}

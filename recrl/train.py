@@ -62,6 +62,64 @@ class Stages:
         """Instantiate an algorithm node with the run-time context."""
         return build(node)(ctx=self.ctx)
 
+    def training_env(self) -> RecEnv:
+        """An environment for training (and one for the training-time checks)."""
+        return self.make_env(self.behavior)
+
+    def saved_state(self) -> dict[str, Any]:
+        """What checkpoints keep besides the algorithm: the fitted behavior model."""
+        return {"behavior": self.behavior.state_dict()}
+
+    def report(self, algo: Any, algo_name: str, run_dir: Path) -> dict[str, Any]:
+        """The final evaluation of ``algo`` and the baselines, with the behavior sections."""
+        return final_evaluation(self.cfg, self, algo, algo_name, run_dir)
+
+
+@dataclass
+class GymStages:
+    """A run on a gymnasium environment (``env=gym``): no dataset, no behavior model."""
+
+    cfg: DictConfig
+    device: torch.device
+    ctx: AlgoContext
+
+    def build_algo(self, node: DictConfig) -> Any:
+        """Instantiate an algorithm node with the run-time context."""
+        return build(node)(ctx=self.ctx)
+
+    def training_env(self) -> Any:
+        """A fresh adapter over the configured gymnasium environment."""
+        return build(self.cfg.env)(device=self.device)
+
+    def saved_state(self) -> dict[str, Any]:
+        """Nothing besides the algorithm."""
+        return {}
+
+    def report(self, algo: Any, algo_name: str, run_dir: Path) -> dict[str, Any]:
+        """``algo`` and the ``random`` baseline evaluated on the environment."""
+        evaluation: Evaluation = build(self.cfg.eval)
+        policies = {algo_name: algo}
+        if algo_name != "random":
+            policies["random"] = build_algo_by_name("random", ctx=self.ctx)
+        results = evaluation.run(policies, {"gym": self.training_env()})
+        return {"task": "train", "algo": algo_name, "env": str(self.cfg.env.id),
+                **run_facts(self.cfg, run_dir, self.device), "evaluation": results}
+
+
+def is_gym(cfg: DictConfig) -> bool:
+    """Whether the run's environment is a wrapped gymnasium environment (``env=gym``)."""
+    return str(cfg.env.get("_target_", "")).endswith("GymAdapter")
+
+
+def gym_stages(cfg: DictConfig, device: torch.device) -> GymStages:
+    """The context of a run on a gymnasium environment, read off one adapter instance."""
+    env = build(cfg.env)(device=device)
+    ctx = AlgoContext(n_items=env.n_items, slate_size=1, history_len=env.history_len, horizon=env.horizon,
+                      device=device, seed=cfg.seed, item_popularity=torch.zeros(env.n_items),
+                      behavior=None, reward=None, obs_features=env.obs_features)
+    env.close()
+    return GymStages(cfg=cfg, device=device, ctx=ctx)
+
 
 def config_hash(*nodes: DictConfig) -> str:
     """Stable short hash of resolved config nodes (cache keys)."""
@@ -183,14 +241,19 @@ def behavior_sections(cfg: DictConfig, stages: Stages, evaluation: Evaluation, e
                                ground_truth_is_true_model=hasattr(stages.dataset, "ground_truth")
                                and not cfg.eval.get("ground_truth"),
                                plot=run_dir / "plots" / "calibration.png")
-    return {"run_dir": str(run_dir), "seed": int(cfg.seed), "device": str(stages.device),
-            "config": OmegaConf.to_container(cfg, resolve=True),
-            "versions": {"recrl": recrl.__version__, "torch": torch.__version__,
-                         "python": platform.python_version()},
-            "data": data_summary(stages.splits), "behavior": stages.behavior_report,
+    return {**run_facts(cfg, run_dir, stages.device), "data": data_summary(stages.splits),
+            "behavior": stages.behavior_report,
             "offline": evaluation.offline(stages.behavior, stages.splits,
                                           history_len=getattr(stages.behavior, "max_len", 50)),
             "fidelity": fidelity}
+
+
+def run_facts(cfg: DictConfig, run_dir: Path, device: torch.device) -> dict[str, Any]:
+    """Run directory, seed, device, resolved config and versions: the head of every report."""
+    return {"run_dir": str(run_dir), "seed": int(cfg.seed), "device": str(device),
+            "config": OmegaConf.to_container(cfg, resolve=True),
+            "versions": {"recrl": recrl.__version__, "torch": torch.__version__,
+                         "python": platform.python_version()}}
 
 
 def evaluate_behavior(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
@@ -225,16 +288,16 @@ def train(cfg: DictConfig, run_dir: Path, algo_name: str) -> dict[str, Any]:
     validate(cfg)
     set_seed(cfg.seed)
     trainer = build(cfg.trainer)
-    stages = build_stages(cfg, trainer.device)
+    stages = gym_stages(cfg, trainer.device) if is_gym(cfg) else build_stages(cfg, trainer.device)
     t_fit = time.perf_counter()
     algo = stages.build_algo(cfg.algo)
     evaluation: Evaluation = build(cfg.eval)
-    train_env, check_env = stages.make_env(stages.behavior), stages.make_env(stages.behavior)
+    train_env, check_env = stages.training_env(), stages.training_env()
     config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
 
     def save(tag: str, step: int) -> None:
         save_checkpoint(run_dir / "checkpoints" / f"{tag}.pt",
-                        {"algo": algo.state_dict(), "behavior": stages.behavior.state_dict(),
+                        {"algo": algo.state_dict(), **stages.saved_state(),
                          "step": step, "config": config_yaml, "algo_name": algo_name,
                          "run_dir": str(run_dir), "recrl_version": recrl.__version__,
                          "torch_rng": torch.get_rng_state(),
@@ -249,7 +312,7 @@ def train(cfg: DictConfig, run_dir: Path, algo_name: str) -> dict[str, Any]:
     finally:
         logger.close()
     t_train = time.perf_counter()
-    report = final_evaluation(cfg, stages, algo, algo_name, run_dir)
+    report = stages.report(algo, algo_name, run_dir)
     report["training"] = {"env_steps": stats.env_steps, "user_steps": stats.user_steps,
                           "updates": stats.updates, "best_eval_return": stats.best_eval_return,
                           "user_steps_per_s": stats.user_steps / max(stats.seconds, 1e-9)}

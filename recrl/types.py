@@ -34,6 +34,9 @@ class Obs:
             oldest first.
         clicks: ``[B, L, K]`` 1.0 where the shown item was clicked.
         step: ``[B]`` steps already taken in the current episode.
+        features: optional ``[B, F]`` real-valued observation of environments that have one
+            (a gymnasium env wrapped by :class:`recrl.env.gym.GymAdapter`); ``None`` for
+            recommendation environments, whose users are latent.
 
     Example::
 
@@ -44,6 +47,7 @@ class Obs:
     items: Tensor
     clicks: Tensor
     step: Tensor
+    features: Tensor | None = None
 
     @property
     def batch_size(self) -> int:
@@ -256,6 +260,7 @@ class AlgoContext:
         item_popularity: ``[n_items]`` clicks per item in the training logs.
         behavior: the fitted behavior model (for model-based baselines such as greedy).
         reward: the reward function being optimised.
+        obs_features: width ``F`` of :attr:`Obs.features` (0: observations have none).
     """
 
     n_items: int
@@ -267,3 +272,4 @@ class AlgoContext:
     item_popularity: Tensor
     behavior: Any
     reward: Any
+    obs_features: int = 0

@@ -46,7 +46,8 @@ class DQN:
         self.epsilon_decay_steps, self.target_update, self.tau = epsilon_decay_steps, target_update, tau
         self.grad_clip = grad_clip
         torch.manual_seed(ctx.seed)
-        encoder = HistoryEncoder(ctx.n_items, ctx.history_len, ctx.slate_size, ctx.horizon, dim, hidden)
+        encoder = HistoryEncoder(ctx.n_items, ctx.history_len, ctx.slate_size, ctx.horizon, dim, hidden,
+                                 features=ctx.obs_features)
         self.q = ItemScorer(encoder, ctx.n_items, dim).to(ctx.device)
         self.q_target = copy.deepcopy(self.q).requires_grad_(False)
         self.optimizer = torch.optim.Adam(self.q.parameters(), lr=lr)

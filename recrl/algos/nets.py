@@ -5,28 +5,33 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from recrl.types import Obs
+from recrl.types import Obs, RecrlError
 
 
 class HistoryEncoder(nn.Module):
     """Encodes an observation (last ``L`` slates and their clicks) into a state ``[B, dim]``.
 
     Each history slot becomes ``[item embedding, clicked flag]``; the flattened slots (position
-    matters: recent slates weigh differently) and the session progress go through an MLP.
+    matters: recent slates weigh differently) and the session progress go through an MLP. With
+    ``features=F > 0`` the observation's real-valued :attr:`~recrl.types.Obs.features` ``[B, F]``
+    are appended to the MLP input (its first layer is their linear projection); with 0 they are
+    ignored and the encoder is exactly the history-only one.
 
     Example::
 
         enc = HistoryEncoder(n_items=100, history_len=10, slate_size=1, horizon=20, dim=32)
         state = enc(obs)                     # [B, 32]
+        enc = HistoryEncoder(n_items=2, history_len=4, slate_size=1, horizon=500, features=4)
+        state = enc(obs_with_features)       # [B, 32]
     """
 
     def __init__(self, n_items: int, history_len: int, slate_size: int, horizon: int,
-                 dim: int = 32, hidden: int = 128) -> None:
+                 dim: int = 32, hidden: int = 128, features: int = 0) -> None:
         super().__init__()
-        self.n_items, self.horizon = n_items, horizon
+        self.n_items, self.horizon, self.features = n_items, horizon, features
         self.item_emb = nn.Embedding(n_items + 1, dim, padding_idx=n_items)
         slots = history_len * slate_size
-        self.mlp = nn.Sequential(nn.Linear(slots * (dim + 1) + 1, hidden), nn.ReLU(),
+        self.mlp = nn.Sequential(nn.Linear(slots * (dim + 1) + 1 + features, hidden), nn.ReLU(),
                                  nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, dim))
 
     def forward(self, obs: Obs) -> Tensor:
@@ -34,7 +39,13 @@ class HistoryEncoder(nn.Module):
         b = obs.batch_size
         slots = torch.cat([self.item_emb(obs.items), obs.clicks.unsqueeze(-1)], -1)
         progress = (obs.step.float() / self.horizon).unsqueeze(-1)
-        return self.mlp(torch.cat([slots.reshape(b, -1), progress], -1))
+        parts = [slots.reshape(b, -1), progress]
+        if self.features:
+            if obs.features is None:
+                raise RecrlError(f"the encoder expects {self.features} observation features but the "
+                                 "observation has none (Obs.features is None)")
+            parts.append(obs.features.reshape(b, -1).to(progress.dtype))
+        return self.mlp(torch.cat(parts, -1))
 
 
 class ItemScorer(nn.Module):

@@ -44,7 +44,8 @@ class Reinforce:
         self.value_coef, self.entropy_coef, self.epochs = value_coef, entropy_coef, epochs
         self.grad_clip = grad_clip
         torch.manual_seed(ctx.seed)
-        encoder = HistoryEncoder(ctx.n_items, ctx.history_len, ctx.slate_size, ctx.horizon, dim, hidden)
+        encoder = HistoryEncoder(ctx.n_items, ctx.history_len, ctx.slate_size, ctx.horizon, dim, hidden,
+                                 features=ctx.obs_features)
         self.policy = ItemScorer(encoder, ctx.n_items, dim).to(ctx.device)
         self.value = nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(), nn.Linear(hidden, 1)).to(ctx.device)
         params = list(self.policy.parameters()) + list(self.value.parameters())
