@@ -18,6 +18,7 @@ from __future__ import annotations
 from typing import Literal, Protocol
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from recrl.types import RecrlError
@@ -37,7 +38,7 @@ def sample_choice(click_prob: Tensor, generator: torch.Generator) -> Tensor:
     u = torch.rand(click_prob.shape[0], 1, device=click_prob.device, generator=generator)
     cum = click_prob.cumsum(1)
     # compare with the previous cumulative sum itself: `cum - p` can round below it
-    previous = torch.cat([torch.zeros_like(cum[:, :1]), cum[:, :-1]], 1)
+    previous = F.pad(cum[:, :-1], (1, 0))  # [0, cum_0, ..., cum_{K-2}]
     chosen = (u < cum) & (u >= previous)
     return chosen.to(click_prob.dtype)
 
@@ -51,8 +52,7 @@ def mnl_probs(utility: Tensor, no_click: float = 0.0) -> Tensor:
         >>> mnl_probs(torch.tensor([[0.0, 0.0]]))
         tensor([[0.3333, 0.3333]])
     """
-    outside = torch.full_like(utility[:, :1], no_click)
-    return torch.softmax(torch.cat([outside, utility], 1), 1)[:, 1:]
+    return torch.softmax(F.pad(utility, (1, 0), value=no_click), 1)[:, 1:]  # slot 0: no click
 
 
 def cascade_probs(utility: Tensor) -> Tensor:
@@ -64,7 +64,7 @@ def cascade_probs(utility: Tensor) -> Tensor:
         tensor([[0.5000, 0.2500]])
     """
     attract = torch.sigmoid(utility)
-    reach = torch.cumprod(torch.cat([torch.ones_like(attract[:, :1]), 1.0 - attract[:, :-1]], 1), 1)
+    reach = torch.cumprod(F.pad(1.0 - attract[:, :-1], (1, 0), value=1.0), 1)
     return attract * reach
 
 

@@ -68,6 +68,7 @@ class RecEnv:
         self.alive = torch.ones(n_users, dtype=torch.bool, device=self.device)
         self.shown = (torch.zeros(n_users, self.n_items, dtype=torch.bool, device=self.device)
                       if self.no_repeat else None)
+        self._all_alive = True
         for rule in self.rules:
             rule.reset(n_users, self.device)
         return self.observe()
@@ -81,6 +82,11 @@ class RecEnv:
         if slates.shape != (self.state.shape[0], self.slate_size):
             raise RecrlError(f"env.step expects slates of shape {(self.state.shape[0], self.slate_size)}, "
                              f"got {tuple(slates.shape)}")
+        # Known on the host without a sync: after reset, and for as long as finished users are
+        # replaced (autoreset), every row is in an episode, so the "keep finished rows as they
+        # were" selections below would copy every row and are skipped. (``alive`` is only ever
+        # replaced by this class, never written in place.)
+        all_alive = self._all_alive
         was_alive = self.alive.clone()
         available = None
         if self.shown is not None:
@@ -98,27 +104,38 @@ class RecEnv:
         terminated = was_alive & left
         truncated = was_alive & ~left & (self.t >= self.horizon)
         done = terminated | truncated
-        keep = was_alive[:, None]
-        self.state = torch.where(keep, next_state, self.state)
-        self.items = torch.where(keep[:, :, None], torch.cat([self.items[:, 1:], slates[:, None]], 1),
-                                 self.items)
-        self.clicks = torch.where(keep[:, :, None],
-                                  torch.cat([self.clicks[:, 1:], response.click[:, None]], 1), self.clicks)
+        # the history shifts left by one slate: new tensors, so the previous ones (and any
+        # observation) are never written to
+        items = torch.cat([self.items[:, 1:], slates[:, None]], 1)
+        clicks = torch.cat([self.clicks[:, 1:], response.click[:, None]], 1)
+        if all_alive or next_state is self.state:  # where(keep, x, x) is x
+            state = next_state
+        else:
+            state = torch.where(was_alive[:, None], next_state, self.state)
+        if not all_alive:
+            keep = was_alive[:, None, None]
+            items = torch.where(keep, items, self.items)
+            clicks = torch.where(keep, clicks, self.clicks)
+        self.state, self.items, self.clicks = state, items, clicks
         self.alive = was_alive & ~done
         if self.autoreset:
             self._restart(done)
+        self._all_alive = all_alive and self.autoreset
         info = StepInfo(response=response, terminated=terminated, truncated=truncated,
                         was_alive=was_alive)
         return self.observe(), reward, done, info
 
     def _restart(self, rows: Tensor) -> None:
-        """Replace finished users (``rows`` true) by fresh ones, without a host sync."""
+        """Replace finished users (``rows`` true) by fresh ones, without a host sync.
+
+        The history tensors are never handed out (observations are copies), so they are reset
+        in place.
+        """
         fresh = self.model.initial_state(rows.shape[0], self.generator)
-        r = rows[:, None]
-        self.state = torch.where(r, fresh, self.state)
-        self.items = torch.where(r[:, :, None], torch.full_like(self.items, self.n_items), self.items)
-        self.clicks = torch.where(r[:, :, None], torch.zeros_like(self.clicks), self.clicks)
-        self.t = torch.where(rows, torch.zeros_like(self.t), self.t)
+        self.state = torch.where(rows[:, None], fresh, self.state)
+        self.items.masked_fill_(rows[:, None, None], self.n_items)
+        self.clicks.masked_fill_(rows[:, None, None], 0.0)
+        self.t = self.t.masked_fill(rows, 0)
         self.alive = self.alive | rows
         if self.shown is not None:
             self.shown &= ~rows[:, None]

@@ -1,0 +1,208 @@
+"""The optimised environment step equals a straightforward reference, bit for bit.
+
+``ReferenceEnv`` is the simulator's step before its hot path was optimised (history rebuilt and
+masked with ``torch.where`` for every row each step, restart by ``torch.where`` against full
+tables): rollouts of both, with the same seeds and actions, must give identical observations,
+rewards, responses, flags and internal state, with and without autoreset, leave rules, no-repeat
+and across user models (a moving state, a static one that ``next_state`` returns unchanged).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import Tensor
+
+from recrl.behavior.gru import GRUBehavior
+from recrl.behavior.mf import MFBehavior
+from recrl.data.synthetic import SyntheticWorld
+from recrl.env.choice import Choice, cascade_probs, mnl_probs, sample_choice
+from recrl.env.leave import BoredomRule, SatisfactionRule
+from recrl.env.simulator import RecEnv
+from recrl.rewards import ClickReward, MixReward
+from recrl.types import Obs, StepInfo
+
+N_ITEMS = 30
+
+
+class ReferenceEnv(RecEnv):
+    """The plain step: every tensor rebuilt with ``torch.where`` over all rows."""
+
+    def step(self, slates: Tensor) -> tuple[Obs, Tensor, Tensor, StepInfo]:
+        was_alive = self.alive.clone()
+        available = None
+        if self.shown is not None:
+            seen = self.shown.gather(1, slates)
+            available = ~seen
+            self.shown.scatter_(1, slates, seen | was_alive[:, None])
+        response, next_state = self.model.respond(self.state, slates, self.generator, choice=self.choice,
+                                                  available=available)
+        live = was_alive.to(response.click.dtype)
+        reward = self.reward(response) * live
+        left = torch.rand(self.t.shape, device=self.device, generator=self.generator) < response.leave_prob
+        self.t = self.t + was_alive.long()
+        for rule in self.rules:
+            left = left | rule.step(slates, response, self.t)
+        terminated = was_alive & left
+        truncated = was_alive & ~left & (self.t >= self.horizon)
+        done = terminated | truncated
+        keep = was_alive[:, None]
+        self.state = torch.where(keep, next_state, self.state)
+        self.items = torch.where(keep[:, :, None], torch.cat([self.items[:, 1:], slates[:, None]], 1),
+                                 self.items)
+        self.clicks = torch.where(keep[:, :, None],
+                                  torch.cat([self.clicks[:, 1:], response.click[:, None]], 1), self.clicks)
+        self.alive = was_alive & ~done
+        if self.autoreset:
+            self._restart(done)
+        info = StepInfo(response=response, terminated=terminated, truncated=truncated, was_alive=was_alive)
+        return self.observe(), reward, done, info
+
+    def _restart(self, rows: Tensor) -> None:
+        fresh = self.model.initial_state(rows.shape[0], self.generator)
+        r = rows[:, None]
+        self.state = torch.where(r, fresh, self.state)
+        self.items = torch.where(r[:, :, None], torch.full_like(self.items, self.n_items), self.items)
+        self.clicks = torch.where(r[:, :, None], torch.zeros_like(self.clicks), self.clicks)
+        self.t = torch.where(rows, torch.zeros_like(self.t), self.t)
+        self.alive = self.alive | rows
+        if self.shown is not None:
+            self.shown &= ~rows[:, None]
+        for rule in self.rules:
+            rule.restart(rows)
+
+
+def _model(name: str):
+    if name == "synthetic":  # leave_bias 0: users leave often, so restarts and dead rows happen
+        return SyntheticWorld(n_items=N_ITEMS, n_users=10, n_topics=4, leave_bias=0.0, seed=0)
+    if name == "gru":
+        return GRUBehavior(n_items=N_ITEMS, dim=8, hidden=8)
+    return MFBehavior(n_items=N_ITEMS, dim=8, n_users=20)  # next_state returns the state itself
+
+
+def _pair(name: str, **kwargs) -> tuple[RecEnv, RecEnv]:
+    envs = []
+    for cls in (RecEnv, ReferenceEnv):
+        extra = dict(kwargs)
+        if extra.pop("rules", False):
+            extra.update(boredom=BoredomRule(window=3, max_repeats=4),
+                         satisfaction=SatisfactionRule(decay=0.6, threshold=0.3),
+                         item_categories=torch.arange(N_ITEMS) % 3)
+        envs.append(cls(_model(name), extra.pop("reward", ClickReward()), **extra))
+    return envs[0], envs[1]
+
+
+def _equal(a, b, what: str) -> None:
+    if isinstance(a, Tensor):
+        assert a.dtype == b.dtype and a.shape == b.shape, what
+        assert torch.equal(a, b), what
+        assert torch.equal(torch.signbit(a), torch.signbit(b)) if a.is_floating_point() else True, what
+    elif a is None:
+        assert b is None, what
+    else:
+        for field in a.__dataclass_fields__:
+            _equal(getattr(a, field), getattr(b, field), f"{what}.{field}")
+
+
+def _rollout_equal(fast: RecEnv, ref: RecEnv, b: int, steps: int, seed: int = 0,
+                   autoreset_plan: dict[int, bool] | None = None, restart_every: int = 0) -> None:
+    _equal(fast.reset(b, seed=seed), ref.reset(b, seed=seed), "reset obs")
+    gen = torch.Generator().manual_seed(seed + 1)
+    finished = 0
+    for step in range(steps):
+        if autoreset_plan and step in autoreset_plan:
+            fast.autoreset = ref.autoreset = autoreset_plan[step]
+        slates = torch.randint(0, N_ITEMS, (b, fast.slate_size), generator=gen)
+        out_fast, out_ref = fast.step(slates), ref.step(slates)
+        for name, x, y in zip(("obs", "reward", "done", "info"), out_fast, out_ref, strict=True):
+            _equal(x, y, f"step {step} {name}")
+        finished += int(out_ref[2].sum())
+        if restart_every and step % restart_every == restart_every - 1:  # as gym.RecVectorEnv does
+            rows = torch.rand(b, generator=gen) < 0.5
+            fast._restart(rows)
+            ref._restart(rows)
+            _equal(fast.observe(), ref.observe(), f"step {step} observe after _restart")
+        for attr in ("state", "alive", "t", "shown"):
+            _equal(getattr(fast, attr), getattr(ref, attr), f"step {step} env.{attr}")
+    assert finished > 0, "the rollout should see users finish"
+
+
+@pytest.mark.parametrize("autoreset", [True, False])
+@pytest.mark.parametrize("name", ["synthetic", "gru", "mf"])
+def test_rollout_equals_reference(name: str, autoreset: bool) -> None:
+    torch.manual_seed(0)
+    fast, ref = _pair(name, horizon=5, slate_size=3, history_len=4, autoreset=autoreset)
+    _rollout_equal(fast, ref, b=16, steps=12)
+
+
+@pytest.mark.parametrize("autoreset", [True, False])
+def test_rollout_with_rules_no_repeat_and_cascade_equals_reference(autoreset: bool) -> None:
+    fast, ref = _pair("synthetic", horizon=8, slate_size=2, history_len=3, autoreset=autoreset,
+                      no_repeat=True, rules=True, choice=Choice("cascade"),
+                      reward=MixReward(ctr=1.0, conversion=2.0, rating=0.5))
+    _rollout_equal(fast, ref, b=12, steps=15, seed=3)
+
+
+def test_rollout_with_autoreset_toggled_and_external_restarts_equals_reference() -> None:
+    fast, ref = _pair("synthetic", horizon=4, slate_size=1, history_len=5, autoreset=True)
+    _rollout_equal(fast, ref, b=10, steps=20, seed=5, autoreset_plan={3: False, 9: True, 15: False},
+                   restart_every=4)
+
+
+def test_mf_rollout_keeps_static_state_equal_reference() -> None:
+    fast, ref = _pair("mf", horizon=3, slate_size=1, history_len=2, autoreset=False)
+    _rollout_equal(fast, ref, b=8, steps=6, seed=1)
+
+
+def test_observations_are_copies() -> None:
+    env = RecEnv(_model("synthetic"), ClickReward(), horizon=3, slate_size=2, history_len=3, autoreset=True)
+    obs0 = env.reset(4, seed=0)
+    kept = [obs0]
+    for _ in range(6):
+        kept.append(env.step(torch.randint(0, N_ITEMS, (4, 2)))[0])
+    snapshot = [(o.items.clone(), o.clicks.clone(), o.step.clone()) for o in kept]
+    for _ in range(3):
+        env.step(torch.randint(0, N_ITEMS, (4, 2)))
+    for o, (items, clicks, step) in zip(kept, snapshot, strict=True):
+        assert torch.equal(o.items, items) and torch.equal(o.clicks, clicks) and torch.equal(o.step, step)
+    assert env.observe().items.data_ptr() != env.items.data_ptr()
+
+
+def test_choice_functions_equal_their_plain_formulas() -> None:
+    g = torch.Generator().manual_seed(0)
+    for k in (1, 2, 5):
+        utility = torch.randn(64, k, generator=g) * 3
+        utility[::7, 0] = float("-inf")
+        for no_click in (0.0, 1.5):
+            outside = torch.full_like(utility[:, :1], no_click)
+            plain = torch.softmax(torch.cat([outside, utility], 1), 1)[:, 1:]
+            assert torch.equal(mnl_probs(utility, no_click), plain)
+        attract = torch.sigmoid(utility)
+        reach = torch.cumprod(torch.cat([torch.ones_like(attract[:, :1]), 1.0 - attract[:, :-1]], 1), 1)
+        plain = attract * reach
+        assert torch.equal(cascade_probs(utility), plain)
+        prob = mnl_probs(utility)
+        u = torch.rand(64, 1, generator=torch.Generator().manual_seed(k))
+        cum = prob.cumsum(1)
+        previous = torch.cat([torch.zeros_like(cum[:, :1]), cum[:, :-1]], 1)
+        plain = ((u < cum) & (u >= previous)).to(prob.dtype)
+        assert torch.equal(sample_choice(prob, torch.Generator().manual_seed(k)), plain)
+
+
+def test_bench_script_writes_json(tmp_path, monkeypatch) -> None:
+    """``scripts/bench_env.py`` runs a tiny grid and writes its JSON (no timing is asserted)."""
+    import json
+    import runpy
+    import sys
+    from pathlib import Path
+
+    out = tmp_path / "bench_env.json"
+    script = Path(__file__).resolve().parents[1] / "scripts" / "bench_env.py"
+    monkeypatch.setattr(sys, "argv", ["bench_env.py", "--threads", "1", "--items", "50", "--batches", "8",
+                                      "--slates", "1", "2", "--dim", "4", "--steps", "2", "--warmup", "1",
+                                      "--repeats", "1", "--out", str(out)])
+    runpy.run_path(str(script), run_name="__main__")
+    data = json.loads(out.read_text())
+    assert len(data["results"]) == 3 * 2  # synthetic, gru, mf x K in {1, 2}
+    assert all(r["user_steps_per_s"] > 0 and r["peak_bytes"] >= 0 for r in data["results"])
+    assert data["machine"]["threads"] == 1 and data["machine"]["torch"] == torch.__version__
