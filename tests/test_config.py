@@ -40,6 +40,8 @@ def instantiate_node(group: str, node: DictConfig) -> object:
         return obj
     if group == "behavior":
         return obj(n_items=20, device="cpu")
+    if group == "env" and node["_target_"].endswith("GymAdapter"):
+        return obj(device="cpu")
     if group == "env":
         world = SyntheticWorld(n_items=20, n_users=10, n_topics=3, horizon=5)
         return obj(model=world, reward=ClickReward(), device="cpu")
@@ -58,8 +60,7 @@ def test_group_file_checks_and_instantiates(group: str, path: Path) -> None:
     obj = instantiate_node(group, node)
     assert type(obj).__module__ + "." + type(obj).__name__ == node["_target_"]
     # the keys of the file reached the object (spot check on numbers and flags)
-    if group == "env":
-        assert isinstance(obj, RecEnv)
+    if group == "env" and isinstance(obj, RecEnv):
         assert (obj.horizon, obj.slate_size, obj.history_len) == (node.horizon, node.slate_size,
                                                                    node.history_len)
     if group == "algo" and "gamma" in node:
