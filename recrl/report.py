@@ -290,9 +290,16 @@ def _fidelity_text(fidelity: Mapping[str, Any]) -> str:
 def _offline_table(offline: Mapping[str, Mapping[str, float]]) -> str:
     """Protocols as rows, metrics as columns."""
     metrics = list(dict.fromkeys(m for values in offline.values() for m in values))
-    rows = [[protocol, *(_number(values[m]) if m in values else "–" for m in metrics)]
+    rows = [[protocol, *(_metric_cell(m, values.get(m)) for m in metrics)]
             for protocol, values in offline.items()]
     return markdown_table(["protocol", *metrics], rows)
+
+
+def _metric_cell(metric: str, value: Any) -> str:
+    """A ranking metric with 4 decimals; the user count as an integer; ``–`` when missing."""
+    if metric == "n_users" and _as_scalar(value) is not None:
+        return str(int(_as_scalar(value)))
+    return _number(value)
 
 
 def render_markdown(report: Mapping[str, Any]) -> str:
@@ -366,5 +373,5 @@ def _print_offline_table(offline: Mapping[str, Mapping[str, float]], console: Co
     for metric in metrics:
         table.add_column(escape(metric), justify="right")
     for protocol, values in offline.items():
-        table.add_row(escape(protocol), *(_number(values.get(m)) for m in metrics))
+        table.add_row(escape(protocol), *(_metric_cell(m, values.get(m)) for m in metrics))
     console.print(table)
