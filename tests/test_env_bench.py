@@ -119,7 +119,7 @@ def _rollout_equal(fast: RecEnv, ref: RecEnv, b: int, steps: int, seed: int = 0,
         finished += int(out_ref[2].sum())
         if restart_every and step % restart_every == restart_every - 1:  # as gym.RecVectorEnv does
             rows = torch.rand(b, generator=gen) < 0.5
-            fast._restart(rows)
+            fast.restart(rows)
             ref._restart(rows)
             _equal(fast.observe(), ref.observe(), f"step {step} observe after _restart")
         for attr in ("state", "alive", "t", "shown"):

@@ -234,7 +234,7 @@ class RecVectorEnv(gymnasium.vector.VectorEnv):
         else:
             restart = done
             extra = {"final_obs": _obs_dict(obs, False), "_final_obs": done}
-        self.rec._restart(restart)
+        self.rec.restart(restart)
         obs = self.rec.observe()
         live = info.was_alive
         resp = info.response

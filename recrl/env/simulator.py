@@ -119,13 +119,13 @@ class RecEnv:
         self.state, self.items, self.clicks = state, items, clicks
         self.alive = was_alive & ~done
         if self.autoreset:
-            self._restart(done)
+            self.restart(done)
         self._all_alive = all_alive and self.autoreset
         info = StepInfo(response=response, terminated=terminated, truncated=truncated,
                         was_alive=was_alive)
         return self.observe(), reward, done, info
 
-    def _restart(self, rows: Tensor) -> None:
+    def restart(self, rows: Tensor) -> None:
         """Replace finished users (``rows`` true) by fresh ones, without a host sync.
 
         The history tensors are never handed out (observations are copies), so they are reset
