@@ -118,8 +118,9 @@ def check_overrides(config_name: str, overrides: list[str]) -> None:
             if config_name == "train":
                 validate(cfg)
                 _check_data_files(cfg)
-                if cfg.eval.get("ground_truth"):
-                    resolve_checkpoint(cfg.eval.ground_truth)
+                for where in (cfg.eval.get("ground_truth"), cfg.get("resume")):
+                    if where:
+                        resolve_checkpoint(where)
             else:
                 if OmegaConf.is_missing(cfg, "checkpoint"):
                     raise RecrlError("recrl eval needs checkpoint=<run folder or .pt file>")

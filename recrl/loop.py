@@ -78,19 +78,24 @@ class Trainer:
         return resolve_device(self.device_name)
 
     def fit(self, algo: Algorithm, env: RecEnv, *, evaluate: Evaluator, log: MetricsLogger,
-            save: Saver, seed: int = 0) -> TrainStats:
-        """Train ``algo`` for ``steps`` environment steps; evaluate, log and save on cadence."""
+            save: Saver, seed: int = 0, start_step: int = 0) -> TrainStats:
+        """Train ``algo`` for ``steps`` environment steps; evaluate, log and save on cadence.
+
+        ``start_step`` > 0 continues a resumed run: the environment starts fresh users without
+        re-seeding its generator (restored from the checkpoint), the replay buffer starts empty.
+        """
         start = time.perf_counter()
         if algo.mode == "none" or self.steps == 0:
             save("last", 0)
             return TrainStats(0, 0, 0, time.perf_counter() - start, float("nan"))
         run = self._off_policy if algo.mode == "off_policy" else self._on_policy
         best = float("-inf")
-        env_steps = updates = 0
-        bar = tqdm(total=self.steps, desc=f"train {type(algo).__name__}", disable=not self.progress,
-                   leave=False)
-        next_eval, next_ckpt, next_log = self.eval_every, self.checkpoint_every, self.log_every
-        for done_steps, n_updates, metrics in run(algo, env, seed):
+        env_steps, updates = start_step, 0
+        bar = tqdm(total=self.steps, initial=start_step, desc=f"train {type(algo).__name__}",
+                   disable=not self.progress, leave=False)
+        next_eval, next_ckpt, next_log = (start_step + every for every in
+                                          (self.eval_every, self.checkpoint_every, self.log_every))
+        for done_steps, n_updates, metrics in run(algo, env, seed, start_step):
             bar.update(done_steps - env_steps)
             env_steps, updates = done_steps, updates + n_updates
             if env_steps >= next_log and metrics:
@@ -108,17 +113,18 @@ class Trainer:
                 next_ckpt += self.checkpoint_every
         bar.close()
         save("last", env_steps)
-        return TrainStats(env_steps, env_steps * self.n_users, updates, time.perf_counter() - start, best)
+        user_steps = (env_steps - start_step) * self.n_users
+        return TrainStats(env_steps, user_steps, updates, time.perf_counter() - start, best)
 
-    def _off_policy(self, algo: Algorithm, env: RecEnv, seed: int):
+    def _off_policy(self, algo: Algorithm, env: RecEnv, seed: int, start_step: int = 0):
         """Yield ``(env_steps, updates, metrics)`` after every step of continuous collection."""
         env.autoreset = True
         buffer = ReplayBuffer(self.buffer_size, env.history_len, env.slate_size, env.n_items, env.device)
-        generator = torch.Generator(env.device).manual_seed(seed)
-        obs = env.reset(self.n_users, seed=seed)
+        generator = torch.Generator(env.device).manual_seed(seed + start_step)
+        obs = env.reset(self.n_users, seed=seed if start_step == 0 else None)
         episode_return = torch.zeros(self.n_users, device=env.device)
         finished = torch.zeros(2, device=env.device)  # sum of returns, count of episodes
-        for step in range(1, self.steps + 1):
+        for step in range(start_step + 1, self.steps + 1):
             slates = algo.act(obs, explore=True)
             next_obs, reward, done, info = env.step(slates)
             buffer.add(Transition(obs=obs, action=slates, reward=reward, next_obs=next_obs,
@@ -139,10 +145,10 @@ class Trainer:
                 finished.zero_()
             yield step, n_updates, metrics
 
-    def _on_policy(self, algo: Algorithm, env: RecEnv, seed: int):
+    def _on_policy(self, algo: Algorithm, env: RecEnv, seed: int, start_step: int = 0):
         """Yield after each batch of complete episodes collected with the current policy."""
         env.autoreset = False
-        env_steps, first = 0, True
+        env_steps, first = start_step, start_step == 0
         while env_steps < self.steps:
             obs = env.reset(self.n_users, seed=seed if first else None)
             first = False

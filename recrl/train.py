@@ -282,17 +282,49 @@ def data_summary(splits: Splits) -> dict[str, Any]:
             "positive_only": inter.positive_only}
 
 
+RESUME_FIXED = ("dataset", "behavior", "env", "reward", "algo")
+
+
+def resume_checkpoint(cfg: DictConfig) -> dict[str, Any]:
+    """The checkpoint named by ``resume`` (run folder or ``.pt``), checked against this run's
+    config: data, behavior model, environment, reward and algorithm must be the same."""
+    payload = load_checkpoint(cfg.resume)
+    saved = OmegaConf.create(payload.get("config", ""))
+    for key in RESUME_FIXED:
+        if key not in saved or OmegaConf.to_container(saved[key], resolve=True) != OmegaConf.to_container(
+                cfg[key], resolve=True):
+            raise RecrlError(f"resume={cfg.resume}: its {key} settings differ from this run's; only trainer, "
+                             "eval and seed settings may change when resuming")
+    return payload
+
+
+def restore_training_state(payload: dict[str, Any], algo: Any, env: Any) -> None:
+    """Weights, optimizer, counters and random-number streams of a checkpoint (algorithm,
+    global torch RNG and the training environment's generator)."""
+    try:
+        algo.load_state_dict(payload["algo"])
+    except (RuntimeError, KeyError, ValueError) as err:
+        first = str(err).splitlines()[0]
+        raise RecrlError(f"resume: the checkpoint does not fit the algorithm: {first}") from err
+    torch.set_rng_state(payload["torch_rng"].cpu())
+    env.generator.set_state(payload["env_rng"].cpu())
+
+
 def train(cfg: DictConfig, run_dir: Path, algo_name: str) -> dict[str, Any]:
     """Run the whole pipeline for one configuration and write the run folder."""
     t0 = time.perf_counter()
     validate(cfg)
     set_seed(cfg.seed)
     trainer = build(cfg.trainer)
-    stages = gym_stages(cfg, trainer.device) if is_gym(cfg) else build_stages(cfg, trainer.device)
+    resumed = resume_checkpoint(cfg) if cfg.get("resume") else None
+    stages = (gym_stages(cfg, trainer.device) if is_gym(cfg)
+              else build_stages(cfg, trainer.device, behavior_state=resumed and resumed["behavior"]))
     t_fit = time.perf_counter()
     algo = stages.build_algo(cfg.algo)
     evaluation: Evaluation = build(cfg.eval)
     train_env, check_env = stages.training_env(), stages.training_env()
+    if resumed is not None:
+        restore_training_state(resumed, algo, train_env)
     config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
 
     def save(tag: str, step: int) -> None:
@@ -308,7 +340,8 @@ def train(cfg: DictConfig, run_dir: Path, algo_name: str) -> dict[str, Any]:
 
     logger = RunLogger(run_dir)
     try:
-        stats = trainer.fit(algo, train_env, evaluate=check, log=logger.log, save=save, seed=cfg.seed)
+        stats = trainer.fit(algo, train_env, evaluate=check, log=logger.log, save=save, seed=cfg.seed,
+                            start_step=int(resumed["step"]) if resumed else 0)
     finally:
         logger.close()
     t_train = time.perf_counter()

@@ -109,6 +109,47 @@ def test_ground_truth_env_from_a_saved_run(trained_run: tuple[Path, Path], tmp_p
     assert proc.returncode == 2 and "does not exist" in proc.stderr
 
 
+def test_resume_continues_from_the_checkpoint_with_its_random_streams(tmp_path: Path) -> None:
+    first, second = tmp_path / "first", tmp_path / "second"
+    recrl("train", *SMOKE, "trainer.steps=30", f"hydra.run.dir={first}", cwd=tmp_path,
+          cache=tmp_path / "cache")
+    saved = load_checkpoint(first / "checkpoints" / "last.pt")
+    assert saved["step"] == 30
+    recrl("train", *SMOKE, "trainer.steps=60", f"resume={first}", f"hydra.run.dir={second}", cwd=tmp_path,
+          cache=tmp_path / "cache")
+    resumed = load_checkpoint(second / "checkpoints" / "last.pt")
+    assert resumed["step"] == 60 and resumed["algo"]["acted_steps"] > saved["algo"]["acted_steps"]
+    report = json.loads((second / "report.json").read_text())
+    assert report["training"]["env_steps"] == 60 and report["training"]["user_steps"] == 30 * 16
+    steps = [json.loads(line)["step"] for line in (second / "metrics.jsonl").read_text().splitlines()]
+    assert min(steps) > 30  # the log continues after the checkpoint's step
+    proc = recrl("train", *SMOKE, "algo=reinforce", f"resume={first}", f"hydra.run.dir={tmp_path / 'bad'}",
+                 cwd=tmp_path, cache=tmp_path / "cache", check=False)
+    assert proc.returncode == 2 and "its algo settings differ" in proc.stderr
+
+
+def test_restore_training_state_restores_the_random_streams() -> None:
+    import torch
+
+    from recrl.data.synthetic import SyntheticWorld
+    from recrl.env.simulator import RecEnv
+    from recrl.rewards import ClickReward
+    from recrl.train import restore_training_state
+
+    env = RecEnv(SyntheticWorld(n_items=10, n_users=5, n_topics=2, horizon=3), ClickReward())
+    env.generator.manual_seed(5)
+    payload = {"algo": {}, "torch_rng": torch.get_rng_state(), "env_rng": env.generator.get_state()}
+    expected = (torch.rand(3), torch.rand(3, generator=env.generator))
+
+    class NoAlgo:
+        def load_state_dict(self, state: dict) -> None:
+            assert state == {}
+
+    restore_training_state(payload, NoAlgo(), env)
+    assert torch.equal(torch.rand(3), expected[0])
+    assert torch.equal(torch.rand(3, generator=env.generator), expected[1])
+
+
 def test_sweep_writes_one_folder_per_job_and_a_summary(tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
     recrl("sweep", *SMOKE, "algo=reinforce,random", "seed=0,1", "eval.baselines=[]",
