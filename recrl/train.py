@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import platform
@@ -42,13 +43,17 @@ class Stages:
     ctx: AlgoContext
     ground_truth: Any = None
 
+    @functools.cached_property
+    def item_categories(self) -> torch.Tensor | None:
+        """Item category codes for the boredom leave rule (``None`` when it is off)."""
+        if not self.cfg.env.get("boredom"):
+            return None
+        inter, column = self.splits.interactions, self.cfg.env.boredom.get("category_column")
+        return item_categories(inter.items, inter.n_items, column)
+
     def make_env(self, model: Any) -> RecEnv:
         """A fresh environment of the configured shape over ``model``."""
-        categories = None
-        if self.cfg.env.get("boredom"):
-            inter, column = self.splits.interactions, self.cfg.env.boredom.get("category_column")
-            categories = item_categories(inter.items, inter.n_items, column)
-        return build(self.cfg.env)(model=model, reward=self.reward, item_categories=categories,
+        return build(self.cfg.env)(model=model, reward=self.reward, item_categories=self.item_categories,
                                    device=self.device)
 
     def eval_envs(self) -> dict[str, RecEnv]:

@@ -16,9 +16,9 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
-from recrl.behavior.features import FEATURE_KINDS, ItemContentEncoder, ItemFeatures
+from recrl.behavior.features import ItemContentEncoder, ItemFeatures, check_feature_kinds
 from recrl.behavior.fit import FitReport, SessionTensors, TrainingSettings, fit_sequence_model
-from recrl.env.choice import MNL, ChoiceModel, sample_choice
+from recrl.env.choice import MNL, ChoiceModel
 from recrl.types import Interactions, Obs, RecrlError, Response
 
 
@@ -113,11 +113,7 @@ class SequenceUserModel(nn.Module, ABC):
         ``choice`` (MNL with no-click by default) over the click head's utilities, never on
         items that are not ``available``."""
         h = self.output(state)
-        utility = self.click_head(h, slates)
-        if available is not None:
-            utility = utility.masked_fill(~available, float("-inf"))
-        click_prob = choice.probs(utility)
-        click = sample_choice(click_prob, generator)
+        click_prob, click = choice.sample(self.click_head(h, slates), generator, available)
         conv_prob = torch.sigmoid(self.conversion_head(h, slates))
         u = torch.rand(conv_prob.shape, device=conv_prob.device, generator=generator)
         conversion = click * (u < conv_prob).to(click.dtype)
@@ -142,21 +138,20 @@ class SequenceUserModel(nn.Module, ABC):
 
     def _setup(self, n_items: int, n_users: int, training: TrainingSettings | None,
                features: Sequence[str] = (), item_features: ItemFeatures | None = None,
-               dim: int = 0) -> None:
+               dim: int = 0, content_encoder: bool = True) -> None:
         """Store the sizes and training settings, seed the weight initialisation and build the
-        item content encoder (``self.content``, ``None`` without ``features``)."""
+        item content encoder (``self.content``: ``None`` without ``features``, or when the model
+        feeds content its own way, ``content_encoder=False``)."""
         self.n_items, self.n_users = n_items, n_users
         self.training_settings = training or TrainingSettings()
         torch.manual_seed(self.training_settings.seed)
         self.features = tuple(features)
-        unknown = [k for k in self.features if k not in FEATURE_KINDS]
-        if unknown:
-            raise RecrlError(f"behavior.features: unknown kind {unknown[0]!r}; use any of "
-                             f"{', '.join(FEATURE_KINDS)}")
+        check_feature_kinds(self.features)
         if self.features and item_features is None:
             raise RecrlError(f"behavior.features={list(self.features)} needs item features, but none were "
                              "given (they are built from the dataset's item table at run time)")
-        self.content = ItemContentEncoder(item_features, dim) if self.features else None
+        use = self.features and content_encoder
+        self.content = ItemContentEncoder(item_features, dim) if use else None
 
     def content_input(self, table: nn.Embedding, items: Tensor) -> Tensor:
         """Input embeddings of ``items`` (``n_items`` = padding, a zero vector) plus their content."""

@@ -171,8 +171,8 @@ class DeepFMBehavior(StaticUserModel):
             raise RecrlError("behavior.dropout and behavior.id_dropout must be in [0, 1)")
         if any(width < 1 for width in hidden):
             raise RecrlError(f"behavior.hidden={list(hidden)}: layer widths must be >= 1")
-        self._setup(n_items, n_users, training, features, item_features, dim)
-        self.content = None  # item content enters as separate fields of the click head instead
+        # item content enters as separate fields of the click head, not through self.content
+        self._setup(n_items, n_users, training, features, item_features, dim, content_encoder=False)
         self._setup_users()
         self.dim, self.id_dropout, self.state_size = dim, id_dropout, dim + 1
         self.user_emb = nn.Embedding(n_users + 1, dim)  # the last row is the unknown user

@@ -165,13 +165,18 @@ def _category_codes(table: pd.DataFrame, indicators: dict[str, list[str]], name:
     return torch.as_tensor(codes, dtype=torch.long)
 
 
-def build_item_features(kinds: Sequence[str], items: pd.DataFrame, n_items: int,
-                        cache_dir: str | Path) -> ItemFeatures | None:
-    """The features a model asked for (``behavior.features``), ``None`` for none."""
+def check_feature_kinds(kinds: Sequence[str]) -> None:
+    """One-line error for a ``behavior.features`` entry that is not a known kind."""
     unknown = [k for k in kinds if k not in FEATURE_KINDS]
     if unknown:
         options = ", ".join(FEATURE_KINDS)
         raise RecrlError(f"behavior.features: unknown kind {unknown[0]!r}; use any of {options}")
+
+
+def build_item_features(kinds: Sequence[str], items: pd.DataFrame, n_items: int,
+                        cache_dir: str | Path) -> ItemFeatures | None:
+    """The features a model asked for (``behavior.features``), ``None`` for none."""
+    check_feature_kinds(kinds)
     result: ItemFeatures | None = None
     for kind in dict.fromkeys(kinds):
         if kind == "side":

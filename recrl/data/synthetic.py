@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from recrl.env.choice import MNL, ChoiceModel, sample_choice
+from recrl.env.choice import MNL, ChoiceModel
 from recrl.types import LOG_COLUMNS, Interactions, Response, Splits
 
 
@@ -142,11 +142,7 @@ class SyntheticWorld:
 
         ``leave_prob`` of the response is the probability of leaving after this step.
         """
-        utility = self.click_utility(state, slates)
-        if available is not None:
-            utility = utility.masked_fill(~available, float("-inf"))
-        click_prob = choice.probs(utility)
-        click = sample_choice(click_prob, generator)
+        click_prob, click = choice.sample(self.click_utility(state, slates), generator, available)
         conv_prob = self.conversion_prob(state, slates)
         u = torch.rand(conv_prob.shape, device=conv_prob.device, generator=generator)
         conversion = click * (u < conv_prob).to(click.dtype)

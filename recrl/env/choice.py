@@ -75,6 +75,11 @@ class ChoiceModel(Protocol):
         """Probability ``[B, K]`` that each slot is the clicked one."""
         ...
 
+    def sample(self, utility: Tensor, generator: torch.Generator,
+               available: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """``(click_prob, click)`` with unavailable slots never clicked."""
+        ...
+
 
 class Choice:
     """The ``env.choice`` setting: ``mnl`` (with ``no_click`` utility) or ``cascade``.
@@ -96,8 +101,12 @@ class Choice:
             return cascade_probs(utility)
         return mnl_probs(utility, self.no_click)
 
-    def sample(self, utility: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
-        """``(click_prob, click)``: the probabilities and one sampled choice per row."""
+    def sample(self, utility: Tensor, generator: torch.Generator,
+               available: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """``(click_prob, click)``: the probabilities and one sampled choice per row; slots where
+        ``available`` ``[B, K]`` is false (already shown, with ``env.no_repeat``) are never clicked."""
+        if available is not None:
+            utility = utility.masked_fill(~available, float("-inf"))
         prob = self.probs(utility)
         return prob, sample_choice(prob, generator)
 
