@@ -1,4 +1,4 @@
-"""Reward functions over a :class:`~recrl.types.Response` (``reward=ctr|conversion|rating|mix``).
+"""Reward functions over a :class:`~recrl.types.Response` (``reward=ctr|conversion|rating|watch|mix``).
 
 Each is a small callable: ``reward(response) -> Tensor[B]`` is the realised reward of a step,
 ``reward.expected(response) -> Tensor[B, K]`` the expected immediate reward of each slate item
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from recrl.types import Response
+from recrl.types import RecrlError, Response
 
 
 class ClickReward:
@@ -54,18 +54,45 @@ class RatingReward:
         return response.click_prob * response.rating
 
 
+class WatchReward:
+    """The watch (dwell) of the clicked item, 0 without a click (``reward=watch``).
+
+    Needs a user model that knows watch values: the synthetic world (share of the item consumed)
+    or a behavior model fitted on logs with a ``watch`` column (KuaiRand's watch ratio).
+    """
+
+    name = "watch"
+    needs_watch = True
+
+    def __call__(self, response: Response) -> Tensor:
+        """Watch of the clicked item ``[B]``."""
+        return (response.click * response.watch).sum(1)
+
+    def expected(self, response: Response) -> Tensor:
+        """``P(click) * E[watch | click]`` of each item ``[B, K]``."""
+        return response.click_prob * response.watch
+
+
 class MixReward:
-    """A weighted sum of click, conversion and rating rewards (``reward=mix``).
+    """A weighted sum of click, conversion, rating and watch rewards (``reward=mix``); parts
+    with weight 0 are left out.
 
     Example::
 
-        reward = MixReward(ctr=1.0, conversion=2.0, rating=0.0)
+        reward = MixReward(ctr=1.0, conversion=2.0, rating=0.0, watch=0.5)
     """
 
     name = "mix"
 
-    def __init__(self, ctr: float = 1.0, conversion: float = 1.0, rating: float = 0.0) -> None:
-        self.parts = [(ctr, ClickReward()), (conversion, ConversionReward()), (rating, RatingReward())]
+    def __init__(self, ctr: float = 1.0, conversion: float = 1.0, rating: float = 0.0,
+                 watch: float = 0.0) -> None:
+        parts = [(ctr, ClickReward()), (conversion, ConversionReward()), (rating, RatingReward()),
+                 (watch, WatchReward())]
+        self.parts = [(w, part) for w, part in parts if w != 0.0]
+        if not self.parts:
+            raise RecrlError("reward=mix: every weight is 0; give at least one of reward.ctr, "
+                             "reward.conversion, reward.rating, reward.watch a non-zero weight")
+        self.needs_watch = watch != 0.0
 
     def __call__(self, response: Response) -> Tensor:
         """Weighted realised reward ``[B]``."""

@@ -173,6 +173,8 @@ def build_stages(cfg: DictConfig, device: torch.device,
     splits = dataset.load()
     interactions = splits.interactions  # the only part of the data the fitting code sees
     data_key = data_fingerprint(cfg, dataset)
+    reward = build(cfg.reward)
+    check_reward_data(cfg, reward, interactions, "training log")
     behavior = build_behavior(cfg, interactions, device)
     if behavior_state is None:
         behavior_report = fit_behavior(cfg, behavior, interactions, data_key)
@@ -180,7 +182,6 @@ def build_stages(cfg: DictConfig, device: torch.device,
         behavior.load_state_dict(behavior_state)
         behavior.eval()
         behavior_report = {}
-    reward = build(cfg.reward)
     ctx = AlgoContext(n_items=interactions.n_items, slate_size=cfg.env.slate_size,
                       history_len=cfg.env.history_len, horizon=cfg.env.horizon, device=device,
                       seed=cfg.seed, item_popularity=torch.as_tensor(interactions.item_popularity()),
@@ -188,6 +189,17 @@ def build_stages(cfg: DictConfig, device: torch.device,
     return Stages(cfg=cfg, device=device, dataset=dataset, splits=splits,
                   behavior=behavior, behavior_report=behavior_report, reward=reward, ctx=ctx,
                   ground_truth=ground_truth_model(cfg, dataset, splits, device, data_key))
+
+
+def check_reward_data(cfg: DictConfig, reward: Any, interactions: Interactions, what: str) -> None:
+    """A watch reward needs logs with watch values: say so before anything is fitted."""
+    if not getattr(reward, "needs_watch", False):
+        return
+    if "watch" not in interactions.train or not interactions.train["watch"].notna().any():
+        source = cfg.dataset.get("_target_", "?").rsplit(".", 1)[-1]
+        raise RecrlError(f"reward={reward.name} needs watch (dwell) values, but the {what} ({source}) has "
+                         "none; use data with watch times (dataset=kuairand, dataset=synthetic, or "
+                         "dataset.columns.watch=<column> for a CSV) or another reward")
 
 
 def ground_truth_model(cfg: DictConfig, dataset: Any, splits: Splits, device: torch.device,
@@ -201,6 +213,7 @@ def ground_truth_model(cfg: DictConfig, dataset: Any, splits: Splits, device: to
         return dataset.ground_truth(device)
     if splits.ground_truth is None:
         return None
+    check_reward_data(cfg, build(cfg.reward), splits.ground_truth, "ground-truth log")
     model = build_behavior(cfg, splits.ground_truth, device)
     fit_behavior(cfg, model, splits.ground_truth, data_key, role="ground_truth")
     return model

@@ -76,6 +76,8 @@ class Response:
         conversion_prob: ``[B, K]`` probability of a conversion given a click on the item.
         conversion: ``[B, K]`` sampled conversions (0 where not clicked).
         rating: ``[B, K]`` expected rating (1..5) given a click on the item.
+        watch: ``[B, K]`` expected watch (dwell) given a click on the item, in the data's unit
+            (KuaiRand: play time / video duration; the synthetic world: share of the item consumed).
         leave_prob: ``[B]`` probability that the user leaves after this step.
     """
 
@@ -84,6 +86,7 @@ class Response:
     conversion_prob: Tensor
     conversion: Tensor
     rating: Tensor
+    watch: Tensor
     leave_prob: Tensor
 
 
@@ -123,7 +126,7 @@ class Transition:
                           done=self.done[idx], valid=self.valid[idx])
 
 
-LOG_COLUMNS = ("user", "item", "time", "click", "conversion", "rating", "leave", "propensity")
+LOG_COLUMNS = ("user", "item", "time", "click", "conversion", "rating", "watch", "leave", "propensity")
 
 
 @dataclass
@@ -133,7 +136,8 @@ class Interactions:
     Each log is a DataFrame with one row per shown item, sorted by ``user`` then ``time``, with
     the columns of :data:`LOG_COLUMNS`: dense ``user``/``item`` ids (``0..n-1``), an integer
     ``time`` that orders a user's rows, ``click`` and ``conversion`` (0/1), ``rating`` (NaN
-    where unknown), ``leave`` (1 on the row after which the user left, NaN when the data does
+    where unknown), ``watch`` (watch time or dwell of the row, NaN where unknown), ``leave``
+    (1 on the row after which the user left, NaN when the data does
     not say) and ``propensity`` (the logging policy's probability of the item, NaN if unknown).
     ``items`` is indexed by item id (features, genres, titles). The held-out test rows are not
     here by construction: they live in :class:`Splits` next to this object.

@@ -94,7 +94,7 @@ def test_rec_gym_env_observations_info_and_seeded_trajectory() -> None:
     for (o1, r1, te1, tr1, i1), (o2, r2, *_), a in zip(first, again, actions, strict=True):
         np.testing.assert_array_equal(o1["slates"], o2["slates"])
         assert r1 == r2 and isinstance(r1, float) and isinstance(te1, bool) and isinstance(tr1, bool)
-        assert set(i1) == {"click", "conversion", "rating"} and i1["click"].shape == (K,)
+        assert set(i1) == {"click", "conversion", "rating", "watch"} and i1["click"].shape == (K,)
         _, reward, _, rinfo = rec.step(torch.as_tensor(a)[None])  # same seed -> same draws as RecEnv
         assert r1 == float(reward[0]) and np.array_equal(i1["click"], rinfo.response.click[0].numpy())
         assert not (te1 or tr1)

@@ -122,7 +122,8 @@ def test_summary_values() -> None:
     stats = run_episodes(PopularPolicy(make_ctx()), make_env(), n_episodes=40, seed=0, batch_size=16)
     torch.testing.assert_close(stats.returns, stats.clicks)  # ClickReward
     s = stats.summary()
-    assert set(s) == {"return", "ctr", "conversion_rate", "mean_rating", "episode_length", "coverage"}
+    assert set(s) == {"return", "ctr", "conversion_rate", "mean_rating", "watch", "episode_length",
+                      "coverage"}
     assert s["return"]["mean"] == pytest.approx(float(stats.returns.double().mean()), rel=1e-6)
     assert s["return"]["n"] == 40
     assert s["episode_length"]["mean"] == pytest.approx(float(stats.lengths.double().mean()), rel=1e-6)
@@ -132,6 +133,8 @@ def test_summary_values() -> None:
     assert s["mean_rating"]["mean"] == pytest.approx(
         float((stats.rating_sum[clicked] / stats.clicks[clicked]).double().mean()), rel=1e-6)
     assert 1.0 <= s["mean_rating"]["mean"] <= 5.0
+    # the synthetic world's watch is the share of an item consumed: at most one per click
+    assert bool((stats.watch_sum <= stats.clicks).all()) and bool((stats.watch_sum >= 0).all())
     assert 0.0 <= s["coverage"]["mean"] <= 1.0
     assert s["coverage"]["mean"] == pytest.approx(float(stats.shown.float().mean()))
     assert s["return"]["ci95"] > 0
@@ -140,7 +143,7 @@ def test_summary_values() -> None:
 def test_summary_hand_made_stats() -> None:
     stats = EpisodeStats(returns=torch.tensor([2.0, 0.0]), clicks=torch.tensor([2.0, 0.0]),
                          conversions=torch.tensor([1.0, 0.0]), rating_sum=torch.tensor([7.0, 0.0]),
-                         lengths=torch.tensor([4.0, 2.0]),
+                         watch_sum=torch.tensor([1.5, 0.0]), lengths=torch.tensor([4.0, 2.0]),
                          shown=torch.tensor([True, False, True, False]))
     s = stats.summary()
     assert s["return"]["mean"] == 1.0 and s["episode_length"]["mean"] == 3.0
@@ -148,12 +151,15 @@ def test_summary_hand_made_stats() -> None:
     assert s["conversion_rate"] == {"mean": 0.5, "ci95": pytest.approx(float("nan"), nan_ok=True), "n": 1}
     assert s["mean_rating"]["mean"] == 3.5 and s["mean_rating"]["n"] == 1
     assert s["coverage"]["mean"] == 0.5 and s["coverage"]["n"] == 1
+    assert s["watch"]["mean"] == 0.75
+    unknown = EpisodeStats(**{**stats.__dict__, "watch_sum": torch.full((2,), float("nan"))}).summary()
+    assert "watch" not in unknown  # a user model without watch values reports none
 
 
 def test_run_episodes_is_deterministic_given_the_seed() -> None:
     a = run_episodes(PopularPolicy(make_ctx()), make_env(), n_episodes=12, seed=3, batch_size=5)
     b = run_episodes(PopularPolicy(make_ctx()), make_env(), n_episodes=12, seed=3, batch_size=5)
-    for field in ("returns", "clicks", "conversions", "rating_sum", "lengths", "shown"):
+    for field in ("returns", "clicks", "conversions", "rating_sum", "watch_sum", "lengths", "shown"):
         assert torch.equal(getattr(a, field), getattr(b, field))
     c = run_episodes(PopularPolicy(make_ctx()), make_env(), n_episodes=12, seed=4, batch_size=5)
     assert not torch.equal(a.returns, c.returns) or not torch.equal(a.lengths, c.lengths)

@@ -4,21 +4,18 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import pandas as pd
 import torch
 
 from recrl.behavior.offline import next_item_task, offline_ranking
-from recrl.types import LOG_COLUMNS, Interactions, Obs, Response, Splits
+from recrl.data.preprocess import log_frame
+from recrl.types import Interactions, Obs, Response, Splits
 
 N_ITEMS = 6
 
 
 def log(rows: list[tuple[int, int, int, float]]) -> pd.DataFrame:
-    frame = pd.DataFrame(rows, columns=["user", "item", "time", "click"])
-    for column, value in (("conversion", 0.0), ("rating", np.nan), ("leave", np.nan), ("propensity", np.nan)):
-        frame[column] = value
-    return frame[list(LOG_COLUMNS)]
+    return log_frame(pd.DataFrame(rows, columns=["user", "item", "time", "click"]))
 
 
 def splits() -> Splits:
@@ -56,7 +53,7 @@ class FixedScores:
         prob = self.scores.expand(state.shape[0], -1)
         zeros = torch.zeros(state.shape[0])
         return Response(click_prob=prob, click=prob, conversion_prob=prob, conversion=prob, rating=prob,
-                        leave_prob=zeros)
+                        watch=prob, leave_prob=zeros)
 
 
 def test_full_ranking_excludes_seen_items() -> None:

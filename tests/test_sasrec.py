@@ -13,9 +13,10 @@ from hydra.utils import instantiate
 from recrl.behavior.fit import SessionTensors, TrainingSettings
 from recrl.behavior.sasrec import SASRecBehavior
 from recrl.config import CONF_DIR, check_node
+from recrl.data.preprocess import log_frame
 from recrl.env.simulator import RecEnv
 from recrl.rewards import ClickReward
-from recrl.types import LOG_COLUMNS, Interactions, Obs, RecrlError
+from recrl.types import Interactions, Obs, RecrlError
 
 N_ITEMS, K, B, T = 12, 3, 5, 7
 
@@ -50,7 +51,7 @@ def feed(model: SASRecBehavior, batch: SessionTensors, steps: int) -> list[torch
 def test_shapes() -> None:
     model, gen = small(), torch.Generator().manual_seed(0)
     logits = model.sequence_logits(sessions(B, T, gen, negatives=True))
-    assert set(logits) == {"click", "conversion", "rating", "leave", "click_negative", "click_state"}
+    assert set(logits) == {"click", "conversion", "rating", "watch", "leave", "click_negative", "click_state"}
     assert logits.pop("click_state").shape == (B, T, model.dim)
     assert all(v.shape == (B, T) for v in logits.values())
     assert "click_negative" not in model.sequence_logits(sessions(B, T, gen))
@@ -119,7 +120,7 @@ def test_causality() -> None:
         # the state before step t+1 (position t+1, after the start token) has not seen it
         torch.testing.assert_close(model.sequence_hidden(batch)[:, :t + 2],
                                    model.sequence_hidden(changed)[:, :t + 2])
-    for key in ("click", "conversion", "rating", "leave"):
+    for key in ("click", "conversion", "rating", "watch", "leave"):
         torch.testing.assert_close(a[key][:, :t + 1], b[key][:, :t + 1])
         assert not torch.allclose(a[key][:, t + 2:], b[key][:, t + 2:])
 
@@ -171,7 +172,8 @@ def pattern_interactions(n_users: int = 48, length: int = 14, leave: bool = Fals
         for t in range(length):
             left = float(t == length - 1) if leave else np.nan
             rows.append((user, (start + t) % N_ITEMS, t, 1, 0, np.nan, left, np.nan))
-    log = pd.DataFrame(rows, columns=list(LOG_COLUMNS))
+    log = log_frame(pd.DataFrame(rows, columns=["user", "item", "time", "click", "conversion", "rating",
+                                                "leave", "propensity"]))
     is_valid = log["time"] >= length - 2
     return Interactions(train=log[~is_valid].reset_index(drop=True),
                         valid=log[is_valid].reset_index(drop=True), items=pd.DataFrame(index=range(N_ITEMS)),

@@ -25,11 +25,13 @@ from recrl.behavior.gru import GRUBehavior
 from recrl.behavior.mf import MFBehavior
 from recrl.behavior.offline import build_task, rank_task
 from recrl.config import CONF_DIR, check_node
+from recrl.data.preprocess import log_frame
 from recrl.env.simulator import RecEnv
 from recrl.rewards import ClickReward
-from recrl.types import LOG_COLUMNS, Interactions, Obs, RecrlError
+from recrl.types import Interactions, Obs, RecrlError
 
 N_ITEMS, N_USERS, LENGTH = 30, 24, 12
+ROW_COLUMNS = ["user", "item", "time", "click", "conversion", "rating", "leave", "propensity"]
 MODELS = {"mf": MFBehavior, "deepfm": DeepFMBehavior}
 
 
@@ -52,7 +54,7 @@ def build(name: str, **kwargs) -> SequenceUserModel:
 def split(log: pd.DataFrame, n_users: int, positive_only: bool, items: pd.DataFrame | None = None,
           valid_from: int = LENGTH - 2) -> Interactions:
     """Rows with ``time >= valid_from`` are validation rows, the others training rows."""
-    log = pd.DataFrame(log, columns=list(LOG_COLUMNS))
+    log = log_frame(pd.DataFrame(log, columns=ROW_COLUMNS))
     is_valid = log["time"] >= valid_from
     return Interactions(train=log[~is_valid].reset_index(drop=True),
                         valid=log[is_valid].reset_index(drop=True),
@@ -118,7 +120,7 @@ def test_shapes(name: str) -> None:
                            leave=torch.zeros(s, t), mask=torch.ones(s, t), leave_mask=torch.ones(s, t),
                            negative=torch.randint(0, N_ITEMS, (s, t), generator=gen))
     logits = model.sequence_logits(batch)
-    assert set(logits) == {"click", "conversion", "rating", "leave", "click_negative", "click_state"}
+    assert set(logits) == {"click", "conversion", "rating", "watch", "leave", "click_negative", "click_state"}
     state = model.initial_state(s, gen)
     assert logits.pop("click_state").shape == (s, t, state.shape[1])
     assert all(v.shape == (s, t) for v in logits.values())

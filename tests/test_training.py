@@ -18,7 +18,8 @@ from recrl.behavior.features import ItemFeatures, side_features
 from recrl.behavior.fit import NegativeSampler, SessionTensors, TrainingSettings, softmax_click_loss
 from recrl.behavior.gru import GRUBehavior
 from recrl.behavior.sasrec import SASRecBehavior
-from recrl.types import LOG_COLUMNS, Interactions, RecrlError
+from recrl.data.preprocess import log_frame
+from recrl.types import Interactions, RecrlError
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -42,10 +43,7 @@ def _one_click(item: int) -> SessionTensors:
 
 
 def _interactions(items: list[int], n_items: int = 3) -> Interactions:
-    frame = pd.DataFrame({"user": 0, "item": items, "time": range(len(items)), "click": 1.0})
-    for column in ("conversion", "rating", "leave", "propensity"):
-        frame[column] = np.nan if column != "conversion" else 0.0
-    frame = frame[list(LOG_COLUMNS)]
+    frame = log_frame(pd.DataFrame({"user": 0, "item": items, "time": range(len(items)), "click": 1.0}))
     return Interactions(train=frame, valid=frame.iloc[:0], items=pd.DataFrame(index=range(n_items)),
                         n_users=1, n_items=n_items, positive_only=True)
 
@@ -90,10 +88,7 @@ def _pattern(n_users: int = 40, length: int = 8, n_items: int = 10) -> Interacti
     for u in range(n_users):
         seq = [(u % n_items + t) % n_items for t in range(length)]
         rows += [(u, i, t) for t, i in enumerate(seq)]
-    frame = pd.DataFrame(rows, columns=["user", "item", "time"])
-    frame["click"], frame["conversion"] = 1.0, 0.0
-    frame["rating"] = frame["leave"] = frame["propensity"] = np.nan
-    frame = frame[list(LOG_COLUMNS)]
+    frame = log_frame(pd.DataFrame(rows, columns=["user", "item", "time"]).assign(click=1.0))
     last = frame.groupby("user").cumcount(ascending=False) == 0
     return Interactions(train=frame[~last].reset_index(drop=True), valid=frame[last].reset_index(drop=True),
                         items=pd.DataFrame(index=range(n_items)), n_users=n_users, n_items=n_items,
@@ -129,10 +124,7 @@ def test_item_content_scores_an_item_never_seen_in_training() -> None:
         group = range(0, 4) if u % 2 == 0 else range(5, 9)
         rng = np.random.default_rng(u)
         rows += [(u, int(rng.choice(list(group))), t) for t in range(6)]
-    frame = pd.DataFrame(rows, columns=["user", "item", "time"])
-    frame["click"], frame["conversion"] = 1.0, 0.0
-    frame["rating"] = frame["leave"] = frame["propensity"] = np.nan
-    frame = frame[list(LOG_COLUMNS)]
+    frame = log_frame(pd.DataFrame(rows, columns=["user", "item", "time"]).assign(click=1.0))
     last = frame.groupby("user").cumcount(ascending=False) == 0
     data = Interactions(train=frame[~last].reset_index(drop=True), valid=frame[last].reset_index(drop=True),
                         items=items, n_users=60, n_items=10, positive_only=True)
@@ -200,6 +192,6 @@ def test_trim_drops_only_steps_that_are_padding_everywhere() -> None:
     wide = SessionTensors(**{f: (getattr(batch, f) if f == "user" else
                                  torch.cat([getattr(batch, f), torch.full((1, 3), pad if f == "item" else 0.0,
                                                                           dtype=getattr(batch, f).dtype)], 1))
-                             for f in batch.__dataclass_fields__ if f != "negative"})
+                             for f in batch.__dataclass_fields__ if getattr(batch, f) is not None})
     assert wide.item.shape == (1, 4) and wide.trim(pad).item.tolist() == [[1]]
     assert wide.trim(pad).mask.shape == (1, 1) and wide.trim(pad).user.tolist() == [0]

@@ -1,8 +1,9 @@
 """What every sequential behavior model shares: the simulator-facing methods built on a few hooks.
 
 A subclass defines its recurrent core (``initial_state``, ``next_state``, ``output``), its heads
-(``click_head``, ``conversion_head``, ``rating_head`` scoring ``(h, items)`` or, with ``items``
-omitted, the whole catalogue; ``leave_head`` on ``h``) and ``sequence_logits`` for training.
+(``click_head``, ``conversion_head``, ``rating_head``, ``watch_head`` scoring ``(h, items)`` or,
+with ``items`` omitted, the whole catalogue; ``leave_head`` on ``h``) and ``sequence_logits`` for
+training.
 This class turns them into the :class:`~recrl.types.UserModel` protocol, greedy scoring, history
 encoding and fitting, so the models cannot drift apart.
 """
@@ -14,6 +15,7 @@ from collections.abc import Sequence
 
 import pandas as pd
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from recrl.behavior.features import ItemContentEncoder, ItemFeatures, check_feature_kinds
@@ -72,8 +74,10 @@ class SequenceUserModel(nn.Module, ABC):
     click_head: nn.Module
     conversion_head: nn.Module
     rating_head: nn.Module
+    watch_head: nn.Module
     leave_head: nn.Module
     leave_known: Tensor
+    watch_known: Tensor
 
     # ------------------------------------------------------------------ hooks
     @abstractmethod
@@ -120,7 +124,8 @@ class SequenceUserModel(nn.Module, ABC):
         rating = 1.0 + 4.0 * torch.sigmoid(self.rating_head(h, slates))
         nxt = self.next_state(state, slates, click, conversion)
         response = Response(click_prob=click_prob, click=click, conversion_prob=conv_prob,
-                            conversion=conversion, rating=rating, leave_prob=self.leave_prob(nxt))
+                            conversion=conversion, rating=rating, watch=self.watch(h, slates),
+                            leave_prob=self.leave_prob(nxt))
         return response, nxt
 
     @torch.no_grad()
@@ -134,7 +139,21 @@ class SequenceUserModel(nn.Module, ABC):
         conv_prob = torch.sigmoid(self.conversion_head(h))
         rating = 1.0 + 4.0 * torch.sigmoid(self.rating_head(h))
         return Response(click_prob=click_prob, click=click_prob, conversion_prob=conv_prob,
-                        conversion=click_prob * conv_prob, rating=rating, leave_prob=self.leave_prob(state))
+                        conversion=click_prob * conv_prob, rating=rating, watch=self.watch(h),
+                        leave_prob=self.leave_prob(state))
+
+    def watch(self, h: Tensor, items: Tensor | None = None) -> Tensor:
+        """Expected watch given a click ``[B, K]`` (or ``[B, n_items]``); NaN when the logs had
+        no watch values, so a watch reward can never be computed silently from an untrained head."""
+        value = F.softplus(self.watch_head(h, items))
+        return value if bool(self.watch_known) else torch.full_like(value, float("nan"))
+
+    def _add_watch_head(self, hidden: int, dim: int) -> None:
+        """The watch head and the ``watch_known`` flag. Built from a forked random stream so that
+        adding it left the initialisation of every other weight unchanged."""
+        with torch.random.fork_rng(devices=[]):
+            self.watch_head = BilinearScorer(hidden, nn.Embedding(self.n_items, dim), self.n_items)
+        self.register_buffer("watch_known", torch.tensor(True))
 
     def _setup(self, n_items: int, n_users: int, training: TrainingSettings | None,
                features: Sequence[str] = (), item_features: ItemFeatures | None = None,
@@ -200,8 +219,11 @@ class SequenceUserModel(nn.Module, ABC):
         """Fit on the training rows, early-stop on the validation rows' loss.
 
         Logs without leave labels leave the leave head untrained; the model then never makes
-        a user leave (the environment's horizon or leave rule ends episodes).
+        a user leave (the environment's horizon or leave rule ends episodes). Logs without watch
+        values leave the watch head untrained and its predictions NaN.
         """
         leave = pd.concat([interactions.train["leave"], interactions.valid["leave"]])
         self.leave_known.fill_(bool(leave.notna().any()))
+        self.watch_known.fill_(bool(interactions.train["watch"].notna().any())
+                               if "watch" in interactions.train else False)
         return fit_sequence_model(self, interactions, self.training_settings)

@@ -98,7 +98,9 @@ class SessionTensors:
     validation rows, after the user's training history, for validation); ``leave_mask`` those
     of them whose leave label is known. ``negative`` holds sampled negative items (positive-only
     logs) or is ``None``. ``user`` ``[S]`` is each session's dense user id (static models such
-    as MF read it; sequence models ignore it).
+    as MF read it; sequence models ignore it). ``watch`` holds the rows' watch (dwell) values and
+    ``watch_mask`` the counted rows that were clicked and whose watch is known (``None``: no
+    watch data).
     """
 
     user: Tensor
@@ -110,6 +112,8 @@ class SessionTensors:
     mask: Tensor
     leave_mask: Tensor
     negative: Tensor | None = None
+    watch: Tensor | None = None
+    watch_mask: Tensor | None = None
 
     def _map(self, fn) -> SessionTensors:
         return SessionTensors(*(None if getattr(self, f) is None else fn(getattr(self, f))
@@ -154,6 +158,8 @@ def session_tensors(log: pd.DataFrame, n_items: int, max_len: int | None = None,
 
     target_rows = np.ones(len(kept), bool) if target is None else np.asarray(target)[keep]
     leave = kept["leave"].to_numpy(dtype=np.float32)
+    watch = kept["watch"].to_numpy(dtype=np.float32) if "watch" in kept else np.full(len(kept), np.nan)
+    watched = target_rows & ~np.isnan(watch) & (kept["click"].to_numpy() > 0)
     negative = None
     if negatives:
         rng = np.random.default_rng(seed)
@@ -166,14 +172,16 @@ def session_tensors(log: pd.DataFrame, n_items: int, max_len: int | None = None,
                           leave=dense(np.nan_to_num(leave)),
                           mask=dense(target_rows.astype(np.float32)),
                           leave_mask=dense((target_rows & ~np.isnan(leave)).astype(np.float32)),
-                          negative=negative)
+                          negative=negative,
+                          watch=dense(np.nan_to_num(watch)) if watched.any() else None,
+                          watch_mask=dense(watched.astype(np.float32)) if watched.any() else None)
 
 
 class SequenceModel(Protocol):
     """What :func:`fit_sequence_model` needs from a model."""
 
     def sequence_logits(self, batch: SessionTensors) -> dict[str, Tensor]:
-        """Per-step logits ``[S, T]`` for ``click``, ``conversion``, ``rating``, ``leave``."""
+        """Per-step logits ``[S, T]`` for ``click``, ``conversion``, ``rating``, ``watch``, ``leave``."""
         ...
 
 
@@ -206,7 +214,8 @@ def _masked_bce(logit: Tensor, target: Tensor, weight: Tensor) -> Tensor:
 
 def sequence_loss(logits: dict[str, Tensor], batch: SessionTensors) -> Tensor:
     """Masked BCE for clicks (plus sampled negatives), leaving and conversions given a click,
-    and squared error of ratings given a click."""
+    squared error of ratings given a click and Huber loss of watch values given a click
+    (prediction ``softplus(logit)``; robust to the long tail of watch ratios)."""
     m = batch.mask
     clicked = m * batch.click
     rating_pred = 1.0 + 4.0 * torch.sigmoid(logits["rating"])
@@ -217,6 +226,9 @@ def sequence_loss(logits: dict[str, Tensor], batch: SessionTensors) -> Tensor:
             + 0.1 * rating_loss)
     if "click_negative" in logits:
         loss = loss + _masked_bce(logits["click_negative"], torch.zeros_like(m), m)
+    if batch.watch is not None and batch.watch_mask is not None:
+        watch_loss = F.smooth_l1_loss(F.softplus(logits["watch"]), batch.watch, reduction="none")
+        loss = loss + 0.1 * (watch_loss * batch.watch_mask).sum() / batch.watch_mask.sum().clamp(min=1.0)
     return loss
 
 

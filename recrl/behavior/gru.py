@@ -45,6 +45,7 @@ class GRUBehavior(SequenceUserModel):
         self.rating_head = BilinearScorer(hidden, nn.Embedding(n_items, dim), n_items)
         self.leave_head = nn.Sequential(nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, 1))
         self.register_buffer("leave_known", torch.tensor(True))
+        self._add_watch_head(hidden, dim)
         self.to(device)
 
     # ------------------------------------------------------------------ recurrent core
@@ -68,7 +69,7 @@ class GRUBehavior(SequenceUserModel):
     def sequence_logits(self, batch: SessionTensors) -> dict[str, Tensor]:
         """Per-step logits of every head over padded sessions ``[S, T]`` (slate size 1)."""
         h = self.initial_state(batch.item.shape[0]).to(batch.item.device)
-        click, conv, rating, leave, negative, states = [], [], [], [], [], []
+        click, conv, rating, watch, leave, negative, states = [], [], [], [], [], [], []
         for t in range(batch.item.shape[1]):
             states.append(h)
             items = batch.item[:, t:t + 1].clamp(max=self.n_items - 1)
@@ -78,9 +79,10 @@ class GRUBehavior(SequenceUserModel):
                 negative.append(self.click_head(h, sampled)[:, 0])
             conv.append(self.conversion_head(h, items)[:, 0])
             rating.append(self.rating_head(h, items)[:, 0])
+            watch.append(self.watch_head(h, items)[:, 0])
             h = self.next_state(h, batch.item[:, t:t + 1], batch.click[:, t:t + 1],
                                 batch.conversion[:, t:t + 1])
             leave.append(self.leave_logit(h))
         return {k: torch.stack(v, 1) for k, v in
-                (("click", click), ("conversion", conv), ("rating", rating), ("leave", leave),
-                 ("click_negative", negative), ("click_state", states)) if v}
+                (("click", click), ("conversion", conv), ("rating", rating), ("watch", watch),
+                 ("leave", leave), ("click_negative", negative), ("click_state", states)) if v}

@@ -148,6 +148,7 @@ class SASRecBehavior(SequenceUserModel):
         self.register_buffer("inv_freq", 10000.0 ** -(torch.arange(0, half, 2).float() / half),
                              persistent=False)
         self.register_buffer("leave_known", torch.tensor(True))
+        self._add_watch_head(dim, dim)
         self.to(device)
 
     def _table(self, rows: int, padding_idx: int | None = None) -> nn.Embedding:
@@ -271,6 +272,7 @@ class SASRecBehavior(SequenceUserModel):
         logits = {"click": self.click_head(before, items)[..., 0],
                   "conversion": self.conversion_head(before, items)[..., 0],
                   "rating": self.rating_head(before, items)[..., 0],
+                  "watch": self.watch_head(before, items)[..., 0],
                   "leave": self.leave_head(after)[..., 0]}
         if batch.negative is not None:
             sampled = batch.negative.clamp(max=self.n_items - 1)[..., None]

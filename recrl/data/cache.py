@@ -22,7 +22,7 @@ import pandas as pd
 import recrl
 from recrl.types import Interactions, RecrlError, Splits
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: logs have a watch column
 ROWS_ONLY = "_rows_only"
 
 

@@ -8,7 +8,8 @@ random). KuaiRec (Gao et al., CIKM 2022) matrices have ``user_id``, ``video_id``
 * ``time``: ``time_ms``, or ``timestamp`` converted to integer milliseconds;
 * ``click``: ``is_click``, or ``watch_ratio >= watch_ratio_threshold`` (2.0 as in KuaiRec papers);
 * ``conversion``: ``long_view`` when present;
-* ``watch_ratio`` (kept as an extra column): the file's own, or ``play_time_ms / duration_ms``;
+* ``watch``: the watch ratio, the file's own ``watch_ratio`` or ``play_time_ms / duration_ms``
+  (NaN where the duration is unknown or zero): the dwell response behind ``reward=watch``;
 * random exposures (``is_rand == 1``, and every row of ``random_file``) become the given,
   randomized test log when ``random_exposure_as_test`` (use ``preprocess.split=given``).
 """
@@ -44,7 +45,7 @@ def log_columns(path: Path, names: list[str], extra: list[str]) -> tuple[dict[st
                          f"are: {column_list(names)}; {FIX}")
     optional = {"is_click": ("click", "number"), "long_view": ("conversion", "number"),
                 "is_rand": ("is_rand", "number")}
-    optional |= ({"watch_ratio": ("watch_ratio", "optional")} if "watch_ratio" in names else
+    optional |= ({"watch_ratio": ("watch", "optional")} if "watch_ratio" in names else
                  {"play_time_ms": ("play_time_ms", "optional"), "duration_ms": ("duration_ms", "optional")})
     for column, (field, kind) in optional.items():
         if column in names:
@@ -58,14 +59,14 @@ def log_columns(path: Path, names: list[str], extra: list[str]) -> tuple[dict[st
 
 
 def derive(frame: pd.DataFrame, threshold: float) -> pd.DataFrame:
-    """``watch_ratio`` from play/duration times where the file lacks it; clicks from it where needed."""
+    """``watch`` (ratio) from play/duration times where the file lacks it; clicks from it where needed."""
     frame = frame.copy()
     if "play_time_ms" in frame and "duration_ms" in frame:
         play, duration = frame.pop("play_time_ms").to_numpy(), frame.pop("duration_ms").to_numpy()
         with np.errstate(divide="ignore", invalid="ignore"):
-            frame["watch_ratio"] = np.where(duration > 0, play / duration, np.nan)
-    if "click" not in frame and "watch_ratio" in frame:
-        frame["click"] = (frame["watch_ratio"].to_numpy() >= threshold).astype(np.float64)
+            frame["watch"] = np.where(duration > 0, play / duration, np.nan)
+    if "click" not in frame and "watch" in frame:
+        frame["click"] = (frame["watch"].to_numpy() >= threshold).astype(np.float64)
     return frame
 
 

@@ -8,6 +8,7 @@ the :class:`~recrl.types.Interactions` handed to training code holds train and v
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,7 +21,10 @@ SPLITS = ("leave_last_out", "temporal", "random", "given", "user")
 TRAIN, VALID, TEST = 0, 1, 2
 # compact on purpose: logs are the largest tables recrl holds in memory
 LOG_DTYPES = {"user": np.int32, "item": np.int32, "time": np.int64, "click": np.float32,
-              "conversion": np.float32, "rating": np.float32, "leave": np.float32, "propensity": np.float32}
+              "conversion": np.float32, "rating": np.float32, "watch": np.float32, "leave": np.float32,
+              "propensity": np.float32}
+# the value of a column the data does not have
+LOG_DEFAULTS = {"rating": np.nan, "watch": np.nan, "conversion": 0.0, "leave": np.nan, "propensity": np.nan}
 DEDUPE = ("exact", "user_item", "none")
 
 
@@ -29,7 +33,7 @@ class RawLog:
     """Interactions as read from files, before cleaning.
 
     ``log`` has raw ``user`` and ``item`` ids and any of ``time``, ``rating``, ``click``,
-    ``conversion``, ``propensity``, ``leave``; rows of a user without ``time`` are taken to be
+    ``conversion``, ``watch``, ``propensity``, ``leave``; rows of a user without ``time`` are taken to be
     in time order. ``items``/``users`` are side tables indexed by raw id. ``test`` is a given
     test log (e.g. Coat's randomized exposures) and ``test_is_randomized`` says it can serve as
     the ground truth for evaluation.
@@ -139,7 +143,7 @@ class Preprocessing:
         known = (cols["user"] >= 0) & (cols["item"] >= 0)
         cols = _take(cols, np.flatnonzero(known))
         cols = _take(cols, np.lexsort((cols["time"], cols["user"])))
-        return _frame(cols), int((~known).sum())
+        return log_frame(cols), int((~known).sum())
 
     # ------------------------------------------------------------------ steps
     def _standardise(self, log: pd.DataFrame, what: str) -> dict[str, np.ndarray]:
@@ -161,10 +165,10 @@ class Preprocessing:
         else:
             out["click"] = (log["click"].to_numpy(dtype=np.float32) if "click" in log
                             else np.ones(n, dtype=np.float32))
-        for column in ("rating", "conversion", "leave", "propensity"):
+        for column in LOG_DEFAULTS:
             if column in log:
                 out[column] = log[column].to_numpy(dtype=np.float32)
-        for column in log.columns:  # extras such as watch_ratio: kept for models that use them
+        for column in log.columns:  # extras such as is_like: kept for models that use them
             if column not in out:
                 out[column] = log[column].to_numpy()
         return out
@@ -282,16 +286,23 @@ def _split_frames(cols: dict[str, np.ndarray], part: np.ndarray) -> dict[str, pd
     cols = _take(cols, order)
     bounds = np.cumsum(np.bincount(part, minlength=3))
     starts = (0, int(bounds[0]), int(bounds[1]))
-    return {name: _frame({k: v[a:b] for k, v in cols.items()})
+    return {name: log_frame({k: v[a:b] for k, v in cols.items()})
             for name, a, b in zip(("train", "valid", "test"), starts, bounds.tolist(), strict=True)}
 
 
-def _frame(cols: dict[str, np.ndarray]) -> pd.DataFrame:
-    """A log frame in :data:`LOG_COLUMNS` order and dtypes (absent columns filled in)."""
+def log_frame(cols: Mapping[str, Any]) -> pd.DataFrame:
+    """A log frame in :data:`LOG_COLUMNS` order and dtypes from columns (a dict of arrays or a
+    DataFrame); absent optional columns get :data:`LOG_DEFAULTS`, extra columns follow.
+
+    Example::
+
+        log = log_frame({"user": [0, 0], "item": [3, 1], "time": [0, 1], "click": [1.0, 0.0]})
+    """
+    cols = {k: np.asarray(v) for k, v in cols.items()}
     n = len(cols["user"])
     out = {}
     for column in LOG_COLUMNS:
-        default = {"rating": np.nan, "conversion": 0.0, "leave": np.nan, "propensity": np.nan}.get(column)
+        default = LOG_DEFAULTS.get(column)
         value = cols[column] if column in cols else np.full(n, default, dtype=LOG_DTYPES[column])
         out[column] = np.asarray(value, dtype=LOG_DTYPES[column])
     out.update({k: v for k, v in cols.items() if k not in LOG_COLUMNS})
@@ -301,8 +312,7 @@ def _frame(cols: dict[str, np.ndarray]) -> pd.DataFrame:
 def _finish(frame: pd.DataFrame) -> pd.DataFrame:
     """Standard column order and dtypes; extra columns follow."""
     frame = frame.reset_index(drop=True)
-    for column, default in (("rating", np.nan), ("conversion", 0.0), ("leave", np.nan),
-                            ("propensity", np.nan)):
+    for column, default in LOG_DEFAULTS.items():
         if column not in frame:
             frame[column] = np.full(len(frame), default, dtype=LOG_DTYPES[column])
     extra = [c for c in frame.columns if c not in LOG_COLUMNS]

@@ -130,6 +130,14 @@ class SyntheticWorld:
         affinity = torch.einsum("bt,bkt->bk", interest, self.item_emb[slates])
         return 1.0 + 4.0 * torch.sigmoid(3.0 * (self.quality[slates] - 0.5) + affinity)
 
+    def watch(self, state: Tensor, slates: Tensor) -> Tensor:
+        """Expected share of the item consumed ``[B, K]`` (0..1) given a click: quality and
+        interest up, boredom with the topic down (clickbait is clicked but barely watched)."""
+        interest, _, boredom = self._split(state)
+        affinity = torch.einsum("bt,bkt->bk", interest, self.item_emb[slates])
+        return torch.sigmoid(4.0 * (self.quality[slates] - 0.5) + 1.5 * affinity
+                             - 0.3 * boredom.gather(1, self.topic[slates]))
+
     def leave_prob(self, state: Tensor) -> Tensor:
         """Probability ``[B]`` of leaving now: low satisfaction makes users leave."""
         satisfaction = self._split(state)[1]
@@ -149,7 +157,7 @@ class SyntheticWorld:
         next_state = self.update(state, slates, click)
         response = Response(click_prob=click_prob, click=click, conversion_prob=conv_prob,
                             conversion=conversion, rating=self.rating(state, slates),
-                            leave_prob=self.leave_prob(next_state))
+                            watch=self.watch(state, slates), leave_prob=self.leave_prob(next_state))
         return response, next_state
 
     def update(self, state: Tensor, slates: Tensor, click: Tensor) -> Tensor:
@@ -186,7 +194,7 @@ class SyntheticWorld:
         alive = torch.ones(n, dtype=torch.bool)
         columns: dict[str, list[Tensor]] = {k: [] for k in
                                             ("user", "time", "item", "click", "conversion",
-                                             "rating", "leave", "propensity")}
+                                             "rating", "watch", "leave", "propensity")}
         users = torch.arange(n)
         for step in range(self.horizon):
             items = torch.multinomial(probs, n, replacement=True, generator=g)[:, None]
@@ -196,8 +204,8 @@ class SyntheticWorld:
             for key, value in (("user", users), ("time", torch.full((n,), step)),
                                ("item", items[:, 0]), ("click", resp.click[:, 0]),
                                ("conversion", resp.conversion[:, 0]),
-                               ("rating", torch.where(resp.click[:, 0] > 0, resp.rating[:, 0],
-                                                      torch.full((n,), math.nan))),
+                               ("rating", clicked_only(resp.rating[:, 0], resp.click[:, 0])),
+                               ("watch", clicked_only(resp.watch[:, 0], resp.click[:, 0])),
                                ("leave", leave.float()), ("propensity", probs[items[:, 0]])):
                 columns[key].append(value[rows])
             alive = alive & ~leave
@@ -236,6 +244,11 @@ class SyntheticWorld:
         clone = object.__new__(SyntheticWorld)
         clone.__dict__.update(self.__dict__)
         return clone.to(device)
+
+
+def clicked_only(value: Tensor, click: Tensor) -> Tensor:
+    """``value`` where the item was clicked, NaN elsewhere (ratings and watch exist after a click)."""
+    return torch.where(click > 0, value, torch.full_like(value, math.nan))
 
 
 def _beta(g: torch.Generator, n: int) -> Tensor:

@@ -1,7 +1,7 @@
 """Interaction logs in any CSV or Parquet file (``dataset=csv``, ``dataset=parquet``).
 
 ``dataset.columns`` maps recrl's fields (``user``, ``item``, ``time``, ``rating``, ``click``,
-``conversion``, ``propensity``, ``leave`` and any extra, e.g. ``watch_ratio``) to the file's
+``conversion``, ``watch``, ``propensity``, ``leave`` and any extra, e.g. ``is_like``) to the file's
 column names. A CSV file is read with pandas' C parser; only when that finds something wrong is
 it read again line by line, so that an error names the file and line (or, with
 ``dataset.on_bad_rows=skip``, the bad rows are dropped and counted).
@@ -31,7 +31,7 @@ from recrl.types import RecrlError
 FORMATS = ("csv", "parquet")
 NA_TOKENS = frozenset({"", "nan", "NaN", "NAN", "NA", "N/A", "n/a", "null", "NULL", "None"})
 FIELD_KINDS = {"user": "id", "item": "id", "time": "time", "click": "number", "conversion": "number",
-               "rating": "optional", "propensity": "optional", "leave": "optional"}
+               "rating": "optional", "watch": "optional", "propensity": "optional", "leave": "optional"}
 _INT_ID = r"[+-]?\d{1,18}"
 _INT_LIMIT = 2.0**62
 _BOOLS = {"true": 1.0, "false": 0.0}
@@ -527,7 +527,8 @@ class TabularDataset(FileDataset):
         path: the log file, relative to ``root``.
         format: ``csv`` or ``parquet``.
         columns: recrl field -> the file's column; ``user`` and ``item`` are required; ``time``,
-            ``rating``, ``click``, ``conversion``, ``propensity``, ``leave`` and extras are optional.
+            ``rating``, ``click``, ``conversion``, ``watch``, ``propensity``, ``leave`` and extras
+            are optional.
             Without a header, name columns by position (``"0"``, ``"1"``...).
         sep, header, encoding: how the CSV file is written.
         item_file: optional side table (CSV with the same ``sep``, or ``.parquet``) keyed by the item

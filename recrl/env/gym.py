@@ -39,6 +39,7 @@ from recrl.types import Obs, RecrlError, Response, Reward, StepInfo, UserModel
 
 Duplicates = Literal["allow", "error"]
 _SEED_RANGE = 2**62
+RESPONSE_INFO = ("click", "conversion", "rating", "watch")  # per-slot response fields in a step's info
 
 
 def rec_spaces(n_items: int, slate_size: int, history_len: int,
@@ -90,8 +91,9 @@ class RecGymEnv(gymnasium.Env):
     Internally a :class:`RecEnv` with one user; ``reset(seed=s)`` seeds its generator, so the
     same seed and actions give the same trajectory (the one ``RecEnv.reset(1, seed=s)`` gives).
     ``terminated`` means the user left, ``truncated`` that the horizon was reached. ``info`` of a
-    step holds the user's response per slate slot: ``click``, ``conversion`` (0/1) and ``rating``
-    (expected rating given a click), each a float32 array ``[K]``. Extra keyword arguments
+    step holds the user's response per slate slot: ``click``, ``conversion`` (0/1), ``rating``
+    and ``watch`` (expected rating and watch given a click; watch is NaN where the user model
+    has none), each a float32 array ``[K]``. Extra keyword arguments
     (``choice``, ``no_repeat``, ``boredom``, ...) go to :class:`RecEnv`.
 
     Example::
@@ -138,7 +140,7 @@ class RecGymEnv(gymnasium.Env):
         obs, reward, done, info = self.rec.step(slates)
         self._running = not bool(done[0])
         resp = info.response
-        extra = {k: getattr(resp, k)[0].float().cpu().numpy() for k in ("click", "conversion", "rating")}
+        extra = {k: getattr(resp, k)[0].float().cpu().numpy() for k in RESPONSE_INFO}
         return (self._observation(obs), float(reward[0]), bool(info.terminated[0]),
                 bool(info.truncated[0]), extra)
 
@@ -167,7 +169,7 @@ class RecVectorEnv(gymnasium.vector.VectorEnv):
       final one is in ``info["final_obs"]`` (batched like the observations, valid where
       ``info["_final_obs"]``).
 
-    ``info`` holds ``click``, ``conversion`` and ``rating`` ``[B, K]`` with the masks
+    ``info`` holds ``click``, ``conversion``, ``rating`` and ``watch`` ``[B, K]`` with the masks
     ``_click`` ... (true on rows that took a real step). With ``output="numpy"`` (default)
     observations, rewards (float32), flags and info are numpy arrays; with ``output="torch"`` they
     are tensors on ``device`` and actions may be tensors there too, so nothing crosses to the host
@@ -238,8 +240,9 @@ class RecVectorEnv(gymnasium.vector.VectorEnv):
         obs = self.rec.observe()
         live = info.was_alive
         resp = info.response
-        for key in ("click", "conversion", "rating"):
-            extra[key] = getattr(resp, key) * live[:, None].to(getattr(resp, key).dtype)
+        for key in RESPONSE_INFO:
+            value = getattr(resp, key)
+            extra[key] = torch.where(live[:, None], value, torch.zeros_like(value))
             extra[f"_{key}"] = live
         out = (_obs_dict(obs, False), reward, info.terminated, info.truncated, extra)
         return _to_numpy(out) if self.output == "numpy" else out
@@ -446,10 +449,11 @@ class GymAdapter:
         return torch.as_tensor(flat, device=self.device)
 
     def _response(self, b: int) -> Response:
-        """A recommendation response of zeros: a gymnasium env has no clicks, conversions or ratings."""
+        """A recommendation response of zeros: a gymnasium env has no clicks, conversions,
+        ratings or watch times."""
         zeros = torch.zeros(b, 1, device=self.device)
         return Response(click_prob=zeros, click=zeros, conversion_prob=zeros, conversion=zeros,
-                        rating=zeros, leave_prob=torch.zeros(b, device=self.device))
+                        rating=zeros, watch=zeros, leave_prob=torch.zeros(b, device=self.device))
 
     def close(self) -> None:
         """Close every copy."""
