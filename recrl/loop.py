@@ -47,8 +47,13 @@ class Trainer:
 
     Off-policy algorithms step ``n_users`` users continuously (finished users are replaced) and
     learn from a replay buffer on the device; on-policy algorithms collect whole episodes of
-    ``n_users`` users and learn from each batch. The budget ``steps`` counts environment steps
-    (each is ``n_users`` user-steps). Scalars stay on the device between log points.
+    ``n_users`` users and learn from each batch; online algorithms (bandits) step users
+    continuously and learn from each step's transitions as they arrive; offline algorithms never
+    touch the environment during training: each step is one update on ``batch_size`` rows of
+    the logged data they were built with (``algo.dataset``, a
+    :class:`~recrl.algos.logged.LoggedSteps`). The budget ``steps`` counts environment steps
+    (each is ``n_users`` user-steps), or updates for offline algorithms. Scalars stay on the
+    device between log points.
 
     Example::
 
@@ -88,7 +93,8 @@ class Trainer:
         if algo.mode == "none" or self.steps == 0:
             save("last", 0)
             return TrainStats(0, 0, 0, time.perf_counter() - start, float("nan"))
-        run = self._off_policy if algo.mode == "off_policy" else self._on_policy
+        run = {"off_policy": self._off_policy, "on_policy": self._on_policy, "online": self._online,
+               "offline": self._offline}[algo.mode]
         best = float("-inf")
         env_steps, updates = start_step, 0
         bar = tqdm(total=self.steps, initial=start_step, desc=f"train {type(algo).__name__}",
@@ -144,6 +150,25 @@ class Trainer:
                 metrics["train/episode_return"] = finished[0] / finished[1].clamp(min=1)
                 finished.zero_()
             yield step, n_updates, metrics
+
+    def _online(self, algo: Algorithm, env: RecEnv, seed: int, start_step: int = 0):
+        """Yield after every step; the algorithm learns from that step's transitions at once."""
+        env.autoreset = True
+        obs = env.reset(self.n_users, seed=seed if start_step == 0 else None)
+        for step in range(start_step + 1, self.steps + 1):
+            slates = algo.act(obs, explore=True)
+            next_obs, reward, done, info = env.step(slates)
+            metrics = algo.update(Transition(obs=obs, action=slates, reward=reward, next_obs=next_obs,
+                                             done=done.float(), valid=info.was_alive.float()))
+            obs = next_obs
+            yield step, 1, metrics
+
+    def _offline(self, algo: Algorithm, env: RecEnv, seed: int, start_step: int = 0):
+        """Yield after every update on a batch of logged steps; the environment is not used."""
+        dataset = algo.dataset
+        generator = torch.Generator(dataset.device).manual_seed(seed + start_step)
+        for step in range(start_step + 1, self.steps + 1):
+            yield step, 1, algo.update(dataset.sample(self.batch_size, generator))
 
     def _on_policy(self, algo: Algorithm, env: RecEnv, seed: int, start_step: int = 0):
         """Yield after each batch of complete episodes collected with the current policy."""

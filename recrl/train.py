@@ -185,7 +185,7 @@ def build_stages(cfg: DictConfig, device: torch.device,
     ctx = AlgoContext(n_items=interactions.n_items, slate_size=cfg.env.slate_size,
                       history_len=cfg.env.history_len, horizon=cfg.env.horizon, device=device,
                       seed=cfg.seed, item_popularity=torch.as_tensor(interactions.item_popularity()),
-                      behavior=behavior, reward=reward)
+                      behavior=behavior, reward=reward, interactions=interactions)
     return Stages(cfg=cfg, device=device, dataset=dataset, splits=splits,
                   behavior=behavior, behavior_report=behavior_report, reward=reward, ctx=ctx,
                   ground_truth=ground_truth_model(cfg, dataset, splits, device, data_key))

@@ -231,8 +231,10 @@ class Algorithm(Policy, Protocol):
     """A policy that learns.
 
     ``mode`` tells the training loop how to feed it: ``"off_policy"`` (replay of single
-    transitions), ``"on_policy"`` (whole episodes collected with the current policy) or
-    ``"none"`` (a fixed baseline that never updates).
+    transitions), ``"on_policy"`` (whole episodes collected with the current policy),
+    ``"online"`` (each step's transitions as they arrive: bandits), ``"offline"`` (batches of
+    the logged data in its ``dataset`` attribute, no environment interaction) or ``"none"`` (a
+    fixed baseline that never updates).
     """
 
     mode: str
@@ -265,6 +267,8 @@ class AlgoContext:
         behavior: the fitted behavior model (for model-based baselines such as greedy).
         reward: the reward function being optimised.
         obs_features: width ``F`` of :attr:`Obs.features` (0: observations have none).
+        interactions: the training logs (train and valid rows, never test) that offline
+            algorithms learn from (``None`` for gymnasium envs).
     """
 
     n_items: int
@@ -277,3 +281,4 @@ class AlgoContext:
     behavior: Any
     reward: Any
     obs_features: int = 0
+    interactions: Interactions | None = None
