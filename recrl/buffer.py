@@ -1,7 +1,9 @@
-"""On-device storage of transitions: a circular replay buffer and an episode rollout."""
+"""On-device storage of transitions: a circular replay buffer (uniform or prioritized), an
+n-step window over the per-step stream, and an episode rollout."""
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
 
 import torch
@@ -68,6 +70,10 @@ class ReplayBuffer:
         if self.size == 0:
             raise ValueError("cannot sample from an empty replay buffer")
         idx = torch.randint(0, self.size, (batch_size,), device=self.device, generator=generator)
+        return self.rows(idx)
+
+    def rows(self, idx: Tensor) -> Transition:
+        """The stored transitions at slots ``idx``."""
         feats, next_feats = ((None, None) if self.features is None
                              else (self.features[idx], self.next_features[idx]))
         return Transition(obs=Obs(self.items[idx], self.clicks[idx], self.step[idx], feats),
@@ -75,6 +81,120 @@ class ReplayBuffer:
                           next_obs=Obs(self.next_items[idx], self.next_clicks[idx], self.next_step[idx],
                                        next_feats),
                           done=self.done[idx], valid=self.valid[idx])
+
+
+class PrioritizedReplayBuffer(ReplayBuffer):
+    """Replay with proportional prioritization (Schaul et al., ICLR 2016), on device.
+
+    Slot ``i`` is drawn with probability ``P(i) = p_i^alpha / sum_j p_j^alpha`` by
+    ``torch.multinomial`` over the stored priorities (no sum tree: one pass over ``size`` floats
+    per batch, at most 2**24 slots). New rows get the largest priority seen so far (1 at first);
+    :meth:`update_priorities` sets ``p_i = |delta_i| + eps`` after each learning step. The
+    importance weights ``w_i = (N P(i))^-beta`` are divided by their largest value over the
+    stored rows (that of the least likely row), so they only ever scale updates down.
+
+    Example::
+
+        buf = PrioritizedReplayBuffer(10_000, history_len=10, slate_size=1, n_items=100, alpha=0.6)
+        buf.add(transition)
+        batch, idx, weights = buf.sample_weighted(256, generator, beta=0.4)
+        algo.update(batch, weights=weights)
+        buf.update_priorities(idx, algo.td_error)
+    """
+
+    def __init__(self, capacity: int, history_len: int, slate_size: int, n_items: int,
+                 device: torch.device | str = "cpu", alpha: float = 0.6, eps: float = 1e-3) -> None:
+        super().__init__(capacity, history_len, slate_size, n_items, device)
+        self.alpha, self.eps = alpha, eps
+        self.priorities = torch.zeros(capacity, device=self.device)  # p_i ** alpha of each slot
+        self.max_priority = torch.ones((), device=self.device)  # largest p_i so far (a tensor: no sync)
+
+    def add(self, tr: Transition) -> None:
+        """Append a batch of transitions with the largest priority seen so far."""
+        idx = (torch.arange(tr.action.shape[0], device=self.device) + self.cursor) % self.capacity
+        super().add(tr)
+        self.priorities[idx] = self.max_priority ** self.alpha
+
+    def sample_weighted(self, batch_size: int, generator: torch.Generator,
+                        beta: float = 0.4) -> tuple[Transition, Tensor, Tensor]:
+        """A prioritized batch, its slots ``[batch_size]`` and importance weights ``[batch_size]``."""
+        if self.size == 0:
+            raise ValueError("cannot sample from an empty replay buffer")
+        scaled = self.priorities[:self.size]  # slots fill in order, so the stored rows are a prefix
+        idx = torch.multinomial(scaled, batch_size, replacement=True, generator=generator)
+        # (N P_i)^-beta / max_j (N P_j)^-beta = (P_i / min_j P_j)^-beta = (p_i^a / min_j p_j^a)^-beta
+        weights = (scaled[idx] / scaled.min()) ** -beta
+        return self.rows(idx), idx, weights
+
+    def sample(self, batch_size: int, generator: torch.Generator) -> Transition:
+        """A prioritized batch (without the weights; see :meth:`sample_weighted`)."""
+        return self.sample_weighted(batch_size, generator)[0]
+
+    def update_priorities(self, idx: Tensor, td_error: Tensor) -> None:
+        """Set the priorities of slots ``idx`` to ``|td_error| + eps`` (before ``** alpha``)."""
+        priority = td_error.detach().abs() + self.eps
+        self.priorities[idx] = priority ** self.alpha
+        self.max_priority = torch.maximum(self.max_priority, priority.max())
+
+
+def _where_obs(mask: Tensor, a: Obs, b: Obs) -> Obs:
+    """Rows of ``a`` where ``mask`` ``[B]`` is true, else of ``b``."""
+    def pick(x: Tensor, y: Tensor) -> Tensor:
+        return torch.where(mask.view(-1, *([1] * (x.dim() - 1))), x, y)
+    features = None if a.features is None else pick(a.features, b.features)
+    return Obs(items=pick(a.items, b.items), clicks=pick(a.clicks, b.clicks), step=pick(a.step, b.step),
+               features=features)
+
+
+class NStepWindow:
+    """Turns the per-step stream of ``B`` users into ``n``-step transitions, on device.
+
+    The off-policy loop pushes one :class:`Transition` of all ``B`` rows per environment step; a
+    row whose episode ends is refilled in place by a new user. Once ``n`` steps are held, each
+    push returns the ``n``-step transition that starts ``n - 1`` steps earlier (at ``t``)::
+
+        m        = n, or k + 1 for the first step t + k within the window with done = 1
+        reward   = sum_{k < m} gamma^k r_{t+k}
+        next_obs = next_obs_{t+m-1}
+        done     = 1 if the episode ended within the window (nothing to bootstrap), else 0
+        valid    = valid_t (a row not alive at ``t`` stays invalid)
+
+    Rewards after a ``done`` belong to the row's next user and are never added. Transitions of
+    the last ``n - 1`` steps of a run are never returned. With ``n = 1`` every push returns its
+    input.
+
+    Example::
+
+        window = NStepWindow(n=3, gamma=0.9)
+        out = window.push(transition)      # None for the first n - 1 pushes
+        if out is not None:
+            buffer.add(out)
+    """
+
+    def __init__(self, n: int, gamma: float) -> None:
+        if n < 1:
+            raise ValueError(f"n-step window needs n >= 1, got {n}")
+        self.n, self.gamma = n, gamma
+        self.steps: deque[Transition] = deque(maxlen=n)
+
+    def push(self, tr: Transition) -> Transition | None:
+        """Add one step; return the ``n``-step transition completed by it, if any."""
+        if self.n == 1:
+            return tr
+        self.steps.append(tr)
+        if len(self.steps) < self.n:
+            return None
+        first = self.steps[0]
+        reward = first.reward
+        running = first.done <= 0  # [B] bool: the episode has not ended before the next step
+        next_obs = first.next_obs
+        for k in range(1, self.n):
+            step = self.steps[k]
+            reward = reward + (self.gamma ** k) * running.to(reward.dtype) * step.reward * step.valid
+            next_obs = _where_obs(running, step.next_obs, next_obs)
+            running = running & (step.done <= 0)
+        return Transition(obs=first.obs, action=first.action, reward=reward, next_obs=next_obs,
+                          done=(~running).to(first.done.dtype), valid=first.valid)
 
 
 @dataclass(frozen=True)
@@ -128,3 +248,62 @@ def discounted_returns(reward: Tensor, done: Tensor, gamma: float) -> Tensor:
         running = reward[t] + gamma * (1.0 - done[t]) * running
         out[t] = running
     return out
+
+
+def gae(reward: Tensor, value: Tensor, done: Tensor, valid: Tensor, gamma: float, lam: float) -> Tensor:
+    """Generalized advantage estimates ``[T, B]`` of a time-major rollout (Schulman et al., 2016).
+
+    ``delta_t = r_t + gamma * (1 - done_t) * V(s_{t+1}) - V(s_t)`` and
+    ``A_t = delta_t + gamma * lam * (1 - done_t) * A_{t+1}``, with ``V(s_T) = A_T = 0``: the value
+    after an episode's last step is 0 (it ended, or reached the horizon, which the state encodes).
+    Rows with ``valid = 0`` (the user's episode ended earlier) get ``A_t = 0`` and never bootstrap
+    into valid rows. ``lam = 1`` gives ``G_t - V(s_t)`` (Monte-Carlo returns minus the baseline),
+    ``lam = 0`` the one-step TD error. The value targets are ``A_t + V(s_t)``.
+
+    Example::
+
+        # one user, rewards 1, 1, the episode ends after step 1; V = 0.5 everywhere, gamma 0.5, lam 1
+        gae(torch.ones(2, 1), torch.full((2, 1), 0.5), torch.tensor([[0.0], [1.0]]),
+            torch.ones(2, 1), 0.5, 1.0)
+        # -> [[1.0], [0.5]]   (returns 1.5, 1.0 minus V)
+    """
+    value = value * valid
+    out = torch.zeros_like(reward)
+    running = torch.zeros_like(reward[0])
+    next_value = torch.zeros_like(reward[0])
+    for t in range(reward.shape[0] - 1, -1, -1):
+        live = 1.0 - done[t]
+        delta = reward[t] + gamma * live * next_value - value[t]
+        running = (delta + gamma * lam * live * running) * valid[t]
+        out[t] = running
+        next_value = value[t]
+    return out
+
+
+def n_step_returns(reward: Tensor, value: Tensor, done: Tensor, valid: Tensor, gamma: float,
+                   n: int) -> Tensor:
+    """``n``-step bootstrapped returns ``[T, B]`` of a time-major rollout (Mnih et al., 2016).
+
+    ``G_t = sum_{k<n} gamma^k r_{t+k} + gamma^n V(s_{t+n})``, cut at the end of the episode (no
+    rewards and no bootstrap after a ``done``; ``V`` beyond the rollout is 0). Rows with
+    ``valid = 0`` get 0. With ``n >= T`` these are :func:`discounted_returns`.
+
+    Example::
+
+        # one user, rewards 1, 1, 1, no end inside the rollout, V = 2 everywhere, gamma 0.5, n 1
+        n_step_returns(torch.ones(3, 1), torch.full((3, 1), 2.0), torch.zeros(3, 1),
+                       torch.ones(3, 1), 0.5, 1)
+        # -> [[2.0], [2.0], [1.0]]
+    """
+    t_len = reward.shape[0]
+
+    def shifted(x: Tensor, k: int, fill: float) -> Tensor:  # x[t + k], ``fill`` past the end
+        return torch.cat([x[k:], x.new_full((min(k, t_len), *x.shape[1:]), fill)])
+
+    out = torch.zeros_like(reward)
+    alive = torch.ones_like(reward)  # 1 while no episode end in steps t .. t+k-1
+    for k in range(n):
+        out = out + alive * gamma**k * shifted(reward, k, 0.0)
+        alive = alive * (1.0 - shifted(done, k, 1.0))
+    out = out + alive * gamma**n * shifted(value * valid, n, 0.0)
+    return out * valid

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 from tqdm import tqdm
 
-from recrl.buffer import ReplayBuffer, Rollout
+from recrl.buffer import NStepWindow, PrioritizedReplayBuffer, ReplayBuffer, Rollout
 from recrl.env.simulator import RecEnv
 from recrl.types import Algorithm, RecrlError, Transition
 
@@ -123,9 +123,23 @@ class Trainer:
         return TrainStats(env_steps, user_steps, updates, time.perf_counter() - start, best)
 
     def _off_policy(self, algo: Algorithm, env: RecEnv, seed: int, start_step: int = 0):
-        """Yield ``(env_steps, updates, metrics)`` after every step of continuous collection."""
+        """Yield ``(env_steps, updates, metrics)`` after every step of continuous collection.
+
+        Algorithms with ``n_step > 1`` get ``n``-step transitions (an :class:`NStepWindow` with
+        their ``gamma`` between the environment and the buffer); with ``prioritized`` the buffer
+        is a :class:`PrioritizedReplayBuffer` (``priority_alpha``, ``priority_eps``), each update
+        gets the importance weights (``beta`` annealed linearly from ``priority_beta`` to 1 over
+        the run) and the algorithm's ``td_error`` becomes the sampled rows' new priorities.
+        """
         env.autoreset = True
-        buffer = ReplayBuffer(self.buffer_size, env.history_len, env.slate_size, env.n_items, env.device)
+        args = (self.buffer_size, env.history_len, env.slate_size, env.n_items, env.device)
+        prioritized = bool(getattr(algo, "prioritized", False))
+        if prioritized:
+            buffer = PrioritizedReplayBuffer(*args, alpha=algo.priority_alpha, eps=algo.priority_eps)
+        else:
+            buffer = ReplayBuffer(*args)
+        n_step = int(getattr(algo, "n_step", 1))
+        window = NStepWindow(n_step, algo.gamma) if n_step > 1 else None
         generator = torch.Generator(env.device).manual_seed(seed + start_step)
         obs = env.reset(self.n_users, seed=seed if start_step == 0 else None)
         episode_return = torch.zeros(self.n_users, device=env.device)
@@ -133,8 +147,12 @@ class Trainer:
         for step in range(start_step + 1, self.steps + 1):
             slates = algo.act(obs, explore=True)
             next_obs, reward, done, info = env.step(slates)
-            buffer.add(Transition(obs=obs, action=slates, reward=reward, next_obs=next_obs,
-                                  done=done.float(), valid=info.was_alive.float()))
+            transition = Transition(obs=obs, action=slates, reward=reward, next_obs=next_obs,
+                                    done=done.float(), valid=info.was_alive.float())
+            if window is not None:
+                transition = window.push(transition)
+            if transition is not None:
+                buffer.add(transition)
             episode_return += reward
             finished += torch.stack([(episode_return * done).sum(), done.sum()])
             episode_return = episode_return * ~done
@@ -143,7 +161,13 @@ class Trainer:
             n_updates = 0
             if len(buffer) >= self.learning_starts:
                 for _ in range(self.updates_per_step):
-                    metrics = algo.update(buffer.sample(self.batch_size, generator))
+                    if prioritized:
+                        beta = algo.priority_beta + (1.0 - algo.priority_beta) * min(1.0, step / self.steps)
+                        batch, idx, weights = buffer.sample_weighted(self.batch_size, generator, beta)
+                        metrics = algo.update(batch, weights=weights)
+                        buffer.update_priorities(idx, algo.td_error)
+                    else:
+                        metrics = algo.update(buffer.sample(self.batch_size, generator))
                     n_updates += 1
             if step % self.log_every == 0:
                 metrics = dict(metrics)

@@ -1,16 +1,61 @@
-"""Double DQN over a catalogue (``algo=dqn``).
+"""The DQN family over a catalogue (``algo=dqn``, ``algo=c51``).
 
-Q-values of all items are one product of the encoded history with an item-embedding table, so
-acting scales to large catalogues. For slates of size ``K`` the slate is the top-``K`` items and
-``Q(s, slate)`` is the mean of its items' Q-values (a simple decomposition; SlateQ refines it).
+Q-values of all items are one product of the encoded history ``s`` with an item-embedding table,
+``Q(s, i) = s . E_i + b_i``, so acting scales to large catalogues. For slates of size ``K`` the
+slate is the top-``K`` items and ``Q(s, slate)`` is the mean of its items' Q-values (a simple
+decomposition; SlateQ refines it). Each option below is independent and off by default except
+``double``; with every option at its default the algorithm is plain double DQN.
 
-Loss (Huber), with ``a*`` the online network's top-``K`` at ``s'`` (double DQN)::
+Loss (Huber), with ``a*`` the top-``K`` items at ``s'`` (``n = n_step``, ``w`` the importance
+weight of the row under prioritized replay, 1 otherwise)::
 
-    y = r + gamma * (1 - done) * mean_k Q_target(s', a*_k)
-    L = huber(mean_k Q(s, a_k), y)
+    a* = top_K Q(s', .)                          double=True  (online net picks, target evaluates)
+    a* = top_K Q_target(s', .)                   double=False (vanilla: max of the target net)
+    y  = R + gamma^n * (1 - done) * mean_k Q_target(s', a*_k)
+    L  = mean_rows w * huber(mean_k Q(s, a_k), y)
 
-Reference: van Hasselt, Guez, Silver. Deep Reinforcement Learning with Double Q-learning.
-AAAI 2016.
+``dueling``: the Q-head splits into a state value and per-item advantages, the advantage still
+a state x item-embedding product::
+
+    A(s, i) = s . E_i + b_i,   V(s) = v . s + c,   Q(s, i) = V(s) + A(s, i) - mean_i A(s, i)
+
+``n_step > 1``: transitions are ``n``-step (built by :class:`recrl.buffer.NStepWindow` in the
+training loop): ``R = sum_{k<m} gamma^k r_{t+k}``, ``s'`` the observation ``m`` steps later,
+where ``m = n`` or the step at which the episode ended (then ``done = 1`` and nothing is
+bootstrapped).
+
+``prioritized``: the loop samples row ``i`` with probability ``P(i) = p_i^alpha / sum_j p_j^alpha``,
+``p_i = |delta_i| + eps`` (new rows get the largest ``p`` seen), weighs its loss by
+``w_i = (N P(i))^-beta / max_j (N P(j))^-beta`` (``beta`` annealed linearly from
+``priority_beta`` to 1 over the run) and sets ``p_i`` from :attr:`DQN.td_error` after each
+update (see :class:`recrl.buffer.PrioritizedReplayBuffer`).
+
+``atoms > 0`` (C51): each item has a categorical return distribution on the fixed support
+``z_j = v_min + j * (v_max - v_min) / (atoms - 1)``, with logits built like the Q-values: a linear
+layer maps ``s`` to ``atoms x dim`` and ``logits(s, i)[j] = (W s)_j . E_i + b_{i,j}`` (with
+``dueling``, ``V(s)[j] + A(s, i)[j] - mean_i A(s, i)[j]``). ``Q(s, i) = sum_j z_j p_j(s, i)`` is
+used for acting and for picking ``a*`` (this materialises ``[B, n_items, atoms]`` logits: ``atoms``
+times the memory of scalar Q-values). The slate's next-state distribution is the mixture of
+its items' distributions (its mean is the slate value ``mean_k Q(s', a*_k)`` of the
+decomposition above), projected onto the support::
+
+    p'_j = mean_k p_target,j(s', a*_k)
+    m    = Phi(R + gamma^n (1 - done) z, p')     Phi: split each atom's mass between the two
+                                                 nearest support points (clipped to [v_min, v_max])
+    L    = mean_rows w * mean_k [ -sum_j m_j log p_j(s, a_k) ]
+
+so every item of the shown slate is trained towards the same target distribution; the
+prioritized-replay error of a row is its KL divergence ``mean_k KL(m || p(s, a_k))``.
+
+References:
+    van Hasselt, Guez, Silver. Deep Reinforcement Learning with Double Q-learning. AAAI 2016.
+    Wang, Schaul, Hessel, van Hasselt, Lanctot, de Freitas. Dueling Network Architectures for
+    Deep Reinforcement Learning. ICML 2016.
+    Sutton. Learning to predict by the methods of temporal differences. Machine Learning 3, 1988;
+    Hessel et al. Rainbow: Combining Improvements in Deep Reinforcement Learning. AAAI 2018
+    (n-step returns).
+    Schaul, Quan, Antonoglou, Silver. Prioritized Experience Replay. ICLR 2016.
+    Bellemare, Dabney, Munos. A Distributional Perspective on Reinforcement Learning. ICML 2017.
 """
 
 from __future__ import annotations
@@ -20,19 +65,107 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor, nn
 
 from recrl.algos.nets import HistoryEncoder, ItemScorer, random_slates, top_k
-from recrl.types import AlgoContext, Obs, Transition
+from recrl.types import AlgoContext, Obs, RecrlError, Transition
+
+
+class DuelingScorer(ItemScorer):
+    """Dueling Q-values ``V(s) + A(s, i) - mean_i A(s, i)`` with ``A`` the item-product scores.
+
+    Example::
+
+        q = DuelingScorer(HistoryEncoder(...), n_items=100, dim=32)
+        values = q(obs)                      # [B, 100]
+    """
+
+    def __init__(self, encoder: HistoryEncoder, n_items: int, dim: int) -> None:
+        super().__init__(encoder, n_items, dim)
+        self.value = nn.Linear(dim, 1)
+
+    def score(self, state: Tensor) -> Tensor:
+        """Q-values ``[B, n_items]`` for already-encoded states."""
+        advantage = super().score(state)
+        return self.value(state) + advantage - advantage.mean(1, keepdim=True)
+
+
+class CategoricalScorer(nn.Module):
+    """Logits ``[B, n_items, atoms]`` of every item's return distribution (C51).
+
+    ``logits(s, i)[j] = (W s)_j . E_i + b_{i,j}``: one linear layer maps the state to ``atoms``
+    vectors of size ``dim``, each multiplied with the item table. With ``dueling`` a value head
+    adds ``V(s)[j]`` and the mean advantage over items is subtracted (computed from the mean item
+    embedding, so scoring only a few items stays cheap).
+
+    Example::
+
+        net = CategoricalScorer(HistoryEncoder(...), n_items=100, dim=32, atoms=51)
+        logits = net(obs)                    # [B, 100, 51]
+        taken = net.logits(net.encoder(obs), slates)  # [B, K, 51]
+    """
+
+    def __init__(self, encoder: HistoryEncoder, n_items: int, dim: int, atoms: int,
+                 dueling: bool = False) -> None:
+        super().__init__()
+        self.encoder, self.atoms, self.dim = encoder, atoms, dim
+        self.proj = nn.Linear(dim, atoms * dim)
+        self.item_out = nn.Embedding(n_items, dim)
+        self.bias = nn.Parameter(torch.zeros(n_items, atoms))
+        self.value = nn.Linear(dim, atoms) if dueling else None
+
+    def forward(self, obs: Obs) -> Tensor:
+        """Logits ``[B, n_items, atoms]``."""
+        return self.logits(self.encoder(obs))
+
+    def logits(self, state: Tensor, items: Tensor | None = None) -> Tensor:
+        """Logits of all items ``[B, n_items, atoms]``, or of ``items`` ``[B, K]``: ``[B, K, atoms]``."""
+        proj = self.proj(state).view(state.shape[0], self.atoms, self.dim)
+        if items is None:
+            out = torch.einsum("bjd,nd->bnj", proj, self.item_out.weight) + self.bias
+        else:
+            out = torch.einsum("bjd,bkd->bkj", proj, self.item_out(items)) + self.bias[items]
+        if self.value is None:
+            return out
+        # mean_i A(s, i) = (W s) . mean_i E_i + mean_i b_i: linear in the item embedding
+        mean_adv = proj @ self.item_out.weight.mean(0) + self.bias.mean(0)
+        return (self.value(state) - mean_adv)[:, None, :] + out
+
+
+def categorical_projection(probs: Tensor, values: Tensor, v_min: float, v_max: float) -> Tensor:
+    """Project masses ``probs`` ``[B, Z]`` at ``values`` ``[B, Z]`` onto the C51 support.
+
+    Each value is clipped to ``[v_min, v_max]`` and its mass split between the two nearest of the
+    ``Z`` evenly spaced support points, in proportion to closeness (all of it when it falls on one).
+
+    Example::
+
+        # support 0, 1, 2: mass 1 at 0.25 -> 0.75 on 0 and 0.25 on 1
+        categorical_projection(torch.tensor([[1.0, 0, 0]]), torch.tensor([[0.25, 5, 5]]), 0.0, 2.0)
+        # -> [[0.75, 0.25, 0.0]]
+    """
+    atoms = probs.shape[-1]
+    pos = (values.clamp(v_min, v_max) - v_min) / ((v_max - v_min) / (atoms - 1))  # [B, Z] in 0..Z-1
+    grid = torch.arange(atoms, device=probs.device, dtype=probs.dtype)
+    share = (1.0 - (pos[:, None, :] - grid[None, :, None]).abs()).clamp(min=0.0)  # [B, Z_out, Z_in]
+    return (share * probs[:, None, :]).sum(-1)
 
 
 class DQN:
-    """Double DQN with a target network, replay on device and a linear epsilon schedule.
+    """DQN with a target network, replay on device and a linear epsilon schedule.
+
+    Double DQN by default; options add dueling heads, n-step returns, prioritized replay
+    (both applied by the training loop, which reads ``n_step``, ``gamma``, ``prioritized`` and
+    ``priority_*``) and C51 return distributions. See the module docstring for the losses.
 
     Example::
 
         algo = DQN(ctx, lr=1e-3, gamma=0.9)
         slates = algo.act(obs, explore=True)
         stats = algo.update(replay.sample(256, generator))
+        c51 = DQN(ctx, atoms=51, v_min=0.0, v_max=20.0, dueling=True, n_step=3)
+        stats = c51.update(batch, weights=importance_weights)   # prioritized replay
+        new_priorities = c51.td_error                            # [B]
     """
 
     mode = "off_policy"
@@ -40,29 +173,57 @@ class DQN:
     def __init__(self, ctx: AlgoContext, dim: int = 32, hidden: int = 128, lr: float = 1e-3,
                  gamma: float = 0.9, epsilon_start: float = 1.0, epsilon_end: float = 0.05,
                  epsilon_decay_steps: int = 2000, target_update: int = 200, tau: float = 1.0,
-                 grad_clip: float = 10.0) -> None:
+                 grad_clip: float = 10.0, double: bool = True, dueling: bool = False, n_step: int = 1,
+                 prioritized: bool = False, priority_alpha: float = 0.6, priority_beta: float = 0.4,
+                 priority_eps: float = 1e-3, atoms: int = 0, v_min: float = 0.0,
+                 v_max: float = 10.0) -> None:
+        if n_step < 1:
+            raise RecrlError(f"algo.n_step={n_step} must be >= 1")
+        if atoms == 1 or atoms < 0:
+            raise RecrlError(f"algo.atoms={atoms} must be 0 (off) or >= 2")
+        if atoms and not v_max > v_min:
+            raise RecrlError(f"algo.v_max={v_max} must exceed algo.v_min={v_min}")
         self.ctx, self.gamma = ctx, gamma
         self.epsilon_start, self.epsilon_end = epsilon_start, epsilon_end
         self.epsilon_decay_steps, self.target_update, self.tau = epsilon_decay_steps, target_update, tau
         self.grad_clip = grad_clip
+        self.double, self.dueling, self.n_step = double, dueling, n_step
+        self.prioritized, self.priority_alpha = prioritized, priority_alpha
+        self.priority_beta, self.priority_eps = priority_beta, priority_eps
+        self.atoms, self.v_min, self.v_max = atoms, v_min, v_max
         torch.manual_seed(ctx.seed)
         encoder = HistoryEncoder(ctx.n_items, ctx.history_len, ctx.slate_size, ctx.horizon, dim, hidden,
                                  features=ctx.obs_features)
-        self.q = ItemScorer(encoder, ctx.n_items, dim).to(ctx.device)
+        if atoms:
+            self.q: nn.Module = CategoricalScorer(encoder, ctx.n_items, dim, atoms, dueling)
+        elif dueling:
+            self.q = DuelingScorer(encoder, ctx.n_items, dim)
+        else:
+            self.q = ItemScorer(encoder, ctx.n_items, dim)
+        self.q = self.q.to(ctx.device)
         self.q_target = copy.deepcopy(self.q).requires_grad_(False)
+        self.support = torch.linspace(v_min, v_max, atoms, device=ctx.device) if atoms else None
         self.optimizer = torch.optim.Adam(self.q.parameters(), lr=lr)
         self.generator = torch.Generator(ctx.device).manual_seed(ctx.seed)
         self.acted_steps, self.updates = 0, 0
+        self.td_error: Tensor | None = None  # [B] |TD error| of the last update (C51: KL), per row
 
     def epsilon(self) -> float:
         """Exploration rate now: linear from ``epsilon_start`` to ``epsilon_end``."""
         frac = min(1.0, self.acted_steps / max(1, self.epsilon_decay_steps))
         return self.epsilon_start + frac * (self.epsilon_end - self.epsilon_start)
 
+    def q_values(self, obs: Obs, target: bool = False) -> Tensor:
+        """Q-values ``[B, n_items]`` of the online (or target) network; C51: expected returns."""
+        net = self.q_target if target else self.q
+        if not self.atoms:
+            return net(obs)
+        return net(obs).softmax(-1) @ self.support
+
     @torch.no_grad()
     def act(self, obs: Obs, explore: bool) -> torch.Tensor:
         """Top-``K`` items by Q; with ``explore``, a random slate with probability epsilon."""
-        slates = top_k(self.q(obs), self.ctx.slate_size)
+        slates = top_k(self.q_values(obs), self.ctx.slate_size)
         if not explore:
             return slates
         eps = self.epsilon()
@@ -72,14 +233,18 @@ class DQN:
         coin = torch.rand(b, 1, device=dev, generator=self.generator) < eps
         return torch.where(coin, rand, slates)
 
-    def update(self, batch: Transition) -> dict[str, float]:
-        """One gradient step of the double-DQN loss on a replay batch."""
-        q_taken = self.q(batch.obs).gather(1, batch.action).mean(1)
-        with torch.no_grad():
-            best_next = top_k(self.q(batch.next_obs), self.ctx.slate_size)
-            q_next = self.q_target(batch.next_obs).gather(1, best_next).mean(1)
-            target = batch.reward + self.gamma * (1.0 - batch.done) * q_next
-        loss = (F.smooth_l1_loss(q_taken, target, reduction="none") * batch.valid).sum()
+    def update(self, batch: Transition, weights: Tensor | None = None) -> dict[str, float]:
+        """One gradient step on a replay batch; ``weights`` ``[B]``: importance weights (PER).
+
+        Afterwards :attr:`td_error` holds each row's error (0 on invalid rows) for new priorities.
+        """
+        if self.atoms:
+            per_row, q_taken = self._categorical_loss(batch)
+        else:
+            per_row, q_taken = self._td_loss(batch)
+        if weights is not None:
+            per_row = per_row * weights
+        loss = (per_row * batch.valid).sum()
         loss = loss / batch.valid.sum().clamp(min=1.0)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -89,6 +254,40 @@ class DQN:
         self._sync_target()
         return {"train/loss": loss.detach(), "train/q": q_taken.detach().mean(),
                 "train/epsilon": self.epsilon()}
+
+    def _td_loss(self, batch: Transition) -> tuple[Tensor, Tensor]:
+        """Per-row Huber loss ``[B]`` and ``Q(s, slate)`` ``[B]`` of scalar (double) DQN."""
+        q_taken = self.q(batch.obs).gather(1, batch.action).mean(1)
+        with torch.no_grad():
+            q_target_next = self.q_target(batch.next_obs)
+            # a*: the online net's top-K (double DQN) or the target net's own (vanilla max)
+            q_pick = self.q(batch.next_obs) if self.double else q_target_next
+            best_next = top_k(q_pick, self.ctx.slate_size)
+            q_next = q_target_next.gather(1, best_next).mean(1)
+            target = batch.reward + self.gamma**self.n_step * (1.0 - batch.done) * q_next
+            self.td_error = (q_taken - target).abs() * batch.valid
+        return F.smooth_l1_loss(q_taken, target, reduction="none"), q_taken
+
+    def _categorical_loss(self, batch: Transition) -> tuple[Tensor, Tensor]:
+        """Per-row C51 cross-entropy ``[B]`` (mean over the slate) and ``Q(s, slate)`` ``[B]``."""
+        log_p = self.q.logits(self.q.encoder(batch.obs), batch.action).log_softmax(-1)  # [B, K, Z]
+        with torch.no_grad():
+            target_state = self.q_target.encoder(batch.next_obs)
+            if self.double:
+                q_pick = self.q_values(batch.next_obs)
+            else:
+                q_pick = self.q_target.logits(target_state).softmax(-1) @ self.support
+            best_next = top_k(q_pick, self.ctx.slate_size)
+            next_p = self.q_target.logits(target_state, best_next).softmax(-1).mean(1)  # [B, Z] mixture
+            discount = self.gamma**self.n_step * (1.0 - batch.done)
+            values = batch.reward[:, None] + discount[:, None] * self.support
+            m = categorical_projection(next_p, values, self.v_min, self.v_max)[:, None, :]  # [B, 1, Z]
+        cross_entropy = -(m * log_p).sum(-1)  # [B, K]
+        with torch.no_grad():
+            kl = cross_entropy + torch.xlogy(m, m).sum(-1)
+            self.td_error = kl.mean(1) * batch.valid
+            q_taken = (log_p.exp() @ self.support).mean(1)
+        return cross_entropy.mean(1), q_taken
 
     def _sync_target(self) -> None:
         if self.tau < 1.0:
