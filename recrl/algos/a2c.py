@@ -1,0 +1,126 @@
+"""Advantage actor-critic, synchronous (``algo=a2c``).
+
+The policy is a softmax over the catalogue, ``pi(a|s) = softmax(state @ E.T + b)``; slates of
+size ``K`` are sampled without replacement (Gumbel top-``K``) and their log-probability is
+approximated by the sum of the items' log-probabilities. A value head ``V(s)`` shares the
+policy's history encoder. Whole episodes of ``B`` users are collected with the current policy;
+then one gradient step on::
+
+    A_t = GAE(gamma, lam)_t                                        (default), or
+    A_t = sum_{k<n} gamma^k r_{t+k} + gamma^n V(s_{t+n}) - V(s_t)   (n_steps = n)
+    R_t = A_t + V(s_t)                                             (targets; A, R not differentiated)
+    L = -mean[A_t * log pi(a_t|s_t)] + value_coef * mean[(V(s_t) - R_t)^2]
+        - entropy_coef * mean[H(pi(.|s_t))]
+
+where the means run over the valid (still in an episode) user-steps and the gradient norm is
+clipped to ``grad_clip``. The synchronous variant replaces A3C's asynchronous workers by a batch
+of users stepped together.
+
+References: Mnih et al. Asynchronous methods for deep reinforcement learning. ICML 2016.
+Schulman et al. High-dimensional continuous control using generalized advantage estimation.
+ICLR 2016.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from recrl.algos.nets import HistoryEncoder, ItemScorer, top_k
+from recrl.buffer import Rollout, gae, n_step_returns
+from recrl.types import AlgoContext, Obs
+
+
+class A2C:
+    """Synchronous advantage actor-critic with GAE or n-step returns and an entropy bonus.
+
+    Example::
+
+        algo = A2C(ctx, lr=3e-3, lam=0.95)       # or n_steps=5 for n-step bootstrapped returns
+        slates = algo.act(obs, explore=True)     # sampled from the policy
+        stats = algo.update(rollout)             # one gradient step on whole episodes
+    """
+
+    mode = "on_policy"
+
+    def __init__(self, ctx: AlgoContext, dim: int = 32, hidden: int = 128, lr: float = 3e-3,
+                 gamma: float = 0.95, lam: float = 0.95, n_steps: int | None = None,
+                 value_coef: float = 0.5, entropy_coef: float = 0.01, normalize_advantage: bool = True,
+                 grad_clip: float = 0.5, sample_in_eval: bool = True) -> None:
+        if n_steps is not None and n_steps < 1:
+            raise ValueError(f"a2c: n_steps must be >= 1 or null (GAE), got {n_steps}")
+        self.ctx, self.gamma, self.lam, self.n_steps = ctx, gamma, lam, n_steps
+        self.value_coef, self.entropy_coef, self.grad_clip = value_coef, entropy_coef, grad_clip
+        self.normalize_advantage, self.sample_in_eval = normalize_advantage, sample_in_eval
+        torch.manual_seed(ctx.seed)
+        encoder = HistoryEncoder(ctx.n_items, ctx.history_len, ctx.slate_size, ctx.horizon, dim, hidden,
+                                 features=ctx.obs_features)
+        self.policy = ItemScorer(encoder, ctx.n_items, dim).to(ctx.device)
+        self.value = nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(), nn.Linear(hidden, 1)).to(ctx.device)
+        self.params = list(self.policy.parameters()) + list(self.value.parameters())
+        self.optimizer = torch.optim.Adam(self.params, lr=lr)
+        self.generator = torch.Generator(ctx.device).manual_seed(ctx.seed)
+        self.updates = 0
+
+    @torch.no_grad()
+    def act(self, obs: Obs, explore: bool) -> torch.Tensor:
+        """Sample a slate from the policy, or take its top-``K`` items when neither ``explore``
+        nor ``sample_in_eval`` is set (the learned policy is stochastic; its mode can differ)."""
+        logits = self.policy(obs)
+        if not (explore or self.sample_in_eval):
+            return top_k(logits, self.ctx.slate_size)
+        u = torch.rand(logits.shape, device=logits.device, generator=self.generator)
+        gumbel = -torch.log(-torch.log(u.clamp(1e-12, 1.0 - 1e-7)))
+        return top_k(logits + gumbel, self.ctx.slate_size)
+
+    def update(self, batch: Rollout) -> dict[str, Any]:
+        """One actor-critic gradient step on a batch of complete episodes."""
+        t_len, b = batch.reward.shape
+        state = self.policy.encoder(batch.flat_obs())
+        log_pi = torch.log_softmax(self.policy.score(state), 1)
+        logp = log_pi.gather(1, batch.action.reshape(t_len * b, -1)).sum(1)
+        value = self.value(state).squeeze(1)
+        with torch.no_grad():
+            v = value.reshape(t_len, b)
+            if self.n_steps is None:
+                advantage = gae(batch.reward, v, batch.done, batch.valid, self.gamma, self.lam)
+                target = advantage + v
+            else:
+                target = n_step_returns(batch.reward, v, batch.done, batch.valid, self.gamma, self.n_steps)
+                advantage = target - v
+            advantage, target = advantage.reshape(-1), target.reshape(-1)
+        valid = batch.valid.reshape(-1)
+        n = valid.sum().clamp(min=1.0)
+        if self.normalize_advantage:
+            mean = (advantage * valid).sum() / n
+            std = (((advantage - mean) ** 2 * valid).sum() / n).sqrt()
+            advantage = (advantage - mean) / (std + 1e-8)
+        entropy = -(log_pi.exp() * log_pi).sum(1)
+        policy_loss = -(advantage * logp * valid).sum() / n
+        value_loss = (((value - target) ** 2) * valid).sum() / n
+        entropy_mean = (entropy * valid).sum() / n
+        loss = policy_loss + self.value_coef * value_loss - self.entropy_coef * entropy_mean
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = nn.utils.clip_grad_norm_(self.params, self.grad_clip)
+        self.optimizer.step()
+        self.updates += 1
+        return {"train/loss": loss.detach(), "train/policy_loss": policy_loss.detach(),
+                "train/value_loss": value_loss.detach(), "train/entropy": entropy_mean.detach(),
+                "train/grad_norm": grad_norm.detach()}
+
+    def state_dict(self) -> dict[str, Any]:
+        """Weights, optimizer and counters."""
+        return {"policy": self.policy.state_dict(), "value": self.value.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "updates": self.updates,
+                "generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore from :meth:`state_dict`."""
+        self.policy.load_state_dict(state["policy"])
+        self.value.load_state_dict(state["value"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.updates = int(state["updates"])
+        self.generator.set_state(state["generator"])

@@ -1,0 +1,166 @@
+"""Proximal policy optimization with the clipped objective and GAE (``algo=ppo``).
+
+The policy is a softmax over the catalogue, ``pi(a|s) = softmax(state @ E.T + b)``; slates of
+size ``K`` are sampled without replacement (Gumbel top-``K``) and their log-probability is
+approximated by the sum of the items' log-probabilities. A value head ``V(s)`` shares the
+policy's history encoder. Whole episodes are collected with the current policy ``pi_old``; its
+log-probabilities and values ``V_old`` are computed once before the first epoch, then::
+
+    A_t = GAE(gamma, lam)_t from V_old,  R_t = A_t + V_old(s_t),  A_t normalised over valid rows
+    rho_t = exp(log pi(a_t|s_t) - log pi_old(a_t|s_t))
+    L_clip = -mean[min(rho_t A_t, clip(rho_t, 1 - eps, 1 + eps) A_t)]
+    L_V = mean[(V(s_t) - R_t)^2]        or, with value_clip = c,
+    L_V = mean[max((V - R_t)^2, (V_old + clip(V - V_old, -c, c) - R_t)^2)]
+    L = L_clip + value_coef * L_V - entropy_coef * mean[H(pi(.|s_t))]
+
+minimised for ``epochs`` passes over shuffled minibatches of ``minibatch_size`` valid user-steps,
+with the gradient norm clipped to ``grad_clip``. With ``target_kl`` set, the update stops at the
+first minibatch whose ``approx_kl = mean[(rho - 1) - log rho]`` exceeds it.
+
+References: Schulman et al. Proximal policy optimization algorithms. arXiv:1707.06347, 2017.
+Schulman et al. High-dimensional continuous control using generalized advantage estimation.
+ICLR 2016.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from recrl.algos.nets import HistoryEncoder, ItemScorer, top_k
+from recrl.buffer import Rollout, gae
+from recrl.types import AlgoContext, Obs
+
+
+class PPO:
+    """PPO-clip actor-critic on whole episodes, several epochs of minibatches per rollout.
+
+    Example::
+
+        algo = PPO(ctx, lr=1e-3, epochs=4, minibatch_size=256, clip=0.2)
+        slates = algo.act(obs, explore=True)     # sampled from the policy
+        stats = algo.update(rollout)             # stats["train/approx_kl"], stats["train/clip_fraction"]
+    """
+
+    mode = "on_policy"
+
+    def __init__(self, ctx: AlgoContext, dim: int = 32, hidden: int = 128, lr: float = 1e-3,
+                 gamma: float = 0.95, lam: float = 0.95, clip: float = 0.2, epochs: int = 4,
+                 minibatch_size: int = 256, value_coef: float = 0.5, value_clip: float | None = None,
+                 entropy_coef: float = 0.01, normalize_advantage: bool = True,
+                 target_kl: float | None = None, grad_clip: float = 0.5, sample_in_eval: bool = True) -> None:
+        if epochs < 1 or minibatch_size < 1 or clip <= 0:
+            raise ValueError("ppo: epochs and minibatch_size must be >= 1 and clip > 0")
+        self.ctx, self.gamma, self.lam, self.clip = ctx, gamma, lam, clip
+        self.epochs, self.minibatch_size = epochs, minibatch_size
+        self.value_coef, self.value_clip, self.entropy_coef = value_coef, value_clip, entropy_coef
+        self.normalize_advantage, self.target_kl = normalize_advantage, target_kl
+        self.grad_clip, self.sample_in_eval = grad_clip, sample_in_eval
+        torch.manual_seed(ctx.seed)
+        encoder = HistoryEncoder(ctx.n_items, ctx.history_len, ctx.slate_size, ctx.horizon, dim, hidden,
+                                 features=ctx.obs_features)
+        self.policy = ItemScorer(encoder, ctx.n_items, dim).to(ctx.device)
+        self.value = nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(), nn.Linear(hidden, 1)).to(ctx.device)
+        self.params = list(self.policy.parameters()) + list(self.value.parameters())
+        self.optimizer = torch.optim.Adam(self.params, lr=lr)
+        self.generator = torch.Generator(ctx.device).manual_seed(ctx.seed)
+        self.updates = 0
+
+    @torch.no_grad()
+    def act(self, obs: Obs, explore: bool) -> Tensor:
+        """Sample a slate from the policy, or take its top-``K`` items when neither ``explore``
+        nor ``sample_in_eval`` is set (the learned policy is stochastic; its mode can differ)."""
+        logits = self.policy(obs)
+        if not (explore or self.sample_in_eval):
+            return top_k(logits, self.ctx.slate_size)
+        u = torch.rand(logits.shape, device=logits.device, generator=self.generator)
+        gumbel = -torch.log(-torch.log(u.clamp(1e-12, 1.0 - 1e-7)))
+        return top_k(logits + gumbel, self.ctx.slate_size)
+
+    def evaluate(self, obs: Obs, action: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Slate log-probabilities ``[N]``, values ``[N]`` and policy entropies ``[N]``."""
+        state = self.policy.encoder(obs)
+        log_pi = torch.log_softmax(self.policy.score(state), 1)
+        logp = log_pi.gather(1, action).sum(1)
+        entropy = -(log_pi.exp() * log_pi).sum(1)
+        return logp, self.value(state).squeeze(1), entropy
+
+    def loss(self, obs: Obs, action: Tensor, old_logp: Tensor, old_value: Tensor, advantage: Tensor,
+             target: Tensor) -> dict[str, Tensor]:
+        """The PPO loss and its parts on one minibatch of (valid) user-steps."""
+        logp, value, entropy = self.evaluate(obs, action)
+        log_ratio = logp - old_logp
+        ratio = log_ratio.exp()
+        surrogate = torch.min(ratio * advantage, ratio.clamp(1.0 - self.clip, 1.0 + self.clip) * advantage)
+        policy_loss = -surrogate.mean()
+        value_err = (value - target) ** 2
+        if self.value_clip is not None:
+            clipped = old_value + (value - old_value).clamp(-self.value_clip, self.value_clip)
+            value_err = torch.max(value_err, (clipped - target) ** 2)
+        value_loss = value_err.mean()
+        entropy_mean = entropy.mean()
+        loss = policy_loss + self.value_coef * value_loss - self.entropy_coef * entropy_mean
+        with torch.no_grad():
+            approx_kl = ((ratio - 1.0) - log_ratio).mean()
+            clip_fraction = ((ratio - 1.0).abs() > self.clip).float().mean()
+        return {"loss": loss, "policy_loss": policy_loss, "value_loss": value_loss,
+                "entropy": entropy_mean, "approx_kl": approx_kl, "clip_fraction": clip_fraction}
+
+    def update(self, batch: Rollout) -> dict[str, Any]:
+        """``epochs`` passes of clipped-objective minibatch steps on a batch of complete episodes."""
+        t_len, b = batch.reward.shape
+        obs = batch.flat_obs()
+        action = batch.action.reshape(t_len * b, -1)
+        with torch.no_grad():  # the rollout was collected with exactly this (pre-update) policy
+            old_logp, old_value, _ = self.evaluate(obs, action)
+            advantage = gae(batch.reward, old_value.reshape(t_len, b), batch.done, batch.valid,
+                            self.gamma, self.lam).reshape(-1)
+            target = advantage + old_value
+        rows = batch.valid.reshape(-1).nonzero().squeeze(1)  # one host sync: the number of valid rows
+        n = rows.numel()
+        if n == 0:
+            return {}
+        if self.normalize_advantage:
+            adv = advantage[rows]
+            advantage = (advantage - adv.mean()) / (adv.std(unbiased=False) + 1e-8)
+        totals: dict[str, Tensor] = {}
+        steps = 0
+        stop = False
+        for _ in range(self.epochs):
+            order = rows[torch.randperm(n, device=rows.device, generator=self.generator)]
+            for start in range(0, n, self.minibatch_size):
+                idx = order[start:start + self.minibatch_size]
+                parts = self.loss(obs.index(idx), action[idx], old_logp[idx], old_value[idx],
+                                  advantage[idx], target[idx])
+                if self.target_kl is not None and float(parts["approx_kl"]) > self.target_kl:
+                    stop = True
+                    break
+                self.optimizer.zero_grad(set_to_none=True)
+                parts["loss"].backward()
+                nn.utils.clip_grad_norm_(self.params, self.grad_clip)
+                self.optimizer.step()
+                steps += 1
+                for key, value in parts.items():
+                    totals[key] = totals.get(key, 0.0) + value.detach()
+            if stop:
+                break
+        self.updates += 1
+        stats: dict[str, Any] = {f"train/{k}": v / max(steps, 1) for k, v in totals.items()}
+        stats["train/minibatch_steps"] = float(steps)
+        return stats
+
+    def state_dict(self) -> dict[str, Any]:
+        """Weights, optimizer and counters."""
+        return {"policy": self.policy.state_dict(), "value": self.value.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "updates": self.updates,
+                "generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore from :meth:`state_dict`."""
+        self.policy.load_state_dict(state["policy"])
+        self.value.load_state_dict(state["value"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.updates = int(state["updates"])
+        self.generator.set_state(state["generator"])
