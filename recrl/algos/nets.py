@@ -1,11 +1,12 @@
-"""Building blocks shared by the learning algorithms: a history encoder and item scoring."""
+"""Building blocks shared by the learning algorithms: history encoders, item scoring, slate
+selection and the double-Q target of value-based learners."""
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
 
-from recrl.types import Obs, RecrlError
+from recrl.types import AlgoContext, Obs, RecrlError
 
 
 class HistoryEncoder(nn.Module):
@@ -48,6 +49,52 @@ class HistoryEncoder(nn.Module):
         return self.mlp(torch.cat(parts, -1))
 
 
+class GRUHistoryEncoder(nn.Module):
+    """Encodes an observation with a GRU over its history slots into a state ``[B, dim]``.
+
+    A real sequence model (GRU4Rec-style), unlike the position-wise MLP of
+    :class:`HistoryEncoder`: the ``L * K`` slots, oldest first, are the GRU's inputs
+    ``[item embedding, clicked flag]`` (padding slots, all before the first real one, embed to
+    zero); its last hidden state and the session progress go through a small MLP. Observation
+    features are not used (logged recommendation data has none).
+
+    Example::
+
+        enc = GRUHistoryEncoder(n_items=100, history_len=10, slate_size=1, horizon=20, dim=32)
+        state = enc(obs)                     # [B, 32]
+    """
+
+    def __init__(self, n_items: int, history_len: int, slate_size: int, horizon: int,
+                 dim: int = 32, hidden: int = 128) -> None:
+        super().__init__()
+        self.n_items, self.horizon = n_items, horizon
+        self.item_emb = nn.Embedding(n_items + 1, dim, padding_idx=n_items)
+        self.gru = nn.GRU(dim + 1, hidden, batch_first=True)
+        self.mlp = nn.Sequential(nn.Linear(hidden + 1, hidden), nn.ReLU(), nn.Linear(hidden, dim))
+
+    def forward(self, obs: Obs) -> Tensor:
+        """State vectors ``[B, dim]``."""
+        b = obs.batch_size
+        slots = torch.cat([self.item_emb(obs.items), obs.clicks.unsqueeze(-1)], -1)
+        _, last = self.gru(slots.reshape(b, -1, slots.shape[-1]))  # slots in time order
+        progress = (obs.step.float() / self.horizon).unsqueeze(-1)
+        return self.mlp(torch.cat([last[0], progress], -1))
+
+
+def history_encoder(kind: str, ctx: AlgoContext, dim: int, hidden: int) -> nn.Module:
+    """The encoder named ``kind`` sized for ``ctx``: ``mlp`` (:class:`HistoryEncoder`) or ``gru``
+    (:class:`GRUHistoryEncoder`, which ignores observation features)."""
+    if kind == "mlp":
+        return HistoryEncoder(ctx.n_items, ctx.history_len, ctx.slate_size, ctx.horizon, dim, hidden,
+                              features=ctx.obs_features)
+    if kind == "gru":
+        if ctx.obs_features:
+            raise RecrlError("encoder=gru reads item histories only; this environment's observations "
+                             "are features: use encoder=mlp")
+        return GRUHistoryEncoder(ctx.n_items, ctx.history_len, ctx.slate_size, ctx.horizon, dim, hidden)
+    raise RecrlError(f"algo.encoder={kind!r}: use mlp or gru")
+
+
 class ItemScorer(nn.Module):
     """Scores every item for every state in one matrix product: ``state @ E.T + b``.
 
@@ -57,7 +104,7 @@ class ItemScorer(nn.Module):
         scores = scorer(obs)                 # [B, 100]
     """
 
-    def __init__(self, encoder: HistoryEncoder, n_items: int, dim: int) -> None:
+    def __init__(self, encoder: nn.Module, n_items: int, dim: int) -> None:
         super().__init__()
         self.encoder = encoder
         self.item_out = nn.Embedding(n_items, dim)
@@ -93,3 +140,45 @@ def mask_shown(scores: Tensor, obs: Obs) -> Tensor:
     masked = torch.cat([scores, scores.new_zeros(scores.shape[0], 1)], 1)
     masked.scatter_(1, shown, float("-inf"))
     return masked[:, :n]
+
+
+def sample_top_k(logits: Tensor, k: int, generator: torch.Generator) -> Tensor:
+    """``k`` distinct items ``[B, k]`` drawn without replacement from ``softmax(logits)``
+    (Gumbel top-``k``)."""
+    u = torch.rand(logits.shape, device=logits.device, generator=generator)
+    return top_k(logits - torch.log(-torch.log(u.clamp(1e-12, 1.0 - 1e-7))), k)
+
+
+def double_q_target(q_next: Tensor, q_next_target: Tensor, reward: Tensor, done: Tensor, gamma: float,
+                    allowed: Tensor | None = None) -> Tensor:
+    """One-step double-Q targets ``[B]`` for single-item actions.
+
+    The online network picks the next item, the target network values it::
+
+        a' = argmax_{a allowed} Q(s', a)
+        y  = r + gamma * (1 - done) * Q_target(s', a')
+
+    ``q_next``/``q_next_target`` are ``[B, n_items]`` Q-values at ``s'``; ``allowed`` (``[B,
+    n_items]`` bool, ``None``: every item) restricts the argmax (BCQ). Compute the inputs
+    under ``torch.no_grad()``: the target is a constant of the loss.
+
+    Example::
+
+        with torch.no_grad():
+            y = double_q_target(q(next_obs), q_target(next_obs), batch.reward, batch.done, 0.9)
+    """
+    if allowed is not None:
+        q_next = q_next.masked_fill(~allowed, float("-inf"))
+    best = q_next.argmax(1, keepdim=True)
+    return reward + gamma * (1.0 - done) * q_next_target.gather(1, best).squeeze(1)
+
+
+def update_target(target: nn.Module, online: nn.Module, updates: int, every: int, tau: float = 1.0) -> None:
+    """After update number ``updates``: with ``tau < 1`` move ``target`` a step ``tau`` towards
+    ``online`` (Polyak averaging), else copy ``online`` into it every ``every`` updates."""
+    if tau < 1.0:
+        with torch.no_grad():
+            for p, tp in zip(online.parameters(), target.parameters(), strict=True):
+                tp.lerp_(p, tau)
+    elif updates % every == 0:
+        target.load_state_dict(online.state_dict())

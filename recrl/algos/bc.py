@@ -1,0 +1,82 @@
+"""Behaviour cloning of the logging policy (``algo=bc``): the baseline of offline learners.
+
+A softmax over the catalogue, ``pi(a|s) = softmax(state @ E.T + b)``, fitted to the logged
+items by maximum likelihood on batches of logged steps ``(s, a)``::
+
+    L = -mean[log pi(a|s)]
+
+``state`` encodes the user's logged history (``encoder``: ``gru``, a GRU over the history, or
+``mlp``, the position-wise :class:`~recrl.algos.nets.HistoryEncoder`). It imitates whoever
+produced the log: offline RL (CQL, BCQ, SQN) must beat it on the same data. It acts by its
+top-``K`` items (evaluation) or samples from ``pi`` (``explore``).
+
+Reference: Pomerleau. Efficient training of artificial neural networks for autonomous
+navigation. Neural Computation 3, 1991.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from recrl.algos.logged import LoggedSteps
+from recrl.algos.nets import ItemScorer, history_encoder, sample_top_k, top_k
+from recrl.types import AlgoContext, Obs
+
+
+class BehaviorCloning:
+    """Maximum-likelihood imitation of the logged items, learned from the training log only.
+
+    Example::
+
+        algo = BehaviorCloning(ctx, lr=1e-3)
+        stats = algo.update(algo.dataset.sample(256, generator))
+        slates = algo.act(obs, explore=False)    # the most likely logged items
+    """
+
+    mode = "offline"
+
+    def __init__(self, ctx: AlgoContext, dim: int = 32, hidden: int = 128, lr: float = 1e-3,
+                 grad_clip: float = 10.0, encoder: str = "gru") -> None:
+        self.ctx, self.grad_clip = ctx, grad_clip
+        self.dataset = LoggedSteps.from_context(ctx)
+        torch.manual_seed(ctx.seed)
+        self.policy = ItemScorer(history_encoder(encoder, ctx, dim, hidden), ctx.n_items, dim).to(ctx.device)
+        self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=lr)
+        self.generator = torch.Generator(ctx.device).manual_seed(ctx.seed)
+        self.updates = 0
+
+    @torch.no_grad()
+    def act(self, obs: Obs, explore: bool) -> torch.Tensor:
+        """The top-``K`` items of ``pi``, or a slate sampled from it with ``explore``."""
+        logits = self.policy(obs)
+        if explore:
+            return sample_top_k(logits, self.ctx.slate_size, self.generator)
+        return top_k(logits, self.ctx.slate_size)
+
+    def update(self, batch: LoggedSteps) -> dict[str, Any]:
+        """One gradient step of the cross-entropy on a batch of logged steps."""
+        tr = batch.transitions
+        logits = self.policy(tr.obs)
+        loss = F.cross_entropy(logits, tr.action[:, 0])
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.grad_clip)
+        self.optimizer.step()
+        self.updates += 1
+        accuracy = (logits.detach().argmax(1) == tr.action[:, 0]).float().mean()
+        return {"train/loss": loss.detach(), "train/accuracy": accuracy}
+
+    def state_dict(self) -> dict[str, Any]:
+        """Weights, optimizer and counters (the dataset is rebuilt from the context)."""
+        return {"policy": self.policy.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "updates": self.updates, "generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore from :meth:`state_dict`."""
+        self.policy.load_state_dict(state["policy"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.updates = int(state["updates"])
+        self.generator.set_state(state["generator"])
