@@ -167,7 +167,7 @@ def test_sweep_writes_one_folder_per_job_and_a_summary(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("args", "message"), [
-    (["train", "algo=dqnn"], "valid options for algo: dqn, greedy, popular, random, reinforce"),
+    (["train", "algo=dqnn"], "valid options for algo: a2c, bc, bcq, c51, cql, dqn, epsilon_greedy, greedy"),
     (["train", "trainer.steps=abc"], "trainer.steps='abc' is not a valid int"),
     (["train", "trainer.stepz=1"], "unknown key trainer.stepz"),
     (["train", "seed=1.5"], "seed=1.5 is not a valid int"),

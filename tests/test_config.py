@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
@@ -11,26 +12,45 @@ from omegaconf import DictConfig, OmegaConf
 
 from recrl.behavior.gru import GRUBehavior
 from recrl.config import CONF_DIR, GROUPS, algo_options, build, build_algo_by_name, check_node, validate
+from recrl.data.preprocess import log_frame
 from recrl.data.synthetic import SyntheticWorld
 from recrl.env.simulator import RecEnv
 from recrl.rewards import ClickReward
-from recrl.types import AlgoContext, Obs, RecrlError
+from recrl.types import AlgoContext, Interactions, Obs, RecrlError
 
 ALL_GROUPS = (*GROUPS, "eval")
 GROUP_FILES = sorted((group, path) for group in ALL_GROUPS for path in (CONF_DIR / group).glob("*.yaml"))
+ALGO_FILES = {"c51": "dqn"}  # options that configure another option's class
 EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
 
 
 def test_every_group_has_files() -> None:
     for group in ALL_GROUPS:
         assert list((CONF_DIR / group).glob("*.yaml")), group
-    assert algo_options() == ["dqn", "greedy", "popular", "random", "reinforce"]
+    assert algo_options() == ["a2c", "bc", "bcq", "c51", "cql", "dqn", "epsilon_greedy", "greedy", "linucb",
+                              "popular", "ppo", "random", "reinforce", "slateq", "sqn", "thompson",
+                              "topk_reinforce"]
 
 
-def tiny_ctx() -> AlgoContext:
-    return AlgoContext(n_items=20, slate_size=2, history_len=3, horizon=5, device=torch.device("cpu"),
-                       seed=0, item_popularity=torch.arange(20).float(),
-                       behavior=GRUBehavior(n_items=20, dim=4, hidden=8), reward=ClickReward())
+def tiny_logs() -> Interactions:
+    """Three short logged sessions over 20 items (what offline algorithms learn from)."""
+    log = log_frame({"user": [0, 0, 1, 1, 1, 2], "item": [3, 5, 7, 3, 19, 0], "time": [0, 1, 0, 1, 2, 0],
+                     "click": [1.0, 0.0, 0.0, 1.0, 1.0, 0.0], "propensity": [0.05] * 6})
+    return Interactions(train=log, valid=log.iloc[:0], items=pd.DataFrame(index=range(20)), n_users=3,
+                        n_items=20)
+
+
+def tiny_ctx(slate_size: int = 2) -> AlgoContext:
+    return AlgoContext(n_items=20, slate_size=slate_size, history_len=3, horizon=5,
+                       device=torch.device("cpu"), seed=0, item_popularity=torch.arange(20).float(),
+                       behavior=GRUBehavior(n_items=20, dim=4, hidden=8), reward=ClickReward(),
+                       interactions=tiny_logs())
+
+
+def algo_slate_size(algo: object) -> int:
+    """Offline algorithms learn from logs of single items, so they run with slates of 1."""
+    target = algo.func if hasattr(algo, "func") else algo
+    return 1 if getattr(target, "mode", None) == "offline" else 2
 
 
 def instantiate_node(group: str, node: DictConfig) -> object:
@@ -46,7 +66,7 @@ def instantiate_node(group: str, node: DictConfig) -> object:
         world = SyntheticWorld(n_items=20, n_users=10, n_topics=3, horizon=5)
         return obj(model=world, reward=ClickReward(), device="cpu")
     if group == "algo":
-        return obj(ctx=tiny_ctx())
+        return obj(ctx=tiny_ctx(algo_slate_size(obj)))
     raise AssertionError(f"unexpected partial node in group {group}")
 
 
@@ -69,10 +89,12 @@ def test_group_file_checks_and_instantiates(group: str, path: Path) -> None:
 
 @pytest.mark.parametrize("name", algo_options())
 def test_build_algo_by_name(name: str) -> None:
-    algo = build_algo_by_name(name, ctx=tiny_ctx())
-    obs = Obs(torch.full((3, 3, 2), 20), torch.zeros(3, 3, 2), torch.zeros(3, dtype=torch.long))
+    node = OmegaConf.load(CONF_DIR / "algo" / f"{name}.yaml")
+    k = algo_slate_size(build(node))
+    algo = build_algo_by_name(name, ctx=tiny_ctx(k))
+    obs = Obs(torch.full((3, 3, k), 20), torch.zeros(3, 3, k), torch.zeros(3, dtype=torch.long))
     slates = algo.act(obs, explore=False)
-    assert slates.shape == (3, 2) and bool(((slates >= 0) & (slates < 20)).all())
+    assert slates.shape == (3, k) and bool(((slates >= 0) & (slates < 20)).all())
 
 
 @pytest.mark.parametrize("experiment", [None, *EXPERIMENTS])
@@ -95,7 +117,7 @@ def test_every_algo_and_reward_composes() -> None:
         for algo in algo_options():
             cfg = compose("train", overrides=[f"algo={algo}", "experiment=smoke"])
             validate(cfg)
-            assert cfg.algo._target_.rsplit(".", 2)[-2] == algo
+            assert cfg.algo._target_.rsplit(".", 2)[-2] == ALGO_FILES.get(algo, algo)
         for reward in rewards:
             validate(compose("train", overrides=[f"reward={reward}"]))
 
