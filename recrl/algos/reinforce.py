@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from recrl.algos.nets import HistoryEncoder, ItemScorer, top_k
+from recrl.algos.nets import HistoryEncoder, ItemScorer, sample_top_k, top_k
 from recrl.buffer import Rollout, discounted_returns
 from recrl.types import AlgoContext, Obs
 
@@ -60,9 +60,7 @@ class Reinforce:
         logits = self.policy(obs)
         if not (explore or self.sample_in_eval):
             return top_k(logits, self.ctx.slate_size)
-        u = torch.rand(logits.shape, device=logits.device, generator=self.generator)
-        gumbel = -torch.log(-torch.log(u.clamp(1e-12, 1.0 - 1e-7)))
-        return top_k(logits + gumbel, self.ctx.slate_size)
+        return sample_top_k(logits, self.ctx.slate_size, self.generator)
 
     def update(self, batch: Rollout) -> dict[str, float]:
         """Policy-gradient steps on a batch of complete episodes."""

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from recrl.algos.logged import LoggedSteps
-from recrl.algos.nets import HistoryEncoder, ItemScorer, top_k
+from recrl.algos.nets import HistoryEncoder, ItemScorer, sample_top_k, top_k
 from recrl.types import AlgoContext, Obs, RecrlError
 
 PROPENSITY = ("auto", "logged", "estimated")
@@ -84,9 +84,7 @@ class TopKOffPolicyReinforce:
         logits = self.policy(obs)
         if not (explore or self.sample_in_eval):
             return top_k(logits, self.ctx.slate_size)
-        u = torch.rand(logits.shape, device=logits.device, generator=self.generator)
-        gumbel = -torch.log(-torch.log(u.clamp(1e-12, 1.0 - 1e-7)))
-        return top_k(logits + gumbel, self.ctx.slate_size)
+        return sample_top_k(logits, self.ctx.slate_size, self.generator)
 
     def weights(self, log_pi_a: torch.Tensor, beta_a: torch.Tensor) -> torch.Tensor:
         """Per-row multiplier ``min(pi/beta, cap) * K (1 - pi)^(K-1)`` (no gradient)."""
