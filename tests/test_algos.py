@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -342,3 +344,26 @@ def test_greedy_policy_uses_the_behavior_model() -> None:
 def test_greedy_policy_needs_a_scoring_behavior_model() -> None:
     with pytest.raises(RecrlError, match="greedy"):
         GreedyPolicy(make_ctx(behavior=None))
+
+
+def test_bench_algos_script_writes_json(tmp_path, monkeypatch) -> None:
+    """``scripts/bench_algos.py`` trains a few algorithms briefly and writes its JSON (no timing
+    is asserted): one per training mode."""
+    import json
+    import runpy
+    import sys
+    from pathlib import Path
+
+    out = tmp_path / "bench_algos.json"
+    script = Path(__file__).resolve().parents[1] / "scripts" / "bench_algos.py"
+    monkeypatch.setenv("RECRL_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(sys, "argv", ["bench_algos.py", "--algos", "dqn", "ppo", "linucb", "bc",
+                                      "--steps", "20", "--n-users", "8", "--eval-every", "10",
+                                      "--eval-episodes", "8", "--out", str(out), "--", "experiment=smoke"])
+    runpy.run_path(str(script), run_name="__main__")
+    data = json.loads(out.read_text())
+    rows = {r["algo"]: r for r in data["rows"]}
+    assert set(rows) == {"dqn", "ppo", "linucb", "bc"}
+    assert {r["mode"] for r in rows.values()} == {"off_policy", "on_policy", "online", "offline"}
+    assert all(r["updates_per_s"] > 0 and math.isfinite(r["final_return"]) for r in rows.values())
+    assert data["facts"]["greedy_return"] > 0 and data["facts"]["steps"] == 20

@@ -1,0 +1,123 @@
+"""Benchmark the algorithms: update speed and time to reward on one world.
+
+Builds the run's stages once from ``recrl train`` overrides (data, fitted or cached behavior
+model, ground truth), then trains each algorithm for ``--steps`` trainer steps and every
+``--eval-every`` steps scores it in the ground-truth environment (``--eval-episodes`` episodes,
+not counted in the training time). Reports per algorithm: updates/s and user-steps/s of training
+alone, the final ground-truth return, and the time to reward: training seconds until the
+ground-truth return first reached the myopic greedy baseline's (``--target greedy``) or a fixed
+value (``--target 3.0``); ``-`` when it never did. Prints a table and writes JSON.
+
+    python scripts/bench_algos.py --out bench_algos.json
+    python scripts/bench_algos.py --algos dqn ppo cql --steps 3000 --device cuda -- env.slate_size=1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+from hydra import compose, initialize_config_dir
+from rich.console import Console
+from rich.table import Table
+
+from recrl.config import CONF_DIR, algo_options, build_algo_by_name, validate
+from recrl.loop import Trainer
+from recrl.metrics.online import run_episodes
+from recrl.train import build_stages
+
+SLATE_ONLY = {"slateq"}  # needs slates of several items
+
+
+def parse() -> argparse.Namespace:
+    """Command-line options."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--algos", nargs="*", default=None, help="default: every algo option")
+    parser.add_argument("--steps", type=int, default=3000, help="trainer steps per algorithm")
+    parser.add_argument("--n-users", type=int, default=64)
+    parser.add_argument("--eval-every", type=int, default=500)
+    parser.add_argument("--eval-episodes", type=int, default=256)
+    parser.add_argument("--target", default="greedy", help="'greedy' or a ground-truth return")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=Path("bench_algos.json"))
+    parser.add_argument("overrides", nargs="*", help="recrl train overrides after --")
+    return parser.parse_args()
+
+
+def ground_truth_return(policy, env, episodes: int, seed: int) -> float:
+    """Mean ground-truth return of ``policy`` (no exploration)."""
+    return float(run_episodes(policy, env, episodes, seed=seed).returns.mean())
+
+
+def bench_one(name: str, stages, args: argparse.Namespace, target: float) -> dict:
+    """Train ``name`` and time it; evaluation time is excluded from the training time."""
+    algo = build_algo_by_name(name, ctx=stages.ctx)
+    gt_env = stages.make_env(stages.ground_truth)
+    curve: list[tuple[int, float, float]] = []
+    eval_time = [0.0]
+    start = time.perf_counter()
+
+    def evaluate() -> dict[str, float]:
+        t = time.perf_counter()
+        ret = ground_truth_return(algo, gt_env, args.eval_episodes, seed=10_000)
+        eval_time[0] += time.perf_counter() - t
+        curve.append((len(curve), time.perf_counter() - start - eval_time[0], ret))
+        return {"eval/return": ret}
+
+    trainer = Trainer(steps=args.steps, n_users=args.n_users, eval_every=args.eval_every,
+                      eval_episodes=args.eval_episodes, log_every=10**9, checkpoint_every=10**9,
+                      learning_starts=min(1000, args.steps * args.n_users // 4), device=args.device,
+                      progress=False)
+    stats = trainer.fit(algo, stages.make_env(stages.behavior), evaluate=evaluate,
+                        log=lambda step, metrics: None, save=lambda tag, step: None, seed=args.seed)
+    train_s = max(stats.seconds - eval_time[0], 1e-9)
+    reached = next((t for _, t, ret in curve if ret >= target), None)
+    return {"algo": name, "mode": algo.mode, "steps": stats.env_steps, "updates": stats.updates,
+            "train_s": train_s, "updates_per_s": stats.updates / train_s,
+            "user_steps_per_s": (stats.user_steps / train_s) if algo.mode != "offline" else 0.0,
+            "final_return": curve[-1][2] if curve else float("nan"), "time_to_target_s": reached}
+
+
+def main() -> None:
+    """Run the benchmark, print the table and write the JSON."""
+    args = parse()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=[f"trainer.device={args.device}", *args.overrides])
+    validate(cfg)
+    stages = build_stages(cfg, torch.device(args.device))
+    if stages.ground_truth is None:
+        sys.exit("this dataset has no ground-truth environment; use dataset=synthetic or coat")
+    names = args.algos or [a for a in algo_options() if a not in {"random", "popular", "greedy"}]
+    if cfg.env.slate_size == 1:
+        names = [n for n in names if n not in SLATE_ONLY]
+    gt_env = stages.make_env(stages.ground_truth)
+    greedy_policy = build_algo_by_name("greedy", ctx=stages.ctx)
+    greedy = ground_truth_return(greedy_policy, gt_env, args.eval_episodes, seed=10_000)
+    target = greedy if args.target == "greedy" else float(args.target)
+    rows = [bench_one(name, stages, args, target) for name in names]
+    table = Table(title=f"algorithms, {args.steps} steps x {args.n_users} users, target return {target:.3f}")
+    for column in ("algo", "mode", "updates/s", "user-steps/s", "final GT return", "time to target (s)"):
+        table.add_column(column, justify="left" if column in ("algo", "mode") else "right")
+    for r in rows:
+        reached = "-" if r["time_to_target_s"] is None else f"{r['time_to_target_s']:.1f}"
+        table.add_row(r["algo"], r["mode"], f"{r['updates_per_s']:,.0f}", f"{r['user_steps_per_s']:,.0f}",
+                      f"{r['final_return']:.3f}", reached)
+    Console().print(table)
+    facts = {"torch": torch.__version__, "python": platform.python_version(), "device": args.device,
+             "threads": torch.get_num_threads(), "overrides": args.overrides, "greedy_return": greedy,
+             "target": target, "steps": args.steps, "n_users": args.n_users}
+    args.out.write_text(json.dumps({"facts": facts, "rows": rows}, indent=2))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
