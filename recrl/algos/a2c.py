@@ -28,12 +28,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from recrl.algos.nets import HistoryEncoder, ItemScorer, sample_top_k, top_k
+from recrl.algos.nets import SoftmaxActorCritic
 from recrl.buffer import Rollout, gae, n_step_returns
-from recrl.types import AlgoContext, Obs
+from recrl.types import AlgoContext
 
 
-class A2C:
+class A2C(SoftmaxActorCritic):
     """Synchronous advantage actor-critic with GAE or n-step returns and an entropy bonus.
 
     Example::
@@ -43,35 +43,16 @@ class A2C:
         stats = algo.update(rollout)             # one gradient step on whole episodes
     """
 
-    mode = "on_policy"
-
     def __init__(self, ctx: AlgoContext, dim: int = 32, hidden: int = 128, lr: float = 3e-3,
                  gamma: float = 0.95, lam: float = 0.95, n_steps: int | None = None,
                  value_coef: float = 0.5, entropy_coef: float = 0.01, normalize_advantage: bool = True,
                  grad_clip: float = 0.5, sample_in_eval: bool = True) -> None:
         if n_steps is not None and n_steps < 1:
             raise ValueError(f"a2c: n_steps must be >= 1 or null (GAE), got {n_steps}")
-        self.ctx, self.gamma, self.lam, self.n_steps = ctx, gamma, lam, n_steps
+        self.gamma, self.lam, self.n_steps = gamma, lam, n_steps
         self.value_coef, self.entropy_coef, self.grad_clip = value_coef, entropy_coef, grad_clip
-        self.normalize_advantage, self.sample_in_eval = normalize_advantage, sample_in_eval
-        torch.manual_seed(ctx.seed)
-        encoder = HistoryEncoder(ctx.n_items, ctx.history_len, ctx.slate_size, ctx.horizon, dim, hidden,
-                                 features=ctx.obs_features)
-        self.policy = ItemScorer(encoder, ctx.n_items, dim).to(ctx.device)
-        self.value = nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(), nn.Linear(hidden, 1)).to(ctx.device)
-        self.params = list(self.policy.parameters()) + list(self.value.parameters())
-        self.optimizer = torch.optim.Adam(self.params, lr=lr)
-        self.generator = torch.Generator(ctx.device).manual_seed(ctx.seed)
-        self.updates = 0
-
-    @torch.no_grad()
-    def act(self, obs: Obs, explore: bool) -> torch.Tensor:
-        """Sample a slate from the policy, or take its top-``K`` items when neither ``explore``
-        nor ``sample_in_eval`` is set (the learned policy is stochastic; its mode can differ)."""
-        logits = self.policy(obs)
-        if not (explore or self.sample_in_eval):
-            return top_k(logits, self.ctx.slate_size)
-        return sample_top_k(logits, self.ctx.slate_size, self.generator)
+        self.normalize_advantage = normalize_advantage
+        self.build(ctx, dim, hidden, lr, sample_in_eval)
 
     def update(self, batch: Rollout) -> dict[str, Any]:
         """One actor-critic gradient step on a batch of complete episodes."""
@@ -108,17 +89,3 @@ class A2C:
         return {"train/loss": loss.detach(), "train/policy_loss": policy_loss.detach(),
                 "train/value_loss": value_loss.detach(), "train/entropy": entropy_mean.detach(),
                 "train/grad_norm": grad_norm.detach()}
-
-    def state_dict(self) -> dict[str, Any]:
-        """Weights, optimizer and counters."""
-        return {"policy": self.policy.state_dict(), "value": self.value.state_dict(),
-                "optimizer": self.optimizer.state_dict(), "updates": self.updates,
-                "generator": self.generator.get_state()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore from :meth:`state_dict`."""
-        self.policy.load_state_dict(state["policy"])
-        self.value.load_state_dict(state["value"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.updates = int(state["updates"])
-        self.generator.set_state(state["generator"])

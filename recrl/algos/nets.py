@@ -1,7 +1,10 @@
 """Building blocks shared by the learning algorithms: history encoders, item scoring, slate
-selection and the double-Q target of value-based learners."""
+selection, the double-Q target of value-based learners and the actor-critic core of the
+on-policy ones."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -182,3 +185,56 @@ def update_target(target: nn.Module, online: nn.Module, updates: int, every: int
                 tp.lerp_(p, tau)
     elif updates % every == 0:
         target.load_state_dict(online.state_dict())
+
+
+class SoftmaxActorCritic:
+    """The shared core of the on-policy algorithms (REINFORCE, A2C, PPO): a softmax policy over
+    the catalogue (``policy``, an :class:`ItemScorer`), a state-value head on the same encoded
+    state (``value``), Adam over both, the algorithm's own generator, acting and saving.
+
+    Subclasses call :meth:`build` in their ``__init__`` and write ``update``.
+
+    Example::
+
+        class MyPG(SoftmaxActorCritic):
+            def __init__(self, ctx, lr=1e-3):
+                self.build(ctx, dim=32, hidden=128, lr=lr, sample_in_eval=True)
+    """
+
+    mode = "on_policy"
+
+    def build(self, ctx: AlgoContext, dim: int, hidden: int, lr: float, sample_in_eval: bool) -> None:
+        """Seed, then build the policy, the value head, the optimizer and the generator."""
+        self.ctx, self.sample_in_eval = ctx, sample_in_eval
+        torch.manual_seed(ctx.seed)
+        encoder = HistoryEncoder(ctx.n_items, ctx.history_len, ctx.slate_size, ctx.horizon, dim, hidden,
+                                 features=ctx.obs_features)
+        self.policy = ItemScorer(encoder, ctx.n_items, dim).to(ctx.device)
+        self.value = nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(), nn.Linear(hidden, 1)).to(ctx.device)
+        self.params = list(self.policy.parameters()) + list(self.value.parameters())
+        self.optimizer = torch.optim.Adam(self.params, lr=lr)
+        self.generator = torch.Generator(ctx.device).manual_seed(ctx.seed)
+        self.updates = 0
+
+    @torch.no_grad()
+    def act(self, obs: Obs, explore: bool) -> Tensor:
+        """Sample a slate from the policy, or take its top-``K`` items when neither ``explore``
+        nor ``sample_in_eval`` is set (the learned policy is stochastic; its mode can differ)."""
+        logits = self.policy(obs)
+        if not (explore or self.sample_in_eval):
+            return top_k(logits, self.ctx.slate_size)
+        return sample_top_k(logits, self.ctx.slate_size, self.generator)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Weights, optimizer and counters."""
+        return {"policy": self.policy.state_dict(), "value": self.value.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "updates": self.updates,
+                "generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore from :meth:`state_dict`."""
+        self.policy.load_state_dict(state["policy"])
+        self.value.load_state_dict(state["value"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.updates = int(state["updates"])
+        self.generator.set_state(state["generator"])

@@ -29,12 +29,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from recrl.algos.nets import HistoryEncoder, ItemScorer, sample_top_k, top_k
+from recrl.algos.nets import SoftmaxActorCritic
 from recrl.buffer import Rollout, gae
 from recrl.types import AlgoContext, Obs
 
 
-class PPO:
+class PPO(SoftmaxActorCritic):
     """PPO-clip actor-critic on whole episodes, several epochs of minibatches per rollout.
 
     Example::
@@ -44,8 +44,6 @@ class PPO:
         stats = algo.update(rollout)             # stats["train/approx_kl"], stats["train/clip_fraction"]
     """
 
-    mode = "on_policy"
-
     def __init__(self, ctx: AlgoContext, dim: int = 32, hidden: int = 128, lr: float = 1e-3,
                  gamma: float = 0.95, lam: float = 0.95, clip: float = 0.2, epochs: int = 4,
                  minibatch_size: int = 256, value_coef: float = 0.5, value_clip: float | None = None,
@@ -53,29 +51,12 @@ class PPO:
                  target_kl: float | None = None, grad_clip: float = 0.5, sample_in_eval: bool = True) -> None:
         if epochs < 1 or minibatch_size < 1 or clip <= 0:
             raise ValueError("ppo: epochs and minibatch_size must be >= 1 and clip > 0")
-        self.ctx, self.gamma, self.lam, self.clip = ctx, gamma, lam, clip
+        self.gamma, self.lam, self.clip = gamma, lam, clip
         self.epochs, self.minibatch_size = epochs, minibatch_size
         self.value_coef, self.value_clip, self.entropy_coef = value_coef, value_clip, entropy_coef
         self.normalize_advantage, self.target_kl = normalize_advantage, target_kl
-        self.grad_clip, self.sample_in_eval = grad_clip, sample_in_eval
-        torch.manual_seed(ctx.seed)
-        encoder = HistoryEncoder(ctx.n_items, ctx.history_len, ctx.slate_size, ctx.horizon, dim, hidden,
-                                 features=ctx.obs_features)
-        self.policy = ItemScorer(encoder, ctx.n_items, dim).to(ctx.device)
-        self.value = nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(), nn.Linear(hidden, 1)).to(ctx.device)
-        self.params = list(self.policy.parameters()) + list(self.value.parameters())
-        self.optimizer = torch.optim.Adam(self.params, lr=lr)
-        self.generator = torch.Generator(ctx.device).manual_seed(ctx.seed)
-        self.updates = 0
-
-    @torch.no_grad()
-    def act(self, obs: Obs, explore: bool) -> Tensor:
-        """Sample a slate from the policy, or take its top-``K`` items when neither ``explore``
-        nor ``sample_in_eval`` is set (the learned policy is stochastic; its mode can differ)."""
-        logits = self.policy(obs)
-        if not (explore or self.sample_in_eval):
-            return top_k(logits, self.ctx.slate_size)
-        return sample_top_k(logits, self.ctx.slate_size, self.generator)
+        self.grad_clip = grad_clip
+        self.build(ctx, dim, hidden, lr, sample_in_eval)
 
     def evaluate(self, obs: Obs, action: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Slate log-probabilities ``[N]``, values ``[N]`` and policy entropies ``[N]``."""
@@ -148,17 +129,3 @@ class PPO:
         stats: dict[str, Any] = {f"train/{k}": v / max(steps, 1) for k, v in totals.items()}
         stats["train/minibatch_steps"] = float(steps)
         return stats
-
-    def state_dict(self) -> dict[str, Any]:
-        """Weights, optimizer and counters."""
-        return {"policy": self.policy.state_dict(), "value": self.value.state_dict(),
-                "optimizer": self.optimizer.state_dict(), "updates": self.updates,
-                "generator": self.generator.get_state()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore from :meth:`state_dict`."""
-        self.policy.load_state_dict(state["policy"])
-        self.value.load_state_dict(state["value"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.updates = int(state["updates"])
-        self.generator.set_state(state["generator"])

@@ -15,17 +15,15 @@ reinforcement learning. Machine Learning 8, 1992.
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import nn
 
-from recrl.algos.nets import HistoryEncoder, ItemScorer, sample_top_k, top_k
+from recrl.algos.nets import SoftmaxActorCritic
 from recrl.buffer import Rollout, discounted_returns
-from recrl.types import AlgoContext, Obs
+from recrl.types import AlgoContext
 
 
-class Reinforce:
+class Reinforce(SoftmaxActorCritic):
     """Monte-Carlo policy gradient with a state-value baseline and an entropy bonus.
 
     Example::
@@ -35,32 +33,12 @@ class Reinforce:
         stats = algo.update(rollout)             # one step on whole episodes
     """
 
-    mode = "on_policy"
-
     def __init__(self, ctx: AlgoContext, dim: int = 32, hidden: int = 128, lr: float = 3e-3,
                  gamma: float = 0.95, value_coef: float = 0.5, entropy_coef: float = 0.01,
                  epochs: int = 1, grad_clip: float = 10.0, sample_in_eval: bool = True) -> None:
-        self.ctx, self.gamma, self.sample_in_eval = ctx, gamma, sample_in_eval
-        self.value_coef, self.entropy_coef, self.epochs = value_coef, entropy_coef, epochs
+        self.gamma, self.value_coef, self.entropy_coef, self.epochs = gamma, value_coef, entropy_coef, epochs
         self.grad_clip = grad_clip
-        torch.manual_seed(ctx.seed)
-        encoder = HistoryEncoder(ctx.n_items, ctx.history_len, ctx.slate_size, ctx.horizon, dim, hidden,
-                                 features=ctx.obs_features)
-        self.policy = ItemScorer(encoder, ctx.n_items, dim).to(ctx.device)
-        self.value = nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(), nn.Linear(hidden, 1)).to(ctx.device)
-        params = list(self.policy.parameters()) + list(self.value.parameters())
-        self.optimizer = torch.optim.Adam(params, lr=lr)
-        self.generator = torch.Generator(ctx.device).manual_seed(ctx.seed)
-        self.updates = 0
-
-    @torch.no_grad()
-    def act(self, obs: Obs, explore: bool) -> torch.Tensor:
-        """Sample a slate from the policy, or take its top-``K`` items when neither ``explore``
-        nor ``sample_in_eval`` is set (the learned policy is stochastic; its mode can differ)."""
-        logits = self.policy(obs)
-        if not (explore or self.sample_in_eval):
-            return top_k(logits, self.ctx.slate_size)
-        return sample_top_k(logits, self.ctx.slate_size, self.generator)
+        self.build(ctx, dim, hidden, lr, sample_in_eval)
 
     def update(self, batch: Rollout) -> dict[str, float]:
         """Policy-gradient steps on a batch of complete episodes."""
@@ -86,23 +64,8 @@ class Reinforce:
             loss = policy_loss + self.value_coef * value_loss - self.entropy_coef * entropy_mean
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            nn.utils.clip_grad_norm_(list(self.policy.parameters()) + list(self.value.parameters()),
-                                     self.grad_clip)
+            nn.utils.clip_grad_norm_(self.params, self.grad_clip)
             self.optimizer.step()
         self.updates += 1
         return {"train/loss": loss.detach(), "train/policy_loss": policy_loss.detach(),
                 "train/value_loss": value_loss.detach(), "train/entropy": entropy_mean.detach()}
-
-    def state_dict(self) -> dict[str, Any]:
-        """Weights, optimizer and counters."""
-        return {"policy": self.policy.state_dict(), "value": self.value.state_dict(),
-                "optimizer": self.optimizer.state_dict(), "updates": self.updates,
-                "generator": self.generator.get_state()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore from :meth:`state_dict`."""
-        self.policy.load_state_dict(state["policy"])
-        self.value.load_state_dict(state["value"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.updates = int(state["updates"])
-        self.generator.set_state(state["generator"])
