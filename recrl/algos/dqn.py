@@ -67,7 +67,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from recrl.algos.nets import HistoryEncoder, ItemScorer, random_slates, top_k
+from recrl.algos.nets import HistoryEncoder, ItemScorer, epsilon_explore, linear_decay, top_k, update_target
 from recrl.types import AlgoContext, Obs, RecrlError, Transition
 
 
@@ -210,8 +210,7 @@ class DQN:
 
     def epsilon(self) -> float:
         """Exploration rate now: linear from ``epsilon_start`` to ``epsilon_end``."""
-        frac = min(1.0, self.acted_steps / max(1, self.epsilon_decay_steps))
-        return self.epsilon_start + frac * (self.epsilon_end - self.epsilon_start)
+        return linear_decay(self.epsilon_start, self.epsilon_end, self.epsilon_decay_steps, self.acted_steps)
 
     def q_values(self, obs: Obs, target: bool = False) -> Tensor:
         """Q-values ``[B, n_items]`` of the online (or target) network; C51: expected returns."""
@@ -228,10 +227,7 @@ class DQN:
             return slates
         eps = self.epsilon()
         self.acted_steps += 1
-        b, dev = obs.batch_size, slates.device
-        rand = random_slates(b, self.ctx.n_items, self.ctx.slate_size, dev, self.generator)
-        coin = torch.rand(b, 1, device=dev, generator=self.generator) < eps
-        return torch.where(coin, rand, slates)
+        return epsilon_explore(slates, self.ctx.n_items, eps, self.generator)
 
     def update(self, batch: Transition, weights: Tensor | None = None) -> dict[str, float]:
         """One gradient step on a replay batch; ``weights`` ``[B]``: importance weights (PER).
@@ -251,7 +247,7 @@ class DQN:
         torch.nn.utils.clip_grad_norm_(self.q.parameters(), self.grad_clip)
         self.optimizer.step()
         self.updates += 1
-        self._sync_target()
+        update_target(self.q_target, self.q, self.updates, self.target_update, self.tau)
         return {"train/loss": loss.detach(), "train/q": q_taken.detach().mean(),
                 "train/epsilon": self.epsilon()}
 
@@ -288,14 +284,6 @@ class DQN:
             self.td_error = kl.mean(1) * batch.valid
             q_taken = (log_p.exp() @ self.support).mean(1)
         return cross_entropy.mean(1), q_taken
-
-    def _sync_target(self) -> None:
-        if self.tau < 1.0:
-            with torch.no_grad():
-                for p, tp in zip(self.q.parameters(), self.q_target.parameters(), strict=True):
-                    tp.lerp_(p, self.tau)
-        elif self.updates % self.target_update == 0:
-            self.q_target.load_state_dict(self.q.state_dict())
 
     def state_dict(self) -> dict[str, Any]:
         """Weights, target weights, optimizer and counters."""

@@ -37,6 +37,7 @@ Recommendation. WWW 2010 (Algorithm 1, disjoint LinUCB; here one shared ``theta`
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import Any
 
 import torch
@@ -187,7 +188,7 @@ class RidgePosterior:
         self.refresh()
 
 
-class LinearBandit:
+class LinearBandit(ABC):
     """What LinUCB and linear Thompson sampling share: features, the ridge posterior, the online
     update and checkpointing. Subclasses define :meth:`scores`.
 
@@ -222,9 +223,10 @@ class LinearBandit:
         self.generator = torch.Generator(ctx.device).manual_seed(ctx.seed)
         self.updates = 0
 
+    @abstractmethod
     def scores(self, obs: Obs, explore: bool) -> Tensor:
-        """Item scores ``[B, n_items]`` the slate is the top-``K`` of."""
-        raise NotImplementedError  # abstract: LinUCB and LinearThompson define it
+        """Item scores ``[B, n_items]`` the slate is the top-``K`` of (LinUCB and LinearThompson
+        define it)."""
 
     @torch.no_grad()
     def act(self, obs: Obs, explore: bool) -> Tensor:

@@ -176,6 +176,20 @@ def double_q_target(q_next: Tensor, q_next_target: Tensor, reward: Tensor, done:
     return reward + gamma * (1.0 - done) * q_next_target.gather(1, best).squeeze(1)
 
 
+def linear_decay(start: float, end: float, steps: int, t: int) -> float:
+    """A value moving linearly from ``start`` to ``end`` over ``steps`` steps, then ``end``."""
+    return start + min(1.0, t / max(1, steps)) * (end - start)
+
+
+def epsilon_explore(slates: Tensor, n_items: int, epsilon: float, generator: torch.Generator) -> Tensor:
+    """``slates`` ``[B, K]`` with each user's replaced by a uniformly random slate with
+    probability ``epsilon`` (epsilon-greedy exploration)."""
+    b, k = slates.shape
+    rand = random_slates(b, n_items, k, slates.device, generator)
+    coin = torch.rand(b, 1, device=slates.device, generator=generator) < epsilon
+    return torch.where(coin, rand, slates)
+
+
 def update_target(target: nn.Module, online: nn.Module, updates: int, every: int, tau: float = 1.0) -> None:
     """After update number ``updates``: with ``tau < 1`` move ``target`` a step ``tau`` towards
     ``online`` (Polyak averaging), else copy ``online`` into it every ``every`` updates."""

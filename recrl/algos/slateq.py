@@ -60,7 +60,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from recrl.algos.nets import HistoryEncoder, ItemScorer, random_slates
+from recrl.algos.nets import HistoryEncoder, ItemScorer, epsilon_explore, linear_decay, update_target
 from recrl.env.choice import mnl_probs
 from recrl.types import AlgoContext, Obs, RecrlError, Transition
 
@@ -185,8 +185,7 @@ class SlateQ:
 
     def epsilon(self) -> float:
         """Exploration rate now: linear from ``epsilon_start`` to ``epsilon_end``."""
-        frac = min(1.0, self.acted_steps / max(1, self.epsilon_decay_steps))
-        return self.epsilon_start + frac * (self.epsilon_end - self.epsilon_start)
+        return linear_decay(self.epsilon_start, self.epsilon_end, self.epsilon_decay_steps, self.acted_steps)
 
     def select(self, utility: Tensor, qbar: Tensor) -> Tensor:
         """The slate ``[B, K]`` the configured heuristic picks from all items' ``[B, N]``
@@ -207,10 +206,7 @@ class SlateQ:
             return slates
         eps = self.epsilon()
         self.acted_steps += 1
-        b, dev = obs.batch_size, slates.device
-        rand = random_slates(b, self.ctx.n_items, self.ctx.slate_size, dev, self.generator)
-        coin = torch.rand(b, 1, device=dev, generator=self.generator) < eps
-        return torch.where(coin, rand, slates)
+        return epsilon_explore(slates, self.ctx.n_items, eps, self.generator)
 
     @torch.no_grad()
     def td_target(self, batch: Transition) -> Tensor:
@@ -255,20 +251,12 @@ class SlateQ:
         torch.nn.utils.clip_grad_norm_(self.choice.parameters(), self.grad_clip)
         self.optimizer.step()
         self.updates += 1
-        self._sync_target()
+        update_target(self.q_target, self.q, self.updates, self.target_update, self.tau)
         clicked = weight.sum().clamp(min=1.0)
         return {"train/loss": q_loss.detach(), "train/choice_loss": choice_loss.detach(),
                 "train/q": (qbar.detach() * weight).sum() / clicked,
                 "train/click_rate": weight.sum() / valid.sum().clamp(min=1.0),
                 "train/epsilon": self.epsilon()}
-
-    def _sync_target(self) -> None:
-        if self.tau < 1.0:
-            with torch.no_grad():
-                for p, tp in zip(self.q.parameters(), self.q_target.parameters(), strict=True):
-                    tp.lerp_(p, self.tau)
-        elif self.updates % self.target_update == 0:
-            self.q_target.load_state_dict(self.q.state_dict())
 
     def state_dict(self) -> dict[str, Any]:
         """Weights (choice model, item values, target), optimizer, counters and generator."""
