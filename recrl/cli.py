@@ -31,6 +31,7 @@ commands:
   eval    re-evaluate a saved run              recrl eval checkpoint=outputs/train/<run>
           or only the behavior model           recrl eval behavior-only dataset=beauty behavior=sasrec
   sweep   Hydra multirun + a summary table     recrl sweep algo=dqn,reinforce seed=0,1,2
+          (re)summarize a sweep folder         recrl sweep summarize outputs/train/multirun/<ts>
   data    prepare / describe / download data   recrl data info dataset=ml100k
           recrl data prepare dataset=coat      recrl data download ml100k [--data-dir DIR]
 
@@ -190,6 +191,23 @@ def data_command(args: list[str]) -> int:
     return 0
 
 
+def summarize_command(args: list[str]) -> int:
+    """``recrl sweep summarize DIR``: rebuild ``summary.csv``/``summary.md`` from a sweep's job folders.
+
+    For a sweep that was interrupted, or one whose jobs ran elsewhere.
+    """
+    from recrl.sweep import summarize_sweep
+
+    if len(args) != 1:
+        return _fail("use `recrl sweep summarize <sweep folder>` (one folder)", 2)
+    sweep_dir = Path(args[0])
+    if not sweep_dir.is_dir():
+        return _fail(f"sweep folder {sweep_dir} does not exist", 2)
+    if summarize_sweep(sweep_dir) is None:
+        return _fail(f"no job under {sweep_dir} has a report.json with evaluation results", 2)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``recrl`` console script; returns the exit code."""
     args = sys.argv[1:] if argv is None else list(argv)
@@ -201,6 +219,8 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(f"unknown command {command!r}; use one of: {', '.join(COMMANDS)}", 2)
     if command == "data":
         return data_command(overrides)
+    if command == "sweep" and overrides[:1] == ["summarize"]:
+        return summarize_command(overrides[1:])
     config_name = COMMANDS[command]
     if command == "eval" and overrides[:1] == ["behavior-only"]:  # fit/load + offline + fidelity
         config_name, overrides = "train", [*overrides[1:], "task=behavior"]

@@ -21,6 +21,8 @@ from recrl.report import format_stat, markdown_table, write_text_atomic
 SEED_KEY = "seed"
 DEFAULT_CONFIGURATION = "(default)"
 HEADLINE_METRIC = "return"
+ALGO_KEY = "algo"
+GROUND_TRUTH = "ground_truth"
 COLUMNS = ["configuration", "env", "policy", "metric", "mean", "ci95", "n_seeds"]
 
 _Key = tuple[str, str, str, str]
@@ -113,6 +115,56 @@ def pivot_metric(frame: pd.DataFrame, env: str, metric: str) -> tuple[list[str],
     return configs, rows
 
 
+def split_algo(configuration: str) -> tuple[str | None, str]:
+    """``(algo, context)`` of a configuration label: its ``algo=`` choice and the other overrides.
+
+    Example::
+
+        >>> split_algo("algo=dqn dataset=coat")
+        ('dqn', 'dataset=coat')
+        >>> split_algo("algo=ppo")
+        ('ppo', '(default)')
+        >>> split_algo("reward=conversion")
+        (None, 'reward=conversion')
+    """
+    parts = configuration.split() if configuration != DEFAULT_CONFIGURATION else []
+    algos = [p.split("=", 1)[1] for p in parts if p.split("=", 1)[0].lstrip("+~") == ALGO_KEY]
+    context = " ".join(p for p in parts if p.split("=", 1)[0].lstrip("+~") != ALGO_KEY)
+    return (algos[0] if algos else None), (context or DEFAULT_CONFIGURATION)
+
+
+def algorithm_table(frame: pd.DataFrame, metric: str) -> tuple[list[str], list[list[str]]] | None:
+    """(header, rows) comparing algorithms when the sweep varies ``algo``; ``None`` otherwise.
+
+    One row per trained algorithm (its own policy in its own configuration), then one per
+    baseline; one column per (context, env), where the context is every override but ``algo``
+    (``dataset=coat``, say) and the ground truth comes before the simulator. A baseline does not
+    depend on the algorithm trained beside it, so its cell comes from the first configuration of
+    that context.
+    """
+    sub = frame[frame["metric"] == metric]
+    labels = list(dict.fromkeys(sub["configuration"]))
+    split = {label: split_algo(label) for label in labels}
+    algos = list(dict.fromkeys(a for a, _ in split.values() if a is not None))
+    if len(algos) < 2:
+        return None
+    contexts = list(dict.fromkeys(c for _, c in split.values()))
+    envs = sorted(dict.fromkeys(sub["env"]), key=lambda env: env != GROUND_TRUTH)  # stable: truth first
+    cells: dict[tuple[str, str, str], str] = {}
+    for _, row in sub.iterrows():
+        algo, context = split[row["configuration"]]
+        key = (row["policy"], context, row["env"])
+        if row["policy"] == algo:
+            cells[key] = _cell(row)        # the trained policy wins over a same-named baseline
+        else:
+            cells.setdefault(key, _cell(row))
+    baselines = [p for p in dict.fromkeys(sub["policy"]) if p not in algos]
+    columns = [(c, e) for c in contexts for e in envs]
+    header = ["policy", *(e if c == DEFAULT_CONFIGURATION else f"{c} {e}" for c, e in columns)]
+    rows = [[p, *(cells.get((p, c, e), "–") for c, e in columns)] for p in [*algos, *baselines]]
+    return header, rows
+
+
 def _fmt(value: float) -> str:
     """Three-decimal number, or ``nan``."""
     return f"{value:.3f}" if math.isfinite(value) else "nan"
@@ -127,6 +179,10 @@ def render_sweep_markdown(frame: pd.DataFrame, sweep_dir: Path, n_jobs: int) -> 
         "",
         f"{n_jobs} jobs, {n_configs} configurations; mean ± 95% CI half width across seeds.",
     ]
+    by_algo = algorithm_table(frame, metric)
+    if by_algo is not None:
+        header, rows = by_algo
+        lines += ["", f"## {metric} by algorithm", "", markdown_table(header, rows)]
     for env in frame["env"].unique():
         configs, rows = pivot_metric(frame, env, metric)
         lines += ["", f"## {metric} on {env}", "", markdown_table(["policy", *configs], rows)]
@@ -147,18 +203,29 @@ def render_sweep_markdown(frame: pd.DataFrame, sweep_dir: Path, n_jobs: int) -> 
 
 
 def print_sweep_tables(frame: pd.DataFrame, console: Console) -> None:
-    """Print one rich table per env of the headline metric (policies x configurations)."""
+    """Print the headline metric: one algorithms x (context, env) table when the sweep varies
+    ``algo``, else one policies x configurations table per env."""
     metric = _headline(frame)
+    by_algo = algorithm_table(frame, metric)
+    if by_algo is not None:
+        header, rows = by_algo
+        _print_table(console, f"Sweep: {metric} by algorithm (mean ± 95% CI across seeds)", header, rows)
+        return
     for env in frame["env"].unique():
         configs, rows = pivot_metric(frame, env, metric)
-        title = escape(f"Sweep: {metric} on {env} (mean ± 95% CI across seeds)")
-        table = Table(title=title, title_justify="left")
-        table.add_column("policy", style="bold")
-        for config in configs:
-            table.add_column(escape(config), justify="right")
-        for row in rows:
-            table.add_row(*(escape(cell) for cell in row))
-        console.print(table)
+        _print_table(console, f"Sweep: {metric} on {env} (mean ± 95% CI across seeds)",
+                     ["policy", *configs], rows)
+
+
+def _print_table(console: Console, title: str, header: list[str], rows: list[list[str]]) -> None:
+    """One rich table: a bold first column, right-aligned value columns."""
+    table = Table(title=escape(title), title_justify="left")
+    table.add_column(escape(header[0]), style="bold")
+    for name in header[1:]:
+        table.add_column(escape(name), justify="right")
+    for row in rows:
+        table.add_row(*(escape(cell) for cell in row))
+    console.print(table)
 
 
 def summarize_sweep(sweep_dir: Path, console: Console | None = None) -> pd.DataFrame | None:

@@ -16,7 +16,17 @@ import yaml
 from omegaconf import OmegaConf
 from rich.console import Console
 
-from recrl.sweep import COLUMNS, SweepSummaryCallback, configuration_label, summarize_sweep
+from recrl.cli import main as recrl_main
+from recrl.sweep import (
+    COLUMNS,
+    SweepSummaryCallback,
+    algorithm_table,
+    collect_sweep,
+    configuration_label,
+    find_reports,
+    split_algo,
+    summarize_sweep,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 T_975_DF2 = 4.302652729749  # Student-t 97.5% quantile, 2 degrees of freedom
@@ -143,6 +153,87 @@ def test_jobs_without_overrides_form_default_configuration(tmp_path: Path) -> No
     row = _row(frame, "(default)", "simulator", "dqn", "return")
     assert row["mean"] == pytest.approx(2.0)
     assert row["ci95"] == pytest.approx(12.706204736 * math.sqrt(2) / math.sqrt(2), abs=1e-6)
+
+
+def _make_algo_job(sweep_dir: Path, num: int, overrides: list[str], algo_return: float) -> None:
+    """A job whose report holds its algorithm's policy (named after ``algo=``) and a random baseline."""
+    algo = next(o.split("=", 1)[1] for o in overrides if o.startswith("algo="))
+    job_dir = sweep_dir / str(num)
+    (job_dir / ".hydra").mkdir(parents=True)
+    (job_dir / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    random_return = 1.0 if "dataset=coat" in overrides else 2.0
+    evaluation = {
+        env: {algo: {"return": {"mean": algo_return + shift, "ci95": 0.1, "n": 10}},
+              "random": {"return": {"mean": random_return, "ci95": 0.1, "n": 10}}}
+        for env, shift in (("ground_truth", 0.0), ("simulator", 10.0))
+    }
+    (job_dir / "report.json").write_text(json.dumps({"task": "train", "evaluation": evaluation}))
+
+
+def _make_algo_sweep(sweep_dir: Path) -> None:
+    """algo=dqn,ppo x dataset=synthetic,coat x seed=0,1 (+ experiment=smoke on every job).
+
+    Ground-truth returns: dqn synthetic 3, 5; dqn coat 4, 4; ppo synthetic 1, 1; ppo coat 2, 6.
+    """
+    returns = {("dqn", "synthetic"): [3.0, 5.0], ("dqn", "coat"): [4.0, 4.0],
+               ("ppo", "synthetic"): [1.0, 1.0], ("ppo", "coat"): [2.0, 6.0]}
+    for num, ((algo, dataset), values) in enumerate(returns.items()):
+        for seed, value in enumerate(values):
+            overrides = [f"seed={seed}", f"dataset={dataset}", f"algo={algo}", "experiment=smoke"]
+            _make_algo_job(sweep_dir, 2 * num + seed, overrides, value)
+
+
+def test_split_algo() -> None:
+    assert split_algo("algo=dqn dataset=coat") == ("dqn", "dataset=coat")
+    assert split_algo("algo=ppo") == ("ppo", "(default)")
+    assert split_algo("(default)") == (None, "(default)")
+    assert split_algo("dataset=coat reward=ctr") == (None, "dataset=coat reward=ctr")
+
+
+def test_algorithm_table_rows_are_algorithms_columns_are_context_and_env(tmp_path: Path) -> None:
+    _make_algo_sweep(tmp_path)
+    frame = collect_sweep(find_reports(tmp_path))
+    table = algorithm_table(frame, "return")
+    assert table is not None
+    header, rows = table
+    assert header == ["policy", "dataset=coat ground_truth", "dataset=coat simulator",
+                      "dataset=synthetic ground_truth", "dataset=synthetic simulator"]
+    by_policy = {row[0]: row[1:] for row in rows}
+    assert list(by_policy) == ["dqn", "ppo", "random"]
+    t_half = 12.706204736      # Student t (1 df) x standard error (sd sqrt(2) / sqrt(2) = 1) for 3, 5
+    assert by_policy["dqn"][2] == f"4.000 ± {t_half:.3f}"     # synthetic: mean of 3 and 5
+    assert by_policy["dqn"][3] == f"14.000 ± {t_half:.3f}"
+    assert by_policy["dqn"][0].startswith("4.000")           # coat: 4 and 4, no spread
+    assert by_policy["ppo"][0] == f"4.000 ± {2 * t_half:.3f}"  # coat: mean of 2 and 6
+    assert by_policy["random"] == ["1.000 ± 0.000", "1.000 ± 0.000", "2.000 ± 0.000", "2.000 ± 0.000"]
+
+
+def test_algorithm_table_needs_two_algorithms(tmp_path: Path) -> None:
+    _make_sweep(tmp_path)     # only algo=dqn
+    assert algorithm_table(collect_sweep(find_reports(tmp_path)), "return") is None
+
+
+def test_summary_markdown_and_console_show_the_algorithm_table(tmp_path: Path) -> None:
+    _make_algo_sweep(tmp_path)
+    console = Console(record=True, width=200)
+    summarize_sweep(tmp_path, console=console)
+    markdown = (tmp_path / "summary.md").read_text()
+    assert "## return by algorithm" in markdown
+    assert "| policy | dataset=coat ground_truth | dataset=coat simulator |" in markdown
+    text = console.export_text()
+    assert "Sweep: return by algorithm" in text and "dataset=coat ground_truth" in text
+
+
+def test_sweep_summarize_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _make_algo_sweep(tmp_path)
+    assert recrl_main(["sweep", "summarize", str(tmp_path)]) == 0
+    assert (tmp_path / "summary.csv").is_file() and (tmp_path / "summary.md").is_file()
+    assert recrl_main(["sweep", "summarize", str(tmp_path / "missing")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert recrl_main(["sweep", "summarize", str(empty)]) == 2
+    assert "no job under" in capsys.readouterr().err
 
 
 def test_no_reports_returns_none(tmp_path: Path) -> None:
