@@ -1,4 +1,5 @@
-"""Test-session settings: one intra-op thread for torch here and in CLI subprocesses.
+"""Test-session settings (one intra-op thread for torch here and in CLI subprocesses) and the
+session fixtures of the known-answer world (tests/clickbait.py).
 
 The models in tests are tiny; on a 2-core machine two threads per op cost more in
 synchronisation than they gain (up to 30x slower under load), so every test runs single-threaded.
@@ -8,8 +9,24 @@ from __future__ import annotations
 
 import os
 
+import clickbait
+import pytest
 import torch
+
+from recrl.data.synthetic import SyntheticWorld
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
 torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def clickbait_world() -> SyntheticWorld:
+    """The known-answer world of the learning tests (tests/clickbait.py)."""
+    return clickbait.make_world()
+
+
+@pytest.fixture(scope="session")
+def clickbait_references(clickbait_world: SyntheticWorld) -> dict[str, float]:
+    """Best fixed item, greedy and random returns in ``clickbait_world`` (computed once per session)."""
+    return clickbait.references(clickbait_world)

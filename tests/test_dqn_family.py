@@ -1,6 +1,6 @@
 """Tests for the DQN family: vanilla/double targets, dueling heads, n-step windows, prioritized
 replay and C51, each checked by hand on tiny inputs, plus learning tests on the known-answer world
-of tests/test_learning.py."""
+of tests/clickbait.py."""
 
 from __future__ import annotations
 
@@ -8,14 +8,13 @@ import math
 
 import pytest
 import torch
+from clickbait import assert_learned, context, train
 
 from recrl.algos.dqn import DQN, categorical_projection
-from recrl.algos.random import RandomPolicy
 from recrl.buffer import NStepWindow, PrioritizedReplayBuffer, ReplayBuffer
 from recrl.data.synthetic import SyntheticWorld
 from recrl.env.simulator import RecEnv
 from recrl.loop import Trainer
-from recrl.metrics.online import run_episodes
 from recrl.rewards import ClickReward
 from recrl.types import AlgoContext, Obs, RecrlError, Transition
 
@@ -359,72 +358,21 @@ def test_state_dict_round_trip(options: dict) -> None:
 
 
 # ----------------------------------------------------------------------------- learning
-# The known-answer world of tests/test_learning.py (re-created here: tests/ is not a package).
-W_ITEMS, W_HORIZON, W_HISTORY, EPISODES = 10, 10, 4, 2000
-
-
-class FixedItem:
-    """Always recommends one item."""
-
-    def __init__(self, item: int) -> None:
-        self.item = item
-
-    def act(self, obs: Obs, explore: bool) -> torch.Tensor:
-        return torch.full((obs.batch_size, 1), self.item)
-
-
-@pytest.fixture(scope="module")
-def world() -> SyntheticWorld:
-    return SyntheticWorld(n_items=W_ITEMS, n_users=10, n_topics=1, horizon=W_HORIZON, clickbait_share=0.3,
-                          seed=3)
-
-
-def world_env(world: SyntheticWorld) -> RecEnv:
-    return RecEnv(world, ClickReward(), horizon=W_HORIZON, slate_size=1, history_len=W_HISTORY)
-
-
-def mean_return(policy, world: SyntheticWorld) -> float:
-    return float(run_episodes(policy, world_env(world), EPISODES, seed=0).returns.mean())
-
-
-def world_ctx() -> AlgoContext:
-    return make_ctx(slate_size=1, n_items=W_ITEMS, history_len=W_HISTORY, horizon=W_HORIZON)
-
-
-@pytest.fixture(scope="module")
-def references(world: SyntheticWorld) -> dict[str, float]:
-    fixed = [mean_return(FixedItem(i), world) for i in range(W_ITEMS)]
-    myopic_item = int((world.click_quality * world.quality + world.click_bait * world.is_bait).argmax())
-    return {"best_fixed": max(fixed), "greedy": fixed[myopic_item],
-            "random": mean_return(RandomPolicy(world_ctx()), world)}
-
-
-def train(algo: DQN, world: SyntheticWorld, steps: int) -> float:
-    never = 10**9
-    trainer = Trainer(steps=steps, n_users=16, batch_size=64, learning_starts=200, eval_every=never,
-                      log_every=never, checkpoint_every=never, progress=False, device="cpu")
-    trainer.fit(algo, world_env(world), evaluate=lambda: {"eval/return": 0.0},
-                log=lambda step, metrics: None, save=lambda tag, step: None)
-    return mean_return(algo, world)
-
-
-def assert_learned(learned: float, references: dict[str, float]) -> None:
-    """The thresholds of tests/test_learning.py."""
-    assert learned > 1.3 * references["greedy"], (learned, references)
-    assert learned > 1.3 * references["random"], (learned, references)
-    assert learned >= 0.9 * references["best_fixed"], (learned, references)
+# The known-answer world of tests/clickbait.py, with the DQN trainer settings of tests/test_learning.py.
+def train_dqn(algo: DQN, world: SyntheticWorld, steps: int) -> float:
+    return train(algo, world, steps=steps, n_users=16, batch_size=64, learning_starts=200)
 
 
 @pytest.mark.slow
-def test_dueling_n_step_dqn_beats_greedy_and_random(world: SyntheticWorld,
-                                                    references: dict[str, float]) -> None:
-    algo = DQN(world_ctx(), epsilon_decay_steps=300, target_update=50, gamma=0.9, dueling=True, n_step=3)
-    assert_learned(train(algo, world, steps=1200), references)
+def test_dueling_n_step_dqn_beats_greedy_and_random(clickbait_world: SyntheticWorld,
+                                                    clickbait_references: dict[str, float]) -> None:
+    algo = DQN(context(), epsilon_decay_steps=300, target_update=50, gamma=0.9, dueling=True, n_step=3)
+    assert_learned(train_dqn(algo, clickbait_world, steps=1200), clickbait_references)
 
 
 @pytest.mark.slow
-def test_c51_beats_greedy_and_random(world: SyntheticWorld, references: dict[str, float]) -> None:
-    algo = DQN(world_ctx(), epsilon_decay_steps=300, target_update=50, gamma=0.9, lr=3e-4, atoms=51,
+def test_c51_beats_greedy_and_random(clickbait_world: SyntheticWorld,
+                                     clickbait_references: dict[str, float]) -> None:
+    algo = DQN(context(), epsilon_decay_steps=300, target_update=50, gamma=0.9, lr=3e-4, atoms=51,
                v_min=0.0, v_max=10.0)
-    assert_learned(train(algo, world, steps=800), references)
-
+    assert_learned(train_dqn(algo, clickbait_world, steps=800), clickbait_references)

@@ -2,7 +2,7 @@
 
 Unit tests check each loss against a hand or direct computation on tiny logs. The learning
 tests are the known answer: logs of a POOR logging policy in the clickbait world of
-``tests/test_learning.py`` (70% the myopic clickbait item, 30% uniform), from which behaviour
+``tests/clickbait.py`` (70% the myopic clickbait item, 30% uniform), from which behaviour
 cloning learns to serve clickbait while the offline RL learners, never touching the
 environment, find policies with a clearly higher ground-truth return.
 """
@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import math
 
+import clickbait
 import numpy as np
 import pandas as pd
 import pytest
@@ -26,9 +27,6 @@ from recrl.algos.nets import double_q_target
 from recrl.algos.sqn import SQN
 from recrl.data.preprocess import log_frame
 from recrl.data.synthetic import SyntheticWorld, clicked_only
-from recrl.env.simulator import RecEnv
-from recrl.loop import Trainer
-from recrl.metrics.online import run_episodes
 from recrl.rewards import ClickReward, ConversionReward, MixReward, RatingReward, WatchReward
 from recrl.types import AlgoContext, Interactions, Obs, RecrlError
 
@@ -264,10 +262,8 @@ def test_logged_rewards_other_than_clicks() -> None:
 
 
 # ----------------------------------------------------------------------------- learning
-# The known-answer world of tests/test_learning.py.
-N_ITEMS, HORIZON, HISTORY = 10, 10, 4
+# The known-answer world of tests/clickbait.py, logged by a poor policy.
 LOG_USERS, BAIT_SHARE = 10_000, 0.7
-EPISODES = 2000
 
 
 class PoorLogger:
@@ -280,42 +276,24 @@ class PoorLogger:
     def act(self, obs: Obs, explore: bool) -> torch.Tensor:
         b = obs.batch_size
         coin = torch.rand(b, generator=self.generator) < BAIT_SHARE
-        uniform = torch.randint(0, N_ITEMS, (b,), generator=self.generator)
+        uniform = torch.randint(0, clickbait.N_ITEMS, (b,), generator=self.generator)
         return torch.where(coin, self.bait_item, uniform)[:, None]
 
     def propensity(self, items: torch.Tensor) -> torch.Tensor:
-        return (1 - BAIT_SHARE) / N_ITEMS + BAIT_SHARE * (items == self.bait_item).float()
-
-
-@pytest.fixture(scope="module")
-def world() -> SyntheticWorld:
-    return SyntheticWorld(n_items=N_ITEMS, n_users=10, n_topics=1, horizon=HORIZON,
-                          clickbait_share=0.3, seed=3)
-
-
-def make_env(world: SyntheticWorld) -> RecEnv:
-    return RecEnv(world, ClickReward(), horizon=HORIZON, slate_size=1, history_len=HISTORY)
-
-
-def bait_item(world: SyntheticWorld) -> int:
-    return int((world.click_quality * world.quality + world.click_bait * world.is_bait).argmax())
-
-
-def mean_return(policy, world: SyntheticWorld) -> float:
-    return float(run_episodes(policy, make_env(world), EPISODES, seed=0).returns.mean())
+        return (1 - BAIT_SHARE) / clickbait.N_ITEMS + BAIT_SHARE * (items == self.bait_item).float()
 
 
 def logged_sessions(world: SyntheticWorld, n_users: int, seed: int) -> pd.DataFrame:
     """One session per user under :class:`PoorLogger`, one row per step (the log's columns)."""
-    env = make_env(world)
+    env = clickbait.make_env(world)
     obs = env.reset(n_users, seed=seed)
     # the logger's generator must not share the environment's seed: two CPU generators with one
     # seed draw the same stream, which would tie the logged items to the users' latent tastes
-    logger = PoorLogger(bait_item(world), seed=seed + 10_000)
+    logger = PoorLogger(clickbait.myopic_item(world), seed=seed + 10_000)
     users = torch.arange(n_users)
     columns: dict[str, list[torch.Tensor]] = {k: [] for k in ("user", "item", "time", "click", "conversion",
                                                               "rating", "watch", "leave", "propensity")}
-    for t in range(HORIZON):
+    for t in range(clickbait.HORIZON):
         alive = env.alive.clone()
         items = logger.act(obs, explore=True)
         obs, _, _, info = env.step(items)
@@ -331,30 +309,27 @@ def logged_sessions(world: SyntheticWorld, n_users: int, seed: int) -> pd.DataFr
 
 
 @pytest.fixture(scope="module")
-def poor_log(world: SyntheticWorld) -> pd.DataFrame:
-    return logged_sessions(world, LOG_USERS, seed=1)
+def poor_log(clickbait_world: SyntheticWorld) -> pd.DataFrame:
+    return logged_sessions(clickbait_world, LOG_USERS, seed=1)
 
 
 def offline_context(log: pd.DataFrame) -> AlgoContext:
-    return context(log, n_items=N_ITEMS, history_len=HISTORY, horizon=HORIZON)
+    return context(log, n_items=clickbait.N_ITEMS, history_len=clickbait.HISTORY, horizon=clickbait.HORIZON)
 
 
-def train_offline(algo, world: SyntheticWorld, steps: int, batch_size: int = 256) -> float:
-    never = 10**9
-    trainer = Trainer(steps=steps, batch_size=batch_size, eval_every=never, log_every=never,
-                      checkpoint_every=never, progress=False, device="cpu")
-    # the environment is never stepped in offline mode; the policy meets the world only below
-    trainer.fit(algo, make_env(world), evaluate=lambda: {"eval/return": 0.0},
-                log=lambda step, metrics: None, save=lambda tag, step: None)
-    return mean_return(algo, world)
+def train_offline(algo, world: SyntheticWorld, steps: int) -> float:
+    """Offline training: the environment is never stepped, the policy meets the world only after."""
+    return clickbait.train(algo, world, steps=steps, batch_size=256)
 
 
 @pytest.fixture(scope="module")
-def references(world: SyntheticWorld, poor_log: pd.DataFrame) -> dict[str, float]:
+def references(clickbait_world: SyntheticWorld, poor_log: pd.DataFrame) -> dict[str, float]:
+    """Returns of behaviour cloning and of the logging policy, and the logged share of clickbait."""
+    world = clickbait_world
     bc = BehaviorCloning(offline_context(poor_log), encoder="gru", hidden=64)
     return {"bc": train_offline(bc, world, steps=500),
-            "logging": mean_return(PoorLogger(bait_item(world), seed=0), world),
-            "bait_share_logged": float((poor_log["item"] == bait_item(world)).mean())}
+            "logging": clickbait.mean_return(PoorLogger(clickbait.myopic_item(world), seed=0), world),
+            "bait_share_logged": float((poor_log["item"] == clickbait.myopic_item(world)).mean())}
 
 
 def assert_beats_cloning(learned: float, references: dict[str, float]) -> None:
@@ -370,28 +345,28 @@ def test_cloning_imitates_the_poor_logging_policy(references: dict[str, float]) 
 
 
 @pytest.mark.slow
-def test_cql_beats_behaviour_cloning(world: SyntheticWorld, poor_log: pd.DataFrame,
+def test_cql_beats_behaviour_cloning(clickbait_world: SyntheticWorld, poor_log: pd.DataFrame,
                                      references: dict[str, float]) -> None:
     algo = DiscreteCQL(offline_context(poor_log), alpha=0.05, gamma=0.99, target_update=25, encoder="gru",
                        hidden=64)
-    assert_beats_cloning(train_offline(algo, world, steps=1000), references)
+    assert_beats_cloning(train_offline(algo, clickbait_world, steps=1000), references)
 
 
 @pytest.mark.slow
-def test_bcq_beats_behaviour_cloning(world: SyntheticWorld, poor_log: pd.DataFrame,
+def test_bcq_beats_behaviour_cloning(clickbait_world: SyntheticWorld, poor_log: pd.DataFrame,
                                      references: dict[str, float]) -> None:
     # the logger's non-bait items have G(a|s) / max G ~ 0.03 / 0.73: the threshold must admit them
     algo = DiscreteBCQ(offline_context(poor_log), threshold=0.01, gamma=0.99, target_update=25, encoder="gru",
                        hidden=64)
-    assert_beats_cloning(train_offline(algo, world, steps=1000), references)
+    assert_beats_cloning(train_offline(algo, clickbait_world, steps=1000), references)
 
 
 @pytest.mark.slow
-def test_sqn_q_head_beats_behaviour_cloning(world: SyntheticWorld, poor_log: pd.DataFrame,
+def test_sqn_q_head_beats_behaviour_cloning(clickbait_world: SyntheticWorld, poor_log: pd.DataFrame,
                                             references: dict[str, float]) -> None:
     algo = SQN(offline_context(poor_log), gamma=0.99, target_update=25, hidden=64, act_with="q")
-    learned = train_offline(algo, world, steps=1000)
+    learned = train_offline(algo, clickbait_world, steps=1000)
     algo.act_with = "supervised"  # the paper's recommending head imitates the log it was trained on
-    supervised = mean_return(algo, world)
+    supervised = clickbait.mean_return(algo, clickbait_world)
     assert_beats_cloning(learned, references)
     assert supervised < 1.05 * references["bc"], (supervised, learned, references)

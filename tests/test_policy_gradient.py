@@ -2,7 +2,7 @@
 
 GAE and n-step returns are checked by hand on a 2-user rollout with an early end; A2C's loss and
 PPO's clipped surrogate against hand computations; slates, checkpoints and configs; and both
-algorithms learn the long-term optimum of the known-answer world of ``test_learning``.
+algorithms learn the long-term optimum of the known-answer world of tests/clickbait.py.
 """
 
 from __future__ import annotations
@@ -10,13 +10,12 @@ from __future__ import annotations
 import copy
 import math
 
+import clickbait
 import pytest
-import test_learning as tl
 import torch
 
 from recrl.algos.a2c import A2C
 from recrl.algos.ppo import PPO
-from recrl.algos.random import RandomPolicy
 from recrl.buffer import Rollout, discounted_returns, gae, n_step_returns
 from recrl.config import build_algo_by_name
 from recrl.data.synthetic import SyntheticWorld
@@ -291,30 +290,18 @@ def test_config_builds(name: str, cls: type) -> None:
 
 
 # ----------------------------------------------------------------------------- learning
-@pytest.fixture(scope="module")
-def world() -> SyntheticWorld:
-    return SyntheticWorld(n_items=tl.N_ITEMS, n_users=10, n_topics=1, horizon=tl.HORIZON,
-                          clickbait_share=0.3, seed=3)
-
-
-@pytest.fixture(scope="module")
-def references(world: SyntheticWorld) -> dict[str, float]:
-    fixed = [tl.mean_return(tl.FixedItem(i), world) for i in range(tl.N_ITEMS)]
-    myopic_item = int((world.click_quality * world.quality + world.click_bait * world.is_bait).argmax())
-    assert bool(world.is_bait[myopic_item])
-    return {"best_fixed": max(fixed), "greedy": fixed[myopic_item],
-            "random": tl.mean_return(RandomPolicy(tl.context()), world)}
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("n_steps", [None, 5])
-def test_a2c_beats_greedy_and_random(world: SyntheticWorld, references: dict[str, float],
-                                     n_steps: int | None) -> None:
-    algo = A2C(tl.context(), lr=0.01, entropy_coef=0.0, n_steps=n_steps)
-    tl.assert_learned(tl.train(algo, world, steps=800, n_users=64), references)
+def test_a2c_beats_greedy_and_random(clickbait_world: SyntheticWorld,
+                                     clickbait_references: dict[str, float], n_steps: int | None) -> None:
+    algo = A2C(clickbait.context(), lr=0.01, entropy_coef=0.0, n_steps=n_steps)
+    clickbait.assert_learned(clickbait.train(algo, clickbait_world, steps=800, n_users=64),
+                             clickbait_references)
 
 
 @pytest.mark.slow
-def test_ppo_beats_greedy_and_random(world: SyntheticWorld, references: dict[str, float]) -> None:
-    algo = PPO(tl.context())  # the defaults of conf/algo/ppo.yaml
-    tl.assert_learned(tl.train(algo, world, steps=400, n_users=64), references)
+def test_ppo_beats_greedy_and_random(clickbait_world: SyntheticWorld,
+                                     clickbait_references: dict[str, float]) -> None:
+    algo = PPO(clickbait.context())  # the defaults of conf/algo/ppo.yaml
+    clickbait.assert_learned(clickbait.train(algo, clickbait_world, steps=400, n_users=64),
+                             clickbait_references)

@@ -269,7 +269,7 @@ def test_config_builds_the_algorithm() -> None:
 
 
 # ----------------------------------------------------------------------------- learning
-# The known-answer world of tests/test_learning.py with slates of 3 under the MNL choice model,
+# The known-answer world of tests/clickbait.py with slates of 3 under the MNL choice model,
 # without boredom and with one user type. Clickbait items (7 of 10) are the most clickable, so
 # myopic greedy serves a slate of them, but every bait click lowers satisfaction and makes users
 # leave; the only slate of the three good items keeps them (about twice greedy's clicks).
