@@ -29,9 +29,8 @@ from rich.table import Table
 from recrl.config import CONF_DIR, algo_options, build_algo_by_name, validate
 from recrl.loop import Trainer
 from recrl.metrics.online import run_episodes
+from recrl.report import write_text_atomic
 from recrl.train import build_stages
-
-SLATE_ONLY = {"slateq"}  # needs slates of several items
 
 
 def parse() -> argparse.Namespace:
@@ -97,8 +96,6 @@ def main() -> None:
     if stages.ground_truth is None:
         sys.exit("this dataset has no ground-truth environment; use dataset=synthetic or coat")
     names = args.algos or [a for a in algo_options() if a not in {"random", "popular", "greedy"}]
-    if cfg.env.slate_size == 1:
-        names = [n for n in names if n not in SLATE_ONLY]
     gt_env = stages.make_env(stages.ground_truth)
     greedy_policy = build_algo_by_name("greedy", ctx=stages.ctx)
     greedy = ground_truth_return(greedy_policy, gt_env, args.eval_episodes, seed=10_000)
@@ -115,7 +112,7 @@ def main() -> None:
     facts = {"torch": torch.__version__, "python": platform.python_version(), "device": args.device,
              "threads": torch.get_num_threads(), "overrides": args.overrides, "greedy_return": greedy,
              "target": target, "steps": args.steps, "n_users": args.n_users}
-    args.out.write_text(json.dumps({"facts": facts, "rows": rows}, indent=2))
+    write_text_atomic(args.out, json.dumps({"facts": facts, "rows": rows}, indent=2))
     print(f"wrote {args.out}")
 
 
