@@ -80,7 +80,7 @@ def bench_one(name: str, stages, args: argparse.Namespace, target: float) -> dic
     reached = next((t for _, t, ret in curve if ret >= target), None)
     return {"algo": name, "mode": algo.mode, "steps": stats.env_steps, "updates": stats.updates,
             "train_s": train_s, "updates_per_s": stats.updates / train_s,
-            "user_steps_per_s": (stats.user_steps / train_s) if algo.mode != "offline" else 0.0,
+            "user_steps_per_s": (stats.user_steps / train_s) if algo.mode != "offline" else None,
             "final_return": curve[-1][2] if curve else float("nan"), "time_to_target_s": reached}
 
 
@@ -106,7 +106,8 @@ def main() -> None:
         table.add_column(column, justify="left" if column in ("algo", "mode") else "right")
     for r in rows:
         reached = "-" if r["time_to_target_s"] is None else f"{r['time_to_target_s']:.1f}"
-        table.add_row(r["algo"], r["mode"], f"{r['updates_per_s']:,.0f}", f"{r['user_steps_per_s']:,.0f}",
+        user_steps = "-" if r["user_steps_per_s"] is None else f"{r['user_steps_per_s']:,.0f}"
+        table.add_row(r["algo"], r["mode"], f"{r['updates_per_s']:,.0f}", user_steps,
                       f"{r['final_return']:.3f}", reached)
     Console().print(table)
     facts = {"torch": torch.__version__, "python": platform.python_version(), "device": args.device,

@@ -366,4 +366,5 @@ def test_bench_algos_script_writes_json(tmp_path, monkeypatch) -> None:
     assert set(rows) == {"dqn", "ppo", "linucb", "bc"}
     assert {r["mode"] for r in rows.values()} == {"off_policy", "on_policy", "online", "offline"}
     assert all(r["updates_per_s"] > 0 and math.isfinite(r["final_return"]) for r in rows.values())
+    assert rows["bc"]["user_steps_per_s"] is None and rows["dqn"]["user_steps_per_s"] > 0  # offline: no env
     assert data["facts"]["greedy_return"] > 0 and data["facts"]["steps"] == 20
