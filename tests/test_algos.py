@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from tiny import N_ITEMS, K, L, collect_rollout, make_ctx, random_obs
 
 from recrl.algos.dqn import DQN
 from recrl.algos.greedy import GreedyPolicy
@@ -14,28 +15,8 @@ from recrl.algos.popular import PopularPolicy
 from recrl.algos.random import RandomPolicy
 from recrl.algos.reinforce import Reinforce
 from recrl.behavior.gru import GRUBehavior
-from recrl.buffer import Rollout
-from recrl.data.synthetic import SyntheticWorld
-from recrl.env.simulator import RecEnv
-from recrl.rewards import ClickReward, ConversionReward
-from recrl.types import AlgoContext, Algorithm, Obs, Policy, RecrlError, Transition
-
-N_ITEMS, K, L, H = 12, 3, 2, 5
-
-
-def make_ctx(slate_size: int = K, **kwargs) -> AlgoContext:
-    args = dict(n_items=N_ITEMS, slate_size=slate_size, history_len=L, horizon=H,
-                device=torch.device("cpu"), seed=0, item_popularity=torch.arange(N_ITEMS).float(),
-                behavior=None, reward=ClickReward())
-    args.update(kwargs)
-    return AlgoContext(**args)
-
-
-def random_obs(b: int, gen: torch.Generator, k: int = K) -> Obs:
-    """Histories with real items, some padding slots and random clicks."""
-    items = torch.randint(0, N_ITEMS + 1, (b, L, k), generator=gen)
-    clicks = (torch.rand(b, L, k, generator=gen) < 0.3).float() * (items < N_ITEMS).float()
-    return Obs(items=items, clicks=clicks, step=torch.randint(0, H, (b,), generator=gen))
+from recrl.rewards import ConversionReward
+from recrl.types import Algorithm, Obs, Policy, RecrlError, Transition
 
 
 def assert_valid_slates(slates: torch.Tensor, b: int, k: int = K) -> None:
@@ -194,20 +175,6 @@ def test_reinforce_samples_in_eval_by_default() -> None:
     with torch.no_grad():
         probs = torch.softmax(single.policy(one), 1)[0]
     torch.testing.assert_close(freq, probs, atol=0.03, rtol=0)
-
-
-def collect_rollout(algo: Reinforce, n_users: int = 6) -> Rollout:
-    world = SyntheticWorld(n_items=N_ITEMS, n_users=10, n_topics=3, horizon=H, leave_bias=-0.5, seed=0)
-    env = RecEnv(world, ClickReward(), horizon=H, slate_size=K, history_len=L)
-    obs = env.reset(n_users, seed=0)
-    steps = []
-    for _ in range(H):
-        action = algo.act(obs, explore=True)
-        next_obs, reward, done, info = env.step(action)
-        steps.append(Transition(obs=obs, action=action, reward=reward, next_obs=next_obs,
-                                done=done.float(), valid=info.was_alive.float()))
-        obs = next_obs
-    return Rollout.stack(steps)
 
 
 def test_reinforce_update_loss_hand_computed() -> None:

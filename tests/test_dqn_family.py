@@ -9,6 +9,7 @@ import math
 import pytest
 import torch
 from clickbait import assert_learned, context, train
+from tiny import N_ITEMS, K, L, make_ctx, random_obs
 
 from recrl.algos.dqn import DQN, categorical_projection
 from recrl.buffer import NStepWindow, PrioritizedReplayBuffer, ReplayBuffer
@@ -16,23 +17,7 @@ from recrl.data.synthetic import SyntheticWorld
 from recrl.env.simulator import RecEnv
 from recrl.loop import Trainer
 from recrl.rewards import ClickReward
-from recrl.types import AlgoContext, Obs, RecrlError, Transition
-
-N_ITEMS, K, L, H = 12, 3, 2, 5
-
-
-def make_ctx(slate_size: int = K, **kwargs) -> AlgoContext:
-    args = dict(n_items=N_ITEMS, slate_size=slate_size, history_len=L, horizon=H,
-                device=torch.device("cpu"), seed=0, item_popularity=torch.zeros(N_ITEMS),
-                behavior=None, reward=ClickReward())
-    args.update(kwargs)
-    return AlgoContext(**args)
-
-
-def random_obs(b: int, gen: torch.Generator, k: int = K) -> Obs:
-    items = torch.randint(0, N_ITEMS + 1, (b, L, k), generator=gen)
-    clicks = (torch.rand(b, L, k, generator=gen) < 0.3).float() * (items < N_ITEMS).float()
-    return Obs(items=items, clicks=clicks, step=torch.randint(0, H, (b,), generator=gen))
+from recrl.types import Obs, RecrlError, Transition
 
 
 def random_batch(b: int = 6, seed: int = 1, reward_scale: float = 1.0) -> Transition:

@@ -13,31 +13,14 @@ import math
 import clickbait
 import pytest
 import torch
+from tiny import N_ITEMS, K, collect_rollout, make_ctx, random_obs
 
 from recrl.algos.a2c import A2C
 from recrl.algos.ppo import PPO
 from recrl.buffer import Rollout, discounted_returns, gae, n_step_returns
 from recrl.config import build_algo_by_name
 from recrl.data.synthetic import SyntheticWorld
-from recrl.env.simulator import RecEnv
-from recrl.rewards import ClickReward
-from recrl.types import AlgoContext, Algorithm, Obs, Transition
-
-N_ITEMS, K, L, H = 12, 3, 2, 5
-
-
-def make_ctx(slate_size: int = K, **kwargs) -> AlgoContext:
-    args = dict(n_items=N_ITEMS, slate_size=slate_size, history_len=L, horizon=H,
-                device=torch.device("cpu"), seed=0, item_popularity=torch.arange(N_ITEMS).float(),
-                behavior=None, reward=ClickReward())
-    args.update(kwargs)
-    return AlgoContext(**args)
-
-
-def random_obs(b: int, gen: torch.Generator) -> Obs:
-    items = torch.randint(0, N_ITEMS + 1, (b, L, K), generator=gen)
-    clicks = (torch.rand(b, L, K, generator=gen) < 0.3).float() * (items < N_ITEMS).float()
-    return Obs(items=items, clicks=clicks, step=torch.randint(0, H, (b,), generator=gen))
+from recrl.types import Algorithm
 
 
 def assert_valid_slates(slates: torch.Tensor, b: int) -> None:
@@ -45,22 +28,6 @@ def assert_valid_slates(slates: torch.Tensor, b: int) -> None:
     assert bool(((slates >= 0) & (slates < N_ITEMS)).all())
     for row in slates.tolist():
         assert len(set(row)) == K  # distinct items within a slate
-
-
-def collect_rollout(algo: A2C | PPO, n_users: int = 6) -> Rollout:
-    world = SyntheticWorld(n_items=N_ITEMS, n_users=10, n_topics=3, horizon=H, leave_bias=-0.5, seed=0)
-    env = RecEnv(world, ClickReward(), horizon=H, slate_size=K, history_len=L)
-    obs = env.reset(n_users, seed=0)
-    steps = []
-    for _ in range(H):
-        action = algo.act(obs, explore=True)
-        next_obs, reward, done, info = env.step(action)
-        steps.append(Transition(obs=obs, action=action, reward=reward, next_obs=next_obs,
-                                done=done.float(), valid=info.was_alive.float()))
-        obs = next_obs
-    roll = Rollout.stack(steps)
-    assert 0 < float(roll.valid.sum()) < roll.valid.numel()  # some users left early
-    return roll
 
 
 def network_outputs(algo: A2C | PPO, roll: Rollout) -> tuple[torch.Tensor, ...]:

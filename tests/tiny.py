@@ -1,0 +1,50 @@
+"""The tiny algorithm context, random observations and rollouts the algorithm unit tests share.
+
+12 items, slates of 3, histories of 2 steps, horizon 5: small enough to check losses and targets
+by hand.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from recrl.buffer import Rollout
+from recrl.data.synthetic import SyntheticWorld
+from recrl.env.simulator import RecEnv
+from recrl.rewards import ClickReward
+from recrl.types import AlgoContext, Obs, Policy, Transition
+
+N_ITEMS, K, L, H = 12, 3, 2, 5
+
+
+def make_ctx(slate_size: int = K, **kwargs) -> AlgoContext:
+    """The tiny context (``kwargs`` override any field); item ``i`` has popularity ``i``."""
+    args = dict(n_items=N_ITEMS, slate_size=slate_size, history_len=L, horizon=H,
+                device=torch.device("cpu"), seed=0, item_popularity=torch.arange(N_ITEMS).float(),
+                behavior=None, reward=ClickReward())
+    args.update(kwargs)
+    return AlgoContext(**args)
+
+
+def random_obs(b: int, gen: torch.Generator, k: int = K) -> Obs:
+    """Histories with real items, some padding slots and random clicks."""
+    items = torch.randint(0, N_ITEMS + 1, (b, L, k), generator=gen)
+    clicks = (torch.rand(b, L, k, generator=gen) < 0.3).float() * (items < N_ITEMS).float()
+    return Obs(items=items, clicks=clicks, step=torch.randint(0, H, (b,), generator=gen))
+
+
+def collect_rollout(policy: Policy, n_users: int = 6) -> Rollout:
+    """One horizon of ``policy`` (exploring) in a 3-topic world; checks that some users left early."""
+    world = SyntheticWorld(n_items=N_ITEMS, n_users=10, n_topics=3, horizon=H, leave_bias=-0.5, seed=0)
+    env = RecEnv(world, ClickReward(), horizon=H, slate_size=K, history_len=L)
+    obs = env.reset(n_users, seed=0)
+    steps = []
+    for _ in range(H):
+        action = policy.act(obs, explore=True)
+        next_obs, reward, done, info = env.step(action)
+        steps.append(Transition(obs=obs, action=action, reward=reward, next_obs=next_obs,
+                                done=done.float(), valid=info.was_alive.float()))
+        obs = next_obs
+    roll = Rollout.stack(steps)
+    assert 0 < float(roll.valid.sum()) < roll.valid.numel()  # some users left early
+    return roll
