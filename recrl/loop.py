@@ -11,7 +11,7 @@ from tqdm import tqdm
 
 from recrl.buffer import NStepWindow, PrioritizedReplayBuffer, ReplayBuffer, Rollout
 from recrl.env.simulator import RecEnv
-from recrl.types import Algorithm, RecrlError, Transition
+from recrl.types import Algorithm, Obs, Policy, RecrlError, Transition
 
 MetricsLogger = Callable[[int, dict[str, float]], None]
 Evaluator = Callable[[], dict[str, float]]
@@ -40,6 +40,18 @@ class TrainStats:
     updates: int
     seconds: float
     best_eval_return: float
+
+
+def collect_episodes(policy: Policy, env: RecEnv, obs: Obs) -> Rollout:
+    """One horizon of ``policy`` (exploring) from ``obs``, the users' observations after a reset."""
+    steps: list[Transition] = []
+    for _ in range(env.horizon):
+        slates = policy.act(obs, explore=True)
+        next_obs, reward, done, info = env.step(slates)
+        steps.append(Transition(obs=obs, action=slates, reward=reward, next_obs=next_obs,
+                                done=done.float(), valid=info.was_alive.float()))
+        obs = next_obs
+    return Rollout.stack(steps)
 
 
 class Trainer:
@@ -201,14 +213,7 @@ class Trainer:
         while env_steps < self.steps:
             obs = env.reset(self.n_users, seed=seed if first else None)
             first = False
-            steps: list[Transition] = []
-            for _ in range(env.horizon):
-                slates = algo.act(obs, explore=True)
-                next_obs, reward, done, info = env.step(slates)
-                steps.append(Transition(obs=obs, action=slates, reward=reward, next_obs=next_obs,
-                                        done=done.float(), valid=info.was_alive.float()))
-                obs = next_obs
-            rollout = Rollout.stack(steps)
+            rollout = collect_episodes(algo, env, obs)
             metrics = dict(algo.update(rollout))
             metrics["train/episode_return"] = rollout.reward.sum(0).mean()
             env_steps += env.horizon

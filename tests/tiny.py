@@ -11,8 +11,9 @@ import torch
 from recrl.buffer import Rollout
 from recrl.data.synthetic import SyntheticWorld
 from recrl.env.simulator import RecEnv
+from recrl.loop import collect_episodes
 from recrl.rewards import ClickReward
-from recrl.types import AlgoContext, Obs, Policy, Transition
+from recrl.types import AlgoContext, Obs, Policy
 
 N_ITEMS, K, L, H = 12, 3, 2, 5
 
@@ -37,14 +38,6 @@ def collect_rollout(policy: Policy, n_users: int = 6) -> Rollout:
     """One horizon of ``policy`` (exploring) in a 3-topic world; checks that some users left early."""
     world = SyntheticWorld(n_items=N_ITEMS, n_users=10, n_topics=3, horizon=H, leave_bias=-0.5, seed=0)
     env = RecEnv(world, ClickReward(), horizon=H, slate_size=K, history_len=L)
-    obs = env.reset(n_users, seed=0)
-    steps = []
-    for _ in range(H):
-        action = policy.act(obs, explore=True)
-        next_obs, reward, done, info = env.step(action)
-        steps.append(Transition(obs=obs, action=action, reward=reward, next_obs=next_obs,
-                                done=done.float(), valid=info.was_alive.float()))
-        obs = next_obs
-    roll = Rollout.stack(steps)
+    roll = collect_episodes(policy, env, env.reset(n_users, seed=0))
     assert 0 < float(roll.valid.sum()) < roll.valid.numel()  # some users left early
     return roll

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from recrl.algos.logged import LoggedSteps
-from recrl.algos.nets import ItemScorer, history_encoder, sample_top_k, top_k
+from recrl.algos.nets import ItemScorer, gradient_step, history_encoder, sample_top_k, top_k
 from recrl.types import AlgoContext, Obs
 
 
@@ -61,10 +61,7 @@ class BehaviorCloning:
         tr = batch.transitions
         logits = self.policy(tr.obs)
         loss = F.cross_entropy(logits, tr.action[:, 0])
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.grad_clip)
-        self.optimizer.step()
+        gradient_step(self.optimizer, loss, self.policy.parameters(), self.grad_clip)
         self.updates += 1
         accuracy = (logits.detach().argmax(1) == tr.action[:, 0]).float().mean()
         return {"train/loss": loss.detach(), "train/accuracy": accuracy}

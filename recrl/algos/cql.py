@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from recrl.algos.logged import LoggedSteps
-from recrl.algos.nets import ItemScorer, double_q_target, history_encoder, top_k, update_target
+from recrl.algos.nets import ItemScorer, double_q_target, gradient_step, history_encoder, top_k, update_target
 from recrl.types import AlgoContext, Obs
 
 
@@ -81,10 +81,7 @@ class DiscreteCQL:
         td = F.smooth_l1_loss(q_taken, target)
         conservative = cql_regulariser(q, tr.action)
         loss = td + self.alpha * conservative
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.q.parameters(), self.grad_clip)
-        self.optimizer.step()
+        gradient_step(self.optimizer, loss, self.q.parameters(), self.grad_clip)
         self.updates += 1
         update_target(self.q_target, self.q, self.updates, self.target_update, self.tau)
         return {"train/loss": loss.detach(), "train/td_loss": td.detach(),

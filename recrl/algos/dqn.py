@@ -67,7 +67,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from recrl.algos.nets import HistoryEncoder, ItemScorer, epsilon_explore, linear_decay, top_k, update_target
+from recrl.algos.nets import (
+    HistoryEncoder,
+    ItemScorer,
+    epsilon_explore,
+    gradient_step,
+    linear_decay,
+    top_k,
+    update_target,
+)
 from recrl.types import AlgoContext, Obs, RecrlError, Transition
 
 
@@ -242,10 +250,7 @@ class DQN:
             per_row = per_row * weights
         loss = (per_row * batch.valid).sum()
         loss = loss / batch.valid.sum().clamp(min=1.0)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.q.parameters(), self.grad_clip)
-        self.optimizer.step()
+        gradient_step(self.optimizer, loss, self.q.parameters(), self.grad_clip)
         self.updates += 1
         update_target(self.q_target, self.q, self.updates, self.target_update, self.tau)
         return {"train/loss": loss.detach(), "train/q": q_taken.detach().mean(),

@@ -190,6 +190,16 @@ def epsilon_explore(slates: Tensor, n_items: int, epsilon: float, generator: tor
     return torch.where(coin, rand, slates)
 
 
+def gradient_step(optimizer: torch.optim.Optimizer, loss: Tensor, params, grad_clip: float) -> Tensor:
+    """One optimizer step on ``loss``: clear the gradients, backpropagate, clip the gradient norm of
+    ``params`` to ``grad_clip`` and step. Returns the norm before clipping."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    norm = nn.utils.clip_grad_norm_(params, grad_clip)
+    optimizer.step()
+    return norm
+
+
 def update_target(target: nn.Module, online: nn.Module, updates: int, every: int, tau: float = 1.0) -> None:
     """After update number ``updates``: with ``tau < 1`` move ``target`` a step ``tau`` towards
     ``online`` (Polyak averaging), else copy ``online`` into it every ``every`` updates."""

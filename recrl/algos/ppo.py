@@ -27,9 +27,9 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from recrl.algos.nets import SoftmaxActorCritic
+from recrl.algos.nets import SoftmaxActorCritic, gradient_step
 from recrl.buffer import Rollout, gae
 from recrl.types import AlgoContext, Obs
 
@@ -116,10 +116,7 @@ class PPO(SoftmaxActorCritic):
                 if self.target_kl is not None and float(parts["approx_kl"]) > self.target_kl:
                     stop = True
                     break
-                self.optimizer.zero_grad(set_to_none=True)
-                parts["loss"].backward()
-                nn.utils.clip_grad_norm_(self.params, self.grad_clip)
-                self.optimizer.step()
+                gradient_step(self.optimizer, parts["loss"], self.params, self.grad_clip)
                 steps += 1
                 for key, value in parts.items():
                     totals[key] = totals.get(key, 0.0) + value.detach()

@@ -16,9 +16,8 @@ reinforcement learning. Machine Learning 8, 1992.
 from __future__ import annotations
 
 import torch
-from torch import nn
 
-from recrl.algos.nets import SoftmaxActorCritic
+from recrl.algos.nets import SoftmaxActorCritic, gradient_step
 from recrl.buffer import Rollout, discounted_returns
 from recrl.types import AlgoContext
 
@@ -62,10 +61,7 @@ class Reinforce(SoftmaxActorCritic):
             value_loss = (((value - returns) ** 2) * valid).sum() / n
             entropy_mean = (entropy * valid).sum() / n
             loss = policy_loss + self.value_coef * value_loss - self.entropy_coef * entropy_mean
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            nn.utils.clip_grad_norm_(self.params, self.grad_clip)
-            self.optimizer.step()
+            gradient_step(self.optimizer, loss, self.params, self.grad_clip)
         self.updates += 1
         return {"train/loss": loss.detach(), "train/policy_loss": policy_loss.detach(),
                 "train/value_loss": value_loss.detach(), "train/entropy": entropy_mean.detach()}

@@ -33,7 +33,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from recrl.algos.logged import LoggedSteps
-from recrl.algos.nets import double_q_target, history_encoder, sample_top_k, top_k, update_target
+from recrl.algos.nets import (
+    double_q_target,
+    gradient_step,
+    history_encoder,
+    sample_top_k,
+    top_k,
+    update_target,
+)
 from recrl.types import AlgoContext, Obs, RecrlError
 
 
@@ -106,10 +113,7 @@ class SQN:
         supervised = F.cross_entropy(logits, tr.action[:, 0])
         td = F.smooth_l1_loss(q_taken, target)
         loss = supervised + td
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.net.parameters(), self.grad_clip)
-        self.optimizer.step()
+        gradient_step(self.optimizer, loss, self.net.parameters(), self.grad_clip)
         self.updates += 1
         update_target(self.net_target, self.net, self.updates, self.target_update, self.tau)
         return {"train/loss": loss.detach(), "train/supervised_loss": supervised.detach(),

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from recrl.algos.logged import LoggedSteps
-from recrl.algos.nets import HistoryEncoder, ItemScorer, sample_top_k, top_k
+from recrl.algos.nets import HistoryEncoder, ItemScorer, gradient_step, sample_top_k, top_k
 from recrl.types import AlgoContext, Obs, RecrlError
 
 PROPENSITY = ("auto", "logged", "estimated")
@@ -111,11 +111,8 @@ class TopKOffPolicyReinforce:
             loss = policy_loss
         else:
             loss = beta_loss + (policy_loss if self.updates >= self.beta_warmup else 0.0)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(list(self.policy.parameters()) + list(self.beta.parameters()),
-                                 self.grad_clip)
-        self.optimizer.step()
+        gradient_step(self.optimizer, loss, list(self.policy.parameters()) + list(self.beta.parameters()),
+                      self.grad_clip)
         self.updates += 1
         return {"train/loss": loss.detach(), "train/policy_loss": policy_loss.detach(),
                 "train/beta_loss": beta_loss.detach(), "train/weight": weight.mean()}
