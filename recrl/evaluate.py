@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
+from torch import Tensor
 
 from recrl.behavior.offline import offline_ranking
 from recrl.checkpoint import load_checkpoint, resolve_checkpoint
@@ -33,14 +34,19 @@ class Evaluation:
 
     def __init__(self, baselines: list[str] | None = None, episodes: int = 1000,
                  batch_size: int = 1000, seed: int = 12345, offline_users: int = 2000,
-                 ground_truth: str | None = None) -> None:
+                 ground_truth: str | None = None, oracle: bool = True, oracle_candidates: int = 4,
+                 train_in_ground_truth: bool = False) -> None:
         if episodes < 2:
             raise RecrlError("eval.episodes must be >= 2 to give a confidence interval")
         if offline_users < 0:
             raise RecrlError("eval.offline_users must be >= 0 (0 turns offline ranking off)")
         self.baselines = list(baselines or [])
         self.episodes, self.batch_size, self.seed = episodes, batch_size, seed
+        if oracle_candidates < 1:
+            raise RecrlError("eval.oracle_candidates must be >= 1")
         self.offline_users, self.ground_truth = offline_users, ground_truth
+        self.oracle, self.oracle_candidates = oracle, oracle_candidates
+        self.train_in_ground_truth = train_in_ground_truth
 
     def offline(self, behavior: Any, splits: Any, history_len: int) -> dict[str, dict[str, float]]:
         """Next-item ranking of the behavior model on the test rows (up to ``offline_users``
@@ -55,13 +61,16 @@ class Evaluation:
         stats = run_episodes(policy, env, episodes, self.seed, self.batch_size)
         return float(stats.returns.mean())
 
-    def run(self, policies: dict[str, Policy],
-            envs: dict[str, RecEnv]) -> dict[str, dict[str, dict[str, Any]]]:
-        """``{env: {policy: {metric: {mean, ci95, n}}}}`` for every pair."""
-        return {env_name: {name: run_episodes(policy, env, self.episodes, self.seed,
-                                              self.batch_size).summary()
-                           for name, policy in policies.items()}
+    def run(self, policies: dict[str, Policy], envs: dict[str, RecEnv],
+            categories: Tensor | None = None) -> dict[str, dict[str, dict[str, Any]]]:
+        """``{env: {policy: {metric: {mean, ci95, n}}}}`` for every pair; ``categories``
+        ``[n_items]`` adds the per-session category diversity."""
+        return {env_name: {name: self.summary(policy, env, categories) for name, policy in policies.items()}
                 for env_name, env in envs.items()}
+
+    def summary(self, policy: Policy, env: RecEnv, categories: Tensor | None = None) -> dict[str, Any]:
+        """One policy's ``{metric: {mean, ci95, n}}`` in one environment."""
+        return run_episodes(policy, env, self.episodes, self.seed, self.batch_size, categories).summary()
 
 
 def evaluate(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
@@ -96,3 +105,18 @@ def evaluate(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     write_report(run_dir, report)
     print_report_table(report)
     return report
+
+
+def add_oracle_share(results: dict[str, dict[str, Any]], oracle: str = "oracle") -> None:
+    """Add ``oracle_share`` (return / the oracle's return, CI scaled alike) to every policy of
+    every environment in ``results`` that has an ``oracle`` row; in place."""
+    for table in results.values():
+        if oracle not in table:
+            continue
+        reference = float(table[oracle]["return"]["mean"])
+        if reference <= 0:
+            continue
+        for stats in table.values():
+            ret = stats["return"]
+            stats["oracle_share"] = {"mean": float(ret["mean"]) / reference,
+                                     "ci95": float(ret["ci95"]) / reference, "n": ret["n"]}

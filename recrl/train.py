@@ -16,14 +16,21 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
 import recrl
+from recrl.algos.oracle import Oracle, can_plan
 from recrl.behavior.features import build_item_features, item_categories
 from recrl.behavior.fidelity import fidelity_report
 from recrl.checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
 from recrl.config import build, build_algo_by_name, validate
 from recrl.env.simulator import RecEnv
-from recrl.evaluate import Evaluation
+from recrl.evaluate import Evaluation, add_oracle_share
 from recrl.metrics.stats import set_seed
-from recrl.report import RunLogger, plot_learning_curves, print_report_table, write_report
+from recrl.report import (
+    RunLogger,
+    plot_learning_curves,
+    print_report_table,
+    write_json_atomic,
+    write_report,
+)
 from recrl.types import AlgoContext, Interactions, RecrlError, Splits
 
 console = Console(stderr=True)
@@ -75,9 +82,21 @@ class Stages:
         """What checkpoints keep besides the algorithm: the fitted behavior model."""
         return {"behavior": self.behavior.state_dict()}
 
-    def report(self, algo: Any, algo_name: str, run_dir: Path) -> dict[str, Any]:
-        """The final evaluation of ``algo`` and the baselines, with the behavior sections."""
-        return final_evaluation(self.cfg, self, algo, algo_name, run_dir)
+    @functools.cached_property
+    def diversity_categories(self) -> torch.Tensor | None:
+        """Item category codes for the per-session diversity metric (``None`` when the item
+        table has no categorical column)."""
+        inter = self.splits.interactions
+        try:
+            return item_categories(inter.items, inter.n_items)
+        except RecrlError:
+            return None
+
+    def report(self, algo: Any, algo_name: str, run_dir: Path,
+               extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The final evaluation of ``algo``, the ``extra`` policies and the baselines, with the
+        behavior sections."""
+        return final_evaluation(self.cfg, self, algo, algo_name, run_dir, extra)
 
 
 @dataclass
@@ -100,8 +119,9 @@ class GymStages:
         """Nothing besides the algorithm."""
         return {}
 
-    def report(self, algo: Any, algo_name: str, run_dir: Path) -> dict[str, Any]:
-        """``algo`` and the ``random`` baseline evaluated on the environment."""
+    def report(self, algo: Any, algo_name: str, run_dir: Path,
+               extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        """``algo`` and the ``random`` baseline evaluated on the environment (``extra``: none here)."""
         evaluation: Evaluation = build(self.cfg.eval)
         policies = {algo_name: algo}
         if algo_name != "random":
@@ -238,17 +258,66 @@ def behavior_from_checkpoint(where: str, interactions: Interactions, device: tor
 
 
 def final_evaluation(cfg: DictConfig, stages: Stages, algo: Any, algo_name: str,
-                     run_dir: Path) -> dict[str, Any]:
-    """Evaluate the trained policy and every baseline in every environment."""
+                     run_dir: Path, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Evaluate the trained policy, the ``extra`` policies and every baseline in every
+    environment; in a ground truth the oracle can plan in, add the oracle row and every
+    policy's share of it."""
     evaluation: Evaluation = build(cfg.eval)
-    policies = {algo_name: algo}
+    policies = {algo_name: algo, **(extra or {})}
     for name in evaluation.baselines:
         if name != algo_name:
             policies[name] = build_algo_by_name(name, ctx=stages.ctx)
     envs = stages.eval_envs()
-    results = evaluation.run(policies, envs)
+    results = evaluation.run(policies, envs, stages.diversity_categories)
+    if evaluation.oracle and "ground_truth" in envs and can_plan(stages.ground_truth):
+        results["ground_truth"]["oracle"] = oracle_summary(cfg, stages, envs["ground_truth"], evaluation)
+        add_oracle_share(results)
     return {"task": "train", "algo": algo_name, "reward": type(stages.reward).__name__,
             **behavior_sections(cfg, stages, evaluation, envs, run_dir), "evaluation": results}
+
+
+def oracle_summary(cfg: DictConfig, stages: Stages, env: RecEnv, evaluation: Evaluation) -> dict[str, Any]:
+    """The oracle's evaluation in the ground truth (:class:`recrl.algos.oracle.Oracle`), cached
+    under ``cache_dir/oracle`` by everything it depends on (world, environment, reward, evaluation
+    users, device): a sweep over algorithms and seeds computes it once."""
+    settings = OmegaConf.create({"episodes": evaluation.episodes, "seed": evaluation.seed,
+                                 "batch_size": evaluation.batch_size, "device": str(stages.device),
+                                 "candidates": evaluation.oracle_candidates})
+    path = Path(cfg.cache_dir) / "oracle" / f"{config_hash(cfg.dataset, cfg.env, cfg.reward, settings)}.json"
+    if path.is_file():
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            console.print(f"[yellow]oracle cache {path} unreadable; recomputing[/yellow]")
+    console.print("[dim]evaluating the oracle in the ground truth (cached afterwards)[/dim]")
+    oracle = Oracle(stages.ground_truth, stages.reward, env, candidates=evaluation.oracle_candidates)
+    summary = evaluation.summary(oracle, env, stages.diversity_categories)
+    write_json_atomic(path, summary)
+    return summary
+
+
+def train_in_ground_truth(cfg: DictConfig, stages: Stages, trainer: Any,
+                          evaluation: Evaluation) -> Any | None:
+    """``eval.train_in_ground_truth=true`` (research only): the run's algorithm trained with the
+    same config, seed and budget in the ground-truth environment instead of the simulator. It
+    shows what the learner can find when the simulator is not in the way. ``None`` for
+    algorithms that never act during training (offline, baselines)."""
+    if stages.ground_truth is None:
+        raise RecrlError("eval.train_in_ground_truth=true needs a dataset with a ground truth "
+                         "(dataset=synthetic, or coat with its randomized test set)")
+    algo = stages.build_algo(cfg.algo)
+    if algo.mode in ("none", "offline"):
+        console.print(f"[dim]eval.train_in_ground_truth: {cfg.algo._target_} learns from logs only; "
+                      "skipped[/dim]")
+        return None
+    env, check_env = stages.make_env(stages.ground_truth), stages.make_env(stages.ground_truth)
+    console.print("[dim]training the same algorithm in the ground truth (eval.train_in_ground_truth)[/dim]")
+    def check() -> dict[str, float]:
+        return {"eval/return": evaluation.mean_return(algo, check_env, trainer.eval_episodes)}
+
+    trainer.fit(algo, env, evaluate=check, log=lambda step, metrics: None, save=lambda tag, step: None,
+                seed=cfg.seed)
+    return algo
 
 
 def behavior_sections(cfg: DictConfig, stages: Stages, evaluation: Evaluation, envs: dict[str, RecEnv],
@@ -363,7 +432,12 @@ def train(cfg: DictConfig, run_dir: Path, algo_name: str) -> dict[str, Any]:
     finally:
         logger.close()
     t_train = time.perf_counter()
-    report = stages.report(algo, algo_name, run_dir)
+    extra = {}
+    if evaluation.train_in_ground_truth and not is_gym(cfg):
+        in_truth = train_in_ground_truth(cfg, stages, trainer, evaluation)
+        if in_truth is not None:
+            extra["trained_in_ground_truth"] = in_truth
+    report = stages.report(algo, algo_name, run_dir, extra)
     report["training"] = {"env_steps": stats.env_steps, "user_steps": stats.user_steps,
                           "updates": stats.updates, "best_eval_return": stats.best_eval_return,
                           "user_steps_per_s": stats.user_steps / max(stats.seconds, 1e-9)}

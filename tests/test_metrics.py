@@ -11,7 +11,7 @@ from recrl.algos.popular import PopularPolicy
 from recrl.algos.random import RandomPolicy
 from recrl.data.synthetic import SyntheticWorld
 from recrl.env.simulator import RecEnv
-from recrl.metrics.online import EpisodeStats, run_episodes
+from recrl.metrics.online import EpisodeStats, gini, gini_simpson, run_episodes
 from recrl.metrics.ranking import auc, logloss
 from recrl.rewards import ClickReward, MixReward
 from recrl.types import AlgoContext
@@ -123,7 +123,7 @@ def test_summary_values() -> None:
     torch.testing.assert_close(stats.returns, stats.clicks)  # ClickReward
     s = stats.summary()
     assert set(s) == {"return", "ctr", "conversion_rate", "mean_rating", "watch", "episode_length",
-                      "coverage"}
+                      "coverage", "exposure_gini", "same_top_item"}
     assert s["return"]["mean"] == pytest.approx(float(stats.returns.double().mean()), rel=1e-6)
     assert s["return"]["n"] == 40
     assert s["episode_length"]["mean"] == pytest.approx(float(stats.lengths.double().mean()), rel=1e-6)
@@ -144,7 +144,7 @@ def test_summary_hand_made_stats() -> None:
     stats = EpisodeStats(returns=torch.tensor([2.0, 0.0]), clicks=torch.tensor([2.0, 0.0]),
                          conversions=torch.tensor([1.0, 0.0]), rating_sum=torch.tensor([7.0, 0.0]),
                          watch_sum=torch.tensor([1.5, 0.0]), lengths=torch.tensor([4.0, 2.0]),
-                         shown=torch.tensor([True, False, True, False]))
+                         exposure=torch.tensor([3.0, 0.0, 3.0, 0.0]), top_items=torch.tensor([0, 0]))
     s = stats.summary()
     assert s["return"]["mean"] == 1.0 and s["episode_length"]["mean"] == 3.0
     assert s["ctr"]["mean"] == pytest.approx(0.25)  # (2/4 + 0/2) / 2
@@ -152,6 +152,8 @@ def test_summary_hand_made_stats() -> None:
     assert s["mean_rating"]["mean"] == 3.5 and s["mean_rating"]["n"] == 1
     assert s["coverage"]["mean"] == 0.5 and s["coverage"]["n"] == 1
     assert s["watch"]["mean"] == 0.75
+    assert s["exposure_gini"]["mean"] == pytest.approx(0.5)  # half the items share everything equally
+    assert s["same_top_item"]["mean"] == 1.0
     unknown = EpisodeStats(**{**stats.__dict__, "watch_sum": torch.full((2,), float("nan"))}).summary()
     assert "watch" not in unknown  # a user model without watch values reports none
 
@@ -177,3 +179,45 @@ def test_run_episodes_turns_autoreset_off() -> None:
     assert bool((stats.lengths <= HORIZON).all())
     # random slates of 2 over 8 users for up to 6 steps cover a good part of 25 items
     assert 0.2 < float(stats.shown.float().mean()) <= 1.0
+
+
+def test_gini_and_gini_simpson_hand_computed() -> None:
+    assert gini(torch.tensor([1.0, 1.0, 1.0, 1.0])) == 0.0
+    assert gini(torch.tensor([0.0, 0.0, 0.0, 4.0])) == pytest.approx(0.75)
+    # sorted 1, 2, 3: sum (2i - n - 1) x_i / (n sum x) = (-2 + 0 + 6) / 18
+    assert gini(torch.tensor([3.0, 1.0, 2.0])) == pytest.approx(4 / 18)
+    assert gini(torch.zeros(3)) == 0.0
+    # shares (1/2, 1/4, 1/4): 1 - (1/4 + 1/16 + 1/16); one category: 0; nothing shown: 0
+    counts = torch.tensor([[2.0, 1.0, 1.0], [0.0, 3.0, 0.0], [0.0, 0.0, 0.0]])
+    torch.testing.assert_close(gini_simpson(counts), torch.tensor([0.625, 0.0, 0.0]))
+
+
+class OneTopicPolicy:
+    """Serves items of a single category to everyone (the first ``K`` items of category 0)."""
+
+    def act(self, obs, explore: bool) -> torch.Tensor:
+        return torch.arange(2).expand(obs.batch_size, 2)
+
+
+class UserOwnItem:
+    """Serves user row ``b`` the items ``2b, 2b + 1`` (every user a different pair)."""
+
+    def act(self, obs, explore: bool) -> torch.Tensor:
+        rows = torch.arange(obs.batch_size)[:, None]
+        return (2 * rows + torch.arange(2)) % N_ITEMS
+
+
+def test_diversity_metrics_of_one_item_for_all_versus_one_each() -> None:
+    categories = torch.arange(N_ITEMS) % 5  # items 0..4 in categories 0..4, then again
+    same = run_episodes(OneTopicPolicy(), make_env(), n_episodes=6, seed=0, batch_size=6,
+                        categories=torch.zeros(N_ITEMS, dtype=torch.long)).summary()
+    assert same["same_top_item"]["mean"] == 1.0
+    assert same["coverage"]["mean"] == pytest.approx(2 / N_ITEMS)
+    assert same["exposure_gini"]["mean"] == pytest.approx(1 - 2 / N_ITEMS)  # two equal items hold it all
+    assert same["category_diversity"]["mean"] == 0.0
+    each = run_episodes(UserOwnItem(), make_env(), n_episodes=6, seed=0, batch_size=6,
+                        categories=categories).summary()
+    assert each["same_top_item"]["mean"] == pytest.approx(1 / 6)
+    assert each["coverage"]["mean"] == pytest.approx(12 / N_ITEMS)
+    # every session shows two items of two different categories every step: shares (1/2, 1/2)
+    assert each["category_diversity"]["mean"] == pytest.approx(0.5)

@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from recrl.algos.nets import SoftmaxActorCritic, gradient_step
+from recrl.algos.nets import SoftmaxActorCritic, gradient_step, policy_entropy
 from recrl.buffer import Rollout, gae, n_step_returns
 from recrl.types import AlgoContext
 
@@ -45,19 +45,21 @@ class A2C(SoftmaxActorCritic):
     def __init__(self, ctx: AlgoContext, dim: int = 32, hidden: int = 128, lr: float = 3e-3,
                  gamma: float = 0.95, lam: float = 0.95, n_steps: int | None = None,
                  value_coef: float = 0.5, entropy_coef: float = 0.01, normalize_advantage: bool = True,
-                 grad_clip: float = 0.5, sample_in_eval: bool = True) -> None:
+                 grad_clip: float = 0.5, sample_in_eval: bool = True,
+                 item_init: str = "random", summary: bool = False, skip_shown: bool = False) -> None:
         if n_steps is not None and n_steps < 1:
             raise ValueError(f"a2c: n_steps must be >= 1 or null (GAE), got {n_steps}")
         self.gamma, self.lam, self.n_steps = gamma, lam, n_steps
         self.value_coef, self.entropy_coef, self.grad_clip = value_coef, entropy_coef, grad_clip
         self.normalize_advantage = normalize_advantage
-        self.build(ctx, dim, hidden, lr, sample_in_eval)
+        self.build(ctx, dim, hidden, lr, sample_in_eval, item_init, summary, skip_shown)
 
     def update(self, batch: Rollout) -> dict[str, Any]:
         """One actor-critic gradient step on a batch of complete episodes."""
         t_len, b = batch.reward.shape
-        state = self.policy.encoder(batch.flat_obs())
-        log_pi = torch.log_softmax(self.policy.score(state), 1)
+        obs = batch.flat_obs()
+        state = self.policy.encoder(obs)
+        log_pi = torch.log_softmax(self.logits(obs, state), 1)
         logp = log_pi.gather(1, batch.action.reshape(t_len * b, -1)).sum(1)
         value = self.value(state).squeeze(1)
         with torch.no_grad():
@@ -75,7 +77,7 @@ class A2C(SoftmaxActorCritic):
             mean = (advantage * valid).sum() / n
             std = (((advantage - mean) ** 2 * valid).sum() / n).sqrt()
             advantage = (advantage - mean) / (std + 1e-8)
-        entropy = -(log_pi.exp() * log_pi).sum(1)
+        entropy = policy_entropy(log_pi)
         policy_loss = -(advantage * logp * valid).sum() / n
         value_loss = (((value - target) ** 2) * valid).sum() / n
         entropy_mean = (entropy * valid).sum() / n

@@ -69,10 +69,13 @@ from torch import Tensor, nn
 
 from recrl.algos.nets import (
     HistoryEncoder,
+    ItemPrior,
     ItemScorer,
+    behavior_item_prior,
     epsilon_explore,
     gradient_step,
     linear_decay,
+    mask_shown,
     top_k,
     update_target,
 )
@@ -88,8 +91,9 @@ class DuelingScorer(ItemScorer):
         values = q(obs)                      # [B, 100]
     """
 
-    def __init__(self, encoder: HistoryEncoder, n_items: int, dim: int) -> None:
-        super().__init__(encoder, n_items, dim)
+    def __init__(self, encoder: HistoryEncoder, n_items: int, dim: int,
+                 item_prior: Tensor | None = None) -> None:
+        super().__init__(encoder, n_items, dim, item_prior)
         self.value = nn.Linear(dim, 1)
 
     def score(self, state: Tensor) -> Tensor:
@@ -114,11 +118,12 @@ class CategoricalScorer(nn.Module):
     """
 
     def __init__(self, encoder: HistoryEncoder, n_items: int, dim: int, atoms: int,
-                 dueling: bool = False) -> None:
+                 dueling: bool = False, item_prior: Tensor | None = None) -> None:
         super().__init__()
         self.encoder, self.atoms, self.dim = encoder, atoms, dim
         self.proj = nn.Linear(dim, atoms * dim)
         self.item_out = nn.Embedding(n_items, dim)
+        self.prior = None if item_prior is None else ItemPrior(item_prior, dim)
         self.bias = nn.Parameter(torch.zeros(n_items, atoms))
         self.value = nn.Linear(dim, atoms) if dueling else None
 
@@ -126,17 +131,22 @@ class CategoricalScorer(nn.Module):
         """Logits ``[B, n_items, atoms]``."""
         return self.logits(self.encoder(obs))
 
+    def item_table(self) -> Tensor:
+        """Item vectors ``[n_items, dim]`` (id embeddings plus the mapped prior)."""
+        return self.item_out.weight if self.prior is None else self.item_out.weight + self.prior.table()
+
     def logits(self, state: Tensor, items: Tensor | None = None) -> Tensor:
         """Logits of all items ``[B, n_items, atoms]``, or of ``items`` ``[B, K]``: ``[B, K, atoms]``."""
         proj = self.proj(state).view(state.shape[0], self.atoms, self.dim)
+        table = self.item_table()
         if items is None:
-            out = torch.einsum("bjd,nd->bnj", proj, self.item_out.weight) + self.bias
+            out = torch.einsum("bjd,nd->bnj", proj, table) + self.bias
         else:
-            out = torch.einsum("bjd,bkd->bkj", proj, self.item_out(items)) + self.bias[items]
+            out = torch.einsum("bjd,bkd->bkj", proj, table[items]) + self.bias[items]
         if self.value is None:
             return out
         # mean_i A(s, i) = (W s) . mean_i E_i + mean_i b_i: linear in the item embedding
-        mean_adv = proj @ self.item_out.weight.mean(0) + self.bias.mean(0)
+        mean_adv = proj @ table.mean(0) + self.bias.mean(0)
         return (self.value(state) - mean_adv)[:, None, :] + out
 
 
@@ -184,7 +194,8 @@ class DQN:
                  grad_clip: float = 10.0, double: bool = True, dueling: bool = False, n_step: int = 1,
                  prioritized: bool = False, priority_alpha: float = 0.6, priority_beta: float = 0.4,
                  priority_eps: float = 1e-3, atoms: int = 0, v_min: float = 0.0,
-                 v_max: float = 10.0) -> None:
+                 v_max: float = 10.0, item_init: str = "random", summary: bool = False,
+                 skip_shown: bool = False) -> None:
         if n_step < 1:
             raise RecrlError(f"algo.n_step={n_step} must be >= 1")
         if atoms == 1 or atoms < 0:
@@ -199,15 +210,17 @@ class DQN:
         self.prioritized, self.priority_alpha = prioritized, priority_alpha
         self.priority_beta, self.priority_eps = priority_beta, priority_eps
         self.atoms, self.v_min, self.v_max = atoms, v_min, v_max
+        self.skip_shown = skip_shown
         torch.manual_seed(ctx.seed)
+        prior = behavior_item_prior(ctx, item_init)
         encoder = HistoryEncoder(ctx.n_items, ctx.history_len, ctx.slate_size, ctx.horizon, dim, hidden,
-                                 features=ctx.obs_features)
+                                 features=ctx.obs_features, item_prior=prior, summary=summary)
         if atoms:
-            self.q: nn.Module = CategoricalScorer(encoder, ctx.n_items, dim, atoms, dueling)
+            self.q: nn.Module = CategoricalScorer(encoder, ctx.n_items, dim, atoms, dueling, prior)
         elif dueling:
-            self.q = DuelingScorer(encoder, ctx.n_items, dim)
+            self.q = DuelingScorer(encoder, ctx.n_items, dim, prior)
         else:
-            self.q = ItemScorer(encoder, ctx.n_items, dim)
+            self.q = ItemScorer(encoder, ctx.n_items, dim, prior)
         self.q = self.q.to(ctx.device)
         self.q_target = copy.deepcopy(self.q).requires_grad_(False)
         self.support = torch.linspace(v_min, v_max, atoms, device=ctx.device) if atoms else None
@@ -227,10 +240,15 @@ class DQN:
             return net(obs)
         return net(obs).softmax(-1) @ self.support
 
+    def allowed(self, q: Tensor, obs: Obs) -> Tensor:
+        """``q`` with the items the policy may not pick set to ``-inf`` (with ``skip_shown``: those
+        in the observed history), for acting and for the target's choice of next items alike."""
+        return mask_shown(q, obs) if self.skip_shown else q
+
     @torch.no_grad()
     def act(self, obs: Obs, explore: bool) -> torch.Tensor:
         """Top-``K`` items by Q; with ``explore``, a random slate with probability epsilon."""
-        slates = top_k(self.q_values(obs), self.ctx.slate_size)
+        slates = top_k(self.allowed(self.q_values(obs), obs), self.ctx.slate_size)
         if not explore:
             return slates
         eps = self.epsilon()
@@ -263,7 +281,7 @@ class DQN:
             q_target_next = self.q_target(batch.next_obs)
             # a*: the online net's top-K (double DQN) or the target net's own (vanilla max)
             q_pick = self.q(batch.next_obs) if self.double else q_target_next
-            best_next = top_k(q_pick, self.ctx.slate_size)
+            best_next = top_k(self.allowed(q_pick, batch.next_obs), self.ctx.slate_size)
             q_next = q_target_next.gather(1, best_next).mean(1)
             target = batch.reward + self.gamma**self.n_step * (1.0 - batch.done) * q_next
             self.td_error = (q_taken - target).abs() * batch.valid
@@ -278,7 +296,7 @@ class DQN:
                 q_pick = self.q_values(batch.next_obs)
             else:
                 q_pick = self.q_target.logits(target_state).softmax(-1) @ self.support
-            best_next = top_k(q_pick, self.ctx.slate_size)
+            best_next = top_k(self.allowed(q_pick, batch.next_obs), self.ctx.slate_size)
             next_p = self.q_target.logits(target_state, best_next).softmax(-1).mean(1)  # [B, Z] mixture
             discount = self.gamma**self.n_step * (1.0 - batch.done)
             values = batch.reward[:, None] + discount[:, None] * self.support

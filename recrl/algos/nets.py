@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from recrl.behavior.features import side_features
 from recrl.types import AlgoContext, Obs, RecrlError
 
 
@@ -30,26 +31,122 @@ class HistoryEncoder(nn.Module):
     """
 
     def __init__(self, n_items: int, history_len: int, slate_size: int, horizon: int,
-                 dim: int = 32, hidden: int = 128, features: int = 0) -> None:
+                 dim: int = 32, hidden: int = 128, features: int = 0,
+                 item_prior: Tensor | None = None, summary: bool = False) -> None:
         super().__init__()
-        self.n_items, self.horizon, self.features = n_items, horizon, features
+        self.n_items, self.horizon, self.features, self.summary = n_items, horizon, features, summary
         self.item_emb = nn.Embedding(n_items + 1, dim, padding_idx=n_items)
+        self.prior = None if item_prior is None else ItemPrior(item_prior, dim, padding=True)
         slots = history_len * slate_size
-        self.mlp = nn.Sequential(nn.Linear(slots * (dim + 1) + 1 + features, hidden), nn.ReLU(),
+        width = slots * (dim + 1) + 1 + features + (2 * dim + 1 if summary else 0)
+        self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.ReLU(),
                                  nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, dim))
+
+    def embed(self, items: Tensor) -> Tensor:
+        """Vectors ``[..., dim]`` of history items (the padding id embeds to zero)."""
+        emb = self.item_emb(items)
+        return emb if self.prior is None else emb + self.prior(items)
 
     def forward(self, obs: Obs) -> Tensor:
         """State vectors ``[B, dim]``."""
         b = obs.batch_size
-        slots = torch.cat([self.item_emb(obs.items), obs.clicks.unsqueeze(-1)], -1)
+        emb = self.embed(obs.items)
+        slots = torch.cat([emb, obs.clicks.unsqueeze(-1)], -1)
         progress = (obs.step.float() / self.horizon).unsqueeze(-1)
         parts = [slots.reshape(b, -1), progress]
+        if self.summary:
+            parts.append(history_summary(emb.reshape(b, -1, emb.shape[-1]), obs.clicks.reshape(b, -1),
+                                         (obs.items != self.n_items).reshape(b, -1)))
         if self.features:
             if obs.features is None:
                 raise RecrlError(f"the encoder expects {self.features} observation features but the "
                                  "observation has none (Obs.features is None)")
             parts.append(obs.features.reshape(b, -1).to(progress.dtype))
         return self.mlp(torch.cat(parts, -1))
+
+
+def history_summary(emb: Tensor, clicks: Tensor, real: Tensor) -> Tensor:
+    """Order-free summary ``[B, 2 D + 1]`` of a history: the mean vector of the items shown, the
+    mean vector of the items clicked (zero when none) and the click rate of the shown slots.
+
+    ``emb`` ``[B, S, D]`` slot vectors, ``clicks`` ``[B, S]``, ``real`` ``[B, S]`` (not padding).
+    """
+    real = real.to(emb.dtype)
+    shown = real.sum(1, keepdim=True).clamp(min=1.0)
+    clicked = (clicks * real).sum(1, keepdim=True)
+    mean_shown = (emb * real.unsqueeze(-1)).sum(1) / shown
+    mean_clicked = (emb * (clicks * real).unsqueeze(-1)).sum(1) / clicked.clamp(min=1.0)
+    return torch.cat([mean_shown, mean_clicked, clicked / shown], -1)
+
+
+class ItemPrior(nn.Module):
+    """A learned linear map of fixed pretrained item vectors into the policy's item space.
+
+    ``prior`` ``[n_items, P]`` (e.g. the behavior model's item vectors, see
+    :func:`behavior_item_prior`) is standardised per column and kept as a buffer (saved with the
+    policy); ``padding=True`` adds a zero row for the history padding id ``n_items``.
+
+    Example::
+
+        prior = ItemPrior(torch.randn(100, 33), dim=32)
+        prior(torch.tensor([[3, 7]]))        # [1, 2, 32]
+        prior.table()                        # [100, 32]
+    """
+
+    def __init__(self, prior: Tensor, dim: int, padding: bool = False) -> None:
+        super().__init__()
+        prior = prior.detach().float()
+        prior = (prior - prior.mean(0)) / prior.std(0).clamp(min=1e-6)
+        self.n_items = prior.shape[0]
+        if padding:
+            prior = torch.cat([prior, prior.new_zeros(1, prior.shape[1])])
+        self.register_buffer("prior", prior)
+        self.proj = nn.Linear(prior.shape[1], dim, bias=False)
+
+    def forward(self, items: Tensor) -> Tensor:
+        """Vectors ``[..., dim]`` of ``items``."""
+        return self.proj(self.prior[items])
+
+    def table(self) -> Tensor:
+        """Vectors ``[n_items, dim]`` of the whole catalogue (no padding row)."""
+        return self.proj(self.prior[:self.n_items])
+
+
+ITEM_INITS = ("random", "behavior", "side", "behavior+side")
+
+
+def behavior_item_prior(ctx: AlgoContext, source: str) -> Tensor | None:
+    """Pretrained item vectors ``[n_items, P]`` for a policy's item tower (``algo.item_init``).
+
+    ``random``: none (ids only). ``behavior``: what the fitted behavior model learned about each
+    item (its ``item_vectors``: click-head item embeddings and biases). ``side``: the item table's
+    content (:func:`recrl.behavior.features.side_features`: category tokens multi-hot, numeric
+    columns standardised), known for every item, logged or not. ``behavior+side``: both.
+    """
+    if source not in ITEM_INITS:
+        raise RecrlError(f"algo.item_init={source!r}: use one of {', '.join(ITEM_INITS)}")
+    parts: list[Tensor] = []
+    if "behavior" in source:
+        if ctx.behavior is None or not hasattr(ctx.behavior, "item_vectors"):
+            raise RecrlError(f"algo.item_init={source} needs a behavior model with item vectors "
+                             "(behavior=gru, sasrec, mf or deepfm); use algo.item_init=random or side")
+        with torch.no_grad():
+            parts.append(ctx.behavior.item_vectors().detach().float().to(ctx.device))
+    if "side" in source:
+        parts.append(side_item_matrix(ctx).to(ctx.device))
+    return torch.cat(parts, 1) if parts else None
+
+
+def side_item_matrix(ctx: AlgoContext) -> Tensor:
+    """The item table as one matrix ``[n_items, P]`` (tokens multi-hot, then the dense columns)."""
+    if ctx.interactions is None or ctx.interactions.items is None or ctx.interactions.items.empty:
+        raise RecrlError("algo.item_init=side needs the dataset's item table; this run has none "
+                         "(use algo.item_init=random or behavior)")
+    features = side_features(ctx.interactions.items, ctx.n_items)
+    parts = [t.float() for t in (features.tokens, features.dense) if t is not None]
+    if not parts:
+        raise RecrlError("algo.item_init=side: the item table has no usable columns; use random or behavior")
+    return torch.cat(parts, 1)
 
 
 class GRUHistoryEncoder(nn.Module):
@@ -107,19 +204,24 @@ class ItemScorer(nn.Module):
         scores = scorer(obs)                 # [B, 100]
     """
 
-    def __init__(self, encoder: nn.Module, n_items: int, dim: int) -> None:
+    def __init__(self, encoder: nn.Module, n_items: int, dim: int, item_prior: Tensor | None = None) -> None:
         super().__init__()
         self.encoder = encoder
         self.item_out = nn.Embedding(n_items, dim)
+        self.prior = None if item_prior is None else ItemPrior(item_prior, dim)
         self.bias = nn.Parameter(torch.zeros(n_items))
 
     def forward(self, obs: Obs) -> Tensor:
         """Scores ``[B, n_items]``."""
         return self.score(self.encoder(obs))
 
+    def item_table(self) -> Tensor:
+        """The scored item vectors ``[n_items, dim]`` (id embeddings plus the mapped prior)."""
+        return self.item_out.weight if self.prior is None else self.item_out.weight + self.prior.table()
+
     def score(self, state: Tensor) -> Tensor:
         """Scores ``[B, n_items]`` for already-encoded states."""
-        return state @ self.item_out.weight.T + self.bias
+        return state @ self.item_table().T + self.bias
 
 
 def top_k(scores: Tensor, k: int) -> Tensor:
@@ -150,6 +252,11 @@ def sample_top_k(logits: Tensor, k: int, generator: torch.Generator) -> Tensor:
     (Gumbel top-``k``)."""
     u = torch.rand(logits.shape, device=logits.device, generator=generator)
     return top_k(logits - torch.log(-torch.log(u.clamp(1e-12, 1.0 - 1e-7))), k)
+
+
+def policy_entropy(log_pi: Tensor) -> Tensor:
+    """Entropy ``[B]`` of each row of log-probabilities ``[B, N]``; masked items (``-inf``) add 0."""
+    return -(log_pi.exp() * log_pi.nan_to_num(neginf=0.0)).sum(1)
 
 
 def double_q_target(q_next: Tensor, q_next_target: Tensor, reward: Tensor, done: Tensor, gamma: float,
@@ -227,24 +334,36 @@ class SoftmaxActorCritic:
 
     mode = "on_policy"
 
-    def build(self, ctx: AlgoContext, dim: int, hidden: int, lr: float, sample_in_eval: bool) -> None:
-        """Seed, then build the policy, the value head, the optimizer and the generator."""
-        self.ctx, self.sample_in_eval = ctx, sample_in_eval
+    def build(self, ctx: AlgoContext, dim: int, hidden: int, lr: float, sample_in_eval: bool,
+              item_init: str = "random", summary: bool = False, skip_shown: bool = False) -> None:
+        """Seed, then build the policy, the value head, the optimizer and the generator.
+
+        ``item_init``, ``summary``: see :class:`HistoryEncoder` and :func:`behavior_item_prior`;
+        ``skip_shown``: the policy gives no probability to items in the observed history.
+        """
+        self.ctx, self.sample_in_eval, self.skip_shown = ctx, sample_in_eval, skip_shown
         torch.manual_seed(ctx.seed)
+        prior = behavior_item_prior(ctx, item_init)
         encoder = HistoryEncoder(ctx.n_items, ctx.history_len, ctx.slate_size, ctx.horizon, dim, hidden,
-                                 features=ctx.obs_features)
-        self.policy = ItemScorer(encoder, ctx.n_items, dim).to(ctx.device)
+                                 features=ctx.obs_features, item_prior=prior, summary=summary)
+        self.policy = ItemScorer(encoder, ctx.n_items, dim, prior).to(ctx.device)
         self.value = nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(), nn.Linear(hidden, 1)).to(ctx.device)
         self.params = list(self.policy.parameters()) + list(self.value.parameters())
         self.optimizer = torch.optim.Adam(self.params, lr=lr)
         self.generator = torch.Generator(ctx.device).manual_seed(ctx.seed)
         self.updates = 0
 
+    def logits(self, obs: Obs, state: Tensor | None = None) -> Tensor:
+        """Policy logits ``[B, n_items]`` (``state``: the already-encoded ``obs``); with
+        ``skip_shown`` the items in the observed history get ``-inf``."""
+        logits = self.policy.score(self.policy.encoder(obs) if state is None else state)
+        return mask_shown(logits, obs) if self.skip_shown else logits
+
     @torch.no_grad()
     def act(self, obs: Obs, explore: bool) -> Tensor:
         """Sample a slate from the policy, or take its top-``K`` items when neither ``explore``
         nor ``sample_in_eval`` is set (the learned policy is stochastic; its mode can differ)."""
-        logits = self.policy(obs)
+        logits = self.logits(obs)
         if not (explore or self.sample_in_eval):
             return top_k(logits, self.ctx.slate_size)
         return sample_top_k(logits, self.ctx.slate_size, self.generator)

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from recrl.algos.nets import SoftmaxActorCritic, gradient_step
+from recrl.algos.nets import SoftmaxActorCritic, gradient_step, policy_entropy
 from recrl.buffer import Rollout, gae
 from recrl.types import AlgoContext, Obs
 
@@ -48,7 +48,8 @@ class PPO(SoftmaxActorCritic):
                  gamma: float = 0.95, lam: float = 0.95, clip: float = 0.2, epochs: int = 4,
                  minibatch_size: int = 256, value_coef: float = 0.5, value_clip: float | None = None,
                  entropy_coef: float = 0.01, normalize_advantage: bool = True,
-                 target_kl: float | None = None, grad_clip: float = 0.5, sample_in_eval: bool = True) -> None:
+                 target_kl: float | None = None, grad_clip: float = 0.5, sample_in_eval: bool = True,
+                 item_init: str = "random", summary: bool = False, skip_shown: bool = False) -> None:
         if epochs < 1 or minibatch_size < 1 or clip <= 0:
             raise ValueError("ppo: epochs and minibatch_size must be >= 1 and clip > 0")
         self.gamma, self.lam, self.clip = gamma, lam, clip
@@ -56,14 +57,14 @@ class PPO(SoftmaxActorCritic):
         self.value_coef, self.value_clip, self.entropy_coef = value_coef, value_clip, entropy_coef
         self.normalize_advantage, self.target_kl = normalize_advantage, target_kl
         self.grad_clip = grad_clip
-        self.build(ctx, dim, hidden, lr, sample_in_eval)
+        self.build(ctx, dim, hidden, lr, sample_in_eval, item_init, summary, skip_shown)
 
     def evaluate(self, obs: Obs, action: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Slate log-probabilities ``[N]``, values ``[N]`` and policy entropies ``[N]``."""
         state = self.policy.encoder(obs)
-        log_pi = torch.log_softmax(self.policy.score(state), 1)
+        log_pi = torch.log_softmax(self.logits(obs, state), 1)
         logp = log_pi.gather(1, action).sum(1)
-        entropy = -(log_pi.exp() * log_pi).sum(1)
+        entropy = policy_entropy(log_pi)
         return logp, self.value(state).squeeze(1), entropy
 
     def loss(self, obs: Obs, action: Tensor, old_logp: Tensor, old_value: Tensor, advantage: Tensor,

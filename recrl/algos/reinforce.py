@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from recrl.algos.nets import SoftmaxActorCritic, gradient_step
+from recrl.algos.nets import SoftmaxActorCritic, gradient_step, policy_entropy
 from recrl.buffer import Rollout, discounted_returns
 from recrl.types import AlgoContext
 
@@ -34,10 +34,11 @@ class Reinforce(SoftmaxActorCritic):
 
     def __init__(self, ctx: AlgoContext, dim: int = 32, hidden: int = 128, lr: float = 3e-3,
                  gamma: float = 0.95, value_coef: float = 0.5, entropy_coef: float = 0.01,
-                 epochs: int = 1, grad_clip: float = 10.0, sample_in_eval: bool = True) -> None:
+                 epochs: int = 1, grad_clip: float = 10.0, sample_in_eval: bool = True,
+                 item_init: str = "random", summary: bool = False, skip_shown: bool = False) -> None:
         self.gamma, self.value_coef, self.entropy_coef, self.epochs = gamma, value_coef, entropy_coef, epochs
         self.grad_clip = grad_clip
-        self.build(ctx, dim, hidden, lr, sample_in_eval)
+        self.build(ctx, dim, hidden, lr, sample_in_eval, item_init, summary, skip_shown)
 
     def update(self, batch: Rollout) -> dict[str, float]:
         """Policy-gradient steps on a batch of complete episodes."""
@@ -48,7 +49,7 @@ class Reinforce(SoftmaxActorCritic):
         n = valid.sum().clamp(min=1.0)
         for _ in range(self.epochs):
             state = self.policy.encoder(obs)
-            log_pi = torch.log_softmax(self.policy.score(state), 1)
+            log_pi = torch.log_softmax(self.logits(obs, state), 1)
             logp = log_pi.gather(1, actions).sum(1)
             value = self.value(state).squeeze(1)
             advantage = (returns - value).detach()
@@ -56,7 +57,7 @@ class Reinforce(SoftmaxActorCritic):
             mean = (advantage * valid).sum() / n
             std = (((advantage - mean) ** 2 * valid).sum() / n).sqrt()
             advantage = (advantage - mean) / (std + 1e-8)
-            entropy = -(log_pi.exp() * log_pi).sum(1)
+            entropy = policy_entropy(log_pi)
             policy_loss = -(advantage * logp * valid).sum() / n
             value_loss = (((value - returns) ** 2) * valid).sum() / n
             entropy_mean = (entropy * valid).sum() / n

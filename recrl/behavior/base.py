@@ -142,6 +142,13 @@ class SequenceUserModel(nn.Module, ABC):
                         conversion=click_prob * conv_prob, rating=rating, watch=self.watch(h),
                         leave_prob=self.leave_prob(state))
 
+    @torch.no_grad()
+    def item_vectors(self) -> Tensor:
+        """What the model learned about each item, ``[n_items, D + 1]``: its click head's item
+        vectors and click biases (a pretrained item tower for policies: ``algo.item_init=behavior``)."""
+        head = self.click_head
+        return torch.cat([head.vectors(), head.bias[:, None]], 1)
+
     def watch(self, h: Tensor, items: Tensor | None = None) -> Tensor:
         """Expected watch given a click ``[B, K]`` (or ``[B, n_items]``); NaN when the logs had
         no watch values, so a watch reward can never be computed silently from an untrained head."""

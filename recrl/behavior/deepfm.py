@@ -192,6 +192,13 @@ class DeepFMBehavior(StaticUserModel):
         self.to(device)
 
     # ------------------------------------------------------------------ users
+    @torch.no_grad()
+    def item_vectors(self) -> Tensor:
+        """Each item's summed field embeddings and item-only click logit ``[n_items, dim + 1]``
+        (a pretrained item tower for policies: ``algo.item_init=behavior``)."""
+        vectors, item_logit, _ = self.click_head.item_terms()
+        return torch.cat([vectors, item_logit[:, None]], 1)
+
     def user_rows(self, users: Tensor) -> Tensor:
         """User fields ``[..., dim + 1]`` (embedding, first-order weight) of dense ids ``users``."""
         return torch.cat([self.user_emb(users), self.user_weight(users)], -1)

@@ -109,39 +109,75 @@ class SyntheticWorld:
         rest = torch.zeros(n_users, 1 + t, device=self.device)
         return torch.cat([interest, rest], 1)
 
-    def click_utility(self, state: Tensor, slates: Tensor) -> Tensor:
-        """MNL utility ``[B, K]`` of each slate item (no-click has utility 0)."""
+    def _item_terms(self, state: Tensor, slates: Tensor | None) -> tuple[Tensor, ...]:
+        """Affinity, quality, price, clickbait flag and topic boredom of ``slates`` ``[B, K]``, or of
+        every item (``[B, N]`` or ``[N]``, broadcasting) when ``slates`` is ``None``."""
         interest, _, boredom = self._split(state)
+        if slates is None:
+            return (interest @ self.item_emb.T, self.quality, self.price, self.is_bait,
+                    boredom[:, self.topic])
         affinity = torch.einsum("bt,bkt->bk", interest, self.item_emb[slates])
-        return (self.click_bias + self.click_affinity * affinity
-                + self.click_quality * self.quality[slates]
-                + self.click_bait * self.is_bait[slates]
-                - self.click_boredom * boredom.gather(1, self.topic[slates]))
+        return (affinity, self.quality[slates], self.price[slates], self.is_bait[slates],
+                boredom.gather(1, self.topic[slates]))
 
-    def conversion_prob(self, state: Tensor, slates: Tensor) -> Tensor:
+    def click_utility(self, state: Tensor, slates: Tensor | None) -> Tensor:
+        """MNL utility ``[B, K]`` of each slate item (no-click has utility 0); ``slates=None``:
+        of every item ``[B, N]``."""
+        affinity, quality, _, bait, boredom = self._item_terms(state, slates)
+        return (self.click_bias + self.click_affinity * affinity + self.click_quality * quality
+                + self.click_bait * bait - self.click_boredom * boredom)
+
+    def conversion_prob(self, state: Tensor, slates: Tensor | None) -> Tensor:
         """Probability ``[B, K]`` of a purchase given a click: quality up, price down."""
-        interest = self._split(state)[0]
-        affinity = torch.einsum("bt,bkt->bk", interest, self.item_emb[slates])
-        return torch.sigmoid(-1.0 + 2.0 * self.quality[slates] - 1.5 * self.price[slates] + affinity)
+        affinity, quality, price, _, _ = self._item_terms(state, slates)
+        return torch.sigmoid(-1.0 + 2.0 * quality - 1.5 * price + affinity)
 
-    def rating(self, state: Tensor, slates: Tensor) -> Tensor:
+    def rating(self, state: Tensor, slates: Tensor | None) -> Tensor:
         """Expected rating ``[B, K]`` in 1..5 given a click."""
-        interest = self._split(state)[0]
-        affinity = torch.einsum("bt,bkt->bk", interest, self.item_emb[slates])
-        return 1.0 + 4.0 * torch.sigmoid(3.0 * (self.quality[slates] - 0.5) + affinity)
+        affinity, quality, _, _, _ = self._item_terms(state, slates)
+        return 1.0 + 4.0 * torch.sigmoid(3.0 * (quality - 0.5) + affinity)
 
-    def watch(self, state: Tensor, slates: Tensor) -> Tensor:
+    def watch(self, state: Tensor, slates: Tensor | None) -> Tensor:
         """Expected share of the item consumed ``[B, K]`` (0..1) given a click: quality and
         interest up, boredom with the topic down (clickbait is clicked but barely watched)."""
-        interest, _, boredom = self._split(state)
-        affinity = torch.einsum("bt,bkt->bk", interest, self.item_emb[slates])
-        return torch.sigmoid(4.0 * (self.quality[slates] - 0.5) + 1.5 * affinity
-                             - 0.3 * boredom.gather(1, self.topic[slates]))
+        affinity, quality, _, _, boredom = self._item_terms(state, slates)
+        return torch.sigmoid(4.0 * (quality - 0.5) + 1.5 * affinity - 0.3 * boredom)
 
     def leave_prob(self, state: Tensor) -> Tensor:
         """Probability ``[B]`` of leaving now: low satisfaction makes users leave."""
         satisfaction = self._split(state)[1]
         return torch.sigmoid(self.leave_bias - self.leave_satisfaction * satisfaction)
+
+    def click_gain(self, items: Tensor | None = None) -> Tensor:
+        """Satisfaction gained by clicking ``items`` (every item when ``None``): quality above
+        0.5 pleases, clickbait disappoints."""
+        quality, bait = (self.quality, self.is_bait) if items is None else (self.quality[items],
+                                                                          self.is_bait[items])
+        return self.satisfaction_gain * (quality - 0.5) - self.bait_penalty * bait
+
+    # ----------------------------------------------------------------------------- planning
+    def expected_response(self, state: Tensor, slates: Tensor | None, choice: ChoiceModel = MNL) -> Response:
+        """Expected response to ``slates`` ``[B, K]`` without sampling (``click`` holds the click
+        probabilities), or to every item shown alone (``slates=None``, ``[B, N]``).
+
+        ``leave_prob`` is the probability of leaving after the step with the clicks replaced by
+        their expectation (the mean-field next state); ``[B]`` for slates, and for single items
+        ``[B, N]`` the probability after a click on the item (what :class:`recrl.algos.oracle.Oracle`
+        uses to rank candidates).
+        """
+        utility = self.click_utility(state, slates)
+        click_prob = choice.probs(utility.reshape(-1, 1)).view_as(utility) if slates is None \
+            else choice.probs(utility)
+        conv_prob = self.conversion_prob(state, slates)
+        if slates is None:
+            satisfaction = self._split(state)[1]
+            after = self.satisfaction_decay * satisfaction[:, None] + self.click_gain()
+            leave = torch.sigmoid(self.leave_bias - self.leave_satisfaction * after)
+        else:
+            leave = self.leave_prob(self.update(state, slates, click_prob))
+        return Response(click_prob=click_prob, click=click_prob, conversion_prob=conv_prob,
+                        conversion=click_prob * conv_prob, rating=self.rating(state, slates),
+                        watch=self.watch(state, slates), leave_prob=leave)
 
     def respond(self, state: Tensor, slates: Tensor, generator: torch.Generator,
                 choice: ChoiceModel = MNL, available: Tensor | None = None) -> tuple[Response, Tensor]:
@@ -166,8 +202,7 @@ class SyntheticWorld:
         shown = F.one_hot(self.topic[slates], self.n_topics).float().sum(1)
         boredom = self.boredom_decay * boredom + shown
         clicked_any = click.sum(1)
-        gain = (click * (self.satisfaction_gain * (self.quality[slates] - 0.5)
-                         - self.bait_penalty * self.is_bait[slates])).sum(1)
+        gain = (click * self.click_gain(slates)).sum(1)
         satisfaction = (self.satisfaction_decay * satisfaction + gain
                         - self.no_click_penalty * (1.0 - clicked_any))
         clicked_emb = torch.einsum("bk,bkt->bt", click, self.item_emb[slates])
