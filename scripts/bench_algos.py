@@ -6,7 +6,10 @@ model, ground truth), then trains each algorithm for ``--steps`` trainer steps a
 not counted in the training time). Reports per algorithm: updates/s and user-steps/s of training
 alone, the final ground-truth return, and the time to reward: training seconds until the
 ground-truth return first reached the myopic greedy baseline's (``--target greedy``) or a fixed
-value (``--target 3.0``); ``-`` when it never did. Prints a table and writes JSON.
+value (``--target 3.0``); ``-`` when it never did. On the synthetic world it also evaluates the
+oracle (:class:`recrl.algos.oracle.Oracle`) on the same users and reports each algorithm's final
+share of the oracle's return and the environment steps until it first reached half of it.
+Prints a table and writes JSON.
 
     python scripts/bench_algos.py --out bench_algos.json
     python scripts/bench_algos.py --algos dqn ppo cql --steps 3000 --device cuda -- env.slate_size=1
@@ -26,6 +29,7 @@ from hydra import compose, initialize_config_dir
 from rich.console import Console
 from rich.table import Table
 
+from recrl.algos.oracle import Oracle, can_plan
 from recrl.config import CONF_DIR, algo_options, build_algo_by_name, validate
 from recrl.loop import Trainer
 from recrl.metrics.online import run_episodes
@@ -55,11 +59,12 @@ def ground_truth_return(policy, env, episodes: int, seed: int) -> float:
     return float(run_episodes(policy, env, episodes, seed=seed).returns.mean())
 
 
-def bench_one(name: str, stages, args: argparse.Namespace, target: float) -> dict:
+def bench_one(name: str, stages, args: argparse.Namespace, target: float, oracle: float | None) -> dict:
     """Train ``name`` and time it; evaluation time is excluded from the training time."""
     algo = build_algo_by_name(name, ctx=stages.ctx)
     gt_env = stages.make_env(stages.ground_truth)
-    curve: list[tuple[int, float, float]] = []
+    curve: list[tuple[float, float]] = []  # (training seconds, ground-truth return) per evaluation
+    steps_at: list[int] = []  # environment steps of each evaluation
     eval_time = [0.0]
     start = time.perf_counter()
 
@@ -67,21 +72,29 @@ def bench_one(name: str, stages, args: argparse.Namespace, target: float) -> dic
         t = time.perf_counter()
         ret = ground_truth_return(algo, gt_env, args.eval_episodes, seed=10_000)
         eval_time[0] += time.perf_counter() - t
-        curve.append((len(curve), time.perf_counter() - start - eval_time[0], ret))
+        curve.append((time.perf_counter() - start - eval_time[0], ret))
         return {"eval/return": ret}
+
+    def log(step: int, metrics: dict[str, float]) -> None:
+        if "eval/return" in metrics:
+            steps_at.append(step)
 
     trainer = Trainer(steps=args.steps, n_users=args.n_users, eval_every=args.eval_every,
                       eval_episodes=args.eval_episodes, log_every=10**9, checkpoint_every=10**9,
                       learning_starts=min(1000, args.steps * args.n_users // 4), device=args.device,
                       progress=False)
-    stats = trainer.fit(algo, stages.make_env(stages.behavior), evaluate=evaluate,
-                        log=lambda step, metrics: None, save=lambda tag, step: None, seed=args.seed)
+    stats = trainer.fit(algo, stages.make_env(stages.behavior), evaluate=evaluate, log=log,
+                        save=lambda tag, step: None, seed=args.seed)
     train_s = max(stats.seconds - eval_time[0], 1e-9)
-    reached = next((t for _, t, ret in curve if ret >= target), None)
+    reached = next((t for t, ret in curve if ret >= target), None)
+    final = curve[-1][1] if curve else float("nan")
+    half = None if oracle is None else next(
+        (step for step, (_, ret) in zip(steps_at, curve, strict=False) if ret >= oracle / 2), None)
     return {"algo": name, "mode": algo.mode, "steps": stats.env_steps, "updates": stats.updates,
             "train_s": train_s, "updates_per_s": stats.updates / train_s,
             "user_steps_per_s": (stats.user_steps / train_s) if algo.mode != "offline" else None,
-            "final_return": curve[-1][2] if curve else float("nan"), "time_to_target_s": reached}
+            "final_return": final, "time_to_target_s": reached,
+            "oracle_share": None if oracle is None else final / oracle, "steps_to_half_oracle": half}
 
 
 def main() -> None:
@@ -100,19 +113,28 @@ def main() -> None:
     greedy_policy = build_algo_by_name("greedy", ctx=stages.ctx)
     greedy = ground_truth_return(greedy_policy, gt_env, args.eval_episodes, seed=10_000)
     target = greedy if args.target == "greedy" else float(args.target)
-    rows = [bench_one(name, stages, args, target) for name in names]
-    table = Table(title=f"algorithms, {args.steps} steps x {args.n_users} users, target return {target:.3f}")
-    for column in ("algo", "mode", "updates/s", "user-steps/s", "final GT return", "time to target (s)"):
+    oracle = (ground_truth_return(Oracle(stages.ground_truth, stages.reward, gt_env), gt_env,
+                                  args.eval_episodes, seed=10_000) if can_plan(stages.ground_truth) else None)
+    rows = [bench_one(name, stages, args, target, oracle) for name in names]
+    title = f"algorithms, {args.steps} steps x {args.n_users} users, target return {target:.3f}"
+    if oracle is not None:
+        title += f", oracle {oracle:.3f}"
+    table = Table(title=title)
+    for column in ("algo", "mode", "updates/s", "user-steps/s", "final GT return", "time to target (s)",
+                   "share of oracle", "steps to 50% of oracle"):
         table.add_column(column, justify="left" if column in ("algo", "mode") else "right")
     for r in rows:
         reached = "-" if r["time_to_target_s"] is None else f"{r['time_to_target_s']:.1f}"
         user_steps = "-" if r["user_steps_per_s"] is None else f"{r['user_steps_per_s']:,.0f}"
+        share = "-" if r["oracle_share"] is None else f"{r['oracle_share']:.0%}"
+        half = "-" if r["steps_to_half_oracle"] is None else f"{r['steps_to_half_oracle']:,}"
         table.add_row(r["algo"], r["mode"], f"{r['updates_per_s']:,.0f}", user_steps,
-                      f"{r['final_return']:.3f}", reached)
+                      f"{r['final_return']:.3f}", reached, share, half)
     Console().print(table)
     facts = {"torch": torch.__version__, "python": platform.python_version(), "device": args.device,
              "threads": torch.get_num_threads(), "overrides": args.overrides, "greedy_return": greedy,
-             "target": target, "steps": args.steps, "n_users": args.n_users}
+             "target": target, "oracle_return": oracle, "steps": args.steps, "n_users": args.n_users,
+             "cpu": platform.processor() or platform.machine()}
     write_text_atomic(args.out, json.dumps({"facts": facts, "rows": rows}, indent=2))
     print(f"wrote {args.out}")
 

@@ -12,6 +12,10 @@ least 90% of the best fixed item's return (:func:`assert_learned`).
 
 from __future__ import annotations
 
+import statistics
+from collections.abc import Callable
+from typing import Any
+
 import torch
 
 from recrl.algos.random import RandomPolicy
@@ -76,13 +80,27 @@ def references(world: SyntheticWorld) -> dict[str, float]:
             "myopic_is_bait": float(world.is_bait[greedy_item])}
 
 
-def train(algo, world: SyntheticWorld, **trainer_kwargs) -> float:
-    """Train ``algo`` in the world (no evaluation, logging or saving) and return its mean return."""
+def train(algo, world: SyntheticWorld, seed: int = 0, env: RecEnv | None = None, **trainer_kwargs) -> float:
+    """Train ``algo`` in the world (no evaluation, logging or saving; environment draws from
+    ``seed``) and return its mean return."""
     trainer = Trainer(eval_every=NEVER, log_every=NEVER, checkpoint_every=NEVER, progress=False,
                       device="cpu", **trainer_kwargs)
-    trainer.fit(algo, make_env(world), evaluate=lambda: {"eval/return": 0.0},
-                log=lambda step, metrics: None, save=lambda tag, step: None)
-    return mean_return(algo, world)
+    trainer.fit(algo, env or make_env(world), evaluate=lambda: {"eval/return": 0.0},
+                log=lambda step, metrics: None, save=lambda tag, step: None, seed=seed)
+    return mean_return(algo, world) if env is None else float(
+        run_episodes(algo, env, EPISODES, seed=0).returns.mean())
+
+
+SEEDS = (0, 1, 2)
+
+
+def median_over_seeds(make_algo: Callable[[AlgoContext], Any], world: SyntheticWorld,
+                      env: Callable[[], RecEnv] | None = None, **trainer_kwargs) -> float:
+    """The median over :data:`SEEDS` of the return of ``make_algo(context(seed=s))`` trained with
+    environment seed ``s``: a known answer that no single lucky (or unlucky) seed decides."""
+    returns = [train(make_algo(context(seed=seed)), world, seed=seed, env=env() if env else None,
+                     **trainer_kwargs) for seed in SEEDS]
+    return statistics.median(returns)
 
 
 def assert_learned(learned: float, refs: dict[str, float]) -> None:

@@ -8,7 +8,7 @@ import math
 
 import pytest
 import torch
-from clickbait import assert_learned, context, train
+from clickbait import assert_learned, median_over_seeds
 from tiny import N_ITEMS, K, L, make_ctx, random_obs
 
 from recrl.algos.dqn import DQN, categorical_projection
@@ -344,20 +344,23 @@ def test_state_dict_round_trip(options: dict) -> None:
 
 # ----------------------------------------------------------------------------- learning
 # The known-answer world of tests/clickbait.py, with the DQN trainer settings of tests/test_learning.py.
-def train_dqn(algo: DQN, world: SyntheticWorld, steps: int) -> float:
-    return train(algo, world, steps=steps, n_users=16, batch_size=64, learning_starts=200)
+def train_dqn(make_algo, world: SyntheticWorld, steps: int) -> float:
+    """Median over three seeds of the return of ``make_algo(ctx)`` trained for ``steps``."""
+    return median_over_seeds(make_algo, world, steps=steps, n_users=16, batch_size=64, learning_starts=200)
 
 
 @pytest.mark.slow
 def test_dueling_n_step_dqn_beats_greedy_and_random(clickbait_world: SyntheticWorld,
                                                     clickbait_references: dict[str, float]) -> None:
-    algo = DQN(context(), epsilon_decay_steps=300, target_update=50, gamma=0.9, dueling=True, n_step=3)
-    assert_learned(train_dqn(algo, clickbait_world, steps=1200), clickbait_references)
+    def make(ctx):
+        return DQN(ctx, epsilon_decay_steps=300, target_update=50, gamma=0.9, dueling=True, n_step=3)
+    assert_learned(train_dqn(make, clickbait_world, steps=1200), clickbait_references)
 
 
 @pytest.mark.slow
 def test_c51_beats_greedy_and_random(clickbait_world: SyntheticWorld,
                                      clickbait_references: dict[str, float]) -> None:
-    algo = DQN(context(), epsilon_decay_steps=300, target_update=50, gamma=0.9, lr=3e-4, atoms=51,
-               v_min=0.0, v_max=10.0)
-    assert_learned(train_dqn(algo, clickbait_world, steps=800), clickbait_references)
+    def make(ctx):
+        return DQN(ctx, epsilon_decay_steps=300, target_update=50, gamma=0.9, lr=3e-4, atoms=51,
+                   v_min=0.0, v_max=10.0)
+    assert_learned(train_dqn(make, clickbait_world, steps=800), clickbait_references)

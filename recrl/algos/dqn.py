@@ -124,6 +124,8 @@ class CategoricalScorer(nn.Module):
         self.proj = nn.Linear(dim, atoms * dim)
         self.item_out = nn.Embedding(n_items, dim)
         self.prior = None if item_prior is None else ItemPrior(item_prior, dim)
+        if self.prior is not None:  # items start as their prior; the ids learn what it misses
+            nn.init.zeros_(self.item_out.weight)
         self.bias = nn.Parameter(torch.zeros(n_items, atoms))
         self.value = nn.Linear(dim, atoms) if dueling else None
 

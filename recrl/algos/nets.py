@@ -37,6 +37,8 @@ class HistoryEncoder(nn.Module):
         self.n_items, self.horizon, self.features, self.summary = n_items, horizon, features, summary
         self.item_emb = nn.Embedding(n_items + 1, dim, padding_idx=n_items)
         self.prior = None if item_prior is None else ItemPrior(item_prior, dim, padding=True)
+        if self.prior is not None:  # items start as their prior; the ids learn what it misses
+            nn.init.zeros_(self.item_emb.weight)
         slots = history_len * slate_size
         width = slots * (dim + 1) + 1 + features + (2 * dim + 1 if summary else 0)
         self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.ReLU(),
@@ -209,6 +211,8 @@ class ItemScorer(nn.Module):
         self.encoder = encoder
         self.item_out = nn.Embedding(n_items, dim)
         self.prior = None if item_prior is None else ItemPrior(item_prior, dim)
+        if self.prior is not None:  # items start as their prior; the ids learn what it misses
+            nn.init.zeros_(self.item_out.weight)
         self.bias = nn.Parameter(torch.zeros(n_items))
 
     def forward(self, obs: Obs) -> Tensor:
