@@ -165,6 +165,11 @@ def algorithm_table(frame: pd.DataFrame, metric: str) -> tuple[list[str], list[l
     return header, rows
 
 
+# shown by algorithm after the headline when the reports have them: how close to the oracle,
+# and whether the policy serves everyone the same thing
+COMPANION_METRICS = ("oracle_share", "coverage", "same_top_item")
+
+
 def _fmt(value: float) -> str:
     """Three-decimal number, or ``nan``."""
     return f"{value:.3f}" if math.isfinite(value) else "nan"
@@ -179,10 +184,12 @@ def render_sweep_markdown(frame: pd.DataFrame, sweep_dir: Path, n_jobs: int) -> 
         "",
         f"{n_jobs} jobs, {n_configs} configurations; mean ± 95% CI half width across seeds.",
     ]
-    by_algo = algorithm_table(frame, metric)
-    if by_algo is not None:
-        header, rows = by_algo
-        lines += ["", f"## {metric} by algorithm", "", markdown_table(header, rows)]
+    present = set(frame["metric"])
+    for shown in [metric, *(m for m in COMPANION_METRICS if m in present and m != metric)]:
+        by_algo = algorithm_table(frame, shown)
+        if by_algo is not None:
+            header, rows = by_algo
+            lines += ["", f"## {shown} by algorithm", "", markdown_table(header, rows)]
     for env in frame["env"].unique():
         configs, rows = pivot_metric(frame, env, metric)
         lines += ["", f"## {metric} on {env}", "", markdown_table(["policy", *configs], rows)]

@@ -52,13 +52,31 @@ def test_train_writes_the_run_folder(trained_run: tuple[Path, Path]) -> None:
     assert any("train/loss" in line for line in lines)
     report = json.loads((run / "report.json").read_text())
     assert set(report["evaluation"]) == {"simulator", "ground_truth"}
-    assert set(report["evaluation"]["ground_truth"]) == {"dqn", "random", "popular", "greedy"}
-    ret = report["evaluation"]["ground_truth"]["dqn"]["return"]
+    algo = report["algo"]
+    assert set(report["evaluation"]["ground_truth"]) == {algo, "random", "popular", "greedy", "oracle"}
+    truth = report["evaluation"]["ground_truth"]
+    assert truth["oracle"]["return"]["mean"] > truth["random"]["return"]["mean"]
+    assert truth[algo]["oracle_share"]["mean"] == pytest.approx(
+        truth[algo]["return"]["mean"] / truth["oracle"]["return"]["mean"])
+    for metric in ("coverage", "exposure_gini", "same_top_item", "category_diversity"):
+        assert metric in truth[algo], metric
+    ret = report["evaluation"]["ground_truth"][algo]["return"]
     assert ret["n"] == 64 and ret["ci95"] > 0
     assert 0 < report["behavior"]["valid_click_auc"] <= 1
     assert report["seed"] == 0 and report["versions"]["torch"]
     ckpt = load_checkpoint(run / "checkpoints" / "last.pt")
-    assert ckpt["algo_name"] == "dqn" and ckpt["step"] == 60
+    assert ckpt["algo_name"] == algo and ckpt["step"] in (60, 70)  # on-policy: whole episodes of 10 steps
+
+
+def test_train_in_ground_truth_adds_a_labelled_row(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    recrl("train", *SMOKE, "eval.train_in_ground_truth=true", "eval.baselines=[random]",
+          f"hydra.run.dir={run_dir}", cwd=tmp_path, cache=tmp_path / "cache")
+    report = json.loads((run_dir / "report.json").read_text())
+    for env in ("simulator", "ground_truth"):
+        assert "trained_in_ground_truth" in report["evaluation"][env]
+    assert "oracle_share" in report["evaluation"]["ground_truth"]["trained_in_ground_truth"]
+    assert "trained_in_ground_truth" in (run_dir / "report.md").read_text()
 
 
 def test_eval_reproduces_the_final_evaluation(trained_run: tuple[Path, Path]) -> None:
@@ -111,12 +129,12 @@ def test_ground_truth_env_from_a_saved_run(trained_run: tuple[Path, Path], tmp_p
 
 def test_resume_continues_from_the_checkpoint_with_its_random_streams(tmp_path: Path) -> None:
     first, second = tmp_path / "first", tmp_path / "second"
-    recrl("train", *SMOKE, "trainer.steps=30", f"hydra.run.dir={first}", cwd=tmp_path,
+    recrl("train", *SMOKE, "algo=dqn", "trainer.steps=30", f"hydra.run.dir={first}", cwd=tmp_path,
           cache=tmp_path / "cache")
     saved = load_checkpoint(first / "checkpoints" / "last.pt")
     assert saved["step"] == 30
-    recrl("train", *SMOKE, "trainer.steps=60", f"resume={first}", f"hydra.run.dir={second}", cwd=tmp_path,
-          cache=tmp_path / "cache")
+    recrl("train", *SMOKE, "algo=dqn", "trainer.steps=60", f"resume={first}", f"hydra.run.dir={second}",
+          cwd=tmp_path, cache=tmp_path / "cache")
     resumed = load_checkpoint(second / "checkpoints" / "last.pt")
     assert resumed["step"] == 60 and resumed["algo"]["acted_steps"] > saved["algo"]["acted_steps"]
     report = json.loads((second / "report.json").read_text())

@@ -42,7 +42,7 @@ def test_train_smoke_on_real_data(tmp_path: Path, dataset: str, users: int, envs
     report = json.loads((run / "report.json").read_text())
     assert set(report["evaluation"]) == envs
     assert report["data"]["users"] == users
-    assert report["evaluation"]["simulator"]["dqn"]["return"]["n"] == 64
+    assert report["evaluation"]["simulator"][report["algo"]]["return"]["n"] == 64
     assert (run / "checkpoints" / "last.pt").is_file()
     assert report["fidelity"]["validation"]["rows"] > 0 and (run / "plots" / "calibration.png").is_file()
     if dataset == "coat":  # the biased-log model scored on all 4,640 randomized exposures

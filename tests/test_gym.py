@@ -349,7 +349,7 @@ def test_cli_trains_and_reevaluates_on_a_gymnasium_env(tmp_path) -> None:
         assert proc.returncode == 0, proc.stderr[-2000:]
         return proc
 
-    recrl("train", "env=gym", "env.id=tests.test_gym:Bandit", "env.horizon=3", "experiment=smoke",
+    recrl("train", "env=gym", "env.id=tests.test_gym:Bandit", "env.horizon=3", "experiment=smoke", "algo=dqn",
           f"hydra.run.dir={run}", f"cache_dir={tmp_path / 'cache'}")
     report = json.loads((run / "report.json").read_text())
     assert set(report["evaluation"]["gym"]) == {"dqn", "random"} and report["env"] == "tests.test_gym:Bandit"

@@ -90,7 +90,7 @@ def test_train_with_the_watch_reward_end_to_end(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-2000:]
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     for env in ("simulator", "ground_truth"):
-        stats = report["evaluation"][env]["dqn"]
+        stats = report["evaluation"][env][report["algo"]]
         # the return is the episode's watch: the same figure the watch column sums up
         assert stats["return"]["mean"] == pytest.approx(stats["watch"]["mean"], rel=1e-5)
         assert stats["watch"]["mean"] > 0

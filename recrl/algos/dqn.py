@@ -76,6 +76,7 @@ from recrl.algos.nets import (
     gradient_step,
     linear_decay,
     mask_shown,
+    skips_shown,
     top_k,
     update_target,
 )
@@ -212,7 +213,7 @@ class DQN:
         self.prioritized, self.priority_alpha = prioritized, priority_alpha
         self.priority_beta, self.priority_eps = priority_beta, priority_eps
         self.atoms, self.v_min, self.v_max = atoms, v_min, v_max
-        self.skip_shown = skip_shown
+        self.skip_shown = skips_shown(ctx, skip_shown)
         torch.manual_seed(ctx.seed)
         prior = behavior_item_prior(ctx, item_init)
         encoder = HistoryEncoder(ctx.n_items, ctx.history_len, ctx.slate_size, ctx.horizon, dim, hidden,

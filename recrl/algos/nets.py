@@ -114,7 +114,7 @@ class ItemPrior(nn.Module):
         return self.proj(self.prior[:self.n_items])
 
 
-ITEM_INITS = ("random", "behavior", "side", "behavior+side")
+ITEM_INITS = ("auto", "random", "behavior", "side", "behavior+side")
 
 
 def behavior_item_prior(ctx: AlgoContext, source: str) -> Tensor | None:
@@ -124,9 +124,15 @@ def behavior_item_prior(ctx: AlgoContext, source: str) -> Tensor | None:
     item (its ``item_vectors``: click-head item embeddings and biases). ``side``: the item table's
     content (:func:`recrl.behavior.features.side_features`: category tokens multi-hot, numeric
     columns standardised), known for every item, logged or not. ``behavior+side``: both.
+    ``auto``: ``side`` when the dataset's item table has usable columns, else ``random``.
     """
     if source not in ITEM_INITS:
         raise RecrlError(f"algo.item_init={source!r}: use one of {', '.join(ITEM_INITS)}")
+    if source == "auto":
+        try:
+            return side_item_matrix(ctx).to(ctx.device)
+        except RecrlError:
+            return None
     parts: list[Tensor] = []
     if "behavior" in source:
         if ctx.behavior is None or not hasattr(ctx.behavior, "item_vectors"):
@@ -226,6 +232,12 @@ class ItemScorer(nn.Module):
     def score(self, state: Tensor) -> Tensor:
         """Scores ``[B, n_items]`` for already-encoded states."""
         return state @ self.item_table().T + self.bias
+
+
+def skips_shown(ctx: AlgoContext, skip_shown: bool) -> bool:
+    """Whether ``skip_shown`` applies: in recommendation environments, yes; a wrapped gymnasium
+    environment (observation features) has actions, not items, and repeating one is normal."""
+    return skip_shown and ctx.obs_features == 0
 
 
 def top_k(scores: Tensor, k: int) -> Tensor:
@@ -345,7 +357,8 @@ class SoftmaxActorCritic:
         ``item_init``, ``summary``: see :class:`HistoryEncoder` and :func:`behavior_item_prior`;
         ``skip_shown``: the policy gives no probability to items in the observed history.
         """
-        self.ctx, self.sample_in_eval, self.skip_shown = ctx, sample_in_eval, skip_shown
+        self.ctx, self.sample_in_eval = ctx, sample_in_eval
+        self.skip_shown = skips_shown(ctx, skip_shown)
         torch.manual_seed(ctx.seed)
         prior = behavior_item_prior(ctx, item_init)
         encoder = HistoryEncoder(ctx.n_items, ctx.history_len, ctx.slate_size, ctx.horizon, dim, hidden,

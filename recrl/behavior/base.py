@@ -173,10 +173,11 @@ class SequenceUserModel(nn.Module, ABC):
         torch.manual_seed(self.training_settings.seed)
         self.features = tuple(features)
         check_feature_kinds(self.features)
-        if self.features and item_features is None:
+        required = [k for k in self.features if k != "auto"]
+        if required and item_features is None:
             raise RecrlError(f"behavior.features={list(self.features)} needs item features, but none were "
                              "given (they are built from the dataset's item table at run time)")
-        use = self.features and content_encoder
+        use = item_features is not None and bool(self.features) and content_encoder
         self.content = ItemContentEncoder(item_features, dim) if use else None
 
     def content_input(self, table: nn.Embedding, items: Tensor) -> Tensor:

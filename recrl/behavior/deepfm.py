@@ -182,7 +182,7 @@ class DeepFMBehavior(StaticUserModel):
         self.history_proj = nn.Linear(dim, dim + 1, bias=False)
         with torch.no_grad():  # starts as "the unknown user plus the mean clicked item"
             self.history_proj.weight.copy_(torch.eye(dim + 1, dim))
-        content = item_features if self.features else None
+        content = item_features if self.features else None  # auto without a usable table: None
         self.click_head = DeepFMClickHead(n_items, dim, hidden, dropout, content)
         self.conversion_head = BilinearScorer(dim + 1, nn.Embedding(n_items, dim), n_items)
         self.rating_head = BilinearScorer(dim + 1, nn.Embedding(n_items, dim), n_items)

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from recrl.types import RecrlError
 
-FEATURE_KINDS = ("side", "text")
+FEATURE_KINDS = ("side", "text", "auto")  # auto: side when the item table has usable columns
 MAX_INT_LEVELS = 64  # integer columns with at most this many values are categories
 MAX_TOKEN_SHARE = 0.5  # a string column with more distinct tokens than this share of rows is free text
 
@@ -175,11 +175,16 @@ def check_feature_kinds(kinds: Sequence[str]) -> None:
 
 def build_item_features(kinds: Sequence[str], items: pd.DataFrame, n_items: int,
                         cache_dir: str | Path) -> ItemFeatures | None:
-    """The features a model asked for (``behavior.features``), ``None`` for none."""
+    """The features a model asked for (``behavior.features``), ``None`` for none. ``auto`` is
+    ``side`` when the dataset's item table has usable columns and nothing otherwise."""
     check_feature_kinds(kinds)
     result: ItemFeatures | None = None
     for kind in dict.fromkeys(kinds):
-        if kind == "side":
+        if kind == "auto":
+            part = side_features(items, n_items)
+            if part.n_tokens == 0 and part.n_dense == 0:
+                continue
+        elif kind == "side":
             part = side_features(items, n_items)
         else:
             from recrl.behavior.text import item_text_embeddings
