@@ -22,8 +22,10 @@ def test_world_has_a_long_term_trap(clickbait_references: dict[str, float]) -> N
 
 def test_dqn_beats_greedy_and_random(clickbait_world: SyntheticWorld,
                                      clickbait_references: dict[str, float]) -> None:
-    learned = median_over_seeds(lambda ctx: DQN(ctx, epsilon_decay_steps=300, target_update=50, gamma=0.9),
-                                clickbait_world, steps=800, n_users=16, batch_size=64, learning_starts=200)
+    def make(ctx):
+        return DQN(ctx, epsilon_decay_steps=300, target_update=50, gamma=0.9, lr=3e-4, n_step=3)
+    learned = median_over_seeds(make, clickbait_world, steps=800, n_users=16, batch_size=64,
+                                learning_starts=200)
     assert_learned(learned, clickbait_references)
 
 
