@@ -151,19 +151,29 @@ def algorithm_table(frame: pd.DataFrame, metric: str) -> tuple[list[str], list[l
     contexts = list(dict.fromkeys(c for _, c in split.values()))
     envs = sorted(dict.fromkeys(sub["env"]), key=lambda env: env != GROUND_TRUTH)  # stable: truth first
     cells: dict[tuple[str, str, str], str] = {}
+    per_algo: list[str] = []  # rows that belong to the algorithm trained beside them
     for _, row in sub.iterrows():
         algo, context = split[row["configuration"]]
-        key = (row["policy"], context, row["env"])
-        if row["policy"] == algo:
+        policy = row["policy"]
+        if policy in PER_ALGORITHM_POLICIES and algo is not None:
+            policy = f"{algo} · {policy}"
+            per_algo.append(policy)
+        key = (policy, context, row["env"])
+        if policy == algo or policy in per_algo:
             cells[key] = _cell(row)        # the trained policy wins over a same-named baseline
         else:
             cells.setdefault(key, _cell(row))
-    baselines = [p for p in dict.fromkeys(sub["policy"]) if p not in algos]
+    per_algo = sorted(dict.fromkeys(per_algo))
+    baselines = [p for p in dict.fromkeys(sub["policy"])
+                 if p not in algos and p not in PER_ALGORITHM_POLICIES]
     columns = [(c, e) for c in contexts for e in envs]
     header = ["policy", *(e if c == DEFAULT_CONFIGURATION else f"{c} {e}" for c, e in columns)]
-    rows = [[p, *(cells.get((p, c, e), "–") for c, e in columns)] for p in [*algos, *baselines]]
+    rows = [[p, *(cells.get((p, c, e), "–") for c, e in columns)] for p in [*algos, *per_algo, *baselines]]
     return header, rows
 
+
+# policies of a report that depend on the algorithm trained in the run (not baselines)
+PER_ALGORITHM_POLICIES = ("trained_in_ground_truth",)
 
 # shown by algorithm after the headline when the reports have them: how close to the oracle,
 # and whether the policy serves everyone the same thing

@@ -164,6 +164,7 @@ def _make_algo_job(sweep_dir: Path, num: int, overrides: list[str], algo_return:
     random_return = 1.0 if "dataset=coat" in overrides else 2.0
     evaluation = {
         env: {algo: {"return": {"mean": algo_return + shift, "ci95": 0.1, "n": 10}},
+              "trained_in_ground_truth": {"return": {"mean": 2 * algo_return, "ci95": 0.1, "n": 10}},
               "random": {"return": {"mean": random_return, "ci95": 0.1, "n": 10}}}
         for env, shift in (("ground_truth", 0.0), ("simulator", 10.0))
     }
@@ -199,8 +200,12 @@ def test_algorithm_table_rows_are_algorithms_columns_are_context_and_env(tmp_pat
     assert header == ["policy", "dataset=coat ground_truth", "dataset=coat simulator",
                       "dataset=synthetic ground_truth", "dataset=synthetic simulator"]
     by_policy = {row[0]: row[1:] for row in rows}
-    assert list(by_policy) == ["dqn", "ppo", "random"]
+    assert list(by_policy) == ["dqn", "ppo", "dqn · trained_in_ground_truth", "ppo · trained_in_ground_truth",
+                               "random"]
+    # the ground-truth-trained copy belongs to its own algorithm: dqn synthetic 2 x (3, 5), ppo 2 x (1, 1)
     t_half = 12.706204736      # Student t (1 df) x standard error (sd sqrt(2) / sqrt(2) = 1) for 3, 5
+    assert by_policy["dqn · trained_in_ground_truth"][2] == f"8.000 ± {2 * t_half:.3f}"
+    assert by_policy["ppo · trained_in_ground_truth"][2].startswith("2.000")
     assert by_policy["dqn"][2] == f"4.000 ± {t_half:.3f}"     # synthetic: mean of 3 and 5
     assert by_policy["dqn"][3] == f"14.000 ± {t_half:.3f}"
     assert by_policy["dqn"][0].startswith("4.000")           # coat: 4 and 4, no spread
