@@ -69,11 +69,12 @@ from torch import Tensor, nn
 
 from recrl.algos.nets import (
     HistoryEncoder,
-    ItemPrior,
     ItemScorer,
+    attach_prior,
     behavior_item_prior,
     epsilon_explore,
     gradient_step,
+    id_plus_prior,
     linear_decay,
     mask_shown,
     skips_shown,
@@ -124,9 +125,7 @@ class CategoricalScorer(nn.Module):
         self.encoder, self.atoms, self.dim = encoder, atoms, dim
         self.proj = nn.Linear(dim, atoms * dim)
         self.item_out = nn.Embedding(n_items, dim)
-        self.prior = None if item_prior is None else ItemPrior(item_prior, dim)
-        if self.prior is not None:  # items start as their prior; the ids learn what it misses
-            nn.init.zeros_(self.item_out.weight)
+        self.prior = attach_prior(self.item_out, item_prior)
         self.bias = nn.Parameter(torch.zeros(n_items, atoms))
         self.value = nn.Linear(dim, atoms) if dueling else None
 
@@ -136,7 +135,7 @@ class CategoricalScorer(nn.Module):
 
     def item_table(self) -> Tensor:
         """Item vectors ``[n_items, dim]`` (id embeddings plus the mapped prior)."""
-        return self.item_out.weight if self.prior is None else self.item_out.weight + self.prior.table()
+        return id_plus_prior(self.item_out, self.prior)
 
     def logits(self, state: Tensor, items: Tensor | None = None) -> Tensor:
         """Logits of all items ``[B, n_items, atoms]``, or of ``items`` ``[B, K]``: ``[B, K, atoms]``."""

@@ -36,9 +36,7 @@ class HistoryEncoder(nn.Module):
         super().__init__()
         self.n_items, self.horizon, self.features, self.summary = n_items, horizon, features, summary
         self.item_emb = nn.Embedding(n_items + 1, dim, padding_idx=n_items)
-        self.prior = None if item_prior is None else ItemPrior(item_prior, dim, padding=True)
-        if self.prior is not None:  # items start as their prior; the ids learn what it misses
-            nn.init.zeros_(self.item_emb.weight)
+        self.prior = attach_prior(self.item_emb, item_prior, padding=True)
         slots = history_len * slate_size
         width = slots * (dim + 1) + 1 + features + (2 * dim + 1 if summary else 0)
         self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.ReLU(),
@@ -112,6 +110,21 @@ class ItemPrior(nn.Module):
     def table(self) -> Tensor:
         """Vectors ``[n_items, dim]`` of the whole catalogue (no padding row)."""
         return self.proj(self.prior[:self.n_items])
+
+
+def attach_prior(ids: nn.Embedding, item_prior: Tensor | None, padding: bool = False) -> ItemPrior | None:
+    """The :class:`ItemPrior` of ``item_prior`` for the id table ``ids`` (``None`` without one).
+    With a prior the ids start at zero: items start as their prior and the ids learn what it
+    misses."""
+    if item_prior is None:
+        return None
+    nn.init.zeros_(ids.weight)
+    return ItemPrior(item_prior, ids.embedding_dim, padding=padding)
+
+
+def id_plus_prior(ids: nn.Embedding, prior: ItemPrior | None) -> Tensor:
+    """The item vectors ``[n_items, dim]`` of an id table and its prior (ids alone without one)."""
+    return ids.weight if prior is None else ids.weight + prior.table()
 
 
 ITEM_INITS = ("auto", "random", "behavior", "side", "behavior+side")
@@ -216,9 +229,7 @@ class ItemScorer(nn.Module):
         super().__init__()
         self.encoder = encoder
         self.item_out = nn.Embedding(n_items, dim)
-        self.prior = None if item_prior is None else ItemPrior(item_prior, dim)
-        if self.prior is not None:  # items start as their prior; the ids learn what it misses
-            nn.init.zeros_(self.item_out.weight)
+        self.prior = attach_prior(self.item_out, item_prior)
         self.bias = nn.Parameter(torch.zeros(n_items))
 
     def forward(self, obs: Obs) -> Tensor:
@@ -227,7 +238,7 @@ class ItemScorer(nn.Module):
 
     def item_table(self) -> Tensor:
         """The scored item vectors ``[n_items, dim]`` (id embeddings plus the mapped prior)."""
-        return self.item_out.weight if self.prior is None else self.item_out.weight + self.prior.table()
+        return id_plus_prior(self.item_out, self.prior)
 
     def score(self, state: Tensor) -> Tensor:
         """Scores ``[B, n_items]`` for already-encoded states."""
