@@ -1,0 +1,148 @@
+"""How much of the oracle a policy can reach without the true user state: hand-written references.
+
+On the synthetic world the oracle (:class:`recrl.algos.oracle.Oracle`) reads each user's true
+state. A learner sees only the history of shown items and clicks. This script evaluates, in the
+ground truth and on the same users as every report (``eval.seed``, ``eval.episodes``), policies
+that are given the world's *item* truth but no user state, to bound what the learners can reach:
+
+- ``quality_first``: no user information at all: the highest-quality non-clickbait item not yet
+  shown in the history (the same order for every user).
+- ``estimated_state``: the oracle's base policy (expected reward x probability of staying) on a
+  state *estimated from the history* with the world's true item vectors and dynamics: interest =
+  the normalised sum of the clicked items' vectors, satisfaction and topic boredom replayed from
+  the observed steps (the first step, with no clicks, falls back to quality).
+
+Both read the world's item tables (quality, clickbait, item vectors), which no learner is given,
+so they are references for the analysis, not algorithms. Prints a table and writes JSON.
+
+    python scripts/reference_policies.py --out reference_policies.json
+    python scripts/reference_policies.py -- dataset.n_items=200
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from hydra import compose, initialize_config_dir
+from rich.console import Console
+from rich.table import Table
+from torch import Tensor
+
+from recrl.algos.oracle import Oracle
+from recrl.algos.random import RandomPolicy
+from recrl.config import CONF_DIR, validate
+from recrl.data.synthetic import SyntheticWorld
+from recrl.env.simulator import RecEnv
+from recrl.metrics.online import run_episodes
+from recrl.report import write_text_atomic
+from recrl.train import build_stages
+from recrl.types import Obs
+
+
+def unseen(scores: Tensor, obs: Obs, n_items: int) -> Tensor:
+    """``scores`` ``[B, N]`` with the items in the observed history set to ``-inf``."""
+    shown = obs.items.reshape(obs.batch_size, -1)
+    padded = torch.cat([scores, scores.new_zeros(scores.shape[0], 1)], 1)
+    return padded.scatter(1, shown, float("-inf"))[:, :n_items]
+
+
+class QualityFirst:
+    """The best non-clickbait items by quality, in the same order for everyone (skips shown items)."""
+
+    mode = "none"
+
+    def __init__(self, world: SyntheticWorld) -> None:
+        self.world = world
+        self.score = world.quality - 10.0 * world.is_bait
+
+    def act(self, obs: Obs, explore: bool = False) -> Tensor:
+        """Top item ``[B, 1]``."""
+        scores = self.score.expand(obs.batch_size, -1)
+        return unseen(scores, obs, self.world.n_items).topk(1, dim=1).indices
+
+
+class EstimatedState:
+    """The oracle's base policy on a user state estimated from the observed history."""
+
+    mode = "none"
+
+    def __init__(self, world: SyntheticWorld, env: RecEnv) -> None:
+        self.world, self.env = world, env
+        self.topics = F.one_hot(world.topic, world.n_topics).float()
+
+    def estimate(self, obs: Obs) -> Tensor:
+        """``[interest | satisfaction | boredom]`` replayed from the history (oldest first)."""
+        w = self.world
+        b = obs.batch_size
+        items = obs.items.reshape(b, -1)
+        clicks = obs.clicks.reshape(b, -1)
+        real = items < w.n_items
+        known = items.clamp(max=w.n_items - 1)
+        weights = (clicks * real).unsqueeze(-1)
+        interest = F.normalize((w.item_emb[known] * weights).sum(1), dim=1)
+        satisfaction = torch.zeros(b, device=items.device)
+        boredom = torch.zeros(b, w.n_topics, device=items.device)
+        for j in range(items.shape[1]):
+            step = real[:, j]
+            gain = w.click_gain(known[:, j]) * clicks[:, j] - w.no_click_penalty * (1 - clicks[:, j])
+            satisfaction = torch.where(step, w.satisfaction_decay * satisfaction + gain, satisfaction)
+            shown = self.topics[known[:, j]]
+            boredom = torch.where(step[:, None], w.boredom_decay * boredom + shown, boredom)
+        return torch.cat([interest, satisfaction[:, None], boredom], 1)
+
+    def act(self, obs: Obs, explore: bool = False) -> Tensor:
+        """Top item ``[B, 1]`` by expected click x P(stay)^(steps left) under the estimate."""
+        state = self.estimate(obs)
+        remaining = (self.env.horizon - 1 - obs.step).clamp(min=0)
+        alone = self.world.expected_response(state, None, self.env.choice)
+        stay = (1.0 - alone.leave_prob).clamp(min=1e-12)
+        scores = alone.click * stay ** remaining[:, None].to(stay.dtype)
+        return unseen(scores, obs, self.world.n_items).topk(1, dim=1).indices
+
+
+def main() -> None:
+    """Evaluate the references, print the table and write the JSON."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("reference_policies.json"))
+    parser.add_argument("overrides", nargs="*", help="recrl train overrides after --")
+    args = parser.parse_args()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=["trainer.device=cpu", *args.overrides])
+    validate(cfg)
+    stages = build_stages(cfg, torch.device("cpu"))
+    world = stages.ground_truth
+    if not isinstance(world, SyntheticWorld) or cfg.env.slate_size != 1:
+        sys.exit("reference policies need dataset=synthetic and env.slate_size=1")
+    env = stages.make_env(world)
+    policies = {"random": RandomPolicy(stages.ctx), "quality_first": QualityFirst(world),
+                "estimated_state": EstimatedState(world, env),
+                "oracle": Oracle(world, stages.reward, env, candidates=cfg.eval.oracle_candidates)}
+    rows = {}
+    for name, policy in policies.items():
+        summary = run_episodes(policy, env, cfg.eval.episodes, seed=cfg.eval.seed,
+                               batch_size=cfg.eval.batch_size).summary()
+        rows[name] = {k: summary[k]["mean"] for k in ("return", "coverage", "same_top_item")}
+        rows[name]["return_ci95"] = summary["return"]["ci95"]
+    oracle = rows["oracle"]["return"]
+    table = Table(title=f"ground truth, {cfg.eval.episodes} users (eval.seed={cfg.eval.seed})")
+    for column in ("policy", "return", "share of oracle", "coverage", "same top item"):
+        table.add_column(column, justify="left" if column == "policy" else "right")
+    for name, r in rows.items():
+        r["oracle_share"] = r["return"] / oracle
+        table.add_row(name, f"{r['return']:.3f} ± {r['return_ci95']:.3f}", f"{r['oracle_share']:.0%}",
+                      f"{r['coverage']:.3f}", f"{r['same_top_item']:.3f}")
+    Console().print(table)
+    facts = {"torch": torch.__version__, "python": platform.python_version(), "overrides": args.overrides,
+             "cpu": platform.processor() or platform.machine()}
+    write_text_atomic(args.out, json.dumps({"facts": facts, "rows": rows}, indent=2))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

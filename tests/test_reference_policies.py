@@ -1,0 +1,67 @@
+"""The hand-written reference policies of ``scripts/reference_policies.py``: what they read of the
+history, by known answers on a small world."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import torch
+from tiny import make_ctx
+
+from recrl.algos.random import RandomPolicy
+from recrl.data.synthetic import SyntheticWorld
+from recrl.env.simulator import RecEnv
+from recrl.rewards import ClickReward
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "reference_policies.py"
+HORIZON = 6
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("reference_policies", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def make_env() -> RecEnv:
+    world = SyntheticWorld(n_items=30, n_users=10, n_topics=3, horizon=HORIZON, leave_bias=-20.0, seed=1)
+    return RecEnv(world, ClickReward(), horizon=HORIZON, slate_size=1, history_len=HORIZON)
+
+
+def test_estimated_state_replays_satisfaction_and_boredom_exactly() -> None:
+    """With a history as long as the episode and nobody leaving, the replayed satisfaction and
+    topic boredom are the true ones; the interest points along the clicked items."""
+    refs = load_script()
+    env = make_env()
+    world = env.model
+    policy = refs.EstimatedState(world, env)
+    walk = RandomPolicy(make_ctx(n_items=30, slate_size=1, history_len=HORIZON, horizon=HORIZON))
+    obs = env.reset(64, seed=0)
+    for _ in range(HORIZON - 1):
+        obs, *_ = env.step(walk.act(obs, explore=True))
+    estimate = policy.estimate(obs)
+    t = world.n_topics
+    assert torch.allclose(estimate[:, t], env.state[:, t], atol=1e-5)            # satisfaction
+    assert torch.allclose(estimate[:, t + 1:], env.state[:, t + 1:], atol=1e-5)  # boredom
+    clicked = obs.clicks.reshape(64, -1).sum(1) > 0
+    assert torch.allclose(estimate[clicked, :t].norm(dim=1), torch.ones(int(clicked.sum())), atol=1e-5)
+    assert torch.all(estimate[~clicked, :t] == 0)
+
+
+def test_quality_first_serves_the_best_unseen_non_bait_items_in_order() -> None:
+    refs = load_script()
+    env = make_env()
+    world = env.model
+    policy = refs.QualityFirst(world)
+    order = (world.quality - 10.0 * world.is_bait).argsort(descending=True)
+    obs = env.reset(4, seed=0)
+    served = []
+    for _ in range(3):
+        items = policy.act(obs)
+        served.append(items[:, 0])
+        obs, *_ = env.step(items)
+    served = torch.stack(served, 1)
+    assert torch.equal(served, order[:3].expand(4, -1))
+    assert float(world.is_bait[served].max()) == 0.0
