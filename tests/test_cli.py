@@ -171,24 +171,24 @@ def test_restore_training_state_restores_the_random_streams() -> None:
 JOBLIB = ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]
 
 
-@pytest.mark.parametrize(("launcher", "algos"), [([], ["reinforce", "random"]), (JOBLIB, ["random"])],
+@pytest.mark.parametrize(("launcher", "algos", "seeds"), [([], ["reinforce", "random"], [0, 1]),
+                                                          (JOBLIB, ["random", "popular"], [0])],
                          ids=["one_at_a_time", "joblib_parallel"])
 def test_sweep_writes_one_folder_per_job_and_a_summary(tmp_path: Path, launcher: list[str],
-                                                       algos: list[str]) -> None:
+                                                       algos: list[str], seeds: list[int]) -> None:
     sweep = tmp_path / "sweep"
-    recrl("sweep", *SMOKE, f"algo={','.join(algos)}", "seed=0,1", "eval.baselines=[]", *launcher,
-          f"hydra.sweep.dir={sweep}", cwd=tmp_path, cache=tmp_path / "cache")
+    grid = [f"algo={','.join(algos)}", f"seed={','.join(map(str, seeds))}"]
+    recrl("sweep", *SMOKE, *grid, "eval.baselines=[]", *launcher, f"hydra.sweep.dir={sweep}", cwd=tmp_path,
+          cache=tmp_path / "cache")
     jobs = sorted(p for p in sweep.iterdir() if p.is_dir() and (p / "report.json").is_file())
-    assert len(jobs) == 2 * len(algos)
+    assert len(jobs) == len(algos) * len(seeds)
     summary = (sweep / "summary.csv").read_text().splitlines()
     header = summary[0].split(",")
     assert header[:4] == ["configuration", "env", "policy", "metric"]
     rows = [dict(zip(header, line.split(","), strict=True)) for line in summary[1:]]
     returns = [r for r in rows if r["metric"] == "return" and r["env"] == "ground_truth"]
-    configurations = {r["configuration"] for r in returns}  # the overrides that vary, or all of them
-    assert len(configurations) == len(algos)
-    assert all(any(f"algo={a}" in c for c in configurations) for a in algos), configurations
-    assert all(r["n_seeds"] == "2" for r in returns)
+    assert {r["configuration"] for r in returns} == {f"algo={a}" for a in algos}
+    assert all(r["n_seeds"] == str(len(seeds)) for r in returns)
     assert "## return by algorithm" in (sweep / "summary.md").read_text()
 
 
