@@ -151,24 +151,25 @@ def algorithm_table(frame: pd.DataFrame, metric: str) -> tuple[list[str], list[l
     contexts = list(dict.fromkeys(c for _, c in split.values()))
     envs = sorted(dict.fromkeys(sub["env"]), key=lambda env: env != GROUND_TRUTH)  # stable: truth first
     cells: dict[tuple[str, str, str], str] = {}
-    per_algo: list[str] = []  # rows that belong to the algorithm trained beside them
+    per_algo: set[str] = set()  # rows that belong to the algorithm trained beside them
     for _, row in sub.iterrows():
         algo, context = split[row["configuration"]]
         policy = row["policy"]
+        owned = policy == algo             # the trained policy wins over a same-named baseline
         if policy in PER_ALGORITHM_POLICIES and algo is not None:
-            policy = f"{algo} · {policy}"
-            per_algo.append(policy)
+            policy, owned = f"{algo} · {policy}", True
+            per_algo.add(policy)
         key = (policy, context, row["env"])
-        if policy == algo or policy in per_algo:
-            cells[key] = _cell(row)        # the trained policy wins over a same-named baseline
+        if owned:
+            cells[key] = _cell(row)
         else:
             cells.setdefault(key, _cell(row))
-    per_algo = sorted(dict.fromkeys(per_algo))
     baselines = [p for p in dict.fromkeys(sub["policy"])
                  if p not in algos and p not in PER_ALGORITHM_POLICIES]
     columns = [(c, e) for c in contexts for e in envs]
     header = ["policy", *(e if c == DEFAULT_CONFIGURATION else f"{c} {e}" for c, e in columns)]
-    rows = [[p, *(cells.get((p, c, e), "–") for c, e in columns)] for p in [*algos, *per_algo, *baselines]]
+    order = [*algos, *sorted(per_algo), *baselines]
+    rows = [[p, *(cells.get((p, c, e), "–") for c, e in columns)] for p in order]
     return header, rows
 
 

@@ -34,6 +34,7 @@ from rich.console import Console
 from rich.table import Table
 from torch import Tensor
 
+from recrl.algos.nets import mask_shown
 from recrl.algos.oracle import Oracle
 from recrl.algos.random import RandomPolicy
 from recrl.config import CONF_DIR, validate
@@ -42,14 +43,7 @@ from recrl.env.simulator import RecEnv
 from recrl.metrics.online import run_episodes
 from recrl.report import write_text_atomic
 from recrl.train import build_stages
-from recrl.types import Obs
-
-
-def unseen(scores: Tensor, obs: Obs, n_items: int) -> Tensor:
-    """``scores`` ``[B, N]`` with the items in the observed history set to ``-inf``."""
-    shown = obs.items.reshape(obs.batch_size, -1)
-    padded = torch.cat([scores, scores.new_zeros(scores.shape[0], 1)], 1)
-    return padded.scatter(1, shown, float("-inf"))[:, :n_items]
+from recrl.types import Obs, Reward
 
 
 class QualityFirst:
@@ -64,7 +58,7 @@ class QualityFirst:
     def act(self, obs: Obs, explore: bool = False) -> Tensor:
         """Top item ``[B, 1]``."""
         scores = self.score.expand(obs.batch_size, -1)
-        return unseen(scores, obs, self.world.n_items).topk(1, dim=1).indices
+        return mask_shown(scores, obs).topk(1, dim=1).indices
 
 
 class EstimatedState:
@@ -72,38 +66,33 @@ class EstimatedState:
 
     mode = "none"
 
-    def __init__(self, world: SyntheticWorld, env: RecEnv) -> None:
+    def __init__(self, world: SyntheticWorld, reward: Reward, env: RecEnv) -> None:
         self.world, self.env = world, env
-        self.topics = F.one_hot(world.topic, world.n_topics).float()
+        self.base = Oracle(world, reward, env, lookahead=False)
 
     def estimate(self, obs: Obs) -> Tensor:
-        """``[interest | satisfaction | boredom]`` replayed from the history (oldest first)."""
+        """``[interest | satisfaction | boredom]``: satisfaction and boredom replayed through the
+        world's own update over the observed steps (oldest first), interest = the normalised sum
+        of the clicked items' vectors (zero before the first click)."""
         w = self.world
         b = obs.batch_size
         items = obs.items.reshape(b, -1)
         clicks = obs.clicks.reshape(b, -1)
         real = items < w.n_items
         known = items.clamp(max=w.n_items - 1)
+        state = torch.zeros(b, 2 * w.n_topics + 1, device=items.device)
+        for j in range(items.shape[1]):
+            after = w.update(state, known[:, j:j + 1], clicks[:, j:j + 1])
+            state = torch.where(real[:, j:j + 1], after, state)
         weights = (clicks * real).unsqueeze(-1)
         interest = F.normalize((w.item_emb[known] * weights).sum(1), dim=1)
-        satisfaction = torch.zeros(b, device=items.device)
-        boredom = torch.zeros(b, w.n_topics, device=items.device)
-        for j in range(items.shape[1]):
-            step = real[:, j]
-            gain = w.click_gain(known[:, j]) * clicks[:, j] - w.no_click_penalty * (1 - clicks[:, j])
-            satisfaction = torch.where(step, w.satisfaction_decay * satisfaction + gain, satisfaction)
-            shown = self.topics[known[:, j]]
-            boredom = torch.where(step[:, None], w.boredom_decay * boredom + shown, boredom)
-        return torch.cat([interest, satisfaction[:, None], boredom], 1)
+        return torch.cat([interest, state[:, w.n_topics:]], 1)
 
     def act(self, obs: Obs, explore: bool = False) -> Tensor:
-        """Top item ``[B, 1]`` by expected click x P(stay)^(steps left) under the estimate."""
-        state = self.estimate(obs)
+        """Top unseen item ``[B, 1]`` by the base policy's score under the estimate."""
         remaining = (self.env.horizon - 1 - obs.step).clamp(min=0)
-        alone = self.world.expected_response(state, None, self.env.choice)
-        stay = (1.0 - alone.leave_prob).clamp(min=1e-12)
-        scores = alone.click * stay ** remaining[:, None].to(stay.dtype)
-        return unseen(scores, obs, self.world.n_items).topk(1, dim=1).indices
+        scores = self.base.base_scores(self.estimate(obs), remaining)
+        return mask_shown(scores, obs).topk(1, dim=1).indices
 
 
 def main() -> None:
@@ -121,7 +110,7 @@ def main() -> None:
         sys.exit("reference policies need dataset=synthetic and env.slate_size=1")
     env = stages.make_env(world)
     policies = {"random": RandomPolicy(stages.ctx), "quality_first": QualityFirst(world),
-                "estimated_state": EstimatedState(world, env),
+                "estimated_state": EstimatedState(world, stages.reward, env),
                 "oracle": Oracle(world, stages.reward, env, candidates=cfg.eval.oracle_candidates)}
     rows = {}
     for name, policy in policies.items():

@@ -36,7 +36,7 @@ def test_estimated_state_replays_satisfaction_and_boredom_exactly() -> None:
     refs = load_script()
     env = make_env()
     world = env.model
-    policy = refs.EstimatedState(world, env)
+    policy = refs.EstimatedState(world, ClickReward(), env)
     walk = RandomPolicy(make_ctx(n_items=30, slate_size=1, history_len=HORIZON, horizon=HORIZON))
     obs = env.reset(64, seed=0)
     for _ in range(HORIZON - 1):

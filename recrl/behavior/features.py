@@ -180,12 +180,10 @@ def build_item_features(kinds: Sequence[str], items: pd.DataFrame, n_items: int,
     check_feature_kinds(kinds)
     result: ItemFeatures | None = None
     for kind in dict.fromkeys(kinds):
-        if kind == "auto":
+        if kind in ("auto", "side"):
             part = side_features(items, n_items)
-            if part.n_tokens == 0 and part.n_dense == 0:
+            if kind == "auto" and part.n_tokens == 0 and part.n_dense == 0:
                 continue
-        elif kind == "side":
-            part = side_features(items, n_items)
         else:
             from recrl.behavior.text import item_text_embeddings
 
