@@ -1,0 +1,204 @@
+"""Where a learner loses against the oracle: in what it observes, or in how it optimises.
+
+On the synthetic world, trains the run's algorithm (``algo=...``, its config and budget as in
+``eval.train_in_ground_truth``) in the ground truth, for each seed, twice:
+
+- ``history``: the normal observation, the last ``L`` slates and their clicks;
+- ``true_state``: the same observation plus each user's true latent state (topic interest,
+  satisfaction, topic boredom) as :attr:`recrl.types.Obs.features`, which no deployed
+  recommender has.
+
+Both are scored in the ground truth on the evaluation users (``eval.seed``, ``eval.episodes``)
+next to the oracle. A learner that gains a lot from the true state is limited by inferring the
+user from the history (the observation and its encoding); one that does not is limited by its
+optimisation (exploration, credit assignment, the policy class). A second table profiles what
+each policy serves, per step of a session still running: the served item's affinity with the
+user's true interest (personalisation), its quality and the clickbait share (retention), the
+clicks per step and the session length. Prints both tables and writes JSON.
+
+    python scripts/learner_diagnosis.py --seeds 0 1 2 -- algo=dqn
+    python scripts/learner_diagnosis.py --out diagnosis_ppo.json -- algo=ppo
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra import compose, initialize_config_dir
+from rich.console import Console
+from rich.table import Table
+from torch import Tensor
+
+from recrl.algos.oracle import Oracle
+from recrl.config import CONF_DIR, build, validate
+from recrl.data.synthetic import SyntheticWorld
+from recrl.env.simulator import RecEnv
+from recrl.evaluate import Evaluation
+from recrl.metrics.online import run_episodes
+from recrl.metrics.stats import mean_ci, set_seed
+from recrl.report import write_text_atomic
+from recrl.train import Stages, build_stages, oracle_summary
+from recrl.types import Obs, StepInfo
+
+VARIANTS = ("history", "true_state")
+
+
+class TrueStateEnv:
+    """A synthetic-world :class:`RecEnv` whose observations also carry every user's true state.
+
+    ``obs.features`` ``[B, S]`` is the world's state row ``[interest | satisfaction | boredom]``
+    after the step; every other attribute is the wrapped environment's, read and written (the
+    training loop and the evaluation switch ``autoreset``).
+    """
+
+    def __init__(self, env: RecEnv, world: SyntheticWorld) -> None:
+        probe = world.initial_state(1, torch.Generator(world.device).manual_seed(0))
+        object.__setattr__(self, "env", env)
+        object.__setattr__(self, "obs_features", int(probe.shape[1]))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.env, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        setattr(self.env, name, value)
+
+    def _with_state(self, obs: Obs) -> Obs:
+        return dataclasses.replace(obs, features=self.env.state.clone())
+
+    def reset(self, n_users: int, seed: int | None = None) -> Obs:
+        """Reset the wrapped environment; observations with the true state."""
+        return self._with_state(self.env.reset(n_users, seed=seed))
+
+    def step(self, slates: Tensor) -> tuple[Obs, Tensor, Tensor, StepInfo]:
+        """Step the wrapped environment; observations with the true state."""
+        obs, reward, done, info = self.env.step(slates)
+        return self._with_state(obs), reward, done, info
+
+
+@torch.no_grad()
+def served_profile(policy: Any, env: Any, world: SyntheticWorld, episodes: int,
+                   seed: int) -> dict[str, float]:
+    """Means over the served steps of ``episodes`` users (no exploration) of the served item's
+    ``affinity`` with the user's true interest, its ``quality`` and ``clickbait`` flag, and the
+    ``clicks`` per step; ``length``: steps per session."""
+    obs = env.reset(episodes, seed=seed)
+    totals = torch.zeros(5, device=world.device)
+    for _ in range(env.horizon):
+        slates = policy.act(obs, explore=False)
+        live = env.alive.float()
+        interest = env.state[:, :world.n_topics]
+        affinity = torch.einsum("bt,bkt->bk", interest, world.item_emb[slates]).mean(1)
+        quality, bait = world.quality[slates].mean(1), world.is_bait[slates].mean(1)
+        obs, _, _, info = env.step(slates)
+        clicks = info.response.click.sum(1)
+        totals += torch.stack([affinity * live, quality * live, bait * live, clicks * live, live]).sum(1)
+    steps = float(totals[4])
+    names = ("affinity", "quality", "clickbait", "clicks")
+    return {**{name: float(totals[i]) / steps for i, name in enumerate(names)}, "length": steps / episodes}
+
+
+def train_variant(cfg: Any, stages: Stages, variant: str, seed: int) -> tuple[Any, Any]:
+    """The algorithm trained in the ground truth with one observation ``variant``, and the
+    ground-truth environment to evaluate it in."""
+    set_seed(seed)
+    trainer = build(cfg.trainer)
+    evaluation: Evaluation = build(cfg.eval)
+    world = stages.ground_truth
+    if variant == "history":
+        env, check_env, ctx = stages.make_env(world), stages.make_env(world), stages.ctx
+    else:
+        env, check_env = (TrueStateEnv(stages.make_env(world), world) for _ in range(2))
+        ctx = dataclasses.replace(stages.ctx, obs_features=env.obs_features)
+    algo = build(cfg.algo)(ctx=dataclasses.replace(ctx, seed=seed))
+    if variant == "true_state" and hasattr(algo, "skip_shown"):
+        # features normally mean a wrapped gymnasium env (actions, not items), where skipping is
+        # off; here the actions are still items, so keep the configured behaviour
+        algo.skip_shown = bool(cfg.algo.get("skip_shown", False))
+    if algo.mode in ("none", "offline"):
+        sys.exit(f"{cfg.algo._target_} does not learn by acting; diagnose an online learner")
+
+    def check() -> dict[str, float]:
+        return {"eval/return": evaluation.mean_return(algo, check_env, trainer.eval_episodes)}
+
+    trainer.fit(algo, env, evaluate=check, log=lambda step, metrics: None, save=lambda tag, step: None,
+                seed=seed)
+    return algo, check_env
+
+
+def parse() -> argparse.Namespace:
+    """Command-line arguments."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--out", type=Path, default=Path("learner_diagnosis.json"))
+    parser.add_argument("overrides", nargs="*", help="recrl train overrides after --")
+    return parser.parse_args()
+
+
+def main() -> None:
+    """Train every variant for every seed, print the table and write the JSON."""
+    args = parse()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=["trainer.device=cpu", "trainer.progress=false", *args.overrides])
+    validate(cfg)
+    stages = build_stages(cfg, torch.device("cpu"))
+    if not isinstance(stages.ground_truth, SyntheticWorld):
+        sys.exit("the diagnosis needs dataset=synthetic (a ground truth with a readable user state)")
+    evaluation: Evaluation = build(cfg.eval)
+    oracle_env = stages.make_env(stages.ground_truth)
+    oracle = float(oracle_summary(cfg, stages, oracle_env, evaluation)["return"]["mean"])
+    world = stages.ground_truth
+    returns: dict[str, list[float]] = {v: [] for v in VARIANTS}
+    seconds: dict[str, list[float]] = {v: [] for v in VARIANTS}
+    profiles: dict[str, list[dict[str, float]]] = {v: [] for v in VARIANTS}
+    for seed in args.seeds:
+        for variant in VARIANTS:
+            start = time.perf_counter()
+            algo, env = train_variant(cfg, stages, variant, seed)
+            seconds[variant].append(time.perf_counter() - start)
+            stats = run_episodes(algo, env, evaluation.episodes, evaluation.seed, evaluation.batch_size)
+            returns[variant].append(float(stats.returns.mean()))
+            profiles[variant].append(served_profile(algo, env, world, evaluation.episodes, evaluation.seed))
+            print(f"seed {seed} {variant}: {returns[variant][-1]:.3f} ({returns[variant][-1] / oracle:.0%} "
+                  f"of the oracle), {seconds[variant][-1]:.0f} s", flush=True)
+    rows = {}
+    table = Table(title=f"{cfg.algo._target_} trained in the ground truth, seeds {args.seeds}; "
+                        f"oracle {oracle:.3f} ({evaluation.episodes} users, eval.seed={evaluation.seed})")
+    for column in ("observation", "return (mean ± 95% CI over seeds)", "share of oracle", "per seed"):
+        table.add_column(column, justify="left" if column == "observation" else "right")
+    for variant in VARIANTS:
+        mean, half = mean_ci(returns[variant])
+        rows[variant] = {"return": mean, "ci95": None if math.isnan(half) else half,
+                         "oracle_share": mean / oracle, "per_seed": returns[variant],
+                         "train_seconds": seconds[variant]}
+        table.add_row(variant, f"{mean:.3f} ± {half:.3f}", f"{mean / oracle:.0%}",
+                      " ".join(f"{r:.2f}" for r in returns[variant]))
+    Console().print(table)
+    oracle_policy = Oracle(world, stages.reward, oracle_env, candidates=evaluation.oracle_candidates)
+    profiles["oracle"] = [served_profile(oracle_policy, oracle_env, world, evaluation.episodes,
+                                         evaluation.seed)]
+    served = Table(title="what each policy serves (ground truth; per served step, mean over seeds)")
+    for column in ("policy", "affinity", "quality", "clickbait", "clicks/step", "session length"):
+        served.add_column(column, justify="left" if column == "policy" else "right")
+    for name, runs in profiles.items():
+        mean = {key: sum(run[key] for run in runs) / len(runs) for key in runs[0]}
+        rows.setdefault(name, {})["served"] = mean
+        served.add_row(name, *(f"{mean[k]:.3f}" for k in ("affinity", "quality", "clickbait", "clicks")),
+                       f"{mean['length']:.1f}")
+    Console().print(served)
+    facts = {"torch": torch.__version__, "python": platform.python_version(), "overrides": args.overrides,
+             "seeds": args.seeds, "cpu": platform.processor() or platform.machine(), "oracle": oracle}
+    write_text_atomic(args.out, json.dumps({"facts": facts, "rows": rows}, indent=2))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
