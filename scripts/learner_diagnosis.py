@@ -5,8 +5,8 @@ On the synthetic world, trains the run's algorithm (``algo=...``, its config and
 
 - ``history``: the normal observation, the last ``L`` slates and their clicks;
 - ``true_state``: the same observation plus each user's true latent state (topic interest,
-  satisfaction, topic boredom) as :attr:`recrl.types.Obs.features`, which no deployed
-  recommender has.
+  satisfaction, topic boredom; ``--state-parts`` keeps some of them) as
+  :attr:`recrl.types.Obs.features`, which no deployed recommender has.
 
 Both are scored in the ground truth on the evaluation users (``eval.seed``, ``eval.episodes``)
 next to the oracle. A learner that gains a lot from the true state is limited by inferring the
@@ -18,6 +18,7 @@ clicks per step and the session length. Prints both tables and writes JSON.
 
     python scripts/learner_diagnosis.py --seeds 0 1 2 -- algo=dqn
     python scripts/learner_diagnosis.py --out diagnosis_ppo.json -- algo=ppo
+    python scripts/learner_diagnosis.py --seeds 0 --state-parts interest -- algo=dqn
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import math
 import platform
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -52,18 +54,30 @@ from recrl.types import Obs, StepInfo
 VARIANTS = ("history", "true_state")
 
 
+STATE_PARTS = ("interest", "satisfaction", "boredom")
+
+
+def state_columns(world: SyntheticWorld, parts: Sequence[str]) -> Tensor:
+    """Columns of the world's state row ``[interest | satisfaction | boredom]`` that hold ``parts``."""
+    t = world.n_topics
+    spans = {"interest": range(t), "satisfaction": range(t, t + 1), "boredom": range(t + 1, 2 * t + 1)}
+    return torch.tensor([c for part in STATE_PARTS if part in parts for c in spans[part]],
+                        device=world.device)
+
+
 class TrueStateEnv:
     """A synthetic-world :class:`RecEnv` whose observations also carry every user's true state.
 
-    ``obs.features`` ``[B, S]`` is the world's state row ``[interest | satisfaction | boredom]``
-    after the step; every other attribute is the wrapped environment's, read and written (the
-    training loop and the evaluation switch ``autoreset``).
+    ``obs.features`` ``[B, S]`` is the ``parts`` of the world's state row ``[interest |
+    satisfaction | boredom]`` after the step; every other attribute is the wrapped environment's,
+    read and written (the training loop and the evaluation switch ``autoreset``).
     """
 
-    def __init__(self, env: RecEnv, world: SyntheticWorld) -> None:
-        probe = world.initial_state(1, torch.Generator(world.device).manual_seed(0))
+    def __init__(self, env: RecEnv, world: SyntheticWorld, parts: Sequence[str] = STATE_PARTS) -> None:
+        columns = state_columns(world, parts)
         object.__setattr__(self, "env", env)
-        object.__setattr__(self, "obs_features", int(probe.shape[1]))
+        object.__setattr__(self, "columns", columns)
+        object.__setattr__(self, "obs_features", int(columns.numel()))
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.env, name)
@@ -72,7 +86,7 @@ class TrueStateEnv:
         setattr(self.env, name, value)
 
     def _with_state(self, obs: Obs) -> Obs:
-        return dataclasses.replace(obs, features=self.env.state.clone())
+        return dataclasses.replace(obs, features=self.env.state[:, self.columns])
 
     def reset(self, n_users: int, seed: int | None = None) -> Obs:
         """Reset the wrapped environment; observations with the true state."""
@@ -106,7 +120,8 @@ def served_profile(policy: Any, env: Any, world: SyntheticWorld, episodes: int,
     return {**{name: float(totals[i]) / steps for i, name in enumerate(names)}, "length": steps / episodes}
 
 
-def train_variant(cfg: Any, stages: Stages, variant: str, seed: int) -> tuple[Any, Any]:
+def train_variant(cfg: Any, stages: Stages, variant: str, seed: int,
+                  parts: Sequence[str] = STATE_PARTS) -> tuple[Any, Any]:
     """The algorithm trained in the ground truth with one observation ``variant``, and the
     ground-truth environment to evaluate it in."""
     set_seed(seed)
@@ -116,7 +131,7 @@ def train_variant(cfg: Any, stages: Stages, variant: str, seed: int) -> tuple[An
     if variant == "history":
         env, check_env, ctx = stages.make_env(world), stages.make_env(world), stages.ctx
     else:
-        env, check_env = (TrueStateEnv(stages.make_env(world), world) for _ in range(2))
+        env, check_env = (TrueStateEnv(stages.make_env(world), world, parts) for _ in range(2))
         ctx = dataclasses.replace(stages.ctx, obs_features=env.obs_features)
     algo = build(cfg.algo)(ctx=dataclasses.replace(ctx, seed=seed))
     if variant == "true_state" and hasattr(algo, "skip_shown"):
@@ -139,6 +154,8 @@ def parse() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--out", type=Path, default=Path("learner_diagnosis.json"))
+    parser.add_argument("--state-parts", nargs="+", choices=STATE_PARTS, default=list(STATE_PARTS),
+                        help="which parts of the true state the true_state variant observes")
     parser.add_argument("overrides", nargs="*", help="recrl train overrides after --")
     return parser.parse_args()
 
@@ -162,7 +179,7 @@ def main() -> None:
     for seed in args.seeds:
         for variant in VARIANTS:
             start = time.perf_counter()
-            algo, env = train_variant(cfg, stages, variant, seed)
+            algo, env = train_variant(cfg, stages, variant, seed, args.state_parts)
             seconds[variant].append(time.perf_counter() - start)
             stats = run_episodes(algo, env, evaluation.episodes, evaluation.seed, evaluation.batch_size)
             returns[variant].append(float(stats.returns.mean()))
@@ -195,7 +212,8 @@ def main() -> None:
                        f"{mean['length']:.1f}")
     Console().print(served)
     facts = {"torch": torch.__version__, "python": platform.python_version(), "overrides": args.overrides,
-             "seeds": args.seeds, "cpu": platform.processor() or platform.machine(), "oracle": oracle}
+             "seeds": args.seeds, "state_parts": args.state_parts,
+             "cpu": platform.processor() or platform.machine(), "oracle": oracle}
     write_text_atomic(args.out, json.dumps({"facts": facts, "rows": rows}, indent=2))
     print(f"wrote {args.out}")
 

@@ -44,6 +44,18 @@ def test_true_state_env_observes_the_worlds_state_after_every_step() -> None:
         assert obs.features.data_ptr() != env.env.state.data_ptr()  # a copy: later steps cannot change it
 
 
+def test_true_state_env_keeps_only_the_chosen_parts() -> None:
+    diagnosis = load_script()
+    world = SyntheticWorld(n_items=30, n_users=10, n_topics=3, horizon=5, seed=1)
+    inner = RecEnv(world, ClickReward(), horizon=5, slate_size=1, history_len=3)
+    obs = diagnosis.TrueStateEnv(inner, world, ["interest"]).reset(4, seed=0)
+    assert torch.equal(obs.features, inner.state[:, :3])
+    env = diagnosis.TrueStateEnv(inner, world, ["boredom", "satisfaction"])  # state order, not argument order
+    assert env.obs_features == 4
+    obs, *_ = env.step(torch.zeros(4, 1, dtype=torch.long))
+    assert torch.equal(obs.features, inner.state[:, 3:])
+
+
 def test_script_trains_both_observations_and_writes_json(tmp_path, monkeypatch) -> None:
     out = tmp_path / "diagnosis.json"
     monkeypatch.setenv("RECRL_CACHE_DIR", str(tmp_path / "cache"))
