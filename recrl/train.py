@@ -141,7 +141,7 @@ def gym_stages(cfg: DictConfig, device: torch.device) -> GymStages:
     env = build(cfg.env)(device=device)
     ctx = AlgoContext(n_items=env.n_items, slate_size=1, history_len=env.history_len, horizon=env.horizon,
                       device=device, seed=cfg.seed, item_popularity=torch.zeros(env.n_items),
-                      behavior=None, reward=None, obs_features=env.obs_features)
+                      behavior=None, reward=None, obs_features=env.obs_features, item_actions=False)
     env.close()
     return GymStages(cfg=cfg, device=device, ctx=ctx)
 

@@ -269,6 +269,9 @@ class AlgoContext:
         obs_features: width ``F`` of :attr:`Obs.features` (0: observations have none).
         interactions: the training logs (train and valid rows, never test) that offline
             algorithms learn from (``None`` for gymnasium envs).
+        item_actions: the actions are catalogue items (recommendation environments, with or
+            without observation features); ``False`` for a wrapped gymnasium environment, whose
+            actions are moves that may repeat.
     """
 
     n_items: int
@@ -282,3 +285,4 @@ class AlgoContext:
     reward: Any
     obs_features: int = 0
     interactions: Interactions | None = None
+    item_actions: bool = True

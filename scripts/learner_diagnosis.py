@@ -36,6 +36,7 @@ from typing import Any
 
 import torch
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 from rich.console import Console
 from rich.table import Table
 from torch import Tensor
@@ -48,12 +49,10 @@ from recrl.evaluate import Evaluation
 from recrl.metrics.online import run_episodes
 from recrl.metrics.stats import mean_ci, set_seed
 from recrl.report import write_text_atomic
-from recrl.train import Stages, build_stages, oracle_summary
+from recrl.train import Stages, build_stages, oracle_summary, train_in_ground_truth
 from recrl.types import Obs, StepInfo
 
 VARIANTS = ("history", "true_state")
-
-
 STATE_PARTS = ("interest", "satisfaction", "boredom")
 
 
@@ -120,33 +119,34 @@ def served_profile(policy: Any, env: Any, world: SyntheticWorld, episodes: int,
     return {**{name: float(totals[i]) / steps for i, name in enumerate(names)}, "length": steps / episodes}
 
 
+@dataclasses.dataclass
+class TrueStateStages(Stages):
+    """The run's stages, except that every environment observes the true state's ``parts``."""
+
+    parts: Sequence[str] = STATE_PARTS
+
+    def make_env(self, model: Any) -> TrueStateEnv:
+        """A :class:`TrueStateEnv` over the configured environment."""
+        return TrueStateEnv(super().make_env(model), model, self.parts)
+
+
 def train_variant(cfg: Any, stages: Stages, variant: str, seed: int,
                   parts: Sequence[str] = STATE_PARTS) -> tuple[Any, Any]:
-    """The algorithm trained in the ground truth with one observation ``variant``, and the
-    ground-truth environment to evaluate it in."""
-    set_seed(seed)
-    trainer = build(cfg.trainer)
-    evaluation: Evaluation = build(cfg.eval)
-    world = stages.ground_truth
+    """The algorithm trained in the ground truth (:func:`recrl.train.train_in_ground_truth`) with
+    one observation ``variant``, and a ground-truth environment to evaluate it in."""
+    ctx = dataclasses.replace(stages.ctx, seed=seed)
     if variant == "history":
-        env, check_env, ctx = stages.make_env(world), stages.make_env(world), stages.ctx
+        run = dataclasses.replace(stages, ctx=ctx)
     else:
-        env, check_env = (TrueStateEnv(stages.make_env(world), world, parts) for _ in range(2))
-        ctx = dataclasses.replace(stages.ctx, obs_features=env.obs_features)
-    algo = build(cfg.algo)(ctx=dataclasses.replace(ctx, seed=seed))
-    if variant == "true_state" and hasattr(algo, "skip_shown"):
-        # features normally mean a wrapped gymnasium env (actions, not items), where skipping is
-        # off; here the actions are still items, so keep the configured behaviour
-        algo.skip_shown = bool(cfg.algo.get("skip_shown", False))
-    if algo.mode in ("none", "offline"):
+        width = int(state_columns(stages.ground_truth, parts).numel())
+        fields = {f.name: getattr(stages, f.name) for f in dataclasses.fields(Stages)}
+        run = TrueStateStages(**{**fields, "ctx": dataclasses.replace(ctx, obs_features=width)}, parts=parts)
+    set_seed(seed)
+    seeded = OmegaConf.merge(cfg, {"seed": seed})
+    algo = train_in_ground_truth(seeded, run, build(cfg.trainer), build(cfg.eval))
+    if algo is None:
         sys.exit(f"{cfg.algo._target_} does not learn by acting; diagnose an online learner")
-
-    def check() -> dict[str, float]:
-        return {"eval/return": evaluation.mean_return(algo, check_env, trainer.eval_episodes)}
-
-    trainer.fit(algo, env, evaluate=check, log=lambda step, metrics: None, save=lambda tag, step: None,
-                seed=seed)
-    return algo, check_env
+    return algo, run.make_env(run.ground_truth)
 
 
 def parse() -> argparse.Namespace:

@@ -2,32 +2,21 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import runpy
 import sys
-from pathlib import Path
 
 import torch
-from tiny import make_ctx
+from tiny import SCRIPTS, load_script, make_ctx
 
 from recrl.algos.random import RandomPolicy
 from recrl.data.synthetic import SyntheticWorld
 from recrl.env.simulator import RecEnv
 from recrl.rewards import ClickReward
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "learner_diagnosis.py"
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("learner_diagnosis", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
 
 def test_true_state_env_observes_the_worlds_state_after_every_step() -> None:
-    diagnosis = load_script()
+    diagnosis = load_script("learner_diagnosis")
     world = SyntheticWorld(n_items=30, n_users=10, n_topics=3, horizon=5, seed=1)
     env = diagnosis.TrueStateEnv(RecEnv(world, ClickReward(), horizon=5, slate_size=1, history_len=3), world)
     assert env.obs_features == 2 * world.n_topics + 1 and env.horizon == 5  # the rest is the wrapped env's
@@ -45,7 +34,7 @@ def test_true_state_env_observes_the_worlds_state_after_every_step() -> None:
 
 
 def test_true_state_env_keeps_only_the_chosen_parts() -> None:
-    diagnosis = load_script()
+    diagnosis = load_script("learner_diagnosis")
     world = SyntheticWorld(n_items=30, n_users=10, n_topics=3, horizon=5, seed=1)
     inner = RecEnv(world, ClickReward(), horizon=5, slate_size=1, history_len=3)
     obs = diagnosis.TrueStateEnv(inner, world, ["interest"]).reset(4, seed=0)
@@ -61,7 +50,7 @@ def test_script_trains_both_observations_and_writes_json(tmp_path, monkeypatch) 
     monkeypatch.setenv("RECRL_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setattr(sys, "argv", ["learner_diagnosis.py", "--seeds", "0", "1", "--out", str(out), "--",
                                       "experiment=smoke", "algo=dqn", "trainer.steps=20", "eval.episodes=16"])
-    runpy.run_path(str(SCRIPT), run_name="__main__")
+    runpy.run_path(str(SCRIPTS / "learner_diagnosis.py"), run_name="__main__")
     data = json.loads(out.read_text())
     assert set(data["rows"]) == {"history", "true_state", "oracle"}
     oracle = data["facts"]["oracle"]

@@ -3,26 +3,15 @@ history, by known answers on a small world."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import torch
-from tiny import make_ctx
+from tiny import load_script, make_ctx
 
 from recrl.algos.random import RandomPolicy
 from recrl.data.synthetic import SyntheticWorld
 from recrl.env.simulator import RecEnv
 from recrl.rewards import ClickReward
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "reference_policies.py"
 HORIZON = 6
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("reference_policies", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def make_env() -> RecEnv:
@@ -33,7 +22,7 @@ def make_env() -> RecEnv:
 def test_estimated_state_replays_satisfaction_and_boredom_exactly() -> None:
     """With a history as long as the episode and nobody leaving, the replayed satisfaction and
     topic boredom are the true ones; the interest points along the clicked items."""
-    refs = load_script()
+    refs = load_script("reference_policies")
     env = make_env()
     world = env.model
     policy = refs.EstimatedState(world, ClickReward(), env)
@@ -51,7 +40,7 @@ def test_estimated_state_replays_satisfaction_and_boredom_exactly() -> None:
 
 
 def test_quality_first_serves_the_best_unseen_non_bait_items_in_order() -> None:
-    refs = load_script()
+    refs = load_script("reference_policies")
     env = make_env()
     world = env.model
     policy = refs.QualityFirst(world)

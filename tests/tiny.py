@@ -6,6 +6,11 @@ by hand.
 
 from __future__ import annotations
 
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
 import torch
 
 from recrl.buffer import Rollout
@@ -41,3 +46,15 @@ def collect_rollout(policy: Policy, n_users: int = 6) -> Rollout:
     roll = collect_episodes(policy, env, env.reset(n_users, seed=0))
     assert 0 < float(roll.valid.sum()) < roll.valid.numel()  # some users left early
     return roll
+
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+
+
+def load_script(name: str) -> ModuleType:
+    """The module ``scripts/<name>.py`` (scripts are not a package), imported without running it."""
+    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # before running it: dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module

@@ -246,9 +246,9 @@ class ItemScorer(nn.Module):
 
 
 def skips_shown(ctx: AlgoContext, skip_shown: bool) -> bool:
-    """Whether ``skip_shown`` applies: in recommendation environments, yes; a wrapped gymnasium
-    environment (observation features) has actions, not items, and repeating one is normal."""
-    return skip_shown and ctx.obs_features == 0
+    """Whether ``skip_shown`` applies: where the actions are items, yes; a wrapped gymnasium
+    environment has moves, not items, and repeating one is normal."""
+    return skip_shown and ctx.item_actions
 
 
 def top_k(scores: Tensor, k: int) -> Tensor:
