@@ -12,6 +12,7 @@ from clickbait import assert_learned, median_over_seeds
 from tiny import N_ITEMS, K, L, make_ctx, random_obs
 
 from recrl.algos.dqn import DQN, categorical_projection
+from recrl.algos.nets import WeightAverage
 from recrl.buffer import NStepWindow, PrioritizedReplayBuffer, ReplayBuffer
 from recrl.data.synthetic import SyntheticWorld
 from recrl.env.simulator import RecEnv
@@ -321,8 +322,10 @@ def test_bad_options_are_rejected() -> None:
 
 # ----------------------------------------------------------------------------- state dicts
 @pytest.mark.parametrize("options", [dict(dueling=True), dict(double=False, n_step=3, prioritized=True),
-                                     dict(atoms=11, v_max=5.0), dict(atoms=11, v_max=5.0, dueling=True)],
-                         ids=["dueling", "vanilla-nstep-per", "c51", "c51-dueling"])
+                                     dict(atoms=11, v_max=5.0), dict(atoms=11, v_max=5.0, dueling=True),
+                                     dict(dueling=True, average=0.9), dict(atoms=11, v_max=5.0, average=0.9)],
+                         ids=["dueling", "vanilla-nstep-per", "c51", "c51-dueling", "averaged",
+                              "c51-averaged"])
 def test_state_dict_round_trip(options: dict) -> None:
     a = DQN(make_ctx(seed=0), dim=8, hidden=16, **options)
     a.update(random_batch(seed=3))
@@ -340,6 +343,50 @@ def test_state_dict_round_trip(options: dict) -> None:
     sa, sb = a.update(random_batch(seed=4), weights), b.update(random_batch(seed=4), weights)
     assert float(sa["train/loss"]) == pytest.approx(float(sb["train/loss"]), rel=1e-6)
     torch.testing.assert_close(a.td_error, b.td_error)
+
+
+# ----------------------------------------------------------------------------- weight averaging
+def test_weight_average_by_hand() -> None:
+    net = torch.nn.Linear(1, 1, bias=False)
+    torch.nn.init.zeros_(net.weight)
+    average = WeightAverage(net, decay=0.9)
+    expected = 0.0
+    for n, value in enumerate([1.0, 2.0, 2.0, 5.0, 5.0, 5.0, 5.0, 5.0, 5.0, 5.0, 5.0, 5.0], start=1):
+        net.weight.data.fill_(value)
+        average.update()
+        d = min(0.9, (1 + n) / (10 + n))  # warm-up: 2/11, 3/12, ...; 0.9 from update 80 on
+        expected = d * expected + (1 - d) * value
+        assert float(average.acting().weight) == pytest.approx(expected, rel=1e-6)
+    assert average.acting() is not net and not average.acting().weight.requires_grad
+    off = WeightAverage(net, decay=0.0)
+    off.update()
+    assert off.acting() is net and off.state_dict() is None
+    with pytest.raises(RecrlError, match="average"):
+        WeightAverage(net, decay=1.0)
+
+
+def test_dqn_acts_with_the_averaged_network_and_explores_with_the_online_one() -> None:
+    algo = DQN(make_ctx(), dim=8, hidden=16, average=0.99, epsilon_start=0.0, epsilon_end=0.0)
+    obs = random_obs(32, torch.Generator().manual_seed(2))
+    for seed in range(5):
+        algo.update(random_batch(seed=seed, reward_scale=4.0))
+    with torch.no_grad():
+        online, averaged = algo.q_values(obs), algo.q_values(obs, averaged=True)
+        assert not torch.allclose(online, averaged)
+        torch.testing.assert_close(averaged, algo.average.acting()(obs))
+    assert torch.equal(algo.act(obs, explore=False), averaged.topk(K, dim=1).indices)
+    assert torch.equal(algo.act(obs, explore=True), online.topk(K, dim=1).indices)  # epsilon 0
+
+
+def test_checkpoint_without_an_average_restarts_it_from_the_online_weights() -> None:
+    a = DQN(make_ctx(seed=0), dim=8, hidden=16, average=0.99)
+    a.update(random_batch(seed=3))
+    old = {k: v for k, v in a.state_dict().items() if k != "q_average"}  # saved before averaging existed
+    b = DQN(make_ctx(seed=1), dim=8, hidden=16, average=0.99)
+    b.load_state_dict(old)
+    obs = random_obs(10, torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        torch.testing.assert_close(b.q_values(obs, averaged=True), a.q_values(obs))
 
 
 # ----------------------------------------------------------------------------- learning

@@ -47,6 +47,10 @@ decomposition above), projected onto the support::
 so every item of the shown slate is trained towards the same target distribution; the
 prioritized-replay error of a row is its KL divergence ``mean_k KL(m || p(s, a_k))``.
 
+``average > 0``: acting without exploration uses an exponential moving average of the online
+network's weights (:class:`recrl.algos.nets.WeightAverage`, updated after every gradient step);
+the greedy policy of the latest weights flips between near-tied items from update to update.
+
 References:
     van Hasselt, Guez, Silver. Deep Reinforcement Learning with Double Q-learning. AAAI 2016.
     Wang, Schaul, Hessel, van Hasselt, Lanctot, de Freitas. Dueling Network Architectures for
@@ -56,6 +60,8 @@ References:
     (n-step returns).
     Schaul, Quan, Antonoglou, Silver. Prioritized Experience Replay. ICLR 2016.
     Bellemare, Dabney, Munos. A Distributional Perspective on Reinforcement Learning. ICML 2017.
+    Polyak, Juditsky. Acceleration of Stochastic Approximation by Averaging. SIAM J. Control
+    Optim. 30(4), 1992; Anschel, Baram, Shimkin. Averaged-DQN. ICML 2017.
 """
 
 from __future__ import annotations
@@ -70,6 +76,7 @@ from torch import Tensor, nn
 from recrl.algos.nets import (
     HistoryEncoder,
     ItemScorer,
+    WeightAverage,
     attach_prior,
     behavior_item_prior,
     epsilon_explore,
@@ -197,7 +204,7 @@ class DQN:
                  prioritized: bool = False, priority_alpha: float = 0.6, priority_beta: float = 0.4,
                  priority_eps: float = 1e-3, atoms: int = 0, v_min: float = 0.0,
                  v_max: float = 10.0, item_init: str = "random", summary: bool = False,
-                 skip_shown: bool = False) -> None:
+                 skip_shown: bool = False, average: float = 0.0) -> None:
         if n_step < 1:
             raise RecrlError(f"algo.n_step={n_step} must be >= 1")
         if atoms == 1 or atoms < 0:
@@ -225,6 +232,7 @@ class DQN:
             self.q = ItemScorer(encoder, ctx.n_items, dim, prior)
         self.q = self.q.to(ctx.device)
         self.q_target = copy.deepcopy(self.q).requires_grad_(False)
+        self.average = WeightAverage(self.q, average)
         self.support = torch.linspace(v_min, v_max, atoms, device=ctx.device) if atoms else None
         self.optimizer = torch.optim.Adam(self.q.parameters(), lr=lr)
         self.generator = torch.Generator(ctx.device).manual_seed(ctx.seed)
@@ -235,9 +243,10 @@ class DQN:
         """Exploration rate now: linear from ``epsilon_start`` to ``epsilon_end``."""
         return linear_decay(self.epsilon_start, self.epsilon_end, self.epsilon_decay_steps, self.acted_steps)
 
-    def q_values(self, obs: Obs, target: bool = False) -> Tensor:
-        """Q-values ``[B, n_items]`` of the online (or target) network; C51: expected returns."""
-        net = self.q_target if target else self.q
+    def q_values(self, obs: Obs, target: bool = False, averaged: bool = False) -> Tensor:
+        """Q-values ``[B, n_items]`` of the online, target (``target``) or averaged (``averaged``,
+        see ``average``) network; C51: expected returns."""
+        net = self.q_target if target else self.average.acting() if averaged else self.q
         if not self.atoms:
             return net(obs)
         return net(obs).softmax(-1) @ self.support
@@ -249,10 +258,11 @@ class DQN:
 
     @torch.no_grad()
     def act(self, obs: Obs, explore: bool) -> torch.Tensor:
-        """Top-``K`` items by Q; with ``explore``, a random slate with probability epsilon."""
-        slates = top_k(self.allowed(self.q_values(obs), obs), self.ctx.slate_size)
+        """Top-``K`` items by Q; with ``explore``, a random slate with probability epsilon.
+        Without ``explore`` (evaluation, deployment) the Q-values are the averaged network's."""
         if not explore:
-            return slates
+            return top_k(self.allowed(self.q_values(obs, averaged=True), obs), self.ctx.slate_size)
+        slates = top_k(self.allowed(self.q_values(obs), obs), self.ctx.slate_size)
         eps = self.epsilon()
         self.acted_steps += 1
         return epsilon_explore(slates, self.ctx.n_items, eps, self.generator)
@@ -273,6 +283,7 @@ class DQN:
         gradient_step(self.optimizer, loss, self.q.parameters(), self.grad_clip)
         self.updates += 1
         update_target(self.q_target, self.q, self.updates, self.target_update, self.tau)
+        self.average.update()
         return {"train/loss": loss.detach(), "train/q": q_taken.detach().mean(),
                 "train/epsilon": self.epsilon()}
 
@@ -314,7 +325,8 @@ class DQN:
         """Weights, target weights, optimizer and counters."""
         return {"q": self.q.state_dict(), "q_target": self.q_target.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "acted_steps": self.acted_steps,
-                "updates": self.updates, "generator": self.generator.get_state()}
+                "updates": self.updates, "generator": self.generator.get_state(),
+                "q_average": self.average.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore from :meth:`state_dict`."""
@@ -323,3 +335,4 @@ class DQN:
         self.optimizer.load_state_dict(state["optimizer"])
         self.acted_steps, self.updates = int(state["acted_steps"]), int(state["updates"])
         self.generator.set_state(state["generator"])
+        self.average.load_state_dict(state.get("q_average"))

@@ -4,6 +4,7 @@ on-policy ones."""
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import torch
@@ -343,6 +344,64 @@ def update_target(target: nn.Module, online: nn.Module, updates: int, every: int
                 tp.lerp_(p, tau)
     elif updates % every == 0:
         target.load_state_dict(online.state_dict())
+
+
+class WeightAverage:
+    """An exponential moving average of a network's weights (Polyak averaging), to act with.
+
+    The greedy policy of a value network can flip between near-tied items from one update to
+    the next, so the policy at the last step is a lottery over the recent ones; the average of
+    recent weights is a stable policy (Polyak and Juditsky 1992; for DQN, Anschel et al.,
+    Averaged-DQN, ICML 2017, who average the Q-values of recent snapshots). After update ``n``
+    (counting from 1) the average moves a step ``1 - d`` towards the network, with
+    ``d = min(decay, (1 + n) / (10 + n))`` so it follows the network closely while the run is
+    young. ``decay=0``: no copy is kept and :meth:`acting` is the network itself.
+
+    Example::
+
+        average = WeightAverage(q_net, decay=0.999)
+        ...                              # an optimizer step on q_net
+        average.update()
+        scores = average.acting()(obs)   # act with the averaged weights
+    """
+
+    def __init__(self, net: nn.Module, decay: float) -> None:
+        if not 0.0 <= decay < 1.0:
+            raise RecrlError(f"algo.average={decay} must be in [0, 1) (0: act with the latest weights)")
+        self.source, self.decay, self.updates = net, decay, 0
+        self.net = copy.deepcopy(net).requires_grad_(False) if decay > 0 else None
+
+    @torch.no_grad()
+    def update(self) -> None:
+        """Move the average towards the network's current weights (buffers are copied)."""
+        if self.net is None:
+            return
+        self.updates += 1
+        step = 1.0 - min(self.decay, (1.0 + self.updates) / (10.0 + self.updates))
+        for avg, p in zip(self.net.parameters(), self.source.parameters(), strict=True):
+            avg.lerp_(p, step)
+        for avg, b in zip(self.net.buffers(), self.source.buffers(), strict=True):
+            avg.copy_(b)
+
+    def acting(self) -> nn.Module:
+        """The averaged network (the network itself when averaging is off)."""
+        return self.source if self.net is None else self.net
+
+    def state_dict(self) -> dict[str, Any] | None:
+        """The averaged weights and the update count (``None`` when averaging is off)."""
+        return None if self.net is None else {"net": self.net.state_dict(), "updates": self.updates}
+
+    def load_state_dict(self, state: dict[str, Any] | None) -> None:
+        """Restore from :meth:`state_dict`; ``None`` (a checkpoint saved without an average)
+        restarts the average from the network's current weights."""
+        if self.net is None:
+            return
+        if state is None:
+            self.net.load_state_dict(self.source.state_dict())
+            self.updates = 0
+            return
+        self.net.load_state_dict(state["net"])
+        self.updates = int(state["updates"])
 
 
 class SoftmaxActorCritic:
