@@ -246,7 +246,11 @@ class DQN:
     def q_values(self, obs: Obs, target: bool = False, averaged: bool = False) -> Tensor:
         """Q-values ``[B, n_items]`` of the online, target (``target``) or averaged (``averaged``,
         see ``average``) network; C51: expected returns."""
-        net = self.q_target if target else self.average.acting() if averaged else self.q
+        net = self.q
+        if target:
+            net = self.q_target
+        elif averaged:
+            net = self.average.acting()
         if not self.atoms:
             return net(obs)
         return net(obs).softmax(-1) @ self.support

@@ -335,13 +335,18 @@ def gradient_step(optimizer: torch.optim.Optimizer, loss: Tensor, params, grad_c
     return norm
 
 
+@torch.no_grad()
+def lerp_weights(target: nn.Module, online: nn.Module, step: float) -> None:
+    """Move every parameter of ``target`` a fraction ``step`` of the way towards ``online``'s."""
+    for p, tp in zip(online.parameters(), target.parameters(), strict=True):
+        tp.lerp_(p, step)
+
+
 def update_target(target: nn.Module, online: nn.Module, updates: int, every: int, tau: float = 1.0) -> None:
     """After update number ``updates``: with ``tau < 1`` move ``target`` a step ``tau`` towards
     ``online`` (Polyak averaging), else copy ``online`` into it every ``every`` updates."""
     if tau < 1.0:
-        with torch.no_grad():
-            for p, tp in zip(online.parameters(), target.parameters(), strict=True):
-                tp.lerp_(p, tau)
+        lerp_weights(target, online, tau)
     elif updates % every == 0:
         target.load_state_dict(online.state_dict())
 
@@ -377,9 +382,8 @@ class WeightAverage:
         if self.net is None:
             return
         self.updates += 1
-        step = 1.0 - min(self.decay, (1.0 + self.updates) / (10.0 + self.updates))
-        for avg, p in zip(self.net.parameters(), self.source.parameters(), strict=True):
-            avg.lerp_(p, step)
+        decay = min(self.decay, (1.0 + self.updates) / (10.0 + self.updates))
+        lerp_weights(self.net, self.source, 1.0 - decay)
         for avg, b in zip(self.net.buffers(), self.source.buffers(), strict=True):
             avg.copy_(b)
 
