@@ -93,10 +93,19 @@ def validate(cfg: DictConfig) -> None:
         raise RecrlError(f"seed={seed!r} is not a valid int")
     for group in GROUPS:
         if group in cfg:
-            check_node(cfg[group], group)
+            check_node(without_ensemble(cfg[group]) if group == "behavior" else cfg[group], group)
     for name in cfg.get("eval", {}).get("baselines", []):
         if name not in algo_options():
             raise RecrlError(f"eval.baselines: {name!r} is not an algo; options: {', '.join(algo_options())}")
+
+
+def without_ensemble(behavior: DictConfig) -> DictConfig:
+    """The behavior node without ``ensemble`` (how many models to fit, read by
+    :func:`recrl.train.build_behavior`, not a constructor argument), after checking it."""
+    size = behavior.get("ensemble", 1)
+    if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+        raise RecrlError(f"behavior.ensemble={size!r} must be a whole number >= 1 (1: a single model)")
+    return OmegaConf.masked_copy(behavior, [k for k in behavior if k != "ensemble"])
 
 
 def algo_options() -> list[str]:

@@ -279,11 +279,23 @@ def _fidelity_text(fidelity: Mapping[str, Any]) -> str:
     rows = [[names.get(k, k), *(_number(v[m]) for m in ("click_logloss", "click_auc", "click_ece")),
              str(v["rows"])] for k, v in fidelity.items() if "click_logloss" in v]
     text = markdown_table(["check", "click logloss", "click AUC", "ECE", "rows"], rows) if rows else ""
-    true = fidelity.get("true_model")
-    if true:
-        text += (f"\n\nAgainst the true user model (random slates, {true['pairs']} pairs): Pearson "
-                 f"correlation of click probabilities {_number(true['click_prob_pearson'], 3)}; mean true "
-                 f"{_number(true['mean_true'], 3)}, mean model {_number(true['mean_model'], 3)}.")
+    for key, where in (("true_model", "random slates"), ("true_model_policy", "the trained policy's slates")):
+        true = fidelity.get(key)
+        if true:
+            text += (f"\n\nAgainst the true user model ({where}, {true['pairs']} pairs): Pearson "
+                     f"correlation of click probabilities {_number(true['click_prob_pearson'], 3)}, "
+                     f"conversion {_number(true.get('conversion_prob_pearson'), 3)}, leave "
+                     f"{_number(true.get('leave_prob_pearson'), 3)}; mean true click "
+                     f"{_number(true['mean_true'], 3)}, mean model {_number(true['mean_model'], 3)}.")
+    members = fidelity.get("members")
+    if members:
+        checks = ("true_model", "true_model_policy")
+        rows = [[str(i), *(_number(m.get("validation", {}).get(k)) for k in ("click_logloss", "click_auc")),
+                 *(_number(m.get(c, {}).get("click_prob_pearson"), 3) for c in checks)]
+                for i, m in enumerate(members)]
+        text += "\n\nEnsemble members (the figures above are the ensemble's, its members' mean):\n\n"
+        text += markdown_table(["member", "valid click logloss", "valid click AUC", "click r (random)",
+                                "click r (policy)"], rows)
     return text + "\n\nCalibration curve: `plots/calibration.png`."
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
@@ -17,10 +18,12 @@ from rich.console import Console
 
 import recrl
 from recrl.algos.oracle import Oracle, can_plan
+from recrl.behavior.ensemble import BehaviorEnsemble
 from recrl.behavior.features import build_item_features, item_categories
 from recrl.behavior.fidelity import fidelity_report
+from recrl.behavior.fit import TrainingSettings
 from recrl.checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
-from recrl.config import build, build_algo_by_name, validate
+from recrl.config import build, build_algo_by_name, validate, without_ensemble
 from recrl.env.simulator import RecEnv
 from recrl.evaluate import Evaluation, add_oracle_share
 from recrl.metrics.stats import set_seed
@@ -58,13 +61,16 @@ class Stages:
         inter, column = self.splits.interactions, self.cfg.env.boredom.get("category_column")
         return item_categories(inter.items, inter.n_items, column)
 
-    def make_env(self, model: Any) -> RecEnv:
-        """A fresh environment of the configured shape over ``model``."""
+    def make_env(self, model: Any, pessimistic: bool = False) -> RecEnv:
+        """A fresh environment of the configured shape over ``model``; ``env.pessimism`` applies
+        only where ``pessimistic`` (training in the learned simulator)."""
+        runtime = {} if pessimistic else {"pessimism": None}
         return build(self.cfg.env)(model=model, reward=self.reward, item_categories=self.item_categories,
-                                   device=self.device)
+                                   device=self.device, **runtime)
 
     def eval_envs(self) -> dict[str, RecEnv]:
-        """The training simulator and, when the data gives one, the ground-truth environment."""
+        """The training simulator (without pessimism: what it predicts) and, when the data gives
+        one, the ground-truth environment."""
         envs = {"simulator": self.make_env(self.behavior)}
         if self.ground_truth is not None:
             envs["ground_truth"] = self.make_env(self.ground_truth)
@@ -75,8 +81,15 @@ class Stages:
         return build(node)(ctx=self.ctx)
 
     def training_env(self) -> RecEnv:
-        """An environment for training (and one for the training-time checks)."""
-        return self.make_env(self.behavior)
+        """An environment for training (and one for the training-time checks): the simulator,
+        with ``env.pessimism``."""
+        pessimism = self.cfg.env.get("pessimism")
+        active = pessimism is not None and (pessimism.get("penalty", 0) > 0
+                                            or pessimism.get("halt_threshold") is not None)
+        if active and not isinstance(self.behavior, BehaviorEnsemble):
+            raise RecrlError("env.pessimism penalises the disagreement of a behavior ensemble; set "
+                             "behavior.ensemble=5 (or more than 1), or turn the penalties off")
+        return self.make_env(self.behavior, pessimistic=True)
 
     def saved_state(self) -> dict[str, Any]:
         """What checkpoints keep besides the algorithm: the fitted behavior model."""
@@ -161,7 +174,8 @@ def data_fingerprint(cfg: DictConfig, dataset: Any) -> str:
 def fit_behavior(cfg: DictConfig, behavior: Any, interactions: Interactions, data_key: str,
                  role: str = "simulator") -> dict[str, Any]:
     """Fit ``behavior`` or load it from the cache keyed by the data, the behavior config and role."""
-    key = hashlib.sha256(f"{data_key}|{role}|{config_hash(cfg.behavior)}".encode()).hexdigest()[:16]
+    node = cfg.behavior if cfg.behavior.get("ensemble", 1) > 1 else without_ensemble(cfg.behavior)
+    key = hashlib.sha256(f"{data_key}|{role}|{config_hash(node)}".encode()).hexdigest()[:16]
     path = Path(cfg.cache_dir) / "behavior" / f"{role}-{key}.pt"
     if path.is_file():
         try:
@@ -179,11 +193,21 @@ def fit_behavior(cfg: DictConfig, behavior: Any, interactions: Interactions, dat
 
 def build_behavior(cfg: DictConfig, interactions: Interactions, device: torch.device) -> Any:
     """An unfitted behavior model sized for ``interactions``, with the item content it asked for
-    (``behavior.features``: side-table attributes and/or cached text embeddings)."""
+    (``behavior.features``: side-table attributes and/or cached text embeddings); with
+    ``behavior.ensemble=K > 1`` an ensemble of ``K`` such models, member ``k`` seeded with
+    ``behavior.training.seed + k`` (:class:`recrl.behavior.ensemble.BehaviorEnsemble`)."""
     features = build_item_features(cfg.behavior.get("features", ()), interactions.items,
                                    interactions.n_items, cfg.cache_dir)
-    return build(cfg.behavior)(n_items=interactions.n_items, n_users=interactions.n_users,
-                               item_features=features, device=str(device))
+    size = cfg.behavior.get("ensemble", 1)
+    factory = build(without_ensemble(cfg.behavior))
+    runtime = {"n_items": interactions.n_items, "n_users": interactions.n_users, "item_features": features,
+               "device": str(device)}
+    if size == 1:
+        return factory(**runtime)
+    settings = factory.keywords.get("training") or TrainingSettings()
+    members = [factory(**runtime, training=dataclasses.replace(settings, seed=settings.seed + k))
+               for k in range(size)]
+    return BehaviorEnsemble(members)
 
 
 def build_stages(cfg: DictConfig, device: torch.device,
@@ -273,7 +297,7 @@ def final_evaluation(cfg: DictConfig, stages: Stages, algo: Any, algo_name: str,
         results["ground_truth"]["oracle"] = oracle_summary(cfg, stages, envs["ground_truth"], evaluation)
         add_oracle_share(results)
     return {"task": "train", "algo": algo_name, "reward": type(stages.reward).__name__,
-            **behavior_sections(cfg, stages, evaluation, envs, run_dir), "evaluation": results}
+            **behavior_sections(cfg, stages, evaluation, envs, run_dir, policy=algo), "evaluation": results}
 
 
 def oracle_summary(cfg: DictConfig, stages: Stages, env: RecEnv, evaluation: Evaluation) -> dict[str, Any]:
@@ -321,13 +345,14 @@ def train_in_ground_truth(cfg: DictConfig, stages: Stages, trainer: Any,
 
 
 def behavior_sections(cfg: DictConfig, stages: Stages, evaluation: Evaluation, envs: dict[str, RecEnv],
-                      run_dir: Path) -> dict[str, Any]:
+                      run_dir: Path, policy: Any = None) -> dict[str, Any]:
     """Run facts and everything a report says about the data and the behavior model: its fit,
-    offline ranking on the test users and simulator fidelity."""
+    offline ranking on the test users and simulator fidelity (also on the slates of the trained
+    ``policy``, when given)."""
     fidelity = fidelity_report(stages.behavior, stages.splits, envs.get("ground_truth"),
                                ground_truth_is_true_model=hasattr(stages.dataset, "ground_truth")
                                and not cfg.eval.get("ground_truth"),
-                               plot=run_dir / "plots" / "calibration.png")
+                               plot=run_dir / "plots" / "calibration.png", policy=policy)
     return {**run_facts(cfg, run_dir, stages.device), "data": data_summary(stages.splits),
             "behavior": stages.behavior_report,
             "offline": evaluation.offline(stages.behavior, stages.splits,

@@ -79,6 +79,9 @@ class Response:
         watch: ``[B, K]`` expected watch (dwell) given a click on the item, in the data's unit
             (KuaiRand: play time / video duration; the synthetic world: share of the item consumed).
         leave_prob: ``[B]`` probability that the user leaves after this step.
+        uncertainty: ``[B, K]`` how much the members of a behavior-model ensemble disagree about
+            each item's click probability (their standard deviation); ``None`` for a single model
+            or the ground truth.
     """
 
     click_prob: Tensor
@@ -88,6 +91,7 @@ class Response:
     rating: Tensor
     watch: Tensor
     leave_prob: Tensor
+    uncertainty: Tensor | None = None
 
 
 @dataclass(frozen=True)

@@ -83,7 +83,7 @@ def bench_one(name: str, stages, args: argparse.Namespace, target: float, oracle
                       eval_episodes=args.eval_episodes, log_every=10**9, checkpoint_every=10**9,
                       learning_starts=min(1000, args.steps * args.n_users // 4), device=args.device,
                       progress=False)
-    stats = trainer.fit(algo, stages.make_env(stages.behavior), evaluate=evaluate, log=log,
+    stats = trainer.fit(algo, stages.training_env(), evaluate=evaluate, log=log,
                         save=lambda tag, step: None, seed=args.seed)
     train_s = max(stats.seconds - eval_time[0], 1e-9)
     reached = next((t for t, ret in curve if ret >= target), None)

@@ -125,9 +125,9 @@ class TrueStateStages(Stages):
 
     parts: Sequence[str] = STATE_PARTS
 
-    def make_env(self, model: Any) -> TrueStateEnv:
+    def make_env(self, model: Any, pessimistic: bool = False) -> TrueStateEnv:
         """A :class:`TrueStateEnv` over the configured environment."""
-        return TrueStateEnv(super().make_env(model), model, self.parts)
+        return TrueStateEnv(super().make_env(model, pessimistic), model, self.parts)
 
 
 def train_variant(cfg: Any, stages: Stages, variant: str, seed: int,

@@ -11,7 +11,16 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 
 from recrl.behavior.gru import GRUBehavior
-from recrl.config import CONF_DIR, GROUPS, algo_options, build, build_algo_by_name, check_node, validate
+from recrl.config import (
+    CONF_DIR,
+    GROUPS,
+    algo_options,
+    build,
+    build_algo_by_name,
+    check_node,
+    validate,
+    without_ensemble,
+)
 from recrl.data.preprocess import log_frame
 from recrl.data.synthetic import SyntheticWorld
 from recrl.env.simulator import RecEnv
@@ -75,7 +84,7 @@ def test_group_file_checks_and_instantiates(group: str, path: Path) -> None:
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose(config_name="train", overrides=[f"{group}={path.stem}"])
     OmegaConf.resolve(cfg)  # interpolations such as ${data_dir} and group defaults lists
-    node = cfg[group]
+    node = without_ensemble(cfg[group]) if group == "behavior" else cfg[group]  # ensemble: see build_behavior
     check_node(node, group)
     obj = instantiate_node(group, node)
     assert type(obj).__module__ + "." + type(obj).__name__ == node["_target_"]

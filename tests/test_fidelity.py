@@ -8,7 +8,8 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from recrl.behavior.fidelity import click_figures, fidelity_report, randomized_log_view
+from recrl.behavior.ensemble import BehaviorEnsemble
+from recrl.behavior.fidelity import click_figures, fidelity_report, pearson, randomized_log_view
 from recrl.behavior.fit import TrainingSettings
 from recrl.behavior.gru import GRUBehavior
 from recrl.data.synthetic import SyntheticWorld
@@ -55,3 +56,35 @@ def test_randomized_exposures_follow_the_training_history() -> None:
     view = randomized_log_view(Splits(interactions=inter, test=frame.iloc[:0], ground_truth=gt))
     assert view is not None and view.valid["item"].tolist() == [3, 4]
     assert (view.valid["time"] > inter.train["time"].max()).all()
+
+
+class StepItems:
+    """A fixed policy: item ``step mod 5`` for everyone (its own state distribution)."""
+
+    def act(self, obs, explore: bool) -> torch.Tensor:
+        return (obs.step % 5)[:, None]
+
+
+def test_fidelity_under_the_policy_and_per_ensemble_member() -> None:
+    world = SyntheticWorld(n_items=30, n_users=300, n_topics=3, horizon=8, seed=1)
+    splits = world.load()
+    members = [GRUBehavior(n_items=30, dim=8, hidden=16, training=TrainingSettings(epochs=2, seed=s))
+               for s in range(2)]
+    ensemble = BehaviorEnsemble(members)
+    ensemble.fit(splits.interactions)
+    env = RecEnv(world.ground_truth("cpu"), ClickReward(), horizon=8, history_len=4)
+    report = fidelity_report(ensemble, splits, env, ground_truth_is_true_model=True, policy=StepItems())
+    for check in ("true_model", "true_model_policy"):
+        for key in ("click_prob_pearson", "conversion_prob_pearson", "leave_prob_pearson"):
+            assert -1.0 <= report[check][key] <= 1.0, (check, key)
+    assert len(report["members"]) == 2
+    assert all("true_model_policy" in m and "validation" in m for m in report["members"])
+    member_logloss = [m["validation"]["click_logloss"] for m in report["members"]]
+    assert member_logloss[0] != member_logloss[1]
+
+
+def test_pearson_by_hand() -> None:
+    a = torch.tensor([1.0, 2.0, 4.0], dtype=torch.float64)
+    assert math.isclose(pearson(a, 2 * a + 1), 1.0) and math.isclose(pearson(a, -a), -1.0)
+    assert math.isnan(pearson(a, torch.ones(3, dtype=torch.float64)))
+    assert math.isnan(pearson(a[:1], a[:1]))

@@ -12,7 +12,7 @@ from hydra.utils import instantiate
 
 from recrl.behavior.fit import SessionTensors, TrainingSettings
 from recrl.behavior.sasrec import SASRecBehavior
-from recrl.config import CONF_DIR, check_node
+from recrl.config import CONF_DIR, check_node, without_ensemble
 from recrl.data.preprocess import log_frame
 from recrl.env.simulator import RecEnv
 from recrl.rewards import ClickReward
@@ -247,7 +247,7 @@ def test_bad_head_split_is_rejected() -> None:
 @pytest.mark.parametrize(("name", "dim", "layers"), [("sasrec", 64, 2), ("sasrec_large", 256, 4)])
 def test_yaml_instantiates(name: str, dim: int, layers: int) -> None:
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        node = compose("train", overrides=[f"behavior={name}"]).behavior
+        node = without_ensemble(compose("train", overrides=[f"behavior={name}"]).behavior)
     check_node(node, "behavior")
     model = instantiate(node)(n_items=N_ITEMS, device="cpu")
     assert isinstance(model, SASRecBehavior)

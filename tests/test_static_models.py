@@ -24,7 +24,7 @@ from recrl.behavior.fit import NegativeSampler, SessionTensors, TrainingSettings
 from recrl.behavior.gru import GRUBehavior
 from recrl.behavior.mf import MFBehavior
 from recrl.behavior.offline import build_task, rank_task
-from recrl.config import CONF_DIR, check_node
+from recrl.config import CONF_DIR, check_node, without_ensemble
 from recrl.data.preprocess import log_frame
 from recrl.env.simulator import RecEnv
 from recrl.rewards import ClickReward
@@ -294,7 +294,7 @@ def test_features_need_item_features(name: str) -> None:
 @pytest.mark.parametrize("name", list(MODELS))
 def test_yaml_instantiates(name: str) -> None:
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        node = compose("train", overrides=[f"behavior={name}"]).behavior
+        node = without_ensemble(compose("train", overrides=[f"behavior={name}"]).behavior)
     check_node(node, "behavior")
     check_node(node.training, "behavior.training")
     model = instantiate(node)(n_items=N_ITEMS, n_users=N_USERS, device="cpu")

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import pandas as pd
 import torch
@@ -57,6 +59,50 @@ class BilinearScorer(nn.Module):
     def score_shared(self, h: Tensor, items: Tensor) -> Tensor:
         """Logits ``[..., N]`` of the same ``items`` ``[N]`` for every row of ``h``."""
         return self.proj(h) @ self.vectors(items).T + self.bias[items]
+
+
+@dataclass(frozen=True)
+class Predictions:
+    """A user model's head outputs for a batch of items ``[B, K]`` (or the catalogue ``[B, N]``):
+    click utilities (logits), and given a click the conversion probability, expected rating (1..5)
+    and expected watch."""
+
+    click_logit: Tensor
+    conversion_prob: Tensor
+    rating: Tensor
+    watch: Tensor
+
+
+def draw_response(predicted: Predictions, generator: torch.Generator, choice: ChoiceModel,
+                  available: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+    """Sample a slate's clicks by ``choice`` over the click utilities and the conversions given a
+    click: ``(click_prob, click, conversion)``, each ``[B, K]``."""
+    click_prob, click = choice.sample(predicted.click_logit, generator, available)
+    conv_prob = predicted.conversion_prob
+    u = torch.rand(conv_prob.shape, device=conv_prob.device, generator=generator)
+    return click_prob, click, click * (u < conv_prob).to(click.dtype)
+
+
+def predicted_response(predicted: Predictions, leave_prob: Tensor) -> Response:
+    """Each item's expected response if shown alone (click probabilities in place of clicks)."""
+    click_prob = torch.sigmoid(predicted.click_logit)
+    return Response(click_prob=click_prob, click=click_prob, conversion_prob=predicted.conversion_prob,
+                    conversion=click_prob * predicted.conversion_prob, rating=predicted.rating,
+                    watch=predicted.watch, leave_prob=leave_prob)
+
+
+@torch.no_grad()
+def replay_history(model: Any, obs: Obs) -> Tensor:
+    """``model``'s state after an observed history, oldest slate first, from its fresh state
+    (``initial_state`` without a generator); padding slates leave the state unchanged."""
+    state = model.initial_state(obs.batch_size).to(obs.items.device)
+    conversion = torch.zeros_like(obs.clicks[:, 0])
+    for t in range(obs.items.shape[1]):
+        items = obs.items[:, t]
+        valid = (items[:, 0] < model.n_items)[:, None]
+        safe = items.clamp(max=model.n_items)
+        state = torch.where(valid, model.next_state(state, safe, obs.clicks[:, t], conversion), state)
+    return state
 
 
 class SequenceUserModel(nn.Module, ABC):
@@ -110,21 +156,25 @@ class SequenceUserModel(nn.Module, ABC):
         """Probability ``[B]`` of leaving in ``state`` (0 when the logs had no leave labels)."""
         return torch.sigmoid(self.leave_logit(state)) * self.leave_known
 
+    def predict(self, state: Tensor, items: Tensor | None = None) -> Predictions:
+        """What the heads predict in ``state`` for ``items`` ``[B, K]`` (every item when ``None``)."""
+        h = self.output(state)
+        return Predictions(click_logit=self.click_head(h, items),
+                           conversion_prob=torch.sigmoid(self.conversion_head(h, items)),
+                           rating=1.0 + 4.0 * torch.sigmoid(self.rating_head(h, items)),
+                           watch=self.watch(h, items))
+
     @torch.no_grad()
     def respond(self, state: Tensor, slates: Tensor, generator: torch.Generator,
                 choice: ChoiceModel = MNL, available: Tensor | None = None) -> tuple[Response, Tensor]:
         """Sample the response to ``slates`` ``[B, K]`` and the next state: the click by
         ``choice`` (MNL with no-click by default) over the click head's utilities, never on
         items that are not ``available``."""
-        h = self.output(state)
-        click_prob, click = choice.sample(self.click_head(h, slates), generator, available)
-        conv_prob = torch.sigmoid(self.conversion_head(h, slates))
-        u = torch.rand(conv_prob.shape, device=conv_prob.device, generator=generator)
-        conversion = click * (u < conv_prob).to(click.dtype)
-        rating = 1.0 + 4.0 * torch.sigmoid(self.rating_head(h, slates))
+        predicted = self.predict(state, slates)
+        click_prob, click, conversion = draw_response(predicted, generator, choice, available)
         nxt = self.next_state(state, slates, click, conversion)
-        response = Response(click_prob=click_prob, click=click, conversion_prob=conv_prob,
-                            conversion=conversion, rating=rating, watch=self.watch(h, slates),
+        response = Response(click_prob=click_prob, click=click, conversion_prob=predicted.conversion_prob,
+                            conversion=conversion, rating=predicted.rating, watch=predicted.watch,
                             leave_prob=self.leave_prob(nxt))
         return response, nxt
 
@@ -134,13 +184,7 @@ class SequenceUserModel(nn.Module, ABC):
 
         ``click``/``conversion`` hold probabilities here; ``leave_prob`` is the current one.
         """
-        h = self.output(state)
-        click_prob = torch.sigmoid(self.click_head(h))
-        conv_prob = torch.sigmoid(self.conversion_head(h))
-        rating = 1.0 + 4.0 * torch.sigmoid(self.rating_head(h))
-        return Response(click_prob=click_prob, click=click_prob, conversion_prob=conv_prob,
-                        conversion=click_prob * conv_prob, rating=rating, watch=self.watch(h),
-                        leave_prob=self.leave_prob(state))
+        return predicted_response(self.predict(state), self.leave_prob(state))
 
     @torch.no_grad()
     def item_vectors(self) -> Tensor:
@@ -153,7 +197,7 @@ class SequenceUserModel(nn.Module, ABC):
         """Expected watch given a click ``[B, K]`` (or ``[B, n_items]``); NaN when the logs had
         no watch values, so a watch reward can never be computed silently from an untrained head."""
         value = F.softplus(self.watch_head(h, items))
-        return value if bool(self.watch_known) else torch.full_like(value, float("nan"))
+        return torch.where(self.watch_known, value, torch.full_like(value, float("nan")))
 
     def _add_watch_head(self, hidden: int, dim: int) -> None:
         """The watch head and the ``watch_known`` flag. Built from a forked random stream so that
@@ -214,14 +258,7 @@ class SequenceUserModel(nn.Module, ABC):
 
         ``users`` (dense ids) is ignored by sequence models, which know a user by history only.
         """
-        state = self.initial_state(obs.batch_size).to(obs.items.device)
-        conversion = torch.zeros_like(obs.clicks[:, 0])
-        for t in range(obs.items.shape[1]):
-            items = obs.items[:, t]
-            valid = (items[:, 0] < self.n_items)[:, None]
-            safe = items.clamp(max=self.n_items)
-            state = torch.where(valid, self.next_state(state, safe, obs.clicks[:, t], conversion), state)
-        return state
+        return replay_history(self, obs)
 
     def fit(self, interactions: Interactions) -> FitReport:
         """Fit on the training rows, early-stop on the validation rows' loss.

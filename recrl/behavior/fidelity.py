@@ -7,8 +7,12 @@ Three checks, each only where the data allows it:
   the validation rows (conditioned on each user's training history), with a calibration curve.
 - ``randomized``: the same figures on randomized exposures (e.g. Coat's random test ratings),
   for a model fitted on the biased, self-selected log: how well it transfers off-policy.
-- ``true_model``: Pearson correlation between the model's click probabilities and the ground
-  truth's, on the items a random policy shows in the ground-truth world (synthetic data).
+- ``true_model``: Pearson correlations between the model's click, conversion and leave
+  probabilities and the ground truth's, on the items a random policy shows in the ground-truth
+  world (synthetic data); ``true_model_policy``: the same on the trained policy's own slates.
+
+An ensemble (``behavior.ensemble``) is checked as a whole (its members' mean) and member by
+member (``members``).
 """
 
 from __future__ import annotations
@@ -66,26 +70,52 @@ def randomized_log_view(splits: Splits) -> Interactions | None:
                         n_items=inter.n_items, positive_only=inter.positive_only)
 
 
+CHECKED = ("click", "conversion", "leave")
+
+
 @torch.no_grad()
 def true_model_agreement(model: Any, world_env: RecEnv, users: int = 512, steps: int = 10,
-                         seed: int = 0) -> dict[str, float]:
-    """Correlation of model vs true click probabilities on a random policy's slates."""
+                         seed: int = 0, policy: Any = None) -> dict[str, float]:
+    """Pearson correlations of the model's and the truth's click, conversion and leave
+    probabilities on the slates of a random policy, or of ``policy`` (acting without exploration:
+    the states a trained policy leads users to, where a simulator's errors are exploited).
+
+    Click and conversion: the shown items, given the history so far; leave: after the step, given
+    the history including it (the model reads the environment's observed history window).
+    """
     g = torch.Generator(world_env.device).manual_seed(seed)
     obs = world_env.reset(users, seed=seed)
-    truth, predicted = [], []
+    pairs: dict[str, tuple[list[Tensor], list[Tensor]]] = {k: ([], []) for k in CHECKED}
     for _ in range(steps):
-        slates = torch.randint(0, world_env.n_items, (users, world_env.slate_size), device=world_env.device,
-                               generator=g)
+        if policy is None:
+            slates = torch.randint(0, world_env.n_items, (users, world_env.slate_size),
+                                   device=world_env.device, generator=g)
+        else:
+            slates = policy.act(obs, explore=False)
         alive = world_env.alive.clone()
-        state = model.encode(obs)
-        model_prob = model.score_all(state).click_prob.gather(1, slates)
+        predicted = model.score_all(model.encode(obs))
         obs, _, _, info = world_env.step(slates)
-        truth.append(info.response.click_prob[alive].flatten().cpu())
-        predicted.append(model_prob[alive].flatten().cpu())
-    t, p = torch.cat(truth).double(), torch.cat(predicted).double()
-    corr = float(np.corrcoef(t.numpy(), p.numpy())[0, 1]) if len(t) > 1 else float("nan")
-    return {"click_prob_pearson": corr, "mean_true": float(t.mean()), "mean_model": float(p.mean()),
-            "pairs": len(t)}
+        truth = info.response
+        shown = (predicted.click_prob.gather(1, slates), predicted.conversion_prob.gather(1, slates))
+        for key, true, pred in (("click", truth.click_prob, shown[0]),
+                                ("conversion", truth.conversion_prob, shown[1]),
+                                ("leave", truth.leave_prob, model.leave_prob(model.encode(obs)))):
+            pairs[key][0].append(true[alive].flatten().cpu())
+            pairs[key][1].append(pred[alive].flatten().cpu())
+    out: dict[str, float] = {}
+    for key, (true, pred) in pairs.items():
+        t, p = torch.cat(true).double(), torch.cat(pred).double()
+        out[f"{key}_prob_pearson"] = pearson(t, p)
+        if key == "click":
+            out.update(mean_true=float(t.mean()), mean_model=float(p.mean()), pairs=len(t))
+    return out
+
+
+def pearson(a: Tensor, b: Tensor) -> float:
+    """Pearson correlation of two vectors (NaN when undefined: fewer than two pairs or no spread)."""
+    if len(a) < 2 or float(a.std()) == 0.0 or float(b.std()) == 0.0:
+        return float("nan")
+    return float(np.corrcoef(a.numpy(), b.numpy())[0, 1])
 
 
 def plot_calibration(sections: dict[str, dict[str, Any]], out_png: Path) -> Path | None:
@@ -115,8 +145,11 @@ def plot_calibration(sections: dict[str, dict[str, Any]], out_png: Path) -> Path
 
 
 def fidelity_report(model: Any, splits: Splits, ground_truth_env: RecEnv | None,
-                    ground_truth_is_true_model: bool, plot: Path | None = None) -> dict[str, Any]:
-    """Every check the data allows, as a dict for the run report (and a PNG when ``plot``)."""
+                    ground_truth_is_true_model: bool, plot: Path | None = None,
+                    policy: Any = None) -> dict[str, Any]:
+    """Every check the data allows, as a dict for the run report (and a PNG when ``plot``):
+    ``true_model`` on random slates and, given the trained ``policy``, ``true_model_policy`` on
+    its own; for an ensemble the same checks of every member under ``members``."""
     report: dict[str, Any] = {}
     if not splits.interactions.valid.empty:
         report["validation"] = click_figures(*validation_clicks(model, splits.interactions))
@@ -125,6 +158,11 @@ def fidelity_report(model: Any, splits: Splits, ground_truth_env: RecEnv | None,
         report["randomized"] = click_figures(*validation_clicks(model, randomized))
     if ground_truth_env is not None and ground_truth_is_true_model:
         report["true_model"] = true_model_agreement(model, ground_truth_env)
+        if policy is not None:
+            report["true_model_policy"] = true_model_agreement(model, ground_truth_env, policy=policy)
+    if hasattr(model, "members"):
+        report["members"] = [fidelity_report(m, splits, ground_truth_env, ground_truth_is_true_model,
+                                             policy=policy) for m in model.members]
     if plot is not None:
         plot_calibration(report, plot)
     return report

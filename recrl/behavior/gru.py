@@ -11,11 +11,22 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from recrl.behavior.base import BilinearScorer, SequenceUserModel
 from recrl.behavior.features import ItemFeatures
 from recrl.behavior.fit import SessionTensors, TrainingSettings
+
+
+def gru_cell(cell: nn.GRUCell, x: Tensor, h: Tensor) -> Tensor:
+    """One step of ``cell`` (``nn.GRUCell``'s equations and weights), written out so that
+    ``torch.func.vmap`` batches it over ensemble members (the fused kernel has no batching rule)."""
+    r_x, z_x, n_x = F.linear(x, cell.weight_ih, cell.bias_ih).chunk(3, -1)
+    r_h, z_h, n_h = F.linear(h, cell.weight_hh, cell.bias_hh).chunk(3, -1)
+    reset, update = torch.sigmoid(r_x + r_h), torch.sigmoid(z_x + z_h)
+    candidate = torch.tanh(n_x + reset * n_h)
+    return candidate + update * (h - candidate)
 
 
 class GRUBehavior(SequenceUserModel):
@@ -59,7 +70,7 @@ class GRUBehavior(SequenceUserModel):
 
     def next_state(self, state: Tensor, slates: Tensor, click: Tensor, conversion: Tensor) -> Tensor:
         """Hidden state after the user saw ``slates`` and responded."""
-        return self.cell(self._event(slates, click, conversion), state)
+        return gru_cell(self.cell, self._event(slates, click, conversion), state)
 
     def initial_state(self, n_users: int, generator: torch.Generator | None = None) -> Tensor:
         """The learned start-of-session state, repeated ``n_users`` times."""

@@ -13,6 +13,7 @@ from torch import Tensor
 
 from recrl.env.choice import Choice
 from recrl.env.leave import BoredomRule, LeaveRule, SatisfactionRule
+from recrl.env.pessimism import Pessimism
 from recrl.types import Obs, RecrlError, Reward, StepInfo, UserModel
 
 
@@ -25,7 +26,8 @@ class RecEnv:
     returned observation is then the new user's first); without it the row stays finished
     (``alive`` false, zero reward) until :meth:`reset`. ``choice`` is how a user picks from the
     slate (``mnl`` or ``cascade``); with ``no_repeat`` a user ignores items already shown in
-    the episode.
+    the episode. ``pessimism`` (:class:`~recrl.env.pessimism.Pessimism`) penalises steps an
+    ensemble user model is unsure about.
 
     Example::
 
@@ -38,7 +40,7 @@ class RecEnv:
                  history_len: int = 10, autoreset: bool = False, choice: Choice | None = None,
                  no_repeat: bool = False, boredom: BoredomRule | None = None,
                  satisfaction: SatisfactionRule | None = None, item_categories: Tensor | None = None,
-                 device: torch.device | str = "cpu") -> None:
+                 pessimism: Pessimism | None = None, device: torch.device | str = "cpu") -> None:
         if horizon < 1 or slate_size < 1 or history_len < 1:
             raise RecrlError("env: horizon, slate_size and history_len must all be >= 1")
         if slate_size > model.n_items:
@@ -55,6 +57,7 @@ class RecEnv:
                 raise RecrlError("env.boredom needs item categories (built from the dataset's item table)")
             boredom.bind(item_categories)
         self.rules: list[LeaveRule] = [r for r in (boredom, satisfaction) if r is not None]
+        self.pessimism = pessimism if pessimism is not None and pessimism.active else None
 
     def reset(self, n_users: int, seed: int | None = None) -> Obs:
         """Start ``n_users`` fresh sessions; ``seed`` re-seeds the environment's generator."""
@@ -96,8 +99,14 @@ class RecEnv:
         response, next_state = self.model.respond(self.state, slates, self.generator, choice=self.choice,
                                                   available=available)
         live = was_alive.to(response.click.dtype)
-        reward = self.reward(response) * live
+        reward = self.reward(response)
+        halted = None
+        if self.pessimism is not None:
+            reward, halted = self.pessimism.apply(reward, response)
+        reward = reward * live
         left = torch.rand(self.t.shape, device=self.device, generator=self.generator) < response.leave_prob
+        if halted is not None:
+            left = left | halted
         self.t = self.t + was_alive.long()
         for rule in self.rules:
             left = left | rule.step(slates, response, self.t)

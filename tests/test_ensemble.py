@@ -1,0 +1,226 @@
+"""Behavior-model ensembles (``behavior.ensemble``) and the simulator's pessimism (``env.pessimism``)."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from recrl.behavior.ensemble import BehaviorEnsemble, bootstrap_users
+from recrl.behavior.fit import TrainingSettings
+from recrl.behavior.gru import GRUBehavior
+from recrl.behavior.mf import MFBehavior
+from recrl.data.synthetic import SyntheticWorld
+from recrl.env.pessimism import Pessimism
+from recrl.env.simulator import RecEnv
+from recrl.rewards import ClickReward
+from recrl.types import Obs, RecrlError, Response
+
+N_ITEMS, HIDDEN = 30, 16
+
+
+@pytest.fixture(scope="module")
+def logs():
+    return SyntheticWorld(n_items=N_ITEMS, n_users=200, n_topics=3, seed=0).load().interactions
+
+
+def members(k: int = 3) -> list[GRUBehavior]:
+    return [GRUBehavior(N_ITEMS, dim=8, hidden=HIDDEN, training=TrainingSettings(epochs=1, seed=s))
+            for s in range(k)]
+
+
+def member_state(ensemble: BehaviorEnsemble, state: torch.Tensor, k: int) -> torch.Tensor:
+    """Member ``k``'s own state columns of an ensemble state row."""
+    start = ensemble.size + k * ensemble.width
+    return state[:, start:start + ensemble.width]
+
+
+# ---------------------------------------------------------------------- bootstrap
+def test_bootstrap_draws_users_with_replacement_and_keeps_their_rows(logs) -> None:
+    sample = bootstrap_users(logs, seed=3)
+    train = logs.train
+    assert sample.train["user"].nunique() == train["user"].nunique()  # as many users as there are
+    assert sample.n_users == logs.n_users + train["user"].nunique()
+    copies = sample.train[sample.train["user"] >= logs.n_users]
+    assert len(copies) > 0  # with replacement: some users were drawn twice
+    # every resampled session is one original session, row for row
+    originals = {u: g[["time", "item", "click"]].to_numpy() for u, g in train.groupby("user")}
+    sessions = [g[["time", "item", "click"]].to_numpy() for _, g in sample.train.groupby("user")]
+    keys = {tuple(map(tuple, s)) for s in originals.values()}
+    assert all(tuple(map(tuple, s)) in keys for s in sessions)
+    # the synthetic world splits by user: validation users have no training rows and all stay
+    assert len(sample.valid) == len(logs.valid)
+    assert bootstrap_users(logs, seed=3).train.equals(sample.train)  # fixed by the seed
+    assert not bootstrap_users(logs, seed=4).train.equals(sample.train)
+
+
+def test_bootstrap_drops_validation_rows_of_users_it_did_not_draw(logs) -> None:
+    # a leave-last-out split: validation users are training users
+    shared = copy.copy(logs)
+    valid = logs.train.groupby("user").tail(1).copy()
+    shared = type(logs)(train=logs.train, valid=valid, items=logs.items, n_users=logs.n_users,
+                        n_items=logs.n_items)
+    sample = bootstrap_users(shared, seed=0)
+    drawn = set(sample.train.loc[sample.train["user"] < logs.n_users, "user"])
+    assert set(sample.valid["user"]) == drawn
+    assert 0.5 < len(drawn) / logs.train["user"].nunique() < 0.75  # about 1 - 1/e of the users
+
+
+# ---------------------------------------------------------------------- batched members
+def test_batched_members_match_each_member_alone() -> None:
+    ms = members(3)
+    ensemble = BehaviorEnsemble(ms)
+    g = torch.Generator().manual_seed(0)
+    state = ensemble.initial_state(12, g)
+    slates = torch.randint(0, N_ITEMS, (12, 2), generator=g)
+    click = torch.zeros(12, 2)
+    click[::3, 0] = 1.0
+    nxt = ensemble.next_state(state, slates, click, torch.zeros(12, 2))
+    with torch.no_grad():
+        for k, m in enumerate(ms):
+            own = member_state(ensemble, state, k)
+            assert torch.allclose(member_state(ensemble, nxt, k), m.next_state(own, slates, click, click * 0),
+                                  atol=1e-6)
+        # each user is served by their own member; the weights are one-hot
+        weights = state[:, :3]
+        assert torch.equal(weights.sum(1), torch.ones(12)) and set(weights.flatten().tolist()) == {0.0, 1.0}
+        predicted = ensemble.predict(state, slates)
+        for b in range(12):
+            k = int(weights[b].argmax())
+            alone = ms[k].predict(member_state(ensemble, state[b:b + 1], k), slates[b:b + 1])
+            assert torch.allclose(predicted.click_logit[b], alone.click_logit[0], atol=1e-6)
+            assert torch.allclose(predicted.rating[b], alone.rating[0], atol=1e-6)
+
+
+def test_without_a_generator_the_ensemble_is_the_members_mean() -> None:
+    ms = members(2)
+    ensemble = BehaviorEnsemble(ms)
+    state = ensemble.initial_state(4)
+    assert torch.allclose(state[:, :2], torch.full((4, 2), 0.5))
+    with torch.no_grad():
+        scores = ensemble.predict(state)  # every item [4, N]
+        mean = sum(m.predict(member_state(ensemble, state, k)).click_logit for k, m in enumerate(ms)) / 2
+    assert scores.click_logit.shape == (4, N_ITEMS)
+    assert torch.allclose(scores.click_logit, mean, atol=1e-6)
+    obs = Obs(items=torch.tensor([[[N_ITEMS], [3]]]), clicks=torch.tensor([[[0.0], [1.0]]]),
+              step=torch.tensor([1]))
+    assert ensemble.encode(obs).shape == (1, 2 + 2 * HIDDEN)
+
+
+def test_members_are_drawn_uniformly_per_user() -> None:
+    ensemble = BehaviorEnsemble(members(4))
+    weights = ensemble.initial_state(4000, torch.Generator().manual_seed(1))[:, :4]
+    shares = weights.mean(0)
+    assert torch.allclose(shares, torch.full((4,), 0.25), atol=0.03)
+
+
+def test_uncertainty_is_the_members_std_of_the_click_probability() -> None:
+    ms = members(3)
+    same = BehaviorEnsemble([ms[0], copy.deepcopy(ms[0]), copy.deepcopy(ms[0])])
+    g = torch.Generator().manual_seed(0)
+    slates = torch.randint(0, N_ITEMS, (5, 1), generator=g)
+    response, _ = same.respond(same.initial_state(5, g), slates, g)
+    assert torch.allclose(response.uncertainty, torch.zeros(5, 1), atol=1e-7)  # identical members agree
+    different = BehaviorEnsemble(ms)
+    state = different.initial_state(5, g)
+    response, _ = different.respond(state, slates, g)
+    with torch.no_grad():
+        probs = torch.stack([torch.sigmoid(m.predict(member_state(different, state, k), slates).click_logit)
+                             for k, m in enumerate(ms)])  # slates of one: MNL = sigmoid
+    expected = probs.std(0, correction=0)
+    assert torch.allclose(response.uncertainty, expected, atol=1e-6) and bool((expected > 0).all())
+
+
+def test_fit_caches_and_reloads_every_member(logs, tmp_path: Path) -> None:
+    ensemble = BehaviorEnsemble(members(2))
+    report = ensemble.fit(logs).to_dict()
+    assert len(report["members"]) == 2
+    assert report["valid_click_logloss"] == pytest.approx(np.mean([m["valid_click_logloss"]
+                                                                   for m in report["members"]]))
+    w0, w1 = (m.item_out.weight for m in ensemble.members)
+    assert not torch.allclose(w0, w1)  # different seeds and resamples
+    torch.save(ensemble.state_dict(), tmp_path / "ens.pt")
+    fresh = BehaviorEnsemble(members(2))
+    state = fresh.initial_state(3)
+    before = fresh.score_all(state).click_prob
+    fresh.load_state_dict(torch.load(tmp_path / "ens.pt"))
+    after = fresh.score_all(fresh.initial_state(3)).click_prob  # the stacked weights were refreshed
+    assert torch.allclose(after, ensemble.score_all(ensemble.initial_state(3)).click_prob, atol=1e-6)
+    assert not torch.allclose(before, after)
+
+
+def test_models_with_user_tables_are_refused() -> None:
+    with pytest.raises(RecrlError, match="needs a sequence model"):
+        BehaviorEnsemble([MFBehavior(N_ITEMS, n_users=5), MFBehavior(N_ITEMS, n_users=5)])
+    with pytest.raises(RecrlError, match="at least 2"):
+        BehaviorEnsemble(members(1))
+
+
+# ---------------------------------------------------------------------- pessimism
+def response_with(uncertainty: torch.Tensor | None) -> Response:
+    zeros = torch.zeros(2, 2)
+    return Response(click_prob=zeros, click=zeros, conversion_prob=zeros, conversion=zeros, rating=zeros,
+                    watch=zeros, leave_prob=torch.zeros(2), uncertainty=uncertainty)
+
+
+def test_mopo_penalty_and_morel_halt_by_hand() -> None:
+    reward = torch.tensor([1.0, 1.0])
+    unc = torch.tensor([[0.1, 0.2], [0.05, 0.4]])
+    penalised, halted = Pessimism(penalty=2.0).apply(reward, response_with(unc))
+    assert torch.allclose(penalised, torch.tensor([1.0 - 2 * 0.3, 1.0 - 2 * 0.45])) and halted is None
+    penalised, halted = Pessimism(halt_threshold=0.3, halt_penalty=5.0).apply(reward, response_with(unc))
+    assert halted.tolist() == [False, True] and penalised.tolist() == [1.0, -5.0]
+    # no uncertainty (a single model, the ground truth): nothing changes
+    assert Pessimism(penalty=2.0).apply(reward, response_with(None)) == (reward, None)
+    for bad in ({"penalty": -1.0}, {"halt_threshold": 0.0}, {"halt_penalty": -0.5}):
+        with pytest.raises(RecrlError, match=r"env\.pessimism"):
+            Pessimism(**bad)
+
+
+def test_a_halted_user_leaves_the_simulator(logs) -> None:
+    ensemble = BehaviorEnsemble(members(3))
+    env = RecEnv(ensemble, ClickReward(), horizon=5, history_len=2,
+                 pessimism=Pessimism(halt_threshold=1e-6, halt_penalty=3.0))
+    env.reset(8, seed=0)
+    _, reward, done, info = env.step(torch.zeros(8, 1, dtype=torch.long))
+    assert bool(info.terminated.all()) and bool(done.all())
+    assert torch.equal(reward, torch.full((8,), -3.0))
+    plain = RecEnv(ensemble, ClickReward(), horizon=5, history_len=2, pessimism=Pessimism())
+    assert plain.pessimism is None  # off: the step is the plain one
+
+
+# ---------------------------------------------------------------------- CLI
+def run_cli(*args: str, tmp_path: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "RECRL_CACHE_DIR": str(tmp_path / "cache"), "RECRL_DEBUG": ""}
+    return subprocess.run([sys.executable, "-m", "recrl.cli", "train", "experiment=smoke", *args],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_cli_trains_in_a_pessimistic_ensemble_simulator(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    proc = run_cli("behavior.ensemble=2", "env.pessimism.penalty=1.0", "env.pessimism.halt_threshold=0.5",
+                   f"hydra.run.dir={run}", tmp_path=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((run / "report.json").read_text())
+    assert len(report["behavior"]["members"]) == 2
+    assert report["evaluation"]["ground_truth"]["dqn"]["return"]["mean"] >= 0  # never penalised
+    cached = list((tmp_path / "cache" / "behavior").glob("simulator-*.pt"))
+    assert len(cached) == 1
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["behavior.ensemble=0"], "behavior.ensemble=0 must be a whole number >= 1"),
+    (["behavior=mf", "behavior.ensemble=2"], "needs a sequence model"),
+    (["env.pessimism.penalty=1.0"], "env.pessimism penalises the disagreement of a behavior ensemble"),
+])
+def test_bad_ensemble_settings_give_one_line(tmp_path: Path, args: list[str], message: str) -> None:
+    proc = run_cli(*args, tmp_path=tmp_path)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and message in lines[-1], proc.stderr[-2000:]
