@@ -2,7 +2,8 @@
 
 Random actions (drawn on the device each step with the device's own generator) are shown to
 ``B`` users of a user model with embedding width ``d`` (``gru``: GRU state of width ``d``;
-``mf``: ``d``-dimensional user vectors; ``synthetic``: the built-in world's ground truth with
+``gru_ensemble``: an ensemble of 5 such GRUs, ``behavior.ensemble=5``, every member stepped
+for every user; ``mf``: ``d``-dimensional user vectors; ``synthetic``: the built-in world's ground truth with
 ``d`` topics), with autoreset, over a grid of catalogue sizes ``N`` and slate sizes ``K``. For
 ``K > 1`` a slate's items are drawn independently (a slate may repeat an item: the environment
 does not require distinct items, and drawing them costs nothing that the environment does).
@@ -34,19 +35,26 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from recrl.behavior.ensemble import BehaviorEnsemble
+from recrl.behavior.fit import TrainingSettings
 from recrl.behavior.gru import GRUBehavior
 from recrl.behavior.mf import MFBehavior
 from recrl.data.synthetic import SyntheticWorld
 from recrl.env.simulator import RecEnv
 from recrl.rewards import ClickReward
 
-MODELS = ("synthetic", "gru", "mf")
+MODELS = ("synthetic", "gru", "mf", "gru_ensemble")
+ENSEMBLE = 5  # members of ``gru_ensemble`` (behavior.ensemble=5)
 
 
 def build_model(name: str, n_items: int, dim: int, device: str, mf_users: int = 10_000):
     """An (untrained: throughput does not depend on the weights) user model of width ``dim``."""
     if name == "gru":
         return GRUBehavior(n_items=n_items, dim=dim, hidden=dim, device=device).eval()
+    if name == "gru_ensemble":
+        members = [GRUBehavior(n_items=n_items, dim=dim, hidden=dim, device=device,
+                               training=TrainingSettings(seed=k)) for k in range(ENSEMBLE)]
+        return BehaviorEnsemble(members).eval()
     if name == "mf":
         return MFBehavior(n_items=n_items, dim=dim, n_users=mf_users, device=device).eval()
     if name == "synthetic":
@@ -236,7 +244,7 @@ def main() -> None:
         for cfg in grid:
             results.append(bench_one(*cfg, args))
             r = results[-1]
-            console.print(f"  {r['model']:>9} N={r['n_items']:>7,} B={r['batch']:>6,} K={r['slate']:>2}: "
+            console.print(f"  {r['model']:>12} N={r['n_items']:>7,} B={r['batch']:>6,} K={r['slate']:>2}: "
                           f"{r['user_steps_per_s']:>13,.0f} user-steps/s", highlight=False)
     info = machine_info(device)
     table = Table(title=f"RecEnv user-steps/s, random actions, autoreset, d={args.dim}, "

@@ -224,3 +224,16 @@ def test_bad_ensemble_settings_give_one_line(tmp_path: Path, args: list[str], me
     proc = run_cli(*args, tmp_path=tmp_path)
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and message in lines[-1], proc.stderr[-2000:]
+
+
+def test_response_leave_probability_is_the_next_states() -> None:
+    ensemble = BehaviorEnsemble(members(3))
+    g = torch.Generator().manual_seed(2)
+    state = ensemble.initial_state(7, g)
+    response, nxt = ensemble.respond(state, torch.randint(0, N_ITEMS, (7, 1), generator=g), g)
+    with torch.no_grad():
+        assert torch.allclose(response.leave_prob, ensemble.leave_prob(nxt), atol=1e-7)
+    # every fresh user starts from each member's own start state, whatever member serves them
+    start = torch.stack([m.initial_state(1)[0] for m in ensemble.members])
+    for k in range(3):
+        assert torch.allclose(member_state(ensemble, state, k), start[k].expand(7, -1))

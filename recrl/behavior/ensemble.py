@@ -59,6 +59,9 @@ class _MemberCall(nn.Module):
         self.m = member
 
     def forward(self, method: str, *args: Any) -> Any:
+        if method == "advance":  # the next state and the leave probability there, in one call
+            nxt = self.m.next_state(*args)
+            return nxt, self.m.leave_prob(nxt)
         out = getattr(self.m, method)(*args)
         if isinstance(out, Predictions):  # vmap returns tensors and tuples of them
             return tuple(getattr(out, f.name) for f in fields(out))
@@ -106,6 +109,7 @@ class BehaviorEnsemble(nn.Module):
         self.training_settings = first.training_settings
         self._template = [_MemberCall(copy.deepcopy(first))]  # a list: not a submodule, not saved
         self._stacked: tuple[dict[str, Tensor], dict[str, Tensor]] | None = None
+        self._start: Tensor | None = None
         with torch.no_grad():
             self.width = int(first.initial_state(1).shape[1])
 
@@ -127,6 +131,7 @@ class BehaviorEnsemble(nn.Module):
             params, buffers = stack_module_state(list(self.members))
             self._stacked = ({f"m.{k}": v.detach() for k, v in params.items()},
                              {f"m.{k}": v for k, v in buffers.items()})
+            self._start = None
         return self._stacked
 
     def _each(self, method: str, member_args: Sequence[Tensor] = (), shared: Sequence[Any] = ()) -> Any:
@@ -172,8 +177,14 @@ class BehaviorEnsemble(nn.Module):
     @torch.no_grad()
     def initial_state(self, n_users: int, generator: torch.Generator | None = None) -> Tensor:
         """Fresh users: each member's start state; with ``generator`` one member per user drawn
-        uniformly (weights one-hot), without it the members' mean (weights ``1/K``)."""
-        members = self._each("initial_state", shared=(n_users,))
+        uniformly (weights one-hot), without it the members' mean (weights ``1/K``).
+
+        A sequence model's start state is the same for every user (a learned vector, a start
+        token), so it is computed once per set of weights, not at every autoreset."""
+        self._stack()
+        if self._start is None:
+            self._start = self._each("initial_state", shared=(1,))  # [K, 1, S]
+        members = self._start.expand(-1, n_users, -1)
         if generator is None:
             weights = torch.full((n_users, self.size), 1.0 / self.size, device=members.device)
         else:
@@ -211,12 +222,14 @@ class BehaviorEnsemble(nn.Module):
         each = self._member_predictions(members, slates)
         predicted = Predictions(*(self._mix(weights, getattr(each, f.name)) for f in fields(each)))
         click_prob, click, conversion = draw_response(predicted, generator, choice, available)
-        nxt = self._pack(weights, self._each("next_state", (members,), (slates, click, conversion)))
+        advanced, leave = self._each("advance", (members,), (slates, click, conversion))
+        nxt = self._pack(weights, advanced)
         k, b, width = each.click_logit.shape
         member_probs = choice.probs(each.click_logit.reshape(k * b, width)).reshape(k, b, width)
+        uncertainty = member_probs.std(0, correction=0)
         response = Response(click_prob=click_prob, click=click, conversion_prob=predicted.conversion_prob,
                             conversion=conversion, rating=predicted.rating, watch=predicted.watch,
-                            leave_prob=self.leave_prob(nxt), uncertainty=member_probs.std(0, correction=0))
+                            leave_prob=self._mix(weights, leave), uncertainty=uncertainty)
         return response, nxt
 
     @torch.no_grad()
