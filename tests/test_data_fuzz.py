@@ -137,7 +137,10 @@ def test_csv_fast_path_agrees_with_the_line_by_line_path(content: bytes) -> None
                               on_bad_rows="skip")
         slow = _read_slowly(path, names, columns, kinds, sep=",", header=True, encoding="utf-8",
                             on_bad_rows="skip")
-    assert quick is not None and quick.skipped == slow.skipped
+    if quick is None:  # the fast frame lost what the file said (ids read as floats): line by line
+        event("fell back")
+        return
+    assert quick.skipped == slow.skipped
     pd.testing.assert_frame_equal(quick.frame, slow.frame, check_dtype=False)
     event("compared")
 

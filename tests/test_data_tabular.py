@@ -110,6 +110,17 @@ def test_quoted_fields_blank_lines_bom_and_padded_header(tmp_path: Path) -> None
     assert table.frame["time"].tolist() == [5, 7]  # fractional times are floored
 
 
+def test_float_ids_beyond_exact_integers_keep_their_text(tmp_path: Path) -> None:
+    """Whole float ids below 2**53 are integers; a column with one at or beyond it (a float cannot
+    say which integer it was) keeps every id as the file's text (found by the fuzz test)."""
+    path = tmp_path / "log.csv"
+    path.write_text("u,i,t\n0,3.0,0\n0,4.0,1\n")
+    assert read_csv_log(path, {"user": "u", "item": "i", "time": "t"}).frame["item"].tolist() == [3, 4]
+    path.write_text("u,i,t\n0,0,0\n0,9007199254740992.0,1\n")
+    table = read_csv_log(path, {"user": "u", "item": "i", "time": "t"})
+    assert table.frame["item"].tolist() == ["0", "9007199254740992.0"]
+
+
 def test_dates_become_unix_seconds(tmp_path: Path) -> None:
     path = tmp_path / "log.csv"
     path.write_text("u,i,t\n1,2,2020-01-01 00:00:01\n1,3,2020-01-01T02:00:02+02:00\n1,4,someday\n")

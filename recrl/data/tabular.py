@@ -34,6 +34,7 @@ FIELD_KINDS = {"user": "id", "item": "id", "time": "time", "click": "number", "c
                "rating": "optional", "watch": "optional", "propensity": "optional", "leave": "optional"}
 _INT_ID = r"[+-]?\d{1,18}"
 _INT_LIMIT = 2.0**62
+_EXACT_FLOAT_INT = 2.0**53  # whole floats below this are exact integers: ids read as floats become ints
 _BOOLS = {"true": 1.0, "false": 0.0}
 _DELIMITERS = (",", "\t", ";", "|", " ")
 _FIX = "fix the file or set dataset.on_bad_rows=skip"
@@ -89,7 +90,7 @@ def convert_ids(series: pd.Series, field: str) -> Converted:
         return series.to_numpy(dtype=np.int64), {}
     if pd.api.types.is_float_dtype(series.dtype):
         values = series.to_numpy(dtype=np.float64, na_value=np.nan)
-        whole = np.isfinite(values) & (values == np.floor(values)) & (abs(values) < _INT_LIMIT)
+        whole = np.isfinite(values) & (values == np.floor(values)) & (abs(values) < _EXACT_FLOAT_INT)
         if whole.all():
             return values.astype(np.int64), {}
     text = _text(series)
@@ -102,7 +103,7 @@ def convert_ids(series: pd.Series, field: str) -> Converted:
         values[~missing] = present.astype(np.int64).to_numpy()
         return values, problems
     numbers = pd.to_numeric(present, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
-    if (np.isfinite(numbers) & (numbers == np.floor(numbers)) & (abs(numbers) < 2.0**53)).all():
+    if (np.isfinite(numbers) & (numbers == np.floor(numbers)) & (abs(numbers) < _EXACT_FLOAT_INT)).all():
         values[~missing] = numbers.astype(np.int64)  # e.g. "3.0", as pandas reads a float column
         return values, problems
     return text.to_numpy(dtype=object), problems
@@ -399,6 +400,9 @@ def _read_quickly(path: Path, raw: pd.DataFrame, columns: Mapping[str, str], kin
     """Type the fast frame; bad rows are skipped, or the first one located for the error (None: not
     located, go line by line)."""
     typed, problems = convert(_select(raw, columns), kinds, len(raw))
+    if any(kind == "id" and pd.api.types.is_float_dtype(raw[columns[field]].dtype)
+           and not pd.api.types.is_integer_dtype(typed[field].dtype) for field, kind in kinds.items()):
+        return None  # ids kept as text, but pandas read them as floats: their text is lost
     if not problems:
         return Table(frame=typed)
     if on_bad_rows == "skip":
