@@ -203,8 +203,7 @@ class SequenceUserModel(nn.Module, ABC):
         """The watch head and the ``watch_known`` flag. Built from a forked random stream so that
         adding it left the initialisation of every other weight unchanged."""
         with torch.random.fork_rng(devices=[]):
-            ids = self.id_table(self.n_items, dim)
-            self.watch_head = BilinearScorer(hidden, ids, self.n_items, self.content)
+            self.watch_head = BilinearScorer(hidden, nn.Embedding(self.n_items, dim), self.n_items)
         self.register_buffer("watch_known", torch.tensor(True))
 
     def _setup(self, n_items: int, n_users: int, training: TrainingSettings | None,

@@ -141,8 +141,8 @@ class SASRecBehavior(SequenceUserModel):
         self.blocks = nn.ModuleList(_Block(dim, heads, dropout) for _ in range(layers))
         self.norm = nn.LayerNorm(dim)
         self.click_head = BilinearScorer(dim, self.item_emb, n_items, self.content)
-        self.conversion_head = BilinearScorer(dim, self._table(n_items), n_items, self.content)
-        self.rating_head = BilinearScorer(dim, self._table(n_items), n_items, self.content)
+        self.conversion_head = BilinearScorer(dim, self._table(n_items), n_items)
+        self.rating_head = BilinearScorer(dim, self._table(n_items), n_items)
         self.leave_head = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), nn.Linear(dim, 1))
         half = dim // heads
         self.register_buffer("inv_freq", 10000.0 ** -(torch.arange(0, half, 2).float() / half),
