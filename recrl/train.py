@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from rich.console import Console
 
 import recrl
@@ -250,7 +250,8 @@ def ground_truth_model(cfg: DictConfig, dataset: Any, splits: Splits, device: to
                        data_key: str) -> Any:
     """The evaluation-only user model: the behavior model of a saved run (``eval.ground_truth``),
     the synthetic world's true one, or a behavior model fitted on randomized exposures (e.g.
-    Coat's random test set); ``None`` otherwise."""
+    Coat's random test set; always a single model, also with ``behavior.ensemble > 1``);
+    ``None`` otherwise."""
     if cfg.eval.get("ground_truth"):
         return behavior_from_checkpoint(cfg.eval.ground_truth, splits.interactions, device)
     if hasattr(dataset, "ground_truth"):
@@ -258,9 +259,18 @@ def ground_truth_model(cfg: DictConfig, dataset: Any, splits: Splits, device: to
     if splits.ground_truth is None:
         return None
     check_reward_data(cfg, build(cfg.reward), splits.ground_truth, "ground-truth log")
-    model = build_behavior(cfg, splits.ground_truth, device)
-    fit_behavior(cfg, model, splits.ground_truth, data_key, role="ground_truth")
+    single = single_model(cfg)  # the yardstick stays one model whatever the simulator is
+    model = build_behavior(single, splits.ground_truth, device)
+    fit_behavior(single, model, splits.ground_truth, data_key, role="ground_truth")
     return model
+
+
+def single_model(cfg: DictConfig) -> DictConfig:
+    """``cfg`` with ``behavior.ensemble=1``."""
+    single = cfg.copy()
+    with open_dict(single):
+        single.behavior.ensemble = 1
+    return single
 
 
 def behavior_from_checkpoint(where: str, interactions: Interactions, device: torch.device) -> Any:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,15 +13,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
 
 from recrl.behavior.ensemble import BehaviorEnsemble, bootstrap_users
 from recrl.behavior.fit import TrainingSettings
 from recrl.behavior.gru import GRUBehavior
 from recrl.behavior.mf import MFBehavior
+from recrl.config import CONF_DIR, validate
 from recrl.data.synthetic import SyntheticWorld
 from recrl.env.pessimism import Pessimism
 from recrl.env.simulator import RecEnv
 from recrl.rewards import ClickReward
+from recrl.train import build_stages
 from recrl.types import Obs, RecrlError, Response
 
 N_ITEMS, HIDDEN = 30, 16
@@ -237,3 +241,18 @@ def test_response_leave_probability_is_the_next_states() -> None:
     start = torch.stack([m.initial_state(1)[0] for m in ensemble.members])
     for k in range(3):
         assert torch.allclose(member_state(ensemble, state, k), start[k].expand(7, -1))
+
+
+def test_a_fitted_ground_truth_stays_one_model(tmp_path: Path) -> None:
+    """Coat's ground truth is a model fitted on its randomized exposures: with
+    ``behavior.ensemble=2`` the simulator is an ensemble, the yardstick is still one model."""
+    shutil.copytree(Path(__file__).parent / "fixtures" / "coat" / "good", tmp_path / "coat")
+    overrides = ["experiment=smoke", "dataset=coat", f"data_dir='{tmp_path}'",
+                 f"cache_dir='{tmp_path / 'cache'}'", "behavior.ensemble=2", "trainer.device=cpu",
+                 "dataset.preprocess.valid_share=0.5"]
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=overrides)
+    validate(cfg)
+    stages = build_stages(cfg, torch.device("cpu"))
+    assert isinstance(stages.behavior, BehaviorEnsemble)
+    assert isinstance(stages.ground_truth, GRUBehavior)
