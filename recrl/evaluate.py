@@ -18,13 +18,19 @@ from recrl.metrics.online import run_episodes
 from recrl.report import print_report_table, write_report
 from recrl.types import Policy, RecrlError
 
+SELECT_ON = ("simulator", "held_out_member")
+
 
 class Evaluation:
     """Final evaluation settings (``eval=default``) and the routine that applies them.
 
     Every policy runs ``episodes`` complete episodes, with exploration off, in every
     environment; users and their random draws depend only on ``seed``, so two evaluations of
-    the same policy give the same numbers.
+    the same policy give the same numbers. ``select_on`` is where the training-time evaluations
+    that pick ``best.pt`` run: the training ``simulator``, or with ``behavior.ensemble >= 3`` a
+    ``held_out_member`` of the ensemble that the policy never trains in (the training simulator
+    then samples only the other members), so the checkpoint is chosen by a model the policy
+    could not exploit; never the ground truth.
 
     Example::
 
@@ -35,7 +41,7 @@ class Evaluation:
     def __init__(self, baselines: list[str] | None = None, episodes: int = 1000,
                  batch_size: int = 1000, seed: int = 12345, offline_users: int = 2000,
                  ground_truth: str | None = None, oracle: bool = True, oracle_candidates: int = 4,
-                 train_in_ground_truth: bool = False) -> None:
+                 train_in_ground_truth: bool = False, select_on: str = "simulator") -> None:
         if episodes < 2:
             raise RecrlError("eval.episodes must be >= 2 to give a confidence interval")
         if offline_users < 0:
@@ -47,6 +53,9 @@ class Evaluation:
         self.offline_users, self.ground_truth = offline_users, ground_truth
         self.oracle, self.oracle_candidates = oracle, oracle_candidates
         self.train_in_ground_truth = train_in_ground_truth
+        if select_on not in SELECT_ON:
+            raise RecrlError(f"eval.select_on={select_on!r}: use one of {', '.join(SELECT_ON)}")
+        self.select_on = select_on
 
     def offline(self, behavior: Any, splits: Any, history_len: int) -> dict[str, dict[str, float]]:
         """Next-item ranking of the behavior model on the test rows (up to ``offline_users``

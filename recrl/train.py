@@ -80,16 +80,34 @@ class Stages:
         """Instantiate an algorithm node with the run-time context."""
         return build(node)(ctx=self.ctx)
 
-    def training_env(self) -> RecEnv:
-        """An environment for training (and one for the training-time checks): the simulator,
-        with ``env.pessimism``."""
+    def training_env(self, select_on: str = "simulator") -> RecEnv:
+        """An environment for training: the simulator, with ``env.pessimism``; with
+        ``select_on="held_out_member"`` without the ensemble's last member."""
         pessimism = self.cfg.env.get("pessimism")
         active = pessimism is not None and (pessimism.get("penalty", 0) > 0
                                             or pessimism.get("halt_threshold") is not None)
         if active and not isinstance(self.behavior, BehaviorEnsemble):
             raise RecrlError("env.pessimism penalises the disagreement of a behavior ensemble; set "
                              "behavior.ensemble=5 (or more than 1), or turn the penalties off")
-        return self.make_env(self.behavior, pessimistic=True)
+        model = self.behavior
+        if select_on == "held_out_member":
+            model = BehaviorEnsemble(self._held_out_split()[0])
+        return self.make_env(model, pessimistic=True)
+
+    def selection_env(self, select_on: str) -> RecEnv:
+        """Where the training-time evaluations that pick ``best.pt`` run (``eval.select_on``): a
+        fresh training simulator, or the ensemble's held-out last member (no pessimism)."""
+        if select_on == "held_out_member":
+            return self.make_env(self._held_out_split()[1])
+        return self.training_env()
+
+    def _held_out_split(self) -> tuple[list[Any], Any]:
+        """The ensemble's members for training and the held-out last one."""
+        if not isinstance(self.behavior, BehaviorEnsemble) or self.behavior.size < 3:
+            raise RecrlError("eval.select_on=held_out_member needs behavior.ensemble >= 3 (two members to "
+                             "train in, one held out); use eval.select_on=simulator")
+        members = list(self.behavior.members)
+        return members[:-1], members[-1]
 
     def saved_state(self) -> dict[str, Any]:
         """What checkpoints keep besides the algorithm: the fitted behavior model."""
@@ -124,9 +142,15 @@ class GymStages:
         """Instantiate an algorithm node with the run-time context."""
         return build(node)(ctx=self.ctx)
 
-    def training_env(self) -> Any:
+    def training_env(self, select_on: str = "simulator") -> Any:
         """A fresh adapter over the configured gymnasium environment."""
         return build(self.cfg.env)(device=self.device)
+
+    def selection_env(self, select_on: str) -> Any:
+        """The training-time evaluations run in another fresh adapter (there is no ensemble)."""
+        if select_on != "simulator":
+            raise RecrlError(f"eval.select_on={select_on} needs a behavior ensemble (not in gym runs)")
+        return self.training_env()
 
     def saved_state(self) -> dict[str, Any]:
         """Nothing besides the algorithm."""
@@ -444,7 +468,8 @@ def train(cfg: DictConfig, run_dir: Path, algo_name: str) -> dict[str, Any]:
     t_fit = time.perf_counter()
     algo = stages.build_algo(cfg.algo)
     evaluation: Evaluation = build(cfg.eval)
-    train_env, check_env = stages.training_env(), stages.training_env()
+    select_on = evaluation.select_on
+    train_env, check_env = stages.training_env(select_on), stages.selection_env(select_on)
     if resumed is not None:
         restore_training_state(resumed, algo, train_env)
     config_yaml = OmegaConf.to_yaml(cfg, resolve=True)

@@ -23,6 +23,7 @@ from recrl.config import CONF_DIR, validate
 from recrl.data.synthetic import SyntheticWorld
 from recrl.env.pessimism import Pessimism
 from recrl.env.simulator import RecEnv
+from recrl.evaluate import Evaluation
 from recrl.rewards import ClickReward
 from recrl.train import build_stages
 from recrl.types import Obs, RecrlError, Response
@@ -256,3 +257,31 @@ def test_a_fitted_ground_truth_stays_one_model(tmp_path: Path) -> None:
     stages = build_stages(cfg, torch.device("cpu"))
     assert isinstance(stages.behavior, BehaviorEnsemble)
     assert isinstance(stages.ground_truth, GRUBehavior)
+
+
+def test_selection_runs_in_a_held_out_member(tmp_path: Path) -> None:
+    """eval.select_on=held_out_member: the policy trains in the first K-1 members and best.pt is
+    picked in the last one, which it never trains in."""
+    overrides = ["experiment=smoke", f"cache_dir='{tmp_path / 'cache'}'", "behavior.ensemble=3",
+                 "trainer.device=cpu", "dataset.n_users=300"]
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=overrides)
+    validate(cfg)
+    stages = build_stages(cfg, torch.device("cpu"))
+    members = list(stages.behavior.members)
+    train = stages.training_env("held_out_member").model
+    assert isinstance(train, BehaviorEnsemble) and list(train.members) == members[:2]
+    assert stages.selection_env("held_out_member").model is members[2]
+    assert stages.training_env().model is stages.behavior  # the default: every member
+    with pytest.raises(RecrlError, match="one of simulator, held_out_member"):
+        Evaluation(select_on="ground_truth")
+
+
+def test_cli_picks_best_in_the_held_out_member(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    proc = run_cli("behavior.ensemble=3", "eval.select_on=held_out_member", f"hydra.run.dir={run}",
+                   tmp_path=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (run / "checkpoints" / "best.pt").is_file()
+    proc = run_cli("eval.select_on=held_out_member", tmp_path=tmp_path)
+    assert proc.returncode == 2 and "needs behavior.ensemble >= 3" in proc.stderr.strip().splitlines()[-1]
