@@ -147,6 +147,7 @@ def test_fit_caches_and_reloads_every_member(logs, tmp_path: Path) -> None:
     ensemble = BehaviorEnsemble(members(2))
     report = ensemble.fit(logs).to_dict()
     assert len(report["members"]) == 2
+    assert not ensemble.training and not ensemble._template[0].training  # fitted: evaluation mode
     assert report["valid_click_logloss"] == pytest.approx(np.mean([m["valid_click_logloss"]
                                                                    for m in report["members"]]))
     w0, w1 = (m.item_out.weight for m in ensemble.members)
@@ -285,3 +286,13 @@ def test_cli_picks_best_in_the_held_out_member(tmp_path: Path) -> None:
     assert (run / "checkpoints" / "best.pt").is_file()
     proc = run_cli("eval.select_on=held_out_member", tmp_path=tmp_path)
     assert proc.returncode == 2 and "needs behavior.ensemble >= 3" in proc.stderr.strip().splitlines()[-1]
+
+
+def test_eval_mode_reaches_the_batched_template() -> None:
+    """Dropout (SASRec) must be off in the simulator's batched calls once the ensemble is in
+    evaluation mode, as in each member."""
+    ensemble = BehaviorEnsemble(members(2))
+    ensemble.train()
+    assert ensemble._template[0].training
+    ensemble.eval()
+    assert not ensemble._template[0].training and not any(m.training for m in ensemble.members)

@@ -152,6 +152,12 @@ class BehaviorEnsemble(nn.Module):
         self._stacked = None
         return self
 
+    def train(self, mode: bool = True) -> BehaviorEnsemble:
+        """Training or evaluation mode for the members and the batched-call template (dropout)."""
+        super().train(mode)
+        self._template[0].train(mode)
+        return self
+
     def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:
         """Load the members' weights (and forget the stacked copy of the old ones)."""
         result = super().load_state_dict(state_dict, strict=strict, assign=assign)
@@ -258,6 +264,7 @@ class BehaviorEnsemble(nn.Module):
         ``training.seed``); each early-stops on the validation rows of its users."""
         reports = [m.fit(bootstrap_users(interactions, m.training_settings.seed)) for m in self.members]
         self._stacked = None
+        self.eval()  # as a fitted single model: evaluation mode, template included
         return EnsembleFitReport(reports)
 
 
