@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import hashlib
@@ -202,6 +203,7 @@ def fit_behavior(cfg: DictConfig, behavior: Any, interactions: Interactions, dat
     key = hashlib.sha256(f"{data_key}|{role}|{config_hash(node)}".encode()).hexdigest()[:16]
     path = Path(cfg.cache_dir) / "behavior" / f"{role}-{key}.pt"
     if path.is_file():
+        fresh = copy.deepcopy(behavior.state_dict())
         try:
             cached = load_checkpoint(path, map_location=behavior.device)
             behavior.load_state_dict(cached["state_dict"])
@@ -209,6 +211,8 @@ def fit_behavior(cfg: DictConfig, behavior: Any, interactions: Interactions, dat
             console.print(f"[dim]{role} behavior model: cache hit {path}[/dim]")
             return {**cached["report"], "cached": True}
         except (RecrlError, RuntimeError, KeyError) as err:
+            # a failed load_state_dict has already copied every matching tensor: start from scratch
+            behavior.load_state_dict(fresh)
             console.print(f"[yellow]behavior cache {path} unusable ({err}); refitting[/yellow]")
     report = behavior.fit(interactions).to_dict()
     save_checkpoint(path, {"state_dict": behavior.state_dict(), "report": report})

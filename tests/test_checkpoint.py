@@ -8,10 +8,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
 
 from recrl.algos.dqn import DQN
 from recrl.checkpoint import FORMAT_VERSION, load_checkpoint, resolve_checkpoint, save_checkpoint
+from recrl.config import CONF_DIR, build, validate
 from recrl.rewards import ClickReward
+from recrl.train import build_behavior, fit_behavior
 from recrl.types import AlgoContext, Obs, RecrlError
 
 
@@ -134,3 +137,27 @@ def test_failed_save_keeps_previous_file(tmp_path: Path) -> None:
     with pytest.raises((pickle.PicklingError, AttributeError, TypeError)):
         save_checkpoint(tmp_path / "new.pt", {"fn": lambda x: x})
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # nothing half-written
+
+
+def test_an_unusable_behavior_cache_is_refitted_from_scratch(tmp_path: Path) -> None:
+    """A cached model that does not load (e.g. saved by another version with extra heads) must not
+    leave its matching tensors behind: the refit starts from the fresh initialisation and gives
+    exactly the model a clean fit gives."""
+    overrides = ["experiment=smoke", f"cache_dir='{tmp_path}'", "trainer.device=cpu", "dataset.n_users=200"]
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=overrides)
+    validate(cfg)
+    interactions = build(cfg.dataset).load().interactions
+    clean = build_behavior(cfg, interactions, torch.device("cpu"))
+    fit_behavior(cfg, clean, interactions, "key")
+    (cached,) = (tmp_path / "behavior").glob("simulator-*.pt")
+    payload = load_checkpoint(cached)
+    state = payload["state_dict"]
+    payload["state_dict"] = {k: v + 1.0 if v.is_floating_point() else v for k, v in state.items()}
+    payload["state_dict"]["extra_head.weight"] = torch.zeros(2)  # makes the strict load fail
+    save_checkpoint(cached, payload)
+    refit = build_behavior(cfg, interactions, torch.device("cpu"))
+    report = fit_behavior(cfg, refit, interactions, "key")
+    assert report["cached"] is False
+    for name, value in clean.state_dict().items():
+        assert torch.equal(value, refit.state_dict()[name]), name
