@@ -85,8 +85,7 @@ class Stages:
         """An environment for training: the simulator, with ``env.pessimism``; with
         ``select_on="held_out_member"`` without the ensemble's last member."""
         pessimism = self.cfg.env.get("pessimism")
-        active = pessimism is not None and (pessimism.get("penalty", 0) > 0
-                                            or pessimism.get("halt_threshold") is not None)
+        active = pessimism is not None and build(pessimism).active
         if active and not isinstance(self.behavior, BehaviorEnsemble):
             raise RecrlError("env.pessimism penalises the disagreement of a behavior ensemble; set "
                              "behavior.ensemble=5 (or more than 1), or turn the penalties off")

@@ -30,20 +30,17 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from hydra import compose, initialize_config_dir
 from rich.console import Console
 from rich.table import Table
 from torch import Tensor
 
 from recrl.behavior.fidelity import true_model_agreement
-from recrl.config import CONF_DIR, validate
 from recrl.data.synthetic import SyntheticWorld
 from recrl.report import write_text_atomic
-from recrl.train import build_stages
 from recrl.types import Obs, Response
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from reference_policies import QualityFirst
+from reference_policies import QualityFirst, synthetic_run
 
 
 class Posterior:
@@ -123,14 +120,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("fidelity_ceiling.json"))
     parser.add_argument("overrides", nargs="*", help="recrl train overrides after --")
     args = parser.parse_args()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("train", overrides=["trainer.device=cpu", *args.overrides])
-    validate(cfg)
-    stages = build_stages(cfg, torch.device("cpu"))
-    world = stages.ground_truth
-    if not isinstance(world, SyntheticWorld) or cfg.env.slate_size != 1:
-        sys.exit("the ceiling needs dataset=synthetic and env.slate_size=1")
-    env = stages.make_env(world)
+    _, stages, world, env = synthetic_run(args.overrides, "fidelity ceilings")
     bayes = BayesPredictor(world, args.particles)
     models: dict[str, Any] = {"behavior model": stages.behavior,
                               "Bayes-optimal (true items, posterior interest)": bayes}

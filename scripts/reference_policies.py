@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
 from torch import Tensor
@@ -42,7 +43,7 @@ from recrl.data.synthetic import SyntheticWorld
 from recrl.env.simulator import RecEnv
 from recrl.metrics.online import run_episodes
 from recrl.report import write_text_atomic
-from recrl.train import build_stages
+from recrl.train import Stages, build_stages
 from recrl.types import Obs, Reward
 
 
@@ -95,20 +96,26 @@ class EstimatedState:
         return mask_shown(scores, obs).topk(1, dim=1).indices
 
 
+def synthetic_run(overrides: list[str], what: str) -> tuple[DictConfig, Stages, SyntheticWorld, RecEnv]:
+    """The config, stages, true world and a ground-truth environment of ``recrl train overrides``
+    on CPU; exits with a message (``what`` needs ...) unless the world is synthetic with slates of one."""
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=["trainer.device=cpu", *overrides])
+    validate(cfg)
+    stages = build_stages(cfg, torch.device("cpu"))
+    world = stages.ground_truth
+    if not isinstance(world, SyntheticWorld) or cfg.env.slate_size != 1:
+        sys.exit(f"{what} need dataset=synthetic and env.slate_size=1")
+    return cfg, stages, world, stages.make_env(world)
+
+
 def main() -> None:
     """Evaluate the references, print the table and write the JSON."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("reference_policies.json"))
     parser.add_argument("overrides", nargs="*", help="recrl train overrides after --")
     args = parser.parse_args()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("train", overrides=["trainer.device=cpu", *args.overrides])
-    validate(cfg)
-    stages = build_stages(cfg, torch.device("cpu"))
-    world = stages.ground_truth
-    if not isinstance(world, SyntheticWorld) or cfg.env.slate_size != 1:
-        sys.exit("reference policies need dataset=synthetic and env.slate_size=1")
-    env = stages.make_env(world)
+    cfg, stages, world, env = synthetic_run(args.overrides, "reference policies")
     policies = {"random": RandomPolicy(stages.ctx), "quality_first": QualityFirst(world),
                 "estimated_state": EstimatedState(world, stages.reward, env),
                 "oracle": Oracle(world, stages.reward, env, candidates=cfg.eval.oracle_candidates)}

@@ -212,11 +212,14 @@ class BehaviorEnsemble(nn.Module):
         """Each member's predictions, every field ``[K, B, ...]``."""
         return Predictions(*self._each("predict", (members,), (items,)))
 
+    def _mixed(self, weights: Tensor, each: Predictions) -> Predictions:
+        """The member-weighted predictions of per-member ones (every field)."""
+        return Predictions(*(self._mix(weights, getattr(each, f.name)) for f in fields(each)))
+
     def predict(self, state: Tensor, items: Tensor | None = None) -> Predictions:
         """The user's member's predictions (the members' mean under uniform weights)."""
         weights, members = self._split(state)
-        each = self._member_predictions(members, items)
-        return Predictions(*(self._mix(weights, getattr(each, f.name)) for f in fields(each)))
+        return self._mixed(weights, self._member_predictions(members, items))
 
     # ------------------------------------------------------------------ UserModel
     @torch.no_grad()
@@ -226,7 +229,7 @@ class BehaviorEnsemble(nn.Module):
         member's state with it; ``uncertainty`` is the members' std of the click probabilities."""
         weights, members = self._split(state)
         each = self._member_predictions(members, slates)
-        predicted = Predictions(*(self._mix(weights, getattr(each, f.name)) for f in fields(each)))
+        predicted = self._mixed(weights, each)
         click_prob, click, conversion = draw_response(predicted, generator, choice, available)
         advanced, leave = self._each("advance", (members,), (slates, click, conversion))
         nxt = self._pack(weights, advanced)

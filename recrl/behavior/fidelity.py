@@ -85,6 +85,7 @@ def true_model_agreement(model: Any, world_env: RecEnv, users: int = 512, steps:
     """
     g = torch.Generator(world_env.device).manual_seed(seed)
     obs = world_env.reset(users, seed=seed)
+    state = model.encode(obs)
     pairs: dict[str, tuple[list[Tensor], list[Tensor]]] = {k: ([], []) for k in CHECKED}
     for _ in range(steps):
         if policy is None:
@@ -93,13 +94,14 @@ def true_model_agreement(model: Any, world_env: RecEnv, users: int = 512, steps:
         else:
             slates = policy.act(obs, explore=False)
         alive = world_env.alive.clone()
-        predicted = model.score_all(model.encode(obs))
+        predicted = model.score_all(state)
         obs, _, _, info = world_env.step(slates)
+        state = model.encode(obs)  # after the step: its leave probability, and the next step's state
         truth = info.response
         shown = (predicted.click_prob.gather(1, slates), predicted.conversion_prob.gather(1, slates))
         for key, true, pred in (("click", truth.click_prob, shown[0]),
                                 ("conversion", truth.conversion_prob, shown[1]),
-                                ("leave", truth.leave_prob, model.leave_prob(model.encode(obs)))):
+                                ("leave", truth.leave_prob, model.leave_prob(state))):
             pairs[key][0].append(true[alive].flatten().cpu())
             pairs[key][1].append(pred[alive].flatten().cpu())
     out: dict[str, float] = {}

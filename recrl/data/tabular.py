@@ -83,6 +83,11 @@ def _exact_ints(series: pd.Series) -> bool:
     return pd.api.types.is_signed_integer_dtype(series.dtype) or series.empty or int(series.max()) < 2**63
 
 
+def _exact_wholes(values: np.ndarray) -> bool:
+    """Every value is a whole number that a float holds exactly (below 2**53)."""
+    return bool((np.isfinite(values) & (values == np.floor(values)) & (abs(values) < _EXACT_FLOAT_INT)).all())
+
+
 def convert_ids(series: pd.Series, field: str) -> Converted:
     """Raw ids: ``int64`` when every present id is an integer, else strings; empty ids are bad."""
     n = len(series)
@@ -90,8 +95,7 @@ def convert_ids(series: pd.Series, field: str) -> Converted:
         return series.to_numpy(dtype=np.int64), {}
     if pd.api.types.is_float_dtype(series.dtype):
         values = series.to_numpy(dtype=np.float64, na_value=np.nan)
-        whole = np.isfinite(values) & (values == np.floor(values)) & (abs(values) < _EXACT_FLOAT_INT)
-        if whole.all():
+        if _exact_wholes(values):
             return values.astype(np.int64), {}
     text = _text(series)
     missing = text.isin(NA_TOKENS).to_numpy()
@@ -103,7 +107,7 @@ def convert_ids(series: pd.Series, field: str) -> Converted:
         values[~missing] = present.astype(np.int64).to_numpy()
         return values, problems
     numbers = pd.to_numeric(present, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
-    if (np.isfinite(numbers) & (numbers == np.floor(numbers)) & (abs(numbers) < _EXACT_FLOAT_INT)).all():
+    if _exact_wholes(numbers):
         values[~missing] = numbers.astype(np.int64)  # e.g. "3.0", as pandas reads a float column
         return values, problems
     return text.to_numpy(dtype=object), problems
