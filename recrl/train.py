@@ -25,6 +25,7 @@ from recrl.behavior.fidelity import fidelity_report
 from recrl.behavior.fit import TrainingSettings
 from recrl.checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
 from recrl.config import build, build_algo_by_name, validate, without_ensemble
+from recrl.env.pessimism import LoggedPolicyEntropy, Pessimism
 from recrl.env.simulator import RecEnv
 from recrl.evaluate import Evaluation, add_oracle_share
 from recrl.metrics.stats import set_seed
@@ -65,9 +66,27 @@ class Stages:
     def make_env(self, model: Any, pessimistic: bool = False) -> RecEnv:
         """A fresh environment of the configured shape over ``model``; ``env.pessimism`` applies
         only where ``pessimistic`` (training in the learned simulator)."""
-        runtime = {} if pessimistic else {"pessimism": None}
+        runtime: dict[str, Any] = {"pessimism": None}
+        if pessimistic and self.cfg.env.get("pessimism") is not None:
+            runtime["pessimism"] = self.pessimism()
         return build(self.cfg.env)(model=model, reward=self.reward, item_categories=self.item_categories,
                                    device=self.device, **runtime)
+
+    def pessimism(self) -> Pessimism:
+        """``env.pessimism``, its DORL entropy table fitted on the training logs when it has one."""
+        pessimism = build(self.cfg.env.pessimism)
+        if pessimism.entropy_bonus > 0:
+            pessimism.bind(self.logged_entropy)
+        return pessimism
+
+    @functools.cached_property
+    def logged_entropy(self) -> LoggedPolicyEntropy:
+        """The logging policy's category entropy after each recent history (``env.pessimism``'s
+        ``entropy_window`` and ``category_column``), counted on the training logs."""
+        node, inter = self.cfg.env.pessimism, self.splits.interactions
+        categories = item_categories(inter.items, inter.n_items, node.get("category_column"))
+        window = node.get("entropy_window", 1)
+        return LoggedPolicyEntropy.fit(inter.train, categories, window).to(self.device)
 
     def eval_envs(self) -> dict[str, RecEnv]:
         """The training simulator (without pessimism: what it predicts) and, when the data gives
@@ -85,8 +104,8 @@ class Stages:
         """An environment for training: the simulator, with ``env.pessimism``; with
         ``select_on="held_out_member"`` without the ensemble's last member."""
         pessimism = self.cfg.env.get("pessimism")
-        active = pessimism is not None and build(pessimism).active
-        if active and not isinstance(self.behavior, BehaviorEnsemble):
+        needs_ensemble = pessimism is not None and build(pessimism).uses_uncertainty
+        if needs_ensemble and not isinstance(self.behavior, BehaviorEnsemble):
             raise RecrlError("env.pessimism penalises the disagreement of a behavior ensemble; set "
                              "behavior.ensemble=5 (or more than 1), or turn the penalties off")
         model = self.behavior

@@ -1,4 +1,5 @@
-"""Behavior-model ensembles (``behavior.ensemble``) and the simulator's pessimism (``env.pessimism``)."""
+"""Behavior-model ensembles (``behavior.ensemble``) and the simulator's pessimism (``env.pessimism``:
+MOPO, MOReL and DORL's logged-entropy term)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
@@ -21,7 +23,7 @@ from recrl.behavior.gru import GRUBehavior
 from recrl.behavior.mf import MFBehavior
 from recrl.config import CONF_DIR, validate
 from recrl.data.synthetic import SyntheticWorld
-from recrl.env.pessimism import Pessimism
+from recrl.env.pessimism import LoggedPolicyEntropy, Pessimism
 from recrl.env.simulator import RecEnv
 from recrl.evaluate import Evaluation
 from recrl.rewards import ClickReward
@@ -202,6 +204,50 @@ def test_a_halted_user_leaves_the_simulator(logs) -> None:
     assert plain.pessimism is None  # off: the step is the plain one
 
 
+def test_logged_policy_entropy_by_hand() -> None:
+    # items 0, 1: category 0; items 2, 3: category 1; item 4: unknown
+    categories = torch.tensor([0, 0, 1, 1, -1])
+    log = pd.DataFrame({"user": [0, 0, 0, 0, 1, 1, 1], "item": [0, 2, 0, 3, 2, 2, 2]})
+    entropy = LoggedPolicyEntropy.fit(log, categories, window=1, min_count=1)
+    # after category 0 the logs always showed category 1; after category 1: {0, 1, 1};
+    # at a session start: {0, 1}
+    h = float(-(1 / 3 * np.log(1 / 3) + 2 / 3 * np.log(2 / 3)) / np.log(2))
+    assert torch.allclose(entropy.table, torch.tensor([0.0, h, 1.0]))
+    n_items = 5  # id 5: "no item yet"; the unknown item 4 counts as no item
+    recent = torch.tensor([[5, 0], [3, 2], [1, 5], [0, 4]])
+    assert torch.allclose(entropy(recent), torch.tensor([0.0, h, 1.0, 1.0]))
+    # contexts seen fewer than min_count times take the order-0 entropy of all logged categories
+    sparse = LoggedPolicyEntropy.fit(log, categories, window=1, min_count=3)
+    marginal = float(-(2 / 7 * np.log(2 / 7) + 5 / 7 * np.log(5 / 7)) / np.log(2))
+    assert torch.allclose(sparse.table, torch.tensor([marginal, h, marginal]))
+    # window 2: the context is the last two categories; (start, start) -> {0, 1}
+    second = LoggedPolicyEntropy.fit(log, categories, window=2, min_count=1)
+    assert second(torch.tensor([[n_items, n_items]])).item() == pytest.approx(1.0)
+    assert second(torch.tensor([[0, 2]])).item() == pytest.approx(0.0)  # (0, 1) -> {0}
+    with pytest.raises(RecrlError, match="entropy_window"):
+        LoggedPolicyEntropy.fit(log, categories, window=0)
+
+
+def test_dorl_entropy_bonus_needs_no_ensemble(logs) -> None:
+    categories = torch.tensor(logs.items["topic"].to_numpy())
+    entropy = LoggedPolicyEntropy.fit(logs.train, categories, window=1)
+    model = members(1)[0]
+    plain = RecEnv(model, ClickReward(), horizon=5, history_len=2)
+    dorl = RecEnv(model, ClickReward(), horizon=5, history_len=2, pessimism=Pessimism(entropy_bonus=0.5))
+    dorl.pessimism.bind(entropy)
+    slates = torch.randint(0, N_ITEMS, (16, 1), generator=torch.Generator().manual_seed(0))
+    plain.reset(16, seed=3)
+    dorl.reset(16, seed=3)
+    _, reward, _, _ = plain.step(slates)
+    _, bonus_reward, _, _ = dorl.step(slates)
+    start = torch.full((16, 1), N_ITEMS)
+    assert torch.allclose(bonus_reward - reward, 0.5 * entropy(torch.cat([start, slates], 1)))
+    with pytest.raises(RecrlError, match="no logged entropy bound"):
+        Pessimism(entropy_bonus=0.5).apply(reward, response_with(None), slates)
+    with pytest.raises(RecrlError, match="entropy_window"):
+        RecEnv(model, ClickReward(), history_len=2, pessimism=Pessimism(entropy_bonus=0.5, entropy_window=4))
+
+
 # ---------------------------------------------------------------------- CLI
 def run_cli(*args: str, tmp_path: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "RECRL_CACHE_DIR": str(tmp_path / "cache"), "RECRL_DEBUG": ""}
@@ -212,7 +258,7 @@ def run_cli(*args: str, tmp_path: Path) -> subprocess.CompletedProcess:
 def test_cli_trains_in_a_pessimistic_ensemble_simulator(tmp_path: Path) -> None:
     run = tmp_path / "run"
     proc = run_cli("behavior.ensemble=2", "env.pessimism.penalty=1.0", "env.pessimism.halt_threshold=0.5",
-                   f"hydra.run.dir={run}", tmp_path=tmp_path)
+                   "env.pessimism.entropy_bonus=0.3", f"hydra.run.dir={run}", tmp_path=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads((run / "report.json").read_text())
     assert len(report["behavior"]["members"]) == 2

@@ -58,6 +58,11 @@ class RecEnv:
             boredom.bind(item_categories)
         self.rules: list[LeaveRule] = [r for r in (boredom, satisfaction) if r is not None]
         self.pessimism = pessimism if pessimism is not None and pessimism.active else None
+        remembered = (history_len + 1) * slate_size  # the history and this step's slate
+        if self.pessimism is not None and self.pessimism.entropy_bonus > 0 \
+                and self.pessimism.entropy_window > remembered:
+            raise RecrlError(f"env.pessimism.entropy_window={self.pessimism.entropy_window} exceeds the "
+                             f"{remembered} items the environment remembers ((history_len + 1) x slate_size)")
 
     def reset(self, n_users: int, seed: int | None = None) -> Obs:
         """Start ``n_users`` fresh sessions; ``seed`` re-seeds the environment's generator."""
@@ -102,7 +107,10 @@ class RecEnv:
         reward = self.reward(response)
         halted = None
         if self.pessimism is not None:
-            reward, halted = self.pessimism.apply(reward, response)
+            recent = None
+            if self.pessimism.entropy_bonus > 0:
+                recent = torch.cat([self.items.flatten(1), slates], 1)
+            reward, halted = self.pessimism.apply(reward, response, recent)
         reward = reward * live
         left = torch.rand(self.t.shape, device=self.device, generator=self.generator) < response.leave_prob
         if halted is not None:
