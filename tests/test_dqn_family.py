@@ -309,6 +309,14 @@ def test_c51_acts_on_expected_values() -> None:
     q = (probs * torch.linspace(0, 5, 11)).sum(-1)
     torch.testing.assert_close(algo.q_values(obs), q)
     assert torch.equal(algo.act(obs, explore=False), q.topk(K, dim=1).indices)
+    # the cache-friendly expectation, a few users at a time (5 rows in chunks of 2), with and
+    # without the dueling shift
+    for dueling in (True, False):
+        net = DQN(make_ctx(), dim=8, hidden=16, atoms=11, v_min=0.0, v_max=5.0, dueling=dueling).q
+        state = net.encoder(obs)
+        support = torch.linspace(0, 5, 11)
+        torch.testing.assert_close(net.expected(state, support, rows=2),
+                                   net.logits(state).softmax(-1) @ support)
 
 
 def test_bad_options_are_rejected() -> None:

@@ -34,8 +34,9 @@ update (see :class:`recrl.buffer.PrioritizedReplayBuffer`).
 ``z_j = v_min + j * (v_max - v_min) / (atoms - 1)``, with logits built like the Q-values: a linear
 layer maps ``s`` to ``atoms x dim`` and ``logits(s, i)[j] = (W s)_j . E_i + b_{i,j}`` (with
 ``dueling``, ``V(s)[j] + A(s, i)[j] - mean_i A(s, i)[j]``). ``Q(s, i) = sum_j z_j p_j(s, i)`` is
-used for acting and for picking ``a*`` (this materialises ``[B, n_items, atoms]`` logits: ``atoms``
-times the memory of scalar Q-values). The slate's next-state distribution is the mixture of
+used for acting and for picking ``a*`` (:meth:`CategoricalScorer.expected`: ``atoms`` times the
+arithmetic of scalar Q-values, done a few users at a time so the ``[users, atoms, items]``
+logits stay in cache). The slate's next-state distribution is the mixture of
 its items' distributions (its mean is the slate value ``mean_k Q(s', a*_k)`` of the
 decomposition above), projected onto the support::
 
@@ -146,17 +147,47 @@ class CategoricalScorer(nn.Module):
 
     def logits(self, state: Tensor, items: Tensor | None = None) -> Tensor:
         """Logits of all items ``[B, n_items, atoms]``, or of ``items`` ``[B, K]``: ``[B, K, atoms]``."""
-        proj = self.proj(state).view(state.shape[0], self.atoms, self.dim)
-        table = self.item_table()
+        proj, table, shift = self._parts(state)
         if items is None:
             out = torch.einsum("bjd,nd->bnj", proj, table) + self.bias
         else:
             out = torch.einsum("bjd,bkd->bkj", proj, table[items]) + self.bias[items]
+        return out if shift is None else shift[:, None, :] + out
+
+    @torch.no_grad()
+    def expected(self, state: Tensor, support: Tensor, rows: int = 32) -> Tensor:
+        """Expected returns ``sum_j z_j p_j(s, i)`` of every item ``[B, n_items]`` (no gradient).
+
+        Computed ``rows`` users at a time in an ``[users, atoms, items]`` layout, so that the
+        logits, their exponentials and the sums stay in cache: the same numbers as
+        ``logits(state).softmax(-1) @ support``, about twice as fast on a CPU (on a GPU, all
+        users at once)."""
+        proj, table, shift = self._parts(state)
+        if state.is_cuda:
+            rows = state.shape[0]
+        if shift is not None:  # fold the per-atom shift into the product: [W s | shift] . [E_i | 1]
+            proj = torch.cat([proj, shift[:, :, None]], 2)
+            table = torch.cat([table, table.new_ones(table.shape[0], 1)], 1)
+        table_t, bias_t = table.T, self.bias.T
+        out = []
+        for start in range(0, state.shape[0], rows):
+            chunk = proj[start:start + rows]
+            n = chunk.shape[0]
+            logits = torch.baddbmm(bias_t.expand(n, -1, -1), chunk, table_t.expand(n, -1, -1))  # [r, Z, N]
+            weights = logits.sub_(logits.amax(1, keepdim=True)).exp_()
+            out.append((support @ weights).div_(weights.sum(1)))
+        return torch.cat(out)
+
+    def _parts(self, state: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
+        """``W s`` as ``[B, atoms, dim]``, the item table and the dueling shift ``[B, atoms]``
+        (``V(s) - mean_i A(s, i)``; ``None`` without ``dueling``)."""
+        proj = self.proj(state).view(state.shape[0], self.atoms, self.dim)
+        table = self.item_table()
         if self.value is None:
-            return out
+            return proj, table, None
         # mean_i A(s, i) = (W s) . mean_i E_i + mean_i b_i: linear in the item embedding
         mean_adv = proj @ table.mean(0) + self.bias.mean(0)
-        return (self.value(state) - mean_adv)[:, None, :] + out
+        return proj, table, self.value(state) - mean_adv
 
 
 def categorical_projection(probs: Tensor, values: Tensor, v_min: float, v_max: float) -> Tensor:
@@ -253,7 +284,7 @@ class DQN:
             net = self.average.acting()
         if not self.atoms:
             return net(obs)
-        return net(obs).softmax(-1) @ self.support
+        return net.expected(net.encoder(obs), self.support)
 
     def allowed(self, q: Tensor, obs: Obs) -> Tensor:
         """``q`` with the items the policy may not pick set to ``-inf`` (with ``skip_shown``: those
@@ -312,7 +343,7 @@ class DQN:
             if self.double:
                 q_pick = self.q_values(batch.next_obs)
             else:
-                q_pick = self.q_target.logits(target_state).softmax(-1) @ self.support
+                q_pick = self.q_target.expected(target_state, self.support)
             best_next = top_k(self.allowed(q_pick, batch.next_obs), self.ctx.slate_size)
             next_p = self.q_target.logits(target_state, best_next).softmax(-1).mean(1)  # [B, Z] mixture
             discount = self.gamma**self.n_step * (1.0 - batch.done)
