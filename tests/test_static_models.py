@@ -284,6 +284,30 @@ def test_cold_start_through_side_features(name: str) -> None:
     assert bool((same_topic > unrelated.max(1).values).all())
 
 
+def test_gru_without_item_ids_knows_items_by_content() -> None:
+    data = topic_log()
+    model = GRUBehavior(N_ITEMS, dim=16, hidden=16, features=["side"], item_ids=False,
+                        item_features=side_features(data.items, N_ITEMS),
+                        training=TrainingSettings(lr=0.05, epochs=30, patience=30, max_len=LENGTH))
+    model.fit(data)
+    ids = [m.weight for m in model.modules() if isinstance(m, torch.nn.Embedding)]
+    ids += [model.click_head.bias, model.conversion_head.bias, model.rating_head.bias, model.watch_head.bias]
+    assert all(not w.requires_grad and not bool(w.any()) for w in ids)  # never trained, all zero
+    # every head reads content, each through an encoder of its own
+    heads = (model.conversion_head, model.rating_head, model.watch_head)
+    encoders = [model.content] + [h.content for h in heads]
+    assert all(e is not None for e in encoders) and len({id(e) for e in encoders}) == 4
+    # items with the same content (topic i % 5) get the same predictions, whatever their logs
+    scores = model.score_all(model.initial_state(3)).click_prob
+    torch.testing.assert_close(scores[:, 0], scores[:, 5])
+    users = torch.arange(N_USERS)  # and a user's clicked topic still ranks first among unseen items
+    history = Obs(items=(users % 5)[:, None, None], clicks=torch.ones(N_USERS, 1, 1), step=users * 0)
+    unseen = model.score_all(model.encode(history)).click_prob[:, 25:]
+    assert float((unseen.argmax(1) == users % 5).float().mean()) >= 0.8
+    with pytest.raises(RecrlError, match="item_ids=false needs item content"):
+        GRUBehavior(N_ITEMS, item_ids=False)
+
+
 @pytest.mark.parametrize("name", list(MODELS))
 def test_features_need_item_features(name: str) -> None:
     with pytest.raises(RecrlError, match=r"behavior.features=\['side'\] needs item features"):

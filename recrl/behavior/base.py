@@ -112,6 +112,8 @@ class SequenceUserModel(nn.Module, ABC):
     the ``behavior.training`` config node); ``n_users`` is the number of users in the logs.
     """
 
+    item_ids: bool = True  # False: items known by content alone (see freeze_item_ids)
+
     n_items: int
     n_users: int
     training_settings: TrainingSettings
@@ -203,7 +205,8 @@ class SequenceUserModel(nn.Module, ABC):
         """The watch head and the ``watch_known`` flag. Built from a forked random stream so that
         adding it left the initialisation of every other weight unchanged."""
         with torch.random.fork_rng(devices=[]):
-            self.watch_head = BilinearScorer(hidden, nn.Embedding(self.n_items, dim), self.n_items)
+            self.watch_head = BilinearScorer(hidden, nn.Embedding(self.n_items, dim), self.n_items,
+                                             self.head_content(dim))
         self.register_buffer("watch_known", torch.tensor(True))
 
     def _setup(self, n_items: int, n_users: int, training: TrainingSettings | None,
@@ -223,6 +226,31 @@ class SequenceUserModel(nn.Module, ABC):
                              "given (they are built from the dataset's item table at run time)")
         use = item_features is not None and bool(self.features) and content_encoder
         self.content = ItemContentEncoder(item_features, dim) if use else None
+        self._item_features = item_features if use else None
+
+    def head_content(self, dim: int) -> ItemContentEncoder | None:
+        """A content encoder of its own for a response head (``item_ids=false`` models, whose
+        heads know items by content only); ``None`` when items have ids."""
+        if self.item_ids or self._item_features is None:
+            return None
+        return ItemContentEncoder(self._item_features, dim)
+
+    def freeze_item_ids(self) -> None:
+        """Item-id parameters (embedding tables and per-item biases) fixed at zero: items are known
+        by their content alone, so a rarely logged item cannot carry a memorised, lucky estimate."""
+        if self.content is None:
+            raise RecrlError("behavior.item_ids=false needs item content: set behavior.features=[side] "
+                             "(or [auto] with an item table that has usable columns)")
+        for module in self.modules():
+            weights = []
+            if isinstance(module, nn.Embedding) and module.num_embeddings >= self.n_items:
+                weights.append(module.weight)
+            if isinstance(module, BilinearScorer):
+                weights.append(module.bias)
+            for weight in weights:
+                with torch.no_grad():
+                    weight.zero_()
+                weight.requires_grad_(False)
 
     def content_input(self, table: nn.Embedding, items: Tensor) -> Tensor:
         """Input embeddings of ``items`` (``n_items`` = padding, a zero vector) plus their content."""

@@ -42,8 +42,10 @@ class GRUBehavior(SequenceUserModel):
 
     def __init__(self, n_items: int, dim: int = 32, hidden: int = 64,
                  features: Sequence[str] = (), training: TrainingSettings | None = None,
-                 n_users: int = 0, item_features: ItemFeatures | None = None, device: str = "cpu") -> None:
+                 n_users: int = 0, item_features: ItemFeatures | None = None, item_ids: bool = True,
+                 device: str = "cpu") -> None:
         super().__init__()
+        self.item_ids = item_ids
         self._setup(n_items, n_users, training, features, item_features, dim)
         self.hidden = hidden
         self.item_in = self.id_table(n_items + 1, dim, padding_idx=n_items)
@@ -52,11 +54,14 @@ class GRUBehavior(SequenceUserModel):
         self.h0 = nn.Parameter(torch.zeros(hidden))
         self.item_out = self.id_table(n_items, dim)
         self.click_head = BilinearScorer(hidden, self.item_out, n_items, self.content)
-        self.conversion_head = BilinearScorer(hidden, nn.Embedding(n_items, dim), n_items)
-        self.rating_head = BilinearScorer(hidden, nn.Embedding(n_items, dim), n_items)
+        self.conversion_head = BilinearScorer(hidden, nn.Embedding(n_items, dim), n_items,
+                                              self.head_content(dim))
+        self.rating_head = BilinearScorer(hidden, nn.Embedding(n_items, dim), n_items, self.head_content(dim))
         self.leave_head = nn.Sequential(nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, 1))
         self.register_buffer("leave_known", torch.tensor(True))
         self._add_watch_head(hidden, dim)
+        if not item_ids:
+            self.freeze_item_ids()
         self.to(device)
 
     # ------------------------------------------------------------------ recurrent core

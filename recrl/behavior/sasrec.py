@@ -126,8 +126,9 @@ class SASRecBehavior(SequenceUserModel):
     def __init__(self, n_items: int, dim: int = 64, layers: int = 2, heads: int = 2, window: int = 50,
                  dropout: float = 0.2, features: Sequence[str] = (),
                  training: TrainingSettings | None = None, n_users: int = 0,
-                 item_features: ItemFeatures | None = None, device: str = "cpu") -> None:
+                 item_features: ItemFeatures | None = None, item_ids: bool = True, device: str = "cpu") -> None:
         super().__init__()
+        self.item_ids = item_ids
         if heads < 1 or dim % heads or (dim // heads) % 2:
             raise RecrlError(f"behavior.dim={dim} must split into behavior.heads={heads} heads of even size")
         if layers < 1 or window < 1:
@@ -141,14 +142,16 @@ class SASRecBehavior(SequenceUserModel):
         self.blocks = nn.ModuleList(_Block(dim, heads, dropout) for _ in range(layers))
         self.norm = nn.LayerNorm(dim)
         self.click_head = BilinearScorer(dim, self.item_emb, n_items, self.content)
-        self.conversion_head = BilinearScorer(dim, self._table(n_items), n_items)
-        self.rating_head = BilinearScorer(dim, self._table(n_items), n_items)
+        self.conversion_head = BilinearScorer(dim, self._table(n_items), n_items, self.head_content(dim))
+        self.rating_head = BilinearScorer(dim, self._table(n_items), n_items, self.head_content(dim))
         self.leave_head = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), nn.Linear(dim, 1))
         half = dim // heads
         self.register_buffer("inv_freq", 10000.0 ** -(torch.arange(0, half, 2).float() / half),
                              persistent=False)
         self.register_buffer("leave_known", torch.tensor(True))
         self._add_watch_head(dim, dim)
+        if not item_ids:
+            self.freeze_item_ids()
         self.to(device)
 
     def _table(self, rows: int, padding_idx: int | None = None) -> nn.Embedding:
