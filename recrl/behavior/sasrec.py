@@ -126,7 +126,8 @@ class SASRecBehavior(SequenceUserModel):
     def __init__(self, n_items: int, dim: int = 64, layers: int = 2, heads: int = 2, window: int = 50,
                  dropout: float = 0.2, features: Sequence[str] = (),
                  training: TrainingSettings | None = None, n_users: int = 0,
-                 item_features: ItemFeatures | None = None, item_ids: bool = True, device: str = "cpu") -> None:
+                 item_features: ItemFeatures | None = None, item_ids: bool = True,
+                 device: str = "cpu") -> None:
         super().__init__()
         self.item_ids = item_ids
         if heads < 1 or dim % heads or (dim // heads) % 2:
