@@ -296,8 +296,8 @@ def ground_truth_model(cfg: DictConfig, dataset: Any, splits: Splits, device: to
                        data_key: str) -> Any:
     """The evaluation-only user model: the behavior model of a saved run (``eval.ground_truth``),
     the synthetic world's true one, or a behavior model fitted on randomized exposures (e.g.
-    Coat's random test set; always a single model, also with ``behavior.ensemble > 1``);
-    ``None`` otherwise."""
+    Coat's random test set; always a single model with item ids, also with ``behavior.ensemble
+    > 1`` or ``behavior.item_ids=false``); ``None`` otherwise."""
     if cfg.eval.get("ground_truth"):
         return behavior_from_checkpoint(cfg.eval.ground_truth, splits.interactions, device)
     if hasattr(dataset, "ground_truth"):
@@ -305,18 +305,21 @@ def ground_truth_model(cfg: DictConfig, dataset: Any, splits: Splits, device: to
     if splits.ground_truth is None:
         return None
     check_reward_data(cfg, build(cfg.reward), splits.ground_truth, "ground-truth log")
-    single = single_model(cfg)  # the yardstick stays one model whatever the simulator is
-    model = build_behavior(single, splits.ground_truth, device)
-    fit_behavior(single, model, splits.ground_truth, data_key, role="ground_truth")
+    yardstick = yardstick_model(cfg)  # the ground truth stays the same whatever the simulator is
+    model = build_behavior(yardstick, splits.ground_truth, device)
+    fit_behavior(yardstick, model, splits.ground_truth, data_key, role="ground_truth")
     return model
 
 
-def single_model(cfg: DictConfig) -> DictConfig:
-    """``cfg`` with ``behavior.ensemble=1``."""
-    single = cfg.copy()
-    with open_dict(single):
-        single.behavior.ensemble = 1
-    return single
+def yardstick_model(cfg: DictConfig) -> DictConfig:
+    """``cfg`` with the behavior model's simulator-only options at their defaults
+    (``behavior.ensemble=1``, ``behavior.item_ids=true``), for a ground truth fitted from data."""
+    yardstick = cfg.copy()
+    with open_dict(yardstick):
+        yardstick.behavior.ensemble = 1
+        if "item_ids" in yardstick.behavior:
+            yardstick.behavior.item_ids = True
+    return yardstick
 
 
 def behavior_from_checkpoint(where: str, interactions: Interactions, device: torch.device) -> Any:

@@ -27,7 +27,7 @@ from recrl.env.pessimism import LoggedPolicyEntropy, Pessimism
 from recrl.env.simulator import RecEnv
 from recrl.evaluate import Evaluation
 from recrl.rewards import ClickReward
-from recrl.train import build_stages
+from recrl.train import build_stages, yardstick_model
 from recrl.types import Obs, RecrlError, Response
 
 N_ITEMS, HIDDEN = 30, 16
@@ -246,6 +246,15 @@ def test_dorl_entropy_bonus_needs_no_ensemble(logs) -> None:
         Pessimism(entropy_bonus=0.5).apply(reward, response_with(None), slates)
     with pytest.raises(RecrlError, match="entropy_window"):
         RecEnv(model, ClickReward(), history_len=2, pessimism=Pessimism(entropy_bonus=0.5, entropy_window=4))
+
+
+def test_a_fitted_ground_truth_ignores_the_simulator_options() -> None:
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=["behavior.ensemble=5", "behavior.item_ids=false"])
+    yardstick = yardstick_model(cfg)
+    assert yardstick.behavior.ensemble == 1 and yardstick.behavior.item_ids is True
+    assert cfg.behavior.ensemble == 5 and cfg.behavior.item_ids is False  # the run's own config untouched
+    assert yardstick.behavior.features == cfg.behavior.features
 
 
 # ---------------------------------------------------------------------- CLI
