@@ -82,31 +82,39 @@ class Evaluation:
         return run_episodes(policy, env, self.episodes, self.seed, self.batch_size, categories).summary()
 
 
-def evaluate(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
-    """Rebuild a run from its checkpoint's saved config and evaluate it again.
-
-    With the same seed and device the numbers equal the run's own final evaluation.
-    """
+def restore_run(checkpoint: str | Path, device: str | None = None) -> tuple[Any, Any, dict[str, Any], Path]:
+    """A run's stages and trained policy rebuilt from its checkpoint (a run folder or ``.pt``):
+    ``(stages, algo, payload, path)``. ``device``: where to rebuild (``None``: the run's own,
+    falling back to ``auto`` when it was a GPU)."""
     from recrl.train import build_stages, gym_stages, is_gym  # train imports this module
 
-    start = time.perf_counter()
-    path = resolve_checkpoint(cfg.checkpoint)
+    path = resolve_checkpoint(checkpoint)
     payload = load_checkpoint(path)
     saved = OmegaConf.create(payload["config"])
-    if cfg.get("device"):
-        saved.trainer.device = cfg.device
+    if device:
+        saved.trainer.device = device
     elif saved.trainer.device.startswith("cuda"):
         saved.trainer.device = "auto"
     validate(saved)
-    device = resolve_device(saved.trainer.device)
-    stages = (gym_stages(saved, device) if is_gym(saved)
-              else build_stages(saved, device, behavior_state=payload["behavior"]))
+    run_device = resolve_device(saved.trainer.device)
+    stages = (gym_stages(saved, run_device) if is_gym(saved)
+              else build_stages(saved, run_device, behavior_state=payload["behavior"]))
     algo = stages.build_algo(saved.algo)
     try:
         algo.load_state_dict(payload["algo"])
     except (RuntimeError, KeyError, ValueError) as err:
         first = str(err).strip().splitlines()[0]
         raise RecrlError(f"checkpoint {path} does not fit its config's algorithm: {first}") from err
+    return stages, algo, payload, path
+
+
+def evaluate(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    """Rebuild a run from its checkpoint's saved config and evaluate it again.
+
+    With the same seed and device the numbers equal the run's own final evaluation.
+    """
+    start = time.perf_counter()
+    stages, algo, payload, path = restore_run(cfg.checkpoint, cfg.get("device"))
     report = stages.report(algo, payload["algo_name"], run_dir)
     report.update(task="eval", checkpoint=str(path), source_run=str(payload.get("run_dir", "")),
                   checkpoint_step=int(payload["step"]))

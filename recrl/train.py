@@ -66,27 +66,25 @@ class Stages:
     def make_env(self, model: Any, pessimistic: bool = False) -> RecEnv:
         """A fresh environment of the configured shape over ``model``; ``env.pessimism`` applies
         only where ``pessimistic`` (training in the learned simulator)."""
-        runtime: dict[str, Any] = {"pessimism": None}
-        if pessimistic and self.cfg.env.get("pessimism") is not None:
-            runtime["pessimism"] = self.pessimism()
+        pessimism = self.pessimism if pessimistic else None
         return build(self.cfg.env)(model=model, reward=self.reward, item_categories=self.item_categories,
-                                   device=self.device, **runtime)
-
-    def pessimism(self) -> Pessimism:
-        """``env.pessimism``, its DORL entropy table fitted on the training logs when it has one."""
-        pessimism = build(self.cfg.env.pessimism)
-        if pessimism.entropy_bonus > 0:
-            pessimism.bind(self.logged_entropy)
-        return pessimism
+                                   device=self.device, pessimism=pessimism)
 
     @functools.cached_property
-    def logged_entropy(self) -> LoggedPolicyEntropy:
-        """The logging policy's category entropy after each recent history (``env.pessimism``'s
-        ``entropy_window`` and ``category_column``), counted on the training logs."""
-        node, inter = self.cfg.env.pessimism, self.splits.interactions
-        categories = item_categories(inter.items, inter.n_items, node.get("category_column"))
-        window = node.get("entropy_window", 1)
-        return LoggedPolicyEntropy.fit(inter.train, categories, window).to(self.device)
+    def pessimism(self) -> Pessimism | None:
+        """``env.pessimism`` (``None`` without the node), with its DORL entropy table counted on
+        the training logs when it has that term; it holds no per-episode state, so training
+        environments share it."""
+        node = self.cfg.env.get("pessimism")
+        if node is None:
+            return None
+        pessimism = build(node)
+        if pessimism.entropy_bonus > 0:
+            inter = self.splits.interactions
+            categories = item_categories(inter.items, inter.n_items, pessimism.category_column)
+            pessimism.bind(LoggedPolicyEntropy.fit(inter.train, categories, pessimism.entropy_window)
+                           .to(self.device))
+        return pessimism
 
     def eval_envs(self) -> dict[str, RecEnv]:
         """The training simulator (without pessimism: what it predicts) and, when the data gives
@@ -103,8 +101,7 @@ class Stages:
     def training_env(self, select_on: str = "simulator") -> RecEnv:
         """An environment for training: the simulator, with ``env.pessimism``; with
         ``select_on="held_out_member"`` without the ensemble's last member."""
-        pessimism = self.cfg.env.get("pessimism")
-        needs_ensemble = pessimism is not None and build(pessimism).uses_uncertainty
+        needs_ensemble = self.pessimism is not None and self.pessimism.uses_uncertainty
         if needs_ensemble and not isinstance(self.behavior, BehaviorEnsemble):
             raise RecrlError("env.pessimism penalises the disagreement of a behavior ensemble; set "
                              "behavior.ensemble=5 (or more than 1), or turn the penalties off")

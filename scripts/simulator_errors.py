@@ -31,69 +31,66 @@ from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import OmegaConf
 from rich.console import Console
 from rich.table import Table
 
-from recrl.checkpoint import load_checkpoint
+from recrl.evaluate import restore_run
 from recrl.report import write_text_atomic
-from recrl.train import Stages, build_stages
+from recrl.train import Stages
 from recrl.types import RecrlError
 
 
 def rebuild(checkpoint: str) -> tuple[Stages, Any]:
     """The run's stages (data, simulator, ground truth) and its policy, on the CPU."""
-    payload = load_checkpoint(checkpoint)
-    saved = OmegaConf.create(payload["config"])
-    saved.trainer.device = "cpu"
-    stages = build_stages(saved, torch.device("cpu"), behavior_state=payload["behavior"])
-    if stages.ground_truth is None:
+    stages, algo, _, _ = restore_run(checkpoint, device="cpu")
+    if getattr(stages, "ground_truth", None) is None:
         raise RecrlError(f"{checkpoint}: the run's dataset has no ground truth to compare with")
-    algo = stages.build_algo(saved.algo)
-    algo.load_state_dict(payload["algo"])
     return stages, algo
 
 
 @torch.no_grad()
 def replay(stages: Stages, algo: Any, users: int, seed: int) -> dict[str, Any]:
-    """Per-item and per-step figures of the policy in the ground truth (and the simulator)."""
-    env = stages.eval_envs()["ground_truth"]
-    obs = env.reset(users, seed=seed)
+    """Per-item and per-step figures of the policy in the ground truth (and the simulator).
+    Everything accumulates on the device; the per-step figures come to the host once."""
+    envs = stages.eval_envs()
+    truth, simulator = envs["ground_truth"], envs["simulator"]
     n_items = stages.ctx.n_items
     served, predicted, true = (torch.zeros(n_items, dtype=torch.float64) for _ in range(3))
-    steps: list[dict[str, float]] = []
-    for _ in range(env.horizon):
-        alive = env.alive.clone()
-        if not bool(alive.any()):
-            break
+    per_step = []  # [users alive, shown, true clicks, predicted clicks, simulator's own clicks and shown]
+    obs, sim_obs = truth.reset(users, seed=seed), simulator.reset(users, seed=seed)
+    for _ in range(truth.horizon):
+        alive, sim_alive = truth.alive.clone(), simulator.alive.clone()
         slates = algo.act(obs, explore=False)
         prediction = torch.sigmoid(stages.behavior.predict(stages.behavior.encode(obs), slates).click_logit)
-        obs, _, _, info = env.step(slates)
+        obs, _, _, info = truth.step(slates)
         weight = alive[:, None].expand_as(slates).double()
+        shown_true, shown_predicted = info.response.click_prob.double() * weight, prediction.double() * weight
         served.index_add_(0, slates.flatten(), weight.flatten())
-        predicted.index_add_(0, slates.flatten(), (prediction.double() * weight).flatten())
-        true.index_add_(0, slates.flatten(), (info.response.click_prob.double() * weight).flatten())
-        shown = float(weight.sum())
-        steps.append({"users": int(alive.sum()),
-                      "true_ctr": float((info.response.click_prob.double() * weight).sum()) / shown,
-                      "predicted_ctr": float((prediction.double() * weight).sum()) / shown})
-    simulator = stages.eval_envs()["simulator"]
-    obs = simulator.reset(users, seed=seed)
-    for step in steps:
-        alive = simulator.alive.clone()
-        obs, _, _, info = simulator.step(algo.act(obs, explore=False))
-        weight = alive[:, None].expand_as(info.response.click_prob).double()
-        clicks = float((info.response.click_prob.double() * weight).sum())
-        step["simulator_ctr"] = clicks / max(float(weight.sum()), 1.0)
+        predicted.index_add_(0, slates.flatten(), shown_predicted.flatten())
+        true.index_add_(0, slates.flatten(), shown_true.flatten())
+        sim_obs, _, _, sim_info = simulator.step(algo.act(sim_obs, explore=False))
+        sim_weight = sim_alive[:, None].expand_as(sim_info.response.click_prob).double()
+        sim_clicks = (sim_info.response.click_prob.double() * sim_weight).sum()
+        per_step.append(torch.stack([alive.sum().double(), weight.sum(), shown_true.sum(),
+                                     shown_predicted.sum(), sim_clicks, sim_weight.sum()]))
+    steps = [{"users": int(n), "true_ctr": float(t / shown), "predicted_ctr": float(q / shown),
+              "simulator_ctr": float(c / max(float(sim_shown), 1.0))}
+             for n, shown, t, q, c, sim_shown in torch.stack(per_step).tolist() if n > 0]
     return {"served": served, "predicted": predicted, "true": true, "steps": steps}
 
 
-def item_rows(stages: Stages, figures: dict[str, Any], top: int) -> list[dict[str, Any]]:
-    """The ``top`` most served items with their logged, predicted and true click rates."""
+def logged_impressions(stages: Stages) -> tuple[np.ndarray, np.ndarray]:
+    """Rows and clicks per item in the training logs (each ``[n_items]``)."""
     log = stages.splits.interactions.train
+    items = log["item"].to_numpy()
     n_items = stages.ctx.n_items
-    impressions = np.bincount(log["item"].to_numpy(), minlength=n_items)
-    clicks = np.bincount(log["item"].to_numpy(), weights=log["click"].to_numpy(), minlength=n_items)
+    return (np.bincount(items, minlength=n_items),
+            np.bincount(items, weights=log["click"].to_numpy(), minlength=n_items))
+
+
+def item_rows(figures: dict[str, Any], impressions: np.ndarray, clicks: np.ndarray,
+              top: int) -> list[dict[str, Any]]:
+    """The ``top`` most served items with their logged, predicted and true click rates."""
     served = figures["served"]
     rows = []
     for item in torch.argsort(served, descending=True)[:top].tolist():
@@ -145,9 +142,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     seed = int(stages.cfg.eval.seed)
     figures = replay(stages, algo, args.users, seed)
-    rows = item_rows(stages, figures, args.items)
-    log_items = stages.splits.interactions.train["item"].to_numpy()
-    median = float(np.median(np.bincount(log_items, minlength=stages.ctx.n_items)))
+    impressions, clicks = logged_impressions(stages)
+    rows = item_rows(figures, impressions, clicks, args.items)
+    median = float(np.median(impressions))
     print_tables(rows, figures["steps"], median)
     result = {"facts": {"checkpoint": str(args.checkpoint), "users": args.users, "seed": seed,
                         "torch": torch.__version__, "cpu": platform.processor() or platform.machine(),

@@ -112,8 +112,6 @@ class SequenceUserModel(nn.Module, ABC):
     the ``behavior.training`` config node); ``n_users`` is the number of users in the logs.
     """
 
-    item_ids: bool = True  # False: items known by content alone (see freeze_item_ids)
-
     n_items: int
     n_users: int
     training_settings: TrainingSettings
@@ -211,10 +209,11 @@ class SequenceUserModel(nn.Module, ABC):
 
     def _setup(self, n_items: int, n_users: int, training: TrainingSettings | None,
                features: Sequence[str] = (), item_features: ItemFeatures | None = None,
-               dim: int = 0, content_encoder: bool = True) -> None:
+               dim: int = 0, content_encoder: bool = True, item_ids: bool = True) -> None:
         """Store the sizes and training settings, seed the weight initialisation and build the
         item content encoder (``self.content``: ``None`` without ``features``, or when the model
-        feeds content its own way, ``content_encoder=False``)."""
+        feeds content its own way, ``content_encoder=False``). ``item_ids=False``: the model will
+        know items by content alone (:meth:`head_content`, :meth:`freeze_item_ids`)."""
         self.n_items, self.n_users = n_items, n_users
         self.training_settings = training or TrainingSettings()
         torch.manual_seed(self.training_settings.seed)
@@ -226,21 +225,19 @@ class SequenceUserModel(nn.Module, ABC):
                              "given (they are built from the dataset's item table at run time)")
         use = item_features is not None and bool(self.features) and content_encoder
         self.content = ItemContentEncoder(item_features, dim) if use else None
-        self._item_features = item_features if use else None
+        if not item_ids and self.content is None:
+            raise RecrlError("behavior.item_ids=false needs item content: set behavior.features=[side] "
+                             "(or [auto] with an item table that has usable columns)")
+        self._head_features = None if item_ids else item_features
 
     def head_content(self, dim: int) -> ItemContentEncoder | None:
         """A content encoder of its own for a response head (``item_ids=false`` models, whose
         heads know items by content only); ``None`` when items have ids."""
-        if self.item_ids or self._item_features is None:
-            return None
-        return ItemContentEncoder(self._item_features, dim)
+        return None if self._head_features is None else ItemContentEncoder(self._head_features, dim)
 
     def freeze_item_ids(self) -> None:
         """Item-id parameters (embedding tables and per-item biases) fixed at zero: items are known
         by their content alone, so a rarely logged item cannot carry a memorised, lucky estimate."""
-        if self.content is None:
-            raise RecrlError("behavior.item_ids=false needs item content: set behavior.features=[side] "
-                             "(or [auto] with an item table that has usable columns)")
         for module in self.modules():
             weights = []
             if isinstance(module, nn.Embedding) and module.num_embeddings >= self.n_items:

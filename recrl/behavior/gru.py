@@ -45,8 +45,7 @@ class GRUBehavior(SequenceUserModel):
                  n_users: int = 0, item_features: ItemFeatures | None = None, item_ids: bool = True,
                  device: str = "cpu") -> None:
         super().__init__()
-        self.item_ids = item_ids
-        self._setup(n_items, n_users, training, features, item_features, dim)
+        self._setup(n_items, n_users, training, features, item_features, dim, item_ids=item_ids)
         self.hidden = hidden
         self.item_in = self.id_table(n_items + 1, dim, padding_idx=n_items)
         self.event = nn.Linear(2 * dim + 2, hidden)

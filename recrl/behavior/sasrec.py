@@ -129,12 +129,11 @@ class SASRecBehavior(SequenceUserModel):
                  item_features: ItemFeatures | None = None, item_ids: bool = True,
                  device: str = "cpu") -> None:
         super().__init__()
-        self.item_ids = item_ids
         if heads < 1 or dim % heads or (dim // heads) % 2:
             raise RecrlError(f"behavior.dim={dim} must split into behavior.heads={heads} heads of even size")
         if layers < 1 or window < 1:
             raise RecrlError("behavior.layers and behavior.window must be >= 1")
-        self._setup(n_items, n_users, training, features, item_features, dim)
+        self._setup(n_items, n_users, training, features, item_features, dim, item_ids=item_ids)
         self.dim, self.layers, self.heads = dim, layers, heads
         self.window, self.dropout = window + 1, dropout
         self.item_emb = self.id_table(n_items + 1, dim, padding_idx=n_items, std=dim ** -0.5)

@@ -73,8 +73,9 @@ class LoggedPolicyEntropy:
         if n_contexts > 10_000_000:
             raise RecrlError(f"env.pessimism.entropy_window={window} gives {n_contexts} contexts for "
                              f"{n_categories} categories; use a smaller window")
-        codes = categories.cpu().numpy()[log["item"].to_numpy()]
-        codes = np.where(codes < 0, pad, codes)
+        known_codes = categories.cpu().numpy()
+        item_codes = np.append(np.where(known_codes < 0, pad, known_codes), pad)  # id n_items: no item
+        codes = item_codes[log["item"].to_numpy()]
         users = log["user"].to_numpy()
         context = np.zeros(len(codes), dtype=np.int64)
         for lag in range(1, window + 1):  # context digit `lag`: the category `lag` rows back
@@ -86,13 +87,9 @@ class LoggedPolicyEntropy:
         known = codes != pad
         counts = np.bincount(context[known] * n_categories + codes[known],
                              minlength=n_contexts * n_categories).reshape(n_contexts, n_categories)
-        table = torch.tensor(_normalised_entropy(counts), dtype=torch.float32)
-        seen = torch.tensor(counts.sum(1) >= min_count)
-        marginal = float(_normalised_entropy(counts.sum(0, keepdims=True))[0])
-        table = torch.where(seen, table, torch.full_like(table, marginal))
-        item_codes = torch.tensor(np.append(np.where(categories.cpu().numpy() < 0, pad,
-                                                     categories.cpu().numpy()), pad))
-        return cls(table, item_codes, n_categories, window)
+        marginal = _normalised_entropy(counts.sum(0, keepdims=True))[0]
+        table = np.where(counts.sum(1) >= min_count, _normalised_entropy(counts), marginal)
+        return cls(torch.tensor(table, dtype=torch.float32), torch.tensor(item_codes), n_categories, window)
 
     def to(self, device: torch.device | str) -> LoggedPolicyEntropy:
         """This table on ``device``."""
