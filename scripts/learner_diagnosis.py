@@ -6,7 +6,11 @@ On the synthetic world, trains the run's algorithm (``algo=...``, its config and
 - ``history``: the normal observation, the last ``L`` slates and their clicks;
 - ``true_state``: the same observation plus each user's true latent state (topic interest,
   satisfaction, topic boredom; ``--state-parts`` keeps some of them) as
-  :attr:`recrl.types.Obs.features`, which no deployed recommender has.
+  :attr:`recrl.types.Obs.features`, which no deployed recommender has;
+- ``topic_profile`` (with ``--variants``): the same observation plus a hand-made summary of it,
+  the user's clicked topics (counts, unit norm) and shown topics (counts decayed at the world's
+  boredom decay): what a learner could read of interest and boredom from the history, spelled
+  out, so a gain over ``history`` means the learner fails to encode its history.
 
 Both are scored in the ground truth on the evaluation users (``eval.seed``, ``eval.episodes``)
 next to the oracle. A learner that gains a lot from the true state is limited by inferring the
@@ -19,6 +23,7 @@ clicks per step and the session length. Prints both tables and writes JSON.
     python scripts/learner_diagnosis.py --seeds 0 1 2 -- algo=dqn
     python scripts/learner_diagnosis.py --out diagnosis_ppo.json -- algo=ppo
     python scripts/learner_diagnosis.py --seeds 0 --state-parts interest -- algo=dqn
+    python scripts/learner_diagnosis.py --seeds 0 1 --variants history topic_profile -- algo=dqn
 """
 
 from __future__ import annotations
@@ -52,7 +57,7 @@ from recrl.report import write_text_atomic
 from recrl.train import Stages, build_stages, oracle_summary, train_in_ground_truth
 from recrl.types import Obs, StepInfo
 
-VARIANTS = ("history", "true_state")
+VARIANTS = ("history", "true_state", "topic_profile")
 STATE_PARTS = ("interest", "satisfaction", "boredom")
 
 
@@ -97,6 +102,34 @@ class TrueStateEnv:
         return self._with_state(obs), reward, done, info
 
 
+class TopicProfileEnv(TrueStateEnv):
+    """A synthetic-world :class:`RecEnv` whose observations also carry a topic profile of the
+    observed history: ``obs.features`` ``[B, 2 T]`` = the clicked items' topic counts scaled to
+    unit norm (zero before a click), then the shown items' topic counts decayed by the world's
+    boredom decay per step back (the world's boredom if the history reaches back far enough)."""
+
+    def __init__(self, env: RecEnv, world: SyntheticWorld) -> None:
+        object.__setattr__(self, "env", env)
+        object.__setattr__(self, "world", world)
+        object.__setattr__(self, "obs_features", 2 * world.n_topics)
+
+    def _with_state(self, obs: Obs) -> Obs:
+        return dataclasses.replace(obs, features=topic_profile(obs, self.world))
+
+
+def topic_profile(obs: Obs, world: SyntheticWorld) -> Tensor:
+    """The :class:`TopicProfileEnv` features ``[B, 2 T]`` of ``obs`` (padding slots count nothing)."""
+    b, steps = obs.batch_size, obs.items.shape[1]
+    topics = torch.cat([world.topic, world.topic.new_zeros(1)])[obs.items]          # [B, L, K]
+    real = (obs.items < world.n_items).to(torch.float32)
+    onehot = torch.nn.functional.one_hot(topics, world.n_topics).float() * real.unsqueeze(-1)
+    clicked = (onehot * obs.clicks.unsqueeze(-1)).sum((1, 2))
+    ages = torch.arange(steps - 1, -1, -1, device=obs.items.device, dtype=torch.float32)  # oldest first
+    weights = (world.boredom_decay ** ages).view(1, steps, 1, 1)
+    shown = (onehot * weights).sum((1, 2))
+    return torch.cat([clicked / clicked.norm(dim=1, keepdim=True).clamp(min=1.0), shown], 1).reshape(b, -1)
+
+
 @torch.no_grad()
 def served_profile(policy: Any, env: Any, world: SyntheticWorld, episodes: int,
                    seed: int) -> dict[str, float]:
@@ -124,10 +157,15 @@ class TrueStateStages(Stages):
     """The run's stages, except that every environment observes the true state's ``parts``."""
 
     parts: Sequence[str] = STATE_PARTS
+    variant: str = "true_state"
 
     def make_env(self, model: Any, pessimistic: bool = False) -> TrueStateEnv:
-        """A :class:`TrueStateEnv` over the configured environment."""
-        return TrueStateEnv(super().make_env(model, pessimistic), model, self.parts)
+        """A :class:`TrueStateEnv` (or, for ``topic_profile``, a :class:`TopicProfileEnv`) over the
+        configured environment."""
+        env = super().make_env(model, pessimistic)
+        if self.variant == "topic_profile":
+            return TopicProfileEnv(env, model)
+        return TrueStateEnv(env, model, self.parts)
 
 
 def train_variant(cfg: Any, stages: Stages, variant: str, seed: int,
@@ -138,9 +176,11 @@ def train_variant(cfg: Any, stages: Stages, variant: str, seed: int,
     if variant == "history":
         run = dataclasses.replace(stages, ctx=ctx)
     else:
-        width = int(state_columns(stages.ground_truth, parts).numel())
+        world = stages.ground_truth
+        width = 2 * world.n_topics if variant == "topic_profile" else int(state_columns(world, parts).numel())
         fields = {f.name: getattr(stages, f.name) for f in dataclasses.fields(Stages)}
-        run = TrueStateStages(**{**fields, "ctx": dataclasses.replace(ctx, obs_features=width)}, parts=parts)
+        run = TrueStateStages(**{**fields, "ctx": dataclasses.replace(ctx, obs_features=width)}, parts=parts,
+                              variant=variant)
     set_seed(seed)
     seeded = OmegaConf.merge(cfg, {"seed": seed})
     algo = train_in_ground_truth(seeded, run, build(cfg.trainer), build(cfg.eval))
@@ -156,6 +196,8 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=Path("learner_diagnosis.json"))
     parser.add_argument("--state-parts", nargs="+", choices=STATE_PARTS, default=list(STATE_PARTS),
                         help="which parts of the true state the true_state variant observes")
+    parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=["history", "true_state"],
+                        help="observations to train with (topic_profile: the history's topic summary)")
     parser.add_argument("overrides", nargs="*", help="recrl train overrides after --")
     return parser.parse_args()
 
@@ -173,11 +215,12 @@ def main() -> None:
     oracle_env = stages.make_env(stages.ground_truth)
     oracle = float(oracle_summary(cfg, stages, oracle_env, evaluation)["return"]["mean"])
     world = stages.ground_truth
-    returns: dict[str, list[float]] = {v: [] for v in VARIANTS}
-    seconds: dict[str, list[float]] = {v: [] for v in VARIANTS}
-    profiles: dict[str, list[dict[str, float]]] = {v: [] for v in VARIANTS}
+    variants = list(dict.fromkeys(args.variants))
+    returns: dict[str, list[float]] = {v: [] for v in variants}
+    seconds: dict[str, list[float]] = {v: [] for v in variants}
+    profiles: dict[str, list[dict[str, float]]] = {v: [] for v in variants}
     for seed in args.seeds:
-        for variant in VARIANTS:
+        for variant in variants:
             start = time.perf_counter()
             algo, env = train_variant(cfg, stages, variant, seed, args.state_parts)
             seconds[variant].append(time.perf_counter() - start)
@@ -191,7 +234,7 @@ def main() -> None:
                         f"oracle {oracle:.3f} ({evaluation.episodes} users, eval.seed={evaluation.seed})")
     for column in ("observation", "return (mean ± 95% CI over seeds)", "share of oracle", "per seed"):
         table.add_column(column, justify="left" if column == "observation" else "right")
-    for variant in VARIANTS:
+    for variant in variants:
         mean, half = mean_ci(returns[variant])
         rows[variant] = {"return": mean, "ci95": None if math.isnan(half) else half,
                          "oracle_share": mean / oracle, "per_seed": returns[variant],

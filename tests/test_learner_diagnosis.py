@@ -13,6 +13,7 @@ from recrl.algos.random import RandomPolicy
 from recrl.data.synthetic import SyntheticWorld
 from recrl.env.simulator import RecEnv
 from recrl.rewards import ClickReward
+from recrl.types import Obs
 
 
 def test_true_state_env_observes_the_worlds_state_after_every_step() -> None:
@@ -45,20 +46,41 @@ def test_true_state_env_keeps_only_the_chosen_parts() -> None:
     assert torch.equal(obs.features, inner.state[:, 3:])
 
 
+def test_topic_profile_by_hand() -> None:
+    diagnosis = load_script("learner_diagnosis")
+    world = SyntheticWorld(n_items=30, n_users=10, n_topics=3, horizon=5, seed=1, boredom_decay=0.5)
+    a, b = (int(torch.nonzero(world.topic == t)[0]) for t in (0, 2))  # an item of topic 0, one of topic 2
+    pad = world.n_items
+    # history oldest first: padding, a (clicked), b, a (clicked)
+    obs = Obs(items=torch.tensor([[[pad], [a], [b], [a]]]),
+              clicks=torch.tensor([[[0.0], [1.0], [0.0], [1.0]]]),
+              step=torch.tensor([3]))
+    features = diagnosis.topic_profile(obs, world)
+    clicked = torch.tensor([2.0, 0.0, 0.0]) / 2.0                      # two clicks on topic 0, unit norm
+    shown = torch.tensor([0.25 + 1.0, 0.0, 0.5])                        # decayed 0.5 per step back
+    torch.testing.assert_close(features, torch.cat([clicked, shown])[None])
+    inner = RecEnv(world, ClickReward(), horizon=5, slate_size=1, history_len=4)
+    env = diagnosis.TopicProfileEnv(inner, world)
+    assert env.obs_features == 6
+    first = env.reset(2, seed=0)
+    assert torch.equal(first.features, torch.zeros(2, 6))              # nothing observed yet
+
+
 def test_script_trains_both_observations_and_writes_json(tmp_path, monkeypatch) -> None:
     out = tmp_path / "diagnosis.json"
     monkeypatch.setenv("RECRL_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setattr(sys, "argv", ["learner_diagnosis.py", "--seeds", "0", "1", "--out", str(out), "--",
+    monkeypatch.setattr(sys, "argv", ["learner_diagnosis.py", "--seeds", "0", "1", "--out", str(out),
+                                      "--variants", "history", "true_state", "topic_profile", "--",
                                       "experiment=smoke", "algo=dqn", "trainer.steps=20", "eval.episodes=16"])
     runpy.run_path(str(SCRIPTS / "learner_diagnosis.py"), run_name="__main__")
     data = json.loads(out.read_text())
-    assert set(data["rows"]) == {"history", "true_state", "oracle"}
+    assert set(data["rows"]) == {"history", "true_state", "topic_profile", "oracle"}
     oracle = data["facts"]["oracle"]
-    for name in ("history", "true_state", "oracle"):
+    for name in ("history", "true_state", "topic_profile", "oracle"):
         served = data["rows"][name]["served"]
         assert -1.0 <= served["affinity"] <= 1.0 and 0.0 <= served["clickbait"] <= 1.0
         assert 0.0 < served["length"] <= 10  # experiment=smoke: horizon 10
-    for name in ("history", "true_state"):
+    for name in ("history", "true_state", "topic_profile"):
         row = data["rows"][name]
         assert len(row["per_seed"]) == 2 and row["ci95"] is not None
         assert abs(row["oracle_share"] - row["return"] / oracle) < 1e-9

@@ -142,6 +142,11 @@ class SequenceUserModel(nn.Module, ABC):
         """The vector the heads read (the state itself unless a model packs more into it)."""
         return state
 
+    def click_logit(self, state: Tensor, h: Tensor, items: Tensor | None = None) -> Tensor:
+        """Click utilities ``[B, K]`` (or ``[B, n_items]``) in ``state``, whose head input is
+        ``h``: the click head's, unless a model adds terms that read the rest of the state."""
+        return self.click_head(h, items)
+
     # ------------------------------------------------------------------ shared
     @property
     def device(self) -> torch.device:
@@ -159,7 +164,7 @@ class SequenceUserModel(nn.Module, ABC):
     def predict(self, state: Tensor, items: Tensor | None = None) -> Predictions:
         """What the heads predict in ``state`` for ``items`` ``[B, K]`` (every item when ``None``)."""
         h = self.output(state)
-        return Predictions(click_logit=self.click_head(h, items),
+        return Predictions(click_logit=self.click_logit(state, h, items),
                            conversion_prob=torch.sigmoid(self.conversion_head(h, items)),
                            rating=1.0 + 4.0 * torch.sigmoid(self.rating_head(h, items)),
                            watch=self.watch(h, items))

@@ -8,6 +8,7 @@ and the response then update ``h`` through a GRU cell, and a leave head reads th
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -16,7 +17,8 @@ from torch import Tensor, nn
 
 from recrl.behavior.base import BilinearScorer, SequenceUserModel
 from recrl.behavior.features import ItemFeatures
-from recrl.behavior.fit import SessionTensors, TrainingSettings
+from recrl.behavior.fit import FitReport, SessionTensors, TrainingSettings, training_tensors
+from recrl.types import Interactions, RecrlError
 
 
 def gru_cell(cell: nn.GRUCell, x: Tensor, h: Tensor) -> Tensor:
@@ -27,6 +29,98 @@ def gru_cell(cell: nn.GRUCell, x: Tensor, h: Tensor) -> Tensor:
     reset, update = torch.sigmoid(r_x + r_h), torch.sigmoid(z_x + z_h)
     candidate = torch.tanh(n_x + reset * n_h)
     return candidate + update * (h - candidate)
+
+
+class AttributeRecency(nn.Module):
+    """A user's decayed exposure to the item attributes shown so far, as a click-utility term.
+
+    ``r_{t+1} = d * r_t + sum over the slate of tokens[item]`` (``tokens``: the item table's
+    categorical attributes, multi-hot ``[n_items, C]``) and the term added to item ``i``'s click
+    utility is ``w * <tokens[i], r>``. The decay ``d`` (a sigmoid, starting at 0.5) and the weight
+    ``w`` (starting at 0) are learned with the rest of the model. A recurrent state can learn
+    such an effect on its own, but only where the logs show it; written out, one coefficient
+    fitted on the short runs of an attribute the logs do hold carries over to the long runs a
+    policy can make, so the simulated users tire of a topic served over and over (boredom,
+    satiation), or stay attached to it if the logs say so (``w > 0``). Fitted jointly from zero,
+    the recurrent state takes most of the effect and the term keeps little of it, so
+    :meth:`warm_start` first fits the term alone in a log-linear click model.
+
+    Example::
+
+        recency = AttributeRecency(torch.eye(3)[torch.tensor([0, 0, 2])])   # 3 items, 3 topics
+        r = recency.update(torch.zeros(2, 3), torch.tensor([[0], [2]]))      # [2, 3]
+        recency.term(r, torch.tensor([[1], [1]]))                            # [2, 1]
+    """
+
+    def __init__(self, tokens: Tensor) -> None:
+        super().__init__()
+        tokens = tokens.detach().float()
+        self.register_buffer("tokens", torch.cat([tokens, tokens.new_zeros(1, tokens.shape[1])]))
+        self.decay_logit = nn.Parameter(torch.zeros(()))
+        self.weight = nn.Parameter(torch.zeros(()))
+
+    @property
+    def width(self) -> int:
+        """Number of attribute tokens ``C`` (the state columns it keeps)."""
+        return self.tokens.shape[1]
+
+    def decay(self) -> Tensor:
+        """The per-step decay ``d`` of the exposure."""
+        return torch.sigmoid(self.decay_logit)
+
+    def update(self, exposure: Tensor, slates: Tensor) -> Tensor:
+        """Exposure ``[B, C]`` after ``slates`` ``[B, K]`` were shown (the padding id adds nothing)."""
+        return self.decay() * exposure + self.tokens[slates].sum(-2)
+
+    def exposures(self, items: Tensor, decay: float) -> Tensor:
+        """Each row's exposure to its own item's attributes before it was shown, ``[S, T]``, over
+        sessions ``items`` ``[S, T]`` (padding id ``n_items``) at a fixed ``decay``."""
+        exposure = self.tokens.new_zeros(items.shape[0], self.width)
+        rows = []
+        for t in range(items.shape[1]):
+            tokens = self.tokens[items[:, t]]
+            rows.append((tokens * exposure).sum(-1))
+            exposure = decay * exposure + tokens
+        return torch.stack(rows, 1)
+
+    def warm_start(self, sessions: SessionTensors, decays: Sequence[float] = (0.3, 0.5, 0.7, 0.9)) -> None:
+        """Start ``w`` and ``d`` at the maximum-likelihood fit, over ``decays``, of the click model
+        ``logit = b_item + w * exposure`` (a bias per item) on the logged ``sessions``."""
+        item, real = sessions.item, sessions.mask.bool()
+        n_items = self.tokens.shape[0] - 1
+        clicked = sessions.click[real].float()
+        logged = item.clamp(max=n_items - 1)[real]
+        fits = [(*log_linear_fit(logged, self.exposures(item, decay)[real], clicked, n_items), decay)
+                for decay in decays]
+        _, weight, decay = min(fits)
+        with torch.no_grad():
+            self.decay_logit.fill_(math.log(decay / (1.0 - decay)))
+            self.weight.fill_(weight)
+
+    def term(self, exposure: Tensor, items: Tensor | None = None) -> Tensor:
+        """The click-utility term ``[B, K]`` of ``items`` (``[B, n_items]`` when ``None``)."""
+        if items is None:
+            return self.weight * (exposure @ self.tokens[:-1].T)
+        return self.weight * torch.einsum("bc,bkc->bk", exposure, self.tokens[items])
+
+
+def log_linear_fit(items: Tensor, exposure: Tensor, clicked: Tensor, n_items: int) -> tuple[float, float]:
+    """Maximum-likelihood fit of ``P(click) = sigmoid(b_item + w * exposure)`` over logged rows
+    (``items``, ``exposure``, ``clicked``: ``[R]``): its mean log-loss and ``w``."""
+    bias = torch.zeros(n_items, device=exposure.device, requires_grad=True)
+    weight = torch.zeros((), device=exposure.device, requires_grad=True)
+    optimizer = torch.optim.LBFGS([bias, weight], max_iter=500, line_search_fn="strong_wolfe")
+
+    def loss() -> Tensor:
+        optimizer.zero_grad()
+        value = F.binary_cross_entropy_with_logits(bias[items] + weight * exposure, clicked)
+        (value + 1e-4 * bias.square().mean()).backward()  # a nudge for items never clicked
+        return value
+
+    optimizer.step(loss)
+    with torch.no_grad():
+        fitted = F.binary_cross_entropy_with_logits(bias[items] + weight * exposure, clicked)
+    return float(fitted), float(weight.detach())
 
 
 class GRUBehavior(SequenceUserModel):
@@ -43,10 +137,11 @@ class GRUBehavior(SequenceUserModel):
     def __init__(self, n_items: int, dim: int = 32, hidden: int = 64,
                  features: Sequence[str] = (), training: TrainingSettings | None = None,
                  n_users: int = 0, item_features: ItemFeatures | None = None, item_ids: bool = True,
-                 device: str = "cpu") -> None:
+                 recency: bool = False, device: str = "cpu") -> None:
         super().__init__()
         self._setup(n_items, n_users, training, features, item_features, dim, item_ids=item_ids)
         self.hidden = hidden
+        self.recency = self._attribute_recency(item_features) if recency else None
         self.item_in = self.id_table(n_items + 1, dim, padding_idx=n_items)
         self.event = nn.Linear(2 * dim + 2, hidden)
         self.cell = nn.GRUCell(hidden, hidden)
@@ -63,6 +158,16 @@ class GRUBehavior(SequenceUserModel):
             self.freeze_item_ids()
         self.to(device)
 
+    def _attribute_recency(self, item_features: ItemFeatures | None) -> AttributeRecency:
+        """The :class:`AttributeRecency` term over the item table's categorical attributes."""
+        if item_features is None or item_features.tokens is None:
+            raise RecrlError("behavior.recency=true needs categorical item attributes: use a dataset whose "
+                             "item table has categorical columns and behavior.features=[auto] or [side]")
+        if self.training_settings.loss == "softmax":
+            raise RecrlError("behavior.recency=true scores clicks with a term the softmax loss does not "
+                             "see; use behavior.training.loss=bce or bpr")
+        return AttributeRecency(item_features.tokens)
+
     # ------------------------------------------------------------------ recurrent core
     def _event(self, slates: Tensor, click: Tensor, conversion: Tensor) -> Tensor:
         """Input vector ``[B, hidden]`` summarising one shown slate and its response."""
@@ -73,31 +178,59 @@ class GRUBehavior(SequenceUserModel):
         return torch.relu(self.event(torch.cat([shown, clicked, flags], -1)))
 
     def next_state(self, state: Tensor, slates: Tensor, click: Tensor, conversion: Tensor) -> Tensor:
-        """Hidden state after the user saw ``slates`` and responded."""
-        return gru_cell(self.cell, self._event(slates, click, conversion), state)
+        """State after the user saw ``slates`` and responded: the GRU's hidden state, followed
+        with ``recency`` by the attribute exposure."""
+        h = gru_cell(self.cell, self._event(slates, click, conversion), self.output(state))
+        if self.recency is None:
+            return h
+        return torch.cat([h, self.recency.update(state[..., self.hidden:], slates)], -1)
 
     def initial_state(self, n_users: int, generator: torch.Generator | None = None) -> Tensor:
-        """The learned start-of-session state, repeated ``n_users`` times."""
-        return self.h0.detach().expand(n_users, -1).clone()
+        """The learned start-of-session state (no exposure yet), repeated ``n_users`` times."""
+        h = self.h0.detach().expand(n_users, -1)
+        if self.recency is not None:
+            h = torch.cat([h, h.new_zeros(n_users, self.recency.width)], -1)
+        return h.clone()
+
+    def output(self, state: Tensor) -> Tensor:
+        """The GRU's hidden state, what the heads read."""
+        return state[..., :self.hidden]
+
+    def click_logit(self, state: Tensor, h: Tensor, items: Tensor | None = None) -> Tensor:
+        """The click head's utilities plus, with ``recency``, the attribute-exposure term."""
+        logit = self.click_head(h, items)
+        if self.recency is None:
+            return logit
+        return logit + self.recency.term(state[..., self.hidden:], items)
 
     # ------------------------------------------------------------------ training
+    def fit(self, interactions: Interactions) -> FitReport:
+        """Fit on the training rows (see :meth:`SequenceUserModel.fit`); with ``recency`` on a log
+        with recorded non-clicks, the term starts from its own log-linear fit
+        (:meth:`AttributeRecency.warm_start`)."""
+        if self.recency is not None and not interactions.positive_only:
+            sessions, _ = training_tensors(interactions, self.max_len, seed=self.training_settings.seed)
+            self.recency.warm_start(sessions.to(self.device))
+        return super().fit(interactions)
+
     def sequence_logits(self, batch: SessionTensors) -> dict[str, Tensor]:
         """Per-step logits of every head over padded sessions ``[S, T]`` (slate size 1)."""
-        h = self.initial_state(batch.item.shape[0]).to(batch.item.device)
+        state = self.initial_state(batch.item.shape[0]).to(batch.item.device)
         click, conv, rating, watch, leave, negative, states = [], [], [], [], [], [], []
         for t in range(batch.item.shape[1]):
+            h = self.output(state)
             states.append(h)
             items = batch.item[:, t:t + 1].clamp(max=self.n_items - 1)
-            click.append(self.click_head(h, items)[:, 0])
+            click.append(self.click_logit(state, h, items)[:, 0])
             if batch.negative is not None:
                 sampled = batch.negative[:, t:t + 1].clamp(max=self.n_items - 1)
-                negative.append(self.click_head(h, sampled)[:, 0])
+                negative.append(self.click_logit(state, h, sampled)[:, 0])
             conv.append(self.conversion_head(h, items)[:, 0])
             rating.append(self.rating_head(h, items)[:, 0])
             watch.append(self.watch_head(h, items)[:, 0])
-            h = self.next_state(h, batch.item[:, t:t + 1], batch.click[:, t:t + 1],
-                                batch.conversion[:, t:t + 1])
-            leave.append(self.leave_logit(h))
+            state = self.next_state(state, batch.item[:, t:t + 1], batch.click[:, t:t + 1],
+                                    batch.conversion[:, t:t + 1])
+            leave.append(self.leave_logit(state))
         return {k: torch.stack(v, 1) for k, v in
                 (("click", click), ("conversion", conv), ("rating", rating), ("watch", watch),
                  ("leave", leave), ("click_negative", negative), ("click_state", states)) if v}
