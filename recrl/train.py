@@ -9,6 +9,7 @@ import hashlib
 import json
 import platform
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -378,12 +379,14 @@ def oracle_summary(cfg: DictConfig, stages: Stages, env: RecEnv, evaluation: Eva
     return summary
 
 
-def train_in_ground_truth(cfg: DictConfig, stages: Stages, trainer: Any,
-                          evaluation: Evaluation) -> Any | None:
+def train_in_ground_truth(cfg: DictConfig, stages: Stages, trainer: Any, evaluation: Evaluation,
+                          log: Callable[[int, dict[str, float]], None] | None = None) -> Any | None:
     """``eval.train_in_ground_truth=true`` (research only): the run's algorithm trained with the
     same config, seed and budget in the ground-truth environment instead of the simulator. It
     shows what the learner can find when the simulator is not in the way. ``None`` for
-    algorithms that never act during training (offline, baselines)."""
+    algorithms that never act during training (offline, baselines). ``log`` receives its
+    training metrics (``eval/return``: in the ground truth), keys prefixed with
+    ``trained_in_ground_truth/``."""
     if stages.ground_truth is None:
         raise RecrlError("eval.train_in_ground_truth=true needs a dataset with a ground truth "
                          "(dataset=synthetic, or coat with its randomized test set)")
@@ -397,8 +400,11 @@ def train_in_ground_truth(cfg: DictConfig, stages: Stages, trainer: Any,
     def check() -> dict[str, float]:
         return {"eval/return": evaluation.mean_return(algo, check_env, trainer.eval_episodes)}
 
-    trainer.fit(algo, env, evaluate=check, log=lambda step, metrics: None, save=lambda tag, step: None,
-                seed=cfg.seed)
+    def prefixed(step: int, metrics: dict[str, float]) -> None:
+        if log is not None:
+            log(step, {f"trained_in_ground_truth/{key}": value for key, value in metrics.items()})
+
+    trainer.fit(algo, env, evaluate=check, log=prefixed, save=lambda tag, step: None, seed=cfg.seed)
     return algo
 
 
@@ -513,14 +519,14 @@ def train(cfg: DictConfig, run_dir: Path, algo_name: str) -> dict[str, Any]:
     try:
         stats = trainer.fit(algo, train_env, evaluate=check, log=logger.log, save=save, seed=cfg.seed,
                             start_step=int(resumed["step"]) if resumed else 0)
+        t_train = time.perf_counter()
+        extra = {}
+        if evaluation.train_in_ground_truth and not is_gym(cfg):
+            in_truth = train_in_ground_truth(cfg, stages, trainer, evaluation, log=logger.log)
+            if in_truth is not None:
+                extra["trained_in_ground_truth"] = in_truth
     finally:
         logger.close()
-    t_train = time.perf_counter()
-    extra = {}
-    if evaluation.train_in_ground_truth and not is_gym(cfg):
-        in_truth = train_in_ground_truth(cfg, stages, trainer, evaluation)
-        if in_truth is not None:
-            extra["trained_in_ground_truth"] = in_truth
     report = stages.report(algo, algo_name, run_dir, extra)
     report["training"] = {"env_steps": stats.env_steps, "user_steps": stats.user_steps,
                           "updates": stats.updates, "best_eval_return": stats.best_eval_return,

@@ -77,6 +77,11 @@ def test_train_in_ground_truth_adds_a_labelled_row(tmp_path: Path) -> None:
         assert "trained_in_ground_truth" in report["evaluation"][env]
     assert "oracle_share" in report["evaluation"]["ground_truth"]["trained_in_ground_truth"]
     assert "trained_in_ground_truth" in (run_dir / "report.md").read_text()
+    # its learning curve (evaluated in the ground truth) lands in the run's metrics, labelled
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    curve = [r for r in records if "trained_in_ground_truth/eval/return" in r]
+    assert curve and all(r["trained_in_ground_truth/eval/return"] >= 0 for r in curve)
+    assert any("eval/return" in r for r in records)  # the run's own curve is still there
 
 
 def test_eval_reproduces_the_final_evaluation(trained_run: tuple[Path, Path]) -> None:
