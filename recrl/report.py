@@ -18,7 +18,7 @@ from rich.table import Table
 from recrl.fileio import write_bytes_atomic, write_text_atomic
 
 METRICS_FILE = "metrics.jsonl"
-PLOT_PREFIXES = ("eval/", "train/")
+PLOT_PREFIXES = ("eval/", "train/", "trained_in_ground_truth/eval/")  # the last: eval.train_in_ground_truth
 
 
 def to_jsonable(obj: Any) -> Any:
@@ -151,7 +151,8 @@ def _curves(records: Iterable[dict], keys: Sequence[str] | None) -> dict[str, tu
 def plot_learning_curves(metrics_path: Path, out_png: Path, keys: Sequence[str] | None = None) -> Path | None:
     """Plot one subplot per metric (x = step) from ``metrics.jsonl`` into ``out_png``, atomically.
 
-    By default every ``eval/*`` and ``train/*`` key with at least two points is drawn. Returns the
+    By default every ``eval/*`` and ``train/*`` key with at least two points is drawn, and the
+    ground-truth-trained copy's ``trained_in_ground_truth/eval/*`` curves. Returns the
     PNG path, or ``None`` when there is nothing to plot.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg

@@ -12,6 +12,7 @@ from rich.console import Console
 
 from recrl.report import (
     RunLogger,
+    _curves,
     markdown_table,
     plot_learning_curves,
     print_report_table,
@@ -181,6 +182,12 @@ def test_plot_learning_curves_writes_png(tmp_path: Path) -> None:
     assert [p.name for p in out.parent.iterdir()] == ["curves.png"]
     explicit = plot_learning_curves(tmp_path / "metrics.jsonl", tmp_path / "one.png", keys=["other"])
     assert explicit is not None and explicit.stat().st_size > 0
+
+
+def test_default_curves_include_the_ground_truth_trained_copy() -> None:
+    records = [{"step": s, "eval/return": 1.0, "trained_in_ground_truth/eval/return": 2.0,
+                "trained_in_ground_truth/train/loss": 0.5, "other": 3.0} for s in range(3)]
+    assert set(_curves(records, None)) == {"eval/return", "trained_in_ground_truth/eval/return"}
 
 
 def test_plot_learning_curves_nothing_to_plot(tmp_path: Path) -> None:
