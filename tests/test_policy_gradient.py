@@ -269,5 +269,5 @@ def test_a2c_beats_greedy_and_random(clickbait_world: SyntheticWorld,
 @pytest.mark.slow
 def test_ppo_beats_greedy_and_random(clickbait_world: SyntheticWorld,
                                      clickbait_references: dict[str, float]) -> None:
-    learned = clickbait.median_over_seeds(PPO, clickbait_world, steps=400, n_users=64)  # ppo.yaml defaults
+    learned = clickbait.median_over_seeds(PPO, clickbait_world, steps=400, n_users=64)  # the class defaults
     clickbait.assert_learned(learned, clickbait_references)
