@@ -119,7 +119,7 @@ class TopicProfileEnv(TrueStateEnv):
 
 def topic_profile(obs: Obs, world: SyntheticWorld) -> Tensor:
     """The :class:`TopicProfileEnv` features ``[B, 2 T]`` of ``obs`` (padding slots count nothing)."""
-    b, steps = obs.batch_size, obs.items.shape[1]
+    steps = obs.items.shape[1]
     topics = torch.cat([world.topic, world.topic.new_zeros(1)])[obs.items]          # [B, L, K]
     real = (obs.items < world.n_items).to(torch.float32)
     onehot = torch.nn.functional.one_hot(topics, world.n_topics).float() * real.unsqueeze(-1)
@@ -127,7 +127,7 @@ def topic_profile(obs: Obs, world: SyntheticWorld) -> Tensor:
     ages = torch.arange(steps - 1, -1, -1, device=obs.items.device, dtype=torch.float32)  # oldest first
     weights = (world.boredom_decay ** ages).view(1, steps, 1, 1)
     shown = (onehot * weights).sum((1, 2))
-    return torch.cat([clicked / clicked.norm(dim=1, keepdim=True).clamp(min=1.0), shown], 1).reshape(b, -1)
+    return torch.cat([clicked / clicked.norm(dim=1, keepdim=True).clamp(min=1.0), shown], 1)
 
 
 @torch.no_grad()

@@ -25,15 +25,6 @@ N_ITEMS = N_TOPICS * PER_TOPIC
 COLUMNS = ["user", "item", "time", "click", "conversion", "rating", "leave", "propensity"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: thread hand-offs cost more than they save."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def topic_items() -> pd.DataFrame:
     """Item ``i`` has topic ``i % N_TOPICS``."""
     return pd.DataFrame({"topic": np.arange(N_ITEMS) % N_TOPICS})

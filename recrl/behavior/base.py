@@ -138,6 +138,10 @@ class SequenceUserModel(nn.Module, ABC):
     def sequence_logits(self, batch: SessionTensors) -> dict[str, Tensor]:
         """Per-step logits of every head over padded sessions (see ``fit.sequence_loss``)."""
 
+    def prepare_fit(self, train: SessionTensors, interactions: Interactions) -> None:
+        """Hook called by :meth:`fit` with the training sessions before the first step (nothing
+        here; a model with parts fitted in closed form first fits them now)."""
+
     def output(self, state: Tensor) -> Tensor:
         """The vector the heads read (the state itself unless a model packs more into it)."""
         return state

@@ -184,6 +184,10 @@ class SequenceModel(Protocol):
         """Per-step logits ``[S, T]`` for ``click``, ``conversion``, ``rating``, ``watch``, ``leave``."""
         ...
 
+    def prepare_fit(self, train: SessionTensors, interactions: Interactions) -> None:
+        """Called once with the training sessions (on the model's device) before the first step."""
+        ...
+
 
 @dataclass
 class FitReport:
@@ -412,6 +416,7 @@ def fit_sequence_model(model: nn.Module, interactions: Interactions, settings: T
             raise RecrlError("behavior.training.early_stopping=ndcg@10 needs clicked validation rows; "
                              "use loss")
     train, valid = (t.to(device) for t in training_tensors(interactions, settings.max_len, settings.seed))
+    model.prepare_fit(train, interactions)
     g = torch.Generator().manual_seed(settings.seed)
     sampler = NegativeSampler(interactions, settings.negative_sampling,
                               torch.Generator().manual_seed(settings.seed + 2))

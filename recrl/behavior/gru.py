@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from recrl.behavior.base import BilinearScorer, SequenceUserModel
 from recrl.behavior.features import ItemFeatures
-from recrl.behavior.fit import FitReport, SessionTensors, TrainingSettings, training_tensors
+from recrl.behavior.fit import SessionTensors, TrainingSettings
 from recrl.types import Interactions, RecrlError
 
 
@@ -68,9 +68,10 @@ class AttributeRecency(nn.Module):
         """The per-step decay ``d`` of the exposure."""
         return torch.sigmoid(self.decay_logit)
 
-    def update(self, exposure: Tensor, slates: Tensor) -> Tensor:
-        """Exposure ``[B, C]`` after ``slates`` ``[B, K]`` were shown (the padding id adds nothing)."""
-        return self.decay() * exposure + self.tokens[slates].sum(-2)
+    def update(self, exposure: Tensor, slates: Tensor, decay: Tensor | float | None = None) -> Tensor:
+        """Exposure ``[B, C]`` after ``slates`` ``[B, K]`` were shown (the padding id adds nothing),
+        at the learned decay or a fixed ``decay``."""
+        return (self.decay() if decay is None else decay) * exposure + self.tokens[slates].sum(-2)
 
     def exposures(self, items: Tensor, decay: float) -> Tensor:
         """Each row's exposure to its own item's attributes before it was shown, ``[S, T]``, over
@@ -78,9 +79,8 @@ class AttributeRecency(nn.Module):
         exposure = self.tokens.new_zeros(items.shape[0], self.width)
         rows = []
         for t in range(items.shape[1]):
-            tokens = self.tokens[items[:, t]]
-            rows.append((tokens * exposure).sum(-1))
-            exposure = decay * exposure + tokens
+            rows.append(self.overlap(exposure, items[:, t:t + 1])[:, 0])
+            exposure = self.update(exposure, items[:, t:t + 1], decay)
         return torch.stack(rows, 1)
 
     def warm_start(self, sessions: SessionTensors, decays: Sequence[float] = (0.3, 0.5, 0.7, 0.9)) -> None:
@@ -97,11 +97,16 @@ class AttributeRecency(nn.Module):
             self.decay_logit.fill_(math.log(decay / (1.0 - decay)))
             self.weight.fill_(weight)
 
-    def term(self, exposure: Tensor, items: Tensor | None = None) -> Tensor:
-        """The click-utility term ``[B, K]`` of ``items`` (``[B, n_items]`` when ``None``)."""
+    def overlap(self, exposure: Tensor, items: Tensor | None = None) -> Tensor:
+        """``<tokens[i], r>`` ``[B, K]`` of ``items`` (``[B, n_items]`` when ``None``)."""
         if items is None:
-            return self.weight * (exposure @ self.tokens[:-1].T)
-        return self.weight * torch.einsum("bc,bkc->bk", exposure, self.tokens[items])
+            return exposure @ self.tokens[:-1].T
+        return torch.einsum("bc,bkc->bk", exposure, self.tokens[items])
+
+    def term(self, exposure: Tensor, items: Tensor | None = None) -> Tensor:
+        """The click-utility term ``w * <tokens[i], r>`` ``[B, K]`` of ``items`` (``[B, n_items]``
+        when ``None``)."""
+        return self.weight * self.overlap(exposure, items)
 
 
 def log_linear_fit(items: Tensor, exposure: Tensor, clicked: Tensor, n_items: int) -> tuple[float, float]:
@@ -183,7 +188,7 @@ class GRUBehavior(SequenceUserModel):
         h = gru_cell(self.cell, self._event(slates, click, conversion), self.output(state))
         if self.recency is None:
             return h
-        return torch.cat([h, self.recency.update(state[..., self.hidden:], slates)], -1)
+        return torch.cat([h, self.recency.update(self._exposure(state), slates)], -1)
 
     def initial_state(self, n_users: int, generator: torch.Generator | None = None) -> Tensor:
         """The learned start-of-session state (no exposure yet), repeated ``n_users`` times."""
@@ -196,22 +201,23 @@ class GRUBehavior(SequenceUserModel):
         """The GRU's hidden state, what the heads read."""
         return state[..., :self.hidden]
 
+    def _exposure(self, state: Tensor) -> Tensor:
+        """The attribute exposure kept after the hidden state (``recency``)."""
+        return state[..., self.hidden:]
+
     def click_logit(self, state: Tensor, h: Tensor, items: Tensor | None = None) -> Tensor:
         """The click head's utilities plus, with ``recency``, the attribute-exposure term."""
         logit = self.click_head(h, items)
         if self.recency is None:
             return logit
-        return logit + self.recency.term(state[..., self.hidden:], items)
+        return logit + self.recency.term(self._exposure(state), items)
 
     # ------------------------------------------------------------------ training
-    def fit(self, interactions: Interactions) -> FitReport:
-        """Fit on the training rows (see :meth:`SequenceUserModel.fit`); with ``recency`` on a log
-        with recorded non-clicks, the term starts from its own log-linear fit
-        (:meth:`AttributeRecency.warm_start`)."""
+    def prepare_fit(self, train: SessionTensors, interactions: Interactions) -> None:
+        """With ``recency`` on a log with recorded non-clicks, the term starts from its own
+        log-linear fit on the training sessions (:meth:`AttributeRecency.warm_start`)."""
         if self.recency is not None and not interactions.positive_only:
-            sessions, _ = training_tensors(interactions, self.max_len, seed=self.training_settings.seed)
-            self.recency.warm_start(sessions.to(self.device))
-        return super().fit(interactions)
+            self.recency.warm_start(train)
 
     def sequence_logits(self, batch: SessionTensors) -> dict[str, Tensor]:
         """Per-step logits of every head over padded sessions ``[S, T]`` (slate size 1)."""
