@@ -37,7 +37,7 @@ def test_every_group_has_files() -> None:
     for group in ALL_GROUPS:
         assert list((CONF_DIR / group).glob("*.yaml")), group
     assert algo_options() == ["a2c", "bc", "bcq", "c51", "cql", "dqn", "epsilon_greedy", "greedy", "linucb",
-                              "popular", "ppo", "random", "reinforce", "slateq", "sqn", "thompson",
+                              "planner", "popular", "ppo", "random", "reinforce", "slateq", "sqn", "thompson",
                               "topk_reinforce"]
 
 

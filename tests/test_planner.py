@@ -1,0 +1,100 @@
+"""The survival-aware planner (``algo=planner``) against hand-computed scores."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import Tensor
+
+from recrl.algos.greedy import GreedyPolicy
+from recrl.algos.planner import SurvivalPlanner
+from recrl.behavior.gru import GRUBehavior
+from recrl.rewards import ClickReward
+from recrl.types import AlgoContext, Obs, RecrlError, Response
+
+HORIZON = 5
+# item 0: clickbait (clicked most, a click on it makes half the users leave); 1: good; 2: fair
+CLICK = torch.tensor([0.9, 0.5, 0.3])
+LEAVE_AFTER_CLICK = torch.tensor([0.5, 0.0, 0.1])
+
+
+class StubModel:
+    """A user model with fixed per-item click probabilities whose state is the leave probability
+    that the last clicked item left behind."""
+
+    def encode(self, obs: Obs) -> Tensor:
+        return torch.zeros(obs.batch_size, 1)
+
+    def score_all(self, state: Tensor) -> Response:
+        click = CLICK.expand(state.shape[0], -1)
+        zeros = torch.zeros_like(click)
+        return Response(click_prob=click, click=click, conversion_prob=zeros, conversion=zeros,
+                        rating=zeros, watch=zeros, leave_prob=state[:, 0])
+
+    def next_state(self, state: Tensor, slates: Tensor, click: Tensor, conversion: Tensor) -> Tensor:
+        return (click * LEAVE_AFTER_CLICK[slates]).sum(1, keepdim=True)
+
+    def leave_prob(self, state: Tensor) -> Tensor:
+        return state[:, 0]
+
+
+def make_ctx(behavior: object, slate_size: int = 1) -> AlgoContext:
+    return AlgoContext(n_items=3, slate_size=slate_size, history_len=2, horizon=HORIZON,
+                       device=torch.device("cpu"), seed=0, item_popularity=torch.zeros(3),
+                       behavior=behavior, reward=ClickReward())
+
+
+def obs_at(steps: list[int], history: list[list[int]] | None = None) -> Obs:
+    b = len(steps)
+    items = torch.full((b, 2, 1), 3) if history is None else torch.tensor(history)[:, :, None]
+    return Obs(items=items, clicks=torch.zeros(b, 2, 1), step=torch.tensor(steps))
+
+
+def test_scores_are_reward_times_survival_to_the_end() -> None:
+    # chunk_rows=3: one user (3 items) per chunk
+    planner = SurvivalPlanner(make_ctx(StubModel()), caution=1.0, chunk_rows=3)
+    scores = planner.scores(obs_at([0, 4]))
+    stay = 1.0 - LEAVE_AFTER_CLICK
+    assert torch.allclose(scores[0], CLICK * stay**4)  # 4 steps left after the first
+    assert torch.allclose(scores[1], CLICK)  # the last step: nothing left to lose
+    # early it serves the good item, at the end the clickbait; greedy serves clickbait throughout
+    assert planner.act(obs_at([0, 4]), explore=False)[:, 0].tolist() == [1, 0]
+    assert GreedyPolicy(make_ctx(StubModel())).act(obs_at([0, 4]), explore=False)[:, 0].tolist() == [0, 0]
+
+
+def test_caution_scales_the_remaining_steps() -> None:
+    stay = 1.0 - LEAVE_AFTER_CLICK
+    cautious = SurvivalPlanner(make_ctx(StubModel()), caution=2.5).scores(obs_at([2]))
+    assert torch.allclose(cautious[0], CLICK * stay ** (2.5 * 2))
+    myopic = SurvivalPlanner(make_ctx(StubModel()), caution=0.0).scores(obs_at([0]))
+    assert torch.allclose(myopic[0], CLICK)
+
+
+def test_skip_shown_masks_the_history() -> None:
+    planner = SurvivalPlanner(make_ctx(StubModel()), caution=1.0)
+    assert planner.act(obs_at([0], [[1, 3]]), explore=False)[0, 0] == 2  # item 1 was just shown
+    keep = SurvivalPlanner(make_ctx(StubModel()), caution=1.0, skip_shown=False)
+    assert keep.act(obs_at([0], [[1, 3]]), explore=False)[0, 0] == 1
+
+
+def test_chunking_does_not_change_the_scores() -> None:
+    model = GRUBehavior(n_items=20, dim=4, hidden=8)
+    ctx = AlgoContext(n_items=20, slate_size=2, history_len=3, horizon=HORIZON, device=torch.device("cpu"),
+                      seed=0, item_popularity=torch.zeros(20), behavior=model, reward=ClickReward())
+    g = torch.Generator().manual_seed(0)
+    obs = Obs(items=torch.randint(0, 21, (7, 3, 2), generator=g),
+              clicks=(torch.rand(7, 3, 2, generator=g) < 0.3).float(),
+              step=torch.randint(0, HORIZON, (7,), generator=g))
+    whole = SurvivalPlanner(ctx).scores(obs)
+    chunked = SurvivalPlanner(ctx, chunk_rows=30).scores(obs)  # one user (20 items) per chunk
+    assert whole.shape == (7, 20)
+    assert torch.allclose(whole, chunked, atol=1e-6)
+    assert SurvivalPlanner(ctx).act(obs, explore=False).shape == (7, 2)
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [({"behavior": None}, "sequential behavior model"),
+                                                 ({"caution": -1.0}, "caution")])
+def test_bad_settings_say_what_is_wrong(kwargs: dict, message: str) -> None:
+    behavior = kwargs.pop("behavior", StubModel())
+    with pytest.raises(RecrlError, match=message):
+        SurvivalPlanner(make_ctx(behavior), **kwargs)
