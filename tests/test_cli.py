@@ -70,11 +70,12 @@ def test_train_writes_the_run_folder(trained_run: tuple[Path, Path]) -> None:
 
 def test_train_in_ground_truth_adds_a_labelled_row(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
-    recrl("train", *SMOKE, "eval.train_in_ground_truth=true", "eval.baselines=[random]",
+    recrl("train", *SMOKE, "eval.train_in_ground_truth=true", "eval.baselines=[random,planner]",
           f"hydra.run.dir={run_dir}", cwd=tmp_path, cache=tmp_path / "cache")
     report = json.loads((run_dir / "report.json").read_text())
     for env in ("simulator", "ground_truth"):
         assert "trained_in_ground_truth" in report["evaluation"][env]
+        assert report["evaluation"][env]["planner"]["return"]["mean"] > 0  # an opt-in baseline row
     assert "oracle_share" in report["evaluation"]["ground_truth"]["trained_in_ground_truth"]
     assert "trained_in_ground_truth" in (run_dir / "report.md").read_text()
     # its learning curve (evaluated in the ground truth) lands in the run's metrics, labelled
