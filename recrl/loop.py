@@ -105,6 +105,9 @@ class Trainer:
         if algo.mode == "none" or self.steps == 0:
             save("last", 0)
             return TrainStats(0, 0, 0, time.perf_counter() - start, float("nan"))
+        prepare = getattr(algo, "prepare", None)
+        if prepare is not None:  # e.g. DQN recording demonstrations in the training environment
+            prepare(env, seed)
         run = {"off_policy": self._off_policy, "on_policy": self._on_policy, "online": self._online,
                "offline": self._offline}[algo.mode]
         best = float("-inf")

@@ -63,6 +63,15 @@ class Obs:
         return _map_tensors(self, lambda t: t.to(device))
 
 
+def cat_obs(parts: list[Obs]) -> Obs:
+    """The rows of several observations, in order, as one observation (``features`` kept only
+    when every part has them)."""
+    features = [o.features for o in parts]
+    return Obs(items=torch.cat([o.items for o in parts]), clicks=torch.cat([o.clicks for o in parts]),
+               step=torch.cat([o.step for o in parts]),
+               features=None if any(f is None for f in features) else torch.cat(features))
+
+
 @dataclass(frozen=True)
 class Response:
     """How a batch of users responded to a batch of slates ``[B, K]``.

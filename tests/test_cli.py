@@ -71,7 +71,7 @@ def test_train_writes_the_run_folder(trained_run: tuple[Path, Path]) -> None:
 def test_train_in_ground_truth_adds_a_labelled_row(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     recrl("train", *SMOKE, "eval.train_in_ground_truth=true", "eval.baselines=[random,planner]",
-          f"hydra.run.dir={run_dir}", cwd=tmp_path, cache=tmp_path / "cache")
+          "algo.demonstrations=16", f"hydra.run.dir={run_dir}", cwd=tmp_path, cache=tmp_path / "cache")
     report = json.loads((run_dir / "report.json").read_text())
     for env in ("simulator", "ground_truth"):
         assert "trained_in_ground_truth" in report["evaluation"][env]
@@ -80,6 +80,7 @@ def test_train_in_ground_truth_adds_a_labelled_row(tmp_path: Path) -> None:
     assert "trained_in_ground_truth" in (run_dir / "report.md").read_text()
     # its learning curve (evaluated in the ground truth) lands in the run's metrics, labelled
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert any("train/demo_loss" in r for r in records)  # DQfD's margin loss was trained
     curve = [r for r in records if "trained_in_ground_truth/eval/return" in r]
     assert curve and all(r["trained_in_ground_truth/eval/return"] >= 0 for r in curve)
     assert any("eval/return" in r for r in records)  # the run's own curve is still there

@@ -6,11 +6,14 @@ import pytest
 import torch
 from torch import Tensor
 
+from recrl.algos.dqn import DQN
 from recrl.algos.greedy import GreedyPolicy
 from recrl.algos.planner import SurvivalPlanner
 from recrl.behavior.gru import GRUBehavior
+from recrl.data.synthetic import SyntheticWorld
+from recrl.env.simulator import RecEnv
 from recrl.rewards import ClickReward
-from recrl.types import AlgoContext, Obs, RecrlError, Response
+from recrl.types import AlgoContext, Obs, RecrlError, Response, Transition
 
 HORIZON = 5
 # item 0: clickbait (clicked most, a click on it makes half the users leave); 1: good; 2: fair
@@ -98,3 +101,85 @@ def test_bad_settings_say_what_is_wrong(kwargs: dict, message: str) -> None:
     behavior = kwargs.pop("behavior", StubModel())
     with pytest.raises(RecrlError, match=message):
         SurvivalPlanner(make_ctx(behavior), **kwargs)
+
+
+# ----------------------------------------------------------------------------- DQfD demonstrations
+def tiny_world_env() -> tuple[SyntheticWorld, RecEnv]:
+    world = SyntheticWorld(n_items=20, n_users=10, n_topics=2, horizon=HORIZON, seed=0)
+    return world, RecEnv(world, ClickReward(), horizon=HORIZON, slate_size=1, history_len=3)
+
+
+def gru_ctx(n_items: int = 20, slate_size: int = 1) -> AlgoContext:
+    return AlgoContext(n_items=n_items, slate_size=slate_size, history_len=3, horizon=HORIZON,
+                       device=torch.device("cpu"), seed=0, item_popularity=torch.zeros(n_items),
+                       behavior=GRUBehavior(n_items=n_items, dim=4, hidden=8), reward=ClickReward())
+
+
+def test_demonstrations_are_the_planners_steps_of_users_still_there() -> None:
+    _, env = tiny_world_env()
+    planner = SurvivalPlanner(gru_ctx())
+    env.autoreset = True  # as the training loop leaves it
+    obs, slates = planner.demonstrations(env, n_users=5, seed=3, batch=4)  # 2 batches of 4 users
+    assert env.autoreset is True  # restored
+    lengths = []
+    for chunk in range(2):  # replay the same sessions: one row per step a user was there
+        env.autoreset = False
+        o = env.reset(4, seed=3 + chunk)
+        for _ in range(HORIZON):
+            served = planner.act(o, explore=False)
+            lengths.append(int(env.alive.sum()))
+            o, _, _, _ = env.step(served)
+        env.autoreset = True
+    assert slates.shape == (sum(lengths), 1) and obs.items.shape == (sum(lengths), 3, 1)
+    assert torch.equal(planner.act(obs, explore=False), slates)  # each row is the planner's choice
+    assert int(obs.step.max()) < HORIZON
+
+
+def test_demo_margin_loss_by_hand() -> None:
+    ctx = gru_ctx(n_items=6, slate_size=2)
+    algo = DQN(ctx, dim=4, hidden=8, demo_margin=0.5, demo_batch=3, skip_shown=True)
+    g = torch.Generator().manual_seed(0)
+    obs = Obs(items=torch.randint(0, 7, (4, 3, 2), generator=g), clicks=torch.zeros(4, 3, 2),
+              step=torch.zeros(4, dtype=torch.long))
+    slates = torch.tensor([[0, 1], [2, 3], [4, 5], [1, 2]])
+    algo.demos = (obs, slates)
+    rows = torch.randint(0, 4, (3,), generator=torch.Generator().set_state(algo.generator.get_state()))
+    with torch.no_grad():
+        q = algo.q(obs.index(rows))
+    expected = 0.0
+    for r, row in enumerate(rows.tolist()):
+        shown = set(obs.items[row].flatten().tolist())
+        demo = slates[row].tolist()
+        values = [float(q[r, a]) + (0.0 if a in demo else 0.5) for a in range(6)
+                  if a not in shown or a in demo]
+        rival = sum(sorted(values, reverse=True)[:2]) / 2
+        expected += (rival - sum(float(q[r, a]) for a in demo) / 2) / 3
+    assert float(algo._demo_loss().detach()) == pytest.approx(expected, rel=1e-5, abs=1e-6)
+
+
+def test_dqn_with_demonstrations_learns_the_planners_choices() -> None:
+    """Margin loss alone (no reward in the batches): the greedy policy comes to agree with the
+    planner on the demonstrated steps, for scalar DQN and C51."""
+    _, env = tiny_world_env()
+    for atoms in (0, 11):
+        ctx = gru_ctx()
+        algo = DQN(ctx, dim=8, hidden=16, demonstrations=16, demo_batch=64, average=0.0, atoms=atoms)
+        algo.prepare(env, seed=0)
+        obs, slates = algo.demos
+        empty = Transition(obs=obs.index(torch.arange(4)), action=slates[:4], reward=torch.zeros(4),
+                           next_obs=obs.index(torch.arange(4)), done=torch.ones(4), valid=torch.zeros(4))
+        before = float((algo.act(obs, explore=False) == slates).float().mean())
+        for _ in range(150):
+            stats = algo.update(empty)
+        after = float((algo.act(obs, explore=False) == slates).float().mean())
+        assert "train/demo_loss" in stats
+        assert after >= 0.9 and after > before, (atoms, before, after)
+
+
+def test_demonstrations_are_off_by_default_and_checked() -> None:
+    _, env = tiny_world_env()
+    algo = DQN(gru_ctx())
+    algo.prepare(env, seed=0)
+    assert algo.demos is None
+    with pytest.raises(RecrlError, match="demonstrations"):
+        DQN(gru_ctx(), demonstrations=-1)

@@ -52,7 +52,19 @@ prioritized-replay error of a row is its KL divergence ``mean_k KL(m || p(s, a_k
 network's weights (:class:`recrl.algos.nets.WeightAverage`, updated after every gradient step);
 the greedy policy of the latest weights flips between near-tied items from update to update.
 
+``demonstrations > 0`` (DQfD): before training, that many users' sessions of the model-based
+planner (:class:`recrl.algos.planner.SurvivalPlanner`, the oracle's survival-aware rule on the
+fitted behavior model) are recorded in the training environment, and every update adds
+``demo_weight`` times the large-margin loss on ``demo_batch`` of their steps (``a_E`` the
+planner's slate, ``l = demo_margin`` on every other item, 0 on ``a_E``)::
+
+    J_E = mean_k top_K [Q(s, a) + l(a_E, a)] - mean_k Q(s, a_E,k)
+
+so the greedy policy starts from, and is held near, the planner's choices while the TD loss
+learns their values; with C51 ``Q`` is the expected return of the distribution.
+
 References:
+    Hester et al. Deep Q-learning from Demonstrations. AAAI 2018 (the large-margin loss).
     van Hasselt, Guez, Silver. Deep Reinforcement Learning with Double Q-learning. AAAI 2016.
     Wang, Schaul, Hessel, van Hasselt, Lanctot, de Freitas. Dueling Network Architectures for
     Deep Reinforcement Learning. ICML 2016.
@@ -89,7 +101,10 @@ from recrl.algos.nets import (
     top_k,
     update_target,
 )
+from recrl.algos.planner import SurvivalPlanner
 from recrl.types import AlgoContext, Obs, RecrlError, Transition
+
+DEMO_SEED_OFFSET = 7919  # demonstration users differ from the training users of the same seed
 
 
 class DuelingScorer(ItemScorer):
@@ -235,13 +250,17 @@ class DQN:
                  prioritized: bool = False, priority_alpha: float = 0.6, priority_beta: float = 0.4,
                  priority_eps: float = 1e-3, atoms: int = 0, v_min: float = 0.0,
                  v_max: float = 10.0, item_init: str = "random", summary: bool = False,
-                 skip_shown: bool = False, average: float = 0.0) -> None:
+                 skip_shown: bool = False, average: float = 0.0, demonstrations: int = 0,
+                 demo_weight: float = 1.0, demo_margin: float = 0.8, demo_batch: int = 128) -> None:
         if n_step < 1:
             raise RecrlError(f"algo.n_step={n_step} must be >= 1")
         if atoms == 1 or atoms < 0:
             raise RecrlError(f"algo.atoms={atoms} must be 0 (off) or >= 2")
         if atoms and not v_max > v_min:
             raise RecrlError(f"algo.v_max={v_max} must exceed algo.v_min={v_min}")
+        if demonstrations < 0 or demo_batch < 1 or demo_weight < 0 or demo_margin < 0:
+            raise RecrlError("algo.demonstrations, demo_weight and demo_margin must be >= 0 and "
+                             "algo.demo_batch >= 1")
         self.ctx, self.gamma = ctx, gamma
         self.epsilon_start, self.epsilon_end = epsilon_start, epsilon_end
         self.epsilon_decay_steps, self.target_update, self.tau = epsilon_decay_steps, target_update, tau
@@ -269,6 +288,17 @@ class DQN:
         self.generator = torch.Generator(ctx.device).manual_seed(ctx.seed)
         self.acted_steps, self.updates = 0, 0
         self.td_error: Tensor | None = None  # [B] |TD error| of the last update (C51: KL), per row
+        self.demonstrations, self.demo_weight = demonstrations, demo_weight
+        self.demo_margin, self.demo_batch = demo_margin, demo_batch
+        self.demos: tuple[Obs, Tensor] | None = None  # (observations, planner slates), see prepare
+
+    def prepare(self, env: Any, seed: int) -> None:
+        """Before training (called by the training loop with its environment): with
+        ``demonstrations > 0``, record that many users' sessions of :class:`SurvivalPlanner`
+        in ``env`` as demonstrations for the margin loss (see the module docstring)."""
+        if self.demonstrations:
+            planner = SurvivalPlanner(self.ctx, skip_shown=self.skip_shown)
+            self.demos = planner.demonstrations(env, self.demonstrations, seed + DEMO_SEED_OFFSET)
 
     def epsilon(self) -> float:
         """Exploration rate now: linear from ``epsilon_start`` to ``epsilon_end``."""
@@ -315,12 +345,33 @@ class DQN:
             per_row = per_row * weights
         loss = (per_row * batch.valid).sum()
         loss = loss / batch.valid.sum().clamp(min=1.0)
+        stats = {}
+        if self.demos is not None and self.demo_weight > 0:
+            demo_loss = self._demo_loss()
+            loss = loss + self.demo_weight * demo_loss
+            stats["train/demo_loss"] = demo_loss.detach()
         gradient_step(self.optimizer, loss, self.q.parameters(), self.grad_clip)
         self.updates += 1
         update_target(self.q_target, self.q, self.updates, self.target_update, self.tau)
         self.average.update()
         return {"train/loss": loss.detach(), "train/q": q_taken.detach().mean(),
-                "train/epsilon": self.epsilon()}
+                "train/epsilon": self.epsilon(), **stats}
+
+    def _demo_loss(self) -> Tensor:
+        """DQfD's large-margin loss on a batch of demonstrations: ``mean_k`` of the top-``K``
+        ``Q(s, a) + margin * [a not demonstrated]`` minus the demonstrated slate's mean ``Q``."""
+        observations, slates = self.demos
+        rows = torch.randint(0, slates.shape[0], (self.demo_batch,), device=slates.device,
+                             generator=self.generator)
+        obs, shown = observations.index(rows), slates[rows]
+        # C51: the expected returns, differentiable (q_values computes them without a gradient)
+        q = self.q(obs).softmax(-1) @ self.support if self.atoms else self.q(obs)
+        demonstrated = q.gather(1, shown)
+        # the rivals are the items the policy may pick, and the demonstrated ones in any case
+        allowed = self.allowed(q, obs).scatter(1, shown, demonstrated)
+        margin = torch.full_like(q, self.demo_margin).scatter_(1, shown, 0.0)
+        rival = (allowed + margin).topk(shown.shape[1], dim=1).values.mean(1)
+        return (rival - demonstrated.mean(1)).mean()
 
     def _td_loss(self, batch: Transition) -> tuple[Tensor, Tensor]:
         """Per-row Huber loss ``[B]`` and ``Q(s, slate)`` ``[B]`` of scalar (double) DQN."""

@@ -32,12 +32,14 @@ Example::
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
 from recrl.algos.fixed import FixedPolicy
 from recrl.algos.nets import mask_shown, skips_shown
-from recrl.types import AlgoContext, Obs, RecrlError
+from recrl.types import AlgoContext, Obs, RecrlError, cat_obs
 
 MODEL_METHODS = ("encode", "score_all", "next_state", "leave_prob")
 
@@ -86,3 +88,26 @@ class SurvivalPlanner(FixedPolicy):
                                           conversion_prob[start:start + users].reshape(-1, 1))
             stay.append((1.0 - self.model.leave_prob(after)).view(m, n))
         return torch.cat(stay)
+
+    @torch.no_grad()
+    def demonstrations(self, env: Any, n_users: int, seed: int, batch: int = 256) -> tuple[Obs, Tensor]:
+        """The planner's sessions in ``env`` as demonstrations: the observation of every step a
+        user was still there ``[M, ...]`` and the slate the planner served ``[M, K]``.
+
+        ``n_users`` users (rounded up to whole batches of ``min(batch, n_users)``) play complete
+        sessions from ``env.reset(batch, seed=seed + chunk)``; ``env.autoreset`` is restored.
+        """
+        batch = min(batch, n_users)
+        autoreset, env.autoreset = env.autoreset, False
+        observations: list[Obs] = []
+        slates: list[Tensor] = []
+        for chunk in range(max(1, -(-n_users // batch))):
+            obs = env.reset(batch, seed=seed + chunk)
+            for _ in range(env.horizon):
+                served = self.act(obs, explore=False)
+                there = env.alive.nonzero().squeeze(1)
+                observations.append(obs.index(there))
+                slates.append(served[there])
+                obs, _, _, _ = env.step(served)
+        env.autoreset = autoreset
+        return cat_obs(observations), torch.cat(slates)
