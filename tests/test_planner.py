@@ -183,3 +183,14 @@ def test_demonstrations_are_off_by_default_and_checked() -> None:
     assert algo.demos is None
     with pytest.raises(RecrlError, match="demonstrations"):
         DQN(gru_ctx(), demonstrations=-1)
+
+
+def test_demo_weight_decays_linearly_when_asked() -> None:
+    algo = DQN(gru_ctx(), demo_weight=2.0, demo_decay_steps=10)
+    weights = []
+    for updates in (0, 5, 10, 20):
+        algo.updates = updates
+        weights.append(algo.current_demo_weight())
+    assert weights == pytest.approx([2.0, 1.0, 0.0, 0.0])
+    algo.demo_decay_steps = 0
+    assert algo.current_demo_weight() == 2.0  # 0: constant

@@ -251,16 +251,17 @@ class DQN:
                  priority_eps: float = 1e-3, atoms: int = 0, v_min: float = 0.0,
                  v_max: float = 10.0, item_init: str = "random", summary: bool = False,
                  skip_shown: bool = False, average: float = 0.0, demonstrations: int = 0,
-                 demo_weight: float = 1.0, demo_margin: float = 0.8, demo_batch: int = 128) -> None:
+                 demo_weight: float = 1.0, demo_margin: float = 0.8, demo_batch: int = 128,
+                 demo_decay_steps: int = 0) -> None:
         if n_step < 1:
             raise RecrlError(f"algo.n_step={n_step} must be >= 1")
         if atoms == 1 or atoms < 0:
             raise RecrlError(f"algo.atoms={atoms} must be 0 (off) or >= 2")
         if atoms and not v_max > v_min:
             raise RecrlError(f"algo.v_max={v_max} must exceed algo.v_min={v_min}")
-        if demonstrations < 0 or demo_batch < 1 or demo_weight < 0 or demo_margin < 0:
-            raise RecrlError("algo.demonstrations, demo_weight and demo_margin must be >= 0 and "
-                             "algo.demo_batch >= 1")
+        if min(demonstrations, demo_weight, demo_margin, demo_decay_steps) < 0 or demo_batch < 1:
+            raise RecrlError("algo.demonstrations, demo_weight, demo_margin and demo_decay_steps must "
+                             "be >= 0 and algo.demo_batch >= 1")
         self.ctx, self.gamma = ctx, gamma
         self.epsilon_start, self.epsilon_end = epsilon_start, epsilon_end
         self.epsilon_decay_steps, self.target_update, self.tau = epsilon_decay_steps, target_update, tau
@@ -289,7 +290,7 @@ class DQN:
         self.acted_steps, self.updates = 0, 0
         self.td_error: Tensor | None = None  # [B] |TD error| of the last update (C51: KL), per row
         self.demonstrations, self.demo_weight = demonstrations, demo_weight
-        self.demo_margin, self.demo_batch = demo_margin, demo_batch
+        self.demo_margin, self.demo_batch, self.demo_decay_steps = demo_margin, demo_batch, demo_decay_steps
         self.demos: tuple[Obs, Tensor] | None = None  # (observations, planner slates), see prepare
 
     def prepare(self, env: Any, seed: int) -> None:
@@ -346,9 +347,10 @@ class DQN:
         loss = (per_row * batch.valid).sum()
         loss = loss / batch.valid.sum().clamp(min=1.0)
         stats = {}
-        if self.demos is not None and self.demo_weight > 0:
+        weight = self.current_demo_weight()
+        if self.demos is not None and weight > 0:
             demo_loss = self._demo_loss()
-            loss = loss + self.demo_weight * demo_loss
+            loss = loss + weight * demo_loss
             stats["train/demo_loss"] = demo_loss.detach()
         gradient_step(self.optimizer, loss, self.q.parameters(), self.grad_clip)
         self.updates += 1
@@ -356,6 +358,12 @@ class DQN:
         self.average.update()
         return {"train/loss": loss.detach(), "train/q": q_taken.detach().mean(),
                 "train/epsilon": self.epsilon(), **stats}
+
+    def current_demo_weight(self) -> float:
+        """The margin loss's weight now: ``demo_weight``, decayed linearly to 0 over
+        ``demo_decay_steps`` updates when that is > 0."""
+        return linear_decay(self.demo_weight, 0.0, self.demo_decay_steps, self.updates) \
+            if self.demo_decay_steps else self.demo_weight
 
     def _demo_loss(self) -> Tensor:
         """DQfD's large-margin loss on a batch of demonstrations: ``mean_k`` of the top-``K``
