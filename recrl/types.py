@@ -247,7 +247,9 @@ class Algorithm(Policy, Protocol):
     transitions), ``"on_policy"`` (whole episodes collected with the current policy),
     ``"online"`` (each step's transitions as they arrive: bandits), ``"offline"`` (batches of
     the logged data in its ``dataset`` attribute, no environment interaction) or ``"none"`` (a
-    fixed baseline that never updates).
+    fixed baseline that never updates). An algorithm may also define ``prepare(env, seed)``,
+    which the training loop calls once with its environment before the first step (DQN records
+    the planner's demonstrations there).
     """
 
     mode: str
