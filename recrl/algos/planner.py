@@ -39,6 +39,7 @@ from torch import Tensor
 
 from recrl.algos.fixed import FixedPolicy
 from recrl.algos.nets import mask_shown, skips_shown
+from recrl.loop import collect_episodes
 from recrl.types import AlgoContext, Obs, RecrlError, cat_obs
 
 MODEL_METHODS = ("encode", "score_all", "next_state", "leave_prob")
@@ -99,15 +100,10 @@ class SurvivalPlanner(FixedPolicy):
         """
         batch = min(batch, n_users)
         autoreset, env.autoreset = env.autoreset, False
-        observations: list[Obs] = []
-        slates: list[Tensor] = []
-        for chunk in range(max(1, -(-n_users // batch))):
-            obs = env.reset(batch, seed=seed + chunk)
-            for _ in range(env.horizon):
-                served = self.act(obs, explore=False)
-                there = env.alive.nonzero().squeeze(1)
-                observations.append(obs.index(there))
-                slates.append(served[there])
-                obs, _, _, _ = env.step(served)
+        sessions = [collect_episodes(self, env, env.reset(batch, seed=seed + chunk))
+                    for chunk in range(max(1, -(-n_users // batch)))]
         env.autoreset = autoreset
-        return cat_obs(observations), torch.cat(slates)
+        there = torch.cat([s.valid.flatten() for s in sessions]).nonzero().squeeze(1)  # one sync
+        observations = cat_obs([s.flat_obs() for s in sessions])
+        slates = torch.cat([s.action.flatten(0, 1) for s in sessions])
+        return observations.index(there), slates[there]
