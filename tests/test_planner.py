@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 from torch import Tensor
 
-from recrl.algos.dqn import DQN
+from recrl.algos.dqn import AUTO_DEMO_USERS, DQN, demonstration_users
 from recrl.algos.greedy import GreedyPolicy
 from recrl.algos.planner import SurvivalPlanner
 from recrl.behavior.gru import GRUBehavior
@@ -176,13 +178,29 @@ def test_dqn_with_demonstrations_learns_the_planners_choices() -> None:
         assert after >= 0.9 and after > before, (atoms, before, after)
 
 
-def test_demonstrations_are_off_by_default_and_checked() -> None:
+def test_demonstrations_are_off_unless_asked_and_checked() -> None:
     _, env = tiny_world_env()
     algo = DQN(gru_ctx())
     algo.prepare(env, seed=0)
     assert algo.demos is None
     with pytest.raises(RecrlError, match="demonstrations"):
         DQN(gru_ctx(), demonstrations=-1)
+    with pytest.raises(RecrlError, match=r"algo\.demonstrations='some'"):
+        DQN(gru_ctx(), demonstrations="some")
+
+
+def test_auto_demonstrations_where_the_planner_can_run_and_a_clear_error_where_asked_for_in_vain() -> None:
+    assert demonstration_users(gru_ctx(), "auto") == AUTO_DEMO_USERS
+    assert demonstration_users(make_ctx(StubModel()), "auto") == AUTO_DEMO_USERS
+    no_model = make_ctx(None)  # no behavior model that steps a user's state
+    moves = replace(make_ctx(StubModel()), item_actions=False)  # a wrapped gymnasium environment
+    for ctx in (no_model, moves):
+        assert demonstration_users(ctx, "auto") == 0
+        assert demonstration_users(ctx, 0) == 0
+        with pytest.raises(RecrlError, match=r"set algo\.demonstrations=0"):
+            demonstration_users(ctx, 16)
+    assert DQN(no_model, demonstrations="auto").demonstrations == 0
+    assert DQN(gru_ctx(), demonstrations="auto").demonstrations == AUTO_DEMO_USERS
 
 
 def test_demo_weight_decays_linearly_when_asked() -> None:

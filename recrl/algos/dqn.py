@@ -101,10 +101,30 @@ from recrl.algos.nets import (
     top_k,
     update_target,
 )
-from recrl.algos.planner import SurvivalPlanner
+from recrl.algos.planner import SurvivalPlanner, can_plan
 from recrl.types import AlgoContext, Obs, RecrlError, Transition
 
 DEMO_SEED_OFFSET = 7919  # demonstration users differ from the training users of the same seed
+AUTO_DEMO_USERS = 512    # algo.demonstrations=auto (README: the 5-seed figures of the default DQN)
+
+
+def demonstration_users(ctx: AlgoContext, demonstrations: int | str) -> int:
+    """How many users' planner sessions to record (``algo.demonstrations``).
+
+    ``auto``: :data:`AUTO_DEMO_USERS` where the planner can run (a behavior model that can step a
+    user's state, as every recrl behavior model can, and catalogue items as actions), else 0 (a
+    wrapped gymnasium environment, ``env=gym``). A number: that many, and an error where the
+    planner cannot run; 0: off.
+    """
+    if demonstrations == "auto":
+        return AUTO_DEMO_USERS if can_plan(ctx) else 0
+    if isinstance(demonstrations, bool) or not isinstance(demonstrations, int):
+        raise RecrlError(f"algo.demonstrations={demonstrations!r}: use auto, 0 (off) or a number of users")
+    if demonstrations > 0 and not can_plan(ctx):
+        raise RecrlError(f"algo.demonstrations={demonstrations} records sessions of the model-based planner, "
+                         "which needs catalogue items as actions and a behavior model that steps a user's "
+                         "state (not env=gym); set algo.demonstrations=0")
+    return demonstrations
 
 
 class DuelingScorer(ItemScorer):
@@ -250,15 +270,16 @@ class DQN:
                  prioritized: bool = False, priority_alpha: float = 0.6, priority_beta: float = 0.4,
                  priority_eps: float = 1e-3, atoms: int = 0, v_min: float = 0.0,
                  v_max: float = 10.0, item_init: str = "random", summary: bool = False,
-                 skip_shown: bool = False, average: float = 0.0, demonstrations: int = 0,
+                 skip_shown: bool = False, average: float = 0.0, demonstrations: int | str = 0,
                  demo_weight: float = 1.0, demo_margin: float = 0.8, demo_batch: int = 128,
-                 demo_decay_steps: int = 0) -> None:
+                 demo_decay_steps: int = 0, demo_caution: float = 2.0) -> None:
         if n_step < 1:
             raise RecrlError(f"algo.n_step={n_step} must be >= 1")
         if atoms == 1 or atoms < 0:
             raise RecrlError(f"algo.atoms={atoms} must be 0 (off) or >= 2")
         if atoms and not v_max > v_min:
             raise RecrlError(f"algo.v_max={v_max} must exceed algo.v_min={v_min}")
+        demonstrations = demonstration_users(ctx, demonstrations)
         if min(demonstrations, demo_weight, demo_margin, demo_decay_steps) < 0 or demo_batch < 1:
             raise RecrlError("algo.demonstrations, demo_weight, demo_margin and demo_decay_steps must "
                              "be >= 0 and algo.demo_batch >= 1")
@@ -291,6 +312,7 @@ class DQN:
         self.td_error: Tensor | None = None  # [B] |TD error| of the last update (C51: KL), per row
         self.demonstrations, self.demo_weight = demonstrations, demo_weight
         self.demo_margin, self.demo_batch, self.demo_decay_steps = demo_margin, demo_batch, demo_decay_steps
+        self.demo_caution = demo_caution
         self.demos: tuple[Obs, Tensor] | None = None  # (observations, planner slates), see prepare
 
     def prepare(self, env: Any, seed: int) -> None:
@@ -298,7 +320,7 @@ class DQN:
         ``demonstrations > 0``, record that many users' sessions of :class:`SurvivalPlanner`
         in ``env`` as demonstrations for the margin loss (see the module docstring)."""
         if self.demonstrations:
-            planner = SurvivalPlanner(self.ctx, skip_shown=self.skip_shown)
+            planner = SurvivalPlanner(self.ctx, caution=self.demo_caution, skip_shown=self.skip_shown)
             self.demos = planner.demonstrations(env, self.demonstrations, seed + DEMO_SEED_OFFSET)
 
     def epsilon(self) -> float:

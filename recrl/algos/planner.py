@@ -45,6 +45,12 @@ from recrl.types import AlgoContext, Obs, RecrlError, cat_obs
 MODEL_METHODS = ("encode", "score_all", "next_state", "leave_prob")
 
 
+def can_plan(ctx: AlgoContext) -> bool:
+    """Whether :class:`SurvivalPlanner` can run in ``ctx``: catalogue items as actions and a
+    behavior model with every method it needs (:data:`MODEL_METHODS`)."""
+    return ctx.item_actions and all(hasattr(ctx.behavior, m) for m in MODEL_METHODS)
+
+
 class SurvivalPlanner(FixedPolicy):
     """Top-``K`` items by ``r(s, i) * P(stay | click on i) ** (caution * R)`` under the behavior
     model (see the module docstring); ``skip_shown`` never serves an item in the observed history."""
