@@ -11,6 +11,8 @@ that are given the world's *item* truth but no user state, to bound what the lea
   state *estimated from the history* with the world's true item vectors and dynamics: interest =
   the normalised sum of the clicked items' vectors, satisfaction and topic boredom replayed from
   the observed steps (the first step, with no clicks, falls back to quality).
+- ``state_without_interest``: the same with the interest estimate at zero (satisfaction and
+  boredom only): the rule without personalisation.
 
 Both read the world's item tables (quality, clickbait, item vectors), which no learner is given,
 so they are references for the analysis, not algorithms. Prints a table and writes JSON.
@@ -96,6 +98,18 @@ class EstimatedState:
         return mask_shown(scores, obs).topk(1, dim=1).indices
 
 
+class StateWithoutInterest(EstimatedState):
+    """:class:`EstimatedState` without its interest estimate (set to zero): the same rule reading
+    only satisfaction and topic boredom, so it serves everyone alike except for what they tire of
+    and how satisfied they are: what the oracle's rule earns without personalising."""
+
+    def estimate(self, obs: Obs) -> Tensor:
+        """The replayed state with the interest part zeroed."""
+        state = super().estimate(obs)
+        state[:, :self.world.n_topics] = 0.0
+        return state
+
+
 def synthetic_run(overrides: list[str], what: str) -> tuple[DictConfig, Stages, SyntheticWorld, RecEnv]:
     """The config, stages, true world and a ground-truth environment of ``recrl train overrides``
     on CPU; exits with a message (``what`` needs ...) unless the world is synthetic with slates of one."""
@@ -118,6 +132,7 @@ def main() -> None:
     cfg, stages, world, env = synthetic_run(args.overrides, "reference policies")
     policies = {"random": RandomPolicy(stages.ctx), "quality_first": QualityFirst(world),
                 "estimated_state": EstimatedState(world, stages.reward, env),
+                "state_without_interest": StateWithoutInterest(world, stages.reward, env),
                 "oracle": Oracle(world, stages.reward, env, candidates=cfg.eval.oracle_candidates)}
     rows = {}
     for name, policy in policies.items():

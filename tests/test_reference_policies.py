@@ -39,6 +39,22 @@ def test_estimated_state_replays_satisfaction_and_boredom_exactly() -> None:
     assert torch.all(estimate[~clicked, :t] == 0)
 
 
+def test_state_without_interest_keeps_satisfaction_and_boredom_and_drops_the_interest() -> None:
+    refs = load_script("reference_policies")
+    env = make_env()
+    full = refs.EstimatedState(env.model, ClickReward(), env)
+    blind = refs.StateWithoutInterest(env.model, ClickReward(), env)
+    walk = RandomPolicy(make_ctx(n_items=30, slate_size=1, history_len=HORIZON, horizon=HORIZON))
+    obs = env.reset(32, seed=1)
+    for _ in range(3):
+        obs, *_ = env.step(walk.act(obs, explore=True))
+    t = env.model.n_topics
+    estimate, without = full.estimate(obs), blind.estimate(obs)
+    assert torch.all(without[:, :t] == 0) and torch.equal(without[:, t:], estimate[:, t:])
+    assert estimate[:, :t].abs().sum() > 0  # someone clicked, so the full estimate has an interest
+    assert blind.act(obs).shape == (32, 1)
+
+
 def test_quality_first_serves_the_best_unseen_non_bait_items_in_order() -> None:
     refs = load_script("reference_policies")
     env = make_env()
