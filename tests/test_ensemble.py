@@ -18,6 +18,7 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from recrl.behavior.ensemble import BehaviorEnsemble, bootstrap_users
+from recrl.behavior.features import side_features
 from recrl.behavior.fit import TrainingSettings
 from recrl.behavior.gru import GRUBehavior
 from recrl.behavior.mf import MFBehavior
@@ -104,6 +105,52 @@ def test_batched_members_match_each_member_alone() -> None:
             alone = ms[k].predict(member_state(ensemble, state[b:b + 1], k), slates[b:b + 1])
             assert torch.allclose(predicted.click_logit[b], alone.click_logit[0], atol=1e-6)
             assert torch.allclose(predicted.rating[b], alone.rating[0], atol=1e-6)
+
+
+def content_members(k: int = 3) -> list[GRUBehavior]:
+    """GRU members that read an item table (topic tokens, a numeric column), with the recency
+    term, perturbed so that every weight differs between members; one without watch values,
+    one without leave labels."""
+    table = pd.DataFrame({"topic": np.arange(N_ITEMS) % 4, "quality": np.linspace(0.0, 1.0, N_ITEMS)})
+    features = side_features(table, N_ITEMS)
+    ms = [GRUBehavior(N_ITEMS, dim=8, hidden=HIDDEN, features=["side"], item_features=features,
+                      recency=True, training=TrainingSettings(seed=s)) for s in range(k)]
+    with torch.no_grad():
+        for m in ms:
+            for p in m.parameters():
+                p.add_(0.3 * torch.randn_like(p))
+    ms[1].watch_known.fill_(False)
+    ms[2].leave_known.fill_(False)
+    return ms
+
+
+def test_stacked_gru_step_is_the_batched_call_of_each_member() -> None:
+    """GRU members step through GRUStack (stacked weights, no vmap): the same numbers as the
+    generic batched call, for slates, the whole catalogue, the next state and leaving."""
+    ensemble = BehaviorEnsemble(content_members()).eval()
+    g = torch.Generator().manual_seed(1)
+    state = ensemble.initial_state(9, g)
+    slates = torch.randint(0, N_ITEMS, (9, 2), generator=g)
+    click = (torch.rand(9, 2, generator=g) < 0.4).float()
+    calls = [("predict", (slates,)), ("predict", (None,)), ("next_state", (slates, click, click)),
+             ("advance", (slates, click, click))]
+    _, members_now = ensemble._split(ensemble.next_state(state, slates, click, click))  # exposure > 0
+    assert ensemble._fast is not None
+    fast = [ensemble._each(m, (members_now,), shared) for m, shared in calls]
+    fast.append(ensemble._each("leave_prob", (members_now,)))
+    ensemble._fast = None  # the generic vmap path, same stacked weights
+    slow = [ensemble._each(m, (members_now,), shared) for m, shared in calls]
+    slow.append(ensemble._each("leave_prob", (members_now,)))
+    def parts(out: object) -> tuple:
+        return out if isinstance(out, tuple) else (out,)
+
+    for a, b in zip(fast, slow, strict=True):
+        for x, y in zip(parts(a), parts(b), strict=True):
+            assert x.shape == y.shape
+            assert torch.allclose(x, y, atol=1e-5, equal_nan=True)
+    watch = fast[0][3]
+    assert torch.isnan(watch[1]).all() and not torch.isnan(watch[0]).any()  # member 1 has no watch values
+    assert torch.all(fast[-1][2] == 0)  # member 2 had no leave labels
 
 
 def test_without_a_generator_the_ensemble_is_the_members_mean() -> None:

@@ -20,8 +20,10 @@ user's *member weights* ``w`` (one row of the state ``[w (K) | member states (K 
   deviation of each shown item's click probability, what the environment's pessimism
   (``env.pessimism``) reads.
 
-All members are evaluated in one batched call per step (``torch.func.stack_module_state`` and
-``vmap``), not in a Python loop. Sequence models only (``behavior=gru``, ``sasrec``): models with
+All members are evaluated in one batched call per step, not in a Python loop: GRU members
+through :class:`~recrl.behavior.gru.GRUStack` (their weights stacked once, batched matrix
+products), other models through ``torch.func.stack_module_state`` and ``vmap``.
+Sequence models only (``behavior=gru``, ``sasrec``): models with
 a table of user vectors (``mf``, ``deepfm``) draw fresh users from that table, which a bootstrap
 of users does not preserve.
 """
@@ -47,8 +49,11 @@ from recrl.behavior.base import (
     replay_history,
 )
 from recrl.behavior.fit import FitReport, SessionTensors
+from recrl.behavior.gru import GRUStack
 from recrl.env.choice import MNL, ChoiceModel
 from recrl.types import Interactions, Obs, RecrlError, Response
+
+FAST_METHODS = ("predict", "next_state", "leave_prob", "advance")  # what GRUStack computes itself
 
 
 class _MemberCall(nn.Module):
@@ -109,6 +114,7 @@ class BehaviorEnsemble(nn.Module):
         self.training_settings = first.training_settings
         self._template = [_MemberCall(copy.deepcopy(first))]  # a list: not a submodule, not saved
         self._stacked: tuple[dict[str, Tensor], dict[str, Tensor]] | None = None
+        self._fast: GRUStack | None = None  # GRU members: the step without vmap (built with _stacked)
         self._start: Tensor | None = None
         with torch.no_grad():
             self.width = int(first.initial_state(1).shape[1])
@@ -132,12 +138,15 @@ class BehaviorEnsemble(nn.Module):
             self._stacked = ({f"m.{k}": v.detach() for k, v in params.items()},
                              {f"m.{k}": v for k, v in buffers.items()})
             self._start = None
+            self._fast = GRUStack(list(self.members)) if GRUStack.supports(list(self.members)) else None
         return self._stacked
 
     def _each(self, method: str, member_args: Sequence[Tensor] = (), shared: Sequence[Any] = ()) -> Any:
         """``method`` of every member in one batched call: ``member_args`` have a leading member
         dimension ``[K, ...]``, ``shared`` are the same for all; outputs gain ``[K, ...]``."""
         params, buffers = self._stack()
+        if self._fast is not None and method in FAST_METHODS:
+            return getattr(self._fast, method)(*member_args, *shared)
         template = self._template[0]
 
         def one(p: dict[str, Tensor], b: dict[str, Tensor], *args: Any) -> Any:
