@@ -293,10 +293,14 @@ class GRUStack:
         self.ih = _linear_stack([(m.cell.weight_ih, m.cell.bias_ih) for m in members])
         self.hh = _linear_stack([(m.cell.weight_hh, m.cell.bias_hh) for m in members])
         self.leave = [_linear_stack([m.leave_head[j] for m in members]) for j in (0, 2)]
-        self.heads = {name: (_linear_stack([getattr(m, name).proj for m in members]),
-                             torch.stack([getattr(m, name).vectors() for m in members]),   # [K, N, d]
-                             torch.stack([getattr(m, name).bias for m in members]))        # [K, N]
-                      for name in self.HEADS}
+        # the four bilinear heads side by side: one product gives every head's query
+        projections = [_linear_stack([getattr(m, name).proj for m in members]) for name in self.HEADS]
+        weights, biases = zip(*projections, strict=True)
+        self.query = torch.cat(weights, 2).contiguous(), torch.cat(biases, 2).contiguous()  # [K, hidden, H d]
+        self.vectors = [torch.stack([getattr(m, name).vectors() for m in members]).contiguous()
+                        for name in self.HEADS]                                             # H x [K, N, d]
+        self.item_bias = [torch.stack([getattr(m, name).bias for m in members]).contiguous()
+                          for name in self.HEADS]                                           # H x [K, N]
         self.leave_known = torch.stack([m.leave_known for m in members]).to(self.item_in.dtype)
         self.watch_known = torch.stack([m.watch_known for m in members])
         self.recency = None
@@ -305,28 +309,32 @@ class GRUStack:
                             torch.stack([m.recency.weight for m in members])[:, None, None],
                             torch.stack([m.recency.decay() for m in members])[:, None, None])
 
-    def _head(self, name: str, h: Tensor, items: Tensor | None) -> Tensor:
-        """Logits ``[K, B, S]`` of head ``name`` for ``items`` ``[B, S]`` (``[K, B, N]``: all)."""
-        (weight, bias), vectors, item_bias = self.heads[name]
-        query = torch.baddbmm(bias, h, weight)                                                # [K, B, d]
+    def _heads(self, h: Tensor, items: Tensor | None) -> tuple[Tensor, ...]:
+        """Logits ``[K, B, S]`` of every head (:attr:`HEADS` order) for ``items`` ``[B, S]``
+        (``[K, B, N]``: the whole catalogue)."""
+        k, b = h.shape[0], h.shape[1]
+        queries = torch.baddbmm(self.query[1], h, self.query[0]).chunk(len(self.HEADS), -1)  # H x [K, B, d]
         if items is None:
-            return torch.baddbmm(item_bias[:, None, :], query, vectors.transpose(1, 2))
-        return torch.einsum("kbd,kbsd->kbs", query, vectors[:, items]) + item_bias[:, items]
+            return tuple(torch.baddbmm(bias[:, None, :], q, vectors.transpose(1, 2))
+                         for q, vectors, bias in zip(queries, self.vectors, self.item_bias, strict=True))
+        flat, d = items.flatten(), self.vectors[0].shape[-1]
+        return tuple(torch.einsum("kbd,kbsd->kbs", q, vectors.index_select(1, flat).view(k, b, -1, d))
+                     + bias.index_select(1, flat).view(k, b, -1)
+                     for q, vectors, bias in zip(queries, self.vectors, self.item_bias, strict=True))
 
     def predict(self, state: Tensor, items: Tensor | None = None) -> tuple[Tensor, ...]:
         """Every member's :class:`~recrl.behavior.base.Predictions` fields for ``items``."""
         h = state[..., :self.hidden]
-        click = self._head("click_head", h, items)
+        click, conversion, rating, watch = self._heads(h, items)
         if self.recency is not None:
             tokens, weight, _ = self.recency
             exposure = state[..., self.hidden:]
             overlap = (exposure @ tokens[:-1].T if items is None
                        else torch.einsum("kbc,bsc->kbs", exposure, tokens[items]))
             click = click + weight * overlap
-        watch = F.softplus(self._head("watch_head", h, items))
+        watch = F.softplus(watch)
         watch = torch.where(self.watch_known[:, None, None], watch, torch.full_like(watch, float("nan")))
-        return (click, torch.sigmoid(self._head("conversion_head", h, items)),
-                1.0 + 4.0 * torch.sigmoid(self._head("rating_head", h, items)), watch)
+        return click, torch.sigmoid(conversion), 1.0 + 4.0 * torch.sigmoid(rating), watch
 
     def next_state(self, state: Tensor, slates: Tensor, click: Tensor, conversion: Tensor) -> Tensor:
         """Every member's state after ``slates`` ``[B, S]`` and the response (``[B, S]``)."""
