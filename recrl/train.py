@@ -195,7 +195,8 @@ def gym_stages(cfg: DictConfig, device: torch.device) -> GymStages:
     env = build(cfg.env)(device=device)
     ctx = AlgoContext(n_items=env.n_items, slate_size=1, history_len=env.history_len, horizon=env.horizon,
                       device=device, seed=cfg.seed, item_popularity=torch.zeros(env.n_items),
-                      behavior=None, reward=None, obs_features=env.obs_features, item_actions=False)
+                      behavior=None, reward=None, obs_features=env.obs_features, item_actions=False,
+                      train_users=cfg.trainer.n_users)
     env.close()
     return GymStages(cfg=cfg, device=device, ctx=ctx)
 
@@ -273,7 +274,8 @@ def build_stages(cfg: DictConfig, device: torch.device,
     ctx = AlgoContext(n_items=interactions.n_items, slate_size=cfg.env.slate_size,
                       history_len=cfg.env.history_len, horizon=cfg.env.horizon, device=device,
                       seed=cfg.seed, item_popularity=torch.as_tensor(interactions.item_popularity()),
-                      behavior=behavior, reward=reward, interactions=interactions)
+                      behavior=behavior, reward=reward, interactions=interactions,
+                      train_users=cfg.trainer.n_users)
     return Stages(cfg=cfg, device=device, dataset=dataset, splits=splits,
                   behavior=behavior, behavior_report=behavior_report, reward=reward, ctx=ctx,
                   ground_truth=ground_truth_model(cfg, dataset, splits, device, data_key))

@@ -287,6 +287,8 @@ class AlgoContext:
         item_actions: the actions are catalogue items (recommendation environments, with or
             without observation features); ``False`` for a wrapped gymnasium environment, whose
             actions are moves that may repeat.
+        train_users: users per training environment step (``trainer.n_users``), what an
+            algorithm can size work before training by (e.g. DQN's demonstrations).
     """
 
     n_items: int
@@ -301,3 +303,4 @@ class AlgoContext:
     obs_features: int = 0
     interactions: Interactions | None = None
     item_actions: bool = True
+    train_users: int = 256

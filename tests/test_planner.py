@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import Tensor
 
-from recrl.algos.dqn import AUTO_DEMO_USERS, DQN, demonstration_users
+from recrl.algos.dqn import AUTO_DEMO_ROWS, DQN, demonstration_users
 from recrl.algos.greedy import GreedyPolicy
 from recrl.algos.planner import SurvivalPlanner
 from recrl.behavior.gru import GRUBehavior
@@ -190,8 +190,9 @@ def test_demonstrations_are_off_unless_asked_and_checked() -> None:
 
 
 def test_auto_demonstrations_where_the_planner_can_run_and_a_clear_error_where_asked_for_in_vain() -> None:
-    assert demonstration_users(gru_ctx(), "auto") == AUTO_DEMO_USERS
-    assert demonstration_users(make_ctx(StubModel()), "auto") == AUTO_DEMO_USERS
+    assert demonstration_users(gru_ctx(), "auto") == 512  # 2 batches of the default 256 training users
+    assert demonstration_users(make_ctx(StubModel()), "auto") == 512
+    assert demonstration_users(replace(make_ctx(StubModel()), train_users=16), "auto") == 32
     no_model = make_ctx(None)  # no behavior model that steps a user's state
     moves = replace(make_ctx(StubModel()), item_actions=False)  # a wrapped gymnasium environment
     for ctx in (no_model, moves):
@@ -200,7 +201,11 @@ def test_auto_demonstrations_where_the_planner_can_run_and_a_clear_error_where_a
         with pytest.raises(RecrlError, match=r"set algo\.demonstrations=0"):
             demonstration_users(ctx, 16)
     assert DQN(no_model, demonstrations="auto").demonstrations == 0
-    assert DQN(gru_ctx(), demonstrations="auto").demonstrations == AUTO_DEMO_USERS
+    # a large catalogue gets fewer users: the planner steps every user after every item
+    big = replace(make_ctx(StubModel()), n_items=AUTO_DEMO_ROWS // 8, train_users=256)
+    assert demonstration_users(big, "auto") == 8
+    assert demonstration_users(replace(big, n_items=10 * AUTO_DEMO_ROWS), "auto") == 1
+    assert DQN(gru_ctx(), demonstrations="auto").demonstrations == 512
 
 
 def test_demo_weight_decays_linearly_when_asked() -> None:

@@ -105,19 +105,23 @@ from recrl.algos.planner import SurvivalPlanner, can_plan
 from recrl.types import AlgoContext, Obs, RecrlError, Transition
 
 DEMO_SEED_OFFSET = 7919  # demonstration users differ from the training users of the same seed
-AUTO_DEMO_USERS = 512    # algo.demonstrations=auto (README: the 5-seed figures of the default DQN)
+AUTO_DEMO_BATCHES = 2     # algo.demonstrations=auto: this many batches of training users (512 by default)
+AUTO_DEMO_ROWS = 262_144  # ... and at most this many (user, item) model steps a step (512 users x 500 items)
 
 
 def demonstration_users(ctx: AlgoContext, demonstrations: int | str) -> int:
     """How many users' planner sessions to record (``algo.demonstrations``).
 
-    ``auto``: :data:`AUTO_DEMO_USERS` where the planner can run (a behavior model that can step a
-    user's state, as every recrl behavior model can, and catalogue items as actions), else 0 (a
-    wrapped gymnasium environment, ``env=gym``). A number: that many, and an error where the
-    planner cannot run; 0: off.
+    ``auto``: :data:`AUTO_DEMO_BATCHES` batches of training users (``trainer.n_users``; 512 users
+    by default) where the planner can run (a behavior model that can step a user's state, as
+    every recrl behavior model can, and catalogue items as actions), else 0 (a wrapped gymnasium
+    environment, ``env=gym``); fewer on large catalogues, whose planner steps every user after
+    every item: at most :data:`AUTO_DEMO_ROWS` ``// n_items`` users (at least one). A number:
+    that many, and an error where the planner cannot run; 0: off.
     """
     if demonstrations == "auto":
-        return AUTO_DEMO_USERS if can_plan(ctx) else 0
+        users = min(AUTO_DEMO_BATCHES * ctx.train_users, AUTO_DEMO_ROWS // ctx.n_items)
+        return max(1, users) if can_plan(ctx) else 0
     if isinstance(demonstrations, bool) or not isinstance(demonstrations, int):
         raise RecrlError(f"algo.demonstrations={demonstrations!r}: use auto, 0 (off) or a number of users")
     if demonstrations > 0 and not can_plan(ctx):
