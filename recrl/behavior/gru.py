@@ -24,8 +24,14 @@ from recrl.types import Interactions, RecrlError
 def gru_cell(cell: nn.GRUCell, x: Tensor, h: Tensor) -> Tensor:
     """One step of ``cell`` (``nn.GRUCell``'s equations and weights), written out so that
     ``torch.func.vmap`` batches it over ensemble members (the fused kernel has no batching rule)."""
-    r_x, z_x, n_x = F.linear(x, cell.weight_ih, cell.bias_ih).chunk(3, -1)
-    r_h, z_h, n_h = F.linear(h, cell.weight_hh, cell.bias_hh).chunk(3, -1)
+    return gru_gates(F.linear(x, cell.weight_ih, cell.bias_ih), F.linear(h, cell.weight_hh, cell.bias_hh), h)
+
+
+def gru_gates(from_input: Tensor, from_hidden: Tensor, h: Tensor) -> Tensor:
+    """The next hidden state of a GRU from its input's and its hidden state's gate
+    pre-activations ``[..., 3 H]`` (reset, update, candidate: ``nn.GRUCell``'s order)."""
+    r_x, z_x, n_x = from_input.chunk(3, -1)
+    r_h, z_h, n_h = from_hidden.chunk(3, -1)
     reset, update = torch.sigmoid(r_x + r_h), torch.sigmoid(z_x + z_h)
     candidate = torch.tanh(n_x + reset * n_h)
     return candidate + update * (h - candidate)
@@ -69,8 +75,8 @@ class AttributeRecency(nn.Module):
         return torch.sigmoid(self.decay_logit)
 
     def update(self, exposure: Tensor, slates: Tensor, decay: Tensor | float | None = None) -> Tensor:
-        """Exposure ``[B, C]`` after ``slates`` ``[B, K]`` were shown (the padding id adds nothing),
-        at the learned decay or a fixed ``decay``."""
+        """Exposure ``[..., B, C]`` after ``slates`` ``[B, K]`` were shown (the padding id adds nothing),
+        at the learned decay or a fixed ``decay`` (a tensor broadcasting over the leading dimensions)."""
         return (self.decay() if decay is None else decay) * exposure + self.tokens[slates].sum(-2)
 
     def exposures(self, items: Tensor, decay: float) -> Tensor:
@@ -98,10 +104,11 @@ class AttributeRecency(nn.Module):
             self.weight.fill_(weight)
 
     def overlap(self, exposure: Tensor, items: Tensor | None = None) -> Tensor:
-        """``<tokens[i], r>`` ``[B, K]`` of ``items`` (``[B, n_items]`` when ``None``)."""
+        """``<tokens[i], r>`` ``[..., B, K]`` of ``items`` ``[B, K]`` (``[..., B, n_items]`` when
+        ``None``) for exposures ``[..., B, C]`` (leading dimensions: e.g. ensemble members)."""
         if items is None:
             return exposure @ self.tokens[:-1].T
-        return torch.einsum("bc,bkc->bk", exposure, self.tokens[items])
+        return torch.einsum("...bc,bkc->...bk", exposure, self.tokens[items])
 
     def term(self, exposure: Tensor, items: Tensor | None = None) -> Tensor:
         """The click-utility term ``w * <tokens[i], r>`` ``[B, K]`` of ``items`` (``[B, n_items]``
@@ -305,7 +312,7 @@ class GRUStack:
         self.watch_known = torch.stack([m.watch_known for m in members])
         self.recency = None
         if first.recency is not None:
-            self.recency = (first.recency.tokens,                                            # [N+1, C]
+            self.recency = (first.recency,  # its attribute table (the same for every member)
                             torch.stack([m.recency.weight for m in members])[:, None, None],
                             torch.stack([m.recency.decay() for m in members])[:, None, None])
 
@@ -327,11 +334,8 @@ class GRUStack:
         h = state[..., :self.hidden]
         click, conversion, rating, watch = self._heads(h, items)
         if self.recency is not None:
-            tokens, weight, _ = self.recency
-            exposure = state[..., self.hidden:]
-            overlap = (exposure @ tokens[:-1].T if items is None
-                       else torch.einsum("kbc,bsc->kbs", exposure, tokens[items]))
-            click = click + weight * overlap
+            recency, weight, _ = self.recency
+            click = click + weight * recency.overlap(state[..., self.hidden:], items)
         watch = F.softplus(watch)
         watch = torch.where(self.watch_known[:, None, None], watch, torch.full_like(watch, float("nan")))
         return click, torch.sigmoid(conversion), 1.0 + 4.0 * torch.sigmoid(rating), watch
@@ -343,15 +347,11 @@ class GRUStack:
         flags = torch.stack([click.sum(-1), conversion.sum(-1)], -1).expand(emb.shape[0], -1, -1)
         summary = torch.cat([emb.mean(-2), (click.unsqueeze(-1) * emb).sum(-2), flags], -1)
         x = torch.relu(torch.baddbmm(self.event[1], summary, self.event[0]))
-        r_x, z_x, n_x = torch.baddbmm(self.ih[1], x, self.ih[0]).chunk(3, -1)
-        r_h, z_h, n_h = torch.baddbmm(self.hh[1], h, self.hh[0]).chunk(3, -1)
-        reset, update = torch.sigmoid(r_x + r_h), torch.sigmoid(z_x + z_h)
-        candidate = torch.tanh(n_x + reset * n_h)
-        h = candidate + update * (h - candidate)
+        h = gru_gates(torch.baddbmm(self.ih[1], x, self.ih[0]), torch.baddbmm(self.hh[1], h, self.hh[0]), h)
         if self.recency is None:
             return h
-        tokens, _, decay = self.recency
-        return torch.cat([h, decay * state[..., self.hidden:] + tokens[slates].sum(-2)], -1)
+        recency, _, decay = self.recency
+        return torch.cat([h, recency.update(state[..., self.hidden:], slates, decay)], -1)
 
     def leave_prob(self, state: Tensor) -> Tensor:
         """Every member's probability ``[K, B]`` of leaving in ``state``."""
