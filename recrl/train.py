@@ -20,7 +20,7 @@ from rich.console import Console
 
 import recrl
 from recrl.algos.oracle import Oracle, can_plan
-from recrl.behavior.ensemble import BehaviorEnsemble
+from recrl.behavior.ensemble import BehaviorEnsemble, OwnMemberSimulator
 from recrl.behavior.features import build_item_features, item_categories
 from recrl.behavior.fidelity import fidelity_report
 from recrl.behavior.fit import TrainingSettings
@@ -66,8 +66,12 @@ class Stages:
 
     def make_env(self, model: Any, pessimistic: bool = False) -> RecEnv:
         """A fresh environment of the configured shape over ``model``; ``env.pessimism`` applies
-        only where ``pessimistic`` (training in the learned simulator)."""
+        only where ``pessimistic`` (training in the learned simulator). An ensemble steps every
+        member for every user only where a pessimism term reads their disagreement; elsewhere
+        each user's own member alone (:class:`~recrl.behavior.ensemble.OwnMemberSimulator`)."""
         pessimism = self.pessimism if pessimistic else None
+        if isinstance(model, BehaviorEnsemble) and not (pessimism is not None and pessimism.uses_uncertainty):
+            model = OwnMemberSimulator(model)
         return build(self.cfg.env)(model=model, reward=self.reward, item_categories=self.item_categories,
                                    device=self.device, pessimism=pessimism)
 

@@ -2,11 +2,14 @@
 
 Random actions (drawn on the device each step with the device's own generator) are shown to
 ``B`` users of a user model with embedding width ``d`` (``gru``: GRU state of width ``d``;
-``gru_ensemble``: an ensemble of 5 such GRUs, ``behavior.ensemble=5``, every member stepped
-for every user; ``mf``: ``d``-dimensional user vectors; ``synthetic``: the built-in world's ground truth with
-``d`` topics), with autoreset, over a grid of catalogue sizes ``N`` and slate sizes ``K``. For
-``K > 1`` a slate's items are drawn independently (a slate may repeat an item: the environment
-does not require distinct items, and drawing them costs nothing that the environment does).
+``gru_ensemble``: an ensemble of 5 such GRUs, ``behavior.ensemble=5``, as the simulator steps
+it by default, each user's own member alone; ``gru_ensemble_all``: the same ensemble with every
+member stepped for every user, what the pessimism terms that read the members' disagreement
+(MOPO, MOReL) cost; ``mf``: ``d``-dimensional user vectors; ``synthetic``: the built-in world's
+ground truth with ``d`` topics), with autoreset, over a grid of catalogue sizes ``N`` and slate
+sizes ``K``. For ``K > 1`` a slate's items are drawn independently (a slate may repeat an item:
+the environment does not require distinct items, and drawing them costs nothing that the
+environment does).
 Steps run in plain grad mode, as in the training loop (``--inference-mode`` to compare). Each
 configuration reports the best of ``--repeats`` timed runs (other jobs on a shared machine make
 runs slower, never faster) and its host CPU time, so time spent waiting for a core shows. Prints
@@ -35,7 +38,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from recrl.behavior.ensemble import BehaviorEnsemble
+from recrl.behavior.ensemble import BehaviorEnsemble, OwnMemberSimulator
 from recrl.behavior.fit import TrainingSettings
 from recrl.behavior.gru import GRUBehavior
 from recrl.behavior.mf import MFBehavior
@@ -43,18 +46,19 @@ from recrl.data.synthetic import SyntheticWorld
 from recrl.env.simulator import RecEnv
 from recrl.rewards import ClickReward
 
-MODELS = ("synthetic", "gru", "mf", "gru_ensemble")
-ENSEMBLE = 5  # members of ``gru_ensemble`` (behavior.ensemble=5)
+MODELS = ("synthetic", "gru", "mf", "gru_ensemble", "gru_ensemble_all")
+ENSEMBLE = 5  # members of ``gru_ensemble`` and ``gru_ensemble_all`` (behavior.ensemble=5)
 
 
 def build_model(name: str, n_items: int, dim: int, device: str, mf_users: int = 10_000):
     """An (untrained: throughput does not depend on the weights) user model of width ``dim``."""
     if name == "gru":
         return GRUBehavior(n_items=n_items, dim=dim, hidden=dim, device=device).eval()
-    if name == "gru_ensemble":
+    if name in ("gru_ensemble", "gru_ensemble_all"):
         members = [GRUBehavior(n_items=n_items, dim=dim, hidden=dim, device=device,
                                training=TrainingSettings(seed=k)) for k in range(ENSEMBLE)]
-        return BehaviorEnsemble(members).eval()
+        ensemble = BehaviorEnsemble(members).eval()
+        return ensemble if name == "gru_ensemble_all" else OwnMemberSimulator(ensemble)
     if name == "mf":
         return MFBehavior(n_items=n_items, dim=dim, n_users=mf_users, device=device).eval()
     if name == "synthetic":

@@ -17,13 +17,14 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from recrl.behavior.ensemble import BehaviorEnsemble, bootstrap_users
+from recrl.behavior.ensemble import BehaviorEnsemble, OwnMemberSimulator, bootstrap_users
 from recrl.behavior.features import side_features
 from recrl.behavior.fit import TrainingSettings
 from recrl.behavior.gru import GRUBehavior
 from recrl.behavior.mf import MFBehavior
 from recrl.config import CONF_DIR, validate
 from recrl.data.synthetic import SyntheticWorld
+from recrl.env.choice import MNL
 from recrl.env.pessimism import LoggedPolicyEntropy, Pessimism
 from recrl.env.simulator import RecEnv
 from recrl.evaluate import Evaluation
@@ -151,6 +152,51 @@ def test_stacked_gru_step_is_the_batched_call_of_each_member() -> None:
     watch = fast[0][3]
     assert torch.isnan(watch[1]).all() and not torch.isnan(watch[0]).any()  # member 1 has no watch values
     assert torch.all(fast[-1][2] == 0)  # member 2 had no leave labels
+
+
+@pytest.mark.parametrize("stacked", [True, False])
+@pytest.mark.parametrize("n_users", [7, 2])
+def test_own_member_simulator_steps_each_row_with_its_member_alone(stacked: bool, n_users: int) -> None:
+    """Row r of a batch of B simulates member r K // B and nothing else: its start state, the
+    click probabilities it samples from, its next state and leave probability are that member's
+    own, through the stacked GRU step and the generic batched call alike (B < K leaves a member
+    without rows)."""
+    ms = content_members()
+    ensemble = BehaviorEnsemble(ms).eval()
+    ensemble._stack()
+    if not stacked:
+        ensemble._fast = None
+    sim = OwnMemberSimulator(ensemble)
+    g = torch.Generator().manual_seed(3)
+    state = sim.initial_state(n_users, g)
+    owner = [r * 3 // n_users for r in range(n_users)]
+    for r, k in enumerate(owner):
+        assert torch.allclose(state[r], ms[k].initial_state(1)[0])
+    for _ in range(3):  # a few steps, so the recency exposure is not zero
+        slates = torch.randint(0, N_ITEMS, (n_users, 2), generator=g)
+        response, nxt = sim.respond(state, slates, g)
+        assert response.uncertainty is None and nxt.shape == state.shape
+        with torch.no_grad():
+            for r, k in enumerate(owner):
+                row = slice(r, r + 1)
+                alone = ms[k].predict(state[row], slates[row])
+                expected_next = ms[k].next_state(state[row], slates[row], response.click[row],
+                                                 response.conversion[row])
+                assert torch.allclose(response.click_prob[r], MNL.probs(alone.click_logit)[0], atol=1e-5)
+                assert torch.allclose(response.rating[r], alone.rating[0], atol=1e-5)
+                assert torch.allclose(nxt[r], expected_next[0], atol=1e-5)
+                assert torch.allclose(response.leave_prob[r], ms[k].leave_prob(expected_next)[0], atol=1e-5)
+        state = nxt
+
+
+def test_own_member_rows_are_dealt_to_members_in_equal_blocks() -> None:
+    sim = OwnMemberSimulator(BehaviorEnsemble(members(5)))
+    member, blocks, position = sim.route(256, torch.device("cpu"))
+    counts = torch.bincount(member, minlength=5)
+    assert counts.max() - counts.min() <= 1 and counts.sum() == 256
+    assert blocks.shape == (5, 52)
+    assert torch.equal(blocks.flatten()[position], torch.arange(256))  # every row finds itself
+    assert torch.equal(member[blocks], torch.arange(5)[:, None].expand(5, 52))  # padding stays in its block
 
 
 def test_without_a_generator_the_ensemble_is_the_members_mean() -> None:
@@ -376,9 +422,12 @@ def test_selection_runs_in_a_held_out_member(tmp_path: Path) -> None:
     stages = build_stages(cfg, torch.device("cpu"))
     members = list(stages.behavior.members)
     train = stages.training_env("held_out_member").model
-    assert isinstance(train, BehaviorEnsemble) and list(train.members) == members[:2]
+    assert isinstance(train, OwnMemberSimulator) and list(train.ensemble.members) == members[:2]
     assert stages.selection_env("held_out_member").model is members[2]
-    assert stages.training_env().model is stages.behavior  # the default: every member
+    assert stages.training_env().model.ensemble is stages.behavior  # the default: every member
+    stages.__dict__["pessimism"] = Pessimism(penalty=1.0)  # MOPO reads the disagreement: every member steps
+    assert stages.training_env().model is stages.behavior
+    assert isinstance(stages.eval_envs()["simulator"].model, OwnMemberSimulator)  # no pessimism there
     with pytest.raises(RecrlError, match="one of simulator, held_out_member"):
         Evaluation(select_on="ground_truth")
 

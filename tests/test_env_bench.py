@@ -203,6 +203,6 @@ def test_bench_script_writes_json(tmp_path, monkeypatch) -> None:
                                       "--repeats", "1", "--out", str(out)])
     runpy.run_path(str(script), run_name="__main__")
     data = json.loads(out.read_text())
-    assert len(data["results"]) == 4 * 2  # synthetic, gru, mf, gru_ensemble x K in {1, 2}
+    assert len(data["results"]) == 5 * 2  # synthetic, gru, mf, gru_ensemble, gru_ensemble_all x K in {1, 2}
     assert all(r["user_steps_per_s"] > 0 and r["peak_bytes"] >= 0 for r in data["results"])
     assert data["machine"]["threads"] == 1 and data["machine"]["torch"] == torch.__version__

@@ -23,6 +23,12 @@ user's *member weights* ``w`` (one row of the state ``[w (K) | member states (K 
 All members are evaluated in one batched call per step, not in a Python loop: GRU members
 through :class:`~recrl.behavior.gru.GRUStack` (their weights stacked once, batched matrix
 products), other models through ``torch.func.stack_module_state`` and ``vmap``.
+
+Stepping every member for every user costs ``K`` times one model's arithmetic, and only the
+pessimism terms that read the disagreement need it. Every other simulator (training without
+those terms, the simulator's evaluation) runs the ensemble as :class:`OwnMemberSimulator`: each
+user's own member alone, the rows of a batch dealt to the members in equal blocks, about the
+cost of one model.
 Sequence models only (``behavior=gru``, ``sasrec``): models with
 a table of user vectors (``mf``, ``deepfm``) draw fresh users from that table, which a bootstrap
 of users does not preserve.
@@ -278,6 +284,88 @@ class BehaviorEnsemble(nn.Module):
         self._stacked = None
         self.eval()  # as a fitted single model: evaluation mode, template included
         return EnsembleFitReport(reports)
+
+
+class OwnMemberSimulator:
+    """An ensemble as a simulator that steps only each user's own member: ``1/K`` of the
+    ensemble's arithmetic, for environments that do not read the members' disagreement.
+
+    The ``B`` rows of a batch are dealt to the members in ``K`` contiguous blocks of equal size
+    (row ``r`` simulates member ``r K // B``; a row keeps its member when a finished user is
+    replaced). A sequence model's fresh users are all alike, so this is the ensemble's uniform
+    draw of a member per user with the draws stratified: every batch meets every member in
+    equal numbers. A row's state is its member's state alone (``[B, S]``). Each step gathers the
+    blocks into ``[K, ceil(B / K), ...]`` (a short block repeats one of its rows) and runs every
+    member on its own block in one batched call, as :class:`BehaviorEnsemble` runs every member
+    on every row. Responses carry no ``uncertainty``: the environment's pessimism terms that
+    read it (MOPO, MOReL) step the whole :class:`BehaviorEnsemble` instead
+    (:meth:`recrl.train.Stages.make_env` chooses).
+
+    Example::
+
+        sim = OwnMemberSimulator(ensemble)
+        state = sim.initial_state(256, generator)      # [256, S]
+        response, state = sim.respond(state, slates, generator)
+    """
+
+    def __init__(self, ensemble: BehaviorEnsemble) -> None:
+        self.ensemble = ensemble
+        self.n_items, self.size = ensemble.n_items, ensemble.size
+        self._routes: dict[tuple[int, torch.device], tuple[Tensor, Tensor, Tensor]] = {}
+
+    def route(self, n_users: int, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+        """For a batch of ``n_users`` rows: each row's member ``[B]``, the rows of each member's
+        block ``[K, C]`` (short blocks padded with their first row) and each row's position in
+        the flattened blocks ``[B]``."""
+        key = (n_users, device)
+        if key not in self._routes:
+            k = self.size
+            member = torch.arange(n_users) * k // n_users
+            width = -(-n_users // k)
+            blocks = torch.zeros(k, width, dtype=torch.long)
+            position = torch.zeros(n_users, dtype=torch.long)
+            for m in range(k):
+                rows = (member == m).nonzero().squeeze(1)
+                if len(rows):
+                    blocks[m] = torch.cat([rows, rows[:1].expand(width - len(rows))])
+                    position[rows] = m * width + torch.arange(len(rows))
+            self._routes[key] = (member.to(device), blocks.to(device), position.to(device))
+        return self._routes[key]
+
+    @torch.no_grad()
+    def initial_state(self, n_users: int, generator: torch.Generator | None = None) -> Tensor:
+        """Fresh users ``[B, S]``: row ``r`` in the start state of its member (no randomness:
+        the deal of rows to members is fixed)."""
+        ens = self.ensemble
+        ens._stack()
+        if ens._start is None:
+            ens._start = ens._each("initial_state", shared=(1,))  # [K, 1, S]
+        member, _, _ = self.route(n_users, ens._start.device)
+        return ens._start[member, 0]
+
+    @torch.no_grad()
+    def respond(self, state: Tensor, slates: Tensor, generator: torch.Generator,
+                choice: ChoiceModel = MNL, available: Tensor | None = None) -> tuple[Response, Tensor]:
+        """Sample the response to ``slates`` ``[B, K]`` from each row's member and advance that
+        member's state (``uncertainty`` is ``None``)."""
+        _, blocks, position = self.route(state.shape[0], state.device)
+        flat_blocks = blocks.flatten()
+
+        def by_member(rows: Tensor) -> Tensor:  # [B, ...] -> [K, C, ...]
+            return rows.index_select(0, flat_blocks).view(*blocks.shape, *rows.shape[1:])
+
+        def by_row(grouped: Tensor) -> Tensor:  # [K, C, ...] -> [B, ...]
+            return grouped.flatten(0, 1).index_select(0, position)
+
+        own, shown = by_member(state), by_member(slates)
+        predicted = Predictions(*(by_row(v) for v in self.ensemble._each("predict", (own, shown))))
+        click_prob, click, conversion = draw_response(predicted, generator, choice, available)
+        response_by_member = (by_member(click), by_member(conversion))
+        advanced, leave = self.ensemble._each("advance", (own, shown, *response_by_member))
+        response = Response(click_prob=click_prob, click=click, conversion_prob=predicted.conversion_prob,
+                            conversion=conversion, rating=predicted.rating, watch=predicted.watch,
+                            leave_prob=by_row(leave))
+        return response, by_row(advanced)
 
 
 def bootstrap_users(interactions: Interactions, seed: int) -> Interactions:

@@ -104,11 +104,12 @@ class AttributeRecency(nn.Module):
             self.weight.fill_(weight)
 
     def overlap(self, exposure: Tensor, items: Tensor | None = None) -> Tensor:
-        """``<tokens[i], r>`` ``[..., B, K]`` of ``items`` ``[B, K]`` (``[..., B, n_items]`` when
-        ``None``) for exposures ``[..., B, C]`` (leading dimensions: e.g. ensemble members)."""
+        """``<tokens[i], r>`` ``[..., B, K]`` of ``items`` ``[B, K]`` or ``[..., B, K]``
+        (``[..., B, n_items]`` when ``None``) for exposures ``[..., B, C]`` (leading dimensions:
+        e.g. ensemble members)."""
         if items is None:
             return exposure @ self.tokens[:-1].T
-        return torch.einsum("...bc,bkc->...bk", exposure, self.tokens[items])
+        return (exposure.unsqueeze(-2) * self.tokens[items]).sum(-1)
 
     def term(self, exposure: Tensor, items: Tensor | None = None) -> Tensor:
         """The click-utility term ``w * <tokens[i], r>`` ``[B, K]`` of ``items`` (``[B, n_items]``
@@ -249,6 +250,16 @@ class GRUBehavior(SequenceUserModel):
                  ("leave", leave), ("click_negative", negative), ("click_state", states)) if v}
 
 
+def _rows(table: Tensor, items: Tensor) -> Tensor:
+    """Rows of a stacked table ``[K, N, ...]`` at ``items``: ``[K, B, S, ...]`` for the same
+    ``[B, S]`` in every member or for each member's own ``[K, B, S]``."""
+    if items.dim() == 2:
+        return table.index_select(1, items.flatten()).view(table.shape[0], *items.shape, *table.shape[2:])
+    k, n = table.shape[0], table.shape[1]
+    flat = (items + n * torch.arange(k, device=items.device).view(k, 1, 1)).flatten()
+    return table.flatten(0, 1).index_select(0, flat).view(*items.shape, *table.shape[2:])
+
+
 def _linear_stack(layers: Sequence[nn.Linear | tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
     """Weights ``[K, in, out]`` (transposed, contiguous) and biases ``[K, 1, out]`` of ``K`` linear
     maps (layers or ``(weight, bias)`` pairs), for ``torch.baddbmm(bias, x, weight)`` on inputs
@@ -317,20 +328,19 @@ class GRUStack:
                             torch.stack([m.recency.decay() for m in members])[:, None, None])
 
     def _heads(self, h: Tensor, items: Tensor | None) -> tuple[Tensor, ...]:
-        """Logits ``[K, B, S]`` of every head (:attr:`HEADS` order) for ``items`` ``[B, S]``
-        (``[K, B, N]``: the whole catalogue)."""
-        k, b = h.shape[0], h.shape[1]
+        """Logits ``[K, B, S]`` of every head (:attr:`HEADS` order) for ``items``: the same
+        ``[B, S]`` for every member, each member's own ``[K, B, S]``, or ``None`` (``[K, B, N]``:
+        the whole catalogue)."""
         queries = torch.baddbmm(self.query[1], h, self.query[0]).chunk(len(self.HEADS), -1)  # H x [K, B, d]
         if items is None:
             return tuple(torch.baddbmm(bias[:, None, :], q, vectors.transpose(1, 2))
                          for q, vectors, bias in zip(queries, self.vectors, self.item_bias, strict=True))
-        flat, d = items.flatten(), self.vectors[0].shape[-1]
-        return tuple(torch.einsum("kbd,kbsd->kbs", q, vectors.index_select(1, flat).view(k, b, -1, d))
-                     + bias.index_select(1, flat).view(k, b, -1)
+        return tuple(torch.einsum("kbd,kbsd->kbs", q, _rows(vectors, items)) + _rows(bias, items)
                      for q, vectors, bias in zip(queries, self.vectors, self.item_bias, strict=True))
 
     def predict(self, state: Tensor, items: Tensor | None = None) -> tuple[Tensor, ...]:
-        """Every member's :class:`~recrl.behavior.base.Predictions` fields for ``items``."""
+        """Every member's :class:`~recrl.behavior.base.Predictions` fields for ``items`` (shared
+        ``[B, S]`` or per member ``[K, B, S]``, as in :meth:`next_state`)."""
         h = state[..., :self.hidden]
         click, conversion, rating, watch = self._heads(h, items)
         if self.recency is not None:
@@ -341,9 +351,10 @@ class GRUStack:
         return click, torch.sigmoid(conversion), 1.0 + 4.0 * torch.sigmoid(rating), watch
 
     def next_state(self, state: Tensor, slates: Tensor, click: Tensor, conversion: Tensor) -> Tensor:
-        """Every member's state after ``slates`` ``[B, S]`` and the response (``[B, S]``)."""
+        """Every member's state after ``slates`` and the response: the same for every member
+        (``[B, S]``) or each member's own users (``[K, B, S]``, as the ensemble's own-member step)."""
         h = state[..., :self.hidden]
-        emb = self.item_in[:, slates]                                                          # [K, B, S, d]
+        emb = _rows(self.item_in, slates)                                                      # [K, B, S, d]
         flags = torch.stack([click.sum(-1), conversion.sum(-1)], -1).expand(emb.shape[0], -1, -1)
         summary = torch.cat([emb.mean(-2), (click.unsqueeze(-1) * emb).sum(-2), flags], -1)
         x = torch.relu(torch.baddbmm(self.event[1], summary, self.event[0]))
