@@ -55,6 +55,31 @@ def test_state_without_interest_keeps_satisfaction_and_boredom_and_drops_the_int
     assert blind.act(obs).shape == (32, 1)
 
 
+def test_estimated_topics_reads_the_interest_from_the_clicked_topics() -> None:
+    """The interest estimate is the shrunk unit vector of clicks per topic (a hand count); the
+    replayed satisfaction and boredom are the full estimate's."""
+    refs = load_script("reference_policies")
+    env = make_env()
+    world = env.model
+    full = refs.EstimatedState(world, ClickReward(), env)
+    topics = refs.EstimatedTopics(world, ClickReward(), env)
+    walk = RandomPolicy(make_ctx(n_items=30, slate_size=1, history_len=HORIZON, horizon=HORIZON))
+    obs = env.reset(32, seed=2)
+    for _ in range(4):
+        obs, *_ = env.step(walk.act(obs, explore=True))
+    t = world.n_topics
+    estimate = topics.estimate(obs)
+    assert torch.equal(estimate[:, t:], full.estimate(obs)[:, t:])
+    for row in range(32):
+        counts = torch.zeros(t)
+        for item, click in zip(obs.items[row, :, 0].tolist(), obs.clicks[row, :, 0].tolist(), strict=True):
+            if item < world.n_items and click > 0:
+                counts[world.topic[item]] += 1.0
+        expected = refs.TOPIC_SHRINK * counts / counts.norm() if counts.sum() > 0 else counts
+        assert torch.allclose(estimate[row, :t], expected, atol=1e-6)
+    assert topics.act(obs).shape == (32, 1)
+
+
 def test_quality_first_serves_the_best_unseen_non_bait_items_in_order() -> None:
     refs = load_script("reference_policies")
     env = make_env()
