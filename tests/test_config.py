@@ -82,7 +82,8 @@ def instantiate_node(group: str, node: DictConfig) -> object:
 @pytest.mark.parametrize(("group", "path"), GROUP_FILES, ids=[f"{g}/{p.stem}" for g, p in GROUP_FILES])
 def test_group_file_checks_and_instantiates(group: str, path: Path) -> None:
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=[f"{group}={path.stem}"])
+        # the group file's own values, without a dataset's defaults for it (conf/dataset_behavior)
+        cfg = compose(config_name="train", overrides=[f"{group}={path.stem}", "~dataset_behavior"])
     OmegaConf.resolve(cfg)  # interpolations such as ${data_dir} and group defaults lists
     node = without_ensemble(cfg[group]) if group == "behavior" else cfg[group]  # ensemble: see build_behavior
     check_node(node, group)
@@ -94,6 +95,26 @@ def test_group_file_checks_and_instantiates(group: str, path: Path) -> None:
                                                                    node.history_len)
     if group == "algo" and "gamma" in node:
         assert obj.gamma == node.gamma
+
+
+def test_a_dataset_sets_its_behavior_defaults_and_overrides_still_win() -> None:
+    """conf/dataset_behavior/<dataset>_<behavior>.yaml applies to that pair only; a command-line
+    key wins over it and ``~dataset_behavior`` drops it."""
+    def behavior(*overrides: str) -> DictConfig:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            return compose("train", overrides=list(overrides)).behavior
+
+    plain = OmegaConf.load(CONF_DIR / "behavior" / "gru.yaml")
+    assert (behavior().item_ids, behavior().recency) == (False, True)  # synthetic + gru
+    coat = behavior("dataset=coat")
+    assert (coat.item_ids, coat.recency) == (plain.item_ids, plain.recency)
+    assert behavior("behavior.item_ids=true").item_ids is True
+    dropped = behavior("~dataset_behavior")
+    assert (dropped.item_ids, dropped.recency) == (plain.item_ids, plain.recency)
+    pairs = {f"{d.stem}_{b.stem}" for d in (CONF_DIR / "dataset").glob("*.yaml")
+             for b in (CONF_DIR / "behavior").glob("*.yaml")}
+    for path in (CONF_DIR / "dataset_behavior").glob("*.yaml"):
+        assert path.stem in pairs, f"{path.name} names no <dataset>_<behavior> pair"
 
 
 @pytest.mark.parametrize("name", algo_options())
