@@ -22,6 +22,7 @@ from recrl.behavior.features import side_features
 from recrl.behavior.fit import TrainingSettings
 from recrl.behavior.gru import GRUBehavior
 from recrl.behavior.mf import MFBehavior
+from recrl.behavior.sasrec import SASRecBehavior
 from recrl.config import CONF_DIR, validate
 from recrl.data.synthetic import SyntheticWorld
 from recrl.env.choice import MNL
@@ -186,6 +187,30 @@ def test_own_member_simulator_steps_each_row_with_its_member_alone(stacked: bool
                 assert torch.allclose(response.rating[r], alone.rating[0], atol=1e-5)
                 assert torch.allclose(nxt[r], expected_next[0], atol=1e-5)
                 assert torch.allclose(response.leave_prob[r], ms[k].leave_prob(expected_next)[0], atol=1e-5)
+        state = nxt
+
+
+def test_own_member_simulator_steps_sasrec_members_through_vmap() -> None:
+    """Members without a stacked step (SASRec: a key/value cache as state) go through the
+    batched functional call with each member's own rows and slates: the same numbers as the
+    member alone."""
+    ms = [SASRecBehavior(n_items=N_ITEMS, dim=8, layers=1, heads=2, window=6, dropout=0.0,
+                         training=TrainingSettings(seed=s)) for s in range(2)]
+    ensemble = BehaviorEnsemble(ms).eval()
+    sim = OwnMemberSimulator(ensemble)
+    g = torch.Generator().manual_seed(4)
+    state = sim.initial_state(5, g)
+    for _ in range(2):
+        slates = torch.randint(0, N_ITEMS, (5, 1), generator=g)
+        response, nxt = sim.respond(state, slates, g)
+        with torch.no_grad():
+            for r in range(5):
+                k, row = r * 2 // 5, slice(r, r + 1)
+                alone = ms[k].predict(state[row], slates[row])
+                expected = ms[k].next_state(state[row], slates[row], response.click[row],
+                                            response.conversion[row])
+                assert torch.allclose(response.click_prob[r], MNL.probs(alone.click_logit)[0], atol=1e-5)
+                assert torch.allclose(nxt[r], expected[0], atol=1e-5)
         state = nxt
 
 
