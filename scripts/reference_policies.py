@@ -90,9 +90,13 @@ class EstimatedState:
         for j in range(items.shape[1]):
             after = w.update(state, known[:, j:j + 1], clicks[:, j:j + 1])
             state = torch.where(real[:, j:j + 1], after, state)
-        weights = (clicks * real).unsqueeze(-1)
-        interest = F.normalize((w.item_emb[known] * weights).sum(1), dim=1)
-        return torch.cat([interest, state[:, w.n_topics:]], 1)
+        return torch.cat([self.interest(known, clicks * real), state[:, w.n_topics:]], 1)
+
+    def interest(self, items: Tensor, clicked: Tensor) -> Tensor:
+        """The interest estimate ``[B, T]`` from the history's items ``[B, S]`` (padding clamped
+        to a real id) and click weights ``[B, S]`` (0 on padding): the normalised sum of the
+        clicked items' vectors."""
+        return F.normalize((self.world.item_emb[items] * clicked.unsqueeze(-1)).sum(1), dim=1)
 
     def act(self, obs: Obs, explore: bool = False) -> Tensor:
         """Top unseen item ``[B, 1]`` by the base policy's score under the estimate."""
@@ -106,11 +110,9 @@ class StateWithoutInterest(EstimatedState):
     only satisfaction and topic boredom, so it serves everyone alike except for what they tire of
     and how satisfied they are: what the oracle's rule earns without personalising."""
 
-    def estimate(self, obs: Obs) -> Tensor:
-        """The replayed state with the interest part zeroed."""
-        state = super().estimate(obs)
-        state[:, :self.world.n_topics] = 0.0
-        return state
+    def interest(self, items: Tensor, clicked: Tensor) -> Tensor:
+        """No interest estimate: zeros ``[B, T]``."""
+        return clicked.new_zeros(clicked.shape[0], self.world.n_topics)
 
 
 TOPIC_SHRINK = 0.5  # of the topic-level interest estimate: the best of 1.0 / 0.7 / 0.5 / 0.3 in the
@@ -122,16 +124,10 @@ class EstimatedTopics(EstimatedState):
     (``TOPIC_SHRINK`` x the unit vector of clicks per topic): what the rule earns knowing each
     item's topic, as the item table tells a learner, but not its vector within the topic."""
 
-    def estimate(self, obs: Obs) -> Tensor:
-        """The replayed state with the interest from the clicked topics."""
-        w = self.world
-        state = super().estimate(obs)
-        b = obs.batch_size
-        items = obs.items.reshape(b, -1)
-        weights = obs.clicks.reshape(b, -1) * (items < w.n_items)
-        topics = F.one_hot(w.topic[items.clamp(max=w.n_items - 1)], w.n_topics).to(weights.dtype)
-        state[:, :w.n_topics] = TOPIC_SHRINK * F.normalize((topics * weights.unsqueeze(-1)).sum(1), dim=1)
-        return state
+    def interest(self, items: Tensor, clicked: Tensor) -> Tensor:
+        """``TOPIC_SHRINK`` x the unit vector of clicks per topic ``[B, T]``."""
+        topics = F.one_hot(self.world.topic[items], self.world.n_topics).to(clicked.dtype)
+        return TOPIC_SHRINK * F.normalize((topics * clicked.unsqueeze(-1)).sum(1), dim=1)
 
 
 def synthetic_run(overrides: list[str], what: str) -> tuple[DictConfig, Stages, SyntheticWorld, RecEnv]:

@@ -101,7 +101,7 @@ from recrl.algos.nets import (
     top_k,
     update_target,
 )
-from recrl.algos.planner import SurvivalPlanner, can_plan
+from recrl.algos.planner import SurvivalPlanner, planner_can_run
 from recrl.types import AlgoContext, Obs, RecrlError, Transition
 
 DEMO_SEED_OFFSET = 7919  # demonstration users differ from the training users of the same seed
@@ -121,10 +121,10 @@ def demonstration_users(ctx: AlgoContext, demonstrations: int | str) -> int:
     """
     if demonstrations == "auto":
         users = min(AUTO_DEMO_BATCHES * ctx.train_users, AUTO_DEMO_ROWS // ctx.n_items)
-        return max(1, users) if can_plan(ctx) else 0
+        return max(1, users) if planner_can_run(ctx) else 0
     if isinstance(demonstrations, bool) or not isinstance(demonstrations, int):
         raise RecrlError(f"algo.demonstrations={demonstrations!r}: use auto, 0 (off) or a number of users")
-    if demonstrations > 0 and not can_plan(ctx):
+    if demonstrations > 0 and not planner_can_run(ctx):
         raise RecrlError(f"algo.demonstrations={demonstrations} records sessions of the model-based planner, "
                          "which needs catalogue items as actions and a behavior model that steps a user's "
                          "state (not env=gym); set algo.demonstrations=0")

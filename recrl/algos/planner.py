@@ -45,7 +45,7 @@ from recrl.types import AlgoContext, Obs, RecrlError, cat_obs
 MODEL_METHODS = ("encode", "score_all", "next_state", "leave_prob")
 
 
-def can_plan(ctx: AlgoContext) -> bool:
+def planner_can_run(ctx: AlgoContext) -> bool:
     """Whether :class:`SurvivalPlanner` can run in ``ctx``: catalogue items as actions and a
     behavior model with every method it needs (:data:`MODEL_METHODS`)."""
     return ctx.item_actions and all(hasattr(ctx.behavior, m) for m in MODEL_METHODS)

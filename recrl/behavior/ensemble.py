@@ -196,16 +196,22 @@ class BehaviorEnsemble(nn.Module):
         return (w * values).sum(0)
 
     @torch.no_grad()
+    def member_starts(self) -> Tensor:
+        """Every member's start-of-session state ``[K, 1, S]`` (a sequence model's is the same for
+        every user), computed once per set of weights."""
+        self._stack()
+        if self._start is None:
+            self._start = self._each("initial_state", shared=(1,))
+        return self._start
+
+    @torch.no_grad()
     def initial_state(self, n_users: int, generator: torch.Generator | None = None) -> Tensor:
         """Fresh users: each member's start state; with ``generator`` one member per user drawn
         uniformly (weights one-hot), without it the members' mean (weights ``1/K``).
 
         A sequence model's start state is the same for every user (a learned vector, a start
         token), so it is computed once per set of weights, not at every autoreset."""
-        self._stack()
-        if self._start is None:
-            self._start = self._each("initial_state", shared=(1,))  # [K, 1, S]
-        members = self._start.expand(-1, n_users, -1)
+        members = self.member_starts().expand(-1, n_users, -1)
         if generator is None:
             weights = torch.full((n_users, self.size), 1.0 / self.size, device=members.device)
         else:
@@ -336,12 +342,9 @@ class OwnMemberSimulator:
     def initial_state(self, n_users: int, generator: torch.Generator | None = None) -> Tensor:
         """Fresh users ``[B, S]``: row ``r`` in the start state of its member (no randomness:
         the deal of rows to members is fixed)."""
-        ens = self.ensemble
-        ens._stack()
-        if ens._start is None:
-            ens._start = ens._each("initial_state", shared=(1,))  # [K, 1, S]
-        member, _, _ = self.route(n_users, ens._start.device)
-        return ens._start[member, 0]
+        starts = self.ensemble.member_starts()
+        member, _, _ = self.route(n_users, starts.device)
+        return starts[member, 0]
 
     @torch.no_grad()
     def respond(self, state: Tensor, slates: Tensor, generator: torch.Generator,
