@@ -130,8 +130,8 @@ def check_overrides(config_name: str, overrides: list[str]) -> None:
 
 def _task(cfg: DictConfig) -> None:
     """Body of every Hydra job: run the task, turn failures into one line and an exit code."""
-    from recrl.evaluate import evaluate
-    from recrl.train import evaluate_behavior, train
+    from recrl.evaluate import evaluate, evaluate_behavior
+    from recrl.train import train
 
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)

@@ -101,7 +101,7 @@ def validate(cfg: DictConfig) -> None:
 
 def without_ensemble(behavior: DictConfig) -> DictConfig:
     """The behavior node without ``ensemble`` (how many models to fit, read by
-    :func:`recrl.train.build_behavior`, not a constructor argument), after checking it."""
+    :func:`recrl.stages.build_behavior`, not a constructor argument), after checking it."""
     size = behavior.get("ensemble", 1)
     if not isinstance(size, int) or isinstance(size, bool) or size < 1:
         raise RecrlError(f"behavior.ensemble={size!r} must be a whole number >= 1 (1: a single model)")

@@ -1,22 +1,34 @@
-"""Evaluation: score policies in every environment, and re-evaluate a saved run (``recrl eval``)."""
+"""Evaluation: score policies in every environment, write a run's final report, and
+re-evaluate a saved run (``recrl eval``, ``recrl eval behavior-only``)."""
 
 from __future__ import annotations
 
+import json
+import platform
 import time
 from pathlib import Path
 from typing import Any
 
+import torch
 from omegaconf import DictConfig, OmegaConf
+from rich.console import Console
 from torch import Tensor
 
+import recrl
+from recrl.algos.oracle import Oracle, can_plan
+from recrl.behavior.fidelity import fidelity_report
 from recrl.behavior.offline import offline_ranking
 from recrl.checkpoint import load_checkpoint, resolve_checkpoint
-from recrl.config import validate
+from recrl.config import build, build_algo_by_name, validate
 from recrl.env.simulator import RecEnv
 from recrl.loop import resolve_device
 from recrl.metrics.online import run_episodes
-from recrl.report import print_report_table, write_report
-from recrl.types import Policy, RecrlError
+from recrl.metrics.stats import set_seed
+from recrl.report import print_report_table, write_json_atomic, write_report
+from recrl.stages import GymStages, Stages, build_stages, config_hash, gym_stages, is_gym
+from recrl.types import Policy, RecrlError, Splits
+
+console = Console(stderr=True)
 
 SELECT_ON = ("simulator", "held_out_member")
 
@@ -82,12 +94,11 @@ class Evaluation:
         return run_episodes(policy, env, self.episodes, self.seed, self.batch_size, categories).summary()
 
 
-def restore_run(checkpoint: str | Path, device: str | None = None) -> tuple[Any, Any, dict[str, Any], Path]:
+def restore_run(checkpoint: str | Path,
+                device: str | None = None) -> tuple[Stages | GymStages, Any, dict[str, Any], Path]:
     """A run's stages and trained policy rebuilt from its checkpoint (a run folder or ``.pt``):
     ``(stages, algo, payload, path)``. ``device``: where to rebuild (``None``: the run's own,
     falling back to ``auto`` when it was a GPU)."""
-    from recrl.train import build_stages, gym_stages, is_gym  # train imports this module
-
     path = resolve_checkpoint(checkpoint)
     payload = load_checkpoint(path)
     saved = OmegaConf.create(payload["config"])
@@ -115,7 +126,7 @@ def evaluate(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """
     start = time.perf_counter()
     stages, algo, payload, path = restore_run(cfg.checkpoint, cfg.get("device"))
-    report = stages.report(algo, payload["algo_name"], run_dir)
+    report = final_report(stages, algo, payload["algo_name"], run_dir)
     report.update(task="eval", checkpoint=str(path), source_run=str(payload.get("run_dir", "")),
                   checkpoint_step=int(payload["step"]))
     report["timings"] = {"total_s": time.perf_counter() - start}
@@ -137,3 +148,113 @@ def add_oracle_share(results: dict[str, dict[str, Any]], oracle: str = "oracle")
             ret = stats["return"]
             stats["oracle_share"] = {"mean": float(ret["mean"]) / reference,
                                      "ci95": float(ret["ci95"]) / reference, "n": ret["n"]}
+
+
+def final_report(stages: Stages | GymStages, algo: Any, algo_name: str, run_dir: Path,
+                 extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The final evaluation of ``algo``, the ``extra`` policies and the baselines, with the
+    behavior sections (a gymnasium run: ``algo`` and ``random`` on its environment)."""
+    if isinstance(stages, GymStages):
+        return gym_report(stages, algo, algo_name, run_dir)
+    return final_evaluation(stages.cfg, stages, algo, algo_name, run_dir, extra)
+
+
+def gym_report(stages: GymStages, algo: Any, algo_name: str, run_dir: Path) -> dict[str, Any]:
+    """``algo`` and the ``random`` baseline evaluated on a gymnasium run's environment."""
+    evaluation: Evaluation = build(stages.cfg.eval)
+    policies = {algo_name: algo}
+    if algo_name != "random":
+        policies["random"] = build_algo_by_name("random", ctx=stages.ctx)
+    results = evaluation.run(policies, {"gym": stages.training_env()})
+    return {"task": "train", "algo": algo_name, "env": str(stages.cfg.env.id),
+            **run_facts(stages.cfg, run_dir, stages.device), "evaluation": results}
+
+
+def final_evaluation(cfg: DictConfig, stages: Stages, algo: Any, algo_name: str,
+                     run_dir: Path, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Evaluate the trained policy, the ``extra`` policies and every baseline in every
+    environment; in a ground truth the oracle can plan in, add the oracle row and every
+    policy's share of it."""
+    evaluation: Evaluation = build(cfg.eval)
+    policies = {algo_name: algo, **(extra or {})}
+    for name in evaluation.baselines:
+        if name != algo_name:
+            policies[name] = build_algo_by_name(name, ctx=stages.ctx)
+    envs = stages.eval_envs()
+    results = evaluation.run(policies, envs, stages.diversity_categories)
+    if evaluation.oracle and "ground_truth" in envs and can_plan(stages.ground_truth):
+        results["ground_truth"]["oracle"] = oracle_summary(cfg, stages, envs["ground_truth"], evaluation)
+        add_oracle_share(results)
+    return {"task": "train", "algo": algo_name, "reward": type(stages.reward).__name__,
+            **behavior_sections(cfg, stages, evaluation, envs, run_dir, policy=algo), "evaluation": results}
+
+
+def oracle_summary(cfg: DictConfig, stages: Stages, env: RecEnv, evaluation: Evaluation) -> dict[str, Any]:
+    """The oracle's evaluation in the ground truth (:class:`recrl.algos.oracle.Oracle`), cached
+    under ``cache_dir/oracle`` by everything it depends on (world, environment, reward, evaluation
+    users, device): a sweep over algorithms and seeds computes it once."""
+    settings = OmegaConf.create({"episodes": evaluation.episodes, "seed": evaluation.seed,
+                                 "batch_size": evaluation.batch_size, "device": str(stages.device),
+                                 "candidates": evaluation.oracle_candidates})
+    path = Path(cfg.cache_dir) / "oracle" / f"{config_hash(cfg.dataset, cfg.env, cfg.reward, settings)}.json"
+    if path.is_file():
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            console.print(f"[yellow]oracle cache {path} unreadable; recomputing[/yellow]")
+    console.print("[dim]evaluating the oracle in the ground truth (cached afterwards)[/dim]")
+    oracle = Oracle(stages.ground_truth, stages.reward, env, candidates=evaluation.oracle_candidates)
+    summary = evaluation.summary(oracle, env, stages.diversity_categories)
+    write_json_atomic(path, summary)
+    return summary
+
+
+
+def behavior_sections(cfg: DictConfig, stages: Stages, evaluation: Evaluation, envs: dict[str, RecEnv],
+                      run_dir: Path, policy: Any = None) -> dict[str, Any]:
+    """Run facts and everything a report says about the data and the behavior model: its fit,
+    offline ranking on the test users and simulator fidelity (also on the slates of the trained
+    ``policy``, when given)."""
+    fidelity = fidelity_report(stages.behavior, stages.splits, envs.get("ground_truth"),
+                               ground_truth_is_true_model=hasattr(stages.dataset, "ground_truth")
+                               and not cfg.eval.get("ground_truth"),
+                               plot=run_dir / "plots" / "calibration.png", policy=policy)
+    return {**run_facts(cfg, run_dir, stages.device), "data": data_summary(stages.splits),
+            "behavior": stages.behavior_report,
+            "offline": evaluation.offline(stages.behavior, stages.splits,
+                                          history_len=getattr(stages.behavior, "max_len", 50)),
+            "fidelity": fidelity}
+
+
+def run_facts(cfg: DictConfig, run_dir: Path, device: torch.device) -> dict[str, Any]:
+    """Run directory, seed, device, resolved config and versions: the head of every report."""
+    return {"run_dir": str(run_dir), "seed": int(cfg.seed), "device": str(device),
+            "config": OmegaConf.to_container(cfg, resolve=True),
+            "versions": {"recrl": recrl.__version__, "torch": torch.__version__,
+                         "python": platform.python_version()}}
+
+
+def evaluate_behavior(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    """``recrl eval behavior-only``: fit (or load from the cache) the behavior model and report
+    its fit, offline ranking and simulator fidelity; no RL training."""
+    t0 = time.perf_counter()
+    validate(cfg)
+    set_seed(cfg.seed)
+    stages = build_stages(cfg, build(cfg.trainer).device)
+    t_fit = time.perf_counter()
+    evaluation: Evaluation = build(cfg.eval)
+    report = {"task": "behavior", **behavior_sections(cfg, stages, evaluation, stages.eval_envs(), run_dir)}
+    report["timings"] = {"behavior_fit_s": t_fit - t0, "eval_s": time.perf_counter() - t_fit,
+                         "total_s": time.perf_counter() - t0}
+    write_report(run_dir, report)
+    print_report_table(report)
+    return report
+
+
+def data_summary(splits: Splits) -> dict[str, Any]:
+    """Sizes and preparation facts of the data, for reports."""
+    inter = splits.interactions
+    return {**{k: v for k, v in splits.meta.items() if isinstance(v, (int, float, str))},
+            "users": inter.n_users, "items": inter.n_items, "train_rows": len(inter.train),
+            "valid_rows": len(inter.valid), "test_rows": len(splits.test),
+            "positive_only": inter.positive_only}

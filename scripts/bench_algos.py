@@ -34,7 +34,7 @@ from recrl.config import CONF_DIR, algo_options, build_algo_by_name, validate
 from recrl.loop import Trainer
 from recrl.metrics.online import run_episodes
 from recrl.report import write_text_atomic
-from recrl.train import build_stages
+from recrl.stages import build_stages
 
 
 def parse() -> argparse.Namespace:

@@ -50,11 +50,12 @@ from recrl.algos.oracle import Oracle
 from recrl.config import CONF_DIR, build, validate
 from recrl.data.synthetic import SyntheticWorld
 from recrl.env.simulator import RecEnv
-from recrl.evaluate import Evaluation
+from recrl.evaluate import Evaluation, oracle_summary
 from recrl.metrics.online import run_episodes
 from recrl.metrics.stats import mean_ci, set_seed
 from recrl.report import write_text_atomic
-from recrl.train import Stages, build_stages, oracle_summary, train_in_ground_truth
+from recrl.stages import Stages, build_stages
+from recrl.train import train_in_ground_truth
 from recrl.types import Obs, StepInfo
 
 VARIANTS = ("history", "true_state", "topic_profile")

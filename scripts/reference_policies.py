@@ -48,7 +48,7 @@ from recrl.data.synthetic import SyntheticWorld
 from recrl.env.simulator import RecEnv
 from recrl.metrics.online import run_episodes
 from recrl.report import write_text_atomic
-from recrl.train import Stages, build_stages
+from recrl.stages import Stages, build_stages
 from recrl.types import Obs, Reward
 
 

@@ -36,7 +36,7 @@ from rich.table import Table
 
 from recrl.evaluate import restore_run
 from recrl.report import write_text_atomic
-from recrl.train import Stages
+from recrl.stages import Stages
 from recrl.types import RecrlError
 
 

@@ -14,7 +14,7 @@ from recrl.algos.dqn import DQN
 from recrl.checkpoint import FORMAT_VERSION, load_checkpoint, resolve_checkpoint, save_checkpoint
 from recrl.config import CONF_DIR, build, validate
 from recrl.rewards import ClickReward
-from recrl.train import build_behavior, fit_behavior
+from recrl.stages import build_behavior, fit_behavior
 from recrl.types import AlgoContext, Obs, RecrlError
 
 

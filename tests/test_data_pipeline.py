@@ -15,7 +15,7 @@ from hydra import compose, initialize_config_dir
 
 from recrl.behavior.gru import GRUBehavior
 from recrl.config import CONF_DIR
-from recrl.train import build_stages
+from recrl.stages import build_stages
 
 SHARED = Path(os.environ.get("RECRL_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason=f"real datasets not found in {SHARED}")

@@ -30,7 +30,7 @@ from recrl.env.pessimism import LoggedPolicyEntropy, Pessimism
 from recrl.env.simulator import RecEnv
 from recrl.evaluate import Evaluation
 from recrl.rewards import ClickReward
-from recrl.train import build_stages, yardstick_model
+from recrl.stages import build_stages, yardstick_model
 from recrl.types import Obs, RecrlError, Response
 
 N_ITEMS, HIDDEN = 30, 16

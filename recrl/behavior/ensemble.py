@@ -305,7 +305,7 @@ class OwnMemberSimulator:
     member on its own block in one batched call, as :class:`BehaviorEnsemble` runs every member
     on every row. Responses carry no ``uncertainty``: the environment's pessimism terms that
     read it (MOPO, MOReL) step the whole :class:`BehaviorEnsemble` instead
-    (:meth:`recrl.train.Stages.make_env` chooses).
+    (:meth:`recrl.stages.Stages.make_env` chooses).
 
     Example::
 
