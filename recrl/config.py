@@ -118,8 +118,22 @@ def build(node: DictConfig, **runtime: Any) -> Any:
     return instantiate(node, **runtime)
 
 
+def group_option(group: str, name: str) -> DictConfig:
+    """The node of ``conf/<group>/<name>.yaml`` as Hydra composes it, its own ``defaults``
+    applied (``algo/c51`` extends ``algo/dqn``, datasets take a ``preprocess`` option); inside a
+    running Hydra job through that job's config loader."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    overrides = [f"+{group}={name}"]
+    if GlobalHydra.instance().is_initialized():
+        return compose(overrides=overrides)[group]
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(overrides=overrides)[group]
+
+
 def build_algo_by_name(name: str, **runtime: Any) -> Any:
     """Instantiate ``conf/algo/<name>.yaml`` (used for the evaluation baselines)."""
-    node = OmegaConf.load(CONF_DIR / "algo" / f"{name}.yaml")
+    node = group_option("algo", name)
     check_node(node, f"algo/{name}")
     return build(node)(**runtime)

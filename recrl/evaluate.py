@@ -20,13 +20,12 @@ from recrl.behavior.fidelity import fidelity_report
 from recrl.behavior.offline import offline_ranking
 from recrl.checkpoint import load_checkpoint, resolve_checkpoint
 from recrl.config import build, build_algo_by_name, validate
-from recrl.env.simulator import RecEnv
 from recrl.loop import resolve_device
 from recrl.metrics.online import run_episodes
 from recrl.metrics.stats import set_seed
 from recrl.report import print_report_table, write_json_atomic, write_report
 from recrl.stages import GymStages, Stages, build_stages, config_hash, gym_stages, is_gym
-from recrl.types import Policy, RecrlError, Splits
+from recrl.types import Env, Policy, RecrlError, Splits
 
 console = Console(stderr=True)
 
@@ -77,19 +76,19 @@ class Evaluation:
         return offline_ranking(behavior, splits, history_len=history_len, max_users=self.offline_users,
                                seed=self.seed)
 
-    def mean_return(self, policy: Policy, env: RecEnv, episodes: int) -> float:
+    def mean_return(self, policy: Policy, env: Env, episodes: int) -> float:
         """Mean episode return over ``episodes`` evaluation episodes (training-time checks)."""
         stats = run_episodes(policy, env, episodes, self.seed, self.batch_size)
         return float(stats.returns.mean())
 
-    def run(self, policies: dict[str, Policy], envs: dict[str, RecEnv],
+    def run(self, policies: dict[str, Policy], envs: dict[str, Env],
             categories: Tensor | None = None) -> dict[str, dict[str, dict[str, Any]]]:
         """``{env: {policy: {metric: {mean, ci95, n}}}}`` for every pair; ``categories``
         ``[n_items]`` adds the per-session category diversity."""
         return {env_name: {name: self.summary(policy, env, categories) for name, policy in policies.items()}
                 for env_name, env in envs.items()}
 
-    def summary(self, policy: Policy, env: RecEnv, categories: Tensor | None = None) -> dict[str, Any]:
+    def summary(self, policy: Policy, env: Env, categories: Tensor | None = None) -> dict[str, Any]:
         """One policy's ``{metric: {mean, ci95, n}}`` in one environment."""
         return run_episodes(policy, env, self.episodes, self.seed, self.batch_size, categories).summary()
 
@@ -189,7 +188,7 @@ def final_evaluation(cfg: DictConfig, stages: Stages, algo: Any, algo_name: str,
             **behavior_sections(cfg, stages, evaluation, envs, run_dir, policy=algo), "evaluation": results}
 
 
-def oracle_summary(cfg: DictConfig, stages: Stages, env: RecEnv, evaluation: Evaluation) -> dict[str, Any]:
+def oracle_summary(cfg: DictConfig, stages: Stages, env: Env, evaluation: Evaluation) -> dict[str, Any]:
     """The oracle's evaluation in the ground truth (:class:`recrl.algos.oracle.Oracle`), cached
     under ``cache_dir/oracle`` by everything it depends on (world, environment, reward, evaluation
     users, device): a sweep over algorithms and seeds computes it once."""
@@ -210,7 +209,7 @@ def oracle_summary(cfg: DictConfig, stages: Stages, env: RecEnv, evaluation: Eva
 
 
 
-def behavior_sections(cfg: DictConfig, stages: Stages, evaluation: Evaluation, envs: dict[str, RecEnv],
+def behavior_sections(cfg: DictConfig, stages: Stages, evaluation: Evaluation, envs: dict[str, Env],
                       run_dir: Path, policy: Any = None) -> dict[str, Any]:
     """Run facts and everything a report says about the data and the behavior model: its fit,
     offline ranking on the test users and simulator fidelity (also on the slates of the trained

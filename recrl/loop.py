@@ -10,8 +10,7 @@ import torch
 from tqdm import tqdm
 
 from recrl.buffer import NStepWindow, PrioritizedReplayBuffer, ReplayBuffer, Rollout
-from recrl.env.simulator import RecEnv
-from recrl.types import Algorithm, Obs, Policy, RecrlError, Transition
+from recrl.types import Algorithm, Env, Obs, Policy, RecrlError, Transition
 
 MetricsLogger = Callable[[int, dict[str, float]], None]
 Evaluator = Callable[[], dict[str, float]]
@@ -42,7 +41,7 @@ class TrainStats:
     best_eval_return: float
 
 
-def collect_episodes(policy: Policy, env: RecEnv, obs: Obs) -> Rollout:
+def collect_episodes(policy: Policy, env: Env, obs: Obs) -> Rollout:
     """One horizon of ``policy`` (exploring) from ``obs``, the users' observations after a reset."""
     steps: list[Transition] = []
     for _ in range(env.horizon):
@@ -55,7 +54,8 @@ def collect_episodes(policy: Policy, env: RecEnv, obs: Obs) -> Rollout:
 
 
 class Trainer:
-    """Runs an :class:`~recrl.types.Algorithm` against a :class:`RecEnv`.
+    """Runs an :class:`~recrl.types.Algorithm` against an :class:`~recrl.types.Env` (a
+    ``RecEnv`` or a ``GymAdapter``).
 
     Off-policy algorithms step ``n_users`` users continuously (finished users are replaced) and
     learn from a replay buffer on the device; on-policy algorithms collect whole episodes of
@@ -94,7 +94,7 @@ class Trainer:
         """The resolved device."""
         return resolve_device(self.device_name)
 
-    def fit(self, algo: Algorithm, env: RecEnv, *, evaluate: Evaluator, log: MetricsLogger,
+    def fit(self, algo: Algorithm, env: Env, *, evaluate: Evaluator, log: MetricsLogger,
             save: Saver, seed: int = 0, start_step: int = 0) -> TrainStats:
         """Train ``algo`` for ``steps`` environment steps; evaluate, log and save on cadence.
 
@@ -137,7 +137,7 @@ class Trainer:
         user_steps = (env_steps - start_step) * self.n_users
         return TrainStats(env_steps, user_steps, updates, time.perf_counter() - start, best)
 
-    def _off_policy(self, algo: Algorithm, env: RecEnv, seed: int, start_step: int = 0):
+    def _off_policy(self, algo: Algorithm, env: Env, seed: int, start_step: int = 0):
         """Yield ``(env_steps, updates, metrics)`` after every step of continuous collection.
 
         Algorithms with ``n_step > 1`` get ``n``-step transitions (an :class:`NStepWindow` with
@@ -190,7 +190,7 @@ class Trainer:
                 finished.zero_()
             yield step, n_updates, metrics
 
-    def _online(self, algo: Algorithm, env: RecEnv, seed: int, start_step: int = 0):
+    def _online(self, algo: Algorithm, env: Env, seed: int, start_step: int = 0):
         """Yield after every step; the algorithm learns from that step's transitions at once."""
         env.autoreset = True
         obs = env.reset(self.n_users, seed=seed if start_step == 0 else None)
@@ -202,14 +202,14 @@ class Trainer:
             obs = next_obs
             yield step, 1, metrics
 
-    def _offline(self, algo: Algorithm, env: RecEnv, seed: int, start_step: int = 0):
+    def _offline(self, algo: Algorithm, env: Env, seed: int, start_step: int = 0):
         """Yield after every update on a batch of logged steps; the environment is not used."""
         dataset = algo.dataset
         generator = torch.Generator(dataset.device).manual_seed(seed + start_step)
         for step in range(start_step + 1, self.steps + 1):
             yield step, 1, algo.update(dataset.sample(self.batch_size, generator))
 
-    def _on_policy(self, algo: Algorithm, env: RecEnv, seed: int, start_step: int = 0):
+    def _on_policy(self, algo: Algorithm, env: Env, seed: int, start_step: int = 0):
         """Yield after each batch of complete episodes collected with the current policy."""
         env.autoreset = False
         env_steps, first = start_step, start_step == 0

@@ -218,6 +218,39 @@ class UserModel(Protocol):
         ...
 
 
+@runtime_checkable
+class Env(Protocol):
+    """A batched environment the trainer and the evaluation drive: ``B`` users (or copies of a
+    gymnasium environment) step together on one device.
+
+    :class:`recrl.env.simulator.RecEnv` (over a user model) and
+    :class:`recrl.env.gym.GymAdapter` (over gymnasium environments) satisfy it. Rows whose
+    episode ended stay finished (``alive`` false, reward 0) until :meth:`reset`, unless
+    ``autoreset`` replaces them in place by fresh ones on the same step.
+    """
+
+    n_items: int
+    slate_size: int
+    history_len: int
+    horizon: int
+    device: torch.device
+    generator: torch.Generator
+    autoreset: bool
+    alive: Tensor
+
+    def reset(self, n_users: int, seed: int | None = None) -> Obs:
+        """Start ``n_users`` episodes; ``seed`` re-seeds the environment's generator."""
+        ...
+
+    def observe(self) -> Obs:
+        """The current observation (copies: stored observations never change)."""
+        ...
+
+    def step(self, slates: Tensor) -> tuple[Obs, Tensor, Tensor, StepInfo]:
+        """Show ``slates`` ``[B, K]``; return ``(obs, reward [B], done [B], info)``."""
+        ...
+
+
 class Reward(Protocol):
     """Turns a response into a scalar reward per user."""
 
@@ -236,6 +269,16 @@ class Policy(Protocol):
 
     def act(self, obs: Obs, explore: bool) -> Tensor:
         """Slates of item ids ``[B, K]`` for the users in ``obs``."""
+        ...
+
+
+@runtime_checkable
+class Scorer(Protocol):
+    """A policy that can rank the whole catalogue: the scores its greedy slate is the top of
+    (``-inf`` for items it would never serve), so it can serve top-k lists of any length."""
+
+    def scores(self, obs: Obs) -> Tensor:
+        """Item scores ``[B, n_items]``, higher first."""
         ...
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import torch
+
 import recrl
 
 PACKAGE = Path(recrl.__file__).parent
@@ -46,7 +48,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
         path.append(node)
         for nxt in sorted(graph.get(node, ())):
             if state.get(nxt) == 1:
-                return path[path.index(nxt):] + [nxt]
+                return [*path[path.index(nxt):], nxt]
             if nxt not in state and (cycle := visit(nxt)):
                 return cycle
         state[node] = 2
@@ -74,3 +76,35 @@ def test_stages_know_nothing_of_training_or_evaluation() -> None:
     graph = import_graph()
     assert not graph["recrl.stages"] & {"recrl.train", "recrl.evaluate", "recrl.loop"}
     assert "recrl.train" not in graph["recrl.evaluate"]
+
+
+def env_instances() -> list[object]:
+    """One small environment of each kind recrl ships."""
+    from recrl.data.synthetic import SyntheticWorld
+    from recrl.env.gym import GymAdapter
+    from recrl.env.simulator import RecEnv
+    from recrl.rewards import ClickReward
+
+    world = SyntheticWorld(n_items=20, n_users=10, seed=0)
+    rec_env = RecEnv(world, ClickReward(), horizon=5, slate_size=2, history_len=3)
+    rec_env.reset(4, seed=0)
+    gym_env = GymAdapter("CartPole-v1", history_len=2)
+    gym_env.reset(3, seed=0)
+    return [rec_env, gym_env]
+
+
+def test_every_environment_satisfies_the_env_protocol() -> None:
+    import inspect
+
+    from recrl.types import Env
+
+    for env in env_instances():
+        assert isinstance(env, Env), type(env).__name__
+        for method in ("reset", "observe", "step"):
+            wanted = list(inspect.signature(getattr(Env, method)).parameters)[1:]
+            assert list(inspect.signature(getattr(env, method)).parameters) == wanted, (type(env), method)
+        obs = env.observe()
+        slates = torch.zeros(obs.batch_size, env.slate_size, dtype=torch.long)
+        next_obs, reward, done, _ = env.step(slates)
+        assert reward.shape == done.shape == env.alive.shape == (obs.batch_size,)
+        assert next_obs.items.shape == (obs.batch_size, env.history_len, env.slate_size)

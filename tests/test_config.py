@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+import inspect
 from pathlib import Path
 
 import pandas as pd
@@ -10,6 +12,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 
+import recrl
 from recrl.behavior.gru import GRUBehavior
 from recrl.config import (
     CONF_DIR,
@@ -18,6 +21,7 @@ from recrl.config import (
     build,
     build_algo_by_name,
     check_node,
+    group_option,
     validate,
     without_ensemble,
 )
@@ -29,16 +33,51 @@ from recrl.types import AlgoContext, Interactions, Obs, RecrlError
 
 ALL_GROUPS = (*GROUPS, "eval")
 GROUP_FILES = sorted((group, path) for group in ALL_GROUPS for path in (CONF_DIR / group).glob("*.yaml"))
-ALGO_FILES = {"c51": "dqn"}  # options that configure another option's class
 EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
 
 
 def test_every_group_has_files() -> None:
     for group in ALL_GROUPS:
         assert list((CONF_DIR / group).glob("*.yaml")), group
-    assert algo_options() == ["a2c", "bc", "bcq", "c51", "cql", "dqn", "epsilon_greedy", "greedy", "linucb",
-                              "planner", "popular", "ppo", "random", "reinforce", "slateq", "sqn", "thompson",
-                              "topk_reinforce"]
+
+
+def algorithm_classes() -> set[str]:
+    """Every algorithm class under recrl/algos that a config can build: it acts, has a training
+    ``mode``, is built from the run's ``ctx`` and is no other such class's base."""
+    found: dict[str, type] = {}
+    for path in sorted((Path(recrl.__file__).parent / "algos").glob("*.py")):
+        module = importlib.import_module(f"recrl.algos.{path.stem}")
+        for name, cls in inspect.getmembers(module, inspect.isclass):
+            if (cls.__module__ == module.__name__ and hasattr(cls, "act") and hasattr(cls, "mode")
+                    and "ctx" in inspect.signature(cls).parameters):
+                found[f"{module.__name__}.{name}"] = cls
+    bases = {b for cls in found.values() for b in cls.__mro__[1:]}
+    return {name for name, cls in found.items() if cls not in bases}
+
+
+def test_every_algorithm_class_has_a_config_and_every_config_an_algorithm() -> None:
+    targets = {str(group_option("algo", name)._target_) for name in algo_options()}
+    classes = algorithm_classes()
+    assert {"recrl.algos.dqn.DQN", "recrl.algos.ppo.PPO"} <= classes  # the finder finds classes
+    assert targets <= classes, f"configs naming no algorithm class: {targets - classes}"
+    assert classes - targets == set(), f"algorithm classes without a conf/algo file: {classes - targets}"
+
+
+def extended_option(group: str, name: str) -> str:
+    """The option ``conf/<group>/<name>.yaml`` extends through its ``defaults`` (itself if none)."""
+    defaults = OmegaConf.load(CONF_DIR / group / f"{name}.yaml").get("defaults") or []
+    bases = [d for d in defaults if isinstance(d, str) and d != "_self_"]
+    return extended_option(group, bases[0]) if bases else name
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in (CONF_DIR / "dataset" / "preprocess").glob("*.yaml")))
+def test_preprocess_options_compose_into_every_dataset(name: str) -> None:
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=["dataset=csv", f"dataset/preprocess={name}"])
+    own = OmegaConf.load(CONF_DIR / "dataset" / "preprocess" / f"{name}.yaml")
+    assert cfg.dataset.preprocess == own
+    check_node(cfg.dataset.preprocess, "dataset.preprocess")
+    assert build(cfg.dataset.preprocess).split == own.split
 
 
 def tiny_logs() -> Interactions:
@@ -119,8 +158,7 @@ def test_a_dataset_sets_its_behavior_defaults_and_overrides_still_win() -> None:
 
 @pytest.mark.parametrize("name", algo_options())
 def test_build_algo_by_name(name: str) -> None:
-    node = OmegaConf.load(CONF_DIR / "algo" / f"{name}.yaml")
-    k = algo_slate_size(build(node))
+    k = algo_slate_size(build(group_option("algo", name)))
     algo = build_algo_by_name(name, ctx=tiny_ctx(k))
     obs = Obs(torch.full((3, 3, k), 20), torch.zeros(3, 3, k), torch.zeros(3, dtype=torch.long))
     slates = algo.act(obs, explore=False)
@@ -147,7 +185,7 @@ def test_every_algo_and_reward_composes() -> None:
         for algo in algo_options():
             cfg = compose("train", overrides=[f"algo={algo}", "experiment=smoke"])
             validate(cfg)
-            assert cfg.algo._target_.rsplit(".", 2)[-2] == ALGO_FILES.get(algo, algo)
+            assert cfg.algo._target_.rsplit(".", 2)[-2] == extended_option("algo", algo)
         for reward in rewards:
             validate(compose("train", overrides=[f"reward={reward}"]))
 
@@ -232,3 +270,39 @@ def test_validate_accepts_overrides_of_the_right_type() -> None:
 def test_validate_checks_the_eval_group(override: str) -> None:
     with pytest.raises(RecrlError, match=r"eval\."):
         validate(composed(override))
+
+
+def test_c51_is_dqn_with_its_own_keys_and_command_line_keys_still_win() -> None:
+    dqn, c51 = group_option("algo", "dqn"), group_option("algo", "c51")
+    own = {"atoms": 51, "v_max": 20.0, "demonstrations": 0}
+    assert {key: c51[key] for key in own} == own
+    assert {k: v for k, v in c51.items() if k not in own} == {k: v for k, v in dqn.items() if k not in own}
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=["algo=c51", "algo.lr=0.01", "algo.atoms=21"])
+    assert (cfg.algo.lr, cfg.algo.atoms, cfg.algo._target_) == (0.01, 21, "recrl.algos.dqn.DQN")
+
+
+@pytest.mark.parametrize("name", algo_options())
+def test_an_algorithm_draws_only_from_its_own_seed(name: str) -> None:
+    """Building an algorithm leaves torch's global generator as it was, and its weights depend
+    on ``ctx.seed`` alone, whatever state the global generator was in."""
+    ctx = tiny_ctx(algo_slate_size(build(group_option("algo", name))))
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    first = build_algo_by_name(name, ctx=ctx).state_dict()
+    assert torch.equal(torch.get_rng_state(), before)
+    torch.rand(17)  # another global state
+    second = build_algo_by_name(name, ctx=ctx).state_dict()
+    flat = [(a, b) for a, b in zip(tensors(first), tensors(second), strict=True)]
+    assert all(torch.equal(a, b) for a, b in flat)
+
+
+def tensors(state: object) -> list[torch.Tensor]:
+    """Every tensor in a (nested) state dict, in a fixed order."""
+    if isinstance(state, torch.Tensor):
+        return [state]
+    if isinstance(state, dict):
+        return [t for key in sorted(state, key=str) for t in tensors(state[key])]
+    if isinstance(state, (list, tuple)):
+        return [t for item in state for t in tensors(item)]
+    return []

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from recrl.algos.logged import LoggedSteps
-from recrl.algos.nets import ItemScorer, gradient_step, history_encoder, sample_top_k, top_k
+from recrl.algos.nets import ItemScorer, gradient_step, history_encoder, sample_top_k, seeded_init, top_k
 from recrl.types import AlgoContext, Obs
 
 
@@ -38,15 +38,20 @@ class BehaviorCloning:
 
     mode = "offline"
 
+    @seeded_init
     def __init__(self, ctx: AlgoContext, dim: int = 32, hidden: int = 128, lr: float = 1e-3,
                  grad_clip: float = 10.0, encoder: str = "gru") -> None:
         self.ctx, self.grad_clip = ctx, grad_clip
         self.dataset = LoggedSteps.from_context(ctx)
-        torch.manual_seed(ctx.seed)
         self.policy = ItemScorer(history_encoder(encoder, ctx, dim, hidden), ctx.n_items, dim).to(ctx.device)
         self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=lr)
         self.generator = torch.Generator(ctx.device).manual_seed(ctx.seed)
         self.updates = 0
+
+    @torch.no_grad()
+    def scores(self, obs: Obs) -> torch.Tensor:
+        """The policy's logits ``[B, n_items]`` (its greedy ranking)."""
+        return self.policy(obs)
 
     @torch.no_grad()
     def act(self, obs: Obs, explore: bool) -> torch.Tensor:

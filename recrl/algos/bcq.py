@@ -31,7 +31,15 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from recrl.algos.logged import LoggedSteps
-from recrl.algos.nets import ItemScorer, double_q_target, gradient_step, history_encoder, top_k, update_target
+from recrl.algos.nets import (
+    ItemScorer,
+    double_q_target,
+    gradient_step,
+    history_encoder,
+    seeded_init,
+    top_k,
+    update_target,
+)
 from recrl.types import AlgoContext, Obs
 
 
@@ -57,6 +65,7 @@ class DiscreteBCQ:
 
     mode = "offline"
 
+    @seeded_init
     def __init__(self, ctx: AlgoContext, dim: int = 32, hidden: int = 128, lr: float = 1e-3,
                  gamma: float = 0.95, threshold: float = 0.3, logit_reg: float = 0.01,
                  target_update: int = 100, tau: float = 1.0, grad_clip: float = 10.0,
@@ -64,8 +73,6 @@ class DiscreteBCQ:
         self.ctx, self.gamma, self.threshold, self.logit_reg = ctx, gamma, threshold, logit_reg
         self.target_update, self.tau, self.grad_clip = target_update, tau, grad_clip
         self.dataset = LoggedSteps.from_context(ctx)
-        torch.manual_seed(ctx.seed)
-
         def scorer() -> ItemScorer:
             return ItemScorer(history_encoder(encoder, ctx, dim, hidden), ctx.n_items, dim).to(ctx.device)
 
@@ -77,10 +84,14 @@ class DiscreteBCQ:
         self.updates = 0
 
     @torch.no_grad()
+    def scores(self, obs: Obs) -> Tensor:
+        """Q-values ``[B, n_items]``, items the behavior clone deems unlikely at ``-inf``."""
+        return self.q(obs).masked_fill(~allowed_items(self.g(obs), self.threshold), float("-inf"))
+
+    @torch.no_grad()
     def act(self, obs: Obs, explore: bool) -> Tensor:
         """Top-``K`` allowed items by Q (disallowed items follow if fewer than ``K`` are allowed)."""
-        q = self.q(obs).masked_fill(~allowed_items(self.g(obs), self.threshold), float("-inf"))
-        return top_k(q, self.ctx.slate_size)
+        return top_k(self.scores(obs), self.ctx.slate_size)
 
     def update(self, batch: LoggedSteps) -> dict[str, Any]:
         """One gradient step of the TD loss and the generative model's likelihood."""

@@ -30,7 +30,15 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from recrl.algos.logged import LoggedSteps
-from recrl.algos.nets import ItemScorer, double_q_target, gradient_step, history_encoder, top_k, update_target
+from recrl.algos.nets import (
+    ItemScorer,
+    double_q_target,
+    gradient_step,
+    history_encoder,
+    seeded_init,
+    top_k,
+    update_target,
+)
 from recrl.types import AlgoContext, Obs
 
 
@@ -52,13 +60,13 @@ class DiscreteCQL:
 
     mode = "offline"
 
+    @seeded_init
     def __init__(self, ctx: AlgoContext, dim: int = 32, hidden: int = 128, lr: float = 1e-3,
                  gamma: float = 0.95, alpha: float = 0.05, target_update: int = 100,
                  tau: float = 1.0, grad_clip: float = 10.0, encoder: str = "gru") -> None:
         self.ctx, self.gamma, self.alpha = ctx, gamma, alpha
         self.target_update, self.tau, self.grad_clip = target_update, tau, grad_clip
         self.dataset = LoggedSteps.from_context(ctx)
-        torch.manual_seed(ctx.seed)
         self.q = ItemScorer(history_encoder(encoder, ctx, dim, hidden), ctx.n_items, dim).to(ctx.device)
         self.q_target = copy.deepcopy(self.q).requires_grad_(False)
         self.optimizer = torch.optim.Adam(self.q.parameters(), lr=lr)
@@ -66,9 +74,14 @@ class DiscreteCQL:
         self.updates = 0
 
     @torch.no_grad()
+    def scores(self, obs: Obs) -> Tensor:
+        """Q-values ``[B, n_items]`` (the greedy ranking)."""
+        return self.q(obs)
+
+    @torch.no_grad()
     def act(self, obs: Obs, explore: bool) -> Tensor:
         """Top-``K`` items by Q."""
-        return top_k(self.q(obs), self.ctx.slate_size)
+        return top_k(self.scores(obs), self.ctx.slate_size)
 
     def update(self, batch: LoggedSteps) -> dict[str, Any]:
         """One gradient step of TD + ``alpha`` * CQL regulariser on a batch of logged steps."""

@@ -97,6 +97,7 @@ from recrl.algos.nets import (
     id_plus_prior,
     linear_decay,
     mask_shown,
+    seeded_init,
     skips_shown,
     top_k,
     update_target,
@@ -267,6 +268,7 @@ class DQN:
 
     mode = "off_policy"
 
+    @seeded_init
     def __init__(self, ctx: AlgoContext, dim: int = 32, hidden: int = 128, lr: float = 1e-3,
                  gamma: float = 0.9, epsilon_start: float = 1.0, epsilon_end: float = 0.05,
                  epsilon_decay_steps: int = 2000, target_update: int = 200, tau: float = 1.0,
@@ -296,7 +298,6 @@ class DQN:
         self.priority_beta, self.priority_eps = priority_beta, priority_eps
         self.atoms, self.v_min, self.v_max = atoms, v_min, v_max
         self.skip_shown = skips_shown(ctx, skip_shown)
-        torch.manual_seed(ctx.seed)
         prior = behavior_item_prior(ctx, item_init)
         encoder = HistoryEncoder(ctx.n_items, ctx.history_len, ctx.slate_size, ctx.horizon, dim, hidden,
                                  features=ctx.obs_features, item_prior=prior, summary=summary)
@@ -349,11 +350,17 @@ class DQN:
         return mask_shown(q, obs) if self.skip_shown else q
 
     @torch.no_grad()
+    def scores(self, obs: Obs) -> Tensor:
+        """What the greedy policy ranks by: the averaged network's Q-values ``[B, n_items]``
+        (C51: expected returns), items it may not pick at ``-inf``."""
+        return self.allowed(self.q_values(obs, averaged=True), obs)
+
+    @torch.no_grad()
     def act(self, obs: Obs, explore: bool) -> torch.Tensor:
         """Top-``K`` items by Q; with ``explore``, a random slate with probability epsilon.
         Without ``explore`` (evaluation, deployment) the Q-values are the averaged network's."""
         if not explore:
-            return top_k(self.allowed(self.q_values(obs, averaged=True), obs), self.ctx.slate_size)
+            return top_k(self.scores(obs), self.ctx.slate_size)
         slates = top_k(self.allowed(self.q_values(obs), obs), self.ctx.slate_size)
         eps = self.epsilon()
         self.acted_steps += 1

@@ -4,14 +4,45 @@ on-policy ones."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
-from typing import Any
+import functools
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor, nn
 
 from recrl.behavior.features import side_features
 from recrl.types import AlgoContext, Obs, RecrlError
+
+Init = TypeVar("Init", bound=Callable[..., None])
+
+
+@contextlib.contextmanager
+def own_random_stream(seed: int, device: torch.device | str = "cpu") -> Iterator[None]:
+    """Inside the block torch's global generator (and ``device``'s, on a GPU) starts from
+    ``seed``; afterwards it is exactly as before the block. Network constructors draw their
+    initial weights from the global generator: this makes an algorithm's weights a function of
+    its own seed without touching anyone else's random numbers."""
+    device = torch.device(device)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        yield
+
+
+def seeded_init(init: Init) -> Init:
+    """Decorates an algorithm's ``__init__(self, ctx, ...)``: everything it builds is drawn
+    from a random stream seeded with ``ctx.seed`` (:func:`own_random_stream`), so building an
+    algorithm leaves the global random state untouched."""
+
+    @functools.wraps(init)
+    def wrapper(self: Any, *args: Any, **kwargs: Any) -> None:
+        ctx = kwargs["ctx"] if "ctx" in kwargs else args[0]
+        with own_random_stream(ctx.seed, ctx.device):
+            init(self, *args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
 
 
 class HistoryEncoder(nn.Module):
@@ -426,19 +457,20 @@ class SoftmaxActorCritic:
 
     def build(self, ctx: AlgoContext, dim: int, hidden: int, lr: float, sample_in_eval: bool,
               item_init: str = "random", summary: bool = False, skip_shown: bool = False) -> None:
-        """Seed, then build the policy, the value head, the optimizer and the generator.
+        """Build the policy, the value head, the optimizer and the generator, the weights drawn
+        from a stream seeded with ``ctx.seed`` (:func:`own_random_stream`).
 
         ``item_init``, ``summary``: see :class:`HistoryEncoder` and :func:`behavior_item_prior`;
         ``skip_shown``: the policy gives no probability to items in the observed history.
         """
         self.ctx, self.sample_in_eval = ctx, sample_in_eval
         self.skip_shown = skips_shown(ctx, skip_shown)
-        torch.manual_seed(ctx.seed)
         prior = behavior_item_prior(ctx, item_init)
-        encoder = HistoryEncoder(ctx.n_items, ctx.history_len, ctx.slate_size, ctx.horizon, dim, hidden,
-                                 features=ctx.obs_features, item_prior=prior, summary=summary)
-        self.policy = ItemScorer(encoder, ctx.n_items, dim, prior).to(ctx.device)
-        self.value = nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(), nn.Linear(hidden, 1)).to(ctx.device)
+        with own_random_stream(ctx.seed, ctx.device):
+            encoder = HistoryEncoder(ctx.n_items, ctx.history_len, ctx.slate_size, ctx.horizon, dim, hidden,
+                                     features=ctx.obs_features, item_prior=prior, summary=summary)
+            self.policy = ItemScorer(encoder, ctx.n_items, dim, prior).to(ctx.device)
+            self.value = nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(), nn.Linear(hidden, 1)).to(ctx.device)
         self.params = list(self.policy.parameters()) + list(self.value.parameters())
         self.optimizer = torch.optim.Adam(self.params, lr=lr)
         self.generator = torch.Generator(ctx.device).manual_seed(ctx.seed)
@@ -449,6 +481,11 @@ class SoftmaxActorCritic:
         ``skip_shown`` the items in the observed history get ``-inf``."""
         logits = self.policy.score(self.policy.encoder(obs) if state is None else state)
         return mask_shown(logits, obs) if self.skip_shown else logits
+
+    @torch.no_grad()
+    def scores(self, obs: Obs) -> Tensor:
+        """The policy's logits ``[B, n_items]``: its greedy ranking (what a top-k list serves)."""
+        return self.logits(obs)
 
     @torch.no_grad()
     def act(self, obs: Obs, explore: bool) -> Tensor:

@@ -60,7 +60,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from recrl.algos.nets import HistoryEncoder, ItemScorer, epsilon_explore, linear_decay, update_target
+from recrl.algos.nets import (
+    HistoryEncoder,
+    ItemScorer,
+    epsilon_explore,
+    linear_decay,
+    seeded_init,
+    update_target,
+)
 from recrl.env.choice import mnl_probs
 from recrl.types import AlgoContext, Obs, RecrlError, Transition
 
@@ -157,6 +164,7 @@ class SlateQ:
 
     mode = "off_policy"
 
+    @seeded_init
     def __init__(self, ctx: AlgoContext, dim: int = 32, hidden: int = 128, lr: float = 1e-3,
                  gamma: float = 0.9, slate_optimizer: Literal["topk", "greedy"] = "greedy",
                  double: bool = True, choice_coef: float = 1.0, epsilon_start: float = 1.0,
@@ -169,8 +177,6 @@ class SlateQ:
         self.choice_coef, self.grad_clip, self.null_value = choice_coef, grad_clip, null_value
         self.epsilon_start, self.epsilon_end = epsilon_start, epsilon_end
         self.epsilon_decay_steps, self.target_update, self.tau = epsilon_decay_steps, target_update, tau
-        torch.manual_seed(ctx.seed)
-
         def scorer(outputs: int) -> ItemScorer:
             encoder = HistoryEncoder(ctx.n_items, ctx.history_len, ctx.slate_size, ctx.horizon, dim,
                                      hidden, features=ctx.obs_features)

@@ -38,6 +38,7 @@ from recrl.algos.nets import (
     gradient_step,
     history_encoder,
     sample_top_k,
+    seeded_init,
     top_k,
     update_target,
 )
@@ -77,6 +78,7 @@ class SQN:
 
     mode = "offline"
 
+    @seeded_init
     def __init__(self, ctx: AlgoContext, dim: int = 32, hidden: int = 128, lr: float = 1e-3,
                  gamma: float = 0.95, target_update: int = 100, tau: float = 1.0,
                  grad_clip: float = 10.0, act_with: str = "supervised", encoder: str = "gru") -> None:
@@ -85,12 +87,17 @@ class SQN:
         self.ctx, self.gamma, self.act_with = ctx, gamma, act_with
         self.target_update, self.tau, self.grad_clip = target_update, tau, grad_clip
         self.dataset = LoggedSteps.from_context(ctx)
-        torch.manual_seed(ctx.seed)
         self.net = SQNNetwork(history_encoder(encoder, ctx, dim, hidden), ctx.n_items, dim).to(ctx.device)
         self.net_target = copy.deepcopy(self.net).requires_grad_(False)
         self.optimizer = torch.optim.Adam(self.net.parameters(), lr=lr)
         self.generator = torch.Generator(ctx.device).manual_seed(ctx.seed)
         self.updates = 0
+
+    @torch.no_grad()
+    def scores(self, obs: Obs) -> Tensor:
+        """The greedy ranking ``[B, n_items]``: Q-values or logits, as ``act_with`` says."""
+        logits, q = self.net(obs)
+        return q if self.act_with == "q" else logits
 
     @torch.no_grad()
     def act(self, obs: Obs, explore: bool) -> Tensor:

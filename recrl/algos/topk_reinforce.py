@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from recrl.algos.logged import LoggedSteps
-from recrl.algos.nets import HistoryEncoder, ItemScorer, gradient_step, sample_top_k, top_k
+from recrl.algos.nets import HistoryEncoder, ItemScorer, gradient_step, sample_top_k, seeded_init, top_k
 from recrl.types import AlgoContext, Obs, RecrlError
 
 PROPENSITY = ("auto", "logged", "estimated")
@@ -50,6 +50,7 @@ class TopKOffPolicyReinforce:
 
     mode = "offline"
 
+    @seeded_init
     def __init__(self, ctx: AlgoContext, dim: int = 32, hidden: int = 128, lr: float = 3e-3,
                  gamma: float = 0.9, topk: int | None = None, weight_cap: float = 10.0,
                  correction: bool = True, propensity: str = "auto", baseline: bool = True,
@@ -67,7 +68,6 @@ class TopKOffPolicyReinforce:
             raise RecrlError("algo.propensity=logged but the logs lack propensities on some rows; "
                              "use algo.propensity=estimated")
         self.use_logged = propensity == "logged" or (propensity == "auto" and known)
-        torch.manual_seed(ctx.seed)
         encoder = HistoryEncoder(ctx.n_items, ctx.history_len, 1, ctx.horizon, dim, hidden,
                                  features=ctx.obs_features)
         self.policy = ItemScorer(encoder, ctx.n_items, dim).to(ctx.device)
@@ -76,6 +76,11 @@ class TopKOffPolicyReinforce:
         self.optimizer = torch.optim.Adam(params, lr=lr)
         self.generator = torch.Generator(ctx.device).manual_seed(ctx.seed)
         self.updates = 0
+
+    @torch.no_grad()
+    def scores(self, obs: Obs) -> torch.Tensor:
+        """The policy's logits ``[B, n_items]`` (its greedy ranking)."""
+        return self.policy(obs)
 
     @torch.no_grad()
     def act(self, obs: Obs, explore: bool) -> torch.Tensor:

@@ -7,9 +7,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from recrl.env.simulator import RecEnv
 from recrl.metrics.stats import summarize
-from recrl.types import Policy
+from recrl.types import Env, Policy
 
 
 @dataclass(frozen=True)
@@ -104,7 +103,7 @@ def gini_simpson(counts: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def run_episodes(policy: Policy, env: RecEnv, n_episodes: int, seed: int,
+def run_episodes(policy: Policy, env: Env, n_episodes: int, seed: int,
                  batch_size: int = 1024, categories: Tensor | None = None) -> EpisodeStats:
     """Run ``n_episodes`` complete episodes of ``policy`` (no exploration) in ``env``.
 
