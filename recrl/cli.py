@@ -55,8 +55,8 @@ def _group_options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
 
 
-def _explain(err: Exception, override_text: str) -> str:
-    """One line for a Hydra composition error."""
+def explain_compose_error(err: Exception, override_text: str) -> str:
+    """One line for a Hydra composition error (``{command}`` stands for the command run)."""
     text = str(err)
     if isinstance(err, MissingConfigException) or "Could not find" in text:
         for override in override_text.split():
@@ -90,7 +90,7 @@ def compose_checked(config_name: str, overrides: list[str]) -> DictConfig:
         try:
             cfg = compose(config_name=config_name, overrides=overrides)
         except (HydraException, OmegaConfBaseException) as err:
-            raise RecrlError(_explain(err, " ".join(overrides))) from err
+            raise RecrlError(explain_compose_error(err, " ".join(overrides))) from err
     validate(cfg)
     return cfg
 
@@ -115,7 +115,7 @@ def check_overrides(config_name: str, overrides: list[str]) -> None:
             try:
                 cfg = compose(config_name=config_name, overrides=combo)
             except (HydraException, OmegaConfBaseException) as err:
-                raise RecrlError(_explain(err, " ".join(combo))) from err
+                raise RecrlError(explain_compose_error(err, " ".join(combo))) from err
             if config_name == "train":
                 validate(cfg)
                 _check_data_files(cfg)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from recrl.config import build, validate
 from recrl.evaluate import Evaluation, final_report
 from recrl.metrics.stats import set_seed
 from recrl.report import RunLogger, plot_learning_curves, print_report_table, write_report
-from recrl.stages import Stages, build_stages, gym_stages, is_gym
+from recrl.stages import GymStages, Stages, build_stages, gym_stages, is_gym
 from recrl.types import RecrlError
 
 console = Console(stderr=True)
@@ -80,7 +81,17 @@ def restore_training_state(payload: dict[str, Any], algo: Any, env: Any) -> None
     env.generator.set_state(payload["env_rng"].cpu())
 
 
-def train(cfg: DictConfig, run_dir: Path, algo_name: str) -> dict[str, Any]:
+@dataclass
+class TrainedRun:
+    """What :func:`train` hands back besides the run folder: the built stages (data, behavior
+    model, environments' context), the trained algorithm and the final report."""
+
+    stages: Stages | GymStages
+    algo: Any
+    report: dict[str, Any]
+
+
+def train(cfg: DictConfig, run_dir: Path, algo_name: str) -> TrainedRun:
     """Run the whole pipeline for one configuration and write the run folder."""
     t0 = time.perf_counter()
     validate(cfg)
@@ -130,4 +141,4 @@ def train(cfg: DictConfig, run_dir: Path, algo_name: str) -> dict[str, Any]:
     plot_learning_curves(run_dir / "metrics.jsonl", run_dir / "plots" / "learning_curve.png")
     write_report(run_dir, report)
     print_report_table(report)
-    return report
+    return TrainedRun(stages=stages, algo=algo, report=report)

@@ -115,18 +115,23 @@ class EpsilonGreedy:
                            torch.full_like(self.sums, float("-inf")))
 
     @torch.no_grad()
-    def act(self, obs: Obs, explore: bool) -> Tensor:
-        """Top-``K`` items by estimated mean; with ``explore``, a random slate with prob. epsilon."""
-        b, k, dev = obs.batch_size, self.ctx.slate_size, self.counts.device
+    def scores(self, obs: Obs, explore: bool = False) -> Tensor:
+        """Estimated means ``[B, n_items]`` (``explore=False``: the empirical means, the greedy
+        ranking; ``True``: with tiny noise that breaks ties between untried items at random, not
+        by id); with ``skip_shown`` the items in the history at ``-inf``."""
+        b, dev = obs.batch_size, self.counts.device
         if not explore:
             scores = self.empirical_means().expand(b, -1)
         else:
-            # tiny noise breaks ties (e.g. between untried items) at random, not by id
             noise = torch.rand(b, self.ctx.n_items, device=dev, generator=self.generator)
             scores = self.means() + 1e-6 * noise
-        if self.skip_shown:
-            scores = mask_shown(scores, obs)
-        slates = scores.topk(k, dim=1).indices
+        return mask_shown(scores, obs) if self.skip_shown else scores
+
+    @torch.no_grad()
+    def act(self, obs: Obs, explore: bool) -> Tensor:
+        """Top-``K`` items by estimated mean; with ``explore``, a random slate with prob. epsilon."""
+        b, k, dev = obs.batch_size, self.ctx.slate_size, self.counts.device
+        slates = self.scores(obs, explore).topk(k, dim=1).indices
         if not explore:
             return slates
         eps = self.epsilon()

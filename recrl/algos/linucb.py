@@ -224,9 +224,9 @@ class LinearBandit(ABC):
         self.updates = 0
 
     @abstractmethod
-    def scores(self, obs: Obs, explore: bool) -> Tensor:
+    def scores(self, obs: Obs, explore: bool = False) -> Tensor:
         """Item scores ``[B, n_items]`` the slate is the top-``K`` of (LinUCB and LinearThompson
-        define it)."""
+        define it); ``explore=False``: the greedy ranking."""
 
     @torch.no_grad()
     def act(self, obs: Obs, explore: bool) -> Tensor:
@@ -279,7 +279,7 @@ class LinUCB(LinearBandit):
         super().__init__(ctx, **kwargs)
         self.alpha = alpha
 
-    def scores(self, obs: Obs, explore: bool) -> Tensor:
+    def scores(self, obs: Obs, explore: bool = False) -> Tensor:
         """``theta . z`` plus, with ``explore``, ``alpha * sqrt(z^T A^-1 z)``, ``[B, n_items]``."""
         lifted = self.features.lift(self.features.user(obs))
         mean = self.features.mean(self.posterior.theta, lifted)

@@ -22,6 +22,11 @@ class RandomPolicy(FixedPolicy):
         self.generator = torch.Generator(ctx.device).manual_seed(ctx.seed)
 
     @torch.no_grad()
+    def scores(self, obs: Obs) -> torch.Tensor:
+        """Uniformly random scores ``[B, n_items]``: a random ranking per user."""
+        return torch.rand(obs.batch_size, self.ctx.n_items, device=obs.items.device, generator=self.generator)
+
+    @torch.no_grad()
     def act(self, obs: Obs, explore: bool) -> torch.Tensor:
         """A random slate per user."""
         return random_slates(obs.batch_size, self.ctx.n_items, self.ctx.slate_size,

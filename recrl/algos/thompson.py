@@ -49,7 +49,7 @@ class LinearThompson(LinearBandit):
         super().__init__(ctx, **kwargs)
         self.v = v
 
-    def scores(self, obs: Obs, explore: bool) -> Tensor:
+    def scores(self, obs: Obs, explore: bool = False) -> Tensor:
         """``theta_s . z(s, i)`` with a fresh posterior draw per user (``explore``) or the mean."""
         lifted = self.features.lift(self.features.user(obs))
         if not explore:
