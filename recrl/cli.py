@@ -1,4 +1,4 @@
-"""The ``recrl`` command: ``recrl train|eval|sweep [key=value ...]`` (Hydra at the edge).
+"""The ``recrl`` command: ``recrl train|eval|sweep [key=value ...]`` (Hydra at the edge), ``recrl compare``.
 
 Overrides are checked before anything runs: an unknown option, key or badly typed value
 prints one line and exits with code 2 (set ``RECRL_DEBUG=1`` for tracebacks).
@@ -32,12 +32,20 @@ commands:
           or only the behavior model           recrl eval behavior-only dataset=beauty behavior=sasrec
   sweep   Hydra multirun + a summary table     recrl sweep algo=dqn,reinforce seed=0,1,2
           (re)summarize a sweep folder         recrl sweep summarize outputs/train/multirun/<ts>
+  compare one Markdown + HTML page of runs     recrl compare <run or sweep folders...> [--out DIR]
   data    prepare / describe / download data   recrl data info dataset=ml100k
           recrl data prepare dataset=coat      recrl data download ml100k [--data-dir DIR]
 
 options live in conf/: dataset, behavior, env, reward, algo, trainer, eval, experiment
 """
 COMMANDS = {"train": "train", "eval": "eval", "sweep": "train", "data": "train"}
+OTHER_COMMANDS = ("compare",)  # not Hydra jobs
+COMPARE_USAGE = """usage: recrl compare <run or sweep folders...> [--out DIR]
+
+Writes compare.md, compare.html and PNG figures (learning curves, return per policy and
+environment, simulator vs ground truth, paired differences across seeds) into DIR
+(default: outputs/compare/<timestamp>).
+"""
 DATA_COMMANDS = ("info", "prepare", "download")
 MAX_CHECKED_COMBINATIONS = 64
 
@@ -208,6 +216,45 @@ def summarize_command(args: list[str]) -> int:
     return 0
 
 
+def _compare_args(args: list[str]) -> tuple[list[Path], Path | None]:
+    """(folders, ``--out`` folder or ``None``) of ``recrl compare``; ``RecrlError`` on bad options."""
+    folders: list[Path] = []
+    out: Path | None = None
+    rest = iter(args)
+    for arg in rest:
+        if arg == "--out" or arg.startswith("--out="):
+            value = arg.partition("=")[2] if "=" in arg else next(rest, "")
+            if not value:
+                raise RecrlError("--out needs a folder: `recrl compare <folders...> --out DIR`")
+            out = Path(value)
+        elif arg.startswith("-"):
+            raise RecrlError(f"unknown option {arg} for recrl compare (only --out DIR)")
+        else:
+            folders.append(Path(arg))
+    if not folders:
+        raise RecrlError("use `recrl compare <run or sweep folders...> [--out DIR]`")
+    return folders, out
+
+
+def compare_command(args: list[str]) -> int:
+    """``recrl compare <run or sweep folders...> [--out DIR]``: one Markdown and one HTML page
+    comparing the runs (see :mod:`recrl.compare`)."""
+    if any(a in ("-h", "--help") for a in args):
+        print(COMPARE_USAGE)
+        return 0
+    from recrl.compare import compare, default_out_dir
+
+    try:
+        folders, out = _compare_args(args)
+        md_path, html_path, n_runs, n_configs = compare(folders, out or default_out_dir())
+    except RecrlError as err:
+        if _debug():
+            raise
+        return _fail(str(err), 2)
+    print(f"compared {n_runs} runs ({n_configs} configurations): wrote {html_path} and {md_path}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``recrl`` console script; returns the exit code."""
     args = sys.argv[1:] if argv is None else list(argv)
@@ -215,8 +262,10 @@ def main(argv: list[str] | None = None) -> int:
         print(USAGE)
         return 0
     command, overrides = args[0], args[1:]
+    if command == "compare":
+        return compare_command(overrides)
     if command not in COMMANDS:
-        return _fail(f"unknown command {command!r}; use one of: {', '.join(COMMANDS)}", 2)
+        return _fail(f"unknown command {command!r}; use one of: {', '.join([*COMMANDS, *OTHER_COMMANDS])}", 2)
     if command == "data":
         return data_command(overrides)
     if command == "sweep" and overrides[:1] == ["summarize"]:
