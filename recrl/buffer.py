@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -196,6 +197,88 @@ class NStepWindow:
         return Transition(obs=first.obs, action=first.action, reward=reward, next_obs=next_obs,
                           done=(~running).to(first.done.dtype), valid=first.valid)
 
+
+
+@dataclass
+class ReplaySample:
+    """A batch drawn from a :class:`Replay`: the transitions, their importance weights ``[B]``
+    (prioritized replay; ``None``: uniform) and the way a learner hands the rows' new
+    priorities back (:meth:`reprioritize`, a no-op for uniform replay)."""
+
+    transitions: Transition
+    weights: Tensor | None = None
+    index: Tensor | None = None
+    replay: Replay | None = None
+
+    def reprioritize(self, errors: Tensor) -> None:
+        """Set the sampled rows' priorities from their errors ``[B]`` (``|error| + eps``)."""
+        if self.replay is not None and self.index is not None:
+            self.replay.reprioritize(self.index, errors)
+
+
+def transitions_of(batch: Transition | ReplaySample) -> Transition:
+    """The transitions of a replay batch, whether drawn from a :class:`Replay` or built by hand."""
+    return batch.transitions if isinstance(batch, ReplaySample) else batch
+
+
+class Replay:
+    """An off-policy learner's experience replay, all on one device: transitions in, through an
+    ``n``-step window when ``n_step > 1`` (:class:`NStepWindow`, discount ``gamma``), into a
+    uniform or prioritized circular buffer; batches out, prioritized ones with importance
+    weights whose exponent rises linearly from ``beta`` to 1 over the run (``progress`` 0 -> 1).
+
+    The learner builds it (``make_replay`` on the algorithm; DQN's settings), the training loop
+    only adds and samples, and the learner's ``update`` returns the sampled rows' priorities
+    through :meth:`ReplaySample.reprioritize`.
+
+    Example::
+
+        replay = Replay(100_000, history_len=10, slate_size=1, n_items=500, n_step=3, gamma=0.9,
+                        prioritized=True)
+        replay.add(transition)                     # every environment step, B rows
+        sample = replay.sample(256, generator, progress=step / steps)
+        algo.update(sample)                        # uses sample.weights, calls sample.reprioritize
+    """
+
+    def __init__(self, capacity: int, history_len: int, slate_size: int, n_items: int,
+                 device: torch.device | str = "cpu", *, n_step: int = 1, gamma: float = 1.0,
+                 prioritized: bool = False, alpha: float = 0.6, beta: float = 0.4,
+                 eps: float = 1e-3) -> None:
+        args = (capacity, history_len, slate_size, n_items, device)
+        self.buffer = (PrioritizedReplayBuffer(*args, alpha=alpha, eps=eps) if prioritized
+                       else ReplayBuffer(*args))
+        self.window = NStepWindow(n_step, gamma) if n_step > 1 else None
+        self.prioritized, self.beta = prioritized, beta
+
+    @classmethod
+    def for_env(cls, capacity: int, env: Any, **options: Any) -> Replay:
+        """A replay sized for ``env``'s observations and actions (``options``: see the class)."""
+        return cls(capacity, env.history_len, env.slate_size, env.n_items, env.device, **options)
+
+    def __len__(self) -> int:
+        return len(self.buffer)
+
+    def add(self, transition: Transition) -> None:
+        """Store one environment step of ``B`` rows (``n``-step: the transition it completes)."""
+        if self.window is not None:
+            transition = self.window.push(transition)
+        if transition is not None:
+            self.buffer.add(transition)
+
+    def sample(self, batch_size: int, generator: torch.Generator, progress: float = 0.0) -> ReplaySample:
+        """A batch of ``batch_size`` rows; ``progress`` (0..1, the share of the run done) anneals
+        the importance-weight exponent of prioritized replay."""
+        if not self.prioritized:
+            return ReplaySample(self.buffer.sample(batch_size, generator))
+        beta = self.beta + (1.0 - self.beta) * min(1.0, progress)
+        assert isinstance(self.buffer, PrioritizedReplayBuffer)
+        batch, index, weights = self.buffer.sample_weighted(batch_size, generator, beta)
+        return ReplaySample(batch, weights=weights, index=index, replay=self)
+
+    def reprioritize(self, index: Tensor, errors: Tensor) -> None:
+        """New priorities of buffer rows ``index`` from their errors (prioritized replay only)."""
+        if isinstance(self.buffer, PrioritizedReplayBuffer):
+            self.buffer.update_priorities(index, errors)
 
 @dataclass(frozen=True)
 class Rollout:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 from tqdm import tqdm
 
-from recrl.buffer import NStepWindow, PrioritizedReplayBuffer, ReplayBuffer, Rollout
+from recrl.buffer import Replay, Rollout
 from recrl.types import Algorithm, Env, Obs, Policy, RecrlError, Transition
 
 MetricsLogger = Callable[[int, dict[str, float]], None]
@@ -140,21 +140,14 @@ class Trainer:
     def _off_policy(self, algo: Algorithm, env: Env, seed: int, start_step: int = 0):
         """Yield ``(env_steps, updates, metrics)`` after every step of continuous collection.
 
-        Algorithms with ``n_step > 1`` get ``n``-step transitions (an :class:`NStepWindow` with
-        their ``gamma`` between the environment and the buffer); with ``prioritized`` the buffer
-        is a :class:`PrioritizedReplayBuffer` (``priority_alpha``, ``priority_eps``), each update
-        gets the importance weights (``beta`` annealed linearly from ``priority_beta`` to 1 over
-        the run) and the algorithm's ``td_error`` becomes the sampled rows' new priorities.
+        The algorithm's own replay (its ``make_replay(capacity, env)``: n-step, prioritized; a
+        uniform one-step :class:`~recrl.buffer.Replay` when it has none) receives every step;
+        each update gets a sample drawn with the run's progress and hands its priorities back.
         """
         env.autoreset = True
-        args = (self.buffer_size, env.history_len, env.slate_size, env.n_items, env.device)
-        prioritized = bool(getattr(algo, "prioritized", False))
-        if prioritized:
-            buffer = PrioritizedReplayBuffer(*args, alpha=algo.priority_alpha, eps=algo.priority_eps)
-        else:
-            buffer = ReplayBuffer(*args)
-        n_step = int(getattr(algo, "n_step", 1))
-        window = NStepWindow(n_step, algo.gamma) if n_step > 1 else None
+        make_replay = getattr(algo, "make_replay", None)
+        replay = (make_replay(self.buffer_size, env) if make_replay is not None
+                  else Replay.for_env(self.buffer_size, env))
         generator = torch.Generator(env.device).manual_seed(seed + start_step)
         obs = env.reset(self.n_users, seed=seed if start_step == 0 else None)
         episode_return = torch.zeros(self.n_users, device=env.device)
@@ -164,25 +157,16 @@ class Trainer:
             next_obs, reward, done, info = env.step(slates)
             transition = Transition(obs=obs, action=slates, reward=reward, next_obs=next_obs,
                                     done=done.float(), valid=info.was_alive.float())
-            if window is not None:
-                transition = window.push(transition)
-            if transition is not None:
-                buffer.add(transition)
+            replay.add(transition)
             episode_return += reward
             finished += torch.stack([(episode_return * done).sum(), done.sum()])
             episode_return = episode_return * ~done
             obs = next_obs
             metrics: dict[str, torch.Tensor | float] = {}
             n_updates = 0
-            if len(buffer) >= self.learning_starts:
+            if len(replay) >= self.learning_starts:
                 for _ in range(self.updates_per_step):
-                    if prioritized:
-                        beta = algo.priority_beta + (1.0 - algo.priority_beta) * min(1.0, step / self.steps)
-                        batch, idx, weights = buffer.sample_weighted(self.batch_size, generator, beta)
-                        metrics = algo.update(batch, weights=weights)
-                        buffer.update_priorities(idx, algo.td_error)
-                    else:
-                        metrics = algo.update(buffer.sample(self.batch_size, generator))
+                    metrics = algo.update(replay.sample(self.batch_size, generator, step / self.steps))
                     n_updates += 1
             if step % self.log_every == 0:
                 metrics = dict(metrics)

@@ -13,7 +13,7 @@ from tiny import N_ITEMS, K, L, make_ctx, random_obs
 
 from recrl.algos.dqn import DQN, categorical_projection
 from recrl.algos.nets import WeightAverage
-from recrl.buffer import NStepWindow, PrioritizedReplayBuffer, ReplayBuffer
+from recrl.buffer import NStepWindow, PrioritizedReplayBuffer, Replay, ReplayBuffer, ReplaySample
 from recrl.data.synthetic import SyntheticWorld
 from recrl.env.simulator import RecEnv
 from recrl.loop import Trainer
@@ -160,13 +160,14 @@ def test_n_step_window_two_steps_and_one_step() -> None:
         NStepWindow(0, 0.9)
 
 
-def test_trainer_feeds_n_step_transitions_and_priorities() -> None:
+def test_the_trainer_feeds_dqns_own_n_step_prioritized_replay() -> None:
     seen: list[tuple[Transition, torch.Tensor]] = []
 
     class Recording(DQN):
-        def update(self, batch: Transition, weights: torch.Tensor | None = None) -> dict:
-            seen.append((batch, weights))
-            return super().update(batch, weights)
+        def update(self, batch: Transition | ReplaySample, weights: torch.Tensor | None = None) -> dict:
+            assert isinstance(batch, ReplaySample) and weights is None  # DQN's own replay samples
+            seen.append((batch.transitions, batch.weights))
+            return super().update(batch)
 
     world = SyntheticWorld(n_items=8, n_users=10, n_topics=1, horizon=6, seed=0)
     env = RecEnv(world, ClickReward(), horizon=6, slate_size=1, history_len=2)
@@ -419,3 +420,34 @@ def test_c51_beats_greedy_and_random(clickbait_world: SyntheticWorld,
         return DQN(ctx, epsilon_decay_steps=300, target_update=50, gamma=0.9, lr=3e-4, atoms=51,
                    v_min=0.0, v_max=10.0)
     assert_learned(train_dqn(make, clickbait_world, steps=800), clickbait_references)
+
+
+def test_a_replay_sample_hands_the_learners_errors_back_as_priorities() -> None:
+    replay = Replay(capacity=8, history_len=L, slate_size=1, n_items=N_ITEMS, prioritized=True, alpha=0.5,
+                    beta=0.4, eps=0.01)
+    replay.add(tagged([0, 1, 2, 3]))
+    sample = replay.sample(16, torch.Generator().manual_seed(0), progress=0.5)
+    assert sample.weights is not None and sample.index is not None
+    assert torch.allclose(sample.weights, torch.ones(16))  # equal priorities: weights all 1
+    errors = sample.transitions.reward  # row i's error is i (the tagged reward)
+    sample.reprioritize(errors)
+    priorities = replay.buffer.priorities[:4]
+    for row in sample.index.unique().tolist():
+        assert float(priorities[row]) == pytest.approx((row + 0.01) ** 0.5)
+    uniform = Replay(capacity=8, history_len=L, slate_size=1, n_items=N_ITEMS)
+    uniform.add(tagged([0, 1]))
+    plain = uniform.sample(4, torch.Generator().manual_seed(0))
+    assert plain.weights is None
+    plain.reprioritize(torch.ones(4))  # nothing to reprioritize: a no-op
+
+
+def test_dqn_builds_its_replay_from_its_own_settings() -> None:
+    world = SyntheticWorld(n_items=8, n_users=10, n_topics=1, horizon=6, seed=0)
+    env = RecEnv(world, ClickReward(), horizon=6, slate_size=1, history_len=2)
+    ctx = make_ctx(slate_size=1, n_items=8, history_len=2, horizon=6)
+    replay = DQN(ctx, dim=4, hidden=8, gamma=0.5, n_step=3, prioritized=True, priority_alpha=0.7).make_replay(
+        100, env)
+    assert replay.window is not None and replay.window.n == 3 and replay.window.gamma == 0.5
+    assert isinstance(replay.buffer, PrioritizedReplayBuffer) and replay.buffer.alpha == 0.7
+    plain = DQN(ctx, dim=4, hidden=8, n_step=1).make_replay(100, env)
+    assert plain.window is None and type(plain.buffer) is ReplayBuffer

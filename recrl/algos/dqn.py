@@ -19,16 +19,16 @@ a state x item-embedding product::
 
     A(s, i) = s . E_i + b_i,   V(s) = v . s + c,   Q(s, i) = V(s) + A(s, i) - mean_i A(s, i)
 
-``n_step > 1``: transitions are ``n``-step (built by :class:`recrl.buffer.NStepWindow` in the
-training loop): ``R = sum_{k<m} gamma^k r_{t+k}``, ``s'`` the observation ``m`` steps later,
-where ``m = n`` or the step at which the episode ended (then ``done = 1`` and nothing is
-bootstrapped).
+``n_step > 1``: transitions are ``n``-step (built by :class:`recrl.buffer.NStepWindow` in
+DQN's own replay, :meth:`DQN.make_replay`): ``R = sum_{k<m} gamma^k r_{t+k}``, ``s'`` the
+observation ``m`` steps later, where ``m = n`` or the step at which the episode ended (then
+``done = 1`` and nothing is bootstrapped).
 
-``prioritized``: the loop samples row ``i`` with probability ``P(i) = p_i^alpha / sum_j p_j^alpha``,
+``prioritized``: DQN's replay samples row ``i`` with probability ``P(i) = p_i^alpha / sum_j p_j^alpha``,
 ``p_i = |delta_i| + eps`` (new rows get the largest ``p`` seen), weighs its loss by
 ``w_i = (N P(i))^-beta / max_j (N P(j))^-beta`` (``beta`` annealed linearly from
-``priority_beta`` to 1 over the run) and sets ``p_i`` from :attr:`DQN.td_error` after each
-update (see :class:`recrl.buffer.PrioritizedReplayBuffer`).
+``priority_beta`` to 1 over the run) and each update hands back ``p_i`` from the rows' TD
+errors (:attr:`DQN.td_error`; see :class:`recrl.buffer.Replay`).
 
 ``atoms > 0`` (C51): each item has a categorical return distribution on the fixed support
 ``z_j = v_min + j * (v_max - v_min) / (atoms - 1)``, with logits built like the Q-values: a linear
@@ -103,6 +103,7 @@ from recrl.algos.nets import (
     update_target,
 )
 from recrl.algos.planner import SurvivalPlanner, planner_can_run
+from recrl.buffer import Replay, ReplaySample
 from recrl.types import AlgoContext, Obs, RecrlError, Transition
 
 DEMO_SEED_OFFSET = 7919  # demonstration users differ from the training users of the same seed
@@ -253,17 +254,18 @@ class DQN:
     """DQN with a target network, replay on device and a linear epsilon schedule.
 
     Double DQN by default; options add dueling heads, n-step returns, prioritized replay
-    (both applied by the training loop, which reads ``n_step``, ``gamma``, ``prioritized`` and
-    ``priority_*``) and C51 return distributions. See the module docstring for the losses.
+    (both in the replay it builds, :meth:`make_replay`) and C51 return distributions. See the
+    module docstring for the losses.
 
     Example::
 
-        algo = DQN(ctx, lr=1e-3, gamma=0.9)
+        algo = DQN(ctx, lr=1e-3, gamma=0.9, n_step=3, prioritized=True)
+        replay = algo.make_replay(100_000, env)
         slates = algo.act(obs, explore=True)
-        stats = algo.update(replay.sample(256, generator))
+        replay.add(transition)
+        stats = algo.update(replay.sample(256, generator, progress=0.5))  # reprioritizes the rows
         c51 = DQN(ctx, atoms=51, v_min=0.0, v_max=20.0, dueling=True, n_step=3)
-        stats = c51.update(batch, weights=importance_weights)   # prioritized replay
-        new_priorities = c51.td_error                            # [B]
+        stats = c51.update(batch, weights=importance_weights)   # a hand-made batch
     """
 
     mode = "off_policy"
@@ -366,11 +368,20 @@ class DQN:
         self.acted_steps += 1
         return epsilon_explore(slates, self.ctx.n_items, eps, self.generator)
 
-    def update(self, batch: Transition, weights: Tensor | None = None) -> dict[str, float]:
-        """One gradient step on a replay batch; ``weights`` ``[B]``: importance weights (PER).
+    def make_replay(self, capacity: int, env: Any) -> Replay:
+        """DQN's replay for ``env``: ``n_step`` transitions discounted by ``gamma``, prioritized
+        with ``priority_alpha``/``priority_beta``/``priority_eps`` when ``prioritized``."""
+        return Replay.for_env(capacity, env, n_step=self.n_step, gamma=self.gamma,
+                              prioritized=self.prioritized, alpha=self.priority_alpha,
+                              beta=self.priority_beta, eps=self.priority_eps)
 
-        Afterwards :attr:`td_error` holds each row's error (0 on invalid rows) for new priorities.
+    def update(self, batch: Transition | ReplaySample, weights: Tensor | None = None) -> dict[str, float]:
+        """One gradient step on a replay batch; ``weights`` ``[B]``: importance weights (PER; a
+        :class:`~recrl.buffer.ReplaySample` brings its own). The rows' errors go back to the
+        sample's replay as their new priorities, and stay in :attr:`td_error` (0 on invalid rows).
         """
+        sample = batch if isinstance(batch, ReplaySample) else ReplaySample(batch, weights)
+        batch, weights = sample.transitions, sample.weights
         if self.atoms:
             per_row, q_taken = self._categorical_loss(batch)
         else:
@@ -389,6 +400,8 @@ class DQN:
         self.updates += 1
         update_target(self.q_target, self.q, self.updates, self.target_update, self.tau)
         self.average.update()
+        if self.td_error is not None:
+            sample.reprioritize(self.td_error)
         return {"train/loss": loss.detach(), "train/q": q_taken.detach().mean(),
                 "train/epsilon": self.epsilon(), **stats}
 

@@ -68,6 +68,7 @@ from recrl.algos.nets import (
     seeded_init,
     update_target,
 )
+from recrl.buffer import ReplaySample, transitions_of
 from recrl.env.choice import mnl_probs
 from recrl.types import AlgoContext, Obs, RecrlError, Transition
 
@@ -227,8 +228,10 @@ class SlateQ:
             value = value + q_target[:, -1]
         return batch.reward + self.gamma * (1.0 - batch.done) * value
 
-    def update(self, batch: Transition) -> dict[str, Any]:
-        """One gradient step on the choice loss plus the item-value TD loss of a replay batch."""
+    def update(self, batch: Transition | ReplaySample) -> dict[str, Any]:
+        """One gradient step on the choice loss plus the item-value TD loss of a replay batch
+        (uniform replay: the trainer's default)."""
+        batch = transitions_of(batch)
         action, valid = batch.action, batch.valid
         utility = self.choice(batch.obs).gather(1, action)  # [B, K]
         q_all = self.q(batch.obs)
