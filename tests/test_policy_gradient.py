@@ -261,7 +261,9 @@ def test_config_builds(name: str, cls: type) -> None:
 @pytest.mark.parametrize("n_steps", [None, 5])
 def test_a2c_beats_greedy_and_random(clickbait_world: SyntheticWorld,
                                      clickbait_references: dict[str, float], n_steps: int | None) -> None:
-    learned = clickbait.median_over_seeds(lambda ctx: A2C(ctx, lr=0.01, entropy_coef=0.0, n_steps=n_steps),
+    # A2C's default step size: lr=0.01 collapsed on one of the three seeds with one thread
+    # (returns 2.94, 2.42, 2.19) while 0.003 stays at 2.82-2.97 on 1 and 2 threads alike
+    learned = clickbait.median_over_seeds(lambda ctx: A2C(ctx, lr=0.003, entropy_coef=0.0, n_steps=n_steps),
                                           clickbait_world, steps=800, n_users=64)
     clickbait.assert_learned(learned, clickbait_references)
 
