@@ -1,15 +1,22 @@
 """The ``recrl`` command: ``recrl train|eval|sweep [key=value ...]`` (Hydra at the edge), ``recrl compare``.
 
 Overrides are checked before anything runs: an unknown option, key or badly typed value
-prints one line and exits with code 2 (set ``RECRL_DEBUG=1`` for tracebacks).
+prints one line and exits with code 2 (set ``RECRL_DEBUG=1`` for tracebacks). SIGINT (Ctrl-C)
+and SIGTERM stop a run between two Python steps, whatever handling the process inherited (a job
+started in the background by a non-interactive shell ignores SIGINT): checkpoints already
+written stay intact, one line says so, and the exit code is 130 (SIGINT) or 143 (SIGTERM).
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import logging
 import os
+import signal
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import hydra
@@ -48,6 +55,46 @@ environment, simulator vs ground truth, paired differences across seeds) into DI
 """
 DATA_COMMANDS = ("info", "prepare", "download")
 MAX_CHECKED_COMBINATIONS = 64
+INTERRUPT_EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143}  # 128 + the signal's number
+
+logger = logging.getLogger("recrl.cli")  # not __main__ under `python -m recrl.cli`
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C's :class:`KeyboardInterrupt` so the same clean-up runs."""
+
+    signum = signal.SIGTERM
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[None]:
+    """SIGINT raises :class:`KeyboardInterrupt` and SIGTERM :class:`Terminated` inside the
+    block, even where the process inherited them ignored; the previous handlers come back after.
+    Only the main thread can install handlers: elsewhere the block runs as it is."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.getsignal(sig) for sig in INTERRUPT_EXIT}
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+
+
+def _interrupt_code(stop: KeyboardInterrupt) -> int:
+    """130 for Ctrl-C (SIGINT), 143 for SIGTERM."""
+    return INTERRUPT_EXIT[getattr(stop, "signum", signal.SIGINT)]
+
+
+def _interrupt_message(stop: KeyboardInterrupt) -> str:
+    return "terminated (SIGTERM)" if isinstance(stop, Terminated) else "interrupted"
 
 
 def _debug() -> bool:
@@ -153,14 +200,20 @@ def _task(cfg: DictConfig) -> None:
     except RecrlError as err:
         if _debug():
             raise
-        sys.exit(_fail(str(err), 2))
-    except KeyboardInterrupt:
-        sys.exit(_fail(f"interrupted; checkpoints already written in {run_dir / 'checkpoints'} "
-                       "are intact", 130))
+        sys.exit(_fail_run(str(err), 2))
+    except KeyboardInterrupt as stop:
+        sys.exit(_fail_run(f"{_interrupt_message(stop)}; checkpoints already written in "
+                           f"{run_dir / 'checkpoints'} are intact", _interrupt_code(stop)))
     except Exception as err:
         if _debug():
             raise
-        sys.exit(_fail(f"{type(err).__name__}: {err} (set RECRL_DEBUG=1 for the traceback)", 1))
+        sys.exit(_fail_run(f"{type(err).__name__}: {err} (set RECRL_DEBUG=1 for the traceback)", 1))
+
+
+def _fail_run(message: str, code: int) -> int:
+    """:func:`_fail`, with the line also in the run's log file (not twice on the console)."""
+    logger.error("%s (exit code %d)", message, code, extra={"console": False})
+    return _fail(message, code)
 
 
 def _run_hydra(config_name: str, overrides: list[str], multirun: bool) -> None:
@@ -256,7 +309,16 @@ def compare_command(args: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``recrl`` console script; returns the exit code."""
+    """Entry point of the ``recrl`` console script; returns the exit code (130 after SIGINT,
+    143 after SIGTERM, see :func:`stop_on_signals`)."""
+    with stop_on_signals():
+        try:
+            return _main(argv)
+        except KeyboardInterrupt as stop:  # outside a run (checking overrides, loading data)
+            return _fail(_interrupt_message(stop), _interrupt_code(stop))
+
+
+def _main(argv: list[str] | None) -> int:
     args = sys.argv[1:] if argv is None else list(argv)
     if not args or args[0] in ("-h", "--help", "help"):
         print(USAGE)

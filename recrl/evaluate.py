@@ -4,6 +4,7 @@ re-evaluate a saved run (``recrl eval``, ``recrl eval behavior-only``)."""
 from __future__ import annotations
 
 import json
+import logging
 import platform
 import time
 from pathlib import Path
@@ -11,7 +12,6 @@ from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
-from rich.console import Console
 from torch import Tensor
 
 import recrl
@@ -27,7 +27,7 @@ from recrl.report import print_report_table, write_json_atomic, write_report
 from recrl.stages import GymStages, Stages, build_stages, config_hash, gym_stages, is_gym
 from recrl.types import Env, Policy, RecrlError, Splits
 
-console = Console(stderr=True)
+logger = logging.getLogger(__name__)
 
 SELECT_ON = ("simulator", "held_out_member")
 
@@ -85,6 +85,8 @@ class Evaluation:
             categories: Tensor | None = None) -> dict[str, dict[str, dict[str, Any]]]:
         """``{env: {policy: {metric: {mean, ci95, n}}}}`` for every pair; ``categories``
         ``[n_items]`` adds the per-session category diversity."""
+        logger.info("final evaluation: %s in %s, %d episodes each", ", ".join(policies), ", ".join(envs),
+                    self.episodes)
         return {env_name: {name: self.summary(policy, env, categories) for name, policy in policies.items()}
                 for env_name, env in envs.items()}
 
@@ -200,8 +202,8 @@ def oracle_summary(cfg: DictConfig, stages: Stages, env: Env, evaluation: Evalua
         try:
             return json.loads(path.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError):
-            console.print(f"[yellow]oracle cache {path} unreadable; recomputing[/yellow]")
-    console.print("[dim]evaluating the oracle in the ground truth (cached afterwards)[/dim]")
+            logger.warning("oracle cache %s unreadable; recomputing", path)
+    logger.info("evaluating the oracle in the ground truth (cached afterwards)")
     oracle = Oracle(stages.ground_truth, stages.reward, env, candidates=evaluation.oracle_candidates)
     summary = evaluation.summary(oracle, env, stages.diversity_categories)
     write_json_atomic(path, summary)

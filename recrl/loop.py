@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -10,11 +11,14 @@ import torch
 from tqdm import tqdm
 
 from recrl.buffer import Replay, Rollout
+from recrl.logs import Progress, progress_disable
 from recrl.types import Algorithm, Env, Obs, Policy, RecrlError, Transition
 
 MetricsLogger = Callable[[int, dict[str, float]], None]
 Evaluator = Callable[[], dict[str, float]]
 Saver = Callable[[str, int], None]
+
+logger = logging.getLogger(__name__)
 
 
 def resolve_device(device: str) -> torch.device:
@@ -65,7 +69,9 @@ class Trainer:
     the logged data they were built with (``algo.dataset``, a
     :class:`~recrl.algos.logged.LoggedSteps`). The budget ``steps`` counts environment steps
     (each is ``n_users`` user-steps), or updates for offline algorithms. Scalars stay on the
-    device between log points.
+    device between log points. ``progress``: a tqdm bar on stderr, ``"auto"`` only when stderr is
+    a terminal, ``True`` always, ``False`` never; the start, every evaluation and the end are
+    logged (``recrl.loop``) either way.
 
     Example::
 
@@ -77,7 +83,7 @@ class Trainer:
                  updates_per_step: int = 1, learning_starts: int = 1000,
                  buffer_size: int = 100_000, eval_every: int = 500, eval_episodes: int = 256,
                  log_every: int = 100, checkpoint_every: int = 1000,
-                 device: str = "auto", progress: bool = True) -> None:
+                 device: str = "auto", progress: Progress = "auto") -> None:
         if steps < 0 or n_users < 1 or batch_size < 1 or eval_episodes < 1:
             raise RecrlError("trainer: steps must be >= 0; n_users, batch_size, eval_episodes >= 1")
         if buffer_size < n_users:
@@ -87,6 +93,7 @@ class Trainer:
         self.updates_per_step, self.learning_starts = updates_per_step, learning_starts
         self.buffer_size, self.eval_every, self.eval_episodes = buffer_size, eval_every, eval_episodes
         self.log_every, self.checkpoint_every = log_every, checkpoint_every
+        progress_disable(progress)  # checks the value
         self.device_name, self.progress = device, progress
 
     @property
@@ -102,7 +109,10 @@ class Trainer:
         re-seeding its generator (restored from the checkpoint), the replay buffer starts empty.
         """
         start = time.perf_counter()
+        name = type(algo).__name__
         if algo.mode == "none" or self.steps == 0:
+            logger.info("training %s: nothing to train (%s)", name,
+                        "trainer.steps=0" if self.steps == 0 else "a fixed policy")
             save("last", 0)
             return TrainStats(0, 0, 0, time.perf_counter() - start, float("nan"))
         prepare = getattr(algo, "prepare", None)
@@ -112,8 +122,11 @@ class Trainer:
                "offline": self._offline}[algo.mode]
         best = float("-inf")
         env_steps, updates = start_step, 0
-        bar = tqdm(total=self.steps, initial=start_step, desc=f"train {type(algo).__name__}",
-                   disable=not self.progress, leave=False)
+        unit = "updates on logged data" if algo.mode == "offline" else f"env steps of {self.n_users} users"
+        logger.info("training %s (%s) for %d %s on %s%s", name, algo.mode.replace("_", "-"), self.steps, unit,
+                    self.device, f", resuming at step {start_step}" if start_step else "")
+        bar = tqdm(total=self.steps, initial=start_step, desc=f"train {name}",
+                   disable=progress_disable(self.progress), leave=False)
         next_eval, next_ckpt, next_log = (start_step + every for every in
                                           (self.eval_every, self.checkpoint_every, self.log_every))
         for done_steps, n_updates, metrics in run(algo, env, seed, start_step):
@@ -128,6 +141,8 @@ class Trainer:
                 if scores["eval/return"] > best:
                     best = scores["eval/return"]
                     save("best", env_steps)
+                logger.info("step %d/%d: eval/return %.4f (best %.4f)", env_steps, self.steps,
+                            scores["eval/return"], best)
                 next_eval += self.eval_every
             if env_steps >= next_ckpt:
                 save("last", env_steps)
@@ -135,7 +150,10 @@ class Trainer:
         bar.close()
         save("last", env_steps)
         user_steps = (env_steps - start_step) * self.n_users
-        return TrainStats(env_steps, user_steps, updates, time.perf_counter() - start, best)
+        seconds = time.perf_counter() - start
+        logger.info("training %s done: %d steps, %d updates in %.1fs; best eval/return %.4f", name,
+                    env_steps, updates, seconds, best)
+        return TrainStats(env_steps, user_steps, updates, seconds, best)
 
     def _off_policy(self, algo: Algorithm, env: Env, seed: int, start_step: int = 0):
         """Yield ``(env_steps, updates, metrics)`` after every step of continuous collection.

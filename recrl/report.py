@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -19,6 +20,8 @@ from recrl.fileio import write_bytes_atomic, write_text_atomic
 
 METRICS_FILE = "metrics.jsonl"
 PLOT_PREFIXES = ("eval/", "train/", "trained_in_ground_truth/eval/")  # the last: eval.train_in_ground_truth
+
+logger = logging.getLogger(__name__)
 
 
 def to_jsonable(obj: Any) -> Any:
@@ -354,18 +357,48 @@ def write_report(run_dir: Path, report: dict) -> None:
     write_text_atomic(run_dir / "report.md", render_markdown(to_jsonable(report)))
 
 
+def summary_line(report: Mapping[str, Any]) -> str:
+    """The result in one line: the run's policy's return in every environment (with its share of
+    the oracle's), or the behavior model's full-ranking scores, and where the report is."""
+    evaluation = report.get("evaluation") or {}
+    parts = []
+    for env, policies in evaluation.items():
+        name = report.get("algo") if report.get("algo") in policies else next(iter(policies), None)
+        if name is None:
+            continue
+        stats = policies[name]
+        text = f"{name} return {format_stat(stats.get('return'))} in {env}"
+        share = (stats.get("oracle_share") or {}).get("mean")
+        if share is not None and math.isfinite(float(share)):
+            text += f" ({float(share):.0%} of the oracle)"
+        parts.append(text)
+    if not parts and report.get("offline"):
+        protocol, values = next(iter(report["offline"].items()))
+        scores = ", ".join(f"{m} {_metric_cell(m, v)}" for m, v in values.items())
+        parts.append(f"behavior model offline ranking ({protocol}): {scores}")
+    line = "result: " + ("; ".join(parts) if parts else "no evaluation results")
+    if report.get("run_dir"):
+        line += f"; report in {Path(report['run_dir']) / 'report.md'}"
+    return line
+
+
 def print_report_table(report: dict, console: Console | None = None) -> None:
-    """Print one rich table per evaluation env: policies as rows, metrics as ``mean ± ci`` columns."""
+    """Print one rich table per evaluation env: policies as rows, metrics as ``mean ± ci`` columns
+    (or the behavior model's offline ranking), then log :func:`summary_line`."""
     if console is None:
         console = Console()
         if not console.is_terminal:  # logs and pipes: wide enough for every metric column
             console = Console(width=150)
+    _print_tables(report, console)
+    logger.info(summary_line(report))
+
+
+def _print_tables(report: dict, console: Console) -> None:
     evaluation = report.get("evaluation") or {}
     if report.get("offline") and not evaluation:
         _print_offline_table(report["offline"], console)
         return
     if not evaluation:
-        console.print("[yellow]No evaluation results in report.[/yellow]")
         return
     _, _, metrics = _evaluation_axes(evaluation)
     for env, policies in evaluation.items():

@@ -9,13 +9,13 @@ import dataclasses
 import functools
 import hashlib
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
-from rich.console import Console
 
 import recrl
 from recrl.behavior.ensemble import BehaviorEnsemble, OwnMemberSimulator
@@ -27,7 +27,7 @@ from recrl.env.pessimism import LoggedPolicyEntropy, Pessimism
 from recrl.env.simulator import RecEnv
 from recrl.types import AlgoContext, Interactions, RecrlError, Splits
 
-console = Console(stderr=True)
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -200,12 +200,12 @@ def fit_behavior(cfg: DictConfig, behavior: Any, interactions: Interactions, dat
             cached = load_checkpoint(path, map_location=behavior.device)
             behavior.load_state_dict(cached["state_dict"])
             behavior.eval()
-            console.print(f"[dim]{role} behavior model: cache hit {path}[/dim]")
+            logger.info("%s behavior model: cache hit %s", role, path)
             return {**cached["report"], "cached": True}
         except (RecrlError, RuntimeError, KeyError) as err:
             # a failed load_state_dict has already copied every matching tensor: start from scratch
             behavior.load_state_dict(fresh)
-            console.print(f"[yellow]behavior cache {path} unusable ({err}); refitting[/yellow]")
+            logger.warning("behavior cache %s unusable (%s); refitting", path, err)
     report = behavior.fit(interactions).to_dict()
     save_checkpoint(path, {"state_dict": behavior.state_dict(), "report": report})
     return {**report, "cached": False}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -10,7 +11,6 @@ from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
-from rich.console import Console
 
 import recrl
 from recrl.checkpoint import load_checkpoint, save_checkpoint
@@ -21,7 +21,7 @@ from recrl.report import RunLogger, plot_learning_curves, print_report_table, wr
 from recrl.stages import GymStages, Stages, build_stages, gym_stages, is_gym
 from recrl.types import RecrlError
 
-console = Console(stderr=True)
+logger = logging.getLogger(__name__)
 
 
 def train_in_ground_truth(cfg: DictConfig, stages: Stages, trainer: Any, evaluation: Evaluation,
@@ -37,11 +37,10 @@ def train_in_ground_truth(cfg: DictConfig, stages: Stages, trainer: Any, evaluat
                          "(dataset=synthetic, or coat with its randomized test set)")
     algo = stages.build_algo(cfg.algo)
     if algo.mode in ("none", "offline"):
-        console.print(f"[dim]eval.train_in_ground_truth: {cfg.algo._target_} learns from logs only; "
-                      "skipped[/dim]")
+        logger.info("eval.train_in_ground_truth: %s learns from logs only; skipped", cfg.algo._target_)
         return None
     env, check_env = stages.make_env(stages.ground_truth), stages.make_env(stages.ground_truth)
-    console.print("[dim]training the same algorithm in the ground truth (eval.train_in_ground_truth)[/dim]")
+    logger.info("training the same algorithm in the ground truth (eval.train_in_ground_truth)")
     def check() -> dict[str, float]:
         return {"eval/return": evaluation.mean_return(algo, check_env, trainer.eval_episodes)}
 

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -68,6 +69,18 @@ def test_train_writes_the_run_folder(trained_run: tuple[Path, Path]) -> None:
     assert ckpt["algo_name"] == algo and ckpt["step"] in (60, 70)  # on-policy: whole episodes of 10 steps
 
 
+def test_the_run_folder_log_holds_the_run_messages(trained_run: tuple[Path, Path]) -> None:
+    _, run = trained_run
+    log = (run / "recrl.log").read_text()
+    for message in ("[recrl.behavior.fit][INFO] - fitting behavior model GRUBehavior on",
+                    "[recrl.behavior.fit][INFO] - fitted behavior model GRUBehavior in",
+                    "[recrl.loop][INFO] - training ", "[recrl.loop][INFO] - step 30/",
+                    "[recrl.loop][INFO] - training DQN done: ", "[recrl.evaluate][INFO] - final evaluation: ",
+                    "[recrl.report][INFO] - result: dqn return ", f"report in {run / 'report.md'}"):
+        assert message in log, message
+    assert "[/" not in log and "\x1b[" not in log  # plain text: no rich markup, no colour codes
+
+
 def test_train_in_ground_truth_adds_a_labelled_row(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     recrl("train", *SMOKE, "eval.train_in_ground_truth=true", "eval.baselines=[random,planner]",
@@ -89,7 +102,8 @@ def test_train_in_ground_truth_adds_a_labelled_row(tmp_path: Path) -> None:
 def test_eval_reproduces_the_final_evaluation(trained_run: tuple[Path, Path]) -> None:
     root, run = trained_run
     out = root / "eval"
-    recrl("eval", f"checkpoint={run}", f"hydra.run.dir={out}", cwd=root, cache=root / "cache")
+    proc = recrl("eval", f"checkpoint={run}", f"hydra.run.dir={out}", cwd=root, cache=root / "cache")
+    assert "result: dqn return " in proc.stderr and "result: dqn return " in (out / "recrl.log").read_text()
     original = means(json.loads((run / "report.json").read_text()))
     again = means(json.loads((out / "report.json").read_text()))
     assert original.keys() == again.keys()
@@ -197,6 +211,8 @@ def test_sweep_writes_one_folder_per_job_and_a_summary(tmp_path: Path, launcher:
     assert {r["configuration"] for r in returns} == {f"algo={a}" for a in algos}
     assert all(r["n_seeds"] == str(len(seeds)) for r in returns)
     assert "## return by algorithm" in (sweep / "summary.md").read_text()
+    for job in jobs:  # every job logs into its own folder, also in joblib's worker processes
+        assert "result: " in (job / "recrl.log").read_text(), job
 
 
 @pytest.mark.parametrize(("args", "message"), [
@@ -233,28 +249,51 @@ def test_incompatible_checkpoint_is_a_clear_error(trained_run: tuple[Path, Path]
     assert proc.returncode == 2 and "does not fit" in proc.stderr, proc.stderr
 
 
-def _default_sigint() -> None:
-    """In the child: Ctrl-C interrupts, even when this test process ignores SIGINT (pytest-xdist
-    workers do, and an ignored signal stays ignored across exec)."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
+@pytest.fixture
+def spawn(tmp_path: Path) -> Iterator[Callable[..., subprocess.Popen]]:
+    """Start ``recrl train`` in a child process (``inherited``: its SIGINT disposition); every
+    child still running when the test ends, failed or timed out, is killed."""
+    children: list[subprocess.Popen] = []
+
+    def start(*args: str, inherited: signal.Handlers = signal.SIG_DFL) -> subprocess.Popen:
+        env = {**os.environ, "RECRL_CACHE_DIR": str(tmp_path / "cache"), "RECRL_DEBUG": ""}
+        # pytest-xdist workers ignore SIGINT and an ignored signal stays ignored across exec:
+        # set the child's disposition explicitly
+        proc = subprocess.Popen([sys.executable, "-m", "recrl.cli", "train", *args], cwd=tmp_path, env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, inherited))
+        children.append(proc)
+        return proc
+
+    yield start
+    for proc in children:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate(timeout=60)
 
 
-def test_ctrl_c_leaves_the_last_checkpoint_intact(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("sig", "inherited", "code", "message"), [
+    (signal.SIGINT, signal.SIG_DFL, 130, "interrupted"),
+    (signal.SIGINT, signal.SIG_IGN, 130, "interrupted"),  # as a background job of a non-interactive shell
+    (signal.SIGTERM, signal.SIG_DFL, 143, "terminated (SIGTERM)"),
+], ids=["ctrl_c", "ctrl_c_inherited_ignored", "sigterm"])
+def test_a_signal_leaves_the_last_checkpoint_intact(tmp_path: Path, spawn: Callable[..., subprocess.Popen],
+                                                    sig: signal.Signals, inherited: signal.Handlers,
+                                                    code: int, message: str) -> None:
     run = tmp_path / "run"
-    env = {**os.environ, "RECRL_CACHE_DIR": str(tmp_path / "cache"), "RECRL_DEBUG": ""}
-    proc = subprocess.Popen([sys.executable, "-m", "recrl.cli", "train", *SMOKE, "trainer.steps=1000000",
-                             "trainer.checkpoint_every=5", "trainer.eval_every=1000000",
-                             f"hydra.run.dir={run}"], cwd=tmp_path, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=_default_sigint)
+    proc = spawn(*SMOKE, "trainer.steps=1000000", "trainer.checkpoint_every=5", "trainer.eval_every=1000000",
+                 f"hydra.run.dir={run}", inherited=inherited)
     last = run / "checkpoints" / "last.pt"
     deadline = time.time() + 120
-    while time.time() < deadline and not last.is_file():
+    while time.time() < deadline and not last.is_file() and proc.poll() is None:
         time.sleep(0.2)
+    assert proc.poll() is None and last.is_file(), "no checkpoint while training"
     time.sleep(0.5)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, err
-    assert "interrupted" in err
+    assert proc.returncode == code, err
+    line = f"{message}; checkpoints already written in {run / 'checkpoints'} are intact"
+    assert err.strip().splitlines()[-1] == f"recrl: error: {line}", err
+    assert f"[recrl.cli][ERROR] - {line} (exit code {code})" in (run / "recrl.log").read_text()
     assert load_checkpoint(last)["step"] >= 5
     assert not list(last.parent.glob("*.tmp"))

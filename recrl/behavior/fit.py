@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import logging
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, replace
@@ -23,6 +24,8 @@ EARLY_STOPPING = ("loss", "ndcg@10")
 NEGATIVE_SAMPLING = ("uniform", "popularity")
 LOSSES = ("bce", "softmax", "bpr")
 PRECISIONS = ("auto", "fp32", "bf16")
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -423,6 +426,9 @@ def fit_sequence_model(model: nn.Module, interactions: Interactions, settings: T
     opt = torch.optim.Adam(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     best, best_state, best_epoch, stale = float("-inf"), None, 0, 0
     n = train.item.shape[0]
+    name = type(model).__name__
+    logger.info("fitting behavior model %s on %d training sessions (up to %d epochs, early stopping on %s) "
+                "on %s", name, n, settings.epochs, settings.early_stopping, device)
     bar = tqdm(range(settings.epochs), desc="fit behavior", leave=False, disable=None)
     lengths = (train.item < interactions.n_items).sum(1).cpu()
     for epoch in bar:
@@ -444,8 +450,10 @@ def fit_sequence_model(model: nn.Module, interactions: Interactions, settings: T
         model.load_state_dict(best_state)
     _, final = _stopping_score(model, valid, task, interactions.n_items)
     model.eval()
-    return FitReport(epochs=epoch + 1, best_epoch=best_epoch,
-                     seconds=time.perf_counter() - start, valid_loss=final["loss"],
+    seconds = time.perf_counter() - start
+    logger.info("fitted behavior model %s in %.1fs: best epoch %d of %d, valid loss %.4f, click AUC %.4f",
+                name, seconds, best_epoch, epoch + 1, final["loss"], final["click_auc"])
+    return FitReport(epochs=epoch + 1, best_epoch=best_epoch, seconds=seconds, valid_loss=final["loss"],
                      valid_click_logloss=final["click_logloss"], valid_click_auc=final["click_auc"],
                      valid_leave_logloss=final["leave_logloss"], valid_leave_auc=final["leave_auc"],
                      train_sessions=n, valid_sessions=int(valid.item.shape[0]),

