@@ -12,7 +12,7 @@ from recrl.algos.random import RandomPolicy
 from recrl.data.synthetic import SyntheticWorld
 from recrl.env.simulator import RecEnv
 from recrl.metrics.online import EpisodeStats, gini, gini_simpson, run_episodes
-from recrl.metrics.ranking import auc, logloss
+from recrl.metrics.prediction import auc, logloss
 from recrl.rewards import ClickReward, MixReward
 from recrl.types import AlgoContext
 

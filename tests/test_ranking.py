@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import Tensor
 
-from recrl.metrics import ranking
+from recrl.metrics import negatives as sampling
 from recrl.metrics.ranking import (
     RankingResult,
     calibration_curve,
@@ -323,7 +323,7 @@ def test_sampled_ranking_with_exactly_enough_unseen_items(n_items: int) -> None:
 @pytest.mark.parametrize("rounds", [8, 0])  # 0: every user takes the exact fallback
 def test_sampled_negatives_are_uniform(rounds: int, monkeypatch: pytest.MonkeyPatch) -> None:
     # 3,000 users each pick 3 of the 9 allowed items: each item ~1,000 times
-    monkeypatch.setattr(ranking, "_SAMPLE_ROUNDS", rounds)
+    monkeypatch.setattr(sampling, "_SAMPLE_ROUNDS", rounds)
     n_users = 3000
     targets = torch.zeros(n_users, dtype=torch.long)
     seen = torch.zeros(n_users, 12, dtype=torch.bool)

@@ -28,7 +28,7 @@ from torch import Tensor
 from recrl.behavior.fit import training_tensors
 from recrl.env.simulator import RecEnv
 from recrl.fileio import write_bytes_atomic
-from recrl.metrics.ranking import auc, calibration_curve, expected_calibration_error, logloss
+from recrl.metrics.prediction import auc, calibration_curve, expected_calibration_error, logloss
 from recrl.types import Interactions, Splits
 
 

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from recrl.behavior.offline import NextItemTask, build_task, rank_task
-from recrl.metrics.ranking import auc, logloss
+from recrl.metrics.prediction import auc, logloss
 from recrl.types import Interactions, RecrlError
 
 EARLY_STOPPING = ("loss", "ndcg@10")
