@@ -22,15 +22,8 @@ from recrl.data.kuairand import KuaiRand
 from recrl.data.movielens import MovieLens100K
 from recrl.data.preprocess import Preprocessing
 from recrl.data.reader import read_delimited
-from recrl.data.tabular import (
-    TabularDataset,
-    _fast_frame,
-    _read_quickly,
-    _read_slowly,
-    check_columns,
-    field_kind,
-    read_header,
-)
+from recrl.data.tabular import TabularDataset, check_columns, field_kind, read_header
+from recrl.data.tabular.readers import _fast_frame, _read_quickly, _read_slowly
 from recrl.types import LOG_COLUMNS, RecrlError, Splits
 
 # RECRL_FUZZ_EXAMPLES=5000 pytest tests/test_data_fuzz.py fuzzes longer
