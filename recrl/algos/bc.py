@@ -22,7 +22,8 @@ import torch
 import torch.nn.functional as F
 
 from recrl.algos.logged import LoggedSteps
-from recrl.algos.nets import ItemScorer, gradient_step, history_encoder, sample_top_k, seeded_init, top_k
+from recrl.algos.nets import ItemScorer, gradient_step, history_encoder, sample_top_k, top_k
+from recrl.algos.seeding import seeded_init
 from recrl.types import AlgoContext, Obs
 
 

@@ -35,10 +35,10 @@ from recrl.algos.nets import (
     double_q_target,
     gradient_step,
     history_encoder,
-    seeded_init,
     top_k,
     update_target,
 )
+from recrl.algos.seeding import seeded_init
 from recrl.types import AlgoContext, Obs
 
 

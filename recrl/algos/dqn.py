@@ -97,12 +97,12 @@ from recrl.algos.nets import (
     id_plus_prior,
     linear_decay,
     mask_shown,
-    seeded_init,
     skips_shown,
     top_k,
     update_target,
 )
 from recrl.algos.planner import SurvivalPlanner, planner_can_run
+from recrl.algos.seeding import seeded_init
 from recrl.buffer import Replay, ReplaySample
 from recrl.types import AlgoContext, Obs, RecrlError, Transition
 

@@ -4,45 +4,15 @@ on-policy ones."""
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import functools
-from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from recrl.algos.seeding import own_random_stream
 from recrl.behavior.features import side_features
 from recrl.types import AlgoContext, Obs, RecrlError
-
-Init = TypeVar("Init", bound=Callable[..., None])
-
-
-@contextlib.contextmanager
-def own_random_stream(seed: int, device: torch.device | str = "cpu") -> Iterator[None]:
-    """Inside the block torch's global generator (and ``device``'s, on a GPU) starts from
-    ``seed``; afterwards it is exactly as before the block. Network constructors draw their
-    initial weights from the global generator: this makes an algorithm's weights a function of
-    its own seed without touching anyone else's random numbers."""
-    device = torch.device(device)
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(seed)
-        yield
-
-
-def seeded_init(init: Init) -> Init:
-    """Decorates an algorithm's ``__init__(self, ctx, ...)``: everything it builds is drawn
-    from a random stream seeded with ``ctx.seed`` (:func:`own_random_stream`), so building an
-    algorithm leaves the global random state untouched."""
-
-    @functools.wraps(init)
-    def wrapper(self: Any, *args: Any, **kwargs: Any) -> None:
-        ctx = kwargs["ctx"] if "ctx" in kwargs else args[0]
-        with own_random_stream(ctx.seed, ctx.device):
-            init(self, *args, **kwargs)
-
-    return wrapper  # type: ignore[return-value]
 
 
 class HistoryEncoder(nn.Module):

@@ -65,9 +65,9 @@ from recrl.algos.nets import (
     ItemScorer,
     epsilon_explore,
     linear_decay,
-    seeded_init,
     update_target,
 )
+from recrl.algos.seeding import seeded_init
 from recrl.buffer import ReplaySample, transitions_of
 from recrl.env.choice import mnl_probs
 from recrl.types import AlgoContext, Obs, RecrlError, Transition

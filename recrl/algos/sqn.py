@@ -38,10 +38,10 @@ from recrl.algos.nets import (
     gradient_step,
     history_encoder,
     sample_top_k,
-    seeded_init,
     top_k,
     update_target,
 )
+from recrl.algos.seeding import seeded_init
 from recrl.types import AlgoContext, Obs, RecrlError
 
 

@@ -32,7 +32,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from recrl.algos.logged import LoggedSteps
-from recrl.algos.nets import HistoryEncoder, ItemScorer, gradient_step, sample_top_k, seeded_init, top_k
+from recrl.algos.nets import HistoryEncoder, ItemScorer, gradient_step, sample_top_k, top_k
+from recrl.algos.seeding import seeded_init
 from recrl.types import AlgoContext, Obs, RecrlError
 
 PROPENSITY = ("auto", "logged", "estimated")
