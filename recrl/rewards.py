@@ -1,8 +1,10 @@
-"""Reward functions over a :class:`~recrl.types.Response` (``reward=ctr|conversion|rating|watch|mix``).
+"""Reward functions over a :class:`~recrl.types.Response`
+(``reward=ctr|conversion|rating|watch|signal|mix``).
 
 Each is a small callable: ``reward(response) -> Tensor[B]`` is the realised reward of a step,
 ``reward.expected(response) -> Tensor[B, K]`` the expected immediate reward of each slate item
-under the model's probabilities (used by myopic baselines).
+under the model's probabilities (used by myopic baselines). ``signals`` names the user signals
+(:mod:`recrl.env.signals`) it reads: they are checked against the logs before anything is fitted.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ class ClickReward:
     """1 per click (``reward=ctr``)."""
 
     name = "ctr"
+    signals: tuple[str, ...] = ()
 
     def __call__(self, response: Response) -> Tensor:
         """Clicks in the slate ``[B]``."""
@@ -30,6 +33,7 @@ class ConversionReward:
     """1 per conversion (purchase after a click) (``reward=conversion``)."""
 
     name = "conversion"
+    signals: tuple[str, ...] = ()
 
     def __call__(self, response: Response) -> Tensor:
         """Conversions in the slate ``[B]``."""
@@ -44,6 +48,7 @@ class RatingReward:
     """The rating of the clicked item, 0 without a click (``reward=rating``)."""
 
     name = "rating"
+    signals: tuple[str, ...] = ()
 
     def __call__(self, response: Response) -> Tensor:
         """Rating of the clicked item ``[B]``."""
@@ -54,23 +59,43 @@ class RatingReward:
         return response.click_prob * response.rating
 
 
-class WatchReward:
-    """The watch (dwell) of the clicked item, 0 without a click (``reward=watch``).
+class SignalReward:
+    """The value of a user signal for the clicked item, 0 without a click
+    (``reward=signal reward.signal=<name>``): click x value.
+
+    Needs a user model that knows the signal: one fitted on logs with its column (its values
+    are NaN otherwise), or the synthetic world for ``watch``.
+
+    Example::
+
+        reward = SignalReward(signal="watch")
+        reward(response)            # [B]: the watch of each user's clicked item
+    """
+
+    def __init__(self, signal: str) -> None:
+        self.signal = signal
+        self.name = signal
+        self.signals = (signal,)
+
+    def __call__(self, response: Response) -> Tensor:
+        """The signal's value of the clicked item ``[B]``."""
+        return (response.click * response.value(self.signal)).sum(1)
+
+    def expected(self, response: Response) -> Tensor:
+        """``P(click) * E[value | click]`` of each item ``[B, K]``."""
+        return response.click_prob * response.value(self.signal)
+
+
+class WatchReward(SignalReward):
+    """The watch (dwell) of the clicked item, 0 without a click (``reward=watch``): the signal
+    reward of ``watch``.
 
     Needs a user model that knows watch values: the synthetic world (share of the item consumed)
     or a behavior model fitted on logs with a ``watch`` column (KuaiRand's watch ratio).
     """
 
-    name = "watch"
-    needs_watch = True
-
-    def __call__(self, response: Response) -> Tensor:
-        """Watch of the clicked item ``[B]``."""
-        return (response.click * response.watch).sum(1)
-
-    def expected(self, response: Response) -> Tensor:
-        """``P(click) * E[watch | click]`` of each item ``[B, K]``."""
-        return response.click_prob * response.watch
+    def __init__(self) -> None:
+        super().__init__("watch")
 
 
 class MixReward:
@@ -92,7 +117,7 @@ class MixReward:
         if not self.parts:
             raise RecrlError("reward=mix: every weight is 0; give at least one of reward.ctr, "
                              "reward.conversion, reward.rating, reward.watch a non-zero weight")
-        self.needs_watch = watch != 0.0
+        self.signals = ("watch",) if watch != 0.0 else ()
 
     def __call__(self, response: Response) -> Tensor:
         """Weighted realised reward ``[B]``."""

@@ -24,6 +24,7 @@ from recrl.behavior.fit import TrainingSettings
 from recrl.checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
 from recrl.config import build, without_ensemble
 from recrl.env.pessimism import LoggedPolicyEntropy, Pessimism
+from recrl.env.signals import SIGNALS, Signal
 from recrl.env.simulator import RecEnv
 from recrl.types import AlgoContext, Interactions, RecrlError, Splits
 
@@ -257,14 +258,24 @@ def build_stages(cfg: DictConfig, device: torch.device,
 
 
 def check_reward_data(cfg: DictConfig, reward: Any, interactions: Interactions, what: str) -> None:
-    """A watch reward needs logs with watch values: say so before anything is fitted."""
-    if not getattr(reward, "needs_watch", False):
-        return
-    if "watch" not in interactions.train or not interactions.train["watch"].notna().any():
-        source = cfg.dataset.get("_target_", "?").rsplit(".", 1)[-1]
-        raise RecrlError(f"reward={reward.name} needs watch (dwell) values, but the {what} ({source}) has "
-                         "none; use data with watch times (dataset=kuairand, dataset=synthetic, or "
-                         "dataset.columns.watch=<column> for a CSV) or another reward")
+    """Every user signal the reward declares (its ``signals``) must be registered and have values
+    in the logs: say so in one line before anything is fitted."""
+    train = interactions.train
+    for name in getattr(reward, "signals", ()):
+        if name not in SIGNALS:
+            raise RecrlError(f"reward={reward.name} reads the signal {name!r}, which is not registered "
+                             f"(registered: {', '.join(SIGNALS) or 'none'}; see recrl.env.signals.register)")
+        if name not in train or not train[name].notna().any():
+            raise RecrlError(missing_signal(SIGNALS[name], reward.name, what, cfg))
+
+
+def missing_signal(signal: Signal, reward: str, what: str, cfg: DictConfig) -> str:
+    """The message for logs without values of a signal the reward ``reward`` needs."""
+    source = cfg.dataset.get("_target_", "?").rsplit(".", 1)[-1]
+    shipped = "".join(f"dataset={name}, " for name in signal.datasets)
+    hint = f"{shipped}or " if shipped else ""
+    return (f"reward={reward} needs {signal.description} values, but the {what} ({source}) has none; "
+            f"use data with them ({hint}dataset.columns.{signal.name}=<column> for a CSV) or another reward")
 
 
 def ground_truth_model(cfg: DictConfig, dataset: Any, splits: Splits, device: torch.device,

@@ -6,6 +6,7 @@ never a shared config dict.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Protocol, runtime_checkable
 
@@ -13,6 +14,8 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import Tensor
+
+from recrl.env.signals import SIGNALS
 
 
 class RecrlError(Exception):
@@ -85,9 +88,11 @@ class Response:
         conversion_prob: ``[B, K]`` probability of a conversion given a click on the item.
         conversion: ``[B, K]`` sampled conversions (0 where not clicked).
         rating: ``[B, K]`` expected rating (1..5) given a click on the item.
-        watch: ``[B, K]`` expected watch (dwell) given a click on the item, in the data's unit
-            (KuaiRand: play time / video duration; the synthetic world: share of the item consumed).
         leave_prob: ``[B]`` probability that the user leaves after this step.
+        values: ``{signal: [B, K]}`` the expected value of each user signal the model knows
+            (:mod:`recrl.env.signals`) given a click on the item, NaN where it was never
+            learned; e.g. ``watch`` in the data's unit (KuaiRand: play time / video duration;
+            the synthetic world: share of the item consumed).
         uncertainty: ``[B, K]`` how much the members of a behavior-model ensemble disagree about
             each item's click probability (their standard deviation); ``None`` for a single model
             or the ground truth.
@@ -98,9 +103,22 @@ class Response:
     conversion_prob: Tensor
     conversion: Tensor
     rating: Tensor
-    watch: Tensor
     leave_prob: Tensor
+    values: Mapping[str, Tensor] = field(default_factory=dict)
     uncertainty: Tensor | None = None
+
+    def value(self, signal: str) -> Tensor:
+        """The expected ``signal`` ``[B, K]`` given a click (a one-line error when the user model
+        gives none)."""
+        if signal not in self.values:
+            known = ", ".join(self.values) or "none"
+            raise RecrlError(f"the user model gives no {signal!r} values (it gives: {known})")
+        return self.values[signal]
+
+    @property
+    def watch(self) -> Tensor:
+        """The expected watch (dwell) ``[B, K]`` given a click: ``value("watch")``."""
+        return self.value("watch")
 
 
 @dataclass(frozen=True)
@@ -139,7 +157,16 @@ class Transition:
                           done=self.done[idx], valid=self.valid[idx])
 
 
-LOG_COLUMNS = ("user", "item", "time", "click", "conversion", "rating", "watch", "leave", "propensity")
+LOG_HEAD = ("user", "item", "time", "click", "conversion", "rating")
+LOG_TAIL = ("leave", "propensity")
+
+
+def log_columns() -> tuple[str, ...]:
+    """The columns of a log: :data:`LOG_HEAD`, one per registered signal, :data:`LOG_TAIL`."""
+    return (*LOG_HEAD, *SIGNALS, *LOG_TAIL)
+
+
+LOG_COLUMNS = log_columns()  # with the built-in signals (watch); log_columns() adds later registrations
 
 
 @dataclass
@@ -147,11 +174,12 @@ class Interactions:
     """What training code may see: the training and validation rows of a logged dataset.
 
     Each log is a DataFrame with one row per shown item, sorted by ``user`` then ``time``, with
-    the columns of :data:`LOG_COLUMNS`: dense ``user``/``item`` ids (``0..n-1``), an integer
+    the columns of :func:`log_columns`: dense ``user``/``item`` ids (``0..n-1``), an integer
     ``time`` that orders a user's rows, ``click`` and ``conversion`` (0/1), ``rating`` (NaN
-    where unknown), ``watch`` (watch time or dwell of the row, NaN where unknown), ``leave``
-    (1 on the row after which the user left, NaN when the data does
-    not say) and ``propensity`` (the logging policy's probability of the item, NaN if unknown).
+    where unknown), one column per user signal (:mod:`recrl.env.signals`; ``watch``: watch time
+    or dwell of the row, NaN where unknown), ``leave`` (1 on the row after which the user left,
+    NaN when the data does not say) and ``propensity`` (the logging policy's probability of the
+    item, NaN if unknown).
     ``items`` is indexed by item id (features, genres, titles). The held-out test rows are not
     here by construction: they live in :class:`Splits` next to this object.
     ``positive_only`` marks logs of positive events only (no shown-but-ignored rows), where
@@ -252,7 +280,12 @@ class Env(Protocol):
 
 
 class Reward(Protocol):
-    """Turns a response into a scalar reward per user."""
+    """Turns a response into a scalar reward per user.
+
+    A reward that reads user signals (:attr:`Response.values`) names them in a ``signals``
+    attribute (a tuple; none when absent): they are checked against the logs before anything
+    is fitted.
+    """
 
     def __call__(self, response: Response) -> Tensor:
         """Realised reward ``[B]`` from sampled outcomes."""

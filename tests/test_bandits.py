@@ -234,7 +234,7 @@ class LinearClickWorld:
         click = (torch.rand(p.shape, generator=generator) < p).float()
         zeros = torch.zeros_like(p)
         return Response(click_prob=p, click=click, conversion_prob=zeros, conversion=zeros,
-                        rating=zeros + 3.0, watch=zeros, leave_prob=torch.zeros(len(state))), state
+                        rating=zeros + 3.0, leave_prob=torch.zeros(len(state))), state
 
 
 HORIZON = 50

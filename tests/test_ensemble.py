@@ -293,7 +293,7 @@ def test_models_with_user_tables_are_refused() -> None:
 def response_with(uncertainty: torch.Tensor | None) -> Response:
     zeros = torch.zeros(2, 2)
     return Response(click_prob=zeros, click=zeros, conversion_prob=zeros, conversion=zeros, rating=zeros,
-                    watch=zeros, leave_prob=torch.zeros(2), uncertainty=uncertainty)
+                    leave_prob=torch.zeros(2), uncertainty=uncertainty)
 
 
 def test_mopo_penalty_and_morel_halt_by_hand() -> None:

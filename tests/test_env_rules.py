@@ -40,7 +40,7 @@ class FixedUtility:
         prob, click = choice.sample(utility, generator)
         zeros = torch.zeros_like(prob)
         return Response(click_prob=prob, click=click, conversion_prob=zeros, conversion=zeros,
-                        rating=zeros + 3.0, watch=zeros, leave_prob=torch.zeros(len(state))), state
+                        rating=zeros + 3.0, leave_prob=torch.zeros(len(state))), state
 
 
 def test_cascade_probabilities_by_hand() -> None:

@@ -134,7 +134,8 @@ def test_summary_values() -> None:
         float((stats.rating_sum[clicked] / stats.clicks[clicked]).double().mean()), rel=1e-6)
     assert 1.0 <= s["mean_rating"]["mean"] <= 5.0
     # the synthetic world's watch is the share of an item consumed: at most one per click
-    assert bool((stats.watch_sum <= stats.clicks).all()) and bool((stats.watch_sum >= 0).all())
+    watch = stats.signal_sums["watch"]
+    assert bool((watch <= stats.clicks).all()) and bool((watch >= 0).all())
     assert 0.0 <= s["coverage"]["mean"] <= 1.0
     assert s["coverage"]["mean"] == pytest.approx(float(stats.shown.float().mean()))
     assert s["return"]["ci95"] > 0
@@ -143,8 +144,8 @@ def test_summary_values() -> None:
 def test_summary_hand_made_stats() -> None:
     stats = EpisodeStats(returns=torch.tensor([2.0, 0.0]), clicks=torch.tensor([2.0, 0.0]),
                          conversions=torch.tensor([1.0, 0.0]), rating_sum=torch.tensor([7.0, 0.0]),
-                         watch_sum=torch.tensor([1.5, 0.0]), lengths=torch.tensor([4.0, 2.0]),
-                         exposure=torch.tensor([3.0, 0.0, 3.0, 0.0]), top_items=torch.tensor([0, 0]))
+                         lengths=torch.tensor([4.0, 2.0]), exposure=torch.tensor([3.0, 0.0, 3.0, 0.0]),
+                         top_items=torch.tensor([0, 0]), signal_sums={"watch": torch.tensor([1.5, 0.0])})
     s = stats.summary()
     assert s["return"]["mean"] == 1.0 and s["episode_length"]["mean"] == 3.0
     assert s["ctr"]["mean"] == pytest.approx(0.25)  # (2/4 + 0/2) / 2
@@ -154,15 +155,18 @@ def test_summary_hand_made_stats() -> None:
     assert s["watch"]["mean"] == 0.75
     assert s["exposure_gini"]["mean"] == pytest.approx(0.5)  # half the items share everything equally
     assert s["same_top_item"]["mean"] == 1.0
-    unknown = EpisodeStats(**{**stats.__dict__, "watch_sum": torch.full((2,), float("nan"))}).summary()
+    nan = torch.full((2,), float("nan"))
+    unknown = EpisodeStats(**{**stats.__dict__, "signal_sums": {"watch": nan}}).summary()
     assert "watch" not in unknown  # a user model without watch values reports none
 
 
 def test_run_episodes_is_deterministic_given_the_seed() -> None:
     a = run_episodes(PopularPolicy(make_ctx()), make_env(), n_episodes=12, seed=3, batch_size=5)
     b = run_episodes(PopularPolicy(make_ctx()), make_env(), n_episodes=12, seed=3, batch_size=5)
-    for field in ("returns", "clicks", "conversions", "rating_sum", "watch_sum", "lengths", "shown"):
+    for field in ("returns", "clicks", "conversions", "rating_sum", "lengths", "shown"):
         assert torch.equal(getattr(a, field), getattr(b, field))
+    assert a.signal_sums.keys() == b.signal_sums.keys() == {"watch"}
+    assert torch.equal(a.signal_sums["watch"], b.signal_sums["watch"])
     c = run_episodes(PopularPolicy(make_ctx()), make_env(), n_episodes=12, seed=4, batch_size=5)
     assert not torch.equal(a.returns, c.returns) or not torch.equal(a.lengths, c.lengths)
     # a seeded random policy evaluated twice from the same policy seed gives the same numbers

@@ -53,7 +53,7 @@ class FixedScores:
         prob = self.scores.expand(state.shape[0], -1)
         zeros = torch.zeros(state.shape[0])
         return Response(click_prob=prob, click=prob, conversion_prob=prob, conversion=prob, rating=prob,
-                        watch=prob, leave_prob=zeros)
+                        leave_prob=zeros, values={"watch": prob})
 
 
 def test_full_ranking_excludes_seen_items() -> None:

@@ -34,7 +34,7 @@ class StubModel:
         click = CLICK.expand(state.shape[0], -1)
         zeros = torch.zeros_like(click)
         return Response(click_prob=click, click=click, conversion_prob=zeros, conversion=zeros,
-                        rating=zeros, watch=zeros, leave_prob=state[:, 0])
+                        rating=zeros, leave_prob=state[:, 0])
 
     def next_state(self, state: Tensor, slates: Tensor, click: Tensor, conversion: Tensor) -> Tensor:
         return (click * LEAVE_AFTER_CLICK[slates]).sum(1, keepdim=True)

@@ -18,8 +18,8 @@ def response() -> Response:
         conversion_prob=torch.tensor([[0.5, 0.4, 1.0], [0.2, 0.9, 0.5]]),
         conversion=torch.tensor([[0.0, 1.0, 0.0], [0.0, 0.0, 0.0]]),
         rating=torch.tensor([[2.0, 4.0, 5.0], [1.0, 3.0, 2.5]]),
-        watch=torch.tensor([[0.2, 1.5, 0.7], [0.9, 0.1, 3.0]]),
         leave_prob=torch.tensor([0.1, 0.2]),
+        values={"watch": torch.tensor([[0.2, 1.5, 0.7], [0.9, 0.1, 3.0]])},
     )
 
 
@@ -46,19 +46,19 @@ def test_rating_reward(response: Response) -> None:
 
 def test_watch_reward(response: Response) -> None:
     r = WatchReward()
-    assert r.name == "watch" and r.needs_watch
+    assert r.name == "watch" and r.signals == ("watch",)
     torch.testing.assert_close(r(response), torch.tensor([1.5, 0.0]))  # 0 without a click
     torch.testing.assert_close(r.expected(response), torch.tensor([[0.02, 0.75, 0.14], [0.27, 0.0, 1.2]]))
 
 
 def test_mix_reward_with_watch_and_unknown_watch(response: Response) -> None:
     r = MixReward(ctr=1.0, conversion=0.0, watch=2.0)
-    assert r.needs_watch
+    assert r.signals == ("watch",)
     torch.testing.assert_close(r(response), torch.tensor([1.0 + 2 * 1.5, 0.0]))
-    unknown = Response(**{**response.__dict__, "watch": torch.full((2, 3), float("nan"))})
+    unknown = Response(**{**response.__dict__, "values": {"watch": torch.full((2, 3), float("nan"))}})
     # a zero-weight part is left out, so an unknown watch does not turn the reward into NaN
     torch.testing.assert_close(MixReward()(unknown), MixReward()(response))
-    assert not MixReward().needs_watch
+    assert MixReward().signals == ()
 
 
 def test_mix_reward_weights_its_parts(response: Response) -> None:
@@ -83,8 +83,8 @@ def test_mix_reward_defaults_are_click_plus_conversion(response: Response) -> No
 def test_rewards_count_several_clicks_per_slate() -> None:
     resp = Response(click_prob=torch.full((1, 2), 0.3), click=torch.ones(1, 2),
                     conversion_prob=torch.full((1, 2), 0.5), conversion=torch.tensor([[1.0, 0.0]]),
-                    rating=torch.tensor([[3.0, 5.0]]), watch=torch.tensor([[0.5, 2.0]]),
-                    leave_prob=torch.zeros(1))
+                    rating=torch.tensor([[3.0, 5.0]]), leave_prob=torch.zeros(1),
+                    values={"watch": torch.tensor([[0.5, 2.0]])})
     assert float(ClickReward()(resp)[0]) == 2.0
     assert float(ConversionReward()(resp)[0]) == 1.0
     assert float(RatingReward()(resp)[0]) == 8.0

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from recrl.buffer import discounted_returns
+from recrl.env.signals import SIGNALS
 from recrl.types import AlgoContext, Obs, RecrlError, Response, Transition
 
 
@@ -88,15 +89,17 @@ class LoggedSteps:
 
 
 def logged_response(log: pd.DataFrame, device: torch.device | str = "cpu") -> Response:
-    """The logged outcomes of each row as a ``[N, 1]`` response (unknown ratings/watch = 0)."""
+    """The logged outcomes of each row as a ``[N, 1]`` response (unknown ratings and signal
+    values = 0; every registered signal, :mod:`recrl.env.signals`)."""
     def column(name: str, default: float = 0.0) -> Tensor:
         values = (log[name].to_numpy(dtype=np.float32) if name in log
                   else np.full(len(log), default, np.float32))
         return torch.as_tensor(np.nan_to_num(values, nan=default), device=device)[:, None]
     click = column("click")
     return Response(click_prob=click, click=click, conversion_prob=column("conversion"),
-                    conversion=column("conversion"), rating=column("rating"), watch=column("watch"),
-                    leave_prob=torch.zeros(len(log), device=device))
+                    conversion=column("conversion"), rating=column("rating"),
+                    leave_prob=torch.zeros(len(log), device=device),
+                    values={name: column(name) for name in SIGNALS})
 
 
 def logged_steps(log: pd.DataFrame, n_items: int, history_len: int, reward, device: torch.device | str = "cpu"

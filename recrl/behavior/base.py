@@ -1,29 +1,33 @@
 """What every sequential behavior model shares: the simulator-facing methods built on a few hooks.
 
 A subclass defines its recurrent core (``initial_state``, ``next_state``, ``output``), its heads
-(``click_head``, ``conversion_head``, ``rating_head``, ``watch_head`` scoring ``(h, items)`` or,
-with ``items`` omitted, the whole catalogue; ``leave_head`` on ``h``) and ``sequence_logits`` for
-training.
+(``click_head``, ``conversion_head``, ``rating_head`` scoring ``(h, items)`` or, with ``items``
+omitted, the whole catalogue; ``leave_head`` on ``h``), calls :meth:`~SequenceUserModel._add_signal_heads`
+for one head per registered user signal (:mod:`recrl.env.signals`: ``watch_head``, ...) and
+defines ``sequence_logits`` for training.
 This class turns them into the :class:`~recrl.types.UserModel` protocol, greedy scoring, history
-encoding and fitting, so the models cannot drift apart.
+encoding and fitting, so the models cannot drift apart; :mod:`recrl.env.response` turns their
+predictions into responses.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from recrl.behavior.features import ItemContentEncoder, ItemFeatures, check_feature_kinds
 from recrl.behavior.fit import FitReport, SessionTensors, TrainingSettings, fit_sequence_model
 from recrl.env.choice import MNL, ChoiceModel
+from recrl.env.response import Predictions, expected_response, sample_response
+from recrl.env.signals import SIGNALS, Signal
 from recrl.types import Interactions, Obs, RecrlError, Response
+
+__all__ = ["BilinearScorer", "Predictions", "SequenceUserModel", "predicted_response", "replay_history"]
 
 
 class BilinearScorer(nn.Module):
@@ -61,34 +65,9 @@ class BilinearScorer(nn.Module):
         return self.proj(h) @ self.vectors(items).T + self.bias[items]
 
 
-@dataclass(frozen=True)
-class Predictions:
-    """A user model's head outputs for a batch of items ``[B, K]`` (or the catalogue ``[B, N]``):
-    click utilities (logits), and given a click the conversion probability, expected rating (1..5)
-    and expected watch."""
-
-    click_logit: Tensor
-    conversion_prob: Tensor
-    rating: Tensor
-    watch: Tensor
-
-
-def draw_response(predicted: Predictions, generator: torch.Generator, choice: ChoiceModel,
-                  available: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
-    """Sample a slate's clicks by ``choice`` over the click utilities and the conversions given a
-    click: ``(click_prob, click, conversion)``, each ``[B, K]``."""
-    click_prob, click = choice.sample(predicted.click_logit, generator, available)
-    conv_prob = predicted.conversion_prob
-    u = torch.rand(conv_prob.shape, device=conv_prob.device, generator=generator)
-    return click_prob, click, click * (u < conv_prob).to(click.dtype)
-
-
 def predicted_response(predicted: Predictions, leave_prob: Tensor) -> Response:
     """Each item's expected response if shown alone (click probabilities in place of clicks)."""
-    click_prob = torch.sigmoid(predicted.click_logit)
-    return Response(click_prob=click_prob, click=click_prob, conversion_prob=predicted.conversion_prob,
-                    conversion=click_prob * predicted.conversion_prob, rating=predicted.rating,
-                    watch=predicted.watch, leave_prob=leave_prob)
+    return expected_response(torch.sigmoid(predicted.click_logit), predicted, leave_prob)
 
 
 @torch.no_grad()
@@ -120,10 +99,9 @@ class SequenceUserModel(nn.Module, ABC):
     click_head: nn.Module
     conversion_head: nn.Module
     rating_head: nn.Module
-    watch_head: nn.Module
     leave_head: nn.Module
     leave_known: Tensor
-    watch_known: Tensor
+    signals: tuple[Signal, ...]  # one head ``<name>_head`` and flag ``<name>_known`` each
 
     # ------------------------------------------------------------------ hooks
     @abstractmethod
@@ -171,7 +149,7 @@ class SequenceUserModel(nn.Module, ABC):
         return Predictions(click_logit=self.click_logit(state, h, items),
                            conversion_prob=torch.sigmoid(self.conversion_head(h, items)),
                            rating=1.0 + 4.0 * torch.sigmoid(self.rating_head(h, items)),
-                           watch=self.watch(h, items))
+                           values=self.signal_values(h, items))
 
     @torch.no_grad()
     def respond(self, state: Tensor, slates: Tensor, generator: torch.Generator,
@@ -179,13 +157,11 @@ class SequenceUserModel(nn.Module, ABC):
         """Sample the response to ``slates`` ``[B, K]`` and the next state: the click by
         ``choice`` (MNL with no-click by default) over the click head's utilities, never on
         items that are not ``available``."""
-        predicted = self.predict(state, slates)
-        click_prob, click, conversion = draw_response(predicted, generator, choice, available)
-        nxt = self.next_state(state, slates, click, conversion)
-        response = Response(click_prob=click_prob, click=click, conversion_prob=predicted.conversion_prob,
-                            conversion=conversion, rating=predicted.rating, watch=predicted.watch,
-                            leave_prob=self.leave_prob(nxt))
-        return response, nxt
+        def advance(click: Tensor, conversion: Tensor) -> tuple[Tensor, Tensor]:
+            nxt = self.next_state(state, slates, click, conversion)
+            return nxt, self.leave_prob(nxt)
+
+        return sample_response(self.predict(state, slates), generator, choice, available, advance)
 
     @torch.no_grad()
     def score_all(self, state: Tensor) -> Response:
@@ -202,19 +178,33 @@ class SequenceUserModel(nn.Module, ABC):
         head = self.click_head
         return torch.cat([head.vectors(), head.bias[:, None]], 1)
 
-    def watch(self, h: Tensor, items: Tensor | None = None) -> Tensor:
-        """Expected watch given a click ``[B, K]`` (or ``[B, n_items]``); NaN when the logs had
-        no watch values, so a watch reward can never be computed silently from an untrained head."""
-        value = F.softplus(self.watch_head(h, items))
-        return torch.where(self.watch_known, value, torch.full_like(value, float("nan")))
+    @property
+    def signal_names(self) -> tuple[str, ...]:
+        """The user signals the model has heads for (those registered when it was built)."""
+        return tuple(signal.name for signal in self.signals)
 
-    def _add_watch_head(self, hidden: int, dim: int) -> None:
-        """The watch head and the ``watch_known`` flag. Built from a forked random stream so that
-        adding it left the initialisation of every other weight unchanged."""
+    def signal_logits(self, h: Tensor, items: Tensor | None = None) -> dict[str, Tensor]:
+        """Every signal head's logits ``[B, K]`` (or ``[B, n_items]``), by signal name."""
+        return {signal.name: getattr(self, signal.head)(h, items) for signal in self.signals}
+
+    def signal_values(self, h: Tensor, items: Tensor | None = None) -> dict[str, Tensor]:
+        """Every signal's expected value given a click ``[B, K]`` (or ``[B, n_items]``); NaN for a
+        signal the logs had no values of, so a reward can never read an untrained head silently."""
+        return {signal.name: signal.predict(getattr(self, signal.head)(h, items), getattr(self, signal.known))
+                for signal in self.signals}
+
+    def _add_signal_heads(self, hidden: int, dim: int) -> None:
+        """One head ``<name>_head`` per registered signal (:data:`recrl.env.signals.SIGNALS`, in
+        order) and its flag ``<name>_known``. The heads are built from a forked random stream, so
+        that adding them left the initialisation of every other weight unchanged (and ``watch``,
+        registered first, keeps its own)."""
+        self.signals = tuple(SIGNALS.values())
         with torch.random.fork_rng(devices=[]):
-            self.watch_head = BilinearScorer(hidden, nn.Embedding(self.n_items, dim), self.n_items,
-                                             self.head_content(dim))
-        self.register_buffer("watch_known", torch.tensor(True))
+            for signal in self.signals:
+                setattr(self, signal.head, BilinearScorer(hidden, nn.Embedding(self.n_items, dim),
+                                                          self.n_items, self.head_content(dim)))
+        for signal in self.signals:
+            self.register_buffer(signal.known, torch.tensor(True))
 
     def _setup(self, n_items: int, n_users: int, training: TrainingSettings | None,
                features: Sequence[str] = (), item_features: ItemFeatures | None = None,
@@ -298,11 +288,14 @@ class SequenceUserModel(nn.Module, ABC):
         """Fit on the training rows, early-stop on the validation rows' loss.
 
         Logs without leave labels leave the leave head untrained; the model then never makes
-        a user leave (the environment's horizon or leave rule ends episodes). Logs without watch
-        values leave the watch head untrained and its predictions NaN.
+        a user leave (the environment's horizon or leave rule ends episodes). Logs without a
+        signal's values (no column, or NaN throughout) leave its head untrained and its
+        predictions NaN.
         """
         leave = pd.concat([interactions.train["leave"], interactions.valid["leave"]])
         self.leave_known.fill_(bool(leave.notna().any()))
-        self.watch_known.fill_(bool(interactions.train["watch"].notna().any())
-                               if "watch" in interactions.train else False)
+        train = interactions.train
+        for signal in self.signals:
+            getattr(self, signal.known).fill_(bool(train[signal.name].notna().any())
+                                              if signal.name in train else False)
         return fit_sequence_model(self, interactions, self.training_settings)

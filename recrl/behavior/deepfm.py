@@ -188,7 +188,7 @@ class DeepFMBehavior(StaticUserModel):
         self.rating_head = BilinearScorer(dim + 1, nn.Embedding(n_items, dim), n_items)
         self.leave_head = nn.Sequential(nn.Linear(dim + 1, dim), nn.ReLU(), nn.Linear(dim, 1))
         self.register_buffer("leave_known", torch.tensor(True))
-        self._add_watch_head(dim + 1, dim)
+        self._add_signal_heads(dim + 1, dim)
         self.to(device)
 
     # ------------------------------------------------------------------ users
@@ -244,7 +244,7 @@ class DeepFMBehavior(StaticUserModel):
         logits = {"click": self.click_head(h, items)[..., 0],
                   "conversion": self.conversion_head(h, items)[..., 0],
                   "rating": self.rating_head(h, items)[..., 0],
-                  "watch": self.watch_head(h, items)[..., 0],
+                  **{k: v[..., 0] for k, v in self.signal_logits(h, items).items()},
                   "leave": self.leave_head(h)[..., 0],
                   "click_state": h}
         if batch.negative is not None:

@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
-from dataclasses import fields
 from typing import Any
 
 import numpy as np
@@ -47,16 +46,11 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state, vmap
 
-from recrl.behavior.base import (
-    Predictions,
-    SequenceUserModel,
-    draw_response,
-    predicted_response,
-    replay_history,
-)
+from recrl.behavior.base import SequenceUserModel, predicted_response, replay_history
 from recrl.behavior.fit import FitReport, SessionTensors
 from recrl.behavior.gru import GRUStack
 from recrl.env.choice import MNL, ChoiceModel
+from recrl.env.response import Predictions, sample_response
 from recrl.types import Interactions, Obs, RecrlError, Response
 
 FAST_METHODS = ("predict", "next_state", "leave_prob", "advance")  # what GRUStack computes itself
@@ -75,7 +69,7 @@ class _MemberCall(nn.Module):
             return nxt, self.m.leave_prob(nxt)
         out = getattr(self.m, method)(*args)
         if isinstance(out, Predictions):  # vmap returns tensors and tuples of them
-            return tuple(getattr(out, f.name) for f in fields(out))
+            return out.flat()
         return out
 
 
@@ -118,6 +112,7 @@ class BehaviorEnsemble(nn.Module):
         first = members[0]
         self.n_items, self.n_users = first.n_items, first.n_users
         self.training_settings = first.training_settings
+        self.signals = first.signals
         self._template = [_MemberCall(copy.deepcopy(first))]  # a list: not a submodule, not saved
         self._stacked: tuple[dict[str, Tensor], dict[str, Tensor]] | None = None
         self._fast: GRUStack | None = None  # GRU members: the step without vmap (built with _stacked)
@@ -229,13 +224,22 @@ class BehaviorEnsemble(nn.Module):
         weights, members = self._split(state)
         return self._mix(weights, self._each("leave_prob", (members,)))
 
+    @property
+    def signal_names(self) -> tuple[str, ...]:
+        """The user signals the members have heads for."""
+        return tuple(signal.name for signal in self.signals)
+
+    def _predictions(self, flat: Any) -> Predictions:
+        """Predictions from the members' batched ``predict`` output (:meth:`Predictions.flat` order)."""
+        return Predictions.unflat(flat, self.signal_names)
+
     def _member_predictions(self, members: Tensor, items: Tensor | None) -> Predictions:
         """Each member's predictions, every field ``[K, B, ...]``."""
-        return Predictions(*self._each("predict", (members,), (items,)))
+        return self._predictions(self._each("predict", (members,), (items,)))
 
     def _mixed(self, weights: Tensor, each: Predictions) -> Predictions:
         """The member-weighted predictions of per-member ones (every field)."""
-        return Predictions(*(self._mix(weights, getattr(each, f.name)) for f in fields(each)))
+        return self._predictions([self._mix(weights, value) for value in each.flat()])
 
     def predict(self, state: Tensor, items: Tensor | None = None) -> Predictions:
         """The user's member's predictions (the members' mean under uniform weights)."""
@@ -250,17 +254,15 @@ class BehaviorEnsemble(nn.Module):
         member's state with it; ``uncertainty`` is the members' std of the click probabilities."""
         weights, members = self._split(state)
         each = self._member_predictions(members, slates)
-        predicted = self._mixed(weights, each)
-        click_prob, click, conversion = draw_response(predicted, generator, choice, available)
-        advanced, leave = self._each("advance", (members,), (slates, click, conversion))
-        nxt = self._pack(weights, advanced)
         k, b, width = each.click_logit.shape
         member_probs = choice.probs(each.click_logit.reshape(k * b, width)).reshape(k, b, width)
-        uncertainty = member_probs.std(0, correction=0)
-        response = Response(click_prob=click_prob, click=click, conversion_prob=predicted.conversion_prob,
-                            conversion=conversion, rating=predicted.rating, watch=predicted.watch,
-                            leave_prob=self._mix(weights, leave), uncertainty=uncertainty)
-        return response, nxt
+
+        def advance(click: Tensor, conversion: Tensor) -> tuple[Tensor, Tensor]:
+            advanced, leave = self._each("advance", (members,), (slates, click, conversion))
+            return self._pack(weights, advanced), self._mix(weights, leave)
+
+        return sample_response(self._mixed(weights, each), generator, choice, available, advance,
+                               uncertainty=member_probs.std(0, correction=0))
 
     @torch.no_grad()
     def score_all(self, state: Tensor) -> Response:
@@ -361,14 +363,15 @@ class OwnMemberSimulator:
             return grouped.flatten(0, 1).index_select(0, position)
 
         own, shown = by_member(state), by_member(slates)
-        predicted = Predictions(*(by_row(v) for v in self.ensemble._each("predict", (own, shown))))
-        click_prob, click, conversion = draw_response(predicted, generator, choice, available)
-        response_by_member = (by_member(click), by_member(conversion))
-        advanced, leave = self.ensemble._each("advance", (own, shown, *response_by_member))
-        response = Response(click_prob=click_prob, click=click, conversion_prob=predicted.conversion_prob,
-                            conversion=conversion, rating=predicted.rating, watch=predicted.watch,
-                            leave_prob=by_row(leave))
-        return response, by_row(advanced)
+        each = self.ensemble._each("predict", (own, shown))
+        predicted = self.ensemble._predictions([by_row(v) for v in each])
+
+        def advance(click: Tensor, conversion: Tensor) -> tuple[Tensor, Tensor]:
+            by_members = (own, shown, by_member(click), by_member(conversion))
+            advanced, leave = self.ensemble._each("advance", by_members)
+            return by_row(advanced), by_row(leave)
+
+        return sample_response(predicted, generator, choice, available, advance)
 
 
 def bootstrap_users(interactions: Interactions, seed: int) -> Interactions:

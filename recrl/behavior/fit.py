@@ -5,9 +5,10 @@ from __future__ import annotations
 import copy
 import logging
 import time
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, replace
-from typing import Literal, Protocol
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import pandas as pd
@@ -17,6 +18,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from recrl.behavior.offline import NextItemTask, build_task, rank_task
+from recrl.env.signals import SIGNALS
 from recrl.metrics.prediction import auc, logloss
 from recrl.types import Interactions, RecrlError
 
@@ -101,9 +103,10 @@ class SessionTensors:
     validation rows, after the user's training history, for validation); ``leave_mask`` those
     of them whose leave label is known. ``negative`` holds sampled negative items (positive-only
     logs) or is ``None``. ``user`` ``[S]`` is each session's dense user id (static models such
-    as MF read it; sequence models ignore it). ``watch`` holds the rows' watch (dwell) values and
-    ``watch_mask`` the counted rows that were clicked and whose watch is known (``None``: no
-    watch data).
+    as MF read it; sequence models ignore it). ``signals`` maps each user signal
+    (:mod:`recrl.env.signals`) with data to ``(values, mask)``: the rows' values (0 where
+    unknown) and the counted rows that were clicked and whose value is known (a signal without
+    any such row is left out; ``None``: no signal data).
     """
 
     user: Tensor
@@ -115,12 +118,15 @@ class SessionTensors:
     mask: Tensor
     leave_mask: Tensor
     negative: Tensor | None = None
-    watch: Tensor | None = None
-    watch_mask: Tensor | None = None
+    signals: dict[str, tuple[Tensor, Tensor]] | None = None
 
-    def _map(self, fn) -> SessionTensors:
-        return SessionTensors(*(None if getattr(self, f) is None else fn(getattr(self, f))
-                                for f in self.__dataclass_fields__))
+    def _map(self, fn: Callable[[Tensor], Tensor]) -> SessionTensors:
+        def apply(value: Any) -> Any:
+            if isinstance(value, dict):
+                return {name: (fn(values), fn(mask)) for name, (values, mask) in value.items()}
+            return None if value is None else fn(value)
+
+        return SessionTensors(**{f.name: apply(getattr(self, f.name)) for f in fields(self)})
 
     def rows(self, idx: Tensor) -> SessionTensors:
         """Sessions ``idx``."""
@@ -139,9 +145,10 @@ class SessionTensors:
 
 def session_tensors(log: pd.DataFrame, n_items: int, max_len: int | None = None,
                     target: np.ndarray | None = None, negatives: bool = False,
-                    seed: int = 0) -> SessionTensors:
+                    seed: int = 0, signals: Sequence[str] | None = None) -> SessionTensors:
     """Pad the rows of ``log`` (sorted by user, time) per user, keeping each user's last
-    ``max_len`` rows; ``target`` (bool per row, default all) selects the rows that count."""
+    ``max_len`` rows; ``target`` (bool per row, default all) selects the rows that count.
+    ``signals``: the user signals to carry (default: every registered one)."""
     if log.empty:
         raise RecrlError("no logged interactions to fit the behavior model on: the split is empty")
     codes, user_ids = pd.factorize(log["user"], sort=True)
@@ -161,8 +168,13 @@ def session_tensors(log: pd.DataFrame, n_items: int, max_len: int | None = None,
 
     target_rows = np.ones(len(kept), bool) if target is None else np.asarray(target)[keep]
     leave = kept["leave"].to_numpy(dtype=np.float32)
-    watch = kept["watch"].to_numpy(dtype=np.float32) if "watch" in kept else np.full(len(kept), np.nan)
-    watched = target_rows & ~np.isnan(watch) & (kept["click"].to_numpy() > 0)
+    clicked = kept["click"].to_numpy() > 0
+    carried: dict[str, tuple[Tensor, Tensor]] = {}
+    for name in SIGNALS if signals is None else signals:
+        values = kept[name].to_numpy(dtype=np.float32) if name in kept else np.full(len(kept), np.nan)
+        known = target_rows & ~np.isnan(values) & clicked
+        if known.any():
+            carried[name] = (dense(np.nan_to_num(values)), dense(known.astype(np.float32)))
     negative = None
     if negatives:
         rng = np.random.default_rng(seed)
@@ -175,16 +187,15 @@ def session_tensors(log: pd.DataFrame, n_items: int, max_len: int | None = None,
                           leave=dense(np.nan_to_num(leave)),
                           mask=dense(target_rows.astype(np.float32)),
                           leave_mask=dense((target_rows & ~np.isnan(leave)).astype(np.float32)),
-                          negative=negative,
-                          watch=dense(np.nan_to_num(watch)) if watched.any() else None,
-                          watch_mask=dense(watched.astype(np.float32)) if watched.any() else None)
+                          negative=negative, signals=carried or None)
 
 
 class SequenceModel(Protocol):
     """What :func:`fit_sequence_model` needs from a model."""
 
     def sequence_logits(self, batch: SessionTensors) -> dict[str, Tensor]:
-        """Per-step logits ``[S, T]`` for ``click``, ``conversion``, ``rating``, ``watch``, ``leave``."""
+        """Per-step logits ``[S, T]`` for ``click``, ``conversion``, ``rating``, ``leave`` and every
+        user signal the model has a head for (by name)."""
         ...
 
     def prepare_fit(self, train: SessionTensors, interactions: Interactions) -> None:
@@ -221,8 +232,9 @@ def _masked_bce(logit: Tensor, target: Tensor, weight: Tensor) -> Tensor:
 
 def sequence_loss(logits: dict[str, Tensor], batch: SessionTensors) -> Tensor:
     """Masked BCE for clicks (plus sampled negatives), leaving and conversions given a click,
-    squared error of ratings given a click and Huber loss of watch values given a click
-    (prediction ``softplus(logit)``; robust to the long tail of watch ratios)."""
+    squared error of ratings given a click and each user signal's own loss of its values given a
+    click (:meth:`recrl.env.signals.Signal.fit_loss`; ``watch``: 0.1 x Huber loss of
+    ``softplus(logit)``, robust to the long tail of watch ratios)."""
     m = batch.mask
     clicked = m * batch.click
     rating_pred = 1.0 + 4.0 * torch.sigmoid(logits["rating"])
@@ -233,9 +245,9 @@ def sequence_loss(logits: dict[str, Tensor], batch: SessionTensors) -> Tensor:
             + 0.1 * rating_loss)
     if "click_negative" in logits:
         loss = loss + _masked_bce(logits["click_negative"], torch.zeros_like(m), m)
-    if batch.watch is not None and batch.watch_mask is not None:
-        watch_loss = F.smooth_l1_loss(F.softplus(logits["watch"]), batch.watch, reduction="none")
-        loss = loss + 0.1 * (watch_loss * batch.watch_mask).sum() / batch.watch_mask.sum().clamp(min=1.0)
+    for name, (values, mask) in (batch.signals or {}).items():
+        if name in logits:  # a model built before the signal was registered has no head for it
+            loss = loss + SIGNALS[name].fit_loss(logits[name], values, mask)
     return loss
 
 
@@ -262,19 +274,20 @@ def _validate(model: nn.Module, data: SessionTensors) -> dict[str, float]:
             "click_auc": click_auc, "leave_logloss": leave_ll, "leave_auc": leave_auc}
 
 
-def training_tensors(interactions: Interactions, max_len: int | None,
-                     seed: int) -> tuple[SessionTensors, SessionTensors]:
+def training_tensors(interactions: Interactions, max_len: int | None, seed: int,
+                     signals: Sequence[str] | None = None) -> tuple[SessionTensors, SessionTensors]:
     """Training sequences (train rows) and validation sequences (train history followed by
-    the validation rows, only the latter counted); sampled negatives for positive-only logs."""
+    the validation rows, only the latter counted); sampled negatives for positive-only logs;
+    the values of ``signals`` (default: every registered user signal)."""
     n, neg = interactions.n_items, interactions.positive_only
-    train = session_tensors(interactions.train, n, max_len, negatives=neg, seed=seed)
+    train = session_tensors(interactions.train, n, max_len, negatives=neg, seed=seed, signals=signals)
     both = pd.concat([interactions.train, interactions.valid], ignore_index=True)
     both["_valid"] = np.r_[np.zeros(len(interactions.train), bool), np.ones(len(interactions.valid), bool)]
     both = both.sort_values(["user", "time", "_valid"], kind="stable")
     users = both.loc[both["_valid"], "user"].unique()
     both = both[both["user"].isin(users)]
     valid = session_tensors(both, n, max_len, target=both["_valid"].to_numpy(), negatives=neg,
-                            seed=seed + 1)
+                            seed=seed + 1, signals=signals)
     return train, valid
 
 
@@ -418,7 +431,9 @@ def fit_sequence_model(model: nn.Module, interactions: Interactions, settings: T
         if task is None:
             raise RecrlError("behavior.training.early_stopping=ndcg@10 needs clicked validation rows; "
                              "use loss")
-    train, valid = (t.to(device) for t in training_tensors(interactions, settings.max_len, settings.seed))
+    signals = getattr(model, "signal_names", None)  # the signals the model has heads for
+    train, valid = (t.to(device) for t in training_tensors(interactions, settings.max_len, settings.seed,
+                                                           signals))
     model.prepare_fit(train, interactions)
     g = torch.Generator().manual_seed(settings.seed)
     sampler = NegativeSampler(interactions, settings.negative_sampling,

@@ -166,7 +166,7 @@ class GRUBehavior(SequenceUserModel):
         self.rating_head = BilinearScorer(hidden, nn.Embedding(n_items, dim), n_items, self.head_content(dim))
         self.leave_head = nn.Sequential(nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, 1))
         self.register_buffer("leave_known", torch.tensor(True))
-        self._add_watch_head(hidden, dim)
+        self._add_signal_heads(hidden, dim)
         if not item_ids:
             self.freeze_item_ids()
         self.to(device)
@@ -230,7 +230,8 @@ class GRUBehavior(SequenceUserModel):
     def sequence_logits(self, batch: SessionTensors) -> dict[str, Tensor]:
         """Per-step logits of every head over padded sessions ``[S, T]`` (slate size 1)."""
         state = self.initial_state(batch.item.shape[0]).to(batch.item.device)
-        click, conv, rating, watch, leave, negative, states = [], [], [], [], [], [], []
+        click, conv, rating, leave, negative, states = [], [], [], [], [], []
+        values: dict[str, list[Tensor]] = {name: [] for name in self.signal_names}
         for t in range(batch.item.shape[1]):
             h = self.output(state)
             states.append(h)
@@ -241,12 +242,13 @@ class GRUBehavior(SequenceUserModel):
                 negative.append(self.click_logit(state, h, sampled)[:, 0])
             conv.append(self.conversion_head(h, items)[:, 0])
             rating.append(self.rating_head(h, items)[:, 0])
-            watch.append(self.watch_head(h, items)[:, 0])
+            for name, logit in self.signal_logits(h, items).items():
+                values[name].append(logit[:, 0])
             state = self.next_state(state, batch.item[:, t:t + 1], batch.click[:, t:t + 1],
                                     batch.conversion[:, t:t + 1])
             leave.append(self.leave_logit(state))
         return {k: torch.stack(v, 1) for k, v in
-                (("click", click), ("conversion", conv), ("rating", rating), ("watch", watch),
+                (("click", click), ("conversion", conv), ("rating", rating), *values.items(),
                  ("leave", leave), ("click_negative", negative), ("click_state", states)) if v}
 
 
@@ -289,7 +291,7 @@ class GRUStack:
         state, leave = stack.advance(state, slates, click, conversion)
     """
 
-    HEADS = ("click_head", "conversion_head", "rating_head", "watch_head")
+    HEADS = ("click_head", "conversion_head", "rating_head")  # then one head per signal
 
     @staticmethod
     def supports(members: Sequence[nn.Module]) -> bool:
@@ -299,28 +301,32 @@ class GRUStack:
             return False
         first = members[0]
         return all(m.hidden == first.hidden and m.n_items == first.n_items
+                   and m.signal_names == first.signal_names
                    and (m.recency is None) == (first.recency is None) for m in members)
 
     @torch.no_grad()
     def __init__(self, members: Sequence[GRUBehavior]) -> None:
         first = members[0]
         self.hidden, self.n_items = first.hidden, first.n_items
+        self.signals = first.signals
+        self.heads = (*self.HEADS, *(signal.head for signal in self.signals))
         every = torch.arange(self.n_items + 1, device=first.device)
         self.item_in = torch.stack([m.content_input(m.item_in, every) for m in members])  # [K, N+1, d]
         self.event = _linear_stack([m.event for m in members])
         self.ih = _linear_stack([(m.cell.weight_ih, m.cell.bias_ih) for m in members])
         self.hh = _linear_stack([(m.cell.weight_hh, m.cell.bias_hh) for m in members])
         self.leave = [_linear_stack([m.leave_head[j] for m in members]) for j in (0, 2)]
-        # the four bilinear heads side by side: one product gives every head's query
-        projections = [_linear_stack([getattr(m, name).proj for m in members]) for name in self.HEADS]
+        # the bilinear heads side by side: one product gives every head's query
+        projections = [_linear_stack([getattr(m, name).proj for m in members]) for name in self.heads]
         weights, biases = zip(*projections, strict=True)
         self.query = torch.cat(weights, 2).contiguous(), torch.cat(biases, 2).contiguous()  # [K, hidden, H d]
         self.vectors = [torch.stack([getattr(m, name).vectors() for m in members]).contiguous()
-                        for name in self.HEADS]                                             # H x [K, N, d]
+                        for name in self.heads]                                             # H x [K, N, d]
         self.item_bias = [torch.stack([getattr(m, name).bias for m in members]).contiguous()
-                          for name in self.HEADS]                                           # H x [K, N]
+                          for name in self.heads]                                           # H x [K, N]
         self.leave_known = torch.stack([m.leave_known for m in members]).to(self.item_in.dtype)
-        self.watch_known = torch.stack([m.watch_known for m in members])
+        self.known = [torch.stack([getattr(m, signal.known) for m in members])[:, None, None]
+                      for signal in self.signals]                                           # S x [K, 1, 1]
         self.recency = None
         if first.recency is not None:
             self.recency = (first.recency,  # its attribute table (the same for every member)
@@ -328,10 +334,10 @@ class GRUStack:
                             torch.stack([m.recency.decay() for m in members])[:, None, None])
 
     def _heads(self, h: Tensor, items: Tensor | None) -> tuple[Tensor, ...]:
-        """Logits ``[K, B, S]`` of every head (:attr:`HEADS` order) for ``items``: the same
+        """Logits ``[K, B, S]`` of every head (:attr:`heads` order) for ``items``: the same
         ``[B, S]`` for every member, each member's own ``[K, B, S]``, or ``None`` (``[K, B, N]``:
         the whole catalogue)."""
-        queries = torch.baddbmm(self.query[1], h, self.query[0]).chunk(len(self.HEADS), -1)  # H x [K, B, d]
+        queries = torch.baddbmm(self.query[1], h, self.query[0]).chunk(len(self.heads), -1)  # H x [K, B, d]
         if items is None:
             return tuple(torch.baddbmm(bias[:, None, :], q, vectors.transpose(1, 2))
                          for q, vectors, bias in zip(queries, self.vectors, self.item_bias, strict=True))
@@ -339,16 +345,17 @@ class GRUStack:
                      for q, vectors, bias in zip(queries, self.vectors, self.item_bias, strict=True))
 
     def predict(self, state: Tensor, items: Tensor | None = None) -> tuple[Tensor, ...]:
-        """Every member's :class:`~recrl.behavior.base.Predictions` fields for ``items`` (shared
-        ``[B, S]`` or per member ``[K, B, S]``, as in :meth:`next_state`)."""
+        """Every member's :class:`~recrl.env.response.Predictions` fields for ``items`` (shared
+        ``[B, S]`` or per member ``[K, B, S]``, as in :meth:`next_state`), as
+        :meth:`~recrl.env.response.Predictions.flat` orders them."""
         h = state[..., :self.hidden]
-        click, conversion, rating, watch = self._heads(h, items)
+        click, conversion, rating, *logits = self._heads(h, items)
         if self.recency is not None:
             recency, weight, _ = self.recency
             click = click + weight * recency.overlap(state[..., self.hidden:], items)
-        watch = F.softplus(watch)
-        watch = torch.where(self.watch_known[:, None, None], watch, torch.full_like(watch, float("nan")))
-        return click, torch.sigmoid(conversion), 1.0 + 4.0 * torch.sigmoid(rating), watch
+        values = (signal.predict(logit, known)
+                  for signal, logit, known in zip(self.signals, logits, self.known, strict=True))
+        return click, torch.sigmoid(conversion), 1.0 + 4.0 * torch.sigmoid(rating), *values
 
     def next_state(self, state: Tensor, slates: Tensor, click: Tensor, conversion: Tensor) -> Tensor:
         """Every member's state after ``slates`` and the response: the same for every member

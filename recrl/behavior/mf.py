@@ -145,7 +145,7 @@ class MFBehavior(StaticUserModel):
         self.rating_head = BilinearScorer(dim, nn.Embedding(n_items, dim), n_items)
         self.leave_head = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), nn.Linear(dim, 1))
         self.register_buffer("leave_known", torch.tensor(True))
-        self._add_watch_head(dim, dim)
+        self._add_signal_heads(dim, dim)
         self.to(device)
 
     # ------------------------------------------------------------------ users
@@ -193,7 +193,7 @@ class MFBehavior(StaticUserModel):
         logits = {"click": self.click_head(h, items)[..., 0],
                   "conversion": self.conversion_head(h, items)[..., 0],
                   "rating": self.rating_head(h, items)[..., 0],
-                  "watch": self.watch_head(h, items)[..., 0],
+                  **{k: v[..., 0] for k, v in self.signal_logits(h, items).items()},
                   "leave": self.leave_head(p).expand(-1, batch.item.shape[1]),
                   "click_state": h}
         if batch.negative is not None:

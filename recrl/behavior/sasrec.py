@@ -149,7 +149,7 @@ class SASRecBehavior(SequenceUserModel):
         self.register_buffer("inv_freq", 10000.0 ** -(torch.arange(0, half, 2).float() / half),
                              persistent=False)
         self.register_buffer("leave_known", torch.tensor(True))
-        self._add_watch_head(dim, dim)
+        self._add_signal_heads(dim, dim)
         if not item_ids:
             self.freeze_item_ids()
         self.to(device)
@@ -275,7 +275,7 @@ class SASRecBehavior(SequenceUserModel):
         logits = {"click": self.click_head(before, items)[..., 0],
                   "conversion": self.conversion_head(before, items)[..., 0],
                   "rating": self.rating_head(before, items)[..., 0],
-                  "watch": self.watch_head(before, items)[..., 0],
+                  **{k: v[..., 0] for k, v in self.signal_logits(before, items).items()},
                   "leave": self.leave_head(after)[..., 0]}
         if batch.negative is not None:
             sampled = batch.negative.clamp(max=self.n_items - 1)[..., None]

@@ -15,17 +15,28 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from recrl.types import LOG_COLUMNS, Interactions, RecrlError, Splits
+from recrl.env.signals import SIGNALS
+from recrl.types import Interactions, RecrlError, Splits, log_columns
 
 SPLITS = ("leave_last_out", "temporal", "random", "given", "user")
-TRAIN, VALID, TEST = 0, 1, 2
-# compact on purpose: logs are the largest tables recrl holds in memory
-LOG_DTYPES = {"user": np.int32, "item": np.int32, "time": np.int64, "click": np.float32,
-              "conversion": np.float32, "rating": np.float32, "watch": np.float32, "leave": np.float32,
-              "propensity": np.float32}
-# the value of a column the data does not have
-LOG_DEFAULTS = {"rating": np.nan, "watch": np.nan, "conversion": 0.0, "leave": np.nan, "propensity": np.nan}
 DEDUPE = ("exact", "user_item", "none")
+TRAIN, VALID, TEST = 0, 1, 2
+# compact on purpose: logs are the largest tables recrl holds in memory (a user signal: float32)
+CORE_DTYPES = {"user": np.int32, "item": np.int32, "time": np.int64, "click": np.float32,
+               "conversion": np.float32, "rating": np.float32, "leave": np.float32, "propensity": np.float32}
+# the value of a column the data does not have (a user signal: NaN)
+CORE_DEFAULTS = {"rating": np.nan, "conversion": 0.0, "leave": np.nan, "propensity": np.nan}
+
+
+def log_dtypes() -> dict[str, Any]:
+    """The dtype of every log column: :data:`CORE_DTYPES` and float32 per registered signal."""
+    return {**CORE_DTYPES, **dict.fromkeys(SIGNALS, np.float32)}
+
+
+def log_defaults() -> dict[str, float]:
+    """The value of each optional log column the data does not have: :data:`CORE_DEFAULTS` and
+    NaN per registered signal."""
+    return {**CORE_DEFAULTS, **dict.fromkeys(SIGNALS, np.nan)}
 
 
 @dataclass
@@ -33,10 +44,10 @@ class RawLog:
     """Interactions as read from files, before cleaning.
 
     ``log`` has raw ``user`` and ``item`` ids and any of ``time``, ``rating``, ``click``,
-    ``conversion``, ``watch``, ``propensity``, ``leave``; rows of a user without ``time`` are taken to be
-    in time order. ``items``/``users`` are side tables indexed by raw id. ``test`` is a given
-    test log (e.g. Coat's randomized exposures) and ``test_is_randomized`` says it can serve as
-    the ground truth for evaluation.
+    ``conversion``, ``propensity``, ``leave`` and the user signals (``watch``, ...); rows of a
+    user without ``time`` are taken to be in time order. ``items``/``users`` are side tables
+    indexed by raw id. ``test`` is a given test log (e.g. Coat's randomized exposures) and
+    ``test_is_randomized`` says it can serve as the ground truth for evaluation.
     """
 
     log: pd.DataFrame
@@ -165,7 +176,7 @@ class Preprocessing:
         else:
             out["click"] = (log["click"].to_numpy(dtype=np.float32) if "click" in log
                             else np.ones(n, dtype=np.float32))
-        for column in LOG_DEFAULTS:
+        for column in log_defaults():
             if column in log:
                 out[column] = log[column].to_numpy(dtype=np.float32)
         for column in log.columns:  # extras such as is_like: kept for models that use them
@@ -291,8 +302,9 @@ def _split_frames(cols: dict[str, np.ndarray], part: np.ndarray) -> dict[str, pd
 
 
 def log_frame(cols: Mapping[str, Any]) -> pd.DataFrame:
-    """A log frame in :data:`LOG_COLUMNS` order and dtypes from columns (a dict of arrays or a
-    DataFrame); absent optional columns get :data:`LOG_DEFAULTS`, extra columns follow.
+    """A log frame in :func:`~recrl.types.log_columns` order and :func:`log_dtypes` from columns
+    (a dict of arrays or a DataFrame); absent optional columns get :func:`log_defaults`, extra
+    columns follow.
 
     Example::
 
@@ -300,23 +312,25 @@ def log_frame(cols: Mapping[str, Any]) -> pd.DataFrame:
     """
     cols = {k: np.asarray(v) for k, v in cols.items()}
     n = len(cols["user"])
+    columns, dtypes, defaults = log_columns(), log_dtypes(), log_defaults()
     out = {}
-    for column in LOG_COLUMNS:
-        default = LOG_DEFAULTS.get(column)
-        value = cols[column] if column in cols else np.full(n, default, dtype=LOG_DTYPES[column])
-        out[column] = np.asarray(value, dtype=LOG_DTYPES[column])
-    out.update({k: v for k, v in cols.items() if k not in LOG_COLUMNS})
+    for column in columns:
+        default = defaults.get(column)
+        value = cols[column] if column in cols else np.full(n, default, dtype=dtypes[column])
+        out[column] = np.asarray(value, dtype=dtypes[column])
+    out.update({k: v for k, v in cols.items() if k not in columns})
     return pd.DataFrame(out, copy=False)
 
 
 def _finish(frame: pd.DataFrame) -> pd.DataFrame:
     """Standard column order and dtypes; extra columns follow."""
     frame = frame.reset_index(drop=True)
-    for column, default in LOG_DEFAULTS.items():
+    columns, dtypes = log_columns(), log_dtypes()
+    for column, default in log_defaults().items():
         if column not in frame:
-            frame[column] = np.full(len(frame), default, dtype=LOG_DTYPES[column])
-    extra = [c for c in frame.columns if c not in LOG_COLUMNS]
-    return frame[list(LOG_COLUMNS) + extra].astype(LOG_DTYPES)
+            frame[column] = np.full(len(frame), default, dtype=dtypes[column])
+    extra = [c for c in frame.columns if c not in columns]
+    return frame[list(columns) + extra].astype(dtypes)
 
 
 def _side_table(table: pd.DataFrame | None, ids: np.ndarray) -> pd.DataFrame:

@@ -20,7 +20,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from recrl.env.choice import MNL, ChoiceModel
-from recrl.types import LOG_COLUMNS, Interactions, Response, Splits
+from recrl.env.response import Predictions, expected_response, sample_response
+from recrl.types import Interactions, Response, Splits, log_columns
 
 
 class SyntheticWorld:
@@ -143,6 +144,18 @@ class SyntheticWorld:
         affinity, quality, _, _, boredom = self._item_terms(state, slates)
         return torch.sigmoid(4.0 * (quality - 0.5) + 1.5 * affinity - 0.3 * boredom)
 
+    def signals(self, state: Tensor, slates: Tensor | None) -> dict[str, Tensor]:
+        """The expected value given a click of every user signal the world knows
+        (:mod:`recrl.env.signals`), ``[B, K]`` (``[B, N]`` for ``slates=None``): ``watch``."""
+        return {"watch": self.watch(state, slates)}
+
+    def predict(self, state: Tensor, slates: Tensor | None) -> Predictions:
+        """The world's click utilities, conversion probabilities, expected ratings and signal
+        values for ``slates`` ``[B, K]`` (every item when ``None``)."""
+        return Predictions(click_logit=self.click_utility(state, slates),
+                           conversion_prob=self.conversion_prob(state, slates),
+                           rating=self.rating(state, slates), values=self.signals(state, slates))
+
     def leave_prob(self, state: Tensor) -> Tensor:
         """Probability ``[B]`` of leaving now: low satisfaction makes users leave."""
         satisfaction = self._split(state)[1]
@@ -165,19 +178,17 @@ class SyntheticWorld:
         ``[B, N]`` the probability after a click on the item (what :class:`recrl.algos.oracle.Oracle`
         uses to rank candidates).
         """
-        utility = self.click_utility(state, slates)
+        predicted = self.predict(state, slates)
+        utility = predicted.click_logit
         click_prob = choice.probs(utility.reshape(-1, 1)).view_as(utility) if slates is None \
             else choice.probs(utility)
-        conv_prob = self.conversion_prob(state, slates)
         if slates is None:
             satisfaction = self._split(state)[1]
             after = self.satisfaction_decay * satisfaction[:, None] + self.click_gain()
             leave = torch.sigmoid(self.leave_bias - self.leave_satisfaction * after)
         else:
             leave = self.leave_prob(self.update(state, slates, click_prob))
-        return Response(click_prob=click_prob, click=click_prob, conversion_prob=conv_prob,
-                        conversion=click_prob * conv_prob, rating=self.rating(state, slates),
-                        watch=self.watch(state, slates), leave_prob=leave)
+        return expected_response(click_prob, predicted, leave)
 
     def respond(self, state: Tensor, slates: Tensor, generator: torch.Generator,
                 choice: ChoiceModel = MNL, available: Tensor | None = None) -> tuple[Response, Tensor]:
@@ -186,15 +197,11 @@ class SyntheticWorld:
 
         ``leave_prob`` of the response is the probability of leaving after this step.
         """
-        click_prob, click = choice.sample(self.click_utility(state, slates), generator, available)
-        conv_prob = self.conversion_prob(state, slates)
-        u = torch.rand(conv_prob.shape, device=conv_prob.device, generator=generator)
-        conversion = click * (u < conv_prob).to(click.dtype)
-        next_state = self.update(state, slates, click)
-        response = Response(click_prob=click_prob, click=click, conversion_prob=conv_prob,
-                            conversion=conversion, rating=self.rating(state, slates),
-                            watch=self.watch(state, slates), leave_prob=self.leave_prob(next_state))
-        return response, next_state
+        def advance(click: Tensor, conversion: Tensor) -> tuple[Tensor, Tensor]:
+            next_state = self.update(state, slates, click)
+            return next_state, self.leave_prob(next_state)
+
+        return sample_response(self.predict(state, slates), generator, choice, available, advance)
 
     def update(self, state: Tensor, slates: Tensor, click: Tensor) -> Tensor:
         """Next state: boredom with shown topics, satisfaction from the clicked item, drift."""
@@ -227,22 +234,21 @@ class SyntheticWorld:
         state = world.initial_state(n, g)
         probs = world.logging_probs()
         alive = torch.ones(n, dtype=torch.bool)
-        columns: dict[str, list[Tensor]] = {k: [] for k in
-                                            ("user", "time", "item", "click", "conversion",
-                                             "rating", "watch", "leave", "propensity")}
+        columns: dict[str, list[Tensor]] = {}
         users = torch.arange(n)
         for step in range(self.horizon):
             items = torch.multinomial(probs, n, replacement=True, generator=g)[:, None]
             resp, state = world.respond(state, items, g)
             leave = torch.rand(n, generator=g) < resp.leave_prob
             rows = alive
+            click = resp.click[:, 0]
+            signals = [(name, clicked_only(value[:, 0], click)) for name, value in resp.values.items()]
             for key, value in (("user", users), ("time", torch.full((n,), step)),
-                               ("item", items[:, 0]), ("click", resp.click[:, 0]),
+                               ("item", items[:, 0]), ("click", click),
                                ("conversion", resp.conversion[:, 0]),
-                               ("rating", clicked_only(resp.rating[:, 0], resp.click[:, 0])),
-                               ("watch", clicked_only(resp.watch[:, 0], resp.click[:, 0])),
+                               ("rating", clicked_only(resp.rating[:, 0], click)), *signals,
                                ("leave", leave.float()), ("propensity", probs[items[:, 0]])):
-                columns[key].append(value[rows])
+                columns.setdefault(key, []).append(value[rows])
             alive = alive & ~leave
             if not alive.any():
                 break
@@ -250,7 +256,7 @@ class SyntheticWorld:
         log = log.sort_values(["user", "time"], kind="stable").reset_index(drop=True)
         for col in ("user", "time", "item"):
             log[col] = log[col].astype(np.int64)
-        log = log[list(LOG_COLUMNS)]
+        log = log[[column for column in log_columns() if column in log]]
         items_table = pd.DataFrame({"topic": world.topic.numpy(), "quality": world.quality.numpy(),
                                     "price": world.price.numpy(), "clickbait": world.is_bait.numpy()})
         part = self.user_split(n)[log["user"].to_numpy()]
@@ -282,7 +288,7 @@ class SyntheticWorld:
 
 
 def clicked_only(value: Tensor, click: Tensor) -> Tensor:
-    """``value`` where the item was clicked, NaN elsewhere (ratings and watch exist after a click)."""
+    """``value`` where the item was clicked, NaN elsewhere (ratings and signals exist after a click)."""
     return torch.where(click > 0, value, torch.full_like(value, math.nan))
 
 

@@ -34,12 +34,19 @@ from gymnasium.vector import AutoresetMode
 from gymnasium.vector.utils import batch_space
 from torch import Tensor
 
+from recrl.env.signals import SIGNALS
 from recrl.env.simulator import RecEnv
 from recrl.types import Obs, RecrlError, Response, Reward, StepInfo, UserModel
 
 Duplicates = Literal["allow", "error"]
 _SEED_RANGE = 2**62
-RESPONSE_INFO = ("click", "conversion", "rating", "watch")  # per-slot response fields in a step's info
+RESPONSE_INFO = ("click", "conversion", "rating")  # per-slot response fields in a step's info (+ signals)
+
+
+def response_info(response: Response) -> dict[str, Tensor]:
+    """The per-slot response fields a step's info holds: :data:`RESPONSE_INFO` and the value of
+    every user signal the response carries (``watch``, ...), each ``[B, K]``."""
+    return {**{key: getattr(response, key) for key in RESPONSE_INFO}, **response.values}
 
 
 def rec_spaces(n_items: int, slate_size: int, history_len: int,
@@ -92,8 +99,8 @@ class RecGymEnv(gymnasium.Env):
     same seed and actions give the same trajectory (the one ``RecEnv.reset(1, seed=s)`` gives).
     ``terminated`` means the user left, ``truncated`` that the horizon was reached. ``info`` of a
     step holds the user's response per slate slot: ``click``, ``conversion`` (0/1), ``rating``
-    and ``watch`` (expected rating and watch given a click; watch is NaN where the user model
-    has none), each a float32 array ``[K]``. Extra keyword arguments
+    and each user signal's value, e.g. ``watch`` (expected rating and values given a click; a
+    signal is NaN where the user model has none), each a float32 array ``[K]``. Extra keyword arguments
     (``choice``, ``no_repeat``, ``boredom``, ...) go to :class:`RecEnv`.
 
     Example::
@@ -139,8 +146,7 @@ class RecGymEnv(gymnasium.Env):
             _check_duplicates(slates)
         obs, reward, done, info = self.rec.step(slates)
         self._running = not bool(done[0])
-        resp = info.response
-        extra = {k: getattr(resp, k)[0].float().cpu().numpy() for k in RESPONSE_INFO}
+        extra = {k: v[0].float().cpu().numpy() for k, v in response_info(info.response).items()}
         return (self._observation(obs), float(reward[0]), bool(info.terminated[0]),
                 bool(info.truncated[0]), extra)
 
@@ -169,7 +175,7 @@ class RecVectorEnv(gymnasium.vector.VectorEnv):
       final one is in ``info["final_obs"]`` (batched like the observations, valid where
       ``info["_final_obs"]``).
 
-    ``info`` holds ``click``, ``conversion``, ``rating`` and ``watch`` ``[B, K]`` with the masks
+    ``info`` holds ``click``, ``conversion``, ``rating`` and the signals (``watch``) ``[B, K]`` with the masks
     ``_click`` ... (true on rows that took a real step). With ``output="numpy"`` (default)
     observations, rewards (float32), flags and info are numpy arrays; with ``output="torch"`` they
     are tensors on ``device`` and actions may be tensors there too, so nothing crosses to the host
@@ -239,9 +245,7 @@ class RecVectorEnv(gymnasium.vector.VectorEnv):
         self.rec.restart(restart)
         obs = self.rec.observe()
         live = info.was_alive
-        resp = info.response
-        for key in RESPONSE_INFO:
-            value = getattr(resp, key)
+        for key, value in response_info(info.response).items():
             extra[key] = torch.where(live[:, None], value, torch.zeros_like(value))
             extra[f"_{key}"] = live
         out = (_obs_dict(obs, False), reward, info.terminated, info.truncated, extra)
@@ -450,10 +454,11 @@ class GymAdapter:
 
     def _response(self, b: int) -> Response:
         """A recommendation response of zeros: a gymnasium env has no clicks, conversions,
-        ratings or watch times."""
+        ratings or user signals (each registered one is 0)."""
         zeros = torch.zeros(b, 1, device=self.device)
         return Response(click_prob=zeros, click=zeros, conversion_prob=zeros, conversion=zeros,
-                        rating=zeros, watch=zeros, leave_prob=torch.zeros(b, device=self.device))
+                        rating=zeros, leave_prob=torch.zeros(b, device=self.device),
+                        values=dict.fromkeys(SIGNALS, zeros))
 
     def close(self) -> None:
         """Close every copy."""

@@ -1,7 +1,8 @@
 """Interaction logs in any CSV or Parquet file (``dataset=csv``, ``dataset=parquet``).
 
 ``dataset.columns`` maps recrl's fields (``user``, ``item``, ``time``, ``rating``, ``click``,
-``conversion``, ``watch``, ``propensity``, ``leave`` and any extra, e.g. ``is_like``) to the file's
+``conversion``, ``propensity``, ``leave``, the user signals such as ``watch`` and any extra, e.g.
+``is_like``) to the file's
 column names. A CSV file is read with pandas' C parser; only when that finds something wrong is
 it read again line by line, so that an error names the file and line (or, with
 ``dataset.on_bad_rows=skip``, the bad rows are dropped and counted).
@@ -74,8 +75,8 @@ class TabularDataset(FileDataset):
         path: the log file, relative to ``root``.
         format: ``csv`` or ``parquet``.
         columns: recrl field -> the file's column; ``user`` and ``item`` are required; ``time``,
-            ``rating``, ``click``, ``conversion``, ``watch``, ``propensity``, ``leave`` and extras
-            are optional.
+            ``rating``, ``click``, ``conversion``, ``propensity``, ``leave``, the user signals
+            (``watch``, ...) and extras are optional.
             Without a header, name columns by position (``"0"``, ``"1"``...).
         sep, header, encoding: how the CSV file is written.
         item_file: optional side table (CSV with the same ``sep``, or ``.parquet``) keyed by the item

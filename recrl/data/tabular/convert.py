@@ -14,11 +14,12 @@ from collections.abc import Callable, Mapping
 import numpy as np
 import pandas as pd
 
+from recrl.env.signals import SIGNALS
 from recrl.types import RecrlError
 
 NA_TOKENS = frozenset({"", "nan", "NaN", "NAN", "NA", "N/A", "n/a", "null", "NULL", "None"})
 FIELD_KINDS = {"user": "id", "item": "id", "time": "time", "click": "number", "conversion": "number",
-               "rating": "optional", "watch": "optional", "propensity": "optional", "leave": "optional"}
+               "rating": "optional", "propensity": "optional", "leave": "optional"}
 _INT_ID = r"[+-]?\d{1,18}"
 _INT_LIMIT = 2.0**62
 _EXACT_FLOAT_INT = 2.0**53  # whole floats below this are exact integers: ids read as floats become ints
@@ -29,9 +30,10 @@ Converted = tuple[np.ndarray, Problems]
 
 
 def field_kind(field: str) -> str:
-    """How a field is typed: ``id``, ``time``, ``number`` (required), ``optional`` (NaN allowed) or
-    ``extra`` (numeric if every value is, else text; never an error)."""
-    return FIELD_KINDS.get(field, "extra")
+    """How a field is typed: ``id``, ``time``, ``number`` (required), ``optional`` (NaN allowed:
+    also every user signal, :mod:`recrl.env.signals`) or ``extra`` (numeric if every value is,
+    else text; never an error)."""
+    return FIELD_KINDS.get(field, "optional" if field in SIGNALS else "extra")
 
 
 def _text(series: pd.Series) -> pd.Series:
