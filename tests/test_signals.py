@@ -17,9 +17,12 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from recrl.behavior.ensemble import BehaviorEnsemble
+from recrl.behavior.deepfm import DeepFMBehavior
+from recrl.behavior.ensemble import BehaviorEnsemble, OwnMemberSimulator
 from recrl.behavior.fit import TrainingSettings
 from recrl.behavior.gru import GRUBehavior, GRUStack
+from recrl.behavior.mf import MFBehavior
+from recrl.behavior.sasrec import SASRecBehavior
 from recrl.data.preprocess import Preprocessing, RawLog, log_frame
 from recrl.env.gym import RecVectorEnv
 from recrl.env.signals import SIGNALS, Signal, register, signal_names, unregister
@@ -167,6 +170,31 @@ def test_an_ensemble_of_grus_carries_the_signal(like: Signal) -> None:
     one = members[int(state[0, :2].argmax())]  # row 0's member (state: one-hot member weights first)
     alone, _ = one.respond(one.initial_state(1), slates[:1], torch.Generator().manual_seed(1))
     torch.testing.assert_close(response.values["like"][:1], alone.values["like"])
+
+
+@pytest.mark.parametrize("model_class", [SASRecBehavior, MFBehavior, DeepFMBehavior])
+def test_every_model_kind_fits_a_head_for_the_signal(like: Signal, model_class: type) -> None:
+    settings = TrainingSettings(lr=3e-2, epochs=2, max_len=10, batch_size=16)
+    model = model_class(n_items=N_ITEMS, n_users=40, dim=8, training=settings)
+    model.fit(like_log(with_like=True))
+    assert model.signal_names == ("watch", "like") and bool(model.like_known)
+    state = model.initial_state(3, torch.Generator().manual_seed(0))
+    values = model.score_all(state).values
+    assert values["like"].shape == (3, N_ITEMS) and not values["like"].isnan().any()
+    assert values["watch"].isnan().all()
+
+
+def test_an_ensemble_of_sasrec_members_carries_the_signal_through_vmap(like: Signal) -> None:
+    members = [SASRecBehavior(n_items=N_ITEMS, n_users=40, dim=8, dropout=0.0,
+                              training=TrainingSettings(epochs=1, max_len=10, batch_size=16, seed=k))
+               for k in range(2)]
+    ensemble = BehaviorEnsemble(members)
+    ensemble.fit(like_log(with_like=True))
+    slates = torch.tensor([[0, 1]]).expand(4, -1)
+    for simulator in (ensemble, OwnMemberSimulator(ensemble)):
+        state = simulator.initial_state(4, torch.Generator().manual_seed(0))
+        response, _ = simulator.respond(state, slates, torch.Generator().manual_seed(1))
+        assert response.values["like"].shape == (4, 2) and not response.values["like"].isnan().any()
 
 
 def test_a_reward_declaring_a_signal_the_logs_lack_is_a_one_line_error(like: Signal) -> None:
