@@ -99,6 +99,10 @@ def _equal(a, b, what: str) -> None:
         assert torch.equal(torch.signbit(a), torch.signbit(b)) if a.is_floating_point() else True, what
     elif a is None:
         assert b is None, what
+    elif isinstance(a, dict):  # Response.values
+        assert a.keys() == b.keys(), what
+        for key in a:
+            _equal(a[key], b[key], f"{what}[{key}]")
     else:
         for field in a.__dataclass_fields__:
             _equal(getattr(a, field), getattr(b, field), f"{what}.{field}")
