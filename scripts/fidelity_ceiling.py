@@ -36,6 +36,7 @@ from torch import Tensor
 
 from recrl.behavior.fidelity import true_model_agreement
 from recrl.data.synthetic import SyntheticWorld
+from recrl.env.signals import SIGNALS
 from recrl.report import write_text_atomic
 from recrl.types import Obs, Response
 
@@ -104,8 +105,8 @@ class BayesPredictor:
         click_prob, conv_prob = torch.cat(clicks), torch.cat(conversions)
         nan = torch.full_like(click_prob, float("nan"))
         return Response(click_prob=click_prob, click=click_prob, conversion_prob=conv_prob,
-                        conversion=click_prob * conv_prob, rating=nan, watch=nan,
-                        leave_prob=self.leave_prob(post))
+                        conversion=click_prob * conv_prob, rating=nan,
+                        leave_prob=self.leave_prob(post), values=dict.fromkeys(SIGNALS, nan))
 
     def leave_prob(self, post: Posterior) -> Tensor:
         """Leave probability ``[B]`` (it depends on satisfaction only, known from the history)."""

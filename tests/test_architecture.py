@@ -72,6 +72,12 @@ def test_recrl_has_no_import_cycles() -> None:
     assert find_cycle(graph) is None, f"import cycle: {' -> '.join(find_cycle(graph) or [])}"
 
 
+def test_the_contracts_build_on_the_signal_registry_alone() -> None:
+    graph = import_graph()
+    assert graph["recrl.env.signals"] == set()  # torch only: recrl.types imports it
+    assert graph["recrl.types"] == {"recrl.env.signals"}
+
+
 def test_stages_know_nothing_of_training_or_evaluation() -> None:
     graph = import_graph()
     assert not graph["recrl.stages"] & {"recrl.train", "recrl.evaluate", "recrl.loop"}
