@@ -116,3 +116,25 @@ def test_load_names_what_is_missing(tmp_path: Path) -> None:
     (tmp_path / "run" / "checkpoints").mkdir(parents=True)
     with pytest.raises(RecrlError, match=r"has no checkpoints/best\.pt"):
         api.load(tmp_path / "run", checkpoint="best")
+
+
+def test_a_run_on_a_csv_log_serves_its_raw_item_ids(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The id maps of prepared data are applied both ways: string item ids in and out."""
+    monkeypatch.setenv("RECRL_CACHE_DIR", str(tmp_path / "cache"))
+    rng = np.random.default_rng(0)
+    rows = [(f"u{u}", f"item-{int(i):02d}", t, int(rng.integers(1, 6)))
+            for u in range(40) for t, i in enumerate(rng.choice(15, size=6, replace=False))]
+    lines = ["user_id,item_id,timestamp,rating"] + [",".join(map(str, row)) for row in rows]
+    (tmp_path / "log.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    data = ["dataset=csv", f"dataset.root={tmp_path}", "dataset.path=log.csv",
+            "dataset.preprocess.min_user_interactions=1", "dataset.preprocess.min_item_interactions=1",
+            "dataset.preprocess.implicit_threshold=4"]
+    run = api.train([*SMOKE, "algo=dqn", *data], run_dir=tmp_path / "run")
+    catalogue = {f"item-{i:02d}" for i in range(15)}
+    served = run.policy.recommend([["item-03", "item-07"], []], k=4)
+    assert [len(row) for row in served] == [4, 4]
+    assert set(served[0]) | set(served[1]) <= catalogue
+    assert not set(served[0]) & {"item-03", "item-07"}  # skip_shown, on raw ids
+    with pytest.raises(RecrlError, match="'item-99' is not in this run's catalogue"):
+        run.policy.recommend([["item-99"]])
+    assert api.load(run.run_dir).policy.recommend([["item-03", "item-07"], []], k=4) == served
