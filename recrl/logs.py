@@ -2,7 +2,7 @@
 
 Modules log with ``log = logging.getLogger(__name__)``; Hydra configures the handlers from
 ``conf/hydra/job_logging/recrl.yaml`` for every job: :class:`ConsoleHandler` (rich, on stderr)
-and a ``FileHandler`` with :class:`PlainFormatter` writing ``<run folder>/recrl.log``. Outside a
+and a ``FileHandler`` with :class:`PlainFormatter` writing ``<run folder>/cli.log``. Outside a
 Hydra job (library use, tests) nothing is configured and only warnings reach stderr.
 
 Records logged with ``extra={"markup": True}`` may carry rich markup (``[bold]...[/bold]``): the

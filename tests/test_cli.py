@@ -71,7 +71,7 @@ def test_train_writes_the_run_folder(trained_run: tuple[Path, Path]) -> None:
 
 def test_the_run_folder_log_holds_the_run_messages(trained_run: tuple[Path, Path]) -> None:
     _, run = trained_run
-    log = (run / "recrl.log").read_text()
+    log = (run / "cli.log").read_text()
     for message in ("[recrl.behavior.fit][INFO] - fitting behavior model GRUBehavior on",
                     "[recrl.behavior.fit][INFO] - fitted behavior model GRUBehavior in",
                     "[recrl.loop][INFO] - training ", "[recrl.loop][INFO] - step 30/",
@@ -103,7 +103,7 @@ def test_eval_reproduces_the_final_evaluation(trained_run: tuple[Path, Path]) ->
     root, run = trained_run
     out = root / "eval"
     proc = recrl("eval", f"checkpoint={run}", f"hydra.run.dir={out}", cwd=root, cache=root / "cache")
-    assert "result: dqn return " in proc.stderr and "result: dqn return " in (out / "recrl.log").read_text()
+    assert "result: dqn return " in proc.stderr and "result: dqn return " in (out / "cli.log").read_text()
     original = means(json.loads((run / "report.json").read_text()))
     again = means(json.loads((out / "report.json").read_text()))
     assert original.keys() == again.keys()
@@ -212,7 +212,7 @@ def test_sweep_writes_one_folder_per_job_and_a_summary(tmp_path: Path, launcher:
     assert all(r["n_seeds"] == str(len(seeds)) for r in returns)
     assert "## return by algorithm" in (sweep / "summary.md").read_text()
     for job in jobs:  # every job logs into its own folder, also in joblib's worker processes
-        assert "result: " in (job / "recrl.log").read_text(), job
+        assert "result: " in (job / "cli.log").read_text(), job
 
 
 @pytest.mark.parametrize(("args", "message"), [
@@ -294,6 +294,6 @@ def test_a_signal_leaves_the_last_checkpoint_intact(tmp_path: Path, spawn: Calla
     assert proc.returncode == code, err
     line = f"{message}; checkpoints already written in {run / 'checkpoints'} are intact"
     assert err.strip().splitlines()[-1] == f"recrl: error: {line}", err
-    assert f"[recrl.cli][ERROR] - {line} (exit code {code})" in (run / "recrl.log").read_text()
+    assert f"[recrl.cli][ERROR] - {line} (exit code {code})" in (run / "cli.log").read_text()
     assert load_checkpoint(last)["step"] >= 5
     assert not list(last.parent.glob("*.tmp"))

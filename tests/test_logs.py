@@ -1,6 +1,6 @@
 """Run messages (recrl.logs), progress-bar settings and the CLI's signal handling, in process.
 
-The end-to-end checks (the run folder's ``recrl.log``, exit codes 130/143 of a real run) are in
+The end-to-end checks (the run folder's ``cli.log``, exit codes 130/143 of a real run) are in
 tests/test_cli.py.
 """
 
