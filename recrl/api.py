@@ -28,6 +28,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from recrl.config import CONF_DIR, validate
 from recrl.fileio import write_text_atomic
+from recrl.logs import console_logging
 from recrl.types import Obs, RecrlError, Scorer
 
 __all__ = ["Recommender", "Run", "load", "train"]
@@ -156,6 +157,7 @@ def train(overrides: Sequence[str] | DictConfig | None = None, run_dir: str | Pa
     """
     from recrl.train import train as run_training
 
+    console_logging()
     if isinstance(overrides, DictConfig):
         cfg = overrides
         name = algo_name or str(cfg.algo._target_).rsplit(".", 1)[-1].lower()

@@ -3,7 +3,9 @@
 Modules log with ``log = logging.getLogger(__name__)``; Hydra configures the handlers from
 ``conf/hydra/job_logging/recrl.yaml`` for every job: :class:`ConsoleHandler` (rich, on stderr)
 and a ``FileHandler`` with :class:`PlainFormatter` writing ``<run folder>/cli.log``. Outside a
-Hydra job (library use, tests) nothing is configured and only warnings reach stderr.
+Hydra job nothing is configured (tests, library use) until :func:`console_logging` is called:
+the Python API (:mod:`recrl.api`) and the ``scripts/`` tools call it, so their messages reach
+the console too.
 
 Records logged with ``extra={"markup": True}`` may carry rich markup (``[bold]...[/bold]``): the
 console renders it, the log file gets the text without it. Records logged with
@@ -73,3 +75,14 @@ class ConsoleHandler(RichHandler):
             return
         with tqdm.external_write_mode(file=sys.stderr):
             super().emit(record)
+
+
+def console_logging(level: int = logging.INFO) -> None:
+    """Send recrl's messages at ``level`` and above to the console (:class:`ConsoleHandler`),
+    outside a Hydra job; nothing changes when the ``recrl`` logger or the root logger already
+    has handlers (a Hydra job, an application's own logging setup)."""
+    package = logging.getLogger("recrl")
+    if package.handlers or logging.getLogger().handlers:
+        return
+    package.addHandler(ConsoleHandler())
+    package.setLevel(level)

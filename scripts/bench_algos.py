@@ -31,6 +31,7 @@ from rich.table import Table
 
 from recrl.algos.oracle import Oracle, can_plan
 from recrl.config import CONF_DIR, algo_options, build_algo_by_name, validate
+from recrl.logs import console_logging
 from recrl.loop import Trainer
 from recrl.metrics.online import run_episodes
 from recrl.report import write_text_atomic
@@ -99,6 +100,7 @@ def bench_one(name: str, stages, args: argparse.Namespace, target: float, oracle
 
 def main() -> None:
     """Run the benchmark, print the table and write the JSON."""
+    console_logging()  # the stages' messages (behavior fit or cache hit) on the console
     args = parse()
     if args.threads:
         torch.set_num_threads(args.threads)

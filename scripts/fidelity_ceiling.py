@@ -37,6 +37,7 @@ from torch import Tensor
 from recrl.behavior.fidelity import true_model_agreement
 from recrl.data.synthetic import SyntheticWorld
 from recrl.env.signals import SIGNALS
+from recrl.logs import console_logging
 from recrl.report import write_text_atomic
 from recrl.types import Obs, Response
 
@@ -116,6 +117,7 @@ class BayesPredictor:
 
 def main() -> None:
     """Evaluate the Bayes predictor and the behavior model, print the table, write JSON."""
+    console_logging()  # the stages' messages (behavior fit or cache hit) on the console
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--particles", type=int, default=1024)
     parser.add_argument("--out", type=Path, default=Path("fidelity_ceiling.json"))

@@ -51,6 +51,7 @@ from recrl.config import CONF_DIR, build, validate
 from recrl.data.synthetic import SyntheticWorld
 from recrl.env.simulator import RecEnv
 from recrl.evaluate import Evaluation, oracle_summary
+from recrl.logs import console_logging
 from recrl.metrics.online import run_episodes
 from recrl.metrics.stats import mean_ci, set_seed
 from recrl.report import write_text_atomic
@@ -205,6 +206,7 @@ def parse() -> argparse.Namespace:
 
 def main() -> None:
     """Train every variant for every seed, print the table and write the JSON."""
+    console_logging()  # the stages' messages (behavior fit or cache hit) on the console
     args = parse()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("train", overrides=["trainer.device=cpu", "trainer.progress=false", *args.overrides])

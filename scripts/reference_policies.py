@@ -46,6 +46,7 @@ from recrl.algos.random import RandomPolicy
 from recrl.config import CONF_DIR, validate
 from recrl.data.synthetic import SyntheticWorld
 from recrl.env.simulator import RecEnv
+from recrl.logs import console_logging
 from recrl.metrics.online import run_episodes
 from recrl.report import write_text_atomic
 from recrl.stages import Stages, build_stages
@@ -145,6 +146,7 @@ def synthetic_run(overrides: list[str], what: str) -> tuple[DictConfig, Stages, 
 
 def main() -> None:
     """Evaluate the references, print the table and write the JSON."""
+    console_logging()  # the stages' messages (behavior fit or cache hit) on the console
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("reference_policies.json"))
     parser.add_argument("overrides", nargs="*", help="recrl train overrides after --")

@@ -35,6 +35,7 @@ from rich.console import Console
 from rich.table import Table
 
 from recrl.evaluate import restore_run
+from recrl.logs import console_logging
 from recrl.report import write_text_atomic
 from recrl.stages import Stages
 from recrl.types import RecrlError
@@ -134,6 +135,7 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    console_logging()  # the stages' messages (behavior fit or cache hit) on the console
     args = parse(argv)
     try:
         stages, algo = rebuild(args.checkpoint)

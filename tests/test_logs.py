@@ -104,3 +104,19 @@ def test_stop_on_signals_overrides_inherited_dispositions_and_restores_them() ->
     finally:
         for sig, handler in before.items():
             signal.signal(sig, handler)
+
+
+def test_console_logging_outside_hydra_adds_one_console_handler(monkeypatch: pytest.MonkeyPatch) -> None:
+    from recrl.logs import console_logging
+
+    package = logging.getLogger("recrl")
+    monkeypatch.setattr(package, "handlers", [])
+    monkeypatch.setattr(package, "level", logging.NOTSET)
+    monkeypatch.setattr(logging.getLogger(), "handlers", [])  # no application or Hydra setup
+    console_logging()
+    console_logging()  # idempotent
+    assert [type(h) for h in package.handlers] == [ConsoleHandler] and package.level == logging.INFO
+    monkeypatch.setattr(package, "handlers", [])
+    monkeypatch.setattr(logging.getLogger(), "handlers", [logging.NullHandler()])  # configured elsewhere
+    console_logging()
+    assert package.handlers == []
