@@ -24,9 +24,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 
-from recrl.config import CONF_DIR, validate
+from recrl.config import validate
 from recrl.fileio import write_text_atomic
 from recrl.logs import console_logging
 from recrl.types import Obs, RecrlError, Scorer
@@ -155,16 +155,17 @@ def train(overrides: Sequence[str] | DictConfig | None = None, run_dir: str | Pa
     ``algo_name``: the name of the algorithm's rows in the report (default: the ``algo`` option
     chosen, or the class name for a config).
     """
+    from recrl.cli import compose_with_choices
     from recrl.train import train as run_training
 
     console_logging()
     if isinstance(overrides, DictConfig):
         cfg = overrides
+        validate(cfg)  # before the run folder exists (composed configs are checked as they compose)
         name = algo_name or str(cfg.algo._target_).rsplit(".", 1)[-1].lower()
     else:
-        cfg, choice = compose_train(list(overrides or []))
-        name = algo_name or choice
-    validate(cfg)
+        cfg, choices = compose_with_choices("train", list(overrides or []))
+        name = algo_name or choices["algo"]
     folder = Path(run_dir) if run_dir is not None else Path("outputs/train") / dt.datetime.now().strftime(
         "%Y-%m-%d_%H-%M-%S")
     folder.mkdir(parents=True, exist_ok=True)
@@ -194,33 +195,6 @@ def read_report(run_dir: Path) -> dict[str, Any]:
     """A run folder's ``report.json`` as written (``{}`` when the run has none yet)."""
     path = run_dir / "report.json"
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-
-
-def compose_train(overrides: list[str]) -> tuple[DictConfig, str]:
-    """The ``recrl train`` config of ``overrides`` (one-line errors) and the algo option chosen."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
-    from recrl.cli import explain_compose_error
-
-    def composed() -> DictConfig:
-        try:
-            return compose("train", overrides=overrides, return_hydra_config=True)
-        except (HydraException, OmegaConfBaseException) as err:
-            raise RecrlError(explain_compose_error(err, " ".join(overrides)).replace(
-                "{command}", "train")) from err
-
-    if GlobalHydra.instance().is_initialized():
-        cfg = composed()
-    else:
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            cfg = composed()
-    choice = str(cfg.hydra.runtime.choices.algo)
-    with open_dict(cfg):
-        del cfg["hydra"]
-    return cfg, choice
 
 
 def _run(run_dir: Path, cfg: DictConfig, report: dict[str, Any], stages: Any, algo: Any) -> Run:

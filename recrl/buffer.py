@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from recrl.types import Obs, Transition
+from recrl.types import Env, Obs, Transition
 
 
 class ReplayBuffer:
@@ -251,7 +251,7 @@ class Replay:
         self.prioritized, self.beta = prioritized, beta
 
     @classmethod
-    def for_env(cls, capacity: int, env: Any, **options: Any) -> Replay:
+    def for_env(cls, capacity: int, env: Env, **options: Any) -> Replay:
         """A replay sized for ``env``'s observations and actions (``options``: see the class)."""
         return cls(capacity, env.history_len, env.slate_size, env.n_items, env.device, **options)
 

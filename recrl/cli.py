@@ -24,11 +24,11 @@ from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException, MissingConfigException, OverrideParseException
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from recrl.checkpoint import resolve_checkpoint
-from recrl.config import CONF_DIR, validate
+from recrl.config import CONF_DIR, compose_config, validate
 from recrl.types import RecrlError
 
 USAGE = """usage: recrl <command> [key=value ...]
@@ -139,15 +139,24 @@ def _combinations(overrides: list[str]) -> list[list[str]]:
     return [list(c) for c in itertools.islice(itertools.product(*choices), MAX_CHECKED_COMBINATIONS)]
 
 
+def compose_with_choices(config_name: str, overrides: list[str]) -> tuple[DictConfig, dict[str, str]]:
+    """Compose one configuration and validate it (one-line errors naming ``recrl
+    <config_name>``); also return the option chosen in every config group."""
+    try:
+        cfg = compose_config(config_name, overrides, return_hydra_config=True)
+    except (HydraException, OmegaConfBaseException) as err:
+        raise RecrlError(explain_compose_error(err, " ".join(overrides)).replace("{command}", config_name)) \
+            from err
+    choices = {str(k): str(v) for k, v in cfg.hydra.runtime.choices.items() if v is not None}
+    with open_dict(cfg):
+        del cfg["hydra"]
+    validate(cfg)
+    return cfg, choices
+
+
 def compose_checked(config_name: str, overrides: list[str]) -> DictConfig:
     """Compose one configuration and validate it (one-line errors)."""
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        try:
-            cfg = compose(config_name=config_name, overrides=overrides)
-        except (HydraException, OmegaConfBaseException) as err:
-            raise RecrlError(explain_compose_error(err, " ".join(overrides))) from err
-    validate(cfg)
-    return cfg
+    return compose_with_choices(config_name, overrides)[0]
 
 
 def _check_data_files(cfg: DictConfig) -> None:

@@ -118,18 +118,24 @@ def build(node: DictConfig, **runtime: Any) -> Any:
     return instantiate(node, **runtime)
 
 
-def group_option(group: str, name: str) -> DictConfig:
-    """The node of ``conf/<group>/<name>.yaml`` as Hydra composes it, its own ``defaults``
-    applied (``algo/c51`` extends ``algo/dqn``, datasets take a ``preprocess`` option); inside a
-    running Hydra job through that job's config loader."""
+def compose_config(config_name: str | None, overrides: list[str],
+                   return_hydra_config: bool = False) -> DictConfig:
+    """Hydra's composition of ``conf/<config_name>.yaml`` (``None``: only the overrides) with
+    ``overrides``; inside a running Hydra job through that job's config loader, elsewhere from
+    :data:`CONF_DIR`. Composition errors propagate as Hydra raises them."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    overrides = [f"+{group}={name}"]
     if GlobalHydra.instance().is_initialized():
-        return compose(overrides=overrides)[group]
+        return compose(config_name, overrides=overrides, return_hydra_config=return_hydra_config)
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose(overrides=overrides)[group]
+        return compose(config_name, overrides=overrides, return_hydra_config=return_hydra_config)
+
+
+def group_option(group: str, name: str) -> DictConfig:
+    """The node of ``conf/<group>/<name>.yaml`` as Hydra composes it, its own ``defaults``
+    applied (``algo/c51`` extends ``algo/dqn``, datasets take a ``preprocess`` option)."""
+    return compose_config(None, [f"+{group}={name}"])[group]
 
 
 def build_algo_by_name(name: str, **runtime: Any) -> Any:

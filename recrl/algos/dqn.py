@@ -104,7 +104,7 @@ from recrl.algos.nets import (
 from recrl.algos.planner import SurvivalPlanner, planner_can_run
 from recrl.algos.seeding import seeded_init
 from recrl.buffer import Replay, ReplaySample
-from recrl.types import AlgoContext, Obs, RecrlError, Transition
+from recrl.types import AlgoContext, Env, Obs, RecrlError, Transition
 
 DEMO_SEED_OFFSET = 7919  # demonstration users differ from the training users of the same seed
 AUTO_DEMO_BATCHES = 2     # algo.demonstrations=auto: this many batches of training users (512 by default)
@@ -368,7 +368,7 @@ class DQN:
         self.acted_steps += 1
         return epsilon_explore(slates, self.ctx.n_items, eps, self.generator)
 
-    def make_replay(self, capacity: int, env: Any) -> Replay:
+    def make_replay(self, capacity: int, env: Env) -> Replay:
         """DQN's replay for ``env``: ``n_step`` transitions discounted by ``gamma``, prioritized
         with ``priority_alpha``/``priority_beta``/``priority_eps`` when ``prioritized``."""
         return Replay.for_env(capacity, env, n_step=self.n_step, gamma=self.gamma,
