@@ -1,4 +1,4 @@
-"""Tests for recrl.metrics.ope: hand-computed values, known answers over many log draws, bad input.
+"""Tests for recrl.ope.estimators: hand-computed values, known answers over many log draws, bad input.
 
 Known answers: a contextual bandit and a 3-step MDP whose true policy values are computed
 exactly; 200 independent logs are drawn at once (vectorised) and each estimator's mean over
@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from recrl.metrics import ope
+from recrl.ope import estimators as ope
 from recrl.types import RecrlError
 
 DRAWS = 200

@@ -1,0 +1,4 @@
+"""Off-policy evaluation: what would a policy have earned on the logged users?
+
+:mod:`recrl.ope.estimators` holds the estimators over arrays (per-step and per-session).
+"""
