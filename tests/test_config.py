@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 
@@ -163,6 +164,48 @@ def test_build_algo_by_name(name: str) -> None:
     obs = Obs(torch.full((3, 3, k), 20), torch.zeros(3, 3, k), torch.zeros(3, dtype=torch.long))
     slates = algo.act(obs, explore=False)
     assert slates.shape == (3, k) and bool(((slates >= 0) & (slates < 20)).all())
+
+
+def varied_obs(users: int, k: int) -> Obs:
+    """Histories of 3 slates over 20 items, some padded (id 20), some clicked."""
+    g = torch.Generator().manual_seed(7)
+    items = torch.randint(0, 21, (users, 3, k), generator=g)
+    items[0] = 20  # a user with no history yet
+    return Obs(items, (torch.rand(users, 3, k, generator=g) < 0.3).float(), torch.arange(users) % 5)
+
+
+@pytest.mark.parametrize("name", algo_options())
+def test_action_probs_are_the_evaluation_slates_distribution(name: str) -> None:
+    """Every algorithm's ``action_probs`` is the distribution of ``act(obs, explore=False)``:
+    each slot sums to 1 and matches the frequency of each item over 3000 draws per user."""
+    algo = build_algo_by_name(name, ctx=tiny_ctx(1))
+    obs = varied_obs(4, 1)
+    probs = algo.action_probs(obs)
+    assert probs.shape == (4, 1, 20)
+    assert torch.allclose(probs.sum(-1), torch.ones(4, 1), atol=1e-5) and bool((probs >= 0).all())
+    draws = 3000
+    slates = algo.act(obs.index(torch.arange(4).repeat(draws)), explore=False)
+    counts = torch.zeros(4, 20).index_add_(0, torch.arange(4).repeat(draws), F.one_hot(slates[:, 0], 20).float())
+    assert (counts / draws - probs[:, 0]).abs().max() < 0.04
+
+
+@pytest.mark.parametrize("name", [n for n in algo_options() if algo_slate_size(build(group_option("algo", n))) > 1])
+def test_action_probs_of_slates(name: str) -> None:
+    """Slates of two: a deterministic evaluation slate is one-hot per slot; a sampled one has no
+    closed-form per-slot probabilities and says so."""
+    k = 2
+    algo = build_algo_by_name(name, ctx=tiny_ctx(k))
+    obs = varied_obs(4, k)
+    if name == "random":
+        assert torch.allclose(algo.action_probs(obs), torch.full((4, k, 20), 0.05))
+        return
+    try:
+        probs = algo.action_probs(obs)
+    except RecrlError as err:
+        assert getattr(algo, "sample_in_eval", False), err
+        assert "sample_in_eval=false" in str(err)
+        return
+    assert torch.equal(probs, F.one_hot(algo.act(obs, explore=False), 20).float())
 
 
 @pytest.mark.parametrize("experiment", [None, *EXPERIMENTS])

@@ -23,11 +23,12 @@ import torch.nn.functional as F
 
 from recrl.algos.logged import LoggedSteps
 from recrl.algos.nets import ItemScorer, gradient_step, history_encoder, sample_top_k, top_k
+from recrl.algos.probs import ActsGreedily
 from recrl.algos.seeding import seeded_init
 from recrl.types import AlgoContext, Obs
 
 
-class BehaviorCloning:
+class BehaviorCloning(ActsGreedily):
     """Maximum-likelihood imitation of the logged items, learned from the training log only.
 
     Example::

@@ -39,6 +39,7 @@ from recrl.algos.nets import (
     top_k,
     update_target,
 )
+from recrl.algos.probs import ActsGreedily
 from recrl.algos.seeding import seeded_init
 from recrl.types import AlgoContext, Obs
 
@@ -53,7 +54,7 @@ def allowed_items(g_logits: Tensor, threshold: float) -> Tensor:
     return (ratio > math.log(threshold)) | (ratio == 0)
 
 
-class DiscreteBCQ:
+class DiscreteBCQ(ActsGreedily):
     """Q-learning restricted to the items a fitted logging-policy model deems likely.
 
     Example::

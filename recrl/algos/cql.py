@@ -38,6 +38,7 @@ from recrl.algos.nets import (
     top_k,
     update_target,
 )
+from recrl.algos.probs import ActsGreedily
 from recrl.algos.seeding import seeded_init
 from recrl.types import AlgoContext, Obs
 
@@ -48,7 +49,7 @@ def cql_regulariser(q: Tensor, action: Tensor) -> Tensor:
     return (torch.logsumexp(q, 1) - q.gather(1, action)[:, 0]).mean()
 
 
-class DiscreteCQL:
+class DiscreteCQL(ActsGreedily):
     """Double DQN with the CQL(H) regulariser, learned from the training log only.
 
     Example::

@@ -102,6 +102,7 @@ from recrl.algos.nets import (
     update_target,
 )
 from recrl.algos.planner import SurvivalPlanner, planner_can_run
+from recrl.algos.probs import ActsGreedily
 from recrl.algos.seeding import seeded_init
 from recrl.buffer import Replay, ReplaySample
 from recrl.types import AlgoContext, Env, Obs, RecrlError, Transition
@@ -250,7 +251,7 @@ def categorical_projection(probs: Tensor, values: Tensor, v_min: float, v_max: f
     return (share * probs[:, None, :]).sum(-1)
 
 
-class DQN:
+class DQN(ActsGreedily):
     """DQN with a target network, replay on device and a linear epsilon schedule.
 
     Double DQN by default; options add dueling heads, n-step returns, prioritized replay

@@ -38,6 +38,7 @@ import torch
 from torch import Tensor
 
 from recrl.algos.nets import mask_shown, random_slates
+from recrl.algos.probs import ActsGreedily
 from recrl.types import AlgoContext, Obs, RecrlError, Transition
 
 ATTRIBUTIONS = ("clicks", "equal")
@@ -71,7 +72,7 @@ def check_attribution(attribute: str, algo: str) -> None:
         raise RecrlError(f"algo={algo}: attribute={attribute!r} must be one of {', '.join(ATTRIBUTIONS)}")
 
 
-class EpsilonGreedy:
+class EpsilonGreedy(ActsGreedily):
     """Epsilon-greedy over per-item mean rewards, updated online from every step.
 
     Example::

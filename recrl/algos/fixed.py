@@ -6,10 +6,11 @@ from typing import Any
 
 import torch
 
+from recrl.algos.probs import ActsGreedily
 from recrl.types import AlgoContext, Obs
 
 
-class FixedPolicy:
+class FixedPolicy(ActsGreedily):
     """A non-learning policy: ``update`` does nothing and there is no state to save.
 
     Subclasses implement :meth:`scores`; the slate is the top-``K`` scored items.

@@ -46,6 +46,7 @@ from torch import Tensor
 
 from recrl.algos.epsilon_greedy import check_attribution, slot_rewards
 from recrl.algos.nets import mask_shown
+from recrl.algos.probs import ActsGreedily
 from recrl.types import AlgoContext, Obs, RecrlError, Transition
 
 
@@ -188,7 +189,7 @@ class RidgePosterior:
         self.refresh()
 
 
-class LinearBandit(ABC):
+class LinearBandit(ActsGreedily, ABC):
     """What LinUCB and linear Thompson sampling share: features, the ridge posterior, the online
     update and checkpointing. Subclasses define :meth:`scores`.
 

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from recrl.algos.probs import evaluation_slate_probs
 from recrl.algos.seeding import own_random_stream
 from recrl.behavior.features import side_features
 from recrl.types import AlgoContext, Obs, RecrlError
@@ -465,6 +466,12 @@ class SoftmaxActorCritic:
         if not (explore or self.sample_in_eval):
             return top_k(logits, self.ctx.slate_size)
         return sample_top_k(logits, self.ctx.slate_size, self.generator)
+
+    @torch.no_grad()
+    def action_probs(self, obs: Obs) -> Tensor:
+        """Per-slot probabilities ``[B, K, n_items]`` of the slates :meth:`act` serves in
+        evaluation: the softmax (``sample_in_eval``) or the one-hot of the top-``K``."""
+        return evaluation_slate_probs(self.logits(obs), self.ctx.slate_size, self.sample_in_eval)
 
     def state_dict(self) -> dict[str, Any]:
         """Weights, optimizer and counters."""

@@ -6,6 +6,7 @@ import torch
 
 from recrl.algos.fixed import FixedPolicy
 from recrl.algos.nets import random_slates
+from recrl.algos.probs import uniform_slate_probs
 from recrl.types import AlgoContext, Obs
 
 
@@ -31,3 +32,7 @@ class RandomPolicy(FixedPolicy):
         """A random slate per user."""
         return random_slates(obs.batch_size, self.ctx.n_items, self.ctx.slate_size,
                              obs.items.device, self.generator)
+
+    def action_probs(self, obs: Obs) -> torch.Tensor:
+        """Per-slot probabilities ``[B, K, n_items]``: uniform."""
+        return uniform_slate_probs(obs.batch_size, self.ctx.slate_size, self.ctx.n_items, obs.items.device)

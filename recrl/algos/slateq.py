@@ -67,6 +67,7 @@ from recrl.algos.nets import (
     linear_decay,
     update_target,
 )
+from recrl.algos.probs import ActsGreedily
 from recrl.algos.seeding import seeded_init
 from recrl.buffer import ReplaySample, transitions_of
 from recrl.env.choice import mnl_probs
@@ -151,7 +152,7 @@ def shown_clicks(action: Tensor, next_obs: Obs) -> tuple[Tensor, Tensor]:
     return next_obs.clicks[:, -1] * readable[:, None], readable
 
 
-class SlateQ:
+class SlateQ(ActsGreedily):
     """SlateQ: an MNL choice model and item-wise Q-values combined into slate values, a target
     network, replay on device, slates by the ``topk`` or ``greedy`` heuristic and epsilon-greedy
     exploration.

@@ -41,6 +41,7 @@ from recrl.algos.nets import (
     top_k,
     update_target,
 )
+from recrl.algos.probs import ActsGreedily
 from recrl.algos.seeding import seeded_init
 from recrl.types import AlgoContext, Obs, RecrlError
 
@@ -66,7 +67,7 @@ class SQNNetwork(nn.Module):
         return self.supervised(state), self.q(state)
 
 
-class SQN:
+class SQN(ActsGreedily):
     """A GRU sequence recommender with a supervised head and a double-Q-learning head.
 
     Example::

@@ -33,6 +33,7 @@ from torch import nn
 
 from recrl.algos.logged import LoggedSteps
 from recrl.algos.nets import HistoryEncoder, ItemScorer, gradient_step, sample_top_k, top_k
+from recrl.algos.probs import evaluation_slate_probs
 from recrl.algos.seeding import seeded_init
 from recrl.types import AlgoContext, Obs, RecrlError
 
@@ -91,6 +92,12 @@ class TopKOffPolicyReinforce:
         if not (explore or self.sample_in_eval):
             return top_k(logits, self.ctx.slate_size)
         return sample_top_k(logits, self.ctx.slate_size, self.generator)
+
+    @torch.no_grad()
+    def action_probs(self, obs: Obs) -> torch.Tensor:
+        """Per-slot probabilities ``[B, K, n_items]`` of the slates :meth:`act` serves in
+        evaluation: the softmax (``sample_in_eval``) or the one-hot of the top-``K``."""
+        return evaluation_slate_probs(self.policy(obs), self.ctx.slate_size, self.sample_in_eval)
 
     def weights(self, log_pi_a: torch.Tensor, beta_a: torch.Tensor) -> torch.Tensor:
         """Per-row multiplier ``min(pi/beta, cap) * K (1 - pi)^(K-1)`` (no gradient)."""
