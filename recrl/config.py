@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from recrl.types import RecrlError
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
-GROUPS = ("dataset", "behavior", "env", "reward", "algo", "trainer", "eval")
+GROUPS = ("dataset", "behavior", "env", "reward", "algo", "trainer", "eval", "ope")
 
 
 def _type_ok(value: Any, hint: Any) -> bool:

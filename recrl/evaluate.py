@@ -23,6 +23,7 @@ from recrl.config import build, build_algo_by_name, validate
 from recrl.loop import resolve_device
 from recrl.metrics.online import run_episodes
 from recrl.metrics.stats import set_seed
+from recrl.ope.evaluation import OffPolicyEvaluation, off_policy
 from recrl.report import print_report_table, write_json_atomic, write_report
 from recrl.stages import GymStages, Stages, build_stages, config_hash, gym_stages, is_gym
 from recrl.types import Env, Policy, RecrlError, Splits
@@ -186,8 +187,19 @@ def final_evaluation(cfg: DictConfig, stages: Stages, algo: Any, algo_name: str,
     if evaluation.oracle and "ground_truth" in envs and can_plan(stages.ground_truth):
         results["ground_truth"]["oracle"] = oracle_summary(cfg, stages, envs["ground_truth"], evaluation)
         add_oracle_share(results)
-    return {"task": "train", "algo": algo_name, "reward": type(stages.reward).__name__,
-            **behavior_sections(cfg, stages, evaluation, envs, run_dir, policy=algo), "evaluation": results}
+    sections = behavior_sections(cfg, stages, evaluation, envs, run_dir, policy=algo)
+    ope = ope_settings(cfg)
+    if ope.enabled:
+        logger.info("off-policy estimates of %s from the test split's logs", ", ".join(policies))
+        sections["off_policy"], results["ope"] = off_policy(ope, stages, policies)
+    return {"task": "train", "algo": algo_name, "reward": type(stages.reward).__name__, **sections,
+            "evaluation": results}
+
+
+def ope_settings(cfg: DictConfig) -> OffPolicyEvaluation:
+    """The run's ``ope`` settings (the defaults for configs saved before it existed)."""
+    node = cfg.get("ope")
+    return OffPolicyEvaluation() if node is None else build(node)
 
 
 def oracle_summary(cfg: DictConfig, stages: Stages, env: Env, evaluation: Evaluation) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from recrl.fileio import write_bytes_atomic, write_text_atomic
+from recrl.ope.evaluation import PER_SESSION, PER_STEP
 
 METRICS_FILE = "metrics.jsonl"
 PLOT_PREFIXES = ("eval/", "train/", "trained_in_ground_truth/eval/")  # the last: eval.train_in_ground_truth
@@ -228,13 +229,19 @@ def _evaluation_axes(evaluation: Mapping[str, Any]) -> tuple[list[str], list[str
 def _metric_by_env_table(evaluation: Mapping[str, Any], metric: str) -> str:
     """Markdown table of one metric: policies as rows, env names as columns."""
     envs, policies, _ = _evaluation_axes(evaluation)
+    envs = [e for e in envs if any(metric in s for s in evaluation[e].values())]
     rows = [[p] + [format_stat(evaluation[e].get(p, {}).get(metric)) for e in envs] for p in policies]
     return markdown_table(["policy", *envs], rows)
 
 
+def _env_metrics(evaluation: Mapping[str, Any], env: str) -> list[str]:
+    """The metrics some policy of ``env`` has, in the order of the whole evaluation."""
+    return [m for m in _evaluation_axes(evaluation)[2] if any(m in s for s in evaluation[env].values())]
+
+
 def _env_table(evaluation: Mapping[str, Any], env: str) -> str:
-    """Markdown table of one env: policies as rows, all metrics as columns."""
-    _, _, metrics = _evaluation_axes(evaluation)
+    """Markdown table of one env: policies as rows, the env's metrics as columns."""
+    metrics = _env_metrics(evaluation, env)
     rows = [[p] + [format_stat(stats.get(m)) for m in metrics] for p, stats in evaluation[env].items()]
     return markdown_table(["policy", *metrics], rows)
 
@@ -318,6 +325,40 @@ def _metric_cell(metric: str, value: Any) -> str:
     return _number(value)
 
 
+def _estimate_cell(estimate: Mapping[str, Any] | None) -> str:
+    """``value [low, high] (ESS e)`` of one off-policy estimate."""
+    if not estimate:
+        return "–"
+    return (f"{_number(estimate['value'], 3)} [{_number(estimate['ci95_low'], 3)}, "
+            f"{_number(estimate['ci95_high'], 3)}] (ESS {_number(estimate['ess'], 1)})")
+
+
+def _off_policy_text(section: Mapping[str, Any]) -> str:
+    """The report's off-policy section: what the logs are, then one table per view."""
+    if section.get("skipped") and not section.get("policies"):
+        return f"Not computed: {section['skipped']}."
+    propensity = section.get("propensity", {})
+    parts = [f"From {section['sessions']} sessions ({section['rows']} rows) of {section['source']}, each "
+             f"cut to {section['horizon']} steps; logged propensities on {propensity.get('logged', 0)} rows, "
+             f"missing on {propensity.get('missing', 0)}. Value [95% bootstrap CI] (effective sample size "
+             f"of the weights). Per session: expected return (gamma {section['gamma']}), comparable with "
+             f"the `return` columns; `{section['column']}` is the `ope` column. Per step: expected "
+             f"reward of one recommendation at the logged users' states."]
+    policies = section.get("policies", {})
+    for title, names in (("Per session", PER_SESSION), ("Per step", PER_STEP)):
+        shown = [n for n in names if any(n in est for est in policies.values())]
+        if shown:
+            rows = [[p] + [_estimate_cell(est.get(n)) for n in shown] for p, est in policies.items()
+                    if "error" not in est]
+            parts.append(f"**{title}**\n\n" + markdown_table(["policy", *shown], rows))
+    for name, est in policies.items():
+        if "error" in est:
+            parts.append(f"{name}: not estimated: {est['error']}")
+    for name, why in (section.get("skipped") or {}).items():
+        parts.append(f"`{name}` skipped: {why}.")
+    return "\n\n".join(parts)
+
+
 def render_markdown(report: Mapping[str, Any]) -> str:
     """Render a final report dict as markdown (the return table first: the sim-to-real gap)."""
     lines = _header_lines(report)
@@ -343,6 +384,8 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         lines += _section("All metrics per environment")
         for env in evaluation:
             lines += _section(env, _env_table(evaluation, env), level=3)
+    if report.get("off_policy"):
+        lines += _section("Off-policy estimates", _off_policy_text(report["off_policy"]))
     if report.get("config"):
         config_json = json.dumps(to_jsonable(report["config"]), indent=2)
         details = f"<details><summary>resolved config</summary>\n\n```json\n{config_json}\n```\n\n</details>"
@@ -400,8 +443,8 @@ def _print_tables(report: dict, console: Console) -> None:
         return
     if not evaluation:
         return
-    _, _, metrics = _evaluation_axes(evaluation)
     for env, policies in evaluation.items():
+        metrics = _env_metrics(evaluation, env)
         table = Table(title=escape(f"Evaluation on {env}"), title_justify="left")
         table.add_column("policy", style="bold")
         for metric in metrics:

@@ -80,6 +80,13 @@ class Stages:
                            .to(self.device))
         return pessimism
 
+    def model_env(self) -> RecEnv:
+        """An environment over the behavior model itself (every ensemble member mixed, no
+        pessimism) whose states are the model's encoding of a history (``model.encode``): what
+        off-policy evaluation continues logged sessions in."""
+        return build(self.cfg.env)(model=self.behavior, reward=self.reward,
+                                   item_categories=self.item_categories, device=self.device)
+
     def eval_envs(self) -> dict[str, RecEnv]:
         """The training simulator (without pessimism: what it predicts) and, when the data gives
         one, the ground-truth environment."""

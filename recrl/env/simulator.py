@@ -81,6 +81,27 @@ class RecEnv:
             rule.reset(n_users, self.device)
         return self.observe()
 
+    def start_from(self, obs: Obs, state: Tensor, seed: int | None = None) -> Obs:
+        """Continue sessions from observed histories instead of fresh users: ``obs`` gives each
+        user's history and step, ``state`` ``[B, S]`` the user model's state after that history
+        (e.g. ``model.encode(obs)``). Users already at the horizon start finished; leave rules
+        start counting afresh; with ``no_repeat`` the observed items count as shown."""
+        expected = (self.history_len, self.slate_size)
+        if tuple(obs.items.shape[1:]) != expected:
+            raise RecrlError(f"env.start_from expects histories of shape [B, {expected[0]}, {expected[1]}], "
+                             f"got {tuple(obs.items.shape)}")
+        self.reset(obs.batch_size, seed)
+        self.state = state.to(self.device)
+        self.items, self.clicks = obs.items.to(self.device).clone(), obs.clicks.to(self.device).clone()
+        self.t = obs.step.to(self.device).clone()
+        self.alive = self.t < self.horizon
+        self._all_alive = False
+        if self.shown is not None:
+            seen = self.items.reshape(obs.batch_size, -1)
+            padded = torch.zeros(obs.batch_size, self.n_items + 1, dtype=torch.bool, device=self.device)
+            self.shown = padded.scatter_(1, seen, True)[:, :self.n_items]
+        return self.observe()
+
     def observe(self) -> Obs:
         """The current observation (copies, so stored observations never change)."""
         return Obs(items=self.items.clone(), clicks=self.clicks.clone(), step=self.t.clone())

@@ -1,0 +1,188 @@
+"""Off-policy estimates of every policy in a report, from the held-out logs (``ope=default``).
+
+The logged sessions are the test split's (never a row any learner trained on), each cut to the
+run's episode length (:class:`~recrl.ope.sessions.LoggedSessions`). For each policy the
+per-step estimators give the expected reward of one recommendation at the logged users' states
+(the bandit view) and the per-session estimators the expected return of a session (the
+sequential view, comparable with the ``return`` of the simulator and the ground truth). The
+estimate named by ``column`` becomes the policy's ``return`` in the report's ``ope`` column.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict
+from typing import Any
+
+import numpy as np
+
+from recrl.env.simulator import RecEnv
+from recrl.ope import estimators as est
+from recrl.ope.sessions import LoggedSessions
+from recrl.ope.target import TargetTerms, target_terms
+from recrl.types import Policy, RecrlError, Reward
+
+logger = logging.getLogger(__name__)
+
+PER_STEP = ("dm", "ips", "snips", "clipped_ips", "dr", "switch_dr")
+"""Bandit-view estimators: expected reward per logged step."""
+PER_SESSION = ("model", "pdis", "wpdis", "seq_dr")
+"""Sequential estimators: expected (discounted) return per session; ``model`` is the sequential
+direct method (the behavior model's long-term value of each session's first state)."""
+NEEDS_PROPENSITY = frozenset(PER_STEP + PER_SESSION) - {"dm", "model"}
+
+
+class OffPolicyEvaluation:
+    """Off-policy estimates of policies from the test split's logged sessions.
+
+    Args:
+        enabled: ``false`` leaves the section and the ``ope`` column out of reports.
+        estimators: which to compute (default: all of :data:`PER_STEP` and :data:`PER_SESSION`).
+        column: the per-session estimator reported as the policy's ``return`` in the ``ope``
+            column (and used by ``trainer.select_by=ope``).
+        gamma: discount of the per-session estimators (1.0: the undiscounted return the other
+            columns report).
+        epsilon: smoothing of the target's probabilities, ``(1 - epsilon) pi + epsilon / n``; 0
+            evaluates a deterministic policy exactly (rows it would not serve get weight 0).
+        max_weight: the clip of ``clipped_ips``; tau: the switch threshold of ``switch_dr``.
+        n_boot, seed: bootstrap resamples and seed of every CI.
+        rollouts: simulated continuations per logged row behind the model's long-term values
+            (``model``, ``seq_dr``).
+        max_sessions: at most this many test sessions (drawn with ``seed``) keep the cost bounded.
+
+    Example::
+
+        ope = OffPolicyEvaluation(estimators=["ips", "wpdis"], column="wpdis")
+        section, column = ope.run({"dqn": algo}, test_log, behavior, reward, env, n_items=500,
+                                  history_len=10, horizon=20)
+    """
+
+    def __init__(self, enabled: bool = True, estimators: list[str] | None = None, column: str = "seq_dr",
+                 gamma: float = 1.0, epsilon: float = 0.0, max_weight: float = 10.0, tau: float = 10.0,
+                 n_boot: int = est.N_BOOT, seed: int = est.SEED, rollouts: int = 4,
+                 max_sessions: int = 2000) -> None:
+        known = PER_STEP + PER_SESSION
+        self.estimators = list(estimators) if estimators is not None else list(known)
+        unknown = [name for name in self.estimators if name not in known]
+        if unknown:
+            raise RecrlError(f"ope.estimators: unknown {', '.join(unknown)}; use any of {', '.join(known)}")
+        if column not in PER_SESSION:
+            raise RecrlError(f"ope.column={column!r}: use a per-session estimator ({', '.join(PER_SESSION)})")
+        if column not in self.estimators:
+            self.estimators.append(column)
+        if not 0.0 <= epsilon <= 1.0:
+            raise RecrlError(f"ope.epsilon must lie in [0, 1], got {epsilon}")
+        if n_boot < 0 or rollouts < 1 or max_sessions < 1:
+            raise RecrlError("ope.n_boot must be >= 0, ope.rollouts and ope.max_sessions >= 1")
+        self.enabled, self.column, self.gamma, self.epsilon = enabled, column, gamma, epsilon
+        self.max_weight, self.tau, self.n_boot, self.seed = max_weight, tau, n_boot, seed
+        self.rollouts, self.max_sessions = rollouts, max_sessions
+
+    @property
+    def needs_model(self) -> bool:
+        """Whether an estimator reads the model's long-term values (``model``, ``seq_dr``)."""
+        return bool({"model", "seq_dr"} & set(self.estimators))
+
+    def sessions(self, log: Any, n_items: int, history_len: int, horizon: int, reward: Reward,
+                 device: Any, source: str = "the test split") -> LoggedSessions:
+        """The logged sessions the estimates run on."""
+        return LoggedSessions.from_log(log, n_items, history_len, horizon, reward, device,
+                                       max_sessions=self.max_sessions, seed=self.seed, source=source)
+
+    def estimate(self, policy: Policy, sessions: LoggedSessions, behavior: Any, reward: Reward,
+                 env: RecEnv | None) -> dict[str, est.Estimate]:
+        """Every configured estimate of ``policy`` on ``sessions`` (propensities must be usable)."""
+        terms = target_terms(policy, sessions, behavior, reward, env if self.needs_model else None,
+                             self.gamma, self.epsilon, self.rollouts, self.seed)
+        return self._estimates(sessions, terms)
+
+    def _estimates(self, sessions: LoggedSessions, terms: TargetTerms) -> dict[str, est.Estimate]:
+        steps = sessions.steps
+        r = steps.transitions.reward.double().cpu().numpy()
+        mu = steps.propensity.double().cpu().numpy()
+        pi = terms.p_target
+        boot = {"n_boot": self.n_boot, "seed": self.seed}
+        grid, mask = sessions.grid, sessions.mask
+        compute = {
+            "dm": lambda: est.dm(terms.v_target, **boot),
+            "ips": lambda: est.ips(r, mu, pi, **boot),
+            "snips": lambda: est.snips(r, mu, pi, **boot),
+            "clipped_ips": lambda: est.clipped_ips(r, mu, pi, self.max_weight, **boot),
+            "dr": lambda: est.dr(r, mu, pi, terms.q_logged, terms.v_target, **boot),
+            "switch_dr": lambda: est.switch_dr(r, mu, pi, terms.q_logged, terms.v_target, self.tau, **boot),
+            "model": lambda: est.dm(terms.v_model[sessions.first.cpu().numpy()], **boot),
+            "pdis": lambda: est.pdis(grid(r), grid(mu, 1.0), grid(pi), mask, self.gamma, **boot),
+            "wpdis": lambda: est.wpdis(grid(r), grid(mu, 1.0), grid(pi), mask, self.gamma, **boot),
+            "seq_dr": lambda: est.sequential_dr(grid(r), grid(mu, 1.0), grid(pi), grid(terms.q_model),
+                                                grid(terms.v_model), mask, self.gamma, **boot),
+        }
+        return {name: compute[name]() for name in self.estimators}
+
+    def run(self, policies: dict[str, Policy], log: Any, behavior: Any, reward: Reward, env: RecEnv | None,
+            n_items: int, history_len: int, horizon: int, device: Any,
+            source: str = "the test split") -> tuple[dict[str, Any], dict[str, Any]]:
+        """``(section, column)``: the report's ``off_policy`` section (every estimate of every
+        policy, the logs' facts) and its ``ope`` column (``{policy: {"return": stat}}``)."""
+        sessions = self.sessions(log, n_items, history_len, horizon, reward, device, source)
+        propensity = sessions.steps.propensity.cpu().numpy()
+        missing = int(np.isnan(propensity).sum())
+        section: dict[str, Any] = {
+            "source": source, "sessions": sessions.n_sessions, "rows": len(sessions),
+            "horizon": horizon, "gamma": self.gamma, "epsilon": self.epsilon, "column": self.column,
+            "propensity": {"logged": len(sessions) - missing, "missing": missing},
+            "policies": {}}
+        estimators = self.estimators
+        if missing:
+            dropped = [name for name in estimators if name in NEEDS_PROPENSITY]
+            section["skipped"] = {name: f"{missing} of {len(sessions)} rows of {source} have no "
+                                  "logged propensity" for name in dropped}
+            logger.warning("off-policy evaluation: %d of %d rows of %s have no logged propensity; "
+                           "only %s run", missing, len(sessions), source,
+                           ", ".join(n for n in estimators if n not in NEEDS_PROPENSITY) or "nothing")
+            estimators = [name for name in estimators if name not in NEEDS_PROPENSITY]
+        column: dict[str, Any] = {}
+        runner = _with_estimators(self, estimators)
+        for name, policy in policies.items():
+            try:
+                estimates = runner.estimate(policy, sessions, behavior, reward, env)
+            except RecrlError as err:
+                section["policies"][name] = {"error": str(err)}
+                continue
+            section["policies"][name] = {k: asdict(v) for k, v in estimates.items()}
+            if self.column in estimates:
+                column[name] = {"return": _stat(estimates[self.column])}
+        return section, column
+
+
+def _with_estimators(ope: OffPolicyEvaluation, estimators: list[str]) -> OffPolicyEvaluation:
+    """A copy of ``ope`` running only ``estimators``."""
+    copy = object.__new__(OffPolicyEvaluation)
+    copy.__dict__.update(ope.__dict__, estimators=list(estimators))
+    return copy
+
+
+def _stat(estimate: est.Estimate) -> dict[str, float]:
+    """An estimate as a report statistic: ``mean``, ``ci95`` (half the CI's width), the CI's
+    ends and the ESS."""
+    return {"mean": estimate.value, "ci95": (estimate.ci95_high - estimate.ci95_low) / 2.0,
+            "low": estimate.ci95_low, "high": estimate.ci95_high, "ess": estimate.ess, "n": estimate.n}
+
+
+def off_policy(ope: OffPolicyEvaluation, stages: Any, policies: dict[str, Policy],
+               split: str = "test") -> tuple[dict[str, Any], dict[str, Any]]:
+    """The ``off_policy`` report section and ``ope`` column of ``policies`` on a run's logs
+    (``split``: ``test`` for reports, ``valid`` for ``trainer.select_by=ope``); a section that
+    says why when the run cannot have one."""
+    ctx = stages.ctx
+    log = stages.splits.test if split == "test" else stages.splits.interactions.valid
+    if ctx.slate_size != 1:
+        return {"skipped": f"env.slate_size={ctx.slate_size}: the logs hold single items, and per-step "
+                           "and per-session estimators here weigh single logged items"}, {}
+    if log.empty:
+        return {"skipped": f"the {split} split has no logged rows"}, {}
+    behavior = stages.behavior
+    env = stages.model_env() if ope.needs_model and hasattr(behavior, "encode") else None
+    if ope.needs_model and env is None:
+        return {"skipped": f"{type(behavior).__name__} cannot encode a logged history into a state"}, {}
+    return ope.run(policies, log, behavior, stages.reward, env, ctx.n_items, ctx.history_len, ctx.horizon,
+                   stages.device, source=f"the {split} split")
