@@ -37,13 +37,14 @@ commands:
   train   run the whole pipeline once          recrl train algo=dqn reward=ctr
   eval    re-evaluate a saved run              recrl eval checkpoint=outputs/train/<run>
           or only the behavior model           recrl eval behavior-only dataset=beauty behavior=sasrec
+          or only the off-policy estimates     recrl eval ope checkpoint=<run> [ope.estimators=[ips,wpdis]]
   sweep   Hydra multirun + a summary table     recrl sweep algo=dqn,reinforce seed=0,1,2
           (re)summarize a sweep folder         recrl sweep summarize outputs/train/multirun/<ts>
   compare one Markdown + HTML page of runs     recrl compare <run or sweep folders...> [--out DIR]
   data    prepare / describe / download data   recrl data info dataset=ml100k
           recrl data prepare dataset=coat      recrl data download ml100k [--data-dir DIR]
 
-options live in conf/: dataset, behavior, env, reward, algo, trainer, eval, experiment
+options live in conf/: dataset, behavior, env, reward, algo, trainer, eval, ope, experiment
 """
 COMMANDS = {"train": "train", "eval": "eval", "sweep": "train", "data": "train"}
 OTHER_COMMANDS = ("compare",)  # not Hydra jobs
@@ -54,6 +55,7 @@ environment, simulator vs ground truth, paired differences across seeds) into DI
 (default: outputs/compare/<timestamp>).
 """
 DATA_COMMANDS = ("info", "prepare", "download")
+RENAMED_KEYS = {"eval.select_on": "trainer.select_by (simulator | held_out_member | ope)"}
 MAX_CHECKED_COMBINATIONS = 64
 INTERRUPT_EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143}  # 128 + the signal's number
 
@@ -123,6 +125,8 @@ def explain_compose_error(err: Exception, override_text: str) -> str:
     first = text.strip().splitlines()[0] if text.strip() else type(err).__name__
     if "Could not override" in first:
         key = first.split("'")[1] if "'" in first else first
+        if key in RENAMED_KEYS:
+            return f"{key} is now {RENAMED_KEYS[key]}"
         return f"unknown key {key} (check the spelling; `recrl {{command}} --cfg job` shows all keys)"
     return first
 
@@ -194,7 +198,7 @@ def check_overrides(config_name: str, overrides: list[str]) -> None:
 
 def _task(cfg: DictConfig) -> None:
     """Body of every Hydra job: run the task, turn failures into one line and an exit code."""
-    from recrl.evaluate import evaluate, evaluate_behavior
+    from recrl.evaluate import evaluate, evaluate_behavior, evaluate_ope
     from recrl.train import train
 
     hc = HydraConfig.get()
@@ -202,6 +206,8 @@ def _task(cfg: DictConfig) -> None:
     try:
         if cfg.task == "eval":
             evaluate(cfg, run_dir)
+        elif cfg.task == "ope":
+            evaluate_ope(cfg, run_dir)
         elif cfg.task == "behavior":
             evaluate_behavior(cfg, run_dir)
         else:
@@ -344,6 +350,8 @@ def _main(argv: list[str] | None) -> int:
     config_name = COMMANDS[command]
     if command == "eval" and overrides[:1] == ["behavior-only"]:  # fit/load + offline + fidelity
         config_name, overrides = "train", [*overrides[1:], "task=behavior"]
+    if command == "eval" and overrides[:1] == ["ope"]:  # only the off-policy estimates of a saved run
+        overrides = [*overrides[1:], "task=ope"]
     passthrough = any(o.startswith("-") for o in overrides)  # hydra flags such as --cfg job
     if not passthrough:
         try:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import Tensor
 
 import recrl
@@ -30,19 +30,12 @@ from recrl.types import Env, Policy, RecrlError, Splits
 
 logger = logging.getLogger(__name__)
 
-SELECT_ON = ("simulator", "held_out_member")
-
-
 class Evaluation:
     """Final evaluation settings (``eval=default``) and the routine that applies them.
 
     Every policy runs ``episodes`` complete episodes, with exploration off, in every
     environment; users and their random draws depend only on ``seed``, so two evaluations of
-    the same policy give the same numbers. ``select_on`` is where the training-time evaluations
-    that pick ``best.pt`` run: the training ``simulator``, or with ``behavior.ensemble >= 3`` a
-    ``held_out_member`` of the ensemble that the policy never trains in (the training simulator
-    then samples only the other members), so the checkpoint is chosen by a model the policy
-    could not exploit; never the ground truth.
+    the same policy give the same numbers. (What picks ``best.pt`` is ``trainer.select_by``.)
 
     Example::
 
@@ -53,7 +46,7 @@ class Evaluation:
     def __init__(self, baselines: list[str] | None = None, episodes: int = 1000,
                  batch_size: int = 1000, seed: int = 12345, offline_users: int = 2000,
                  ground_truth: str | None = None, oracle: bool = True, oracle_candidates: int = 4,
-                 train_in_ground_truth: bool = False, select_on: str = "simulator") -> None:
+                 train_in_ground_truth: bool = False) -> None:
         if episodes < 2:
             raise RecrlError("eval.episodes must be >= 2 to give a confidence interval")
         if offline_users < 0:
@@ -65,9 +58,6 @@ class Evaluation:
         self.offline_users, self.ground_truth = offline_users, ground_truth
         self.oracle, self.oracle_candidates = oracle, oracle_candidates
         self.train_in_ground_truth = train_in_ground_truth
-        if select_on not in SELECT_ON:
-            raise RecrlError(f"eval.select_on={select_on!r}: use one of {', '.join(SELECT_ON)}")
-        self.select_on = select_on
 
     def offline(self, behavior: Any, splits: Any, history_len: int) -> dict[str, dict[str, float]]:
         """Next-item ranking of the behavior model on the test rows (up to ``offline_users``
@@ -128,10 +118,35 @@ def evaluate(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """
     start = time.perf_counter()
     stages, algo, payload, path = restore_run(cfg.checkpoint, cfg.get("device"))
+    if cfg.get("ope") is not None and not isinstance(stages, GymStages):
+        with open_dict(stages.cfg):
+            stages.cfg.ope = cfg.ope  # this command's off-policy settings
     report = final_report(stages, algo, payload["algo_name"], run_dir)
     report.update(task="eval", checkpoint=str(path), source_run=str(payload.get("run_dir", "")),
                   checkpoint_step=int(payload["step"]))
     report["timings"] = {"total_s": time.perf_counter() - start}
+    write_report(run_dir, report)
+    print_report_table(report)
+    return report
+
+
+def evaluate_ope(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    """``recrl eval ope checkpoint=<run>``: only the off-policy estimates of a saved run's policy
+    and its baselines on its test split, with this command's ``ope`` settings."""
+    start = time.perf_counter()
+    stages, algo, payload, path = restore_run(cfg.checkpoint, cfg.get("device"))
+    if isinstance(stages, GymStages):
+        raise RecrlError("recrl eval ope needs a run on logged data; this run trained on a gymnasium env")
+    ope: OffPolicyEvaluation = build(cfg.ope)
+    policies = {payload["algo_name"]: algo}
+    for name in build(stages.cfg.eval).baselines:
+        policies.setdefault(name, build_algo_by_name(name, ctx=stages.ctx))
+    section, column = off_policy(ope, stages, policies)
+    report = {"task": "ope", "algo": payload["algo_name"], "checkpoint": str(path),
+              "source_run": str(payload.get("run_dir", "")), "checkpoint_step": int(payload["step"]),
+              **run_facts(stages.cfg, run_dir, stages.device), "off_policy": section,
+              "evaluation": {"ope": column} if column else {},
+              "timings": {"total_s": time.perf_counter() - start}}
     write_report(run_dir, report)
     print_report_table(report)
     return report

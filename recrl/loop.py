@@ -57,6 +57,11 @@ def collect_episodes(policy: Policy, env: Env, obs: Obs) -> Rollout:
     return Rollout.stack(steps)
 
 
+SELECT_BY = ("simulator", "held_out_member", "ope")
+"""What picks ``best.pt``: returns in a fresh training simulator, in the behavior ensemble's
+held-out member, or the off-policy estimate (``ope.column``) on the validation split's logs."""
+
+
 class Trainer:
     """Runs an :class:`~recrl.types.Algorithm` against an :class:`~recrl.types.Env` (a
     ``RecEnv`` or a ``GymAdapter``).
@@ -83,7 +88,7 @@ class Trainer:
                  updates_per_step: int = 1, learning_starts: int = 1000,
                  buffer_size: int = 100_000, eval_every: int = 500, eval_episodes: int = 256,
                  log_every: int = 100, checkpoint_every: int = 1000,
-                 device: str = "auto", progress: Progress = "auto") -> None:
+                 device: str = "auto", progress: Progress = "auto", select_by: str = "simulator") -> None:
         if steps < 0 or n_users < 1 or batch_size < 1 or eval_episodes < 1:
             raise RecrlError("trainer: steps must be >= 0; n_users, batch_size, eval_episodes >= 1")
         if buffer_size < n_users:
@@ -95,6 +100,9 @@ class Trainer:
         self.log_every, self.checkpoint_every = log_every, checkpoint_every
         progress_disable(progress)  # checks the value
         self.device_name, self.progress = device, progress
+        if select_by not in SELECT_BY:
+            raise RecrlError(f"trainer.select_by={select_by!r}: use one of {', '.join(SELECT_BY)}")
+        self.select_by = select_by
 
     @property
     def device(self) -> torch.device:

@@ -99,30 +99,30 @@ class Stages:
         """Instantiate an algorithm node with the run-time context."""
         return build(node)(ctx=self.ctx)
 
-    def training_env(self, select_on: str = "simulator") -> RecEnv:
+    def training_env(self, select_by: str = "simulator") -> RecEnv:
         """An environment for training: the simulator, with ``env.pessimism``; with
-        ``select_on="held_out_member"`` without the ensemble's last member."""
+        ``select_by="held_out_member"`` without the ensemble's last member."""
         needs_ensemble = self.pessimism is not None and self.pessimism.uses_uncertainty
         if needs_ensemble and not isinstance(self.behavior, BehaviorEnsemble):
             raise RecrlError("env.pessimism penalises the disagreement of a behavior ensemble; set "
                              "behavior.ensemble=5 (or more than 1), or turn the penalties off")
         model = self.behavior
-        if select_on == "held_out_member":
+        if select_by == "held_out_member":
             model = BehaviorEnsemble(self._held_out_split()[0])
         return self.make_env(model, pessimistic=True)
 
-    def selection_env(self, select_on: str) -> RecEnv:
-        """Where the training-time evaluations that pick ``best.pt`` run (``eval.select_on``): a
+    def selection_env(self, select_by: str) -> RecEnv:
+        """Where the training-time evaluations that pick ``best.pt`` run (``trainer.select_by``): a
         fresh training simulator, or the ensemble's held-out last member (no pessimism)."""
-        if select_on == "held_out_member":
+        if select_by == "held_out_member":
             return self.make_env(self._held_out_split()[1])
         return self.training_env()
 
     def _held_out_split(self) -> tuple[list[Any], Any]:
         """The ensemble's members for training and the held-out last one."""
         if not isinstance(self.behavior, BehaviorEnsemble) or self.behavior.size < 3:
-            raise RecrlError("eval.select_on=held_out_member needs behavior.ensemble >= 3 (two members to "
-                             "train in, one held out); use eval.select_on=simulator")
+            raise RecrlError("trainer.select_by=held_out_member needs behavior.ensemble >= 3 (two members "
+                             "to train in, one held out); use trainer.select_by=simulator")
         members = list(self.behavior.members)
         return members[:-1], members[-1]
 
@@ -153,14 +153,15 @@ class GymStages:
         """Instantiate an algorithm node with the run-time context."""
         return build(node)(ctx=self.ctx)
 
-    def training_env(self, select_on: str = "simulator") -> Any:
+    def training_env(self, select_by: str = "simulator") -> Any:
         """A fresh adapter over the configured gymnasium environment."""
         return build(self.cfg.env)(device=self.device)
 
-    def selection_env(self, select_on: str) -> Any:
+    def selection_env(self, select_by: str) -> Any:
         """The training-time evaluations run in another fresh adapter (there is no ensemble)."""
-        if select_on != "simulator":
-            raise RecrlError(f"eval.select_on={select_on} needs a behavior ensemble (not in gym runs)")
+        if select_by != "simulator":
+            raise RecrlError(f"trainer.select_by={select_by} needs logged data (not in gym runs); "
+                             "use trainer.select_by=simulator")
         return self.training_env()
 
     def saved_state(self) -> dict[str, Any]:

@@ -15,8 +15,9 @@ from omegaconf import DictConfig, OmegaConf
 import recrl
 from recrl.checkpoint import load_checkpoint, save_checkpoint
 from recrl.config import build, validate
-from recrl.evaluate import Evaluation, final_report
+from recrl.evaluate import Evaluation, final_report, ope_settings
 from recrl.metrics.stats import set_seed
+from recrl.ope.evaluation import OPESelection
 from recrl.report import RunLogger, plot_learning_curves, print_report_table, write_report
 from recrl.stages import GymStages, Stages, build_stages, gym_stages, is_gym
 from recrl.types import RecrlError
@@ -50,6 +51,22 @@ def train_in_ground_truth(cfg: DictConfig, stages: Stages, trainer: Any, evaluat
 
     trainer.fit(algo, env, evaluate=check, log=prefixed, save=lambda tag, step: None, seed=cfg.seed)
     return algo
+
+
+def selection_check(cfg: DictConfig, stages: Stages | GymStages, algo: Any, evaluation: Evaluation,
+                    trainer: Any) -> Callable[[], dict[str, float]]:
+    """The training-time evaluation whose ``eval/return`` picks ``best.pt`` (``trainer.select_by``):
+    episodes in a fresh simulator or the ensemble's held-out member, or the off-policy estimate
+    ``ope.column`` on the validation split's logged sessions (never the test split, never the
+    ground truth)."""
+    if trainer.select_by != "ope":
+        env = stages.selection_env(trainer.select_by)
+        return lambda: {"eval/return": evaluation.mean_return(algo, env, trainer.eval_episodes)}
+    if isinstance(stages, GymStages):
+        raise RecrlError("trainer.select_by=ope needs logged data (not in gym runs); "
+                         "use trainer.select_by=simulator")
+    selection = OPESelection(ope_settings(cfg), stages)
+    return lambda: {"eval/return": selection(algo)}
 
 
 RESUME_FIXED = ("dataset", "behavior", "env", "reward", "algo")
@@ -102,8 +119,9 @@ def train(cfg: DictConfig, run_dir: Path, algo_name: str) -> TrainedRun:
     t_fit = time.perf_counter()
     algo = stages.build_algo(cfg.algo)
     evaluation: Evaluation = build(cfg.eval)
-    select_on = evaluation.select_on
-    train_env, check_env = stages.training_env(select_on), stages.selection_env(select_on)
+    select_by = trainer.select_by
+    train_env = stages.training_env(select_by)
+    check = selection_check(cfg, stages, algo, evaluation, trainer)
     if resumed is not None:
         restore_training_state(resumed, algo, train_env)
     config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
@@ -115,9 +133,6 @@ def train(cfg: DictConfig, run_dir: Path, algo_name: str) -> TrainedRun:
                          "run_dir": str(run_dir), "recrl_version": recrl.__version__,
                          "torch_rng": torch.get_rng_state(),
                          "env_rng": train_env.generator.get_state()})
-
-    def check() -> dict[str, float]:
-        return {"eval/return": evaluation.mean_return(algo, check_env, trainer.eval_episodes)}
 
     logger = RunLogger(run_dir)
     try:

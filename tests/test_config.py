@@ -185,11 +185,15 @@ def test_action_probs_are_the_evaluation_slates_distribution(name: str) -> None:
     assert torch.allclose(probs.sum(-1), torch.ones(4, 1), atol=1e-5) and bool((probs >= 0).all())
     draws = 3000
     slates = algo.act(obs.index(torch.arange(4).repeat(draws)), explore=False)
-    counts = torch.zeros(4, 20).index_add_(0, torch.arange(4).repeat(draws), F.one_hot(slates[:, 0], 20).float())
+    users = torch.arange(4).repeat(draws)
+    counts = torch.zeros(4, 20).index_add_(0, users, F.one_hot(slates[:, 0], 20).float())
     assert (counts / draws - probs[:, 0]).abs().max() < 0.04
 
 
-@pytest.mark.parametrize("name", [n for n in algo_options() if algo_slate_size(build(group_option("algo", n))) > 1])
+SLATE_ALGOS = [n for n in algo_options() if algo_slate_size(build(group_option("algo", n))) > 1]
+
+
+@pytest.mark.parametrize("name", SLATE_ALGOS)
 def test_action_probs_of_slates(name: str) -> None:
     """Slates of two: a deterministic evaluation slate is one-hot per slot; a sampled one has no
     closed-form per-slot probabilities and says so."""

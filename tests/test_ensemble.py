@@ -28,7 +28,7 @@ from recrl.data.synthetic import SyntheticWorld
 from recrl.env.choice import MNL
 from recrl.env.pessimism import LoggedPolicyEntropy, Pessimism
 from recrl.env.simulator import RecEnv
-from recrl.evaluate import Evaluation
+from recrl.loop import Trainer
 from recrl.rewards import ClickReward
 from recrl.stages import build_stages, yardstick_model
 from recrl.types import Obs, RecrlError, Response
@@ -437,7 +437,7 @@ def test_a_fitted_ground_truth_stays_one_model(tmp_path: Path) -> None:
 
 
 def test_selection_runs_in_a_held_out_member(tmp_path: Path) -> None:
-    """eval.select_on=held_out_member: the policy trains in the first K-1 members and best.pt is
+    """trainer.select_by=held_out_member: the policy trains in the first K-1 members and best.pt is
     picked in the last one, which it never trains in."""
     overrides = ["experiment=smoke", f"cache_dir='{tmp_path / 'cache'}'", "behavior.ensemble=3",
                  "trainer.device=cpu", "dataset.n_users=300"]
@@ -453,17 +453,17 @@ def test_selection_runs_in_a_held_out_member(tmp_path: Path) -> None:
     stages.__dict__["pessimism"] = Pessimism(penalty=1.0)  # MOPO reads the disagreement: every member steps
     assert stages.training_env().model is stages.behavior
     assert isinstance(stages.eval_envs()["simulator"].model, OwnMemberSimulator)  # no pessimism there
-    with pytest.raises(RecrlError, match="one of simulator, held_out_member"):
-        Evaluation(select_on="ground_truth")
+    with pytest.raises(RecrlError, match="one of simulator, held_out_member, ope"):
+        Trainer(select_by="ground_truth")
 
 
 def test_cli_picks_best_in_the_held_out_member(tmp_path: Path) -> None:
     run = tmp_path / "run"
-    proc = run_cli("behavior.ensemble=3", "eval.select_on=held_out_member", f"hydra.run.dir={run}",
+    proc = run_cli("behavior.ensemble=3", "trainer.select_by=held_out_member", f"hydra.run.dir={run}",
                    tmp_path=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (run / "checkpoints" / "best.pt").is_file()
-    proc = run_cli("eval.select_on=held_out_member", tmp_path=tmp_path)
+    proc = run_cli("trainer.select_by=held_out_member", tmp_path=tmp_path)
     assert proc.returncode == 2 and "needs behavior.ensemble >= 3" in proc.stderr.strip().splitlines()[-1]
 
 

@@ -186,3 +186,29 @@ def off_policy(ope: OffPolicyEvaluation, stages: Any, policies: dict[str, Policy
         return {"skipped": f"{type(behavior).__name__} cannot encode a logged history into a state"}, {}
     return ope.run(policies, log, behavior, stages.reward, env, ctx.n_items, ctx.history_len, ctx.horizon,
                    stages.device, source=f"the {split} split")
+
+
+class OPESelection:
+    """``trainer.select_by=ope``: the ``ope.column`` estimate of a policy on the validation
+    split's logged sessions (built once), what picks ``best.pt``; NaN (no support) never wins."""
+
+    def __init__(self, ope: OffPolicyEvaluation, stages: Any) -> None:
+        ctx, valid = stages.ctx, stages.splits.interactions.valid
+        if ctx.slate_size != 1:
+            raise RecrlError("trainer.select_by=ope needs env.slate_size=1 (the logs hold single items)")
+        if valid.empty:
+            raise RecrlError("trainer.select_by=ope needs validation rows; the validation split is empty")
+        if valid["propensity"].isna().any() and ope.column in NEEDS_PROPENSITY:
+            raise RecrlError(f"trainer.select_by=ope with ope.column={ope.column} needs logged propensities "
+                             "on the validation split; use ope.column=model")
+        self.ope = _with_estimators(ope, [ope.column])
+        self.stages = stages
+        self.env = stages.model_env() if self.ope.needs_model else None
+        self.sessions = ope.sessions(valid, ctx.n_items, ctx.history_len, ctx.horizon, stages.reward,
+                                     stages.device, source="the validation split")
+
+    def __call__(self, policy: Policy) -> float:
+        """The estimate (``-inf`` where it is undefined)."""
+        estimate = self.ope.estimate(policy, self.sessions, self.stages.behavior, self.stages.reward,
+                                     self.env)[self.ope.column]
+        return estimate.value if np.isfinite(estimate.value) else float("-inf")
