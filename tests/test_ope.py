@@ -8,13 +8,13 @@ are the same on every machine).
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 
 import numpy as np
 import pytest
 import torch
 
+from recrl.ope import core
 from recrl.ope import estimators as ope
 from recrl.types import RecrlError
 
@@ -303,7 +303,7 @@ def test_mdp_sequential_dr_unbiased_with_wrong_propensities(sessions: dict[str, 
 
 
 # ---------------------------------------------------------------------------------------------
-# Bad input and speed
+# Bad input and the bootstrap
 # ---------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize(("mu", "count"), [([0.5, 0.0, 0.5, 0.5], 1), ([0.5, 1.2, np.nan, 0.5], 2),
@@ -341,13 +341,65 @@ def test_bad_sequential_input_counts_only_valid_steps() -> None:
         ope.sequential_dr(R2, MU2, PI2, q, VS2, MASK2)
 
 
-def test_bootstrap_sums_agree_between_gather_and_counts(monkeypatch: pytest.MonkeyPatch) -> None:
-    rng = np.random.default_rng(4)
-    cols, idx = rng.random((50, 3)), rng.integers(0, 50, size=(7, 50))
-    gathered = ope._resampled_sums(cols, idx)
-    monkeypatch.setattr(ope, "_GATHER_MAX_COLS", 0)
-    np.testing.assert_allclose(ope._resampled_sums(cols, idx), gathered)
-    np.testing.assert_allclose(gathered, cols[idx].sum(axis=1))
+def test_bootstrap_blocks_do_not_change_the_counts(monkeypatch: pytest.MonkeyPatch) -> None:
+    cols = np.random.default_rng(4).random((1003, 3))  # not a multiple of any block size
+    whole = core.poisson_counts(np.random.default_rng(7), 1003, 50)
+    np.testing.assert_allclose(core.bootstrap_sums(cols, 50, seed=7), whole.T @ cols)
+    for rows in (4, 8, 100, 4096):
+        monkeypatch.setattr(core, "_BLOCK_ROWS", rows)
+        np.testing.assert_allclose(core.bootstrap_sums(cols, 50, seed=7), whole.T @ cols)
+
+
+def test_poisson_counts_are_poisson_one() -> None:
+    counts = core.poisson_counts(np.random.default_rng(0), 10_000, 200)
+    assert counts.mean() == pytest.approx(1.0, abs=0.003)
+    assert counts.var() == pytest.approx(1.0, abs=0.005)
+    assert (counts == 0).mean() == pytest.approx(np.exp(-1), abs=0.002)
+    assert set(np.unique(counts).tolist()) <= set(range(9))
+
+
+def assert_same_estimate(got: ope.Estimate, want: ope.Estimate) -> None:
+    """Equal estimates, up to float rounding in the bootstrap's sums."""
+    assert (got.n, got.ess, got.value) == (want.n, want.ess, pytest.approx(want.value, rel=1e-12))
+    assert (got.ci95_low, got.ci95_high) == pytest.approx((want.ci95_low, want.ci95_high), rel=1e-12)
+
+
+def test_estimate_all_equals_the_single_estimators() -> None:
+    logs = draw_bandit_logs(skewed_logger(), seed=15)
+    r, mu, pi = logs["r"][0], logs["mu"][0], logs["pi"][0]
+    q, v = (arr[0] for arr in model_terms(logs, WRONG_Q))
+    together = ope.estimate_all(r, mu, pi, q, v, max_weight=5.0, tau=4.0, seed=3)
+    alone = {"ips": ope.ips(r, mu, pi, seed=3), "snips": ope.snips(r, mu, pi, seed=3),
+             "clipped_ips": ope.clipped_ips(r, mu, pi, max_weight=5.0, seed=3), "dm": ope.dm(v, seed=3),
+             "dr": ope.dr(r, mu, pi, q, v, seed=3),
+             "switch_dr": ope.switch_dr(r, mu, pi, q, v, tau=4.0, seed=3)}
+    assert together.keys() == alone.keys()
+    for name, est in alone.items():
+        assert_same_estimate(together[name], est)
+    assert ope.estimate_all(r, mu, pi).keys() == {"ips", "snips", "clipped_ips"}
+    assert ope.estimate_all(r, mu, pi, v_target=v).keys() == {"ips", "snips", "clipped_ips", "dm"}
+    with pytest.raises(RecrlError, match="q_logged needs v_target"):
+        ope.estimate_all(r, mu, pi, q_logged=q)
+
+
+def test_estimate_all_sessions_equals_the_single_estimators(sessions: dict[str, np.ndarray]) -> None:
+    one = {k: v[0] for k, v in sessions.items()}
+    q, v = (arr[0] for arr in seq_model(sessions, MDP_Q))
+    args = (one["r"], one["mu"], one["pi"])
+    together = ope.estimate_all_sessions(*args, one["mask"], q, v, gamma=GAMMA)
+    alone = {"pdis": ope.pdis(*args, one["mask"], gamma=GAMMA),
+             "wpdis": ope.wpdis(*args, one["mask"], gamma=GAMMA),
+             "sequential_dr": ope.sequential_dr(*args, q, v, one["mask"], gamma=GAMMA)}
+    assert together.keys() == alone.keys()
+    for name, est in alone.items():
+        assert_same_estimate(together[name], est)
+
+
+def test_bootstrap_ci_covers_the_truth_about_95_percent() -> None:
+    logs = draw_bandit_logs(UNIFORM * 0.5 + TARGET * 0.5, seed=16)
+    ests = [ope.ips(logs["r"][d], logs["mu"][d], logs["pi"][d], seed=d) for d in range(DRAWS)]
+    covered = np.mean([e.ci95_low <= TRUE_VALUE <= e.ci95_high for e in ests])
+    assert 0.88 <= covered <= 0.99, covered
 
 
 def test_sequential_ci_brackets_value(sessions: dict[str, np.ndarray]) -> None:
@@ -357,14 +409,3 @@ def test_sequential_ci_brackets_value(sessions: dict[str, np.ndarray]) -> None:
         assert est.ci95_low < est.value < est.ci95_high
         assert est.ci95_low < MDP_TRUE < est.ci95_high
         assert 0 < est.ess < N_SESSIONS and est.n == N_SESSIONS
-
-
-def test_million_rows_fast() -> None:
-    rng = np.random.default_rng(3)
-    n = 1_000_000
-    r, mu, pi = rng.random(n), rng.uniform(0.05, 1.0, n), rng.random(n)
-    start = time.perf_counter()
-    est = ope.snips(r, mu, pi)  # the default 200 resamples, two columns
-    elapsed = time.perf_counter() - start
-    assert est.ci95_low < est.value < est.ci95_high
-    assert elapsed < 30, elapsed  # a few seconds on a 2-core CPU; a loop over rows would take minutes

@@ -12,166 +12,41 @@ Per-session (sequential) view: arrays ``[S, T]`` padded after each session's end
 validity mask; cumulative weight ``rho_it = prod_{t' <= t} w_it'``. A padded step is treated as an
 absorbing state: weight 1 (so ``rho`` carries forward), reward, ``q`` and ``v`` 0.
 
-Every estimator returns an :class:`Estimate`: the value, a 95% percentile-bootstrap CI over rows
-(per-step) or sessions (sequential) with ``n_boot`` resamples (default :data:`N_BOOT` = 200) from
-``numpy.random.default_rng(seed)`` (default seed 0), the effective sample size of its weights
-``(sum w)^2 / sum w^2`` and the number of rows or sessions.
+Every estimator returns an :class:`Estimate`: the value, a 95% percentile CI from ``n_boot``
+(default :data:`N_BOOT` = 200) Poisson-bootstrap resamples of the rows (per-step) or sessions
+(sequential) drawn from ``numpy.random.default_rng(seed)`` (default seed 0; see
+:mod:`recrl.ope.core`), the effective sample size of its weights ``(sum w)^2 / sum w^2`` and the
+number of rows or sessions. :func:`estimate_all` and :func:`estimate_all_sessions` compute several
+estimators over the same rows or sessions with one shared bootstrap: each CI equals the one of
+the estimator's own function with the same seed, at a fraction of the cost.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import torch
 
+from recrl.ope.core import N_BOOT, SEED, Estimate, Ratio, checked, checked_probs, ess, estimate_ratios
 from recrl.types import RecrlError
 
-N_BOOT = 200
-"""Default number of bootstrap resamples behind every CI."""
-SEED = 0
-"""Default seed of the bootstrap's ``numpy.random.default_rng``."""
-_BOOT_CHUNK_ELEMS = 1 << 24  # resamples x units drawn at once (bounds the bootstrap's memory)
-_GATHER_MAX_COLS = 4  # above this many columns, bootstrap sums via per-unit counts
-
-
-@dataclass(frozen=True)
-class Estimate:
-    """One off-policy estimate.
-
-    Attributes:
-        value: the estimated policy value (mean reward per row, or mean discounted return per
-            session).
-        ci95_low, ci95_high: 2.5% and 97.5% percentiles of the estimate over ``n_boot`` bootstrap
-            resamples of the rows (per-step) or sessions (sequential); NaN when ``n_boot == 0``.
-        ess: effective sample size of the estimator's importance weights
-            ``(sum w)^2 / sum w^2`` (``n`` for DM, which uses none; NaN when all weights are 0).
-        n: number of rows or sessions.
-    """
-
-    value: float
-    ci95_low: float
-    ci95_high: float
-    ess: float
-    n: int
-
-
-# ---------------------------------------------------------------------------------------------
-# Input checks
-# ---------------------------------------------------------------------------------------------
-
-def _as_array(values: Any) -> np.ndarray:
-    """``values`` (array-like or tensor) as a float64 numpy array."""
-    if isinstance(values, torch.Tensor):
-        return values.detach().cpu().double().numpy()
-    return np.asarray(values, dtype=np.float64)
-
-
-def _check(name: str, arr: np.ndarray, low: float, high: float, low_open: bool,
-           valid: np.ndarray | None = None) -> None:
-    """Raise :class:`RecrlError` naming ``name`` and the count of rows outside the range or NaN."""
-    inside = np.isfinite(arr) & (arr > low if low_open else arr >= low) & (arr <= high)
-    bad = ~inside if valid is None else valid & ~inside
-    count = int(bad.sum())
-    if count:
-        bracket = "(" if low_open else "["
-        where = "not finite" if np.isinf(low) and np.isinf(high) else \
-            f"NaN or outside {bracket}{low:g}, {high:g}]"
-        raise RecrlError(f"ope: {count} row(s) of {name} are {where}")
-
-
-def _checked(name: str, values: Any, shape: tuple[int, ...] | None, low: float = -np.inf,
-             high: float = np.inf, low_open: bool = False, valid: np.ndarray | None = None) -> np.ndarray:
-    """``values`` as an array of ``shape``, checked to lie in its range (finite by default)."""
-    arr = _as_array(values)
-    if shape is not None and arr.shape != shape:
-        raise RecrlError(f"ope: {name} has shape {arr.shape}, expected {shape}")
-    _check(name, arr, low, high, low_open, valid)
-    return arr
+__all__ = ["N_BOOT", "SEED", "Estimate", "clipped_ips", "deterministic_probs", "dm", "dr", "ess",
+           "estimate_all", "estimate_all_sessions", "ips", "pdis", "sequential_dr", "snips",
+           "switch_dr", "wpdis"]
 
 
 def _weights(p_log: Any, p_target: Any, shape: tuple[int, ...] | None,
              valid: np.ndarray | None = None) -> np.ndarray:
     """Importance weights ``p_target / p_log`` after checking ``p_log`` in (0, 1], ``p_target`` in [0, 1]."""
-    mu = _checked("p_log", p_log, shape, 0.0, 1.0, low_open=True, valid=valid)
-    pi = _checked("p_target", p_target, mu.shape, 0.0, 1.0, valid=valid)
+    mu, pi = checked_probs(p_log, p_target, shape, valid)
     if valid is None:
         return pi / mu
     return np.where(valid, pi / np.where(valid, mu, 1.0), 1.0)
 
 
-# ---------------------------------------------------------------------------------------------
-# Shared machinery: value = sum_k g_k (sum_i A_ik) / (sum_i B_ik), bootstrapped over units i
-# ---------------------------------------------------------------------------------------------
-
-def ess(weights: Any) -> float:
-    """Effective sample size of importance weights: ``(sum w)^2 / sum w^2`` (NaN if all are 0).
-
-    Equals ``n`` for equal weights and 1 when one weight carries everything (Kish's formula).
-    """
-    w = _as_array(weights).reshape(-1)
-    sq = float(np.sum(w * w))
-    return float(np.sum(w)) ** 2 / sq if sq > 0 else float("nan")
-
-
-def _ratio_value(num: np.ndarray, den: np.ndarray, gain: np.ndarray) -> np.ndarray:
-    """``sum_k gain_k num_k / den_k`` over the last axis (NaN where a denominator is 0)."""
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return (gain * (num / den)).sum(axis=-1)
-
-
-def _resampled_sums(cols: np.ndarray, idx: np.ndarray) -> np.ndarray:
-    """``[m, k]`` sums of ``cols`` ``[n, k]`` over each row of resampled unit ids ``idx`` ``[m, n]``.
-
-    Few columns: a gather per column; many (WPDIS over long sessions): per-unit counts times ``cols``.
-    """
-    m, n = idx.shape
-    if cols.shape[1] <= _GATHER_MAX_COLS:
-        return np.stack([np.take(np.ascontiguousarray(c), idx).sum(axis=1) for c in cols.T], axis=1)
-    counts = np.bincount((idx + n * np.arange(m)[:, None]).reshape(-1), minlength=m * n)
-    return counts.reshape(m, n).astype(np.float64) @ cols
-
-
-def _bootstrap_ci(a: np.ndarray, b: np.ndarray | None, gain: np.ndarray, n_boot: int,
-                  seed: int) -> tuple[float, float]:
-    """95% percentile CI of ``sum_k gain_k sum_i A_ik / sum_i B_ik`` under resampling units ``i``.
-
-    Each resample draws ``n`` units with replacement (``B = None``: ones, whose sums are ``n``);
-    the cost is ``O(n_boot * n * k)``, in chunks of bounded memory.
-    """
-    if n_boot <= 0:
-        return float("nan"), float("nan")
-    n, k = a.shape
-    rng = np.random.default_rng(seed)
-    cols = a if b is None else np.concatenate([a, b], axis=1)
-    chunk = max(1, _BOOT_CHUNK_ELEMS // max(n, 1))
-    values = []
-    for start in range(0, n_boot, chunk):
-        sums = _resampled_sums(cols, rng.integers(0, n, size=(min(chunk, n_boot - start), n)))
-        den = np.full_like(sums[:, :k], float(n)) if b is None else sums[:, k:]
-        values.append(_ratio_value(sums[:, :k], den, gain))
-    low, high = np.nanpercentile(np.concatenate(values), [2.5, 97.5])
-    return float(low), float(high)
-
-
-def _estimate(a: np.ndarray, b: np.ndarray | None = None, gain: np.ndarray | None = None,
-              weights: np.ndarray | None = None, n_boot: int = N_BOOT, seed: int = SEED) -> Estimate:
-    """The :class:`Estimate` of per-unit terms ``a`` ``[n]`` or ``[n, k]`` (see :func:`_ratio_value`).
-
-    ``b`` defaults to ones (a plain mean), ``gain`` to ones, ``weights`` (for the ESS) to none (ESS = n).
-    """
-    a2 = a.reshape(a.shape[0], -1)
-    b2 = None if b is None else b.reshape(a2.shape)
-    g = np.ones(a2.shape[1]) if gain is None else gain
-    n = a2.shape[0]
-    if n == 0:
-        raise RecrlError("ope: no logged rows to estimate from")
-    den = np.full(a2.shape[1], float(n)) if b2 is None else b2.sum(axis=0)
-    value = float(_ratio_value(a2.sum(axis=0), den, g))
-    low, high = _bootstrap_ci(a2, b2, g, n_boot, seed)
-    return Estimate(value=value, ci95_low=low, ci95_high=high,
-                    ess=float(n) if weights is None else ess(weights), n=n)
+def _one(stat: Ratio, n_boot: int, seed: int) -> Estimate:
+    """The :class:`Estimate` of a single :class:`Ratio`."""
+    return estimate_ratios([stat], n_boot, seed)[0]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -203,10 +78,53 @@ def deterministic_probs(chosen: Any, logged: Any, n_actions: int, epsilon: float
 
 def _rows(reward: Any, p_log: Any, p_target: Any) -> tuple[np.ndarray, np.ndarray]:
     """Checked rewards ``[N]`` and importance weights ``[N]``."""
-    r = _checked("reward", reward, None)
+    r = checked("reward", reward, None)
     if r.ndim != 1:
         raise RecrlError(f"ope: reward must be one-dimensional [N], got shape {r.shape}")
     return r, _weights(p_log, p_target, r.shape)
+
+
+def _check_threshold(name: str, value: float) -> None:
+    """Raise :class:`RecrlError` unless the clipping / switching threshold is positive."""
+    if not value > 0:
+        raise RecrlError(f"ope: {name} must be positive, got {value}")
+
+
+def _model_terms(q_logged: Any, v_target: Any, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Checked reward-model terms ``q`` (logged action) and ``v`` (under the target) of ``shape``."""
+    return checked("q_logged", q_logged, shape), checked("v_target", v_target, shape)
+
+
+def _dm_stat(v: np.ndarray) -> Ratio:
+    """DM: the mean of ``v``."""
+    return Ratio(v.reshape(-1))
+
+
+def _ips_stat(r: np.ndarray, w: np.ndarray) -> Ratio:
+    """IPS: the mean of ``w r``."""
+    return Ratio(w * r, weights=w)
+
+
+def _snips_stat(r: np.ndarray, w: np.ndarray) -> Ratio:
+    """SNIPS: ``sum w r / sum w``."""
+    return Ratio(w * r, w, weights=w)
+
+
+def _clipped_stat(r: np.ndarray, w: np.ndarray, max_weight: float) -> Ratio:
+    """Clipped IPS: the mean of ``min(w, max_weight) r``."""
+    wc = np.minimum(w, max_weight)
+    return Ratio(wc * r, weights=wc)
+
+
+def _dr_stat(r: np.ndarray, w: np.ndarray, q: np.ndarray, v: np.ndarray) -> Ratio:
+    """DR: the mean of ``v + w (r - q)``."""
+    return Ratio(v + w * (r - q), weights=w)
+
+
+def _switch_stat(r: np.ndarray, w: np.ndarray, q: np.ndarray, v: np.ndarray, tau: float) -> Ratio:
+    """Switch-DR: DR where ``w <= tau``, DM elsewhere."""
+    wk = np.where(w <= tau, w, 0.0)
+    return Ratio(v + wk * (r - q), weights=wk)
 
 
 def dm(v_target: Any, n_boot: int = N_BOOT, seed: int = SEED) -> Estimate:
@@ -215,8 +133,7 @@ def dm(v_target: Any, n_boot: int = N_BOOT, seed: int = SEED) -> Estimate:
     ``V_DM = 1/n sum_i v_i`` with ``v_i = sum_a pi(a|x_i) q(x_i, a)``. No weights (ESS = n);
     biased exactly as far as the reward model ``q`` is wrong (Dudik et al., ICML 2011, sec. 2).
     """
-    v = _checked("v_target", v_target, None)
-    return _estimate(v.reshape(-1), n_boot=n_boot, seed=seed)
+    return _one(_dm_stat(checked("v_target", v_target, None)), n_boot, seed)
 
 
 def ips(reward: Any, p_log: Any, p_target: Any, n_boot: int = N_BOOT, seed: int = SEED) -> Estimate:
@@ -224,8 +141,7 @@ def ips(reward: Any, p_log: Any, p_target: Any, n_boot: int = N_BOOT, seed: int 
 
     Unbiased when the logging propensities are right and cover the target's actions.
     """
-    r, w = _rows(reward, p_log, p_target)
-    return _estimate(w * r, weights=w, n_boot=n_boot, seed=seed)
+    return _one(_ips_stat(*_rows(reward, p_log, p_target)), n_boot, seed)
 
 
 def snips(reward: Any, p_log: Any, p_target: Any, n_boot: int = N_BOOT, seed: int = SEED) -> Estimate:
@@ -233,8 +149,7 @@ def snips(reward: Any, p_log: Any, p_target: Any, n_boot: int = N_BOOT, seed: in
 
     Slightly biased, consistent, and usually of much lower variance than IPS; NaN if all w are 0.
     """
-    r, w = _rows(reward, p_log, p_target)
-    return _estimate(w * r, w, weights=w, n_boot=n_boot, seed=seed)
+    return _one(_snips_stat(*_rows(reward, p_log, p_target)), n_boot, seed)
 
 
 def clipped_ips(reward: Any, p_log: Any, p_target: Any, max_weight: float = 10.0,
@@ -244,18 +159,8 @@ def clipped_ips(reward: Any, p_log: Any, p_target: Any, max_weight: float = 10.0
     Trades variance for a downward bias (for nonnegative rewards) on rows whose weight exceeds
     ``max_weight`` (default 10); the ESS is that of the clipped weights.
     """
-    if not max_weight > 0:
-        raise RecrlError(f"ope: max_weight must be positive, got {max_weight}")
-    r, w = _rows(reward, p_log, p_target)
-    wc = np.minimum(w, max_weight)
-    return _estimate(wc * r, weights=wc, n_boot=n_boot, seed=seed)
-
-
-def _dr_inputs(reward: Any, p_log: Any, p_target: Any, q_logged: Any,
-               v_target: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Checked ``r, w, q, v`` of the doubly robust estimators."""
-    r, w = _rows(reward, p_log, p_target)
-    return r, w, _checked("q_logged", q_logged, r.shape), _checked("v_target", v_target, r.shape)
+    _check_threshold("max_weight", max_weight)
+    return _one(_clipped_stat(*_rows(reward, p_log, p_target), max_weight), n_boot, seed)
 
 
 def dr(reward: Any, p_log: Any, p_target: Any, q_logged: Any, v_target: Any,
@@ -264,8 +169,8 @@ def dr(reward: Any, p_log: Any, p_target: Any, q_logged: Any, v_target: Any,
 
     Unbiased when either the propensities or the reward model are right.
     """
-    r, w, q, v = _dr_inputs(reward, p_log, p_target, q_logged, v_target)
-    return _estimate(v + w * (r - q), weights=w, n_boot=n_boot, seed=seed)
+    r, w = _rows(reward, p_log, p_target)
+    return _one(_dr_stat(r, w, *_model_terms(q_logged, v_target, r.shape)), n_boot, seed)
 
 
 def switch_dr(reward: Any, p_log: Any, p_target: Any, q_logged: Any, v_target: Any,
@@ -278,11 +183,41 @@ def switch_dr(reward: Any, p_log: Any, p_target: Any, q_logged: Any, v_target: A
     which needs ``q`` for every action rather than only ``q_logged`` and ``v_target``. The ESS is
     that of the weights kept, ``1[w <= tau] w``.
     """
-    if not tau > 0:
-        raise RecrlError(f"ope: tau must be positive, got {tau}")
-    r, w, q, v = _dr_inputs(reward, p_log, p_target, q_logged, v_target)
-    wk = np.where(w <= tau, w, 0.0)
-    return _estimate(v + wk * (r - q), weights=wk, n_boot=n_boot, seed=seed)
+    _check_threshold("tau", tau)
+    r, w = _rows(reward, p_log, p_target)
+    return _one(_switch_stat(r, w, *_model_terms(q_logged, v_target, r.shape), tau), n_boot, seed)
+
+
+def _model_pair(q_logged: Any, v_target: Any) -> bool:
+    """Whether a reward model is given; ``q_logged`` without ``v_target`` is an error."""
+    if q_logged is not None and v_target is None:
+        raise RecrlError("ope: q_logged needs v_target (the model's expected reward under the target)")
+    return q_logged is not None
+
+
+def estimate_all(reward: Any, p_log: Any, p_target: Any, q_logged: Any = None, v_target: Any = None,
+                 max_weight: float = 10.0, tau: float = 10.0, n_boot: int = N_BOOT,
+                 seed: int = SEED) -> dict[str, Estimate]:
+    """Every per-step estimator over the same logged rows, with one shared bootstrap.
+
+    Returns ``ips``, ``snips`` and ``clipped_ips``; with ``v_target`` also ``dm``; with both
+    ``q_logged`` and ``v_target`` also ``dr`` and ``switch_dr``. Each :class:`Estimate` equals the
+    one of the function of that name called with the same inputs, ``n_boot`` and ``seed`` (CIs up
+    to float rounding); the inputs are checked once and the resample counts drawn once.
+    """
+    _check_threshold("max_weight", max_weight)
+    _check_threshold("tau", tau)
+    with_model = _model_pair(q_logged, v_target)
+    r, w = _rows(reward, p_log, p_target)
+    stats = {"ips": _ips_stat(r, w), "snips": _snips_stat(r, w),
+             "clipped_ips": _clipped_stat(r, w, max_weight)}
+    if v_target is not None:
+        v = checked("v_target", v_target, r.shape)
+        stats["dm"] = _dm_stat(v)
+    if with_model:
+        q = checked("q_logged", q_logged, r.shape)
+        stats["dr"], stats["switch_dr"] = _dr_stat(r, w, q, v), _switch_stat(r, w, q, v, tau)
+    return dict(zip(stats, estimate_ratios(list(stats.values()), n_boot, seed), strict=True))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -295,9 +230,16 @@ def _sessions(reward: Any, p_log: Any, p_target: Any,
     valid = np.asarray(mask, dtype=bool)
     if valid.ndim != 2:
         raise RecrlError(f"ope: mask must be [sessions, steps], got shape {valid.shape}")
-    r = _checked("reward", reward, valid.shape, valid=valid)
+    r = checked("reward", reward, valid.shape, valid=valid)
     w = _weights(p_log, p_target, valid.shape, valid=valid)
     return valid, np.where(valid, r, 0.0), w
+
+
+def _session_model(q_logged: Any, v_target: Any, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Checked ``q`` and ``v`` ``[S, T]`` on valid steps, 0 on padded ones."""
+    q = checked("q_logged", q_logged, valid.shape, valid=valid)
+    v = checked("v_target", v_target, valid.shape, valid=valid)
+    return np.where(valid, q, 0.0), np.where(valid, v, 0.0)
 
 
 def _discounts(steps: int, gamma: float) -> np.ndarray:
@@ -305,6 +247,22 @@ def _discounts(steps: int, gamma: float) -> np.ndarray:
     if not 0.0 <= gamma <= 1.0:
         raise RecrlError(f"ope: gamma must lie in [0, 1], got {gamma}")
     return gamma ** np.arange(steps, dtype=np.float64)
+
+
+def _pdis_stat(r: np.ndarray, rho: np.ndarray, disc: np.ndarray) -> Ratio:
+    """PDIS: the mean discounted ``rho``-weighted return per session."""
+    return Ratio((disc * rho * r).sum(axis=1), weights=rho[:, -1])
+
+
+def _wpdis_stat(r: np.ndarray, rho: np.ndarray, disc: np.ndarray) -> Ratio:
+    """WPDIS: per step ``sum rho r / sum rho``, discounted and summed."""
+    return Ratio(rho * r, rho, gain=disc, weights=rho[:, -1])
+
+
+def _seq_dr_stat(r: np.ndarray, rho: np.ndarray, disc: np.ndarray, q: np.ndarray, v: np.ndarray) -> Ratio:
+    """Sequential DR, unrolled (see :func:`sequential_dr`)."""
+    rho_prev = np.concatenate([np.ones((rho.shape[0], 1)), rho[:, :-1]], axis=1)
+    return Ratio((disc * (rho * (r - q) + rho_prev * v)).sum(axis=1), weights=rho[:, -1])
 
 
 def pdis(reward: Any, p_log: Any, p_target: Any, mask: Any, gamma: float = 1.0,
@@ -316,9 +274,7 @@ def pdis(reward: Any, p_log: Any, p_target: Any, mask: Any, gamma: float = 1.0,
     The ESS is that of the sessions' final cumulative weights.
     """
     _, r, w = _sessions(reward, p_log, p_target, mask)
-    rho = np.cumprod(w, axis=1)
-    per_session = (_discounts(r.shape[1], gamma) * rho * r).sum(axis=1)
-    return _estimate(per_session, weights=rho[:, -1], n_boot=n_boot, seed=seed)
+    return _one(_pdis_stat(r, np.cumprod(w, axis=1), _discounts(r.shape[1], gamma)), n_boot, seed)
 
 
 def wpdis(reward: Any, p_log: Any, p_target: Any, mask: Any, gamma: float = 1.0,
@@ -331,9 +287,7 @@ def wpdis(reward: Any, p_log: Any, p_target: Any, mask: Any, gamma: float = 1.0,
     lower variance than :func:`pdis`. The ESS is that of the final cumulative weights.
     """
     _, r, w = _sessions(reward, p_log, p_target, mask)
-    rho = np.cumprod(w, axis=1)
-    return _estimate(rho * r, rho, gain=_discounts(r.shape[1], gamma), weights=rho[:, -1],
-                     n_boot=n_boot, seed=seed)
+    return _one(_wpdis_stat(r, np.cumprod(w, axis=1), _discounts(r.shape[1], gamma)), n_boot, seed)
 
 
 def sequential_dr(reward: Any, p_log: Any, p_target: Any, q_logged: Any, v_target: Any, mask: Any,
@@ -347,9 +301,24 @@ def sequential_dr(reward: Any, p_log: Any, p_target: Any, q_logged: Any, v_targe
     model are right. The ESS is that of the final cumulative weights.
     """
     valid, r, w = _sessions(reward, p_log, p_target, mask)
-    q = np.where(valid, _checked("q_logged", q_logged, valid.shape, valid=valid), 0.0)
-    v = np.where(valid, _checked("v_target", v_target, valid.shape, valid=valid), 0.0)
-    rho = np.cumprod(w, axis=1)
-    rho_prev = np.concatenate([np.ones((rho.shape[0], 1)), rho[:, :-1]], axis=1)
-    per_session = (_discounts(r.shape[1], gamma) * (rho * (r - q) + rho_prev * v)).sum(axis=1)
-    return _estimate(per_session, weights=rho[:, -1], n_boot=n_boot, seed=seed)
+    q, v = _session_model(q_logged, v_target, valid)
+    stat = _seq_dr_stat(r, np.cumprod(w, axis=1), _discounts(r.shape[1], gamma), q, v)
+    return _one(stat, n_boot, seed)
+
+
+def estimate_all_sessions(reward: Any, p_log: Any, p_target: Any, mask: Any, q_logged: Any = None,
+                          v_target: Any = None, gamma: float = 1.0, n_boot: int = N_BOOT,
+                          seed: int = SEED) -> dict[str, Estimate]:
+    """Every per-session estimator over the same sessions ``[S, T]``, with one shared bootstrap.
+
+    Returns ``pdis`` and ``wpdis``; with ``q_logged`` and ``v_target`` also ``sequential_dr``.
+    Each :class:`Estimate` equals the one of the function of that name called with the same
+    inputs, ``gamma``, ``n_boot`` and ``seed`` (CIs up to float rounding).
+    """
+    with_model = _model_pair(q_logged, v_target)
+    valid, r, w = _sessions(reward, p_log, p_target, mask)
+    rho, disc = np.cumprod(w, axis=1), _discounts(r.shape[1], gamma)
+    stats = {"pdis": _pdis_stat(r, rho, disc), "wpdis": _wpdis_stat(r, rho, disc)}
+    if with_model:
+        stats["sequential_dr"] = _seq_dr_stat(r, rho, disc, *_session_model(q_logged, v_target, valid))
+    return dict(zip(stats, estimate_ratios(list(stats.values()), n_boot, seed), strict=True))
