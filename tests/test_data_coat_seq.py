@@ -254,6 +254,62 @@ def test_sasrec_skip_drops_and_counts_bad_lines() -> None:
     assert len(splits.interactions.train) + len(splits.interactions.valid) + len(splits.test) == 4
 
 
+# ---------------------------------------------------------------------------------------- Coat propensities
+# P_ui of the fixture's 3 users x 4 items; train.ascii rates (0,0) (0,2) (1,1) (1,3) (2,0) (2,3)
+PROPENSITIES = "0.5 0.1 0.3 0.1\n0.2 0.2 0.2 0.2\n0.4 0.4 0.1 0.1\n"
+
+
+def coat_with_propensities(tmp_path: Path, text: str = PROPENSITIES) -> Path:
+    """The good Coat fixture plus a ``propensities.ascii`` holding ``text``."""
+    root = coat_copy(tmp_path)
+    (root / "propensities.ascii").write_text(text)
+    return root
+
+
+def test_coat_propensities_are_normalised_per_user(tmp_path: Path) -> None:
+    splits = coat(coat_with_propensities(tmp_path)).load()
+    # user 0: 0.5 / 1.0, 0.3 / 1.0; user 1: 0.2 / 0.8 twice; user 2: 0.4 / 1.0, 0.1 / 1.0
+    np.testing.assert_allclose(splits.interactions.train["propensity"], [0.5, 0.3, 0.25, 0.25, 0.4, 0.1],
+                               rtol=1e-6)
+    assert splits.test["propensity"].isna().all()  # the randomized test.ascii rows
+    assert "P(item | user) = P_ui / sum_j P_uj" in splits.meta["propensity"]
+
+
+def test_coat_without_propensities_says_so_in_meta() -> None:
+    splits = coat(COAT / "good").load()
+    assert splits.interactions.train["propensity"].isna().all()
+    assert splits.meta["propensity"].startswith("propensities.ascii not found in")
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("0.5 0.1 0.3 0.1\n0.2 0.2 0.2 0.2\n", r"has 2 rows of 4 values but train\.ascii is 3 x 4"),
+    ("0.5 0.1 0.3\n0.2 0.2 0.2 0.2\n0.4 0.4 0.1 0.1\n",
+     r"has 3 rows of 3/4 values but train\.ascii is 3 x 4"),
+    ("0.5 x 0.3 0.1\n0.2 0.2 nan 0.2\n0.4 0.4 0.1 inf\n", r": 3 of 12 entries are not probabilities"),
+    ("1.5 0.1 0.3 0.1\n0.2 -0.2 0.2 0.2\n0.4 0.4 0.1 0.1\n", r": 2 of 12 entries are not probabilities"),
+    # 0 on a rated cell (user 0, item 0) is bad; 0 on an unrated one (user 0, item 1) is fine
+    ("0 0 0.3 0.1\n0.2 0.2 0.2 0.2\n0.4 0.4 0.1 0.1\n", r": 1 of 12 entries are not probabilities"),
+])
+def test_coat_malformed_propensities_are_one_line(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(RecrlError, match=message) as err:
+        coat(coat_with_propensities(tmp_path, text)).load()
+    assert "propensities.ascii" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_coat_cache_key_covers_the_propensity_file(tmp_path: Path) -> None:
+    root = coat_with_propensities(tmp_path / "data")
+    cache = str(tmp_path / "cache")
+    first = coat(root, cache_dir=cache)
+    assert first.load().interactions.train["propensity"].iloc[0] == pytest.approx(0.5)
+    (root / "propensities.ascii").write_text(PROPENSITIES.replace("0.5 0.1", "0.1 0.5", 1))
+    changed = coat(root, cache_dir=cache)
+    assert changed.load().interactions.train["propensity"].iloc[0] == pytest.approx(0.1)
+    (root / "propensities.ascii").unlink()
+    gone = coat(root, cache_dir=cache)
+    assert gone.load().interactions.train["propensity"].isna().all()
+    assert [d.last_load["cache"] for d in (first, changed, gone)] == ["miss", "miss", "miss"]
+
+
 # ---------------------------------------------------------------------------------------- shared data
 def test_coat_shared_data_counts() -> None:
     splits = Coat(root=str(shared_data() / "coat"),
@@ -265,6 +321,21 @@ def test_coat_shared_data_counts() -> None:
     assert splits.ground_truth is not None and inter.items.shape == (300, 33)
     assert splits.users is not None and splits.users.shape == (290, 14)
     assert (inter.items.sum(axis=1) == 4).all()  # one-hot in 4 groups
+
+
+def test_coat_shared_data_propensities() -> None:
+    root = shared_data() / "coat"
+    if not (root / "propensities.ascii").is_file():
+        pytest.skip(f"{root / 'propensities.ascii'} not found")
+    splits = Coat(root=str(root), preprocess=Preprocessing(split="given", implicit_threshold=4)).load()
+    log = pd.concat([splits.interactions.train, splits.interactions.valid])
+    raw = np.loadtxt(root / "propensities.ascii")
+    normalised = raw / raw.sum(axis=1, keepdims=True)
+    expected = normalised[splits.user_ids[log["user"]], splits.item_ids[log["item"]]]
+    np.testing.assert_allclose(log["propensity"], expected, rtol=1e-6)
+    assert len(log) == 6_960 and log["propensity"].notna().all() and splits.test["propensity"].isna().all()
+    # README: P_ui in [0.00253, 0.690]; rows sum to about 24 (the items each user rated)
+    assert log["propensity"].min() > 0.00253 / 26 and log["propensity"].max() < 0.690 / 23
 
 
 def test_beauty_shared_data_leave_last_out_and_attributes() -> None:

@@ -5,6 +5,15 @@ rated), space-separated, one user per line. Train holds the ratings of items use
 themselves (missing not at random); test holds 16 items per user drawn uniformly at random, so
 it doubles as the ground truth for evaluation. ``user_item_features/`` adds one-hot user and
 item features with their column names.
+
+``propensities.ascii`` (optional), a users x items matrix of floats aligned with ``train.ascii``,
+holds the authors' estimates ``P_ui`` of the probability that user ``u`` rates item ``i`` (their
+Naive Bayes model; a user's row sums to about 24, the items each user rated). The train log is
+the users' self-selection, which recrl treats as a logging policy choosing one item per step
+over the catalogue, so each ``train.ascii`` row's ``propensity`` is the per-user normalised
+exposure probability ``P(item | user) = P_ui / sum_j P_uj``. Without the file the column stays
+NaN (unknown) and ``meta["propensity"]`` says so; the rows of the randomized ``test.ascii`` keep
+NaN too.
 """
 
 from __future__ import annotations
@@ -21,6 +30,7 @@ from recrl.data.sequence import first_non_integer, malformed_line, read_text_lin
 from recrl.types import RecrlError
 
 FEATURES = "user_item_features"
+PROPENSITIES = "propensities.ascii"
 
 
 @dataclass
@@ -108,12 +118,43 @@ def read_feature_names(path: Path, n_cols: int, features: Path) -> list[str]:
     return names
 
 
+def _float_tokens(path: Path, n_rows: int, n_cols: int, like: str) -> np.ndarray:
+    """The space-separated numbers of ``path`` as an ``[n_rows, n_cols]`` float matrix (NaN where
+    a token is not a number); a shape other than ``like``'s is a one-line error."""
+    lines = read_text_lines(path)
+    widths = {len(line.split()) for line in lines}
+    if len(lines) != n_rows or widths != {n_cols}:
+        shape = f"{len(lines)} rows of {'/'.join(map(str, sorted(widths))) or 0} values"
+        raise RecrlError(f"{path} has {shape} but {like} is {n_rows} x {n_cols}; the files must describe "
+                         "the same users and items (or remove the file)")
+    tokens = pd.Series(" ".join(lines).split())
+    return pd.to_numeric(tokens, errors="coerce").to_numpy(dtype=np.float64).reshape(n_rows, n_cols)
+
+
+def read_propensities(path: Path, rated: np.ndarray, like: str = "train.ascii") -> np.ndarray:
+    """Schnabel et al.'s propensity matrix ``P_ui``, checked against the rated cells ``rated``
+    ``[users, items]`` of ``like``, as per-user normalised probabilities ``P_ui / sum_j P_uj``.
+
+    Every entry must be a finite number in [0, 1], and above 0 on a rated cell; otherwise one
+    error names the file and the count of bad entries.
+    """
+    values = _float_tokens(path, *rated.shape, like=like)
+    with np.errstate(invalid="ignore"):
+        bad = ~np.isfinite(values) | (values < 0) | (values > 1) | (rated & (values <= 0))
+    if bad.any():
+        raise RecrlError(f"{path}: {int(bad.sum())} of {bad.size} entries are not probabilities "
+                         f"(non-numeric, outside [0, 1], or 0 on a cell {like} rates); fix the file or "
+                         "remove it to load Coat without propensities")
+    return values / values.sum(axis=1, keepdims=True).clip(min=np.finfo(np.float64).tiny)
+
+
 class Coat(FileDataset):
     """Coat: ``train.ascii`` (self-selected ratings) and ``test.ascii`` (random ratings), 290 x 300.
 
     Users are row indices and items column indices (raw ids from 0). Rows carry ``time`` 0,
     in item order within a user. Use ``preprocess.split=given`` to test on the randomized
-    ratings; they also become ``Splits.ground_truth``.
+    ratings; they also become ``Splits.ground_truth``. With ``propensities.ascii`` next to
+    them, the train rows carry the authors' propensities (see the module docstring).
 
     Example::
 
@@ -133,11 +174,11 @@ class Coat(FileDataset):
         return [self.root / "train.ascii", self.root / "test.ascii"]
 
     def optional_files(self) -> list[Path]:
-        """One-hot user and item features and their column names."""
+        """The propensity matrix, then one-hot user and item features and their column names."""
         if not self.side_information:
-            return []
-        return [self.root / FEATURES / f"{who}_features{ext}"
-                for who in ("item", "user") for ext in (".ascii", "_map.txt")]
+            return [self.root / PROPENSITIES]
+        return [self.root / PROPENSITIES] + [self.root / FEATURES / f"{who}_features{ext}"
+                                             for who in ("item", "user") for ext in (".ascii", "_map.txt")]
 
     def read(self) -> RawLog:
         """Train and randomized test logs plus side tables."""
@@ -148,10 +189,24 @@ class Coat(FileDataset):
                                n_cols=n_items, like=train_path.name)
         items, bad_items = self._features("item", n_items)
         users, bad_users = self._features("user", n_users)
-        return RawLog(log=matrix_log(train.values), test=matrix_log(test.values), test_is_randomized=True,
+        log, note = self._with_propensities(matrix_log(train.values), train.values > 0, train_path.name)
+        return RawLog(log=log, test=matrix_log(test.values), test_is_randomized=True,
                       items=items, users=users,
                       skipped_rows=train.skipped + test.skipped + bad_items + bad_users,
-                      meta={"name": self.name, "shape": [n_users, n_items]})
+                      meta={"name": self.name, "shape": [n_users, n_items], "propensity": note})
+
+    def _with_propensities(self, log: pd.DataFrame, rated: np.ndarray, like: str) -> tuple[pd.DataFrame, str]:
+        """``log`` with each row's ``propensity`` from ``propensities.ascii`` when present, and a
+        note for the report saying where the propensities came from."""
+        path = self.root / PROPENSITIES
+        if not path.is_file():
+            return log, (f"{PROPENSITIES} not found in {self.root}: propensity unknown (NaN) on every row; "
+                         "recrl.ope.propensity can estimate them")
+        probs = read_propensities(path, rated, like)
+        log["propensity"] = probs[log["user"].to_numpy(), log["item"].to_numpy()]
+        return log, (f"{PROPENSITIES}: rows of {like} carry P(item | user) = P_ui / sum_j P_uj, the "
+                     "authors' (Schnabel et al. 2016) exposure probabilities normalised per user; rows of "
+                     "test.ascii NaN")
 
     def _features(self, who: str, n_rows: int) -> tuple[pd.DataFrame | None, int]:
         """The ``who`` (``item``/``user``) one-hot table indexed by raw id, and its skipped rows."""
