@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +18,7 @@ from hydra import compose, initialize_config_dir
 import recrl.data.cache
 from recrl.config import CONF_DIR, build, validate
 from recrl.data.kuairand import KuaiRand
-from recrl.data.preprocess import Preprocessing
+from recrl.data.preprocess import Preprocessing, RawLog
 from recrl.data.tabular import TabularDataset, read_csv_log
 from recrl.types import LOG_COLUMNS, RecrlError, Splits
 
@@ -206,6 +210,67 @@ def test_undecodable_bytes_and_bad_settings_are_recrl_errors(tmp_path: Path) -> 
         TabularDataset(root=str(tmp_path), encoding="klingon")
     with pytest.raises(RecrlError, match=r"dataset\.columns has no item entry"):
         TabularDataset(root=str(tmp_path), columns={"user": "u"})
+
+
+# ---------------------------------------------------------------------- propensities
+# bad: 0, 1.5, -0.1, abc, inf; fine: 0.5 and the unknown "" and NaN
+PROPENSITY_ROWS = ("u,i,t,prop\n1,1,1,0.5\n1,2,2,0\n1,3,3,1.5\n2,1,1,-0.1\n2,2,2,abc\n2,3,3,\n"
+                   "3,1,1,NaN\n3,2,2,inf\n")
+PROPENSITY_COLUMNS = {"user": "u", "item": "i", "time": "t", "propensity": "prop"}
+PROPENSITY_MESSAGE = (r"log\.csv: column 'prop' \(dataset\.columns\.propensity\) has 5 row\(s\) that are "
+                      r"not a probability in \(0, 1\] \(2 non-numeric, 2 not above 0, 1 above 1\); fix them, "
+                      r"or leave them empty \(unknown\) to have them estimated$")
+
+
+@pytest.mark.parametrize("on_bad_rows", ["error", "skip"])
+def test_bad_propensities_in_a_csv_are_one_line_with_the_count(tmp_path: Path, on_bad_rows: str) -> None:
+    (tmp_path / "log.csv").write_text(PROPENSITY_ROWS)
+    dataset = TabularDataset(root=str(tmp_path), path="log.csv", columns=PROPENSITY_COLUMNS,
+                             preprocess=all_train(), on_bad_rows=on_bad_rows)
+    with pytest.raises(RecrlError, match=PROPENSITY_MESSAGE) as err:
+        dataset.load()
+    assert "\n" not in str(err.value)
+
+
+def test_bad_propensities_in_a_malformed_csv_are_counted_too(tmp_path: Path) -> None:
+    (tmp_path / "log.csv").write_text(PROPENSITY_ROWS + "4,4\n")  # a short line: read line by line
+    with pytest.raises(RecrlError, match=PROPENSITY_MESSAGE):
+        read_csv_log(tmp_path / "log.csv", PROPENSITY_COLUMNS)
+
+
+def test_unknown_propensities_stay_nan(tmp_path: Path) -> None:
+    (tmp_path / "log.csv").write_text("u,i,t,prop\n1,1,1,0.5\n1,2,2,\n2,1,1,NaN\n2,2,2,1\n")
+    splits = TabularDataset(root=str(tmp_path), path="log.csv", columns=PROPENSITY_COLUMNS,
+                            preprocess=all_train()).load()
+    np.testing.assert_array_equal(splits.interactions.train["propensity"], [0.5, np.nan, np.nan, 1.0])
+
+
+def test_bad_propensities_in_parquet_and_raw_logs(tmp_path: Path) -> None:
+    numbers = pd.DataFrame({"u": [1, 1, 2, 2], "i": [1, 2, 1, 2], "prop": [0.5, 0.0, 2.0, np.nan]})
+    numbers.to_parquet(tmp_path / "n.parquet")
+    columns = {"user": "u", "item": "i", "propensity": "prop"}
+    with pytest.raises(RecrlError, match=r"n\.parquet: column 'prop' \(dataset\.columns\.propensity\) has 2 "
+                                         r"row\(s\) .*\(1 not above 0, 1 above 1\)"):
+        TabularDataset(root=str(tmp_path), path="n.parquet", format="parquet", columns=columns).load()
+    numbers.assign(prop=["0.5", "x", None, "0.25"]).to_parquet(tmp_path / "t.parquet")
+    with pytest.raises(RecrlError, match=r"t\.parquet: column 'prop' .* has 1 row\(s\) .*\(1 non-numeric\)"):
+        TabularDataset(root=str(tmp_path), path="t.parquet", format="parquet", columns=columns).load()
+    raw = RawLog(log=pd.DataFrame({"user": [1, 2], "item": [1, 1], "propensity": [0.5, 1.01]}))
+    with pytest.raises(RecrlError, match=r"^the log: column 'propensity' has 1 row\(s\) .*\(1 above 1\)"):
+        all_train()(raw)
+
+
+def test_cli_bad_propensities_exit_2_with_one_line(tmp_path: Path) -> None:
+    (tmp_path / "log.csv").write_text(PROPENSITY_ROWS)
+    args = ["data", "prepare", "dataset=csv", f"data_dir={tmp_path}", f"cache_dir={tmp_path}/c",
+            "dataset.path=log.csv", "dataset.columns.user=u", "dataset.columns.item=i",
+            "dataset.columns.time=t", "~dataset.columns.rating", "+dataset.columns.propensity=prop"]
+    env = {**os.environ, "RECRL_DEBUG": ""}
+    proc = subprocess.run([sys.executable, "-m", "recrl.cli", *args], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-2000:]
+    assert re.search(PROPENSITY_MESSAGE.replace("$", ""), lines[0]), lines[0]
 
 
 # ---------------------------------------------------------------------- Parquet

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from recrl.data.reader import check_propensities
 from recrl.env.signals import SIGNALS
 from recrl.types import Interactions, RecrlError, Splits, log_columns
 
@@ -176,6 +177,8 @@ class Preprocessing:
         else:
             out["click"] = (log["click"].to_numpy(dtype=np.float32) if "click" in log
                             else np.ones(n, dtype=np.float32))
+        if "propensity" in log:
+            check_propensities(log["propensity"], {"log": "the log"}.get(what, f"the {what} log"))
         for column in log_defaults():
             if column in log:
                 out[column] = log[column].to_numpy(dtype=np.float32)

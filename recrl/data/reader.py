@@ -20,6 +20,48 @@ import pandas as pd
 from recrl.types import RecrlError
 
 BAD_ROW_POLICIES = ("error", "skip")
+_UNKNOWN = frozenset({"", "nan", "none", "null", "na", "n/a"})  # propensity text that means unknown
+
+
+def propensity_problems(values: object) -> dict[str, int]:
+    """Rows of a ``propensity`` column that are not a probability in (0, 1]: counts of
+    ``non-numeric`` (text that is not a number, or infinite), ``not above 0`` and ``above 1``
+    values. NaN, ``None`` and empty or NA text mean unknown and are fine."""
+    series = pd.Series(values) if not isinstance(values, pd.Series) else values.reset_index(drop=True)
+    if pd.api.types.is_bool_dtype(series.dtype):
+        numbers = series.astype(np.float64).to_numpy()
+        unknown = np.zeros(len(series), dtype=bool)
+    elif pd.api.types.is_numeric_dtype(series.dtype):
+        numbers = series.to_numpy(dtype=np.float64, na_value=np.nan)
+        unknown = np.isnan(numbers)
+    else:
+        text = series.astype(object).where(series.notna(), "").astype(str).str.strip()
+        unknown = text.str.lower().isin(_UNKNOWN).to_numpy()
+        numbers = pd.to_numeric(text.mask(unknown), errors="coerce")
+        numbers = numbers.to_numpy(dtype=np.float64, na_value=np.nan)
+    known = ~unknown
+    with np.errstate(invalid="ignore"):
+        return {"non-numeric": int((known & ~np.isfinite(numbers)).sum()),
+                "not above 0": int((known & np.isfinite(numbers) & (numbers <= 0)).sum()),
+                "above 1": int((known & np.isfinite(numbers) & (numbers > 1)).sum())}
+
+
+def check_propensities(values: object, where: str, column: str = "propensity") -> None:
+    """One :class:`RecrlError` line naming ``where`` (the file), the ``column`` (the file's name of
+    the ``propensity`` field) and how many rows
+    are not a probability in (0, 1] (see :func:`propensity_problems`); NaN / empty (unknown) is
+    fine. The check does not depend on ``dataset.on_bad_rows``: dropping rows by their propensity
+    would silently change the logged distribution that off-policy evaluation reweights."""
+    problems = propensity_problems(values)
+    bad = sum(problems.values())
+    if bad:
+        kinds = ", ".join(f"{count} {kind}" for kind, count in problems.items() if count)
+        label = repr(column) if column == "propensity" else f"{column!r} (dataset.columns.propensity)"
+        raise RecrlError(f"{where}: column {label} has {bad} row(s) that are not a "
+                         f"probability in (0, 1] ({kinds}); fix them, or leave them empty (unknown) to "
+                         "have them estimated")
+
+
 def _int64(text: str) -> int:
     value = int(text)
     if not -(2**63) <= value < 2**63:

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from recrl.algos.logged import LoggedSteps, logged_steps
+from recrl.data.reader import propensity_problems
 from recrl.types import Interactions, Obs, RecrlError, Response
 
 SOURCES = ("logged", "estimated")
@@ -394,7 +395,8 @@ class FilledPropensities:
     """Each row's propensity and where it came from.
 
     Attributes:
-        propensity: ``[N]`` the logging probability of each row's item, all in (0, 1].
+        propensity: ``[N]`` the logging probability of each row's item, all in (0, 1] (estimates
+            at least 1e-12).
         source: ``[N]`` ``"logged"`` or ``"estimated"`` per row.
         counts: rows per source, ``{"logged": ..., "estimated": ...}`` (both keys always there).
     """
@@ -409,15 +411,11 @@ def _logged_values(log: pd.DataFrame) -> np.ndarray:
     are a one-line error."""
     if "propensity" not in log:
         return np.full(len(log), np.nan)
-    values = pd.to_numeric(log["propensity"], errors="coerce").to_numpy(dtype=np.float64)
-    text = log["propensity"].astype(object)
-    non_numeric = np.isnan(values) & text.notna().to_numpy()
-    bad = int(non_numeric.sum() + (np.isfinite(values) & ((values <= 0) | (values > 1))).sum()
-              + np.isinf(values).sum())
+    bad = sum(propensity_problems(log["propensity"]).values())
     if bad:
         raise RecrlError(f"fill_propensities: {bad} row(s) of the log's propensity column are not a "
                          "probability in (0, 1]; fix them or set them to NaN (unknown) to estimate them")
-    return values
+    return pd.to_numeric(log["propensity"], errors="coerce").to_numpy(dtype=np.float64)
 
 
 def fill_propensities(log: pd.DataFrame, model: LoggingPolicyModel | None, *,
@@ -447,7 +445,7 @@ def fill_propensities(log: pd.DataFrame, model: LoggingPolicyModel | None, *,
         rows = torch.as_tensor(np.flatnonzero(need), device=steps.device)
         picked = steps.index(rows)
         est = model.propensity(picked.transitions.obs, picked.transitions.action[:, 0])
-        values[need] = est.double().cpu().numpy()
+        values[need] = est.double().cpu().numpy().clip(1e-12, 1.0)  # never 0, even if a softmax underflows
     source = np.where(need, "estimated", "logged")
     return FilledPropensities(propensity=values, source=source,
                               counts={"logged": int((~need).sum()), "estimated": int(need.sum())})

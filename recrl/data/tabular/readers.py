@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from recrl.data.reader import Table
+from recrl.data.reader import Table, check_propensities
 from recrl.data.tabular.columns import check_columns, read_header, records
 from recrl.data.tabular.convert import Problems, bad_mask, convert, convert_ids, field_kind
 from recrl.types import RecrlError
@@ -29,6 +29,13 @@ def _without(problems: Problems, frame: pd.DataFrame) -> pd.DataFrame:
 
 def _select(raw: pd.DataFrame, columns: Mapping[str, str]) -> dict[str, pd.Series]:
     return {field: raw[column] for field, column in columns.items()}
+
+
+def _check_propensity(path: Path, raw: pd.DataFrame, columns: Mapping[str, str]) -> None:
+    """Bad propensities are one error naming the file, the column and the count of rows (before the
+    row-by-row problems, and whatever ``on_bad_rows`` says: see :func:`check_propensities`)."""
+    if "propensity" in columns and not raw.empty:
+        check_propensities(raw[columns["propensity"]], str(path), columns["propensity"])
 
 
 def _no_rows(path: Path, skipped: int, header: bool) -> RecrlError:
@@ -84,6 +91,7 @@ def _read_slowly(path: Path, names: list[str], columns: Mapping[str, str], kinds
     """Line-by-line parse: the first bad line becomes an error, or bad lines are skipped and counted."""
     rows, lines, bad = _slow_rows(path, len(names), sep=sep, header=header, encoding=encoding)
     raw = pd.DataFrame(rows or None, columns=names, dtype=object)
+    _check_propensity(path, raw, columns)
     typed, problems = convert(_select(raw, columns), kinds, len(raw))
     bad += [(lines[i], problem, sep.join(rows[i])) for i, problem in problems.items()]
     if bad and on_bad_rows == "error":
@@ -114,6 +122,7 @@ def _read_quickly(path: Path, raw: pd.DataFrame, columns: Mapping[str, str], kin
                   sep: str, header: bool, encoding: str, on_bad_rows: str) -> Table | None:
     """Type the fast frame; bad rows are skipped, or the first one located for the error (None: not
     located, go line by line)."""
+    _check_propensity(path, raw, columns)
     typed, problems = convert(_select(raw, columns), kinds, len(raw))
     if any(kind == "id" and pd.api.types.is_float_dtype(raw[columns[field]].dtype)
            and not pd.api.types.is_integer_dtype(typed[field].dtype) for field, kind in kinds.items()):
@@ -176,6 +185,7 @@ def read_parquet_log(path: Path, columns: Mapping[str, str], *, on_bad_rows: str
     kinds = dict(kinds) if kinds is not None else {field: field_kind(field) for field in columns}
     raw = _read_parquet(path, list(columns.values()))
     check_columns(path, columns, [str(c) for c in raw.columns])
+    _check_propensity(path, raw, columns)
     typed, problems = convert(_select(raw, columns), kinds, len(raw))
     if problems and on_bad_rows == "error":
         first = min(problems)
