@@ -333,14 +333,31 @@ def _estimate_cell(estimate: Mapping[str, Any] | None) -> str:
             f"{_number(estimate['ci95_high'], 3)}] (ESS {_number(estimate['ess'], 1)})")
 
 
+def _propensity_text(propensity: Mapping[str, Any]) -> str:
+    """Where the rows' propensities came from, and how well the estimated ones are calibrated."""
+    text = (f"propensities logged on {propensity.get('logged', 0)} rows, estimated on "
+            f"{propensity.get('estimated', 0)}, missing on {propensity.get('missing', 0)}.")
+    fit = propensity.get("calibration")
+    if fit:
+        text += (f" The logging-policy model's calibration on these rows: ECE {_number(fit['ece'], 6)} over "
+                 f"every (row, item) pair, log-loss of the logged items {_number(fit['log_loss'], 3)} "
+                 f"(uniform: {_number(fit['uniform_log_loss'], 3)})")
+        agree = fit.get("logged") or {}
+        if agree.get("rows"):
+            text += (f"; against the {agree['rows']} logged propensities: Pearson of the logs "
+                     f"{_number(agree['pearson_log'], 3)}, median |log ratio| "
+                     f"{_number(agree['median_abs_log_ratio'], 3)}")
+        text += "."
+    return text
+
+
 def _off_policy_text(section: Mapping[str, Any]) -> str:
     """The report's off-policy section: what the logs are, then one table per view."""
     if section.get("skipped") and not section.get("policies"):
         return f"Not computed: {section['skipped']}."
-    propensity = section.get("propensity", {})
     parts = [f"From {section['sessions']} sessions ({section['rows']} rows) of {section['source']}, each "
-             f"cut to {section['horizon']} steps; logged propensities on {propensity.get('logged', 0)} rows, "
-             f"missing on {propensity.get('missing', 0)}. Value [95% bootstrap CI] (effective sample size "
+             f"cut to {section['horizon']} steps; {_propensity_text(section.get('propensity', {}))} "
+             "Value [95% bootstrap CI] (effective sample size "
              f"of the weights). Per session: expected return (gamma {section['gamma']}), comparable with "
              f"the `return` columns; `{section['column']}` is the `ope` column. Per step: expected "
              f"reward of one recommendation at the logged users' states."]

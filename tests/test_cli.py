@@ -52,8 +52,16 @@ def test_train_writes_the_run_folder(trained_run: tuple[Path, Path]) -> None:
     assert any("eval/return" in line for line in lines)
     assert any("train/loss" in line for line in lines)
     report = json.loads((run / "report.json").read_text())
-    assert set(report["evaluation"]) == {"simulator", "ground_truth"}
+    assert set(report["evaluation"]) == {"simulator", "ground_truth", "ope"}
     algo = report["algo"]
+    assert set(report["evaluation"]["ope"]) == {algo, "random", "popular", "greedy"}  # no oracle: it sees the truth
+    off = report["off_policy"]
+    assert off["source"] == "the test split" and off["sessions"] == 200 and off["propensity"]["missing"] == 0
+    random_estimates = off["policies"]["random"]
+    assert set(random_estimates) == {"dm", "ips", "snips", "clipped_ips", "dr", "switch_dr", "model", "pdis",
+                                     "wpdis", "wdr", "seq_dr"}
+    assert report["evaluation"]["ope"]["random"]["return"]["mean"] == random_estimates["wdr"]["value"]
+    assert "## Off-policy estimates" in (run / "report.md").read_text()
     assert set(report["evaluation"]["ground_truth"]) == {algo, "random", "popular", "greedy", "oracle"}
     truth = report["evaluation"]["ground_truth"]
     assert truth["oracle"]["return"]["mean"] > truth["random"]["return"]["mean"]
@@ -110,6 +118,18 @@ def test_eval_reproduces_the_final_evaluation(trained_run: tuple[Path, Path]) ->
     for key, value in original.items():
         if not math.isnan(value):
             assert abs(value - again[key]) <= 1e-6, key
+
+
+def test_eval_ope_runs_only_the_off_policy_estimates(trained_run: tuple[Path, Path]) -> None:
+    root, run = trained_run
+    out = root / "ope"
+    recrl("eval", "ope", f"checkpoint={run}", "ope.estimators=[ips,wpdis]", "ope.column=wpdis", "ope.n_boot=20",
+          "ope.max_sessions=200", f"hydra.run.dir={out}", cwd=root, cache=root / "cache")
+    report = json.loads((out / "report.json").read_text())
+    assert report["task"] == "ope" and set(report["evaluation"]) == {"ope"}
+    assert set(report["off_policy"]["policies"]["random"]) == {"ips", "wpdis"}
+    trained = json.loads((run / "report.json").read_text())["off_policy"]["policies"]["random"]
+    assert report["off_policy"]["policies"]["random"]["ips"]["value"] == pytest.approx(trained["ips"]["value"])
 
 
 def test_behavior_model_is_cached(trained_run: tuple[Path, Path]) -> None:

@@ -87,6 +87,17 @@ def test_sequential_hand_computed() -> None:
     #    V0 = 0.3 + 1(0 + 1.025 - 0.2) = 1.125
     seq_dr = ope.sequential_dr(R2, MU2, PI2, Q2, VS2, MASK2, gamma=0.5)
     assert seq_dr.value == pytest.approx((2.7 + 1.125) / 2)
+    # WDR, per step (rho A [2, 2, 2], B [1, 2, 1]; rho_prev A [1, 2, 2], B [1, 1, 2]):
+    # t0 (2*0.5 - 0.2)/3 + (0.8 + 0.3)/2, t1 (2*0.5 + 2*0.4)/4 + (2*0.4 + 0.5)/3, t2 (0.1)/3 + (2*0.7)/4
+    wdr = ope.weighted_dr(R2, MU2, PI2, Q2, VS2, MASK2, gamma=0.5)
+    assert wdr.value == pytest.approx(0.8 / 3 + 0.55 + 0.5 * (0.45 + 1.3 / 3) + 0.25 * (0.1 / 3 + 0.35))
+
+
+def test_weighted_dr_falls_back_to_the_model_without_support() -> None:
+    """A target the logger never matches: every weight is 0, so WDR is the model's first-step value."""
+    wdr = ope.weighted_dr(R2, MU2, np.zeros_like(PI2), Q2, VS2, MASK2, gamma=0.5)
+    assert wdr.value == pytest.approx((0.8 + 0.3) / 2)
+    assert np.isnan(ope.wpdis(R2, MU2, np.zeros_like(PI2), MASK2).value)  # WPDIS has nothing to say
 
 
 def test_on_policy_log_gives_the_mean_return() -> None:
@@ -292,6 +303,14 @@ def test_mdp_sequential_dr_unbiased_with_wrong_model(sessions: dict[str, np.ndar
     assert_unbiased(dr, MDP_TRUE)
 
 
+def test_mdp_weighted_dr_close_with_a_wrong_model_and_less_variable_than_pdis(
+        sessions: dict[str, np.ndarray]) -> None:
+    wrong_q, _ = mdp_q_values(MDP_REWARD[:, ::-1] + 0.3)
+    wdr = seq_values(ope.weighted_dr, sessions, *seq_model(sessions, wrong_q))
+    assert abs(wdr.mean() - MDP_TRUE) < 0.02 * MDP_TRUE  # consistent: the self-normalised bias is small
+    assert wdr.var() < seq_values(ope.pdis, sessions).var()
+
+
 def test_mdp_sequential_dr_unbiased_with_wrong_propensities(sessions: dict[str, np.ndarray]) -> None:
     wrong_mu = np.full_like(sessions["mu"], 0.5)
     right = seq_model(sessions, MDP_Q)
@@ -389,7 +408,8 @@ def test_estimate_all_sessions_equals_the_single_estimators(sessions: dict[str, 
     together = ope.estimate_all_sessions(*args, one["mask"], q, v, gamma=GAMMA)
     alone = {"pdis": ope.pdis(*args, one["mask"], gamma=GAMMA),
              "wpdis": ope.wpdis(*args, one["mask"], gamma=GAMMA),
-             "sequential_dr": ope.sequential_dr(*args, q, v, one["mask"], gamma=GAMMA)}
+             "sequential_dr": ope.sequential_dr(*args, q, v, one["mask"], gamma=GAMMA),
+             "weighted_dr": ope.weighted_dr(*args, q, v, one["mask"], gamma=GAMMA)}
     assert together.keys() == alone.keys()
     for name, est in alone.items():
         assert_same_estimate(together[name], est)

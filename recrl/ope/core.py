@@ -64,12 +64,15 @@ class Ratio:
         b: per-unit denominator terms of ``a``'s shape, or None for a plain mean (``b = 1``).
         gain: ``[k]`` weights of the ``k`` ratios (None: ones).
         weights: importance weights behind the ESS (None: no weights, ESS = ``n``).
+        empty_as_zero: a ratio whose denominator sums to 0 (no unit with weight) adds 0 instead
+            of making the value NaN.
     """
 
     a: np.ndarray
     b: np.ndarray | None = None
     gain: np.ndarray | None = None
     weights: np.ndarray | None = None
+    empty_as_zero: bool = False
 
 
 # ---------------------------------------------------------------------------------------------
@@ -164,13 +167,21 @@ def bootstrap_sums(cols: np.ndarray, n_boot: int, seed: int = SEED) -> np.ndarra
     return sums
 
 
-def _ratio_value(num: np.ndarray, den: np.ndarray, gain: np.ndarray) -> np.ndarray:
-    """``sum_k gain_k num_k / den_k`` over the last axis (NaN where a denominator is 0)."""
+def _ratio_value(num: np.ndarray, den: np.ndarray, gain: np.ndarray,
+                 empty_as_zero: bool = False) -> np.ndarray:
+    """``sum_k gain_k num_k / den_k`` over the last axis (NaN where a denominator is 0, unless
+    ``empty_as_zero``: then that ratio adds 0)."""
     with np.errstate(divide="ignore", invalid="ignore"):
-        return (gain * (num / den)).sum(axis=-1)
+        ratio = num / den
+    if empty_as_zero:
+        ratio = np.where(den == 0, 0.0, ratio)
+    return (gain * ratio).sum(axis=-1)
 
 
-def _columns(stats: Sequence[Ratio]) -> tuple[np.ndarray, list[tuple[slice, slice | None, np.ndarray]]]:
+Layout = list[tuple[slice, slice | None, np.ndarray, bool]]
+
+
+def _columns(stats: Sequence[Ratio]) -> tuple[np.ndarray, Layout]:
     """All numerator/denominator columns side by side, a ones column last, and each stat's slices."""
     n = stats[0].a.shape[0]
     blocks, layout, width = [], [], 0
@@ -185,17 +196,17 @@ def _columns(stats: Sequence[Ratio]) -> tuple[np.ndarray, list[tuple[slice, slic
             blocks.append(stat.b.reshape(n, k))
             den = slice(width, width + k)
             width += k
-        layout.append((num, den, np.ones(k) if stat.gain is None else stat.gain))
+        layout.append((num, den, np.ones(k) if stat.gain is None else stat.gain, stat.empty_as_zero))
     blocks.append(np.ones((n, 1)))
     return np.concatenate(blocks, axis=1), layout
 
 
-def _values(sums: np.ndarray, layout: list[tuple[slice, slice | None, np.ndarray]]) -> list[np.ndarray]:
+def _values(sums: np.ndarray, layout: Layout) -> list[np.ndarray]:
     """Each stat's ratio value from column sums ``[..., width]`` (last column: the unit count)."""
     out = []
-    for num, den, gain in layout:
+    for num, den, gain, empty_as_zero in layout:
         denominator = sums[..., -1:] if den is None else sums[..., den]
-        out.append(_ratio_value(sums[..., num], denominator, gain))
+        out.append(_ratio_value(sums[..., num], denominator, gain, empty_as_zero))
     return out
 
 

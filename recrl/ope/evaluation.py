@@ -18,18 +18,20 @@ import numpy as np
 
 from recrl.env.simulator import RecEnv
 from recrl.ope import estimators as est
+from recrl.ope.propensity import MODES, LoggingPolicyModel, calibration, fill_propensities, fit_logging_policy
 from recrl.ope.sessions import LoggedSessions
 from recrl.ope.target import TargetTerms, target_terms
-from recrl.types import Policy, RecrlError, Reward
+from recrl.types import Interactions, Policy, RecrlError, Reward
 
 logger = logging.getLogger(__name__)
 
 PER_STEP = ("dm", "ips", "snips", "clipped_ips", "dr", "switch_dr")
 """Bandit-view estimators: expected reward per logged step."""
-PER_SESSION = ("model", "pdis", "wpdis", "seq_dr")
+PER_SESSION = ("model", "pdis", "wpdis", "wdr", "seq_dr")
 """Sequential estimators: expected (discounted) return per session; ``model`` is the sequential
 direct method (the behavior model's long-term value of each session's first state)."""
 NEEDS_PROPENSITY = frozenset(PER_STEP + PER_SESSION) - {"dm", "model"}
+NEEDS_MODEL = frozenset({"model", "wdr", "seq_dr"})  # read the model's long-term values
 
 
 class OffPolicyEvaluation:
@@ -49,6 +51,10 @@ class OffPolicyEvaluation:
         rollouts: simulated continuations per logged row behind the model's long-term values
             (``model``, ``seq_dr``).
         max_sessions: at most this many test sessions (drawn with ``seed``) keep the cost bounded.
+        propensity: ``auto`` (the logged propensity where the data has one, else a logging-policy
+            model's estimate, :mod:`recrl.ope.propensity`), ``logged`` (only logged ones; the
+            estimators that need them are skipped where rows lack them) or ``estimated`` (the
+            model's for every row, e.g. to see what estimation costs where the truth is logged).
 
     Example::
 
@@ -57,10 +63,10 @@ class OffPolicyEvaluation:
                                   history_len=10, horizon=20)
     """
 
-    def __init__(self, enabled: bool = True, estimators: list[str] | None = None, column: str = "seq_dr",
+    def __init__(self, enabled: bool = True, estimators: list[str] | None = None, column: str = "wdr",
                  gamma: float = 1.0, epsilon: float = 0.0, max_weight: float = 10.0, tau: float = 10.0,
                  n_boot: int = est.N_BOOT, seed: int = est.SEED, rollouts: int = 4,
-                 max_sessions: int = 2000) -> None:
+                 max_sessions: int = 2000, propensity: str = "auto") -> None:
         known = PER_STEP + PER_SESSION
         self.estimators = list(estimators) if estimators is not None else list(known)
         unknown = [name for name in self.estimators if name not in known]
@@ -77,11 +83,15 @@ class OffPolicyEvaluation:
         self.enabled, self.column, self.gamma, self.epsilon = enabled, column, gamma, epsilon
         self.max_weight, self.tau, self.n_boot, self.seed = max_weight, tau, n_boot, seed
         self.rollouts, self.max_sessions = rollouts, max_sessions
+        if propensity not in MODES:
+            raise RecrlError(f"ope.propensity={propensity!r}: use one of {', '.join(MODES)}")
+        self.propensity = propensity
+        self._logging_models: dict[int, LoggingPolicyModel] = {}
 
     @property
     def needs_model(self) -> bool:
-        """Whether an estimator reads the model's long-term values (``model``, ``seq_dr``)."""
-        return bool({"model", "seq_dr"} & set(self.estimators))
+        """Whether an estimator reads the model's long-term values (``model``, ``wdr``, ``seq_dr``)."""
+        return bool(NEEDS_MODEL & set(self.estimators))
 
     def sessions(self, log: Any, n_items: int, history_len: int, horizon: int, reward: Reward,
                  device: Any, source: str = "the test split") -> LoggedSessions:
@@ -113,29 +123,54 @@ class OffPolicyEvaluation:
             "model": lambda: est.dm(terms.v_model[sessions.first.cpu().numpy()], **boot),
             "pdis": lambda: est.pdis(grid(r), grid(mu, 1.0), grid(pi), mask, self.gamma, **boot),
             "wpdis": lambda: est.wpdis(grid(r), grid(mu, 1.0), grid(pi), mask, self.gamma, **boot),
+            "wdr": lambda: est.weighted_dr(grid(r), grid(mu, 1.0), grid(pi), grid(terms.q_model),
+                                           grid(terms.v_model), mask, self.gamma, **boot),
             "seq_dr": lambda: est.sequential_dr(grid(r), grid(mu, 1.0), grid(pi), grid(terms.q_model),
                                                 grid(terms.v_model), mask, self.gamma, **boot),
         }
         return {name: compute[name]() for name in self.estimators}
 
+    def logging_model(self, interactions: Interactions, history_len: int, device: Any) -> LoggingPolicyModel:
+        """The logging-policy model fitted on ``interactions``' training rows (once per logs)."""
+        key = id(interactions)
+        if key not in self._logging_models:
+            logger.info("fitting a logging-policy model for the missing propensities")
+            self._logging_models[key] = fit_logging_policy(interactions, history_len, device, seed=self.seed)
+        return self._logging_models[key]
+
+    def with_propensities(self, sessions: LoggedSessions, interactions: Interactions | None,
+                          history_len: int, device: Any) -> tuple[LoggedSessions, dict[str, Any]]:
+        """``sessions`` with propensities per ``propensity`` and what the report says about them
+        (rows logged, estimated and missing; the model's fit and calibration where one ran)."""
+        logged = sessions.steps.propensity.cpu().numpy()
+        missing = int(np.isnan(logged).sum())
+        if self.propensity == "logged" or (self.propensity == "auto" and not missing) or interactions is None:
+            return sessions, {"logged": len(sessions) - missing, "estimated": 0, "missing": missing}
+        model = self.logging_model(interactions, history_len, device)
+        filled = fill_propensities(sessions.log, model, mode=self.propensity)
+        info = {**filled.counts, "missing": 0, "model": dict(model.fit_info),
+                "calibration": calibration(model, sessions.log)}
+        return sessions.with_propensity(filled.propensity), info
+
     def run(self, policies: dict[str, Policy], log: Any, behavior: Any, reward: Reward, env: RecEnv | None,
-            n_items: int, history_len: int, horizon: int, device: Any,
-            source: str = "the test split") -> tuple[dict[str, Any], dict[str, Any]]:
+            n_items: int, history_len: int, horizon: int, device: Any, source: str = "the test split",
+            interactions: Interactions | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
         """``(section, column)``: the report's ``off_policy`` section (every estimate of every
-        policy, the logs' facts) and its ``ope`` column (``{policy: {"return": stat}}``)."""
+        policy, the logs' facts) and its ``ope`` column (``{policy: {"return": stat}}``).
+        ``interactions``: the training logs a logging-policy model is fitted on where
+        propensities are missing."""
         sessions = self.sessions(log, n_items, history_len, horizon, reward, device, source)
-        propensity = sessions.steps.propensity.cpu().numpy()
-        missing = int(np.isnan(propensity).sum())
+        sessions, propensity = self.with_propensities(sessions, interactions, history_len, device)
+        missing = propensity["missing"]
         section: dict[str, Any] = {
             "source": source, "sessions": sessions.n_sessions, "rows": len(sessions),
             "horizon": horizon, "gamma": self.gamma, "epsilon": self.epsilon, "column": self.column,
-            "propensity": {"logged": len(sessions) - missing, "missing": missing},
-            "policies": {}}
+            "propensity": propensity, "policies": {}}
         estimators = self.estimators
         if missing:
             dropped = [name for name in estimators if name in NEEDS_PROPENSITY]
             section["skipped"] = {name: f"{missing} of {len(sessions)} rows of {source} have no "
-                                  "logged propensity" for name in dropped}
+                                  "logged propensity (ope.propensity=logged)" for name in dropped}
             logger.warning("off-policy evaluation: %d of %d rows of %s have no logged propensity; "
                            "only %s run", missing, len(sessions), source,
                            ", ".join(n for n in estimators if n not in NEEDS_PROPENSITY) or "nothing")
@@ -185,7 +220,7 @@ def off_policy(ope: OffPolicyEvaluation, stages: Any, policies: dict[str, Policy
     if ope.needs_model and env is None:
         return {"skipped": f"{type(behavior).__name__} cannot encode a logged history into a state"}, {}
     return ope.run(policies, log, behavior, stages.reward, env, ctx.n_items, ctx.history_len, ctx.horizon,
-                   stages.device, source=f"the {split} split")
+                   stages.device, source=f"the {split} split", interactions=stages.splits.interactions)
 
 
 class OPESelection:
@@ -198,14 +233,17 @@ class OPESelection:
             raise RecrlError("trainer.select_by=ope needs env.slate_size=1 (the logs hold single items)")
         if valid.empty:
             raise RecrlError("trainer.select_by=ope needs validation rows; the validation split is empty")
-        if valid["propensity"].isna().any() and ope.column in NEEDS_PROPENSITY:
-            raise RecrlError(f"trainer.select_by=ope with ope.column={ope.column} needs logged propensities "
-                             "on the validation split; use ope.column=model")
         self.ope = _with_estimators(ope, [ope.column])
         self.stages = stages
         self.env = stages.model_env() if self.ope.needs_model else None
-        self.sessions = ope.sessions(valid, ctx.n_items, ctx.history_len, ctx.horizon, stages.reward,
-                                     stages.device, source="the validation split")
+        sessions = ope.sessions(valid, ctx.n_items, ctx.history_len, ctx.horizon, stages.reward,
+                                stages.device, source="the validation split")
+        self.sessions, propensity = ope.with_propensities(sessions, stages.splits.interactions,
+                                                          ctx.history_len, stages.device)
+        if propensity["missing"] and ope.column in NEEDS_PROPENSITY:
+            raise RecrlError(f"trainer.select_by=ope with ope.column={ope.column} needs propensities on "
+                             f"{propensity['missing']} validation rows that have none; use "
+                             "ope.propensity=auto or ope.column=model")
 
     def __call__(self, policy: Policy) -> float:
         """The estimate (``-inf`` where it is undefined)."""

@@ -10,6 +10,7 @@ session).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,12 +32,19 @@ class LoggedSessions:
         n_sessions: ``S``.
         length: ``T``, the longest session kept.
         source: where the rows come from (named in errors), e.g. ``"the test split"``.
+        log: the rows kept, as a log (same order as ``steps``).
+        remaining: ``[N]`` steps from each row to its session's end that a model may value: to
+            the horizon where the log says the user left after the session's last row
+            (``leave = 1``: the user's leaving is part of what a policy changes), else to the
+            last logged row (the log just ends there).
     """
 
     steps: LoggedSteps
     n_sessions: int
     length: int
     source: str
+    log: pd.DataFrame
+    remaining: Tensor
 
     @staticmethod
     def from_log(log: pd.DataFrame, n_items: int, history_len: int, horizon: int, reward: Reward,
@@ -57,7 +65,14 @@ class LoggedSessions:
         log = log[position < horizon].reset_index(drop=True)
         steps = logged_steps(log, n_items, history_len, reward, device)
         return LoggedSessions(steps=steps, n_sessions=int(steps.session.max()) + 1,
-                              length=int(steps.transitions.obs.step.max()) + 1, source=source)
+                              length=int(steps.transitions.obs.step.max()) + 1, source=source, log=log,
+                              remaining=_remaining(log, horizon).to(steps.device))
+
+    def with_propensity(self, propensity: np.ndarray) -> LoggedSessions:
+        """The same sessions with the rows' propensities replaced (e.g. filled in by a
+        logging-policy model)."""
+        values = torch.as_tensor(propensity, dtype=torch.float32, device=self.steps.device)
+        return dataclasses.replace(self, steps=dataclasses.replace(self.steps, propensity=values))
 
     def __len__(self) -> int:
         return len(self.steps)
@@ -78,3 +93,15 @@ class LoggedSessions:
     def first(self) -> Tensor:
         """``[S]`` the row index of each session's first step."""
         return torch.nonzero(self.steps.transitions.obs.step == 0).squeeze(1)
+
+
+def _remaining(log: pd.DataFrame, horizon: int) -> Tensor:
+    """``[N]`` steps each row's session may be valued for (see :attr:`LoggedSessions.remaining`)."""
+    user = log["user"].to_numpy()
+    step = log.groupby("user", sort=False).cumcount().to_numpy()
+    size = log.groupby("user", sort=False)["user"].transform("size").to_numpy()
+    last = np.ones(len(log), dtype=bool)
+    last[:-1] = user[1:] != user[:-1]
+    leave = log["leave"].to_numpy(dtype=np.float64) if "leave" in log else np.full(len(log), np.nan)
+    left = pd.Series(np.where(last, leave == 1.0, False)).groupby(user).transform("any").to_numpy()
+    return torch.as_tensor(np.where(left, horizon, size) - step, dtype=torch.long)

@@ -10,7 +10,9 @@ Per logged row ``i`` with observation ``x_i`` and logged item ``a_i``:
   the model of the per-step DM and DR;
 - ``q_model``, ``v_model``: the model's *long-term* values, the discounted return from row ``i``
   to the end of the episode when the user is served ``a_i`` (``q``) or the target's item
-  (``v``) now and the target's slates afterwards, averaged over ``rollouts`` simulated
+  (``v``) now and the target's slates afterwards (to the horizon where the logged user left,
+  else over the rest of the logged session: :attr:`~recrl.ope.sessions.LoggedSessions.remaining`),
+  averaged over ``rollouts`` simulated
   continuations in an environment over the behavior model started from the logged history
   (:meth:`recrl.env.simulator.RecEnv.start_from`): the model of the sequential DM and DR.
 """
@@ -74,17 +76,20 @@ def immediate_terms(policy: Policy, sessions: LoggedSessions, behavior: object, 
 
 @torch.no_grad()
 def rollout_return(policy: Policy, env: RecEnv, obs: Obs, state: Tensor, first: Tensor | None,
-                   gamma: float, seed: int) -> Tensor:
+                   gamma: float, seed: int, steps: Tensor | None = None) -> Tensor:
     """``[B]`` discounted return of users continued from ``obs`` (model state ``state``): served
-    ``first`` ``[B, K]`` now (the policy's slate when ``None``), then the policy's slates."""
+    ``first`` ``[B, K]`` now (the policy's slate when ``None``), then the policy's slates, for at
+    most ``steps`` ``[B]`` steps each (``None``: to the episode's end)."""
     env.start_from(obs, state, seed)
     slates = policy.act(obs, explore=False) if first is None else first
     total = torch.zeros(obs.batch_size, dtype=torch.float64, device=env.device)
     discount = 1.0
-    for _ in range(env.horizon):
+    for k in range(env.horizon if steps is None else min(env.horizon, int(steps.max()))):
         if not bool(env.alive.any()):
             break
         current, reward, _, _ = env.step(slates)
+        if steps is not None:
+            reward = reward * (k < steps)
         total += discount * reward.double()
         discount *= gamma
         slates = policy.act(current, explore=False)
@@ -106,8 +111,9 @@ def model_terms(policy: Policy, sessions: LoggedSessions, behavior: object, env:
         obs = rows.transitions.obs.index(repeat)
         state = behavior.encode(obs)
         logged = rows.transitions.action[repeat]
-        q = rollout_return(policy, env, obs, state, logged, gamma, seed + start)
-        v = rollout_return(policy, env, obs, state, None, gamma, seed + start + 1)
+        limit = sessions.remaining[start:start + len(rows)][repeat]
+        q = rollout_return(policy, env, obs, state, logged, gamma, seed + start, limit)
+        v = rollout_return(policy, env, obs, state, None, gamma, seed + start + 1, limit)
         q_parts.append(q.view(-1, rollouts).mean(1))
         v_parts.append(v.view(-1, rollouts).mean(1))
     return _numpy(torch.cat(q_parts)), _numpy(torch.cat(v_parts))
