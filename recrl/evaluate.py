@@ -93,7 +93,7 @@ def restore_run(checkpoint: str | Path,
     falling back to ``auto`` when it was a GPU)."""
     path = resolve_checkpoint(checkpoint)
     payload = load_checkpoint(path)
-    saved = OmegaConf.create(payload["config"])
+    saved = migrate_saved_config(OmegaConf.create(payload["config"]))
     if device:
         saved.trainer.device = device
     elif saved.trainer.device.startswith("cuda"):
@@ -109,6 +109,17 @@ def restore_run(checkpoint: str | Path,
         first = str(err).strip().splitlines()[0]
         raise RecrlError(f"checkpoint {path} does not fit its config's algorithm: {first}") from err
     return stages, algo, payload, path
+
+
+def migrate_saved_config(saved: DictConfig) -> DictConfig:
+    """A run's saved config in today's keys: ``eval.select_on`` (runs saved before it moved) became
+    ``trainer.select_by``. In place; returns ``saved``."""
+    if "eval" in saved and "select_on" in saved.eval:
+        with open_dict(saved):
+            value = saved.eval.pop("select_on")
+            if "trainer" in saved and "select_by" not in saved.trainer:
+                saved.trainer.select_by = value
+    return saved
 
 
 def evaluate(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:

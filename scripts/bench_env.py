@@ -28,7 +28,6 @@ import ctypes
 import gc
 import json
 import os
-import platform
 import resource
 import sys
 import time
@@ -44,6 +43,7 @@ from recrl.behavior.gru import GRUBehavior
 from recrl.behavior.mf import MFBehavior
 from recrl.data.synthetic import SyntheticWorld
 from recrl.env.simulator import RecEnv
+from recrl.report import cpu_model
 from recrl.rewards import ClickReward
 
 MODELS = ("synthetic", "gru", "mf", "gru_ensemble", "gru_ensemble_all")
@@ -197,12 +197,7 @@ def profile_one(model_name: str, n_items: int, batch: int, slate: int, args: arg
 
 def machine_info(device: torch.device) -> dict:
     """Versions, threads and the device's name."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
-    except OSError:
-        pass
+    cpu = cpu_model()
     info = {"torch": torch.__version__, "python": sys.version.split()[0], "threads": torch.get_num_threads(),
             "cpus": os.cpu_count(), "cpu": cpu, "device": str(device),
             "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu}

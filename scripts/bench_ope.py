@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from collections.abc import Callable
@@ -29,6 +28,7 @@ from rich.table import Table
 from recrl.ope import estimators as ope
 from recrl.ope import slate
 from recrl.ope.core import N_BOOT
+from recrl.report import cpu_model
 
 
 def row_inputs(rows: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -96,12 +96,7 @@ def shared_calls(rows: dict, sess: dict, slates: dict) -> list[tuple[str, int, C
 
 def machine() -> dict:
     """CPU model, core count and versions."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
-    except OSError:
-        pass
+    cpu = cpu_model()
     return {"cpu": cpu, "cpus": os.cpu_count(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
             "numpy": np.__version__, "python": sys.version.split()[0]}
 

@@ -166,15 +166,19 @@ class OffPolicyEvaluation:
             "source": source, "sessions": sessions.n_sessions, "rows": len(sessions),
             "horizon": horizon, "gamma": self.gamma, "epsilon": self.epsilon, "column": self.column,
             "propensity": propensity, "policies": {}}
-        estimators = self.estimators
+        skipped: dict[str, str] = {}
         if missing:
-            dropped = [name for name in estimators if name in NEEDS_PROPENSITY]
-            section["skipped"] = {name: f"{missing} of {len(sessions)} rows of {source} have no "
-                                  "logged propensity (ope.propensity=logged)" for name in dropped}
-            logger.warning("off-policy evaluation: %d of %d rows of %s have no logged propensity; "
-                           "only %s run", missing, len(sessions), source,
-                           ", ".join(n for n in estimators if n not in NEEDS_PROPENSITY) or "nothing")
-            estimators = [name for name in estimators if name not in NEEDS_PROPENSITY]
+            skipped.update({name: f"{missing} of {len(sessions)} rows of {source} have no logged "
+                            "propensity (ope.propensity=logged)" for name in NEEDS_PROPENSITY})
+        if env is None:
+            skipped.update({name: "no environment over the behavior model to continue sessions in"
+                            for name in NEEDS_MODEL})
+        estimators = [name for name in self.estimators if name not in skipped]
+        section["skipped"] = {name: skipped[name] for name in self.estimators if name in skipped}
+        if section["skipped"]:
+            logger.warning("off-policy evaluation on %s: %s skipped (%s); %s run", source,
+                           ", ".join(section["skipped"]), "; ".join(sorted(set(section["skipped"].values()))),
+                           ", ".join(estimators) or "nothing")
         column: dict[str, Any] = {}
         runner = _with_estimators(self, estimators)
         for name, policy in policies.items():
