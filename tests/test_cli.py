@@ -54,7 +54,8 @@ def test_train_writes_the_run_folder(trained_run: tuple[Path, Path]) -> None:
     report = json.loads((run / "report.json").read_text())
     assert set(report["evaluation"]) == {"simulator", "ground_truth", "ope"}
     algo = report["algo"]
-    assert set(report["evaluation"]["ope"]) == {algo, "random", "popular", "greedy"}  # no oracle: it sees the truth
+    # every policy but the oracle, which acts on the true state
+    assert set(report["evaluation"]["ope"]) == {algo, "random", "popular", "greedy"}
     off = report["off_policy"]
     assert off["source"] == "the test split" and off["sessions"] == 200 and off["propensity"]["missing"] == 0
     random_estimates = off["policies"]["random"]
@@ -123,13 +124,14 @@ def test_eval_reproduces_the_final_evaluation(trained_run: tuple[Path, Path]) ->
 def test_eval_ope_runs_only_the_off_policy_estimates(trained_run: tuple[Path, Path]) -> None:
     root, run = trained_run
     out = root / "ope"
-    recrl("eval", "ope", f"checkpoint={run}", "ope.estimators=[ips,wpdis]", "ope.column=wpdis", "ope.n_boot=20",
-          "ope.max_sessions=200", f"hydra.run.dir={out}", cwd=root, cache=root / "cache")
+    recrl("eval", "ope", f"checkpoint={run}", "ope.estimators=[ips,wpdis]", "ope.column=wpdis",
+          "ope.n_boot=20", "ope.max_sessions=200", f"hydra.run.dir={out}", cwd=root, cache=root / "cache")
     report = json.loads((out / "report.json").read_text())
     assert report["task"] == "ope" and set(report["evaluation"]) == {"ope"}
     assert set(report["off_policy"]["policies"]["random"]) == {"ips", "wpdis"}
     trained = json.loads((run / "report.json").read_text())["off_policy"]["policies"]["random"]
-    assert report["off_policy"]["policies"]["random"]["ips"]["value"] == pytest.approx(trained["ips"]["value"])
+    estimated = report["off_policy"]["policies"]["random"]
+    assert estimated["ips"]["value"] == pytest.approx(trained["ips"]["value"])
 
 
 def test_behavior_model_is_cached(trained_run: tuple[Path, Path]) -> None:

@@ -3,6 +3,8 @@ model environment, the target's terms, and the estimates against the truth on th
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -10,6 +12,7 @@ import torch
 
 from recrl.algos.random import RandomPolicy
 from recrl.behavior.gru import GRUBehavior
+from recrl.config import build, build_algo_by_name, compose_config, validate
 from recrl.data.preprocess import log_frame
 from recrl.data.synthetic import SyntheticWorld
 from recrl.env.simulator import RecEnv
@@ -18,6 +21,8 @@ from recrl.ope.evaluation import OffPolicyEvaluation
 from recrl.ope.sessions import LoggedSessions
 from recrl.ope.target import immediate_terms, rollout_return
 from recrl.rewards import ClickReward
+from recrl.stages import build_stages
+from recrl.train import selection_check
 from recrl.types import AlgoContext, Obs, RecrlError
 
 
@@ -162,3 +167,23 @@ def test_bad_settings_are_one_line_errors() -> None:
         with pytest.raises(RecrlError, match=message):
             OffPolicyEvaluation(**kwargs)
 
+
+
+def test_selection_by_ope_reads_the_validation_split(tmp_path: Path) -> None:
+    """trainer.select_by=ope: the check is the ope.column estimate on the validation split's logs,
+    the same number OffPolicyEvaluation gives there, and never touches the test split."""
+    cfg = compose_config("train", ["experiment=smoke", "dataset.n_users=300", f"cache_dir={tmp_path}",
+                                   "trainer.select_by=ope", "ope.rollouts=1", "ope.n_boot=0"])
+    validate(cfg)
+    stages = build_stages(cfg, torch.device("cpu"))
+    stages.splits.test = stages.splits.test.iloc[:0]  # nothing of the test split is needed
+    algo = build_algo_by_name("popular", ctx=stages.ctx)
+    trainer = build(cfg.trainer)
+    check = selection_check(cfg, stages, algo, build(cfg.eval), trainer)
+    value = check()["eval/return"]
+    ope = build(cfg.ope)
+    ctx = stages.ctx
+    direct, _ = ope.run({"popular": algo}, stages.splits.interactions.valid, stages.behavior, stages.reward,
+                        stages.model_env(), ctx.n_items, ctx.history_len, ctx.horizon, "cpu")
+    assert value == pytest.approx(direct["policies"]["popular"]["wdr"]["value"])
+    assert np.isfinite(value) and value > 0
