@@ -2,8 +2,8 @@
 
 Generates the inputs (no files needed): ``--rows`` logged rows for DM, IPS, SNIPS, clipped IPS,
 DR and switch-DR; the same number of steps as ``--sessions`` sessions of ``--steps`` steps for
-PDIS, WPDIS and sequential DR; ``--slates`` slates of ``--slots`` slots (product logger) for PI
-and PI-SN. Times every estimator's own function, then the shared-bootstrap paths
+PDIS, WPDIS, sequential DR and weighted DR; ``--slates`` slates of ``--slots`` slots (product
+logger) for PI and PI-SN. Times every estimator's own function, then the shared-bootstrap paths
 (``estimate_all``, ``estimate_all_sessions``, ``pi_weights`` + ``slate_estimates``), whose sum is
 the figure held against the ``--budget`` (default 10 s). Best of ``--repeats`` runs; input
 generation is not timed.
@@ -77,6 +77,8 @@ def single_calls(rows: dict, sess: dict, slates: dict) -> list[tuple[str, int, C
             ("wpdis", steps, lambda: ope.wpdis(*s_args, sess["mask"])),
             ("sequential_dr", steps, lambda: ope.sequential_dr(*s_args, sess["q_logged"], sess["v_target"],
                                                                sess["mask"])),
+            ("weighted_dr", steps, lambda: ope.weighted_dr(*s_args, sess["q_logged"], sess["v_target"],
+                                                           sess["mask"])),
             ("pseudo_inverse", len(slates["reward"]),
              lambda: slate.pseudo_inverse(slates["reward"], slates["p_log"], slates["p_target"])),
             ("pseudo_inverse_sn", len(slates["reward"]),
@@ -90,7 +92,7 @@ def shared_calls(rows: dict, sess: dict, slates: dict) -> list[tuple[str, int, C
         return slate.slate_estimates(slates["reward"], w)
 
     return [("estimate_all (6 per-step)", len(rows["reward"]), lambda: ope.estimate_all(**rows)),
-            ("estimate_all_sessions (3)", int(sess["mask"].size), lambda: ope.estimate_all_sessions(**sess)),
+            ("estimate_all_sessions (4)", int(sess["mask"].size), lambda: ope.estimate_all_sessions(**sess)),
             ("PI + PI-SN (slate_estimates)", len(slates["reward"]), all_slates)]
 
 
@@ -133,8 +135,8 @@ def main() -> None:
     shared = [{"estimator": name, "rows": units, "seconds": timed(call, args.repeats)}
               for name, units, call in shared_calls(rows, sess, slates)]
     total = sum(res["seconds"] for res in shared)
-    shared.append({"estimator": "all 11 estimators (shared)", "rows": sum(r["rows"] for r in shared),
-                   "seconds": total})
+    shared.append({"estimator": f"all {len(single)} estimators (shared)",
+                   "rows": sum(r["rows"] for r in shared), "seconds": total})
     info = machine()
     print_table(single, args.budget, f"each estimator alone, {N_BOOT} bootstrap resamples ({info['cpu']})")
     print_table(shared, args.budget,
