@@ -17,7 +17,7 @@ from recrl.data.preprocess import log_frame
 from recrl.data.synthetic import SyntheticWorld
 from recrl.env.simulator import RecEnv
 from recrl.metrics.online import run_episodes
-from recrl.ope.evaluation import OffPolicyEvaluation
+from recrl.ope.evaluation import OffPolicyEvaluation, _users_up_to
 from recrl.ope.sessions import LoggedSessions
 from recrl.ope.target import immediate_terms, rollout_return
 from recrl.rewards import ClickReward
@@ -187,3 +187,20 @@ def test_selection_by_ope_reads_the_validation_split(tmp_path: Path) -> None:
                         stages.model_env(), ctx.n_items, ctx.history_len, ctx.horizon, "cpu")
     assert value == pytest.approx(direct["policies"]["popular"]["wdr"]["value"])
     assert np.isfinite(value) and value > 0
+
+
+def test_the_logging_policy_model_fits_on_a_bounded_sample_of_users() -> None:
+    world, _ = world_and_logs(600)
+    interactions = world.load().interactions
+    ope = OffPolicyEvaluation(propensity_rows=300)
+    sample = _users_up_to(interactions, 300, seed=0)
+    assert 0 < len(sample.train) <= 300
+    train = interactions.train
+    whole = train[train["user"].isin(set(sample.train["user"]))].groupby("user").size()
+    assert sample.train.groupby("user").size().equals(whole)  # whole users
+    assert len(sample.valid) == len(interactions.valid)  # a split by user: other users' rows stay
+    model = ope.logging_model(interactions, 3, "cpu")
+    assert model.fit_info["train_rows"] == len(sample.train)
+    assert ope.logging_model(interactions, 3, "cpu") is model  # fitted once per logs
+    with pytest.raises(RecrlError, match="propensity_rows"):
+        OffPolicyEvaluation(propensity_rows=0)

@@ -10,6 +10,7 @@ estimate named by ``column`` becomes the policy's ``return`` in the report's ``o
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import asdict
 from typing import Any
@@ -55,6 +56,9 @@ class OffPolicyEvaluation:
             model's estimate, :mod:`recrl.ope.propensity`), ``logged`` (only logged ones; the
             estimators that need them are skipped where rows lack them) or ``estimated`` (the
             model's for every row, e.g. to see what estimation costs where the truth is logged).
+        propensity_rows: the logging-policy model is fitted on the training rows of at most this
+            many rows' worth of users (drawn with ``seed``): its full softmax over the catalogue
+            costs rows x items per epoch.
 
     Example::
 
@@ -66,7 +70,7 @@ class OffPolicyEvaluation:
     def __init__(self, enabled: bool = True, estimators: list[str] | None = None, column: str = "wdr",
                  gamma: float = 1.0, epsilon: float = 0.0, max_weight: float = 10.0, tau: float = 10.0,
                  n_boot: int = est.N_BOOT, seed: int = est.SEED, rollouts: int = 4,
-                 max_sessions: int = 2000, propensity: str = "auto") -> None:
+                 max_sessions: int = 2000, propensity: str = "auto", propensity_rows: int = 50_000) -> None:
         known = PER_STEP + PER_SESSION
         self.estimators = list(estimators) if estimators is not None else list(known)
         unknown = [name for name in self.estimators if name not in known]
@@ -86,6 +90,9 @@ class OffPolicyEvaluation:
         if propensity not in MODES:
             raise RecrlError(f"ope.propensity={propensity!r}: use one of {', '.join(MODES)}")
         self.propensity = propensity
+        if propensity_rows < 1:
+            raise RecrlError(f"ope.propensity_rows must be >= 1, got {propensity_rows}")
+        self.propensity_rows = propensity_rows
         self._logging_models: dict[int, LoggingPolicyModel] = {}
 
     @property
@@ -134,8 +141,10 @@ class OffPolicyEvaluation:
         """The logging-policy model fitted on ``interactions``' training rows (once per logs)."""
         key = id(interactions)
         if key not in self._logging_models:
-            logger.info("fitting a logging-policy model for the missing propensities")
-            self._logging_models[key] = fit_logging_policy(interactions, history_len, device, seed=self.seed)
+            sample = _users_up_to(interactions, self.propensity_rows, self.seed)
+            logger.info("fitting a logging-policy model for the missing propensities on %d training rows",
+                        len(sample.train))
+            self._logging_models[key] = fit_logging_policy(sample, history_len, device, seed=self.seed)
         return self._logging_models[key]
 
     def with_propensities(self, sessions: LoggedSessions, interactions: Interactions | None,
@@ -191,6 +200,22 @@ class OffPolicyEvaluation:
             if self.column in estimates:
                 column[name] = {"return": _stat(estimates[self.column])}
         return section, column
+
+
+def _users_up_to(interactions: Interactions, max_rows: int, seed: int) -> Interactions:
+    """``interactions`` with the training rows of randomly drawn users (``seed``) adding up to at
+    most ``max_rows`` (all of them when they fit); validation rows of those users and of users
+    with no training rows (a split by user)."""
+    train = interactions.train
+    if len(train) <= max_rows:
+        return interactions
+    sizes = train.groupby("user", sort=False).size()
+    order = np.random.default_rng(seed).permutation(len(sizes))
+    kept = sizes.index[order][np.cumsum(sizes.to_numpy()[order]) <= max_rows]
+    valid = interactions.valid
+    return dataclasses.replace(interactions, train=train[train["user"].isin(kept)].reset_index(drop=True),
+                               valid=valid[valid["user"].isin(kept) | ~valid["user"].isin(sizes.index)]
+                               .reset_index(drop=True))
 
 
 def _with_estimators(ope: OffPolicyEvaluation, estimators: list[str]) -> OffPolicyEvaluation:
