@@ -45,15 +45,19 @@ def run_folders(paths: list[Path]) -> list[Path]:
     return sorted(found)
 
 
-def estimates_of_run(run: Path, ope: OffPolicyEvaluation) -> tuple[int, dict[str, dict[str, Any]]]:
-    """``(dataset seed, {policy: {"truth": return, estimator: Estimate dict}})`` of one run."""
+def estimates_of_run(run: Path, ope: OffPolicyEvaluation,
+                     done: dict[int, set[str]]) -> tuple[int, dict[str, dict[str, Any]]]:
+    """``(dataset seed, {policy: {"truth": return, estimator: Estimate dict}})`` of one run's
+    policies not already estimated on the same world (``done``: policies per dataset seed)."""
     report = json.loads((run / "report.json").read_text(encoding="utf-8"))
     truth = report["evaluation"]["ground_truth"]
     stages, algo, payload, _ = restore_run(run, "cpu")
+    seen = done.setdefault(int(stages.cfg.dataset.seed), set())
     policies = {payload["algo_name"]: algo}
     for name in truth:
-        if name not in policies and name != "oracle":
+        if name not in policies and name != "oracle" and name not in seen:
             policies[name] = build_algo_by_name(name, ctx=stages.ctx)
+    seen.update(policies)
     section, _ = off_policy(ope, stages, policies)
     rows = {name: {"truth": float(truth[name]["return"]["mean"]), **section["policies"][name]}
             for name in policies}
@@ -63,9 +67,10 @@ def estimates_of_run(run: Path, ope: OffPolicyEvaluation) -> tuple[int, dict[str
 def collect(runs: list[Path], ope: OffPolicyEvaluation) -> dict[str, dict[int, dict[str, Any]]]:
     """``{policy: {dataset seed: row}}`` over all runs (a baseline's first run per seed wins)."""
     table: dict[str, dict[int, dict[str, Any]]] = {}
+    done: dict[int, set[str]] = {}
     for run in runs:
         logger.info("estimating %s", run)
-        seed, rows = estimates_of_run(run, ope)
+        seed, rows = estimates_of_run(run, ope, done)
         for policy, row in rows.items():
             table.setdefault(policy, {}).setdefault(seed, row)
     return table

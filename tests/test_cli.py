@@ -61,7 +61,7 @@ def test_train_writes_the_run_folder(trained_run: tuple[Path, Path]) -> None:
     random_estimates = off["policies"]["random"]
     assert set(random_estimates) == {"dm", "ips", "snips", "clipped_ips", "dr", "switch_dr", "model", "pdis",
                                      "wpdis", "wdr", "seq_dr"}
-    assert report["evaluation"]["ope"]["random"]["return"]["mean"] == random_estimates["wdr"]["value"]
+    assert report["evaluation"]["ope"]["random"]["return"]["mean"] == random_estimates["model"]["value"]
     assert "## Off-policy estimates" in (run / "report.md").read_text()
     assert set(report["evaluation"]["ground_truth"]) == {algo, "random", "popular", "greedy", "oracle"}
     truth = report["evaluation"]["ground_truth"]

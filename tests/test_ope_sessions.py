@@ -185,7 +185,7 @@ def test_selection_by_ope_reads_the_validation_split(tmp_path: Path) -> None:
     ctx = stages.ctx
     direct, _ = ope.run({"popular": algo}, stages.splits.interactions.valid, stages.behavior, stages.reward,
                         stages.model_env(), ctx.n_items, ctx.history_len, ctx.horizon, "cpu")
-    assert value == pytest.approx(direct["policies"]["popular"]["wdr"]["value"])
+    assert value == pytest.approx(direct["policies"]["popular"]["model"]["value"])
     assert np.isfinite(value) and value > 0
 
 

@@ -67,7 +67,7 @@ class OffPolicyEvaluation:
                                   history_len=10, horizon=20)
     """
 
-    def __init__(self, enabled: bool = True, estimators: list[str] | None = None, column: str = "wdr",
+    def __init__(self, enabled: bool = True, estimators: list[str] | None = None, column: str = "model",
                  gamma: float = 1.0, epsilon: float = 0.0, max_weight: float = 10.0, tau: float = 10.0,
                  n_boot: int = est.N_BOOT, seed: int = est.SEED, rollouts: int = 4,
                  max_sessions: int = 2000, propensity: str = "auto", propensity_rows: int = 50_000) -> None:

@@ -113,7 +113,7 @@ def model_terms(policy: Policy, sessions: LoggedSessions, behavior: object, env:
         logged = rows.transitions.action[repeat]
         limit = sessions.remaining[start:start + len(rows)][repeat]
         q = rollout_return(policy, env, obs, state, logged, gamma, seed + start, limit)
-        v = rollout_return(policy, env, obs, state, None, gamma, seed + start + 1, limit)
+        v = rollout_return(policy, env, obs, state, None, gamma, seed + start, limit)  # common random numbers
         q_parts.append(q.view(-1, rollouts).mean(1))
         v_parts.append(v.view(-1, rollouts).mean(1))
     return _numpy(torch.cat(q_parts)), _numpy(torch.cat(v_parts))
