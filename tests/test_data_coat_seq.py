@@ -271,7 +271,8 @@ def test_coat_propensities_are_normalised_per_user(tmp_path: Path) -> None:
     # user 0: 0.5 / 1.0, 0.3 / 1.0; user 1: 0.2 / 0.8 twice; user 2: 0.4 / 1.0, 0.1 / 1.0
     np.testing.assert_allclose(splits.interactions.train["propensity"], [0.5, 0.3, 0.25, 0.25, 0.4, 0.1],
                                rtol=1e-6)
-    assert splits.test["propensity"].isna().all()  # the randomized test.ascii rows
+    # the randomized test.ascii rows: uniform draws over the catalogue
+    np.testing.assert_allclose(splits.test["propensity"], 1 / splits.meta["shape"][1])
     assert "P(item | user) = P_ui / sum_j P_uj" in splits.meta["propensity"]
 
 
@@ -333,7 +334,8 @@ def test_coat_shared_data_propensities() -> None:
     normalised = raw / raw.sum(axis=1, keepdims=True)
     expected = normalised[splits.user_ids[log["user"]], splits.item_ids[log["item"]]]
     np.testing.assert_allclose(log["propensity"], expected, rtol=1e-6)
-    assert len(log) == 6_960 and log["propensity"].notna().all() and splits.test["propensity"].isna().all()
+    assert len(log) == 6_960 and log["propensity"].notna().all()
+    np.testing.assert_allclose(splits.test["propensity"], 1 / 300)
     # README: P_ui in [0.00253, 0.690]; rows sum to about 24 (the items each user rated)
     assert log["propensity"].min() > 0.00253 / 26 and log["propensity"].max() < 0.690 / 23
 

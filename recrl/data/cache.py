@@ -22,7 +22,7 @@ import pandas as pd
 import recrl
 from recrl.types import Interactions, RecrlError, Splits
 
-CACHE_FORMAT = 2  # 2: logs have a watch column
+CACHE_FORMAT = 3  # 2: logs have a watch column; 3: Coat's propensities (self-selected and randomized rows)
 ROWS_ONLY = "_rows_only"
 
 

@@ -12,8 +12,9 @@ Naive Bayes model; a user's row sums to about 24, the items each user rated). Th
 the users' self-selection, which recrl treats as a logging policy choosing one item per step
 over the catalogue, so each ``train.ascii`` row's ``propensity`` is the per-user normalised
 exposure probability ``P(item | user) = P_ui / sum_j P_uj``. Without the file the column stays
-NaN (unknown) and ``meta["propensity"]`` says so; the rows of the randomized ``test.ascii`` keep
-NaN too.
+NaN (unknown) and ``meta["propensity"]`` says so. The rows of the randomized ``test.ascii`` carry
+``1 / n_items`` in any case: their items were drawn uniformly at random (16 per user; the order
+of the draws is unknown, so each is counted as one uniform draw over the catalogue).
 """
 
 from __future__ import annotations
@@ -190,7 +191,9 @@ class Coat(FileDataset):
         items, bad_items = self._features("item", n_items)
         users, bad_users = self._features("user", n_users)
         log, note = self._with_propensities(matrix_log(train.values), train.values > 0, train_path.name)
-        return RawLog(log=log, test=matrix_log(test.values), test_is_randomized=True,
+        randomized = matrix_log(test.values)
+        randomized["propensity"] = 1.0 / n_items  # the experiment's design: items drawn uniformly at random
+        return RawLog(log=log, test=randomized, test_is_randomized=True,
                       items=items, users=users,
                       skipped_rows=train.skipped + test.skipped + bad_items + bad_users,
                       meta={"name": self.name, "shape": [n_users, n_items], "propensity": note})
@@ -206,7 +209,7 @@ class Coat(FileDataset):
         log["propensity"] = probs[log["user"].to_numpy(), log["item"].to_numpy()]
         return log, (f"{PROPENSITIES}: rows of {like} carry P(item | user) = P_ui / sum_j P_uj, the "
                      "authors' (Schnabel et al. 2016) exposure probabilities normalised per user; rows of "
-                     "test.ascii NaN")
+                     "the randomized test.ascii 1 / n_items")
 
     def _features(self, who: str, n_rows: int) -> tuple[pd.DataFrame | None, int]:
         """The ``who`` (``item``/``user``) one-hot table indexed by raw id, and its skipped rows."""
