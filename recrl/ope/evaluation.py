@@ -59,6 +59,9 @@ class OffPolicyEvaluation:
         propensity_rows: the logging-policy model is fitted on the training rows of at most this
             many rows' worth of users (drawn with ``seed``): its full softmax over the catalogue
             costs rows x items per epoch.
+        split: the logs estimated from: ``test`` (default) or ``valid`` (never trained on by a
+            learner either; e.g. Coat's self-selected rows, whose test split is the randomized
+            log). ``trainer.select_by=ope`` always reads ``valid``: keep reports on ``test`` then.
 
     Example::
 
@@ -70,7 +73,8 @@ class OffPolicyEvaluation:
     def __init__(self, enabled: bool = True, estimators: list[str] | None = None, column: str = "model",
                  gamma: float = 1.0, epsilon: float = 0.0, max_weight: float = 10.0, tau: float = 10.0,
                  n_boot: int = est.N_BOOT, seed: int = est.SEED, rollouts: int = 4,
-                 max_sessions: int = 2000, propensity: str = "auto", propensity_rows: int = 50_000) -> None:
+                 max_sessions: int = 2000, propensity: str = "auto", propensity_rows: int = 50_000,
+                 split: str = "test") -> None:
         known = PER_STEP + PER_SESSION
         self.estimators = list(estimators) if estimators is not None else list(known)
         unknown = [name for name in self.estimators if name not in known]
@@ -93,6 +97,9 @@ class OffPolicyEvaluation:
         if propensity_rows < 1:
             raise RecrlError(f"ope.propensity_rows must be >= 1, got {propensity_rows}")
         self.propensity_rows = propensity_rows
+        if split not in ("test", "valid"):
+            raise RecrlError(f"ope.split={split!r}: use test or valid")
+        self.split = split
         self._logging_models: dict[int, LoggingPolicyModel] = {}
 
     @property
@@ -233,11 +240,12 @@ def _stat(estimate: est.Estimate) -> dict[str, float]:
 
 
 def off_policy(ope: OffPolicyEvaluation, stages: Any, policies: dict[str, Policy],
-               split: str = "test") -> tuple[dict[str, Any], dict[str, Any]]:
+               split: str | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
     """The ``off_policy`` report section and ``ope`` column of ``policies`` on a run's logs
-    (``split``: ``test`` for reports, ``valid`` for ``trainer.select_by=ope``); a section that
-    says why when the run cannot have one."""
+    (``split``: ``test`` or ``valid``; ``None``: ``ope.split``); a section that says why when the
+    run cannot have one."""
     ctx = stages.ctx
+    split = split or ope.split
     log = stages.splits.test if split == "test" else stages.splits.interactions.valid
     if ctx.slate_size != 1:
         return {"skipped": f"env.slate_size={ctx.slate_size}: the logs hold single items, and per-step "
