@@ -46,37 +46,41 @@ def run_folders(paths: list[Path]) -> list[Path]:
 
 
 def estimates_of_run(run: Path, ope: OffPolicyEvaluation,
-                     done: dict[int, set[str]]) -> tuple[int, dict[str, dict[str, Any]]]:
-    """``(dataset seed, {policy: {"truth": return, estimator: Estimate dict}})`` of one run's
-    policies not already estimated on the same world (``done``: policies per dataset seed)."""
+                     done: dict[str, set[str]]) -> dict[str, tuple[str, dict[str, Any]]]:
+    """``{policy: (log key, {"truth": return, estimator: Estimate dict})}`` of one run's trained
+    policy and of the baselines not yet estimated on the same data (``done``: policies per data).
+
+    The log key names the data (``dataset.seed`` where the dataset has one) and, for the run's own
+    algorithm, the run's seed too: a baseline is one sample per log, a learner one per training."""
     report = json.loads((run / "report.json").read_text(encoding="utf-8"))
     truth = report["evaluation"]["ground_truth"]
     stages, algo, payload, _ = restore_run(run, "cpu")
-    seen = done.setdefault(int(stages.cfg.dataset.seed), set())
+    data = f"data {stages.cfg.dataset.get('seed', 0)}"
+    seen = done.setdefault(data, set())
     policies = {payload["algo_name"]: algo}
     for name in truth:
         if name not in policies and name != "oracle" and name not in seen:
             policies[name] = build_algo_by_name(name, ctx=stages.ctx)
-    seen.update(policies)
+    seen.update(name for name in policies if name != payload["algo_name"])
     section, _ = off_policy(ope, stages, policies)
-    rows = {name: {"truth": float(truth[name]["return"]["mean"]), **section["policies"][name]}
+    own = f"{data}, seed {stages.cfg.seed}"
+    return {name: (own if name == payload["algo_name"] else data,
+                   {"truth": float(truth[name]["return"]["mean"]), **section["policies"][name]})
             for name in policies}
-    return int(stages.cfg.dataset.seed), rows
 
 
-def collect(runs: list[Path], ope: OffPolicyEvaluation) -> dict[str, dict[int, dict[str, Any]]]:
-    """``{policy: {dataset seed: row}}`` over all runs (a baseline's first run per seed wins)."""
-    table: dict[str, dict[int, dict[str, Any]]] = {}
-    done: dict[int, set[str]] = {}
+def collect(runs: list[Path], ope: OffPolicyEvaluation) -> dict[str, dict[str, dict[str, Any]]]:
+    """``{policy: {log key: row}}`` over all runs (see :func:`estimates_of_run`)."""
+    table: dict[str, dict[str, dict[str, Any]]] = {}
+    done: dict[str, set[str]] = {}
     for run in runs:
         logger.info("estimating %s", run)
-        seed, rows = estimates_of_run(run, ope, done)
-        for policy, row in rows.items():
-            table.setdefault(policy, {}).setdefault(seed, row)
+        for policy, (key, row) in estimates_of_run(run, ope, done).items():
+            table.setdefault(policy, {}).setdefault(key, row)
     return table
 
 
-def summarize(table: dict[str, dict[int, dict[str, Any]]], estimators: list[str]) -> list[dict[str, Any]]:
+def summarize(table: dict[str, dict[str, dict[str, Any]]], estimators: list[str]) -> list[dict[str, Any]]:
     """One record per (policy, estimator): mean estimate and truth, bias, RMSE, mean ESS."""
     records = []
     for policy, by_seed in table.items():
@@ -122,12 +126,13 @@ def main() -> None:
     parser.add_argument("--rollouts", type=int, default=4)
     parser.add_argument("--n-boot", type=int, default=200)
     parser.add_argument("--max-sessions", type=int, default=2000)
+    parser.add_argument("--split", choices=["test", "valid"], default="test", help="the held-out logs read")
     parser.add_argument("--out", type=Path, default=Path("ope_table.json"))
     args = parser.parse_args()
     console_logging()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     ope = OffPolicyEvaluation(estimators=args.estimators, column=args.estimators[-1], rollouts=args.rollouts,
-                              n_boot=args.n_boot, max_sessions=args.max_sessions)
+                              n_boot=args.n_boot, max_sessions=args.max_sessions, split=args.split)
     runs = run_folders(args.folders)
     if not runs:
         raise SystemExit(f"no run folders with report.json and checkpoints/last.pt under {args.folders}")
@@ -136,7 +141,7 @@ def main() -> None:
     print_table(records, Console(width=160))
     settings = {**vars(args), "folders": [str(f) for f in args.folders], "out": str(args.out)}
     result = {"runs": [str(r) for r in runs], "settings": settings, "cpu": cpu_model(), "records": records,
-              "per_log": {p: {str(s): row for s, row in rows.items()} for p, rows in table.items()}}
+              "per_log": table}
     write_text_atomic(args.out, json.dumps(result, indent=2, default=float))
     print(f"wrote {args.out}")
 
