@@ -13,8 +13,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from tiny import load_script
 
 from recrl.checkpoint import load_checkpoint
+from recrl.ope.evaluation import OffPolicyEvaluation
 
 SMOKE = ["experiment=smoke"]
 
@@ -132,6 +134,24 @@ def test_eval_ope_runs_only_the_off_policy_estimates(trained_run: tuple[Path, Pa
     trained = json.loads((run / "report.json").read_text())["off_policy"]["policies"]["random"]
     estimated = report["off_policy"]["policies"]["random"]
     assert estimated["ips"]["value"] == pytest.approx(trained["ips"]["value"])
+
+
+def test_ope_table_compares_every_estimate_with_the_ground_truth(trained_run: tuple[Path, Path]) -> None:
+    """scripts/ope_table.py on one run: one row per (policy, per-session estimator), bias = estimate -
+    truth, where the truth is the report's ground-truth return."""
+    root, run = trained_run
+    table_script = load_script("ope_table")
+    ope = OffPolicyEvaluation(estimators=["model", "wpdis"], column="model", n_boot=0, rollouts=1,
+                              max_sessions=50)
+    table = table_script.collect(table_script.run_folders([root]), ope)
+    report = json.loads((run / "report.json").read_text())
+    assert set(table) == {report["algo"], "random", "popular", "greedy"}
+    records = table_script.summarize(table, ["model", "wpdis"])
+    random_model = next(r for r in records if r["policy"] == "random" and r["estimator"] == "model")
+    truth = report["evaluation"]["ground_truth"]["random"]["return"]["mean"]
+    assert random_model["truth"] == pytest.approx(truth) and random_model["logs"] == 1
+    assert random_model["bias"] == pytest.approx(random_model["estimate"] - truth)
+    assert random_model["rmse"] == pytest.approx(abs(random_model["bias"]))
 
 
 def test_behavior_model_is_cached(trained_run: tuple[Path, Path]) -> None:
