@@ -325,7 +325,9 @@ class Algorithm(Policy, Protocol):
     the logged data in its ``dataset`` attribute, no environment interaction) or ``"none"`` (a
     fixed baseline that never updates). An algorithm may also define ``prepare(env, seed)``,
     which the training loop calls once with its environment before the first step (DQN records
-    the planner's demonstrations there).
+    the planner's demonstrations there). Every algorithm also gives ``action_probs(obs)``, the
+    per-slot distribution ``[B, K, n_items]`` of the slates it serves in evaluation
+    (:mod:`recrl.algos.probs`), which off-policy evaluation weighs logged items by.
     """
 
     mode: str
