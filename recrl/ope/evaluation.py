@@ -100,7 +100,7 @@ class OffPolicyEvaluation:
         if split not in ("test", "valid"):
             raise RecrlError(f"ope.split={split!r}: use test or valid")
         self.split = split
-        self._logging_models: dict[int, LoggingPolicyModel] = {}
+        self._fitted: tuple[Interactions, LoggingPolicyModel] | None = None  # the last logs' model
 
     @property
     def needs_model(self) -> bool:
@@ -146,13 +146,14 @@ class OffPolicyEvaluation:
 
     def logging_model(self, interactions: Interactions, history_len: int, device: Any) -> LoggingPolicyModel:
         """The logging-policy model fitted on ``interactions``' training rows (once per logs)."""
-        key = id(interactions)
-        if key not in self._logging_models:
-            sample = _users_up_to(interactions, self.propensity_rows, self.seed)
-            logger.info("fitting a logging-policy model for the missing propensities on %d training rows",
-                        len(sample.train))
-            self._logging_models[key] = fit_logging_policy(sample, history_len, device, seed=self.seed)
-        return self._logging_models[key]
+        if self._fitted is not None and self._fitted[0] is interactions:
+            return self._fitted[1]
+        sample = _users_up_to(interactions, self.propensity_rows, self.seed)
+        logger.info("fitting a logging-policy model for the missing propensities on %d training rows",
+                    len(sample.train))
+        model = fit_logging_policy(sample, history_len, device, seed=self.seed)
+        self._fitted = (interactions, model)
+        return model
 
     def with_propensities(self, sessions: LoggedSessions, interactions: Interactions | None,
                           history_len: int, device: Any) -> tuple[LoggedSessions, dict[str, Any]]:
