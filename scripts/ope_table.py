@@ -11,8 +11,9 @@ JSON::
     recrl sweep algo=dqn,ppo dataset.seed=0,1,2,3,4,5,6,7,8,9 eval.oracle=false ope.enabled=false
     python scripts/ope_table.py outputs/train/multirun/<ts> --out ope_table.json
 
-Per-step estimators (expected reward of one recommendation) are not on the return's scale and
-are left out; ``--estimators`` picks the per-session ones.
+``--view step`` compares the per-step estimators (expected reward of one recommendation at the
+logged states) with the ground truth's reward per step instead (data without sessions, e.g. Coat's
+ratings); ``--split valid`` reads the validation rows (Coat: the self-selected ones).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from recrl.config import build_algo_by_name
 from recrl.evaluate import restore_run
 from recrl.fileio import write_text_atomic
 from recrl.logs import console_logging
-from recrl.ope.evaluation import PER_SESSION, OffPolicyEvaluation, off_policy
+from recrl.ope.evaluation import PER_SESSION, PER_STEP, OffPolicyEvaluation, off_policy
 from recrl.report import cpu_model
 
 logger = logging.getLogger("recrl.scripts.ope_table")
@@ -65,8 +66,14 @@ def estimates_of_run(run: Path, ope: OffPolicyEvaluation,
     section, _ = off_policy(ope, stages, policies)
     own = f"{data}, seed {stages.cfg.seed}"
     return {name: (own if name == payload["algo_name"] else data,
-                   {"truth": float(truth[name]["return"]["mean"]), **section["policies"][name]})
+                   {"truth": float(truth[name]["return"]["mean"]), "truth_per_step": per_step(truth[name]),
+                    **section["policies"][name]})
             for name in policies}
+
+
+def per_step(stats: dict[str, Any]) -> float:
+    """The mean reward per recommendation in an evaluation: mean return / mean episode length."""
+    return float(stats["return"]["mean"]) / float(stats["episode_length"]["mean"])
 
 
 def collect(runs: list[Path], ope: OffPolicyEvaluation) -> dict[str, dict[str, dict[str, Any]]]:
@@ -80,11 +87,13 @@ def collect(runs: list[Path], ope: OffPolicyEvaluation) -> dict[str, dict[str, d
     return table
 
 
-def summarize(table: dict[str, dict[str, dict[str, Any]]], estimators: list[str]) -> list[dict[str, Any]]:
-    """One record per (policy, estimator): mean estimate and truth, bias, RMSE, mean ESS."""
+def summarize(table: dict[str, dict[str, dict[str, Any]]], estimators: list[str],
+              truth_key: str = "truth") -> list[dict[str, Any]]:
+    """One record per (policy, estimator): mean estimate and truth (``truth_key``: the return, or
+    ``truth_per_step``), bias, RMSE, mean ESS."""
     records = []
     for policy, by_seed in table.items():
-        truth = np.array([row["truth"] for row in by_seed.values()])
+        truth = np.array([row[truth_key] for row in by_seed.values()])
         for name in estimators:
             est = np.array([row.get(name, {}).get("value", np.nan) for row in by_seed.values()])
             ess = np.array([row.get(name, {}).get("ess", np.nan) for row in by_seed.values()])
@@ -104,9 +113,10 @@ def summarize(table: dict[str, dict[str, dict[str, Any]]], estimators: list[str]
     return records
 
 
-def print_table(records: list[dict[str, Any]], console: Console) -> None:
+def print_table(records: list[dict[str, Any]], console: Console, view: str = "session") -> None:
     """The records as one table, grouped by policy."""
-    table = Table(title="Off-policy estimates vs the ground truth (per-session return)", title_justify="left")
+    what = "per-session return" if view == "session" else "reward per step"
+    table = Table(title=f"Off-policy estimates vs the ground truth ({what})", title_justify="left")
     for column in ("policy", "estimator", "logs", "estimate", "truth", "bias", "rel. bias", "RMSE",
                    "rel. RMSE", "mean ESS"):
         table.add_column(column, justify="left" if column in ("policy", "estimator") else "right")
@@ -122,7 +132,11 @@ def main() -> None:
     """Parse arguments, estimate, print and write JSON."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("folders", nargs="+", type=Path, help="run or sweep folders")
-    parser.add_argument("--estimators", nargs="+", default=list(PER_SESSION), choices=list(PER_SESSION))
+    parser.add_argument("--view", choices=["session", "step"], default="session",
+                        help="per-session estimators against the return, or per-step ones against the "
+                             "ground truth's reward per step (return / episode length)")
+    parser.add_argument("--estimators", nargs="+", choices=[*PER_SESSION, *PER_STEP],
+                        help="default: every estimator of the view")
     parser.add_argument("--rollouts", type=int, default=4)
     parser.add_argument("--n-boot", type=int, default=200)
     parser.add_argument("--max-sessions", type=int, default=2000)
@@ -131,14 +145,17 @@ def main() -> None:
     args = parser.parse_args()
     console_logging()
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    ope = OffPolicyEvaluation(estimators=args.estimators, column=args.estimators[-1], rollouts=args.rollouts,
+    view_estimators = list(PER_SESSION if args.view == "session" else PER_STEP)
+    args.estimators = args.estimators or view_estimators
+    sessions_read = [name for name in args.estimators if name in PER_SESSION] or ["model"]
+    ope = OffPolicyEvaluation(estimators=args.estimators, column=sessions_read[-1], rollouts=args.rollouts,
                               n_boot=args.n_boot, max_sessions=args.max_sessions, split=args.split)
     runs = run_folders(args.folders)
     if not runs:
         raise SystemExit(f"no run folders with report.json and checkpoints/last.pt under {args.folders}")
     table = collect(runs, ope)
-    records = summarize(table, args.estimators)
-    print_table(records, Console(width=160))
+    records = summarize(table, args.estimators, "truth" if args.view == "session" else "truth_per_step")
+    print_table(records, Console(width=160), args.view)
     settings = {**vars(args), "folders": [str(f) for f in args.folders], "out": str(args.out)}
     result = {"runs": [str(r) for r in runs], "settings": settings, "cpu": cpu_model(), "records": records,
               "per_log": table}
