@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import Tensor
 
@@ -122,6 +123,26 @@ def migrate_saved_config(saved: DictConfig) -> DictConfig:
     return saved
 
 
+def run_ope_settings(saved: DictConfig, cfg: DictConfig) -> DictConfig:
+    """The ``ope`` node ``recrl eval`` uses: the run's own (the defaults for runs saved before it
+    existed) with the ``ope.*`` keys given on this command line on top, so an evaluation without
+    them reproduces the run's estimates."""
+    node = OmegaConf.create(OmegaConf.to_container(saved.ope if "ope" in saved else cfg.ope, resolve=True))
+    for key in _command_line_ope_keys():
+        OmegaConf.update(node, key, OmegaConf.select(cfg.ope, key), merge=False)
+    return node
+
+
+def _command_line_ope_keys() -> list[str]:
+    """The ``ope.<key>`` overrides of the running Hydra job (none outside one)."""
+    try:
+        overrides = HydraConfig.get().overrides.task
+    except ValueError:
+        return []
+    keys = [o.split("=", 1)[0].lstrip("+~") for o in overrides]
+    return [key[len("ope."):] for key in keys if key.startswith("ope.")]
+
+
 def evaluate(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """Rebuild a run from its checkpoint's saved config and evaluate it again.
 
@@ -129,9 +150,9 @@ def evaluate(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """
     start = time.perf_counter()
     stages, algo, payload, path = restore_run(cfg.checkpoint, cfg.get("device"))
-    if cfg.get("ope") is not None and not isinstance(stages, GymStages):
+    if not isinstance(stages, GymStages):
         with open_dict(stages.cfg):
-            stages.cfg.ope = cfg.ope  # this command's off-policy settings
+            stages.cfg.ope = run_ope_settings(stages.cfg, cfg)
     report = final_report(stages, algo, payload["algo_name"], run_dir)
     report.update(task="eval", checkpoint=str(path), source_run=str(payload.get("run_dir", "")),
                   checkpoint_step=int(payload["step"]))
@@ -148,7 +169,7 @@ def evaluate_ope(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     stages, algo, payload, path = restore_run(cfg.checkpoint, cfg.get("device"))
     if isinstance(stages, GymStages):
         raise RecrlError("recrl eval ope needs a run on logged data; this run trained on a gymnasium env")
-    ope: OffPolicyEvaluation = build(cfg.ope)
+    ope: OffPolicyEvaluation = build(run_ope_settings(stages.cfg, cfg))
     policies = {payload["algo_name"]: algo}
     for name in build(stages.cfg.eval).baselines:
         policies.setdefault(name, build_algo_by_name(name, ctx=stages.ctx))

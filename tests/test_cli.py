@@ -183,7 +183,7 @@ def test_ground_truth_env_from_a_saved_run(trained_run: tuple[Path, Path], tmp_p
     recrl("train", *SMOKE, "algo=random", "eval.baselines=[]", f"eval.ground_truth={run}",
           f"hydra.run.dir={out}", cwd=root, cache=root / "cache")
     report = json.loads((out / "report.json").read_text())
-    assert set(report["evaluation"]) == {"simulator", "ground_truth"}
+    assert set(report["evaluation"]) == {"simulator", "ground_truth", "ope"}
     assert "true_model" not in report["fidelity"]  # the saved model is not the true world
     proc = recrl("train", *SMOKE, f"eval.ground_truth={tmp_path / 'nothing'}", cwd=tmp_path,
                  cache=root / "cache", check=False)

@@ -144,7 +144,8 @@ def test_write_report_markdown_tables(tmp_path: Path) -> None:
     assert md.startswith("# ")
     assert return_table in md
     assert md.index(return_table) < md.index("### ctr")
-    assert "| dqn | 0.210 ± 0.010 | – |" in md  # ctr is missing on ground_truth
+    # ctr is missing on ground_truth: its table has the simulator column only
+    assert "### ctr\n\n| policy | simulator |\n|---|---:|\n| dqn | 0.210 ± 0.010 |" in md
     assert "| random | 3.000 | 0.100 |" in md  # per-env table (simulator: return, ctr)
     assert "**algo**: `dqn`" in md and "**reward**: `ctr`" in md and "**seed**: `0`" in md
     assert "torch 2.13.0" in md
