@@ -47,7 +47,7 @@ class Evaluation:
     def __init__(self, baselines: list[str] | None = None, episodes: int = 1000,
                  batch_size: int = 1000, seed: int = 12345, offline_users: int = 2000,
                  ground_truth: str | None = None, oracle: bool = True, oracle_candidates: int = 4,
-                 train_in_ground_truth: bool = False) -> None:
+                 train_in_ground_truth: bool = False, policy: str = "last") -> None:
         if episodes < 2:
             raise RecrlError("eval.episodes must be >= 2 to give a confidence interval")
         if offline_users < 0:
@@ -59,6 +59,10 @@ class Evaluation:
         self.offline_users, self.ground_truth = offline_users, ground_truth
         self.oracle, self.oracle_candidates = oracle, oracle_candidates
         self.train_in_ground_truth = train_in_ground_truth
+        if policy not in ("last", "best"):
+            raise RecrlError(f"eval.policy={policy!r}: use last (the policy at the end of training) or best "
+                             "(checkpoints/best.pt, picked by trainer.select_by)")
+        self.policy = policy
 
     def offline(self, behavior: Any, splits: Any, history_len: int) -> dict[str, dict[str, float]]:
         """Next-item ranking of the behavior model on the test rows (up to ``offline_users``

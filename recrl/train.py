@@ -69,6 +69,17 @@ def selection_check(cfg: DictConfig, stages: Stages | GymStages, algo: Any, eval
     return lambda: {"eval/return": selection(algo)}
 
 
+def use_best_checkpoint(algo: Any, path: Path) -> None:
+    """``eval.policy=best``: evaluate the weights of ``best.pt`` (picked by ``trainer.select_by``)
+    instead of the last ones; the last ones stay when no evaluation ever saved a best."""
+    if not path.is_file():
+        logger.warning("eval.policy=best: no %s (no training-time evaluation ran); evaluating the last "
+                       "policy", path)
+        return
+    algo.load_state_dict(load_checkpoint(path)["algo"])
+    logger.info("evaluating the policy of %s (eval.policy=best)", path)
+
+
 RESUME_FIXED = ("dataset", "behavior", "env", "reward", "algo")
 
 
@@ -146,9 +157,12 @@ def train(cfg: DictConfig, run_dir: Path, algo_name: str) -> TrainedRun:
                 extra["trained_in_ground_truth"] = in_truth
     finally:
         logger.close()
+    if evaluation.policy == "best":
+        use_best_checkpoint(algo, run_dir / "checkpoints" / "best.pt")
     report = final_report(stages, algo, algo_name, run_dir, extra)
     report["training"] = {"env_steps": stats.env_steps, "user_steps": stats.user_steps,
                           "updates": stats.updates, "best_eval_return": stats.best_eval_return,
+                          "select_by": trainer.select_by, "evaluated_policy": evaluation.policy,
                           "user_steps_per_s": stats.user_steps / max(stats.seconds, 1e-9)}
     report["timings"] = {"behavior_fit_s": t_fit - t0, "train_s": t_train - t_fit,
                          "eval_s": time.perf_counter() - t_train, "total_s": time.perf_counter() - t0}

@@ -154,6 +154,27 @@ def test_ope_table_compares_every_estimate_with_the_ground_truth(trained_run: tu
     assert random_model["rmse"] == pytest.approx(abs(random_model["bias"]))
 
 
+def test_best_by_ope_is_the_policy_evaluated(trained_run: tuple[Path, Path], tmp_path: Path) -> None:
+    """trainer.select_by=ope picks best.pt by the off-policy estimate on the validation logs, and
+    eval.policy=best makes the final evaluation score it: `recrl eval` of best.pt gives the same
+    figures."""
+    root, _ = trained_run
+    run = tmp_path / "best"
+    recrl("train", *SMOKE, "trainer.select_by=ope", "eval.policy=best", f"hydra.run.dir={run}", cwd=root,
+          cache=root / "cache")
+    report = json.loads((run / "report.json").read_text())
+    assert report["training"]["select_by"] == "ope" and report["training"]["evaluated_policy"] == "best"
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    checks = [line["eval/return"] for line in lines if "eval/return" in line]
+    assert checks and max(checks) == pytest.approx(report["training"]["best_eval_return"])
+    again = tmp_path / "again"
+    recrl("eval", f"checkpoint={run / 'checkpoints' / 'best.pt'}", f"hydra.run.dir={again}", cwd=root,
+          cache=root / "cache")
+    evaluated = json.loads((again / "report.json").read_text())
+    assert means(evaluated)[("ground_truth", "dqn", "return")] == pytest.approx(
+        means(report)[("ground_truth", "dqn", "return")], abs=1e-6)
+
+
 def test_behavior_model_is_cached(trained_run: tuple[Path, Path]) -> None:
     root, _ = trained_run
     proc = recrl("train", *SMOKE, "algo=random", f"hydra.run.dir={root / 'random'}", cwd=root,
