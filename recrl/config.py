@@ -15,12 +15,16 @@ import typing
 from pathlib import Path
 from typing import Any
 
+from hydra.errors import InstantiationException
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from recrl.types import RecrlError
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+VALUE_CHECKED = ("trainer", "eval", "ope")
+"""Groups whose classes are cheap to build and check their values in the constructor, so
+:func:`validate` builds them once (a wrong value fails before any data is read)."""
 GROUPS = ("dataset", "behavior", "env", "reward", "algo", "trainer", "eval", "ope")
 
 
@@ -97,6 +101,9 @@ def validate(cfg: DictConfig) -> None:
     for name in cfg.get("eval", {}).get("baselines", []):
         if name not in algo_options():
             raise RecrlError(f"eval.baselines: {name!r} is not an algo; options: {', '.join(algo_options())}")
+    for group in VALUE_CHECKED:
+        if group in cfg:
+            build(cfg[group])  # their constructors check values: fail before anything runs
 
 
 def without_ensemble(behavior: DictConfig) -> DictConfig:
@@ -114,8 +121,18 @@ def algo_options() -> list[str]:
 
 
 def build(node: DictConfig, **runtime: Any) -> Any:
-    """Instantiate a checked group node, passing values known only at run time."""
-    return instantiate(node, **runtime)
+    """Instantiate a checked group node, passing values known only at run time. A
+    :class:`RecrlError` of the class's constructor (a value it refuses) comes out as itself,
+    not wrapped in Hydra's multi-line ``InstantiationException``."""
+    try:
+        return instantiate(node, **runtime)
+    except InstantiationException as err:
+        cause = err.__cause__
+        while cause is not None and not isinstance(cause, RecrlError):
+            cause = cause.__cause__
+        if cause is None:
+            raise
+        raise RecrlError(str(cause)) from err
 
 
 def compose_config(config_name: str | None, overrides: list[str],
