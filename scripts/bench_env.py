@@ -15,7 +15,40 @@ configuration reports the best of ``--repeats`` timed runs (other jobs on a shar
 runs slower, never faster) and its host CPU time, so time spent waiting for a core shows. Prints
 a table and writes JSON; ``--profile`` prints the top ops of the first configuration instead.
 
+Machines differ in speed by up to 8x, so absolute user-steps/s compare badly across runs; each run
+therefore also measures, in the same process, on the same device and thread count, numbers to
+divide by:
+
+- **matmul throughput** (``machine.matmul_gflops``): GFLOP/s of a float32 ``torch.mm`` of two
+  1024 x 1024 matrices (``2 * 1024**3`` FLOPs), best of 5 timed calls after one warm-up, measured
+  once per run and printed above the table.
+- **plain-PyTorch reference step** (``reference_user_steps_per_s``, ``ratio_to_reference`` =
+  recrl user-steps/s / reference user-steps/s), for ``gru`` and ``gru_ensemble`` (each user steps
+  one GRU of width ``d`` in both; other models show "-" and store ``null``). The reference is the
+  least arithmetic a GRU simulator step needs, written directly with no recrl code, under
+  ``torch.no_grad`` (as the user models respond): per step, draw random actions ``[B, K]`` with
+  ``torch.randint`` (as the benchmark does for the environment), gather their embeddings
+  ``[B, K, d]`` from an ``N x d`` table, score the shown items with the state (``B x K`` dot
+  products, one ``bmm``), take the multinomial-logit probabilities over the ``K`` items and a
+  no-click option of utility 0 (``softmax`` over ``[B, K + 1]``), draw one choice per user with
+  ``torch.multinomial``, and update the ``B x d`` state with a ``torch.nn.GRUCell(d, d)`` on the
+  mean of the shown items' embeddings. It has none of the environment's bookkeeping (history,
+  autoreset, rewards, leaving) nor the model's other heads (event layer, conversion, rating,
+  leave), so the ratio is the share of the time recrl spends on the bare arithmetic; unlike the
+  absolute speed, it moves little from machine to machine.
+- **arithmetic bound** (``bound_user_steps_per_s``, ``share_of_bound`` = user-steps/s / bound),
+  for the same models: a GRU step costs ``flops_per_user_step = 12 d^2 + 2 K d`` FLOPs (GRU cell:
+  3 gates x (``d x d`` input + ``d x d`` hidden) multiply-adds = ``6 d^2`` multiply-adds, 2 FLOPs
+  each; the ``K`` logits: ``K d`` multiply-adds; the elementwise gate math, softmax and draw,
+  ``O(d + K)``, are not counted), and ``bound = matmul FLOP/s / flops_per_user_step``, the speed
+  if every step ran at the machine's big-matmul rate (small ``B x d`` products do not reach it).
+
+``--compare old.json`` prints, for the configurations in both runs, the change in user-steps/s
+(new / old) and in the ratio to the reference (new ratio / old ratio): across machines, read the
+second, as the first mostly measures the machines.
+
     python scripts/bench_env.py --threads 1 --out bench_env.json
+    python scripts/bench_env.py --threads 1 --compare bench_env_old.json --out bench_env.json
     python scripts/bench_env.py --device cuda --batches 4096 65536 1048576 --out bench_env_cuda.json
     python scripts/bench_env.py --profile --models synthetic --items 10000 --batches 1024 --slates 1
 """
@@ -27,6 +60,7 @@ import contextlib
 import ctypes
 import gc
 import json
+import math
 import os
 import resource
 import sys
@@ -36,6 +70,7 @@ from pathlib import Path
 import torch
 from rich.console import Console
 from rich.table import Table
+from torch import Tensor
 
 from recrl.behavior.ensemble import BehaviorEnsemble, OwnMemberSimulator
 from recrl.behavior.fit import TrainingSettings
@@ -48,6 +83,8 @@ from recrl.rewards import ClickReward
 
 MODELS = ("synthetic", "gru", "mf", "gru_ensemble", "gru_ensemble_all")
 ENSEMBLE = 5  # members of ``gru_ensemble`` and ``gru_ensemble_all`` (behavior.ensemble=5)
+REFERENCE_MODELS = ("gru", "gru_ensemble")  # one GRU of width d per user: the reference step applies
+MATMUL_SIZE = 1024
 
 
 def build_model(name: str, n_items: int, dim: int, device: str, mf_users: int = 10_000):
@@ -170,6 +207,135 @@ def bench_one(model_name: str, n_items: int, batch: int, slate: int, args: argpa
             "peak_bytes": mem.peak, "memory_method": mem.method}
 
 
+def matmul_gflops(device: torch.device, size: int = MATMUL_SIZE, repeats: int = 5) -> float:
+    """GFLOP/s of a float32 ``torch.mm`` of two ``size x size`` matrices on ``device`` at the current
+    thread count: ``2 size^3`` FLOPs over the best of ``repeats`` timed calls (after one warm-up)."""
+    gen = torch.Generator(device).manual_seed(0)
+    a = torch.randn(size, size, device=device, generator=gen)
+    b = torch.randn(size, size, device=device, generator=gen)
+    out = torch.empty(size, size, device=device)
+    torch.mm(a, b, out=out)
+    best = math.inf
+    for _ in range(repeats):
+        sync(device)
+        start = time.perf_counter()
+        torch.mm(a, b, out=out)
+        sync(device)
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best / 1e9
+
+
+def gru_step_flops(dim: int, slate: int) -> int:
+    """FLOPs per user-step of a GRU simulator step: ``12 d^2`` (GRU cell, 3 gates x 2 ``d x d``
+    products, a multiply-add being 2 FLOPs) ``+ 2 K d`` (the ``K`` shown items' logits)."""
+    return 12 * dim * dim + 2 * slate * dim
+
+
+def reference_gru_step(n_items: int, batch: int, slate: int, dim: int, device: torch.device,
+                       seed: int = 0):
+    """A plain-PyTorch GRU simulator step (no recrl code) as a closure ``run(steps)``: random actions,
+    their embeddings, ``B x K`` logits, MNL probabilities with a no-click option, a multinomial
+    draw and a ``GRUCell(d, d)`` update of the ``B x d`` state (see the module docstring)."""
+    gen = torch.Generator(device).manual_seed(seed)
+    table = torch.randn(n_items, dim, device=device, generator=gen) / dim**0.5
+    cell = torch.nn.GRUCell(dim, dim, device=device)
+    h = torch.zeros(batch, dim, device=device)
+    outside = torch.zeros(batch, 1, device=device)
+
+    def run(steps: int) -> Tensor:
+        nonlocal h
+        with torch.no_grad():
+            for _ in range(steps):
+                actions = torch.randint(0, n_items, (batch, slate), device=device, generator=gen)
+                emb = table[actions]                                      # [B, K, d]
+                logits = torch.bmm(emb, h.unsqueeze(-1)).squeeze(-1)      # [B, K]
+                probs = torch.softmax(torch.cat([outside, logits], 1), 1)  # no-click option first
+                choice = torch.multinomial(probs, 1, generator=gen)       # [B, 1]; 0: no click
+                h = cell(emb.mean(1), h)
+        return choice
+
+    return run
+
+
+def bench_reference(n_items: int, batch: int, slate: int, args: argparse.Namespace) -> float:
+    """User-steps/s of :func:`reference_gru_step` (best of ``args.repeats`` runs of ``args.steps``)."""
+    device = torch.device(args.device)
+    run = reference_gru_step(n_items, batch, slate, args.dim, device)
+    run(args.warmup)
+    best = math.inf
+    for _ in range(args.repeats):
+        sync(device)
+        start = time.perf_counter()
+        run(args.steps)
+        sync(device)
+        best = min(best, time.perf_counter() - start)
+    return batch * args.steps / best
+
+
+def add_reference(result: dict, args: argparse.Namespace, gflops: float) -> dict:
+    """``result`` with the reference step's speed, the ratio to it, the FLOPs per user-step, the
+    arithmetic bound and the share of it (``None`` for models outside ``REFERENCE_MODELS``)."""
+    keys = ("reference_user_steps_per_s", "ratio_to_reference", "flops_per_user_step",
+            "bound_user_steps_per_s", "share_of_bound", "reference_share_of_bound")
+    if result["model"] not in REFERENCE_MODELS:
+        return {**result, **dict.fromkeys(keys)}
+    reference = bench_reference(result["n_items"], result["batch"], result["slate"], args)
+    flops = gru_step_flops(args.dim, result["slate"])
+    bound = gflops * 1e9 / flops
+    speed = result["user_steps_per_s"]
+    return {**result, **dict(zip(keys, (reference, speed / reference, flops, bound, speed / bound,
+                                        reference / bound), strict=True))}
+
+
+def config_key(result: dict) -> tuple:
+    """The configuration a result row measured: model, N, B, K."""
+    return result["model"], result["n_items"], result["batch"], result["slate"]
+
+
+def compare_results(new: list[dict], old: list[dict]) -> list[dict]:
+    """For configurations in both runs (in ``new``'s order): user-steps/s of each and their change
+    ``new / old``; the ratios to the reference and their change (``None`` where a run has none)."""
+    old_by_key = {config_key(r): r for r in old}
+    rows = []
+    for r in new:
+        o = old_by_key.get(config_key(r))
+        if o is None:
+            continue
+        new_ratio, old_ratio = r.get("ratio_to_reference"), o.get("ratio_to_reference")
+        rows.append({"model": r["model"], "n_items": r["n_items"], "batch": r["batch"], "slate": r["slate"],
+                     "old_user_steps_per_s": o["user_steps_per_s"],
+                     "new_user_steps_per_s": r["user_steps_per_s"],
+                     "speed_change": r["user_steps_per_s"] / o["user_steps_per_s"],
+                     "old_ratio_to_reference": old_ratio, "new_ratio_to_reference": new_ratio,
+                     "ratio_change": new_ratio / old_ratio if new_ratio and old_ratio else None})
+    return rows
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def print_comparison(console: Console, rows: list[dict], old_path: Path, old_machine: dict,
+                     machine: dict) -> None:
+    """The table of :func:`compare_results` against ``old_path``, under both runs' matmul speeds."""
+    old_gflops, new_gflops = old_machine.get("matmul_gflops"), machine.get("matmul_gflops")
+    console.print(f"compare with {old_path}: matmul {_fmt(old_gflops, ',.1f')} -> {_fmt(new_gflops, ',.1f')} "
+                  f"GFLOP/s (x{_fmt(new_gflops / old_gflops if old_gflops else None, '.2f')}); old on "
+                  f"{old_machine.get('device_name', '?')}, {old_machine.get('threads', '?')} threads",
+                  highlight=False)
+    table = Table(title="change new / old: user-steps/s (machine-dependent) and ratio to the reference "
+                        "(compare this one across machines)")
+    for col in ("model", "N items", "B users", "K", "old user-steps/s", "new user-steps/s", "new/old",
+                "old ratio", "new ratio", "ratio new/old"):
+        table.add_column(col, justify="right")
+    for c in rows:
+        table.add_row(c["model"], f"{c['n_items']:,}", f"{c['batch']:,}", str(c["slate"]),
+                      f"{c['old_user_steps_per_s']:,.0f}", f"{c['new_user_steps_per_s']:,.0f}",
+                      f"{c['speed_change']:.2f}", _fmt(c["old_ratio_to_reference"], ".3f"),
+                      _fmt(c["new_ratio_to_reference"], ".3f"), _fmt(c["ratio_change"], ".2f"))
+    console.print(table)
+
+
 def profile_one(model_name: str, n_items: int, batch: int, slate: int, args: argparse.Namespace) -> None:
     """Print the top ops of ``torch.profiler`` over ``args.steps`` steps of one configuration."""
     from torch.profiler import ProfilerActivity, profile
@@ -225,6 +391,9 @@ def main() -> None:
                         help="profile the first configuration of the grid instead of benchmarking")
     parser.add_argument("--profile-rows", type=int, default=25)
     parser.add_argument("--out", type=Path, default=Path("bench_env.json"))
+    parser.add_argument("--compare", type=Path, default=None, metavar="OLD_JSON",
+                        help="a previous run's JSON: print the change in user-steps/s and in the ratio "
+                             "to the reference for the configurations in both")
     args = parser.parse_args()
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -237,33 +406,54 @@ def main() -> None:
         with mode():
             profile_one(*grid[0], args)
         return
-    console = Console(width=None if sys.stdout.isatty() else 130)  # a piped table keeps its columns
+    old = json.loads(args.compare.read_text()) if args.compare is not None else None
+    console = Console(width=None if sys.stdout.isatty() else 150)  # a piped table keeps its columns
+    gflops = matmul_gflops(device)
+    console.print(f"matmul: {gflops:,.1f} GFLOP/s (float32 torch.mm {MATMUL_SIZE}x{MATMUL_SIZE}, best of 5, "
+                  f"{torch.get_num_threads()} threads on {device})", highlight=False)
     results = []
     with mode():
         for cfg in grid:
-            results.append(bench_one(*cfg, args))
+            results.append(add_reference(bench_one(*cfg, args), args, gflops))
             r = results[-1]
             console.print(f"  {r['model']:>12} N={r['n_items']:>7,} B={r['batch']:>6,} K={r['slate']:>2}: "
-                          f"{r['user_steps_per_s']:>13,.0f} user-steps/s", highlight=False)
-    info = machine_info(device)
+                          f"{r['user_steps_per_s']:>13,.0f} user-steps/s, ratio to reference "
+                          f"{_fmt(r['ratio_to_reference'], '.3f')}", highlight=False)
+    info = {**machine_info(device), "matmul_gflops": gflops, "matmul_size": MATMUL_SIZE}
     table = Table(title=f"RecEnv user-steps/s, random actions, autoreset, d={args.dim}, "
                         f"history {args.history}, on {info['device_name']} ({info['threads']} threads, "
                         f"{'inference' if args.inference_mode else 'grad'} mode, "
                         f"best of {args.repeats} x {args.steps} steps)")
-    for col in ("model", "N items", "B users", "K", "user-steps/s", "ms/step", "CPU ms/step", "peak MB"):
+    for col in ("model", "N items", "B users", "K", "user-steps/s", "ref user-steps/s", "ratio",
+                "bound", "share of bound", "ms/step", "CPU ms/step", "peak MB"):
         table.add_column(col, justify="right")
     for r in results:
         table.add_row(r["model"], f"{r['n_items']:,}", f"{r['batch']:,}", str(r["slate"]),
-                      f"{r['user_steps_per_s']:,.0f}", f"{r['ms_per_step']:.3f}",
+                      f"{r['user_steps_per_s']:,.0f}", _fmt(r["reference_user_steps_per_s"], ",.0f"),
+                      _fmt(r["ratio_to_reference"], ".3f"), _fmt(r["bound_user_steps_per_s"], ",.0f"),
+                      _fmt(r["share_of_bound"], ".3g"), f"{r['ms_per_step']:.3f}",
                       f"{r['cpu_ms_per_step']:.3f}", f"{r['peak_bytes'] / 1e6:.1f}")
+    console.print(f"matmul {gflops:,.1f} GFLOP/s; ratio = user-steps/s / plain-PyTorch reference GRU step's; "
+                  f"bound = matmul FLOP/s / (12 d^2 + 2 K d) FLOPs per user-step", highlight=False)
     console.print(table)
-    settings = {k: v for k, v in vars(args).items() if k not in ("out", "profile", "profile_rows")}
+    comparison = None
+    if old is not None:
+        comparison = compare_results(results, old["results"])
+        print_comparison(console, comparison, args.compare, old.get("machine", {}), info)
+    settings = {k: v for k, v in vars(args).items() if k not in ("out", "profile", "profile_rows", "compare")}
     note = ("user-steps/s = B * steps / seconds (best of repeats); actions drawn on the device with "
             "torch.randint each step (K>1: independent draws, items may repeat in a slate); peak = "
             "growth of the peak resident set (CPU, after gc and malloc_trim) or of allocated CUDA "
-            "memory over building the model and env and running the steps")
-    args.out.write_text(json.dumps({"results": results, "machine": info, "settings": settings, "note": note},
-                                   indent=2))
+            "memory over building the model and env and running the steps; matmul_gflops: float32 "
+            "torch.mm of 1024x1024, best of 5; reference_user_steps_per_s: the plain-PyTorch GRU step "
+            "(bench_env.py's docstring), ratio_to_reference = user_steps_per_s / it; bound_user_steps_per_s "
+            "= matmul FLOP/s / flops_per_user_step (12 d^2 + 2 K d), share_of_bound = user_steps_per_s / "
+            "bound; null for models without a reference")
+    out = {"results": results, "machine": info, "settings": settings, "note": note}
+    if comparison is not None:
+        out["comparison"] = {"old": str(args.compare), "old_machine": old.get("machine", {}),
+                             "rows": comparison}
+    args.out.write_text(json.dumps(out, indent=2))
     console.print(f"wrote {args.out}")
 
 

@@ -9,8 +9,12 @@ and across user models (a moving state, a static one that ``next_state`` returns
 
 from __future__ import annotations
 
+import argparse
+import math
+
 import pytest
 import torch
+from tiny import load_script
 from torch import Tensor
 
 from recrl.behavior.gru import GRUBehavior
@@ -210,3 +214,36 @@ def test_bench_script_writes_json(tmp_path, monkeypatch) -> None:
     assert len(data["results"]) == 5 * 2  # synthetic, gru, mf, gru_ensemble, gru_ensemble_all x K in {1, 2}
     assert all(r["user_steps_per_s"] > 0 and r["peak_bytes"] >= 0 for r in data["results"])
     assert data["machine"]["threads"] == 1 and data["machine"]["torch"] == torch.__version__
+
+
+def test_bench_script_reference_bound_and_compare() -> None:
+    """The matmul speed, the reference step, the bound and ``--compare``'s arithmetic (no timing asserted)."""
+    bench = load_script("bench_env")
+    device = torch.device("cpu")
+    gflops = bench.matmul_gflops(device, size=32, repeats=1)
+    assert math.isfinite(gflops) and gflops > 0
+    assert bench.gru_step_flops(dim=4, slate=3) == 12 * 16 + 2 * 3 * 4
+    args = argparse.Namespace(device="cpu", dim=4, history=3, horizon=5, steps=2, warmup=1, repeats=1)
+    gru = bench.add_reference(bench.bench_one("gru", 20, 4, 2, args), args, gflops)
+    for key in ("reference_user_steps_per_s", "ratio_to_reference", "flops_per_user_step",
+                "bound_user_steps_per_s", "share_of_bound", "reference_share_of_bound"):
+        assert math.isfinite(gru[key]) and gru[key] > 0, key
+    speed = gru["user_steps_per_s"]
+    assert gru["ratio_to_reference"] == pytest.approx(speed / gru["reference_user_steps_per_s"])
+    assert gru["share_of_bound"] == pytest.approx(speed * gru["flops_per_user_step"] / (gflops * 1e9))
+    mf = bench.add_reference(bench.bench_one("mf", 20, 4, 1, args), args, gflops)
+    assert mf["ratio_to_reference"] is None and mf["user_steps_per_s"] > 0
+
+    def row(model: str, n: int, speed: float, ratio: float | None = None) -> dict:
+        return {"model": model, "n_items": n, "batch": 8, "slate": 1, "user_steps_per_s": speed,
+                "ratio_to_reference": ratio}
+
+    old = [row("gru", 100, 1000.0, 0.5), row("synthetic", 100, 400.0), row("gru", 50, 10.0, 0.1)]
+    new = [row("gru", 100, 3000.0, 0.25), row("synthetic", 100, 200.0), row("gru", 10_000, 5.0, 0.2)]
+    rows = bench.compare_results(new, old)
+    assert [(r["model"], r["n_items"]) for r in rows] == [("gru", 100), ("synthetic", 100)]
+    assert rows[0]["speed_change"] == pytest.approx(3.0) and rows[0]["ratio_change"] == pytest.approx(0.5)
+    assert rows[0]["old_ratio_to_reference"] == 0.5 and rows[0]["new_ratio_to_reference"] == 0.25
+    assert rows[1]["speed_change"] == pytest.approx(0.5) and rows[1]["ratio_change"] is None
+    assert bench.compare_results(new, [{k: v for k, v in old[0].items() if k != "ratio_to_reference"}]) \
+        [0]["ratio_change"] is None  # an old run from before the reference
