@@ -28,7 +28,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from recrl.checkpoint import resolve_checkpoint
-from recrl.config import CONF_DIR, compose_config, validate
+from recrl.config import CONF_DIR, RENAMED_KEYS, compose_config, validate
 from recrl.types import RecrlError
 
 USAGE = """usage: recrl <command> [key=value ...]
@@ -55,7 +55,6 @@ environment, simulator vs ground truth, paired differences across seeds) into DI
 (default: outputs/compare/<timestamp>).
 """
 DATA_COMMANDS = ("info", "prepare", "download")
-RENAMED_KEYS = {"eval.select_on": "trainer.select_by (simulator | held_out_member | ope)"}
 MAX_CHECKED_COMBINATIONS = 64
 INTERRUPT_EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143}  # 128 + the signal's number
 

@@ -17,11 +17,31 @@ from typing import Any
 
 from hydra.errors import InstantiationException
 from hydra.utils import get_class, instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from recrl.types import RecrlError
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+RENAMED_KEYS = {"eval.select_on": "trainer.select_by"}
+"""Config keys that moved: old dotted key -> new one (a one-line hint on the command line; saved
+runs' configs are migrated by :func:`migrate_renamed_keys`)."""
+
+
+def migrate_renamed_keys(cfg: DictConfig) -> DictConfig:
+    """``cfg`` with every key of :data:`RENAMED_KEYS` moved to its new place (where that is not
+    set already); in place, returns ``cfg``."""
+    for old, new in RENAMED_KEYS.items():
+        parent, _, leaf = old.rpartition(".")
+        node = OmegaConf.select(cfg, parent)
+        if node is None or leaf not in node:
+            continue
+        with open_dict(cfg):
+            value = node.pop(leaf)
+            if OmegaConf.select(cfg, new) is None:
+                OmegaConf.update(cfg, new, value, force_add=True)
+    return cfg
+
+
 VALUE_CHECKED = ("trainer", "eval", "ope")
 """Groups whose classes are cheap to build and check their values in the constructor, so
 :func:`validate` builds them once (a wrong value fails before any data is read)."""

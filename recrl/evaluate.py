@@ -20,7 +20,7 @@ from recrl.algos.oracle import Oracle, can_plan
 from recrl.behavior.fidelity import fidelity_report
 from recrl.behavior.offline import offline_ranking
 from recrl.checkpoint import load_checkpoint, resolve_checkpoint
-from recrl.config import build, build_algo_by_name, validate
+from recrl.config import build, build_algo_by_name, migrate_renamed_keys, validate
 from recrl.loop import resolve_device
 from recrl.metrics.online import run_episodes
 from recrl.metrics.stats import set_seed
@@ -72,6 +72,12 @@ class Evaluation:
         return offline_ranking(behavior, splits, history_len=history_len, max_users=self.offline_users,
                                seed=self.seed)
 
+    def policies(self, trained: dict[str, Policy], ctx: Any) -> dict[str, Policy]:
+        """``trained`` (the run's policy and any others, by name) followed by every baseline not
+        among them, built with the run's context ``ctx``."""
+        missing = [name for name in self.baselines if name not in trained]
+        return {**trained, **{name: build_algo_by_name(name, ctx=ctx) for name in missing}}
+
     def mean_return(self, policy: Policy, env: Env, episodes: int) -> float:
         """Mean episode return over ``episodes`` evaluation episodes (training-time checks)."""
         stats = run_episodes(policy, env, episodes, self.seed, self.batch_size)
@@ -98,7 +104,7 @@ def restore_run(checkpoint: str | Path,
     falling back to ``auto`` when it was a GPU)."""
     path = resolve_checkpoint(checkpoint)
     payload = load_checkpoint(path)
-    saved = migrate_saved_config(OmegaConf.create(payload["config"]))
+    saved = migrate_renamed_keys(OmegaConf.create(payload["config"]))
     if device:
         saved.trainer.device = device
     elif saved.trainer.device.startswith("cuda"):
@@ -114,17 +120,6 @@ def restore_run(checkpoint: str | Path,
         first = str(err).strip().splitlines()[0]
         raise RecrlError(f"checkpoint {path} does not fit its config's algorithm: {first}") from err
     return stages, algo, payload, path
-
-
-def migrate_saved_config(saved: DictConfig) -> DictConfig:
-    """A run's saved config in today's keys: ``eval.select_on`` (runs saved before it moved) became
-    ``trainer.select_by``. In place; returns ``saved``."""
-    if "eval" in saved and "select_on" in saved.eval:
-        with open_dict(saved):
-            value = saved.eval.pop("select_on")
-            if "trainer" in saved and "select_by" not in saved.trainer:
-                saved.trainer.select_by = value
-    return saved
 
 
 def run_ope_settings(saved: DictConfig, cfg: DictConfig) -> DictConfig:
@@ -168,15 +163,13 @@ def evaluate(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 
 def evaluate_ope(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """``recrl eval ope checkpoint=<run>``: only the off-policy estimates of a saved run's policy
-    and its baselines on its test split, with this command's ``ope`` settings."""
+    and its baselines, with the run's ``ope`` settings and this command's ``ope.*`` on top."""
     start = time.perf_counter()
     stages, algo, payload, path = restore_run(cfg.checkpoint, cfg.get("device"))
     if isinstance(stages, GymStages):
         raise RecrlError("recrl eval ope needs a run on logged data; this run trained on a gymnasium env")
     ope: OffPolicyEvaluation = build(run_ope_settings(stages.cfg, cfg))
-    policies = {payload["algo_name"]: algo}
-    for name in build(stages.cfg.eval).baselines:
-        policies.setdefault(name, build_algo_by_name(name, ctx=stages.ctx))
+    policies = build(stages.cfg.eval).policies({payload["algo_name"]: algo}, stages.ctx)
     section, column = off_policy(ope, stages, policies)
     report = {"task": "ope", "algo": payload["algo_name"], "checkpoint": str(path),
               "source_run": str(payload.get("run_dir", "")), "checkpoint_step": int(payload["step"]),
@@ -229,10 +222,7 @@ def final_evaluation(cfg: DictConfig, stages: Stages, algo: Any, algo_name: str,
     environment; in a ground truth the oracle can plan in, add the oracle row and every
     policy's share of it."""
     evaluation: Evaluation = build(cfg.eval)
-    policies = {algo_name: algo, **(extra or {})}
-    for name in evaluation.baselines:
-        if name != algo_name:
-            policies[name] = build_algo_by_name(name, ctx=stages.ctx)
+    policies = evaluation.policies({algo_name: algo, **(extra or {})}, stages.ctx)
     envs = stages.eval_envs()
     results = evaluation.run(policies, envs, stages.diversity_categories)
     if evaluation.oracle and "ground_truth" in envs and can_plan(stages.ground_truth):

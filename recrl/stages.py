@@ -53,13 +53,15 @@ class Stages:
         inter, column = self.splits.interactions, self.cfg.env.boredom.get("category_column")
         return item_categories(inter.items, inter.n_items, column)
 
-    def make_env(self, model: Any, pessimistic: bool = False) -> RecEnv:
+    def make_env(self, model: Any, pessimistic: bool = False, own_member: bool = True) -> RecEnv:
         """A fresh environment of the configured shape over ``model``; ``env.pessimism`` applies
         only where ``pessimistic`` (training in the learned simulator). An ensemble steps every
-        member for every user only where a pessimism term reads their disagreement; elsewhere
-        each user's own member alone (:class:`~recrl.behavior.ensemble.OwnMemberSimulator`)."""
+        member for every user only where a pessimism term reads their disagreement or
+        ``own_member`` is false; elsewhere each user's own member alone
+        (:class:`~recrl.behavior.ensemble.OwnMemberSimulator`)."""
         pessimism = self.pessimism if pessimistic else None
-        if isinstance(model, BehaviorEnsemble) and not (pessimism is not None and pessimism.uses_uncertainty):
+        if (own_member and isinstance(model, BehaviorEnsemble)
+                and not (pessimism is not None and pessimism.uses_uncertainty)):
             model = OwnMemberSimulator(model)
         return build(self.cfg.env)(model=model, reward=self.reward, item_categories=self.item_categories,
                                    device=self.device, pessimism=pessimism)
@@ -84,8 +86,7 @@ class Stages:
         """An environment over the behavior model itself (every ensemble member mixed, no
         pessimism) whose states are the model's encoding of a history (``model.encode``): what
         off-policy evaluation continues logged sessions in."""
-        return build(self.cfg.env)(model=self.behavior, reward=self.reward,
-                                   item_categories=self.item_categories, device=self.device)
+        return self.make_env(self.behavior, own_member=False)
 
     def eval_envs(self) -> dict[str, RecEnv]:
         """The training simulator (without pessimism: what it predicts) and, when the data gives

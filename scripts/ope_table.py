@@ -99,16 +99,15 @@ def summarize(table: dict[str, dict[str, dict[str, Any]]], estimators: list[str]
             ess = np.array([row.get(name, {}).get("ess", np.nan) for row in by_seed.values()])
             error = est - truth
             finite = np.isfinite(error)
+            nan = float("nan")
+            bias = float(error[finite].mean()) if finite.any() else nan
+            rmse = float(np.sqrt(np.mean(error[finite] ** 2))) if finite.any() else nan
             records.append({
                 "policy": policy, "estimator": name, "logs": len(truth), "undefined": int((~finite).sum()),
-                "estimate": float(np.mean(est[finite])) if finite.any() else float("nan"),
-                "truth": float(truth.mean()),
-                "bias": float(error[finite].mean()) if finite.any() else float("nan"),
-                "relative_bias": float(error[finite].mean() / truth.mean()) if finite.any() else float("nan"),
-                "rmse": float(np.sqrt(np.mean(error[finite] ** 2))) if finite.any() else float("nan"),
-                "relative_rmse": (float(np.sqrt(np.mean(error[finite] ** 2)) / truth.mean())
-                                  if finite.any() else float("nan")),
-                "mean_ess": float(np.nanmean(ess)) if np.isfinite(ess).any() else float("nan"),
+                "estimate": float(np.mean(est[finite])) if finite.any() else nan,
+                "truth": float(truth.mean()), "bias": bias, "relative_bias": bias / truth.mean(),
+                "rmse": rmse, "relative_rmse": rmse / truth.mean(),
+                "mean_ess": float(np.nanmean(ess)) if np.isfinite(ess).any() else nan,
             })
     return records
 

@@ -10,6 +10,7 @@ estimate named by ``column`` becomes the policy's ``return`` in the report's ``o
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 from dataclasses import asdict
@@ -33,6 +34,7 @@ PER_SESSION = ("model", "pdis", "wpdis", "wdr", "seq_dr")
 direct method (the behavior model's long-term value of each session's first state)."""
 NEEDS_PROPENSITY = frozenset(PER_STEP + PER_SESSION) - {"dm", "model"}
 NEEDS_MODEL = frozenset({"model", "wdr", "seq_dr"})  # read the model's long-term values
+SESSION_NAMES = {"sequential_dr": "seq_dr", "weighted_dr": "wdr"}  # estimators' names -> config names
 
 
 class OffPolicyEvaluation:
@@ -121,28 +123,29 @@ class OffPolicyEvaluation:
         return self._estimates(sessions, terms)
 
     def _estimates(self, sessions: LoggedSessions, terms: TargetTerms) -> dict[str, est.Estimate]:
+        """The configured estimates: the per-step ones and the per-session ones each through one
+        shared bootstrap (:func:`~recrl.ope.estimators.estimate_all`, ``estimate_all_sessions``)."""
         steps = sessions.steps
         r = steps.transitions.reward.double().cpu().numpy()
         mu = steps.propensity.double().cpu().numpy()
         pi = terms.p_target
         boot = {"n_boot": self.n_boot, "seed": self.seed}
-        grid, mask = sessions.grid, sessions.mask
-        compute = {
-            "dm": lambda: est.dm(terms.v_target, **boot),
-            "ips": lambda: est.ips(r, mu, pi, **boot),
-            "snips": lambda: est.snips(r, mu, pi, **boot),
-            "clipped_ips": lambda: est.clipped_ips(r, mu, pi, self.max_weight, **boot),
-            "dr": lambda: est.dr(r, mu, pi, terms.q_logged, terms.v_target, **boot),
-            "switch_dr": lambda: est.switch_dr(r, mu, pi, terms.q_logged, terms.v_target, self.tau, **boot),
-            "model": lambda: est.dm(terms.v_model[sessions.first.cpu().numpy()], **boot),
-            "pdis": lambda: est.pdis(grid(r), grid(mu, 1.0), grid(pi), mask, self.gamma, **boot),
-            "wpdis": lambda: est.wpdis(grid(r), grid(mu, 1.0), grid(pi), mask, self.gamma, **boot),
-            "wdr": lambda: est.weighted_dr(grid(r), grid(mu, 1.0), grid(pi), grid(terms.q_model),
-                                           grid(terms.v_model), mask, self.gamma, **boot),
-            "seq_dr": lambda: est.sequential_dr(grid(r), grid(mu, 1.0), grid(pi), grid(terms.q_model),
-                                                grid(terms.v_model), mask, self.gamma, **boot),
-        }
-        return {name: compute[name]() for name in self.estimators}
+        wanted = set(self.estimators)
+        found: dict[str, est.Estimate] = {}
+        if wanted & NEEDS_PROPENSITY & set(PER_STEP):
+            found |= est.estimate_all(r, mu, pi, terms.q_logged, terms.v_target, self.max_weight, self.tau,
+                                      **boot)
+        elif "dm" in wanted:
+            found["dm"] = est.dm(terms.v_target, **boot)
+        if "model" in wanted:
+            found["model"] = est.dm(terms.v_model[sessions.first.cpu().numpy()], **boot)
+        if wanted & NEEDS_PROPENSITY & set(PER_SESSION):
+            grid = sessions.grid
+            model = (grid(terms.q_model), grid(terms.v_model)) if terms.q_model is not None else (None, None)
+            every = est.estimate_all_sessions(grid(r), grid(mu, 1.0), grid(pi), sessions.mask, *model,
+                                              gamma=self.gamma, **boot)
+            found |= {SESSION_NAMES.get(name, name): value for name, value in every.items()}
+        return {name: found[name] for name in self.estimators}
 
     def logging_model(self, interactions: Interactions, history_len: int, device: Any) -> LoggingPolicyModel:
         """The logging-policy model fitted on ``interactions``' training rows (once per logs)."""
@@ -228,9 +231,9 @@ def _users_up_to(interactions: Interactions, max_rows: int, seed: int) -> Intera
 
 def _with_estimators(ope: OffPolicyEvaluation, estimators: list[str]) -> OffPolicyEvaluation:
     """A copy of ``ope`` running only ``estimators``."""
-    copy = object.__new__(OffPolicyEvaluation)
-    copy.__dict__.update(ope.__dict__, estimators=list(estimators))
-    return copy
+    only = copy.copy(ope)
+    only.estimators = list(estimators)
+    return only
 
 
 def _stat(estimate: est.Estimate) -> dict[str, float]:

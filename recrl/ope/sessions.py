@@ -11,6 +11,7 @@ session).
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -77,7 +78,12 @@ class LoggedSessions:
     def __len__(self) -> int:
         return len(self.steps)
 
-    @property
+    @functools.cached_property
+    def _cells(self) -> tuple[np.ndarray, np.ndarray]:
+        """Each row's (session, step) cell of the grid, on the host (read once)."""
+        return self.steps.session.cpu().numpy(), self.steps.transitions.obs.step.cpu().numpy()
+
+    @functools.cached_property
     def mask(self) -> np.ndarray:
         """``[S, T]`` True where a session has a row."""
         return self.grid(np.ones(len(self), dtype=bool), fill=False)
@@ -86,7 +92,7 @@ class LoggedSessions:
         """Per-row ``values`` ``[N]`` laid out as ``[S, T]`` (``fill`` after a session's end)."""
         flat = values.detach().cpu().numpy() if isinstance(values, Tensor) else np.asarray(values)
         out = np.full((self.n_sessions, self.length), fill, dtype=flat.dtype)
-        out[self.steps.session.cpu().numpy(), self.steps.transitions.obs.step.cpu().numpy()] = flat
+        out[self._cells] = flat
         return out
 
     @property

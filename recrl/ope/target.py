@@ -84,9 +84,8 @@ def rollout_return(policy: Policy, env: RecEnv, obs: Obs, state: Tensor, first: 
     slates = policy.act(obs, explore=False) if first is None else first
     total = torch.zeros(obs.batch_size, dtype=torch.float64, device=env.device)
     discount = 1.0
+    # a fixed number of steps, no host sync per step: users who left earn 0 (as in run_episodes)
     for k in range(env.horizon if steps is None else min(env.horizon, int(steps.max()))):
-        if not bool(env.alive.any()):
-            break
         current, reward, _, _ = env.step(slates)
         if steps is not None:
             reward = reward * (k < steps)
@@ -109,7 +108,7 @@ def model_terms(policy: Policy, sessions: LoggedSessions, behavior: object, env:
         rows = steps.index(torch.arange(start, min(start + chunk, len(steps)), device=steps.device))
         repeat = torch.arange(len(rows), device=steps.device).repeat_interleave(rollouts)
         obs = rows.transitions.obs.index(repeat)
-        state = behavior.encode(obs)
+        state = behavior.encode(rows.transitions.obs)[repeat]  # each history replayed once
         logged = rows.transitions.action[repeat]
         limit = sessions.remaining[start:start + len(rows)][repeat]
         q = rollout_return(policy, env, obs, state, logged, gamma, seed + start, limit)
