@@ -410,7 +410,7 @@ def test_dueling_n_step_dqn_beats_greedy_and_random(clickbait_world: SyntheticWo
                                                     clickbait_references: dict[str, float]) -> None:
     def make(ctx):
         return DQN(ctx, epsilon_decay_steps=300, target_update=50, gamma=0.9, lr=3e-4, dueling=True, n_step=3)
-    assert_learned(train_dqn(make, clickbait_world, steps=1200), clickbait_references)
+    assert_learned(train_dqn(make, clickbait_world, steps=2000), clickbait_references)
 
 
 @pytest.mark.slow

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import pandas as pd
 import pytest
 import torch
 from torch import Tensor
@@ -11,6 +12,7 @@ from torch import Tensor
 from recrl.algos.dqn import AUTO_DEMO_ROWS, DQN, demonstration_users
 from recrl.algos.greedy import GreedyPolicy
 from recrl.algos.planner import SurvivalPlanner
+from recrl.behavior.features import side_features
 from recrl.behavior.gru import GRUBehavior
 from recrl.data.synthetic import SyntheticWorld
 from recrl.env.simulator import RecEnv
@@ -156,7 +158,10 @@ def test_demo_margin_loss_by_hand() -> None:
                   if a not in shown or a in demo]
         rival = sum(sorted(values, reverse=True)[:2]) / 2
         expected += (rival - sum(float(q[r, a]) for a in demo) / 2) / 3
-    assert float(algo._demo_loss().detach()) == pytest.approx(expected, rel=1e-5, abs=1e-6)
+    demo_obs, shown = algo._demo_rows()
+    assert torch.equal(demo_obs.items, obs.index(rows).items)
+    loss = algo._demo_loss(demo_obs, shown, algo.q(demo_obs))
+    assert float(loss.detach()) == pytest.approx(expected, rel=1e-5, abs=1e-6)
 
 
 def test_dqn_with_demonstrations_learns_the_planners_choices() -> None:
@@ -217,3 +222,34 @@ def test_demo_weight_decays_linearly_when_asked() -> None:
     assert weights == pytest.approx([2.0, 1.0, 0.0, 0.0])
     algo.demo_decay_steps = 0
     assert algo.current_demo_weight() == 2.0  # 0: constant
+
+
+@pytest.mark.parametrize("content", [False, True])
+def test_the_grus_batched_leave_after_each_click_is_the_pairwise_one(content: bool) -> None:
+    """``GRUBehavior.leave_prob_after_click`` (the planner's fast path) gives what stepping every
+    (user, item) pair with ``next_state`` and reading ``leave_prob`` gives, in chunks of any size,
+    with item content and the recency term too."""
+    n = 12
+    kwargs = {}
+    if content:
+        items = pd.DataFrame({"topic": [str(i % 3) for i in range(n)], "quality": torch.rand(n).tolist()})
+        kwargs = {"features": ["side"], "item_features": side_features(items, n), "recency": True}
+    torch.manual_seed(0)
+    model = GRUBehavior(n_items=n, dim=4, hidden=8, **kwargs)
+    for p in model.parameters():  # not only the initial (content: zero) id tables
+        p.data.normal_(0.0, 0.5)
+    g = torch.Generator().manual_seed(1)
+    state = model.initial_state(5)
+    for _ in range(3):
+        state = model.next_state(state, torch.randint(0, n, (5, 1), generator=g),
+                                 (torch.rand(5, 1, generator=g) < 0.5).float(), torch.zeros(5, 1))
+    conversion = torch.rand(5, n, generator=g)
+    pairs = model.next_state(state.repeat_interleave(n, 0), torch.arange(n).repeat(5)[:, None],
+                             torch.ones(5 * n, 1), conversion.reshape(-1, 1))
+    expected = model.leave_prob(pairs).view(5, n)
+    assert expected.std() > 0.01  # the pairs differ: the check below is not trivially met
+    for chunk_rows in (n, 2 * n + 1, 10_000):
+        fast = model.leave_prob_after_click(state, conversion, chunk_rows)
+        assert torch.allclose(fast, expected, atol=1e-6)
+    planner = SurvivalPlanner(replace(gru_ctx(n_items=n), behavior=model))
+    assert torch.allclose(planner.stay_after_click(state, conversion), 1.0 - expected, atol=1e-6)

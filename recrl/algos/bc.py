@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from recrl.algos.logged import LoggedSteps
-from recrl.algos.nets import ItemScorer, gradient_step, history_encoder, sample_top_k, top_k
+from recrl.algos.nets import ItemScorer, adam, gradient_step, history_encoder, sample_top_k, top_k
 from recrl.algos.probs import ActsGreedily
 from recrl.algos.seeding import seeded_init
 from recrl.types import AlgoContext, Obs
@@ -46,7 +46,7 @@ class BehaviorCloning(ActsGreedily):
         self.ctx, self.grad_clip = ctx, grad_clip
         self.dataset = LoggedSteps.from_context(ctx)
         self.policy = ItemScorer(history_encoder(encoder, ctx, dim, hidden), ctx.n_items, dim).to(ctx.device)
-        self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=lr)
+        self.optimizer = adam(self.policy.parameters(), lr)
         self.generator = torch.Generator(ctx.device).manual_seed(ctx.seed)
         self.updates = 0
 

@@ -33,6 +33,7 @@ from torch import Tensor
 from recrl.algos.logged import LoggedSteps
 from recrl.algos.nets import (
     ItemScorer,
+    adam,
     double_q_target,
     gradient_step,
     history_encoder,
@@ -80,7 +81,7 @@ class DiscreteBCQ(ActsGreedily):
         self.q, self.g = scorer(), scorer()
         self.q_target = copy.deepcopy(self.q).requires_grad_(False)
         self.params = list(self.q.parameters()) + list(self.g.parameters())
-        self.optimizer = torch.optim.Adam(self.params, lr=lr)
+        self.optimizer = adam(self.params, lr)
         self.generator = torch.Generator(ctx.device).manual_seed(ctx.seed)
         self.updates = 0
 

@@ -32,6 +32,7 @@ from torch import Tensor
 from recrl.algos.logged import LoggedSteps
 from recrl.algos.nets import (
     ItemScorer,
+    adam,
     double_q_target,
     gradient_step,
     history_encoder,
@@ -70,7 +71,7 @@ class DiscreteCQL(ActsGreedily):
         self.dataset = LoggedSteps.from_context(ctx)
         self.q = ItemScorer(history_encoder(encoder, ctx, dim, hidden), ctx.n_items, dim).to(ctx.device)
         self.q_target = copy.deepcopy(self.q).requires_grad_(False)
-        self.optimizer = torch.optim.Adam(self.q.parameters(), lr=lr)
+        self.optimizer = adam(self.q.parameters(), lr)
         self.generator = torch.Generator(ctx.device).manual_seed(ctx.seed)
         self.updates = 0
 

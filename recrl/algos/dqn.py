@@ -90,6 +90,7 @@ from recrl.algos.nets import (
     HistoryEncoder,
     ItemScorer,
     WeightAverage,
+    adam,
     attach_prior,
     behavior_item_prior,
     epsilon_explore,
@@ -105,7 +106,7 @@ from recrl.algos.planner import SurvivalPlanner, planner_can_run
 from recrl.algos.probs import ActsGreedily
 from recrl.algos.seeding import seeded_init
 from recrl.buffer import Replay, ReplaySample
-from recrl.types import AlgoContext, Env, Obs, RecrlError, Transition
+from recrl.types import AlgoContext, Env, Obs, RecrlError, Transition, cat_obs
 
 DEMO_SEED_OFFSET = 7919  # demonstration users differ from the training users of the same seed
 AUTO_DEMO_BATCHES = 2     # algo.demonstrations=auto: this many batches of training users (512 by default)
@@ -150,8 +151,11 @@ class DuelingScorer(ItemScorer):
 
     def score(self, state: Tensor) -> Tensor:
         """Q-values ``[B, n_items]`` for already-encoded states."""
-        advantage = super().score(state)
-        return self.value(state) + advantage - advantage.mean(1, keepdim=True)
+        table = self.item_table()
+        # mean_i A(s, i) = s . mean_i E_i + mean_i b_i: linear in the item vectors, so the
+        # centring is one [B, 1] shift added to the item scores
+        shift = self.value(state) - state @ table.mean(0, keepdim=True).T - self.bias.mean()
+        return torch.addmm(self.bias, state, table.T) + shift
 
 
 class CategoricalScorer(nn.Module):
@@ -314,7 +318,7 @@ class DQN(ActsGreedily):
         self.q_target = copy.deepcopy(self.q).requires_grad_(False)
         self.average = WeightAverage(self.q, average)
         self.support = torch.linspace(v_min, v_max, atoms, device=ctx.device) if atoms else None
-        self.optimizer = torch.optim.Adam(self.q.parameters(), lr=lr)
+        self.optimizer = adam(self.q.parameters(), lr)
         self.generator = torch.Generator(ctx.device).manual_seed(ctx.seed)
         self.acted_steps, self.updates = 0, 0
         self.td_error: Tensor | None = None  # [B] |TD error| of the last update (C51: KL), per row
@@ -383,18 +387,26 @@ class DQN(ActsGreedily):
         """
         sample = batch if isinstance(batch, ReplaySample) else ReplaySample(batch, weights)
         batch, weights = sample.transitions, sample.weights
+        weight = self.current_demo_weight()
+        demo = self._demo_rows() if self.demos is not None and weight > 0 else None
+        # one encoder pass for the batch and the demonstrations together
+        obs = batch.obs if demo is None else cat_obs([batch.obs, demo[0]])
+        state = self.q.encoder(obs)
+        rows = batch.reward.shape[0]
         if self.atoms:
-            per_row, q_taken = self._categorical_loss(batch)
+            per_row, q_taken = self._categorical_loss(batch, state[:rows])
+            demo_q = None if demo is None else self.q.logits(state[rows:]).softmax(-1) @ self.support
         else:
-            per_row, q_taken = self._td_loss(batch)
+            q = self.q.score(state)
+            per_row, q_taken = self._td_loss(batch, q[:rows])
+            demo_q = q[rows:]
         if weights is not None:
             per_row = per_row * weights
         loss = (per_row * batch.valid).sum()
         loss = loss / batch.valid.sum().clamp(min=1.0)
         stats = {}
-        weight = self.current_demo_weight()
-        if self.demos is not None and weight > 0:
-            demo_loss = self._demo_loss()
+        if demo is not None:
+            demo_loss = self._demo_loss(demo[0], demo[1], demo_q)
             loss = loss + weight * demo_loss
             stats["train/demo_loss"] = demo_loss.detach()
         gradient_step(self.optimizer, loss, self.q.parameters(), self.grad_clip)
@@ -412,15 +424,18 @@ class DQN(ActsGreedily):
         return linear_decay(self.demo_weight, 0.0, self.demo_decay_steps, self.updates) \
             if self.demo_decay_steps else self.demo_weight
 
-    def _demo_loss(self) -> Tensor:
-        """DQfD's large-margin loss on a batch of demonstrations: ``mean_k`` of the top-``K``
-        ``Q(s, a) + margin * [a not demonstrated]`` minus the demonstrated slate's mean ``Q``."""
+    def _demo_rows(self) -> tuple[Obs, Tensor]:
+        """A batch of ``demo_batch`` demonstrations: observations and the planner's slates."""
         observations, slates = self.demos
         rows = torch.randint(0, slates.shape[0], (self.demo_batch,), device=slates.device,
                              generator=self.generator)
-        obs, shown = observations.index(rows), slates[rows]
-        # C51: the expected returns, differentiable (q_values computes them without a gradient)
-        q = self.q(obs).softmax(-1) @ self.support if self.atoms else self.q(obs)
+        return observations.index(rows), slates[rows]
+
+    def _demo_loss(self, obs: Obs, shown: Tensor, q: Tensor) -> Tensor:
+        """DQfD's large-margin loss on demonstrations ``obs`` with Q-values ``q`` ``[B, n_items]``
+        (C51: the expected returns, differentiable) and the planner's slates ``shown``: ``mean_k``
+        of the top-``K`` ``Q(s, a) + margin * [a not demonstrated]`` minus the demonstrated
+        slate's mean ``Q``."""
         demonstrated = q.gather(1, shown)
         # the rivals are the items the policy may pick, and the demonstrated ones in any case
         allowed = self.allowed(q, obs).scatter(1, shown, demonstrated)
@@ -428,9 +443,10 @@ class DQN(ActsGreedily):
         rival = (allowed + margin).topk(shown.shape[1], dim=1).values.mean(1)
         return (rival - demonstrated.mean(1)).mean()
 
-    def _td_loss(self, batch: Transition) -> tuple[Tensor, Tensor]:
-        """Per-row Huber loss ``[B]`` and ``Q(s, slate)`` ``[B]`` of scalar (double) DQN."""
-        q_taken = self.q(batch.obs).gather(1, batch.action).mean(1)
+    def _td_loss(self, batch: Transition, q: Tensor) -> tuple[Tensor, Tensor]:
+        """Per-row Huber loss ``[B]`` and ``Q(s, slate)`` ``[B]`` of scalar (double) DQN; ``q``:
+        the online network's Q-values of ``batch.obs`` ``[B, n_items]``."""
+        q_taken = q.gather(1, batch.action).mean(1)
         with torch.no_grad():
             q_target_next = self.q_target(batch.next_obs)
             # a*: the online net's top-K (double DQN) or the target net's own (vanilla max)
@@ -441,9 +457,10 @@ class DQN(ActsGreedily):
             self.td_error = (q_taken - target).abs() * batch.valid
         return F.smooth_l1_loss(q_taken, target, reduction="none"), q_taken
 
-    def _categorical_loss(self, batch: Transition) -> tuple[Tensor, Tensor]:
-        """Per-row C51 cross-entropy ``[B]`` (mean over the slate) and ``Q(s, slate)`` ``[B]``."""
-        log_p = self.q.logits(self.q.encoder(batch.obs), batch.action).log_softmax(-1)  # [B, K, Z]
+    def _categorical_loss(self, batch: Transition, state: Tensor) -> tuple[Tensor, Tensor]:
+        """Per-row C51 cross-entropy ``[B]`` (mean over the slate) and ``Q(s, slate)`` ``[B]``;
+        ``state``: the online encoder's ``batch.obs``."""
+        log_p = self.q.logits(state, batch.action).log_softmax(-1)  # [B, K, Z]
         with torch.no_grad():
             target_state = self.q_target.encoder(batch.next_obs)
             if self.double:

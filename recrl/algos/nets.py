@@ -8,6 +8,7 @@ import copy
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from recrl.algos.probs import evaluation_slate_probs
@@ -47,8 +48,12 @@ class HistoryEncoder(nn.Module):
 
     def embed(self, items: Tensor) -> Tensor:
         """Vectors ``[..., dim]`` of history items (the padding id embeds to zero)."""
-        emb = self.item_emb(items)
-        return emb if self.prior is None else emb + self.prior(items)
+        if self.prior is None:
+            return self.item_emb(items)
+        # the whole table (ids plus mapped prior) once, then one lookup: fewer rows to map than
+        # a batch of histories has slots
+        table = self.item_emb.weight + self.prior.proj(self.prior.prior)
+        return F.embedding(items, table, padding_idx=self.n_items)
 
     def forward(self, obs: Obs) -> Tensor:
         """State vectors ``[B, dim]``."""
@@ -245,7 +250,7 @@ class ItemScorer(nn.Module):
 
     def score(self, state: Tensor) -> Tensor:
         """Scores ``[B, n_items]`` for already-encoded states."""
-        return state @ self.item_table().T + self.bias
+        return torch.addmm(self.bias, state, self.item_table().T)
 
 
 def skips_shown(ctx: AlgoContext, skip_shown: bool) -> bool:
@@ -256,6 +261,8 @@ def skips_shown(ctx: AlgoContext, skip_shown: bool) -> bool:
 
 def top_k(scores: Tensor, k: int) -> Tensor:
     """Indices ``[B, k]`` of the highest scores, best first."""
+    if k == 1:  # twice as fast as topk (and argmax) on a CPU
+        return scores.max(1, keepdim=True).indices
     return scores.topk(k, dim=1).indices
 
 
@@ -327,12 +334,18 @@ def epsilon_explore(slates: Tensor, n_items: int, epsilon: float, generator: tor
     return torch.where(coin, rand, slates)
 
 
+def adam(params: Any, lr: float) -> torch.optim.Adam:
+    """Adam for a policy's parameters, the fused kernel (one kernel for all parameters instead
+    of a few operations each: the same update, several times faster on small networks)."""
+    return torch.optim.Adam(params, lr=lr, fused=True)
+
+
 def gradient_step(optimizer: torch.optim.Optimizer, loss: Tensor, params, grad_clip: float) -> Tensor:
     """One optimizer step on ``loss``: clear the gradients, backpropagate, clip the gradient norm of
     ``params`` to ``grad_clip`` and step. Returns the norm before clipping."""
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    norm = nn.utils.clip_grad_norm_(params, grad_clip)
+    norm = nn.utils.clip_grad_norm_(params, grad_clip, foreach=True)
     optimizer.step()
     return norm
 
@@ -340,8 +353,7 @@ def gradient_step(optimizer: torch.optim.Optimizer, loss: Tensor, params, grad_c
 @torch.no_grad()
 def lerp_weights(target: nn.Module, online: nn.Module, step: float) -> None:
     """Move every parameter of ``target`` a fraction ``step`` of the way towards ``online``'s."""
-    for p, tp in zip(online.parameters(), target.parameters(), strict=True):
-        tp.lerp_(p, step)
+    torch._foreach_lerp_(list(target.parameters()), list(online.parameters()), step)
 
 
 def update_target(target: nn.Module, online: nn.Module, updates: int, every: int, tau: float = 1.0) -> None:
@@ -443,7 +455,7 @@ class SoftmaxActorCritic:
             self.policy = ItemScorer(encoder, ctx.n_items, dim, prior).to(ctx.device)
             self.value = nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(), nn.Linear(hidden, 1)).to(ctx.device)
         self.params = list(self.policy.parameters()) + list(self.value.parameters())
-        self.optimizer = torch.optim.Adam(self.params, lr=lr)
+        self.optimizer = adam(self.params, lr)
         self.generator = torch.Generator(ctx.device).manual_seed(ctx.seed)
         self.updates = 0
 

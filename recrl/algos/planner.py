@@ -83,6 +83,9 @@ class SurvivalPlanner(FixedPolicy):
     def stay_after_click(self, state: Tensor, conversion_prob: Tensor) -> Tensor:
         """``1 - P_leave`` ``[B, N]`` in the state after a click on each item shown alone (its
         conversion at its expected value)."""
+        fast = getattr(self.model, "leave_prob_after_click", None)
+        if fast is not None:  # the model's own batched form (the GRU's)
+            return 1.0 - fast(state, conversion_prob, self.chunk_rows)
         b, n = conversion_prob.shape
         users = max(1, self.chunk_rows // n)
         items = torch.arange(n, device=state.device)

@@ -63,6 +63,7 @@ from torch import Tensor
 from recrl.algos.nets import (
     HistoryEncoder,
     ItemScorer,
+    adam,
     epsilon_explore,
     linear_decay,
     update_target,
@@ -187,7 +188,7 @@ class SlateQ(ActsGreedily):
         self.choice = scorer(ctx.n_items)                  # v(s, i): click utilities
         self.q = scorer(ctx.n_items + int(null_value))     # Qbar(s, i) (last column: Qbar(s, null))
         self.q_target = copy.deepcopy(self.q).requires_grad_(False)
-        self.optimizer = torch.optim.Adam([*self.choice.parameters(), *self.q.parameters()], lr=lr)
+        self.optimizer = adam([*self.choice.parameters(), *self.q.parameters()], lr)
         self.generator = torch.Generator(ctx.device).manual_seed(ctx.seed)
         self.acted_steps, self.updates = 0, 0
 

@@ -34,6 +34,7 @@ from torch import Tensor, nn
 
 from recrl.algos.logged import LoggedSteps
 from recrl.algos.nets import (
+    adam,
     double_q_target,
     gradient_step,
     history_encoder,
@@ -90,7 +91,7 @@ class SQN(ActsGreedily):
         self.dataset = LoggedSteps.from_context(ctx)
         self.net = SQNNetwork(history_encoder(encoder, ctx, dim, hidden), ctx.n_items, dim).to(ctx.device)
         self.net_target = copy.deepcopy(self.net).requires_grad_(False)
-        self.optimizer = torch.optim.Adam(self.net.parameters(), lr=lr)
+        self.optimizer = adam(self.net.parameters(), lr)
         self.generator = torch.Generator(ctx.device).manual_seed(ctx.seed)
         self.updates = 0
 

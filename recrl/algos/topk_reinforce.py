@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from recrl.algos.logged import LoggedSteps
-from recrl.algos.nets import HistoryEncoder, ItemScorer, gradient_step, sample_top_k, top_k
+from recrl.algos.nets import HistoryEncoder, ItemScorer, adam, gradient_step, sample_top_k, top_k
 from recrl.algos.probs import evaluation_slate_probs
 from recrl.algos.seeding import seeded_init
 from recrl.types import AlgoContext, Obs, RecrlError
@@ -75,7 +75,7 @@ class TopKOffPolicyReinforce:
         self.policy = ItemScorer(encoder, ctx.n_items, dim).to(ctx.device)
         self.beta = nn.Linear(dim, ctx.n_items).to(ctx.device)  # the logging policy's head
         params = list(self.policy.parameters()) + list(self.beta.parameters())
-        self.optimizer = torch.optim.Adam(params, lr=lr)
+        self.optimizer = adam(params, lr)
         self.generator = torch.Generator(ctx.device).manual_seed(ctx.seed)
         self.updates = 0
 

@@ -20,6 +20,8 @@ from recrl.behavior.features import ItemFeatures
 from recrl.behavior.fit import SessionTensors, TrainingSettings
 from recrl.types import Interactions, RecrlError
 
+CACHE_ROWS = 8192  # (user, item) pairs per chunk on a CPU: [pairs, 3 x hidden] floats stay in cache
+
 
 def gru_cell(cell: nn.GRUCell, x: Tensor, h: Tensor) -> Tensor:
     """One step of ``cell`` (``nn.GRUCell``'s equations and weights), written out so that
@@ -197,6 +199,36 @@ class GRUBehavior(SequenceUserModel):
         if self.recency is None:
             return h
         return torch.cat([h, self.recency.update(self._exposure(state), slates)], -1)
+
+    @torch.no_grad()
+    def leave_prob_after_click(self, state: Tensor, conversion: Tensor, chunk_rows: int = 262_144) -> Tensor:
+        """Probability ``[B, N]`` of leaving after a click on each item shown alone, its
+        conversion at ``conversion`` ``[B, N]``: what ``leave_prob(next_state(...))`` gives for
+        every (user, item) pair, without repeating the per-item and per-user work per pair.
+
+        Shown and clicked alone, item ``i``'s event input is ``relu(A_i + conversion * w)``
+        (``A_i`` from its vector and the click flag, ``w`` the conversion flag's column), the
+        hidden state's gate pre-activations are one per user, and the leave head reads only the
+        GRU's hidden state, so only the input-gate product and the leave head run per pair, in
+        chunks of about ``chunk_rows`` pairs (on a CPU at most :data:`CACHE_ROWS`, so that each
+        chunk's intermediate tensors stay in cache: about 4x faster than one large chunk)."""
+        b, n = conversion.shape
+        d = self.item_in.embedding_dim
+        emb = self.content_input(self.item_in, torch.arange(n, device=state.device))  # [N, D]
+        weight, bias = self.event.weight, self.event.bias
+        per_item = F.linear(emb, weight[:, :d] + weight[:, d:2 * d], bias + weight[:, 2 * d])  # [N, H]
+        per_conversion = weight[:, 2 * d + 1]  # [H]
+        h = self.output(state)
+        from_hidden = F.linear(h, self.cell.weight_hh, self.cell.bias_hh)[:, None, :]  # [B, 1, 3H]
+        users = max(1, (chunk_rows if state.is_cuda else min(chunk_rows, CACHE_ROWS)) // n)
+        leave = []
+        for start in range(0, b, users):
+            stop = start + users
+            event = torch.relu(per_item + conversion[start:stop, :, None] * per_conversion)  # [b, N, H]
+            from_input = F.linear(event, self.cell.weight_ih, self.cell.bias_ih)
+            after = gru_gates(from_input, from_hidden[start:stop], h[start:stop, None, :])
+            leave.append(torch.sigmoid(self.leave_head(after).squeeze(-1)))
+        return torch.cat(leave) * self.leave_known
 
     def initial_state(self, n_users: int, generator: torch.Generator | None = None) -> Tensor:
         """The learned start-of-session state (no exposure yet), repeated ``n_users`` times."""
