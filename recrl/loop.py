@@ -11,6 +11,7 @@ import torch
 from tqdm import tqdm
 
 from recrl.buffer import Replay, Rollout
+from recrl.compile import compile_hot_paths
 from recrl.logs import Progress, progress_disable
 from recrl.types import Algorithm, Env, Obs, Policy, RecrlError, Transition
 
@@ -76,7 +77,8 @@ class Trainer:
     (each is ``n_users`` user-steps), or updates for offline algorithms. Scalars stay on the
     device between log points. ``progress``: a tqdm bar on stderr, ``"auto"`` only when stderr is
     a terminal, ``True`` always, ``False`` never; the start, every evaluation and the end are
-    logged (``recrl.loop``) either way.
+    logged (``recrl.loop``) either way. ``compile``: ``torch.compile`` the policy's ``act``, the
+    environment's ``step`` and the learner's ``update`` first (:mod:`recrl.compile`).
 
     Example::
 
@@ -88,7 +90,8 @@ class Trainer:
                  updates_per_step: int = 1, learning_starts: int = 1000,
                  buffer_size: int = 100_000, eval_every: int = 500, eval_episodes: int = 256,
                  log_every: int = 100, checkpoint_every: int = 1000,
-                 device: str = "auto", progress: Progress = "auto", select_by: str = "simulator") -> None:
+                 device: str = "auto", progress: Progress = "auto", select_by: str = "simulator",
+                 compile: bool = False) -> None:
         if steps < 0 or n_users < 1 or batch_size < 1 or eval_episodes < 1:
             raise RecrlError("trainer: steps must be >= 0; n_users, batch_size, eval_episodes >= 1")
         if buffer_size < n_users:
@@ -103,6 +106,7 @@ class Trainer:
         if select_by not in SELECT_BY:
             raise RecrlError(f"trainer.select_by={select_by!r}: use one of {', '.join(SELECT_BY)}")
         self.select_by = select_by
+        self.compile = compile
 
     @property
     def device(self) -> torch.device:
@@ -126,6 +130,8 @@ class Trainer:
         prepare = getattr(algo, "prepare", None)
         if prepare is not None:  # e.g. DQN recording demonstrations in the training environment
             prepare(env, seed)
+        if self.compile:
+            compile_hot_paths(algo, env, self.device)
         run = {"off_policy": self._off_policy, "on_policy": self._on_policy, "online": self._online,
                "offline": self._offline}[algo.mode]
         best = float("-inf")

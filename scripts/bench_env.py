@@ -43,6 +43,16 @@ divide by:
   ``O(d + K)``, are not counted), and ``bound = matmul FLOP/s / flops_per_user_step``, the speed
   if every step ran at the machine's big-matmul rate (small ``B x d`` products do not reach it).
 
+``--acting`` also times the **acting loop** of a trained-size policy: each step the default
+DQN's network (``conf/algo/dqn.yaml``, untrained: speed does not depend on the weights) scores
+the whole catalogue for every user and serves its top ``K`` (``act(obs, explore=False)``:
+averaged weights, history masked), then the environment steps. It reports the loop's
+user-steps/s, its FLOPs per user-step as PyTorch counts them (``FlopCounterMode``: the matrix
+products of the policy and the user model), the share of the arithmetic bound those FLOPs
+give at the matmul rate (``acting_share_of_bound``; at large ``N`` the ``B x d`` by ``d x N``
+scoring product dominates, and the loop should run near the bound) and its speed over the
+environment's alone (``acting_over_env``).
+
 ``--compare old.json`` prints, for the configurations in both runs, the change in user-steps/s
 (new / old) and in the ratio to the reference (new ratio / old ratio): across machines, read the
 second, as the first mostly measures the machines.
@@ -50,6 +60,7 @@ second, as the first mostly measures the machines.
     python scripts/bench_env.py --threads 1 --out bench_env.json
     python scripts/bench_env.py --threads 1 --compare bench_env_old.json --out bench_env.json
     python scripts/bench_env.py --device cuda --batches 4096 65536 1048576 --out bench_env_cuda.json
+    python scripts/bench_env.py --threads 2 --acting --models gru --items 100 10000 --batches 1000 --slates 1
     python scripts/bench_env.py --profile --models synthetic --items 10000 --batches 1024 --slates 1
 """
 
@@ -60,7 +71,6 @@ import contextlib
 import ctypes
 import gc
 import json
-import math
 import os
 import resource
 import sys
@@ -72,19 +82,22 @@ from rich.console import Console
 from rich.table import Table
 from torch import Tensor
 
+from recrl.algos.dqn import DQN
 from recrl.behavior.ensemble import BehaviorEnsemble, OwnMemberSimulator
 from recrl.behavior.fit import TrainingSettings
 from recrl.behavior.gru import GRUBehavior
 from recrl.behavior.mf import MFBehavior
+from recrl.benchmark import MATMUL_SIZE, best_seconds, count_flops, matmul_gflops, share_of_bound, sync
+from recrl.config import build, group_option
 from recrl.data.synthetic import SyntheticWorld
 from recrl.env.simulator import RecEnv
 from recrl.report import cpu_model
 from recrl.rewards import ClickReward
+from recrl.types import AlgoContext
 
 MODELS = ("synthetic", "gru", "mf", "gru_ensemble", "gru_ensemble_all")
 ENSEMBLE = 5  # members of ``gru_ensemble`` and ``gru_ensemble_all`` (behavior.ensemble=5)
 REFERENCE_MODELS = ("gru", "gru_ensemble")  # one GRU of width d per user: the reference step applies
-MATMUL_SIZE = 1024
 
 
 def build_model(name: str, n_items: int, dim: int, device: str, mf_users: int = 10_000):
@@ -101,12 +114,6 @@ def build_model(name: str, n_items: int, dim: int, device: str, mf_users: int = 
     if name == "synthetic":
         return SyntheticWorld(n_items=n_items, n_users=10, n_topics=dim, seed=0).to(device)
     raise SystemExit(f"unknown model {name!r}; use any of {', '.join(MODELS)}")
-
-
-def sync(device: torch.device) -> None:
-    """Wait for queued GPU work so timings are honest."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _status_kb(field: str) -> int | None:
@@ -207,24 +214,6 @@ def bench_one(model_name: str, n_items: int, batch: int, slate: int, args: argpa
             "peak_bytes": mem.peak, "memory_method": mem.method}
 
 
-def matmul_gflops(device: torch.device, size: int = MATMUL_SIZE, repeats: int = 5) -> float:
-    """GFLOP/s of a float32 ``torch.mm`` of two ``size x size`` matrices on ``device`` at the current
-    thread count: ``2 size^3`` FLOPs over the best of ``repeats`` timed calls (after one warm-up)."""
-    gen = torch.Generator(device).manual_seed(0)
-    a = torch.randn(size, size, device=device, generator=gen)
-    b = torch.randn(size, size, device=device, generator=gen)
-    out = torch.empty(size, size, device=device)
-    torch.mm(a, b, out=out)
-    best = math.inf
-    for _ in range(repeats):
-        sync(device)
-        start = time.perf_counter()
-        torch.mm(a, b, out=out)
-        sync(device)
-        best = min(best, time.perf_counter() - start)
-    return 2 * size**3 / best / 1e9
-
-
 def gru_step_flops(dim: int, slate: int) -> int:
     """FLOPs per user-step of a GRU simulator step: ``12 d^2`` (GRU cell, 3 gates x 2 ``d x d``
     products, a multiply-add being 2 FLOPs) ``+ 2 K d`` (the ``K`` shown items' logits)."""
@@ -262,14 +251,7 @@ def bench_reference(n_items: int, batch: int, slate: int, args: argparse.Namespa
     device = torch.device(args.device)
     run = reference_gru_step(n_items, batch, slate, args.dim, device)
     run(args.warmup)
-    best = math.inf
-    for _ in range(args.repeats):
-        sync(device)
-        start = time.perf_counter()
-        run(args.steps)
-        sync(device)
-        best = min(best, time.perf_counter() - start)
-    return batch * args.steps / best
+    return batch * args.steps / best_seconds(lambda: run(args.steps), device, args.repeats)
 
 
 def add_reference(result: dict, args: argparse.Namespace, gflops: float) -> dict:
@@ -285,6 +267,40 @@ def add_reference(result: dict, args: argparse.Namespace, gflops: float) -> dict
     speed = result["user_steps_per_s"]
     return {**result, **dict(zip(keys, (reference, speed / reference, flops, bound, speed / bound,
                                         reference / bound), strict=True))}
+
+
+def acting_policy(n_items: int, slate: int, history: int, horizon: int, device: torch.device) -> DQN:
+    """The default DQN's network (``conf/algo/dqn.yaml``; untrained: speed does not depend on the
+    weights) for a catalogue of ``n_items``: what a trained policy costs to act with."""
+    node = group_option("algo", "dqn")
+    node.demonstrations = 0  # no planner sessions to record before acting
+    ctx = AlgoContext(n_items=n_items, slate_size=slate, history_len=history, horizon=horizon, device=device,
+                      seed=0, item_popularity=torch.zeros(n_items, device=device), behavior=None,
+                      reward=ClickReward())
+    return build(node)(ctx=ctx)
+
+
+def bench_acting(result: dict, args: argparse.Namespace, gflops: float) -> dict:
+    """``result`` with the acting loop's speed: each step the default DQN scores the whole
+    catalogue and serves its top ``K`` (``act(obs, explore=False)``, averaged weights, history
+    masked), then the environment steps; its FLOPs per user-step (counted), the share of the
+    arithmetic bound, and its speed over the environment's alone (``acting_over_env``)."""
+    device = torch.device(args.device)
+    n_items, batch, slate = result["n_items"], result["batch"], result["slate"]
+    env = make_env(result["model"], n_items, slate, args.dim, device, args.history, args.horizon)
+    policy = acting_policy(n_items, slate, args.history, args.horizon, device)
+    obs = [env.reset(batch, seed=0)]
+
+    def run(steps: int) -> None:
+        for _ in range(steps):
+            obs[0] = env.step(policy.act(obs[0], explore=False))[0]
+
+    run(args.warmup)
+    flops = count_flops(lambda: run(1)) / batch
+    speed = batch * args.steps / best_seconds(lambda: run(args.steps), device, args.repeats)
+    return {**result, "acting_user_steps_per_s": speed, "acting_flops_per_user_step": flops,
+            "acting_share_of_bound": share_of_bound(speed, flops, gflops),
+            "acting_over_env": speed / result["user_steps_per_s"]}
 
 
 def config_key(result: dict) -> tuple:
@@ -387,6 +403,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed runs; the best is reported")
     parser.add_argument("--inference-mode", action="store_true",
                         help="step under torch.inference_mode (default: grad mode, as the training loop)")
+    parser.add_argument("--acting", action="store_true",
+                        help="also time the acting loop: the default DQN's network picks each slate, "
+                             "then the env steps")
     parser.add_argument("--profile", action="store_true",
                         help="profile the first configuration of the grid instead of benchmarking")
     parser.add_argument("--profile-rows", type=int, default=25)
@@ -414,24 +433,31 @@ def main() -> None:
     results = []
     with mode():
         for cfg in grid:
-            results.append(add_reference(bench_one(*cfg, args), args, gflops))
-            r = results[-1]
+            r = add_reference(bench_one(*cfg, args), args, gflops)
+            if args.acting:
+                r = bench_acting(r, args, gflops)
+            results.append(r)
+            acting = (f", acting {r['acting_user_steps_per_s']:,.0f} "
+                      f"({r['acting_share_of_bound']:.3g} of its bound)" if args.acting else "")
             console.print(f"  {r['model']:>12} N={r['n_items']:>7,} B={r['batch']:>6,} K={r['slate']:>2}: "
                           f"{r['user_steps_per_s']:>13,.0f} user-steps/s, ratio to reference "
-                          f"{_fmt(r['ratio_to_reference'], '.3f')}", highlight=False)
+                          f"{_fmt(r['ratio_to_reference'], '.3f')}{acting}", highlight=False)
     info = {**machine_info(device), "matmul_gflops": gflops, "matmul_size": MATMUL_SIZE}
     table = Table(title=f"RecEnv user-steps/s, random actions, autoreset, d={args.dim}, "
                         f"history {args.history}, on {info['device_name']} ({info['threads']} threads, "
                         f"{'inference' if args.inference_mode else 'grad'} mode, "
                         f"best of {args.repeats} x {args.steps} steps)")
+    acting_columns = ("acting user-steps/s", "acting share of bound", "acting / env") if args.acting else ()
     for col in ("model", "N items", "B users", "K", "user-steps/s", "ref user-steps/s", "ratio",
-                "bound", "share of bound", "ms/step", "CPU ms/step", "peak MB"):
+                "bound", "share of bound", *acting_columns, "ms/step", "CPU ms/step", "peak MB"):
         table.add_column(col, justify="right")
     for r in results:
+        acting_cells = ((f"{r['acting_user_steps_per_s']:,.0f}", _fmt(r["acting_share_of_bound"], ".3g"),
+                         f"{r['acting_over_env']:.3f}") if args.acting else ())
         table.add_row(r["model"], f"{r['n_items']:,}", f"{r['batch']:,}", str(r["slate"]),
                       f"{r['user_steps_per_s']:,.0f}", _fmt(r["reference_user_steps_per_s"], ",.0f"),
                       _fmt(r["ratio_to_reference"], ".3f"), _fmt(r["bound_user_steps_per_s"], ",.0f"),
-                      _fmt(r["share_of_bound"], ".3g"), f"{r['ms_per_step']:.3f}",
+                      _fmt(r["share_of_bound"], ".3g"), *acting_cells, f"{r['ms_per_step']:.3f}",
                       f"{r['cpu_ms_per_step']:.3f}", f"{r['peak_bytes'] / 1e6:.1f}")
     console.print(f"matmul {gflops:,.1f} GFLOP/s; ratio = user-steps/s / plain-PyTorch reference GRU step's; "
                   f"bound = matmul FLOP/s / (12 d^2 + 2 K d) FLOPs per user-step", highlight=False)
@@ -448,7 +474,9 @@ def main() -> None:
             "torch.mm of 1024x1024, best of 5; reference_user_steps_per_s: the plain-PyTorch GRU step "
             "(bench_env.py's docstring), ratio_to_reference = user_steps_per_s / it; bound_user_steps_per_s "
             "= matmul FLOP/s / flops_per_user_step (12 d^2 + 2 K d), share_of_bound = user_steps_per_s / "
-            "bound; null for models without a reference")
+            "bound; null for models without a reference; --acting: acting_user_steps_per_s of the default "
+            "DQN's act(explore=False) + env.step loop, acting_flops_per_user_step (FlopCounterMode), "
+            "acting_share_of_bound, acting_over_env = acting / env-only user-steps/s")
     out = {"results": results, "machine": info, "settings": settings, "note": note}
     if comparison is not None:
         out["comparison"] = {"old": str(args.compare), "old_machine": old.get("machine", {}),

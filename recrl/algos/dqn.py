@@ -100,6 +100,7 @@ from recrl.algos.nets import (
     mask_shown,
     skips_shown,
     top_k,
+    top_k_by_chunks,
     update_target,
 )
 from recrl.algos.planner import SurvivalPlanner, planner_can_run
@@ -149,13 +150,13 @@ class DuelingScorer(ItemScorer):
         super().__init__(encoder, n_items, dim, item_prior)
         self.value = nn.Linear(dim, 1)
 
-    def score(self, state: Tensor) -> Tensor:
-        """Q-values ``[B, n_items]`` for already-encoded states."""
-        table = self.item_table()
-        # mean_i A(s, i) = s . mean_i E_i + mean_i b_i: linear in the item vectors, so the
-        # centring is one [B, 1] shift added to the item scores
-        shift = self.value(state) - state @ table.mean(0, keepdim=True).T - self.bias.mean()
-        return torch.addmm(self.bias, state, table.T) + shift
+    def factors(self, state: Tensor) -> tuple[Tensor, Tensor]:
+        """``(users, items)`` whose product is the Q-values: ``[s | 1 | shift] . [E_i | b_i | 1]``.
+        ``mean_i A(s, i) = s . mean_i E_i + mean_i b_i`` is linear in the item vectors, so the
+        centring ``shift = V(s) - mean_i A(s, i)`` is one more column of the product."""
+        users, items = super().factors(state)  # [s | 1], [E_i | b_i]
+        shift = self.value(state) - users @ items.mean(0, keepdim=True).T
+        return torch.cat([users, shift], 1), torch.cat([items, items.new_ones(items.shape[0], 1)], 1)
 
 
 class CategoricalScorer(nn.Module):
@@ -351,27 +352,45 @@ class DQN(ActsGreedily):
             return net(obs)
         return net.expected(net.encoder(obs), self.support)
 
-    def allowed(self, q: Tensor, obs: Obs) -> Tensor:
+    def allowed(self, q: Tensor, obs: Obs, in_place: bool = False) -> Tensor:
         """``q`` with the items the policy may not pick set to ``-inf`` (with ``skip_shown``: those
-        in the observed history), for acting and for the target's choice of next items alike."""
-        return mask_shown(q, obs) if self.skip_shown else q
+        in the observed history), for acting and for the target's choice of next items alike;
+        ``in_place``: ``q`` itself is masked where no gradient flows through it."""
+        return mask_shown(q, obs, in_place) if self.skip_shown else q
 
     @torch.no_grad()
     def scores(self, obs: Obs) -> Tensor:
         """What the greedy policy ranks by: the averaged network's Q-values ``[B, n_items]``
         (C51: expected returns), items it may not pick at ``-inf``."""
-        return self.allowed(self.q_values(obs, averaged=True), obs)
+        return self.allowed(self.q_values(obs, averaged=True), obs, in_place=True)
 
     @torch.no_grad()
     def act(self, obs: Obs, explore: bool) -> torch.Tensor:
         """Top-``K`` items by Q; with ``explore``, a random slate with probability epsilon.
         Without ``explore`` (evaluation, deployment) the Q-values are the averaged network's."""
+        slates = self.greedy(obs, self.q if explore else self.average.acting())
         if not explore:
-            return top_k(self.scores(obs), self.ctx.slate_size)
-        slates = top_k(self.allowed(self.q_values(obs), obs), self.ctx.slate_size)
+            return slates
         eps = self.epsilon()
         self.acted_steps += 1
         return epsilon_explore(slates, self.ctx.n_items, eps, self.generator)
+
+    def greedy(self, obs: Obs, net: nn.Module) -> Tensor:
+        """Top-``K`` allowed items ``[B, K]`` by ``net``'s Q-values (C51: expected returns): the
+        users are encoded together, then scored, masked and searched a block at a time
+        (:func:`top_k_by_chunks`)."""
+        state = net.encoder(obs)
+        if self.atoms:
+            def scores_of(rows: slice) -> Tensor:
+                return net.expected(state[rows], self.support)
+        else:
+            users, items = net.factors(state)
+
+            def scores_of(rows: slice) -> Tensor:
+                return users[rows] @ items.T
+
+        return top_k_by_chunks(lambda rows: self.allowed(scores_of(rows), obs.index(rows), in_place=True),
+                               obs.batch_size, self.ctx.slate_size, self.ctx.n_items, state.device)
 
     def make_replay(self, capacity: int, env: Env) -> Replay:
         """DQN's replay for ``env``: ``n_step`` transitions discounted by ``gamma``, prioritized
@@ -451,7 +470,8 @@ class DQN(ActsGreedily):
             q_target_next = self.q_target(batch.next_obs)
             # a*: the online net's top-K (double DQN) or the target net's own (vanilla max)
             q_pick = self.q(batch.next_obs) if self.double else q_target_next
-            best_next = top_k(self.allowed(q_pick, batch.next_obs), self.ctx.slate_size)
+            best_next = top_k(self.allowed(q_pick, batch.next_obs, in_place=q_pick is not q_target_next),
+                              self.ctx.slate_size)
             q_next = q_target_next.gather(1, best_next).mean(1)
             target = batch.reward + self.gamma**self.n_step * (1.0 - batch.done) * q_next
             self.td_error = (q_taken - target).abs() * batch.valid

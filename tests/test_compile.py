@@ -1,0 +1,76 @@
+"""``trainer.compile=true``: the compiled act, env step and update give the eager numbers."""
+
+from __future__ import annotations
+
+import torch
+
+from recrl.algos.dqn import DQN
+from recrl.behavior.gru import GRUBehavior
+from recrl.compile import compile_hot_paths, compile_mode
+from recrl.env.simulator import RecEnv
+from recrl.loop import Trainer
+from recrl.rewards import ClickReward
+from recrl.types import AlgoContext, Transition
+
+N_ITEMS, HORIZON, HISTORY, USERS = 12, 6, 3, 16
+TOLERANCE = 1e-5  # compiled kernels may sum in another order
+
+
+def user_model() -> GRUBehavior:
+    torch.manual_seed(0)
+    model = GRUBehavior(n_items=N_ITEMS, dim=4, hidden=8)
+    for p in model.parameters():
+        p.data.normal_(0.0, 0.5)
+    return model
+
+
+def make_pair(model: GRUBehavior) -> tuple[DQN, RecEnv]:
+    ctx = AlgoContext(n_items=N_ITEMS, slate_size=1, history_len=HISTORY, horizon=HORIZON,
+                      device=torch.device("cpu"), seed=0, item_popularity=torch.zeros(N_ITEMS),
+                      behavior=model, reward=ClickReward())
+    algo = DQN(ctx, dim=8, hidden=16, dueling=True, n_step=1, average=0.9, skip_shown=True)
+    env = RecEnv(model, ClickReward(), horizon=HORIZON, slate_size=1, history_len=HISTORY, autoreset=True)
+    return algo, env
+
+
+def test_compiled_act_step_and_update_match_the_eager_ones() -> None:
+    model = user_model()
+    eager_algo, eager_env = make_pair(model)
+    algo, env = make_pair(model)
+    assert compile_hot_paths(algo, env, torch.device("cpu")) == [
+        "algorithm.act", "algorithm.update", "environment.step"]
+    assert compile_hot_paths(algo, env, torch.device("cpu")) == []  # never compiled twice
+    obs, eager_obs = env.reset(USERS, seed=0), eager_env.reset(USERS, seed=0)
+    steps = []
+    for _ in range(2 * HORIZON):  # users leave and are replaced on the way
+        slates = algo.act(obs, explore=True)
+        assert torch.equal(slates, eager_algo.act(eager_obs, explore=True))
+        next_obs, reward, done, info = env.step(slates)
+        eager_next, eager_reward, eager_done, _ = eager_env.step(slates)
+        assert torch.equal(next_obs.items, eager_next.items) and torch.equal(done, eager_done)
+        assert torch.allclose(reward, eager_reward)
+        assert torch.allclose(env.state, eager_env.state, atol=TOLERANCE)
+        steps.append(Transition(obs=obs, action=slates, reward=reward, next_obs=next_obs,
+                                done=done.float(), valid=info.was_alive.float()))
+        obs, eager_obs = next_obs, eager_next
+    assert torch.equal(algo.act(obs, explore=False), eager_algo.act(eager_obs, explore=False))
+    for transition in steps:
+        stats, eager_stats = algo.update(transition), eager_algo.update(transition)
+        assert abs(float(stats["train/loss"]) - float(eager_stats["train/loss"])) < 1e-4
+    for p, q in zip(algo.q.parameters(), eager_algo.q.parameters(), strict=True):
+        assert torch.allclose(p, q, atol=1e-4)
+
+
+def test_trainer_compile_compiles_the_hot_paths_before_training(monkeypatch) -> None:
+    calls = []
+    monkeypatch.setattr("recrl.loop.compile_hot_paths", lambda algo, env, device: calls.append((algo, env)))
+    algo, env = make_pair(user_model())
+    for compile in (False, True):
+        trainer = Trainer(steps=4, n_users=USERS, batch_size=8, learning_starts=16, eval_every=10**9,
+                          log_every=10**9, checkpoint_every=10**9, device="cpu", progress=False,
+                          compile=compile)
+        trainer.fit(algo, env, evaluate=lambda: {"eval/return": 0.0}, log=lambda step, m: None,
+                    save=lambda tag, step: None)
+    assert calls == [(algo, env)]
+    assert compile_mode(torch.device("cuda")) == "reduce-overhead"
+    assert compile_mode(torch.device("cpu")) == "default"
