@@ -11,8 +11,29 @@ oracle (:class:`recrl.algos.oracle.Oracle`) on the same users and reports each a
 share of the oracle's return and the environment steps until it first reached half of it.
 Prints a table and writes JSON.
 
+Machines differ in speed by up to 8x, so each run also measures, in the same process:
+
+- the machine's **matmul throughput** (GFLOP/s of a 1024 x 1024 float32 ``torch.mm``);
+- a **plain-PyTorch reference update** (``reference_updates_per_s``): one double-DQN update of
+  the default network's size written directly with ``torch.nn`` (an MLP over the flattened
+  history of ``L`` items of width 32 and their clicks, 128 hidden units twice, a 32-wide
+  state scored against an ``N x 32`` item table; Huber loss on a batch of 256 with the online
+  and target networks' next-state values; backward; Adam), and for each algorithm
+  ``ratio_to_reference`` = its updates/s over the reference's: a yardstick that moves little
+  from machine to machine (for DQN it is the overhead over the bare arithmetic; other
+  algorithms' updates do other work, so read their ratio across runs, not against 1);
+- the **arithmetic bound**: the FLOPs of ``--flop-steps`` training steps (acting, environment,
+  updates; counted by PyTorch's ``FlopCounterMode`` in a separate, untimed run that updates from
+  the first step) per environment step, and ``share_of_bound`` = measured environment steps/s over
+  ``matmul FLOP/s / FLOPs per step``.
+
+``--compile`` trains with ``trainer.compile=true`` (the compile time is part of the training
+time, as in a run). ``--compare old.json`` prints the change in updates/s and in the ratio to the
+reference per algorithm.
+
     python scripts/bench_algos.py --out bench_algos.json
     python scripts/bench_algos.py --algos dqn ppo cql --steps 3000 --device cuda -- env.slate_size=1
+    python scripts/bench_algos.py --algos dqn --n-users 256 --compile --compare bench_algos.json
 """
 
 from __future__ import annotations
@@ -25,16 +46,19 @@ import time
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 from rich.console import Console
 from rich.table import Table
+from torch import Tensor, nn
 
 from recrl.algos.oracle import Oracle, can_plan
+from recrl.benchmark import best_seconds, count_flops, matmul_gflops, share_of_bound
 from recrl.config import CONF_DIR, algo_options, build_algo_by_name, validate
 from recrl.logs import console_logging
 from recrl.loop import Trainer
 from recrl.metrics.online import run_episodes
-from recrl.report import write_text_atomic
+from recrl.report import cpu_model, write_text_atomic
 from recrl.stages import build_stages
 
 
@@ -50,6 +74,10 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--flop-steps", type=int, default=60, help="training steps whose FLOPs are counted")
+    parser.add_argument("--compile", action="store_true", help="train with trainer.compile=true")
+    parser.add_argument("--compare", type=Path, default=None, metavar="OLD_JSON",
+                        help="a previous run's JSON: change in updates/s and in the ratio to the reference")
     parser.add_argument("--out", type=Path, default=Path("bench_algos.json"))
     parser.add_argument("overrides", nargs="*", help="recrl train overrides after --")
     return parser.parse_args()
@@ -58,6 +86,75 @@ def parse() -> argparse.Namespace:
 def ground_truth_return(policy, env, episodes: int, seed: int) -> float:
     """Mean ground-truth return of ``policy`` (no exploration)."""
     return float(run_episodes(policy, env, episodes, seed=seed).returns.mean())
+
+
+REFERENCE_BATCH, REFERENCE_DIM, REFERENCE_HIDDEN = 256, 32, 128
+
+
+def reference_update(n_items: int, history: int, device: torch.device):
+    """A plain-PyTorch double-DQN update of the default network's size (no recrl code) as a
+    closure ``run(updates)`` (see the module docstring)."""
+    gen = torch.Generator(device).manual_seed(0)
+    width = history * (REFERENCE_DIM + 1) + 1
+
+    def network() -> nn.ModuleDict:
+        return nn.ModuleDict({
+            "history": nn.Embedding(n_items + 1, REFERENCE_DIM),
+            "mlp": nn.Sequential(nn.Linear(width, REFERENCE_HIDDEN), nn.ReLU(),
+                                 nn.Linear(REFERENCE_HIDDEN, REFERENCE_HIDDEN), nn.ReLU(),
+                                 nn.Linear(REFERENCE_HIDDEN, REFERENCE_DIM)),
+            "out": nn.Embedding(n_items, REFERENCE_DIM)}).to(device)
+
+    online, target = network(), network()
+    optimizer = torch.optim.Adam(online.parameters(), lr=1e-3)
+    b = REFERENCE_BATCH
+
+    def q(net: nn.ModuleDict, items: Tensor, clicks: Tensor) -> Tensor:
+        slots = torch.cat([net["history"](items), clicks.unsqueeze(-1)], -1).reshape(b, -1)
+        state = net["mlp"](torch.cat([slots, torch.ones(b, 1, device=device)], 1))
+        return state @ net["out"].weight.T
+
+    def run(updates: int) -> None:
+        for _ in range(updates):
+            items = torch.randint(0, n_items, (b, history), device=device, generator=gen)
+            next_items = torch.randint(0, n_items, (b, history), device=device, generator=gen)
+            clicks = torch.rand(b, history, device=device, generator=gen).round()
+            action = torch.randint(0, n_items, (b, 1), device=device, generator=gen)
+            reward = torch.rand(b, device=device, generator=gen)
+            with torch.no_grad():
+                best = q(online, next_items, clicks).argmax(1, keepdim=True)
+                y = reward + 0.9 * q(target, next_items, clicks).gather(1, best).squeeze(1)
+            loss = F.smooth_l1_loss(q(online, items, clicks).gather(1, action).squeeze(1), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+
+    return run
+
+
+def reference_updates_per_s(n_items: int, history: int, device: torch.device, updates: int = 200) -> float:
+    """Updates/s of :func:`reference_update` (best of 3 runs of ``updates`` after a warm-up)."""
+    run = reference_update(n_items, history, device)
+    run(20)
+    return updates / best_seconds(lambda: run(updates), device, 3)
+
+
+def training_flops_per_step(name: str, stages, args: argparse.Namespace) -> float:
+    """FLOPs per environment step of training ``name`` (acting, environment and updates from the
+    first step on; anything an algorithm does before training, such as recording
+    demonstrations, excluded), counted over ``--flop-steps`` steps of a fresh copy."""
+    algo = build_algo_by_name(name, ctx=stages.ctx)
+    env = stages.training_env()
+    if hasattr(algo, "prepare"):
+        algo.prepare(env, args.seed)
+        algo.prepare = lambda *_: None
+    trainer = Trainer(steps=args.flop_steps, n_users=args.n_users, eval_every=10**9, log_every=10**9,
+                      checkpoint_every=10**9, learning_starts=args.n_users, device=args.device,
+                      progress=False)
+    flops = count_flops(lambda: trainer.fit(algo, env, evaluate=lambda: {"eval/return": 0.0},
+                                            log=lambda step, metrics: None, save=lambda tag, step: None,
+                                            seed=args.seed))
+    return flops / args.flop_steps
 
 
 def bench_one(name: str, stages, args: argparse.Namespace, target: float, oracle: float | None) -> dict:
@@ -83,7 +180,7 @@ def bench_one(name: str, stages, args: argparse.Namespace, target: float, oracle
     trainer = Trainer(steps=args.steps, n_users=args.n_users, eval_every=args.eval_every,
                       eval_episodes=args.eval_episodes, log_every=10**9, checkpoint_every=10**9,
                       learning_starts=min(1000, args.steps * args.n_users // 4), device=args.device,
-                      progress=False)
+                      progress=False, compile=args.compile)
     stats = trainer.fit(algo, stages.training_env(), evaluate=evaluate, log=log,
                         save=lambda tag, step: None, seed=args.seed)
     train_s = max(stats.seconds - eval_time[0], 1e-9)
@@ -117,28 +214,82 @@ def main() -> None:
     target = greedy if args.target == "greedy" else float(args.target)
     oracle = (ground_truth_return(Oracle(stages.ground_truth, stages.reward, gt_env), gt_env,
                                   args.eval_episodes, seed=10_000) if can_plan(stages.ground_truth) else None)
-    rows = [bench_one(name, stages, args, target, oracle) for name in names]
+    device = torch.device(args.device)
+    gflops = matmul_gflops(device)
+    reference = reference_updates_per_s(stages.ctx.n_items, stages.ctx.history_len, device)
+    print(f"matmul {gflops:,.1f} GFLOP/s; plain-PyTorch reference DQN update {reference:,.0f} updates/s "
+          f"({torch.get_num_threads()} threads on {args.device})")
+    rows = [with_ratios(bench_one(name, stages, args, target, oracle), stages, args, gflops, reference)
+            for name in names]
+    print_table(rows, args, target, oracle)
+    facts = {"torch": torch.__version__, "python": platform.python_version(), "device": args.device,
+             "threads": torch.get_num_threads(), "overrides": args.overrides, "greedy_return": greedy,
+             "target": target, "oracle_return": oracle, "steps": args.steps, "n_users": args.n_users,
+             "compile": args.compile, "cpu": cpu_model(), "matmul_gflops": gflops,
+             "reference_updates_per_s": reference}
+    out = {"facts": facts, "rows": rows}
+    if args.compare is not None:
+        old = json.loads(args.compare.read_text())
+        out["comparison"] = print_comparison(rows, old, args.compare)
+    write_text_atomic(args.out, json.dumps(out, indent=2))
+    print(f"wrote {args.out}")
+
+
+def with_ratios(row: dict, stages, args: argparse.Namespace, gflops: float, reference: float) -> dict:
+    """``row`` with the ratio of its updates/s to the reference update's and the share of the
+    arithmetic bound its environment steps/s reach (FLOPs per step counted)."""
+    flops = training_flops_per_step(row["algo"], stages, args) if row["mode"] != "none" else 0.0
+    steps_per_s = row["steps"] / row["train_s"]
+    return {**row, "ratio_to_reference": row["updates_per_s"] / reference, "flops_per_step": flops,
+            "share_of_bound": share_of_bound(steps_per_s, int(flops), gflops)}
+
+
+def print_table(rows: list[dict], args: argparse.Namespace, target: float, oracle: float | None) -> None:
+    """The results table."""
     title = f"algorithms, {args.steps} steps x {args.n_users} users, target return {target:.3f}"
     if oracle is not None:
         title += f", oracle {oracle:.3f}"
+    if args.compile:
+        title += ", trainer.compile=true"
     table = Table(title=title)
-    for column in ("algo", "mode", "updates/s", "user-steps/s", "final GT return", "time to target (s)",
-                   "share of oracle", "steps to 50% of oracle"):
+    for column in ("algo", "mode", "updates/s", "ratio to reference", "user-steps/s", "share of bound",
+                   "final GT return", "time to target (s)", "share of oracle", "steps to 50% of oracle"):
         table.add_column(column, justify="left" if column in ("algo", "mode") else "right")
     for r in rows:
         reached = "-" if r["time_to_target_s"] is None else f"{r['time_to_target_s']:.1f}"
         user_steps = "-" if r["user_steps_per_s"] is None else f"{r['user_steps_per_s']:,.0f}"
         share = "-" if r["oracle_share"] is None else f"{r['oracle_share']:.0%}"
         half = "-" if r["steps_to_half_oracle"] is None else f"{r['steps_to_half_oracle']:,}"
-        table.add_row(r["algo"], r["mode"], f"{r['updates_per_s']:,.0f}", user_steps,
-                      f"{r['final_return']:.3f}", reached, share, half)
-    Console().print(table)
-    facts = {"torch": torch.__version__, "python": platform.python_version(), "device": args.device,
-             "threads": torch.get_num_threads(), "overrides": args.overrides, "greedy_return": greedy,
-             "target": target, "oracle_return": oracle, "steps": args.steps, "n_users": args.n_users,
-             "cpu": platform.processor() or platform.machine()}
-    write_text_atomic(args.out, json.dumps({"facts": facts, "rows": rows}, indent=2))
-    print(f"wrote {args.out}")
+        bound = "-" if r["share_of_bound"] is None else f"{r['share_of_bound']:.3g}"
+        table.add_row(r["algo"], r["mode"], f"{r['updates_per_s']:,.0f}", f"{r['ratio_to_reference']:.3f}",
+                      user_steps, bound, f"{r['final_return']:.3f}", reached, share, half)
+    Console(width=None if sys.stdout.isatty() else 180).print(table)
+
+
+def print_comparison(rows: list[dict], old: dict, path: Path) -> list[dict]:
+    """Per algorithm in both runs: updates/s and ratio to the reference, old and new, and their
+    change (read the ratio's across machines)."""
+    old_rows = {r["algo"]: r for r in old["rows"]}
+    gflops = old["facts"].get("matmul_gflops", 0.0)
+    table = Table(title=f"change against {path} (matmul {gflops:,.1f} GFLOP/s there)")
+    for column in ("algo", "old updates/s", "new updates/s", "new/old", "old ratio", "new ratio",
+                   "ratio new/old"):
+        table.add_column(column, justify="left" if column == "algo" else "right")
+    changes = []
+    for r in rows:
+        o = old_rows.get(r["algo"])
+        if o is None:
+            continue
+        old_ratio = o.get("ratio_to_reference")
+        change = {"algo": r["algo"], "speed_change": r["updates_per_s"] / o["updates_per_s"],
+                  "ratio_change": r["ratio_to_reference"] / old_ratio if old_ratio else None}
+        changes.append(change)
+        table.add_row(r["algo"], f"{o['updates_per_s']:,.0f}", f"{r['updates_per_s']:,.0f}",
+                      f"{change['speed_change']:.2f}", "-" if old_ratio is None else f"{old_ratio:.3f}",
+                      f"{r['ratio_to_reference']:.3f}",
+                      "-" if change["ratio_change"] is None else f"{change['ratio_change']:.2f}")
+    Console(width=None if sys.stdout.isatty() else 180).print(table)
+    return changes
 
 
 if __name__ == "__main__":

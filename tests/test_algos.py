@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from tiny import N_ITEMS, K, L, collect_rollout, make_ctx, random_obs
+from tiny import N_ITEMS, K, L, collect_rollout, load_script, make_ctx, random_obs
 
 from recrl.algos.dqn import DQN
 from recrl.algos.greedy import GreedyPolicy
@@ -326,7 +326,8 @@ def test_bench_algos_script_writes_json(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("RECRL_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setattr(sys, "argv", ["bench_algos.py", "--algos", "dqn", "ppo", "linucb", "bc",
                                       "--steps", "20", "--n-users", "8", "--eval-every", "10",
-                                      "--eval-episodes", "8", "--out", str(out), "--", "experiment=smoke"])
+                                      "--eval-episodes", "8", "--flop-steps", "4", "--out", str(out), "--",
+                                      "experiment=smoke"])
     runpy.run_path(str(script), run_name="__main__")
     data = json.loads(out.read_text())
     rows = {r["algo"]: r for r in data["rows"]}
@@ -335,3 +336,16 @@ def test_bench_algos_script_writes_json(tmp_path, monkeypatch) -> None:
     assert all(r["updates_per_s"] > 0 and math.isfinite(r["final_return"]) for r in rows.values())
     assert rows["bc"]["user_steps_per_s"] is None and rows["dqn"]["user_steps_per_s"] > 0  # offline: no env
     assert data["facts"]["greedy_return"] > 0 and data["facts"]["steps"] == 20
+    assert data["facts"]["matmul_gflops"] > 0 and data["facts"]["reference_updates_per_s"] > 0
+    reference = data["facts"]["reference_updates_per_s"]
+    for r in rows.values():  # every algorithm's figures divided by the same run's yardsticks
+        assert r["ratio_to_reference"] == pytest.approx(r["updates_per_s"] / reference)
+        assert r["flops_per_step"] > 0 and 0 < r["share_of_bound"] < 1
+    bench = load_script("bench_algos")
+    dqn = rows["dqn"]
+    old_dqn = {**dqn, "updates_per_s": dqn["updates_per_s"] / 2,
+               "ratio_to_reference": dqn["ratio_to_reference"] / 4}
+    old = {"facts": {"matmul_gflops": 10.0}, "rows": [old_dqn]}
+    change = bench.print_comparison(list(rows.values()), old, out)
+    assert [c["algo"] for c in change] == ["dqn"]
+    assert change[0]["speed_change"] == pytest.approx(2.0) and change[0]["ratio_change"] == pytest.approx(4.0)

@@ -216,6 +216,18 @@ def test_bench_script_writes_json(tmp_path, monkeypatch) -> None:
     assert data["machine"]["threads"] == 1 and data["machine"]["torch"] == torch.__version__
 
 
+def test_counted_flops_and_the_share_of_the_bound_by_hand() -> None:
+    from recrl.benchmark import count_flops, share_of_bound
+
+    layer = torch.nn.Linear(6, 5)
+    x = torch.randn(4, 6)
+    assert count_flops(lambda: layer(x)) == 2 * 4 * 6 * 5  # one [4, 6] x [6, 5] product
+    assert count_flops(lambda: layer(x).sum().backward()) == 2 * (2 * 4 * 6 * 5)  # + the weights' gradient
+    # 1,000 units/s of 1e6 FLOPs each on a 10 GFLOP/s machine: a tenth of the bound
+    assert share_of_bound(1000.0, 10**6, 10.0) == pytest.approx(0.1)
+    assert share_of_bound(1000.0, 0, 10.0) is None
+
+
 def test_bench_script_reference_bound_and_compare() -> None:
     """The matmul speed, the reference step, the bound and ``--compare``'s arithmetic (no timing asserted)."""
     bench = load_script("bench_env")
@@ -233,6 +245,11 @@ def test_bench_script_reference_bound_and_compare() -> None:
     assert gru["share_of_bound"] == pytest.approx(speed * gru["flops_per_user_step"] / (gflops * 1e9))
     mf = bench.add_reference(bench.bench_one("mf", 20, 4, 1, args), args, gflops)
     assert mf["ratio_to_reference"] is None and mf["user_steps_per_s"] > 0
+    acting = bench.bench_acting(gru, args, gflops)  # the default DQN's act + env step
+    assert acting["acting_user_steps_per_s"] > 0 and acting["acting_flops_per_user_step"] > 0
+    assert acting["acting_share_of_bound"] == pytest.approx(
+        acting["acting_user_steps_per_s"] * acting["acting_flops_per_user_step"] / (gflops * 1e9))
+    assert acting["acting_over_env"] == pytest.approx(acting["acting_user_steps_per_s"] / speed)
 
     def row(model: str, n: int, speed: float, ratio: float | None = None) -> dict:
         return {"model": model, "n_items": n, "batch": 8, "slate": 1, "user_steps_per_s": speed,
