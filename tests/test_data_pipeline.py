@@ -37,7 +37,10 @@ def recrl(*args: str, tmp: Path) -> subprocess.CompletedProcess:
 ])
 def test_train_smoke_on_real_data(tmp_path: Path, dataset: str, users: int, envs: set[str]) -> None:
     run = tmp_path / "run"
-    proc = recrl("train", f"dataset={dataset}", "experiment=smoke", f"hydra.run.dir={run}", tmp=tmp_path)
+    # Beauty's 22,363 users: one epoch of the user model is enough to check the pipeline
+    fit = ["behavior.training.epochs=1"] if dataset == "beauty" else []
+    proc = recrl("train", f"dataset={dataset}", "experiment=smoke", f"hydra.run.dir={run}", *fit,
+                 tmp=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads((run / "report.json").read_text())
     assert set(report["evaluation"]) == envs | {"ope"}  # propensities estimated where the data has none

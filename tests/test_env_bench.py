@@ -264,3 +264,18 @@ def test_bench_script_reference_bound_and_compare() -> None:
     assert rows[1]["speed_change"] == pytest.approx(0.5) and rows[1]["ratio_change"] is None
     assert bench.compare_results(new, [{k: v for k, v in old[0].items() if k != "ratio_to_reference"}]) \
         [0]["ratio_change"] is None  # an old run from before the reference
+
+
+def test_recsim_ng_bench_says_how_to_install_it_where_it_is_missing() -> None:
+    """``scripts/bench_recsim_ng.py`` (RecSim NG is not a recrl dependency): one line, exit 1."""
+    import importlib.util
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    if importlib.util.find_spec("recsim_ng") is not None:
+        pytest.skip("RecSim NG is installed here")
+    script = Path(__file__).resolve().parents[1] / "scripts" / "bench_recsim_ng.py"
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().count("\n") == 0 and "RecSim NG is not installed" in proc.stderr
