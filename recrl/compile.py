@@ -28,6 +28,19 @@ logger = logging.getLogger(__name__)
 HOT_PATHS = (("algorithm", "act"), ("algorithm", "update"), ("environment", "step"))
 
 
+def keep_eager() -> None:
+    """Leave out of every compiled graph the functions whose Python scalars change at each call
+    (weight averaging's step size, :func:`recrl.algos.nets.lerp_weights`): traced, each value
+    would be a constant of a new graph. Done here, at the first compile, so that a run without
+    ``trainer.compile`` never imports the compiler (two seconds of start-up)."""
+    from recrl.algos import nets
+
+    if not getattr(nets.lerp_weights, "_recrl_eager", False):
+        eager = torch.compiler.disable(nets.lerp_weights)
+        eager._recrl_eager = True
+        nets.lerp_weights = eager
+
+
 def compile_mode(device: torch.device) -> str:
     """``reduce-overhead`` (CUDA graphs) on a GPU, inductor's default mode elsewhere."""
     return "reduce-overhead" if device.type == "cuda" else "default"
@@ -37,6 +50,7 @@ def compile_hot_paths(algo: Any, env: Any, device: torch.device) -> list[str]:
     """Replace ``algo.act``, ``algo.update`` and ``env.step`` by their ``torch.compile`` forms,
     on these objects only (the classes are untouched); returns what was compiled
     (``"algorithm.act"``, ...). Algorithms without an ``update`` (fixed policies) keep theirs."""
+    keep_eager()
     owners = {"algorithm": algo, "environment": env}
     mode = compile_mode(device)
     compiled = []
@@ -45,7 +59,10 @@ def compile_hot_paths(algo: Any, env: Any, device: torch.device) -> list[str]:
         function = getattr(target, method, None)
         if function is None or getattr(target, "mode", None) == "none" or method in vars(target):
             continue  # nothing to compile, a fixed policy, or compiled already (a second fit)
-        setattr(target, method, torch.compile(function, mode=mode, dynamic=False))
+        # dynamic=None: a value that changes between calls (the exploration rate, an averaging
+        # step, a batch size) becomes a graph input after its first change instead of a
+        # constant that recompiles the graph at every call
+        setattr(target, method, torch.compile(function, mode=mode, dynamic=None))
         compiled.append(f"{owner}.{method}")
     logger.info("trainer.compile: %s compiled (mode %s); the first steps compile", ", ".join(compiled), mode)
     return compiled

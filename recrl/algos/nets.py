@@ -354,7 +354,6 @@ def linear_decay(start: float, end: float, steps: int, t: int) -> float:
     return start + min(1.0, t / max(1, steps)) * (end - start)
 
 
-@torch.compiler.disable  # eager under trainer.compile: epsilon changes every step (no recompiling)
 def epsilon_explore(slates: Tensor, n_items: int, epsilon: float, generator: torch.Generator) -> Tensor:
     """``slates`` ``[B, K]`` with each user's replaced by a uniformly random slate with
     probability ``epsilon`` (epsilon-greedy exploration)."""
@@ -380,7 +379,6 @@ def gradient_step(optimizer: torch.optim.Optimizer, loss: Tensor, params, grad_c
     return norm
 
 
-@torch.compiler.disable  # eager under trainer.compile: the step size changes every update
 @torch.no_grad()
 def lerp_weights(target: nn.Module, online: nn.Module, step: float) -> None:
     """Move every parameter of ``target`` a fraction ``step`` of the way towards ``online``'s."""
