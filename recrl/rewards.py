@@ -2,6 +2,8 @@
 (``reward=ctr|conversion|rating|watch|signal|mix``).
 
 Each is a small callable: ``reward(response) -> Tensor[B]`` is the realised reward of a step,
+``outputs`` names the optional model outputs it reads (``rating``, signal names: a training
+environment computes only those, see ``RecEnv(lean=True)``; a reward without it gets them all),
 ``reward.expected(response) -> Tensor[B, K]`` the expected immediate reward of each slate item
 under the model's probabilities (used by myopic baselines). ``signals`` names the user signals
 (:mod:`recrl.env.signals`) it reads: they are checked against the logs before anything is fitted.
@@ -19,6 +21,7 @@ class ClickReward:
 
     name = "ctr"
     signals: tuple[str, ...] = ()
+    outputs: tuple[str, ...] = ()  # optional model outputs it reads ("rating", signal names)
 
     def __call__(self, response: Response) -> Tensor:
         """Clicks in the slate ``[B]``."""
@@ -34,6 +37,7 @@ class ConversionReward:
 
     name = "conversion"
     signals: tuple[str, ...] = ()
+    outputs: tuple[str, ...] = ()
 
     def __call__(self, response: Response) -> Tensor:
         """Conversions in the slate ``[B]``."""
@@ -49,6 +53,7 @@ class RatingReward:
 
     name = "rating"
     signals: tuple[str, ...] = ()
+    outputs: tuple[str, ...] = ("rating",)
 
     def __call__(self, response: Response) -> Tensor:
         """Rating of the clicked item ``[B]``."""
@@ -75,7 +80,7 @@ class SignalReward:
     def __init__(self, signal: str) -> None:
         self.signal = signal
         self.name = signal
-        self.signals = (signal,)
+        self.signals = self.outputs = (signal,)
 
     def __call__(self, response: Response) -> Tensor:
         """The signal's value of the clicked item ``[B]``."""
@@ -118,6 +123,7 @@ class MixReward:
             raise RecrlError("reward=mix: every weight is 0; give at least one of reward.ctr, "
                              "reward.conversion, reward.rating, reward.watch a non-zero weight")
         self.signals = ("watch",) if watch != 0.0 else ()
+        self.outputs = ("rating",) * (rating != 0.0) + self.signals
 
     def __call__(self, response: Response) -> Tensor:
         """Weighted realised reward ``[B]``."""

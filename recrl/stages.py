@@ -53,18 +53,20 @@ class Stages:
         inter, column = self.splits.interactions, self.cfg.env.boredom.get("category_column")
         return item_categories(inter.items, inter.n_items, column)
 
-    def make_env(self, model: Any, pessimistic: bool = False, own_member: bool = True) -> RecEnv:
+    def make_env(self, model: Any, pessimistic: bool = False, own_member: bool = True,
+                 lean: bool = False) -> RecEnv:
         """A fresh environment of the configured shape over ``model``; ``env.pessimism`` applies
         only where ``pessimistic`` (training in the learned simulator). An ensemble steps every
         member for every user only where a pessimism term reads their disagreement or
         ``own_member`` is false; elsewhere each user's own member alone
-        (:class:`~recrl.behavior.ensemble.OwnMemberSimulator`)."""
+        (:class:`~recrl.behavior.ensemble.OwnMemberSimulator`). ``lean``: only the outputs the
+        reward reads are computed (training; see :class:`~recrl.env.simulator.RecEnv`)."""
         pessimism = self.pessimism if pessimistic else None
         if (own_member and isinstance(model, BehaviorEnsemble)
                 and not (pessimism is not None and pessimism.uses_uncertainty)):
             model = OwnMemberSimulator(model)
         return build(self.cfg.env)(model=model, reward=self.reward, item_categories=self.item_categories,
-                                   device=self.device, pessimism=pessimism)
+                                   device=self.device, pessimism=pessimism, lean=lean)
 
     @functools.cached_property
     def pessimism(self) -> Pessimism | None:
@@ -110,7 +112,7 @@ class Stages:
         model = self.behavior
         if select_by == "held_out_member":
             model = BehaviorEnsemble(self._held_out_split()[0])
-        return self.make_env(model, pessimistic=True)
+        return self.make_env(model, pessimistic=True, lean=True)
 
     def selection_env(self, select_by: str) -> RecEnv:
         """Where the training-time evaluations that pick ``best.pt`` run (``trainer.select_by``): a

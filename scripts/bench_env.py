@@ -53,6 +53,9 @@ give at the matmul rate (``acting_share_of_bound``; at large ``N`` the ``B x d``
 scoring product dominates, and the loop should run near the bound) and its speed over the
 environment's alone (``acting_over_env``).
 
+``--lean`` builds the environments as training does (``RecEnv(lean=True)``): the behavior
+models skip the outputs the click reward does not read (rating, user signals).
+
 ``--compare old.json`` prints, for the configurations in both runs, the change in user-steps/s
 (new / old) and in the ratio to the reference (new ratio / old ratio): across machines, read the
 second, as the first mostly measures the machines.
@@ -175,17 +178,18 @@ class PeakMemory:
 
 
 def make_env(model_name: str, n_items: int, slate: int, dim: int, device: torch.device,
-             history: int, horizon: int) -> RecEnv:
+             history: int, horizon: int, lean: bool = False) -> RecEnv:
+    """The environment of one configuration (click reward; ``lean``: as training builds it)."""
     model = build_model(model_name, n_items, dim, str(device))
     return RecEnv(model, ClickReward(), horizon=horizon, slate_size=slate, history_len=history,
-                  autoreset=True, device=device)
+                  autoreset=True, device=device, lean=lean)
 
 
 def bench_one(model_name: str, n_items: int, batch: int, slate: int, args: argparse.Namespace) -> dict:
     """User-steps/s (best of ``args.repeats`` timed runs of ``args.steps`` steps) and peak memory."""
     device = torch.device(args.device)
     with PeakMemory(device) as mem:
-        env = make_env(model_name, n_items, slate, args.dim, device, args.history, args.horizon)
+        env = make_env(model_name, n_items, slate, args.dim, device, args.history, args.horizon, args.lean)
         gen = torch.Generator(device).manual_seed(0)
         env.reset(batch, seed=0)
 
@@ -287,7 +291,8 @@ def bench_acting(result: dict, args: argparse.Namespace, gflops: float) -> dict:
     arithmetic bound, and its speed over the environment's alone (``acting_over_env``)."""
     device = torch.device(args.device)
     n_items, batch, slate = result["n_items"], result["batch"], result["slate"]
-    env = make_env(result["model"], n_items, slate, args.dim, device, args.history, args.horizon)
+    env = make_env(result["model"], n_items, slate, args.dim, device, args.history, args.horizon,
+                   args.lean)
     policy = acting_policy(n_items, slate, args.history, args.horizon, device)
     obs = [env.reset(batch, seed=0)]
 
@@ -357,7 +362,7 @@ def profile_one(model_name: str, n_items: int, batch: int, slate: int, args: arg
     from torch.profiler import ProfilerActivity, profile
 
     device = torch.device(args.device)
-    env = make_env(model_name, n_items, slate, args.dim, device, args.history, args.horizon)
+    env = make_env(model_name, n_items, slate, args.dim, device, args.history, args.horizon, args.lean)
     gen = torch.Generator(device).manual_seed(0)
     env.reset(batch, seed=0)
 
@@ -403,6 +408,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed runs; the best is reported")
     parser.add_argument("--inference-mode", action="store_true",
                         help="step under torch.inference_mode (default: grad mode, as the training loop)")
+    parser.add_argument("--lean", action="store_true",
+                        help="step as training does: only the outputs the click reward reads "
+                             "(RecEnv(lean=True))")
     parser.add_argument("--acting", action="store_true",
                         help="also time the acting loop: the default DQN's network picks each slate, "
                              "then the env steps")

@@ -182,3 +182,41 @@ def test_invalid_construction_raises() -> None:
     for kwargs in ({"horizon": 0}, {"slate_size": 0}, {"history_len": 0}):
         with pytest.raises(RecrlError, match=">= 1"):
             RecEnv(world(), ClickReward(), **kwargs)
+
+
+class _UndeclaredReward:
+    """A user-written reward that does not say which outputs it reads (no ``outputs``)."""
+
+    name, signals = "undeclared", ()
+
+    def __call__(self, response):
+        return response.click.sum(1)
+
+
+@pytest.mark.parametrize("reward_name", ["ctr", "rating", "undeclared"])
+def test_a_lean_environment_steps_exactly_as_the_full_one(reward_name: str) -> None:
+    """``RecEnv(lean=True)`` (training) leaves out the outputs the reward does not read (NaN in
+    the responses) and changes nothing else: same observations, rewards, flags and states."""
+    from recrl.behavior.gru import GRUBehavior
+    from recrl.rewards import RatingReward
+
+    torch.manual_seed(0)
+    model = GRUBehavior(n_items=20, dim=4, hidden=8)
+    for p in model.parameters():
+        p.data.normal_(0.0, 0.5)
+    reward = {"ctr": ClickReward(), "rating": RatingReward(), "undeclared": _UndeclaredReward()}[reward_name]
+    full, lean = (RecEnv(model, reward, horizon=6, history_len=3, autoreset=True, lean=flag)
+                  for flag in (False, True))
+    full.reset(32, seed=0), lean.reset(32, seed=0)
+    g = torch.Generator().manual_seed(1)
+    for _ in range(12):
+        slates = torch.randint(0, 20, (32, 1), generator=g)
+        f_obs, f_reward, f_done, f_info = full.step(slates)
+        l_obs, l_reward, l_done, l_info = lean.step(slates)
+        assert torch.equal(f_obs.items, l_obs.items) and torch.equal(f_obs.clicks, l_obs.clicks)
+        assert torch.equal(f_reward, l_reward) and torch.equal(f_done, l_done)
+        assert torch.equal(full.state, lean.state)
+        assert f_info.response.rating.isfinite().all() and f_info.response.value("watch").isfinite().all()
+        rating, watch = l_info.response.rating, l_info.response.value("watch")
+        assert rating.isfinite().all() == (reward_name != "ctr")  # computed only where it is read
+        assert watch.isfinite().all() == (reward_name == "undeclared")  # everything, undeclared

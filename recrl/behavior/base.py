@@ -143,25 +143,35 @@ class SequenceUserModel(nn.Module, ABC):
         """Probability ``[B]`` of leaving in ``state`` (0 when the logs had no leave labels)."""
         return torch.sigmoid(self.leave_logit(state)) * self.leave_known
 
-    def predict(self, state: Tensor, items: Tensor | None = None) -> Predictions:
-        """What the heads predict in ``state`` for ``items`` ``[B, K]`` (every item when ``None``)."""
+    lean_outputs = True  # respond(heads=...) computes only the optional outputs asked for
+
+    def predict(self, state: Tensor, items: Tensor | None = None,
+                heads: frozenset[str] | None = None) -> Predictions:
+        """What the heads predict in ``state`` for ``items`` ``[B, K]`` (every item when ``None``).
+        ``heads``: the optional outputs to compute (``"rating"``, signal names; ``None``: all);
+        the others are NaN (click and conversion are always computed: the state needs them)."""
         h = self.output(state)
-        return Predictions(click_logit=self.click_logit(state, h, items),
+        click_logit = self.click_logit(state, h, items)
+        if heads is None or "rating" in heads:
+            rating = 1.0 + 4.0 * torch.sigmoid(self.rating_head(h, items))
+        else:
+            rating = torch.full_like(click_logit, float("nan"))
+        return Predictions(click_logit=click_logit,
                            conversion_prob=torch.sigmoid(self.conversion_head(h, items)),
-                           rating=1.0 + 4.0 * torch.sigmoid(self.rating_head(h, items)),
-                           values=self.signal_values(h, items))
+                           rating=rating, values=self.signal_values(h, items, heads))
 
     @torch.no_grad()
     def respond(self, state: Tensor, slates: Tensor, generator: torch.Generator,
-                choice: ChoiceModel = MNL, available: Tensor | None = None) -> tuple[Response, Tensor]:
+                choice: ChoiceModel = MNL, available: Tensor | None = None,
+                heads: frozenset[str] | None = None) -> tuple[Response, Tensor]:
         """Sample the response to ``slates`` ``[B, K]`` and the next state: the click by
         ``choice`` (MNL with no-click by default) over the click head's utilities, never on
-        items that are not ``available``."""
+        items that are not ``available``; ``heads``: see :meth:`predict`."""
         def advance(click: Tensor, conversion: Tensor) -> tuple[Tensor, Tensor]:
             nxt = self.next_state(state, slates, click, conversion)
             return nxt, self.leave_prob(nxt)
 
-        return sample_response(self.predict(state, slates), generator, choice, available, advance)
+        return sample_response(self.predict(state, slates, heads), generator, choice, available, advance)
 
     @torch.no_grad()
     def score_all(self, state: Tensor) -> Response:
@@ -187,11 +197,20 @@ class SequenceUserModel(nn.Module, ABC):
         """Every signal head's logits ``[B, K]`` (or ``[B, n_items]``), by signal name."""
         return {signal.name: getattr(self, signal.head)(h, items) for signal in self.signals}
 
-    def signal_values(self, h: Tensor, items: Tensor | None = None) -> dict[str, Tensor]:
+    def signal_values(self, h: Tensor, items: Tensor | None = None,
+                      heads: frozenset[str] | None = None) -> dict[str, Tensor]:
         """Every signal's expected value given a click ``[B, K]`` (or ``[B, n_items]``); NaN for a
-        signal the logs had no values of, so a reward can never read an untrained head silently."""
-        return {signal.name: signal.predict(getattr(self, signal.head)(h, items), getattr(self, signal.known))
-                for signal in self.signals}
+        signal the logs had no values of, so a reward can never read an untrained head silently,
+        and for a signal not in ``heads`` (``None``: all are computed)."""
+        values = {}
+        for signal in self.signals:
+            if heads is None or signal.name in heads:
+                values[signal.name] = signal.predict(getattr(self, signal.head)(h, items),
+                                                     getattr(self, signal.known))
+            else:
+                shape = (*h.shape[:-1], self.n_items if items is None else items.shape[-1])
+                values[signal.name] = h.new_full(shape, float("nan"))
+        return values
 
     def _add_signal_heads(self, hidden: int, dim: int) -> None:
         """One head ``<name>_head`` per registered signal (:data:`recrl.env.signals.SIGNALS`, in

@@ -27,7 +27,10 @@ class RecEnv:
     (``alive`` false, zero reward) until :meth:`reset`. ``choice`` is how a user picks from the
     slate (``mnl`` or ``cascade``); with ``no_repeat`` a user ignores items already shown in
     the episode. ``pessimism`` (:class:`~recrl.env.pessimism.Pessimism`) penalises steps an
-    ensemble user model is unsure about.
+    ensemble user model is unsure about. ``lean`` (training environments): a user model that
+    supports it computes only the optional outputs the reward reads (``reward.outputs``: the
+    rating, user signals), the others are NaN in the responses; evaluation environments compute
+    everything.
 
     Example::
 
@@ -40,7 +43,8 @@ class RecEnv:
                  history_len: int = 10, autoreset: bool = False, choice: Choice | None = None,
                  no_repeat: bool = False, boredom: BoredomRule | None = None,
                  satisfaction: SatisfactionRule | None = None, item_categories: Tensor | None = None,
-                 pessimism: Pessimism | None = None, device: torch.device | str = "cpu") -> None:
+                 pessimism: Pessimism | None = None, device: torch.device | str = "cpu",
+                 lean: bool = False) -> None:
         if horizon < 1 or slate_size < 1 or history_len < 1:
             raise RecrlError("env: horizon, slate_size and history_len must all be >= 1")
         if slate_size > model.n_items:
@@ -58,6 +62,10 @@ class RecEnv:
             boredom.bind(item_categories)
         self.rules: list[LeaveRule] = [r for r in (boredom, satisfaction) if r is not None]
         self.pessimism = pessimism if pessimism is not None and pessimism.active else None
+        # lean: a user model that can leaves out the optional outputs the reward does not read
+        outputs = getattr(reward, "outputs", None)
+        self.heads = (frozenset(outputs) if lean and outputs is not None
+                      and getattr(model, "lean_outputs", False) else None)
         remembered = (history_len + 1) * slate_size  # the history and this step's slate
         if self.pessimism is not None and self.pessimism.entropy_bonus > 0 \
                 and self.pessimism.entropy_window > remembered:
@@ -122,8 +130,9 @@ class RecEnv:
             seen = self.shown.gather(1, slates)
             available = ~seen
             self.shown.scatter_(1, slates, seen | was_alive[:, None])
+        lean = {} if self.heads is None else {"heads": self.heads}
         response, next_state = self.model.respond(self.state, slates, self.generator, choice=self.choice,
-                                                  available=available)
+                                                  available=available, **lean)
         live = was_alive.to(response.click.dtype)
         reward = self.reward(response)
         halted = None
