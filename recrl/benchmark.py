@@ -34,14 +34,7 @@ def matmul_gflops(device: torch.device, size: int = MATMUL_SIZE, repeats: int = 
     b = torch.randn(size, size, device=device, generator=gen)
     out = torch.empty(size, size, device=device)
     torch.mm(a, b, out=out)
-    best = math.inf
-    for _ in range(repeats):
-        sync(device)
-        start = time.perf_counter()
-        torch.mm(a, b, out=out)
-        sync(device)
-        best = min(best, time.perf_counter() - start)
-    return 2 * size**3 / best / 1e9
+    return 2 * size**3 / best_seconds(lambda: torch.mm(a, b, out=out), device, repeats) / 1e9
 
 
 def count_flops(fn: Callable[[], Any]) -> int:

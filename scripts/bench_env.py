@@ -267,10 +267,10 @@ def add_reference(result: dict, args: argparse.Namespace, gflops: float) -> dict
         return {**result, **dict.fromkeys(keys)}
     reference = bench_reference(result["n_items"], result["batch"], result["slate"], args)
     flops = gru_step_flops(args.dim, result["slate"])
-    bound = gflops * 1e9 / flops
     speed = result["user_steps_per_s"]
-    return {**result, **dict(zip(keys, (reference, speed / reference, flops, bound, speed / bound,
-                                        reference / bound), strict=True))}
+    return {**result, **dict(zip(keys, (reference, speed / reference, flops, gflops * 1e9 / flops,
+                                        share_of_bound(speed, flops, gflops),
+                                        share_of_bound(reference, flops, gflops)), strict=True))}
 
 
 def acting_policy(n_items: int, slate: int, history: int, horizon: int, device: torch.device) -> DQN:

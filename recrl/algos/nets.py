@@ -53,7 +53,7 @@ class HistoryEncoder(nn.Module):
             return self.item_emb(items)
         # the whole table (ids plus mapped prior) once, then one lookup: fewer rows to map than
         # a batch of histories has slots
-        table = self.item_emb.weight + self.prior.proj(self.prior.prior)
+        table = self.item_emb.weight + self.prior.table(padding=True)
         return F.embedding(items, table, padding_idx=self.n_items)
 
     def forward(self, obs: Obs) -> Tensor:
@@ -116,9 +116,10 @@ class ItemPrior(nn.Module):
         """Vectors ``[..., dim]`` of ``items``."""
         return self.proj(self.prior[items])
 
-    def table(self) -> Tensor:
-        """Vectors ``[n_items, dim]`` of the whole catalogue (no padding row)."""
-        return self.proj(self.prior[:self.n_items])
+    def table(self, padding: bool = False) -> Tensor:
+        """Vectors ``[n_items, dim]`` of the whole catalogue; with ``padding`` (a prior built with
+        one) ``[n_items + 1, dim]``, the padding id's zero row last."""
+        return self.proj(self.prior if padding else self.prior[:self.n_items])
 
 
 def attach_prior(ids: nn.Embedding, item_prior: Tensor | None, padding: bool = False) -> ItemPrior | None:

@@ -152,13 +152,19 @@ class SequenceUserModel(nn.Module, ABC):
         the others are NaN (click and conversion are always computed: the state needs them)."""
         h = self.output(state)
         click_logit = self.click_logit(state, h, items)
-        if heads is None or "rating" in heads:
-            rating = 1.0 + 4.0 * torch.sigmoid(self.rating_head(h, items))
-        else:
-            rating = torch.full_like(click_logit, float("nan"))
+
+        def wanted(name: str) -> bool:
+            return heads is None or name in heads
+
+        def skipped() -> Tensor:
+            return torch.full_like(click_logit, float("nan"))
+
+        rating = 1.0 + 4.0 * torch.sigmoid(self.rating_head(h, items)) if wanted("rating") else skipped()
+        values = {signal.name: self.signal_value(signal, h, items) if wanted(signal.name) else skipped()
+                  for signal in self.signals}
         return Predictions(click_logit=click_logit,
                            conversion_prob=torch.sigmoid(self.conversion_head(h, items)),
-                           rating=rating, values=self.signal_values(h, items, heads))
+                           rating=rating, values=values)
 
     @torch.no_grad()
     def respond(self, state: Tensor, slates: Tensor, generator: torch.Generator,
@@ -197,20 +203,14 @@ class SequenceUserModel(nn.Module, ABC):
         """Every signal head's logits ``[B, K]`` (or ``[B, n_items]``), by signal name."""
         return {signal.name: getattr(self, signal.head)(h, items) for signal in self.signals}
 
-    def signal_values(self, h: Tensor, items: Tensor | None = None,
-                      heads: frozenset[str] | None = None) -> dict[str, Tensor]:
+    def signal_values(self, h: Tensor, items: Tensor | None = None) -> dict[str, Tensor]:
         """Every signal's expected value given a click ``[B, K]`` (or ``[B, n_items]``); NaN for a
-        signal the logs had no values of, so a reward can never read an untrained head silently,
-        and for a signal not in ``heads`` (``None``: all are computed)."""
-        values = {}
-        for signal in self.signals:
-            if heads is None or signal.name in heads:
-                values[signal.name] = signal.predict(getattr(self, signal.head)(h, items),
-                                                     getattr(self, signal.known))
-            else:
-                shape = (*h.shape[:-1], self.n_items if items is None else items.shape[-1])
-                values[signal.name] = h.new_full(shape, float("nan"))
-        return values
+        signal the logs had no values of, so a reward can never read an untrained head silently."""
+        return {signal.name: self.signal_value(signal, h, items) for signal in self.signals}
+
+    def signal_value(self, signal: Signal, h: Tensor, items: Tensor | None = None) -> Tensor:
+        """One signal's expected value given a click (see :meth:`signal_values`)."""
+        return signal.predict(getattr(self, signal.head)(h, items), getattr(self, signal.known))
 
     def _add_signal_heads(self, hidden: int, dim: int) -> None:
         """One head ``<name>_head`` per registered signal (:data:`recrl.env.signals.SIGNALS`, in

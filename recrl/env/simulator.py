@@ -62,10 +62,11 @@ class RecEnv:
             boredom.bind(item_categories)
         self.rules: list[LeaveRule] = [r for r in (boredom, satisfaction) if r is not None]
         self.pessimism = pessimism if pessimism is not None and pessimism.active else None
-        # lean: a user model that can leaves out the optional outputs the reward does not read
+        # lean: a user model that can leave out the optional outputs the reward does not read
+        # is asked for those it reads only
         outputs = getattr(reward, "outputs", None)
-        self.heads = (frozenset(outputs) if lean and outputs is not None
-                      and getattr(model, "lean_outputs", False) else None)
+        lean = lean and outputs is not None and getattr(model, "lean_outputs", False)
+        self.respond_options = {"heads": frozenset(outputs)} if lean else {}
         remembered = (history_len + 1) * slate_size  # the history and this step's slate
         if self.pessimism is not None and self.pessimism.entropy_bonus > 0 \
                 and self.pessimism.entropy_window > remembered:
@@ -130,9 +131,8 @@ class RecEnv:
             seen = self.shown.gather(1, slates)
             available = ~seen
             self.shown.scatter_(1, slates, seen | was_alive[:, None])
-        lean = {} if self.heads is None else {"heads": self.heads}
         response, next_state = self.model.respond(self.state, slates, self.generator, choice=self.choice,
-                                                  available=available, **lean)
+                                                  available=available, **self.respond_options)
         live = was_alive.to(response.click.dtype)
         reward = self.reward(response)
         halted = None
