@@ -16,20 +16,25 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import hydra
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Glob, IntervalSweep, Override
 from hydra.errors import HydraException, MissingConfigException, OverrideParseException
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from recrl.checkpoint import resolve_checkpoint
 from recrl.config import CONF_DIR, RENAMED_KEYS, compose_config, validate
-from recrl.types import RecrlError
+from recrl.sweep import FAILED, INTERRUPTED, OK, PRUNED
+from recrl.types import Pruned, RecrlError
 
 USAGE = """usage: recrl <command> [key=value ...]
 
@@ -130,16 +135,52 @@ def explain_compose_error(err: Exception, override_text: str) -> str:
     return first
 
 
+def _checked_values(override: Override) -> list[str] | None:
+    """The values the pre-check composes for one override, or ``None`` to leave it to the sweeper.
+
+    Every value of a list, ``choice`` or ``range`` sweep; both ends of an ``interval`` (the key
+    exists and takes numbers; the search space itself is the sweeper's); every group option a
+    ``glob`` matches. The overrides themselves reach Hydra's sweeper untouched.
+    """
+    if not override.is_sweep_override():
+        return [override.get_value_element_as_str()]
+    sweep = override.value()
+    if isinstance(sweep, IntervalSweep):
+        return [str(sweep.start), str(sweep.end)]
+    if isinstance(sweep, Glob):
+        group = override.get_key_element().lstrip("+~")
+        return sweep.filter(_group_options(group)) if (CONF_DIR / group).is_dir() else None
+    try:
+        return list(override.sweep_string_iterator())
+    except (HydraException, ValueError, TypeError):
+        return None
+
+
 def _combinations(overrides: list[str]) -> list[list[str]]:
-    """Expand sweep overrides (``a=1,2``) into the single-valued override lists they stand for."""
+    """Expand sweep overrides (``a=1,2``) into the single-valued override lists they stand for
+    (:func:`_checked_values`; an override the pre-check cannot expand is left out)."""
     parsed = OverridesParser.create().parse_overrides(overrides)
     choices = []
     for o in parsed:
         key = o.get_key_element()
-        values = list(o.sweep_string_iterator()) if o.is_sweep_override() else [
-            o.get_value_element_as_str()]
-        choices.append([f"{key}={v}" if not o.is_delete() else f"~{key}" for v in values])
+        values = _checked_values(o)
+        if values is not None:
+            choices.append([f"{key}={v}" if not o.is_delete() else f"~{key}" for v in values])
     return [list(c) for c in itertools.islice(itertools.product(*choices), MAX_CHECKED_COMBINATIONS)]
+
+
+def _check_sweeper_syntax(config_name: str, overrides: list[str], combo: list[str]) -> None:
+    """A search-only sweep (``interval(...)``) with the grid sweeper fails here in one line
+    (``combo``: one expanded combination of ``overrides``, to learn the sweeper)."""
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    searched = [o.input_line for o in parsed if isinstance(o.value(), IntervalSweep)]
+    if not searched:
+        return
+    sweeper = compose_config(config_name, combo, return_hydra_config=True).hydra.sweeper
+    if "BasicSweeper" in str(sweeper.get("_target_", "")):
+        searches = "|".join(_group_options("search"))
+        raise RecrlError(f"{searched[0]}: interval() needs a search, not a grid: add search=<{searches}> "
+                         "(README \"Search and scale\"), or list values (key=a,b,c)")
 
 
 def compose_with_choices(config_name: str, overrides: list[str]) -> tuple[DictConfig, dict[str, str]]:
@@ -193,15 +234,38 @@ def check_overrides(config_name: str, overrides: list[str]) -> None:
                 if OmegaConf.is_missing(cfg, "checkpoint"):
                     raise RecrlError("recrl eval needs checkpoint=<run folder or .pt file>")
                 resolve_checkpoint(cfg.checkpoint)
+    if config_name == "train" and combos:
+        _check_sweeper_syntax(config_name, overrides, combos[0])
 
 
-def _task(cfg: DictConfig) -> None:
-    """Body of every Hydra job: run the task, turn failures into one line and an exit code."""
-    from recrl.evaluate import evaluate, evaluate_behavior, evaluate_ope
-    from recrl.train import train
+def _task(cfg: DictConfig) -> int:
+    """Body of every Hydra job: run the task, record how it ended in the job's ``status.json``
+    (:class:`recrl.sweep.JobStatus`) and turn a failure into one line and an exit code.
+
+    A single run exits with that code. In a multirun a failed job returns it instead, so the
+    other jobs still run and the summary is written; ``recrl sweep`` then exits non-zero. An
+    interrupt (Ctrl-C, SIGTERM) stops the whole sweep.
+    """
+    from recrl.sweep import JobStatus
 
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
+    threads = OmegaConf.select(cfg, "trainer.threads")
+    if threads:
+        torch.set_num_threads(int(threads))
+    start = time.perf_counter()
+    code, status, error = _run_task(cfg, run_dir, hc.runtime.choices.get("algo"))
+    JobStatus(status, code, error, time.perf_counter() - start).write(run_dir)
+    if code and (hc.mode != RunMode.MULTIRUN or status == INTERRUPTED):
+        sys.exit(code)
+    return code
+
+
+def _run_task(cfg: DictConfig, run_dir: Path, algo_name: str | None) -> tuple[int, str, str | None]:
+    """``(exit code, status, one-line error)`` of the job's task (``RECRL_DEBUG=1`` re-raises)."""
+    from recrl.evaluate import evaluate, evaluate_behavior, evaluate_ope
+    from recrl.train import train
+
     try:
         if cfg.task == "eval":
             evaluate(cfg, run_dir)
@@ -210,18 +274,24 @@ def _task(cfg: DictConfig) -> None:
         elif cfg.task == "behavior":
             evaluate_behavior(cfg, run_dir)
         else:
-            train(cfg, run_dir, algo_name=hc.runtime.choices["algo"])
+            train(cfg, run_dir, algo_name=algo_name)
+    except Pruned as stop:
+        logger.info("%s", stop)
+        return 0, PRUNED, str(stop)
     except RecrlError as err:
         if _debug():
             raise
-        sys.exit(_fail_run(str(err), 2))
+        return _fail_run(str(err), 2), FAILED, str(err)
     except KeyboardInterrupt as stop:
-        sys.exit(_fail_run(f"{_interrupt_message(stop)}; checkpoints already written in "
-                           f"{run_dir / 'checkpoints'} are intact", _interrupt_code(stop)))
+        message = (f"{_interrupt_message(stop)}; checkpoints already written in "
+                   f"{run_dir / 'checkpoints'} are intact")
+        return _fail_run(message, _interrupt_code(stop)), INTERRUPTED, message
     except Exception as err:
         if _debug():
             raise
-        sys.exit(_fail_run(f"{type(err).__name__}: {err} (set RECRL_DEBUG=1 for the traceback)", 1))
+        message = f"{type(err).__name__}: {err}"
+        return _fail_run(f"{message} (set RECRL_DEBUG=1 for the traceback)", 1), FAILED, message
+    return 0, OK, None
 
 
 def _fail_run(message: str, code: int) -> int:
@@ -360,7 +430,18 @@ def _main(argv: list[str] | None) -> int:
                 raise
             return _fail(str(err).replace("{command}", command), 2)
     _run_hydra(config_name, overrides, multirun=command == "sweep")
-    return 0
+    return _sweep_exit_code() if command == "sweep" else 0
+
+
+def _sweep_exit_code() -> int:
+    """1 (with one line naming them) when jobs of the sweep that just ran failed, else 0."""
+    from recrl.sweep import LAST_SWEEP
+
+    if not LAST_SWEEP or not LAST_SWEEP[0].failed:
+        return 0
+    outcome = LAST_SWEEP[0]
+    return _fail(f"{len(outcome.failed)} of {outcome.n_jobs} jobs failed (job {', '.join(outcome.failed)}); "
+                 f"their errors are in {outcome.sweep_dir / 'summary.md'} and each job's status.json", 1)
 
 
 if __name__ == "__main__":

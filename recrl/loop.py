@@ -79,6 +79,9 @@ class Trainer:
     a terminal, ``True`` always, ``False`` never; the start, every evaluation and the end are
     logged (``recrl.loop``) either way. ``compile``: ``torch.compile`` the policy's ``act``, the
     environment's ``step`` and the learner's ``update`` first (:mod:`recrl.compile`).
+    ``threads``: PyTorch's CPU threads for the job (``None``: PyTorch's default, every core), so
+    parallel sweep jobs share a machine without oversubscribing it (applied by the CLI at the
+    start of each job, before any data is read).
 
     Example::
 
@@ -91,9 +94,12 @@ class Trainer:
                  buffer_size: int = 100_000, eval_every: int = 500, eval_episodes: int = 256,
                  log_every: int = 100, checkpoint_every: int = 1000,
                  device: str = "auto", progress: Progress = "auto", select_by: str = "simulator",
-                 compile: bool = False) -> None:
+                 compile: bool = False, threads: int | None = None) -> None:
         if steps < 0 or n_users < 1 or batch_size < 1 or eval_episodes < 1:
             raise RecrlError("trainer: steps must be >= 0; n_users, batch_size, eval_episodes >= 1")
+        if threads is not None and threads < 1:
+            raise RecrlError(f"trainer.threads={threads}: use a whole number >= 1, or null for "
+                             "PyTorch's default")
         if buffer_size < n_users:
             raise RecrlError(f"trainer.buffer_size={buffer_size} must hold at least one step of "
                              f"trainer.n_users={n_users} transitions")
@@ -107,6 +113,7 @@ class Trainer:
             raise RecrlError(f"trainer.select_by={select_by!r}: use one of {', '.join(SELECT_BY)}")
         self.select_by = select_by
         self.compile = compile
+        self.threads = threads
 
     @property
     def device(self) -> torch.device:

@@ -22,6 +22,11 @@ class RecrlError(Exception):
     """A user-facing error: the CLI prints its message as one line and exits with code 2."""
 
 
+class Pruned(Exception):
+    """A hyperparameter search's pruner stopped this run early (its periodic ``eval/return``
+    was below the median of earlier trials at the same step); not a failure."""
+
+
 def _map_tensors(obj: Any, fn: Any) -> Any:
     """Apply ``fn`` to every tensor field of a dataclass, returning a new instance."""
     return replace(obj, **{f.name: fn(getattr(obj, f.name)) for f in fields(obj)

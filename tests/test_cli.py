@@ -12,10 +12,12 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from tiny import load_script
 
 from recrl.checkpoint import load_checkpoint
+from recrl.cli import _combinations, main
 from recrl.ope.evaluation import OffPolicyEvaluation
 
 SMOKE = ["experiment=smoke"]
@@ -276,6 +278,52 @@ def test_sweep_writes_one_folder_per_job_and_a_summary(tmp_path: Path, launcher:
     assert "## return by algorithm" in (sweep / "summary.md").read_text()
     for job in jobs:  # every job logs into its own folder, also in joblib's worker processes
         assert "result: " in (job / "cli.log").read_text(), job
+
+
+@pytest.mark.parametrize("launcher", [[], JOBLIB], ids=["one_at_a_time", "joblib_parallel"])
+def test_a_failing_job_is_recorded_and_the_other_jobs_run(tmp_path: Path, launcher: list[str]) -> None:
+    # held_out_member needs an ensemble: job 0 fails at run time (after the pre-check), job 1 runs
+    sweep = tmp_path / "sweep"
+    proc = recrl("sweep", *SMOKE, "trainer.select_by=held_out_member,simulator", "algo=random",
+                 "eval.baselines=[]", "eval.oracle=false", *launcher, f"hydra.sweep.dir={sweep}",
+                 cwd=tmp_path, cache=tmp_path / "cache", check=False)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert "recrl: error: 1 of 2 jobs failed (job 0)" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    failed = json.loads((sweep / "0" / "status.json").read_text())
+    assert (failed["status"], failed["exit_code"]) == ("failed", 2)
+    assert "needs behavior.ensemble >= 3" in failed["error"]
+    assert json.loads((sweep / "1" / "status.json").read_text())["status"] == "ok"
+    assert (sweep / "1" / "report.json").is_file() and not (sweep / "0" / "report.json").exists()
+    summary = pd.read_csv(sweep / "summary.csv")
+    status = dict(zip(summary["configuration"], summary["status"], strict=True))
+    assert status == {"trainer.select_by=held_out_member": "1 failed of 1",
+                      "trainer.select_by=simulator": "ok"}
+    jobs = pd.read_csv(sweep / "jobs.csv")
+    assert list(jobs["status"]) == ["failed", "ok"] and list(jobs["exit_code"]) == [2, 0]
+    assert "## Jobs that did not succeed" in (sweep / "summary.md").read_text()
+
+
+def test_the_pre_check_expands_grids_and_hands_search_syntax_through() -> None:
+    assert _combinations(["algo=dqn,ppo", "seed=range(0,2)"]) == [
+        ["algo=dqn", "seed=0"], ["algo=dqn", "seed=1"], ["algo=ppo", "seed=0"], ["algo=ppo", "seed=1"]]
+    # an interval is checked at both ends (the key exists, takes numbers); the sweeper samples it
+    ends = [["algo.lr=0.0001"], ["algo.lr=0.01"]]
+    assert _combinations(["algo.lr=tag(log, interval(0.0001, 0.01))"]) == ends
+    assert _combinations(["algo=glob(c*)"]) == [["algo=c51"], ["algo=cql"]]
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["sweep", "algo.lr=interval(0.001,0.01)"], "interval() needs a search, not a grid: add search=<"),
+    (["sweep", "algo.lrr=interval(0.001,0.01)"], "unknown key algo.lrr"),
+    (["sweep", "algo.lr=interval(fast,slow)"], "cannot parse overrides"),
+    (["sweep", "algo=glob(dq*)", "algo.lr=tag(log, interval(abc, 0.1))"], "cannot parse overrides"),
+])
+def test_sweep_syntax_errors_are_one_line(args: list[str], message: str,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1, err
 
 
 @pytest.mark.parametrize(("args", "message"), [

@@ -19,10 +19,13 @@ from rich.console import Console
 from recrl.cli import main as recrl_main
 from recrl.sweep import (
     COLUMNS,
+    JobStatus,
     SweepSummaryCallback,
     algorithm_table,
     collect_sweep,
     configuration_label,
+    configuration_status,
+    failed_jobs,
     find_reports,
     split_algo,
     summarize_sweep,
@@ -127,9 +130,10 @@ def test_summary_markdown_and_console(tmp_path: Path) -> None:
     )
     assert "## return on simulator" in md and sim_table in md
     assert "## return on ground_truth" in md
-    assert "|---|---|---|---|---:|---:|---:|" in md
-    assert "| (default) | ground_truth | dqn | return | 9.000 | 2.484 | 3 |" in md
-    assert "6 jobs, 2 configurations" in md
+    assert "|---|---|---|---|---:|---:|---:|---:|" in md
+    assert "| (default) | ground_truth | dqn | return | 9.000 | 2.484 | 3 | ok |" in md
+    assert "6 jobs (6 ok), 2 configurations" in md
+    assert "did not succeed" not in md
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
     text = console.export_text()
     assert "Sweep: return on simulator" in text and "10.000 ± 2.484" in text
@@ -307,3 +311,31 @@ def test_callback_runs_at_end_of_real_hydra_multirun(tmp_path: Path) -> None:
     row = _row(csv, "algo=dqn", "simulator", "agent", "return")
     assert (row["mean"], row["n_seeds"]) == (pytest.approx(11.0), 3)
     assert row["ci95"] == pytest.approx(2.484138, abs=1e-6)
+
+
+def test_job_status_round_trip_and_configuration_status(tmp_path: Path) -> None:
+    JobStatus("failed", 2, "trainer.steps=-1 is negative", 0.5).write(tmp_path / "a")
+    assert JobStatus.read(tmp_path / "a") == JobStatus("failed", 2, "trainer.steps=-1 is negative", 0.5)
+    assert JobStatus.read(tmp_path / "missing") is None
+    jobs = pd.DataFrame({"configuration": ["x", "x", "x", "y"], "status": ["ok", "failed", "pruned", "ok"]})
+    assert configuration_status(jobs) == {"x": "1 failed and 1 pruned of 3", "y": "ok"}
+
+
+def test_summary_lists_failed_jobs_beside_the_results(tmp_path: Path) -> None:
+    _make_sweep(tmp_path)
+    failed = tmp_path / "6"
+    (failed / ".hydra").mkdir(parents=True)
+    (failed / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(["algo=dqn", "reward=watch", "seed=0"]))
+    JobStatus("failed", 1, "RuntimeError: out of memory").write(failed)
+    console = Console(record=True, width=200)
+    frame = summarize_sweep(tmp_path, console=console)
+    assert frame is not None
+    row = frame[frame["configuration"] == "reward=watch"].iloc[0]
+    assert (row["env"], row["n_seeds"], row["status"]) == ("", 0, "1 failed of 1")
+    assert set(frame[frame["configuration"] != "reward=watch"]["status"]) == {"ok"}
+    md = (tmp_path / "summary.md").read_text()
+    assert "7 jobs (6 ok, 1 failed)" in md
+    assert "| 6 | reward=watch | 0 | failed | 1 | RuntimeError: out of memory |" in md
+    line = "job 6 (reward=watch, seed 0): failed, exit code 1: RuntimeError: out of memory"
+    assert line in console.export_text()
+    assert failed_jobs(tmp_path) == ["6"]
