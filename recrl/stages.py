@@ -21,6 +21,7 @@ import recrl
 from recrl.behavior.ensemble import BehaviorEnsemble, OwnMemberSimulator
 from recrl.behavior.features import build_item_features, item_categories
 from recrl.behavior.fit import TrainingSettings
+from recrl.cachelock import build_once
 from recrl.checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
 from recrl.config import build, without_ensemble
 from recrl.env.pessimism import LoggedPolicyEntropy, Pessimism
@@ -202,25 +203,45 @@ def data_fingerprint(cfg: DictConfig, dataset: Any) -> str:
 
 def fit_behavior(cfg: DictConfig, behavior: Any, interactions: Interactions, data_key: str,
                  role: str = "simulator") -> dict[str, Any]:
-    """Fit ``behavior`` or load it from the cache keyed by the data, the behavior config and role."""
+    """Fit ``behavior`` or load it from the cache keyed by the data, the behavior config and role.
+
+    Parallel jobs missing the same entry fit it once: one fits under the entry's lock, the others
+    wait and load its file (:func:`recrl.cachelock.build_once`); ``"cached"`` in the report says
+    which this call did."""
     node = cfg.behavior if cfg.behavior.get("ensemble", 1) > 1 else without_ensemble(cfg.behavior)
     key = hashlib.sha256(f"{data_key}|{role}|{config_hash(node)}".encode()).hexdigest()[:16]
     path = Path(cfg.cache_dir) / "behavior" / f"{role}-{key}.pt"
-    if path.is_file():
-        fresh = copy.deepcopy(behavior.state_dict())
-        try:
-            cached = load_checkpoint(path, map_location=behavior.device)
-            behavior.load_state_dict(cached["state_dict"])
-            behavior.eval()
-            logger.info("%s behavior model: cache hit %s", role, path)
-            return {**cached["report"], "cached": True}
-        except (RecrlError, RuntimeError, KeyError) as err:
-            # a failed load_state_dict has already copied every matching tensor: start from scratch
-            behavior.load_state_dict(fresh)
-            logger.warning("behavior cache %s unusable (%s); refitting", path, err)
+    report, cached = build_once(path, f"{role} behavior model",
+                                lambda: _load_cached_behavior(behavior, path, role),
+                                lambda: _fit_and_cache_behavior(behavior, interactions, path))
+    return {**report, "cached": cached}
+
+
+def _load_cached_behavior(behavior: Any, path: Path, role: str) -> dict[str, Any] | None:
+    """Load the cached model at ``path`` into ``behavior`` and return its fit report; ``None`` (and
+    ``behavior`` untouched) when there is no file or it does not load."""
+    if not path.is_file():
+        return None
+    fresh = copy.deepcopy(behavior.state_dict())
+    try:
+        cached = load_checkpoint(path, map_location=behavior.device)
+        behavior.load_state_dict(cached["state_dict"])
+        behavior.eval()
+        logger.info("%s behavior model: cache hit %s", role, path)
+        return dict(cached["report"])
+    except (RecrlError, RuntimeError, KeyError) as err:
+        # a failed load_state_dict has already copied every matching tensor: start from scratch
+        behavior.load_state_dict(fresh)
+        logger.warning("behavior cache %s unusable (%s); refitting", path, err)
+        return None
+
+
+def _fit_and_cache_behavior(behavior: Any, interactions: Interactions, path: Path) -> dict[str, Any]:
+    """Fit ``behavior``, write it with its report to the cache file ``path`` atomically, and return
+    the report."""
     report = behavior.fit(interactions).to_dict()
     save_checkpoint(path, {"state_dict": behavior.state_dict(), "report": report})
-    return {**report, "cached": False}
+    return report
 
 
 def build_behavior(cfg: DictConfig, interactions: Interactions, device: torch.device) -> Any:

@@ -34,6 +34,7 @@ import pandas as pd
 import torch
 from pandas.api import types as ptypes
 
+from recrl.cachelock import build_once
 from recrl.fileio import write_bytes_atomic
 from recrl.types import RecrlError
 
@@ -305,7 +306,9 @@ def item_text_embeddings(items: pd.DataFrame, n_items: int, cache_dir: str | Pat
     """Unit-norm text embeddings of every item, float32 ``[n_items, EMBED_DIM]`` on the CPU.
 
     Texts come from :func:`item_texts`; the result is cached at :func:`text_cache_path` and read
-    back on later calls without loading the encoder. A damaged cache file is recomputed.
+    back on later calls without loading the encoder. A damaged cache file is recomputed. Parallel
+    jobs encode the same texts once: one encodes under the entry's lock, the others wait and read
+    its file (:mod:`recrl.cachelock`).
 
     Args:
         items: side table indexed by dense item id.
@@ -327,15 +330,20 @@ def item_text_embeddings(items: pd.DataFrame, n_items: int, cache_dir: str | Pat
         raise RecrlError(f"text embedding batch_size must be at least 1, got {batch_size}")
     texts = item_texts(items, n_items, columns)
     path = text_cache_path(cache_dir, texts)
-    cached = _read_cached(path, n_items)
-    if cached is not None:
-        logger.info("item text embeddings: cache hit %s", path)
-        return torch.from_numpy(cached)
     if n_items == 0:
         return torch.zeros(0, EMBED_DIM)
+    array, cached = build_once(path, "item text embeddings", lambda: _read_cached(path, n_items),
+                               lambda: _encode_and_cache(texts, path, batch_size, device))
+    if cached:
+        logger.info("item text embeddings: cache hit %s", path)
+    return torch.from_numpy(array)
+
+
+def _encode_and_cache(texts: list[str], path: Path, batch_size: int, device: str) -> np.ndarray:
+    """Encode ``texts`` and write the array to the cache file ``path`` atomically."""
     start = time.perf_counter()
     array = _encode(texts, batch_size, device)
     _write_cached(path, array)
-    logger.info("item text embeddings: encoded %s items with %s on %s in %.1fs -> %s", f"{n_items:,}",
+    logger.info("item text embeddings: encoded %s items with %s on %s in %.1fs -> %s", f"{len(texts):,}",
                 MODEL_NAME, device, time.perf_counter() - start, path)
-    return torch.from_numpy(array)
+    return array

@@ -7,6 +7,7 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, ClassVar
 
+from recrl.cachelock import build_once
 from recrl.data.cache import cache_key, load_splits, save_splits
 from recrl.data.preprocess import Preprocessing, RawLog
 from recrl.data.reader import check_policy
@@ -19,7 +20,8 @@ class FileDataset(ABC):
     Subclasses set ``name`` (and ``download_name`` when ``recrl data download`` knows it),
     list their files in :meth:`required_files` and turn them into a :class:`RawLog` in
     :meth:`read`. :meth:`load` does the rest: a clear message for missing files, a cache hit
-    when the files and settings are unchanged, otherwise read + preprocess + atomic cache write.
+    when the files and settings are unchanged, otherwise read + preprocess + atomic cache write
+    (one process at a time per entry: parallel jobs prepare the same data once, :mod:`recrl.cachelock`).
 
     Example::
 
@@ -85,12 +87,19 @@ class FileDataset(ABC):
             return splits
         key = cache_key(files, self.settings())
         folder = self.cache_dir / "data" / f"{self.name}-{key}"
-        if (folder / "meta.json").is_file():
-            splits = load_splits(folder)
-            self.last_load = {"cache": "hit", "folder": str(folder), "seconds": time.perf_counter() - start}
-            return splits
+        splits, cached = build_once(folder, f"prepared {self.name} data", lambda: self._cached(folder),
+                                    lambda: self._prepare(folder))
+        self.last_load = {"cache": "hit" if cached else "miss", "folder": str(folder),
+                          "seconds": time.perf_counter() - start}
+        return splits
+
+    def _cached(self, folder: Path) -> Splits | None:
+        """The cache entry ``folder`` when it exists (complete: entries appear by one rename)."""
+        return load_splits(folder) if (folder / "meta.json").is_file() else None
+
+    def _prepare(self, folder: Path) -> Splits:
+        """Read and preprocess the files, and write the result to the cache entry ``folder``."""
         splits = self.preprocess(self.read(), release=True)
         splits.meta.setdefault("name", self.name)
         save_splits(folder, splits)
-        self.last_load = {"cache": "miss", "folder": str(folder), "seconds": time.perf_counter() - start}
         return splits

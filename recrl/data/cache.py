@@ -3,7 +3,8 @@
 A cache entry is a folder ``<cache_dir>/data/<name>-<key>/`` whose key hashes the source files'
 sha256 and the dataset + preprocessing settings. Entries are written to a temporary folder and
 renamed into place, so a failed or interrupted preparation never leaves a half-written entry and
-never touches an existing one.
+never touches an existing one. :meth:`recrl.data.base.FileDataset.load` prepares an entry under its
+lock (:mod:`recrl.cachelock`), so parallel jobs missing the same entry prepare it once.
 """
 
 from __future__ import annotations
