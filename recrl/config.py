@@ -42,10 +42,10 @@ def migrate_renamed_keys(cfg: DictConfig) -> DictConfig:
     return cfg
 
 
-VALUE_CHECKED = ("trainer", "eval", "ope")
+VALUE_CHECKED = ("trainer", "eval", "ope", "search")
 """Groups whose classes are cheap to build and check their values in the constructor, so
 :func:`validate` builds them once (a wrong value fails before any data is read)."""
-GROUPS = ("dataset", "behavior", "env", "reward", "algo", "trainer", "eval", "ope")
+GROUPS = ("dataset", "behavior", "env", "reward", "algo", "trainer", "eval", "ope", "search")
 
 
 def _type_ok(value: Any, hint: Any) -> bool:
@@ -75,6 +75,9 @@ def _type_ok(value: Any, hint: Any) -> bool:
 
 
 def _hint_name(hint: Any) -> str:
+    """``int``, ``list[str]``, or ``one of 'a', 'b'`` for a ``Literal``."""
+    if typing.get_origin(hint) is typing.Literal:
+        return "one of " + ", ".join(repr(v) for v in typing.get_args(hint))
     return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
 
 

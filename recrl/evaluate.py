@@ -19,6 +19,7 @@ import recrl
 from recrl.algos.oracle import Oracle, can_plan
 from recrl.behavior.fidelity import fidelity_report
 from recrl.behavior.offline import offline_ranking
+from recrl.cachelock import build_once
 from recrl.checkpoint import load_checkpoint, resolve_checkpoint
 from recrl.config import build, build_algo_by_name, migrate_renamed_keys, validate
 from recrl.loop import resolve_device
@@ -251,17 +252,24 @@ def oracle_summary(cfg: DictConfig, stages: Stages, env: Env, evaluation: Evalua
                                  "batch_size": evaluation.batch_size, "device": str(stages.device),
                                  "candidates": evaluation.oracle_candidates})
     path = Path(cfg.cache_dir) / "oracle" / f"{config_hash(cfg.dataset, cfg.env, cfg.reward, settings)}.json"
-    if path.is_file():
+
+    def load() -> dict[str, Any] | None:
+        if not path.is_file():
+            return None
         try:
             return json.loads(path.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError):
             logger.warning("oracle cache %s unreadable; recomputing", path)
-    logger.info("evaluating the oracle in the ground truth (cached afterwards)")
-    oracle = Oracle(stages.ground_truth, stages.reward, env, candidates=evaluation.oracle_candidates)
-    summary = evaluation.summary(oracle, env, stages.diversity_categories)
-    write_json_atomic(path, summary)
-    return summary
+            return None
 
+    def compute() -> dict[str, Any]:
+        logger.info("evaluating the oracle in the ground truth (cached afterwards)")
+        oracle = Oracle(stages.ground_truth, stages.reward, env, candidates=evaluation.oracle_candidates)
+        summary = evaluation.summary(oracle, env, stages.diversity_categories)
+        write_json_atomic(path, summary)
+        return summary
+
+    return build_once(path, "oracle evaluation", load, compute)[0]
 
 
 def behavior_sections(cfg: DictConfig, stages: Stages, evaluation: Evaluation, envs: dict[str, Env],

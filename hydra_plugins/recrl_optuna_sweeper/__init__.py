@@ -1,0 +1,1 @@
+"""Hydra plugin: recrl's Optuna sweeper (``hydra/sweeper=recrl_optuna``, chosen by ``search=<name>``)."""

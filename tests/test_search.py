@@ -1,0 +1,149 @@
+"""recrl sweep search=<name>: the Optuna sweeper, its search space, pruning, summaries and resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from omegaconf import OmegaConf
+
+from recrl.search import (
+    Dimension,
+    SearchSettings,
+    create_study,
+    parse_space,
+    storage_url,
+    tell,
+    trial_reporter,
+)
+from recrl.sweep import JobStatus
+from recrl.types import Pruned, RecrlError
+
+optuna = pytest.importorskip("optuna", reason="the search extra is not installed: pip install -e '.[search]'")
+
+SMOKE = ["experiment=smoke", "eval.baselines=[]", "eval.oracle=false"]
+
+
+def recrl(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "RECRL_CACHE_DIR": str(cwd / "cache"), "RECRL_DEBUG": "", "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "recrl.cli", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_the_space_turns_hydra_sweeps_into_optuna_dimensions() -> None:
+    space = {"algo.lr": "tag(log, interval(0.0001, 0.01))", "algo.gamma": "interval(0.8, 0.9)",
+             "algo.n_step": "choice(1, 3)", "trainer.steps": "int(interval(100, 200))",
+             "algo.target_update": "range(100, 400, 100)"}
+    dims, fixed = parse_space(space, ["search=dqn", "algo.gamma=interval(0.9, 0.99)", "seed=3"])
+    by_key = {d.key: d for d in dims}
+    assert by_key["algo.lr"] == Dimension("algo.lr", 0.0001, 0.01, log=True)
+    assert by_key["algo.gamma"] == Dimension("algo.gamma", 0.9, 0.99)  # the command line wins
+    assert by_key["algo.n_step"] == Dimension("algo.n_step", choices=(1, 3))
+    assert by_key["trainer.steps"] == Dimension("trainer.steps", 100, 200, integer=True)
+    assert by_key["algo.target_update"] == Dimension("algo.target_update", choices=(100, 200, 300))
+    assert fixed == ["search=dqn", "seed=3"]
+    with pytest.raises(RecrlError, match="is not interval"):
+        parse_space({"algo": "glob(*)"}, [])
+    with pytest.raises(RecrlError, match="search space"):
+        parse_space({"algo.lr": "interval(a"}, [])
+
+
+def test_settings_refuse_the_ground_truth_as_objective() -> None:
+    with pytest.raises(RecrlError, match="never an objective"):
+        SearchSettings(objective="ground_truth")
+    assert SearchSettings(objective="behavior").direction == "minimize"
+    assert SearchSettings().direction == "maximize"
+
+
+def _cfg(tmp_path: Path, trial: int, **settings: object) -> object:
+    node = {"_target_": "recrl.search.SearchSettings", "study": "s", "trial": trial,
+            "storage": storage_url(tmp_path), "startup_trials": 1, "warmup_evals": 1, **settings}
+    return OmegaConf.create({"search": node})
+
+
+def test_a_trial_below_the_median_is_pruned_and_the_study_records_it(tmp_path: Path) -> None:
+    settings = SearchSettings(study="s", startup_trials=1, warmup_evals=1)
+    study = create_study(settings, "s", storage_url(tmp_path), resume=False)
+    first = study.ask()
+    values = iter([1.0, 2.0, 3.0])
+    evaluate = trial_reporter(_cfg(tmp_path, first.number), lambda: {"eval/return": next(values)})
+    assert [evaluate()["eval/return"] for _ in range(3)] == [1.0, 2.0, 3.0]
+    study.tell(first, 3.0)
+    second = study.ask()
+    evaluate = trial_reporter(_cfg(tmp_path, second.number), lambda: {"eval/return": 0.5})
+    evaluate()  # step 0: still warming up
+    with pytest.raises(Pruned, match="trial 1 pruned after 2 evaluations"):
+        evaluate()  # step 1: 0.5 < the first trial's 2.0
+    job = tmp_path / "1"
+    JobStatus("pruned", 0, "pruned").write(job)
+    assert tell(study, second, job, settings) == "pruned"
+    assert study.trials[1].state == optuna.trial.TrialState.PRUNED
+    assert study.trials[1].intermediate_values == {0: 0.5, 1: 0.5}
+
+
+def test_outside_a_search_the_evaluator_is_untouched(tmp_path: Path) -> None:
+    def evaluate() -> dict[str, float]:
+        return {"eval/return": 1.0}
+
+    assert trial_reporter(OmegaConf.create({"seed": 0}), evaluate) is evaluate
+
+
+def test_failed_and_objectiveless_jobs_are_failed_trials(tmp_path: Path) -> None:
+    settings = SearchSettings()
+    study = create_study(settings, "s", storage_url(tmp_path), resume=False)
+    failed, empty = study.ask(), study.ask()
+    JobStatus("failed", 2, "bad value").write(tmp_path / "0")
+    assert tell(study, failed, tmp_path / "0", settings) == "failed"
+    JobStatus("ok", 0).write(tmp_path / "1")  # finished, but wrote no eval/return
+    assert tell(study, empty, tmp_path / "1", settings) == "failed"
+    assert json.loads((tmp_path / "1" / "status.json").read_text())["status"] == "failed"
+    assert {t.state for t in study.trials} == {optuna.trial.TrialState.FAIL}
+    with pytest.raises(RecrlError, match=r"search\.resume=true"):
+        create_study(settings, "s", storage_url(tmp_path), resume=False)
+
+
+def test_search_runs_in_parallel_then_resumes(tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    args = ["sweep", "search=dqn", *SMOKE, "algo.lr=interval(0.001, 0.002)", "search.pruning=false",
+            f"hydra.sweep.dir={sweep}"]
+    first = recrl(*args, "search.trials=4", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+                  "trainer.threads=1", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    trials = pd.read_csv(sweep / "trials.csv")
+    assert sorted(trials["trial"]) == [0, 1, 2, 3] and set(trials["state"]) == {"complete"}
+    assert trials["algo.lr"].between(0.001, 0.002).all()  # the command line's interval
+    assert trials["ground_truth"].notna().all()  # shown beside the objective, never optimised
+    for trial in trials.itertuples():
+        metrics = (sweep / str(trial.trial) / "metrics.jsonl").read_text().splitlines()
+        last = [json.loads(line)["eval/return"] for line in metrics if "eval/return" in line][-1]
+        assert trial.objective == pytest.approx(last)
+    search_md = (sweep / "search.md").read_text()
+    best = trials.loc[trials["objective"].idxmax()]
+    assert f"Best trial: {best.trial}, objective {best.objective:.4f}" in search_md
+    assert (sweep / "summary.md").is_file() and (sweep / "study.db").is_file()
+
+    again = recrl(*args, "search.trials=5", "search.resume=true", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    resumed = pd.read_csv(sweep / "trials.csv")
+    assert sorted(resumed["trial"]) == [0, 1, 2, 3, 4]
+    assert resumed.set_index("trial").loc[[0, 1, 2, 3], "objective"].tolist() == \
+        trials.set_index("trial").loc[[0, 1, 2, 3], "objective"].tolist()
+    assert (sweep / "4" / "report.json").is_file()
+
+
+def test_search_errors_are_one_line(tmp_path: Path) -> None:
+    proc = recrl("sweep", "search=dqn", *SMOKE, "search.objective=ground_truth", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "recrl: error: search.objective='ground_truth' is not a valid one of 'simulator', 'ope', 'behavior'"]
+
+
+def test_an_unknown_search_is_one_line(tmp_path: Path) -> None:
+    proc = recrl("sweep", "search=dqnn", *SMOKE, cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "unknown option search=dqnn; valid options for search: behavior, c51, cql, dqn, ppo" in proc.stderr
