@@ -429,8 +429,40 @@ def _main(argv: list[str] | None) -> int:
             if _debug():
                 raise
             return _fail(str(err).replace("{command}", command), 2)
+    if command == "sweep":
+        overrides = [*overrides, *launcher_overrides(overrides)]
     _run_hydra(config_name, overrides, multirun=command == "sweep")
     return _sweep_exit_code() if command == "sweep" else 0
+
+
+# where each launcher takes the CPU cores a job asks for (trainer.threads)
+LAUNCHER_CPUS = {"submitit_slurm": "hydra.launcher.cpus_per_task",
+                 "submitit_local": "hydra.launcher.cpus_per_task",
+                 "ray": "+hydra.launcher.ray.remote.num_cpus"}
+RAY_ADDRESS, RAY_STORE = "hydra.launcher.ray.init.address", "hydra.launcher.ray.init.object_store_memory"
+
+
+def launcher_overrides(overrides: list[str]) -> list[str]:
+    """What a sweep adds for its launcher, unless the command line already says it: with
+    ``trainer.threads=N`` and a Ray or submitit launcher, N cores reserved per job; with a Ray
+    cluster's address, no object-store size (hydra-ray-launcher sets one, which Ray refuses when
+    joining a running cluster).
+
+    Example::
+
+        >>> launcher_overrides(["hydra/launcher=ray", "trainer.threads=4"])
+        ['+hydra.launcher.ray.remote.num_cpus=4']
+        >>> launcher_overrides(["hydra/launcher=joblib", "trainer.threads=4"])
+        []
+    """
+    given = {k.lstrip("+"): v for k, _, v in (o.partition("=") for o in overrides)}
+    added = []
+    key = LAUNCHER_CPUS.get(given.get("hydra/launcher", ""))
+    if key is not None and given.get("trainer.threads", "").isdigit() and key.lstrip("+") not in given:
+        added.append(f"{key}={given['trainer.threads']}")
+    if given.get(RAY_ADDRESS) and RAY_STORE not in given:
+        added.append(f"+{RAY_STORE}=null")
+    return added
 
 
 def _sweep_exit_code() -> int:

@@ -289,8 +289,9 @@ def behavior_sections(cfg: DictConfig, stages: Stages, evaluation: Evaluation, e
 
 
 def run_facts(cfg: DictConfig, run_dir: Path, device: torch.device) -> dict[str, Any]:
-    """Run directory, seed, device, resolved config and versions: the head of every report."""
+    """Run directory, seed, device, CPU threads, resolved config and versions: the head of every report."""
     return {"run_dir": str(run_dir), "seed": int(cfg.seed), "device": str(device),
+            "threads": torch.get_num_threads(),
             "config": OmegaConf.to_container(cfg, resolve=True),
             "versions": {"recrl": recrl.__version__, "torch": torch.__version__,
                          "python": platform.python_version()}}

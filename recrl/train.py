@@ -19,6 +19,7 @@ from recrl.evaluate import Evaluation, final_report, ope_settings
 from recrl.metrics.stats import set_seed
 from recrl.ope.evaluation import OPESelection
 from recrl.report import RunLogger, plot_learning_curves, print_report_table, write_report
+from recrl.search import trial_reporter
 from recrl.stages import GymStages, Stages, build_stages, gym_stages, is_gym
 from recrl.types import RecrlError
 
@@ -132,7 +133,7 @@ def train(cfg: DictConfig, run_dir: Path, algo_name: str) -> TrainedRun:
     evaluation: Evaluation = build(cfg.eval)
     select_by = trainer.select_by
     train_env = stages.training_env(select_by)
-    check = selection_check(cfg, stages, algo, evaluation, trainer)
+    check = trial_reporter(cfg, selection_check(cfg, stages, algo, evaluation, trainer))  # search: pruning
     if resumed is not None:
         restore_training_state(resumed, algo, train_env)
     config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
