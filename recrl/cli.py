@@ -301,6 +301,13 @@ def _fail_run(message: str, code: int) -> int:
 
 
 def _run_hydra(config_name: str, overrides: list[str], multirun: bool) -> None:
+    from recrl import distributed
+
+    if not distributed.is_main():  # torchrun rank > 0: no Hydra, no run folder; helps fit (recrl.distributed)
+        from recrl.behavior.fit import serve_fits
+
+        serve_fits()
+        return
     entry: Callable[[], None] = hydra.main(config_path=str(CONF_DIR), config_name=config_name,
                                            version_base="1.3")(_task)
     saved = sys.argv
@@ -309,6 +316,7 @@ def _run_hydra(config_name: str, overrides: list[str], multirun: bool) -> None:
         entry()
     finally:
         sys.argv = saved
+        distributed.release()  # torchrun: let ranks > 0 exit, however the run ended (no-op otherwise)
 
 
 def data_command(args: list[str]) -> int:

@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 import recrl
 from recrl.checkpoint import load_checkpoint, save_checkpoint
 from recrl.config import build, validate
+from recrl.distributed import release
 from recrl.evaluate import Evaluation, final_report, ope_settings
 from recrl.metrics.stats import set_seed
 from recrl.ope.evaluation import OPESelection
@@ -128,6 +129,7 @@ def train(cfg: DictConfig, run_dir: Path, algo_name: str) -> TrainedRun:
     resumed = resume_checkpoint(cfg) if cfg.get("resume") else None
     stages = (gym_stages(cfg, trainer.device) if is_gym(cfg)
               else build_stages(cfg, trainer.device, behavior_state=resumed and resumed["behavior"]))
+    release()  # torchrun: the behavior models are fitted, ranks > 0 may exit (recrl.distributed)
     t_fit = time.perf_counter()
     algo = stages.build_algo(cfg.algo)
     evaluation: Evaluation = build(cfg.eval)
