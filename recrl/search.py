@@ -352,18 +352,20 @@ def run_search(config: DictConfig, launcher: Any, arguments: Sequence[str]) -> l
     url = storage_url(sweep_dir)
     study = create_study(settings, name, url, settings.resume)
     batch_size = settings.parallel or int(config.hydra.launcher.get("n_jobs", 1) or 1)
+    into = [f"hydra.sweep.dir='{sweep_dir}'"] if settings.resume else []  # jobs beside the resumed study
     logger.info("search %s: %d trials of %s (%s %s), %d at a time, study in %s", name, settings.trials,
                 ", ".join(d.key for d in dims), settings.direction, settings.objective, batch_size, url)
     results: list[Any] = []
     while (left := settings.trials - finished_trials(study)) > 0:
         trials = [study.ask() for _ in range(min(batch_size, left))]
-        batch = [trial_overrides(t, dims, fixed, settings, url, name) for t in trials]
+        batch = [[*trial_overrides(t, dims, fixed, settings, url, name), *into] for t in trials]
         returns = launcher.launch(batch, initial_job_idx=trials[0].number)
         for trial, ret in zip(trials, returns, strict=True):
             job_dir = Path(ret.hydra_cfg.hydra.runtime.output_dir)
             status = tell(study, trial, job_dir, settings)
+            value = objective_value(job_dir, settings) if status == OK else None
             logger.info("search %s: trial %d %s, %s %s", name, trial.number, status, settings.objective,
-                        _fmt(objective_value(job_dir, settings)))
+                        _fmt(value))
             if status == INTERRUPTED:
                 raise KeyboardInterrupt
         results.append(returns)

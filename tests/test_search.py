@@ -108,11 +108,10 @@ def test_failed_and_objectiveless_jobs_are_failed_trials(tmp_path: Path) -> None
 
 
 def test_search_runs_in_parallel_then_resumes(tmp_path: Path) -> None:
-    sweep = tmp_path / "sweep"
-    args = ["sweep", "search=dqn", *SMOKE, "algo.lr=interval(0.001, 0.002)", "search.pruning=false",
-            f"hydra.sweep.dir={sweep}"]
+    sweep = tmp_path / "outputs" / "train" / "multirun" / "first"
+    args = ["sweep", "search=dqn", *SMOKE, "algo.lr=interval(0.001, 0.002)", "search.pruning=false"]
     first = recrl(*args, "search.trials=4", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
-                  "trainer.threads=1", cwd=tmp_path)
+                  "trainer.threads=1", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]
     trials = pd.read_csv(sweep / "trials.csv")
     assert sorted(trials["trial"]) == [0, 1, 2, 3] and set(trials["state"]) == {"complete"}
@@ -127,6 +126,7 @@ def test_search_runs_in_parallel_then_resumes(tmp_path: Path) -> None:
     assert f"Best trial: {best.trial}, objective {best.objective:.4f}" in search_md
     assert (sweep / "summary.md").is_file() and (sweep / "study.db").is_file()
 
+    # no folder given: the newest dqn study under outputs/train/multirun continues, in its own folder
     again = recrl(*args, "search.trials=5", "search.resume=true", cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
     resumed = pd.read_csv(sweep / "trials.csv")
@@ -134,6 +134,7 @@ def test_search_runs_in_parallel_then_resumes(tmp_path: Path) -> None:
     assert resumed.set_index("trial").loc[[0, 1, 2, 3], "objective"].tolist() == \
         trials.set_index("trial").loc[[0, 1, 2, 3], "objective"].tolist()
     assert (sweep / "4" / "report.json").is_file()
+    assert [p.name for p in sweep.parent.iterdir() if (p / "study.db").exists()] == ["first"]
 
 
 def test_search_errors_are_one_line(tmp_path: Path) -> None:
