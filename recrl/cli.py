@@ -10,6 +10,7 @@ written stay intact, one line says so, and the exit code is 130 (SIGINT) or 143 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import logging
 import os
@@ -33,7 +34,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from recrl.checkpoint import resolve_checkpoint
 from recrl.config import CONF_DIR, RENAMED_KEYS, compose_config, validate
-from recrl.sweep import FAILED, INTERRUPTED, OK, PRUNED
+from recrl.sweep import FAILED, INTERRUPTED, OK, PRUNED, JobStatus
 from recrl.types import Pruned, RecrlError
 
 USAGE = """usage: recrl <command> [key=value ...]
@@ -246,23 +247,21 @@ def _task(cfg: DictConfig) -> int:
     other jobs still run and the summary is written; ``recrl sweep`` then exits non-zero. An
     interrupt (Ctrl-C, SIGTERM) stops the whole sweep.
     """
-    from recrl.sweep import JobStatus
-
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
     threads = OmegaConf.select(cfg, "trainer.threads")
     if threads:
         torch.set_num_threads(int(threads))
     start = time.perf_counter()
-    code, status, error = _run_task(cfg, run_dir, hc.runtime.choices.get("algo"))
-    JobStatus(status, code, error, time.perf_counter() - start).write(run_dir)
-    if code and (hc.mode != RunMode.MULTIRUN or status == INTERRUPTED):
-        sys.exit(code)
-    return code
+    status = _run_task(cfg, run_dir, hc.runtime.choices.get("algo"))
+    dataclasses.replace(status, seconds=time.perf_counter() - start).write(run_dir)
+    if status.exit_code and (hc.mode != RunMode.MULTIRUN or status.status == INTERRUPTED):
+        sys.exit(status.exit_code)
+    return status.exit_code
 
 
-def _run_task(cfg: DictConfig, run_dir: Path, algo_name: str | None) -> tuple[int, str, str | None]:
-    """``(exit code, status, one-line error)`` of the job's task (``RECRL_DEBUG=1`` re-raises)."""
+def _run_task(cfg: DictConfig, run_dir: Path, algo_name: str | None) -> JobStatus:
+    """How the job's task ended, its failure logged in one line (``RECRL_DEBUG=1`` re-raises)."""
     from recrl.evaluate import evaluate, evaluate_behavior, evaluate_ope
     from recrl.train import train
 
@@ -277,21 +276,21 @@ def _run_task(cfg: DictConfig, run_dir: Path, algo_name: str | None) -> tuple[in
             train(cfg, run_dir, algo_name=algo_name)
     except Pruned as stop:
         logger.info("%s", stop)
-        return 0, PRUNED, str(stop)
+        return JobStatus(PRUNED, 0, str(stop))
     except RecrlError as err:
         if _debug():
             raise
-        return _fail_run(str(err), 2), FAILED, str(err)
+        return JobStatus(FAILED, _fail_run(str(err), 2), str(err))
     except KeyboardInterrupt as stop:
         message = (f"{_interrupt_message(stop)}; checkpoints already written in "
                    f"{run_dir / 'checkpoints'} are intact")
-        return _fail_run(message, _interrupt_code(stop)), INTERRUPTED, message
+        return JobStatus(INTERRUPTED, _fail_run(message, _interrupt_code(stop)), message)
     except Exception as err:
         if _debug():
             raise
         message = f"{type(err).__name__}: {err}"
-        return _fail_run(f"{message} (set RECRL_DEBUG=1 for the traceback)", 1), FAILED, message
-    return 0, OK, None
+        return JobStatus(FAILED, _fail_run(f"{message} (set RECRL_DEBUG=1 for the traceback)", 1), message)
+    return JobStatus(OK, 0)
 
 
 def _fail_run(message: str, code: int) -> int:
