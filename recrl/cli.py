@@ -45,12 +45,13 @@ commands:
           or only the behavior model           recrl eval behavior-only dataset=beauty behavior=sasrec
           or only the off-policy estimates     recrl eval ope checkpoint=<run> [ope.estimators=[ips,wpdis]]
   sweep   Hydra multirun + a summary table     recrl sweep algo=dqn,reinforce seed=0,1,2
+          an Optuna search (conf/search/)      recrl sweep search=dqn search.trials=30
           (re)summarize a sweep folder         recrl sweep summarize outputs/train/multirun/<ts>
   compare one Markdown + HTML page of runs     recrl compare <run or sweep folders...> [--out DIR]
   data    prepare / describe / download data   recrl data info dataset=ml100k
           recrl data prepare dataset=coat      recrl data download ml100k [--data-dir DIR]
 
-options live in conf/: dataset, behavior, env, reward, algo, trainer, eval, ope, experiment
+options live in conf/: dataset, behavior, env, reward, algo, trainer, eval, ope, experiment, search
 """
 COMMANDS = {"train": "train", "eval": "eval", "sweep": "train", "data": "train"}
 OTHER_COMMANDS = ("compare",)  # not Hydra jobs

@@ -22,6 +22,7 @@ from recrl.config import (
     build,
     build_algo_by_name,
     check_node,
+    compose_config,
     group_option,
     validate,
     without_ensemble,
@@ -219,7 +220,7 @@ def test_train_config_composes_and_validates(experiment: str | None) -> None:
         cfg = compose("train", overrides=overrides)
     validate(cfg)
     for group in GROUPS:
-        assert "_target_" in cfg[group]
+        assert (group == "search" and group not in cfg) or "_target_" in cfg[group]  # search: when asked
     assert cfg.task == "train" and isinstance(cfg.seed, int)
     if experiment == "smoke":
         assert cfg.behavior.dim == 8 and cfg.trainer.steps == 60 and cfg.trainer.progress is False
@@ -353,3 +354,19 @@ def tensors(state: object) -> list[torch.Tensor]:
     if isinstance(state, (list, tuple)):
         return [t for item in state for t in tensors(item)]
     return []
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in (CONF_DIR / "search").glob("*.yaml")))
+def test_every_search_composes_with_its_sweeper_and_a_valid_space(name: str) -> None:
+    from recrl.search import parse_space, search_settings
+
+    cfg = compose_config("train", [f"search={name}"], return_hydra_config=True)
+    assert cfg.hydra.sweeper._target_.endswith("RecrlOptunaSweeper")
+    validate(cfg)
+    settings = search_settings(cfg)
+    dims, fixed = parse_space(settings.space, [])
+    assert dims and not fixed
+    for dim in dims:  # every searched key exists in the composed config
+        assert OmegaConf.select(cfg, dim.key) is not None, dim.key
+    if name != "behavior":
+        assert cfg.hydra.runtime.choices.algo == name
