@@ -260,6 +260,7 @@ def trial_reporter(cfg: DictConfig, evaluate: Callable[[], dict[str, float]]
     settings = search_settings(cfg)
     study = optuna.load_study(study_name=settings.study, storage=open_storage(settings.storage),
                               pruner=settings.pruner())
+    # Optuna has no public lookup of a running trial by its number; this is the one its storage uses
     trial_id = study._storage.get_trial_id_from_study_id_trial_number(study._study_id, settings.trial)
     trial = optuna.trial.Trial(study, trial_id)
     step = 0
