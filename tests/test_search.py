@@ -148,3 +148,16 @@ def test_an_unknown_search_is_one_line(tmp_path: Path) -> None:
     proc = recrl("sweep", "search=dqnn", *SMOKE, cwd=tmp_path)
     assert proc.returncode == 2
     assert "unknown option search=dqnn; valid options for search: behavior, c51, cql, dqn, ppo" in proc.stderr
+
+
+def test_trials_that_fail_are_recorded_and_the_search_exits_non_zero(tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    # n_step=0 passes the pre-check (the algorithm checks it when built): every trial fails at run time
+    proc = recrl("sweep", "search=dqn", *SMOKE, "search.trials=2", "algo.n_step=choice(0)",
+                 f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    assert proc.returncode == 1
+    assert "recrl: error: 2 of 2 jobs failed (job 0, 1)" in proc.stderr
+    trials = pd.read_csv(sweep / "trials.csv")
+    assert list(trials["state"]) == ["fail", "fail"] and trials["objective"].isna().all()
+    assert "Best trial" not in (sweep / "search.md").read_text()
+    assert json.loads((sweep / "0" / "status.json").read_text())["error"] == "algo.n_step=0 must be >= 1"
