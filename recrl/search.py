@@ -7,9 +7,10 @@ study. Each trial's job reports its periodic ``eval/return`` to the study, whose
 may stop it early (:func:`trial_reporter`). The study lives in ``<sweep folder>/study.db``
 (SQLite), so an interrupted search resumes (``search.resume=true``).
 
-The objective never looks at the ground truth: the return in the training simulator or the
-off-policy estimate on the validation logs (the last training-time evaluation, with
-``trainer.select_by`` set to match), or the behavior model's validation loss. The ground truth
+The objective never looks at the ground truth: the delivered policy's return in the training
+simulator (the report's final evaluation), the off-policy estimate on the validation logs (the
+last training-time evaluation, with ``trainer.select_by=ope``), or the behavior model's
+validation loss. The ground truth
 of every trial is reported beside it so the gap (overfitting to the simulator) is visible.
 """
 
@@ -46,10 +47,12 @@ class SearchSettings:
     """The ``search`` config node (``conf/search/<name>.yaml``): what an Optuna search optimises.
 
     Attributes:
-        objective: ``simulator`` (return in the training simulator), ``ope`` (off-policy
-            estimate ``ope.column`` on the validation split's logs), both maximised and read from
-            the trial's last training-time evaluation; or ``behavior`` (the behavior model's
-            validation loss, minimised). Never the ground truth.
+        objective: ``simulator`` (the delivered policy's return in the training simulator: the
+            report's final evaluation over ``eval.episodes``), ``ope`` (the off-policy estimate
+            ``ope.column`` on the validation split's logs: the last training-time evaluation, with
+            ``trainer.select_by=ope``; the report's own OPE column reads the test split), both
+            maximised; or ``behavior`` (the behavior model's validation loss, minimised). Never
+            the ground truth.
         trials: trials in the study (a resumed study counts the ones it already has).
         parallel: trials launched together; ``None``: the launcher's ``n_jobs`` when it has one,
             else 1.
@@ -293,24 +296,30 @@ def _report(job_dir: Path) -> dict[str, Any]:
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
 
+def _trained_mean(report: dict[str, Any], env: str, metric: str) -> float:
+    """The report's mean of ``metric`` for its trained policy in ``env``, NaN when absent."""
+    policy = ((report.get("evaluation") or {}).get(env) or {}).get(report.get("algo"), {})
+    value = (policy.get(metric) or {}).get("mean")
+    return math.nan if value is None else float(value)
+
+
 def objective_value(job_dir: Path, settings: SearchSettings) -> float | None:
     """The trial's objective from its folder (``None`` when the job did not produce one)."""
+    if settings.objective == "ope":
+        return _last_eval(job_dir)
+    report = _report(job_dir)
     if settings.objective == "behavior":
-        loss = (_report(job_dir).get("behavior") or {}).get("valid_loss")
+        loss = (report.get("behavior") or {}).get("valid_loss")
         return None if loss is None else float(loss)
-    return _last_eval(job_dir)
+    value = _trained_mean(report, "simulator", "return")
+    return None if math.isnan(value) else value
 
 
 def ground_truth(job_dir: Path) -> tuple[float, float]:
     """(return, share of the oracle) of the trained policy in the ground truth, NaN when absent."""
     report = _report(job_dir)
-    policy = ((report.get("evaluation") or {}).get("ground_truth") or {}).get(report.get("algo"), {})
-
-    def mean(metric: str) -> float:
-        value = (policy.get(metric) or {}).get("mean")
-        return math.nan if value is None else float(value)
-
-    return mean("return"), mean("oracle_share")
+    return (_trained_mean(report, "ground_truth", "return"),
+            _trained_mean(report, "ground_truth", "oracle_share"))
 
 
 def tell(study: optuna.Study, trial: optuna.Trial, job_dir: Path, settings: SearchSettings) -> str:

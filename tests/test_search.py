@@ -16,6 +16,8 @@ from recrl.search import (
     Dimension,
     SearchSettings,
     create_study,
+    ground_truth,
+    objective_value,
     parse_space,
     storage_url,
     tell,
@@ -117,10 +119,9 @@ def test_search_runs_in_parallel_then_resumes(tmp_path: Path) -> None:
     assert sorted(trials["trial"]) == [0, 1, 2, 3] and set(trials["state"]) == {"complete"}
     assert trials["algo.lr"].between(0.001, 0.002).all()  # the command line's interval
     assert trials["ground_truth"].notna().all()  # shown beside the objective, never optimised
-    for trial in trials.itertuples():
-        metrics = (sweep / str(trial.trial) / "metrics.jsonl").read_text().splitlines()
-        last = [json.loads(line)["eval/return"] for line in metrics if "eval/return" in line][-1]
-        assert trial.objective == pytest.approx(last)
+    for trial in trials.itertuples():  # the delivered policy's final return in the simulator
+        report = json.loads((sweep / str(trial.trial) / "report.json").read_text())
+        assert trial.objective == pytest.approx(report["evaluation"]["simulator"]["dqn"]["return"]["mean"])
     search_md = (sweep / "search.md").read_text()
     best = trials.loc[trials["objective"].idxmax()]
     assert f"Best trial: {best.trial}, objective {best.objective:.4f}" in search_md
@@ -161,3 +162,21 @@ def test_trials_that_fail_are_recorded_and_the_search_exits_non_zero(tmp_path: P
     assert list(trials["state"]) == ["fail", "fail"] and trials["objective"].isna().all()
     assert "Best trial" not in (sweep / "search.md").read_text()
     assert json.loads((sweep / "0" / "status.json").read_text())["error"] == "algo.n_step=0 must be >= 1"
+
+
+def test_each_objective_reads_its_own_figure_and_never_the_ground_truth(tmp_path: Path) -> None:
+    stat = {"mean": 0.0, "ci95": 0.1, "n": 1000}
+    evaluation = {"simulator": {"dqn": {"return": {**stat, "mean": 4.8}}},
+                  "ope": {"dqn": {"return": {**stat, "mean": 9.0}}},  # the test split's: never read
+                  "ground_truth": {"dqn": {"return": {**stat, "mean": 5.6},
+                                           "oracle_share": {**stat, "mean": 0.52}}}}
+    report = {"algo": "dqn", "evaluation": evaluation, "behavior": {"valid_loss": 1.25}}
+    (tmp_path / "report.json").write_text(json.dumps(report))
+    lines = [{"step": 500, "eval/return": 3.0}, {"step": 600, "train/loss": 0.1},
+             {"step": 1000, "eval/return": 3.5}]
+    (tmp_path / "metrics.jsonl").write_text("\n".join(map(json.dumps, lines)))
+    assert objective_value(tmp_path, SearchSettings(objective="simulator")) == 4.8
+    assert objective_value(tmp_path, SearchSettings(objective="ope")) == 3.5  # validation logs, last one
+    assert objective_value(tmp_path, SearchSettings(objective="behavior")) == 1.25
+    assert ground_truth(tmp_path) == (5.6, 0.52)
+    assert objective_value(tmp_path / "missing", SearchSettings()) is None
