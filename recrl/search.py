@@ -227,6 +227,7 @@ def create_study(settings: SearchSettings, name: str, url: str, resume: bool) ->
                                 sampler=optuna.samplers.TPESampler(seed=settings.seed),
                                 pruner=settings.pruner(), load_if_exists=resume)
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        # the storage API addresses trials by their internal id
         storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
         logger.info("search: trial %d did not finish before the interruption; marked failed", trial.number)
     return study
@@ -245,7 +246,7 @@ def trial_overrides(trial: optuna.Trial, dims: list[Dimension], fixed: list[str]
                     settings: SearchSettings, url: str, name: str) -> list[str]:
     """The overrides of one trial's job: the fixed ones, the sampled values, and where to report."""
     sampled = [f"{d.key}={format_value(d.suggest(trial))}" for d in dims]
-    select = [f"trainer.select_by={settings.objective}"] if settings.objective != "behavior" else []
+    select = ["trainer.select_by=ope"] if settings.objective == "ope" else []  # what the objective reads
     where = [f"search.trial={trial.number}", f"search.storage='{url}'", f"search.study={name}"]
     return [*fixed, *sampled, *select, *where]
 

@@ -180,3 +180,13 @@ def test_each_objective_reads_its_own_figure_and_never_the_ground_truth(tmp_path
     assert objective_value(tmp_path, SearchSettings(objective="behavior")) == 1.25
     assert ground_truth(tmp_path) == (5.6, 0.52)
     assert objective_value(tmp_path / "missing", SearchSettings()) is None
+
+
+def test_a_resumed_study_fails_the_trials_the_interruption_cut_short(tmp_path: Path) -> None:
+    settings = SearchSettings()
+    study = create_study(settings, "s", storage_url(tmp_path), resume=False)
+    study.tell(study.ask(), 1.0)
+    study.ask()  # running when the search was interrupted
+    resumed = create_study(settings, "s", storage_url(tmp_path), resume=True)
+    states = [t.state for t in resumed.trials]
+    assert states == [optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL]
