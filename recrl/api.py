@@ -16,7 +16,6 @@ the same override syntax and one-line errors) and writes the same run folder.
 from __future__ import annotations
 
 import datetime as dt
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 from recrl.config import validate
 from recrl.fileio import write_text_atomic
 from recrl.logs import console_logging
+from recrl.report import read_report
 from recrl.types import Obs, RecrlError, Scorer
 
 __all__ = ["Recommender", "Run", "load", "train"]
@@ -189,12 +189,6 @@ def load(run_dir: str | Path, device: str | None = None, checkpoint: str = "last
     stages, algo, payload, path = restore_run(where, device)
     home = path.parent.parent if path.parent.name == "checkpoints" else path.parent
     return _run(home, OmegaConf.create(payload["config"]), read_report(home), stages, algo)
-
-
-def read_report(run_dir: Path) -> dict[str, Any]:
-    """A run folder's ``report.json`` as written (``{}`` when the run has none yet)."""
-    path = run_dir / "report.json"
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
 
 def _run(run_dir: Path, cfg: DictConfig, report: dict[str, Any], stages: Any, algo: Any) -> Run:

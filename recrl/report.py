@@ -132,6 +132,12 @@ def _as_scalar(value: Any) -> float | None:
     return None
 
 
+def read_report(run_dir: Path) -> dict[str, Any]:
+    """A run folder's ``report.json`` as written (``{}`` when the run has none yet)."""
+    path = Path(run_dir) / "report.json"
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
 def read_metrics(path: Path) -> list[dict]:
     """Read a ``metrics.jsonl`` file into a list of dicts (a truncated final line is skipped)."""
     lines = Path(path).read_text(encoding="utf-8").splitlines()

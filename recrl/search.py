@@ -16,7 +16,6 @@ of every trial is reported beside it so the gap (overfitting to the simulator) i
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from collections.abc import Callable, Sequence
@@ -28,7 +27,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, Override, RangeSweep
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from recrl.report import markdown_table, write_text_atomic
+from recrl.report import METRICS_FILE, markdown_table, read_metrics, read_report, write_text_atomic
 from recrl.sweep import FAILED, INTERRUPTED, OK, PRUNED, JobStatus, job_status
 from recrl.types import Pruned, RecrlError
 
@@ -200,18 +199,19 @@ def resumed_sweep_dir(config: DictConfig, name: str) -> Path:
     root = Path(config.hydra.sweep.dir).parent
     candidates = sorted((p.parent for p in root.glob(f"*/{STUDY_FILE}")), key=lambda p: p.stat().st_mtime)
     for folder in reversed(candidates):
-        if name in _study_names(folder):
+        if name in study_names(storage_url(folder)):
             return folder
     raise RecrlError(f"search.resume=true: no study {name!r} under {root}; give the sweep folder "
                      "with hydra.sweep.dir=<folder>, or drop search.resume")
 
 
-def _study_names(folder: Path) -> list[str]:
+def study_names(url: str) -> list[str]:
+    """The names of the studies stored at ``url`` (none for an unreadable or foreign file)."""
     import optuna
 
     try:
-        return [s.study_name for s in optuna.get_all_study_summaries(open_storage(storage_url(folder)))]
-    except Exception:  # an unreadable or foreign file: not a study to resume
+        return [s.study_name for s in optuna.get_all_study_summaries(open_storage(url))]
+    except Exception:  # SQLAlchemy's and Optuna's errors alike: not a study to read
         return []
 
 
@@ -220,8 +220,7 @@ def create_study(settings: SearchSettings, name: str, url: str, resume: bool) ->
     import optuna
 
     storage = open_storage(url)
-    exists = name in [s.study_name for s in optuna.get_all_study_summaries(storage)]
-    if exists and not resume:
+    if not resume and name in study_names(url):
         raise RecrlError(f"{url} already holds study {name!r}; use search.resume=true to continue it")
     study = optuna.create_study(study_name=name, storage=storage, direction=settings.direction,
                                 sampler=optuna.samplers.TPESampler(seed=settings.seed),
@@ -284,17 +283,11 @@ def trial_reporter(cfg: DictConfig, evaluate: Callable[[], dict[str, float]]
 
 def _last_eval(job_dir: Path) -> float | None:
     """The last ``eval/return`` in the job's ``metrics.jsonl``."""
-    path = job_dir / "metrics.jsonl"
+    path = job_dir / METRICS_FILE
     if not path.is_file():
         return None
-    rows = map(json.loads, path.read_text().splitlines())
-    values = [row["eval/return"] for row in rows if "eval/return" in row]
+    values = [row["eval/return"] for row in read_metrics(path) if "eval/return" in row]
     return float(values[-1]) if values else None
-
-
-def _report(job_dir: Path) -> dict[str, Any]:
-    path = job_dir / "report.json"
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
 
 def _trained_mean(report: dict[str, Any], env: str, metric: str) -> float:
@@ -308,7 +301,7 @@ def objective_value(job_dir: Path, settings: SearchSettings) -> float | None:
     """The trial's objective from its folder (``None`` when the job did not produce one)."""
     if settings.objective == "ope":
         return _last_eval(job_dir)
-    report = _report(job_dir)
+    report = read_report(job_dir)
     if settings.objective == "behavior":
         loss = (report.get("behavior") or {}).get("valid_loss")
         return None if loss is None else float(loss)
@@ -318,7 +311,7 @@ def objective_value(job_dir: Path, settings: SearchSettings) -> float | None:
 
 def ground_truth(job_dir: Path) -> tuple[float, float]:
     """(return, share of the oracle) of the trained policy in the ground truth, NaN when absent."""
-    report = _report(job_dir)
+    report = read_report(job_dir)
     return (_trained_mean(report, "ground_truth", "return"),
             _trained_mean(report, "ground_truth", "oracle_share"))
 

@@ -76,6 +76,11 @@ def load_overrides(job_dir: Path) -> list[str]:
     return [str(item) for item in data or []]
 
 
+def override_key(override: str) -> str:
+    """The key of a command-line override, without Hydra's ``+``/``~`` prefixes: ``+seed=3`` -> ``seed``."""
+    return override.split("=", 1)[0].lstrip("+~")
+
+
 def configuration_label(overrides: list[str], shared: frozenset[str] = frozenset()) -> str:
     """Sorted, space-joined overrides without the seed and the ``shared`` ones.
 
@@ -92,7 +97,7 @@ def configuration_label(overrides: list[str], shared: frozenset[str] = frozenset
         'algo=dqn'
     """
     kept = sorted(o for o in overrides
-                  if o.split("=", 1)[0].lstrip("+~") != SEED_KEY and o not in shared)
+                  if override_key(o) != SEED_KEY and o not in shared)
     return " ".join(kept) or DEFAULT_CONFIGURATION
 
 
@@ -147,7 +152,7 @@ def job_status(job_dir: Path) -> JobStatus:
 
 
 def _seed_of(overrides: list[str]) -> str:
-    seeds = [o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0].lstrip("+~") == SEED_KEY]
+    seeds = [o.split("=", 1)[1] for o in overrides if override_key(o) == SEED_KEY]
     return seeds[0] if seeds else ""
 
 
@@ -231,8 +236,8 @@ def split_algo(configuration: str) -> tuple[str | None, str]:
         (None, 'reward=conversion')
     """
     parts = configuration.split() if configuration != DEFAULT_CONFIGURATION else []
-    algos = [p.split("=", 1)[1] for p in parts if p.split("=", 1)[0].lstrip("+~") == ALGO_KEY]
-    context = " ".join(p for p in parts if p.split("=", 1)[0].lstrip("+~") != ALGO_KEY)
+    algos = [p.split("=", 1)[1] for p in parts if override_key(p) == ALGO_KEY]
+    context = " ".join(p for p in parts if override_key(p) != ALGO_KEY)
     return (algos[0] if algos else None), (context or DEFAULT_CONFIGURATION)
 
 
@@ -363,20 +368,23 @@ def summarize_sweep(sweep_dir: Path, console: Console | None = None) -> pd.DataF
     jobs are listed with their exit code and one-line error. Returns the long DataFrame, or
     ``None`` (with a message) when there is no job folder with a report or a status.
     """
-    console = console or Console()
-    sweep_dir = Path(sweep_dir)
+    return _summarize(Path(sweep_dir), console or Console())[0]
+
+
+def _summarize(sweep_dir: Path, console: Console) -> tuple[pd.DataFrame | None, pd.DataFrame]:
+    """:func:`summarize_sweep`, also returning the jobs table (``JOB_COLUMNS``) it built."""
     job_dirs = [d for d in find_jobs(sweep_dir)
                 if (d / "report.json").is_file() or (d / STATUS_FILE).is_file()]
-    if not job_dirs:
-        console.print(f"[yellow]No report.json found under {sweep_dir}; nothing to summarize.[/yellow]")
-        return None
     labels = job_labels(job_dirs)
     jobs = collect_jobs(job_dirs, labels)
+    if not job_dirs:
+        console.print(f"[yellow]No report.json found under {sweep_dir}; nothing to summarize.[/yellow]")
+        return None, jobs
     reports = [d / "report.json" for d in job_dirs if (d / "report.json").is_file()]
     frame = collect_sweep(reports, labels, configuration_status(jobs))
     if frame.empty:
         console.print(f"[yellow]Reports under {sweep_dir} hold no evaluation results.[/yellow]")
-        return None
+        return None, jobs
     write_text_atomic(sweep_dir / "jobs.csv", jobs.to_csv(index=False))
     write_text_atomic(sweep_dir / "summary.csv", frame.to_csv(index=False))
     write_text_atomic(sweep_dir / "summary.md", render_sweep_markdown(frame, sweep_dir, jobs))
@@ -387,12 +395,17 @@ def summarize_sweep(sweep_dir: Path, console: Console | None = None) -> pd.DataF
         console.print(f"[red]job {row.job} ({escape(row.configuration)}{seed}): {row.status}, "
                       f"exit code {row.exit_code}: {escape(row.error)}[/red]")
     console.print(f"Sweep summary of {len(jobs)} jobs written to {sweep_dir / 'summary.md'}")
-    return frame
+    return frame, jobs
+
+
+def _failed(jobs: pd.DataFrame) -> list[str]:
+    """Names of the failed jobs of a jobs table."""
+    return [str(job) for job in jobs.loc[jobs["status"] == FAILED, "job"]]
 
 
 def failed_jobs(sweep_dir: Path) -> list[str]:
     """Names of the job folders below ``sweep_dir`` whose ``status.json`` says ``failed``."""
-    return [d.name for d in find_jobs(sweep_dir) if job_status(d).status == FAILED]
+    return _failed(collect_jobs(find_jobs(sweep_dir)))
 
 
 @dataclass
@@ -417,5 +430,5 @@ class SweepSummaryCallback(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         """Run :func:`summarize_sweep` on ``config.hydra.sweep.dir``."""
         sweep_dir = Path(config.hydra.sweep.dir)
-        summarize_sweep(sweep_dir)
-        LAST_SWEEP[:] = [SweepOutcome(sweep_dir, len(find_jobs(sweep_dir)), failed_jobs(sweep_dir))]
+        _, jobs = _summarize(sweep_dir, Console())
+        LAST_SWEEP[:] = [SweepOutcome(sweep_dir, len(jobs), _failed(jobs))]
