@@ -283,7 +283,7 @@ def build_stages(cfg: DictConfig, device: torch.device,
                       history_len=cfg.env.history_len, horizon=cfg.env.horizon, device=device,
                       seed=cfg.seed, item_popularity=torch.as_tensor(interactions.item_popularity()),
                       behavior=behavior, reward=reward, interactions=interactions,
-                      train_users=cfg.trainer.n_users)
+                      train_users=cfg.trainer.n_users, cache_dir=str(cfg.cache_dir), data_key=data_key)
     return Stages(cfg=cfg, device=device, dataset=dataset, splits=splits,
                   behavior=behavior, behavior_report=behavior_report, reward=reward, ctx=ctx,
                   ground_truth=ground_truth_model(cfg, dataset, splits, device, data_key))

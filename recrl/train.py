@@ -55,6 +55,14 @@ def train_in_ground_truth(cfg: DictConfig, stages: Stages, trainer: Any, evaluat
     return algo
 
 
+def starting_policy(algo: Any) -> dict[str, Any]:
+    """The report row of the frozen policy a run started from (``algo.init_from``): ``supervised``
+    for a pretrained next-item model, ``pretrained`` for another source; none otherwise."""
+    pretrained = getattr(algo, "pretrained_policy", None)
+    row = pretrained() if pretrained is not None else None
+    return {} if row is None else {row[0]: row[1]}
+
+
 def selection_check(cfg: DictConfig, stages: Stages | GymStages, algo: Any, evaluation: Evaluation,
                     trainer: Any) -> Callable[[], dict[str, float]]:
     """The training-time evaluation whose ``eval/return`` picks ``best.pt`` (``trainer.select_by``):
@@ -153,7 +161,7 @@ def train(cfg: DictConfig, run_dir: Path, algo_name: str) -> TrainedRun:
         stats = trainer.fit(algo, train_env, evaluate=check, log=logger.log, save=save, seed=cfg.seed,
                             start_step=int(resumed["step"]) if resumed else 0)
         t_train = time.perf_counter()
-        extra = {}
+        extra = starting_policy(algo)
         if evaluation.train_in_ground_truth and not is_gym(cfg):
             in_truth = train_in_ground_truth(cfg, stages, trainer, evaluation, log=logger.log)
             if in_truth is not None:
@@ -167,6 +175,8 @@ def train(cfg: DictConfig, run_dir: Path, algo_name: str) -> TrainedRun:
                           "updates": stats.updates, "best_eval_return": stats.best_eval_return,
                           "select_by": trainer.select_by, "evaluated_policy": evaluation.policy,
                           "user_steps_per_s": stats.user_steps / max(stats.seconds, 1e-9)}
+    if getattr(algo, "init_from", None):
+        report["init_from"] = algo.init_from
     report["timings"] = {"behavior_fit_s": t_fit - t0, "train_s": t_train - t_fit,
                          "eval_s": time.perf_counter() - t_train, "total_s": time.perf_counter() - t0}
     plot_learning_curves(run_dir / "metrics.jsonl", run_dir / "plots" / "learning_curve.png")

@@ -372,6 +372,9 @@ class AlgoContext:
             actions are moves that may repeat.
         train_users: users per training environment step (``trainer.n_users``), what an
             algorithm can size work before training by (e.g. DQN's demonstrations).
+        cache_dir: where stages built before training are cached (``cache_dir``; ``None``: not
+            cached), e.g. a pretrained policy (``algo.init_from=pretrain``).
+        data_key: what identifies the training data (part of such cache keys).
     """
 
     n_items: int
@@ -387,3 +390,5 @@ class AlgoContext:
     interactions: Interactions | None = None
     item_actions: bool = True
     train_users: int = 256
+    cache_dir: str | None = None
+    data_key: str = ""

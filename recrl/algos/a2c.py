@@ -27,7 +27,9 @@ from typing import Any
 
 import torch
 
-from recrl.algos.nets import SoftmaxActorCritic, gradient_step, policy_entropy
+from recrl.algos.actor_critic import SoftmaxActorCritic
+from recrl.algos.backbone import Backbone, PretrainSettings
+from recrl.algos.nets import gradient_step, policy_entropy
 from recrl.buffer import Rollout, gae, n_step_returns
 from recrl.types import AlgoContext
 
@@ -46,13 +48,17 @@ class A2C(SoftmaxActorCritic):
                  gamma: float = 0.95, lam: float = 0.95, n_steps: int | None = None,
                  value_coef: float = 0.5, entropy_coef: float = 0.01, normalize_advantage: bool = True,
                  grad_clip: float = 0.5, sample_in_eval: bool = True,
-                 item_init: str = "random", summary: bool = False, skip_shown: bool = False) -> None:
+                 item_init: str = "random", summary: bool = False, skip_shown: bool = False,
+                 encoder: str = "mlp", layers: int = 2, heads: int = 2, item_ids: bool = True,
+                 init_from: str | None = None, pretrain: PretrainSettings | None = None,
+                 kl_coef: float = 0.0, kl_target: float | None = None) -> None:
         if n_steps is not None and n_steps < 1:
             raise ValueError(f"a2c: n_steps must be >= 1 or null (GAE), got {n_steps}")
         self.gamma, self.lam, self.n_steps = gamma, lam, n_steps
         self.value_coef, self.entropy_coef, self.grad_clip = value_coef, entropy_coef, grad_clip
         self.normalize_advantage = normalize_advantage
-        self.build(ctx, dim, hidden, lr, sample_in_eval, item_init, summary, skip_shown)
+        backbone = Backbone(encoder, dim, hidden, layers, heads, item_init, item_ids, summary)
+        self.build(ctx, lr, sample_in_eval, backbone, skip_shown, init_from, pretrain, kl_coef, kl_target)
 
     def update(self, batch: Rollout) -> dict[str, Any]:
         """One actor-critic gradient step on a batch of complete episodes."""
@@ -81,9 +87,11 @@ class A2C(SoftmaxActorCritic):
         policy_loss = -(advantage * logp * valid).sum() / n
         value_loss = (((value - target) ** 2) * valid).sum() / n
         entropy_mean = (entropy * valid).sum() / n
-        loss = policy_loss + self.value_coef * value_loss - self.entropy_coef * entropy_mean
+        kl = (self.kl_term(obs, log_pi) * valid).sum() / n
+        loss = (policy_loss + self.value_coef * value_loss - self.entropy_coef * entropy_mean
+                + self.leash.coef * kl)
         grad_norm = gradient_step(self.optimizer, loss, self.params, self.grad_clip)
         self.updates += 1
         return {"train/loss": loss.detach(), "train/policy_loss": policy_loss.detach(),
                 "train/value_loss": value_loss.detach(), "train/entropy": entropy_mean.detach(),
-                "train/grad_norm": grad_norm.detach()}
+                "train/grad_norm": grad_norm.detach(), **self.leash_stats(kl, batch)}

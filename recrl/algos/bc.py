@@ -42,10 +42,12 @@ class BehaviorCloning(ActsGreedily):
 
     @seeded_init
     def __init__(self, ctx: AlgoContext, dim: int = 32, hidden: int = 128, lr: float = 1e-3,
-                 grad_clip: float = 10.0, encoder: str = "gru") -> None:
+                 grad_clip: float = 10.0, encoder: str = "gru", layers: int = 2,
+                 heads: int = 2) -> None:
         self.ctx, self.grad_clip = ctx, grad_clip
         self.dataset = LoggedSteps.from_context(ctx)
-        self.policy = ItemScorer(history_encoder(encoder, ctx, dim, hidden), ctx.n_items, dim).to(ctx.device)
+        self.policy = ItemScorer(history_encoder(encoder, ctx, dim, hidden, layers, heads),
+                                 ctx.n_items, dim).to(ctx.device)
         self.optimizer = adam(self.policy.parameters(), lr)
         self.generator = torch.Generator(ctx.device).manual_seed(ctx.seed)
         self.updates = 0

@@ -71,12 +71,14 @@ class DiscreteBCQ(ActsGreedily):
     def __init__(self, ctx: AlgoContext, dim: int = 32, hidden: int = 128, lr: float = 1e-3,
                  gamma: float = 0.95, threshold: float = 0.3, logit_reg: float = 0.01,
                  target_update: int = 100, tau: float = 1.0, grad_clip: float = 10.0,
-                 encoder: str = "gru") -> None:
+                 encoder: str = "gru", layers: int = 2,
+                 heads: int = 2) -> None:
         self.ctx, self.gamma, self.threshold, self.logit_reg = ctx, gamma, threshold, logit_reg
         self.target_update, self.tau, self.grad_clip = target_update, tau, grad_clip
         self.dataset = LoggedSteps.from_context(ctx)
         def scorer() -> ItemScorer:
-            return ItemScorer(history_encoder(encoder, ctx, dim, hidden), ctx.n_items, dim).to(ctx.device)
+            return ItemScorer(history_encoder(encoder, ctx, dim, hidden, layers, heads),
+                              ctx.n_items, dim).to(ctx.device)
 
         self.q, self.g = scorer(), scorer()
         self.q_target = copy.deepcopy(self.q).requires_grad_(False)

@@ -65,11 +65,13 @@ class DiscreteCQL(ActsGreedily):
     @seeded_init
     def __init__(self, ctx: AlgoContext, dim: int = 32, hidden: int = 128, lr: float = 1e-3,
                  gamma: float = 0.95, alpha: float = 0.05, target_update: int = 100,
-                 tau: float = 1.0, grad_clip: float = 10.0, encoder: str = "gru") -> None:
+                 tau: float = 1.0, grad_clip: float = 10.0, encoder: str = "gru", layers: int = 2,
+                 heads: int = 2) -> None:
         self.ctx, self.gamma, self.alpha = ctx, gamma, alpha
         self.target_update, self.tau, self.grad_clip = target_update, tau, grad_clip
         self.dataset = LoggedSteps.from_context(ctx)
-        self.q = ItemScorer(history_encoder(encoder, ctx, dim, hidden), ctx.n_items, dim).to(ctx.device)
+        self.q = ItemScorer(history_encoder(encoder, ctx, dim, hidden, layers, heads),
+                            ctx.n_items, dim).to(ctx.device)
         self.q_target = copy.deepcopy(self.q).requires_grad_(False)
         self.optimizer = adam(self.q.parameters(), lr)
         self.generator = torch.Generator(ctx.device).manual_seed(ctx.seed)

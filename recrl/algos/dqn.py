@@ -86,13 +86,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from recrl.algos.backbone import Backbone, PretrainSettings, copy_frozen, initialise
 from recrl.algos.nets import (
-    HistoryEncoder,
     ItemScorer,
+    TransformerHistoryEncoder,
     WeightAverage,
     adam,
     attach_prior,
-    behavior_item_prior,
     epsilon_explore,
     gradient_step,
     id_plus_prior,
@@ -106,6 +106,7 @@ from recrl.algos.nets import (
 from recrl.algos.planner import SurvivalPlanner, planner_can_run
 from recrl.algos.probs import ActsGreedily
 from recrl.algos.seeding import seeded_init
+from recrl.algos.supervised import Supervised
 from recrl.buffer import Replay, ReplaySample
 from recrl.types import AlgoContext, Env, Obs, RecrlError, Transition, cat_obs
 
@@ -145,7 +146,7 @@ class DuelingScorer(ItemScorer):
         values = q(obs)                      # [B, 100]
     """
 
-    def __init__(self, encoder: HistoryEncoder, n_items: int, dim: int,
+    def __init__(self, encoder: nn.Module, n_items: int, dim: int,
                  item_prior: Tensor | None = None) -> None:
         super().__init__(encoder, n_items, dim, item_prior)
         self.value = nn.Linear(dim, 1)
@@ -174,13 +175,17 @@ class CategoricalScorer(nn.Module):
         taken = net.logits(net.encoder(obs), slates)  # [B, K, 51]
     """
 
-    def __init__(self, encoder: HistoryEncoder, n_items: int, dim: int, atoms: int,
+    def __init__(self, encoder: nn.Module, n_items: int, dim: int, atoms: int,
                  dueling: bool = False, item_prior: Tensor | None = None) -> None:
         super().__init__()
         self.encoder, self.atoms, self.dim = encoder, atoms, dim
         self.proj = nn.Linear(dim, atoms * dim)
-        self.item_out = nn.Embedding(n_items, dim)
-        self.prior = attach_prior(self.item_out, item_prior)
+        self.tied = isinstance(encoder, TransformerHistoryEncoder)
+        if self.tied:  # the encoder's item table scores too
+            self.item_out, self.prior = None, None
+        else:
+            self.item_out = nn.Embedding(n_items, dim)
+            self.prior = attach_prior(self.item_out, item_prior)
         self.bias = nn.Parameter(torch.zeros(n_items, atoms))
         self.value = nn.Linear(dim, atoms) if dueling else None
 
@@ -189,8 +194,9 @@ class CategoricalScorer(nn.Module):
         return self.logits(self.encoder(obs))
 
     def item_table(self) -> Tensor:
-        """Item vectors ``[n_items, dim]`` (id embeddings plus the mapped prior)."""
-        return id_plus_prior(self.item_out, self.prior)
+        """Item vectors ``[n_items, dim]`` (id embeddings plus the mapped prior; a transformer
+        encoder's own item table)."""
+        return self.encoder.item_table() if self.tied else id_plus_prior(self.item_out, self.prior)
 
     def logits(self, state: Tensor, items: Tensor | None = None) -> Tensor:
         """Logits of all items ``[B, n_items, atoms]``, or of ``items`` ``[B, K]``: ``[B, K, atoms]``."""
@@ -286,7 +292,9 @@ class DQN(ActsGreedily):
                  v_max: float = 10.0, item_init: str = "random", summary: bool = False,
                  skip_shown: bool = False, average: float = 0.0, demonstrations: int | str = 0,
                  demo_weight: float = 1.0, demo_margin: float = 0.8, demo_batch: int = 128,
-                 demo_decay_steps: int = 0, demo_caution: float = 2.0) -> None:
+                 demo_decay_steps: int = 0, demo_caution: float = 2.0, encoder: str = "mlp",
+                 layers: int = 2, heads: int = 2, item_ids: bool = True, init_from: str | None = None,
+                 pretrain: PretrainSettings | None = None) -> None:
         if n_step < 1:
             raise RecrlError(f"algo.n_step={n_step} must be >= 1")
         if atoms == 1 or atoms < 0:
@@ -306,20 +314,23 @@ class DQN(ActsGreedily):
         self.priority_beta, self.priority_eps = priority_beta, priority_eps
         self.atoms, self.v_min, self.v_max = atoms, v_min, v_max
         self.skip_shown = skips_shown(ctx, skip_shown)
-        prior = behavior_item_prior(ctx, item_init)
-        encoder = HistoryEncoder(ctx.n_items, ctx.history_len, ctx.slate_size, ctx.horizon, dim, hidden,
-                                 features=ctx.obs_features, item_prior=prior, summary=summary)
+        backbone = Backbone(encoder, dim, hidden, layers, heads, item_init, item_ids, summary)
+        prior = backbone.prior(ctx)
+        history = backbone.encoder_for(ctx, prior)
         if atoms:
-            self.q: nn.Module = CategoricalScorer(encoder, ctx.n_items, dim, atoms, dueling, prior)
+            self.q: nn.Module = CategoricalScorer(history, ctx.n_items, dim, atoms, dueling, prior)
         elif dueling:
-            self.q = DuelingScorer(encoder, ctx.n_items, dim, prior)
+            self.q = DuelingScorer(history, ctx.n_items, dim, prior)
         else:
-            self.q = ItemScorer(encoder, ctx.n_items, dim, prior)
+            self.q = ItemScorer(history, ctx.n_items, dim, prior)
         self.q = self.q.to(ctx.device)
+        self.init_from = initialise(self.q, ctx, init_from, backbone, pretrain)
+        # the starting network, frozen, for the report's supervised row (C51's has no single score)
+        self.initial = copy_frozen(self.q) if self.init_from is not None and not atoms else None
         self.q_target = copy.deepcopy(self.q).requires_grad_(False)
         self.average = WeightAverage(self.q, average)
         self.support = torch.linspace(v_min, v_max, atoms, device=ctx.device) if atoms else None
-        self.optimizer = adam(self.q.parameters(), lr)
+        self.optimizer = adam([p for p in self.q.parameters() if p.requires_grad], lr)
         self.generator = torch.Generator(ctx.device).manual_seed(ctx.seed)
         self.acted_steps, self.updates = 0, 0
         self.td_error: Tensor | None = None  # [B] |TD error| of the last update (C51: KL), per row
@@ -335,6 +346,14 @@ class DQN(ActsGreedily):
         if self.demonstrations:
             planner = SurvivalPlanner(self.ctx, caution=self.demo_caution, skip_shown=self.skip_shown)
             self.demos = planner.demonstrations(env, self.demonstrations, seed + DEMO_SEED_OFFSET)
+
+    def pretrained_policy(self) -> tuple[str, Any] | None:
+        """``(row name, policy)`` of the frozen starting network (``algo.init_from``; its greedy
+        ranking is the pretrained model's: a dueling value shifts every item alike)."""
+        if self.initial is None:
+            return None
+        name = "supervised" if self.init_from["source"] == "pretrain" else "pretrained"
+        return name, Supervised.of(self.ctx, self.initial, self.skip_shown)
 
     def epsilon(self) -> float:
         """Exploration rate now: linear from ``epsilon_start`` to ``epsilon_end``."""

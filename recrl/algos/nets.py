@@ -12,9 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from recrl.algos.probs import evaluation_slate_probs
-from recrl.algos.seeding import own_random_stream
 from recrl.behavior.features import side_features
+from recrl.behavior.sasrec import TransformerBlock, rope_tables
 from recrl.types import AlgoContext, Obs, RecrlError
 
 
@@ -212,22 +211,119 @@ class GRUHistoryEncoder(nn.Module):
         return self.mlp(torch.cat([last[0], progress], -1))
 
 
-def history_encoder(kind: str, ctx: AlgoContext, dim: int, hidden: int) -> nn.Module:
-    """The encoder named ``kind`` sized for ``ctx``: ``mlp`` (:class:`HistoryEncoder`) or ``gru``
-    (:class:`GRUHistoryEncoder`, which ignores observation features)."""
+class TransformerHistoryEncoder(nn.Module):
+    """Encodes an observation with a SASRec-style causal transformer into a state ``[B, dim]``.
+
+    The layout of :class:`~recrl.behavior.sasrec.SASRecBehavior`, so a fitted SASRec user model
+    can initialise it (``algo.init_from=behavior``): each history slot is one token (the slate's
+    mean item vector, plus the clicked items' vectors, plus a learned click vector per click), a
+    learned *start* token opens the session, and pre-LayerNorm blocks of causal self-attention
+    with rotary position embeddings read the sequence (left padding masked). The output vector
+    after the final LayerNorm of the newest token goes through a linear query projection; the
+    session progress adds a learned vector (zero at initialisation).
+
+    The item table is shared with scoring: an :class:`ItemScorer` around this encoder scores
+    items with :meth:`item_table` (the input embeddings plus the mapped ``item_prior``), so what
+    the encoder learns about an item when it is in the history and when it is a candidate is
+    one vector. With ``item_ids=False`` the id embeddings stay at zero and items are known by
+    their content (``item_prior``) alone: an item never seen in training is scored like any other.
+
+    Example::
+
+        enc = TransformerHistoryEncoder(n_items=100, horizon=20, dim=64, layers=2, heads=2)
+        state = enc(obs)                     # [B, 64]
+        table = enc.item_table()             # [100, 64]
+    """
+
+    def __init__(self, n_items: int, horizon: int, dim: int = 64, layers: int = 2, heads: int = 2,
+                 dropout: float = 0.0, item_prior: Tensor | None = None, item_ids: bool = True) -> None:
+        super().__init__()
+        if heads < 1 or dim % heads or (dim // heads) % 2:
+            raise RecrlError(f"algo.dim={dim} must split into algo.heads={heads} heads of even size")
+        if layers < 1:
+            raise RecrlError(f"algo.layers={layers} must be >= 1")
+        if not item_ids and item_prior is None:
+            raise RecrlError("algo.item_ids=false knows items by their content, but this run has none: "
+                             "set algo.item_init=side (or behavior) or algo.item_ids=true")
+        self.n_items, self.horizon, self.dropout, self.item_ids = n_items, horizon, dropout, item_ids
+        self.item_emb = nn.Embedding(n_items + 1, dim, padding_idx=n_items)
+        with torch.no_grad():
+            self.item_emb.weight.normal_(0.0, dim ** -0.5)
+            self.item_emb.weight[n_items].zero_()
+        self.prior = attach_prior(self.item_emb, item_prior, padding=True)
+        if not item_ids:
+            self.item_emb.weight.requires_grad_(False)
+        self.feedback = nn.Embedding(2, dim)  # rows: clicked, converted (SASRecBehavior's layout)
+        nn.init.normal_(self.feedback.weight, 0.0, dim ** -0.5)
+        self.start = nn.Parameter(torch.randn(dim) * dim ** -0.5)
+        self.blocks = nn.ModuleList(TransformerBlock(dim, heads, dropout) for _ in range(layers))
+        self.norm = nn.LayerNorm(dim)
+        self.proj = nn.Linear(dim, dim)
+        self.progress = nn.Linear(1, dim)
+        nn.init.zeros_(self.progress.weight)
+        nn.init.zeros_(self.progress.bias)
+        half = dim // heads
+        self.register_buffer("inv_freq", 10000.0 ** -(torch.arange(0, half, 2).float() / half),
+                             persistent=False)
+
+    def item_table(self, padding: bool = False) -> Tensor:
+        """Item vectors ``[n_items, dim]`` (with ``padding``, the padding id's zero row last)."""
+        table = self.item_emb.weight if padding else self.item_emb.weight[:self.n_items]
+        return table if self.prior is None else table + self.prior.table(padding=padding)
+
+    def forward(self, obs: Obs) -> Tensor:
+        """State vectors ``[B, dim]``."""
+        length = obs.items.shape[1]
+        emb = F.embedding(obs.items, self.item_table(padding=True))  # [B, L, K, D]
+        clicks = obs.clicks.to(emb.dtype)
+        tokens = (emb.mean(2) + (clicks.unsqueeze(-1) * emb).sum(2)
+                  + clicks.sum(2, keepdim=True) * self.feedback.weight[0])
+        first = length - (obs.items[:, :, 0] < self.n_items).sum(1)  # the start token's position
+        positions = torch.arange(length + 1, device=tokens.device)
+        x = torch.cat([tokens[:, :1], tokens], 1)
+        x = torch.where((positions[None] == first[:, None]).unsqueeze(-1), self.start.to(x.dtype), x)
+        live = positions[None] >= first[:, None]
+        causal = positions[:, None] >= positions[None]
+        eye = torch.eye(length + 1, dtype=torch.bool, device=x.device)
+        mask = ((causal[None] & live[:, None, :]) | eye)[:, None]  # padding queries see themselves
+        x = F.dropout(x, self.dropout, self.training and self.dropout > 0)
+        cos, sin = rope_tables(positions, self.inv_freq)
+        for block in self.blocks:
+            x = block(x, cos, sin, mask)
+        progress = (obs.step.to(x.dtype) / self.horizon).unsqueeze(-1)
+        return self.proj(self.norm(x[:, -1])) + self.progress(progress)
+
+
+ENCODERS = ("mlp", "gru", "transformer")
+
+
+def history_encoder(kind: str, ctx: AlgoContext, dim: int, hidden: int, layers: int = 2, heads: int = 2,
+                    item_prior: Tensor | None = None, summary: bool = False,
+                    item_ids: bool = True) -> nn.Module:
+    """The encoder named ``kind`` sized for ``ctx`` (``algo.encoder``): ``mlp``
+    (:class:`HistoryEncoder`, with the observation features, ``item_prior`` and ``summary``),
+    ``gru`` (:class:`GRUHistoryEncoder`, item histories only) or ``transformer``
+    (:class:`TransformerHistoryEncoder`, ``dim`` wide, ``layers`` deep, ``heads`` heads, its
+    item table shared with scoring; ``item_ids=False``: items known by ``item_prior`` alone)."""
+    if kind not in ENCODERS:
+        raise RecrlError(f"algo.encoder={kind!r}: use one of {', '.join(ENCODERS)}")
+    if kind != "mlp" and ctx.obs_features:
+        raise RecrlError(f"encoder={kind} reads item histories only; this environment's observations "
+                         "are features: use encoder=mlp")
     if kind == "mlp":
         return HistoryEncoder(ctx.n_items, ctx.history_len, ctx.slate_size, ctx.horizon, dim, hidden,
-                              features=ctx.obs_features)
+                              features=ctx.obs_features, item_prior=item_prior, summary=summary)
     if kind == "gru":
-        if ctx.obs_features:
-            raise RecrlError("encoder=gru reads item histories only; this environment's observations "
-                             "are features: use encoder=mlp")
         return GRUHistoryEncoder(ctx.n_items, ctx.history_len, ctx.slate_size, ctx.horizon, dim, hidden)
-    raise RecrlError(f"algo.encoder={kind!r}: use mlp or gru")
+    return TransformerHistoryEncoder(ctx.n_items, ctx.horizon, dim, layers, heads, item_prior=item_prior,
+                                     item_ids=item_ids)
 
 
 class ItemScorer(nn.Module):
     """Scores every item for every state in one matrix product: ``state @ E.T + b``.
+
+    Around a :class:`TransformerHistoryEncoder` the item vectors are the encoder's own item table
+    (one item tower for history and scoring); otherwise the scorer has its own.
 
     Example::
 
@@ -238,17 +334,24 @@ class ItemScorer(nn.Module):
     def __init__(self, encoder: nn.Module, n_items: int, dim: int, item_prior: Tensor | None = None) -> None:
         super().__init__()
         self.encoder = encoder
-        self.item_out = nn.Embedding(n_items, dim)
-        self.prior = attach_prior(self.item_out, item_prior)
+        self.tied = isinstance(encoder, TransformerHistoryEncoder)
+        if self.tied:  # the encoder's item table scores too (and carries the prior)
+            self.item_out, self.prior = None, None
+        else:
+            self.item_out = nn.Embedding(n_items, dim)
+            self.prior = attach_prior(self.item_out, item_prior)
         self.bias = nn.Parameter(torch.zeros(n_items))
+        if self.tied and not encoder.item_ids:
+            self.bias.requires_grad_(False)  # no per-item parameters: items known by content alone
 
     def forward(self, obs: Obs) -> Tensor:
         """Scores ``[B, n_items]``."""
         return self.score(self.encoder(obs))
 
     def item_table(self) -> Tensor:
-        """The scored item vectors ``[n_items, dim]`` (id embeddings plus the mapped prior)."""
-        return id_plus_prior(self.item_out, self.prior)
+        """The scored item vectors ``[n_items, dim]`` (id embeddings plus the mapped prior; a
+        transformer encoder's own item table)."""
+        return self.encoder.item_table() if self.tied else id_plus_prior(self.item_out, self.prior)
 
     def score(self, state: Tensor) -> Tensor:
         """Scores ``[B, n_items]`` for already-encoded states."""
@@ -450,81 +553,3 @@ class WeightAverage:
             return
         self.net.load_state_dict(state["net"])
         self.updates = int(state["updates"])
-
-
-class SoftmaxActorCritic:
-    """The shared core of the on-policy algorithms (REINFORCE, A2C, PPO): a softmax policy over
-    the catalogue (``policy``, an :class:`ItemScorer`), a state-value head on the same encoded
-    state (``value``), Adam over both, the algorithm's own generator, acting and saving.
-
-    Subclasses call :meth:`build` in their ``__init__`` and write ``update``.
-
-    Example::
-
-        class MyPG(SoftmaxActorCritic):
-            def __init__(self, ctx, lr=1e-3):
-                self.build(ctx, dim=32, hidden=128, lr=lr, sample_in_eval=True)
-    """
-
-    mode = "on_policy"
-
-    def build(self, ctx: AlgoContext, dim: int, hidden: int, lr: float, sample_in_eval: bool,
-              item_init: str = "random", summary: bool = False, skip_shown: bool = False) -> None:
-        """Build the policy, the value head, the optimizer and the generator, the weights drawn
-        from a stream seeded with ``ctx.seed`` (:func:`own_random_stream`).
-
-        ``item_init``, ``summary``: see :class:`HistoryEncoder` and :func:`behavior_item_prior`;
-        ``skip_shown``: the policy gives no probability to items in the observed history.
-        """
-        self.ctx, self.sample_in_eval = ctx, sample_in_eval
-        self.skip_shown = skips_shown(ctx, skip_shown)
-        prior = behavior_item_prior(ctx, item_init)
-        with own_random_stream(ctx.seed, ctx.device):
-            encoder = HistoryEncoder(ctx.n_items, ctx.history_len, ctx.slate_size, ctx.horizon, dim, hidden,
-                                     features=ctx.obs_features, item_prior=prior, summary=summary)
-            self.policy = ItemScorer(encoder, ctx.n_items, dim, prior).to(ctx.device)
-            self.value = nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(), nn.Linear(hidden, 1)).to(ctx.device)
-        self.params = list(self.policy.parameters()) + list(self.value.parameters())
-        self.optimizer = adam(self.params, lr)
-        self.generator = torch.Generator(ctx.device).manual_seed(ctx.seed)
-        self.updates = 0
-
-    def logits(self, obs: Obs, state: Tensor | None = None) -> Tensor:
-        """Policy logits ``[B, n_items]`` (``state``: the already-encoded ``obs``); with
-        ``skip_shown`` the items in the observed history get ``-inf``."""
-        logits = self.policy.score(self.policy.encoder(obs) if state is None else state)
-        return mask_shown(logits, obs) if self.skip_shown else logits
-
-    @torch.no_grad()
-    def scores(self, obs: Obs) -> Tensor:
-        """The policy's logits ``[B, n_items]``: its greedy ranking (what a top-k list serves)."""
-        return self.logits(obs)
-
-    @torch.no_grad()
-    def act(self, obs: Obs, explore: bool) -> Tensor:
-        """Sample a slate from the policy, or take its top-``K`` items when neither ``explore``
-        nor ``sample_in_eval`` is set (the learned policy is stochastic; its mode can differ)."""
-        logits = self.logits(obs)
-        if not (explore or self.sample_in_eval):
-            return top_k(logits, self.ctx.slate_size)
-        return sample_top_k(logits, self.ctx.slate_size, self.generator)
-
-    @torch.no_grad()
-    def action_probs(self, obs: Obs) -> Tensor:
-        """Per-slot probabilities ``[B, K, n_items]`` of the slates :meth:`act` serves in
-        evaluation: the softmax (``sample_in_eval``) or the one-hot of the top-``K``."""
-        return evaluation_slate_probs(self.logits(obs), self.ctx.slate_size, self.sample_in_eval)
-
-    def state_dict(self) -> dict[str, Any]:
-        """Weights, optimizer and counters."""
-        return {"policy": self.policy.state_dict(), "value": self.value.state_dict(),
-                "optimizer": self.optimizer.state_dict(), "updates": self.updates,
-                "generator": self.generator.get_state()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore from :meth:`state_dict`."""
-        self.policy.load_state_dict(state["policy"])
-        self.value.load_state_dict(state["value"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.updates = int(state["updates"])
-        self.generator.set_state(state["generator"])

@@ -11,11 +11,15 @@ log-probabilities and values ``V_old`` are computed once before the first epoch,
     L_clip = -mean[min(rho_t A_t, clip(rho_t, 1 - eps, 1 + eps) A_t)]
     L_V = mean[(V(s_t) - R_t)^2]        or, with value_clip = c,
     L_V = mean[max((V - R_t)^2, (V_old + clip(V - V_old, -c, c) - R_t)^2)]
-    L = L_clip + value_coef * L_V - entropy_coef * mean[H(pi(.|s_t))]
+    L = L_clip + value_coef * L_V - entropy_coef * mean[H(pi(.|s_t))] + kl_coef * mean[KL(pi || pi_0)]
 
 minimised for ``epochs`` passes over shuffled minibatches of ``minibatch_size`` valid user-steps,
 with the gradient norm clipped to ``grad_clip``. With ``target_kl`` set, the update stops at the
-first minibatch whose ``approx_kl = mean[(rho - 1) - log rho]`` exceeds it.
+first minibatch whose ``approx_kl = mean[(rho - 1) - log rho]`` exceeds it. With
+``init_from`` the policy starts from pretrained weights ``pi_0`` and ``kl_coef`` (fixed, or
+adapted toward ``kl_target``) keeps it near them: the KL is exact over the catalogue at every
+state (:class:`~recrl.algos.backbone.KLPenalty`), logged as ``train/kl`` apart from the
+reward (``train/reward``).
 
 References: Schulman et al. Proximal policy optimization algorithms. arXiv:1707.06347, 2017.
 Schulman et al. High-dimensional continuous control using generalized advantage estimation.
@@ -29,7 +33,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from recrl.algos.nets import SoftmaxActorCritic, gradient_step, policy_entropy
+from recrl.algos.actor_critic import SoftmaxActorCritic
+from recrl.algos.backbone import Backbone, PretrainSettings
+from recrl.algos.nets import gradient_step, policy_entropy
 from recrl.buffer import Rollout, gae
 from recrl.types import AlgoContext, Obs
 
@@ -49,7 +55,10 @@ class PPO(SoftmaxActorCritic):
                  minibatch_size: int = 256, value_coef: float = 0.5, value_clip: float | None = None,
                  entropy_coef: float = 0.01, normalize_advantage: bool = True,
                  target_kl: float | None = None, grad_clip: float = 0.5, sample_in_eval: bool = True,
-                 item_init: str = "random", summary: bool = False, skip_shown: bool = False) -> None:
+                 item_init: str = "random", summary: bool = False, skip_shown: bool = False,
+                 encoder: str = "mlp", layers: int = 2, heads: int = 2, item_ids: bool = True,
+                 init_from: str | None = None, pretrain: PretrainSettings | None = None,
+                 kl_coef: float = 0.0, kl_target: float | None = None) -> None:
         if epochs < 1 or minibatch_size < 1 or clip <= 0:
             raise ValueError("ppo: epochs and minibatch_size must be >= 1 and clip > 0")
         self.gamma, self.lam, self.clip = gamma, lam, clip
@@ -57,20 +66,22 @@ class PPO(SoftmaxActorCritic):
         self.value_coef, self.value_clip, self.entropy_coef = value_coef, value_clip, entropy_coef
         self.normalize_advantage, self.target_kl = normalize_advantage, target_kl
         self.grad_clip = grad_clip
-        self.build(ctx, dim, hidden, lr, sample_in_eval, item_init, summary, skip_shown)
+        backbone = Backbone(encoder, dim, hidden, layers, heads, item_init, item_ids, summary)
+        self.build(ctx, lr, sample_in_eval, backbone, skip_shown, init_from, pretrain, kl_coef, kl_target)
 
-    def evaluate(self, obs: Obs, action: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Slate log-probabilities ``[N]``, values ``[N]`` and policy entropies ``[N]``."""
+    def evaluate(self, obs: Obs, action: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Slate log-probabilities ``[N]``, values ``[N]``, policy entropies ``[N]`` and the KL
+        to the starting policy ``[N]`` (zeros without ``kl_coef``)."""
         state = self.policy.encoder(obs)
         log_pi = torch.log_softmax(self.logits(obs, state), 1)
         logp = log_pi.gather(1, action).sum(1)
         entropy = policy_entropy(log_pi)
-        return logp, self.value(state).squeeze(1), entropy
+        return logp, self.value(state).squeeze(1), entropy, self.kl_term(obs, log_pi)
 
     def loss(self, obs: Obs, action: Tensor, old_logp: Tensor, old_value: Tensor, advantage: Tensor,
              target: Tensor) -> dict[str, Tensor]:
         """The PPO loss and its parts on one minibatch of (valid) user-steps."""
-        logp, value, entropy = self.evaluate(obs, action)
+        logp, value, entropy, kl = self.evaluate(obs, action)
         log_ratio = logp - old_logp
         ratio = log_ratio.exp()
         surrogate = torch.min(ratio * advantage, ratio.clamp(1.0 - self.clip, 1.0 + self.clip) * advantage)
@@ -80,13 +91,15 @@ class PPO(SoftmaxActorCritic):
             clipped = old_value + (value - old_value).clamp(-self.value_clip, self.value_clip)
             value_err = torch.max(value_err, (clipped - target) ** 2)
         value_loss = value_err.mean()
-        entropy_mean = entropy.mean()
-        loss = policy_loss + self.value_coef * value_loss - self.entropy_coef * entropy_mean
+        entropy_mean, kl_mean = entropy.mean(), kl.mean()
+        loss = (policy_loss + self.value_coef * value_loss - self.entropy_coef * entropy_mean
+                + self.leash.coef * kl_mean)
         with torch.no_grad():
             approx_kl = ((ratio - 1.0) - log_ratio).mean()
             clip_fraction = ((ratio - 1.0).abs() > self.clip).float().mean()
         return {"loss": loss, "policy_loss": policy_loss, "value_loss": value_loss,
-                "entropy": entropy_mean, "approx_kl": approx_kl, "clip_fraction": clip_fraction}
+                "entropy": entropy_mean, "approx_kl": approx_kl, "clip_fraction": clip_fraction,
+                "kl": kl_mean}
 
     def update(self, batch: Rollout) -> dict[str, Any]:
         """``epochs`` passes of clipped-objective minibatch steps on a batch of complete episodes."""
@@ -94,7 +107,7 @@ class PPO(SoftmaxActorCritic):
         obs = batch.flat_obs()
         action = batch.action.reshape(t_len * b, -1)
         with torch.no_grad():  # the rollout was collected with exactly this (pre-update) policy
-            old_logp, old_value, _ = self.evaluate(obs, action)
+            old_logp, old_value, _, _ = self.evaluate(obs, action)
             advantage = gae(batch.reward, old_value.reshape(t_len, b), batch.done, batch.valid,
                             self.gamma, self.lam).reshape(-1)
             target = advantage + old_value
@@ -124,6 +137,7 @@ class PPO(SoftmaxActorCritic):
             if stop:
                 break
         self.updates += 1
+        mean_kl = totals.pop("kl", torch.zeros(())) / max(steps, 1)
         stats: dict[str, Any] = {f"train/{k}": v / max(steps, 1) for k, v in totals.items()}
         stats["train/minibatch_steps"] = float(steps)
-        return stats
+        return {**stats, **self.leash_stats(mean_kl, batch)}

@@ -7,7 +7,9 @@ current policy, then::
 
     G_t = sum_{t' >= t} gamma^(t'-t) r_t'
     L = -mean[(G_t - V(s_t)) * log pi(a_t|s_t)] + value_coef * mean[(V(s_t) - G_t)^2]
-        - entropy_coef * mean[H(pi(.|s_t))]
+        - entropy_coef * mean[H(pi(.|s_t))] + kl_coef * mean[KL(pi(.|s_t) || pi_0(.|s_t))]
+
+(the last term with ``init_from`` and ``kl_coef``: see :class:`~recrl.algos.backbone.KLPenalty`).
 
 Reference: Williams. Simple statistical gradient-following algorithms for connectionist
 reinforcement learning. Machine Learning 8, 1992.
@@ -17,7 +19,9 @@ from __future__ import annotations
 
 import torch
 
-from recrl.algos.nets import SoftmaxActorCritic, gradient_step, policy_entropy
+from recrl.algos.actor_critic import SoftmaxActorCritic
+from recrl.algos.backbone import Backbone, PretrainSettings
+from recrl.algos.nets import gradient_step, policy_entropy
 from recrl.buffer import Rollout, discounted_returns
 from recrl.types import AlgoContext
 
@@ -35,10 +39,14 @@ class Reinforce(SoftmaxActorCritic):
     def __init__(self, ctx: AlgoContext, dim: int = 32, hidden: int = 128, lr: float = 3e-3,
                  gamma: float = 0.95, value_coef: float = 0.5, entropy_coef: float = 0.01,
                  epochs: int = 1, grad_clip: float = 10.0, sample_in_eval: bool = True,
-                 item_init: str = "random", summary: bool = False, skip_shown: bool = False) -> None:
+                 item_init: str = "random", summary: bool = False, skip_shown: bool = False,
+                 encoder: str = "mlp", layers: int = 2, heads: int = 2, item_ids: bool = True,
+                 init_from: str | None = None, pretrain: PretrainSettings | None = None,
+                 kl_coef: float = 0.0, kl_target: float | None = None) -> None:
         self.gamma, self.value_coef, self.entropy_coef, self.epochs = gamma, value_coef, entropy_coef, epochs
         self.grad_clip = grad_clip
-        self.build(ctx, dim, hidden, lr, sample_in_eval, item_init, summary, skip_shown)
+        backbone = Backbone(encoder, dim, hidden, layers, heads, item_init, item_ids, summary)
+        self.build(ctx, lr, sample_in_eval, backbone, skip_shown, init_from, pretrain, kl_coef, kl_target)
 
     def update(self, batch: Rollout) -> dict[str, float]:
         """Policy-gradient steps on a batch of complete episodes."""
@@ -61,8 +69,11 @@ class Reinforce(SoftmaxActorCritic):
             policy_loss = -(advantage * logp * valid).sum() / n
             value_loss = (((value - returns) ** 2) * valid).sum() / n
             entropy_mean = (entropy * valid).sum() / n
-            loss = policy_loss + self.value_coef * value_loss - self.entropy_coef * entropy_mean
+            kl = (self.kl_term(obs, log_pi) * valid).sum() / n
+            loss = (policy_loss + self.value_coef * value_loss - self.entropy_coef * entropy_mean
+                    + self.leash.coef * kl)
             gradient_step(self.optimizer, loss, self.params, self.grad_clip)
         self.updates += 1
         return {"train/loss": loss.detach(), "train/policy_loss": policy_loss.detach(),
-                "train/value_loss": value_loss.detach(), "train/entropy": entropy_mean.detach()}
+                "train/value_loss": value_loss.detach(), "train/entropy": entropy_mean.detach(),
+                **self.leash_stats(kl, batch)}

@@ -83,13 +83,15 @@ class SQN(ActsGreedily):
     @seeded_init
     def __init__(self, ctx: AlgoContext, dim: int = 32, hidden: int = 128, lr: float = 1e-3,
                  gamma: float = 0.95, target_update: int = 100, tau: float = 1.0,
-                 grad_clip: float = 10.0, act_with: str = "supervised", encoder: str = "gru") -> None:
+                 grad_clip: float = 10.0, act_with: str = "supervised", encoder: str = "gru", layers: int = 2,
+                 heads: int = 2) -> None:
         if act_with not in ("supervised", "q"):
             raise RecrlError(f"algo.act_with={act_with!r}: use supervised or q")
         self.ctx, self.gamma, self.act_with = ctx, gamma, act_with
         self.target_update, self.tau, self.grad_clip = target_update, tau, grad_clip
         self.dataset = LoggedSteps.from_context(ctx)
-        self.net = SQNNetwork(history_encoder(encoder, ctx, dim, hidden), ctx.n_items, dim).to(ctx.device)
+        self.net = SQNNetwork(history_encoder(encoder, ctx, dim, hidden, layers, heads),
+                              ctx.n_items, dim).to(ctx.device)
         self.net_target = copy.deepcopy(self.net).requires_grad_(False)
         self.optimizer = adam(self.net.parameters(), lr)
         self.generator = torch.Generator(ctx.device).manual_seed(ctx.seed)

@@ -59,7 +59,7 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], -1)
 
 
-class _Block(nn.Module):
+class TransformerBlock(nn.Module):
     """Pre-LayerNorm transformer block: RoPE causal self-attention, then a feed-forward layer."""
 
     def __init__(self, dim: int, heads: int, dropout: float) -> None:
@@ -139,7 +139,7 @@ class SASRecBehavior(SequenceUserModel):
         self.item_emb = self.id_table(n_items + 1, dim, padding_idx=n_items, std=dim ** -0.5)
         self.feedback = self._table(2)  # rows: clicked, converted
         self.start = nn.Parameter(torch.randn(dim) * dim ** -0.5)
-        self.blocks = nn.ModuleList(_Block(dim, heads, dropout) for _ in range(layers))
+        self.blocks = nn.ModuleList(TransformerBlock(dim, heads, dropout) for _ in range(layers))
         self.norm = nn.LayerNorm(dim)
         self.click_head = BilinearScorer(dim, self.item_emb, n_items, self.content)
         self.conversion_head = BilinearScorer(dim, self._table(n_items), n_items, self.head_content(dim))

@@ -1,0 +1,141 @@
+"""The shared core of the on-policy algorithms (REINFORCE, A2C, PPO): a softmax policy over the
+catalogue on a :class:`~recrl.algos.backbone.Backbone`, a value head, optional initialisation
+from a pretrained model (``algo.init_from``) and the KL leash to it (``algo.kl_coef``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from recrl.algos.backbone import Backbone, KLPenalty, PretrainSettings, copy_frozen, initialise, kl_divergence
+from recrl.algos.nets import adam, mask_shown, sample_top_k, skips_shown, top_k
+from recrl.algos.probs import evaluation_slate_probs
+from recrl.algos.seeding import own_random_stream
+from recrl.algos.supervised import Supervised
+from recrl.buffer import Rollout
+from recrl.types import AlgoContext, Obs, RecrlError
+
+
+class SoftmaxActorCritic:
+    """A softmax policy over the catalogue (``policy``, an :class:`~recrl.algos.nets.ItemScorer`
+    on ``backbone``), a state-value head on the same encoded state (``value``), Adam over both,
+    the algorithm's own generator, acting and saving.
+
+    ``init_from`` starts the policy from pretrained weights (:func:`~recrl.algos.backbone.initialise`);
+    ``kl_coef``/``kl_target`` then add ``coef * KL(pi || pi_init)`` to the loss
+    (:class:`~recrl.algos.backbone.KLPenalty`). Subclasses call :meth:`build` in their
+    ``__init__``, write ``update`` and add :meth:`kl_term` to their loss.
+
+    Example::
+
+        class MyPG(SoftmaxActorCritic):
+            def __init__(self, ctx, lr=1e-3):
+                self.build(ctx, lr=lr, sample_in_eval=True, backbone=Backbone(dim=32))
+    """
+
+    mode = "on_policy"
+
+    def build(self, ctx: AlgoContext, lr: float, sample_in_eval: bool, backbone: Backbone,
+              skip_shown: bool = False, init_from: str | None = None,
+              pretrain: PretrainSettings | None = None, kl_coef: float = 0.0,
+              kl_target: float | None = None) -> None:
+        """Build the policy, the value head, the optimizer and the generator, the weights drawn
+        from a stream seeded with ``ctx.seed`` (:func:`own_random_stream`), then load
+        ``init_from``'s weights and keep the KL reference.
+
+        ``skip_shown``: the policy gives no probability to items in the observed history.
+        """
+        self.ctx, self.sample_in_eval = ctx, sample_in_eval
+        self.skip_shown = skips_shown(ctx, skip_shown)
+        with own_random_stream(ctx.seed, ctx.device):
+            self.policy = backbone.scorer(ctx)
+            self.value = nn.Sequential(nn.Linear(backbone.dim, backbone.hidden), nn.ReLU(),
+                                       nn.Linear(backbone.hidden, 1)).to(ctx.device)
+        self.init_from = initialise(self.policy, ctx, init_from, backbone, pretrain)
+        if self.init_from is None and (kl_coef or kl_target):
+            raise RecrlError("algo.kl_coef / kl_target keep the policy near its starting weights, which "
+                             "are random without algo.init_from: set algo.init_from=pretrain (or behavior)")
+        # the starting policy, frozen: the KL reference and the report's supervised row
+        self.initial = copy_frozen(self.policy) if self.init_from is not None else None
+        self.leash = KLPenalty(self.initial, kl_coef, kl_target)
+        self.params = [p for p in self.policy.parameters() if p.requires_grad] + list(self.value.parameters())
+        self.optimizer = adam(self.params, lr)
+        self.generator = torch.Generator(ctx.device).manual_seed(ctx.seed)
+        self.updates = 0
+
+    def logits(self, obs: Obs, state: Tensor | None = None, net: nn.Module | None = None) -> Tensor:
+        """Policy logits ``[B, n_items]`` (``state``: the already-encoded ``obs``; ``net``: another
+        scorer, e.g. the KL reference); with ``skip_shown`` the items in the observed history get
+        ``-inf``."""
+        net = self.policy if net is None else net
+        logits = net.score(net.encoder(obs) if state is None else state)
+        return mask_shown(logits, obs) if self.skip_shown else logits
+
+    def kl_term(self, obs: Obs, log_pi: Tensor) -> Tensor:
+        """``KL(pi || pi_ref)`` ``[B]`` of the current log-probabilities ``log_pi`` at ``obs``
+        against the frozen starting policy (zeros when the leash is off)."""
+        if self.leash.reference is None:
+            return log_pi.new_zeros(log_pi.shape[0])
+        with torch.no_grad():
+            log_ref = torch.log_softmax(self.logits(obs, net=self.leash.reference), 1)
+        return kl_divergence(log_pi, log_ref)
+
+    def leash_stats(self, kl: Tensor, batch: Rollout) -> dict[str, Any]:
+        """After an update: adapt the KL coefficient to the update's mean ``kl`` and return what
+        the run logs of it, ``train/kl``, ``train/kl_coef`` and ``train/reward`` (mean reward per
+        user-step of the rollout), apart from the loss."""
+        valid = batch.valid
+        stats: dict[str, Any] = {"train/reward": (batch.reward * valid).sum() / valid.sum().clamp(min=1.0)}
+        if self.leash.active:
+            stats["train/kl"], stats["train/kl_coef"] = kl.detach(), self.leash.coef
+            self.leash.adapt(float(kl))
+        return stats
+
+    def pretrained_policy(self) -> tuple[str, Any] | None:
+        """``(row name, policy)`` of the frozen starting policy, for the report (``supervised``
+        for ``init_from=pretrain``); ``None`` without ``init_from`` or a kept reference."""
+        if self.initial is None:
+            return None
+        name = "supervised" if self.init_from["source"] == "pretrain" else "pretrained"
+        return name, Supervised.of(self.ctx, self.initial, self.skip_shown)
+
+    @torch.no_grad()
+    def scores(self, obs: Obs) -> Tensor:
+        """The policy's logits ``[B, n_items]``: its greedy ranking (what a top-k list serves)."""
+        return self.logits(obs)
+
+    @torch.no_grad()
+    def act(self, obs: Obs, explore: bool) -> Tensor:
+        """Sample a slate from the policy, or take its top-``K`` items when neither ``explore``
+        nor ``sample_in_eval`` is set (the learned policy is stochastic; its mode can differ)."""
+        logits = self.logits(obs)
+        if not (explore or self.sample_in_eval):
+            return top_k(logits, self.ctx.slate_size)
+        return sample_top_k(logits, self.ctx.slate_size, self.generator)
+
+    @torch.no_grad()
+    def action_probs(self, obs: Obs) -> Tensor:
+        """Per-slot probabilities ``[B, K, n_items]`` of the slates :meth:`act` serves in
+        evaluation: the softmax (``sample_in_eval``) or the one-hot of the top-``K``."""
+        return evaluation_slate_probs(self.logits(obs), self.ctx.slate_size, self.sample_in_eval)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Weights, optimizer, counters and the KL reference."""
+        return {"policy": self.policy.state_dict(), "value": self.value.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "updates": self.updates,
+                "generator": self.generator.get_state(),
+                "initial": None if self.initial is None else self.initial.state_dict(),
+                "kl_coef": self.leash.coef}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore from :meth:`state_dict`."""
+        self.policy.load_state_dict(state["policy"])
+        self.value.load_state_dict(state["value"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.updates = int(state["updates"])
+        self.generator.set_state(state["generator"])
+        if self.initial is not None and state.get("initial") is not None:
+            self.initial.load_state_dict(state["initial"])
+        self.leash.coef = float(state.get("kl_coef", self.leash.coef))

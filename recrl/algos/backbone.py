@@ -1,0 +1,345 @@
+"""Large-model policies: the backbone a policy scores items with, where its weights start
+(``algo.init_from``) and the KL leash that keeps RL fine-tuning close to where it started.
+
+* :class:`Backbone`: how a policy encodes a history and scores items (``algo.encoder``: ``mlp``,
+  ``gru`` or ``transformer``, with ``dim``, ``hidden``, ``layers``, ``heads``, the item tower's
+  prior ``item_init`` and ``item_ids``).
+* ``algo.init_from`` (:func:`initialise`): ``pretrain`` (a supervised next-item model fitted on
+  the training logs, :func:`pretrained_state`, cached under ``<cache_dir>/pretrain/`` like the
+  behavior model), ``behavior`` (the run's own SASRec behavior model, whose transformer and
+  click head a ``transformer`` backbone of the same size copies exactly) or a run folder /
+  checkpoint (a saved policy with the same backbone).
+* :class:`KLPenalty`: ``kl_coef * KL(pi || pi_ref)`` against the frozen starting policy, with
+  the adaptive coefficient of Ziegler et al. (2019) when ``kl_target`` is set.
+
+References: Kang & McAuley. Self-attentive sequential recommendation. ICDM 2018. Ziegler et al.
+Fine-tuning language models from human preferences. arXiv:1909.08593, 2019.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+import recrl
+from recrl.algos.logged import LoggedSteps
+from recrl.algos.nets import (
+    ENCODERS,
+    ItemScorer,
+    adam,
+    behavior_item_prior,
+    gradient_step,
+    history_encoder,
+)
+from recrl.algos.seeding import own_random_stream
+from recrl.cachelock import build_once
+from recrl.checkpoint import load_checkpoint, save_checkpoint
+from recrl.types import AlgoContext, RecrlError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Backbone:
+    """How a policy encodes histories and scores items (the ``algo.*`` keys of the same names).
+
+    Attributes:
+        encoder: ``mlp`` (position-wise MLP), ``gru`` or ``transformer`` (SASRec-style, its item
+            table shared with scoring).
+        dim, hidden: state and item-vector width; the MLP/GRU hidden width.
+        layers, heads: the transformer's depth and attention heads (``behavior=sasrec_large``'s
+            size: ``dim=256 layers=4 heads=4``).
+        item_init: the item tower's pretrained prior (:func:`~recrl.algos.nets.behavior_item_prior`).
+        item_ids: ``False``: a transformer knows items by their prior (content) alone.
+        summary: the MLP encoder's order-free history summary.
+
+    Example::
+
+        scorer = Backbone(encoder="transformer", dim=64).scorer(ctx)    # an ItemScorer
+    """
+
+    encoder: str = "mlp"
+    dim: int = 32
+    hidden: int = 128
+    layers: int = 2
+    heads: int = 2
+    item_init: str = "random"
+    item_ids: bool = True
+    summary: bool = False
+
+    def __post_init__(self) -> None:
+        if self.encoder not in ENCODERS:
+            raise RecrlError(f"algo.encoder={self.encoder!r}: use one of {', '.join(ENCODERS)}")
+        if not self.item_ids and self.encoder != "transformer":
+            raise RecrlError("algo.item_ids=false needs algo.encoder=transformer")
+
+    def prior(self, ctx: AlgoContext) -> Tensor | None:
+        """The item tower's prior ``[n_items, P]`` (``None``: ids only)."""
+        return behavior_item_prior(ctx, self.item_init)
+
+    def encoder_for(self, ctx: AlgoContext, prior: Tensor | None) -> nn.Module:
+        """A fresh history encoder (weights from the current random stream)."""
+        return history_encoder(self.encoder, ctx, self.dim, self.hidden, self.layers, self.heads,
+                               item_prior=prior, summary=self.summary, item_ids=self.item_ids)
+
+    def scorer(self, ctx: AlgoContext, prior: Tensor | None = None) -> ItemScorer:
+        """A fresh :class:`ItemScorer` on ``ctx.device`` (``prior``: computed when not given)."""
+        prior = self.prior(ctx) if prior is None else prior
+        return ItemScorer(self.encoder_for(ctx, prior), ctx.n_items, self.dim, prior).to(ctx.device)
+
+
+@dataclass(frozen=True)
+class PretrainSettings:
+    """The supervised pretraining stage (``algo.pretrain``, ``conf/algo/pretrain/default.yaml``).
+
+    A next-item model: the policy's own scorer fitted by cross-entropy to the item each logged
+    click went to, given the history before it (the training split only; on logs of clicks
+    only, such as Amazon reviews, every row). Like the behavior model it does not depend on the
+    run's ``seed`` (its own ``seed``), so a sweep over seeds pretrains once.
+
+    Attributes:
+        steps, batch_size, lr: Adam steps, clicked rows per step, step size.
+        seed: weight initialisation and batch order.
+    """
+
+    steps: int = 3000
+    batch_size: int = 512
+    lr: float = 1e-3
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.batch_size < 1 or self.lr <= 0:
+            raise RecrlError("algo.pretrain.steps and batch_size must be >= 1 and lr > 0")
+
+
+def pretrain_key(ctx: AlgoContext, backbone: Backbone, settings: PretrainSettings) -> str:
+    """The cache key of a pretrained scorer: data, environment shape, backbone and settings."""
+    blob = json.dumps({"data": ctx.data_key, "n_items": ctx.n_items, "history_len": ctx.history_len,
+                       "slate_size": ctx.slate_size, "horizon": ctx.horizon,
+                       "backbone": dataclasses.asdict(backbone), "pretrain": dataclasses.asdict(settings)},
+                      sort_keys=True)
+    return hashlib.sha256(f"{recrl.__version__}|{blob}".encode()).hexdigest()[:16]
+
+
+def pretrained_state(ctx: AlgoContext, backbone: Backbone,
+                     settings: PretrainSettings) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """``(state_dict, report)`` of the pretrained next-item :class:`ItemScorer` (see
+    :class:`PretrainSettings`), loaded from ``<ctx.cache_dir>/pretrain/<key>.pt`` or fitted and
+    written there atomically (one process fits, parallel ones wait and load it)."""
+    if ctx.cache_dir is None:
+        return fit_next_item(ctx, backbone, settings)
+    path = Path(ctx.cache_dir) / "pretrain" / f"{pretrain_key(ctx, backbone, settings)}.pt"
+
+    def load() -> tuple[dict[str, Tensor], dict[str, Any]] | None:
+        if not path.is_file():
+            return None
+        try:
+            payload = load_checkpoint(path, map_location=ctx.device)
+        except RecrlError as err:
+            logger.warning("pretrained policy cache %s unusable (%s); refitting", path, err)
+            return None
+        logger.info("pretrained policy: cache hit %s", path)
+        return payload["state_dict"], {**payload["report"], "cached": True}
+
+    def fit() -> tuple[dict[str, Tensor], dict[str, Any]]:
+        state, report = fit_next_item(ctx, backbone, settings)
+        save_checkpoint(path, {"state_dict": state, "report": report})
+        return state, report
+
+    return build_once(path, "pretrained policy", load, fit)[0]
+
+
+def clicked_rows(ctx: AlgoContext) -> LoggedSteps:
+    """The training log's clicked rows as logged steps (each row's own click is the last slot
+    of its next observation)."""
+    steps = LoggedSteps.from_context(ctx)
+    rows = (steps.transitions.next_obs.clicks[:, -1, 0] > 0).nonzero().squeeze(1)
+    if rows.numel() == 0:
+        raise RecrlError("algo.init_from=pretrain fits the clicked items of the training log, "
+                         "but it has no clicks")
+    return steps.index(rows)
+
+
+def fit_next_item(ctx: AlgoContext, backbone: Backbone,
+                  settings: PretrainSettings) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """Fit a fresh scorer of ``backbone`` to the training log's clicked items by cross-entropy
+    (see :class:`PretrainSettings`); returns its weights and a small report."""
+    started = time.perf_counter()
+    data = clicked_rows(ctx)
+    with own_random_stream(settings.seed, ctx.device):
+        scorer = backbone.scorer(ctx)
+    params = [p for p in scorer.parameters() if p.requires_grad]
+    optimizer = adam(params, settings.lr)
+    generator = torch.Generator(ctx.device).manual_seed(settings.seed)
+    logger.info("pretraining the policy (%s encoder) on %d clicked rows, %d steps", backbone.encoder,
+                len(data), settings.steps)
+    losses = []
+    for _ in range(settings.steps):
+        batch = data.sample(settings.batch_size, generator).transitions
+        loss = F.cross_entropy(scorer(batch.obs), batch.action[:, 0])
+        gradient_step(optimizer, loss, params, 10.0)
+        losses.append(loss.detach())
+    tail = torch.stack(losses[-max(1, len(losses) // 10):]).mean()
+    report = {"rows": len(data), "steps": settings.steps, "final_loss": float(tail),
+              "fit_s": round(time.perf_counter() - started, 2), "cached": False}
+    return {k: v.detach().clone() for k, v in scorer.state_dict().items()}, report
+
+
+INIT_SOURCES = ("pretrain", "behavior", "<run folder or .pt>")
+
+
+def initialise(scorer: nn.Module, ctx: AlgoContext, init_from: str | None, backbone: Backbone,
+               settings: PretrainSettings | None) -> dict[str, Any] | None:
+    """Load ``algo.init_from``'s weights into ``scorer`` (its ``encoder`` and item tower; the
+    heads a pretrained next-item model lacks, such as a dueling value, stay as built). Returns
+    what was loaded (``None`` when ``init_from`` is unset)."""
+    if init_from in (None, "", "none"):
+        return None
+    if init_from == "pretrain":
+        state, report = pretrained_state(ctx, backbone, settings or PretrainSettings())
+        load_backbone(scorer, state, "the pretrained next-item model")
+        return {"source": "pretrain", **report}
+    if init_from == "behavior":
+        load_backbone(scorer, behavior_backbone_state(ctx.behavior, backbone), "the behavior model")
+        return {"source": "behavior"}
+    state = saved_policy_state(init_from)
+    load_backbone(scorer, state, f"the policy saved in {init_from}")
+    return {"source": str(init_from)}
+
+
+def load_backbone(scorer: nn.Module, state: dict[str, Tensor], what: str) -> None:
+    """Copy the encoder, the item tower and the item biases of ``state`` into ``scorer``: every
+    ``encoder.*`` entry must be there with the same shape (else one line saying how the backbones
+    differ); item entries are copied where names and shapes agree."""
+    own = scorer.state_dict()
+    needed = [k for k in own if k.startswith("encoder.")]
+    missing = [k for k in needed if k not in state]
+    wrong = [k for k in needed if k in state and state[k].shape != own[k].shape]
+    if missing or wrong or not needed:
+        if missing:
+            detail = f"{len(missing)} of its entries missing (e.g. {missing[0]})"
+        elif wrong:
+            key = wrong[0]
+            detail = f"{key} is {tuple(state[key].shape)}, the policy's {tuple(own[key].shape)}"
+        else:
+            detail = "no encoder"
+        raise RecrlError(f"algo.init_from: {what} does not fit this policy's backbone ({detail}); "
+                         "use the same algo.encoder, dim, hidden, layers, heads and item_init")
+    extra = [k for k in ("bias", "item_out.weight", "prior.prior", "prior.proj.weight")
+             if k in own and k in state and state[k].shape == own[k].shape]
+    with torch.no_grad():
+        for key in needed + extra:
+            own[key].copy_(state[key].to(own[key].device))
+
+
+def behavior_backbone_state(behavior: Any, backbone: Backbone) -> dict[str, Tensor]:
+    """A ``transformer`` scorer's weights taken from a fitted SASRec behavior model of the same
+    size: its item table, feedback vectors, start token, blocks and final norm become the
+    encoder, its click head's projection the query projection and its click biases the item
+    biases, so the policy's logits start as the model's click logits."""
+    from recrl.behavior.sasrec import SASRecBehavior
+
+    if backbone.encoder != "transformer":
+        raise RecrlError("algo.init_from=behavior needs algo.encoder=transformer")
+    if not isinstance(behavior, SASRecBehavior):
+        raise RecrlError("algo.init_from=behavior copies a SASRec behavior model, but this run's is "
+                         f"{type(behavior).__name__}: set behavior=sasrec (ensemble 1) or use "
+                         "algo.init_from=pretrain")
+    if behavior.content is not None or backbone.item_init != "random":
+        raise RecrlError("algo.init_from=behavior copies item-id embeddings only: set behavior.features=[] "
+                         "and algo.item_init=random, or use algo.init_from=pretrain")
+    if (behavior.dim, behavior.layers, behavior.heads) != (backbone.dim, backbone.layers, backbone.heads):
+        raise RecrlError(f"algo.init_from=behavior: the behavior model is dim={behavior.dim} "
+                         f"layers={behavior.layers} heads={behavior.heads}; set algo.dim, algo.layers "
+                         "and algo.heads to the same")
+    source = behavior.state_dict()
+    state = {f"encoder.{k}": v for k, v in source.items()
+             if k.split(".")[0] in ("item_emb", "feedback", "start", "blocks", "norm")}
+    state["encoder.proj.weight"] = source["click_head.proj.weight"]
+    state["encoder.proj.bias"] = source["click_head.proj.bias"]
+    dim = backbone.dim
+    state["encoder.progress.weight"] = torch.zeros(dim, 1)
+    state["encoder.progress.bias"] = torch.zeros(dim)
+    state["bias"] = source["click_head.bias"]
+    return state
+
+
+def saved_policy_state(where: str) -> dict[str, Tensor]:
+    """The policy network's weights in a saved run (folder or ``.pt``): the ``policy`` (policy
+    gradient, supervised, behaviour cloning) or ``q`` (DQN family) entry of its algorithm."""
+    payload = load_checkpoint(where)
+    algo = payload.get("algo") or {}
+    for key in ("policy", "q", "net"):
+        if isinstance(algo.get(key), dict):
+            return algo[key]
+    raise RecrlError(f"algo.init_from={where}: its checkpoint holds no policy network "
+                     "(baselines and bandits save none); pass a run of ppo, reinforce, a2c, dqn, "
+                     "supervised or bc")
+
+
+def kl_divergence(log_pi: Tensor, log_ref: Tensor) -> Tensor:
+    """``KL(pi || ref)`` ``[B]`` per row of log-probabilities ``[B, N]``, exactly over the
+    catalogue; items ``pi`` gives no probability (``-inf``) add 0.
+
+    Example::
+
+        kl_divergence(torch.tensor([[0.5, 0.5]]).log(), torch.tensor([[0.9, 0.1]]).log())
+        # 0.5 log(0.5/0.9) + 0.5 log(0.5/0.1) = 0.5108
+    """
+    allowed = torch.isfinite(log_pi)
+    diff = torch.where(allowed, log_pi, 0.0) - torch.where(allowed, log_ref, 0.0)
+    return (log_pi.exp() * diff).sum(1)
+
+
+class KLPenalty:
+    """The KL leash of RL fine-tuning: ``coef * KL(pi || pi_ref)`` added to the loss, ``pi_ref``
+    a frozen copy of the policy as it started (``algo.init_from``'s weights).
+
+    With ``target`` set, ``coef`` adapts after every update by Ziegler et al.'s proportional
+    controller: ``coef <- coef * (1 + rate * clip(KL / target - 1, -0.2, 0.2))``, so the KL
+    settles near ``target`` (starting from ``coef``, or 0.1 when it is 0). ``coef = 0`` and no
+    ``target``: off.
+
+    Example::
+
+        leash = KLPenalty(copy_frozen(policy), coef=0.1, target=0.05)
+        kl = kl_divergence(log_pi, torch.log_softmax(leash.reference(obs), 1)).mean()
+        loss = loss + leash.coef * kl
+        leash.adapt(float(kl))
+    """
+
+    def __init__(self, reference: nn.Module | None, coef: float = 0.0, target: float | None = None,
+                 rate: float = 0.1) -> None:
+        if coef < 0 or (target is not None and target <= 0):
+            raise RecrlError("algo.kl_coef must be >= 0 and algo.kl_target > 0 (or null)")
+        if target is not None and coef == 0:
+            coef = 0.1  # the proportional controller scales the coefficient: it cannot start at 0
+        self.coef, self.target, self.rate = float(coef), target, rate
+        self.reference = reference if self.coef > 0 else None
+
+    @property
+    def active(self) -> bool:
+        """Whether the penalty is on."""
+        return self.reference is not None
+
+    def adapt(self, kl: float) -> None:
+        """After an update whose mean KL was ``kl``: move ``coef`` toward ``target`` (if set)."""
+        if self.target is not None:
+            error = min(max(kl / self.target - 1.0, -0.2), 0.2)
+            self.coef *= 1.0 + self.rate * error
+
+
+def copy_frozen(net: nn.Module) -> nn.Module:
+    """A copy of ``net`` without gradients, in evaluation mode."""
+    return copy.deepcopy(net).requires_grad_(False).eval()
