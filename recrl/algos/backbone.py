@@ -23,6 +23,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,18 +110,28 @@ class PretrainSettings:
     run's ``seed`` (its own ``seed``), so a sweep over seeds pretrains once.
 
     Attributes:
-        steps, batch_size, lr: Adam steps, clicked rows per step, step size.
+        epochs: passes over the clicked rows (batches drawn with replacement).
+        steps: Adam steps, in place of ``epochs`` when set.
+        batch_size, lr: clicked rows per step, Adam's step size.
         seed: weight initialisation and batch order.
     """
 
-    steps: int = 3000
+    epochs: float = 20.0
+    steps: int | None = None
     batch_size: int = 512
     lr: float = 1e-3
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.steps < 1 or self.batch_size < 1 or self.lr <= 0:
-            raise RecrlError("algo.pretrain.steps and batch_size must be >= 1 and lr > 0")
+        bad_steps = self.steps is not None and self.steps < 1
+        if self.epochs <= 0 or bad_steps or self.batch_size < 1 or self.lr <= 0:
+            raise RecrlError("algo.pretrain: epochs must be > 0, steps null or >= 1, batch_size >= 1, lr > 0")
+
+    def n_steps(self, rows: int) -> int:
+        """Adam steps for ``rows`` clicked rows: ``steps``, or ``epochs`` passes of batches."""
+        if self.steps is not None:
+            return self.steps
+        return max(1, math.ceil(self.epochs * rows / self.batch_size))
 
 
 def pretrain_key(ctx: AlgoContext, backbone: Backbone, settings: PretrainSettings) -> str:
@@ -182,16 +193,17 @@ def fit_next_item(ctx: AlgoContext, backbone: Backbone,
     params = [p for p in scorer.parameters() if p.requires_grad]
     optimizer = adam(params, settings.lr)
     generator = torch.Generator(ctx.device).manual_seed(settings.seed)
+    steps = settings.n_steps(len(data))
     logger.info("pretraining the policy (%s encoder) on %d clicked rows, %d steps", backbone.encoder,
-                len(data), settings.steps)
+                len(data), steps)
     losses = []
-    for _ in range(settings.steps):
+    for _ in range(steps):
         batch = data.sample(settings.batch_size, generator).transitions
         loss = F.cross_entropy(scorer(batch.obs), batch.action[:, 0])
         gradient_step(optimizer, loss, params, 10.0)
         losses.append(loss.detach())
     tail = torch.stack(losses[-max(1, len(losses) // 10):]).mean()
-    report = {"rows": len(data), "steps": settings.steps, "final_loss": float(tail),
+    report = {"rows": len(data), "steps": steps, "final_loss": float(tail),
               "fit_s": round(time.perf_counter() - started, 2), "cached": False}
     return {k: v.detach().clone() for k, v in scorer.state_dict().items()}, report
 
