@@ -119,7 +119,7 @@ def test_init_from_behavior_starts_as_the_sasrec_click_model() -> None:
     with torch.no_grad():
         expected = behavior.click_head(behavior.output(behavior.encode(obs)))
         torch.testing.assert_close(algo.policy(obs), expected, atol=1e-5, rtol=1e-5)
-    with pytest.raises(RecrlError, match="algo.dim"):
+    with pytest.raises(RecrlError, match=r"algo\.dim"):
         PPO(ctx, **{**SMALL, "dim": 16}, item_init="random", init_from="behavior")
     with pytest.raises(RecrlError, match="behavior=sasrec"):
         PPO(replace(ctx, behavior=object()), **SMALL, item_init="random", init_from="behavior")

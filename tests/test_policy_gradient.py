@@ -147,7 +147,7 @@ def test_ppo_clipped_surrogate_by_hand() -> None:
     obs = random_obs(6, gen)
     action = torch.stack([torch.randperm(N_ITEMS, generator=gen)[:K] for _ in range(6)])
     with torch.no_grad():
-        logp, value, entropy = algo.evaluate(obs, action)
+        logp, value, entropy, _ = algo.evaluate(obs, action)
     # log-ratios on both sides of the clip range, advantages of both signs
     log_ratio = torch.tensor([0.5, 0.5, -0.5, -0.5, 0.1, 0.0])
     advantage = torch.tensor([1.0, -2.0, 1.5, -1.0, 3.0, -0.5])

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import recrl
-from recrl.algos.logged import LoggedSteps
+from recrl.algos.logged import LoggedSteps, logged_steps
 from recrl.algos.nets import (
     ENCODERS,
     ItemScorer,
@@ -171,10 +171,16 @@ def pretrained_state(ctx: AlgoContext, backbone: Backbone,
     return build_once(path, "pretrained policy", load, fit)[0]
 
 
-def clicked_rows(ctx: AlgoContext) -> LoggedSteps:
-    """The training log's clicked rows as logged steps (each row's own click is the last slot
-    of its next observation)."""
-    steps = LoggedSteps.from_context(ctx)
+def clicked_rows(ctx: AlgoContext, backbone: Backbone) -> LoggedSteps:
+    """The training log's clicked rows as logged steps of single items (each row's own click
+    is the last slot of its next observation). A transformer or GRU scorer fitted on them reads
+    slates of any size afterwards; the MLP's input width depends on the slate size."""
+    if ctx.interactions is None:
+        raise RecrlError("algo.init_from=pretrain fits the training log, but this run has none (env=gym)")
+    if ctx.slate_size != 1 and backbone.encoder == "mlp":
+        raise RecrlError(f"pretraining on logs of single items cannot fit an mlp encoder for "
+                         f"env.slate_size={ctx.slate_size}: use algo.encoder=transformer (or gru)")
+    steps = logged_steps(ctx.interactions.train, ctx.n_items, ctx.history_len, ctx.reward, ctx.device)
     rows = (steps.transitions.next_obs.clicks[:, -1, 0] > 0).nonzero().squeeze(1)
     if rows.numel() == 0:
         raise RecrlError("algo.init_from=pretrain fits the clicked items of the training log, "
@@ -187,7 +193,7 @@ def fit_next_item(ctx: AlgoContext, backbone: Backbone,
     """Fit a fresh scorer of ``backbone`` to the training log's clicked items by cross-entropy
     (see :class:`PretrainSettings`); returns its weights and a small report."""
     started = time.perf_counter()
-    data = clicked_rows(ctx)
+    data = clicked_rows(ctx, backbone)
     with own_random_stream(settings.seed, ctx.device):
         scorer = backbone.scorer(ctx)
     params = [p for p in scorer.parameters() if p.requires_grad]
