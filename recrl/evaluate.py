@@ -18,7 +18,7 @@ from torch import Tensor
 import recrl
 from recrl.algos.oracle import Oracle, can_plan
 from recrl.behavior.fidelity import fidelity_report
-from recrl.behavior.offline import offline_ranking
+from recrl.behavior.offline import offline_ranking, policy_ranking
 from recrl.cachelock import build_once
 from recrl.checkpoint import load_checkpoint, resolve_checkpoint
 from recrl.config import build, build_algo_by_name, migrate_renamed_keys, validate
@@ -72,6 +72,23 @@ class Evaluation:
             return {}
         return offline_ranking(behavior, splits, history_len=history_len, max_users=self.offline_users,
                                seed=self.seed)
+
+    def policy_ranking(self, policies: dict[str, Policy], splits: Splits | None,
+                       ctx: Any) -> dict[str, dict[str, float]]:
+        """Next-item ranking of the policies with ``scores`` on the users of :meth:`offline`
+        (full protocol), each reading the observation it has in the environment (``ctx``'s
+        history length, slate size and horizon); ``{}`` when ``offline_users`` is 0, the run has
+        no logged test rows or its observations carry features the logs do not give."""
+        if self.offline_users == 0 or splits is None or splits.test.empty or ctx.obs_features:
+            return {}
+        start = time.perf_counter()
+        section = policy_ranking(policies, splits, history_len=ctx.history_len, horizon=ctx.horizon,
+                                 max_users=self.offline_users, seed=self.seed, slate_size=ctx.slate_size,
+                                 device=ctx.device)
+        if section:
+            logger.info("next-item ranking of %s on the test users: %.2f s", ", ".join(section),
+                        time.perf_counter() - start)
+        return section
 
     def policies(self, trained: dict[str, Policy], ctx: Any) -> dict[str, Policy]:
         """``trained`` (the run's policy and any others, by name) followed by every baseline not
@@ -221,7 +238,8 @@ def final_evaluation(cfg: DictConfig, stages: Stages, algo: Any, algo_name: str,
                      run_dir: Path, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """Evaluate the trained policy, the ``extra`` policies and every baseline in every
     environment; in a ground truth the oracle can plan in, add the oracle row and every
-    policy's share of it."""
+    policy's share of it; rank the test users' next items with every policy that can
+    (``policy_ranking``)."""
     evaluation: Evaluation = build(cfg.eval)
     policies = evaluation.policies({algo_name: algo, **(extra or {})}, stages.ctx)
     envs = stages.eval_envs()
@@ -234,6 +252,8 @@ def final_evaluation(cfg: DictConfig, stages: Stages, algo: Any, algo_name: str,
     if ope.enabled:
         logger.info("off-policy estimates of %s from the test split's logs", ", ".join(policies))
         sections["off_policy"], results["ope"] = off_policy(ope, stages, policies)
+    # last: scoring may draw from a policy's generator (random), which must not move the numbers above
+    sections["policy_ranking"] = evaluation.policy_ranking(policies, stages.splits, stages.ctx)
     return {"task": "train", "algo": algo_name, "reward": type(stages.reward).__name__, **sections,
             "evaluation": results}
 

@@ -336,6 +336,31 @@ def _offline_table(offline: Mapping[str, Mapping[str, float]]) -> str:
     return markdown_table(["protocol", *metrics], rows)
 
 
+POLICY_RANKING_NOTE = (
+    "Full ranking of each test user's next item (their first clicked test item) over the whole catalogue, "
+    "the user's other seen items left out, by every policy that ranks the catalogue: the {n} users of "
+    "\"Behavior model: offline ranking\", each policy observing their last `env.history_len` logged items. "
+    "A policy that never re-serves items in its observed history scores 0 on targets that repeat one of "
+    "them (`target_masked`: the share of such users). `return · <env>`: the policy's return (mean ± 95% CI) "
+    "from the tables above, for the trade-off between next-item accuracy and long-term return.")
+
+
+def _policy_ranking_text(ranking: Mapping[str, Mapping[str, float]],
+                         evaluation: Mapping[str, Any]) -> str:
+    """The note and the table of the policies' next-item ranking, with their returns."""
+    found = _unique(m for values in ranking.values() for m in values if m != "n_users")
+    first = [m for m in ("hr@10", "ndcg@10") if m in found]
+    metrics = first + [m for m in found if m not in first]
+    envs = [e for e in evaluation if any(p in evaluation[e] for p in ranking)]
+    rows = [[policy, *(_metric_cell(m, values.get(m)) for m in metrics),
+             *(format_stat((evaluation[e].get(policy) or {}).get("return")) for e in envs)]
+            for policy, values in ranking.items()]
+    users = _unique(_metric_cell("n_users", v.get("n_users")) for v in ranking.values())
+    note = POLICY_RANKING_NOTE.format(n=" / ".join(users))
+    table = markdown_table(["policy", *metrics, *(f"return · {e}" for e in envs)], rows)
+    return f"{note}\n\n{table}"
+
+
 def _metric_cell(metric: str, value: Any) -> str:
     """A ranking metric with 4 decimals; the user count as an integer; ``–`` when missing."""
     if metric == "n_users" and _as_scalar(value) is not None:
@@ -419,6 +444,9 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         lines += _section("All metrics per environment")
         for env in evaluation:
             lines += _section(env, _env_table(evaluation, env), level=3)
+    if report.get("policy_ranking"):
+        lines += _section("Policies as next-item recommenders",
+                          _policy_ranking_text(report["policy_ranking"], evaluation))
     if report.get("off_policy"):
         lines += _section("Off-policy estimates", _off_policy_text(report["off_policy"]))
     if report.get("config"):

@@ -6,20 +6,25 @@ logged history before it (train + valid rows, the last ``history_len`` of them) 
 ``full`` (rank among all items the user has not interacted with) and ``sampled-100`` (rank among
 100 uniformly sampled unseen items, fixed seed, as in the SASRec paper). The same users ranked
 by training popularity give the reference rows ``popularity · full`` / ``popularity · sampled-100``.
+
+:func:`policy_ranking` ranks the same users' next items with recommendation *policies* (anything
+with ``scores(obs)``), reading the observation a policy sees in the environment: the last
+``history_len`` logged rows, one per slate.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
-from recrl.metrics.ranking import full_ranking, sampled_ranking, summarize_ranking
+from recrl.metrics.ranking import full_ranking, hit_rate_at_k, ndcg_at_k, sampled_ranking, summarize_ranking
 from recrl.types import Obs, Splits
 
 
@@ -122,3 +127,66 @@ def rank_task(model: Any, task: NextItemTask, n_items: int, ks: tuple[int, ...] 
         results.append(sampled_ranking(score_items, rows, task.targets, task.seen, n_items,
                                        n_negatives=n_negatives, ks=(1, *ks), seed=seed, chunk=chunk))
     return summarize_ranking(results)
+
+
+
+@torch.no_grad()
+def policy_ranking(policies: Mapping[str, Any], splits: Splits, history_len: int, horizon: int,
+                   max_users: int | None = None, seed: int = 0, ks: tuple[int, ...] = (5, 10, 20),
+                   slate_size: int = 1, device: torch.device | str = "cpu",
+                   chunk: int = 512) -> dict[str, dict[str, float]]:
+    """``{policy: {metric: value}}``: full ranking of each test user's next item by every policy
+    of ``policies`` that has ``scores(obs)`` (the others are left out).
+
+    The users are those of :func:`offline_ranking` with the same ``max_users`` and ``seed``; each
+    policy reads the observation it would see in the environment (:func:`policy_view`) and ranks
+    the whole catalogue, the user's other seen items left out as in the ``full`` protocol. An item
+    the policy scores ``-inf`` (e.g. one in the observed history, which it never re-serves) can
+    never be served: a target scored so is a miss at every ``k`` (reciprocal rank 0), and
+    ``target_masked`` is the share of such users. Metrics: ``hr@k``, ``ndcg@k``, ``mrr``,
+    ``target_masked`` and ``n_users``.
+    """
+    rankers = {name: policy for name, policy in policies.items() if callable(getattr(policy, "scores", None))}
+    task = next_item_task(splits, history_len, max_users, seed) if rankers else None
+    if task is None:
+        return {}
+    task = policy_view(task, splits.interactions.n_items, horizon, slate_size)
+    return {name: rank_policy(policy.scores, task, ks, device, chunk) for name, policy in rankers.items()}
+
+
+def policy_view(task: NextItemTask, n_items: int, horizon: int, slate_size: int = 1) -> NextItemTask:
+    """``task`` as a policy observes it: each logged row a slate of ``slate_size`` slots (the
+    item first, padding id ``n_items`` after it) and ``step`` the number of rows in the history,
+    at most ``horizon - 1`` (an episode that far in has exactly that history)."""
+    obs = task.obs
+    pad = slate_size - obs.items.shape[2]
+    items = F.pad(obs.items, (0, pad), value=n_items) if pad > 0 else obs.items
+    clicks = F.pad(obs.clicks, (0, pad)) if pad > 0 else obs.clicks
+    step = obs.step.clamp(max=max(horizon - 1, 0))
+    return replace(task, obs=Obs(items=items, clicks=clicks, step=step))
+
+
+@torch.no_grad()
+def rank_policy(scores: Callable[[Obs], Tensor], task: NextItemTask, ks: tuple[int, ...] = (5, 10, 20),
+                device: torch.device | str = "cpu", chunk: int = 512) -> dict[str, float]:
+    """Full-ranking metrics of ``task`` under a policy's ``scores(obs) -> [B, n_items]``, a
+    target scored ``-inf`` (or NaN) counted as a miss (see :func:`policy_ranking`)."""
+    masked: list[Tensor] = []
+
+    def score_rows(idx: Tensor) -> Tensor:
+        values = scores(task.obs.index(idx).to(device)).float()
+        target = values.gather(1, task.targets[idx, None].to(values.device))[:, 0]
+        masked.append(~(target > float("-inf")).cpu())
+        return values
+
+    rows = torch.arange(len(task.targets))
+    ranks = full_ranking(score_rows, rows, task.targets, task.seen, ks=ks, chunk=chunk).ranks
+    blocked = torch.cat(masked)
+    ranks = ranks.masked_fill(blocked, max(ks))  # beyond every k
+    metrics: dict[str, float] = {}
+    for k in ks:
+        metrics[f"hr@{k}"] = hit_rate_at_k(ranks, k)
+        metrics[f"ndcg@{k}"] = ndcg_at_k(ranks, k)
+    reciprocal = torch.where(blocked, 0.0, 1.0 / (ranks.double() + 1.0))
+    return {**metrics, "mrr": float(reciprocal.mean()), "target_masked": float(blocked.double().mean()),
+            "n_users": float(len(ranks))}
