@@ -327,7 +327,7 @@ def test_sweep_syntax_errors_are_one_line(args: list[str], message: str,
 
 
 @pytest.mark.parametrize(("args", "message"), [
-    (["train", "algo=dqnn"], "valid options for algo: a2c, bc, bcq, c51, cql, dpo, dqn, epsilon_greedy, greedy"),
+    (["train", "algo=dqnn"], "valid options for algo: a2c, bc, bcq, c51, cql, dpo, dqn, epsilon_greedy"),
     (["train", "trainer.steps=abc"], "trainer.steps='abc' is not a valid int"),
     (["train", "trainer.stepz=1"], "unknown key trainer.stepz"),
     (["train", "seed=1.5"], "seed=1.5 is not a valid int"),
