@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 from dataclasses import replace
@@ -224,7 +225,8 @@ def test_value_learners_take_a_transformer_backbone(make) -> None:
 
 
 def test_cli_fine_tunes_from_the_pretrained_model_and_reports_it(tmp_path: Path) -> None:
-    env = {"RECRL_CACHE_DIR": str(tmp_path / "cache"), "RECRL_DEBUG": "", "PATH": ""}
+    env = {**os.environ, "RECRL_CACHE_DIR": str(tmp_path / "cache"), "RECRL_DEBUG": "",
+           "OMP_NUM_THREADS": "1"}
     args = ["train", "experiment=smoke", "algo=ppo", "algo.encoder=transformer", "algo.dim=8",
             "algo.layers=1", "algo.init_from=pretrain", "algo.pretrain.steps=20", "algo.kl_target=0.05",
             "eval.offline_users=0", "ope.enabled=false"]

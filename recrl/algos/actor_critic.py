@@ -98,8 +98,7 @@ class SoftmaxActorCritic:
         for ``init_from=pretrain``); ``None`` without ``init_from`` or a kept reference."""
         if self.initial is None:
             return None
-        name = "supervised" if self.init_from["source"] == "pretrain" else "pretrained"
-        return name, Supervised.of(self.ctx, self.initial, self.skip_shown)
+        return Supervised.starting_row(self.ctx, self.init_from, self.initial, self.skip_shown)
 
     @torch.no_grad()
     def scores(self, obs: Obs) -> Tensor:

@@ -225,8 +225,7 @@ class DPO(ActsGreedily):
     def pretrained_policy(self) -> tuple[str, Any]:
         """``(row name, policy)`` of the reference, for the report: ``supervised`` for
         ``init_from=pretrain``, ``pretrained`` for another source."""
-        name = "supervised" if self.init_from["source"] == "pretrain" else "pretrained"
-        return name, Supervised.of(self.ctx, self.reference, self.skip_shown)
+        return Supervised.starting_row(self.ctx, self.init_from, self.reference, self.skip_shown)
 
     def rejected(self, batch: PreferencePairs) -> Tensor:
         """The batch's rejected items: the logged ones, or fresh samples (``negatives=sampled``)."""

@@ -352,8 +352,7 @@ class DQN(ActsGreedily):
         ranking is the pretrained model's: a dueling value shifts every item alike)."""
         if self.initial is None:
             return None
-        name = "supervised" if self.init_from["source"] == "pretrain" else "pretrained"
-        return name, Supervised.of(self.ctx, self.initial, self.skip_shown)
+        return Supervised.starting_row(self.ctx, self.init_from, self.initial, self.skip_shown)
 
     def epsilon(self) -> float:
         """Exploration rate now: linear from ``epsilon_start`` to ``epsilon_end``."""

@@ -53,6 +53,14 @@ class Supervised(ActsGreedily):
         algo.report = {}
         return algo
 
+    @classmethod
+    def starting_row(cls, ctx: AlgoContext, init_from: dict[str, Any], policy: nn.Module,
+                     skip_shown: bool) -> tuple[str, Supervised]:
+        """The report row of a fine-tuned run's frozen starting ``policy``: ``supervised`` when it
+        came from ``algo.init_from=pretrain``, ``pretrained`` from another source."""
+        name = "supervised" if init_from["source"] == "pretrain" else "pretrained"
+        return name, cls.of(ctx, policy, skip_shown)
+
     def _setup(self, ctx: AlgoContext, policy: nn.Module, skip_shown: bool) -> None:
         self.ctx, self.policy = ctx, policy
         self.skip_shown = skips_shown(ctx, skip_shown)
