@@ -209,8 +209,11 @@ def test_reinforce_update_loss_hand_computed() -> None:
     ent = (entropy * valid).sum() / n
     params_before = [p.clone() for p in list(algo.policy.parameters()) + list(algo.value.parameters())]
     stats = algo.update(roll)
-    assert set(stats) == {"train/loss", "train/policy_loss", "train/value_loss", "train/entropy"}
+    assert set(stats) == {"train/loss", "train/policy_loss", "train/value_loss", "train/entropy",
+                          "train/reward"}  # no train/kl without algo.init_from and a leash
     assert all(torch.isfinite(torch.as_tensor(v)) for v in stats.values())
+    mean_reward = float((roll.reward * roll.valid).sum() / roll.valid.sum())
+    assert float(stats["train/reward"]) == pytest.approx(mean_reward, rel=1e-6)
     assert float(stats["train/policy_loss"]) == pytest.approx(float(policy_loss), rel=1e-4, abs=1e-5)
     assert float(stats["train/value_loss"]) == pytest.approx(float(value_loss), rel=1e-4, abs=1e-5)
     assert float(stats["train/entropy"]) == pytest.approx(float(ent), rel=1e-4)
