@@ -129,7 +129,6 @@ def rank_task(model: Any, task: NextItemTask, n_items: int, ks: tuple[int, ...] 
     return summarize_ranking(results)
 
 
-
 @torch.no_grad()
 def policy_ranking(policies: Mapping[str, Any], splits: Splits, history_len: int, horizon: int,
                    max_users: int | None = None, seed: int = 0, ks: tuple[int, ...] = (5, 10, 20),
