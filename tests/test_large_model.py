@@ -239,3 +239,32 @@ def test_cli_fine_tunes_from_the_pretrained_model_and_reports_it(tmp_path: Path)
     assert report["init_from"]["source"] == "pretrain"
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert any("train/kl" in r and "train/kl_coef" in r and "train/reward" in r for r in rows)
+
+
+def staying_log(n_users: int = 80) -> pd.DataFrame:
+    """Half the users click item 0 first and go on clicking items 2, 3, 4; the other half click
+    item 1 first and leave: both first clicks are equally common, only one leads anywhere."""
+    users, items, times = [], [], []
+    for user in range(n_users):
+        session = [0, 2, 3, 4] if user % 2 == 0 else [1]
+        users += [user] * len(session)
+        items += session
+        times += list(range(len(session)))
+    return log_frame({"user": users, "time": times, "item": items, "click": np.ones(len(users), np.float32)})
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_return_weighted_pretraining_imitates_the_clicks_that_kept_users(seed: int) -> None:
+    ctx = logged_ctx(staying_log(), 6, seed=seed)
+    first_step = left_padded([[]], [[]], 6, 3)
+
+    def preference(weighting: str) -> float:
+        settings = PretrainSettings(steps=150, batch_size=64, lr=0.01, seed=seed, weighting=weighting)
+        algo = Supervised(ctx, **{**SMALL, "encoder": "mlp"}, item_init="random", pretrain=settings)
+        scores = algo.scores(first_step)[0]
+        return float(scores[0] - scores[1])  # log-odds of item 0 over item 1 after no history
+
+    assert abs(preference("none")) < 0.5       # equally common first clicks
+    assert preference("return") > 1.5          # the one after which the session went on
+    with pytest.raises(RecrlError, match="weighting"):
+        PretrainSettings(weighting="bogus")

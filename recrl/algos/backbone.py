@@ -100,6 +100,9 @@ class Backbone:
         return ItemScorer(self.encoder_for(ctx, prior), ctx.n_items, self.dim, prior).to(ctx.device)
 
 
+WEIGHTINGS = ("none", "return")
+
+
 @dataclass(frozen=True)
 class PretrainSettings:
     """The supervised pretraining stage (``algo.pretrain``, ``conf/algo/pretrain/default.yaml``).
@@ -109,11 +112,19 @@ class PretrainSettings:
     only, such as Amazon reviews, every row). Like the behavior model it does not depend on the
     run's ``seed`` (its own ``seed``), so a sweep over seeds pretrains once.
 
+    ``weighting="return"`` draws the clicked rows in proportion to ``exp(z / temperature)``,
+    ``z`` the standardised logged return-to-go of the row's session from that row on (discount
+    ``gamma``, the run's reward), as advantage-weighted regression weighs actions (Peng et al.,
+    arXiv:1910.00177, 2019): the model imitates the clicks after which sessions went on paying,
+    not every click alike.
+
     Attributes:
         epochs: passes over the clicked rows (batches drawn with replacement).
         steps: Adam steps, in place of ``epochs`` when set.
         batch_size, lr: clicked rows per step, Adam's step size.
         seed: weight initialisation and batch order.
+        weighting: ``none`` (every click alike) or ``return``.
+        temperature, gamma: the ``return`` weighting's temperature and discount.
     """
 
     epochs: float = 20.0
@@ -121,11 +132,17 @@ class PretrainSettings:
     batch_size: int = 512
     lr: float = 1e-3
     seed: int = 0
+    weighting: str = "none"
+    temperature: float = 1.0
+    gamma: float = 0.95
 
     def __post_init__(self) -> None:
         bad_steps = self.steps is not None and self.steps < 1
         if self.epochs <= 0 or bad_steps or self.batch_size < 1 or self.lr <= 0:
             raise RecrlError("algo.pretrain: epochs must be > 0, steps null or >= 1, batch_size >= 1, lr > 0")
+        if self.weighting not in WEIGHTINGS or self.temperature <= 0 or not 0 <= self.gamma <= 1:
+            raise RecrlError(f"algo.pretrain.weighting={self.weighting!r}: use one of "
+                             f"{', '.join(WEIGHTINGS)}, with temperature > 0 and gamma in [0, 1]")
 
     def n_steps(self, rows: int) -> int:
         """Adam steps for ``rows`` clicked rows: ``steps``, or ``epochs`` passes of batches."""
@@ -171,10 +188,12 @@ def pretrained_state(ctx: AlgoContext, backbone: Backbone,
     return build_once(path, "pretrained policy", load, fit)[0]
 
 
-def clicked_rows(ctx: AlgoContext, backbone: Backbone) -> LoggedSteps:
+def clicked_rows(ctx: AlgoContext, backbone: Backbone,
+                 settings: PretrainSettings) -> tuple[LoggedSteps, Tensor | None]:
     """The training log's clicked rows as logged steps of single items (each row's own click
-    is the last slot of its next observation). A transformer or GRU scorer fitted on them reads
-    slates of any size afterwards; the MLP's input width depends on the slate size."""
+    is the last slot of its next observation) and, with ``settings.weighting="return"``, each
+    row's sampling weight (mean 1). A transformer or GRU scorer fitted on them reads slates of
+    any size afterwards; the MLP's input width depends on the slate size."""
     if ctx.interactions is None:
         raise RecrlError("algo.init_from=pretrain fits the training log, but this run has none (env=gym)")
     if ctx.slate_size != 1 and backbone.encoder == "mlp":
@@ -185,7 +204,12 @@ def clicked_rows(ctx: AlgoContext, backbone: Backbone) -> LoggedSteps:
     if rows.numel() == 0:
         raise RecrlError("algo.init_from=pretrain fits the clicked items of the training log, "
                          "but it has no clicks")
-    return steps.index(rows)
+    if settings.weighting == "none":
+        return steps.index(rows), None
+    to_go = steps.returns(settings.gamma)[rows]
+    z = (to_go - to_go.mean()) / to_go.std().clamp(min=1e-6)
+    weights = torch.exp((z / settings.temperature).clamp(max=20.0))  # clamped: no row takes over
+    return steps.index(rows), weights / weights.mean()
 
 
 def fit_next_item(ctx: AlgoContext, backbone: Backbone,
@@ -193,7 +217,7 @@ def fit_next_item(ctx: AlgoContext, backbone: Backbone,
     """Fit a fresh scorer of ``backbone`` to the training log's clicked items by cross-entropy
     (see :class:`PretrainSettings`); returns its weights and a small report."""
     started = time.perf_counter()
-    data = clicked_rows(ctx, backbone)
+    data, weights = clicked_rows(ctx, backbone, settings)
     with own_random_stream(settings.seed, ctx.device):
         scorer = backbone.scorer(ctx)
     params = [p for p in scorer.parameters() if p.requires_grad]
@@ -204,7 +228,11 @@ def fit_next_item(ctx: AlgoContext, backbone: Backbone,
                 len(data), steps)
     losses = []
     for _ in range(steps):
-        batch = data.sample(settings.batch_size, generator).transitions
+        if weights is None:
+            batch = data.sample(settings.batch_size, generator).transitions
+        else:
+            picked = torch.multinomial(weights, settings.batch_size, replacement=True, generator=generator)
+            batch = data.index(picked).transitions
         loss = F.cross_entropy(scorer(batch.obs), batch.action[:, 0])
         gradient_step(optimizer, loss, params, 10.0)
         losses.append(loss.detach())
