@@ -307,7 +307,12 @@ def _run_hydra(config_name: str, overrides: list[str], multirun: bool) -> None:
         from recrl.behavior.fit import serve_fits
 
         serve_fits()
-        return
+        # leave without the interpreter's teardown: destroying gloo's threads there sometimes
+        # ends in std::terminate (SIGABRT) after the work is done, which fails the whole job
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
     entry: Callable[[], None] = hydra.main(config_path=str(CONF_DIR), config_name=config_name,
                                            version_base="1.3")(_task)
     saved = sys.argv

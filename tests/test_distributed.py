@@ -132,3 +132,6 @@ def test_torchrun_train_writes_one_run_folder_from_rank_0(tmp_path: Path) -> Non
 
 if __name__ == "__main__":  # one rank under torchrun (the two_ranks fixture)
     run_rank(Path(sys.argv[1]))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)  # no interpreter teardown: gloo's threads sometimes end it in std::terminate (SIGABRT)
