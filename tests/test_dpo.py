@@ -4,10 +4,7 @@ of a hand-made log, learning a preference, saving and the command line."""
 from __future__ import annotations
 
 import copy
-import json
 import math
-import subprocess
-import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -15,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from tiny import make_ctx
+from tiny import make_ctx, train_smoke
 
 from recrl.algos.backbone import PretrainSettings
 from recrl.algos.dpo import (
@@ -219,15 +216,8 @@ def test_acting_skips_the_history_and_explores_by_sampling() -> None:
 
 # ----------------------------------------------------------------------------- command line
 def test_cli_trains_dpo_from_the_pretrained_model_and_reports_both(tmp_path: Path) -> None:
-    env = {"RECRL_CACHE_DIR": str(tmp_path / "cache"), "RECRL_DEBUG": "", "PATH": "", "OMP_NUM_THREADS": "1"}
-    args = ["train", "experiment=smoke", "algo=dpo", "algo.dim=8", "algo.layers=1", "algo.pretrain.steps=20",
-            "eval.offline_users=0", "ope.enabled=false"]
-    proc = subprocess.run([sys.executable, "-m", "recrl.cli", *args], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    run = next((tmp_path / "outputs" / "train").glob("20*"))
-    report = json.loads((run / "report.json").read_text())
+    report, rows = train_smoke(tmp_path, "algo=dpo", "algo.dim=8", "algo.layers=1", "algo.pretrain.steps=20",
+                               "eval.offline_users=0", "ope.enabled=false")
     assert {"dpo", "supervised"} <= report["evaluation"]["ground_truth"].keys()
     assert report["init_from"]["source"] == "pretrain"
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert any({"train/loss", "train/reward_margin", "train/accuracy"} <= r.keys() for r in rows)

@@ -3,11 +3,7 @@ and the KL leash of fine-tuning (README: "Large-model RL")."""
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import subprocess
-import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -15,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from tiny import collect_rollout, make_ctx
+from tiny import collect_rollout, make_ctx, train_smoke
 
 from recrl.algos.a2c import A2C
 from recrl.algos.backbone import (
@@ -225,19 +221,11 @@ def test_value_learners_take_a_transformer_backbone(make) -> None:
 
 
 def test_cli_fine_tunes_from_the_pretrained_model_and_reports_it(tmp_path: Path) -> None:
-    env = {**os.environ, "RECRL_CACHE_DIR": str(tmp_path / "cache"), "RECRL_DEBUG": "",
-           "OMP_NUM_THREADS": "1"}
-    args = ["train", "experiment=smoke", "algo=ppo", "algo.encoder=transformer", "algo.dim=8",
-            "algo.layers=1", "algo.init_from=pretrain", "algo.pretrain.steps=20", "algo.kl_target=0.05",
-            "eval.offline_users=0", "ope.enabled=false"]
-    proc = subprocess.run([sys.executable, "-m", "recrl.cli", *args], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    run = next((tmp_path / "outputs" / "train").glob("20*"))
-    report = json.loads((run / "report.json").read_text())
+    report, rows = train_smoke(tmp_path, "algo=ppo", "algo.encoder=transformer", "algo.dim=8",
+                               "algo.layers=1", "algo.init_from=pretrain", "algo.pretrain.steps=20",
+                               "algo.kl_target=0.05", "eval.offline_users=0", "ope.enabled=false")
     assert {"ppo", "supervised", "oracle"} <= report["evaluation"]["ground_truth"].keys()
     assert report["init_from"]["source"] == "pretrain"
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert any("train/kl" in r and "train/kl_coef" in r and "train/reward" in r for r in rows)
 
 

@@ -7,6 +7,9 @@ by hand.
 from __future__ import annotations
 
 import importlib.util
+import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -46,6 +49,19 @@ def collect_rollout(policy: Policy, n_users: int = 6) -> Rollout:
     roll = collect_episodes(policy, env, env.reset(n_users, seed=0))
     assert 0 < float(roll.valid.sum()) < roll.valid.numel()  # some users left early
     return roll
+
+
+def train_smoke(tmp_path: Path, *overrides: str) -> tuple[dict, list[dict]]:
+    """``recrl train experiment=smoke <overrides>`` in a subprocess (one thread, its own cache
+    under ``tmp_path``): the run's ``report.json`` and its ``metrics.jsonl`` rows."""
+    env = {**os.environ, "RECRL_CACHE_DIR": str(tmp_path / "cache"), "RECRL_DEBUG": "",
+           "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "recrl.cli", "train", "experiment=smoke", *overrides],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = next((tmp_path / "outputs" / "train").glob("20*"))
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return json.loads((run / "report.json").read_text()), rows
 
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"

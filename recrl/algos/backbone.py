@@ -36,7 +36,6 @@ from torch import Tensor, nn
 import recrl
 from recrl.algos.logged import LoggedSteps, logged_steps
 from recrl.algos.nets import (
-    ENCODERS,
     ItemScorer,
     adam,
     behavior_item_prior,
@@ -80,8 +79,6 @@ class Backbone:
     summary: bool = False
 
     def __post_init__(self) -> None:
-        if self.encoder not in ENCODERS:
-            raise RecrlError(f"algo.encoder={self.encoder!r}: use one of {', '.join(ENCODERS)}")
         if not self.item_ids and self.encoder != "transformer":
             raise RecrlError("algo.item_ids=false needs algo.encoder=transformer")
 
@@ -240,9 +237,6 @@ def fit_next_item(ctx: AlgoContext, backbone: Backbone,
     report = {"rows": len(data), "steps": steps, "final_loss": float(tail),
               "fit_s": round(time.perf_counter() - started, 2), "cached": False}
     return {k: v.detach().clone() for k, v in scorer.state_dict().items()}, report
-
-
-INIT_SOURCES = ("pretrain", "behavior", "<run folder or .pt>")
 
 
 def initialise(scorer: nn.Module, ctx: AlgoContext, init_from: str | None, backbone: Backbone,

@@ -52,7 +52,7 @@ from torch import Tensor
 
 from recrl.algos.backbone import Backbone, PretrainSettings, copy_frozen, initialise
 from recrl.algos.logged import LoggedSteps
-from recrl.algos.nets import adam, gradient_step, mask_shown, sample_top_k, skips_shown, top_k
+from recrl.algos.nets import adam, gradient_step, masked_scores, sample_top_k, skips_shown, top_k
 from recrl.algos.probs import ActsGreedily
 from recrl.algos.seeding import seeded_init
 from recrl.algos.supervised import Supervised
@@ -251,8 +251,7 @@ class DPO(ActsGreedily):
     @torch.no_grad()
     def scores(self, obs: Obs) -> Tensor:
         """The policy's logits ``[B, n_items]``, items in the history at ``-inf`` (``skip_shown``)."""
-        logits = self.policy(obs)
-        return mask_shown(logits, obs, in_place=True) if self.skip_shown else logits
+        return masked_scores(self.policy, obs, self.skip_shown)
 
     @torch.no_grad()
     def act(self, obs: Obs, explore: bool) -> Tensor:

@@ -417,6 +417,13 @@ def mask_shown(scores: Tensor, obs: Obs, in_place: bool = False) -> Tensor:
     return masked[:, :n]
 
 
+def masked_scores(net: nn.Module, obs: Obs, skip_shown: bool) -> Tensor:
+    """``net(obs)`` scores ``[B, n_items]`` of a policy that acts by them, with ``skip_shown`` the
+    items in the observed history at ``-inf`` (in place: call it without gradients)."""
+    scores = net(obs)
+    return mask_shown(scores, obs, in_place=True) if skip_shown else scores
+
+
 def sample_top_k(logits: Tensor, k: int, generator: torch.Generator) -> Tensor:
     """``k`` distinct items ``[B, k]`` drawn without replacement from ``softmax(logits)``
     (Gumbel top-``k``)."""

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from recrl.algos.backbone import Backbone, PretrainSettings, pretrained_state
-from recrl.algos.nets import mask_shown, skips_shown, top_k
+from recrl.algos.nets import masked_scores, skips_shown, top_k
 from recrl.algos.probs import ActsGreedily
 from recrl.algos.seeding import own_random_stream
 from recrl.types import AlgoContext, Obs
@@ -68,8 +68,7 @@ class Supervised(ActsGreedily):
     @torch.no_grad()
     def scores(self, obs: Obs) -> Tensor:
         """The scorer's logits ``[B, n_items]``, items in the history at ``-inf`` (``skip_shown``)."""
-        logits = self.policy(obs)
-        return mask_shown(logits, obs, in_place=True) if self.skip_shown else logits
+        return masked_scores(self.policy, obs, self.skip_shown)
 
     @torch.no_grad()
     def act(self, obs: Obs, explore: bool) -> Tensor:
