@@ -12,6 +12,7 @@ from tqdm import tqdm
 
 from recrl.buffer import Replay, Rollout
 from recrl.compile import compile_hot_paths
+from recrl.compile import compile_mode as compile_mode_of
 from recrl.logs import Progress, progress_disable
 from recrl.types import Algorithm, Env, Obs, Policy, RecrlError, Transition
 
@@ -78,7 +79,8 @@ class Trainer:
     device between log points. ``progress``: a tqdm bar on stderr, ``"auto"`` only when stderr is
     a terminal, ``True`` always, ``False`` never; the start, every evaluation and the end are
     logged (``recrl.loop``) either way. ``compile``: ``torch.compile`` the policy's ``act``, the
-    environment's ``step`` and the learner's ``update`` first (:mod:`recrl.compile`).
+    environment's ``step`` and the learner's ``update`` first (:mod:`recrl.compile`), in
+    ``compile_mode`` (``auto``: inductor's default; ``reduce-overhead``: CUDA graphs on a GPU).
     ``threads``: PyTorch's CPU threads for the job (``None``: PyTorch's default, every core), so
     parallel sweep jobs share a machine without oversubscribing it (applied by the CLI at the
     start of each job, before any data is read).
@@ -94,7 +96,8 @@ class Trainer:
                  buffer_size: int = 100_000, eval_every: int = 500, eval_episodes: int = 256,
                  log_every: int = 100, checkpoint_every: int = 1000,
                  device: str = "auto", progress: Progress = "auto", select_by: str = "simulator",
-                 compile: bool = False, threads: int | None = None) -> None:
+                 compile: bool = False, compile_mode: str = "auto",
+                 threads: int | None = None) -> None:
         if steps < 0 or n_users < 1 or batch_size < 1 or eval_episodes < 1:
             raise RecrlError("trainer: steps must be >= 0; n_users, batch_size, eval_episodes >= 1")
         if threads is not None and threads < 1:
@@ -112,7 +115,8 @@ class Trainer:
         if select_by not in SELECT_BY:
             raise RecrlError(f"trainer.select_by={select_by!r}: use one of {', '.join(SELECT_BY)}")
         self.select_by = select_by
-        self.compile = compile
+        compile_mode_of(compile_mode)  # checks the value
+        self.compile, self.compile_mode = compile, compile_mode
         self.threads = threads
 
     @property
@@ -138,7 +142,7 @@ class Trainer:
         if prepare is not None:  # e.g. DQN recording demonstrations in the training environment
             prepare(env, seed)
         if self.compile:
-            compile_hot_paths(algo, env, self.device)
+            compile_hot_paths(algo, env, self.compile_mode)
         run = {"off_policy": self._off_policy, "on_policy": self._on_policy, "online": self._online,
                "offline": self._offline}[algo.mode]
         best = float("-inf")

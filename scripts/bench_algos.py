@@ -54,6 +54,7 @@ from torch import Tensor, nn
 
 from recrl.algos.oracle import Oracle, can_plan
 from recrl.benchmark import best_seconds, count_flops, matmul_gflops, share_of_bound
+from recrl.compile import COMPILE_MODES
 from recrl.config import CONF_DIR, algo_options, build_algo_by_name, validate
 from recrl.logs import console_logging
 from recrl.loop import Trainer
@@ -76,6 +77,9 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--flop-steps", type=int, default=60, help="training steps whose FLOPs are counted")
     parser.add_argument("--compile", action="store_true", help="train with trainer.compile=true")
+    parser.add_argument("--compile-mode", default="auto", choices=COMPILE_MODES,
+                        help="trainer.compile_mode (auto: inductor's default; reduce-overhead: CUDA "
+                             "graphs on a GPU)")
     parser.add_argument("--compare", type=Path, default=None, metavar="OLD_JSON",
                         help="a previous run's JSON: change in updates/s and in the ratio to the reference")
     parser.add_argument("--out", type=Path, default=Path("bench_algos.json"))
@@ -180,7 +184,8 @@ def bench_one(name: str, stages, args: argparse.Namespace, target: float, oracle
     trainer = Trainer(steps=args.steps, n_users=args.n_users, eval_every=args.eval_every,
                       eval_episodes=args.eval_episodes, log_every=10**9, checkpoint_every=10**9,
                       learning_starts=min(1000, args.steps * args.n_users // 4), device=args.device,
-                      progress=False, compile=args.compile)
+                      progress=False, compile=args.compile,
+                      compile_mode=args.compile_mode)
     stats = trainer.fit(algo, stages.training_env(), evaluate=evaluate, log=log,
                         save=lambda tag, step: None, seed=args.seed)
     train_s = max(stats.seconds - eval_time[0], 1e-9)
@@ -201,6 +206,8 @@ def main() -> None:
     args = parse()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if torch.device(args.device).type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"--device {args.device}, but CUDA is not available here")
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("train", overrides=[f"trainer.device={args.device}", *args.overrides])
     validate(cfg)
@@ -225,7 +232,8 @@ def main() -> None:
     facts = {"torch": torch.__version__, "python": platform.python_version(), "device": args.device,
              "threads": torch.get_num_threads(), "overrides": args.overrides, "greedy_return": greedy,
              "target": target, "oracle_return": oracle, "steps": args.steps, "n_users": args.n_users,
-             "compile": args.compile, "cpu": cpu_model(), "matmul_gflops": gflops,
+             "compile": args.compile, "compile_mode": args.compile_mode, "cpu": cpu_model(),
+             "matmul_gflops": gflops,
              "reference_updates_per_s": reference}
     out = {"facts": facts, "rows": rows}
     if args.compare is not None:
@@ -250,7 +258,7 @@ def print_table(rows: list[dict], args: argparse.Namespace, target: float, oracl
     if oracle is not None:
         title += f", oracle {oracle:.3f}"
     if args.compile:
-        title += ", trainer.compile=true"
+        title += f", trainer.compile=true ({args.compile_mode} mode)"
     table = Table(title=title)
     for column in ("algo", "mode", "updates/s", "ratio to reference", "user-steps/s", "share of bound",
                    "final GT return", "time to target (s)", "share of oracle", "steps to 50% of oracle"):

@@ -53,6 +53,8 @@ give at the matmul rate (``acting_share_of_bound``; at large ``N`` the ``B x d``
 scoring product dominates, and the loop should run near the bound) and its speed over the
 environment's alone (``acting_over_env``).
 
+``--compile`` times the step (and with ``--acting`` the policy's ``act``) compiled as
+``trainer.compile=true`` compiles it (``--compile-mode``; the warm-up steps pay the compile).
 ``--lean`` builds the environments as training does (``RecEnv(lean=True)``): the behavior
 models skip the outputs the click reward does not read (rating, user signals).
 
@@ -63,6 +65,7 @@ second, as the first mostly measures the machines.
     python scripts/bench_env.py --threads 1 --out bench_env.json
     python scripts/bench_env.py --threads 1 --compare bench_env_old.json --out bench_env.json
     python scripts/bench_env.py --device cuda --batches 4096 65536 1048576 --out bench_env_cuda.json
+    python scripts/bench_env.py --device cuda --compile --items 10000 --batches 1048576 --slates 1
     python scripts/bench_env.py --threads 2 --acting --models gru --items 100 10000 --batches 1000 --slates 1
     python scripts/bench_env.py --profile --models synthetic --items 10000 --batches 1024 --slates 1
 """
@@ -91,6 +94,7 @@ from recrl.behavior.fit import TrainingSettings
 from recrl.behavior.gru import GRUBehavior
 from recrl.behavior.mf import MFBehavior
 from recrl.benchmark import MATMUL_SIZE, best_seconds, count_flops, matmul_gflops, share_of_bound, sync
+from recrl.compile import COMPILE_MODES, compile_function, compile_mode
 from recrl.config import build, group_option
 from recrl.data.synthetic import SyntheticWorld
 from recrl.env.simulator import RecEnv
@@ -192,11 +196,12 @@ def bench_one(model_name: str, n_items: int, batch: int, slate: int, args: argpa
         env = make_env(model_name, n_items, slate, args.dim, device, args.history, args.horizon, args.lean)
         gen = torch.Generator(device).manual_seed(0)
         env.reset(batch, seed=0)
+        step = compiled(env.step, args, env)
 
         def run(steps: int) -> None:
             for _ in range(steps):
                 actions = torch.randint(0, n_items, (batch, slate), device=device, generator=gen)
-                env.step(actions)
+                step(actions)
 
         run(args.warmup)
         times, cpu_times = [], []
@@ -216,6 +221,14 @@ def bench_one(model_name: str, n_items: int, batch: int, slate: int, args: argpa
             # below ms_per_step means the process waited for a core (other jobs on the machine)
             "cpu_ms_per_step": 1e3 * cpu_times[times.index(best)] / args.steps,
             "peak_bytes": mem.peak, "memory_method": mem.method}
+
+
+def compiled(function, args: argparse.Namespace, owner=None):
+    """``function`` itself, or with ``--compile`` its ``torch.compile`` form in ``--compile-mode``
+    (as ``trainer.compile`` compiles it; the first calls, in the warm-up, compile)."""
+    if not args.compile:
+        return function
+    return compile_function(function, compile_mode(args.compile_mode), owner)
 
 
 def gru_step_flops(dim: int, slate: int) -> int:
@@ -295,10 +308,11 @@ def bench_acting(result: dict, args: argparse.Namespace, gflops: float) -> dict:
                    args.lean)
     policy = acting_policy(n_items, slate, args.history, args.horizon, device)
     obs = [env.reset(batch, seed=0)]
+    act, step = compiled(policy.act, args, policy), compiled(env.step, args, env)
 
     def run(steps: int) -> None:
         for _ in range(steps):
-            obs[0] = env.step(policy.act(obs[0], explore=False))[0]
+            obs[0] = step(act(obs[0], explore=False))[0]
 
     run(args.warmup)
     flops = count_flops(lambda: run(1)) / batch
@@ -414,6 +428,11 @@ def main() -> None:
     parser.add_argument("--acting", action="store_true",
                         help="also time the acting loop: the default DQN's network picks each slate, "
                              "then the env steps")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the env step (and with --acting the policy's act) as "
+                             "trainer.compile does; the warm-up steps compile")
+    parser.add_argument("--compile-mode", default="auto", choices=COMPILE_MODES,
+                        help="auto: inductor's default; reduce-overhead: CUDA graphs on a GPU")
     parser.add_argument("--profile", action="store_true",
                         help="profile the first configuration of the grid instead of benchmarking")
     parser.add_argument("--profile-rows", type=int, default=25)
@@ -454,6 +473,7 @@ def main() -> None:
     table = Table(title=f"RecEnv user-steps/s, random actions, autoreset, d={args.dim}, "
                         f"history {args.history}, on {info['device_name']} ({info['threads']} threads, "
                         f"{'inference' if args.inference_mode else 'grad'} mode, "
+                        f"{'compiled, ' + args.compile_mode + ' mode, ' if args.compile else ''}"
                         f"best of {args.repeats} x {args.steps} steps)")
     acting_columns = ("acting user-steps/s", "acting share of bound", "acting / env") if args.acting else ()
     for col in ("model", "N items", "B users", "K", "user-steps/s", "ref user-steps/s", "ratio",

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from recrl.algos.dqn import DQN
 from recrl.behavior.gru import GRUBehavior
-from recrl.compile import compile_hot_paths, compile_mode
+from recrl.compile import compile_hot_paths, compile_mode, owning_outputs
 from recrl.env.simulator import RecEnv
 from recrl.loop import Trainer
 from recrl.rewards import ClickReward
-from recrl.types import AlgoContext, Transition
+from recrl.types import AlgoContext, Obs, RecrlError, Transition
 
 N_ITEMS, HORIZON, HISTORY, USERS = 12, 6, 3, 16
 TOLERANCE = 1e-5  # compiled kernels may sum in another order
@@ -37,9 +38,9 @@ def test_compiled_act_step_and_update_match_the_eager_ones() -> None:
     model = user_model()
     eager_algo, eager_env = make_pair(model)
     algo, env = make_pair(model)
-    assert compile_hot_paths(algo, env, torch.device("cpu")) == [
+    assert compile_hot_paths(algo, env) == [
         "algorithm.act", "algorithm.update", "environment.step"]
-    assert compile_hot_paths(algo, env, torch.device("cpu")) == []  # never compiled twice
+    assert compile_hot_paths(algo, env) == []  # never compiled twice
     obs, eager_obs = env.reset(USERS, seed=0), eager_env.reset(USERS, seed=0)
     steps = []
     for _ in range(2 * HORIZON):  # users leave and are replaced on the way
@@ -63,14 +64,46 @@ def test_compiled_act_step_and_update_match_the_eager_ones() -> None:
 
 def test_trainer_compile_compiles_the_hot_paths_before_training(monkeypatch) -> None:
     calls = []
-    monkeypatch.setattr("recrl.loop.compile_hot_paths", lambda algo, env, device: calls.append((algo, env)))
+    monkeypatch.setattr("recrl.loop.compile_hot_paths",
+                        lambda algo, env, mode: calls.append((algo, env, mode)))
     algo, env = make_pair(user_model())
     for compile in (False, True):
         trainer = Trainer(steps=4, n_users=USERS, batch_size=8, learning_starts=16, eval_every=10**9,
                           log_every=10**9, checkpoint_every=10**9, device="cpu", progress=False,
-                          compile=compile)
+                          compile=compile, compile_mode="max-autotune-no-cudagraphs")
         trainer.fit(algo, env, evaluate=lambda: {"eval/return": 0.0}, log=lambda step, m: None,
                     save=lambda tag, step: None)
-    assert calls == [(algo, env)]
-    assert compile_mode(torch.device("cuda")) == "reduce-overhead"
-    assert compile_mode(torch.device("cpu")) == "default"
+    assert calls == [(algo, env, "max-autotune-no-cudagraphs")]
+
+
+def test_compile_mode_auto_is_the_default_mode_and_a_wrong_one_is_refused() -> None:
+    assert compile_mode("auto") == "default"
+    assert compile_mode("reduce-overhead") == "reduce-overhead"
+    with pytest.raises(RecrlError, match=r"trainer\.compile_mode='fast'"):
+        compile_mode("fast")
+    with pytest.raises(RecrlError, match="use one of auto, default"):
+        Trainer(compile=True, compile_mode="fast")
+
+
+def test_owning_outputs_hands_out_copies_of_outputs_and_of_state_the_call_rebinds() -> None:
+    class Counter:
+        def __init__(self) -> None:
+            self.total = torch.zeros(2)
+            self.kept = torch.ones(2)
+
+        def step(self, x: torch.Tensor) -> tuple[Obs, torch.Tensor]:
+            self.total = self.total + x  # rebound: a CUDA graph would own this memory
+            obs = Obs(items=self.total.long()[:, None, None], clicks=x[:, None, None], step=x.long())
+            return obs, self.total
+
+    counter = Counter()
+    kept = counter.kept
+    step = owning_outputs(counter.step, counter)
+    x = torch.tensor([1.0, 2.0])
+    obs, total = step(x)
+    assert torch.equal(total, x) and torch.equal(counter.total, x)
+    assert total.data_ptr() != counter.total.data_ptr()  # the caller's copy and the state's differ
+    assert obs.clicks.data_ptr() != x.data_ptr() and torch.equal(obs.clicks[:, 0, 0], x)
+    assert counter.kept is kept  # what the call did not rebind is left alone
+    obs, total = step(x)
+    assert torch.equal(counter.total, 2 * x) and torch.equal(total, 2 * x)

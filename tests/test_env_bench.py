@@ -236,7 +236,7 @@ def test_bench_script_reference_bound_and_compare() -> None:
     assert math.isfinite(gflops) and gflops > 0
     assert bench.gru_step_flops(dim=4, slate=3) == 12 * 16 + 2 * 3 * 4
     args = argparse.Namespace(device="cpu", dim=4, history=3, horizon=5, steps=2, warmup=1, repeats=1,
-                              lean=False)
+                              lean=False, compile=False, compile_mode="auto")
     gru = bench.add_reference(bench.bench_one("gru", 20, 4, 2, args), args, gflops)
     for key in ("reference_user_steps_per_s", "ratio_to_reference", "flops_per_user_step",
                 "bound_user_steps_per_s", "share_of_bound", "reference_share_of_bound"):
