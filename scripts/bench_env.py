@@ -196,6 +196,7 @@ def bench_one(model_name: str, n_items: int, batch: int, slate: int, args: argpa
         env = make_env(model_name, n_items, slate, args.dim, device, args.history, args.horizon, args.lean)
         gen = torch.Generator(device).manual_seed(0)
         env.reset(batch, seed=0)
+        forget_compiled(args)
         step = compiled(env.step, args, env)
 
         def run(steps: int) -> None:
@@ -229,6 +230,14 @@ def compiled(function, args: argparse.Namespace, owner=None):
     if not args.compile:
         return function
     return compile_function(function, compile_mode(args.compile_mode), owner)
+
+
+def forget_compiled(args: argparse.Namespace) -> None:
+    """With ``--compile``, drop the graphs compiled for the grid's earlier configurations: a
+    training run compiles for its one size, and a recompile for a second size would trace the
+    shapes as dynamic (slower code than the run would get)."""
+    if args.compile:
+        torch._dynamo.reset()
 
 
 def gru_step_flops(dim: int, slate: int) -> int:
@@ -308,6 +317,7 @@ def bench_acting(result: dict, args: argparse.Namespace, gflops: float) -> dict:
                    args.lean)
     policy = acting_policy(n_items, slate, args.history, args.horizon, device)
     obs = [env.reset(batch, seed=0)]
+    forget_compiled(args)
     act, step = compiled(policy.act, args, policy), compiled(env.step, args, env)
 
     def run(steps: int) -> None:
