@@ -223,8 +223,9 @@ def fit_next_item(ctx: AlgoContext, backbone: Backbone,
     steps = settings.n_steps(len(data))
     logger.info("pretraining the policy (%s encoder) on %d clicked rows, %d steps", backbone.encoder,
                 len(data), steps)
-    losses = []
-    for _ in range(steps):
+    tail_start = steps - max(1, steps // 10)  # the final loss: the mean of the last tenth of the steps
+    tail_sum = torch.zeros((), device=ctx.device)
+    for step in range(steps):
         if weights is None:
             batch = data.sample(settings.batch_size, generator).transitions
         else:
@@ -232,8 +233,12 @@ def fit_next_item(ctx: AlgoContext, backbone: Backbone,
             batch = data.index(picked).transitions
         loss = F.cross_entropy(scorer(batch.obs), batch.action[:, 0])
         gradient_step(optimizer, loss, params, 10.0)
-        losses.append(loss.detach())
-    tail = torch.stack(losses[-max(1, len(losses) // 10):]).mean()
+        if step >= tail_start:
+            # a running sum, not a list of every step's loss: on a CPU each kept ``loss.detach()``
+            # held on to about one ``[batch, n_items]`` buffer (24 MB a step on Amazon Beauty's
+            # 12,101 items, 14 GB before the first epoch ended)
+            tail_sum = tail_sum + loss.detach()
+    tail = tail_sum / (steps - tail_start)
     report = {"rows": len(data), "steps": steps, "final_loss": float(tail),
               "fit_s": round(time.perf_counter() - started, 2), "cached": False}
     return {k: v.detach().clone() for k, v in scorer.state_dict().items()}, report
