@@ -81,7 +81,9 @@ import os
 import resource
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 from rich.console import Console
@@ -224,7 +226,7 @@ def bench_one(model_name: str, n_items: int, batch: int, slate: int, args: argpa
             "peak_bytes": mem.peak, "memory_method": mem.method}
 
 
-def compiled(function, args: argparse.Namespace, owner=None):
+def compiled(function: Callable[..., Any], args: argparse.Namespace, owner: Any = None) -> Callable[..., Any]:
     """``function`` itself, or with ``--compile`` its ``torch.compile`` form in ``--compile-mode``
     (as ``trainer.compile`` compiles it; the first calls, in the warm-up, compile)."""
     if not args.compile:

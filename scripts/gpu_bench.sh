@@ -4,10 +4,12 @@
 #     bash scripts/gpu_bench.sh [OUT_DIR]        # default OUT_DIR: gpu_bench/
 #
 # Each benchmark writes its JSON into OUT_DIR and its table into OUT_DIR/log.txt; each has its own
-# time limit in seconds (GPU_BENCH_SCALE multiplies them all, default 1), so one that hangs or fails
-# leaves the others' figures. The first bench_algos run fits the behavior model and the oracle
-# (cached for the second). Every figure is measured in the same process as its reference (the matmul rate, the
-# plain-PyTorch reference step, the MLP backbone): compare the ratios across machines.
+# time limit in seconds (the whole number GPU_BENCH_SCALE multiplies them all, default 1), so one
+# that hangs or fails leaves the others' figures; GPU_BENCH_ONLY=<pattern> runs only the benchmarks
+# whose names contain it (e.g. compiled). The first bench_algos run fits the behavior model and the
+# oracle (cached for the others). Every figure is measured in the same process as its reference
+# (the matmul rate, the plain-PyTorch reference step, the MLP backbone): compare the ratios across
+# machines.
 set -u
 out=${1:-gpu_bench}
 scale=${GPU_BENCH_SCALE:-1}
