@@ -61,7 +61,7 @@ def test_train_writes_the_run_folder(trained_run: tuple[Path, Path]) -> None:
     # every policy but the oracle, which acts on the true state
     assert set(report["evaluation"]["ope"]) == {algo, "random", "popular", "greedy"}
     off = report["off_policy"]
-    assert off["source"] == "the test split" and off["sessions"] == 200 and off["propensity"]["missing"] == 0
+    assert off["source"] == "the test split" and off["sessions"] == 50 and off["propensity"]["missing"] == 0
     random_estimates = off["policies"]["random"]
     assert set(random_estimates) == {"dm", "ips", "snips", "clipped_ips", "dr", "switch_dr", "model", "pdis",
                                      "wpdis", "wdr", "seq_dr"}
@@ -129,7 +129,7 @@ def test_eval_ope_runs_only_the_off_policy_estimates(trained_run: tuple[Path, Pa
     root, run = trained_run
     out = root / "ope"
     recrl("eval", "ope", f"checkpoint={run}", "ope.estimators=[ips,wpdis]", "ope.column=wpdis",
-          "ope.n_boot=20", "ope.max_sessions=200", f"hydra.run.dir={out}", cwd=root, cache=root / "cache")
+          "ope.n_boot=20", "ope.max_sessions=50", f"hydra.run.dir={out}", cwd=root, cache=root / "cache")
     report = json.loads((out / "report.json").read_text())
     assert report["task"] == "ope" and set(report["evaluation"]) == {"ope"}
     assert set(report["off_policy"]["policies"]["random"]) == {"ips", "wpdis"}
