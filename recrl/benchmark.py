@@ -20,6 +20,17 @@ from torch.utils.flop_counter import FlopCounterMode
 MATMUL_SIZE = 1024
 
 
+def bench_device(name: str) -> torch.device:
+    """A benchmark's ``--device``: ``auto`` is CUDA when available, else the CPU; an explicit CUDA
+    device must exist (else the script stops with one line)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"--device {name}, but CUDA is not available here")
+    return device
+
+
 def sync(device: torch.device) -> None:
     """Wait for queued GPU work so timings are honest."""
     if device.type == "cuda":

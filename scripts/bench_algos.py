@@ -53,7 +53,7 @@ from rich.table import Table
 from torch import Tensor, nn
 
 from recrl.algos.oracle import Oracle, can_plan
-from recrl.benchmark import best_seconds, count_flops, matmul_gflops, share_of_bound
+from recrl.benchmark import bench_device, best_seconds, count_flops, matmul_gflops, share_of_bound
 from recrl.compile import COMPILE_MODES
 from recrl.config import CONF_DIR, algo_options, build_algo_by_name, validate
 from recrl.logs import console_logging
@@ -206,8 +206,7 @@ def main() -> None:
     args = parse()
     if args.threads:
         torch.set_num_threads(args.threads)
-    if torch.device(args.device).type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit(f"--device {args.device}, but CUDA is not available here")
+    bench_device(args.device)  # stops in one line where the device is missing
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("train", overrides=[f"trainer.device={args.device}", *args.overrides])
     validate(cfg)

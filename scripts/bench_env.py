@@ -95,7 +95,15 @@ from recrl.behavior.ensemble import BehaviorEnsemble, OwnMemberSimulator
 from recrl.behavior.fit import TrainingSettings
 from recrl.behavior.gru import GRUBehavior
 from recrl.behavior.mf import MFBehavior
-from recrl.benchmark import MATMUL_SIZE, best_seconds, count_flops, matmul_gflops, share_of_bound, sync
+from recrl.benchmark import (
+    MATMUL_SIZE,
+    bench_device,
+    best_seconds,
+    count_flops,
+    matmul_gflops,
+    share_of_bound,
+    sync,
+)
 from recrl.compile import COMPILE_MODES, compile_function, compile_mode
 from recrl.config import build, group_option
 from recrl.data.synthetic import SyntheticWorld
@@ -455,9 +463,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda, but CUDA is not available here")
+    device = bench_device(args.device)
     grid = [(m, n, b, k) for m in args.models for n in args.items for b in args.batches for k in args.slates]
     mode = torch.inference_mode if args.inference_mode else contextlib.nullcontext
     if args.profile:

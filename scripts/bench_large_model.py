@@ -61,7 +61,7 @@ from rich.table import Table
 
 from recrl.algos.ppo import PPO
 from recrl.algos.random import RandomPolicy
-from recrl.benchmark import MATMUL_SIZE, count_flops, matmul_gflops, share_of_bound, sync
+from recrl.benchmark import MATMUL_SIZE, bench_device, count_flops, matmul_gflops, share_of_bound, sync
 from recrl.buffer import Rollout
 from recrl.config import build, group_option
 from recrl.env.simulator import RecEnv
@@ -105,16 +105,6 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
                         help="a previous run's JSON: print the change in updates/s and in the update time "
                              "relative to the MLP for the backbones in both")
     return parser.parse_args(argv)
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto``: CUDA when available, else the CPU; an explicit CUDA device must exist."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda, but CUDA is not available here")
-    return device
 
 
 def context(env: RecEnv, device: torch.device, seed: int) -> AlgoContext:
@@ -293,7 +283,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)
+    device = bench_device(args.device)
     old = json.loads(args.compare.read_text()) if args.compare is not None else None
     console = Console(width=None if sys.stdout.isatty() else 180)  # a piped table keeps its columns
     gflops = matmul_gflops(device)
