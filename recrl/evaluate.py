@@ -18,7 +18,7 @@ from torch import Tensor
 import recrl
 from recrl.algos.oracle import Oracle, can_plan
 from recrl.behavior.fidelity import fidelity_report
-from recrl.behavior.offline import offline_ranking, policy_ranking
+from recrl.behavior.offline import RANKING_SPLITS, offline_ranking, policy_ranking
 from recrl.cachelock import build_once
 from recrl.checkpoint import load_checkpoint, resolve_checkpoint
 from recrl.config import build, build_algo_by_name, migrate_renamed_keys, validate
@@ -48,7 +48,8 @@ class Evaluation:
     def __init__(self, baselines: list[str] | None = None, episodes: int = 1000,
                  batch_size: int = 1000, seed: int = 12345, offline_users: int = 2000,
                  ground_truth: str | None = None, oracle: bool = True, oracle_candidates: int = 4,
-                 train_in_ground_truth: bool = False, policy: str = "last") -> None:
+                 train_in_ground_truth: bool = False, policy: str = "last",
+                 ranking_split: str = "test") -> None:
         if episodes < 2:
             raise RecrlError("eval.episodes must be >= 2 to give a confidence interval")
         if offline_users < 0:
@@ -64,14 +65,18 @@ class Evaluation:
             raise RecrlError(f"eval.policy={policy!r}: use last (the policy at the end of training) or best "
                              "(checkpoints/best.pt, picked by trainer.select_by)")
         self.policy = policy
+        if ranking_split not in RANKING_SPLITS:
+            raise RecrlError(f"eval.ranking_split={ranking_split!r}: use test (the held-out test users) "
+                             "or valid (the validation rows, to choose settings without the test users)")
+        self.ranking_split = ranking_split
 
     def offline(self, behavior: Any, splits: Any, history_len: int) -> dict[str, dict[str, float]]:
-        """Next-item ranking of the behavior model on the test rows (up to ``offline_users``
-        users, sampled with ``seed``), under the full and sampled-100 protocols."""
+        """Next-item ranking of the behavior model on the ``ranking_split`` rows (up to
+        ``offline_users`` users, sampled with ``seed``), under the full and sampled-100 protocols."""
         if self.offline_users == 0 or not hasattr(behavior, "score_all"):
             return {}
         return offline_ranking(behavior, splits, history_len=history_len, max_users=self.offline_users,
-                               seed=self.seed)
+                               seed=self.seed, split=self.ranking_split)
 
     def policy_ranking(self, policies: dict[str, Policy], splits: Splits | None,
                        ctx: Any) -> dict[str, dict[str, float]]:
@@ -79,15 +84,16 @@ class Evaluation:
         (full protocol), each reading the observation it has in the environment (``ctx``'s
         history length, slate size and horizon); ``{}`` when ``offline_users`` is 0, the run has
         no logged test rows or its observations carry features the logs do not give."""
-        if self.offline_users == 0 or splits is None or splits.test.empty or ctx.obs_features:
+        if (self.offline_users == 0 or splits is None or ctx.obs_features
+                or (self.ranking_split == "test" and splits.test.empty)):
             return {}
         start = time.perf_counter()
         section = policy_ranking(policies, splits, history_len=ctx.history_len, horizon=ctx.horizon,
                                  max_users=self.offline_users, seed=self.seed, slate_size=ctx.slate_size,
-                                 device=ctx.device)
+                                 device=ctx.device, split=self.ranking_split)
         if section:
-            logger.info("next-item ranking of %s on the test users: %.2f s", ", ".join(section),
-                        time.perf_counter() - start)
+            logger.info("next-item ranking of %s on the %s users: %.2f s", ", ".join(section),
+                        self.ranking_split, time.perf_counter() - start)
         return section
 
     def policies(self, trained: dict[str, Policy], ctx: Any) -> dict[str, Policy]:
@@ -140,36 +146,40 @@ def restore_run(checkpoint: str | Path,
     return stages, algo, payload, path
 
 
-def run_ope_settings(saved: DictConfig, cfg: DictConfig) -> DictConfig:
-    """The ``ope`` node ``recrl eval`` uses: the run's own (the defaults for runs saved before it
-    existed) with the ``ope.*`` keys given on this command line on top, so an evaluation without
-    them reproduces the run's estimates."""
-    node = OmegaConf.create(OmegaConf.to_container(saved.ope if "ope" in saved else cfg.ope, resolve=True))
-    for key in _command_line_ope_keys():
-        OmegaConf.update(node, key, OmegaConf.select(cfg.ope, key), merge=False)
+def run_settings(saved: DictConfig, cfg: DictConfig, group: str) -> DictConfig:
+    """The ``group`` node (``ope`` or ``eval``) ``recrl eval`` uses: the run's own (this
+    command's, or its defaults, for runs saved before the group existed) with the ``<group>.*``
+    keys given on this command line on top, so an evaluation without them reproduces the run's."""
+    source = saved[group] if group in saved else cfg[group]
+    node = OmegaConf.create(OmegaConf.to_container(source, resolve=True))
+    for key in _command_line_keys(group):
+        OmegaConf.update(node, key, OmegaConf.select(cfg[group], key), merge=False)
     return node
 
 
-def _command_line_ope_keys() -> list[str]:
-    """The ``ope.<key>`` overrides of the running Hydra job (none outside one)."""
+def _command_line_keys(group: str) -> list[str]:
+    """The ``<group>.<key>`` overrides of the running Hydra job (none outside one)."""
     try:
         overrides = HydraConfig.get().overrides.task
     except ValueError:
         return []
     keys = [o.split("=", 1)[0].lstrip("+~") for o in overrides]
-    return [key[len("ope."):] for key in keys if key.startswith("ope.")]
+    return [key[len(group) + 1:] for key in keys if key.startswith(f"{group}.")]
 
 
 def evaluate(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
-    """Rebuild a run from its checkpoint's saved config and evaluate it again.
+    """Rebuild a run from its checkpoint's saved config and evaluate it again (``eval.*`` and
+    ``ope.*`` keys on the command line replace the run's, e.g. ``eval.ranking_split=valid``).
 
-    With the same seed and device the numbers equal the run's own final evaluation.
+    With the same seed, device and settings the numbers equal the run's own final evaluation.
     """
     start = time.perf_counter()
     stages, algo, payload, path = restore_run(cfg.checkpoint, cfg.get("device"))
     if not isinstance(stages, GymStages):
         with open_dict(stages.cfg):
-            stages.cfg.ope = run_ope_settings(stages.cfg, cfg)
+            stages.cfg.ope = run_settings(stages.cfg, cfg, "ope")
+    with open_dict(stages.cfg):
+        stages.cfg.eval = run_settings(stages.cfg, cfg, "eval")
     report = final_report(stages, algo, payload["algo_name"], run_dir)
     report.update(task="eval", checkpoint=str(path), source_run=str(payload.get("run_dir", "")),
                   checkpoint_step=int(payload["step"]))
@@ -186,7 +196,7 @@ def evaluate_ope(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     stages, algo, payload, path = restore_run(cfg.checkpoint, cfg.get("device"))
     if isinstance(stages, GymStages):
         raise RecrlError("recrl eval ope needs a run on logged data; this run trained on a gymnasium env")
-    ope: OffPolicyEvaluation = build(run_ope_settings(stages.cfg, cfg))
+    ope: OffPolicyEvaluation = build(run_settings(stages.cfg, cfg, "ope"))
     policies = build(stages.cfg.eval).policies({payload["algo_name"]: algo}, stages.ctx)
     section, column = off_policy(ope, stages, policies)
     report = {"task": "ope", "algo": payload["algo_name"], "checkpoint": str(path),
@@ -305,6 +315,7 @@ def behavior_sections(cfg: DictConfig, stages: Stages, evaluation: Evaluation, e
             "behavior": stages.behavior_report,
             "offline": evaluation.offline(stages.behavior, stages.splits,
                                           history_len=getattr(stages.behavior, "max_len", 50)),
+            "ranking_split": evaluation.ranking_split,
             "fidelity": fidelity}
 
 

@@ -337,16 +337,23 @@ def _offline_table(offline: Mapping[str, Mapping[str, float]]) -> str:
 
 
 POLICY_RANKING_NOTE = (
-    "Full ranking of each test user's next item (their first clicked test item) over the whole catalogue, "
-    "the user's other seen items left out, by every policy that ranks the catalogue: the {n} users of "
-    "\"Behavior model: offline ranking\", each policy observing their last `env.history_len` logged items. "
-    "A policy that never re-serves items in its observed history scores 0 on targets that repeat one of "
-    "them (`target_masked`: the share of such users). `return · <env>`: the policy's return (mean ± 95% CI) "
-    "from the tables above, for the trade-off between next-item accuracy and long-term return.")
+    "Full ranking of each {split} user's next item (their first clicked {split} item) over the "
+    "whole catalogue, the user's other seen items left out, by every policy that ranks the "
+    "catalogue: the {n} users of \"Behavior model: offline ranking\", each policy observing their "
+    "last `env.history_len` logged items. A policy that never re-serves items in its observed "
+    "history scores 0 on targets that repeat one of them (`target_masked`: the share of such "
+    "users). `return · <env>`: the policy's return (mean ± 95% CI) from the tables above, for the "
+    "trade-off between next-item accuracy and long-term return.")
+
+
+def ranking_users(report: Mapping[str, Any]) -> str:
+    """Whose next items the report's rankings are on: ``test`` or ``validation``
+    (``eval.ranking_split``; reports written before it existed are on the test users)."""
+    return "validation" if report.get("ranking_split") == "valid" else "test"
 
 
 def _policy_ranking_text(ranking: Mapping[str, Mapping[str, float]],
-                         evaluation: Mapping[str, Any]) -> str:
+                         evaluation: Mapping[str, Any], split: str = "test") -> str:
     """The note and the table of the policies' next-item ranking, with their returns."""
     found = _unique(m for values in ranking.values() for m in values if m != "n_users")
     first = [m for m in ("hr@10", "ndcg@10") if m in found]
@@ -356,7 +363,7 @@ def _policy_ranking_text(ranking: Mapping[str, Mapping[str, float]],
              *(format_stat((evaluation[e].get(policy) or {}).get("return")) for e in envs)]
             for policy, values in ranking.items()]
     users = _unique(_metric_cell("n_users", v.get("n_users")) for v in ranking.values())
-    note = POLICY_RANKING_NOTE.format(n=" / ".join(users))
+    note = POLICY_RANKING_NOTE.format(n=" / ".join(users), split=split)
     table = markdown_table(["policy", *metrics, *(f"return · {e}" for e in envs)], rows)
     return f"{note}\n\n{table}"
 
@@ -429,8 +436,9 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     if report.get("behavior"):
         lines += _section("Behavior model", _kv_table(report["behavior"]))
     if report.get("offline"):
-        note = ("Next-item ranking of the behavior model on held-out test users: `full` ranks among "
-                "all unseen items, `sampled-100` among 100 sampled unseen items (fixed seed).")
+        note = (f"Next-item ranking of the behavior model on held-out {ranking_users(report)} users: "
+                "`full` ranks among all unseen items, `sampled-100` among 100 sampled unseen items "
+                "(fixed seed).")
         lines += _section("Behavior model: offline ranking", note, _offline_table(report["offline"]))
     if report.get("fidelity"):
         lines += _section("Simulator fidelity", _fidelity_text(report["fidelity"]))
@@ -446,7 +454,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
             lines += _section(env, _env_table(evaluation, env), level=3)
     if report.get("policy_ranking"):
         lines += _section("Policies as next-item recommenders",
-                          _policy_ranking_text(report["policy_ranking"], evaluation))
+                          _policy_ranking_text(report["policy_ranking"], evaluation, ranking_users(report)))
     if report.get("off_policy"):
         lines += _section("Off-policy estimates", _off_policy_text(report["off_policy"]))
     if report.get("config"):
@@ -502,7 +510,7 @@ def print_report_table(report: dict, console: Console | None = None) -> None:
 def _print_tables(report: dict, console: Console) -> None:
     evaluation = report.get("evaluation") or {}
     if report.get("offline") and not evaluation:
-        _print_offline_table(report["offline"], console)
+        _print_offline_table(report["offline"], console, ranking_users(report))
         return
     if not evaluation:
         return
@@ -517,10 +525,11 @@ def _print_tables(report: dict, console: Console) -> None:
         console.print(table)
 
 
-def _print_offline_table(offline: Mapping[str, Mapping[str, float]], console: Console) -> None:
+def _print_offline_table(offline: Mapping[str, Mapping[str, float]], console: Console,
+                         split: str = "test") -> None:
     """The behavior model's offline ranking: protocols as rows, metrics as columns."""
     metrics = list(dict.fromkeys(m for values in offline.values() for m in values))
-    table = Table(title="Behavior model: offline ranking (test users)", title_justify="left")
+    table = Table(title=f"Behavior model: offline ranking ({split} users)", title_justify="left")
     table.add_column("protocol", style="bold")
     for metric in metrics:
         table.add_column(escape(metric), justify="right")

@@ -125,6 +125,25 @@ def test_eval_reproduces_the_final_evaluation(trained_run: tuple[Path, Path]) ->
             assert abs(value - again[key]) <= 1e-6, key
 
 
+def test_eval_settings_on_the_command_line_replace_the_runs(trained_run: tuple[Path, Path]) -> None:
+    """`recrl eval checkpoint=<run> eval.ranking_split=valid`: the same policy's next-item ranking on
+    the validation users (to choose settings without the test users), the rest of the run's
+    evaluation settings kept."""
+    root, run = trained_run
+    out = root / "eval_valid"
+    recrl("eval", f"checkpoint={run}", "eval.ranking_split=valid", "eval.episodes=50", "ope.enabled=false",
+          f"hydra.run.dir={out}", cwd=root, cache=root / "cache")
+    report = json.loads((out / "report.json").read_text())
+    trained = json.loads((run / "report.json").read_text())
+    assert trained["ranking_split"] == "test" and report["ranking_split"] == "valid"
+    assert report["config"]["eval"]["episodes"] == 50 and report["config"]["eval"]["baselines"] == \
+        trained["config"]["eval"]["baselines"]
+    assert report["evaluation"]["simulator"]["random"]["return"]["n"] == 50
+    assert report["policy_ranking"] and report["policy_ranking"] != trained["policy_ranking"]
+    markdown = (out / "report.md").read_text()
+    assert "offline ranking" in markdown and "held-out validation users" in markdown
+
+
 def test_eval_ope_runs_only_the_off_policy_estimates(trained_run: tuple[Path, Path]) -> None:
     root, run = trained_run
     out = root / "ope"
@@ -334,6 +353,7 @@ def test_sweep_syntax_errors_are_one_line(args: list[str], message: str,
     (["train", "eval.select_on=simulator"], "eval.select_on is now trainer.select_by"),
     (["train", "trainer.select_by=gt"], "trainer.select_by='gt': use one of simulator, held_out_member, ope"),
     (["train", "ope.column=ips"], "ope.column='ips': use a per-session estimator"),
+    (["train", "eval.ranking_split=train"], "eval.ranking_split='train': use test"),
     (["eval"], "recrl eval needs checkpoint="),
     (["eval", "checkpoint=/no/such/run"], "does not exist"),
     (["fly"], "unknown command"),

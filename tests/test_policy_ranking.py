@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 
 import pandas as pd
+import pytest
 import torch
 from test_cli import SMOKE, recrl
 
@@ -78,6 +79,20 @@ def test_target_first_and_at_rank_three() -> None:
     assert obs.items.shape == (2, 3, 2) and (obs.items[:, :, 1] == N_ITEMS).all()  # slates of 2, padded
     assert obs.items[:, :, 0].tolist() == [[1, 2, 3], [N_ITEMS, 2, 6]]
     assert obs.step.tolist() == [1, 1]  # 3 and 2 history rows, clamped to horizon - 1
+
+
+def test_the_validation_task_reads_no_test_row() -> None:
+    """split=valid: user 0's validation click (item 2) after their training rows; user 1 has no
+    validation row and no test row is read, so the history stops before time 3."""
+    task = next_item_task(splits(), history_len=3, split="valid")
+    assert task.targets.tolist() == [2] and task.users.tolist() == [0]
+    assert task.obs.items[:, :, 0].tolist() == [[N_ITEMS, 0, 1]]
+    assert sorted(task.seen[0].tolist()) == [0, 1]
+    result = policy_ranking({"first": OrderPolicy({1: [2]})}, splits(), history_len=3, horizon=20,
+                            ks=(1, 10), split="valid")
+    assert result["first"]["hr@1"] == 1.0 and result["first"]["n_users"] == 1.0
+    with pytest.raises(ValueError, match="split='train'"):
+        next_item_task(splits(), history_len=3, split="train")
 
 
 def test_a_target_in_the_history_is_a_miss() -> None:

@@ -39,10 +39,20 @@ class NextItemTask:
     users: Tensor
 
 
+RANKING_SPLITS = ("test", "valid")
+
+
 def next_item_task(splits: Splits, history_len: int, max_users: int | None = None,
-                   seed: int = 0) -> NextItemTask | None:
-    """The test task: each test user's first clicked test item, after everything before it."""
+                   seed: int = 0, split: str = "test") -> NextItemTask | None:
+    """The ``test`` task: each test user's first clicked test item, after everything before it;
+    ``valid``: each validation user's first clicked validation item after their training rows
+    (no test row is read), for choosing settings without looking at the test users."""
     inter = splits.interactions
+    if split == "valid":
+        known = pd.concat([inter.train, inter.valid], ignore_index=True)
+        return build_task(known, inter.valid, inter.n_items, history_len, max_users, seed)
+    if split != "test":
+        raise ValueError(f"split={split!r}: use one of {RANKING_SPLITS}")
     known = pd.concat([inter.train, inter.valid, splits.test], ignore_index=True)
     return build_task(known, splits.test, inter.n_items, history_len, max_users, seed)
 
@@ -82,10 +92,10 @@ def build_task(known: pd.DataFrame, candidates: pd.DataFrame, n_items: int, hist
 @torch.no_grad()
 def offline_ranking(model: Any, splits: Splits, history_len: int = 50, ks: tuple[int, ...] = (5, 10, 20),
                     n_negatives: int = 100, max_users: int | None = None, seed: int = 0,
-                    chunk: int = 512) -> dict[str, dict[str, float]]:
+                    chunk: int = 512, split: str = "test") -> dict[str, dict[str, float]]:
     """``{protocol: {metric: value}}`` for ``model`` (needs ``encode`` and ``score_all``), plus
-    the popularity reference rows."""
-    task = next_item_task(splits, history_len, max_users, seed)
+    the popularity reference rows, on the ``split`` users (:func:`next_item_task`)."""
+    task = next_item_task(splits, history_len, max_users, seed, split)
     if task is None:
         return {}
     n_items = splits.interactions.n_items
@@ -133,9 +143,10 @@ def rank_task(model: Any, task: NextItemTask, n_items: int, ks: tuple[int, ...] 
 def policy_ranking(policies: Mapping[str, Any], splits: Splits, history_len: int, horizon: int,
                    max_users: int | None = None, seed: int = 0, ks: tuple[int, ...] = (5, 10, 20),
                    slate_size: int = 1, device: torch.device | str = "cpu",
-                   chunk: int = 512) -> dict[str, dict[str, float]]:
-    """``{policy: {metric: value}}``: full ranking of each test user's next item by every policy
-    of ``policies`` that has ``scores(obs)`` (the others are left out).
+                   chunk: int = 512, split: str = "test") -> dict[str, dict[str, float]]:
+    """``{policy: {metric: value}}``: full ranking of each ``split`` user's next item (test by
+    default, :func:`next_item_task`) by every policy of ``policies`` that has ``scores(obs)``
+    (the others are left out).
 
     The users are those of :func:`offline_ranking` with the same ``max_users`` and ``seed``; each
     policy reads the observation it would see in the environment (:func:`policy_view`) and ranks
@@ -146,7 +157,7 @@ def policy_ranking(policies: Mapping[str, Any], splits: Splits, history_len: int
     ``target_masked`` and ``n_users``.
     """
     rankers = {name: policy for name, policy in policies.items() if callable(getattr(policy, "scores", None))}
-    task = next_item_task(splits, history_len, max_users, seed) if rankers else None
+    task = next_item_task(splits, history_len, max_users, seed, split) if rankers else None
     if task is None:
         return {}
     task = policy_view(task, splits.interactions.n_items, horizon, slate_size)
