@@ -39,7 +39,9 @@ from recrl.types import RecrlError
 
 logger = logging.getLogger(__name__)
 
-HOT_PATHS = (("algorithm", "act"), ("algorithm", "update"), ("environment", "step"))
+#: what ``trainer.compile`` compiles; the environment's ``step`` draws its random numbers and
+#: then calls ``transition``, the arithmetic, which compiles to one graph
+HOT_PATHS = (("algorithm", "act"), ("algorithm", "update"), ("environment", "transition"))
 
 
 def keep_eager() -> None:

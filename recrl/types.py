@@ -232,6 +232,9 @@ class UserModel(Protocol):
     """A batched model of users: the ground-truth world or a fitted behavior model.
 
     State is an opaque tensor ``[B, S]`` so the environment can store and reset it in place.
+    A model whose ``respond`` draws only through :func:`recrl.env.response.sample_response` may
+    set ``pre_drawable = True``: the environment then draws a step's random numbers at once
+    (:class:`recrl.env.noise.PreDrawn`, passed as ``generator``) so a compiled step is one graph.
     """
 
     n_items: int

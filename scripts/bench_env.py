@@ -207,7 +207,7 @@ def bench_one(model_name: str, n_items: int, batch: int, slate: int, args: argpa
         gen = torch.Generator(device).manual_seed(0)
         env.reset(batch, seed=0)
         forget_compiled(args)
-        step = compiled(env.step, args, env)
+        step = compiled_step(env, args)
 
         def run(steps: int) -> None:
             for _ in range(steps):
@@ -240,6 +240,14 @@ def compiled(function: Callable[..., Any], args: argparse.Namespace, owner: Any 
     if not args.compile:
         return function
     return compile_function(function, compile_mode(args.compile_mode), owner)
+
+
+def compiled_step(env: RecEnv, args: argparse.Namespace) -> Callable[..., Any]:
+    """``env.step``, with ``--compile`` over its compiled arithmetic (``env.transition``, as
+    ``trainer.compile`` compiles it; the step's random numbers are drawn before it)."""
+    if args.compile:
+        env.transition = compiled(env.transition, args, env)
+    return env.step
 
 
 def forget_compiled(args: argparse.Namespace) -> None:
@@ -328,7 +336,7 @@ def bench_acting(result: dict, args: argparse.Namespace, gflops: float) -> dict:
     policy = acting_policy(n_items, slate, args.history, args.horizon, device)
     obs = [env.reset(batch, seed=0)]
     forget_compiled(args)
-    act, step = compiled(policy.act, args, policy), compiled(env.step, args, env)
+    act, step = compiled(policy.act, args, policy), compiled_step(env, args)
 
     def run(steps: int) -> None:
         for _ in range(steps):

@@ -39,7 +39,7 @@ def test_compiled_act_step_and_update_match_the_eager_ones() -> None:
     eager_algo, eager_env = make_pair(model)
     algo, env = make_pair(model)
     assert compile_hot_paths(algo, env) == [
-        "algorithm.act", "algorithm.update", "environment.step"]
+        "algorithm.act", "algorithm.update", "environment.transition"]
     assert compile_hot_paths(algo, env) == []  # never compiled twice
     obs, eager_obs = env.reset(USERS, seed=0), eager_env.reset(USERS, seed=0)
     steps = []
@@ -60,6 +60,16 @@ def test_compiled_act_step_and_update_match_the_eager_ones() -> None:
         assert abs(float(stats["train/loss"]) - float(eager_stats["train/loss"])) < 1e-4
     for p, q in zip(algo.q.parameters(), eager_algo.q.parameters(), strict=True):
         assert torch.allclose(p, q, atol=1e-4)
+
+
+def test_the_compiled_environment_step_is_one_graph() -> None:
+    """The step's random numbers are drawn before ``transition``, so dynamo traces all of its
+    arithmetic (response, leaving, history, autoreset) into one graph without a break."""
+    _, env = make_pair(user_model())
+    env.reset(USERS, seed=0)
+    slates = torch.randint(0, N_ITEMS, (USERS, 1))
+    explained = torch._dynamo.explain(env.transition)(slates, *env.draw())
+    assert explained.graph_count == 1 and explained.graph_break_count == 0, explained.break_reasons
 
 
 def test_trainer_compile_compiles_the_hot_paths_before_training(monkeypatch) -> None:

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from recrl.data.synthetic import SyntheticWorld
+from recrl.env.noise import PreDrawn
 from recrl.env.simulator import RecEnv
 from recrl.rewards import ClickReward
 from recrl.types import RecrlError
@@ -163,6 +164,45 @@ def test_same_seed_same_trajectory() -> None:
     c = rollout(make_env(), seed=4)
     assert any(not torch.equal(x, y) for x, y in zip(a, c, strict=True))
     assert not torch.equal(a[5], c[5])  # different users: different click probabilities
+
+
+class DrawsAsItGoes:
+    """The world without ``pre_drawable``: the environment hands it the generator itself, and
+    the model and the autoreset draw as they go (the order before pre-drawing)."""
+
+    def __init__(self, inner: SyntheticWorld) -> None:
+        self.inner, self.n_items = inner, inner.n_items
+
+    def initial_state(self, n_users: int, generator: torch.Generator) -> torch.Tensor:
+        return self.inner.initial_state(n_users, generator)
+
+    def respond(self, *args, **kwargs):
+        return self.inner.respond(*args, **kwargs)
+
+
+def test_pre_drawn_random_numbers_give_the_same_trajectory_on_a_cpu() -> None:
+    """A step's uniforms drawn at once (one graph when compiled) are the numbers separate draws
+    give on a CPU generator: the same clicks, leaves and fresh users, autoreset included."""
+    assert world().pre_drawable
+    for autoreset in (False, True):
+        pre_drawn = rollout(RecEnv(world(-1.0), ClickReward(), horizon=4, slate_size=K, history_len=L,
+                                   autoreset=autoreset), seed=5, steps=8)
+        as_it_goes = rollout(RecEnv(DrawsAsItGoes(world(-1.0)), ClickReward(), horizon=4, slate_size=K,
+                                    history_len=L, autoreset=autoreset), seed=5, steps=8)
+        for x, y in zip(pre_drawn, as_it_goes, strict=True):
+            assert torch.equal(x, y)
+
+
+def test_pre_drawn_numbers_are_handed_out_in_order_and_counted() -> None:
+    gen = torch.Generator().manual_seed(0)
+    draws = PreDrawn(gen, count=7, device="cpu")
+    expected = torch.rand(7, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(draws.uniform((2, 1)).flatten(), expected[:2])
+    assert torch.equal(draws.uniform((2, 2)).flatten(), expected[2:6])
+    with pytest.raises(RecrlError, match="7 uniforms drawn, 6 used"):
+        draws.check_used()
+    with pytest.raises(RecrlError, match="asked for 8 uniforms, 7 were drawn"):
+        draws.uniform((2,))
 
 
 def test_wrong_slate_shape_raises() -> None:

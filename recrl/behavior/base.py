@@ -95,6 +95,7 @@ class SequenceUserModel(nn.Module, ABC):
     n_users: int
     training_settings: TrainingSettings
     content: ItemContentEncoder | None
+    pre_drawable = True  # draws only through sample_response: the env may pre-draw (recrl.env.noise)
 
     click_head: nn.Module
     conversion_head: nn.Module

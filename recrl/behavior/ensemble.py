@@ -99,6 +99,8 @@ class BehaviorEnsemble(nn.Module):
         response.uncertainty                           # [256, K] members' std of click probability
     """
 
+    pre_drawable = True  # draws only through sample_response: the env may pre-draw (recrl.env.noise)
+
     def __init__(self, members: Sequence[SequenceUserModel]) -> None:
         super().__init__()
         if len(members) < 2:
@@ -315,6 +317,8 @@ class OwnMemberSimulator:
         state = sim.initial_state(256, generator)      # [256, S]
         response, state = sim.respond(state, slates, generator)
     """
+
+    pre_drawable = True  # draws only through sample_response: the env may pre-draw (recrl.env.noise)
 
     def __init__(self, ensemble: BehaviorEnsemble) -> None:
         self.ensemble = ensemble

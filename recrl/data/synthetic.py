@@ -37,6 +37,8 @@ class SyntheticWorld:
         resp = world.respond(state, torch.zeros(8, 1, dtype=torch.long), generator)
     """
 
+    pre_drawable = True  # draws only through sample_response: the env may pre-draw (recrl.env.noise)
+
     def __init__(
         self,
         n_items: int = 500,

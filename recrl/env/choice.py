@@ -21,12 +21,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from recrl.env.noise import RandomSource, uniform
 from recrl.types import RecrlError
 
 CHOICES = ("mnl", "cascade")
 
 
-def sample_choice(click_prob: Tensor, generator: torch.Generator) -> Tensor:
+def sample_choice(click_prob: Tensor, generator: RandomSource) -> Tensor:
     """Sample at most one clicked slot per row from per-slot choice probabilities ``[B, K]``.
 
     The probability of no click is ``1 - click_prob.sum(1)``. Returns 0/1 floats ``[B, K]``.
@@ -35,7 +36,7 @@ def sample_choice(click_prob: Tensor, generator: torch.Generator) -> Tensor:
 
         clicks = sample_choice(torch.tensor([[0.2, 0.5]]), torch.Generator().manual_seed(0))
     """
-    u = torch.rand(click_prob.shape[0], 1, device=click_prob.device, generator=generator)
+    u = uniform((click_prob.shape[0], 1), click_prob.device, generator)
     cum = click_prob.cumsum(1)
     # compare with the previous cumulative sum itself: `cum - p` can round below it
     previous = F.pad(cum[:, :-1], (1, 0))  # [0, cum_0, ..., cum_{K-2}]
@@ -75,7 +76,7 @@ class ChoiceModel(Protocol):
         """Probability ``[B, K]`` that each slot is the clicked one."""
         ...
 
-    def sample(self, utility: Tensor, generator: torch.Generator,
+    def sample(self, utility: Tensor, generator: RandomSource,
                available: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """``(click_prob, click)`` with unavailable slots never clicked."""
         ...
@@ -101,7 +102,7 @@ class Choice:
             return cascade_probs(utility)
         return mnl_probs(utility, self.no_click)
 
-    def sample(self, utility: Tensor, generator: torch.Generator,
+    def sample(self, utility: Tensor, generator: RandomSource,
                available: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """``(click_prob, click)``: the probabilities and one sampled choice per row; slots where
         ``available`` ``[B, K]`` is false (already shown, with ``env.no_repeat``) are never clicked."""

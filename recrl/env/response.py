@@ -14,10 +14,10 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-import torch
 from torch import Tensor
 
 from recrl.env.choice import ChoiceModel
+from recrl.env.noise import RandomSource, uniform
 from recrl.types import Response
 
 # (click, conversion) -> (next state, leave probability there): how a model moves on after a draw
@@ -52,18 +52,18 @@ class Predictions:
         return tuple(self.values)
 
 
-def draw_response(predicted: Predictions, generator: torch.Generator, choice: ChoiceModel,
+def draw_response(predicted: Predictions, generator: RandomSource, choice: ChoiceModel,
                   available: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
     """Sample a slate's clicks by ``choice`` over the click utilities and the conversions given a
     click: ``(click_prob, click, conversion)``, each ``[B, K]``; items where ``available`` is false
     are never clicked."""
     click_prob, click = choice.sample(predicted.click_logit, generator, available)
     conv_prob = predicted.conversion_prob
-    u = torch.rand(conv_prob.shape, device=conv_prob.device, generator=generator)
+    u = uniform(tuple(conv_prob.shape), conv_prob.device, generator)
     return click_prob, click, click * (u < conv_prob).to(click.dtype)
 
 
-def sample_response(predicted: Predictions, generator: torch.Generator, choice: ChoiceModel,
+def sample_response(predicted: Predictions, generator: RandomSource, choice: ChoiceModel,
                     available: Tensor | None, advance: Advance,
                     uncertainty: Tensor | None = None) -> tuple[Response, Tensor]:
     """The sampled response to a slate and the user's next state: the draw of

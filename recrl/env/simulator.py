@@ -13,6 +13,7 @@ from torch import Tensor
 
 from recrl.env.choice import Choice
 from recrl.env.leave import BoredomRule, LeaveRule, SatisfactionRule
+from recrl.env.noise import PreDrawn, RandomSource, uniform
 from recrl.env.pessimism import Pessimism
 from recrl.types import Obs, RecrlError, Reward, StepInfo, UserModel
 
@@ -116,10 +117,32 @@ class RecEnv:
         return Obs(items=self.items.clone(), clicks=self.clicks.clone(), step=self.t.clone())
 
     def step(self, slates: Tensor) -> tuple[Obs, Tensor, Tensor, StepInfo]:
-        """Show ``slates`` ``[B, K]``; return ``(obs, reward [B], done [B], info)``."""
+        """Show ``slates`` ``[B, K]``; return ``(obs, reward [B], done [B], info)``.
+
+        The step's random numbers are drawn first (:meth:`draw`), then :meth:`transition` does
+        the arithmetic: compiled (``trainer.compile``), that is one graph."""
         if slates.shape != (self.state.shape[0], self.slate_size):
             raise RecrlError(f"env.step expects slates of shape {(self.state.shape[0], self.slate_size)}, "
                              f"got {tuple(slates.shape)}")
+        return self.transition(slates, *self.draw())
+
+    def draw(self) -> tuple[RandomSource, Tensor | None]:
+        """A step's random numbers, in the order the step uses them: the response's and the
+        leave draws (at once, :class:`~recrl.env.noise.PreDrawn`, when the user model draws
+        only through :func:`~recrl.env.response.sample_response`: ``pre_drawable``; else the
+        generator itself, and ``None``), then the fresh users that replace finished ones
+        (autoreset)."""
+        n_users = self.state.shape[0]
+        if not getattr(self.model, "pre_drawable", False):
+            return self.generator, None  # the model and restart() draw as they go
+        # the choice (one per user), the conversions (one per slot), leaving (one per user)
+        source = PreDrawn(self.generator, n_users * (self.slate_size + 2), self.device)
+        fresh = self.model.initial_state(n_users, self.generator) if self.autoreset else None
+        return source, fresh
+
+    def transition(self, slates: Tensor, source: RandomSource,
+                   fresh: Tensor | None) -> tuple[Obs, Tensor, Tensor, StepInfo]:
+        """:meth:`step`'s arithmetic given its random numbers (:meth:`draw`)."""
         # Known on the host without a sync: after reset, and for as long as finished users are
         # replaced (autoreset), every row is in an episode, so the "keep finished rows as they
         # were" selections below would copy every row and are skipped. (``alive`` is only ever
@@ -131,7 +154,7 @@ class RecEnv:
             seen = self.shown.gather(1, slates)
             available = ~seen
             self.shown.scatter_(1, slates, seen | was_alive[:, None])
-        response, next_state = self.model.respond(self.state, slates, self.generator, choice=self.choice,
+        response, next_state = self.model.respond(self.state, slates, source, choice=self.choice,
                                                   available=available, **self.respond_options)
         live = was_alive.to(response.click.dtype)
         reward = self.reward(response)
@@ -142,7 +165,9 @@ class RecEnv:
                 recent = torch.cat([self.items.flatten(1), slates], 1)
             reward, halted = self.pessimism.apply(reward, response, recent)
         reward = reward * live
-        left = torch.rand(self.t.shape, device=self.device, generator=self.generator) < response.leave_prob
+        left = uniform(tuple(self.t.shape), self.device, source) < response.leave_prob
+        if isinstance(source, PreDrawn):
+            source.check_used()
         if halted is not None:
             left = left | halted
         self.t = self.t + was_alive.long()
@@ -166,19 +191,21 @@ class RecEnv:
         self.state, self.items, self.clicks = state, items, clicks
         self.alive = was_alive & ~done
         if self.autoreset:
-            self.restart(done)
+            self.restart(done, fresh)
         self._all_alive = all_alive and self.autoreset
         info = StepInfo(response=response, terminated=terminated, truncated=truncated,
                         was_alive=was_alive)
         return self.observe(), reward, done, info
 
-    def restart(self, rows: Tensor) -> None:
-        """Replace finished users (``rows`` true) by fresh ones, without a host sync.
+    def restart(self, rows: Tensor, fresh: Tensor | None = None) -> None:
+        """Replace finished users (``rows`` true) by fresh ones (``fresh``: their start states,
+        drawn here when not given), without a host sync.
 
         The history tensors are never handed out (observations are copies), so they are reset
         in place.
         """
-        fresh = self.model.initial_state(rows.shape[0], self.generator)
+        if fresh is None:
+            fresh = self.model.initial_state(rows.shape[0], self.generator)
         self.state = torch.where(rows[:, None], fresh, self.state)
         self.items.masked_fill_(rows[:, None, None], self.n_items)
         self.clicks.masked_fill_(rows[:, None, None], 0.0)
