@@ -235,6 +235,9 @@ def check_overrides(config_name: str, overrides: list[str]) -> None:
             else:
                 if OmegaConf.is_missing(cfg, "checkpoint"):
                     raise RecrlError("recrl eval needs checkpoint=<run folder or .pt file>")
+                if cfg.get("eval", {}).get("ground_truth"):
+                    raise RecrlError("recrl eval: eval.ground_truth is the run's own (its environments are "
+                                     "rebuilt from the checkpoint); train a run with eval.ground_truth=<run>")
                 resolve_checkpoint(cfg.checkpoint)
     if config_name == "train" and combos:
         _check_sweeper_syntax(config_name, overrides, combos[0])

@@ -356,6 +356,7 @@ def test_sweep_syntax_errors_are_one_line(args: list[str], message: str,
     (["train", "eval.ranking_split=train"], "eval.ranking_split='train': use test"),
     (["eval"], "recrl eval needs checkpoint="),
     (["eval", "checkpoint=/no/such/run"], "does not exist"),
+    (["eval", "checkpoint=/no/such/run", "eval.ground_truth=/other/run"], "eval.ground_truth is the run's"),
     (["fly"], "unknown command"),
 ])
 def test_bad_input_gives_one_line_and_exit_code_2(tmp_path: Path, args: list[str], message: str) -> None:
