@@ -39,9 +39,11 @@ from recrl.types import RecrlError
 
 logger = logging.getLogger(__name__)
 
-#: what ``trainer.compile`` compiles; the environment's ``step`` draws its random numbers and
+#: the environment's method ``trainer.compile`` compiles: ``step`` draws the random numbers and
 #: then calls ``transition``, the arithmetic, which compiles to one graph
-HOT_PATHS = (("algorithm", "act"), ("algorithm", "update"), ("environment", "transition"))
+ENV_HOT_PATH = "transition"
+#: what ``trainer.compile`` compiles
+HOT_PATHS = (("algorithm", "act"), ("algorithm", "update"), ("environment", ENV_HOT_PATH))
 
 
 def keep_eager() -> None:

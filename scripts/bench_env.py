@@ -104,7 +104,7 @@ from recrl.benchmark import (
     share_of_bound,
     sync,
 )
-from recrl.compile import COMPILE_MODES, compile_function, compile_mode
+from recrl.compile import COMPILE_MODES, ENV_HOT_PATH, compile_function, compile_mode
 from recrl.config import build, group_option
 from recrl.data.synthetic import SyntheticWorld
 from recrl.env.simulator import RecEnv
@@ -243,10 +243,11 @@ def compiled(function: Callable[..., Any], args: argparse.Namespace, owner: Any 
 
 
 def compiled_step(env: RecEnv, args: argparse.Namespace) -> Callable[..., Any]:
-    """``env.step``, with ``--compile`` over its compiled arithmetic (``env.transition``, as
-    ``trainer.compile`` compiles it; the step's random numbers are drawn before it)."""
+    """``env.step``, with ``--compile`` over its compiled arithmetic (the method
+    ``trainer.compile`` compiles, :data:`recrl.compile.ENV_HOT_PATH`; the step's random numbers
+    are drawn before it)."""
     if args.compile:
-        env.transition = compiled(env.transition, args, env)
+        setattr(env, ENV_HOT_PATH, compiled(getattr(env, ENV_HOT_PATH), args, env))
     return env.step
 
 
