@@ -235,6 +235,9 @@ class UserModel(Protocol):
     A model whose ``respond`` draws only through :func:`recrl.env.response.sample_response` may
     set ``pre_drawable = True``: the environment then draws a step's random numbers at once
     (:class:`recrl.env.noise.PreDrawn`, passed as ``generator``) so a compiled step is one graph.
+    A model that can do per-item work once for fixed weights may define ``frozen()``, returning
+    an object whose ``respond`` gives the same responses: the environment takes one at every
+    reset and steps it (:class:`recrl.behavior.gru.FrozenGRU`).
     """
 
     n_items: int

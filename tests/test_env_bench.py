@@ -39,8 +39,10 @@ class ReferenceEnv(RecEnv):
             seen = self.shown.gather(1, slates)
             available = ~seen
             self.shown.scatter_(1, slates, seen | was_alive[:, None])
-        response, next_state = self.model.respond(self.state, slates, self.generator, choice=self.choice,
-                                                  available=available)
+        # the user model's step the environment takes (the GRU's frozen snapshot: its agreement
+        # with the model's own step is tests/test_frozen_gru.py's subject)
+        response, next_state = self.responder.respond(self.state, slates, self.generator, choice=self.choice,
+                                                      available=available)
         live = was_alive.to(response.click.dtype)
         reward = self.reward(response) * live
         left = torch.rand(self.t.shape, device=self.device, generator=self.generator) < response.leave_prob

@@ -9,7 +9,7 @@ and the response then update ``h`` through a GRU cell, and a leave head reads th
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -18,7 +18,9 @@ from torch import Tensor, nn
 from recrl.behavior.base import BilinearScorer, SequenceUserModel
 from recrl.behavior.features import ItemFeatures
 from recrl.behavior.fit import SessionTensors, TrainingSettings
-from recrl.types import Interactions, RecrlError
+from recrl.env.choice import MNL, ChoiceModel
+from recrl.env.response import Predictions, sample_response
+from recrl.types import Interactions, RecrlError, Response
 
 CACHE_ROWS = 8192  # (user, item) pairs per chunk on a CPU: [pairs, 3 x hidden] floats stay in cache
 
@@ -230,6 +232,11 @@ class GRUBehavior(SequenceUserModel):
             leave.append(torch.sigmoid(self.leave_head(after).squeeze(-1)))
         return torch.cat(leave) * self.leave_known
 
+    def frozen(self) -> FrozenGRU:
+        """This model's :meth:`respond` with the weights as they are now and the per-item work
+        done once (:class:`FrozenGRU`): what an environment steps (it takes one at reset)."""
+        return FrozenGRU(self)
+
     def initial_state(self, n_users: int, generator: torch.Generator | None = None) -> Tensor:
         """The learned start-of-session state (no exposure yet), repeated ``n_users`` times."""
         h = self.h0.detach().expand(n_users, -1)
@@ -306,14 +313,19 @@ def _linear_stack(layers: Sequence[nn.Linear | tuple[Tensor, Tensor]]) -> tuple[
 
 class GRUStack:
     """``K`` fitted :class:`GRUBehavior` models as stacked ``[K, ...]`` tensors: an ensemble's
-    step for every member at once with batched matrix products and lookups.
+    step for every member at once with batched matrix products and lookups, and (``K = 1``) the
+    step of one model in a simulator (:class:`FrozenGRU`).
 
-    The same numbers as calling each member (``torch.func.vmap`` over the members does it too, but
-    its batching rules for embeddings and linear layers copy the stacked weights at every call,
-    which made an ensemble of 5 cost 6-9x one model). What is constant while simulating is
-    computed once here: every head's item vectors (id embedding plus content), the input item
-    vectors, the transposed weights. A snapshot: rebuild it after the members' weights change.
-    Member states are ``[K, B, S]``; outputs gain a leading ``K``.
+    The same numbers as calling each member, up to float rounding (``torch.func.vmap`` over the
+    members does it too, but its batching rules for embeddings and linear layers copy the
+    stacked weights at every call, which made an ensemble of 5 cost 6-9x one model). What is
+    constant while simulating is computed once here, per item: every head's score is bilinear,
+    ``(W h + b) . v_i + c_i = h . (W^T v_i) + (b . v_i + c_i)``, so each head keeps one
+    ``hidden``-wide vector and one bias per item and scoring a slate of ``S`` items costs
+    ``S x hidden`` multiply-adds instead of a ``hidden x d`` projection first; and the event
+    layer is linear in the shown and clicked item vectors, so its products with every item's
+    input vector are tables too, looked up per step. A snapshot: rebuild it after the members'
+    weights change. Member states are ``[K, B, S]``; outputs gain a leading ``K``.
 
     Example::
 
@@ -342,21 +354,20 @@ class GRUStack:
         self.hidden, self.n_items = first.hidden, first.n_items
         self.signals = first.signals
         self.heads = (*self.HEADS, *(signal.head for signal in self.signals))
-        every = torch.arange(self.n_items + 1, device=first.device)
-        self.item_in = torch.stack([m.content_input(m.item_in, every) for m in members])  # [K, N+1, d]
-        self.event = _linear_stack([m.event for m in members])
+        self._event_tables(members)
         self.ih = _linear_stack([(m.cell.weight_ih, m.cell.bias_ih) for m in members])
         self.hh = _linear_stack([(m.cell.weight_hh, m.cell.bias_hh) for m in members])
         self.leave = [_linear_stack([m.leave_head[j] for m in members]) for j in (0, 2)]
-        # the bilinear heads side by side: one product gives every head's query
-        projections = [_linear_stack([getattr(m, name).proj for m in members]) for name in self.heads]
-        weights, biases = zip(*projections, strict=True)
-        self.query = torch.cat(weights, 2).contiguous(), torch.cat(biases, 2).contiguous()  # [K, hidden, H d]
-        self.vectors = [torch.stack([getattr(m, name).vectors() for m in members]).contiguous()
-                        for name in self.heads]                                             # H x [K, N, d]
-        self.item_bias = [torch.stack([getattr(m, name).bias for m in members]).contiguous()
-                          for name in self.heads]                                           # H x [K, N]
-        self.leave_known = torch.stack([m.leave_known for m in members]).to(self.item_in.dtype)
+        self.head_vectors, self.head_bias = [], []  # H x [K, N, hidden], H x [K, N]
+        for name in self.heads:
+            heads = [getattr(m, name) for m in members]
+            vectors = torch.stack([head.vectors() for head in heads])                     # [K, N, d]
+            weight = torch.stack([head.proj.weight for head in heads])                    # [K, d, hidden]
+            bias = torch.stack([head.proj.bias for head in heads])[:, :, None]            # [K, d, 1]
+            item_bias = torch.stack([head.bias for head in heads])                        # [K, N]
+            self.head_vectors.append(torch.bmm(vectors, weight).contiguous())
+            self.head_bias.append((torch.bmm(vectors, bias)[..., 0] + item_bias).contiguous())
+        self.leave_known = torch.stack([m.leave_known for m in members]).to(self.ih[0].dtype)
         self.known = [torch.stack([getattr(m, signal.known) for m in members])[:, None, None]
                       for signal in self.signals]                                           # S x [K, 1, 1]
         self.recency = None
@@ -365,38 +376,69 @@ class GRUStack:
                             torch.stack([m.recency.weight for m in members])[:, None, None],
                             torch.stack([m.recency.decay() for m in members])[:, None, None])
 
-    def _heads(self, h: Tensor, items: Tensor | None) -> tuple[Tensor, ...]:
-        """Logits ``[K, B, S]`` of every head (:attr:`heads` order) for ``items``: the same
-        ``[B, S]`` for every member, each member's own ``[K, B, S]``, or ``None`` (``[K, B, N]``:
-        the whole catalogue)."""
-        queries = torch.baddbmm(self.query[1], h, self.query[0]).chunk(len(self.heads), -1)  # H x [K, B, d]
-        if items is None:
-            return tuple(torch.baddbmm(bias[:, None, :], q, vectors.transpose(1, 2))
-                         for q, vectors, bias in zip(queries, self.vectors, self.item_bias, strict=True))
-        return tuple(torch.einsum("kbd,kbsd->kbs", q, _rows(vectors, items)) + _rows(bias, items)
-                     for q, vectors, bias in zip(queries, self.vectors, self.item_bias, strict=True))
+    def _event_tables(self, members: Sequence[GRUBehavior]) -> None:
+        """The event layer ``relu(W [mean shown, sum clicked, clicks, conversions] + b)`` split
+        into per-item tables: ``W_shown e_i + b`` and ``W_clicked e_i`` for every item's input
+        vector ``e_i`` (the padding row included: a zero vector), ``[K, N + 1, hidden]``, and the
+        two flags' columns ``[K, 2, hidden]``."""
+        every = torch.arange(self.n_items + 1, device=members[0].device)
+        item_in = torch.stack([m.content_input(m.item_in, every) for m in members])       # [K, N+1, d]
+        d = item_in.shape[-1]
+        weight = torch.stack([m.event.weight for m in members])                           # [K, hidden, 2d+2]
+        bias = torch.stack([m.event.bias for m in members])[:, None, :]
+        self.event_shown = torch.baddbmm(bias, item_in, weight[..., :d].transpose(1, 2)).contiguous()
+        self.event_clicked = torch.bmm(item_in, weight[..., d:2 * d].transpose(1, 2)).contiguous()
+        self.event_flags = weight[..., 2 * d:].transpose(1, 2).contiguous()
 
-    def predict(self, state: Tensor, items: Tensor | None = None) -> tuple[Tensor, ...]:
+    def _heads(self, h: Tensor, items: Tensor | None,
+               names: Collection[str] | None = None) -> tuple[Tensor | None, ...]:
+        """Logits ``[K, B, S]`` of every head (:attr:`heads` order; ``None`` for a head not in
+        ``names`` when given) for ``items``: the same ``[B, S]`` for every member, each
+        member's own ``[K, B, S]``, or ``None`` (``[K, B, N]``: the whole catalogue)."""
+        logits: list[Tensor | None] = []
+        for name, vectors, bias in zip(self.heads, self.head_vectors, self.head_bias, strict=True):
+            if names is not None and name not in names:
+                logits.append(None)
+            elif items is None:
+                logits.append(torch.baddbmm(bias[:, None, :], h, vectors.transpose(1, 2)))
+            else:
+                logits.append(torch.einsum("kbh,kbsh->kbs", h, _rows(vectors, items)) + _rows(bias, items))
+        return tuple(logits)
+
+    def predict(self, state: Tensor, items: Tensor | None = None,
+                heads: frozenset[str] | None = None) -> tuple[Tensor, ...]:
         """Every member's :class:`~recrl.env.response.Predictions` fields for ``items`` (shared
         ``[B, S]`` or per member ``[K, B, S]``, as in :meth:`next_state`), as
-        :meth:`~recrl.env.response.Predictions.flat` orders them."""
+        :meth:`~recrl.env.response.Predictions.flat` orders them. ``heads``: the optional
+        outputs to compute (``"rating"``, signal names; ``None``: all), the others NaN, as in
+        :meth:`~recrl.behavior.base.SequenceUserModel.predict`."""
         h = state[..., :self.hidden]
-        click, conversion, rating, *logits = self._heads(h, items)
+        names = None
+        if heads is not None:
+            names = {*self.HEADS[:2], *(head for head, output in zip(
+                self.heads[2:], ("rating", *(s.name for s in self.signals)), strict=True) if output in heads)}
+        click, conversion, rating, *logits = self._heads(h, items, names)
         if self.recency is not None:
             recency, weight, _ = self.recency
             click = click + weight * recency.overlap(state[..., self.hidden:], items)
-        values = (signal.predict(logit, known)
+
+        def skipped() -> Tensor:
+            return torch.full_like(click, float("nan"))
+
+        values = (skipped() if logit is None else signal.predict(logit, known)
                   for signal, logit, known in zip(self.signals, logits, self.known, strict=True))
-        return click, torch.sigmoid(conversion), 1.0 + 4.0 * torch.sigmoid(rating), *values
+        rating = skipped() if rating is None else 1.0 + 4.0 * torch.sigmoid(rating)
+        return click, torch.sigmoid(conversion), rating, *values
 
     def next_state(self, state: Tensor, slates: Tensor, click: Tensor, conversion: Tensor) -> Tensor:
         """Every member's state after ``slates`` and the response: the same for every member
         (``[B, S]``) or each member's own users (``[K, B, S]``, as the ensemble's own-member step)."""
         h = state[..., :self.hidden]
-        emb = _rows(self.item_in, slates)                                                      # [K, B, S, d]
-        flags = torch.stack([click.sum(-1), conversion.sum(-1)], -1).expand(emb.shape[0], -1, -1)
-        summary = torch.cat([emb.mean(-2), (click.unsqueeze(-1) * emb).sum(-2), flags], -1)
-        x = torch.relu(torch.baddbmm(self.event[1], summary, self.event[0]))
+        shown = _rows(self.event_shown, slates).mean(-2)                                    # [K, B, hidden]
+        clicked = (click.unsqueeze(-1) * _rows(self.event_clicked, slates)).sum(-2)
+        flags = (click.sum(-1).unsqueeze(-1) * self.event_flags[:, None, 0]
+                 + conversion.sum(-1).unsqueeze(-1) * self.event_flags[:, None, 1])
+        x = torch.relu(shown + clicked + flags)
         h = gru_gates(torch.baddbmm(self.ih[1], x, self.ih[0]), torch.baddbmm(self.hh[1], h, self.hh[0]), h)
         if self.recency is None:
             return h
@@ -415,3 +457,37 @@ class GRUStack:
         nxt = self.next_state(state, slates, click, conversion)
         return nxt, self.leave_prob(nxt)
 
+
+class FrozenGRU:
+    """A fitted :class:`GRUBehavior`'s :meth:`~GRUBehavior.respond` with its weights frozen: the
+    environment's step (:meth:`GRUBehavior.frozen`, taken at every reset). The per-item work is
+    done once (:class:`GRUStack` of the one model), so a step costs the GRU cell, the leave
+    head and ``hidden`` multiply-adds per head and slate item; the responses are the model's
+    up to float rounding. A snapshot: take another after the weights change.
+
+    Example::
+
+        step = model.frozen()
+        response, state = step.respond(state, slates, generator)   # as model.respond
+    """
+
+    pre_drawable = True  # draws only through sample_response: the env may pre-draw (recrl.env.noise)
+
+    def __init__(self, model: GRUBehavior) -> None:
+        self.n_items, self.signal_names = model.n_items, model.signal_names
+        self.stack = GRUStack([model])
+
+    @torch.no_grad()
+    def respond(self, state: Tensor, slates: Tensor, generator: torch.Generator,
+                choice: ChoiceModel = MNL, available: Tensor | None = None,
+                heads: frozenset[str] | None = None) -> tuple[Response, Tensor]:
+        """:meth:`GRUBehavior.respond` from the precomputed tables."""
+        member = state.unsqueeze(0)
+        parts = [part[0] for part in self.stack.predict(member, slates, heads)]
+        predicted = Predictions.unflat(parts, self.signal_names)
+
+        def advance(click: Tensor, conversion: Tensor) -> tuple[Tensor, Tensor]:
+            nxt, leave = self.stack.advance(member, slates, click, conversion)
+            return nxt[0], leave[0]
+
+        return sample_response(predicted, generator, choice, available, advance)

@@ -3,7 +3,9 @@
 All users of a batch step together on one device: one call of the user model per step, the
 observation history updated in place, no Python loop over users and no host round trip. Only
 the shown slates are scored each step; the one ``[users x items]`` table (``no_repeat``'s
-"already shown" flags) is allocated at reset, never per step.
+"already shown" flags) is allocated at reset, never per step. A user model with ``frozen()``
+(the GRU) is stepped through the snapshot it returns, taken at every reset: its per-item work
+(every item's head and input vectors through the fixed weights) is done there once.
 """
 
 from __future__ import annotations
@@ -78,6 +80,9 @@ class RecEnv:
         """Start ``n_users`` fresh sessions; ``seed`` re-seeds the environment's generator."""
         if seed is not None:
             self.generator.manual_seed(seed)
+        # a model that can precompute its per-item work for fixed weights steps that snapshot
+        frozen = getattr(self.model, "frozen", None)
+        self.responder = frozen() if frozen is not None else self.model
         self.state = self.model.initial_state(n_users, self.generator)
         self.items = torch.full((n_users, self.history_len, self.slate_size), self.n_items,
                                 dtype=torch.long, device=self.device)
@@ -154,8 +159,8 @@ class RecEnv:
             seen = self.shown.gather(1, slates)
             available = ~seen
             self.shown.scatter_(1, slates, seen | was_alive[:, None])
-        response, next_state = self.model.respond(self.state, slates, source, choice=self.choice,
-                                                  available=available, **self.respond_options)
+        response, next_state = self.responder.respond(self.state, slates, source, choice=self.choice,
+                                                      available=available, **self.respond_options)
         live = was_alive.to(response.click.dtype)
         reward = self.reward(response)
         halted = None
