@@ -358,15 +358,7 @@ class GRUStack:
         self.ih = _linear_stack([(m.cell.weight_ih, m.cell.bias_ih) for m in members])
         self.hh = _linear_stack([(m.cell.weight_hh, m.cell.bias_hh) for m in members])
         self.leave = [_linear_stack([m.leave_head[j] for m in members]) for j in (0, 2)]
-        self.head_vectors, self.head_bias = [], []  # H x [K, N, hidden], H x [K, N]
-        for name in self.heads:
-            heads = [getattr(m, name) for m in members]
-            vectors = torch.stack([head.vectors() for head in heads])                     # [K, N, d]
-            weight = torch.stack([head.proj.weight for head in heads])                    # [K, d, hidden]
-            bias = torch.stack([head.proj.bias for head in heads])[:, :, None]            # [K, d, 1]
-            item_bias = torch.stack([head.bias for head in heads])                        # [K, N]
-            self.head_vectors.append(torch.bmm(vectors, weight).contiguous())
-            self.head_bias.append((torch.bmm(vectors, bias)[..., 0] + item_bias).contiguous())
+        self._head_tables(members)
         self.leave_known = torch.stack([m.leave_known for m in members]).to(self.ih[0].dtype)
         self.known = [torch.stack([getattr(m, signal.known) for m in members])[:, None, None]
                       for signal in self.signals]                                           # S x [K, 1, 1]
@@ -375,6 +367,20 @@ class GRUStack:
             self.recency = (first.recency,  # its attribute table (the same for every member)
                             torch.stack([m.recency.weight for m in members])[:, None, None],
                             torch.stack([m.recency.decay() for m in members])[:, None, None])
+
+    def _head_tables(self, members: Sequence[GRUBehavior]) -> None:
+        """Each head's per-item query vectors ``W^T v_i`` ``[K, N, hidden]`` and biases
+        ``b . v_i + c_i`` ``[K, N]`` (:attr:`heads` order), from its item vectors ``v_i`` (id
+        embedding plus content), projection ``W h + b`` and item biases ``c_i``."""
+        self.head_vectors, self.head_bias = [], []
+        for name in self.heads:
+            heads = [getattr(m, name) for m in members]
+            vectors = torch.stack([head.vectors() for head in heads])                     # [K, N, d]
+            weight = torch.stack([head.proj.weight for head in heads])                    # [K, d, hidden]
+            bias = torch.stack([head.proj.bias for head in heads])[:, :, None]            # [K, d, 1]
+            item_bias = torch.stack([head.bias for head in heads])                        # [K, N]
+            self.head_vectors.append(torch.bmm(vectors, weight).contiguous())
+            self.head_bias.append((torch.bmm(vectors, bias)[..., 0] + item_bias).contiguous())
 
     def _event_tables(self, members: Sequence[GRUBehavior]) -> None:
         """The event layer ``relu(W [mean shown, sum clicked, clicks, conversions] + b)`` split
@@ -413,10 +419,9 @@ class GRUStack:
         outputs to compute (``"rating"``, signal names; ``None``: all), the others NaN, as in
         :meth:`~recrl.behavior.base.SequenceUserModel.predict`."""
         h = state[..., :self.hidden]
-        names = None
-        if heads is not None:
-            names = {*self.HEADS[:2], *(head for head, output in zip(
-                self.heads[2:], ("rating", *(s.name for s in self.signals)), strict=True) if output in heads)}
+        names = None if heads is None else {
+            "click_head", "conversion_head", *(["rating_head"] if "rating" in heads else []),
+            *(signal.head for signal in self.signals if signal.name in heads)}
         click, conversion, rating, *logits = self._heads(h, items, names)
         if self.recency is not None:
             recency, weight, _ = self.recency
