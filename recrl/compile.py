@@ -49,7 +49,8 @@ HOT_PATHS = (("algorithm", "act"), ("algorithm", "update"), ("environment", ENV_
 def keep_eager() -> None:
     """Leave out of every compiled graph the functions whose Python scalars change at each call
     (weight averaging's step size, :func:`recrl.algos.nets.lerp_weights`): traced, each value
-    would be a constant of a new graph. Done here, at the first compile, so that a run without
+    would be a constant of a new graph; likewise the encoder's check of its cached first-layer
+    tables (:class:`recrl.algos.nets.SlotTables`). Done here, at the first compile, so that a run without
     ``trainer.compile`` never imports the compiler (two seconds of start-up)."""
     from recrl.algos import nets
 
@@ -57,6 +58,12 @@ def keep_eager() -> None:
         eager = torch.compiler.disable(nets.lerp_weights)
         eager._recrl_eager = True
         nets.lerp_weights = eager
+    if not getattr(nets.SlotTables.lookup, "_recrl_eager", False):
+        # reads weights' version counters: a graph would hold one answer; eager, the graph
+        # after it gets the tables (or None) as inputs
+        lookup = torch.compiler.disable(nets.SlotTables.lookup)
+        lookup._recrl_eager = True
+        nets.SlotTables.lookup = lookup
 
 
 #: ``trainer.compile_mode`` values: ``auto`` or one of ``torch.compile``'s modes
@@ -115,10 +122,12 @@ def owning_outputs(function: Callable[..., Any], owner: Any = None) -> Callable[
 def compile_function(function: Callable[..., Any], mode: str, owner: Any = None) -> Callable[..., Any]:
     """``torch.compile(function)`` in ``mode`` (resolved: not ``auto``), its outputs (and the
     tensors it binds to ``owner``'s attributes) owned by the caller where the mode replays CUDA
-    graphs (:func:`owning_outputs`)."""
+    graphs (:func:`owning_outputs`). What must stay out of every graph is kept out first
+    (:func:`keep_eager`)."""
     # dynamic=None: a value that changes between calls (the exploration rate, an averaging
     # step, a batch size) becomes a graph input after its first change instead of a
     # constant that recompiles the graph at every call
+    keep_eager()
     compiled = torch.compile(function, mode=mode, dynamic=None)
     return owning_outputs(compiled, owner) if uses_cuda_graphs(mode) else compiled
 
@@ -128,7 +137,6 @@ def compile_hot_paths(algo: Any, env: Any, mode: str = "auto") -> list[str]:
     (``mode``: see :func:`compile_mode`), on these objects only (the classes are untouched);
     returns what was compiled (``"algorithm.act"``, ...). Algorithms without an ``update``
     (fixed policies) keep theirs."""
-    keep_eager()
     owners = {"algorithm": algo, "environment": env}
     mode = compile_mode(mode)
     compiled = []

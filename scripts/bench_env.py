@@ -336,15 +336,17 @@ def bench_acting(result: dict, args: argparse.Namespace, gflops: float) -> dict:
                    args.lean)
     policy = acting_policy(n_items, slate, args.history, args.horizon, device)
     obs = [env.reset(batch, seed=0)]
-    forget_compiled(args)
-    act, step = compiled(policy.act, args, policy), compiled_step(env, args)
+    act, step = policy.act, env.step
 
     def run(steps: int) -> None:
         for _ in range(steps):
             obs[0] = step(act(obs[0], explore=False))[0]
 
-    run(args.warmup)
+    # counted eagerly (same FLOPs): compiled graphs run under FlopCounterMode are slower after it
     flops = count_flops(lambda: run(1)) / batch
+    forget_compiled(args)
+    act, step = compiled(policy.act, args, policy), compiled_step(env, args)
+    run(args.warmup)
     speed = batch * args.steps / best_seconds(lambda: run(args.steps), device, args.repeats)
     return {**result, "acting_user_steps_per_s": speed, "acting_flops_per_user_step": flops,
             "acting_share_of_bound": share_of_bound(speed, flops, gflops),

@@ -5,8 +5,9 @@ on-policy ones."""
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -45,6 +46,8 @@ class HistoryEncoder(nn.Module):
         width = slots * (dim + 1) + 1 + features + (2 * dim + 1 if summary else 0)
         self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.ReLU(),
                                  nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, dim))
+        self.slots = slots
+        self.slot_tables = SlotTables()
 
     def embed(self, items: Tensor) -> Tensor:
         """Vectors ``[..., dim]`` of history items (the padding id embeds to zero)."""
@@ -58,19 +61,118 @@ class HistoryEncoder(nn.Module):
     def forward(self, obs: Obs) -> Tensor:
         """State vectors ``[B, dim]``."""
         b = obs.batch_size
+        progress = (obs.step.float() / self.horizon).unsqueeze(-1)
+        tables = None if self.summary else self.slot_tables.lookup(self)
+        if tables is not None:
+            hidden = first_layer(tables, obs.items.reshape(b, -1), self._dense_inputs(obs, progress))
+            for layer in list(self.mlp)[1:]:
+                hidden = layer(hidden)
+            return hidden
         emb = self.embed(obs.items)
         slots = torch.cat([emb, obs.clicks.unsqueeze(-1)], -1)
-        progress = (obs.step.float() / self.horizon).unsqueeze(-1)
         parts = [slots.reshape(b, -1), progress]
         if self.summary:
             parts.append(history_summary(emb.reshape(b, -1, emb.shape[-1]), obs.clicks.reshape(b, -1),
                                          (obs.items != self.n_items).reshape(b, -1)))
-        if self.features:
-            if obs.features is None:
-                raise RecrlError(f"the encoder expects {self.features} observation features but the "
-                                 "observation has none (Obs.features is None)")
-            parts.append(obs.features.reshape(b, -1).to(progress.dtype))
+        parts.extend(self._features(obs, progress.dtype))
         return self.mlp(torch.cat(parts, -1))
+
+    def _features(self, obs: Obs, dtype: torch.dtype) -> list[Tensor]:
+        """The observation features as an input part (none when the encoder reads none)."""
+        if not self.features:
+            return []
+        if obs.features is None:
+            raise RecrlError(f"the encoder expects {self.features} observation features but the "
+                             "observation has none (Obs.features is None)")
+        return [obs.features.reshape(obs.batch_size, -1).to(dtype)]
+
+    def _dense_inputs(self, obs: Obs, progress: Tensor) -> Tensor:
+        """The first layer's inputs other than the item vectors ``[B, slots + 1 + features]``:
+        click flags, session progress, observation features (:class:`SlotTables`' order)."""
+        clicks = obs.clicks.reshape(obs.batch_size, -1).to(progress.dtype)
+        return torch.cat([clicks, progress, *self._features(obs, progress.dtype)], 1)
+
+    def frozen_weights(self) -> list[Tensor]:
+        """The weights :class:`SlotTables` are computed from (the item table, its prior and
+        the prior's map, the first layer)."""
+        prior = [] if self.prior is None else [self.prior.prior, self.prior.proj.weight]
+        first = self.mlp[0]
+        return [self.item_emb.weight, *prior, first.weight, first.bias]
+
+    def build_slot_tables(self) -> FirstLayerTables:
+        """The first layer's product with every item per history slot (:class:`SlotTables`)."""
+        with torch.no_grad():
+            items = self.embed(torch.arange(self.n_items + 1, device=self.item_emb.weight.device))
+            first = self.mlp[0]
+            d = items.shape[1]
+            per_slot = first.weight[:, :self.slots * (d + 1)].reshape(-1, self.slots, d + 1)
+            tables = torch.einsum("nd,hsd->snh", items, per_slot[:, :, :d])  # [slots, N + 1, hidden]
+            tables[0] += first.bias  # every history has one slot 0: the bias rides on its rows
+            dense = torch.cat([per_slot[:, :, d], first.weight[:, self.slots * (d + 1):]], 1)
+            offsets = torch.arange(self.slots, device=items.device) * (self.n_items + 1)
+            slot_items = tables.reshape(-1, tables.shape[-1]).contiguous()
+            return FirstLayerTables(slot_items, dense.T.contiguous(), offsets)
+
+
+class FirstLayerTables(NamedTuple):
+    """A :class:`HistoryEncoder`'s first layer as per-slot item tables (:class:`SlotTables`)."""
+
+    slot_items: Tensor  #: [slots · (N + 1), hidden]: slot j's rows from j (N + 1); slot 0's carry the bias
+    dense: Tensor       #: [slots + 1 + features, hidden]: for the click flags, progress and features
+    offsets: Tensor     #: [slots]: j (N + 1), slot j's first row
+
+
+def first_layer(tables: FirstLayerTables, items: Tensor, dense_inputs: Tensor) -> Tensor:
+    """The first layer's pre-activations ``[B, hidden]`` for history items ``[B, slots]`` and the
+    dense inputs ``[B, slots + 1 + features]``: one table row per slot summed, plus one small
+    product."""
+    rows = F.embedding_bag(items + tables.offsets, tables.slot_items, mode="sum")
+    return torch.addmm(rows, dense_inputs, tables.dense)
+
+
+class SlotTables:
+    """The per-slot item tables of a :class:`HistoryEncoder` in eval mode, kept while its weights
+    stay the same.
+
+    The encoder's first layer is linear in each history slot's item vector, so its product with
+    every item can be computed once per slot (``slots · (N + 1) · hidden`` numbers); a forward
+    pass then adds one table row per slot (one ``embedding_bag``) in place of multiplying the
+    flattened history (``slots · (dim + 1) · hidden`` multiply-adds per user), the trick of the
+    frozen GRU step (README "The frozen GRU step"). That pays where the same weights serve many
+    users, which is what eval mode (``module.eval()``) declares: the weights a DQN acts with
+    without exploring (:class:`WeightAverage`'s copy), a pretrained reference, a deployed
+    policy. A learner's online and target networks stay in train mode and never use tables, so
+    what it learns does not depend on them. An encoder in eval mode always uses them (where no
+    gradient flows, on a CPU, outside ``torch.compile`` graphs, up to
+    :data:`MAX_TABLE_NUMBERS`), so its outputs depend only on its weights and inputs; the
+    tables are rebuilt when the weights differ, by value, from the copy they were built from
+    (version counters would miss the fused Adam step, which does not bump them). The sums run
+    in another order than the direct pass's: values agree with it to about 1e-6. Not on a GPU,
+    where per-operation overhead matters less and comparing weights would wait for the device.
+    """
+
+    def __init__(self) -> None:
+        self.weights: list[Tensor] | None = None  # copies of the weights the tables were built from
+        self.tables: FirstLayerTables | None = None
+
+    def __deepcopy__(self, memo: dict) -> SlotTables:
+        return SlotTables()  # a copy's weights are other tensors: it builds its own
+
+    def lookup(self, encoder: HistoryEncoder) -> FirstLayerTables | None:
+        """The tables for ``encoder``'s current weights, or ``None``: use the direct pass."""
+        first = encoder.mlp[0].weight
+        if (encoder.training or (torch.is_grad_enabled() and first.requires_grad)
+                or torch.compiler.is_compiling() or first.device.type != "cpu"
+                or encoder.slots * (encoder.n_items + 1) * first.shape[0] > MAX_TABLE_NUMBERS):
+            return None
+        weights = encoder.frozen_weights()
+        if self.tables is None or not all(map(torch.equal, self.weights, weights)):
+            self.weights = [w.detach().clone() for w in weights]
+            self.tables = encoder.build_slot_tables()
+        return self.tables
+
+
+MAX_TABLE_NUMBERS = 1 << 24  # 64 MB of float32 tables at most per encoder
 
 
 def history_summary(emb: Tensor, clicks: Tensor, real: Tensor) -> Tensor:
@@ -374,9 +476,31 @@ def skips_shown(ctx: AlgoContext, skip_shown: bool) -> bool:
 
 def top_k(scores: Tensor, k: int) -> Tensor:
     """Indices ``[B, k]`` of the highest scores, best first."""
-    if k == 1:  # twice as fast as topk (and argmax) on a CPU
-        return scores.max(1, keepdim=True).indices
+    if k == 1:
+        return best_item(scores)[:, None]
     return scores.topk(k, dim=1).indices
+
+
+BLOCK_ARGMAX_ITEMS = 2048  # from this many items, best_item searches blocks (faster on a CPU)
+
+
+def best_item(scores: Tensor) -> Tensor:
+    """The index ``[B]`` of each row's highest score (the first of ties, NaN counting highest, as
+    ``max``). On a CPU from :data:`BLOCK_ARGMAX_ITEMS` items on, in two passes: the best of each
+    block of about ``sqrt(N)`` items by ``amax`` (vectorised; ``max`` with indices is not, and is
+    twice as fast as ``argmax`` and ``topk``), then the best within each row's best block."""
+    rows, n = scores.shape
+    if n < BLOCK_ARGMAX_ITEMS or scores.device.type != "cpu":
+        return scores.max(1).indices
+    size = math.isqrt(n)
+    blocks = n // size
+    whole = scores[:, :blocks * size].unflatten(1, (blocks, size))
+    block_best, block = whole.amax(2).max(1)
+    best = block * size + whole[torch.arange(rows, device=scores.device), block].max(1).indices
+    if blocks * size == n:
+        return best
+    tail_best, tail = scores[:, blocks * size:].max(1)
+    return torch.where(tail_best > block_best, tail + blocks * size, best)
 
 
 CACHE_SCORES = 1 << 20  # scores per chunk of users on a CPU: 4 MB of float32 stays in cache
@@ -528,7 +652,8 @@ class WeightAverage:
         if not 0.0 <= decay < 1.0:
             raise RecrlError(f"algo.average={decay} must be in [0, 1) (0: act with the latest weights)")
         self.source, self.decay, self.updates = net, decay, 0
-        self.net = copy.deepcopy(net).requires_grad_(False) if decay > 0 else None
+        # eval mode: it only acts (a history encoder then reuses per-item tables, SlotTables)
+        self.net = copy.deepcopy(net).requires_grad_(False).eval() if decay > 0 else None
 
     @torch.no_grad()
     def update(self) -> None:
