@@ -51,7 +51,10 @@ user-steps/s, its FLOPs per user-step as PyTorch counts them (``FlopCounterMode`
 products of the policy and the user model), the share of the arithmetic bound those FLOPs
 give at the matmul rate (``acting_share_of_bound``; at large ``N`` the ``B x d`` by ``d x N``
 scoring product dominates, and the loop should run near the bound) and its speed over the
-environment's alone (``acting_over_env``).
+environment's alone (``acting_over_env``), and the rate of its main product, the scoring of
+every item, alone as a share of the big-matmul rate (``scoring_share_of_matmul``: with a
+width of ``dim + 2`` its shape does not reach the square product's rate, and at large ``N``
+the loop cannot run nearer its bound than that share).
 
 ``--compile`` times the step (and with ``--acting`` the policy's ``act``) compiled as
 ``trainer.compile=true`` compiles it (``--compile-mode``; the warm-up steps pay the compile).
@@ -91,6 +94,7 @@ from rich.table import Table
 from torch import Tensor
 
 from recrl.algos.dqn import DQN
+from recrl.algos.nets import CACHE_SCORES
 from recrl.behavior.ensemble import BehaviorEnsemble, OwnMemberSimulator
 from recrl.behavior.fit import TrainingSettings
 from recrl.behavior.gru import GRUBehavior
@@ -342,7 +346,9 @@ def bench_acting(result: dict, args: argparse.Namespace, gflops: float) -> dict:
         for _ in range(steps):
             obs[0] = step(act(obs[0], explore=False))[0]
 
-    # counted eagerly (same FLOPs): compiled graphs run under FlopCounterMode are slower after it
+    # counted eagerly (same FLOPs: compiled graphs run under FlopCounterMode are slower after
+    # it), after one step that builds what acting reuses (the policy's first-layer tables)
+    run(1)
     flops = count_flops(lambda: run(1)) / batch
     forget_compiled(args)
     act, step = compiled(policy.act, args, policy), compiled_step(env, args)
@@ -350,7 +356,27 @@ def bench_acting(result: dict, args: argparse.Namespace, gflops: float) -> dict:
     speed = batch * args.steps / best_seconds(lambda: run(args.steps), device, args.repeats)
     return {**result, "acting_user_steps_per_s": speed, "acting_flops_per_user_step": flops,
             "acting_share_of_bound": share_of_bound(speed, flops, gflops),
-            "acting_over_env": speed / result["user_steps_per_s"]}
+            "acting_over_env": speed / result["user_steps_per_s"],
+            "scoring_share_of_matmul": scoring_gflops(policy, batch, device, args.repeats) / gflops}
+
+
+def scoring_gflops(policy: DQN, batch: int, device: torch.device, repeats: int) -> float:
+    """GFLOP/s of the acting loop's main product alone: ``batch`` users' factors by every
+    item's (``[rows x D] @ [D x N]``, in the row blocks :func:`~recrl.algos.nets.top_k_by_chunks`
+    scores at a time). Its shape (``D`` = dim + 2 is small) sets how near the big-matmul rate
+    the loop can run at large ``N``."""
+    users, items = policy.q.factors(torch.randn(batch, policy.q.item_out.embedding_dim, device=device))
+    users, items = users.detach(), items.detach()
+    n_items = items.shape[0]
+    rows = batch if device.type == "cuda" else max(1, CACHE_SCORES // n_items)
+
+    def score() -> None:
+        for start in range(0, batch, rows):
+            users[start:start + rows] @ items.T
+
+    score()
+    return 2 * batch * users.shape[1] * n_items / best_seconds(lambda: [score() for _ in range(10)],
+                                                               device, repeats) * 10 / 1e9
 
 
 def config_key(result: dict) -> tuple:
@@ -494,7 +520,8 @@ def main() -> None:
                 r = bench_acting(r, args, gflops)
             results.append(r)
             acting = (f", acting {r['acting_user_steps_per_s']:,.0f} "
-                      f"({r['acting_share_of_bound']:.3g} of its bound)" if args.acting else "")
+                      f"({r['acting_share_of_bound']:.3g} of its bound; its scoring product alone "
+                      f"{r['scoring_share_of_matmul']:.2f} of the matmul rate)" if args.acting else "")
             console.print(f"  {r['model']:>12} N={r['n_items']:>7,} B={r['batch']:>6,} K={r['slate']:>2}: "
                           f"{r['user_steps_per_s']:>13,.0f} user-steps/s, ratio to reference "
                           f"{_fmt(r['ratio_to_reference'], '.3f')}{acting}", highlight=False)
@@ -504,13 +531,15 @@ def main() -> None:
                         f"{'inference' if args.inference_mode else 'grad'} mode, "
                         f"{'compiled, ' + args.compile_mode + ' mode, ' if args.compile else ''}"
                         f"best of {args.repeats} x {args.steps} steps)")
-    acting_columns = ("acting user-steps/s", "acting share of bound", "acting / env") if args.acting else ()
+    acting_columns = ("acting user-steps/s", "acting share of bound", "acting / env",
+                      "scoring / matmul rate") if args.acting else ()
     for col in ("model", "N items", "B users", "K", "user-steps/s", "ref user-steps/s", "ratio",
                 "bound", "share of bound", *acting_columns, "ms/step", "CPU ms/step", "peak MB"):
         table.add_column(col, justify="right")
     for r in results:
         acting_cells = ((f"{r['acting_user_steps_per_s']:,.0f}", _fmt(r["acting_share_of_bound"], ".3g"),
-                         f"{r['acting_over_env']:.3f}") if args.acting else ())
+                         f"{r['acting_over_env']:.3f}", f"{r['scoring_share_of_matmul']:.2f}")
+                        if args.acting else ())
         table.add_row(r["model"], f"{r['n_items']:,}", f"{r['batch']:,}", str(r["slate"]),
                       f"{r['user_steps_per_s']:,.0f}", _fmt(r["reference_user_steps_per_s"], ",.0f"),
                       _fmt(r["ratio_to_reference"], ".3f"), _fmt(r["bound_user_steps_per_s"], ",.0f"),
@@ -533,7 +562,8 @@ def main() -> None:
             "= matmul FLOP/s / flops_per_user_step (12 d^2 + 2 K d), share_of_bound = user_steps_per_s / "
             "bound; null for models without a reference; --acting: acting_user_steps_per_s of the default "
             "DQN's act(explore=False) + env.step loop, acting_flops_per_user_step (FlopCounterMode), "
-            "acting_share_of_bound, acting_over_env = acting / env-only user-steps/s")
+            "acting_share_of_bound, acting_over_env = acting / env-only user-steps/s, "
+            "scoring_share_of_matmul = GFLOP/s of the scoring product alone / matmul_gflops")
     out = {"results": results, "machine": info, "settings": settings, "note": note}
     if comparison is not None:
         out["comparison"] = {"old": str(args.compare), "old_machine": old.get("machine", {}),

@@ -253,6 +253,7 @@ def test_bench_script_reference_bound_and_compare() -> None:
     assert acting["acting_share_of_bound"] == pytest.approx(
         acting["acting_user_steps_per_s"] * acting["acting_flops_per_user_step"] / (gflops * 1e9))
     assert acting["acting_over_env"] == pytest.approx(acting["acting_user_steps_per_s"] / speed)
+    assert math.isfinite(acting["scoring_share_of_matmul"]) and acting["scoring_share_of_matmul"] > 0
 
     def row(model: str, n: int, speed: float, ratio: float | None = None) -> dict:
         return {"model": model, "n_items": n, "batch": 8, "slate": 1, "user_steps_per_s": speed,
