@@ -59,8 +59,8 @@ def keep_eager() -> None:
         eager._recrl_eager = True
         nets.lerp_weights = eager
     if not getattr(nets.SlotTables.lookup, "_recrl_eager", False):
-        # reads weights' version counters: a graph would hold one answer; eager, the graph
-        # after it gets the tables (or None) as inputs
+        # compares the weights with a copy (Python booleans): a graph would hold one answer;
+        # eager, the graph after it gets the tables (or None) as inputs
         lookup = torch.compiler.disable(nets.SlotTables.lookup)
         lookup._recrl_eager = True
         nets.SlotTables.lookup = lookup
