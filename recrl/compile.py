@@ -50,20 +50,23 @@ def keep_eager() -> None:
     """Leave out of every compiled graph the functions whose Python scalars change at each call
     (weight averaging's step size, :func:`recrl.algos.nets.lerp_weights`): traced, each value
     would be a constant of a new graph; likewise the encoder's check of its cached first-layer
-    tables (:class:`recrl.algos.nets.SlotTables`). Done here, at the first compile, so that a run without
-    ``trainer.compile`` never imports the compiler (two seconds of start-up)."""
+    tables (:class:`recrl.algos.nets.SlotTables`). Done here, at the first compile, so that a
+    run without ``trainer.compile`` never imports the compiler (two seconds of start-up)."""
     from recrl.algos import nets
 
-    if not getattr(nets.lerp_weights, "_recrl_eager", False):
-        eager = torch.compiler.disable(nets.lerp_weights)
-        eager._recrl_eager = True
-        nets.lerp_weights = eager
-    if not getattr(nets.SlotTables.lookup, "_recrl_eager", False):
-        # compares the weights with a copy (Python booleans): a graph would hold one answer;
-        # eager, the graph after it gets the tables (or None) as inputs
-        lookup = torch.compiler.disable(nets.SlotTables.lookup)
-        lookup._recrl_eager = True
-        nets.SlotTables.lookup = lookup
+    nets.lerp_weights = _eager(nets.lerp_weights)
+    # the table check compares weights with a copy (Python booleans): a graph would hold one
+    # answer; eager, the graph after it gets the tables (or None) as inputs
+    nets.SlotTables.lookup = _eager(nets.SlotTables.lookup)
+
+
+def _eager(function: Callable[..., Any]) -> Callable[..., Any]:
+    """``function`` kept out of compiled graphs (``torch.compiler.disable``), once."""
+    if getattr(function, "_recrl_eager", False):
+        return function
+    eager = torch.compiler.disable(function)
+    eager._recrl_eager = True
+    return eager
 
 
 #: ``trainer.compile_mode`` values: ``auto`` or one of ``torch.compile``'s modes

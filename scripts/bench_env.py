@@ -94,7 +94,7 @@ from rich.table import Table
 from torch import Tensor
 
 from recrl.algos.dqn import DQN
-from recrl.algos.nets import CACHE_SCORES
+from recrl.algos.nets import chunk_rows
 from recrl.behavior.ensemble import BehaviorEnsemble, OwnMemberSimulator
 from recrl.behavior.fit import TrainingSettings
 from recrl.behavior.gru import GRUBehavior
@@ -367,16 +367,16 @@ def scoring_gflops(policy: DQN, batch: int, device: torch.device, repeats: int) 
     the loop can run at large ``N``."""
     users, items = policy.q.factors(torch.randn(batch, policy.q.item_out.embedding_dim, device=device))
     users, items = users.detach(), items.detach()
-    n_items = items.shape[0]
-    rows = batch if device.type == "cuda" else max(1, CACHE_SCORES // n_items)
+    n_items, times = items.shape[0], 10
+    rows = chunk_rows(batch, n_items, device)
 
     def score() -> None:
-        for start in range(0, batch, rows):
-            users[start:start + rows] @ items.T
+        for _ in range(times):
+            for start in range(0, batch, rows):
+                users[start:start + rows] @ items.T
 
     score()
-    return 2 * batch * users.shape[1] * n_items / best_seconds(lambda: [score() for _ in range(10)],
-                                                               device, repeats) * 10 / 1e9
+    return 2 * batch * users.shape[1] * n_items * times / best_seconds(score, device, repeats) / 1e9
 
 
 def config_key(result: dict) -> tuple:

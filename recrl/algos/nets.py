@@ -514,8 +514,14 @@ def top_k_by_chunks(scores_of: Callable[[slice], Tensor], batch: int, k: int, n_
     scores per chunk), so that each chunk's scores are made, masked and searched while in cache
     instead of streamed through memory several times (several times faster on large
     catalogues); on a GPU all users at once."""
-    rows = batch if device.type == "cuda" else max(1, CACHE_SCORES // n_items)
+    rows = chunk_rows(batch, n_items, device)
     return torch.cat([top_k(scores_of(slice(start, start + rows)), k) for start in range(0, batch, rows)])
+
+
+def chunk_rows(batch: int, n_items: int, device: torch.device) -> int:
+    """Users scored at a time by :func:`top_k_by_chunks`: on a CPU about :data:`CACHE_SCORES`
+    scores' worth, on a GPU all ``batch``."""
+    return batch if device.type == "cuda" else max(1, CACHE_SCORES // n_items)
 
 
 def random_slates(batch: int, n_items: int, k: int, device: torch.device,
