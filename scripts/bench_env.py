@@ -363,17 +363,19 @@ def bench_acting(result: dict, args: argparse.Namespace, gflops: float) -> dict:
 def scoring_gflops(policy: DQN, batch: int, device: torch.device, repeats: int) -> float:
     """GFLOP/s of the acting loop's main product alone: ``batch`` users' factors by every
     item's (``[rows x D] @ [D x N]``, in the row blocks :func:`~recrl.algos.nets.top_k_by_chunks`
-    scores at a time). Its shape (``D`` = dim + 2 is small) sets how near the big-matmul rate
-    the loop can run at large ``N``."""
+    scores at a time, into one reused block). Its shape (``D`` = dim + 2 is small) sets how near
+    the big-matmul rate the loop can run at large ``N``."""
     users, items = policy.q.factors(torch.randn(batch, policy.q.item_out.embedding_dim, device=device))
     users, items = users.detach(), items.detach()
     n_items, times = items.shape[0], 10
     rows = chunk_rows(batch, n_items, device)
+    block = users.new_empty(min(rows, batch), n_items)  # written in place, as acting does
 
     def score() -> None:
         for _ in range(times):
             for start in range(0, batch, rows):
-                users[start:start + rows] @ items.T
+                chunk = users[start:start + rows]
+                torch.mm(chunk, items.T, out=block[:chunk.shape[0]])
 
     score()
     return 2 * batch * users.shape[1] * n_items * times / best_seconds(score, device, repeats) / 1e9

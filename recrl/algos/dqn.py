@@ -89,6 +89,7 @@ from torch import Tensor, nn
 from recrl.algos.backbone import Backbone, PretrainSettings, copy_frozen, initialise
 from recrl.algos.nets import (
     ItemScorer,
+    ScoreBlock,
     TransformerHistoryEncoder,
     WeightAverage,
     adam,
@@ -338,6 +339,7 @@ class DQN(ActsGreedily):
         self.demo_margin, self.demo_batch, self.demo_decay_steps = demo_margin, demo_batch, demo_decay_steps
         self.demo_caution = demo_caution
         self.demos: tuple[Obs, Tensor] | None = None  # (observations, planner slates), see prepare
+        self.score_block = ScoreBlock()  # scratch memory for acting's catalogue scores
 
     def prepare(self, env: Any, seed: int) -> None:
         """Before training (called by the training loop with its environment): with
@@ -399,16 +401,18 @@ class DQN(ActsGreedily):
         (:func:`top_k_by_chunks`)."""
         state = net.encoder(obs)
         if self.atoms:
-            def scores_of(rows: slice) -> Tensor:
+            def scores_of(rows: slice, out: Tensor | None) -> Tensor:
                 return net.expected(state[rows], self.support)
         else:
             users, items = net.factors(state)
 
-            def scores_of(rows: slice) -> Tensor:
-                return users[rows] @ items.T
+            def scores_of(rows: slice, out: Tensor | None) -> Tensor:
+                return torch.matmul(users[rows], items.T, out=out)
 
-        return top_k_by_chunks(lambda rows: self.allowed(scores_of(rows), obs.index(rows), in_place=True),
-                               obs.batch_size, self.ctx.slate_size, self.ctx.n_items, state.device)
+        return top_k_by_chunks(
+            lambda rows, out: self.allowed(scores_of(rows, out), obs.index(rows), in_place=True),
+            obs.batch_size, self.ctx.slate_size, self.ctx.n_items, state.device,
+            block=None if self.atoms else self.score_block, like=state)
 
     def make_replay(self, capacity: int, env: Env) -> Replay:
         """DQN's replay for ``env``: ``n_step`` transitions discounted by ``gamma``, prioritized
@@ -434,9 +438,9 @@ class DQN(ActsGreedily):
             per_row, q_taken = self._categorical_loss(batch, state[:rows])
             demo_q = None if demo is None else self.q.logits(state[rows:]).softmax(-1) @ self.support
         else:
-            q = self.q.score(state)
-            per_row, q_taken = self._td_loss(batch, q[:rows])
-            demo_q = q[rows:]
+            # the TD loss needs only the taken items' Q; the margin loss needs every item's
+            per_row, q_taken = self._td_loss(batch, self.q.score_items(state[:rows], batch.action))
+            demo_q = None if demo is None else self.q.score(state[rows:])
         if weights is not None:
             per_row = per_row * weights
         loss = (per_row * batch.valid).sum()
@@ -480,10 +484,10 @@ class DQN(ActsGreedily):
         rival = (allowed + margin).topk(shown.shape[1], dim=1).values.mean(1)
         return (rival - demonstrated.mean(1)).mean()
 
-    def _td_loss(self, batch: Transition, q: Tensor) -> tuple[Tensor, Tensor]:
-        """Per-row Huber loss ``[B]`` and ``Q(s, slate)`` ``[B]`` of scalar (double) DQN; ``q``:
-        the online network's Q-values of ``batch.obs`` ``[B, n_items]``."""
-        q_taken = q.gather(1, batch.action).mean(1)
+    def _td_loss(self, batch: Transition, q_slate: Tensor) -> tuple[Tensor, Tensor]:
+        """Per-row Huber loss ``[B]`` and ``Q(s, slate)`` ``[B]`` of scalar (double) DQN;
+        ``q_slate``: the online network's Q-values of the taken slates ``batch.action`` ``[B, K]``."""
+        q_taken = q_slate.mean(1)
         with torch.no_grad():
             q_target_next = self.q_target(batch.next_obs)
             # a*: the online net's top-K (double DQN) or the target net's own (vanilla max)

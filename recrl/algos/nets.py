@@ -460,6 +460,13 @@ class ItemScorer(nn.Module):
         users, items = self.factors(state)
         return users @ items.T
 
+    def score_items(self, state: Tensor, slates: Tensor) -> Tensor:
+        """Scores ``[B, K]`` of the items ``slates`` ``[B, K]`` only: the same numbers as
+        ``score(state).gather(1, slates)`` without the ``[B, n_items]`` product (a learner that
+        needs the scores of the items it took saves the catalogue-wide product and its gradient)."""
+        users, items = self.factors(state)
+        return (items[slates] @ users[:, :, None])[..., 0]
+
     def factors(self, state: Tensor) -> tuple[Tensor, Tensor]:
         """``(users [B, D], items [n_items, D])`` whose product ``users @ items.T`` is the scores:
         ``[s | 1] . [E_i | b_i]`` (the bias folded in as a column, so scoring is one matrix product
@@ -507,15 +514,54 @@ def best_item(scores: Tensor) -> Tensor:
 CACHE_SCORES = 1 << 20  # scores per chunk of users on a CPU: 4 MB of float32 stays in cache
 
 
-def top_k_by_chunks(scores_of: Callable[[slice], Tensor], batch: int, k: int, n_items: int,
-                    device: torch.device) -> Tensor:
-    """The top-``k`` items ``[batch, k]`` of ``scores_of(rows)``, the ``[users, n_items]`` scores of
-    the users in the slice ``rows``: on a CPU a few users at a time (about :data:`CACHE_SCORES`
-    scores per chunk), so that each chunk's scores are made, masked and searched while in cache
-    instead of streamed through memory several times (several times faster on large
-    catalogues); on a GPU all users at once."""
+class ScoreBlock:
+    """A reusable ``[rows, n_items]`` block of memory for :func:`top_k_by_chunks` to write each
+    chunk's scores into. A fresh 4 MB tensor per chunk comes from the operating system as new
+    pages (the C allocator returns blocks that large), so every chunk paid about a thousand
+    page faults before its first score was written; a block kept by the policy is written in
+    place. Not used inside compiled graphs, which plan their own memory.
+
+    Example::
+
+        block = ScoreBlock()
+        out = block.take(100, 10_000, like=users)   # [100, 10_000], the same memory next time
+    """
+
+    def __init__(self) -> None:
+        self.memory: Tensor | None = None
+
+    def take(self, rows: int, n_items: int, like: Tensor) -> Tensor | None:
+        """A ``[rows, n_items]`` view of the block (grown if needed) on ``like``'s device and
+        dtype; ``None`` inside a compiled graph."""
+        if torch.compiler.is_compiling():
+            return None
+        size = rows * n_items
+        memory = self.memory
+        fits = memory is not None and memory.numel() >= size and memory.device == like.device \
+            and memory.dtype == like.dtype
+        if not fits:
+            memory = self.memory = like.new_empty(size)
+        return memory[:size].view(rows, n_items)
+
+    def __deepcopy__(self, memo: dict) -> ScoreBlock:
+        return ScoreBlock()  # scratch memory: a copy starts without it
+
+
+def top_k_by_chunks(scores_of: Callable[[slice, Tensor | None], Tensor], batch: int, k: int,
+                    n_items: int, device: torch.device, block: ScoreBlock | None = None,
+                    like: Tensor | None = None) -> Tensor:
+    """The top-``k`` items ``[batch, k]`` of ``scores_of(rows, out)``, the ``[users, n_items]``
+    scores of the users in the slice ``rows``, written into ``out`` when it is not ``None``: on
+    a CPU a few users at a time (about :data:`CACHE_SCORES` scores per chunk), so that each
+    chunk's scores are made, masked and searched while in cache instead of streamed through
+    memory several times (several times faster on large catalogues); on a GPU all users at
+    once. With ``block`` (and ``like``, a tensor of the scores' device and dtype) every chunk's
+    ``out`` is the same reused memory (:class:`ScoreBlock`)."""
     rows = chunk_rows(batch, n_items, device)
-    return torch.cat([top_k(scores_of(slice(start, start + rows)), k) for start in range(0, batch, rows)])
+    memory = None if block is None else block.take(min(rows, batch), n_items, like)
+    return torch.cat([top_k(scores_of(slice(start, start + rows),
+                                      None if memory is None else memory[:min(rows, batch - start)]), k)
+                      for start in range(0, batch, rows)])
 
 
 def chunk_rows(batch: int, n_items: int, device: torch.device) -> int:
