@@ -47,6 +47,11 @@ def test_chunks_written_into_a_block_give_the_fresh_chunks_top_k(monkeypatch, k:
     written.clear()
     assert torch.equal(top_k_by_chunks(scores_of, 200, k, N_ITEMS, users.device), expected)
     assert written == [None] * 29  # without a block every chunk is fresh
+    written.clear()
+    monkeypatch.setattr(nets, "CACHE_SCORES", 200 * N_ITEMS)  # one chunk: fresh, block or not
+    assert torch.equal(top_k_by_chunks(scores_of, 200, k, N_ITEMS, users.device, block=ScoreBlock(),
+                                       like=users), expected)
+    assert written == [None]
 
 
 def test_dqn_acts_the_same_with_and_without_its_score_block(monkeypatch) -> None:

@@ -556,9 +556,11 @@ def top_k_by_chunks(scores_of: Callable[[slice, Tensor | None], Tensor], batch: 
     chunk's scores are made, masked and searched while in cache instead of streamed through
     memory several times (several times faster on large catalogues); on a GPU all users at
     once. With ``block`` (and ``like``, a tensor of the scores' device and dtype) every chunk's
-    ``out`` is the same reused memory (:class:`ScoreBlock`)."""
+    ``out`` is the same reused memory (:class:`ScoreBlock`) where there is more than one chunk
+    (one chunk is one allocation per call like any other tensor of the step, and measured
+    faster fresh)."""
     rows = chunk_rows(batch, n_items, device)
-    memory = None if block is None else block.take(min(rows, batch), n_items, like)
+    memory = None if block is None or rows >= batch else block.take(rows, n_items, like)
     return torch.cat([top_k(scores_of(slice(start, start + rows),
                                       None if memory is None else memory[:min(rows, batch - start)]), k)
                       for start in range(0, batch, rows)])
