@@ -1,0 +1,98 @@
+"""What a policy's item prior knows of the synthetic world's item vectors (a linear probe).
+
+A learner that personalises beyond topics (the references' ``estimated_state`` against
+``estimated_topics``, ``scripts/reference_policies.py``) needs each item's direction *within* its
+topic: the world's true item vector minus its topic's mean. This script asks how much of that a
+policy's item prior (``algo.item_init``: the item table's content, ``side``, or the fitted
+behavior model's item vectors, ``behavior``) carries: a least-squares map from the prior (plus
+topic dummies) to the within-topic direction is fitted on 80% of the items and scored by R² on
+the other 20% (held out; 1 = the prior knows the direction, 0 = nothing beyond the topic; below
+0 = noise fitted). The whole vector's R² is shown too (the topic part, which the dummies give).
+
+    python scripts/item_prior_probe.py
+    python scripts/item_prior_probe.py --priors behavior -- behavior.item_ids=true
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from rich.console import Console
+from rich.table import Table
+from torch import Tensor
+
+from recrl.algos.nets import behavior_item_prior
+from recrl.logs import console_logging
+from recrl.report import write_text_atomic
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from reference_policies import synthetic_run
+
+
+def held_out_r2(features: Tensor, target: Tensor, seed: int = 0, train_share: float = 0.8) -> float:
+    """R² on held-out rows of the least-squares map (with an intercept) from ``features`` ``[N, F]``
+    to ``target`` ``[N, D]``, fitted on a random ``train_share`` of the rows."""
+    n = features.shape[0]
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    train, test = order[: int(n * train_share)], order[int(n * train_share):]
+    design = torch.cat([features, features.new_ones(n, 1)], 1).double()
+    target = target.double()
+    weights = torch.linalg.lstsq(design[train], target[train], driver="gelsd").solution
+    error = ((target[test] - design[test] @ weights) ** 2).sum()
+    spread = ((target[test] - target[test].mean(0)) ** 2).sum()
+    return float(1.0 - error / spread)
+
+
+def within_topic(vectors: Tensor, topic: Tensor) -> Tensor:
+    """``vectors`` ``[N, D]`` minus the mean vector of each row's topic."""
+    topics = int(topic.max()) + 1
+    means = torch.zeros(topics, vectors.shape[1], dtype=vectors.dtype).index_add_(0, topic, vectors)
+    counts = torch.bincount(topic, minlength=topics).clamp(min=1).to(vectors.dtype)
+    return vectors - (means / counts[:, None])[topic]
+
+
+def probe(prior: Tensor, vectors: Tensor, topic: Tensor) -> dict[str, float]:
+    """Held-out R² of the within-topic direction and of the whole vector from ``prior`` plus topic
+    dummies (so that the probe credits the prior only with what the topic does not say)."""
+    features = torch.cat([prior.float(), F.one_hot(topic).float()], 1)
+    return {"within_topic_r2": held_out_r2(features, within_topic(vectors, topic)),
+            "whole_vector_r2": held_out_r2(features, vectors)}
+
+
+def main() -> None:
+    """Probe each requested prior, print the table and write the JSON."""
+    console_logging()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--priors", nargs="+", default=["side", "behavior"],
+                        help="algo.item_init sources to probe (side, behavior, behavior+side)")
+    parser.add_argument("--out", type=Path, default=Path("item_prior_probe.json"))
+    parser.add_argument("overrides", nargs="*", help="recrl train overrides after --")
+    args = parser.parse_args()
+    _, stages, world, _ = synthetic_run(args.overrides, "item prior probes")
+    rows = {}
+    for source in args.priors:
+        prior = behavior_item_prior(stages.ctx, source)
+        if prior is None:
+            sys.exit(f"algo.item_init={source} gives no prior on this run")
+        rows[source] = {"dims": prior.shape[1], **probe(prior, world.item_emb, world.topic)}
+    rows["true item vectors (check)"] = {"dims": world.item_emb.shape[1],
+                                         **probe(world.item_emb, world.item_emb, world.topic)}
+    table = Table(title=f"linear probe, {world.n_items} items (80% fit, 20% held out)")
+    for column in ("prior", "dims", "R² within topic", "R² whole vector"):
+        table.add_column(column, justify="left" if column == "prior" else "right")
+    for name, r in rows.items():
+        table.add_row(name, str(r["dims"]), f"{r['within_topic_r2']:.3f}", f"{r['whole_vector_r2']:.3f}")
+    Console().print(table)
+    facts = {"torch": torch.__version__, "python": platform.python_version(), "overrides": args.overrides}
+    write_text_atomic(args.out, json.dumps({"facts": facts, "rows": rows}, indent=2))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
