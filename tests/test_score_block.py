@@ -5,6 +5,7 @@ exactly what the catalogue-wide computation gives."""
 from __future__ import annotations
 
 import copy
+import pickle
 
 import pytest
 import torch
@@ -25,6 +26,7 @@ def test_a_score_block_hands_out_the_same_memory_and_grows_when_asked_for_more()
     assert bigger.shape == (8, 10) and block.memory.numel() == 80
     assert block.take(2, 5, like.double()).dtype == torch.float64  # another dtype: new memory
     assert copy.deepcopy(block).memory is None  # scratch memory is not copied
+    assert pickle.loads(pickle.dumps(block)).memory is None  # nor pickled
 
 
 @pytest.mark.parametrize("k", [1, 3])

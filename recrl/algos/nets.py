@@ -517,9 +517,10 @@ CACHE_SCORES = 1 << 20  # scores per chunk of users on a CPU: 4 MB of float32 st
 class ScoreBlock:
     """A reusable ``[rows, n_items]`` block of memory for :func:`top_k_by_chunks` to write each
     chunk's scores into. A fresh 4 MB tensor per chunk comes from the operating system as new
-    pages (the C allocator returns blocks that large), so every chunk paid about a thousand
-    page faults before its first score was written; a block kept by the policy is written in
-    place. Not used inside compiled graphs, which plan their own memory.
+    pages (glibc's allocator hands blocks that large back to the system when they are freed),
+    so every chunk paid about a thousand page faults before its first score was written; a
+    block kept by the policy is written in place. Not used inside compiled graphs, which plan
+    their own memory. Scratch memory only: copies and pickles start without it.
 
     Example::
 
@@ -544,7 +545,10 @@ class ScoreBlock:
         return memory[:size].view(rows, n_items)
 
     def __deepcopy__(self, memo: dict) -> ScoreBlock:
-        return ScoreBlock()  # scratch memory: a copy starts without it
+        return ScoreBlock()
+
+    def __getstate__(self) -> dict:
+        return {"memory": None}
 
 
 def top_k_by_chunks(scores_of: Callable[[slice, Tensor | None], Tensor], batch: int, k: int,
