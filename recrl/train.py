@@ -148,9 +148,11 @@ def train(cfg: DictConfig, run_dir: Path, algo_name: str) -> TrainedRun:
         restore_training_state(resumed, algo, train_env)
     config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
 
-    def save(tag: str, step: int) -> None:
+    def save(tag: str, step: int, trained: Any = None) -> None:
+        """Write ``checkpoints/<tag>.pt`` of the run's algorithm (or of ``trained``, another copy
+        of it, such as the one trained in the ground truth)."""
         save_checkpoint(run_dir / "checkpoints" / f"{tag}.pt",
-                        {"algo": algo.state_dict(), **stages.saved_state(),
+                        {"algo": (algo if trained is None else trained).state_dict(), **stages.saved_state(),
                          "step": step, "config": config_yaml, "algo_name": algo_name,
                          "run_dir": str(run_dir), "recrl_version": recrl.__version__,
                          "torch_rng": torch.get_rng_state(),
@@ -166,6 +168,8 @@ def train(cfg: DictConfig, run_dir: Path, algo_name: str) -> TrainedRun:
             in_truth = train_in_ground_truth(cfg, stages, trainer, evaluation, log=logger.log)
             if in_truth is not None:
                 extra["trained_in_ground_truth"] = in_truth
+                # for inspection: recrl eval checkpoint=<run>/checkpoints/trained_in_ground_truth.pt
+                save("trained_in_ground_truth", stats.env_steps, trained=in_truth)
     finally:
         logger.close()
     if evaluation.policy == "best":

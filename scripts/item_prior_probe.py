@@ -9,8 +9,13 @@ topic dummies) to the within-topic direction is fitted on 80% of the items and s
 the other 20% (held out; 1 = the prior knows the direction, 0 = nothing beyond the topic; below
 0 = noise fitted). The whole vector's R² is shown too (the topic part, which the dummies give).
 
+``--run DIR`` probes a trained policy's own item vectors too (the item table its scores use:
+id embeddings plus the mapped prior), to see whether the learner found the directions itself
+(the run must be on the same world: pass the same dataset overrides).
+
     python scripts/item_prior_probe.py
     python scripts/item_prior_probe.py --priors behavior -- behavior.item_ids=true
+    python scripts/item_prior_probe.py --run outputs/train/<timestamp> --checkpoint trained_in_ground_truth
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from rich.console import Console
 from rich.table import Table
 from torch import Tensor
 
+from recrl import api
 from recrl.algos.nets import behavior_item_prior
 from recrl.logs import console_logging
 from recrl.report import write_text_atomic
@@ -65,12 +71,28 @@ def probe(prior: Tensor, vectors: Tensor, topic: Tensor) -> dict[str, float]:
             "whole_vector_r2": held_out_r2(features, vectors)}
 
 
+def policy_item_table(algo: object) -> Tensor:
+    """The item vectors ``[n_items, D]`` a trained algorithm scores with (its ``q`` or ``policy``
+    network's ``item_table()``); exits with a message for algorithms without one."""
+    for name in ("q", "policy"):
+        net = getattr(algo, name, None)
+        if hasattr(net, "item_table"):
+            with torch.no_grad():
+                return net.item_table()[:algo.ctx.n_items].detach().cpu()
+    sys.exit(f"{type(algo).__name__} has no item table to probe (DQN, C51, PPO, REINFORCE, A2C, BC, CQL do)")
+
+
 def main() -> None:
     """Probe each requested prior, print the table and write the JSON."""
     console_logging()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--priors", nargs="+", default=["side", "behavior"],
                         help="algo.item_init sources to probe (side, behavior, behavior+side)")
+    parser.add_argument("--run", type=Path, action="append", default=[],
+                        help="a trained run folder whose policy's item vectors to probe (repeatable)")
+    parser.add_argument("--checkpoint", default="last",
+                        help="which of each run's checkpoints: last, best or trained_in_ground_truth "
+                             "(the copy trained in the ground truth, eval.train_in_ground_truth=true)")
     parser.add_argument("--out", type=Path, default=Path("item_prior_probe.json"))
     parser.add_argument("overrides", nargs="*", help="recrl train overrides after --")
     args = parser.parse_args()
@@ -81,6 +103,14 @@ def main() -> None:
         if prior is None:
             sys.exit(f"algo.item_init={source} gives no prior on this run")
         rows[source] = {"dims": prior.shape[1], **probe(prior, world.item_emb, world.topic)}
+    for run_dir in args.run:
+        algo = api.load(run_dir, device="cpu", checkpoint=args.checkpoint).policy.algo
+        if algo.ctx.n_items != world.n_items:
+            sys.exit(f"{run_dir} has {algo.ctx.n_items} items, this world {world.n_items}: pass the run's "
+                     "dataset overrides after --")
+        table = policy_item_table(algo)
+        rows[f"{run_dir.name} ({type(algo).__name__}, {args.checkpoint})"] = {"dims": table.shape[1],
+                                                           **probe(table, world.item_emb, world.topic)}
     rows["true item vectors (check)"] = {"dims": world.item_emb.shape[1],
                                          **probe(world.item_emb, world.item_emb, world.topic)}
     table = Table(title=f"linear probe, {world.n_items} items (80% fit, 20% held out)")

@@ -14,8 +14,10 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 from tiny import load_script
 
+from recrl import api
 from recrl.checkpoint import load_checkpoint
 from recrl.cli import _combinations, main
 from recrl.ope.evaluation import OffPolicyEvaluation
@@ -110,6 +112,12 @@ def test_train_in_ground_truth_adds_a_labelled_row(tmp_path: Path) -> None:
     curve = [r for r in records if "trained_in_ground_truth/eval/return" in r]
     assert curve and all(r["trained_in_ground_truth/eval/return"] >= 0 for r in curve)
     assert any("eval/return" in r for r in records)  # the run's own curve is still there
+    # its weights are kept for inspection, loadable like any checkpoint
+    copy = api.load(run_dir, device="cpu", checkpoint="trained_in_ground_truth")
+    own = api.load(run_dir, device="cpu")
+    assert type(copy.policy.algo) is type(own.policy.algo)
+    assert not all(torch.equal(a, b) for a, b in zip(copy.policy.algo.q.parameters(),
+                                                     own.policy.algo.q.parameters(), strict=True))
 
 
 def test_eval_reproduces_the_final_evaluation(trained_run: tuple[Path, Path]) -> None:

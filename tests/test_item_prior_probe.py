@@ -4,8 +4,9 @@ the item vectors beyond their topic."""
 from __future__ import annotations
 
 import torch
-from tiny import load_script
+from tiny import N_ITEMS, load_script, make_ctx
 
+from recrl.algos.dqn import DQN
 from recrl.data.synthetic import SyntheticWorld
 
 
@@ -32,3 +33,10 @@ def test_within_topic_directions_average_to_zero_in_every_topic() -> None:
     vectors = torch.tensor([[1.0, 0.0], [3.0, 2.0], [5.0, 5.0]])
     out = within_topic(vectors, torch.tensor([0, 0, 1]))
     assert torch.allclose(out, torch.tensor([[-1.0, -1.0], [1.0, 1.0], [0.0, 0.0]]))
+
+
+def test_a_trained_policy_is_probed_through_the_item_table_it_scores_with() -> None:
+    dqn = DQN(make_ctx(slate_size=1), demonstrations=0, dim=8)
+    table = load_script("item_prior_probe").policy_item_table(dqn)
+    assert table.shape == (N_ITEMS, 8)
+    assert torch.equal(table, dqn.q.item_table().detach()[:N_ITEMS])
