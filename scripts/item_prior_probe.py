@@ -36,6 +36,7 @@ from recrl import api
 from recrl.algos.nets import behavior_item_prior
 from recrl.logs import console_logging
 from recrl.report import write_text_atomic
+from recrl.types import RecrlError
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from reference_policies import synthetic_run
@@ -104,13 +105,16 @@ def main() -> None:
             sys.exit(f"algo.item_init={source} gives no prior on this run")
         rows[source] = {"dims": prior.shape[1], **probe(prior, world.item_emb, world.topic)}
     for run_dir in args.run:
-        algo = api.load(run_dir, device="cpu", checkpoint=args.checkpoint).policy.algo
+        try:
+            algo = api.load(run_dir, device="cpu", checkpoint=args.checkpoint).policy.algo
+        except RecrlError as error:
+            sys.exit(f"{run_dir}: {error}")
         if algo.ctx.n_items != world.n_items:
             sys.exit(f"{run_dir} has {algo.ctx.n_items} items, this world {world.n_items}: pass the run's "
                      "dataset overrides after --")
-        table = policy_item_table(algo)
-        rows[f"{run_dir.name} ({type(algo).__name__}, {args.checkpoint})"] = {"dims": table.shape[1],
-                                                           **probe(table, world.item_emb, world.topic)}
+        vectors = policy_item_table(algo)
+        name = f"{run_dir.name} ({type(algo).__name__}, {args.checkpoint})"
+        rows[name] = {"dims": vectors.shape[1], **probe(vectors, world.item_emb, world.topic)}
     rows["true item vectors (check)"] = {"dims": world.item_emb.shape[1],
                                          **probe(world.item_emb, world.item_emb, world.topic)}
     table = Table(title=f"linear probe, {world.n_items} items (80% fit, 20% held out)")
