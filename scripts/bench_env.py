@@ -94,7 +94,7 @@ from rich.table import Table
 from torch import Tensor
 
 from recrl.algos.dqn import DQN
-from recrl.algos.nets import chunk_rows
+from recrl.algos.nets import ScoreBlock, chunk_rows
 from recrl.behavior.ensemble import BehaviorEnsemble, OwnMemberSimulator
 from recrl.behavior.fit import TrainingSettings
 from recrl.behavior.gru import GRUBehavior
@@ -369,7 +369,7 @@ def scoring_gflops(policy: DQN, batch: int, device: torch.device, repeats: int) 
     users, items = users.detach(), items.detach()
     n_items, times = items.shape[0], 10
     rows = chunk_rows(batch, n_items, device)
-    block = users.new_empty(min(rows, batch), n_items)  # written in place, as acting does
+    block = ScoreBlock().take(min(rows, batch), n_items, like=users)  # written in place, as acting does
 
     def score() -> None:
         for _ in range(times):
