@@ -164,10 +164,13 @@ def _combinations(overrides: list[str]) -> list[list[str]]:
     parsed = OverridesParser.create().parse_overrides(overrides)
     choices = []
     for o in parsed:
-        key = o.get_key_element()
+        key = o.get_key_element()  # with its prefix: "+key", "~key"
+        if o.is_delete() and o.value() is None:  # ~key: drop it, whatever its value
+            choices.append([key])
+            continue
         values = _checked_values(o)
         if values is not None:
-            choices.append([f"{key}={v}" if not o.is_delete() else f"~{key}" for v in values])
+            choices.append([f"{key}={v}" for v in values])
     return [list(c) for c in itertools.islice(itertools.product(*choices), MAX_CHECKED_COMBINATIONS)]
 
 

@@ -19,7 +19,7 @@ from tiny import load_script
 
 from recrl import api
 from recrl.checkpoint import load_checkpoint
-from recrl.cli import _combinations, main
+from recrl.cli import _combinations, check_overrides, main
 from recrl.ope.evaluation import OffPolicyEvaluation
 
 SMOKE = ["experiment=smoke"]
@@ -338,6 +338,15 @@ def test_the_pre_check_expands_grids_and_hands_search_syntax_through() -> None:
     ends = [["algo.lr=0.0001"], ["algo.lr=0.01"]]
     assert _combinations(["algo.lr=tag(log, interval(0.0001, 0.01))"]) == ends
     assert _combinations(["algo=glob(c*)"]) == [["algo=c51"], ["algo=cql"]]
+
+
+def test_the_pre_check_keeps_deletions_and_additions_as_written() -> None:
+    """``~group`` drops a defaults entry (README: ``~algo_trainer``, ``~dataset_behavior``); the
+    pre-check hands it to Hydra once, not as ``~~group``, and the run's config is built without it."""
+    overrides = ["~algo_trainer", "~dataset_behavior=synthetic_gru", "+eval.extra=1", "seed=0,1"]
+    assert _combinations(overrides) == [
+        ["~algo_trainer", "~dataset_behavior=synthetic_gru", "+eval.extra=1", f"seed={s}"] for s in (0, 1)]
+    check_overrides("train", ["~algo_trainer", "~dataset_behavior"])  # composes, no error
 
 
 @pytest.mark.parametrize(("args", "message"), [
