@@ -161,14 +161,22 @@ def test_a_dataset_sets_its_behavior_defaults_and_overrides_still_win() -> None:
 def test_an_algorithm_sets_its_budget_shape_and_overrides_still_win() -> None:
     """conf/algo_trainer/<algo>.yaml applies to that algorithm only (not to one that inherits
     its algo file, as c51 does dqn's); a command-line key wins and ``~algo_trainer`` drops it."""
-    def trainer(*overrides: str) -> DictConfig:
+    def composed_with(*overrides: str) -> DictConfig:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            return compose("train", overrides=list(overrides)).trainer
+            return compose("train", overrides=list(overrides))
+
+    def trainer(*overrides: str) -> DictConfig:
+        return composed_with(*overrides).trainer
 
     plain = OmegaConf.load(CONF_DIR / "trainer" / "default.yaml")
     dqn = trainer()
     assert (dqn.steps, dqn.n_users) == (1500, 1024)
     assert dqn.steps * dqn.n_users == plain.steps * plain.n_users  # the same user-steps
+    # its epsilon schedule counts those steps; dropping the shape restores dqn.yaml's schedule too
+    plain_epsilon = OmegaConf.load(CONF_DIR / "algo" / "dqn.yaml").epsilon_decay_steps
+    assert composed_with().algo.epsilon_decay_steps * plain.steps == plain_epsilon * dqn.steps
+    assert composed_with("~algo_trainer").algo.epsilon_decay_steps == plain_epsilon
+    assert composed_with("algo=c51").algo.epsilon_decay_steps == plain_epsilon
     for other in ("algo=c51", "algo=ppo", "~algo_trainer"):
         assert (trainer(other).steps, trainer(other).n_users) == (plain.steps, plain.n_users), other
     assert (trainer("trainer.n_users=256").steps, trainer("trainer.n_users=256").n_users) == (1500, 256)
@@ -342,8 +350,7 @@ def test_validate_checks_the_eval_group(override: str) -> None:
 
 def test_c51_is_dqn_with_its_own_keys_and_command_line_keys_still_win() -> None:
     dqn, c51 = group_option("algo", "dqn"), group_option("algo", "c51")
-    # C51 keeps trainer/default.yaml's budget (no conf/algo_trainer/c51.yaml), so its own epsilon schedule
-    own = {"atoms": 51, "v_max": 20.0, "demonstrations": 0, "epsilon_decay_steps": 3000}
+    own = {"atoms": 51, "v_max": 20.0, "demonstrations": 0}
     assert {key: c51[key] for key in own} == own
     assert {k: v for k, v in c51.items() if k not in own} == {k: v for k, v in dqn.items() if k not in own}
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
