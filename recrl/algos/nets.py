@@ -544,11 +544,8 @@ class ScoreBlock:
             memory = self.memory = like.new_empty(size)
         return memory[:size].view(rows, n_items)
 
-    def __deepcopy__(self, memo: dict) -> ScoreBlock:
-        return ScoreBlock()
-
     def __getstate__(self) -> dict:
-        return {"memory": None}
+        return {"memory": None}  # what copy.deepcopy and pickle take: a copy starts without memory
 
 
 def top_k_by_chunks(scores_of: Callable[[slice, Tensor | None], Tensor], batch: int, k: int,
