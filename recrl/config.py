@@ -12,6 +12,7 @@ import collections.abc
 import inspect
 import types
 import typing
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,38 @@ VALUE_CHECKED = ("trainer", "eval", "ope", "search")
 """Groups whose classes are cheap to build and check their values in the constructor, so
 :func:`validate` builds them once (a wrong value fails before any data is read)."""
 GROUPS = ("dataset", "behavior", "env", "reward", "algo", "trainer", "eval", "ope", "search")
+
+
+UNIT = ("in [0, 1]", lambda v: 0 <= v <= 1)
+UNIT_OPEN_BELOW = ("in (0, 1]", lambda v: 0 < v <= 1)
+POSITIVE = ("> 0", lambda v: v > 0)
+NON_NEGATIVE = (">= 0", lambda v: v >= 0)
+AT_LEAST_ONE = (">= 1", lambda v: v >= 1)
+ALGO_RANGES: dict[str, tuple[str, Callable[[float], bool]]] = {
+    **dict.fromkeys(("gamma", "lam", "epsilon_start", "epsilon_end", "threshold", "priority_alpha",
+                     "priority_beta"), UNIT),
+    "tau": UNIT_OPEN_BELOW,
+    **dict.fromkeys(("lr", "clip", "grad_clip", "priority_eps", "weight_cap", "target_kl",
+                     "value_clip"), POSITIVE),
+    **dict.fromkeys(("entropy_coef", "value_coef", "kl_coef", "alpha", "v", "logit_reg",
+                     "choice_coef", "prior_count", "caution", "demo_caution", "demo_weight",
+                     "demo_margin", "demonstrations", "demo_decay_steps", "epsilon_decay_steps",
+                     "beta_warmup"), NON_NEGATIVE),
+    **dict.fromkeys(("dim", "hidden", "heads", "layers", "epochs", "minibatch_size",
+                     "target_update", "demo_batch", "chunk_rows", "topk", "n_steps"), AT_LEAST_ONE),
+}
+"""The range of each ``algo`` key that has one, whichever algorithm takes it (same name, same
+meaning): ``algo.gamma=1.5`` is refused before anything runs. ``None`` (off) always passes;
+keys with rules of their own (``average``, ``atoms``, ``n_step``, ``kl_target``...) are
+checked by their algorithm's constructor."""
+
+
+def check_ranges(node: DictConfig, path: str, ranges: dict[str, tuple[str, Callable[[float], bool]]]) -> None:
+    """Refuse a number of ``node`` outside its key's range in ``ranges``, in one line."""
+    for key, (allowed, within) in ranges.items():
+        value = node.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and not within(value):
+            raise RecrlError(f"{path}.{key}={value} must be {allowed}")
 
 
 def _type_ok(value: Any, hint: Any) -> bool:
@@ -121,6 +154,8 @@ def validate(cfg: DictConfig) -> None:
     for group in GROUPS:
         if group in cfg:
             check_node(without_ensemble(cfg[group]) if group == "behavior" else cfg[group], group)
+    if "algo" in cfg:
+        check_ranges(cfg.algo, "algo", ALGO_RANGES)
     for name in cfg.get("eval", {}).get("baselines", []):
         if name not in algo_options():
             raise RecrlError(f"eval.baselines: {name!r} is not an algo; options: {', '.join(algo_options())}")

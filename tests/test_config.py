@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -11,11 +12,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
+from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
 import recrl
 from recrl.behavior.gru import GRUBehavior
 from recrl.config import (
+    ALGO_RANGES,
     CONF_DIR,
     GROUPS,
     algo_options,
@@ -334,6 +337,51 @@ def test_validate_rejects_bad_values() -> None:
         validate(composed("eval.baselines=[random,nope]"))
     with pytest.raises(RecrlError, match="does not resolve"):
         validate(composed("+dataset.alias=${missing.key}"))
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("algo.gamma=1.5", "algo.gamma=1.5 must be in [0, 1]"),
+    ("algo.gamma=-0.1", "algo.gamma=-0.1 must be in [0, 1]"),
+    ("algo.lr=0", "algo.lr=0 must be > 0"),
+    ("algo.lr=-0.1", "algo.lr=-0.1 must be > 0"),
+    ("algo.tau=0", "algo.tau=0 must be in (0, 1]"),
+    ("algo.epsilon_decay_steps=-1", "algo.epsilon_decay_steps=-1 must be >= 0"),
+    ("algo.dim=0", "algo.dim=0 must be >= 1"),
+    ("algo.target_update=0", "algo.target_update=0 must be >= 1"),
+    ("algo.demonstrations=-5", "algo.demonstrations=-5 must be >= 0"),
+])
+def test_validate_refuses_algo_values_out_of_range(override: str, message: str) -> None:
+    with pytest.raises(RecrlError, match=re.escape(message)):
+        validate(composed(override))
+
+
+@pytest.mark.parametrize(("algo", "override", "message"), [
+    ("ppo", "algo.lam=2", "algo.lam=2 must be in [0, 1]"),
+    ("ppo", "algo.entropy_coef=-0.01", "algo.entropy_coef=-0.01 must be >= 0"),
+    ("ppo", "algo.kl_coef=-1", "algo.kl_coef=-1 must be >= 0"),
+    ("a2c", "algo.n_steps=0", "algo.n_steps=0 must be >= 1"),
+    ("bcq", "algo.threshold=1.2", "algo.threshold=1.2 must be in [0, 1]"),
+    ("planner", "algo.caution=-1", "algo.caution=-1 must be >= 0"),
+])
+def test_the_ranges_hold_for_every_algorithm_with_the_key(algo: str, override: str, message: str) -> None:
+    with pytest.raises(RecrlError, match=re.escape(message)):
+        validate(composed(f"algo={algo}", override))
+
+
+def test_range_edges_and_off_values_pass() -> None:
+    validate(composed("algo.gamma=0", "algo.epsilon_end=1", "algo.tau=1", "algo.epsilon_decay_steps=0"))
+    validate(composed("algo=ppo", "algo.gamma=1", "algo.lam=0", "algo.value_clip=null",
+                      "algo.kl_target=null"))
+
+
+def test_every_ranged_key_is_some_algorithms_parameter() -> None:
+    """A misspelt key in the range table would check nothing: each names a constructor argument
+    of at least one ``algo`` option."""
+    params: set[str] = set()
+    for name in algo_options():
+        target = get_class(group_option("algo", name)._target_)
+        params |= set(inspect.signature(target.__init__).parameters)
+    assert set(ALGO_RANGES) <= params, sorted(set(ALGO_RANGES) - params)
 
 
 def test_validate_accepts_overrides_of_the_right_type() -> None:

@@ -31,7 +31,7 @@ from recrl.algos.actor_critic import SoftmaxActorCritic
 from recrl.algos.backbone import Backbone, PretrainSettings
 from recrl.algos.nets import gradient_step, policy_entropy
 from recrl.buffer import Rollout, gae, n_step_returns
-from recrl.types import AlgoContext
+from recrl.types import AlgoContext, RecrlError
 
 
 class A2C(SoftmaxActorCritic):
@@ -53,7 +53,7 @@ class A2C(SoftmaxActorCritic):
                  init_from: str | None = None, pretrain: PretrainSettings | None = None,
                  kl_coef: float = 0.0, kl_target: float | None = None) -> None:
         if n_steps is not None and n_steps < 1:
-            raise ValueError(f"a2c: n_steps must be >= 1 or null (GAE), got {n_steps}")
+            raise RecrlError(f"algo.n_steps={n_steps} must be >= 1 or null (GAE)")
         self.gamma, self.lam, self.n_steps = gamma, lam, n_steps
         self.value_coef, self.entropy_coef, self.grad_clip = value_coef, entropy_coef, grad_clip
         self.normalize_advantage = normalize_advantage

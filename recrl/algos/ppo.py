@@ -37,7 +37,7 @@ from recrl.algos.actor_critic import SoftmaxActorCritic
 from recrl.algos.backbone import Backbone, PretrainSettings
 from recrl.algos.nets import gradient_step, policy_entropy
 from recrl.buffer import Rollout, gae
-from recrl.types import AlgoContext, Obs
+from recrl.types import AlgoContext, Obs, RecrlError
 
 
 class PPO(SoftmaxActorCritic):
@@ -60,7 +60,7 @@ class PPO(SoftmaxActorCritic):
                  init_from: str | None = None, pretrain: PretrainSettings | None = None,
                  kl_coef: float = 0.0, kl_target: float | None = None) -> None:
         if epochs < 1 or minibatch_size < 1 or clip <= 0:
-            raise ValueError("ppo: epochs and minibatch_size must be >= 1 and clip > 0")
+            raise RecrlError("algo=ppo: epochs and minibatch_size must be >= 1 and clip > 0")
         self.gamma, self.lam, self.clip = gamma, lam, clip
         self.epochs, self.minibatch_size = epochs, minibatch_size
         self.value_coef, self.value_clip, self.entropy_coef = value_coef, value_clip, entropy_coef
