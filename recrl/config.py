@@ -49,36 +49,60 @@ VALUE_CHECKED = ("trainer", "eval", "ope", "search")
 GROUPS = ("dataset", "behavior", "env", "reward", "algo", "trainer", "eval", "ope", "search")
 
 
-UNIT = ("in [0, 1]", lambda v: 0 <= v <= 1)
-UNIT_OPEN_BELOW = ("in (0, 1]", lambda v: 0 < v <= 1)
-POSITIVE = ("> 0", lambda v: v > 0)
-NON_NEGATIVE = (">= 0", lambda v: v >= 0)
-AT_LEAST_ONE = (">= 1", lambda v: v >= 1)
-ALGO_RANGES: dict[str, tuple[str, Callable[[float], bool]]] = {
-    **dict.fromkeys(("gamma", "lam", "epsilon_start", "epsilon_end", "threshold", "priority_alpha",
-                     "priority_beta"), UNIT),
-    "tau": UNIT_OPEN_BELOW,
-    **dict.fromkeys(("lr", "clip", "grad_clip", "priority_eps", "weight_cap", "target_kl",
-                     "value_clip"), POSITIVE),
-    **dict.fromkeys(("entropy_coef", "value_coef", "kl_coef", "alpha", "v", "logit_reg",
-                     "choice_coef", "prior_count", "caution", "demo_caution", "demo_weight",
-                     "demo_margin", "demonstrations", "demo_decay_steps", "epsilon_decay_steps",
-                     "beta_warmup"), NON_NEGATIVE),
-    **dict.fromkeys(("dim", "hidden", "heads", "layers", "epochs", "minibatch_size",
-                     "target_update", "demo_batch", "chunk_rows", "topk", "n_steps"), AT_LEAST_ONE),
+Rule = tuple[str, Callable[[float], bool]]
+UNIT: Rule = ("in [0, 1]", lambda v: 0 <= v <= 1)
+UNIT_OPEN_ABOVE: Rule = ("in [0, 1)", lambda v: 0 <= v < 1)
+UNIT_OPEN_BELOW: Rule = ("in (0, 1]", lambda v: 0 < v <= 1)
+POSITIVE: Rule = ("> 0", lambda v: v > 0)
+NON_NEGATIVE: Rule = (">= 0", lambda v: v >= 0)
+AT_LEAST_ONE: Rule = (">= 1", lambda v: v >= 1)
+RANGES: dict[str, dict[str, Rule]] = {
+    "algo": {
+        **dict.fromkeys(("gamma", "lam", "epsilon_start", "epsilon_end", "threshold",
+                         "priority_alpha", "priority_beta"), UNIT),
+        "tau": UNIT_OPEN_BELOW,
+        **dict.fromkeys(("lr", "clip", "grad_clip", "priority_eps", "weight_cap", "target_kl",
+                         "value_clip"), POSITIVE),
+        **dict.fromkeys(("entropy_coef", "value_coef", "kl_coef", "alpha", "v", "logit_reg",
+                         "choice_coef", "prior_count", "caution", "demo_caution", "demo_weight",
+                         "demo_margin", "demonstrations", "demo_decay_steps",
+                         "epsilon_decay_steps", "beta_warmup"), NON_NEGATIVE),
+        **dict.fromkeys(("dim", "hidden", "heads", "layers", "epochs", "minibatch_size",
+                         "target_update", "demo_batch", "chunk_rows", "topk", "n_steps"),
+                        AT_LEAST_ONE),
+    },
+    "behavior": {**dict.fromkeys(("dim", "hidden", "heads", "layers", "window"), AT_LEAST_ONE),
+                 **dict.fromkeys(("dropout", "id_dropout"), UNIT_OPEN_ABOVE)},
+    "behavior.training": {"lr": POSITIVE, "weight_decay": NON_NEGATIVE, "patience": NON_NEGATIVE,
+                          "softmax_negatives": NON_NEGATIVE,
+                          **dict.fromkeys(("batch_size", "max_len"), AT_LEAST_ONE)},
+    "dataset": {  # the synthetic world's knobs, and KuaiRand's watch-ratio threshold
+        **dict.fromkeys(("n_items", "n_users", "n_topics", "horizon"), AT_LEAST_ONE),
+        **dict.fromkeys(("clickbait_share", "logging_epsilon", "boredom_decay",
+                         "satisfaction_decay", "interest_drift"), UNIT),
+        **dict.fromkeys(("valid_share", "test_share"), UNIT_OPEN_ABOVE),
+        **dict.fromkeys(("logging_temperature", "watch_ratio_threshold"), POSITIVE),
+    },
+    "trainer": {**dict.fromkeys(("updates_per_step", "learning_starts"), NON_NEGATIVE),
+                **dict.fromkeys(("eval_every", "log_every", "checkpoint_every"), AT_LEAST_ONE)},
 }
-"""The range of each ``algo`` key that has one, whichever algorithm takes it (same name, same
-meaning): ``algo.gamma=1.5`` is refused before anything runs. ``None`` (off) always passes;
-keys with rules of their own (``average``, ``atoms``, ``n_step``, ``kl_target``...) are
-checked by their algorithm's constructor."""
+"""The range of each config key that has one, by config node: a key means the same in every
+class of its group that takes it, so ``algo.gamma=1.5`` is refused before anything runs,
+whatever the algorithm. ``None`` (off) always passes; keys with rules of their own
+(``algo.average``, ``algo.atoms``, ``trainer.steps``...) are checked by their class."""
 
 
-def check_ranges(node: DictConfig, path: str, ranges: dict[str, tuple[str, Callable[[float], bool]]]) -> None:
-    """Refuse a number of ``node`` outside its key's range in ``ranges``, in one line."""
-    for key, (allowed, within) in ranges.items():
-        value = node.get(key)
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and not within(value):
-            raise RecrlError(f"{path}.{key}={value} must be {allowed}")
+def check_ranges(cfg: DictConfig) -> None:
+    """Refuse, in one line, a number of ``cfg`` outside its key's range in :data:`RANGES`."""
+    for path, rules in RANGES.items():
+        node = OmegaConf.select(cfg, path)
+        if not OmegaConf.is_dict(node):
+            continue
+        for key, (allowed, within) in rules.items():
+            values = node.get(key)
+            for value in values if OmegaConf.is_list(values) else [values]:  # layer widths
+                if isinstance(value, (int, float)) and not isinstance(value, bool) and not within(value):
+                    raise RecrlError(f"{path}.{key}={values} must be {allowed}")
 
 
 def _type_ok(value: Any, hint: Any) -> bool:
@@ -154,8 +178,7 @@ def validate(cfg: DictConfig) -> None:
     for group in GROUPS:
         if group in cfg:
             check_node(without_ensemble(cfg[group]) if group == "behavior" else cfg[group], group)
-    if "algo" in cfg:
-        check_ranges(cfg.algo, "algo", ALGO_RANGES)
+    check_ranges(cfg)
     for name in cfg.get("eval", {}).get("baselines", []):
         if name not in algo_options():
             raise RecrlError(f"eval.baselines: {name!r} is not an algo; options: {', '.join(algo_options())}")

@@ -18,9 +18,9 @@ from omegaconf import DictConfig, OmegaConf
 import recrl
 from recrl.behavior.gru import GRUBehavior
 from recrl.config import (
-    ALGO_RANGES,
     CONF_DIR,
     GROUPS,
+    RANGES,
     algo_options,
     build,
     build_algo_by_name,
@@ -374,14 +374,31 @@ def test_range_edges_and_off_values_pass() -> None:
                       "algo.kl_target=null"))
 
 
-def test_every_ranged_key_is_some_algorithms_parameter() -> None:
+@pytest.mark.parametrize(("override", "message"), [
+    ("behavior.dim=0", "behavior.dim=0 must be >= 1"),
+    ("behavior.training.lr=-1", "behavior.training.lr=-1 must be > 0"),
+    ("dataset.n_topics=0", "dataset.n_topics=0 must be >= 1"),
+    ("dataset.clickbait_share=2", "dataset.clickbait_share=2 must be in [0, 1]"),
+    ("trainer.eval_every=0", "trainer.eval_every=0 must be >= 1"),
+    ("trainer.updates_per_step=-1", "trainer.updates_per_step=-1 must be >= 0"),
+])
+def test_validate_refuses_other_groups_values_out_of_range(override: str, message: str) -> None:
+    with pytest.raises(RecrlError, match=re.escape(message)):
+        validate(composed(override))
+    with pytest.raises(RecrlError, match=re.escape("behavior.hidden=[64, 0] must be >= 1")):
+        validate(composed("behavior=deepfm", "behavior.hidden=[64,0]"))
+
+
+@pytest.mark.parametrize("path", list(RANGES))
+def test_every_ranged_key_is_a_parameter_of_its_group(path: str) -> None:
     """A misspelt key in the range table would check nothing: each names a constructor argument
-    of at least one ``algo`` option."""
+    of at least one option of its config node."""
     params: set[str] = set()
-    for name in algo_options():
-        target = get_class(group_option("algo", name)._target_)
-        params |= set(inspect.signature(target.__init__).parameters)
-    assert set(ALGO_RANGES) <= params, sorted(set(ALGO_RANGES) - params)
+    for option in (CONF_DIR / path.replace(".", "/")).glob("*.yaml"):
+        target = OmegaConf.load(option).get("_target_")
+        if target is not None:
+            params |= set(inspect.signature(get_class(target).__init__).parameters)
+    assert set(RANGES[path]) <= params, sorted(set(RANGES[path]) - params)
 
 
 def test_validate_accepts_overrides_of_the_right_type() -> None:
