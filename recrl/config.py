@@ -79,8 +79,9 @@ RANGES: dict[str, dict[str, Rule]] = {
     "dataset": {  # the synthetic world's knobs, and KuaiRand's watch-ratio threshold
         **dict.fromkeys(("n_items", "n_users", "n_topics", "horizon"), AT_LEAST_ONE),
         **dict.fromkeys(("clickbait_share", "logging_epsilon", "boredom_decay",
-                         "satisfaction_decay", "interest_drift"), UNIT),
+                         "satisfaction_decay"), UNIT),
         **dict.fromkeys(("valid_share", "test_share"), UNIT_OPEN_ABOVE),
+        "interest_drift": NON_NEGATIVE,
         **dict.fromkeys(("logging_temperature", "watch_ratio_threshold"), POSITIVE),
     },
     "trainer": {**dict.fromkeys(("updates_per_step", "learning_starts"), NON_NEGATIVE),
