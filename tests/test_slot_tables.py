@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import copy
+import pickle
 
 import pytest
 import torch
@@ -88,6 +89,8 @@ def test_a_copy_builds_its_own_tables() -> None:
         enc(random_obs(64, torch.Generator().manual_seed(3)))
     clone = copy.deepcopy(enc)
     assert enc.slot_tables.tables is not None and clone.slot_tables.tables is None
+    unpickled = pickle.loads(pickle.dumps(enc))
+    assert unpickled.slot_tables.tables is None and unpickled.slot_tables.weights is None
     with torch.no_grad():
         clone.item_emb.weight.add_(1.0)
     obs = random_obs(64, torch.Generator().manual_seed(4))

@@ -155,8 +155,9 @@ class SlotTables:
         self.weights: list[Tensor] | None = None  # copies of the weights the tables were built from
         self.tables: FirstLayerTables | None = None
 
-    def __deepcopy__(self, memo: dict) -> SlotTables:
-        return SlotTables()  # a copy's weights are other tensors: it builds its own
+    def __getstate__(self) -> dict:
+        # what copy.deepcopy and pickle take: a copy's weights are other tensors, it builds its own
+        return {"weights": None, "tables": None}
 
     def lookup(self, encoder: HistoryEncoder) -> FirstLayerTables | None:
         """The tables for ``encoder``'s current weights, or ``None``: use the direct pass."""
