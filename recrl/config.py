@@ -84,13 +84,12 @@ RANGES: dict[str, dict[str, Rule]] = {
         "interest_drift": NON_NEGATIVE,
         **dict.fromkeys(("logging_temperature", "watch_ratio_threshold"), POSITIVE),
     },
-    "trainer": {**dict.fromkeys(("updates_per_step", "learning_starts"), NON_NEGATIVE),
-                **dict.fromkeys(("eval_every", "log_every", "checkpoint_every"), AT_LEAST_ONE)},
 }
 """The range of each config key that has one, by config node: a key means the same in every
 class of its group that takes it, so ``algo.gamma=1.5`` is refused before anything runs,
 whatever the algorithm. ``None`` (off) always passes; keys with rules of their own
-(``algo.average``, ``algo.atoms``, ``trainer.steps``...) are checked by their class."""
+(``algo.average``, ``algo.atoms``...) are checked by their class, and so is every ``trainer``
+key (:data:`VALUE_CHECKED` groups are built by :func:`validate`)."""
 
 
 def check_ranges(cfg: DictConfig) -> None:

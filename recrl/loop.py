@@ -103,6 +103,12 @@ class Trainer:
         if threads is not None and threads < 1:
             raise RecrlError(f"trainer.threads={threads}: use a whole number >= 1, or null for "
                              "PyTorch's default")
+        cadences = {"updates_per_step": (updates_per_step, 0), "learning_starts": (learning_starts, 0),
+                    "eval_every": (eval_every, 1), "log_every": (log_every, 1),
+                    "checkpoint_every": (checkpoint_every, 1)}
+        for key, (value, least) in cadences.items():
+            if value < least:
+                raise RecrlError(f"trainer.{key}={value} must be >= {least}")
         if buffer_size < n_users:
             raise RecrlError(f"trainer.buffer_size={buffer_size} must hold at least one step of "
                              f"trainer.n_users={n_users} transitions")
