@@ -10,6 +10,7 @@ import math
 import pytest
 import torch
 
+from recrl.algos.nets import shown_mask
 from recrl.algos.random import RandomPolicy
 from recrl.algos.slateq import SlateQ, choice_nll, greedy_slates, shown_clicks, slate_value, topk_slates
 from recrl.config import build_algo_by_name
@@ -151,6 +152,41 @@ def test_act_returns_valid_slates_and_explores() -> None:
         SlateQ(make_ctx(), slate_optimizer="exact")
 
 
+def test_skip_shown_keeps_the_history_off_every_slate() -> None:
+    gen = torch.Generator().manual_seed(4)
+    obs = random_obs(64, gen)
+    shown = [set(row.flatten().tolist()) for row in obs.items]
+    for optimizer in ("topk", "greedy"):
+        algo = SlateQ(make_ctx(), dim=8, hidden=16, slate_optimizer=optimizer, skip_shown=True)
+        slates = algo.act(obs, explore=False)
+        assert all(len(set(row)) == K and not set(row) & seen for row, seen in zip(slates.tolist(), shown,
+                                                                                     strict=True))
+        free = SlateQ(make_ctx(), dim=8, hidden=16, slate_optimizer=optimizer)
+        assert any(set(row) & seen for row, seen in zip(free.act(obs, explore=False).tolist(), shown,
+                                                        strict=True))  # without it the history comes back
+
+
+def test_heuristics_skip_blocked_items_by_hand() -> None:
+    v = torch.tensor([[1.0, 0.0, 2.0, -1.0]])
+    q = torch.tensor([[2.0, 1.0, 4.0, 1.0]])
+    blocked = torch.tensor([[False, False, True, False]])
+    # item 2 would lead both heuristics' slates; blocked, the best of the rest remain
+    assert topk_slates(v, q, 2).tolist()[0][0] == 2 and greedy_slates(v, q, 2).tolist()[0][0] == 2
+    # top-k by e^v * q among 0, 1, 3: 5.44, 1.00, 0.37
+    assert topk_slates(v, q, 2, blocked=blocked).tolist() == [[0, 1]]
+    # greedy: item 0 first (5.44 / 3.72 = 1.46); then adding 3 ((5.44 + 0.37) / 4.09 = 1.42) beats
+    # adding 1 ((5.44 + 1) / 4.72 = 1.36): a weakly clicked item dilutes the slate less
+    assert greedy_slates(v, q, 2, blocked=blocked).tolist() == [[0, 3]]
+    assert greedy_slates(v, q, 3, blocked=blocked).tolist() == [[0, 3, 1]]
+
+
+def test_shown_mask_marks_the_history_and_ignores_padding() -> None:
+    obs = Obs(items=torch.tensor([[[0, 4], [2, 5]], [[5, 5], [3, 3]]]), clicks=torch.zeros(2, 2, 2),
+              step=torch.zeros(2, dtype=torch.long))
+    assert shown_mask(obs, 5).tolist() == [[True, False, True, False, True],
+                                           [False, False, False, True, False]]
+
+
 def make_batch(gen: torch.Generator) -> Transition:
     """Six transitions: clicks on slots 0 and 2, no click, a finished episode whose next_obs is a
     fresh user's (click unknown, reward 1), a finished one with a known click and a padding row."""
@@ -170,9 +206,10 @@ def make_batch(gen: torch.Generator) -> Transition:
 
 
 @pytest.mark.parametrize("optimizer", ["topk", "greedy"])
-@pytest.mark.parametrize("null_value", [False, True])
-def test_td_target_and_losses_by_hand(optimizer: str, null_value: bool) -> None:
-    algo = SlateQ(make_ctx(), dim=8, hidden=16, gamma=0.8, slate_optimizer=optimizer, null_value=null_value)
+@pytest.mark.parametrize(("null_value", "skip_shown"), [(False, False), (True, False), (True, True)])
+def test_td_target_and_losses_by_hand(optimizer: str, null_value: bool, skip_shown: bool) -> None:
+    algo = SlateQ(make_ctx(), dim=8, hidden=16, gamma=0.8, slate_optimizer=optimizer, null_value=null_value,
+                  skip_shown=skip_shown)
     gen = torch.Generator().manual_seed(1)
     for p in algo.q_target.parameters():  # the online and target networks differ, as after training
         p.data.add_(0.1 * torch.randn(p.shape, generator=gen))
@@ -188,13 +225,15 @@ def test_td_target_and_losses_by_hand(optimizer: str, null_value: bool) -> None:
         # A': the best slate at s' by the heuristic on the online values (double Q-learning),
         # values relative to the no-click value
         rel_online = [float(q_next[i, j]) - null_online for j in range(N_ITEMS)]
+        shown = set(batch.next_obs.items[i].flatten().tolist()) if skip_shown else set()
+        allowed = [j for j in range(N_ITEMS) if j not in shown]
         if optimizer == "topk":
-            chosen = sorted(range(N_ITEMS), key=lambda j: -math.exp(float(v_next[i, j])) * rel_online[j])[:K]
+            chosen = sorted(allowed, key=lambda j: -math.exp(float(v_next[i, j])) * rel_online[j])[:K]
         else:
             chosen = []
             for _ in range(K):
                 values = {}
-                for j in range(N_ITEMS):
+                for j in allowed:
                     if j not in chosen:
                         slate = [*chosen, j]
                         probs = mnl([float(v_next[i, m]) for m in slate])

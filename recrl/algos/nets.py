@@ -598,6 +598,13 @@ def mask_shown(scores: Tensor, obs: Obs, in_place: bool = False) -> Tensor:
     return masked[:, :n]
 
 
+def shown_mask(obs: Obs, n_items: int) -> Tensor:
+    """``[B, n_items]`` booleans, true for the items in each user's observed history."""
+    shown = obs.items.reshape(obs.batch_size, -1)
+    mask = torch.zeros(obs.batch_size, n_items + 1, dtype=torch.bool, device=shown.device)
+    return mask.scatter_(1, shown, True)[:, :n_items]  # padding ids (n_items) land in the dropped column
+
+
 def masked_scores(net: nn.Module, obs: Obs, skip_shown: bool) -> Tensor:
     """``net(obs)`` scores ``[B, n_items]`` of a policy that acts by them, with ``skip_shown`` the
     items in the observed history at ``-inf`` (in place: call it without gradients)."""

@@ -38,6 +38,10 @@ Slate optimisation (the paper's exact LP is too heavy for large catalogues):
 ``topk`` ranks the items by ``exp(v(s, i)) * Qbar(s, i)``; ``greedy`` adds, ``K`` times, the item
 that maximises the value ``Q(s, A + {i})`` of the slate built so far.
 
+With ``skip_shown`` (on in ``conf/algo/slateq.yaml``, as for every learner) no item in the
+observed history goes on a slate, in acting and in the target's ``A'`` alike; exploration's
+random slates may still hold one.
+
 Reading the clicks: the replay buffer stores the slate ``A`` ``[B, K]``; the observation history
 shifts left by one slate per step (``RecEnv.step``), so ``next_obs.items[:, -1]`` is ``A`` and
 ``next_obs.clicks[:, -1]`` its clicks. With the off-policy loop's autoreset, ``next_obs`` of a
@@ -66,6 +70,8 @@ from recrl.algos.nets import (
     adam,
     epsilon_explore,
     linear_decay,
+    shown_mask,
+    skips_shown,
     update_target,
 )
 from recrl.algos.probs import ActsGreedily
@@ -104,17 +110,22 @@ def choice_nll(utility: Tensor, click: Tensor, no_click: float = NO_CLICK) -> Te
     return F.cross_entropy(logits, label, reduction="none")
 
 
-def topk_slates(utility: Tensor, qbar: Tensor, k: int) -> Tensor:
+def topk_slates(utility: Tensor, qbar: Tensor, k: int, blocked: Tensor | None = None) -> Tensor:
     """SlateQ's top-``k`` heuristic: the ``k`` items ``[B, k]`` of highest
-    ``exp(v(s, i)) * Qbar(s, i)`` from all items' ``[B, N]`` utilities and values, best first."""
+    ``exp(v(s, i)) * Qbar(s, i)`` from all items' ``[B, N]`` utilities and values, best first;
+    items where the ``[B, N]`` mask ``blocked`` is true come last."""
     # a per-row shift of v scales each row's scores by a positive constant: the ranking stays
-    weight = torch.exp(utility - utility.max(1, keepdim=True).values)
-    return (weight * qbar).topk(k, dim=1).indices
+    score = torch.exp(utility - utility.max(1, keepdim=True).values) * qbar
+    if blocked is not None:
+        score = score.masked_fill(blocked, float("-inf"))
+    return score.topk(k, dim=1).indices
 
 
-def greedy_slates(utility: Tensor, qbar: Tensor, k: int, no_click: float = NO_CLICK) -> Tensor:
+def greedy_slates(utility: Tensor, qbar: Tensor, k: int, no_click: float = NO_CLICK,
+                  blocked: Tensor | None = None) -> Tensor:
     """SlateQ's greedy heuristic: ``k`` times, add the item ``[B, k]`` that maximises the value
-    ``sum_i P(i | s, A) * Qbar(s, i)`` of the slate built so far (in the order added).
+    ``sum_i P(i | s, A) * Qbar(s, i)`` of the slate built so far (in the order added), never an
+    item where the ``[B, N]`` mask ``blocked`` is true (unless nothing else is left).
 
     With ``e_i = exp(v(s, i))`` the value of ``A + {i}`` is ``(num + e_i Qbar_i) / (den + e_i)``,
     ``num = sum_{j in A} e_j Qbar_j``, ``den = exp(v0) + sum_{j in A} e_j``: one ``[B, N]`` op per slot.
@@ -124,7 +135,7 @@ def greedy_slates(utility: Tensor, qbar: Tensor, k: int, no_click: float = NO_CL
     e = torch.exp(utility - top)
     num = torch.zeros_like(top)
     den = torch.exp(no_click - top)
-    chosen = torch.zeros_like(utility, dtype=torch.bool)
+    chosen = torch.zeros_like(utility, dtype=torch.bool) if blocked is None else blocked.clone()
     picks = []
     for _ in range(k):
         value = ((num + e * qbar) / (den + e)).masked_fill(chosen, float("-inf"))
@@ -172,12 +183,14 @@ class SlateQ(ActsGreedily):
                  gamma: float = 0.9, slate_optimizer: Literal["topk", "greedy"] = "greedy",
                  double: bool = True, choice_coef: float = 1.0, epsilon_start: float = 1.0,
                  epsilon_end: float = 0.05, epsilon_decay_steps: int = 2000, target_update: int = 200,
-                 tau: float = 1.0, grad_clip: float = 10.0, null_value: bool = True) -> None:
+                 tau: float = 1.0, grad_clip: float = 10.0, null_value: bool = True,
+                 skip_shown: bool = False) -> None:
         if slate_optimizer not in SLATE_OPTIMIZERS:
             raise RecrlError(f"algo.slate_optimizer={slate_optimizer!r}: use one of "
                              f"{', '.join(SLATE_OPTIMIZERS)}")
         self.ctx, self.gamma, self.slate_optimizer, self.double = ctx, gamma, slate_optimizer, double
         self.choice_coef, self.grad_clip, self.null_value = choice_coef, grad_clip, null_value
+        self.skip_shown = skips_shown(ctx, skip_shown)
         self.epsilon_start, self.epsilon_end = epsilon_start, epsilon_end
         self.epsilon_decay_steps, self.target_update, self.tau = epsilon_decay_steps, target_update, tau
         def scorer(outputs: int) -> ItemScorer:
@@ -196,12 +209,13 @@ class SlateQ(ActsGreedily):
         """Exploration rate now: linear from ``epsilon_start`` to ``epsilon_end``."""
         return linear_decay(self.epsilon_start, self.epsilon_end, self.epsilon_decay_steps, self.acted_steps)
 
-    def select(self, utility: Tensor, qbar: Tensor) -> Tensor:
-        """The slate ``[B, K]`` the configured heuristic picks from all items' ``[B, N]``
-        utilities and item values."""
+    def select(self, utility: Tensor, qbar: Tensor, obs: Obs) -> Tensor:
+        """The slate ``[B, K]`` the configured heuristic picks at ``obs`` from all items' ``[B, N]``
+        utilities and item values (with ``skip_shown``, none of the items in its history)."""
+        blocked = shown_mask(obs, self.ctx.n_items) if self.skip_shown else None
         if self.slate_optimizer == "greedy":
-            return greedy_slates(utility, qbar, self.ctx.slate_size)
-        return topk_slates(utility, qbar, self.ctx.slate_size)
+            return greedy_slates(utility, qbar, self.ctx.slate_size, blocked=blocked)
+        return topk_slates(utility, qbar, self.ctx.slate_size, blocked=blocked)
 
     def relative(self, q: Tensor) -> Tensor:
         """Item values ``[B, N]`` relative to the no-click value (0 without ``null_value``)."""
@@ -210,7 +224,7 @@ class SlateQ(ActsGreedily):
     @torch.no_grad()
     def act(self, obs: Obs, explore: bool) -> Tensor:
         """The heuristic's best slate; with ``explore``, a random slate with probability epsilon."""
-        slates = self.select(self.choice(obs), self.relative(self.q(obs)))
+        slates = self.select(self.choice(obs), self.relative(self.q(obs)), obs)
         if not explore:
             return slates
         eps = self.epsilon()
@@ -224,7 +238,7 @@ class SlateQ(ActsGreedily):
         utility = self.choice(nxt)
         q_target = self.q_target(nxt)
         q_next = self.relative(q_target)
-        best = self.select(utility, self.relative(self.q(nxt)) if self.double else q_next)
+        best = self.select(utility, self.relative(self.q(nxt)) if self.double else q_next, nxt)
         value = slate_value(utility.gather(1, best), q_next.gather(1, best))
         if self.null_value:
             value = value + q_target[:, -1]
