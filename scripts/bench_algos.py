@@ -1,14 +1,17 @@
 """Benchmark the algorithms: update speed and time to reward on one world.
 
 Builds the run's stages once from ``recrl train`` overrides (data, fitted or cached behavior
-model, ground truth), then trains each algorithm for ``--steps`` trainer steps and every
-``--eval-every`` steps scores it in the ground-truth environment (``--eval-episodes`` episodes,
-not counted in the training time). Reports per algorithm: updates/s and user-steps/s of training
-alone, the final ground-truth return, and the time to reward: training seconds until the
-ground-truth return first reached the myopic greedy baseline's (``--target greedy``) or a fixed
-value (``--target 3.0``); ``-`` when it never did. On the synthetic world it also evaluates the
-oracle (:class:`recrl.algos.oracle.Oracle`) on the same users and reports each algorithm's final
-share of the oracle's return and the environment steps until it first reached half of it.
+model, ground truth), then trains each algorithm at its own default budget, the trainer
+settings of ``recrl train algo=<name>`` (DQN's 1,500 steps of 1,024 users, the others' 6,000
+steps of 256 users or 6,000 updates on logged batches), or at the ``--steps`` and ``--n-users``
+given for all, and every ``--eval-every`` steps (default: a twelfth of the run) scores it in the
+ground-truth environment (``--eval-episodes`` episodes, not counted in the training time).
+Reports per algorithm: updates/s and user-steps/s of training alone, the final ground-truth
+return, and the time to reward: training seconds until the ground-truth return first reached the
+myopic greedy baseline's (``--target greedy``) or a fixed value (``--target 3.0``); ``-`` when
+it never did. On the synthetic world it also evaluates the oracle
+(:class:`recrl.algos.oracle.Oracle`) on the same users and reports each algorithm's final share
+of the oracle's return and the environment steps until it first reached half of it.
 Prints a table and writes JSON.
 
 Machines differ in speed by up to 8x, so each run also measures, in the same process:
@@ -31,7 +34,7 @@ Machines differ in speed by up to 8x, so each run also measures, in the same pro
 time, as in a run). ``--compare old.json`` prints the change in updates/s and in the ratio to the
 reference per algorithm.
 
-    python scripts/bench_algos.py --out bench_algos.json
+    python scripts/bench_algos.py --out bench_algos.json                # every algorithm, own budgets
     python scripts/bench_algos.py --algos dqn ppo cql --steps 3000 --device cuda -- env.slate_size=1
     python scripts/bench_algos.py --algos dqn --n-users 256 --compile --compare bench_algos.json
 """
@@ -43,11 +46,12 @@ import json
 import platform
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
 from torch import Tensor, nn
@@ -55,7 +59,7 @@ from torch import Tensor, nn
 from recrl.algos.oracle import Oracle, can_plan
 from recrl.benchmark import bench_device, best_seconds, count_flops, matmul_gflops, share_of_bound
 from recrl.compile import COMPILE_MODES
-from recrl.config import CONF_DIR, algo_options, build_algo_by_name, validate
+from recrl.config import algo_options, build_algo_by_name, compose_config, validate
 from recrl.logs import console_logging
 from recrl.loop import Trainer
 from recrl.metrics.online import run_episodes
@@ -67,9 +71,12 @@ def parse() -> argparse.Namespace:
     """Command-line options."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--algos", nargs="*", default=None, help="default: every algo option")
-    parser.add_argument("--steps", type=int, default=3000, help="trainer steps per algorithm")
-    parser.add_argument("--n-users", type=int, default=64)
-    parser.add_argument("--eval-every", type=int, default=500)
+    parser.add_argument("--steps", type=int, default=None,
+                        help="trainer steps per algorithm (default: each algorithm's own, as recrl train)")
+    parser.add_argument("--n-users", type=int, default=None,
+                        help="users per environment step (default: each algorithm's own)")
+    parser.add_argument("--eval-every", type=int, default=None,
+                        help="steps between ground-truth checks (default: a twelfth of the steps)")
     parser.add_argument("--eval-episodes", type=int, default=256)
     parser.add_argument("--target", default="greedy", help="'greedy' or a ground-truth return")
     parser.add_argument("--device", default="cpu")
@@ -143,17 +150,65 @@ def reference_updates_per_s(n_items: int, history: int, device: torch.device, up
     return updates / best_seconds(lambda: run(updates), device, 3)
 
 
-def training_flops_per_step(name: str, stages, args: argparse.Namespace) -> float:
+@dataclass(frozen=True)
+class Budget:
+    """One algorithm's training settings in the benchmark: its ``algo`` node and the trainer's
+    keys, from ``recrl train algo=<name>`` with the script's overrides (each algorithm's own
+    budget shape, e.g. ``conf/algo_trainer/dqn.yaml``), unless ``--steps`` / ``--n-users`` fix
+    them for every algorithm."""
+
+    algo: DictConfig
+    trainer: dict
+
+    @property
+    def steps(self) -> int:
+        """Trainer steps (environment steps, or updates for the offline learners)."""
+        return int(self.trainer["steps"])
+
+    @property
+    def n_users(self) -> int:
+        """Users per environment step."""
+        return int(self.trainer["n_users"])
+
+    @property
+    def eval_every(self) -> int:
+        """Steps between the ground-truth checks."""
+        return int(self.trainer["eval_every"])
+
+
+TRAINER_KEYS = ("steps", "n_users", "batch_size", "updates_per_step", "learning_starts", "buffer_size")
+
+
+def budget_of(name: str, args: argparse.Namespace) -> Budget:
+    """``name``'s :class:`Budget`: its run config's trainer keys that shape training, with the
+    command line's ``--steps``, ``--n-users`` and ``--eval-every`` where given (a twelfth of
+    the steps between checks otherwise, so every algorithm is checked as often)."""
+    cfg = compose_config("train", [f"trainer.device={args.device}", f"algo={name}", *args.overrides])
+    validate(cfg)
+    trainer = {key: cfg.trainer[key] for key in TRAINER_KEYS}
+    if args.steps is not None:
+        trainer["steps"] = args.steps
+    if args.n_users is not None:
+        trainer["n_users"] = args.n_users
+        trainer["buffer_size"] = max(trainer["buffer_size"], args.n_users)
+    if args.steps is not None or args.n_users is not None:  # a fixed budget: the old shared settings
+        trainer["learning_starts"] = min(1000, trainer["steps"] * trainer["n_users"] // 4)
+    trainer["eval_every"] = args.eval_every or max(1, trainer["steps"] // 12)
+    return Budget(algo=cfg.algo, trainer=trainer)
+
+
+def training_flops_per_step(name: str, stages, args: argparse.Namespace, budget: Budget) -> float:
     """FLOPs per environment step of training ``name`` (acting, environment and updates from the
     first step on; anything an algorithm does before training, such as recording
     demonstrations, excluded), counted over ``--flop-steps`` steps of a fresh copy."""
-    algo = build_algo_by_name(name, ctx=stages.ctx)
+    algo = stages.build_algo(budget.algo)
     env = stages.training_env()
     if hasattr(algo, "prepare"):
         algo.prepare(env, args.seed)
         algo.prepare = lambda *_: None
-    trainer = Trainer(steps=args.flop_steps, n_users=args.n_users, eval_every=10**9, log_every=10**9,
-                      checkpoint_every=10**9, learning_starts=args.n_users, device=args.device,
+    settings = {**budget.trainer, "steps": args.flop_steps, "learning_starts": budget.n_users,
+                "eval_every": 10**9}
+    trainer = Trainer(**settings, log_every=10**9, checkpoint_every=10**9, device=args.device,
                       progress=False)
     flops = count_flops(lambda: trainer.fit(algo, env, evaluate=lambda: {"eval/return": 0.0},
                                             log=lambda step, metrics: None, save=lambda tag, step: None,
@@ -161,9 +216,10 @@ def training_flops_per_step(name: str, stages, args: argparse.Namespace) -> floa
     return flops / args.flop_steps
 
 
-def bench_one(name: str, stages, args: argparse.Namespace, target: float, oracle: float | None) -> dict:
-    """Train ``name`` and time it; evaluation time is excluded from the training time."""
-    algo = build_algo_by_name(name, ctx=stages.ctx)
+def bench_one(name: str, stages, args: argparse.Namespace, budget: Budget, target: float,
+              oracle: float | None) -> dict:
+    """Train ``name`` on ``budget`` and time it; evaluation time is excluded from the training time."""
+    algo = stages.build_algo(budget.algo)
     gt_env = stages.make_env(stages.ground_truth)
     curve: list[tuple[float, float]] = []  # (training seconds, ground-truth return) per evaluation
     steps_at: list[int] = []  # environment steps of each evaluation
@@ -181,10 +237,8 @@ def bench_one(name: str, stages, args: argparse.Namespace, target: float, oracle
         if "eval/return" in metrics:
             steps_at.append(step)
 
-    trainer = Trainer(steps=args.steps, n_users=args.n_users, eval_every=args.eval_every,
-                      eval_episodes=args.eval_episodes, log_every=10**9, checkpoint_every=10**9,
-                      learning_starts=min(1000, args.steps * args.n_users // 4), device=args.device,
-                      progress=False, compile=args.compile,
+    trainer = Trainer(**budget.trainer, eval_episodes=args.eval_episodes, log_every=10**9,
+                      checkpoint_every=10**9, device=args.device, progress=False, compile=args.compile,
                       compile_mode=args.compile_mode)
     stats = trainer.fit(algo, stages.training_env(), evaluate=evaluate, log=log,
                         save=lambda tag, step: None, seed=args.seed)
@@ -193,7 +247,8 @@ def bench_one(name: str, stages, args: argparse.Namespace, target: float, oracle
     final = curve[-1][1] if curve else float("nan")
     half = None if oracle is None else next(
         (step for step, (_, ret) in zip(steps_at, curve, strict=False) if ret >= oracle / 2), None)
-    return {"algo": name, "mode": algo.mode, "steps": stats.env_steps, "updates": stats.updates,
+    return {"algo": name, "mode": algo.mode, "trainer_steps": budget.steps, "n_users": budget.n_users,
+            "steps": stats.env_steps, "updates": stats.updates,
             "train_s": train_s, "updates_per_s": stats.updates / train_s,
             "user_steps_per_s": (stats.user_steps / train_s) if algo.mode != "offline" else None,
             "final_return": final, "time_to_target_s": reached,
@@ -207,8 +262,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     bench_device(args.device)  # stops in one line where the device is missing
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("train", overrides=[f"trainer.device={args.device}", *args.overrides])
+    cfg = compose_config("train", [f"trainer.device={args.device}", *args.overrides])
     validate(cfg)
     stages = build_stages(cfg, torch.device(args.device))
     if stages.ground_truth is None:
@@ -225,12 +279,15 @@ def main() -> None:
     reference = reference_updates_per_s(stages.ctx.n_items, stages.ctx.history_len, device)
     print(f"matmul {gflops:,.1f} GFLOP/s; plain-PyTorch reference DQN update {reference:,.0f} updates/s "
           f"({torch.get_num_threads()} threads on {args.device})")
-    rows = [with_ratios(bench_one(name, stages, args, target, oracle), stages, args, gflops, reference)
+    budgets = {name: budget_of(name, args) for name in names}
+    rows = [with_ratios(bench_one(name, stages, args, budgets[name], target, oracle), stages, args,
+                        budgets[name], gflops, reference)
             for name in names]
     print_table(rows, args, target, oracle)
     facts = {"torch": torch.__version__, "python": platform.python_version(), "device": args.device,
              "threads": torch.get_num_threads(), "overrides": args.overrides, "greedy_return": greedy,
              "target": target, "oracle_return": oracle, "steps": args.steps, "n_users": args.n_users,
+             "eval_every": args.eval_every,
              "compile": args.compile, "compile_mode": args.compile_mode, "cpu": cpu_model(),
              "matmul_gflops": gflops,
              "reference_updates_per_s": reference}
@@ -242,10 +299,11 @@ def main() -> None:
     print(f"wrote {args.out}")
 
 
-def with_ratios(row: dict, stages, args: argparse.Namespace, gflops: float, reference: float) -> dict:
+def with_ratios(row: dict, stages, args: argparse.Namespace, budget: Budget, gflops: float,
+                reference: float) -> dict:
     """``row`` with the ratio of its updates/s to the reference update's and the share of the
     arithmetic bound its environment steps/s reach (FLOPs per step counted)."""
-    flops = training_flops_per_step(row["algo"], stages, args) if row["mode"] != "none" else 0.0
+    flops = training_flops_per_step(row["algo"], stages, args, budget) if row["mode"] != "none" else 0.0
     steps_per_s = row["steps"] / row["train_s"]
     return {**row, "ratio_to_reference": row["updates_per_s"] / reference, "flops_per_step": flops,
             "share_of_bound": share_of_bound(steps_per_s, int(flops), gflops)}
@@ -253,14 +311,17 @@ def with_ratios(row: dict, stages, args: argparse.Namespace, gflops: float, refe
 
 def print_table(rows: list[dict], args: argparse.Namespace, target: float, oracle: float | None) -> None:
     """The results table."""
-    title = f"algorithms, {args.steps} steps x {args.n_users} users, target return {target:.3f}"
+    budget = ("each algorithm's own budget" if args.steps is None and args.n_users is None
+              else f"{args.steps or 'own'} steps x {args.n_users or 'own'} users")
+    title = f"algorithms, {budget}, target return {target:.3f}"
     if oracle is not None:
         title += f", oracle {oracle:.3f}"
     if args.compile:
         title += f", trainer.compile=true ({args.compile_mode} mode)"
     table = Table(title=title)
-    for column in ("algo", "mode", "updates/s", "ratio to reference", "user-steps/s", "share of bound",
-                   "final GT return", "time to target (s)", "share of oracle", "steps to 50% of oracle"):
+    for column in ("algo", "mode", "budget", "updates/s", "ratio to reference", "user-steps/s",
+                   "share of bound", "final GT return", "time to target (s)", "share of oracle",
+                   "steps to 50% of oracle"):
         table.add_column(column, justify="left" if column in ("algo", "mode") else "right")
     for r in rows:
         reached = "-" if r["time_to_target_s"] is None else f"{r['time_to_target_s']:.1f}"
@@ -268,8 +329,11 @@ def print_table(rows: list[dict], args: argparse.Namespace, target: float, oracl
         share = "-" if r["oracle_share"] is None else f"{r['oracle_share']:.0%}"
         half = "-" if r["steps_to_half_oracle"] is None else f"{r['steps_to_half_oracle']:,}"
         bound = "-" if r["share_of_bound"] is None else f"{r['share_of_bound']:.3g}"
-        table.add_row(r["algo"], r["mode"], f"{r['updates_per_s']:,.0f}", f"{r['ratio_to_reference']:.3f}",
-                      user_steps, bound, f"{r['final_return']:.3f}", reached, share, half)
+        shape = (f"{r['updates']:,} updates" if r["mode"] == "offline"
+                 else f"{r['trainer_steps']:,} x {r['n_users']:,} users")
+        table.add_row(r["algo"], r["mode"], shape, f"{r['updates_per_s']:,.0f}",
+                      f"{r['ratio_to_reference']:.3f}", user_steps, bound, f"{r['final_return']:.3f}",
+                      reached, share, half)
     Console(width=None if sys.stdout.isatty() else 180).print(table)
 
 

@@ -311,6 +311,25 @@ def test_greedy_policy_uses_the_behavior_model() -> None:
         assert float(chosen.min()) >= float(others.max())
 
 
+def test_bench_algos_trains_each_algorithm_at_its_own_budget() -> None:
+    """Without ``--steps`` / ``--n-users`` every algorithm gets the trainer settings and budget
+    shape of ``recrl train algo=<name>`` (DQN's own, conf/algo_trainer/dqn.yaml), checked a
+    twelfth of the way; with them, every algorithm the same."""
+    import argparse
+
+    bench = load_script("bench_algos")
+    own = argparse.Namespace(steps=None, n_users=None, eval_every=None, device="cpu", overrides=[])
+    dqn, ppo = bench.budget_of("dqn", own), bench.budget_of("ppo", own)
+    assert (dqn.steps, dqn.n_users, dqn.eval_every) == (1500, 1024, 125)
+    assert dqn.algo.epsilon_decay_steps == 750 and dqn.algo._target_ == "recrl.algos.dqn.DQN"
+    assert (ppo.steps, ppo.n_users, ppo.eval_every) == (6000, 256, 500)
+    assert ppo.trainer["batch_size"] == 256 and ppo.algo._target_ == "recrl.algos.ppo.PPO"
+    fixed = argparse.Namespace(steps=40, n_users=8, eval_every=10, device="cpu", overrides=["algo.lr=0.01"])
+    small = bench.budget_of("dqn", fixed)
+    assert (small.steps, small.n_users, small.eval_every) == (40, 8, 10)
+    assert small.trainer["learning_starts"] == 80 and small.algo.lr == 0.01
+
+
 def test_greedy_policy_needs_a_scoring_behavior_model() -> None:
     with pytest.raises(RecrlError, match="greedy"):
         GreedyPolicy(make_ctx(behavior=None))
@@ -339,6 +358,7 @@ def test_bench_algos_script_writes_json(tmp_path, monkeypatch) -> None:
     assert all(r["updates_per_s"] > 0 and math.isfinite(r["final_return"]) for r in rows.values())
     assert rows["bc"]["user_steps_per_s"] is None and rows["dqn"]["user_steps_per_s"] > 0  # offline: no env
     assert data["facts"]["greedy_return"] > 0 and data["facts"]["steps"] == 20
+    assert all(r["trainer_steps"] == 20 and r["n_users"] == 8 for r in rows.values())
     assert data["facts"]["matmul_gflops"] > 0 and data["facts"]["reference_updates_per_s"] > 0
     reference = data["facts"]["reference_updates_per_s"]
     for r in rows.values():  # every algorithm's figures divided by the same run's yardsticks
