@@ -51,6 +51,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from hydra.utils import get_class
 from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
@@ -59,7 +60,7 @@ from torch import Tensor, nn
 from recrl.algos.oracle import Oracle, can_plan
 from recrl.benchmark import bench_device, best_seconds, count_flops, matmul_gflops, share_of_bound
 from recrl.compile import COMPILE_MODES
-from recrl.config import algo_options, build_algo_by_name, compose_config, validate
+from recrl.config import algo_options, build_algo_by_name, compose_config, group_option, validate
 from recrl.logs import console_logging
 from recrl.loop import Trainer
 from recrl.metrics.online import run_episodes
@@ -92,6 +93,12 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=Path("bench_algos.json"))
     parser.add_argument("overrides", nargs="*", help="recrl train overrides after --")
     return parser.parse_args()
+
+
+def learns(name: str) -> bool:
+    """Whether ``algo=<name>`` trains (every option but those of ``mode`` ``none``: the baselines,
+    the planner and the supervised model's top-K only act)."""
+    return get_class(group_option("algo", name)._target_).mode != "none"
 
 
 def ground_truth_return(policy, env, episodes: int, seed: int) -> float:
@@ -267,7 +274,7 @@ def main() -> None:
     stages = build_stages(cfg, torch.device(args.device))
     if stages.ground_truth is None:
         sys.exit("this dataset has no ground-truth environment; use dataset=synthetic or coat")
-    names = args.algos or [a for a in algo_options() if a not in {"random", "popular", "greedy"}]
+    names = args.algos or [a for a in algo_options() if learns(a)]
     gt_env = stages.make_env(stages.ground_truth)
     greedy_policy = build_algo_by_name("greedy", ctx=stages.ctx)
     greedy = ground_truth_return(greedy_policy, gt_env, args.eval_episodes, seed=10_000)
@@ -319,9 +326,9 @@ def print_table(rows: list[dict], args: argparse.Namespace, target: float, oracl
     if args.compile:
         title += f", trainer.compile=true ({args.compile_mode} mode)"
     table = Table(title=title)
-    for column in ("algo", "mode", "budget", "updates/s", "ratio to reference", "user-steps/s",
-                   "share of bound", "final GT return", "time to target (s)", "share of oracle",
-                   "steps to 50% of oracle"):
+    for column in ("algo", "mode", "budget (steps x users)", "updates/s", "ratio to reference",
+                   "user-steps/s", "share of bound", "final GT return", "time to target (s)",
+                   "share of oracle", "steps to 50% of oracle"):
         table.add_column(column, justify="left" if column in ("algo", "mode") else "right")
     for r in rows:
         reached = "-" if r["time_to_target_s"] is None else f"{r['time_to_target_s']:.1f}"
@@ -330,7 +337,7 @@ def print_table(rows: list[dict], args: argparse.Namespace, target: float, oracl
         half = "-" if r["steps_to_half_oracle"] is None else f"{r['steps_to_half_oracle']:,}"
         bound = "-" if r["share_of_bound"] is None else f"{r['share_of_bound']:.3g}"
         shape = (f"{r['updates']:,} updates" if r["mode"] == "offline"
-                 else f"{r['trainer_steps']:,} x {r['n_users']:,} users")
+                 else f"{r['trainer_steps']:,} x {r['n_users']:,}")
         table.add_row(r["algo"], r["mode"], shape, f"{r['updates_per_s']:,.0f}",
                       f"{r['ratio_to_reference']:.3f}", user_steps, bound, f"{r['final_return']:.3f}",
                       reached, share, half)

@@ -324,6 +324,7 @@ def test_bench_algos_trains_each_algorithm_at_its_own_budget() -> None:
     assert dqn.algo.epsilon_decay_steps == 750 and dqn.algo._target_ == "recrl.algos.dqn.DQN"
     assert (ppo.steps, ppo.n_users, ppo.eval_every) == (6000, 256, 500)
     assert ppo.trainer["batch_size"] == 256 and ppo.algo._target_ == "recrl.algos.ppo.PPO"
+    assert not bench.learns("planner") and not bench.learns("greedy") and bench.learns("bc")
     fixed = argparse.Namespace(steps=40, n_users=8, eval_every=10, device="cpu", overrides=["algo.lr=0.01"])
     small = bench.budget_of("dqn", fixed)
     assert (small.steps, small.n_users, small.eval_every) == (40, 8, 10)

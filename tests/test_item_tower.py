@@ -13,6 +13,7 @@ from tiny import random_obs
 from recrl.algos.dqn import DQN
 from recrl.algos.nets import HistoryEncoder, ItemPrior, behavior_item_prior, history_summary
 from recrl.algos.ppo import PPO
+from recrl.algos.slateq import SlateQ
 from recrl.types import Interactions, Obs, RecrlError
 
 
@@ -46,6 +47,24 @@ def test_side_prior_reads_the_item_table_and_ids_start_at_zero() -> None:
     same = [i for i in range(ctx.n_items) if i % 3 == 0]
     assert not torch.allclose(table[same[0]], table[1])
     assert torch.isfinite(algo.q(random_obs(5, torch.Generator().manual_seed(0)))).all()
+
+
+def test_slateq_towers_start_from_the_item_table() -> None:
+    """SlateQ's choice model and item values read the prior too: before any training, items
+    with the same content get the same utility and value, and the no-click column has its own."""
+    n = tiny_context().n_items
+    table = pd.DataFrame({"topic": [i % 3 for i in range(n)], "quality": [(i % 3) / 3 for i in range(n)]})
+    ctx = with_items(tiny_context(), table)
+    algo = SlateQ(ctx, dim=8, hidden=16, item_init="side")
+    assert algo.choice.item_out.weight.abs().sum() == 0 and algo.q.item_out.weight.shape[0] == n + 1
+    obs = random_obs(5, torch.Generator().manual_seed(0))
+    utility, value = algo.choice(obs), algo.q(obs)
+    assert value.shape == (5, n + 1)
+    torch.testing.assert_close(utility[:, 0], utility[:, 3])
+    torch.testing.assert_close(value[:, 1], value[:, 4])
+    assert not torch.allclose(utility[:, 0], utility[:, 1])
+    plain = SlateQ(ctx, dim=8, hidden=16)
+    assert plain.q.prior is None and not torch.allclose(plain.choice(obs)[:, 0], plain.choice(obs)[:, 3])
 
 
 def test_unknown_or_unavailable_item_init_is_a_clear_error() -> None:

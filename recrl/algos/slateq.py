@@ -68,6 +68,7 @@ from recrl.algos.nets import (
     HistoryEncoder,
     ItemScorer,
     adam,
+    behavior_item_prior,
     epsilon_explore,
     linear_decay,
     shown_mask,
@@ -164,6 +165,14 @@ def shown_clicks(action: Tensor, next_obs: Obs) -> tuple[Tensor, Tensor]:
     return next_obs.clicks[:, -1] * readable[:, None], readable
 
 
+def padded_prior(prior: Tensor | None, rows: int) -> Tensor | None:
+    """``prior`` ``[n_items, P]`` with zero rows appended up to ``rows`` (the item-value head's
+    no-click column has no content of its own)."""
+    if prior is None or rows == prior.shape[0]:
+        return prior
+    return torch.cat([prior, prior.new_zeros(rows - prior.shape[0], prior.shape[1])])
+
+
 class SlateQ(ActsGreedily):
     """SlateQ: an MNL choice model and item-wise Q-values combined into slate values, a target
     network, replay on device, slates by the ``topk`` or ``greedy`` heuristic and epsilon-greedy
@@ -184,7 +193,7 @@ class SlateQ(ActsGreedily):
                  double: bool = True, choice_coef: float = 1.0, epsilon_start: float = 1.0,
                  epsilon_end: float = 0.05, epsilon_decay_steps: int = 2000, target_update: int = 200,
                  tau: float = 1.0, grad_clip: float = 10.0, null_value: bool = True,
-                 skip_shown: bool = False) -> None:
+                 skip_shown: bool = False, item_init: str = "random") -> None:
         if slate_optimizer not in SLATE_OPTIMIZERS:
             raise RecrlError(f"algo.slate_optimizer={slate_optimizer!r}: use one of "
                              f"{', '.join(SLATE_OPTIMIZERS)}")
@@ -193,10 +202,12 @@ class SlateQ(ActsGreedily):
         self.skip_shown = skips_shown(ctx, skip_shown)
         self.epsilon_start, self.epsilon_end = epsilon_start, epsilon_end
         self.epsilon_decay_steps, self.target_update, self.tau = epsilon_decay_steps, target_update, tau
+        prior = behavior_item_prior(ctx, item_init)
+
         def scorer(outputs: int) -> ItemScorer:
             encoder = HistoryEncoder(ctx.n_items, ctx.history_len, ctx.slate_size, ctx.horizon, dim,
-                                     hidden, features=ctx.obs_features)
-            return ItemScorer(encoder, outputs, dim).to(ctx.device)
+                                     hidden, features=ctx.obs_features, item_prior=prior)
+            return ItemScorer(encoder, outputs, dim, padded_prior(prior, outputs)).to(ctx.device)
 
         self.choice = scorer(ctx.n_items)                  # v(s, i): click utilities
         self.q = scorer(ctx.n_items + int(null_value))     # Qbar(s, i) (last column: Qbar(s, null))
