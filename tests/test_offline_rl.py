@@ -25,6 +25,7 @@ from recrl.algos.cql import DiscreteCQL, cql_regulariser
 from recrl.algos.logged import LoggedSteps
 from recrl.algos.nets import double_q_target
 from recrl.algos.sqn import SQN
+from recrl.algos.topk_reinforce import TopKOffPolicyReinforce
 from recrl.data.preprocess import log_frame
 from recrl.data.synthetic import SyntheticWorld, clicked_only
 from recrl.rewards import ClickReward, ConversionReward, MixReward, RatingReward, WatchReward
@@ -235,6 +236,25 @@ def test_state_dict_round_trip(name: str) -> None:
         assert float(a["train/loss"]) == pytest.approx(float(b["train/loss"]), rel=1e-6)
     assert torch.equal(algo.act(obs, explore=False), clone.act(obs, explore=False))
     assert algo.mode == "offline" and isinstance(algo.dataset, LoggedSteps)
+
+
+@pytest.mark.parametrize("name", [*ALGOS, "topk_reinforce"])
+def test_skip_shown_keeps_the_history_off_the_served_slates(name: str) -> None:
+    """With ``skip_shown`` the items in a user's history score ``-inf`` and are never served,
+    greedily or sampled; without it (the default) they are scored as any other."""
+    cls = ALGOS.get(name, TopKOffPolicyReinforce)
+    ctx = context(toy_log(n_items=6), n_items=6, history_len=2, horizon=3)
+    obs = LoggedSteps.from_context(ctx).transitions.obs
+    shown = [set(row.flatten().tolist()) - {6} for row in obs.items]  # 6: padding
+    assert any(shown)
+    algo = cls(ctx, **SMALL, skip_shown=True)
+    scores = algo.scores(obs)
+    assert all(bool(torch.isinf(scores[i, sorted(seen)]).all()) for i, seen in enumerate(shown) if seen)
+    for explore in (False, True):
+        served = algo.act(obs, explore=explore)[:, 0].tolist()
+        assert not any(item in seen for item, seen in zip(served, shown, strict=True))
+    plain = cls(ctx, **SMALL).scores(obs)
+    assert name == "bcq" or bool(torch.isfinite(plain).all())  # BCQ masks unlikely items anyway
 
 
 @pytest.mark.parametrize("name", list(ALGOS))

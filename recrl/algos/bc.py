@@ -22,7 +22,16 @@ import torch
 import torch.nn.functional as F
 
 from recrl.algos.logged import LoggedSteps
-from recrl.algos.nets import ItemScorer, adam, gradient_step, history_encoder, sample_top_k, top_k
+from recrl.algos.nets import (
+    ItemScorer,
+    adam,
+    gradient_step,
+    history_encoder,
+    masked_scores,
+    sample_top_k,
+    skips_shown,
+    top_k,
+)
 from recrl.algos.probs import ActsGreedily
 from recrl.algos.seeding import seeded_init
 from recrl.types import AlgoContext, Obs
@@ -43,8 +52,9 @@ class BehaviorCloning(ActsGreedily):
     @seeded_init
     def __init__(self, ctx: AlgoContext, dim: int = 32, hidden: int = 128, lr: float = 1e-3,
                  grad_clip: float = 10.0, encoder: str = "gru", layers: int = 2,
-                 heads: int = 2) -> None:
+                 heads: int = 2, skip_shown: bool = False) -> None:
         self.ctx, self.grad_clip = ctx, grad_clip
+        self.skip_shown = skips_shown(ctx, skip_shown)
         self.dataset = LoggedSteps.from_context(ctx)
         self.policy = ItemScorer(history_encoder(encoder, ctx, dim, hidden, layers, heads),
                                  ctx.n_items, dim).to(ctx.device)
@@ -54,13 +64,14 @@ class BehaviorCloning(ActsGreedily):
 
     @torch.no_grad()
     def scores(self, obs: Obs) -> torch.Tensor:
-        """The policy's logits ``[B, n_items]`` (its greedy ranking)."""
-        return self.policy(obs)
+        """The policy's logits ``[B, n_items]`` (its greedy ranking; with ``skip_shown`` the items
+        in the history at ``-inf``)."""
+        return masked_scores(self.policy, obs, self.skip_shown)
 
     @torch.no_grad()
     def act(self, obs: Obs, explore: bool) -> torch.Tensor:
         """The top-``K`` items of ``pi``, or a slate sampled from it with ``explore``."""
-        logits = self.policy(obs)
+        logits = self.scores(obs)
         if explore:
             return sample_top_k(logits, self.ctx.slate_size, self.generator)
         return top_k(logits, self.ctx.slate_size)

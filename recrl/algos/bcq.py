@@ -37,6 +37,8 @@ from recrl.algos.nets import (
     double_q_target,
     gradient_step,
     history_encoder,
+    mask_shown,
+    skips_shown,
     top_k,
     update_target,
 )
@@ -72,8 +74,9 @@ class DiscreteBCQ(ActsGreedily):
                  gamma: float = 0.95, threshold: float = 0.3, logit_reg: float = 0.01,
                  target_update: int = 100, tau: float = 1.0, grad_clip: float = 10.0,
                  encoder: str = "gru", layers: int = 2,
-                 heads: int = 2) -> None:
+                 heads: int = 2, skip_shown: bool = False) -> None:
         self.ctx, self.gamma, self.threshold, self.logit_reg = ctx, gamma, threshold, logit_reg
+        self.skip_shown = skips_shown(ctx, skip_shown)
         self.target_update, self.tau, self.grad_clip = target_update, tau, grad_clip
         self.dataset = LoggedSteps.from_context(ctx)
         def scorer() -> ItemScorer:
@@ -89,8 +92,10 @@ class DiscreteBCQ(ActsGreedily):
 
     @torch.no_grad()
     def scores(self, obs: Obs) -> Tensor:
-        """Q-values ``[B, n_items]``, items the behavior clone deems unlikely at ``-inf``."""
-        return self.q(obs).masked_fill(~allowed_items(self.g(obs), self.threshold), float("-inf"))
+        """Q-values ``[B, n_items]``, items the behavior clone deems unlikely (and with
+        ``skip_shown`` the items in the history) at ``-inf``."""
+        q = self.q(obs).masked_fill(~allowed_items(self.g(obs), self.threshold), float("-inf"))
+        return mask_shown(q, obs, in_place=True) if self.skip_shown else q
 
     @torch.no_grad()
     def act(self, obs: Obs, explore: bool) -> Tensor:

@@ -36,6 +36,8 @@ from recrl.algos.nets import (
     double_q_target,
     gradient_step,
     history_encoder,
+    masked_scores,
+    skips_shown,
     top_k,
     update_target,
 )
@@ -66,8 +68,9 @@ class DiscreteCQL(ActsGreedily):
     def __init__(self, ctx: AlgoContext, dim: int = 32, hidden: int = 128, lr: float = 1e-3,
                  gamma: float = 0.95, alpha: float = 0.05, target_update: int = 100,
                  tau: float = 1.0, grad_clip: float = 10.0, encoder: str = "gru", layers: int = 2,
-                 heads: int = 2) -> None:
+                 heads: int = 2, skip_shown: bool = False) -> None:
         self.ctx, self.gamma, self.alpha = ctx, gamma, alpha
+        self.skip_shown = skips_shown(ctx, skip_shown)
         self.target_update, self.tau, self.grad_clip = target_update, tau, grad_clip
         self.dataset = LoggedSteps.from_context(ctx)
         self.q = ItemScorer(history_encoder(encoder, ctx, dim, hidden, layers, heads),
@@ -79,8 +82,9 @@ class DiscreteCQL(ActsGreedily):
 
     @torch.no_grad()
     def scores(self, obs: Obs) -> Tensor:
-        """Q-values ``[B, n_items]`` (the greedy ranking)."""
-        return self.q(obs)
+        """Q-values ``[B, n_items]`` (the greedy ranking; with ``skip_shown`` the items in the
+        history at ``-inf``)."""
+        return masked_scores(self.q, obs, self.skip_shown)
 
     @torch.no_grad()
     def act(self, obs: Obs, explore: bool) -> Tensor:

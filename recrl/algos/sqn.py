@@ -38,7 +38,9 @@ from recrl.algos.nets import (
     double_q_target,
     gradient_step,
     history_encoder,
+    mask_shown,
     sample_top_k,
+    skips_shown,
     top_k,
     update_target,
 )
@@ -84,10 +86,11 @@ class SQN(ActsGreedily):
     def __init__(self, ctx: AlgoContext, dim: int = 32, hidden: int = 128, lr: float = 1e-3,
                  gamma: float = 0.95, target_update: int = 100, tau: float = 1.0,
                  grad_clip: float = 10.0, act_with: str = "supervised", encoder: str = "gru", layers: int = 2,
-                 heads: int = 2) -> None:
+                 heads: int = 2, skip_shown: bool = False) -> None:
         if act_with not in ("supervised", "q"):
             raise RecrlError(f"algo.act_with={act_with!r}: use supervised or q")
         self.ctx, self.gamma, self.act_with = ctx, gamma, act_with
+        self.skip_shown = skips_shown(ctx, skip_shown)
         self.target_update, self.tau, self.grad_clip = target_update, tau, grad_clip
         self.dataset = LoggedSteps.from_context(ctx)
         self.net = SQNNetwork(history_encoder(encoder, ctx, dim, hidden, layers, heads),
@@ -99,19 +102,19 @@ class SQN(ActsGreedily):
 
     @torch.no_grad()
     def scores(self, obs: Obs) -> Tensor:
-        """The greedy ranking ``[B, n_items]``: Q-values or logits, as ``act_with`` says."""
+        """The greedy ranking ``[B, n_items]``: Q-values or logits, as ``act_with`` says (with
+        ``skip_shown`` the items in the history at ``-inf``)."""
         logits, q = self.net(obs)
-        return q if self.act_with == "q" else logits
+        head = q if self.act_with == "q" else logits
+        return mask_shown(head, obs, in_place=True) if self.skip_shown else head
 
     @torch.no_grad()
     def act(self, obs: Obs, explore: bool) -> Tensor:
         """Top-``K`` items of the acting head (sampled from the supervised head with ``explore``)."""
-        logits, q = self.net(obs)
-        if self.act_with == "q":
-            return top_k(q, self.ctx.slate_size)
-        if explore:
-            return sample_top_k(logits, self.ctx.slate_size, self.generator)
-        return top_k(logits, self.ctx.slate_size)
+        scores = self.scores(obs)
+        if explore and self.act_with == "supervised":
+            return sample_top_k(scores, self.ctx.slate_size, self.generator)
+        return top_k(scores, self.ctx.slate_size)
 
     def update(self, batch: LoggedSteps) -> dict[str, Any]:
         """One gradient step of the supervised + Q-learning loss on a batch of logged steps."""

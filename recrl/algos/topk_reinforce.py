@@ -32,7 +32,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from recrl.algos.logged import LoggedSteps
-from recrl.algos.nets import HistoryEncoder, ItemScorer, adam, gradient_step, sample_top_k, top_k
+from recrl.algos.nets import (
+    HistoryEncoder,
+    ItemScorer,
+    adam,
+    gradient_step,
+    masked_scores,
+    sample_top_k,
+    skips_shown,
+    top_k,
+)
 from recrl.algos.probs import evaluation_slate_probs
 from recrl.algos.seeding import seeded_init
 from recrl.types import AlgoContext, Obs, RecrlError
@@ -56,13 +65,15 @@ class TopKOffPolicyReinforce:
     def __init__(self, ctx: AlgoContext, dim: int = 32, hidden: int = 128, lr: float = 3e-3,
                  gamma: float = 0.9, topk: int | None = None, weight_cap: float = 10.0,
                  correction: bool = True, propensity: str = "auto", baseline: bool = True,
-                 beta_warmup: int = 0, grad_clip: float = 10.0, sample_in_eval: bool = True) -> None:
+                 beta_warmup: int = 0, grad_clip: float = 10.0, sample_in_eval: bool = True,
+                 skip_shown: bool = False) -> None:
         if propensity not in PROPENSITY:
             raise RecrlError(f"algo.propensity={propensity!r}: use one of {', '.join(PROPENSITY)}")
         self.ctx, self.gamma, self.weight_cap, self.correction = ctx, gamma, weight_cap, correction
         self.topk = ctx.slate_size if topk is None else int(topk)
         self.grad_clip, self.sample_in_eval, self.baseline = grad_clip, sample_in_eval, baseline
         self.beta_warmup = beta_warmup
+        self.skip_shown = skips_shown(ctx, skip_shown)
         self.dataset = LoggedSteps.from_context(ctx)
         self.returns = self.dataset.returns(gamma)
         known = bool(torch.isfinite(self.dataset.propensity).all() and (self.dataset.propensity > 0).all())
@@ -81,14 +92,15 @@ class TopKOffPolicyReinforce:
 
     @torch.no_grad()
     def scores(self, obs: Obs) -> torch.Tensor:
-        """The policy's logits ``[B, n_items]`` (its greedy ranking)."""
-        return self.policy(obs)
+        """The policy's logits ``[B, n_items]`` (its greedy ranking; with ``skip_shown`` the items
+        in the history at ``-inf``, so neither served nor sampled)."""
+        return masked_scores(self.policy, obs, self.skip_shown)
 
     @torch.no_grad()
     def act(self, obs: Obs, explore: bool) -> torch.Tensor:
         """A slate sampled from the policy (Gumbel top-``K``), or its top-``K`` items when
         neither ``explore`` nor ``sample_in_eval`` is set."""
-        logits = self.policy(obs)
+        logits = self.scores(obs)
         if not (explore or self.sample_in_eval):
             return top_k(logits, self.ctx.slate_size)
         return sample_top_k(logits, self.ctx.slate_size, self.generator)
@@ -97,7 +109,7 @@ class TopKOffPolicyReinforce:
     def action_probs(self, obs: Obs) -> torch.Tensor:
         """Per-slot probabilities ``[B, K, n_items]`` of the slates :meth:`act` serves in
         evaluation: the softmax (``sample_in_eval``) or the one-hot of the top-``K``."""
-        return evaluation_slate_probs(self.policy(obs), self.ctx.slate_size, self.sample_in_eval)
+        return evaluation_slate_probs(self.scores(obs), self.ctx.slate_size, self.sample_in_eval)
 
     def weights(self, log_pi_a: torch.Tensor, beta_a: torch.Tensor) -> torch.Tensor:
         """Per-row multiplier ``min(pi/beta, cap) * K (1 - pi)^(K-1)`` (no gradient)."""
