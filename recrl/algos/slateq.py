@@ -38,9 +38,9 @@ Slate optimisation (the paper's exact LP is too heavy for large catalogues):
 ``topk`` ranks the items by ``exp(v(s, i)) * Qbar(s, i)``; ``greedy`` adds, ``K`` times, the item
 that maximises the value ``Q(s, A + {i})`` of the slate built so far.
 
-With ``skip_shown`` (on in ``conf/algo/slateq.yaml``, as for every learner) no item in the
-observed history goes on a slate, in acting and in the target's ``A'`` alike; exploration's
-random slates may still hold one.
+With ``skip_shown`` (on in ``conf/algo/slateq.yaml``, as for the other learners that act while
+training) no item in the observed history goes on a slate, in acting and in the target's ``A'``
+alike; exploration's random slates may still hold one.
 
 Reading the clicks: the replay buffer stores the slate ``A`` ``[B, K]``; the observation history
 shifts left by one slate per step (``RecEnv.step``), so ``next_obs.items[:, -1]`` is ``A`` and
