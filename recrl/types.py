@@ -70,6 +70,12 @@ class Obs:
         """The same observation on ``device``."""
         return _map_tensors(self, lambda t: t.to(device))
 
+    def shown_mask(self, n_items: int) -> Tensor:
+        """``[B, n_items]`` booleans, true for the items in each user's history."""
+        shown = self.items.reshape(self.batch_size, -1)
+        mask = torch.zeros(self.batch_size, n_items + 1, dtype=torch.bool, device=shown.device)
+        return mask.scatter_(1, shown, True)[:, :n_items]  # padding ids (n_items) land in the dropped column
+
 
 def cat_obs(parts: list[Obs]) -> Obs:
     """The rows of several observations, in order, as one observation (``features`` kept only

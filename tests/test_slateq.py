@@ -10,7 +10,6 @@ import math
 import pytest
 import torch
 
-from recrl.algos.nets import shown_mask
 from recrl.algos.random import RandomPolicy
 from recrl.algos.slateq import SlateQ, choice_nll, greedy_slates, shown_clicks, slate_value, topk_slates
 from recrl.config import build_algo_by_name
@@ -183,7 +182,7 @@ def test_heuristics_skip_blocked_items_by_hand() -> None:
 def test_shown_mask_marks_the_history_and_ignores_padding() -> None:
     obs = Obs(items=torch.tensor([[[0, 4], [2, 5]], [[5, 5], [3, 3]]]), clicks=torch.zeros(2, 2, 2),
               step=torch.zeros(2, dtype=torch.long))
-    assert shown_mask(obs, 5).tolist() == [[True, False, True, False, True],
+    assert obs.shown_mask(5).tolist() == [[True, False, True, False, True],
                                            [False, False, False, True, False]]
 
 

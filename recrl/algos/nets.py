@@ -593,16 +593,7 @@ def mask_shown(scores: Tensor, obs: Obs, in_place: bool = False) -> Tensor:
         real = shown < n
         src = torch.where(real, float("-inf"), float("inf")).to(scores.dtype)
         return scores.scatter_reduce_(1, shown.clamp(max=n - 1), src, reduce="amin")
-    masked = torch.cat([scores, scores.new_zeros(scores.shape[0], 1)], 1)
-    masked.scatter_(1, shown, float("-inf"))
-    return masked[:, :n]
-
-
-def shown_mask(obs: Obs, n_items: int) -> Tensor:
-    """``[B, n_items]`` booleans, true for the items in each user's observed history."""
-    shown = obs.items.reshape(obs.batch_size, -1)
-    mask = torch.zeros(obs.batch_size, n_items + 1, dtype=torch.bool, device=shown.device)
-    return mask.scatter_(1, shown, True)[:, :n_items]  # padding ids (n_items) land in the dropped column
+    return scores.masked_fill(obs.shown_mask(n), float("-inf"))
 
 
 def masked_scores(net: nn.Module, obs: Obs, skip_shown: bool) -> Tensor:

@@ -71,7 +71,6 @@ from recrl.algos.nets import (
     behavior_item_prior,
     epsilon_explore,
     linear_decay,
-    shown_mask,
     skips_shown,
     update_target,
 )
@@ -223,7 +222,7 @@ class SlateQ(ActsGreedily):
     def select(self, utility: Tensor, qbar: Tensor, obs: Obs) -> Tensor:
         """The slate ``[B, K]`` the configured heuristic picks at ``obs`` from all items' ``[B, N]``
         utilities and item values (with ``skip_shown``, none of the items in its history)."""
-        blocked = shown_mask(obs, self.ctx.n_items) if self.skip_shown else None
+        blocked = obs.shown_mask(self.ctx.n_items) if self.skip_shown else None
         if self.slate_optimizer == "greedy":
             return greedy_slates(utility, qbar, self.ctx.slate_size, blocked=blocked)
         return topk_slates(utility, qbar, self.ctx.slate_size, blocked=blocked)

@@ -112,9 +112,7 @@ class RecEnv:
         self.alive = self.t < self.horizon
         self._all_alive = False
         if self.shown is not None:
-            seen = self.items.reshape(obs.batch_size, -1)
-            padded = torch.zeros(obs.batch_size, self.n_items + 1, dtype=torch.bool, device=self.device)
-            self.shown = padded.scatter_(1, seen, True)[:, :self.n_items]
+            self.shown = obs.shown_mask(self.n_items).to(self.device)
         return self.observe()
 
     def observe(self) -> Obs:
