@@ -42,6 +42,7 @@ class ReplayBuffer:
         self.valid = torch.zeros(capacity, device=d)
         self.features: Tensor | None = None  # [capacity, F] real observations (gym envs), made on first add
         self.next_features: Tensor | None = None
+        self.click: Tensor | None = None  # [capacity, K] recorded clicks, made on the first add with them
         self.cursor, self.size = 0, 0
 
     def __len__(self) -> int:
@@ -63,6 +64,10 @@ class ReplayBuffer:
                 self.next_features = torch.zeros(self.capacity, width, device=self.device)
             self.features[idx] = tr.obs.features
             self.next_features[idx] = tr.next_obs.features
+        if tr.click is not None:
+            if self.click is None:
+                self.click = torch.zeros(self.capacity, tr.click.shape[1], device=self.device)
+            self.click[idx] = tr.click
         self.cursor = (self.cursor + n) % self.capacity
         self.size = min(self.size + n, self.capacity)
 
@@ -81,7 +86,8 @@ class ReplayBuffer:
                           action=self.action[idx], reward=self.reward[idx],
                           next_obs=Obs(self.next_items[idx], self.next_clicks[idx], self.next_step[idx],
                                        next_feats),
-                          done=self.done[idx], valid=self.valid[idx])
+                          done=self.done[idx], valid=self.valid[idx],
+                          click=None if self.click is None else self.click[idx])
 
 
 class PrioritizedReplayBuffer(ReplayBuffer):
@@ -159,6 +165,7 @@ class NStepWindow:
         next_obs = next_obs_{t+m-1}
         done     = 1 if the episode ended within the window (nothing to bootstrap), else 0
         valid    = valid_t (a row not alive at ``t`` stays invalid)
+        click    = click_t (the clicks on the slate shown at ``t``, when recorded)
 
     Rewards after a ``done`` belong to the row's next user and are never added. Transitions of
     the last ``n - 1`` steps of a run are never returned. With ``n = 1`` every push returns its
@@ -195,7 +202,7 @@ class NStepWindow:
             next_obs = _where_obs(running, step.next_obs, next_obs)
             running = running & (step.done <= 0)
         return Transition(obs=first.obs, action=first.action, reward=reward, next_obs=next_obs,
-                          done=(~running).to(first.done.dtype), valid=first.valid)
+                          done=(~running).to(first.done.dtype), valid=first.valid, click=first.click)
 
 
 

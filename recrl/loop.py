@@ -205,7 +205,8 @@ class Trainer:
             slates = algo.act(obs, explore=True)
             next_obs, reward, done, info = env.step(slates)
             transition = Transition(obs=obs, action=slates, reward=reward, next_obs=next_obs,
-                                    done=done.float(), valid=info.was_alive.float())
+                                    done=done.float(), valid=info.was_alive.float(),
+                                    click=info.response.click)
             replay.add(transition)
             episode_return += reward
             finished += torch.stack([(episode_return * done).sum(), done.sum()])

@@ -160,12 +160,16 @@ class Transition:
     next_obs: Obs
     done: Tensor  # [B] float, 1.0 where the episode ended at this step
     valid: Tensor  # [B] float, 1.0 where the row is a real transition
+    # [B, K] the sampled clicks on ``action`` (the response's ``click``), where the collecting loop
+    # recorded them (the off-policy loop does); None: read them from ``next_obs`` if needed
+    click: Tensor | None = None
 
     def index(self, idx: Tensor) -> Transition:
         """Rows ``idx`` of every field."""
         return Transition(obs=self.obs.index(idx), action=self.action[idx],
                           reward=self.reward[idx], next_obs=self.next_obs.index(idx),
-                          done=self.done[idx], valid=self.valid[idx])
+                          done=self.done[idx], valid=self.valid[idx],
+                          click=None if self.click is None else self.click[idx])
 
 
 LOG_HEAD = ("user", "item", "time", "click", "conversion", "rating")

@@ -4,6 +4,7 @@ of tests/clickbait.py."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -158,6 +159,23 @@ def test_n_step_window_two_steps_and_one_step() -> None:
     assert run_window(1) == STREAM  # n = 1: the stream itself
     with pytest.raises(ValueError, match="n >= 1"):
         NStepWindow(0, 0.9)
+
+
+def test_recorded_clicks_travel_through_the_window_and_the_buffer() -> None:
+    """An n-step transition keeps the clicks on its *first* slate (what SlateQ's choice model and
+    item values are fitted to), and the buffer stores and returns them row by row."""
+    clicked = [torch.tensor([[float(t % 2)], [float(t > 1)]]) for t in range(len(STREAM))]
+    stream = [dataclasses.replace(tr, click=c) for tr, c in zip(STREAM, clicked, strict=True)]
+    window = NStepWindow(3, gamma=0.5)
+    outs = [window.push(tr) for tr in stream]
+    assert torch.equal(outs[2].click, clicked[0]) and torch.equal(outs[3].click, clicked[1])
+    buffer = ReplayBuffer(capacity=4, history_len=L, slate_size=1, n_items=N_ITEMS)
+    assert buffer.rows(torch.tensor([0])).click is None  # nothing recorded yet
+    for out in outs[2:]:
+        buffer.add(out)
+    rows = buffer.rows(torch.tensor([3, 0]))  # slot 3: the second transition's user 1
+    assert rows.click[:, 0].tolist() == [float(clicked[1][1]), float(clicked[0][0])]
+    assert torch.equal(rows.index(torch.tensor([1])).click, rows.click[1:])
 
 
 def test_the_trainer_feeds_dqns_own_n_step_prioritized_replay() -> None:

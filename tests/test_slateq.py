@@ -4,6 +4,7 @@ heuristics against brute force, the TD target and loss by hand, checkpoints and 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import itertools
 import math
 
@@ -12,6 +13,7 @@ import torch
 
 from recrl.algos.random import RandomPolicy
 from recrl.algos.slateq import SlateQ, choice_nll, greedy_slates, shown_clicks, slate_value, topk_slates
+from recrl.buffer import ReplaySample
 from recrl.config import build_algo_by_name
 from recrl.data.synthetic import SyntheticWorld
 from recrl.env.choice import Choice
@@ -267,6 +269,81 @@ def test_td_target_and_losses_by_hand(optimizer: str, null_value: bool, skip_sho
     assert float(stats["train/choice_loss"]) == pytest.approx(sum(choice_terms) / len(choice_terms), rel=1e-5)
 
 
+def test_n_step_target_discounts_the_bootstrap_by_gamma_to_the_n() -> None:
+    gen = torch.Generator().manual_seed(6)
+    batch = make_batch(gen)
+    one, three = (SlateQ(make_ctx(), dim=8, hidden=16, gamma=0.8, n_step=n) for n in (1, 3))
+    bootstrap = one.td_target(batch) - batch.reward  # the same weights: seeded by the context
+    torch.testing.assert_close(three.td_target(batch) - batch.reward, 0.8 ** 2 * bootstrap)
+    with pytest.raises(RecrlError, match="recorded clicks"):
+        three.update(batch)  # a hand-built batch without Transition.click
+    with pytest.raises(RecrlError, match="n_step"):
+        SlateQ(make_ctx(), n_step=0)
+
+
+def test_recorded_clicks_replace_the_ones_read_from_the_next_observation() -> None:
+    gen = torch.Generator().manual_seed(7)
+    batch = make_batch(gen)
+    readable = batch.index(torch.tensor([0, 1, 2, 4, 5]))  # every row's click is in next_obs
+    recorded = dataclasses.replace(readable, click=shown_clicks(readable.action, readable.next_obs)[0])
+    stats = [SlateQ(make_ctx(), dim=8, hidden=16).update(b) for b in (readable, recorded)]
+    for key in ("train/loss", "train/choice_loss"):
+        assert float(stats[0][key]) == pytest.approx(float(stats[1][key]), rel=1e-6)
+    # row 3: autoreset blanked its next observation, but the recorded click (slot 1) is known
+    lost = batch.index(torch.tensor([3]))
+    algo = SlateQ(make_ctx(), dim=8, hidden=16)
+    with torch.no_grad():
+        p_now = mnl([float(u) for u in algo.choice(lost.obs)[0, lost.action[0]]])
+    found = dataclasses.replace(lost, click=torch.tensor([[0.0, 1.0, 0.0]]))
+    stats = algo.update(found)
+    assert float(stats["train/choice_loss"]) == pytest.approx(-math.log(p_now[1]), rel=1e-5)
+
+
+def test_acts_with_the_averaged_towers_and_explores_with_the_online_ones() -> None:
+    algo = SlateQ(make_ctx(), dim=8, hidden=16, lr=1e-2, average=0.9, epsilon_start=0.0, epsilon_end=0.0)
+    gen = torch.Generator().manual_seed(8)
+    obs = random_obs(32, gen)
+    for _ in range(5):
+        algo.update(make_batch(gen))
+    averaged = algo.average_choice.acting(), algo.average_q.acting()
+    assert averaged[0] is not algo.choice and averaged[1] is not algo.q
+    with torch.no_grad():
+        assert not torch.allclose(averaged[1](obs), algo.q(obs))
+        greedy = algo.select(averaged[0](obs), algo.relative(averaged[1](obs)), obs)
+        online = algo.select(algo.choice(obs), algo.relative(algo.q(obs)), obs)
+    assert torch.equal(algo.act(obs, explore=False), greedy)
+    assert torch.equal(algo.act(obs, explore=True), online)  # epsilon 0
+    latest = SlateQ(make_ctx(), average=0.0)  # 0: act with the latest weights
+    assert latest.average_q.acting() is latest.q and latest.average_choice.acting() is latest.choice
+
+
+def test_the_trainer_feeds_slateq_n_step_transitions_with_their_first_clicks() -> None:
+    seen: list[Transition] = []
+
+    class Recording(SlateQ):
+        def update(self, batch: Transition | ReplaySample) -> dict:
+            seen.append(batch.transitions)
+            return super().update(batch)
+
+    world = SyntheticWorld(n_items=8, n_users=10, n_topics=1, horizon=6, seed=0)
+    env = RecEnv(world, ClickReward(), horizon=6, slate_size=1, history_len=2)
+    algo = Recording(make_ctx(n_items=8, slate_size=1, history_len=2, horizon=6), dim=4, hidden=8,
+                     gamma=0.5, n_step=3)
+    never = 10**9
+    trainer = Trainer(steps=30, n_users=8, batch_size=32, learning_starts=40, eval_every=never,
+                      log_every=never, checkpoint_every=never, progress=False, device="cpu")
+    trainer.fit(algo, env, evaluate=lambda: {"eval/return": 0.0}, log=lambda s, m: None,
+                save=lambda tag, step: None)
+    assert len(seen) == 30 - 6  # as DQN's: 2 steps fill the window, updates from 40 rows on
+    click = torch.cat([b.click for b in seen])[:, 0]
+    reward = torch.cat([b.reward for b in seen])
+    valid = torch.cat([b.valid for b in seen]) > 0
+    # the first step's click is worth 1, the two after it at most 0.5 + 0.25: a row's click is
+    # recorded exactly where its three-step reward reaches 1
+    assert torch.equal(click[valid] > 0, reward[valid] >= 1.0)
+    assert bool((click[valid] > 0).any()) and bool((click[valid] == 0).any())
+
+
 def test_update_trains_both_models() -> None:
     algo = SlateQ(make_ctx(), dim=8, hidden=16, lr=1e-2)
     batch = make_batch(torch.Generator().manual_seed(2))
@@ -280,19 +357,21 @@ def test_update_trains_both_models() -> None:
 
 def test_state_dict_round_trip() -> None:
     gen = torch.Generator().manual_seed(3)
-    algo = SlateQ(make_ctx(), dim=8, hidden=16, target_update=2, slate_optimizer="greedy", null_value=True)
+    algo = SlateQ(make_ctx(), dim=8, hidden=16, target_update=2, slate_optimizer="greedy", null_value=True,
+                  average=0.9)
     for _ in range(3):
         algo.update(make_batch(gen))
     obs = random_obs(16, gen)
     algo.act(obs, explore=True)
     state = copy.deepcopy(algo.state_dict())  # as saved to a file: no tensor shared with algo
     other = SlateQ(make_ctx(seed=5), dim=8, hidden=16, target_update=2, slate_optimizer="greedy",
-                   null_value=True)
+                   null_value=True, average=0.9)
     other.load_state_dict(state)
     assert (other.acted_steps, other.updates) == (algo.acted_steps, algo.updates)
     for name in ("choice", "q", "q_target"):
         for a, b in zip(getattr(algo, name).parameters(), getattr(other, name).parameters(), strict=True):
             assert torch.equal(a, b)
+    assert torch.equal(algo.act(obs, explore=False), other.act(obs, explore=False))  # the same averages
     assert torch.equal(algo.act(obs, explore=True), other.act(obs, explore=True))  # same generator state
     batch = make_batch(gen)
     algo.update(batch)

@@ -23,6 +23,16 @@ only for the consumed item ``i`` (no update of ``Qbar`` on steps without a click
     y = r + gamma * (1 - done) * sum_{j in A'} P(j | s', A') * Qbar_target(s', j)
     L_Qbar = mean over clicked steps of huber(Qbar(s, i), y)
 
+``n_step > 1``: the target is the ``n``-step return from the step's own click onwards,
+``y = sum_{k<m} gamma^k r_{t+k} + gamma^n (1 - done) Q_target(s_{t+n}, A')`` (``m`` < ``n`` where the
+episode ended in between; :class:`recrl.buffer.NStepWindow` in SlateQ's own replay,
+:meth:`SlateQ.make_replay`), fitted to ``Qbar(s_t, i)`` of the item clicked at ``t`` as above: the
+decomposition needs only the first step's click, and the later rewards are those of the slates
+actually served (uncorrected, as in DQN's ``n``-step returns).
+
+``average > 0``: acting without exploration (evaluation, deployment) uses exponential moving
+averages of both towers' weights (:class:`recrl.algos.nets.WeightAverage`), as DQN does.
+
 With ``null_value`` a step without a click has a learned value too, ``Qbar(s, null)``, fitted to
 the same target on the steps without a click, and, as ``P(null | s, A) = 1 - sum_{i in A} P(i | s, A)``::
 
@@ -42,7 +52,10 @@ With ``skip_shown`` (on in ``conf/algo/slateq.yaml``, as for the other learners 
 training) no item in the observed history goes on a slate, in acting and in the target's ``A'``
 alike; exploration's random slates may still hold one.
 
-Reading the clicks: the replay buffer stores the slate ``A`` ``[B, K]``; the observation history
+Reading the clicks: the training loop records each step's clicks (``Transition.click``), and
+SlateQ's replay keeps them with the step, so they are known on every row (also where autoreset
+replaced a finished user, and across an ``n``-step window). Batches built by hand without them
+fall back to the observation: the replay buffer stores the slate ``A`` ``[B, K]``; the observation history
 shifts left by one slate per step (``RecEnv.step``), so ``next_obs.items[:, -1]`` is ``A`` and
 ``next_obs.clicks[:, -1]`` its clicks. With the off-policy loop's autoreset, ``next_obs`` of a
 finished episode is the next user's first observation, whose history is blank: there the click
@@ -67,6 +80,7 @@ from torch import Tensor
 from recrl.algos.nets import (
     HistoryEncoder,
     ItemScorer,
+    WeightAverage,
     adam,
     behavior_item_prior,
     epsilon_explore,
@@ -76,9 +90,9 @@ from recrl.algos.nets import (
 )
 from recrl.algos.probs import ActsGreedily
 from recrl.algos.seeding import seeded_init
-from recrl.buffer import ReplaySample, transitions_of
+from recrl.buffer import Replay, ReplaySample, transitions_of
 from recrl.env.choice import mnl_probs
-from recrl.types import AlgoContext, Obs, RecrlError, Transition
+from recrl.types import AlgoContext, Env, Obs, RecrlError, Transition
 
 SLATE_OPTIMIZERS = ("topk", "greedy")
 NO_CLICK = 0.0  # utility of not clicking (fixed; see the module docstring)
@@ -164,6 +178,15 @@ def shown_clicks(action: Tensor, next_obs: Obs) -> tuple[Tensor, Tensor]:
     return next_obs.clicks[:, -1] * readable[:, None], readable
 
 
+def slate_clicks(batch: Transition) -> tuple[Tensor, Tensor]:
+    """The clicks ``[B, K]`` on the batch's slates and ``[B]`` whether they are known: the
+    recorded ones (``batch.click``, all known) where the loop kept them, else
+    :func:`shown_clicks` from the next observation (``n``-step batches need the recorded ones)."""
+    if batch.click is not None:
+        return batch.click, torch.ones_like(batch.valid, dtype=torch.bool)
+    return shown_clicks(batch.action, batch.next_obs)
+
+
 def padded_prior(prior: Tensor | None, rows: int) -> Tensor | None:
     """``prior`` ``[n_items, P]`` with zero rows appended up to ``rows`` (the item-value head's
     no-click column has no content of its own)."""
@@ -192,10 +215,14 @@ class SlateQ(ActsGreedily):
                  double: bool = True, choice_coef: float = 1.0, epsilon_start: float = 1.0,
                  epsilon_end: float = 0.05, epsilon_decay_steps: int = 2000, target_update: int = 200,
                  tau: float = 1.0, grad_clip: float = 10.0, null_value: bool = True,
-                 skip_shown: bool = False, item_init: str = "random") -> None:
+                 skip_shown: bool = False, item_init: str = "random", n_step: int = 1,
+                 average: float = 0.0) -> None:
         if slate_optimizer not in SLATE_OPTIMIZERS:
             raise RecrlError(f"algo.slate_optimizer={slate_optimizer!r}: use one of "
                              f"{', '.join(SLATE_OPTIMIZERS)}")
+        if n_step < 1:
+            raise RecrlError(f"algo.n_step={n_step} must be >= 1")
+        self.n_step = n_step
         self.ctx, self.gamma, self.slate_optimizer, self.double = ctx, gamma, slate_optimizer, double
         self.choice_coef, self.grad_clip, self.null_value = choice_coef, grad_clip, null_value
         self.skip_shown = skips_shown(ctx, skip_shown)
@@ -211,6 +238,8 @@ class SlateQ(ActsGreedily):
         self.choice = scorer(ctx.n_items)                  # v(s, i): click utilities
         self.q = scorer(ctx.n_items + int(null_value))     # Qbar(s, i) (last column: Qbar(s, null))
         self.q_target = copy.deepcopy(self.q).requires_grad_(False)
+        self.average_choice = WeightAverage(self.choice, average)
+        self.average_q = WeightAverage(self.q, average)
         self.optimizer = adam([*self.choice.parameters(), *self.q.parameters()], lr)
         self.generator = torch.Generator(ctx.device).manual_seed(ctx.seed)
         self.acted_steps, self.updates = 0, 0
@@ -233,17 +262,28 @@ class SlateQ(ActsGreedily):
 
     @torch.no_grad()
     def act(self, obs: Obs, explore: bool) -> Tensor:
-        """The heuristic's best slate; with ``explore``, a random slate with probability epsilon."""
-        slates = self.select(self.choice(obs), self.relative(self.q(obs)), obs)
+        """The heuristic's best slate; with ``explore``, a random slate with probability epsilon.
+        Without ``explore`` (evaluation, deployment) both towers are the averaged ones (``average``)."""
+        if explore:
+            choice, q = self.choice, self.q
+        else:
+            choice, q = self.average_choice.acting(), self.average_q.acting()
+        slates = self.select(choice(obs), self.relative(q(obs)), obs)
         if not explore:
             return slates
         eps = self.epsilon()
         self.acted_steps += 1
         return epsilon_explore(slates, self.ctx.n_items, eps, self.generator)
 
+    def make_replay(self, capacity: int, env: Env) -> Replay:
+        """SlateQ's replay for ``env``: ``n_step`` transitions discounted by ``gamma`` (each keeps
+        the clicks on its first slate, which the choice model and the item values are fitted to)."""
+        return Replay.for_env(capacity, env, n_step=self.n_step, gamma=self.gamma)
+
     @torch.no_grad()
     def td_target(self, batch: Transition) -> Tensor:
-        """``r + gamma * (1 - done) * Q_target(s', A')`` ``[B]``, ``A'`` the heuristic's slate at ``s'``."""
+        """``R + gamma^n * (1 - done) * Q_target(s', A')`` ``[B]``: ``R`` the batch's (``n``-step)
+        reward, ``s'`` its next observation, ``A'`` the heuristic's slate there."""
         nxt = batch.next_obs
         utility = self.choice(nxt)
         q_target = self.q_target(nxt)
@@ -252,7 +292,7 @@ class SlateQ(ActsGreedily):
         value = slate_value(utility.gather(1, best), q_next.gather(1, best))
         if self.null_value:
             value = value + q_target[:, -1]
-        return batch.reward + self.gamma * (1.0 - batch.done) * value
+        return batch.reward + self.gamma ** self.n_step * (1.0 - batch.done) * value
 
     def update(self, batch: Transition | ReplaySample) -> dict[str, Any]:
         """One gradient step on the choice loss plus the item-value TD loss of a replay batch
@@ -262,7 +302,10 @@ class SlateQ(ActsGreedily):
         utility = self.choice(batch.obs).gather(1, action)  # [B, K]
         q_all = self.q(batch.obs)
         qbar = q_all.gather(1, action)
-        click, readable = shown_clicks(action, batch.next_obs)
+        if self.n_step > 1 and batch.click is None:
+            raise RecrlError("SlateQ with algo.n_step > 1 learns from batches with recorded clicks "
+                             "(Transition.click; its own replay keeps them): use algo.n_step=1 here")
+        click, readable = slate_clicks(batch)
         seen = valid * readable.float()
         choice_loss = (choice_nll(utility, click) * seen).sum() / seen.sum().clamp(min=1.0)
 
@@ -287,6 +330,8 @@ class SlateQ(ActsGreedily):
         self.optimizer.step()
         self.updates += 1
         update_target(self.q_target, self.q, self.updates, self.target_update, self.tau)
+        self.average_choice.update()
+        self.average_q.update()
         clicked = weight.sum().clamp(min=1.0)
         return {"train/loss": q_loss.detach(), "train/choice_loss": choice_loss.detach(),
                 "train/q": (qbar.detach() * weight).sum() / clicked,
@@ -298,7 +343,8 @@ class SlateQ(ActsGreedily):
         return {"choice": self.choice.state_dict(), "q": self.q.state_dict(),
                 "q_target": self.q_target.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "acted_steps": self.acted_steps, "updates": self.updates,
-                "generator": self.generator.get_state()}
+                "generator": self.generator.get_state(),
+                "choice_average": self.average_choice.state_dict(), "q_average": self.average_q.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore from :meth:`state_dict`."""
@@ -308,3 +354,5 @@ class SlateQ(ActsGreedily):
         self.optimizer.load_state_dict(state["optimizer"])
         self.acted_steps, self.updates = int(state["acted_steps"]), int(state["updates"])
         self.generator.set_state(state["generator"])
+        self.average_choice.load_state_dict(state.get("choice_average"))
+        self.average_q.load_state_dict(state.get("q_average"))
