@@ -162,8 +162,8 @@ def test_a_dataset_sets_its_behavior_defaults_and_overrides_still_win() -> None:
 
 
 def test_an_algorithm_sets_its_budget_shape_and_overrides_still_win() -> None:
-    """conf/algo_trainer/<algo>.yaml applies to that algorithm only (not to one that inherits
-    its algo file, as c51 does dqn's); a command-line key wins and ``~algo_trainer`` drops it."""
+    """conf/algo_trainer/<algo>.yaml applies to that algorithm only (c51 inherits dqn's algo file
+    and names dqn's shape in its own); a command-line key wins and ``~algo_trainer`` drops it."""
     def composed_with(*overrides: str) -> DictConfig:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             return compose("train", overrides=list(overrides))
@@ -179,8 +179,11 @@ def test_an_algorithm_sets_its_budget_shape_and_overrides_still_win() -> None:
     plain_epsilon = OmegaConf.load(CONF_DIR / "algo" / "dqn.yaml").epsilon_decay_steps
     assert composed_with().algo.epsilon_decay_steps * plain.steps == plain_epsilon * dqn.steps
     assert composed_with("~algo_trainer").algo.epsilon_decay_steps == plain_epsilon
-    assert composed_with("algo=c51").algo.epsilon_decay_steps == plain_epsilon
-    for other in ("algo=c51", "algo=ppo", "~algo_trainer"):
+    c51 = composed_with("algo=c51")
+    assert (c51.trainer.steps, c51.trainer.n_users, c51.algo.epsilon_decay_steps) == (
+        dqn.steps, dqn.n_users, composed_with().algo.epsilon_decay_steps)
+    assert composed_with("algo=c51", "~algo_trainer").algo.epsilon_decay_steps == plain_epsilon
+    for other in ("algo=ppo", "algo=slateq", "~algo_trainer"):
         assert (trainer(other).steps, trainer(other).n_users) == (plain.steps, plain.n_users), other
     assert (trainer("trainer.n_users=256").steps, trainer("trainer.n_users=256").n_users) == (1500, 256)
     assert trainer("experiment=smoke").steps == 60  # an experiment still sets the budget
@@ -402,7 +405,7 @@ def test_validate_checks_the_eval_group(override: str) -> None:
 
 def test_c51_is_dqn_with_its_own_keys_and_command_line_keys_still_win() -> None:
     dqn, c51 = group_option("algo", "dqn"), group_option("algo", "c51")
-    own = {"atoms": 51, "v_max": 20.0, "demonstrations": 0}
+    own = {"atoms": 51, "v_max": 20.0}
     assert {key: c51[key] for key in own} == own
     assert {k: v for k, v in c51.items() if k not in own} == {k: v for k, v in dqn.items() if k not in own}
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
