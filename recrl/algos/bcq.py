@@ -37,7 +37,7 @@ from recrl.algos.nets import (
     double_q_target,
     gradient_step,
     history_encoder,
-    mask_shown,
+    skip_history,
     skips_shown,
     top_k,
     update_target,
@@ -95,7 +95,7 @@ class DiscreteBCQ(ActsGreedily):
         """Q-values ``[B, n_items]``, items the behavior clone deems unlikely (and with
         ``skip_shown`` the items in the history) at ``-inf``."""
         q = self.q(obs).masked_fill(~allowed_items(self.g(obs), self.threshold), float("-inf"))
-        return mask_shown(q, obs, in_place=True) if self.skip_shown else q
+        return skip_history(q, obs, self.skip_shown)
 
     @torch.no_grad()
     def act(self, obs: Obs, explore: bool) -> Tensor:

@@ -596,11 +596,15 @@ def mask_shown(scores: Tensor, obs: Obs, in_place: bool = False) -> Tensor:
     return scores.masked_fill(obs.shown_mask(n), float("-inf"))
 
 
-def masked_scores(net: nn.Module, obs: Obs, skip_shown: bool) -> Tensor:
-    """``net(obs)`` scores ``[B, n_items]`` of a policy that acts by them, with ``skip_shown`` the
-    items in the observed history at ``-inf`` (in place: call it without gradients)."""
-    scores = net(obs)
+def skip_history(scores: Tensor, obs: Obs, skip_shown: bool) -> Tensor:
+    """Freshly made scores ``[B, n_items]`` of a policy that acts by them, with ``skip_shown`` the
+    items in the observed history at ``-inf`` (in place where no gradient flows through them)."""
     return mask_shown(scores, obs, in_place=True) if skip_shown else scores
+
+
+def masked_scores(net: nn.Module, obs: Obs, skip_shown: bool) -> Tensor:
+    """``net(obs)`` scores ``[B, n_items]`` through :func:`skip_history`."""
+    return skip_history(net(obs), obs, skip_shown)
 
 
 def sample_top_k(logits: Tensor, k: int, generator: torch.Generator) -> Tensor:

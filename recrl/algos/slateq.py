@@ -222,8 +222,8 @@ class SlateQ(ActsGreedily):
                              f"{', '.join(SLATE_OPTIMIZERS)}")
         if n_step < 1:
             raise RecrlError(f"algo.n_step={n_step} must be >= 1")
-        self.n_step = n_step
-        self.ctx, self.gamma, self.slate_optimizer, self.double = ctx, gamma, slate_optimizer, double
+        self.ctx, self.gamma, self.n_step = ctx, gamma, n_step
+        self.slate_optimizer, self.double = slate_optimizer, double
         self.choice_coef, self.grad_clip, self.null_value = choice_coef, grad_clip, null_value
         self.skip_shown = skips_shown(ctx, skip_shown)
         self.epsilon_start, self.epsilon_end = epsilon_start, epsilon_end

@@ -38,8 +38,8 @@ from recrl.algos.nets import (
     double_q_target,
     gradient_step,
     history_encoder,
-    mask_shown,
     sample_top_k,
+    skip_history,
     skips_shown,
     top_k,
     update_target,
@@ -105,8 +105,7 @@ class SQN(ActsGreedily):
         """The greedy ranking ``[B, n_items]``: Q-values or logits, as ``act_with`` says (with
         ``skip_shown`` the items in the history at ``-inf``)."""
         logits, q = self.net(obs)
-        head = q if self.act_with == "q" else logits
-        return mask_shown(head, obs, in_place=True) if self.skip_shown else head
+        return skip_history(q if self.act_with == "q" else logits, obs, self.skip_shown)
 
     @torch.no_grad()
     def act(self, obs: Obs, explore: bool) -> Tensor:
