@@ -9,11 +9,17 @@ import pytest
 import torch
 from torch import Tensor
 
-from recrl.algos.dqn import AUTO_DEMO_ROWS, DQN, demonstration_users
+from recrl.algos.a2c import A2C
+from recrl.algos.demonstrations import AUTO_DEMO_ROWS, PlannerDemonstrations, demonstration_users
+from recrl.algos.dqn import DQN
 from recrl.algos.greedy import GreedyPolicy
+from recrl.algos.nets import gradient_step
 from recrl.algos.planner import SurvivalPlanner
+from recrl.algos.ppo import PPO
+from recrl.algos.reinforce import Reinforce
 from recrl.behavior.features import side_features
 from recrl.behavior.gru import GRUBehavior
+from recrl.buffer import Rollout
 from recrl.data.synthetic import SyntheticWorld
 from recrl.env.simulator import RecEnv
 from recrl.rewards import ClickReward
@@ -146,7 +152,7 @@ def test_demo_margin_loss_by_hand() -> None:
     obs = Obs(items=torch.randint(0, 7, (4, 3, 2), generator=g), clicks=torch.zeros(4, 3, 2),
               step=torch.zeros(4, dtype=torch.long))
     slates = torch.tensor([[0, 1], [2, 3], [4, 5], [1, 2]])
-    algo.demos = (obs, slates)
+    algo.demos.data = (obs, slates)
     rows = torch.randint(0, 4, (3,), generator=torch.Generator().set_state(algo.generator.get_state()))
     with torch.no_grad():
         q = algo.q(obs.index(rows))
@@ -158,7 +164,7 @@ def test_demo_margin_loss_by_hand() -> None:
                   if a not in shown or a in demo]
         rival = sum(sorted(values, reverse=True)[:2]) / 2
         expected += (rival - sum(float(q[r, a]) for a in demo) / 2) / 3
-    demo_obs, shown = algo._demo_rows()
+    demo_obs, shown = algo.demos.sample(algo.generator)
     assert torch.equal(demo_obs.items, obs.index(rows).items)
     loss = algo._demo_loss(demo_obs, shown, algo.q(demo_obs))
     assert float(loss.detach()) == pytest.approx(expected, rel=1e-5, abs=1e-6)
@@ -172,7 +178,7 @@ def test_dqn_with_demonstrations_learns_the_planners_choices() -> None:
         ctx = gru_ctx()
         algo = DQN(ctx, dim=8, hidden=16, demonstrations=16, demo_batch=64, average=0.0, atoms=atoms)
         algo.prepare(env, seed=0)
-        obs, slates = algo.demos
+        obs, slates = algo.demos.data
         empty = Transition(obs=obs.index(torch.arange(4)), action=slates[:4], reward=torch.zeros(4),
                            next_obs=obs.index(torch.arange(4)), done=torch.ones(4), valid=torch.zeros(4))
         before = float((algo.act(obs, explore=False) == slates).float().mean())
@@ -187,7 +193,7 @@ def test_demonstrations_are_off_unless_asked_and_checked() -> None:
     _, env = tiny_world_env()
     algo = DQN(gru_ctx())
     algo.prepare(env, seed=0)
-    assert algo.demos is None
+    assert algo.demos.data is None and algo.demos.weight(0) == 0.0
     with pytest.raises(RecrlError, match="demonstrations"):
         DQN(gru_ctx(), demonstrations=-1)
     with pytest.raises(RecrlError, match=r"algo\.demonstrations='some'"):
@@ -205,23 +211,69 @@ def test_auto_demonstrations_where_the_planner_can_run_and_a_clear_error_where_a
         assert demonstration_users(ctx, 0) == 0
         with pytest.raises(RecrlError, match=r"set algo\.demonstrations=0"):
             demonstration_users(ctx, 16)
-    assert DQN(no_model, demonstrations="auto").demonstrations == 0
+    assert DQN(no_model, demonstrations="auto").demos.users == 0
     # a large catalogue gets fewer users: the planner steps every user after every item
     big = replace(make_ctx(StubModel()), n_items=AUTO_DEMO_ROWS // 8, train_users=256)
     assert demonstration_users(big, "auto") == 8
     assert demonstration_users(replace(big, n_items=10 * AUTO_DEMO_ROWS), "auto") == 1
-    assert DQN(gru_ctx(), demonstrations="auto").demonstrations == 512
+    assert DQN(gru_ctx(), demonstrations="auto").demos.users == 512
+
+
+def test_the_softmax_policies_demonstration_term_by_hand() -> None:
+    """DAPG's term: weight times minus the mean over the drawn steps of the summed log-probability
+    of the planner's slate under the (history-masked) softmax policy."""
+    ctx = gru_ctx(n_items=6, slate_size=2)
+    algo = PPO(ctx, dim=4, hidden=8, skip_shown=True, demo_weight=0.5, demo_batch=3)
+    g = torch.Generator().manual_seed(0)
+    obs = Obs(items=torch.randint(0, 7, (4, 3, 2), generator=g), clicks=torch.zeros(4, 3, 2),
+              step=torch.zeros(4, dtype=torch.long))
+    slates = torch.tensor([[0, 1], [2, 3], [4, 5], [1, 2]])
+    obs.items[:, :, :] = torch.where(torch.isin(obs.items, slates), 6, obs.items)  # never shown before
+    assert algo.plus_demo_term(torch.tensor(1.0)) == (torch.tensor(1.0), None)  # nothing recorded: off
+    algo.demos.data = (obs, slates)
+    rows = torch.randint(0, 4, (3,), generator=torch.Generator().set_state(algo.generator.get_state()))
+    with torch.no_grad():
+        logits = algo.policy(obs.index(rows))
+    expected = 0.0
+    for r, row in enumerate(rows.tolist()):
+        shown = set(obs.items[row].flatten().tolist())
+        allowed = [a for a in range(6) if a not in shown]
+        norm = torch.logsumexp(logits[r, allowed], 0)
+        expected -= 0.5 * sum(float(logits[r, a] - norm) for a in slates[row].tolist()) / 3
+    loss, term = algo.plus_demo_term(torch.tensor(1.0))
+    assert float(term.detach()) == pytest.approx(expected, rel=1e-5)
+    assert float(loss.detach()) == pytest.approx(1.0 + expected, rel=1e-5)
+
+
+@pytest.mark.parametrize("kind", [PPO, A2C, Reinforce])
+def test_softmax_policies_learn_the_planners_choices_from_demonstrations(kind: type) -> None:
+    """The term's gradient alone makes each softmax policy's mode the planner's choice on the
+    demonstrated steps, and every update trains it (``train/demo_loss``)."""
+    _, env = tiny_world_env()
+    algo = kind(gru_ctx(), dim=8, hidden=16, demonstrations=16, demo_batch=64, sample_in_eval=False)
+    algo.prepare(env, seed=0)
+    obs, slates = algo.demos.data
+    before = float((algo.act(obs, explore=False) == slates).float().mean())
+    for _ in range(150):
+        _, term = algo.plus_demo_term(torch.zeros(()))
+        gradient_step(algo.optimizer, term, algo.params, 10.0)
+    after = float((algo.act(obs, explore=False) == slates).float().mean())
+    assert after >= 0.9 and after > before, (before, after)
+    steps = [Transition(obs=obs.index(rows), action=slates[rows], reward=torch.ones(4),
+                        next_obs=obs.index(rows), done=torch.full((4,), float(t)), valid=torch.ones(4))
+             for t, rows in enumerate((torch.arange(4), torch.arange(4, 8)))]
+    assert "train/demo_loss" in algo.update(Rollout.stack(steps))
 
 
 def test_demo_weight_decays_linearly_when_asked() -> None:
-    algo = DQN(gru_ctx(), demo_weight=2.0, demo_decay_steps=10)
-    weights = []
-    for updates in (0, 5, 10, 20):
-        algo.updates = updates
-        weights.append(algo.current_demo_weight())
-    assert weights == pytest.approx([2.0, 1.0, 0.0, 0.0])
-    algo.demo_decay_steps = 0
-    assert algo.current_demo_weight() == 2.0  # 0: constant
+    demos = PlannerDemonstrations(gru_ctx(), 0, weight=2.0, batch=4, decay_steps=10, caution=2.0,
+                                  skip_shown=True)
+    assert demos.weight(0) == 0.0  # nothing recorded: no pull
+    demos.data = (Obs(items=torch.zeros(1, 3, 1, dtype=torch.long), clicks=torch.zeros(1, 3, 1),
+                      step=torch.zeros(1, dtype=torch.long)), torch.zeros(1, 1, dtype=torch.long))
+    assert [demos.weight(u) for u in (0, 5, 10, 20)] == pytest.approx([2.0, 1.0, 0.0, 0.0])
+    demos.decay_steps = 0
+    assert demos.weight(20) == 2.0  # 0: constant
 
 
 @pytest.mark.parametrize("content", [False, True])

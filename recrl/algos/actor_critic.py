@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from recrl.algos.backbone import Backbone, KLPenalty, PretrainSettings, copy_frozen, initialise, kl_divergence
+from recrl.algos.demonstrations import PlannerDemonstrations
 from recrl.algos.nets import adam, mask_shown, sample_top_k, skips_shown, top_k
 from recrl.algos.probs import evaluation_slate_probs
 from recrl.algos.seeding import own_random_stream
@@ -25,8 +26,12 @@ class SoftmaxActorCritic:
 
     ``init_from`` starts the policy from pretrained weights (:func:`~recrl.algos.backbone.initialise`);
     ``kl_coef``/``kl_target`` then add ``coef * KL(pi || pi_init)`` to the loss
-    (:class:`~recrl.algos.backbone.KLPenalty`). Subclasses call :meth:`build` in their
-    ``__init__``, write ``update`` and add :meth:`kl_term` to their loss.
+    (:class:`~recrl.algos.backbone.KLPenalty`). ``demonstrations`` (DAPG, Rajeswaran et al.
+    2018): the model-based planner's sessions recorded before training
+    (:class:`~recrl.algos.demonstrations.PlannerDemonstrations`), and every gradient step adds
+    ``demo_weight`` times minus the mean log-probability of the planner's slates on a batch of
+    them (:meth:`plus_demo_term`). Subclasses call :meth:`build` in their ``__init__``, write
+    ``update``, add :meth:`kl_term` to their loss and pass it through :meth:`plus_demo_term`.
 
     Example::
 
@@ -40,12 +45,15 @@ class SoftmaxActorCritic:
     def build(self, ctx: AlgoContext, lr: float, sample_in_eval: bool, backbone: Backbone,
               skip_shown: bool = False, init_from: str | None = None,
               pretrain: PretrainSettings | None = None, kl_coef: float = 0.0,
-              kl_target: float | None = None) -> None:
+              kl_target: float | None = None, demonstrations: int | str = 0, demo_weight: float = 1.0,
+              demo_batch: int = 128, demo_decay_steps: int = 0, demo_caution: float = 2.0) -> None:
         """Build the policy, the value head, the optimizer and the generator, the weights drawn
         from a stream seeded with ``ctx.seed`` (:func:`own_random_stream`), then load
         ``init_from``'s weights and keep the KL reference.
 
-        ``skip_shown``: the policy gives no probability to items in the observed history.
+        ``skip_shown``: the policy gives no probability to items in the observed history;
+        ``demonstrations`` (users, ``auto`` or 0: off) and the ``demo_*`` settings: the planner's
+        demonstrations (:class:`~recrl.algos.demonstrations.PlannerDemonstrations`).
         """
         self.ctx, self.sample_in_eval = ctx, sample_in_eval
         self.skip_shown = skips_shown(ctx, skip_shown)
@@ -64,6 +72,13 @@ class SoftmaxActorCritic:
         self.optimizer = adam(self.params, lr)
         self.generator = torch.Generator(ctx.device).manual_seed(ctx.seed)
         self.updates = 0
+        self.demos = PlannerDemonstrations(ctx, demonstrations, demo_weight, demo_batch, demo_decay_steps,
+                                           demo_caution, self.skip_shown)
+
+    def prepare(self, env: Any, seed: int) -> None:
+        """Before training (called by the training loop with its environment): record the
+        planner's demonstrations in ``env`` when the algorithm takes them."""
+        self.demos.record(env, seed)
 
     def logits(self, obs: Obs, state: Tensor | None = None, net: nn.Module | None = None) -> Tensor:
         """Policy logits ``[B, n_items]`` (``state``: the already-encoded ``obs``; ``net``: another
@@ -72,6 +87,19 @@ class SoftmaxActorCritic:
         net = self.policy if net is None else net
         logits = net.score(net.encoder(obs) if state is None else state)
         return mask_shown(logits, obs) if self.skip_shown else logits
+
+    def plus_demo_term(self, loss: Tensor) -> tuple[Tensor, Tensor | None]:
+        """``(loss + DAPG's term, the term)`` for one gradient step, ``(loss, None)`` when off. The
+        term: the demonstrations' weight now times minus the mean log-probability of the planner's
+        slates (the sum over a slate's items, as the policy's own slates) on
+        :attr:`PlannerDemonstrations.batch` recorded steps."""
+        weight = self.demos.weight(self.updates)
+        if weight == 0.0:
+            return loss, None
+        obs, slates = self.demos.sample(self.generator)
+        log_pi = torch.log_softmax(self.logits(obs), 1)
+        term = -weight * log_pi.gather(1, slates).sum(1).mean()
+        return loss + term, term
 
     def kl_term(self, obs: Obs, log_pi: Tensor) -> Tensor:
         """``KL(pi || pi_ref)`` ``[B]`` of the current log-probabilities ``log_pi`` at ``obs``

@@ -87,6 +87,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from recrl.algos.backbone import Backbone, PretrainSettings, copy_frozen, initialise
+from recrl.algos.demonstrations import PlannerDemonstrations
 from recrl.algos.nets import (
     ItemScorer,
     ScoreBlock,
@@ -104,38 +105,11 @@ from recrl.algos.nets import (
     top_k_by_chunks,
     update_target,
 )
-from recrl.algos.planner import SurvivalPlanner, planner_can_run
 from recrl.algos.probs import ActsGreedily
 from recrl.algos.seeding import seeded_init
 from recrl.algos.supervised import Supervised
 from recrl.buffer import Replay, ReplaySample
 from recrl.types import AlgoContext, Env, Obs, RecrlError, Transition, cat_obs
-
-DEMO_SEED_OFFSET = 7919  # demonstration users differ from the training users of the same seed
-AUTO_DEMO_BATCHES = 2     # algo.demonstrations=auto: this many batches of training users (512 by default)
-AUTO_DEMO_ROWS = 262_144  # ... and at most this many (user, item) model steps a step (512 users x 500 items)
-
-
-def demonstration_users(ctx: AlgoContext, demonstrations: int | str) -> int:
-    """How many users' planner sessions to record (``algo.demonstrations``).
-
-    ``auto``: :data:`AUTO_DEMO_BATCHES` batches of training users (``trainer.n_users``; 512 users
-    by default) where the planner can run (a behavior model that can step a user's state, as
-    every recrl behavior model can, and catalogue items as actions), else 0 (a wrapped gymnasium
-    environment, ``env=gym``); fewer on large catalogues, whose planner steps every user after
-    every item: at most :data:`AUTO_DEMO_ROWS` ``// n_items`` users (at least one). A number:
-    that many, and an error where the planner cannot run; 0: off.
-    """
-    if demonstrations == "auto":
-        users = min(AUTO_DEMO_BATCHES * ctx.train_users, AUTO_DEMO_ROWS // ctx.n_items)
-        return max(1, users) if planner_can_run(ctx) else 0
-    if isinstance(demonstrations, bool) or not isinstance(demonstrations, int):
-        raise RecrlError(f"algo.demonstrations={demonstrations!r}: use auto, 0 (off) or a number of users")
-    if demonstrations > 0 and not planner_can_run(ctx):
-        raise RecrlError(f"algo.demonstrations={demonstrations} records sessions of the model-based planner, "
-                         "which needs catalogue items as actions and a behavior model that steps a user's "
-                         "state (not env=gym); set algo.demonstrations=0")
-    return demonstrations
 
 
 class DuelingScorer(ItemScorer):
@@ -302,10 +276,8 @@ class DQN(ActsGreedily):
             raise RecrlError(f"algo.atoms={atoms} must be 0 (off) or >= 2")
         if atoms and not v_max > v_min:
             raise RecrlError(f"algo.v_max={v_max} must exceed algo.v_min={v_min}")
-        demonstrations = demonstration_users(ctx, demonstrations)
-        if min(demonstrations, demo_weight, demo_margin, demo_decay_steps) < 0 or demo_batch < 1:
-            raise RecrlError("algo.demonstrations, demo_weight, demo_margin and demo_decay_steps must "
-                             "be >= 0 and algo.demo_batch >= 1")
+        if demo_margin < 0:
+            raise RecrlError(f"algo.demo_margin={demo_margin} must be >= 0")
         self.ctx, self.gamma = ctx, gamma
         self.epsilon_start, self.epsilon_end = epsilon_start, epsilon_end
         self.epsilon_decay_steps, self.target_update, self.tau = epsilon_decay_steps, target_update, tau
@@ -315,6 +287,9 @@ class DQN(ActsGreedily):
         self.priority_beta, self.priority_eps = priority_beta, priority_eps
         self.atoms, self.v_min, self.v_max = atoms, v_min, v_max
         self.skip_shown = skips_shown(ctx, skip_shown)
+        self.demos = PlannerDemonstrations(ctx, demonstrations, demo_weight, demo_batch, demo_decay_steps,
+                                           demo_caution, self.skip_shown)
+        self.demo_margin = demo_margin
         backbone = Backbone(encoder, dim, hidden, layers, heads, item_init, item_ids, summary)
         prior = backbone.prior(ctx)
         history = backbone.encoder_for(ctx, prior)
@@ -335,19 +310,13 @@ class DQN(ActsGreedily):
         self.generator = torch.Generator(ctx.device).manual_seed(ctx.seed)
         self.acted_steps, self.updates = 0, 0
         self.td_error: Tensor | None = None  # [B] |TD error| of the last update (C51: KL), per row
-        self.demonstrations, self.demo_weight = demonstrations, demo_weight
-        self.demo_margin, self.demo_batch, self.demo_decay_steps = demo_margin, demo_batch, demo_decay_steps
-        self.demo_caution = demo_caution
-        self.demos: tuple[Obs, Tensor] | None = None  # (observations, planner slates), see prepare
         self.score_block = ScoreBlock()  # scratch memory for acting's catalogue scores
 
     def prepare(self, env: Any, seed: int) -> None:
         """Before training (called by the training loop with its environment): with
         ``demonstrations > 0``, record that many users' sessions of :class:`SurvivalPlanner`
         in ``env`` as demonstrations for the margin loss (see the module docstring)."""
-        if self.demonstrations:
-            planner = SurvivalPlanner(self.ctx, caution=self.demo_caution, skip_shown=self.skip_shown)
-            self.demos = planner.demonstrations(env, self.demonstrations, seed + DEMO_SEED_OFFSET)
+        self.demos.record(env, seed)
 
     def pretrained_policy(self) -> tuple[str, Any] | None:
         """``(row name, policy)`` of the frozen starting network (``algo.init_from``; its greedy
@@ -428,8 +397,8 @@ class DQN(ActsGreedily):
         """
         sample = batch if isinstance(batch, ReplaySample) else ReplaySample(batch, weights)
         batch, weights = sample.transitions, sample.weights
-        weight = self.current_demo_weight()
-        demo = self._demo_rows() if self.demos is not None and weight > 0 else None
+        weight = self.demos.weight(self.updates)
+        demo = self.demos.sample(self.generator) if weight > 0 else None
         # one encoder pass for the batch and the demonstrations together
         obs = batch.obs if demo is None else cat_obs([batch.obs, demo[0]])
         state = self.q.encoder(obs)
@@ -458,19 +427,6 @@ class DQN(ActsGreedily):
             sample.reprioritize(self.td_error)
         return {"train/loss": loss.detach(), "train/q": q_taken.detach().mean(),
                 "train/epsilon": self.epsilon(), **stats}
-
-    def current_demo_weight(self) -> float:
-        """The margin loss's weight now: ``demo_weight``, decayed linearly to 0 over
-        ``demo_decay_steps`` updates when that is > 0."""
-        return linear_decay(self.demo_weight, 0.0, self.demo_decay_steps, self.updates) \
-            if self.demo_decay_steps else self.demo_weight
-
-    def _demo_rows(self) -> tuple[Obs, Tensor]:
-        """A batch of ``demo_batch`` demonstrations: observations and the planner's slates."""
-        observations, slates = self.demos
-        rows = torch.randint(0, slates.shape[0], (self.demo_batch,), device=slates.device,
-                             generator=self.generator)
-        return observations.index(rows), slates[rows]
 
     def _demo_loss(self, obs: Obs, shown: Tensor, q: Tensor) -> Tensor:
         """DQfD's large-margin loss on demonstrations ``obs`` with Q-values ``q`` ``[B, n_items]``

@@ -58,7 +58,9 @@ class PPO(SoftmaxActorCritic):
                  item_init: str = "random", summary: bool = False, skip_shown: bool = False,
                  encoder: str = "mlp", layers: int = 2, heads: int = 2, item_ids: bool = True,
                  init_from: str | None = None, pretrain: PretrainSettings | None = None,
-                 kl_coef: float = 0.0, kl_target: float | None = None) -> None:
+                 kl_coef: float = 0.0, kl_target: float | None = None, demonstrations: int | str = 0,
+                 demo_weight: float = 1.0, demo_batch: int = 128, demo_decay_steps: int = 0,
+                 demo_caution: float = 2.0) -> None:
         if epochs < 1 or minibatch_size < 1 or clip <= 0:
             raise RecrlError("algo=ppo: epochs and minibatch_size must be >= 1 and clip > 0")
         self.gamma, self.lam, self.clip = gamma, lam, clip
@@ -67,7 +69,8 @@ class PPO(SoftmaxActorCritic):
         self.normalize_advantage, self.target_kl = normalize_advantage, target_kl
         self.grad_clip = grad_clip
         backbone = Backbone(encoder, dim, hidden, layers, heads, item_init, item_ids, summary)
-        self.build(ctx, lr, sample_in_eval, backbone, skip_shown, init_from, pretrain, kl_coef, kl_target)
+        self.build(ctx, lr, sample_in_eval, backbone, skip_shown, init_from, pretrain, kl_coef, kl_target,
+                   demonstrations, demo_weight, demo_batch, demo_decay_steps, demo_caution)
 
     def evaluate(self, obs: Obs, action: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Slate log-probabilities ``[N]``, values ``[N]``, policy entropies ``[N]`` and the KL
@@ -94,12 +97,14 @@ class PPO(SoftmaxActorCritic):
         entropy_mean, kl_mean = entropy.mean(), kl.mean()
         loss = (policy_loss + self.value_coef * value_loss - self.entropy_coef * entropy_mean
                 + self.leash.coef * kl_mean)
+        loss, demo = self.plus_demo_term(loss)
         with torch.no_grad():
             approx_kl = ((ratio - 1.0) - log_ratio).mean()
             clip_fraction = ((ratio - 1.0).abs() > self.clip).float().mean()
-        return {"loss": loss, "policy_loss": policy_loss, "value_loss": value_loss,
-                "entropy": entropy_mean, "approx_kl": approx_kl, "clip_fraction": clip_fraction,
-                "kl": kl_mean}
+        parts = {"loss": loss, "policy_loss": policy_loss, "value_loss": value_loss,
+                 "entropy": entropy_mean, "approx_kl": approx_kl, "clip_fraction": clip_fraction,
+                 "kl": kl_mean}
+        return parts if demo is None else {**parts, "demo_loss": demo}
 
     def update(self, batch: Rollout) -> dict[str, Any]:
         """``epochs`` passes of clipped-objective minibatch steps on a batch of complete episodes."""

@@ -42,11 +42,14 @@ class Reinforce(SoftmaxActorCritic):
                  item_init: str = "random", summary: bool = False, skip_shown: bool = False,
                  encoder: str = "mlp", layers: int = 2, heads: int = 2, item_ids: bool = True,
                  init_from: str | None = None, pretrain: PretrainSettings | None = None,
-                 kl_coef: float = 0.0, kl_target: float | None = None) -> None:
+                 kl_coef: float = 0.0, kl_target: float | None = None, demonstrations: int | str = 0,
+                 demo_weight: float = 1.0, demo_batch: int = 128, demo_decay_steps: int = 0,
+                 demo_caution: float = 2.0) -> None:
         self.gamma, self.value_coef, self.entropy_coef, self.epochs = gamma, value_coef, entropy_coef, epochs
         self.grad_clip = grad_clip
         backbone = Backbone(encoder, dim, hidden, layers, heads, item_init, item_ids, summary)
-        self.build(ctx, lr, sample_in_eval, backbone, skip_shown, init_from, pretrain, kl_coef, kl_target)
+        self.build(ctx, lr, sample_in_eval, backbone, skip_shown, init_from, pretrain, kl_coef, kl_target,
+                   demonstrations, demo_weight, demo_batch, demo_decay_steps, demo_caution)
 
     def update(self, batch: Rollout) -> dict[str, float]:
         """Policy-gradient steps on a batch of complete episodes."""
@@ -70,10 +73,11 @@ class Reinforce(SoftmaxActorCritic):
             value_loss = (((value - returns) ** 2) * valid).sum() / n
             entropy_mean = (entropy * valid).sum() / n
             kl = (self.kl_term(obs, log_pi) * valid).sum() / n
-            loss = (policy_loss + self.value_coef * value_loss - self.entropy_coef * entropy_mean
-                    + self.leash.coef * kl)
+            loss, demo = self.plus_demo_term(policy_loss + self.value_coef * value_loss
+                                             - self.entropy_coef * entropy_mean + self.leash.coef * kl)
             gradient_step(self.optimizer, loss, self.params, self.grad_clip)
         self.updates += 1
-        return {"train/loss": loss.detach(), "train/policy_loss": policy_loss.detach(),
-                "train/value_loss": value_loss.detach(), "train/entropy": entropy_mean.detach(),
-                **self.leash_stats(kl, batch)}
+        stats = {"train/loss": loss.detach(), "train/policy_loss": policy_loss.detach(),
+                 "train/value_loss": value_loss.detach(), "train/entropy": entropy_mean.detach(),
+                 **self.leash_stats(kl, batch)}
+        return stats if demo is None else {**stats, "train/demo_loss": demo.detach()}
