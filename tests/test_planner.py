@@ -145,15 +145,25 @@ def test_demonstrations_are_the_planners_steps_of_users_still_there() -> None:
     assert int(obs.step.max()) < HORIZON
 
 
-def test_demo_margin_loss_by_hand() -> None:
-    ctx = gru_ctx(n_items=6, slate_size=2)
-    algo = DQN(ctx, dim=4, hidden=8, demo_margin=0.5, demo_batch=3, skip_shown=True)
+def record_by_hand(algo: object, fresh: bool = False) -> tuple[Obs, Tensor, Tensor]:
+    """Four hand-made demonstration steps (histories of 3 slates of 2 among 6 items, padding 6)
+    set as ``algo``'s recorded ones: ``(observations, the planner's slates, the rows the next
+    draw of 3 takes)``; ``fresh``: no history holds a demonstrated item."""
     g = torch.Generator().manual_seed(0)
     obs = Obs(items=torch.randint(0, 7, (4, 3, 2), generator=g), clicks=torch.zeros(4, 3, 2),
               step=torch.zeros(4, dtype=torch.long))
     slates = torch.tensor([[0, 1], [2, 3], [4, 5], [1, 2]])
+    if fresh:
+        obs.items[:, :, :] = torch.where(torch.isin(obs.items, slates), 6, obs.items)
     algo.demos.data = (obs, slates)
     rows = torch.randint(0, 4, (3,), generator=torch.Generator().set_state(algo.generator.get_state()))
+    return obs, slates, rows
+
+
+def test_demo_margin_loss_by_hand() -> None:
+    ctx = gru_ctx(n_items=6, slate_size=2)
+    algo = DQN(ctx, dim=4, hidden=8, demo_margin=0.5, demo_batch=3, skip_shown=True)
+    obs, slates, rows = record_by_hand(algo)
     with torch.no_grad():
         q = algo.q(obs.index(rows))
     expected = 0.0
@@ -224,14 +234,8 @@ def test_the_softmax_policies_demonstration_term_by_hand() -> None:
     of the planner's slate under the (history-masked) softmax policy."""
     ctx = gru_ctx(n_items=6, slate_size=2)
     algo = PPO(ctx, dim=4, hidden=8, skip_shown=True, demo_weight=0.5, demo_batch=3)
-    g = torch.Generator().manual_seed(0)
-    obs = Obs(items=torch.randint(0, 7, (4, 3, 2), generator=g), clicks=torch.zeros(4, 3, 2),
-              step=torch.zeros(4, dtype=torch.long))
-    slates = torch.tensor([[0, 1], [2, 3], [4, 5], [1, 2]])
-    obs.items[:, :, :] = torch.where(torch.isin(obs.items, slates), 6, obs.items)  # never shown before
     assert algo.plus_demo_term(torch.tensor(1.0)) == (torch.tensor(1.0), None)  # nothing recorded: off
-    algo.demos.data = (obs, slates)
-    rows = torch.randint(0, 4, (3,), generator=torch.Generator().set_state(algo.generator.get_state()))
+    obs, slates, rows = record_by_hand(algo, fresh=True)
     with torch.no_grad():
         logits = algo.policy(obs.index(rows))
     expected = 0.0
