@@ -98,4 +98,4 @@ class A2C(SoftmaxActorCritic):
         stats = {"train/loss": loss.detach(), "train/policy_loss": policy_loss.detach(),
                  "train/value_loss": value_loss.detach(), "train/entropy": entropy_mean.detach(),
                  "train/grad_norm": grad_norm.detach(), **self.leash_stats(kl, batch)}
-        return stats if demo is None else {**stats, "train/demo_loss": demo.detach()}
+        return {**stats, **self.demo_stats(demo)}

@@ -101,6 +101,11 @@ class SoftmaxActorCritic:
         term = -weight * log_pi.gather(1, slates).sum(1).mean()
         return loss + term, term
 
+    @staticmethod
+    def demo_stats(term: Tensor | None) -> dict[str, Tensor]:
+        """What an update logs of :meth:`plus_demo_term`'s term: ``train/demo_loss`` (nothing when off)."""
+        return {} if term is None else {"train/demo_loss": term.detach()}
+
     def kl_term(self, obs: Obs, log_pi: Tensor) -> Tensor:
         """``KL(pi || pi_ref)`` ``[B]`` of the current log-probabilities ``log_pi`` at ``obs``
         against the frozen starting policy (zeros when the leash is off)."""
