@@ -27,9 +27,9 @@ from typing import Any
 
 import torch
 
-from recrl.algos.actor_critic import SoftmaxActorCritic
+from recrl.algos.actor_critic import SoftmaxActorCritic, standardised
 from recrl.algos.backbone import Backbone, PretrainSettings
-from recrl.algos.nets import gradient_step, policy_entropy
+from recrl.algos.nets import gradient_step
 from recrl.buffer import Rollout, gae, n_step_returns
 from recrl.types import AlgoContext, RecrlError
 
@@ -81,21 +81,9 @@ class A2C(SoftmaxActorCritic):
                 advantage = target - v
             advantage, target = advantage.reshape(-1), target.reshape(-1)
         valid = batch.valid.reshape(-1)
-        n = valid.sum().clamp(min=1.0)
         if self.normalize_advantage:
-            mean = (advantage * valid).sum() / n
-            std = (((advantage - mean) ** 2 * valid).sum() / n).sqrt()
-            advantage = (advantage - mean) / (std + 1e-8)
-        entropy = policy_entropy(log_pi)
-        policy_loss = -(advantage * logp * valid).sum() / n
-        value_loss = (((value - target) ** 2) * valid).sum() / n
-        entropy_mean = (entropy * valid).sum() / n
-        kl = (self.kl_term(obs, log_pi) * valid).sum() / n
-        loss, demo = self.plus_demo_term(policy_loss + self.value_coef * value_loss
-                                         - self.entropy_coef * entropy_mean + self.leash.coef * kl)
+            advantage = standardised(advantage, valid)
+        loss, stats, kl = self.valid_rows_loss(obs, log_pi, logp, value, advantage, target, valid)
         grad_norm = gradient_step(self.optimizer, loss, self.params, self.grad_clip)
         self.updates += 1
-        stats = {"train/loss": loss.detach(), "train/policy_loss": policy_loss.detach(),
-                 "train/value_loss": value_loss.detach(), "train/entropy": entropy_mean.detach(),
-                 "train/grad_norm": grad_norm.detach(), **self.leash_stats(kl, batch)}
-        return {**stats, **self.demo_stats(demo)}
+        return {**stats, "train/grad_norm": grad_norm.detach(), **self.leash_stats(kl, batch)}

@@ -11,12 +11,21 @@ from torch import Tensor, nn
 
 from recrl.algos.backbone import Backbone, KLPenalty, PretrainSettings, copy_frozen, initialise, kl_divergence
 from recrl.algos.demonstrations import PlannerDemonstrations
-from recrl.algos.nets import adam, mask_shown, sample_top_k, skips_shown, top_k
+from recrl.algos.nets import adam, mask_shown, policy_entropy, sample_top_k, skips_shown, top_k
 from recrl.algos.probs import evaluation_slate_probs
 from recrl.algos.seeding import own_random_stream
 from recrl.algos.supervised import Supervised
 from recrl.buffer import Rollout
 from recrl.types import AlgoContext, Obs, RecrlError
+
+
+def standardised(advantage: Tensor, valid: Tensor) -> Tensor:
+    """``advantage`` ``[N]`` minus its mean over the ``valid`` rows (0/1 ``[N]``), over their
+    standard deviation: the step size then no longer depends on the reward scale."""
+    n = valid.sum().clamp(min=1.0)
+    mean = (advantage * valid).sum() / n
+    std = (((advantage - mean) ** 2 * valid).sum() / n).sqrt()
+    return (advantage - mean) / (std + 1e-8)
 
 
 class SoftmaxActorCritic:
@@ -105,6 +114,29 @@ class SoftmaxActorCritic:
     def demo_stats(term: Tensor | None) -> dict[str, Tensor]:
         """What an update logs of :meth:`plus_demo_term`'s term: ``train/demo_loss`` (nothing when off)."""
         return {} if term is None else {"train/demo_loss": term.detach()}
+
+    def valid_rows_loss(self, obs: Obs, log_pi: Tensor, logp: Tensor, value: Tensor, advantage: Tensor,
+                        target: Tensor, valid: Tensor) -> tuple[Tensor, dict[str, Tensor], Tensor]:
+        """The actor-critic loss of REINFORCE and A2C over the ``valid`` rows of a batch of whole
+        episodes (every argument flat ``[N]``, ``log_pi`` ``[N, n_items]``; ``advantage`` and
+        ``target`` not differentiated)::
+
+            L = -mean[A log pi(a|s)] + value_coef mean[(V - target)^2] - entropy_coef mean[H]
+                + kl_coef mean[KL(pi || pi_0)]  (+ the demonstrations' term)
+
+        Returns ``(loss, what the update logs of it, the mean KL)``. The subclass holds
+        ``value_coef`` and ``entropy_coef``."""
+        n = valid.sum().clamp(min=1.0)
+        policy_loss = -(advantage * logp * valid).sum() / n
+        value_loss = (((value - target) ** 2) * valid).sum() / n
+        entropy_mean = (policy_entropy(log_pi) * valid).sum() / n
+        kl = (self.kl_term(obs, log_pi) * valid).sum() / n
+        loss, demo = self.plus_demo_term(policy_loss + self.value_coef * value_loss
+                                         - self.entropy_coef * entropy_mean + self.leash.coef * kl)
+        stats = {"train/loss": loss.detach(), "train/policy_loss": policy_loss.detach(),
+                 "train/value_loss": value_loss.detach(), "train/entropy": entropy_mean.detach(),
+                 **self.demo_stats(demo)}
+        return loss, stats, kl
 
     def kl_term(self, obs: Obs, log_pi: Tensor) -> Tensor:
         """``KL(pi || pi_ref)`` ``[B]`` of the current log-probabilities ``log_pi`` at ``obs``

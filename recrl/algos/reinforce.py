@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import torch
 
-from recrl.algos.actor_critic import SoftmaxActorCritic
+from recrl.algos.actor_critic import SoftmaxActorCritic, standardised
 from recrl.algos.backbone import Backbone, PretrainSettings
-from recrl.algos.nets import gradient_step, policy_entropy
+from recrl.algos.nets import gradient_step
 from recrl.buffer import Rollout, discounted_returns
 from recrl.types import AlgoContext
 
@@ -57,27 +57,13 @@ class Reinforce(SoftmaxActorCritic):
         valid = batch.valid.reshape(-1)
         actions = batch.action.reshape(-1, batch.action.shape[-1])
         obs = batch.flat_obs()
-        n = valid.sum().clamp(min=1.0)
         for _ in range(self.epochs):
             state = self.policy.encoder(obs)
             log_pi = torch.log_softmax(self.logits(obs, state), 1)
             logp = log_pi.gather(1, actions).sum(1)
             value = self.value(state).squeeze(1)
-            advantage = (returns - value).detach()
-            # normalised over the valid rows: the step size no longer depends on the reward scale
-            mean = (advantage * valid).sum() / n
-            std = (((advantage - mean) ** 2 * valid).sum() / n).sqrt()
-            advantage = (advantage - mean) / (std + 1e-8)
-            entropy = policy_entropy(log_pi)
-            policy_loss = -(advantage * logp * valid).sum() / n
-            value_loss = (((value - returns) ** 2) * valid).sum() / n
-            entropy_mean = (entropy * valid).sum() / n
-            kl = (self.kl_term(obs, log_pi) * valid).sum() / n
-            loss, demo = self.plus_demo_term(policy_loss + self.value_coef * value_loss
-                                             - self.entropy_coef * entropy_mean + self.leash.coef * kl)
+            advantage = standardised((returns - value).detach(), valid)
+            loss, stats, kl = self.valid_rows_loss(obs, log_pi, logp, value, advantage, returns, valid)
             gradient_step(self.optimizer, loss, self.params, self.grad_clip)
         self.updates += 1
-        stats = {"train/loss": loss.detach(), "train/policy_loss": policy_loss.detach(),
-                 "train/value_loss": value_loss.detach(), "train/entropy": entropy_mean.detach(),
-                 **self.leash_stats(kl, batch)}
-        return {**stats, **self.demo_stats(demo)}
+        return {**stats, **self.leash_stats(kl, batch)}
