@@ -3,7 +3,7 @@
 Before training, a learner that takes demonstrations records ``users`` users' complete
 sessions of :class:`~recrl.algos.planner.SurvivalPlanner` (the oracle's survival-aware rule on
 the fitted behavior model) in its own training environment, then draws a batch of their steps
-for every update: DQN and C51 for DQfD's large-margin loss (:mod:`recrl.algos.dqn`), the
+for every update: DQN, C51 and SlateQ for DQfD's large-margin loss (:func:`margin_loss`), the
 softmax policies (PPO, A2C, REINFORCE) for DAPG's log-likelihood term
 (:mod:`recrl.algos.actor_critic`).
 
@@ -98,3 +98,27 @@ class PlannerDemonstrations:
         observations, slates = self.data
         rows = torch.randint(0, slates.shape[0], (self.batch,), device=slates.device, generator=generator)
         return observations.index(rows), slates[rows]
+
+
+def check_margin(margin: float) -> float:
+    """``algo.demo_margin``, checked (it must be >= 0)."""
+    if margin < 0:
+        raise RecrlError(f"algo.demo_margin={margin} must be >= 0")
+    return margin
+
+
+def margin_loss(values: Tensor, allowed: Tensor, shown: Tensor, margin: float) -> Tensor:
+    """DQfD's large-margin loss (Hester et al. 2018), a scalar: ``mean_k`` of the top-``K``
+    ``Q(s, a) + margin * [a not demonstrated]`` minus the demonstrated slate's mean ``Q``, averaged
+    over the rows.
+
+    ``values`` ``[B, N]``: the learner's (differentiable) value of serving each item; ``allowed``:
+    the same with the items it may not serve at ``-inf`` (the rivals; the demonstrated items are
+    rivals in any case); ``shown`` ``[B, K]``: the planner's slates. It is 0 once every
+    demonstrated item is valued at least ``margin`` above every other allowed one.
+    """
+    demonstrated = values.gather(1, shown)
+    rivals = allowed.scatter(1, shown, demonstrated)
+    bonus = torch.full_like(values, margin).scatter_(1, shown, 0.0)
+    rival = (rivals + bonus).topk(shown.shape[1], dim=1).values.mean(1)
+    return (rival - demonstrated.mean(1)).mean()

@@ -87,7 +87,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from recrl.algos.backbone import Backbone, PretrainSettings, copy_frozen, initialise
-from recrl.algos.demonstrations import PlannerDemonstrations
+from recrl.algos.demonstrations import PlannerDemonstrations, check_margin, margin_loss
 from recrl.algos.nets import (
     ItemScorer,
     ScoreBlock,
@@ -276,8 +276,6 @@ class DQN(ActsGreedily):
             raise RecrlError(f"algo.atoms={atoms} must be 0 (off) or >= 2")
         if atoms and not v_max > v_min:
             raise RecrlError(f"algo.v_max={v_max} must exceed algo.v_min={v_min}")
-        if demo_margin < 0:
-            raise RecrlError(f"algo.demo_margin={demo_margin} must be >= 0")
         self.ctx, self.gamma = ctx, gamma
         self.epsilon_start, self.epsilon_end = epsilon_start, epsilon_end
         self.epsilon_decay_steps, self.target_update, self.tau = epsilon_decay_steps, target_update, tau
@@ -289,7 +287,7 @@ class DQN(ActsGreedily):
         self.skip_shown = skips_shown(ctx, skip_shown)
         self.demos = PlannerDemonstrations(ctx, demonstrations, demo_weight, demo_batch, demo_decay_steps,
                                            demo_caution, self.skip_shown)
-        self.demo_margin = demo_margin
+        self.demo_margin = check_margin(demo_margin)
         backbone = Backbone(encoder, dim, hidden, layers, heads, item_init, item_ids, summary)
         prior = backbone.prior(ctx)
         history = backbone.encoder_for(ctx, prior)
@@ -429,16 +427,11 @@ class DQN(ActsGreedily):
                 "train/epsilon": self.epsilon(), **stats}
 
     def _demo_loss(self, obs: Obs, shown: Tensor, q: Tensor) -> Tensor:
-        """DQfD's large-margin loss on demonstrations ``obs`` with Q-values ``q`` ``[B, n_items]``
-        (C51: the expected returns, differentiable) and the planner's slates ``shown``: ``mean_k``
-        of the top-``K`` ``Q(s, a) + margin * [a not demonstrated]`` minus the demonstrated
-        slate's mean ``Q``."""
-        demonstrated = q.gather(1, shown)
-        # the rivals are the items the policy may pick, and the demonstrated ones in any case
-        allowed = self.allowed(q, obs).scatter(1, shown, demonstrated)
-        margin = torch.full_like(q, self.demo_margin).scatter_(1, shown, 0.0)
-        rival = (allowed + margin).topk(shown.shape[1], dim=1).values.mean(1)
-        return (rival - demonstrated.mean(1)).mean()
+        """DQfD's large-margin loss (:func:`~recrl.algos.demonstrations.margin_loss`) on
+        demonstrations ``obs`` with Q-values ``q`` ``[B, n_items]`` (C51: the expected returns,
+        differentiable) toward the planner's slates ``shown``; the rivals are the items the policy
+        may pick."""
+        return margin_loss(q, self.allowed(q, obs), shown, self.demo_margin)
 
     def _td_loss(self, batch: Transition, q_slate: Tensor) -> tuple[Tensor, Tensor]:
         """Per-row Huber loss ``[B]`` and ``Q(s, slate)`` ``[B]`` of scalar (double) DQN;

@@ -33,6 +33,15 @@ actually served (uncorrected, as in DQN's ``n``-step returns).
 ``average > 0``: acting without exploration (evaluation, deployment) uses exponential moving
 averages of both towers' weights (:class:`recrl.algos.nets.WeightAverage`), as DQN does.
 
+``demonstrations > 0`` (DQfD, as DQN's): before training, that many users' sessions of the
+model-based planner (``algo=planner``) are recorded in the training environment, and every update
+adds ``demo_weight`` times DQfD's large-margin loss on ``demo_batch`` of their steps
+(:func:`recrl.algos.demonstrations.margin_loss`) on the value of serving each item alone,
+``Q(s, {i}) - Qbar(s, null) = P(i | s, {i}) (Qbar(s, i) - Qbar(s, null))``: the first item the
+slate heuristics pick. The click probability there is the choice model's, held fixed (no
+gradient): the demonstrations shape the item values, and the choice model stays the maximum
+likelihood fit of the clicks.
+
 With ``null_value`` a step without a click has a learned value too, ``Qbar(s, null)``, fitted to
 the same target on the steps without a click, and, as ``P(null | s, A) = 1 - sum_{i in A} P(i | s, A)``::
 
@@ -77,6 +86,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from recrl.algos.demonstrations import PlannerDemonstrations, check_margin, margin_loss
 from recrl.algos.nets import (
     HistoryEncoder,
     ItemScorer,
@@ -85,6 +95,7 @@ from recrl.algos.nets import (
     behavior_item_prior,
     epsilon_explore,
     linear_decay,
+    mask_shown,
     skips_shown,
     update_target,
 )
@@ -92,7 +103,7 @@ from recrl.algos.probs import ActsGreedily
 from recrl.algos.seeding import seeded_init
 from recrl.buffer import Replay, ReplaySample, transitions_of
 from recrl.env.choice import mnl_probs
-from recrl.types import AlgoContext, Env, Obs, RecrlError, Transition
+from recrl.types import AlgoContext, Env, Obs, RecrlError, Transition, cat_obs
 
 SLATE_OPTIMIZERS = ("topk", "greedy")
 NO_CLICK = 0.0  # utility of not clicking (fixed; see the module docstring)
@@ -216,7 +227,9 @@ class SlateQ(ActsGreedily):
                  epsilon_end: float = 0.05, epsilon_decay_steps: int = 2000, target_update: int = 200,
                  tau: float = 1.0, grad_clip: float = 10.0, null_value: bool = True,
                  skip_shown: bool = False, item_init: str = "random", n_step: int = 1,
-                 average: float = 0.0) -> None:
+                 average: float = 0.0, demonstrations: int | str = 0, demo_weight: float = 1.0,
+                 demo_margin: float = 0.8, demo_batch: int = 128, demo_decay_steps: int = 0,
+                 demo_caution: float = 2.0) -> None:
         if slate_optimizer not in SLATE_OPTIMIZERS:
             raise RecrlError(f"algo.slate_optimizer={slate_optimizer!r}: use one of "
                              f"{', '.join(SLATE_OPTIMIZERS)}")
@@ -228,6 +241,9 @@ class SlateQ(ActsGreedily):
         self.skip_shown = skips_shown(ctx, skip_shown)
         self.epsilon_start, self.epsilon_end = epsilon_start, epsilon_end
         self.epsilon_decay_steps, self.target_update, self.tau = epsilon_decay_steps, target_update, tau
+        self.demos = PlannerDemonstrations(ctx, demonstrations, demo_weight, demo_batch, demo_decay_steps,
+                                           demo_caution, self.skip_shown)
+        self.demo_margin = check_margin(demo_margin)
         prior = behavior_item_prior(ctx, item_init)
 
         def scorer(outputs: int) -> ItemScorer:
@@ -243,6 +259,11 @@ class SlateQ(ActsGreedily):
         self.optimizer = adam([*self.choice.parameters(), *self.q.parameters()], lr)
         self.generator = torch.Generator(ctx.device).manual_seed(ctx.seed)
         self.acted_steps, self.updates = 0, 0
+
+    def prepare(self, env: Any, seed: int) -> None:
+        """Before training (called by the training loop with its environment): record the
+        planner's demonstrations in ``env`` when the algorithm takes them."""
+        self.demos.record(env, seed)
 
     def epsilon(self) -> float:
         """Exploration rate now: linear from ``epsilon_start`` to ``epsilon_end``."""
@@ -299,8 +320,12 @@ class SlateQ(ActsGreedily):
         (uniform replay: the trainer's default)."""
         batch = transitions_of(batch)
         action, valid = batch.action, batch.valid
+        demo_weight = self.demos.weight(self.updates)
+        demo = self.demos.sample(self.generator) if demo_weight > 0 else None
         utility = self.choice(batch.obs).gather(1, action)  # [B, K]
-        q_all = self.q(batch.obs)
+        # one item-value pass for the batch and the demonstrations together
+        q_every = self.q(batch.obs if demo is None else cat_obs([batch.obs, demo[0]]))
+        q_all = q_every[:action.shape[0]]
         qbar = q_all.gather(1, action)
         if self.n_step > 1 and batch.click is None:
             raise RecrlError("SlateQ with algo.n_step > 1 learns from batches with recorded clicks "
@@ -323,6 +348,11 @@ class SlateQ(ActsGreedily):
             q_loss = q_loss + (td_none * none).sum() / none.sum().clamp(min=1.0)
 
         loss = q_loss + self.choice_coef * choice_loss
+        stats = {}
+        if demo is not None:
+            demo_loss = self.demo_loss(demo[0], demo[1], q_every[action.shape[0]:])
+            loss = loss + demo_weight * demo_loss
+            stats["train/demo_loss"] = demo_loss.detach()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.q.parameters(), self.grad_clip)
@@ -336,7 +366,18 @@ class SlateQ(ActsGreedily):
         return {"train/loss": q_loss.detach(), "train/choice_loss": choice_loss.detach(),
                 "train/q": (qbar.detach() * weight).sum() / clicked,
                 "train/click_rate": weight.sum() / valid.sum().clamp(min=1.0),
-                "train/epsilon": self.epsilon()}
+                "train/epsilon": self.epsilon(), **stats}
+
+    def demo_loss(self, obs: Obs, shown: Tensor, q: Tensor) -> Tensor:
+        """DQfD's margin loss on demonstrations ``obs`` toward the planner's slates ``shown``, on
+        the value of serving each item alone, ``P(i | s, {i}) * relative Qbar(s, i)``, from the
+        item values ``q`` (the :attr:`q` tower's output at ``obs``) and the choice model's click
+        probabilities, held fixed; the rivals are the items a slate may hold."""
+        with torch.no_grad():
+            click = torch.sigmoid(self.choice(obs) - NO_CLICK)  # P(i | s, {i}) under the MNL
+        values = click * self.relative(q)
+        allowed = mask_shown(values, obs) if self.skip_shown else values
+        return margin_loss(values, allowed, shown, self.demo_margin)
 
     def state_dict(self) -> dict[str, Any]:
         """Weights (choice model, item values, target), optimizer, counters and generator."""
