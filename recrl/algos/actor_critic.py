@@ -40,7 +40,8 @@ class SoftmaxActorCritic:
     (:class:`~recrl.algos.demonstrations.PlannerDemonstrations`), and every gradient step adds
     ``demo_weight`` times minus the mean log-probability of the planner's slates on a batch of
     them (:meth:`plus_demo_term`). Subclasses call :meth:`build` in their ``__init__``, write
-    ``update``, add :meth:`kl_term` to their loss and pass it through :meth:`plus_demo_term`.
+    ``update``, add :meth:`kl_term` to their loss and pass it through :meth:`plus_demo_term`
+    (REINFORCE and A2C build theirs with :meth:`valid_rows_loss`, which does both).
 
     Example::
 
