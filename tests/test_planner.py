@@ -208,6 +208,21 @@ def test_slateq_margin_is_on_the_value_of_serving_each_item_alone() -> None:
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in algo.q.parameters())
 
 
+def margin_only_training(algo: object, env: RecEnv) -> tuple[float, float, dict]:
+    """Record ``algo``'s demonstrations in ``env``, then 150 updates on a batch without a valid
+    row (only the margin loss trains): the share of demonstrated steps where its greedy slate is
+    the planner's, before and after, and the last update's stats."""
+    algo.prepare(env, seed=0)
+    obs, slates = algo.demos.data
+    empty = Transition(obs=obs.index(torch.arange(4)), action=slates[:4], reward=torch.zeros(4),
+                       next_obs=obs.index(torch.arange(4)), done=torch.ones(4), valid=torch.zeros(4))
+    before = float((algo.act(obs, explore=False) == slates).float().mean())
+    for _ in range(150):
+        stats = algo.update(empty)
+    after = float((algo.act(obs, explore=False) == slates).float().mean())
+    return before, after, stats
+
+
 def test_dqn_with_demonstrations_learns_the_planners_choices() -> None:
     """Margin loss alone (no reward in the batches): the greedy policy comes to agree with the
     planner on the demonstrated steps, for scalar DQN and C51."""
@@ -215,14 +230,7 @@ def test_dqn_with_demonstrations_learns_the_planners_choices() -> None:
     for atoms in (0, 11):
         ctx = gru_ctx()
         algo = DQN(ctx, dim=8, hidden=16, demonstrations=16, demo_batch=64, average=0.0, atoms=atoms)
-        algo.prepare(env, seed=0)
-        obs, slates = algo.demos.data
-        empty = Transition(obs=obs.index(torch.arange(4)), action=slates[:4], reward=torch.zeros(4),
-                           next_obs=obs.index(torch.arange(4)), done=torch.ones(4), valid=torch.zeros(4))
-        before = float((algo.act(obs, explore=False) == slates).float().mean())
-        for _ in range(150):
-            stats = algo.update(empty)
-        after = float((algo.act(obs, explore=False) == slates).float().mean())
+        before, after, stats = margin_only_training(algo, env)
         assert "train/demo_loss" in stats
         assert after >= 0.9 and after > before, (atoms, before, after)
 
@@ -232,15 +240,8 @@ def test_slateq_with_demonstrations_learns_the_planners_choices() -> None:
     the demonstrated steps; the choice model, which only the clicks train, stays as it was."""
     _, env = tiny_world_env()
     algo = SlateQ(gru_ctx(), dim=8, hidden=16, demonstrations=16, demo_batch=64, average=0.0)
-    algo.prepare(env, seed=0)
-    obs, slates = algo.demos.data
-    empty = Transition(obs=obs.index(torch.arange(4)), action=slates[:4], reward=torch.zeros(4),
-                       next_obs=obs.index(torch.arange(4)), done=torch.ones(4), valid=torch.zeros(4))
     choice = [p.detach().clone() for p in algo.choice.parameters()]
-    before = float((algo.act(obs, explore=False) == slates).float().mean())
-    for _ in range(150):
-        stats = algo.update(empty)
-    after = float((algo.act(obs, explore=False) == slates).float().mean())
+    before, after, stats = margin_only_training(algo, env)
     assert "train/demo_loss" in stats
     assert after >= 0.9 and after > before, (before, after)
     assert all(torch.equal(a, b) for a, b in zip(choice, algo.choice.parameters(), strict=True))
