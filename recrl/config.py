@@ -179,12 +179,33 @@ def validate(cfg: DictConfig) -> None:
         if group in cfg:
             check_node(without_ensemble(cfg[group]) if group == "behavior" else cfg[group], group)
     check_ranges(cfg)
+    check_ensemble_needs(cfg)
     for name in cfg.get("eval", {}).get("baselines", []):
         if name not in algo_options():
             raise RecrlError(f"eval.baselines: {name!r} is not an algo; options: {', '.join(algo_options())}")
     for group in VALUE_CHECKED:
         if group in cfg:
             build(cfg[group])  # their constructors check values: fail before anything runs
+
+
+PESSIMISM_NEEDS_ENSEMBLE = ("env.pessimism penalises the disagreement of a behavior ensemble; set "
+                            "behavior.ensemble=5 (or more than 1), or turn the penalties off")
+HELD_OUT_NEEDS_ENSEMBLE = ("trainer.select_by=held_out_member needs behavior.ensemble >= 3 (two members "
+                           "to train in, one held out); use trainer.select_by=simulator")
+
+
+def check_ensemble_needs(cfg: DictConfig) -> None:
+    """Refuse, before any data is read or model fitted, settings that need a larger behavior
+    ensemble than ``behavior.ensemble`` asks for: MOPO's penalty and MOReL's halting read the
+    members' disagreement (2 or more), selection in a held-out member needs 3 or more."""
+    size = OmegaConf.select(cfg, "behavior.ensemble", default=1)
+    pessimism = OmegaConf.select(cfg, "env.pessimism")
+    reads_disagreement = OmegaConf.is_dict(pessimism) and (
+        (pessimism.get("penalty") or 0) > 0 or pessimism.get("halt_threshold") is not None)
+    if reads_disagreement and size < 2:
+        raise RecrlError(PESSIMISM_NEEDS_ENSEMBLE)
+    if OmegaConf.select(cfg, "trainer.select_by") == "held_out_member" and size < 3:
+        raise RecrlError(HELD_OUT_NEEDS_ENSEMBLE)
 
 
 def without_ensemble(behavior: DictConfig) -> DictConfig:

@@ -23,7 +23,7 @@ from recrl.behavior.features import build_item_features, item_categories
 from recrl.behavior.fit import TrainingSettings
 from recrl.cachelock import build_once
 from recrl.checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
-from recrl.config import build, without_ensemble
+from recrl.config import HELD_OUT_NEEDS_ENSEMBLE, PESSIMISM_NEEDS_ENSEMBLE, build, without_ensemble
 from recrl.env.pessimism import LoggedPolicyEntropy, Pessimism
 from recrl.env.signals import SIGNALS, Signal
 from recrl.env.simulator import RecEnv
@@ -108,8 +108,7 @@ class Stages:
         ``select_by="held_out_member"`` without the ensemble's last member."""
         needs_ensemble = self.pessimism is not None and self.pessimism.uses_uncertainty
         if needs_ensemble and not isinstance(self.behavior, BehaviorEnsemble):
-            raise RecrlError("env.pessimism penalises the disagreement of a behavior ensemble; set "
-                             "behavior.ensemble=5 (or more than 1), or turn the penalties off")
+            raise RecrlError(PESSIMISM_NEEDS_ENSEMBLE)
         model = self.behavior
         if select_by == "held_out_member":
             model = BehaviorEnsemble(self._held_out_split()[0])
@@ -125,8 +124,7 @@ class Stages:
     def _held_out_split(self) -> tuple[list[Any], Any]:
         """The ensemble's members for training and the held-out last one."""
         if not isinstance(self.behavior, BehaviorEnsemble) or self.behavior.size < 3:
-            raise RecrlError("trainer.select_by=held_out_member needs behavior.ensemble >= 3 (two members "
-                             "to train in, one held out); use trainer.select_by=simulator")
+            raise RecrlError(HELD_OUT_NEEDS_ENSEMBLE)
         members = list(self.behavior.members)
         return members[:-1], members[-1]
 

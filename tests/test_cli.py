@@ -309,9 +309,10 @@ def test_sweep_writes_one_folder_per_job_and_a_summary(tmp_path: Path, launcher:
 
 @pytest.mark.parametrize("launcher", [[], JOBLIB], ids=["one_at_a_time", "joblib_parallel"])
 def test_a_failing_job_is_recorded_and_the_other_jobs_run(tmp_path: Path, launcher: list[str]) -> None:
-    # held_out_member needs an ensemble: job 0 fails at run time (after the pre-check), job 1 runs
+    # a slate larger than the catalogue the data turns out to have: job 0 fails at run time
+    # (after the pre-check), job 1 runs
     sweep = tmp_path / "sweep"
-    proc = recrl("sweep", *SMOKE, "trainer.select_by=held_out_member,simulator", "algo=random",
+    proc = recrl("sweep", *SMOKE, "env.slate_size=5000,1", "algo=random",
                  "eval.baselines=[]", "eval.oracle=false", *launcher, f"hydra.sweep.dir={sweep}",
                  cwd=tmp_path, cache=tmp_path / "cache", check=False)
     assert proc.returncode == 1, proc.stderr[-2000:]
@@ -319,13 +320,12 @@ def test_a_failing_job_is_recorded_and_the_other_jobs_run(tmp_path: Path, launch
     assert "Traceback" not in proc.stderr
     failed = json.loads((sweep / "0" / "status.json").read_text())
     assert (failed["status"], failed["exit_code"]) == ("failed", 2)
-    assert "needs behavior.ensemble >= 3" in failed["error"]
+    assert failed["error"] == "env.slate_size=5000 exceeds the catalogue (500 items)"
     assert json.loads((sweep / "1" / "status.json").read_text())["status"] == "ok"
     assert (sweep / "1" / "report.json").is_file() and not (sweep / "0" / "report.json").exists()
     summary = pd.read_csv(sweep / "summary.csv")
     status = dict(zip(summary["configuration"], summary["status"], strict=True))
-    assert status == {"trainer.select_by=held_out_member": "1 failed of 1",
-                      "trainer.select_by=simulator": "ok"}
+    assert status == {"env.slate_size=5000": "1 failed of 1", "env.slate_size=1": "ok"}
     jobs = pd.read_csv(sweep / "jobs.csv")
     assert list(jobs["status"]) == ["failed", "ok"] and list(jobs["exit_code"]) == [2, 0]
     assert "## Jobs that did not succeed" in (sweep / "summary.md").read_text()

@@ -406,6 +406,25 @@ def test_bad_ensemble_settings_give_one_line(tmp_path: Path, args: list[str], me
     proc = run_cli(*args, tmp_path=tmp_path)
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and message in lines[-1], proc.stderr[-2000:]
+    assert not (tmp_path / "cache").exists()  # refused before any data was read or model fitted
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["env.pessimism.penalty=0.5"], "penalises the disagreement"),
+    (["env.pessimism.halt_threshold=0.2", "behavior.ensemble=1"], "penalises the disagreement"),
+    (["trainer.select_by=held_out_member", "behavior.ensemble=2"], "needs behavior.ensemble >= 3"),
+    (["env.pessimism.penalty=0.5", "behavior.ensemble=2"], None),
+    (["env.pessimism.entropy_bonus=0.3"], None),  # DORL's term reads no ensemble
+    (["trainer.select_by=held_out_member", "behavior.ensemble=3"], None),
+])
+def test_the_config_check_knows_what_needs_an_ensemble(args: list[str], message: str | None) -> None:
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=["experiment=smoke", *args])
+    if message is None:
+        validate(cfg)
+    else:
+        with pytest.raises(RecrlError, match=message):
+            validate(cfg)
 
 
 def test_response_leave_probability_is_the_next_states() -> None:

@@ -19,9 +19,10 @@ import yaml
 from recrl.cli import launcher_overrides
 from recrl.config import compose_config
 
-# two algorithms x a selection rule that fails at run time (no ensemble): two jobs fail, two run
+# two algorithms x a slate size that fails at run time (larger than the catalogue the data has):
+# two jobs fail, two run
 GRID = ["experiment=smoke", "eval.baselines=[]", "eval.oracle=false", "algo=random,popular",
-        "trainer.select_by=simulator,held_out_member", "trainer.threads=1"]
+        "env.slate_size=1,5000", "trainer.threads=1"]
 
 
 def recrl(*args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -37,7 +38,7 @@ def check_sweep(proc: subprocess.CompletedProcess, sweep: Path) -> None:
     jobs = pd.read_csv(sweep / "jobs.csv")
     assert len(jobs) == 4
     assert sorted(jobs["status"]) == ["failed", "failed", "ok", "ok"]
-    assert set(jobs[jobs["status"] == "failed"]["configuration"].str.contains("held_out_member")) == {True}
+    assert set(jobs[jobs["status"] == "failed"]["configuration"].str.contains("slate_size=5000")) == {True}
     for job in jobs[jobs["status"] == "ok"]["job"]:
         assert json.loads((sweep / str(job) / "report.json").read_text())["threads"] == 1
 
