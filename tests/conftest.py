@@ -8,6 +8,7 @@ synchronisation than they gain (up to 30x slower under load), so every test runs
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import clickbait
 import pytest
@@ -18,6 +19,18 @@ from recrl.data.synthetic import SyntheticWorld
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
 torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def shared_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One recrl cache (``RECRL_CACHE_DIR``: fitted behavior models, oracle returns) for the
+    end-to-end runs of this test session whose outcome does not depend on starting from an empty
+    cache: the smoke world's simulator is fitted once, not once per test. The pytest-xdist workers
+    of one session share it (recrl's cache lock lets one process fit and the others load); tests
+    of the caching itself keep caches of their own."""
+    base = tmp_path_factory.getbasetemp()
+    shared_by_workers = os.environ.get("PYTEST_XDIST_WORKER") is not None  # base is the worker's own
+    return (base.parent if shared_by_workers else base) / "recrl-cache"
 
 
 @pytest.fixture(scope="session")

@@ -336,7 +336,7 @@ def test_greedy_policy_needs_a_scoring_behavior_model() -> None:
         GreedyPolicy(make_ctx(behavior=None))
 
 
-def test_bench_algos_script_writes_json(tmp_path, monkeypatch) -> None:
+def test_bench_algos_script_writes_json(tmp_path, monkeypatch, shared_cache) -> None:
     """``scripts/bench_algos.py`` trains a few algorithms briefly and writes its JSON (no timing
     is asserted): one per training mode."""
     import json
@@ -346,7 +346,7 @@ def test_bench_algos_script_writes_json(tmp_path, monkeypatch) -> None:
 
     out = tmp_path / "bench_algos.json"
     script = Path(__file__).resolve().parents[1] / "scripts" / "bench_algos.py"
-    monkeypatch.setenv("RECRL_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("RECRL_CACHE_DIR", str(shared_cache))
     monkeypatch.setattr(sys, "argv", ["bench_algos.py", "--algos", "dqn", "ppo", "linucb", "bc",
                                       "--steps", "20", "--n-users", "8", "--eval-every", "10",
                                       "--eval-episodes", "8", "--flop-steps", "4", "--out", str(out), "--",

@@ -83,9 +83,9 @@ def test_recommend_rejects_bad_input_with_one_line() -> None:
         slates.recommend([[["a", "b", "c"]]])
 
 
-def test_train_then_load_gives_the_same_policy_and_report(tmp_path: Path,
-                                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("RECRL_CACHE_DIR", str(tmp_path / "cache"))
+def test_train_then_load_gives_the_same_policy_and_report(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                          shared_cache: Path) -> None:
+    monkeypatch.setenv("RECRL_CACHE_DIR", str(shared_cache))
     run = api.train([*SMOKE, "algo=dqn"], run_dir=tmp_path / "run")
     assert run.run_dir == tmp_path / "run" and (run.run_dir / "report.json").is_file()
     assert (run.run_dir / "checkpoints" / "last.pt").is_file()

@@ -96,10 +96,10 @@ def test_the_run_folder_log_holds_the_run_messages(trained_run: tuple[Path, Path
     assert "[/" not in log and "\x1b[" not in log  # plain text: no rich markup, no colour codes
 
 
-def test_train_in_ground_truth_adds_a_labelled_row(tmp_path: Path) -> None:
+def test_train_in_ground_truth_adds_a_labelled_row(tmp_path: Path, shared_cache: Path) -> None:
     run_dir = tmp_path / "run"
     recrl("train", *SMOKE, "eval.train_in_ground_truth=true", "eval.baselines=[random,planner]",
-          "algo.demonstrations=16", f"hydra.run.dir={run_dir}", cwd=tmp_path, cache=tmp_path / "cache")
+          "algo.demonstrations=16", f"hydra.run.dir={run_dir}", cwd=tmp_path, cache=shared_cache)
     report = json.loads((run_dir / "report.json").read_text())
     for env in ("simulator", "ground_truth"):
         assert "trained_in_ground_truth" in report["evaluation"][env]
@@ -240,14 +240,15 @@ def test_ground_truth_env_from_a_saved_run(trained_run: tuple[Path, Path], tmp_p
     assert proc.returncode == 2 and "does not exist" in proc.stderr
 
 
-def test_resume_continues_from_the_checkpoint_with_its_random_streams(tmp_path: Path) -> None:
+def test_resume_continues_from_the_checkpoint_with_its_random_streams(tmp_path: Path,
+                                                                      shared_cache: Path) -> None:
     first, second = tmp_path / "first", tmp_path / "second"
     recrl("train", *SMOKE, "algo=dqn", "trainer.steps=30", f"hydra.run.dir={first}", cwd=tmp_path,
-          cache=tmp_path / "cache")
+          cache=shared_cache)
     saved = load_checkpoint(first / "checkpoints" / "last.pt")
     assert saved["step"] == 30
     recrl("train", *SMOKE, "algo=dqn", "trainer.steps=60", f"resume={first}", f"hydra.run.dir={second}",
-          cwd=tmp_path, cache=tmp_path / "cache")
+          cwd=tmp_path, cache=shared_cache)
     resumed = load_checkpoint(second / "checkpoints" / "last.pt")
     assert resumed["step"] == 60 and resumed["algo"]["acted_steps"] > saved["algo"]["acted_steps"]
     report = json.loads((second / "report.json").read_text())
@@ -255,7 +256,7 @@ def test_resume_continues_from_the_checkpoint_with_its_random_streams(tmp_path: 
     steps = [json.loads(line)["step"] for line in (second / "metrics.jsonl").read_text().splitlines()]
     assert min(steps) > 30  # the log continues after the checkpoint's step
     proc = recrl("train", *SMOKE, "algo=reinforce", f"resume={first}", f"hydra.run.dir={tmp_path / 'bad'}",
-                 cwd=tmp_path, cache=tmp_path / "cache", check=False)
+                 cwd=tmp_path, cache=shared_cache, check=False)
     assert proc.returncode == 2 and "its algo settings differ" in proc.stderr
 
 
@@ -287,12 +288,13 @@ JOBLIB = ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]
 @pytest.mark.parametrize(("launcher", "algos", "seeds"), [([], ["reinforce", "random"], [0, 1]),
                                                           (JOBLIB, ["random", "popular"], [0])],
                          ids=["one_at_a_time", "joblib_parallel"])
-def test_sweep_writes_one_folder_per_job_and_a_summary(tmp_path: Path, launcher: list[str],
-                                                       algos: list[str], seeds: list[int]) -> None:
+def test_sweep_writes_one_folder_per_job_and_a_summary(tmp_path: Path, shared_cache: Path,
+                                                       launcher: list[str], algos: list[str],
+                                                       seeds: list[int]) -> None:
     sweep = tmp_path / "sweep"
     grid = [f"algo={','.join(algos)}", f"seed={','.join(map(str, seeds))}"]
     recrl("sweep", *SMOKE, *grid, "eval.baselines=[]", *launcher, f"hydra.sweep.dir={sweep}", cwd=tmp_path,
-          cache=tmp_path / "cache")
+          cache=shared_cache)
     jobs = sorted(p for p in sweep.iterdir() if p.is_dir() and (p / "report.json").is_file())
     assert len(jobs) == len(algos) * len(seeds)
     summary = (sweep / "summary.csv").read_text().splitlines()
@@ -308,13 +310,14 @@ def test_sweep_writes_one_folder_per_job_and_a_summary(tmp_path: Path, launcher:
 
 
 @pytest.mark.parametrize("launcher", [[], JOBLIB], ids=["one_at_a_time", "joblib_parallel"])
-def test_a_failing_job_is_recorded_and_the_other_jobs_run(tmp_path: Path, launcher: list[str]) -> None:
+def test_a_failing_job_is_recorded_and_the_other_jobs_run(tmp_path: Path, shared_cache: Path,
+                                                          launcher: list[str]) -> None:
     # a slate larger than the catalogue the data turns out to have: job 0 fails at run time
     # (after the pre-check), job 1 runs
     sweep = tmp_path / "sweep"
     proc = recrl("sweep", *SMOKE, "env.slate_size=5000,1", "algo=random",
                  "eval.baselines=[]", "eval.oracle=false", *launcher, f"hydra.sweep.dir={sweep}",
-                 cwd=tmp_path, cache=tmp_path / "cache", check=False)
+                 cwd=tmp_path, cache=shared_cache, check=False)
     assert proc.returncode == 1, proc.stderr[-2000:]
     assert "recrl: error: 1 of 2 jobs failed (job 0)" in proc.stderr
     assert "Traceback" not in proc.stderr
@@ -403,13 +406,13 @@ def test_incompatible_checkpoint_is_a_clear_error(trained_run: tuple[Path, Path]
 
 
 @pytest.fixture
-def spawn(tmp_path: Path) -> Iterator[Callable[..., subprocess.Popen]]:
+def spawn(tmp_path: Path, shared_cache: Path) -> Iterator[Callable[..., subprocess.Popen]]:
     """Start ``recrl train`` in a child process (``inherited``: its SIGINT disposition); every
     child still running when the test ends, failed or timed out, is killed."""
     children: list[subprocess.Popen] = []
 
     def start(*args: str, inherited: signal.Handlers = signal.SIG_DFL) -> subprocess.Popen:
-        env = {**os.environ, "RECRL_CACHE_DIR": str(tmp_path / "cache"), "RECRL_DEBUG": ""}
+        env = {**os.environ, "RECRL_CACHE_DIR": str(shared_cache), "RECRL_DEBUG": ""}
         # pytest-xdist workers ignore SIGINT and an ignored signal stays ignored across exec:
         # set the child's disposition explicitly
         proc = subprocess.Popen([sys.executable, "-m", "recrl.cli", "train", *args], cwd=tmp_path, env=env,

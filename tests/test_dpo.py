@@ -215,9 +215,10 @@ def test_acting_skips_the_history_and_explores_by_sampling() -> None:
 
 
 # ----------------------------------------------------------------------------- command line
-def test_cli_trains_dpo_from_the_pretrained_model_and_reports_both(tmp_path: Path) -> None:
+def test_cli_trains_dpo_from_the_pretrained_model_and_reports_both(tmp_path: Path,
+                                                                   shared_cache: Path) -> None:
     report, rows = train_smoke(tmp_path, "algo=dpo", "algo.dim=8", "algo.layers=1", "algo.pretrain.steps=20",
-                               "eval.offline_users=0", "ope.enabled=false")
+                               "eval.offline_users=0", "ope.enabled=false", cache=shared_cache)
     assert {"dpo", "supervised"} <= report["evaluation"]["ground_truth"].keys()
     assert report["init_from"]["source"] == "pretrain"
     assert any({"train/loss", "train/reward_margin", "train/accuracy"} <= r.keys() for r in rows)

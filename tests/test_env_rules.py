@@ -148,13 +148,13 @@ def test_boredom_without_categories_is_a_clear_error() -> None:
         RecEnv(FixedUtility([0.0]), ClickReward(), boredom=BoredomRule())
 
 
-def test_train_with_cascade_slates_and_leave_rules_end_to_end(tmp_path: Path) -> None:
+def test_train_with_cascade_slates_and_leave_rules_end_to_end(tmp_path: Path, shared_cache: Path) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "recrl.cli", "train", "experiment=smoke", "env.slate_size=3",
          "env.choice.kind=cascade", "env.no_repeat=true",
          "env.boredom={_target_: recrl.env.leave.BoredomRule, window: 4, max_repeats: 6}",
          "env.satisfaction={_target_: recrl.env.leave.SatisfactionRule, threshold: 0.1}",
-         f"hydra.run.dir={tmp_path / 'run'}", f"cache_dir={tmp_path / 'cache'}"],
+         f"hydra.run.dir={tmp_path / 'run'}", f"cache_dir={shared_cache}"],
         capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert (tmp_path / "run" / "report.json").is_file()

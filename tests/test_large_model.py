@@ -220,10 +220,11 @@ def test_value_learners_take_a_transformer_backbone(make) -> None:
         assert math.isfinite(float(stats["train/loss"]))
 
 
-def test_cli_fine_tunes_from_the_pretrained_model_and_reports_it(tmp_path: Path) -> None:
+def test_cli_fine_tunes_from_the_pretrained_model_and_reports_it(tmp_path: Path, shared_cache: Path) -> None:
     report, rows = train_smoke(tmp_path, "algo=ppo", "algo.encoder=transformer", "algo.dim=8",
                                "algo.layers=1", "algo.init_from=pretrain", "algo.pretrain.steps=20",
-                               "algo.kl_target=0.05", "eval.offline_users=0", "ope.enabled=false")
+                               "algo.kl_target=0.05", "eval.offline_users=0", "ope.enabled=false",
+                               cache=shared_cache)
     assert {"ppo", "supervised", "oracle"} <= report["evaluation"]["ground_truth"].keys()
     assert report["init_from"]["source"] == "pretrain"
     assert any("train/kl" in r and "train/kl_coef" in r and "train/reward" in r for r in rows)

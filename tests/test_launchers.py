@@ -25,8 +25,8 @@ GRID = ["experiment=smoke", "eval.baselines=[]", "eval.oracle=false", "algo=rand
         "env.slate_size=1,5000", "trainer.threads=1"]
 
 
-def recrl(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "RECRL_CACHE_DIR": str(cwd / "cache"), "RECRL_DEBUG": "", "RAY_DEDUP_LOGS": "0"}
+def recrl(*args: str, cwd: Path, cache: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "RECRL_CACHE_DIR": str(cache), "RECRL_DEBUG": "", "RAY_DEDUP_LOGS": "0"}
     return subprocess.run([sys.executable, "-m", "recrl.cli", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=300)
 
@@ -68,22 +68,23 @@ def ray_head() -> Iterator[str]:
         subprocess.run([ray, "stop", "--force"], capture_output=True, env=env, timeout=120)
 
 
-def test_ray_launcher_spreads_jobs_over_a_running_cluster(tmp_path: Path, ray_head: str) -> None:
+def test_ray_launcher_spreads_jobs_over_a_running_cluster(tmp_path: Path, ray_head: str,
+                                                          shared_cache: Path) -> None:
     sweep = tmp_path / "sweep"
     proc = recrl("sweep", *GRID, "hydra/launcher=ray", f"+hydra.launcher.ray.init.address={ray_head}",
-                 f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+                 f"hydra.sweep.dir={sweep}", cwd=tmp_path, cache=shared_cache)
     check_sweep(proc, sweep)
     launcher = yaml.safe_load((sweep / "multirun.yaml").read_text())["hydra"]["launcher"]
     assert launcher["ray"]["remote"]["num_cpus"] == 1  # trainer.threads reserves the cores
     assert launcher["ray"]["init"] == {"address": ray_head, "object_store_memory": None}
 
 
-def test_submitit_local_launcher_runs_each_job_in_its_own_process(tmp_path: Path) -> None:
+def test_submitit_local_launcher_runs_each_job_in_its_own_process(tmp_path: Path, shared_cache: Path) -> None:
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher",
                         reason="the slurm extra is not installed: pip install -e '.[slurm]'")
     sweep = tmp_path / "sweep"
     proc = recrl("sweep", *GRID, "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10",
-                 f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+                 f"hydra.sweep.dir={sweep}", cwd=tmp_path, cache=shared_cache)
     check_sweep(proc, sweep)
     assert yaml.safe_load((sweep / "multirun.yaml").read_text())["hydra"]["launcher"]["cpus_per_task"] == 1
 

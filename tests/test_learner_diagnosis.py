@@ -66,9 +66,9 @@ def test_topic_profile_by_hand() -> None:
     assert torch.equal(first.features, torch.zeros(2, 6))              # nothing observed yet
 
 
-def test_script_trains_both_observations_and_writes_json(tmp_path, monkeypatch) -> None:
+def test_script_trains_both_observations_and_writes_json(tmp_path, monkeypatch, shared_cache) -> None:
     out = tmp_path / "diagnosis.json"
-    monkeypatch.setenv("RECRL_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("RECRL_CACHE_DIR", str(shared_cache))
     monkeypatch.setattr(sys, "argv", ["learner_diagnosis.py", "--seeds", "0", "1", "--out", str(out),
                                       "--variants", "history", "true_state", "topic_profile", "--",
                                       "experiment=smoke", "algo=dqn", "trainer.steps=20", "eval.episodes=16"])

@@ -125,10 +125,10 @@ def test_section_in_markdown() -> None:
     assert "the 200 users" in text
 
 
-def test_section_in_a_smoke_run(tmp_path: Path) -> None:
+def test_section_in_a_smoke_run(tmp_path: Path, shared_cache: Path) -> None:
     run = tmp_path / "run"
     recrl("train", *SMOKE, "algo=ppo", "ope.enabled=false", f"hydra.run.dir={run}", cwd=tmp_path,
-          cache=tmp_path / "cache")
+          cache=shared_cache)
     report = json.loads((run / "report.json").read_text())
     ranking = report["policy_ranking"]
     assert {"ppo", "random", "popular", "greedy"} <= set(ranking)

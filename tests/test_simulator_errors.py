@@ -14,8 +14,8 @@ import torch
 from tiny import load_script
 
 
-def test_served_items_and_steps_on_a_smoke_run(tmp_path: Path) -> None:
-    env = {**os.environ, "RECRL_CACHE_DIR": str(tmp_path / "cache"), "RECRL_DEBUG": "",
+def test_served_items_and_steps_on_a_smoke_run(tmp_path: Path, shared_cache: Path) -> None:
+    env = {**os.environ, "RECRL_CACHE_DIR": str(shared_cache), "RECRL_DEBUG": "",
            "OMP_NUM_THREADS": "1"}
     run = tmp_path / "run"
     proc = subprocess.run([sys.executable, "-m", "recrl.cli", "train", "experiment=smoke",
@@ -25,7 +25,7 @@ def test_served_items_and_steps_on_a_smoke_run(tmp_path: Path) -> None:
     errors = load_script("simulator_errors")
     out = tmp_path / "errors.json"
     torch.set_num_threads(1)
-    os.environ["RECRL_CACHE_DIR"] = str(tmp_path / "cache")
+    os.environ["RECRL_CACHE_DIR"] = str(shared_cache)
     try:
         assert errors.main([str(run), "--users", "24", "--items", "5", "--out", str(out)]) == 0
     finally:

@@ -79,14 +79,14 @@ def test_a_model_fitted_without_watch_values_predicts_nan() -> None:
     assert model.score_all(state).watch.isnan().all()
 
 
-def _recrl(*args: str, tmp: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "RECRL_CACHE_DIR": str(tmp / "cache"), "RECRL_DEBUG": ""}
+def _recrl(*args: str, tmp: Path, cache: Path | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "RECRL_CACHE_DIR": str(cache or tmp / "cache"), "RECRL_DEBUG": ""}
     return subprocess.run([sys.executable, "-m", "recrl.cli", *args, f"hydra.run.dir={tmp / 'run'}"],
                           capture_output=True, text=True, cwd=tmp, env=env, timeout=300)
 
 
-def test_train_with_the_watch_reward_end_to_end(tmp_path: Path) -> None:
-    proc = _recrl("train", "experiment=smoke", "reward=watch", tmp=tmp_path)
+def test_train_with_the_watch_reward_end_to_end(tmp_path: Path, shared_cache: Path) -> None:
+    proc = _recrl("train", "experiment=smoke", "reward=watch", tmp=tmp_path, cache=shared_cache)
     assert proc.returncode == 0, proc.stderr[-2000:]
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     for env in ("simulator", "ground_truth"):

@@ -51,10 +51,11 @@ def collect_rollout(policy: Policy, n_users: int = 6) -> Rollout:
     return roll
 
 
-def train_smoke(tmp_path: Path, *overrides: str) -> tuple[dict, list[dict]]:
-    """``recrl train experiment=smoke <overrides>`` in a subprocess (one thread, its own cache
-    under ``tmp_path``): the run's ``report.json`` and its ``metrics.jsonl`` rows."""
-    env = {**os.environ, "RECRL_CACHE_DIR": str(tmp_path / "cache"), "RECRL_DEBUG": "",
+def train_smoke(tmp_path: Path, *overrides: str, cache: Path | None = None) -> tuple[dict, list[dict]]:
+    """``recrl train experiment=smoke <overrides>`` in a subprocess (one thread; the recrl cache
+    ``cache``, by default one of its own under ``tmp_path``): the run's ``report.json`` and its
+    ``metrics.jsonl`` rows."""
+    env = {**os.environ, "RECRL_CACHE_DIR": str(cache or tmp_path / "cache"), "RECRL_DEBUG": "",
            "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-m", "recrl.cli", "train", "experiment=smoke", *overrides],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
