@@ -326,12 +326,15 @@ def test_yaml_instantiates(name: str) -> None:
     assert model.initial_state(2, torch.Generator().manual_seed(0)).shape[0] == 2
 
 
+SMOKE_SIZE = {"deepfm": ["behavior.hidden=[16]"]}  # its MLP scores every (user, item) pair: keep it narrow
+
+
 @pytest.mark.parametrize("name", list(MODELS))
 def test_cli_train_smoke(name: str, tmp_path: Path) -> None:
     env = {**os.environ, "RECRL_CACHE_DIR": str(tmp_path / "cache"), "RECRL_DEBUG": "",
            "OMP_NUM_THREADS": "1"}  # see one_thread
     proc = subprocess.run([sys.executable, "-m", "recrl.cli", "train", f"behavior={name}", "experiment=smoke",
-                           f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=300)
+                           *SMOKE_SIZE.get(name, []), f"hydra.run.dir={tmp_path / 'run'}"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (tmp_path / "run" / "report.json").exists()
