@@ -388,7 +388,8 @@ def run_cli(*args: str, tmp_path: Path) -> subprocess.CompletedProcess:
 def test_cli_trains_in_a_pessimistic_ensemble_simulator(tmp_path: Path) -> None:
     run = tmp_path / "run"
     proc = run_cli("behavior.ensemble=2", "env.pessimism.penalty=1.0", "env.pessimism.halt_threshold=0.5",
-                   "env.pessimism.entropy_bonus=0.3", f"hydra.run.dir={run}", tmp_path=tmp_path)
+                   "env.pessimism.entropy_bonus=0.3", "dataset.n_users=300", f"hydra.run.dir={run}",
+                   tmp_path=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads((run / "report.json").read_text())
     assert len(report["behavior"]["members"]) == 2
@@ -478,8 +479,8 @@ def test_selection_runs_in_a_held_out_member(tmp_path: Path) -> None:
 
 def test_cli_picks_best_in_the_held_out_member(tmp_path: Path) -> None:
     run = tmp_path / "run"
-    proc = run_cli("behavior.ensemble=3", "trainer.select_by=held_out_member", f"hydra.run.dir={run}",
-                   tmp_path=tmp_path)
+    proc = run_cli("behavior.ensemble=3", "trainer.select_by=held_out_member", "dataset.n_users=300",
+                   f"hydra.run.dir={run}", tmp_path=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (run / "checkpoints" / "best.pt").is_file()
     proc = run_cli("trainer.select_by=held_out_member", tmp_path=tmp_path)
