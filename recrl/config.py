@@ -68,7 +68,7 @@ RANGES: dict[str, dict[str, Rule]] = {
                          "demo_margin", "demonstrations", "demo_decay_steps",
                          "epsilon_decay_steps", "beta_warmup"), NON_NEGATIVE),
         **dict.fromkeys(("dim", "hidden", "heads", "layers", "epochs", "minibatch_size",
-                         "target_update", "demo_batch", "chunk_rows", "topk", "n_steps"),
+                         "target_update", "demo_batch", "chunk_rows", "topk", "n_steps", "n_step"),
                         AT_LEAST_ONE),
     },
     "behavior": {**dict.fromkeys(("dim", "hidden", "heads", "layers", "window"), AT_LEAST_ONE),

@@ -372,6 +372,7 @@ def test_sweep_syntax_errors_are_one_line(args: list[str], message: str,
     (["train", "trainer.stepz=1"], "unknown key trainer.stepz"),
     (["train", "seed=1.5"], "seed=1.5 is not a valid int"),
     (["train", "algo.gamma=1.5"], "algo.gamma=1.5 must be in [0, 1]"),
+    (["train", "algo.n_step=0"], "algo.n_step=0 must be >= 1"),  # before the data is read
     (["train", "eval.select_on=simulator"], "eval.select_on is now trainer.select_by"),
     (["train", "trainer.select_by=gt"], "trainer.select_by='gt': use one of simulator, held_out_member, ope"),
     (["train", "ope.column=ips"], "ope.column='ips': use a per-session estimator"),

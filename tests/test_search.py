@@ -155,15 +155,16 @@ def test_an_unknown_search_is_one_line(tmp_path: Path) -> None:
 def test_trials_that_fail_are_recorded_and_the_search_exits_non_zero(tmp_path: Path,
                                                                      shared_cache: Path) -> None:
     sweep = tmp_path / "sweep"
-    # n_step=0 passes the pre-check (the algorithm checks it when built): every trial fails at run time
-    proc = recrl("sweep", "search=dqn", *SMOKE, "search.trials=2", "algo.n_step=choice(0)",
+    # a slate larger than the catalogue the data turns out to have: every trial fails at run time
+    proc = recrl("sweep", "search=dqn", *SMOKE, "search.trials=2", "env.slate_size=choice(5000)",
                  f"hydra.sweep.dir={sweep}", cwd=tmp_path, cache=shared_cache)
     assert proc.returncode == 1
     assert "recrl: error: 2 of 2 jobs failed (job 0, 1)" in proc.stderr
     trials = pd.read_csv(sweep / "trials.csv")
     assert list(trials["state"]) == ["fail", "fail"] and trials["objective"].isna().all()
     assert "Best trial" not in (sweep / "search.md").read_text()
-    assert json.loads((sweep / "0" / "status.json").read_text())["error"] == "algo.n_step=0 must be >= 1"
+    assert json.loads((sweep / "0" / "status.json").read_text())["error"] == \
+        "env.slate_size=5000 exceeds the catalogue (500 items)"
 
 
 def test_each_objective_reads_its_own_figure_and_never_the_ground_truth(tmp_path: Path) -> None:
