@@ -199,10 +199,8 @@ def check_ensemble_needs(cfg: DictConfig) -> None:
     ensemble than ``behavior.ensemble`` asks for: MOPO's penalty and MOReL's halting read the
     members' disagreement (2 or more), selection in a held-out member needs 3 or more."""
     size = OmegaConf.select(cfg, "behavior.ensemble", default=1)
-    pessimism = OmegaConf.select(cfg, "env.pessimism")
-    reads_disagreement = OmegaConf.is_dict(pessimism) and (
-        (pessimism.get("penalty") or 0) > 0 or pessimism.get("halt_threshold") is not None)
-    if reads_disagreement and size < 2:
+    node = OmegaConf.select(cfg, "env.pessimism")
+    if OmegaConf.is_dict(node) and build(node).uses_uncertainty and size < 2:
         raise RecrlError(PESSIMISM_NEEDS_ENSEMBLE)
     if OmegaConf.select(cfg, "trainer.select_by") == "held_out_member" and size < 3:
         raise RecrlError(HELD_OUT_NEEDS_ENSEMBLE)
