@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from tiny import load_script
+from tiny import load_script, run_recrl
 
 from recrl import api
 from recrl.checkpoint import load_checkpoint
@@ -26,9 +26,7 @@ SMOKE = ["experiment=smoke"]
 
 
 def recrl(*args: str, cwd: Path, cache: Path, check: bool = True) -> subprocess.CompletedProcess:
-    env = {**os.environ, "RECRL_CACHE_DIR": str(cache), "RECRL_DEBUG": ""}
-    proc = subprocess.run([sys.executable, "-m", "recrl.cli", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300)
+    proc = run_recrl(*args, cwd=cwd, cache=cache)
     if check:
         assert proc.returncode == 0, proc.stderr[-3000:]
     return proc

@@ -6,13 +6,11 @@ from __future__ import annotations
 import io
 import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from tiny import run_recrl
 
 from recrl.cli import main as recrl_main
 from recrl.compare import (
@@ -206,22 +204,16 @@ def test_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert "use `recrl compare" in err and "--out needs a folder" in err and "unknown option --outt" in err
 
 
-def _recrl(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "RECRL_DEBUG": ""}
-    return subprocess.run([sys.executable, "-m", "recrl.cli", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300)
-
-
 def test_compare_command_end_to_end(sweep_and_runs: tuple[Path, Path], tmp_path: Path) -> None:
     sweep, loose = sweep_and_runs
-    proc = _recrl("compare", str(sweep), str(loose), cwd=tmp_path)  # default --out
+    proc = run_recrl("compare", str(sweep), str(loose), cwd=tmp_path)  # default --out
     assert proc.returncode == 0, proc.stderr
     [out] = (tmp_path / "outputs" / "compare").iterdir()
     written = out.relative_to(tmp_path) / "compare.html"
     assert "compared 7 runs (2 configurations)" in proc.stdout and str(written) in proc.stdout
     for name in ("compare.md", "compare.html", PAIRED_PNG):
         assert (out / name).is_file(), name
-    proc = _recrl("compare", str(tmp_path / "missing"), "--out=elsewhere", cwd=tmp_path)
+    proc = run_recrl("compare", str(tmp_path / "missing"), "--out=elsewhere", cwd=tmp_path)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [f"recrl: error: run or sweep folder {tmp_path / 'missing'} "
                                                  "does not exist"]

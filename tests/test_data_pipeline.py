@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from tiny import run_recrl
 
 from recrl.behavior.gru import GRUBehavior
 from recrl.config import CONF_DIR
@@ -22,10 +22,7 @@ needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason=f"real datasets no
 
 
 def recrl(*args: str, tmp: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "RECRL_DATA_DIR": str(SHARED), "RECRL_CACHE_DIR": str(tmp / "cache"),
-           "RECRL_DEBUG": ""}
-    return subprocess.run([sys.executable, "-m", "recrl.cli", *args], cwd=tmp, env=env,
-                          capture_output=True, text=True, timeout=600)
+    return run_recrl(*args, cwd=tmp, cache=tmp / "cache", timeout=600, RECRL_DATA_DIR=str(SHARED))
 
 
 @needs_shared
@@ -67,9 +64,7 @@ def test_data_info_and_prepare(tmp_path: Path) -> None:
 
 def test_missing_dataset_fails_before_any_output(tmp_path: Path) -> None:
     env_dir = tmp_path / "empty"
-    env = {**os.environ, "RECRL_DATA_DIR": str(env_dir), "RECRL_DEBUG": ""}
-    proc = subprocess.run([sys.executable, "-m", "recrl.cli", "train", "dataset=ml100k"], cwd=tmp_path,
-                          env=env, capture_output=True, text=True, timeout=120)
+    proc = run_recrl("train", "dataset=ml100k", cwd=tmp_path, timeout=120, RECRL_DATA_DIR=str(env_dir))
     assert proc.returncode == 2
     line = proc.stderr.strip()
     assert "\n" not in line and str(env_dir / "ml-100k") in line and "recrl data download ml100k" in line

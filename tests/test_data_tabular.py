@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from hydra import compose, initialize_config_dir
+from tiny import run_recrl
 
 import recrl.data.cache
 from recrl.config import CONF_DIR, build, validate
@@ -265,9 +263,7 @@ def test_cli_bad_propensities_exit_2_with_one_line(tmp_path: Path) -> None:
     args = ["data", "prepare", "dataset=csv", f"data_dir={tmp_path}", f"cache_dir={tmp_path}/c",
             "dataset.path=log.csv", "dataset.columns.user=u", "dataset.columns.item=i",
             "dataset.columns.time=t", "~dataset.columns.rating", "+dataset.columns.propensity=prop"]
-    env = {**os.environ, "RECRL_DEBUG": ""}
-    proc = subprocess.run([sys.executable, "-m", "recrl.cli", *args], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=300)
+    proc = run_recrl(*args, cwd=tmp_path)
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-2000:]
     assert re.search(PROPENSITY_MESSAGE.replace("$", ""), lines[0]), lines[0]

@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +14,7 @@ import pandas as pd
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from tiny import run_recrl
 
 from recrl.behavior.ensemble import BehaviorEnsemble, OwnMemberSimulator, bootstrap_users
 from recrl.behavior.features import side_features
@@ -380,9 +379,7 @@ def test_a_fitted_ground_truth_ignores_the_simulator_options() -> None:
 
 # ---------------------------------------------------------------------- CLI
 def run_cli(*args: str, tmp_path: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "RECRL_CACHE_DIR": str(tmp_path / "cache"), "RECRL_DEBUG": ""}
-    return subprocess.run([sys.executable, "-m", "recrl.cli", "train", "experiment=smoke", *args],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    return run_recrl("train", "experiment=smoke", *args, cwd=tmp_path, cache=tmp_path / "cache")
 
 
 def test_cli_trains_in_a_pessimistic_ensemble_simulator(tmp_path: Path) -> None:

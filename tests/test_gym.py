@@ -335,17 +335,18 @@ def test_gym_adapter_errors_are_one_line(spec: str, message: str) -> None:
 
 
 def test_cli_trains_and_reevaluates_on_a_gymnasium_env(tmp_path) -> None:
+    # imported here: the run imports this module as tests.test_gym, without tests/ on its path
     import json
     import subprocess
-    import sys
     from pathlib import Path
+
+    from tiny import run_recrl
 
     root = Path(__file__).resolve().parent.parent
     run = tmp_path / "run"
 
     def recrl(*args: str) -> subprocess.CompletedProcess:
-        proc = subprocess.run([sys.executable, "-m", "recrl.cli", *args], capture_output=True, text=True,
-                              cwd=root, timeout=300)
+        proc = run_recrl(*args, cwd=root)
         assert proc.returncode == 0, proc.stderr[-2000:]
         return proc
 

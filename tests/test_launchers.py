@@ -15,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from tiny import run_recrl
 
 from recrl.cli import launcher_overrides
 from recrl.config import compose_config
@@ -26,9 +27,7 @@ GRID = ["experiment=smoke", "eval.baselines=[]", "eval.oracle=false", "algo=rand
 
 
 def recrl(*args: str, cwd: Path, cache: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "RECRL_CACHE_DIR": str(cache), "RECRL_DEBUG": "", "RAY_DEDUP_LOGS": "0"}
-    return subprocess.run([sys.executable, "-m", "recrl.cli", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300)
+    return run_recrl(*args, cwd=cwd, cache=cache, RAY_DEDUP_LOGS="0")
 
 
 def check_sweep(proc: subprocess.CompletedProcess, sweep: Path) -> None:

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 from omegaconf import OmegaConf
+from tiny import run_recrl
 
 from recrl.search import (
     Dimension,
@@ -32,10 +31,7 @@ SMOKE = ["experiment=smoke", "eval.baselines=[]", "eval.oracle=false"]
 
 
 def recrl(*args: str, cwd: Path, cache: Path | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "RECRL_CACHE_DIR": str(cache or cwd / "cache"), "RECRL_DEBUG": "",
-           "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "recrl.cli", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300)
+    return run_recrl(*args, cwd=cwd, cache=cache or cwd / "cache", OMP_NUM_THREADS="1")
 
 
 def test_the_space_turns_hydra_sweeps_into_optuna_dimensions() -> None:

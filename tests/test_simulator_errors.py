@@ -5,22 +5,17 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
-from tiny import load_script
+from tiny import load_script, run_recrl
 
 
 def test_served_items_and_steps_on_a_smoke_run(tmp_path: Path, shared_cache: Path) -> None:
-    env = {**os.environ, "RECRL_CACHE_DIR": str(shared_cache), "RECRL_DEBUG": "",
-           "OMP_NUM_THREADS": "1"}
     run = tmp_path / "run"
-    proc = subprocess.run([sys.executable, "-m", "recrl.cli", "train", "experiment=smoke",
-                           f"hydra.run.dir={run}"], cwd=tmp_path, env=env, capture_output=True,
-                          text=True, timeout=300)
+    proc = run_recrl("train", "experiment=smoke", f"hydra.run.dir={run}", cwd=tmp_path, cache=shared_cache,
+                     OMP_NUM_THREADS="1")
     assert proc.returncode == 0, proc.stderr[-3000:]
     errors = load_script("simulator_errors")
     out = tmp_path / "errors.json"

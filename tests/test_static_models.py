@@ -4,9 +4,6 @@ simulator, cold start through item features, configs and the CLI end to end."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
+from tiny import run_recrl
 
 from recrl.behavior.base import SequenceUserModel
 from recrl.behavior.deepfm import DeepFMBehavior, DeepFMClickHead
@@ -331,10 +329,8 @@ SMOKE_SIZE = {"deepfm": ["behavior.hidden=[16]"]}  # its MLP scores every (user,
 
 @pytest.mark.parametrize("name", list(MODELS))
 def test_cli_train_smoke(name: str, tmp_path: Path) -> None:
-    env = {**os.environ, "RECRL_CACHE_DIR": str(tmp_path / "cache"), "RECRL_DEBUG": "",
-           "OMP_NUM_THREADS": "1"}  # see one_thread
-    proc = subprocess.run([sys.executable, "-m", "recrl.cli", "train", f"behavior={name}", "experiment=smoke",
-                           *SMOKE_SIZE.get(name, []), f"hydra.run.dir={tmp_path / 'run'}"],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    proc = run_recrl("train", f"behavior={name}", "experiment=smoke", *SMOKE_SIZE.get(name, []),
+                     f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path, cache=tmp_path / "cache",
+                     OMP_NUM_THREADS="1")  # see one_thread
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (tmp_path / "run" / "report.json").exists()

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import math
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from tiny import run_recrl
 from torch import nn
 
 from recrl.behavior.base import BilinearScorer
@@ -154,10 +153,9 @@ def test_train_with_text_features_on_movielens(tmp_path: Path) -> None:
     data = Path(os.environ.get("RECRL_SHARED_DATA", ROOT.parent / "shared" / "data"))
     if not (data / "ml-100k" / "u.data").is_file():
         pytest.skip(f"MovieLens 100K not found under {data}")
-    proc = subprocess.run([sys.executable, "-m", "recrl.cli", "train", "dataset=ml100k", "experiment=smoke",
-                           "behavior.features=[side,text]", f"hydra.run.dir={tmp_path / 'run'}",
-                           f"cache_dir={tmp_path / 'cache'}"], capture_output=True, text=True, cwd=ROOT,
-                          timeout=300, env={**os.environ, "RECRL_DATA_DIR": str(data)})
+    proc = run_recrl("train", "dataset=ml100k", "experiment=smoke", "behavior.features=[side,text]",
+                     f"hydra.run.dir={tmp_path / 'run'}", f"cache_dir={tmp_path / 'cache'}", cwd=ROOT,
+                     RECRL_DATA_DIR=str(data))
     assert proc.returncode == 0, proc.stderr[-2000:]
     cached = list((tmp_path / "cache" / "text").glob("*.npy"))
     assert len(cached) == 1 and np.load(cached[0]).shape == (1682, 384)

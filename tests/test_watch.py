@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from tiny import run_recrl
 
 from recrl.behavior.fit import TrainingSettings
 from recrl.behavior.gru import GRUBehavior
@@ -80,9 +79,7 @@ def test_a_model_fitted_without_watch_values_predicts_nan() -> None:
 
 
 def _recrl(*args: str, tmp: Path, cache: Path | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "RECRL_CACHE_DIR": str(cache or tmp / "cache"), "RECRL_DEBUG": ""}
-    return subprocess.run([sys.executable, "-m", "recrl.cli", *args, f"hydra.run.dir={tmp / 'run'}"],
-                          capture_output=True, text=True, cwd=tmp, env=env, timeout=300)
+    return run_recrl(*args, f"hydra.run.dir={tmp / 'run'}", cwd=tmp, cache=cache or tmp / "cache")
 
 
 def test_train_with_the_watch_reward_end_to_end(tmp_path: Path, shared_cache: Path) -> None:

@@ -1,4 +1,5 @@
-"""The tiny algorithm context, random observations and rollouts the algorithm unit tests share.
+"""The tiny algorithm context, random observations and rollouts the algorithm unit tests share,
+and the ``recrl`` subprocess runner of the end-to-end tests.
 
 12 items, slates of 3, histories of 2 steps, horizon 5: small enough to check losses and targets
 by hand.
@@ -51,14 +52,25 @@ def collect_rollout(policy: Policy, n_users: int = 6) -> Rollout:
     return roll
 
 
+def run_recrl(*args: str, cwd: Path, cache: Path | None = None, timeout: float = 300,
+              **environ: str) -> subprocess.CompletedProcess:
+    """``python -m recrl.cli <args>`` in a subprocess from ``cwd``, its output captured, as a
+    user would run it: ``RECRL_DEBUG`` off (errors are the one line a user sees), the recrl cache
+    ``cache`` (``None``: whatever this process's environment says) and the extra environment
+    variables ``environ`` (e.g. ``OMP_NUM_THREADS="1"``)."""
+    env = {**os.environ, "RECRL_DEBUG": "", **environ}
+    if cache is not None:
+        env["RECRL_CACHE_DIR"] = str(cache)
+    return subprocess.run([sys.executable, "-m", "recrl.cli", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
 def train_smoke(tmp_path: Path, *overrides: str, cache: Path | None = None) -> tuple[dict, list[dict]]:
     """``recrl train experiment=smoke <overrides>`` in a subprocess (one thread; the recrl cache
     ``cache``, by default one of its own under ``tmp_path``): the run's ``report.json`` and its
     ``metrics.jsonl`` rows."""
-    env = {**os.environ, "RECRL_CACHE_DIR": str(cache or tmp_path / "cache"), "RECRL_DEBUG": "",
-           "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "recrl.cli", "train", "experiment=smoke", *overrides],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    proc = run_recrl("train", "experiment=smoke", *overrides, cwd=tmp_path, cache=cache or tmp_path / "cache",
+                     OMP_NUM_THREADS="1")
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = next((tmp_path / "outputs" / "train").glob("20*"))
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
