@@ -56,11 +56,14 @@ UNIT_OPEN_BELOW: Rule = ("in (0, 1]", lambda v: 0 < v <= 1)
 POSITIVE: Rule = ("> 0", lambda v: v > 0)
 NON_NEGATIVE: Rule = (">= 0", lambda v: v >= 0)
 AT_LEAST_ONE: Rule = (">= 1", lambda v: v >= 1)
+OFF_OR_AT_LEAST_TWO: Rule = ("0 (off) or >= 2", lambda v: v == 0 or v >= 2)
 RANGES: dict[str, dict[str, Rule]] = {
     "algo": {
         **dict.fromkeys(("gamma", "lam", "epsilon_start", "epsilon_end", "threshold",
                          "priority_alpha", "priority_beta"), UNIT),
         "tau": UNIT_OPEN_BELOW,
+        "average": UNIT_OPEN_ABOVE,
+        "atoms": OFF_OR_AT_LEAST_TWO,
         **dict.fromkeys(("lr", "clip", "grad_clip", "priority_eps", "weight_cap", "target_kl",
                          "value_clip"), POSITIVE),
         **dict.fromkeys(("entropy_coef", "value_coef", "kl_coef", "alpha", "v", "logit_reg",
@@ -87,13 +90,15 @@ RANGES: dict[str, dict[str, Rule]] = {
 }
 """The range of each config key that has one, by config node: a key means the same in every
 class of its group that takes it, so ``algo.gamma=1.5`` is refused before anything runs,
-whatever the algorithm. ``None`` (off) always passes; keys with rules of their own
-(``algo.average``, ``algo.atoms``...) are checked by their class, and so is every ``trainer``
-key (:data:`VALUE_CHECKED` groups are built by :func:`validate`)."""
+whatever the algorithm. ``None`` (off) always passes; C51's support is checked by
+:func:`check_ranges` too; every ``trainer`` key is checked by its class (:data:`VALUE_CHECKED`
+groups are built by :func:`validate`), and so are the rest of an algorithm's keys, when it is
+built."""
 
 
 def check_ranges(cfg: DictConfig) -> None:
-    """Refuse, in one line, a number of ``cfg`` outside its key's range in :data:`RANGES`."""
+    """Refuse, in one line, a number of ``cfg`` outside its key's range in :data:`RANGES`, or a
+    C51 support (``algo.atoms`` > 0) whose ``v_max`` does not exceed its ``v_min``."""
     for path, rules in RANGES.items():
         node = OmegaConf.select(cfg, path)
         if not OmegaConf.is_dict(node):
@@ -103,6 +108,9 @@ def check_ranges(cfg: DictConfig) -> None:
             for value in values if OmegaConf.is_list(values) else [values]:  # layer widths
                 if isinstance(value, (int, float)) and not isinstance(value, bool) and not within(value):
                     raise RecrlError(f"{path}.{key}={values} must be {allowed}")
+    algo = cfg.get("algo")
+    if OmegaConf.is_dict(algo) and algo.get("atoms") and not algo.get("v_max", 1) > algo.get("v_min", 0):
+        raise RecrlError(f"algo.v_max={algo.v_max} must exceed algo.v_min={algo.v_min}")
 
 
 def _type_ok(value: Any, hint: Any) -> bool:

@@ -359,6 +359,10 @@ def test_validate_rejects_bad_values() -> None:
     (["algo=a2c", "algo.n_steps=0"], "algo.n_steps=0 must be >= 1"),
     (["algo=bcq", "algo.threshold=1.2"], "algo.threshold=1.2 must be in [0, 1]"),
     (["algo=planner", "algo.caution=-1"], "algo.caution=-1 must be >= 0"),
+    (["algo.average=1"], "algo.average=1 must be in [0, 1)"),
+    (["algo=slateq", "algo.average=-0.5"], "algo.average=-0.5 must be in [0, 1)"),
+    (["algo.atoms=1"], "algo.atoms=1 must be 0 (off) or >= 2"),
+    (["algo=c51", "algo.v_max=0"], "algo.v_max=0 must exceed algo.v_min=0.0"),
     # other groups
     (["behavior.dim=0"], "behavior.dim=0 must be >= 1"),
     (["behavior.training.lr=-1"], "behavior.training.lr=-1 must be > 0"),
@@ -377,6 +381,9 @@ def test_range_edges_and_off_values_pass() -> None:
     validate(composed("algo.gamma=0", "algo.epsilon_end=1", "algo.tau=1", "algo.epsilon_decay_steps=0"))
     validate(composed("algo=ppo", "algo.gamma=1", "algo.lam=0", "algo.value_clip=null",
                       "algo.kl_target=null"))
+    # scalar DQN ignores the C51 support; its average may be off
+    validate(composed("algo.atoms=0", "algo.v_max=-1", "algo.average=0"))
+    validate(composed("algo=c51", "algo.atoms=2", "algo.v_min=-1", "algo.v_max=1"))
 
 
 @pytest.mark.parametrize("path", list(RANGES))
