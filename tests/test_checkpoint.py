@@ -11,6 +11,7 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from recrl.algos.dqn import DQN
+from recrl.algos.learner_state import LearnerState
 from recrl.checkpoint import FORMAT_VERSION, load_checkpoint, resolve_checkpoint, save_checkpoint
 from recrl.config import CONF_DIR, build, validate
 from recrl.rewards import ClickReward
@@ -161,3 +162,31 @@ def test_an_unusable_behavior_cache_is_refitted_from_scratch(tmp_path: Path) -> 
     assert report["cached"] is False
     for name, value in clean.state_dict().items():
         assert torch.equal(value, refit.state_dict()[name]), name
+
+
+class ToyLearner(LearnerState):
+    """A learner with one network, two counters and a generator, all drawn from ``seed``."""
+
+    networks = ("net",)
+    counters = ("acted_steps", "updates")
+
+    def __init__(self, seed: int) -> None:
+        torch.manual_seed(seed)
+        self.net = torch.nn.Linear(3, 2)
+        self.optimizer = torch.optim.Adam(self.net.parameters(), lr=0.1)
+        self.net(torch.ones(1, 3)).sum().backward()
+        self.optimizer.step()  # so the optimizer has moments to restore
+        self.acted_steps, self.updates = seed, 10 * seed
+        self.generator = torch.Generator().manual_seed(seed)
+
+
+def test_learner_state_is_keyed_by_attribute_and_restores_everything() -> None:
+    source, target = ToyLearner(1), ToyLearner(2)
+    state = source.state_dict()
+    assert set(state) == {"net", "optimizer", "acted_steps", "updates", "generator"}
+    target.load_state_dict(state)
+    assert torch.equal(target.net.weight, source.net.weight) and torch.equal(target.net.bias, source.net.bias)
+    assert (target.acted_steps, target.updates) == (1, 10)
+    assert torch.equal(target.optimizer.state_dict()["state"][0]["exp_avg"],
+                       source.optimizer.state_dict()["state"][0]["exp_avg"])
+    assert torch.equal(torch.rand(4, generator=target.generator), torch.rand(4, generator=source.generator))

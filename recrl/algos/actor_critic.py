@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 from recrl.algos.backbone import Backbone, KLPenalty, PretrainSettings, copy_frozen, initialise, kl_divergence
 from recrl.algos.demonstrations import PlannerDemonstrations
+from recrl.algos.learner_state import LearnerState
 from recrl.algos.nets import adam, mask_shown, policy_entropy, sample_top_k, skips_shown, top_k
 from recrl.algos.probs import evaluation_slate_probs
 from recrl.algos.seeding import own_random_stream
@@ -28,7 +29,7 @@ def standardised(advantage: Tensor, valid: Tensor) -> Tensor:
     return (advantage - mean) / (std + 1e-8)
 
 
-class SoftmaxActorCritic:
+class SoftmaxActorCritic(LearnerState):
     """A softmax policy over the catalogue (``policy``, an :class:`~recrl.algos.nets.ItemScorer`
     on ``backbone``), a state-value head on the same encoded state (``value``), Adam over both,
     the algorithm's own generator, acting and saving.
@@ -49,6 +50,8 @@ class SoftmaxActorCritic:
             def __init__(self, ctx, lr=1e-3):
                 self.build(ctx, lr=lr, sample_in_eval=True, backbone=Backbone(dim=32))
     """
+
+    networks = ("policy", "value")
 
     mode = "on_policy"
 
@@ -187,20 +190,13 @@ class SoftmaxActorCritic:
         return evaluation_slate_probs(self.logits(obs), self.ctx.slate_size, self.sample_in_eval)
 
     def state_dict(self) -> dict[str, Any]:
-        """Weights, optimizer, counters and the KL reference."""
-        return {"policy": self.policy.state_dict(), "value": self.value.state_dict(),
-                "optimizer": self.optimizer.state_dict(), "updates": self.updates,
-                "generator": self.generator.get_state(),
-                "initial": None if self.initial is None else self.initial.state_dict(),
-                "kl_coef": self.leash.coef}
+        """Weights, optimizer, counters, generator and the KL reference."""
+        initial = None if self.initial is None else self.initial.state_dict()
+        return {**super().state_dict(), "initial": initial, "kl_coef": self.leash.coef}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore from :meth:`state_dict`."""
-        self.policy.load_state_dict(state["policy"])
-        self.value.load_state_dict(state["value"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.updates = int(state["updates"])
-        self.generator.set_state(state["generator"])
+        super().load_state_dict(state)
         if self.initial is not None and state.get("initial") is not None:
             self.initial.load_state_dict(state["initial"])
         self.leash.coef = float(state.get("kl_coef", self.leash.coef))

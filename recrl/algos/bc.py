@@ -21,6 +21,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from recrl.algos.learner_state import LearnerState
 from recrl.algos.logged import LoggedSteps
 from recrl.algos.nets import (
     ItemScorer,
@@ -37,7 +38,7 @@ from recrl.algos.seeding import seeded_init
 from recrl.types import AlgoContext, Obs
 
 
-class BehaviorCloning(ActsGreedily):
+class BehaviorCloning(LearnerState, ActsGreedily):
     """Maximum-likelihood imitation of the logged items, learned from the training log only.
 
     Example::
@@ -46,6 +47,8 @@ class BehaviorCloning(ActsGreedily):
         stats = algo.update(algo.dataset.sample(256, generator))
         slates = algo.act(obs, explore=False)    # the most likely logged items
     """
+
+    networks = ("policy",)
 
     mode = "offline"
 
@@ -85,15 +88,3 @@ class BehaviorCloning(ActsGreedily):
         self.updates += 1
         accuracy = (logits.detach().argmax(1) == tr.action[:, 0]).float().mean()
         return {"train/loss": loss.detach(), "train/accuracy": accuracy}
-
-    def state_dict(self) -> dict[str, Any]:
-        """Weights, optimizer and counters (the dataset is rebuilt from the context)."""
-        return {"policy": self.policy.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "updates": self.updates, "generator": self.generator.get_state()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore from :meth:`state_dict`."""
-        self.policy.load_state_dict(state["policy"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.updates = int(state["updates"])
-        self.generator.set_state(state["generator"])

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from recrl.algos.learner_state import LearnerState
 from recrl.algos.logged import LoggedSteps
 from recrl.algos.nets import (
     ItemScorer,
@@ -57,7 +58,7 @@ def allowed_items(g_logits: Tensor, threshold: float) -> Tensor:
     return (ratio > math.log(threshold)) | (ratio == 0)
 
 
-class DiscreteBCQ(ActsGreedily):
+class DiscreteBCQ(LearnerState, ActsGreedily):
     """Q-learning restricted to the items a fitted logging-policy model deems likely.
 
     Example::
@@ -66,6 +67,8 @@ class DiscreteBCQ(ActsGreedily):
         stats = algo.update(algo.dataset.sample(256, generator))
         slates = algo.act(obs, explore=False)     # best allowed items
     """
+
+    networks = ("q", "q_target", "g")
 
     mode = "offline"
 
@@ -120,18 +123,3 @@ class DiscreteBCQ(ActsGreedily):
         return {"train/loss": loss.detach(), "train/td_loss": td.detach(),
                 "train/imitation_loss": imitation.detach(), "train/q": q_taken.detach().mean(),
                 "train/allowed": allowed.float().sum(1).mean()}
-
-    def state_dict(self) -> dict[str, Any]:
-        """Weights, target weights, optimizer and counters (the dataset is rebuilt from the context)."""
-        return {"q": self.q.state_dict(), "q_target": self.q_target.state_dict(), "g": self.g.state_dict(),
-                "optimizer": self.optimizer.state_dict(), "updates": self.updates,
-                "generator": self.generator.get_state()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore from :meth:`state_dict`."""
-        self.q.load_state_dict(state["q"])
-        self.q_target.load_state_dict(state["q_target"])
-        self.g.load_state_dict(state["g"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.updates = int(state["updates"])
-        self.generator.set_state(state["generator"])

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from recrl.algos.learner_state import LearnerState
 from recrl.algos.logged import LoggedSteps
 from recrl.algos.nets import (
     ItemScorer,
@@ -52,7 +53,7 @@ def cql_regulariser(q: Tensor, action: Tensor) -> Tensor:
     return (torch.logsumexp(q, 1) - q.gather(1, action)[:, 0]).mean()
 
 
-class DiscreteCQL(ActsGreedily):
+class DiscreteCQL(LearnerState, ActsGreedily):
     """Double DQN with the CQL(H) regulariser, learned from the training log only.
 
     Example::
@@ -61,6 +62,8 @@ class DiscreteCQL(ActsGreedily):
         stats = algo.update(algo.dataset.sample(256, generator))
         slates = algo.act(obs, explore=False)
     """
+
+    networks = ("q", "q_target")
 
     mode = "offline"
 
@@ -108,16 +111,3 @@ class DiscreteCQL(ActsGreedily):
         return {"train/loss": loss.detach(), "train/td_loss": td.detach(),
                 "train/cql_loss": conservative.detach(), "train/q": q_taken.detach().mean()}
 
-    def state_dict(self) -> dict[str, Any]:
-        """Weights, target weights, optimizer and counters (the dataset is rebuilt from the context)."""
-        return {"q": self.q.state_dict(), "q_target": self.q_target.state_dict(),
-                "optimizer": self.optimizer.state_dict(), "updates": self.updates,
-                "generator": self.generator.get_state()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore from :meth:`state_dict`."""
-        self.q.load_state_dict(state["q"])
-        self.q_target.load_state_dict(state["q_target"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.updates = int(state["updates"])
-        self.generator.set_state(state["generator"])

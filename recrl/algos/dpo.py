@@ -51,6 +51,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from recrl.algos.backbone import Backbone, PretrainSettings, copy_frozen, initialise
+from recrl.algos.learner_state import LearnerState
 from recrl.algos.logged import LoggedSteps
 from recrl.algos.nets import adam, gradient_step, masked_scores, sample_top_k, skips_shown, top_k
 from recrl.algos.probs import ActsGreedily
@@ -185,7 +186,7 @@ def dpo_loss(margin: Tensor) -> Tensor:
     return -F.logsigmoid(margin)
 
 
-class DPO(ActsGreedily):
+class DPO(LearnerState, ActsGreedily):
     """Direct Preference Optimization of a pretrained policy on the training log's preference
     pairs (see the module docstring); learns from the log only.
 
@@ -195,6 +196,8 @@ class DPO(ActsGreedily):
         stats = algo.update(algo.dataset.sample(256, generator))
         slates = algo.act(obs, explore=False)
     """
+
+    networks = ("policy", "reference")
 
     mode = "offline"
 
@@ -260,18 +263,3 @@ class DPO(ActsGreedily):
         if explore:
             return sample_top_k(scores, self.ctx.slate_size, self.generator)
         return top_k(scores, self.ctx.slate_size)
-
-    def state_dict(self) -> dict[str, Any]:
-        """Policy and reference weights, optimizer, counters and generator (the pairs are
-        rebuilt from the context)."""
-        return {"policy": self.policy.state_dict(), "reference": self.reference.state_dict(),
-                "optimizer": self.optimizer.state_dict(), "updates": self.updates,
-                "generator": self.generator.get_state()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore from :meth:`state_dict`."""
-        self.policy.load_state_dict(state["policy"])
-        self.reference.load_state_dict(state["reference"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.updates = int(state["updates"])
-        self.generator.set_state(state["generator"])

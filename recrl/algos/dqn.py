@@ -88,6 +88,7 @@ from torch import Tensor, nn
 
 from recrl.algos.backbone import Backbone, PretrainSettings, copy_frozen, initialise
 from recrl.algos.demonstrations import PlannerDemonstrations, check_margin, margin_loss
+from recrl.algos.learner_state import LearnerState
 from recrl.algos.nets import (
     ItemScorer,
     ScoreBlock,
@@ -237,7 +238,7 @@ def categorical_projection(probs: Tensor, values: Tensor, v_min: float, v_max: f
     return (share * probs[:, None, :]).sum(-1)
 
 
-class DQN(ActsGreedily):
+class DQN(LearnerState, ActsGreedily):
     """DQN with a target network, replay on device and a linear epsilon schedule.
 
     Double DQN by default; options add dueling heads, n-step returns, prioritized replay
@@ -254,6 +255,9 @@ class DQN(ActsGreedily):
         c51 = DQN(ctx, atoms=51, v_min=0.0, v_max=20.0, dueling=True, n_step=3)
         stats = c51.update(batch, weights=importance_weights)   # a hand-made batch
     """
+
+    networks = ("q", "q_target")
+    counters = ("acted_steps", "updates")
 
     mode = "off_policy"
 
@@ -471,17 +475,10 @@ class DQN(ActsGreedily):
         return cross_entropy.mean(1), q_taken
 
     def state_dict(self) -> dict[str, Any]:
-        """Weights, target weights, optimizer and counters."""
-        return {"q": self.q.state_dict(), "q_target": self.q_target.state_dict(),
-                "optimizer": self.optimizer.state_dict(), "acted_steps": self.acted_steps,
-                "updates": self.updates, "generator": self.generator.get_state(),
-                "q_average": self.average.state_dict()}
+        """Weights, target weights, optimizer, counters, generator and the acting average."""
+        return {**super().state_dict(), "q_average": self.average.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore from :meth:`state_dict`."""
-        self.q.load_state_dict(state["q"])
-        self.q_target.load_state_dict(state["q_target"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.acted_steps, self.updates = int(state["acted_steps"]), int(state["updates"])
-        self.generator.set_state(state["generator"])
+        super().load_state_dict(state)
         self.average.load_state_dict(state.get("q_average"))

@@ -87,6 +87,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from recrl.algos.demonstrations import PlannerDemonstrations, check_margin, margin_loss
+from recrl.algos.learner_state import LearnerState
 from recrl.algos.nets import (
     HistoryEncoder,
     ItemScorer,
@@ -206,7 +207,7 @@ def padded_prior(prior: Tensor | None, rows: int) -> Tensor | None:
     return torch.cat([prior, prior.new_zeros(rows - prior.shape[0], prior.shape[1])])
 
 
-class SlateQ(ActsGreedily):
+class SlateQ(LearnerState, ActsGreedily):
     """SlateQ: an MNL choice model and item-wise Q-values combined into slate values, a target
     network, replay on device, slates by the ``topk`` or ``greedy`` heuristic and epsilon-greedy
     exploration.
@@ -217,6 +218,9 @@ class SlateQ(ActsGreedily):
         slates = algo.act(obs, explore=True)                 # [B, K]
         stats = algo.update(replay.sample(256, generator))
     """
+
+    networks = ("choice", "q", "q_target")
+    counters = ("acted_steps", "updates")
 
     mode = "off_policy"
 
@@ -380,20 +384,13 @@ class SlateQ(ActsGreedily):
         return margin_loss(values, allowed, shown, self.demo_margin)
 
     def state_dict(self) -> dict[str, Any]:
-        """Weights (choice model, item values, target), optimizer, counters and generator."""
-        return {"choice": self.choice.state_dict(), "q": self.q.state_dict(),
-                "q_target": self.q_target.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "acted_steps": self.acted_steps, "updates": self.updates,
-                "generator": self.generator.get_state(),
-                "choice_average": self.average_choice.state_dict(), "q_average": self.average_q.state_dict()}
+        """Weights (choice model, item values, target), optimizer, counters, generator and the
+        acting averages."""
+        return {**super().state_dict(), "choice_average": self.average_choice.state_dict(),
+                "q_average": self.average_q.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore from :meth:`state_dict`."""
-        self.choice.load_state_dict(state["choice"])
-        self.q.load_state_dict(state["q"])
-        self.q_target.load_state_dict(state["q_target"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.acted_steps, self.updates = int(state["acted_steps"]), int(state["updates"])
-        self.generator.set_state(state["generator"])
+        super().load_state_dict(state)
         self.average_choice.load_state_dict(state.get("choice_average"))
         self.average_q.load_state_dict(state.get("q_average"))

@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from recrl.algos.learner_state import LearnerState
 from recrl.algos.logged import LoggedSteps
 from recrl.algos.nets import (
     adam,
@@ -70,7 +71,7 @@ class SQNNetwork(nn.Module):
         return self.supervised(state), self.q(state)
 
 
-class SQN(ActsGreedily):
+class SQN(LearnerState, ActsGreedily):
     """A GRU sequence recommender with a supervised head and a double-Q-learning head.
 
     Example::
@@ -79,6 +80,8 @@ class SQN(ActsGreedily):
         stats = algo.update(algo.dataset.sample(256, generator))
         slates = algo.act(obs, explore=False)
     """
+
+    networks = ("net", "net_target")
 
     mode = "offline"
 
@@ -131,17 +134,3 @@ class SQN(ActsGreedily):
         update_target(self.net_target, self.net, self.updates, self.target_update, self.tau)
         return {"train/loss": loss.detach(), "train/supervised_loss": supervised.detach(),
                 "train/td_loss": td.detach(), "train/q": q_taken.detach().mean()}
-
-    def state_dict(self) -> dict[str, Any]:
-        """Weights, target weights, optimizer and counters (the dataset is rebuilt from the context)."""
-        return {"net": self.net.state_dict(), "net_target": self.net_target.state_dict(),
-                "optimizer": self.optimizer.state_dict(), "updates": self.updates,
-                "generator": self.generator.get_state()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore from :meth:`state_dict`."""
-        self.net.load_state_dict(state["net"])
-        self.net_target.load_state_dict(state["net_target"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.updates = int(state["updates"])
-        self.generator.set_state(state["generator"])

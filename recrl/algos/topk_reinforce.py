@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from recrl.algos.learner_state import LearnerState
 from recrl.algos.logged import LoggedSteps
 from recrl.algos.nets import (
     HistoryEncoder,
@@ -49,7 +50,7 @@ from recrl.types import AlgoContext, Obs, RecrlError
 PROPENSITY = ("auto", "logged", "estimated")
 
 
-class TopKOffPolicyReinforce:
+class TopKOffPolicyReinforce(LearnerState):
     """REINFORCE with importance weights and the top-K correction, trained offline on logs.
 
     Example::
@@ -58,6 +59,8 @@ class TopKOffPolicyReinforce:
         stats = algo.update(algo.dataset.sample(256, generator))
         slates = algo.act(obs, explore=False)
     """
+
+    networks = ("policy", "beta")
 
     mode = "offline"
 
@@ -146,17 +149,3 @@ class TopKOffPolicyReinforce:
         """``pi(.|s)`` ``[B, n_items]`` (for inspection and tests)."""
         with torch.no_grad():
             return F.softmax(self.policy(obs), 1)
-
-    def state_dict(self) -> dict[str, Any]:
-        """Weights, optimizer and counters."""
-        return {"policy": self.policy.state_dict(), "beta": self.beta.state_dict(),
-                "optimizer": self.optimizer.state_dict(), "updates": self.updates,
-                "generator": self.generator.get_state()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore from :meth:`state_dict`."""
-        self.policy.load_state_dict(state["policy"])
-        self.beta.load_state_dict(state["beta"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.updates = int(state["updates"])
-        self.generator.set_state(state["generator"])
