@@ -110,4 +110,3 @@ class DiscreteCQL(LearnerState, ActsGreedily):
         update_target(self.q_target, self.q, self.updates, self.target_update, self.tau)
         return {"train/loss": loss.detach(), "train/td_loss": td.detach(),
                 "train/cql_loss": conservative.detach(), "train/q": q_taken.detach().mean()}
-
