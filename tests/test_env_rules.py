@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from recrl.behavior.features import item_categories
-from recrl.env.choice import MNL, Choice, cascade_probs, mnl_probs
+from recrl.env.choice import MNL, Choice, ChoiceModel, alone_probs, cascade_probs, mnl_probs
 from recrl.env.leave import BoredomRule, SatisfactionRule
 from recrl.env.simulator import RecEnv
 from recrl.rewards import ClickReward
@@ -56,6 +56,24 @@ def test_mnl_no_click_utility_by_hand() -> None:
     # utilities 0, 0 and an outside option of log 2: 1/4, 1/4 (no click 1/2)
     torch.testing.assert_close(mnl_probs(torch.tensor([[0.0, 0.0]]), no_click=math.log(2.0)),
                                torch.tensor([[0.25, 0.25]]))
+
+
+class ScaledMNL:
+    """A choice model of its own (not a ``Choice``): MNL on twice the utilities."""
+
+    def probs(self, utility: Tensor) -> Tensor:
+        return mnl_probs(2.0 * utility)
+
+
+@pytest.mark.parametrize("choice", [MNL, Choice("mnl", no_click=math.log(2.0)), Choice("cascade"),
+                                    ScaledMNL()])
+def test_items_shown_alone_click_as_one_item_slates(choice: ChoiceModel) -> None:
+    utility = torch.randn(64, 50, generator=torch.Generator().manual_seed(0)) * 3
+    general = choice.probs(utility.reshape(-1, 1)).view_as(utility)
+    torch.testing.assert_close(alone_probs(choice, utility), general, rtol=1e-6, atol=1e-7)
+    # by hand: MNL with a no-click utility of log 2 clicks an item of utility log 2 half the time
+    assert alone_probs(Choice("mnl", no_click=math.log(2.0)), torch.tensor([[math.log(2.0)]])).item() \
+        == pytest.approx(0.5)
 
 
 def test_unavailable_items_are_never_clicked() -> None:

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from recrl.env.choice import MNL, ChoiceModel
+from recrl.env.choice import MNL, ChoiceModel, alone_probs
 from recrl.env.response import Predictions, expected_response, sample_response
 from recrl.types import Interactions, Response, Splits, log_columns
 
@@ -182,8 +182,7 @@ class SyntheticWorld:
         """
         predicted = self.predict(state, slates)
         utility = predicted.click_logit
-        click_prob = choice.probs(utility.reshape(-1, 1)).view_as(utility) if slates is None \
-            else choice.probs(utility)
+        click_prob = alone_probs(choice, utility) if slates is None else choice.probs(utility)
         if slates is None:
             satisfaction = self._split(state)[1]
             after = self.satisfaction_decay * satisfaction[:, None] + self.click_gain()
