@@ -126,25 +126,20 @@ class SyntheticWorld:
     def click_utility(self, state: Tensor, slates: Tensor | None) -> Tensor:
         """MNL utility ``[B, K]`` of each slate item (no-click has utility 0); ``slates=None``:
         of every item ``[B, N]``."""
-        affinity, quality, _, bait, boredom = self._item_terms(state, slates)
-        return (self.click_bias + self.click_affinity * affinity + self.click_quality * quality
-                + self.click_bait * bait - self.click_boredom * boredom)
+        return self._click_utility(self._item_terms(state, slates))
 
     def conversion_prob(self, state: Tensor, slates: Tensor | None) -> Tensor:
         """Probability ``[B, K]`` of a purchase given a click: quality up, price down."""
-        affinity, quality, price, _, _ = self._item_terms(state, slates)
-        return torch.sigmoid(-1.0 + 2.0 * quality - 1.5 * price + affinity)
+        return self._conversion_prob(self._item_terms(state, slates))
 
     def rating(self, state: Tensor, slates: Tensor | None) -> Tensor:
         """Expected rating ``[B, K]`` in 1..5 given a click."""
-        affinity, quality, _, _, _ = self._item_terms(state, slates)
-        return 1.0 + 4.0 * torch.sigmoid(3.0 * (quality - 0.5) + affinity)
+        return self._rating(self._item_terms(state, slates))
 
     def watch(self, state: Tensor, slates: Tensor | None) -> Tensor:
         """Expected share of the item consumed ``[B, K]`` (0..1) given a click: quality and
         interest up, boredom with the topic down (clickbait is clicked but barely watched)."""
-        affinity, quality, _, _, boredom = self._item_terms(state, slates)
-        return torch.sigmoid(4.0 * (quality - 0.5) + 1.5 * affinity - 0.3 * boredom)
+        return self._watch(self._item_terms(state, slates))
 
     def signals(self, state: Tensor, slates: Tensor | None) -> dict[str, Tensor]:
         """The expected value given a click of every user signal the world knows
@@ -153,10 +148,33 @@ class SyntheticWorld:
 
     def predict(self, state: Tensor, slates: Tensor | None) -> Predictions:
         """The world's click utilities, conversion probabilities, expected ratings and signal
-        values for ``slates`` ``[B, K]`` (every item when ``None``)."""
-        return Predictions(click_logit=self.click_utility(state, slates),
-                           conversion_prob=self.conversion_prob(state, slates),
-                           rating=self.rating(state, slates), values=self.signals(state, slates))
+        values for ``slates`` ``[B, K]`` (every item when ``None``), from one look-up of the
+        items' terms."""
+        terms = self._item_terms(state, slates)
+        return Predictions(click_logit=self._click_utility(terms),
+                           conversion_prob=self._conversion_prob(terms), rating=self._rating(terms),
+                           values={"watch": self._watch(terms)})
+
+    # the formulas, on the terms of _item_terms
+    def _click_utility(self, terms: tuple[Tensor, ...]) -> Tensor:
+        affinity, quality, _, bait, boredom = terms
+        return (self.click_bias + self.click_affinity * affinity + self.click_quality * quality
+                + self.click_bait * bait - self.click_boredom * boredom)
+
+    @staticmethod
+    def _conversion_prob(terms: tuple[Tensor, ...]) -> Tensor:
+        affinity, quality, price, _, _ = terms
+        return torch.sigmoid(-1.0 + 2.0 * quality - 1.5 * price + affinity)
+
+    @staticmethod
+    def _rating(terms: tuple[Tensor, ...]) -> Tensor:
+        affinity, quality, _, _, _ = terms
+        return 1.0 + 4.0 * torch.sigmoid(3.0 * (quality - 0.5) + affinity)
+
+    @staticmethod
+    def _watch(terms: tuple[Tensor, ...]) -> Tensor:
+        affinity, quality, _, _, boredom = terms
+        return torch.sigmoid(4.0 * (quality - 0.5) + 1.5 * affinity - 0.3 * boredom)
 
     def leave_prob(self, state: Tensor) -> Tensor:
         """Probability ``[B]`` of leaving now: low satisfaction makes users leave."""
