@@ -144,7 +144,7 @@ class SyntheticWorld:
     def signals(self, state: Tensor, slates: Tensor | None) -> dict[str, Tensor]:
         """The expected value given a click of every user signal the world knows
         (:mod:`recrl.env.signals`), ``[B, K]`` (``[B, N]`` for ``slates=None``): ``watch``."""
-        return {"watch": self.watch(state, slates)}
+        return self._signals(self._item_terms(state, slates))
 
     def predict(self, state: Tensor, slates: Tensor | None) -> Predictions:
         """The world's click utilities, conversion probabilities, expected ratings and signal
@@ -153,7 +153,7 @@ class SyntheticWorld:
         terms = self._item_terms(state, slates)
         return Predictions(click_logit=self._click_utility(terms),
                            conversion_prob=self._conversion_prob(terms), rating=self._rating(terms),
-                           values={"watch": self._watch(terms)})
+                           values=self._signals(terms))
 
     # the formulas, on the terms of _item_terms
     def _click_utility(self, terms: tuple[Tensor, ...]) -> Tensor:
@@ -175,6 +175,9 @@ class SyntheticWorld:
     def _watch(terms: tuple[Tensor, ...]) -> Tensor:
         affinity, quality, _, _, boredom = terms
         return torch.sigmoid(4.0 * (quality - 0.5) + 1.5 * affinity - 0.3 * boredom)
+
+    def _signals(self, terms: tuple[Tensor, ...]) -> dict[str, Tensor]:
+        return {"watch": self._watch(terms)}
 
     def leave_prob(self, state: Tensor) -> Tensor:
         """Probability ``[B]`` of leaving now: low satisfaction makes users leave."""
