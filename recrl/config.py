@@ -56,14 +56,12 @@ UNIT_OPEN_BELOW: Rule = ("in (0, 1]", lambda v: 0 < v <= 1)
 POSITIVE: Rule = ("> 0", lambda v: v > 0)
 NON_NEGATIVE: Rule = (">= 0", lambda v: v >= 0)
 AT_LEAST_ONE: Rule = (">= 1", lambda v: v >= 1)
-OFF_OR_AT_LEAST_TWO: Rule = ("0 (off) or >= 2", lambda v: v == 0 or v >= 2)
 RANGES: dict[str, dict[str, Rule]] = {
     "algo": {
         **dict.fromkeys(("gamma", "lam", "epsilon_start", "epsilon_end", "threshold",
                          "priority_alpha", "priority_beta"), UNIT),
         "tau": UNIT_OPEN_BELOW,
         "average": UNIT_OPEN_ABOVE,
-        "atoms": OFF_OR_AT_LEAST_TWO,
         **dict.fromkeys(("lr", "clip", "grad_clip", "priority_eps", "weight_cap", "target_kl",
                          "value_clip"), POSITIVE),
         **dict.fromkeys(("entropy_coef", "value_coef", "kl_coef", "alpha", "v", "logit_reg",
@@ -90,15 +88,14 @@ RANGES: dict[str, dict[str, Rule]] = {
 }
 """The range of each config key that has one, by config node: a key means the same in every
 class of its group that takes it, so ``algo.gamma=1.5`` is refused before anything runs,
-whatever the algorithm. ``None`` (off) always passes; C51's support is checked by
-:func:`check_ranges` too; every ``trainer`` key is checked by its class (:data:`VALUE_CHECKED`
-groups are built by :func:`validate`), and so are the rest of an algorithm's keys, when it is
-built."""
+whatever the algorithm. ``None`` (off) always passes; rules of one class's own (C51's support)
+are its ``check_keys`` (see :func:`check_node`); every ``trainer`` key is checked by its class
+(:data:`VALUE_CHECKED` groups are built by :func:`validate`), and so are the rest of an
+algorithm's keys, when it is built."""
 
 
 def check_ranges(cfg: DictConfig) -> None:
-    """Refuse, in one line, a number of ``cfg`` outside its key's range in :data:`RANGES`, or a
-    C51 support (``algo.atoms`` > 0) whose ``v_max`` does not exceed its ``v_min``."""
+    """Refuse, in one line, a number of ``cfg`` outside its key's range in :data:`RANGES`."""
     for path, rules in RANGES.items():
         node = OmegaConf.select(cfg, path)
         if not OmegaConf.is_dict(node):
@@ -108,9 +105,6 @@ def check_ranges(cfg: DictConfig) -> None:
             for value in values if OmegaConf.is_list(values) else [values]:  # layer widths
                 if isinstance(value, (int, float)) and not isinstance(value, bool) and not within(value):
                     raise RecrlError(f"{path}.{key}={values} must be {allowed}")
-    algo = cfg.get("algo")
-    if OmegaConf.is_dict(algo) and algo.get("atoms") and not algo.get("v_max", 1) > algo.get("v_min", 0):
-        raise RecrlError(f"algo.v_max={algo.v_max} must exceed algo.v_min={algo.v_min}")
 
 
 def _type_ok(value: Any, hint: Any) -> bool:
@@ -147,7 +141,10 @@ def _hint_name(hint: Any) -> str:
 
 
 def check_node(node: DictConfig, path: str) -> None:
-    """Check the keys and value types of one ``_target_`` node against its constructor."""
+    """Check the keys and value types of one ``_target_`` node against its constructor, then the
+    class's own rules among its keys where it has them: ``cls.check_keys(keys)``, given every
+    constructor default overridden by the node's values (e.g. C51's support, ``DQN.check_keys``),
+    the same rules its constructor applies, so they fail before any data is read."""
     target = node.get("_target_")
     if target is None:
         raise RecrlError(f"{path}: missing _target_ (each config group file names one class)")
@@ -172,6 +169,10 @@ def check_node(node: DictConfig, path: str) -> None:
         hint = hints.get(key, inspect.Parameter.empty)
         if not _type_ok(value, hint):
             raise RecrlError(f"{path}.{key}={value!r} is not a valid {_hint_name(hint)}")
+    check_keys = getattr(cls, "check_keys", None)
+    if check_keys is not None:
+        defaults = {n: p.default for n, p in params.items() if p.default is not p.empty}
+        check_keys({**defaults, **OmegaConf.to_container(node, resolve=True)})
 
 
 def validate(cfg: DictConfig) -> None:

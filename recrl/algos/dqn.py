@@ -80,6 +80,7 @@ References:
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -261,6 +262,17 @@ class DQN(LearnerState, ActsGreedily):
 
     mode = "off_policy"
 
+    @staticmethod
+    def check_keys(keys: Mapping[str, Any]) -> None:
+        """Refuse, in one line, a C51 support that cannot be built: ``atoms`` 0 (off) or at
+        least 2 and, with atoms, ``v_max`` above ``v_min``. The constructor applies it, and the
+        config pre-check (:func:`recrl.config.check_node`) before any data is read."""
+        atoms, v_min, v_max = keys["atoms"], keys["v_min"], keys["v_max"]
+        if atoms == 1 or atoms < 0:
+            raise RecrlError(f"algo.atoms={atoms} must be 0 (off) or >= 2")
+        if atoms and not v_max > v_min:
+            raise RecrlError(f"algo.v_max={v_max} must exceed algo.v_min={v_min}")
+
     @seeded_init
     def __init__(self, ctx: AlgoContext, dim: int = 32, hidden: int = 128, lr: float = 1e-3,
                  gamma: float = 0.9, epsilon_start: float = 1.0, epsilon_end: float = 0.05,
@@ -276,10 +288,7 @@ class DQN(LearnerState, ActsGreedily):
                  pretrain: PretrainSettings | None = None) -> None:
         if n_step < 1:
             raise RecrlError(f"algo.n_step={n_step} must be >= 1")
-        if atoms == 1 or atoms < 0:
-            raise RecrlError(f"algo.atoms={atoms} must be 0 (off) or >= 2")
-        if atoms and not v_max > v_min:
-            raise RecrlError(f"algo.v_max={v_max} must exceed algo.v_min={v_min}")
+        self.check_keys({"atoms": atoms, "v_min": v_min, "v_max": v_max})
         self.ctx, self.gamma = ctx, gamma
         self.epsilon_start, self.epsilon_end = epsilon_start, epsilon_end
         self.epsilon_decay_steps, self.target_update, self.tau = epsilon_decay_steps, target_update, tau
