@@ -111,6 +111,11 @@ class Choice:
         prob = self.probs(utility)
         return prob, sample_choice(prob, generator)
 
+    def alone_probs(self, utility: Tensor) -> Tensor:
+        """Click probability ``[B, N]`` of each item shown alone: ``sigmoid(u - no_click)``
+        (MNL) or ``sigmoid(u)`` (cascade), what ``probs`` gives a one-item slate."""
+        return torch.sigmoid(utility if self.kind == "cascade" else utility - self.no_click)
+
 
 MNL = Choice("mnl")
 
@@ -119,12 +124,12 @@ def alone_probs(choice: ChoiceModel, utility: Tensor) -> Tensor:
     """Click probability ``[B, N]`` of each item shown *alone* (a slate of one), for utilities
     ``[B, N]``: ``sigmoid(u - no_click)`` for MNL and ``sigmoid(u)`` for the cascade, one
     elementwise pass (the general path, ``probs`` of ``B * N`` one-item slates, costs a softmax
-    per item: most of the oracle's time). Any other choice model goes the general path.
+    per item: most of the oracle's time). A choice model without ``alone_probs`` of its own
+    goes the general path.
 
     Example::
 
         alone_probs(MNL, torch.tensor([[0.0, 2.0]]))   # tensor([[0.5000, 0.8808]])
     """
-    if isinstance(choice, Choice):
-        return torch.sigmoid(utility if choice.kind == "cascade" else utility - choice.no_click)
-    return choice.probs(utility.reshape(-1, 1)).view_as(utility)
+    own = getattr(choice, "alone_probs", None)
+    return own(utility) if own is not None else choice.probs(utility.reshape(-1, 1)).view_as(utility)
