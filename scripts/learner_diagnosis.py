@@ -10,9 +10,14 @@ On the synthetic world, trains the run's algorithm (``algo=...``, its config and
 - ``topic_profile`` (with ``--variants``): the same observation plus a hand-made summary of it,
   the user's clicked topics (counts, unit norm) and shown topics (counts decayed at the world's
   boredom decay): what a learner could read of interest and boredom from the history, spelled
-  out, so a gain over ``history`` means the learner fails to encode its history.
+  out, so a gain over ``history`` means the learner fails to encode its history;
+- ``estimated_state`` (with ``--variants``): the same observation plus the inputs of the
+  reference rule that earns 65% of the oracle (``scripts/reference_policies.py``, the world's
+  item truth: interest = the normalised sum of the clicked items' true vectors, satisfaction and
+  boredom replayed from the observed steps), so a learner that gains nothing from it cannot use
+  even an exact estimate of what the history says about the user.
 
-Both are scored in the ground truth on the evaluation users (``eval.seed``, ``eval.episodes``)
+All are scored in the ground truth on the evaluation users (``eval.seed``, ``eval.episodes``)
 next to the oracle. A learner that gains a lot from the true state is limited by inferring the
 user from the history (the observation and its encoding); one that does not is limited by its
 optimisation (exploration, credit assignment, the policy class). A second table profiles what
@@ -24,6 +29,8 @@ clicks per step and the session length. Prints both tables and writes JSON.
     python scripts/learner_diagnosis.py --out diagnosis_ppo.json -- algo=ppo
     python scripts/learner_diagnosis.py --seeds 0 --state-parts interest -- algo=dqn
     python scripts/learner_diagnosis.py --seeds 0 1 --variants history topic_profile -- algo=dqn
+    python scripts/learner_diagnosis.py --seeds 0 1 2 3 4 --variants history estimated_state true_state \
+        -- algo.demonstrations=0
 """
 
 from __future__ import annotations
@@ -35,7 +42,7 @@ import math
 import platform
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +66,10 @@ from recrl.stages import Stages, build_stages
 from recrl.train import train_in_ground_truth
 from recrl.types import Obs, StepInfo
 
-VARIANTS = ("history", "true_state", "topic_profile")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from reference_policies import estimate_state
+
+VARIANTS = ("history", "true_state", "topic_profile", "estimated_state")
 STATE_PARTS = ("interest", "satisfaction", "boredom")
 
 
@@ -104,19 +114,20 @@ class TrueStateEnv:
         return self._with_state(obs), reward, done, info
 
 
-class TopicProfileEnv(TrueStateEnv):
-    """A synthetic-world :class:`RecEnv` whose observations also carry a topic profile of the
-    observed history: ``obs.features`` ``[B, 2 T]`` = the clicked items' topic counts scaled to
-    unit norm (zero before a click), then the shown items' topic counts decayed by the world's
-    boredom decay per step back (the world's boredom if the history reaches back far enough)."""
+class HistoryFeatureEnv(TrueStateEnv):
+    """A synthetic-world :class:`RecEnv` whose observations also carry features computed from the
+    observed history alone: ``obs.features`` = :data:`HISTORY_FEATURES` ``[variant](obs, world)``
+    (``topic_profile``: ``[B, 2 T]``; ``estimated_state``: ``[B, 2 T + 1]``)."""
 
-    def __init__(self, env: RecEnv, world: SyntheticWorld) -> None:
+    def __init__(self, env: RecEnv, world: SyntheticWorld, variant: str) -> None:
+        features, width = HISTORY_FEATURES[variant]
         object.__setattr__(self, "env", env)
         object.__setattr__(self, "world", world)
-        object.__setattr__(self, "obs_features", 2 * world.n_topics)
+        object.__setattr__(self, "features", features)
+        object.__setattr__(self, "obs_features", width(world))
 
     def _with_state(self, obs: Obs) -> Obs:
-        return dataclasses.replace(obs, features=topic_profile(obs, self.world))
+        return dataclasses.replace(obs, features=self.features(obs, self.world))
 
 
 def topic_profile(obs: Obs, world: SyntheticWorld) -> Tensor:
@@ -130,6 +141,20 @@ def topic_profile(obs: Obs, world: SyntheticWorld) -> Tensor:
     weights = (world.boredom_decay ** ages).view(1, steps, 1, 1)
     shown = (onehot * weights).sum((1, 2))
     return torch.cat([clicked / clicked.norm(dim=1, keepdim=True).clamp(min=1.0), shown], 1)
+
+
+def history_estimate(obs: Obs, world: SyntheticWorld) -> Tensor:
+    """The ``estimated_state`` features ``[B, 2 T + 1]``: the inputs of the reference rule that
+    earns 65% of the oracle (``scripts/reference_policies.py`` :func:`estimate_state`: interest =
+    the normalised sum of the clicked items' true vectors, satisfaction and boredom replayed)."""
+    return estimate_state(world, obs)
+
+
+Features = Callable[[Obs, SyntheticWorld], Tensor]
+HISTORY_FEATURES: dict[str, tuple[Features, Callable[[SyntheticWorld], int]]] = {
+    "topic_profile": (topic_profile, lambda world: 2 * world.n_topics),
+    "estimated_state": (history_estimate, lambda world: 2 * world.n_topics + 1),
+}
 
 
 @torch.no_grad()
@@ -162,11 +187,11 @@ class TrueStateStages(Stages):
     variant: str = "true_state"
 
     def make_env(self, model: Any, pessimistic: bool = False) -> TrueStateEnv:
-        """A :class:`TrueStateEnv` (or, for ``topic_profile``, a :class:`TopicProfileEnv`) over the
-        configured environment."""
+        """A :class:`TrueStateEnv` (or, for the history-feature variants, a
+        :class:`HistoryFeatureEnv`) over the configured environment."""
         env = super().make_env(model, pessimistic)
-        if self.variant == "topic_profile":
-            return TopicProfileEnv(env, model)
+        if self.variant in HISTORY_FEATURES:
+            return HistoryFeatureEnv(env, model, self.variant)
         return TrueStateEnv(env, model, self.parts)
 
 
@@ -179,7 +204,8 @@ def train_variant(cfg: Any, stages: Stages, variant: str, seed: int,
         run = dataclasses.replace(stages, ctx=ctx)
     else:
         world = stages.ground_truth
-        width = 2 * world.n_topics if variant == "topic_profile" else int(state_columns(world, parts).numel())
+        width = (HISTORY_FEATURES[variant][1](world) if variant in HISTORY_FEATURES
+                 else int(state_columns(world, parts).numel()))
         fields = {f.name: getattr(stages, f.name) for f in dataclasses.fields(Stages)}
         run = TrueStateStages(**{**fields, "ctx": dataclasses.replace(ctx, obs_features=width)}, parts=parts,
                               variant=variant)
@@ -199,7 +225,8 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--state-parts", nargs="+", choices=STATE_PARTS, default=list(STATE_PARTS),
                         help="which parts of the true state the true_state variant observes")
     parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=["history", "true_state"],
-                        help="observations to train with (topic_profile: the history's topic summary)")
+                        help="observations to train with (topic_profile: the history's topic summary; "
+                             "estimated_state: the 65%% reference rule's inputs)")
     parser.add_argument("overrides", nargs="*", help="recrl train overrides after --")
     return parser.parse_args()
 

@@ -30,6 +30,7 @@ import argparse
 import json
 import platform
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -51,6 +52,33 @@ from recrl.metrics.online import run_episodes
 from recrl.report import write_text_atomic
 from recrl.stages import Stages, build_stages
 from recrl.types import Obs, Reward
+
+
+def clicked_interest(world: SyntheticWorld, items: Tensor, clicked: Tensor) -> Tensor:
+    """The interest estimate ``[B, T]`` from the history's items ``[B, S]`` (padding clamped to a
+    real id) and click weights ``[B, S]`` (0 on padding): the normalised sum of the clicked items'
+    true vectors (zero before the first click)."""
+    return F.normalize((world.item_emb[items] * clicked.unsqueeze(-1)).sum(1), dim=1)
+
+
+def estimate_state(world: SyntheticWorld, obs: Obs,
+                   interest: Callable[[Tensor, Tensor], Tensor] | None = None) -> Tensor:
+    """A user state ``[B, 2 T + 1]`` = ``[interest | satisfaction | boredom]`` estimated from the
+    observed history: satisfaction and topic boredom replayed through the world's own update over
+    the observed steps (oldest first), the interest by ``interest(items, click weights)``
+    (default :func:`clicked_interest`)."""
+    b = obs.batch_size
+    items = obs.items.reshape(b, -1)
+    clicks = obs.clicks.reshape(b, -1)
+    real = items < world.n_items
+    known = items.clamp(max=world.n_items - 1)
+    state = torch.zeros(b, 2 * world.n_topics + 1, device=items.device)
+    for j in range(items.shape[1]):
+        after = world.update(state, known[:, j:j + 1], clicks[:, j:j + 1])
+        state = torch.where(real[:, j:j + 1], after, state)
+    weights = clicks * real
+    estimate = clicked_interest(world, known, weights) if interest is None else interest(known, weights)
+    return torch.cat([estimate, state[:, world.n_topics:]], 1)
 
 
 class QualityFirst:
@@ -78,26 +106,13 @@ class EstimatedState:
         self.base = Oracle(world, reward, env, lookahead=False)
 
     def estimate(self, obs: Obs) -> Tensor:
-        """``[interest | satisfaction | boredom]``: satisfaction and boredom replayed through the
-        world's own update over the observed steps (oldest first), interest = the normalised sum
-        of the clicked items' vectors (zero before the first click)."""
-        w = self.world
-        b = obs.batch_size
-        items = obs.items.reshape(b, -1)
-        clicks = obs.clicks.reshape(b, -1)
-        real = items < w.n_items
-        known = items.clamp(max=w.n_items - 1)
-        state = torch.zeros(b, 2 * w.n_topics + 1, device=items.device)
-        for j in range(items.shape[1]):
-            after = w.update(state, known[:, j:j + 1], clicks[:, j:j + 1])
-            state = torch.where(real[:, j:j + 1], after, state)
-        return torch.cat([self.interest(known, clicks * real), state[:, w.n_topics:]], 1)
+        """``[interest | satisfaction | boredom]`` of :func:`estimate_state`, with this rule's
+        interest estimate."""
+        return estimate_state(self.world, obs, self.interest)
 
     def interest(self, items: Tensor, clicked: Tensor) -> Tensor:
-        """The interest estimate ``[B, T]`` from the history's items ``[B, S]`` (padding clamped
-        to a real id) and click weights ``[B, S]`` (0 on padding): the normalised sum of the
-        clicked items' vectors."""
-        return F.normalize((self.world.item_emb[items] * clicked.unsqueeze(-1)).sum(1), dim=1)
+        """The interest estimate ``[B, T]`` (:func:`clicked_interest`)."""
+        return clicked_interest(self.world, items, clicked)
 
     def act(self, obs: Obs, explore: bool = False) -> Tensor:
         """Top unseen item ``[B, 1]`` by the base policy's score under the estimate."""

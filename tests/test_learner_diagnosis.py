@@ -60,27 +60,48 @@ def test_topic_profile_by_hand() -> None:
     shown = torch.tensor([0.25 + 1.0, 0.0, 0.5])                        # decayed 0.5 per step back
     torch.testing.assert_close(features, torch.cat([clicked, shown])[None])
     inner = RecEnv(world, ClickReward(), horizon=5, slate_size=1, history_len=4)
-    env = diagnosis.TopicProfileEnv(inner, world)
+    env = diagnosis.HistoryFeatureEnv(inner, world, "topic_profile")
     assert env.obs_features == 6
     first = env.reset(2, seed=0)
     assert torch.equal(first.features, torch.zeros(2, 6))              # nothing observed yet
+
+
+def test_estimated_state_env_observes_the_reference_rules_inputs() -> None:
+    """With a history as long as the episode and nobody leaving, the replayed satisfaction and
+    boredom are the true ones, and the interest is the unit sum of the clicked items' vectors."""
+    diagnosis = load_script("learner_diagnosis")
+    horizon = 6
+    world = SyntheticWorld(n_items=30, n_users=10, n_topics=3, horizon=horizon, leave_bias=-20.0, seed=1)
+    inner = RecEnv(world, ClickReward(), horizon=horizon, slate_size=1, history_len=horizon)
+    env = diagnosis.HistoryFeatureEnv(inner, world, "estimated_state")
+    assert env.obs_features == 2 * 3 + 1
+    walk = RandomPolicy(make_ctx(n_items=30, slate_size=1, history_len=horizon, horizon=horizon))
+    obs = env.reset(64, seed=0)
+    assert torch.equal(obs.features[:, 3:], torch.zeros(64, 4))        # nothing replayed yet
+    for _ in range(horizon - 1):
+        obs, *_ = env.step(walk.act(obs, explore=True))
+    torch.testing.assert_close(obs.features[:, 3:], inner.state[:, 3:])  # satisfaction, boredom
+    items, clicks = obs.items.reshape(64, -1), obs.clicks.reshape(64, -1)
+    summed = (world.item_emb[items.clamp(max=29)] * clicks.unsqueeze(-1)).sum(1)  # padding: no click
+    torch.testing.assert_close(obs.features[:, :3], torch.nn.functional.normalize(summed, dim=1))
+    assert (clicks.sum(1) > 0).any() and (obs.features[clicks.sum(1) == 0, :3] == 0).all()
 
 
 def test_script_trains_both_observations_and_writes_json(tmp_path, monkeypatch, shared_cache) -> None:
     out = tmp_path / "diagnosis.json"
     monkeypatch.setenv("RECRL_CACHE_DIR", str(shared_cache))
     monkeypatch.setattr(sys, "argv", ["learner_diagnosis.py", "--seeds", "0", "1", "--out", str(out),
-                                      "--variants", "history", "true_state", "topic_profile", "--",
+                                      "--variants", "history", "true_state", "estimated_state", "--",
                                       "experiment=smoke", "algo=dqn", "trainer.steps=20", "eval.episodes=16"])
     runpy.run_path(str(SCRIPTS / "learner_diagnosis.py"), run_name="__main__")
     data = json.loads(out.read_text())
-    assert set(data["rows"]) == {"history", "true_state", "topic_profile", "oracle"}
+    assert set(data["rows"]) == {"history", "true_state", "estimated_state", "oracle"}
     oracle = data["facts"]["oracle"]
-    for name in ("history", "true_state", "topic_profile", "oracle"):
+    for name in ("history", "true_state", "estimated_state", "oracle"):
         served = data["rows"][name]["served"]
         assert -1.0 <= served["affinity"] <= 1.0 and 0.0 <= served["clickbait"] <= 1.0
         assert 0.0 < served["length"] <= 10  # experiment=smoke: horizon 10
-    for name in ("history", "true_state", "topic_profile"):
+    for name in ("history", "true_state", "estimated_state"):
         row = data["rows"][name]
         assert len(row["per_seed"]) == 2 and row["ci95"] is not None
         assert abs(row["oracle_share"] - row["return"] / oracle) < 1e-9
