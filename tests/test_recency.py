@@ -130,3 +130,87 @@ def test_recency_errors() -> None:
     with pytest.raises(RecrlError, match=r"training\.loss=bce or bpr"):
         GRUBehavior(N_ITEMS, features=["side"], item_features=side_features(topic_items(), N_ITEMS),
                     recency=True, training=TrainingSettings(loss="softmax"))
+
+
+def test_click_profile_by_hand() -> None:
+    """The second channel keeps the clicked items' attributes, decayed at its own rate, and adds
+    its own term; the exposure channel is as without it."""
+    tokens = torch.eye(3)[torch.tensor([0, 0, 2])]
+    profile = AttributeRecency(tokens, clicks=True)
+    assert profile.width == 6 and profile.channels == 2
+    with torch.no_grad():
+        profile.decay_logit.fill_(math.log(0.6 / 0.4))        # exposure decay 0.6
+        profile.click_decay_logit.fill_(math.log(0.8 / 0.2))  # click-profile decay 0.8
+        profile.weight.fill_(-2.0)
+        profile.click_weight.fill_(1.0)
+    state = torch.zeros(2, 6)
+    state = profile.update(state, torch.tensor([[0], [2]]), click=torch.tensor([[1.0], [0.0]]))
+    state = profile.update(state, torch.tensor([[1], [2]]), click=torch.tensor([[1.0], [1.0]]))
+    torch.testing.assert_close(state, torch.tensor([[1.6, 0.0, 0.0, 1.8, 0.0, 0.0],
+                                                    [0.0, 0.0, 1.6, 0.0, 0.0, 1.0]]))
+    # item 1 (topic 0) for user 0: -2 x 1.6 + 1 x 1.8; item 2 (topic 2) for user 1: -2 x 1.6 + 1 x 1.0
+    torch.testing.assert_close(profile.term(state, torch.tensor([[1], [2]])), torch.tensor([[-1.4], [-2.2]]))
+    torch.testing.assert_close(profile.term(state), torch.tensor([[-1.4, -1.4, 0.0], [0.0, 0.0, -2.2]]))
+    with pytest.raises(RecrlError, match="needs the clicks"):
+        profile.update(state, torch.tensor([[0], [2]]))
+
+
+def loyal_log(n_users: int, seed: int, pull: float = 1.5, decay: float = 0.7) -> Interactions:
+    """Random items; the click utility rises by ``pull`` per unit of the user's decayed count of
+    clicks on the item's topic (users like again what they clicked), from a base of -0.3."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for user in range(n_users):
+        liked = np.zeros(N_TOPICS)
+        for t in range(LENGTH):
+            item = int(rng.integers(N_ITEMS))
+            topic = item % N_TOPICS
+            p = 1.0 / (1.0 + math.exp(-(-0.3 + pull * liked[topic])))
+            click = int(rng.random() < p)
+            rows.append((user, item, t, click, 0, np.nan, np.nan, np.nan))
+            liked *= decay
+            liked[topic] += click
+    log = log_frame(pd.DataFrame(rows, columns=COLUMNS))
+    is_valid = log["user"] >= int(0.8 * n_users)
+    return Interactions(train=log[~is_valid].reset_index(drop=True),
+                        valid=log[is_valid].reset_index(drop=True),
+                        items=topic_items(), n_users=n_users, n_items=N_ITEMS, positive_only=False)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_warm_start_recovers_the_logged_click_profile(seed: int) -> None:
+    """On logs where clicks on a topic make the next ones likelier and mere exposure does
+    nothing, the click channel gets the pull (1.5 at decay 0.7) and the exposure channel about 0."""
+    model = recency_model(seed, click_profile=True)
+    sessions, _ = training_tensors(loyal_log(300, seed), LENGTH, seed=seed)
+    model.recency.warm_start(sessions)
+    weight, click_weight = model.recency.weights().tolist()
+    assert 1.0 < click_weight < 2.0 and abs(weight) < 0.4
+    click_decay = float(model.recency.decays()[1].detach())
+    assert min(abs(click_decay - grid) for grid in (0.5, 0.7, 0.9)) < 1e-6   # a decay of the grid, not 0.3
+
+
+def test_click_profile_state_in_the_simulator_and_an_ensemble() -> None:
+    """The click profile follows the sampled clicks: in a single model's environment and in an
+    ensemble's, each member's profile of topic 0 is the decayed count of its users' clicks."""
+    single = recency_model(click_profile=True).eval()
+    width = single.hidden + 2 * N_TOPICS
+    assert single.initial_state(3).shape == (3, width)
+    ensemble = BehaviorEnsemble([recency_model(seed=k, click_profile=True).eval() for k in range(2)])
+    for model in (single, ensemble):
+        env = RecEnv(model, ClickReward(), horizon=4, slate_size=1, history_len=3)
+        env.reset(64, seed=0)
+        decay = float(model.recency.decays()[1] if model is single else model.members[0].recency.decays()[1])
+        expected = torch.zeros(64)
+        for _ in range(3):
+            _, _, _, info = env.step(torch.zeros(64, 1, dtype=torch.long))   # item 0: topic 0
+            expected = decay * expected + info.response.click[:, 0]
+        state = env.state if model is single else env.state[:, 2:2 + width]     # member 0's state
+        torch.testing.assert_close(state[:, single.hidden + N_TOPICS], expected)
+        assert expected.min() < expected.max()  # some users clicked, some did not
+
+
+def test_click_profile_needs_recency() -> None:
+    with pytest.raises(RecrlError, match=r"click_profile=true .* set behavior\.recency=true"):
+        GRUBehavior(N_ITEMS, features=["side"], item_features=side_features(topic_items(), N_ITEMS),
+                    click_profile=True)

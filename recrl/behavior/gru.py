@@ -8,6 +8,7 @@ and the response then update ``h`` through a GRU cell, and a leave head reads th
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Collection, Sequence
 
@@ -42,7 +43,8 @@ def gru_gates(from_input: Tensor, from_hidden: Tensor, h: Tensor) -> Tensor:
 
 
 class AttributeRecency(nn.Module):
-    """A user's decayed exposure to the item attributes shown so far, as a click-utility term.
+    """A user's decayed exposure to the item attributes shown so far (and, with ``clicks``, to
+    those of the items clicked), as click-utility terms.
 
     ``r_{t+1} = d * r_t + sum over the slate of tokens[item]`` (``tokens``: the item table's
     categorical attributes, multi-hot ``[n_items, C]``) and the term added to item ``i``'s click
@@ -55,89 +57,149 @@ class AttributeRecency(nn.Module):
     the recurrent state takes most of the effect and the term keeps little of it, so
     :meth:`warm_start` first fits the term alone in a log-linear click model.
 
+    With ``clicks`` a second channel keeps the user's *click profile* the same way,
+    ``p_{t+1} = d_c * p_t + sum over the slate of click * tokens[item]``, with its own term
+    ``w_c * <tokens[i], p>``: users like again what they clicked (their interest shows in their
+    clicks, and may move toward them), which the exposure channel, blind to clicks, cannot say.
+    The exposure state is then ``[r | p]``, ``2 C`` columns.
+
     Example::
 
         recency = AttributeRecency(torch.eye(3)[torch.tensor([0, 0, 2])])   # 3 items, 3 topics
         r = recency.update(torch.zeros(2, 3), torch.tensor([[0], [2]]))      # [2, 3]
         recency.term(r, torch.tensor([[1], [1]]))                            # [2, 1]
+        profile = AttributeRecency(torch.eye(3)[torch.tensor([0, 0, 2])], clicks=True)
+        rp = profile.update(torch.zeros(2, 6), torch.tensor([[0], [2]]), click=torch.tensor([[1.0], [0.0]]))
     """
 
-    def __init__(self, tokens: Tensor) -> None:
+    def __init__(self, tokens: Tensor, clicks: bool = False) -> None:
         super().__init__()
         tokens = tokens.detach().float()
         self.register_buffer("tokens", torch.cat([tokens, tokens.new_zeros(1, tokens.shape[1])]))
         self.decay_logit = nn.Parameter(torch.zeros(()))
         self.weight = nn.Parameter(torch.zeros(()))
+        self.clicks = clicks
+        if clicks:
+            self.click_decay_logit = nn.Parameter(torch.zeros(()))
+            self.click_weight = nn.Parameter(torch.zeros(()))
+
+    @property
+    def channels(self) -> int:
+        """1 (exposure) or 2 (exposure, click profile)."""
+        return 2 if self.clicks else 1
 
     @property
     def width(self) -> int:
-        """Number of attribute tokens ``C`` (the state columns it keeps)."""
-        return self.tokens.shape[1]
+        """State columns it keeps: ``C`` attribute tokens per channel."""
+        return self.tokens.shape[1] * self.channels
 
     def decay(self) -> Tensor:
         """The per-step decay ``d`` of the exposure."""
         return torch.sigmoid(self.decay_logit)
 
-    def update(self, exposure: Tensor, slates: Tensor, decay: Tensor | float | None = None) -> Tensor:
-        """Exposure ``[..., B, C]`` after ``slates`` ``[B, K]`` were shown (the padding id adds nothing),
-        at the learned decay or a fixed ``decay`` (a tensor broadcasting over the leading dimensions)."""
-        return (self.decay() if decay is None else decay) * exposure + self.tokens[slates].sum(-2)
+    def decays(self) -> Tensor:
+        """The decays of every channel ``[channels]`` (exposure, click profile)."""
+        logits = [self.decay_logit, self.click_decay_logit] if self.clicks else [self.decay_logit]
+        return torch.sigmoid(torch.stack(logits))
 
-    def exposures(self, items: Tensor, decay: float) -> Tensor:
-        """Each row's exposure to its own item's attributes before it was shown, ``[S, T]``, over
-        sessions ``items`` ``[S, T]`` (padding id ``n_items``) at a fixed ``decay``."""
+    def weights(self) -> Tensor:
+        """The term weights of every channel ``[channels]``."""
+        return torch.stack([self.weight, self.click_weight] if self.clicks else [self.weight])
+
+    def update(self, exposure: Tensor, slates: Tensor, decays: Tensor | None = None,
+               click: Tensor | None = None) -> Tensor:
+        """Exposure ``[..., B, width]`` after ``slates`` ``[B, K]`` were shown (the padding id adds
+        nothing) and, with ``clicks``, ``click`` ``[..., B, K]`` on them; at the learned decays or
+        fixed ``decays`` ``[..., channels]`` (broadcasting over the leading dimensions)."""
+        decays = self.decays() if decays is None else decays
+        shown = self.tokens[slates]                                             # [B, K, C]
+        c = self.tokens.shape[1]
+        parts = [decays[..., 0:1] * exposure[..., :c] + shown.sum(-2)]
+        if self.clicks:
+            if click is None:
+                raise RecrlError("the click profile (behavior.click_profile) needs the clicks of every step")
+            parts.append(decays[..., 1:2] * exposure[..., c:] + (click.unsqueeze(-1) * shown).sum(-2))
+        return torch.cat(parts, -1) if self.clicks else parts[0]
+
+    def exposures(self, items: Tensor, decays: Sequence[float], clicks: Tensor | None = None) -> Tensor:
+        """Each row's overlap with its own item's attributes before it was shown, per channel,
+        ``[S, T, channels]``, over sessions ``items`` ``[S, T]`` (padding id ``n_items``) and their
+        ``clicks`` ``[S, T]`` at fixed ``decays`` (one per channel)."""
+        fixed = self.tokens.new_tensor(list(decays))
         exposure = self.tokens.new_zeros(items.shape[0], self.width)
         rows = []
         for t in range(items.shape[1]):
-            rows.append(self.overlap(exposure, items[:, t:t + 1])[:, 0])
-            exposure = self.update(exposure, items[:, t:t + 1], decay)
+            rows.append(self.channel_overlaps(exposure, items[:, t:t + 1])[:, 0])
+            click = None if clicks is None else clicks[:, t:t + 1].float()
+            exposure = self.update(exposure, items[:, t:t + 1], fixed, click)
         return torch.stack(rows, 1)
 
     def warm_start(self, sessions: SessionTensors, decays: Sequence[float] = (0.3, 0.5, 0.7, 0.9)) -> None:
-        """Start ``w`` and ``d`` at the maximum-likelihood fit, over ``decays``, of the click model
-        ``logit = b_item + w * exposure`` (a bias per item) on the logged ``sessions``."""
+        """Start the weights and decays at the maximum-likelihood fit, over ``decays`` (per
+        channel), of the click model ``logit = b_item + sum_c w_c * exposure_c`` (a bias per item)
+        on the logged ``sessions``."""
         item, real = sessions.item, sessions.mask.bool()
         n_items = self.tokens.shape[0] - 1
         clicked = sessions.click[real].float()
         logged = item.clamp(max=n_items - 1)[real]
-        fits = [(*log_linear_fit(logged, self.exposures(item, decay)[real], clicked, n_items), decay)
-                for decay in decays]
-        _, weight, decay = min(fits)
+        fits = [(*log_linear_fit(logged, self.exposures(item, pair, sessions.click)[real], clicked, n_items),
+                 pair) for pair in itertools.product(decays, repeat=self.channels)]
+        _, weights, pair = min(fits)
         with torch.no_grad():
-            self.decay_logit.fill_(math.log(decay / (1.0 - decay)))
-            self.weight.fill_(weight)
+            self.decay_logit.fill_(math.log(pair[0] / (1.0 - pair[0])))
+            self.weight.fill_(weights[0])
+            if self.clicks:
+                self.click_decay_logit.fill_(math.log(pair[1] / (1.0 - pair[1])))
+                self.click_weight.fill_(weights[1])
 
     def overlap(self, exposure: Tensor, items: Tensor | None = None) -> Tensor:
         """``<tokens[i], r>`` ``[..., B, K]`` of ``items`` ``[B, K]`` or ``[..., B, K]``
-        (``[..., B, n_items]`` when ``None``) for exposures ``[..., B, C]`` (leading dimensions:
-        e.g. ensemble members)."""
+        (``[..., B, n_items]`` when ``None``) for one channel's exposures ``[..., B, C]`` (leading
+        dimensions: e.g. ensemble members)."""
         if items is None:
             return exposure @ self.tokens[:-1].T
         return (exposure.unsqueeze(-2) * self.tokens[items]).sum(-1)
 
-    def term(self, exposure: Tensor, items: Tensor | None = None) -> Tensor:
-        """The click-utility term ``w * <tokens[i], r>`` ``[B, K]`` of ``items`` (``[B, n_items]``
-        when ``None``)."""
-        return self.weight * self.overlap(exposure, items)
+    def channel_overlaps(self, exposure: Tensor, items: Tensor | None = None) -> Tensor:
+        """:meth:`overlap` of every channel, ``[..., B, K, channels]``."""
+        c = self.tokens.shape[1]
+        return torch.stack([self.overlap(exposure[..., j * c:(j + 1) * c], items)
+                            for j in range(self.channels)], -1)
+
+    def term(self, exposure: Tensor, items: Tensor | None = None, weights: Tensor | None = None) -> Tensor:
+        """The click-utility term ``sum_c w_c * <tokens[i], r_c>`` ``[..., B, K]`` of ``items``
+        (``[..., B, n_items]`` when ``None``), at the learned weights or ``weights``
+        ``[..., channels]`` (e.g. one row per ensemble member)."""
+        weights = self.weights() if weights is None else weights
+        c = self.tokens.shape[1]
+        total = weights[..., 0] * self.overlap(exposure[..., :c], items)
+        if self.clicks:
+            total = total + weights[..., 1] * self.overlap(exposure[..., c:], items)
+        return total
 
 
-def log_linear_fit(items: Tensor, exposure: Tensor, clicked: Tensor, n_items: int) -> tuple[float, float]:
-    """Maximum-likelihood fit of ``P(click) = sigmoid(b_item + w * exposure)`` over logged rows
-    (``items``, ``exposure``, ``clicked``: ``[R]``): its mean log-loss and ``w``."""
+def log_linear_fit(items: Tensor, exposure: Tensor, clicked: Tensor,
+                   n_items: int) -> tuple[float, list[float]]:
+    """Maximum-likelihood fit of ``P(click) = sigmoid(b_item + sum_c w_c * exposure_c)`` over
+    logged rows (``items``, ``clicked``: ``[R]``; ``exposure``: ``[R, channels]``): its mean
+    log-loss and the ``w_c``."""
     bias = torch.zeros(n_items, device=exposure.device, requires_grad=True)
-    weight = torch.zeros((), device=exposure.device, requires_grad=True)
-    optimizer = torch.optim.LBFGS([bias, weight], max_iter=500, line_search_fn="strong_wolfe")
+    weights = [torch.zeros((), device=exposure.device, requires_grad=True) for _ in range(exposure.shape[1])]
+    optimizer = torch.optim.LBFGS([bias, *weights], max_iter=500, line_search_fn="strong_wolfe")
+
+    def logit() -> Tensor:
+        return bias[items] + sum(w * exposure[:, j] for j, w in enumerate(weights))
 
     def loss() -> Tensor:
         optimizer.zero_grad()
-        value = F.binary_cross_entropy_with_logits(bias[items] + weight * exposure, clicked)
+        value = F.binary_cross_entropy_with_logits(logit(), clicked)
         (value + 1e-4 * bias.square().mean()).backward()  # a nudge for items never clicked
         return value
 
     optimizer.step(loss)
     with torch.no_grad():
-        fitted = F.binary_cross_entropy_with_logits(bias[items] + weight * exposure, clicked)
-    return float(fitted), float(weight.detach())
+        fitted = F.binary_cross_entropy_with_logits(logit(), clicked)
+    return float(fitted), [float(w.detach()) for w in weights]
 
 
 class GRUBehavior(SequenceUserModel):
@@ -154,11 +216,14 @@ class GRUBehavior(SequenceUserModel):
     def __init__(self, n_items: int, dim: int = 32, hidden: int = 64,
                  features: Sequence[str] = (), training: TrainingSettings | None = None,
                  n_users: int = 0, item_features: ItemFeatures | None = None, item_ids: bool = True,
-                 recency: bool = False, device: str = "cpu") -> None:
+                 recency: bool = False, click_profile: bool = False, device: str = "cpu") -> None:
         super().__init__()
         self._setup(n_items, n_users, training, features, item_features, dim, item_ids=item_ids)
         self.hidden = hidden
-        self.recency = self._attribute_recency(item_features) if recency else None
+        if click_profile and not recency:
+            raise RecrlError("behavior.click_profile=true is a channel of the attribute recency term: "
+                             "set behavior.recency=true too")
+        self.recency = self._attribute_recency(item_features, click_profile) if recency else None
         self.item_in = self.id_table(n_items + 1, dim, padding_idx=n_items)
         self.event = nn.Linear(2 * dim + 2, hidden)
         self.cell = nn.GRUCell(hidden, hidden)
@@ -175,15 +240,16 @@ class GRUBehavior(SequenceUserModel):
             self.freeze_item_ids()
         self.to(device)
 
-    def _attribute_recency(self, item_features: ItemFeatures | None) -> AttributeRecency:
-        """The :class:`AttributeRecency` term over the item table's categorical attributes."""
+    def _attribute_recency(self, item_features: ItemFeatures | None, clicks: bool) -> AttributeRecency:
+        """The :class:`AttributeRecency` term over the item table's categorical attributes (with
+        ``clicks``, the click-profile channel too)."""
         if item_features is None or item_features.tokens is None:
             raise RecrlError("behavior.recency=true needs categorical item attributes: use a dataset whose "
                              "item table has categorical columns and behavior.features=[auto] or [side]")
         if self.training_settings.loss == "softmax":
             raise RecrlError("behavior.recency=true scores clicks with a term the softmax loss does not "
                              "see; use behavior.training.loss=bce or bpr")
-        return AttributeRecency(item_features.tokens)
+        return AttributeRecency(item_features.tokens, clicks)
 
     # ------------------------------------------------------------------ recurrent core
     def _event(self, slates: Tensor, click: Tensor, conversion: Tensor) -> Tensor:
@@ -196,11 +262,11 @@ class GRUBehavior(SequenceUserModel):
 
     def next_state(self, state: Tensor, slates: Tensor, click: Tensor, conversion: Tensor) -> Tensor:
         """State after the user saw ``slates`` and responded: the GRU's hidden state, followed
-        with ``recency`` by the attribute exposure."""
+        with ``recency`` by the attribute exposure (and the click profile)."""
         h = gru_cell(self.cell, self._event(slates, click, conversion), self.output(state))
         if self.recency is None:
             return h
-        return torch.cat([h, self.recency.update(self._exposure(state), slates)], -1)
+        return torch.cat([h, self.recency.update(self._exposure(state), slates, click=click)], -1)
 
     @torch.no_grad()
     def leave_prob_after_click(self, state: Tensor, conversion: Tensor, chunk_rows: int = 262_144) -> Tensor:
@@ -346,7 +412,8 @@ class GRUStack:
         first = members[0]
         return all(m.hidden == first.hidden and m.n_items == first.n_items
                    and m.signal_names == first.signal_names
-                   and (m.recency is None) == (first.recency is None) for m in members)
+                   and (m.recency is None) == (first.recency is None)
+                   and (m.recency is None or m.recency.clicks == first.recency.clicks) for m in members)
 
     @torch.no_grad()
     def __init__(self, members: Sequence[GRUBehavior]) -> None:
@@ -365,8 +432,8 @@ class GRUStack:
         self.recency = None
         if first.recency is not None:
             self.recency = (first.recency,  # its attribute table (the same for every member)
-                            torch.stack([m.recency.weight for m in members])[:, None, None],
-                            torch.stack([m.recency.decay() for m in members])[:, None, None])
+                            torch.stack([m.recency.weights() for m in members])[:, None, None, :],
+                            torch.stack([m.recency.decays() for m in members])[:, None, :])
 
     def _head_tables(self, members: Sequence[GRUBehavior]) -> None:
         """Each head's per-item query vectors ``W^T v_i`` ``[K, N, hidden]`` and biases
@@ -424,8 +491,8 @@ class GRUStack:
             *(signal.head for signal in self.signals if signal.name in heads)}
         click, conversion, rating, *logits = self._heads(h, items, names)
         if self.recency is not None:
-            recency, weight, _ = self.recency
-            click = click + weight * recency.overlap(state[..., self.hidden:], items)
+            recency, weights, _ = self.recency
+            click = click + recency.term(state[..., self.hidden:], items, weights)
 
         def skipped() -> Tensor:
             return torch.full_like(click, float("nan"))
@@ -447,8 +514,8 @@ class GRUStack:
         h = gru_gates(torch.baddbmm(self.ih[1], x, self.ih[0]), torch.baddbmm(self.hh[1], h, self.hh[0]), h)
         if self.recency is None:
             return h
-        recency, _, decay = self.recency
-        return torch.cat([h, recency.update(state[..., self.hidden:], slates, decay)], -1)
+        recency, _, decays = self.recency
+        return torch.cat([h, recency.update(state[..., self.hidden:], slates, decays, click)], -1)
 
     def leave_prob(self, state: Tensor) -> Tensor:
         """Every member's probability ``[K, B]`` of leaving in ``state``."""
