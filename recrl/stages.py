@@ -329,12 +329,12 @@ def ground_truth_model(cfg: DictConfig, dataset: Any, splits: Splits, device: to
 
 def yardstick_model(cfg: DictConfig) -> DictConfig:
     """``cfg`` with the behavior model's simulator-only options at their defaults
-    (``behavior.ensemble=1``, ``behavior.item_ids=true``, ``behavior.recency=false``), for a ground
-    truth fitted from data."""
+    (``behavior.ensemble=1``, ``behavior.item_ids=true``, ``behavior.recency=false``,
+    ``behavior.click_profile=false``), for a ground truth fitted from data."""
     yardstick = cfg.copy()
     with open_dict(yardstick):
         yardstick.behavior.ensemble = 1
-        for key, default in (("item_ids", True), ("recency", False)):
+        for key, default in (("item_ids", True), ("recency", False), ("click_profile", False)):
             if key in yardstick.behavior:
                 yardstick.behavior[key] = default
     return yardstick

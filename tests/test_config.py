@@ -366,6 +366,8 @@ def test_validate_rejects_bad_values() -> None:
     # other groups
     (["behavior.dim=0"], "behavior.dim=0 must be >= 1"),
     (["behavior.training.lr=-1"], "behavior.training.lr=-1 must be > 0"),
+    (["behavior.recency=false", "behavior.click_profile=true"],
+     "behavior.click_profile=true is a channel of the attribute recency term"),
     (["dataset.n_topics=0"], "dataset.n_topics=0 must be >= 1"),
     (["dataset.clickbait_share=2"], "dataset.clickbait_share=2 must be in [0, 1]"),
     (["trainer.eval_every=0"], "trainer.eval_every=0 must be >= 1"),
@@ -384,6 +386,7 @@ def test_range_edges_and_off_values_pass() -> None:
     # scalar DQN ignores the C51 support; its average may be off
     validate(composed("algo.atoms=0", "algo.v_max=-1", "algo.average=0"))
     validate(composed("algo=c51", "algo.atoms=2", "algo.v_min=-1", "algo.v_max=1"))
+    validate(composed("behavior.click_profile=true"))  # the synthetic world's GRU has recency on
 
 
 @pytest.mark.parametrize("path", list(RANGES))

@@ -368,10 +368,10 @@ def test_dorl_entropy_bonus_needs_no_ensemble(logs) -> None:
 def test_a_fitted_ground_truth_ignores_the_simulator_options() -> None:
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("train", overrides=["behavior.ensemble=5", "behavior.item_ids=false",
-                                          "behavior.recency=true"])
+                                          "behavior.recency=true", "behavior.click_profile=true"])
     yardstick = yardstick_model(cfg)
     assert yardstick.behavior.ensemble == 1 and yardstick.behavior.item_ids is True
-    assert yardstick.behavior.recency is False
+    assert yardstick.behavior.recency is False and yardstick.behavior.click_profile is False
     assert cfg.behavior.ensemble == 5 and cfg.behavior.item_ids is False  # the run's own config untouched
     assert cfg.behavior.recency is True
     assert yardstick.behavior.features == cfg.behavior.features

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -213,6 +214,15 @@ class GRUBehavior(SequenceUserModel):
         response, h = model.respond(h, slates, generator)
     """
 
+    @staticmethod
+    def check_keys(keys: Mapping[str, Any]) -> None:
+        """Refuse, in one line, a click profile without the recency term it is a channel of. The
+        constructor applies it, and the config pre-check (:func:`recrl.config.check_node`)
+        before any data is read."""
+        if keys["click_profile"] and not keys["recency"]:
+            raise RecrlError("behavior.click_profile=true is a channel of the attribute recency term: "
+                             "set behavior.recency=true too")
+
     def __init__(self, n_items: int, dim: int = 32, hidden: int = 64,
                  features: Sequence[str] = (), training: TrainingSettings | None = None,
                  n_users: int = 0, item_features: ItemFeatures | None = None, item_ids: bool = True,
@@ -220,9 +230,7 @@ class GRUBehavior(SequenceUserModel):
         super().__init__()
         self._setup(n_items, n_users, training, features, item_features, dim, item_ids=item_ids)
         self.hidden = hidden
-        if click_profile and not recency:
-            raise RecrlError("behavior.click_profile=true is a channel of the attribute recency term: "
-                             "set behavior.recency=true too")
+        self.check_keys({"recency": recency, "click_profile": click_profile})
         self.recency = self._attribute_recency(item_features, click_profile) if recency else None
         self.item_in = self.id_table(n_items + 1, dim, padding_idx=n_items)
         self.event = nn.Linear(2 * dim + 2, hidden)
