@@ -115,6 +115,18 @@ class BayesPredictor:
         return (self.world.leave_prob(flat).view(post.weights.shape) * post.weights).sum(1)
 
 
+def content_world(world: SyntheticWorld) -> SyntheticWorld:
+    """A copy of ``world`` that knows each item only as its item table does: its vector replaced
+    by the mean vector of its topic (quality, price and clickbait kept), the within-topic
+    direction unknown."""
+    clone = world.ground_truth(world.device)
+    means = torch.zeros(world.n_topics, world.n_topics, device=world.device)
+    means.index_add_(0, world.topic, world.item_emb)
+    counts = torch.bincount(world.topic, minlength=world.n_topics).clamp(min=1)
+    clone.item_emb = (means / counts[:, None].to(means.dtype))[world.topic]
+    return clone
+
+
 def main() -> None:
     """Evaluate the Bayes predictor and the behavior model, print the table, write JSON."""
     console_logging()  # the stages' messages (behavior fit or cache hit) on the console
@@ -125,8 +137,10 @@ def main() -> None:
     args = parser.parse_args()
     _, stages, world, env = synthetic_run(args.overrides, "fidelity ceilings")
     bayes = BayesPredictor(world, args.particles)
+    by_content = BayesPredictor(content_world(world), args.particles)
     models: dict[str, Any] = {"behavior model": stages.behavior,
-                              "Bayes-optimal (true items, posterior interest)": bayes}
+                              "Bayes-optimal (true items, posterior interest)": bayes,
+                              "Bayes, items by content (topic-mean vectors)": by_content}
     policies = {"random slates": None, "quality_first slates": QualityFirst(world)}
     rows: dict[str, dict[str, dict[str, float]]] = {}
     for name, model in models.items():

@@ -57,17 +57,22 @@ def _watch_log(with_watch: bool) -> Interactions:
                         items=pd.DataFrame(index=range(N_ITEMS)), n_users=40, n_items=N_ITEMS)
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2])
 @pytest.mark.parametrize("model_class", [GRUBehavior, MFBehavior])
-def test_behavior_models_learn_each_items_watch(model_class: type) -> None:
-    settings = TrainingSettings(lr=3e-2, epochs=25, patience=25, max_len=10, batch_size=8)
+def test_behavior_models_learn_each_items_watch(model_class: type, seed: int) -> None:
+    """At the start of a session and after a step (the GRU learns its start state from the
+    sessions' first rows, the rest from the later ones)."""
+    settings = TrainingSettings(lr=1e-2, epochs=60, patience=60, max_len=10, batch_size=8, seed=seed)
     model = model_class(n_items=N_ITEMS, n_users=40, dim=8, training=settings)
     model.fit(_watch_log(with_watch=True))
     assert bool(model.watch_known)
-    state = model.initial_state(4, torch.Generator().manual_seed(0))
     slates = torch.arange(N_ITEMS).expand(4, -1)
-    response, _ = model.respond(state, slates, torch.Generator().manual_seed(1))
-    torch.testing.assert_close(response.watch, 0.2 * slates.float(), atol=0.15, rtol=0.0)
-    torch.testing.assert_close(model.score_all(state).watch, response.watch)
+    state = model.initial_state(4, torch.Generator().manual_seed(0))
+    for _ in range(2):
+        response, after = model.respond(state, slates, torch.Generator().manual_seed(1))
+        torch.testing.assert_close(response.watch, 0.2 * slates.float(), atol=0.15, rtol=0.0)
+        torch.testing.assert_close(model.score_all(state).watch, response.watch)
+        state = after
 
 
 def test_a_model_fitted_without_watch_values_predicts_nan() -> None:

@@ -313,10 +313,15 @@ class GRUBehavior(SequenceUserModel):
 
     def initial_state(self, n_users: int, generator: torch.Generator | None = None) -> Tensor:
         """The learned start-of-session state (no exposure yet), repeated ``n_users`` times."""
-        h = self.h0.detach().expand(n_users, -1)
+        return self.start_state(n_users).detach().clone()
+
+    def start_state(self, n_users: int) -> Tensor:
+        """:meth:`initial_state` with the gradient to the learned ``h0`` kept: what fitting starts
+        every session from, so that the first step's predictions are learned too."""
+        h = self.h0.expand(n_users, -1)
         if self.recency is not None:
             h = torch.cat([h, h.new_zeros(n_users, self.recency.width)], -1)
-        return h.clone()
+        return h
 
     def output(self, state: Tensor) -> Tensor:
         """The GRU's hidden state, what the heads read."""
@@ -342,7 +347,7 @@ class GRUBehavior(SequenceUserModel):
 
     def sequence_logits(self, batch: SessionTensors) -> dict[str, Tensor]:
         """Per-step logits of every head over padded sessions ``[S, T]`` (slate size 1)."""
-        state = self.initial_state(batch.item.shape[0]).to(batch.item.device)
+        state = self.start_state(batch.item.shape[0]).to(batch.item.device)
         click, conv, rating, leave, negative, states = [], [], [], [], [], []
         values: dict[str, list[Tensor]] = {name: [] for name in self.signal_names}
         for t in range(batch.item.shape[1]):
