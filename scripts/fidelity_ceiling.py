@@ -8,7 +8,11 @@ world's own click model averaged over the posterior of the user's initial intere
 observed history (importance sampling with ``--particles`` draws from the world's prior, uniform
 on the sphere; satisfaction and topic boredom, which do not depend on the interest, and the
 interest's drift toward clicked items are replayed exactly for every particle). It knows every
-item's true parameters, so it bounds what any model fitted on logs can reach.
+item's true parameters, so it bounds what any model fitted on logs can reach. A second Bayes row
+knows items only as the item table describes them (:func:`content_world`: each item's vector
+replaced by its topic's mean vector, quality, price and clickbait kept): what a model that knows
+items by their content, as the default synthetic simulator does, could reach with the world's
+own form (a plug-in bound: the within-topic directions are not averaged over, only dropped).
 
 Next to it, on the same users and slates: the run's behavior model (a single model, or the
 ensemble's mean with ``behavior.ensemble=K`` after ``--``), under random slates and under a

@@ -51,3 +51,18 @@ def test_history_sharpens_the_prediction_toward_the_truth() -> None:
     assert torch.allclose(bayes.leave_prob(bayes.encode(obs)), world.leave_prob(env.state), atol=1e-5)
     flat = truth.flatten().double()
     assert pearson(posterior.flatten().double(), flat) > pearson(prior.flatten().double(), flat) + 0.1
+
+
+def test_content_world_knows_items_by_their_topic_mean() -> None:
+    """Every item's vector is its topic's mean vector (by hand), the rest of the items' truth is
+    kept, and the world itself is untouched."""
+    ceiling = load_script("fidelity_ceiling")
+    world = make_env().model
+    original = world.item_emb.clone()
+    content = ceiling.content_world(world)
+    for item in range(world.n_items):
+        same = world.topic == world.topic[item]
+        torch.testing.assert_close(content.item_emb[item], original[same].mean(0))
+    assert torch.equal(world.item_emb, original)
+    for name in ("topic", "quality", "price", "is_bait"):
+        assert torch.equal(getattr(content, name), getattr(world, name))
