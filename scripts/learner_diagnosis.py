@@ -143,17 +143,10 @@ def topic_profile(obs: Obs, world: SyntheticWorld) -> Tensor:
     return torch.cat([clicked / clicked.norm(dim=1, keepdim=True).clamp(min=1.0), shown], 1)
 
 
-def history_estimate(obs: Obs, world: SyntheticWorld) -> Tensor:
-    """The ``estimated_state`` features ``[B, 2 T + 1]``: the inputs of the reference rule that
-    earns 65% of the oracle (``scripts/reference_policies.py`` :func:`estimate_state`: interest =
-    the normalised sum of the clicked items' true vectors, satisfaction and boredom replayed)."""
-    return estimate_state(world, obs)
-
-
 Features = Callable[[Obs, SyntheticWorld], Tensor]
 HISTORY_FEATURES: dict[str, tuple[Features, Callable[[SyntheticWorld], int]]] = {
     "topic_profile": (topic_profile, lambda world: 2 * world.n_topics),
-    "estimated_state": (history_estimate, lambda world: 2 * world.n_topics + 1),
+    "estimated_state": (estimate_state, lambda world: 2 * world.n_topics + 1),  # the 65% rule's inputs
 }
 
 

@@ -61,7 +61,7 @@ def clicked_interest(world: SyntheticWorld, items: Tensor, clicked: Tensor) -> T
     return F.normalize((world.item_emb[items] * clicked.unsqueeze(-1)).sum(1), dim=1)
 
 
-def estimate_state(world: SyntheticWorld, obs: Obs,
+def estimate_state(obs: Obs, world: SyntheticWorld,
                    interest: Callable[[Tensor, Tensor], Tensor] | None = None) -> Tensor:
     """A user state ``[B, 2 T + 1]`` = ``[interest | satisfaction | boredom]`` estimated from the
     observed history: satisfaction and topic boredom replayed through the world's own update over
@@ -108,7 +108,7 @@ class EstimatedState:
     def estimate(self, obs: Obs) -> Tensor:
         """``[interest | satisfaction | boredom]`` of :func:`estimate_state`, with this rule's
         interest estimate."""
-        return estimate_state(self.world, obs, self.interest)
+        return estimate_state(obs, self.world, self.interest)
 
     def interest(self, items: Tensor, clicked: Tensor) -> Tensor:
         """The interest estimate ``[B, T]`` (:func:`clicked_interest`)."""

@@ -114,13 +114,13 @@ class AttributeRecency(nn.Module):
         fixed ``decays`` ``[..., channels]`` (broadcasting over the leading dimensions)."""
         decays = self.decays() if decays is None else decays
         shown = self.tokens[slates]                                             # [B, K, C]
-        c = self.tokens.shape[1]
-        parts = [decays[..., 0:1] * exposure[..., :c] + shown.sum(-2)]
-        if self.clicks:
-            if click is None:
-                raise RecrlError("the click profile (behavior.click_profile) needs the clicks of every step")
-            parts.append(decays[..., 1:2] * exposure[..., c:] + (click.unsqueeze(-1) * shown).sum(-2))
-        return torch.cat(parts, -1) if self.clicks else parts[0]
+        exposed = decays[..., 0:1] * self.channel(exposure, 0) + shown.sum(-2)
+        if not self.clicks:
+            return exposed
+        if click is None:
+            raise RecrlError("the click profile (behavior.click_profile) needs the clicks of every step")
+        profile = decays[..., 1:2] * self.channel(exposure, 1) + (click.unsqueeze(-1) * shown).sum(-2)
+        return torch.cat([exposed, profile], -1)
 
     def exposures(self, items: Tensor, decays: Sequence[float], clicks: Tensor | None = None) -> Tensor:
         """Each row's overlap with its own item's attributes before it was shown, per channel,
@@ -161,21 +161,24 @@ class AttributeRecency(nn.Module):
             return exposure @ self.tokens[:-1].T
         return (exposure.unsqueeze(-2) * self.tokens[items]).sum(-1)
 
+    def channel(self, exposure: Tensor, j: int) -> Tensor:
+        """Channel ``j``'s columns ``[..., C]`` of an exposure state ``[..., width]`` (0: the
+        exposure, 1: the click profile)."""
+        c = self.tokens.shape[1]
+        return exposure[..., j * c:(j + 1) * c]
+
     def channel_overlaps(self, exposure: Tensor, items: Tensor | None = None) -> Tensor:
         """:meth:`overlap` of every channel, ``[..., B, K, channels]``."""
-        c = self.tokens.shape[1]
-        return torch.stack([self.overlap(exposure[..., j * c:(j + 1) * c], items)
-                            for j in range(self.channels)], -1)
+        return torch.stack([self.overlap(self.channel(exposure, j), items) for j in range(self.channels)], -1)
 
     def term(self, exposure: Tensor, items: Tensor | None = None, weights: Tensor | None = None) -> Tensor:
         """The click-utility term ``sum_c w_c * <tokens[i], r_c>`` ``[..., B, K]`` of ``items``
         (``[..., B, n_items]`` when ``None``), at the learned weights or ``weights``
         ``[..., channels]`` (e.g. one row per ensemble member)."""
         weights = self.weights() if weights is None else weights
-        c = self.tokens.shape[1]
-        total = weights[..., 0] * self.overlap(exposure[..., :c], items)
-        if self.clicks:
-            total = total + weights[..., 1] * self.overlap(exposure[..., c:], items)
+        total = weights[..., 0] * self.overlap(self.channel(exposure, 0), items)
+        for j in range(1, self.channels):
+            total = total + weights[..., j] * self.overlap(self.channel(exposure, j), items)
         return total
 
 
