@@ -1,0 +1,67 @@
+"""``scripts/simulator_fits.py``: a behavior-model fit per training seed, scored, compared pair by pair."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+from tiny import load_script
+
+SMALL = ["experiment=smoke", "dataset.n_users=200", "dataset.n_items=40", "trainer.device=cpu"]
+
+
+def test_fits_differ_by_training_seed_and_repeat_exactly(tmp_path: Path) -> None:
+    """Two training seeds give two fits (different held-out losses); the same seed again is the
+    same cached fit, scored to the same numbers; every measure is a number in its range."""
+    fits = load_script("simulator_fits")
+    overrides = [*SMALL, f"cache_dir='{tmp_path}'"]
+    first, second = (fits.score_fit(overrides, seed, users=32) for seed in (0, 1))
+    again = fits.score_fit(overrides, 0, users=32)
+    assert first == again
+    assert first["valid_click_logloss"] != second["valid_click_logloss"]
+    for row in (first, second):
+        assert {key for key, _, _ in fits.MEASURES} <= row.keys()
+        assert 0.0 < row["valid_click_logloss"] < 1.0 and 0.0 < row["valid_leave_logloss"] < 1.0
+        assert all(-1.0 <= row[k] <= 1.0 for k in ("click_random", "leave_random", "click_planner"))
+        assert row["planner_return"] > 0.0 and row["planner_sim_return"] > 0.0
+        assert row["sim_over_truth"] == pytest.approx(row["planner_sim_return"] / row["planner_return"])
+
+
+def test_paired_differences_by_hand() -> None:
+    """B minus A per seed, its mean and t interval, and on how many seeds B is better (lower
+    log-loss, higher return; no verdict on the simulated return)."""
+    fits = load_script("simulator_fits")
+    keys = [key for key, _, _ in fits.MEASURES]
+    a = {0: dict.fromkeys(keys, 1.0), 1: dict.fromkeys(keys, 1.0), 2: dict.fromkeys(keys, 1.0)}
+    b = {s: dict.fromkeys(keys, 1.0) for s in a}
+    for seed, delta in zip(a, (0.1, 0.2, -0.3), strict=True):
+        b[seed]["planner_return"] += delta
+        b[seed]["valid_click_logloss"] += delta
+        b[seed]["planner_sim_return"] += delta
+    out = fits.paired([0, 1, 2], a, b)
+    assert out["planner_return"]["mean"] == pytest.approx(0.0)
+    assert out["planner_return"]["b_better_on"] == 2
+    assert out["valid_click_logloss"]["b_better_on"] == 1
+    assert out["planner_sim_return"]["b_better_on"] is None
+    # sd of (0.1, 0.2, -0.3) is sqrt(0.07); t(0.975, 2) = 4.302653
+    assert out["planner_return"]["ci95"] == pytest.approx(4.302653 * math.sqrt(0.07 / 3), rel=1e-5)
+
+
+def test_main_writes_both_configurations_and_the_comparison(tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    fits = load_script("simulator_fits")
+    out = tmp_path / "fits.json"
+    monkeypatch.setattr(sys, "argv", ["simulator_fits.py", "--seeds", "0", "1", "--users", "32",
+                                      "--against", "behavior.recency=false", "--out", str(out), "--",
+                                      *SMALL, f"cache_dir='{tmp_path}'"])
+    fits.main()
+    result = json.loads(out.read_text())
+    assert result["configs"]["B"][-1] == "behavior.recency=false"
+    assert set(result["fits"]) == {"A", "B"} and set(result["fits"]["A"]) == {"0", "1"}
+    diff = result["b_minus_a"]["valid_click_logloss"]
+    by_seed = [result["fits"]["B"][s]["valid_click_logloss"] - result["fits"]["A"][s]["valid_click_logloss"]
+               for s in ("0", "1")]
+    assert diff["mean"] == pytest.approx(sum(by_seed) / 2)
