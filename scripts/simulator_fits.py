@@ -12,7 +12,12 @@ seed (``--seeds``; each fit cached like a run's) and scores every fit on the syn
   :func:`~recrl.behavior.fidelity.true_model_agreement`);
 - what it is worth to a policy: the ground-truth return of ``algo=planner`` on it (the
   survival-aware rule on the fitted model, which trains nothing, so the fit is all that varies;
-  it is also what the default learners' demonstrations come from), on the run's evaluation users.
+  it is also what the default learners' demonstrations come from), on the run's evaluation users,
+  and its return in the fitted simulator itself (how much this fit flatters or underrates it);
+- how it responds to item content: the slope of its click logit per standard deviation of each
+  numeric column of the item table, on the logged training rows, next to the slope the logs
+  themselves show (a logistic regression of the logged clicks on the same columns, the
+  categorical ones and the step), :func:`attribute_slopes`.
 
 With ``--against "<overrides>"`` a second configuration (the same overrides plus these) is fitted
 with the same training seeds and compared pair by pair (B minus A, mean and 95% CI over the
@@ -36,11 +41,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from rich.console import Console
 from rich.table import Table
+from torch import Tensor
 
 from recrl.algos.planner import SurvivalPlanner
+from recrl.behavior.features import side_features
 from recrl.behavior.fidelity import true_model_agreement
+from recrl.behavior.fit import training_tensors
 from recrl.evaluate import run_episodes
 from recrl.logs import console_logging
 from recrl.metrics.stats import mean_ci
@@ -62,11 +71,55 @@ MEASURES = (("valid_click_logloss", "click log-loss", False),
             ("sim_over_truth", "sim / truth", None))
 
 
+def attribute_slopes(stages: Any) -> dict[str, dict[str, float]]:
+    """For each numeric column of the item table, the click logit's slope per standard deviation
+    of it on the logged training rows: ``logs``, from a logistic regression of the logged clicks,
+    and ``model``, from a least-squares fit of the fitted model's click logits on those rows
+    (given each row's logged history); both on the same design (the numeric columns, standardised,
+    the categorical columns' indicators, the step of the session and a constant). Empty without
+    numeric columns or recorded non-clicks."""
+    inter = stages.splits.interactions
+    table = inter.items.reindex(range(inter.n_items))
+    features = side_features(table, inter.n_items)
+    if features.dense is None or inter.positive_only:
+        return {}
+    names = [str(c) for c in table.columns if side_features(table[[c]], inter.n_items).dense is not None]
+    train, _ = training_tensors(inter, stages.behavior.max_len, seed=0)
+    with torch.no_grad():
+        model_logit = stages.behavior.sequence_logits(train)["click"]
+    real = train.mask.bool()
+    items = train.item[real]
+    step = torch.arange(train.item.shape[1]).expand_as(train.item)[real].double() / train.item.shape[1]
+    parts = [features.dense[items].double(), step[:, None], torch.ones(len(items), 1, dtype=torch.float64)]
+    if features.tokens is not None:
+        parts.append(features.tokens[items].double())
+    design = torch.cat(parts, 1)
+    logs = logistic_fit(design, train.click[real].double())
+    model = torch.linalg.lstsq(design, model_logit[real].double()[:, None]).solution[:, 0]
+    return {name: {"logs": float(logs[j]), "model": float(model[j])} for j, name in enumerate(names)}
+
+
+def logistic_fit(design: Tensor, labels: Tensor) -> Tensor:
+    """Maximum-likelihood coefficients of ``P(y = 1) = sigmoid(design @ beta)`` (L-BFGS)."""
+    beta = torch.zeros(design.shape[1], dtype=design.dtype, requires_grad=True)
+    optimizer = torch.optim.LBFGS([beta], max_iter=500, line_search_fn="strong_wolfe")
+
+    def loss() -> Tensor:
+        optimizer.zero_grad()
+        value = F.binary_cross_entropy_with_logits(design @ beta, labels)
+        value.backward()
+        return value
+
+    optimizer.step(loss)
+    return beta.detach()
+
+
 def score_fit(overrides: Sequence[str], training_seed: int, users: int | None,
-              caution: float = 2.0) -> dict[str, float]:
+              caution: float = 2.0) -> dict[str, Any]:
     """Fit (or load from the cache) the behavior model of ``overrides`` with ``training_seed`` and
-    score it (:data:`MEASURES`, plus the fit's epochs and seconds); the planner plans with
-    ``caution`` (``algo.caution``) on ``users`` evaluation users (``eval.episodes`` when ``None``)."""
+    score it (:data:`MEASURES`, :func:`attribute_slopes`, the fit's epochs and seconds); the
+    planner plans with ``caution`` (``algo.caution``) on ``users`` evaluation users
+    (``eval.episodes`` when ``None``)."""
     cfg, stages, _, env = synthetic_run([*overrides, f"behavior.training.seed={training_seed}"],
                                         "simulator fits")
     report, model = stages.behavior_report, stages.behavior
@@ -85,6 +138,7 @@ def score_fit(overrides: Sequence[str], training_seed: int, users: int | None,
             "planner_return": float(returns["truth"]),
             "planner_sim_return": float(returns["simulator"]),
             "sim_over_truth": float(returns["simulator"] / returns["truth"]),
+            "slopes": attribute_slopes(stages),
             "epochs": float(report.get("epochs", float("nan"))),
             "fit_seconds": float(report.get("seconds", float("nan")))}
 
@@ -95,7 +149,7 @@ def summarise(values: Sequence[float]) -> dict[str, float]:
     return {"mean": mean, "ci95": half}
 
 
-def fits_table(title: str, seeds: Sequence[int], fits: dict[int, dict[str, float]]) -> Table:
+def fits_table(title: str, seeds: Sequence[int], fits: dict[int, dict[str, Any]]) -> Table:
     """One row per training seed and a mean ± CI row."""
     table = Table(title=title, caption="log-loss: validation; r: Pearson correlation with the true "
                   "probabilities; planner: its return")
@@ -106,6 +160,23 @@ def fits_table(title: str, seeds: Sequence[int], fits: dict[int, dict[str, float
     for seed in seeds:
         table.add_row(str(seed), *(f"{fits[seed][key]:.{_digits(key)}f}" for key in keys))
     table.add_row("mean ± 95% CI", *(_pm(summarise([fits[s][key] for s in seeds]), key) for key in keys))
+    return table
+
+
+def slopes_table(title: str, seeds: Sequence[int], fits: dict[int, dict[str, Any]]) -> Table | None:
+    """The logs' slope of each numeric item attribute and every fit's (``None`` without any)."""
+    names = list(fits[seeds[0]]["slopes"])
+    if not names:
+        return None
+    table = Table(title=f"{title}: click-logit slope per standard deviation of each numeric item attribute")
+    table.add_column("")
+    for name in names:
+        table.add_column(name, justify="right")
+    logs = fits[seeds[0]]["slopes"]  # the same logs for every fit
+    table.add_row("logs (logistic regression)", *(f"{logs[n]['logs']:+.3f}" for n in names))
+    for seed in seeds:
+        slopes = fits[seed]["slopes"]
+        table.add_row(f"fit, training seed {seed}", *(f"{slopes[n]['model']:+.3f}" for n in names))
     return table
 
 
@@ -164,7 +235,11 @@ def main() -> None:
             for name, overrides in configs.items()}
     console = Console(width=200)
     for name, overrides in configs.items():
-        console.print(fits_table(f"{name}: {' '.join(overrides) or 'defaults'}", args.seeds, fits[name]))
+        title = f"{name}: {' '.join(overrides) or 'defaults'}"
+        console.print(fits_table(title, args.seeds, fits[name]))
+        slopes = slopes_table(title, args.seeds, fits[name])
+        if slopes is not None:
+            console.print(slopes)
     result: dict[str, Any] = {
         "configs": configs, "seeds": args.seeds,
         "fits": {name: {str(s): row for s, row in by_seed.items()} for name, by_seed in fits.items()},

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from tiny import load_script
 
 SMALL = ["experiment=smoke", "dataset.n_users=200", "dataset.n_items=40", "trainer.device=cpu"]
@@ -20,7 +21,11 @@ def test_fits_differ_by_training_seed_and_repeat_exactly(tmp_path: Path) -> None
     overrides = [*SMALL, f"cache_dir='{tmp_path}'"]
     first, second = (fits.score_fit(overrides, seed, users=32) for seed in (0, 1))
     again = fits.score_fit(overrides, 0, users=32)
+    slopes, again_slopes = first.pop("slopes"), again.pop("slopes")
     assert first == again
+    for name, pair in slopes.items():  # least squares may round differently from call to call
+        assert pair == pytest.approx(again_slopes[name], rel=1e-9)
+    first["slopes"] = slopes
     assert first["valid_click_logloss"] != second["valid_click_logloss"]
     for row in (first, second):
         assert {key for key, _, _ in fits.MEASURES} <= row.keys()
@@ -28,6 +33,19 @@ def test_fits_differ_by_training_seed_and_repeat_exactly(tmp_path: Path) -> None
         assert all(-1.0 <= row[k] <= 1.0 for k in ("click_random", "leave_random", "click_planner"))
         assert row["planner_return"] > 0.0 and row["planner_sim_return"] > 0.0
         assert row["sim_over_truth"] == pytest.approx(row["planner_sim_return"] / row["planner_return"])
+        assert set(row["slopes"]) == {"quality", "price"}  # the synthetic item table's numeric columns
+    # the logs' slopes come from the logs alone: the same for every fit
+    assert first["slopes"]["quality"]["logs"] == second["slopes"]["quality"]["logs"]
+
+
+def test_logistic_fit_recovers_known_coefficients() -> None:
+    fits = load_script("simulator_fits")
+    g = torch.Generator().manual_seed(0)
+    design = torch.cat([torch.randn(40_000, 2, generator=g, dtype=torch.float64),
+                        torch.ones(40_000, 1, dtype=torch.float64)], 1)
+    beta = torch.tensor([0.8, -0.5, 0.2], dtype=torch.float64)
+    labels = torch.bernoulli(torch.sigmoid(design @ beta), generator=g)
+    assert torch.allclose(fits.logistic_fit(design, labels), beta, atol=0.06)
 
 
 def test_paired_differences_by_hand() -> None:
