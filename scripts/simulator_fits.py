@@ -126,9 +126,10 @@ def score_fit(overrides: Sequence[str], training_seed: int, users: int | None,
     planner = SurvivalPlanner(stages.ctx, caution=caution)
     random_slates = true_model_agreement(model, env)
     planner_slates = true_model_agreement(model, env, policy=planner)
-    returns = {where: run_episodes(planner, world_env, users or cfg.eval.episodes, seed=cfg.eval.seed,
-                                   batch_size=cfg.eval.batch_size).summary()["return"]["mean"]
-               for where, world_env in (("truth", env), ("simulator", stages.make_env(model)))}
+    runs = {where: run_episodes(planner, world_env, users or cfg.eval.episodes, seed=cfg.eval.seed,
+                                batch_size=cfg.eval.batch_size).summary()
+            for where, world_env in (("truth", env), ("simulator", stages.make_env(model)))}
+    returns = {where: summary["return"]["mean"] for where, summary in runs.items()}
     return {"valid_click_logloss": float(report["valid_click_logloss"]),
             "valid_leave_logloss": float(report["valid_leave_logloss"]),
             "click_random": random_slates["click_prob_pearson"],
@@ -138,6 +139,9 @@ def score_fit(overrides: Sequence[str], training_seed: int, users: int | None,
             "planner_return": float(returns["truth"]),
             "planner_sim_return": float(returns["simulator"]),
             "sim_over_truth": float(returns["simulator"] / returns["truth"]),
+            # what the return is made of: clicks per step and steps per session, in each world
+            **{f"planner_{key}_{where}": float(runs[where][key]["mean"])
+               for key in ("ctr", "episode_length") for where in runs},
             "slopes": attribute_slopes(stages),
             "epochs": float(report.get("epochs", float("nan"))),
             "fit_seconds": float(report.get("seconds", float("nan")))}
