@@ -35,7 +35,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
@@ -44,14 +43,14 @@ from torch import Tensor
 from recrl.algos.nets import mask_shown
 from recrl.algos.oracle import Oracle
 from recrl.algos.random import RandomPolicy
-from recrl.config import CONF_DIR, validate
+from recrl.cli import compose_checked
 from recrl.data.synthetic import SyntheticWorld
 from recrl.env.simulator import RecEnv
 from recrl.logs import console_logging
 from recrl.metrics.online import run_episodes
 from recrl.report import write_text_atomic
 from recrl.stages import Stages, build_stages
-from recrl.types import Obs, Reward
+from recrl.types import Obs, RecrlError, Reward
 
 
 def clicked_interest(world: SyntheticWorld, items: Tensor, clicked: Tensor) -> Tensor:
@@ -148,11 +147,14 @@ class EstimatedTopics(EstimatedState):
 
 def synthetic_run(overrides: list[str], what: str) -> tuple[DictConfig, Stages, SyntheticWorld, RecEnv]:
     """The config, stages, true world and a ground-truth environment of ``recrl train overrides``
-    on CPU; exits with a message (``what`` needs ...) unless the world is synthetic with slates of one."""
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("train", overrides=["trainer.device=cpu", *overrides])
-    validate(cfg)
-    stages = build_stages(cfg, torch.device("cpu"))
+    on CPU; exits with a message (``what`` needs ...) unless the world is synthetic with slates of
+    one, and with the one-line error ``recrl train`` would print for a wrong key or value or a
+    missing dataset."""
+    try:
+        cfg = compose_checked("train", ["trainer.device=cpu", *overrides])
+        stages = build_stages(cfg, torch.device("cpu"))
+    except RecrlError as err:
+        sys.exit(f"error: {err}")
     world = stages.ground_truth
     if not isinstance(world, SyntheticWorld) or cfg.env.slate_size != 1:
         sys.exit(f"{what} need dataset=synthetic and env.slate_size=1")

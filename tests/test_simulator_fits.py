@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from tiny import load_script
+from tiny import SCRIPTS, load_script
 
 SMALL = ["experiment=smoke", "dataset.n_users=200", "dataset.n_items=40", "trainer.device=cpu"]
 
@@ -83,3 +84,16 @@ def test_main_writes_both_configurations_and_the_comparison(tmp_path: Path,
     by_seed = [result["fits"]["B"][s]["valid_click_logloss"] - result["fits"]["A"][s]["valid_click_logloss"]
                for s in ("0", "1")]
     assert diff["mean"] == pytest.approx(sum(by_seed) / 2)
+
+
+def test_a_wrong_key_is_one_line_and_a_nonzero_exit(tmp_path: Path) -> None:
+    """The scripts on ``reference_policies.synthetic_run`` refuse a wrong override as ``recrl
+    train`` does: one line, no traceback, nothing written."""
+    out = tmp_path / "fits.json"
+    command = [sys.executable, str(SCRIPTS / "simulator_fits.py"), "--seeds", "0", "--out", str(out),
+               "--", "behavior.nonexistent=1"]
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode != 0
+    [line] = proc.stderr.strip().splitlines()
+    assert line.startswith("error: unknown key behavior.nonexistent (check the spelling")
+    assert not out.exists()
