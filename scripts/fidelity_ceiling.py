@@ -46,7 +46,7 @@ from recrl.report import write_text_atomic
 from recrl.types import Obs, Response
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from reference_policies import QualityFirst, synthetic_run
+from reference_policies import QualityFirst, synthetic_run, topic_means
 
 
 class Posterior:
@@ -124,10 +124,7 @@ def content_world(world: SyntheticWorld) -> SyntheticWorld:
     by the mean vector of its topic (quality, price and clickbait kept), the within-topic
     direction unknown."""
     clone = world.ground_truth(world.device)
-    means = torch.zeros(world.n_topics, world.n_topics, device=world.device)
-    means.index_add_(0, world.topic, world.item_emb)
-    counts = torch.bincount(world.topic, minlength=world.n_topics).clamp(min=1)
-    clone.item_emb = (means / counts[:, None].to(means.dtype))[world.topic]
+    clone.item_emb = topic_means(world.item_emb, world.topic)
     return clone
 
 

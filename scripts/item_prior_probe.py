@@ -39,7 +39,7 @@ from recrl.report import write_text_atomic
 from recrl.types import RecrlError
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from reference_policies import synthetic_run
+from reference_policies import synthetic_run, topic_means
 
 
 def held_out_r2(features: Tensor, target: Tensor, seed: int = 0, train_share: float = 0.8) -> float:
@@ -58,10 +58,7 @@ def held_out_r2(features: Tensor, target: Tensor, seed: int = 0, train_share: fl
 
 def within_topic(vectors: Tensor, topic: Tensor) -> Tensor:
     """``vectors`` ``[N, D]`` minus the mean vector of each row's topic."""
-    topics = int(topic.max()) + 1
-    means = torch.zeros(topics, vectors.shape[1], dtype=vectors.dtype).index_add_(0, topic, vectors)
-    counts = torch.bincount(topic, minlength=topics).clamp(min=1).to(vectors.dtype)
-    return vectors - (means / counts[:, None])[topic]
+    return vectors - topic_means(vectors, topic)
 
 
 def probe(prior: Tensor, vectors: Tensor, topic: Tensor) -> dict[str, float]:

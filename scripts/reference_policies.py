@@ -53,6 +53,15 @@ from recrl.stages import Stages, build_stages
 from recrl.types import Obs, RecrlError, Reward
 
 
+def topic_means(vectors: Tensor, topic: Tensor) -> Tensor:
+    """The mean of ``vectors`` ``[N, D]`` over the rows of each row's topic ``[N]``: what an item
+    table that names each item's topic says of its vector."""
+    topics = int(topic.max()) + 1
+    sums = torch.zeros(topics, vectors.shape[1], dtype=vectors.dtype, device=vectors.device)
+    counts = torch.bincount(topic, minlength=topics).clamp(min=1).to(vectors.dtype)
+    return (sums.index_add_(0, topic, vectors) / counts[:, None])[topic]
+
+
 def clicked_interest(world: SyntheticWorld, items: Tensor, clicked: Tensor) -> Tensor:
     """The interest estimate ``[B, T]`` from the history's items ``[B, S]`` (padding clamped to a
     real id) and click weights ``[B, S]`` (0 on padding): the normalised sum of the clicked items'

@@ -50,9 +50,9 @@ from recrl.algos.planner import SurvivalPlanner
 from recrl.behavior.features import side_features
 from recrl.behavior.fidelity import true_model_agreement
 from recrl.behavior.fit import training_tensors
-from recrl.evaluate import run_episodes
 from recrl.logs import console_logging
-from recrl.metrics.stats import mean_ci
+from recrl.metrics.online import run_episodes
+from recrl.metrics.stats import summarize
 from recrl.report import write_text_atomic
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -147,12 +147,6 @@ def score_fit(overrides: Sequence[str], training_seed: int, users: int | None,
             "fit_seconds": float(report.get("seconds", float("nan")))}
 
 
-def summarise(values: Sequence[float]) -> dict[str, float]:
-    """Mean and 95% CI half width (Student t over the fits)."""
-    mean, half = mean_ci(list(values))
-    return {"mean": mean, "ci95": half}
-
-
 def fits_table(title: str, seeds: Sequence[int], fits: dict[int, dict[str, Any]]) -> Table:
     """One row per training seed and a mean ± CI row."""
     table = Table(title=title, caption="log-loss: validation; r: Pearson correlation with the true "
@@ -163,7 +157,7 @@ def fits_table(title: str, seeds: Sequence[int], fits: dict[int, dict[str, Any]]
     keys = [key for key, _, _ in MEASURES]
     for seed in seeds:
         table.add_row(str(seed), *(f"{fits[seed][key]:.{_digits(key)}f}" for key in keys))
-    table.add_row("mean ± 95% CI", *(_pm(summarise([fits[s][key] for s in seeds]), key) for key in keys))
+    table.add_row("mean ± 95% CI", *(_pm(summarize([fits[s][key] for s in seeds]), key) for key in keys))
     return table
 
 
@@ -191,7 +185,7 @@ def paired(seeds: Sequence[int], a: dict[int, dict[str, float]],
     for key, _, higher in MEASURES:
         diffs = [b[s][key] - a[s][key] for s in seeds]
         better = None if higher is None else sum((d > 0) if higher else (d < 0) for d in diffs)
-        out[key] = {**summarise(diffs), "b_better_on": better, "seeds": len(seeds)}
+        out[key] = {**summarize(diffs), "b_better_on": better, "seeds": len(seeds)}
     return out
 
 
@@ -247,7 +241,7 @@ def main() -> None:
     result: dict[str, Any] = {
         "configs": configs, "seeds": args.seeds,
         "fits": {name: {str(s): row for s, row in by_seed.items()} for name, by_seed in fits.items()},
-        "summary": {name: {key: summarise([by_seed[s][key] for s in args.seeds]) for key, _, _ in MEASURES}
+        "summary": {name: {key: summarize([by_seed[s][key] for s in args.seeds]) for key, _, _ in MEASURES}
                     for name, by_seed in fits.items()}}
     if "B" in fits:
         result["b_minus_a"] = paired(args.seeds, fits["A"], fits["B"])
