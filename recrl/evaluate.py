@@ -31,6 +31,7 @@ from recrl.stages import GymStages, Stages, build_stages, config_hash, gym_stage
 from recrl.types import Env, Policy, RecrlError, Splits
 
 logger = logging.getLogger(__name__)
+DEMONSTRATORS = ("truth", "behavior")  # eval.ground_truth_demonstrator
 
 class Evaluation:
     """Final evaluation settings (``eval=default``) and the routine that applies them.
@@ -49,7 +50,7 @@ class Evaluation:
                  batch_size: int = 1000, seed: int = 12345, offline_users: int = 2000,
                  ground_truth: str | None = None, oracle: bool = True, oracle_candidates: int = 4,
                  train_in_ground_truth: bool = False, policy: str = "last",
-                 ranking_split: str = "test") -> None:
+                 ranking_split: str = "test", ground_truth_demonstrator: str = "truth") -> None:
         if episodes < 2:
             raise RecrlError("eval.episodes must be >= 2 to give a confidence interval")
         if offline_users < 0:
@@ -61,6 +62,11 @@ class Evaluation:
         self.offline_users, self.ground_truth = offline_users, ground_truth
         self.oracle, self.oracle_candidates = oracle, oracle_candidates
         self.train_in_ground_truth = train_in_ground_truth
+        if ground_truth_demonstrator not in DEMONSTRATORS:
+            raise RecrlError(f"eval.ground_truth_demonstrator={ground_truth_demonstrator!r}: use truth (the "
+                             "planner plans on the ground truth it trains in) or behavior (on the fitted "
+                             "model)")
+        self.ground_truth_demonstrator = ground_truth_demonstrator
         if policy not in ("last", "best"):
             raise RecrlError(f"eval.policy={policy!r}: use last (the policy at the end of training) or best "
                              "(checkpoints/best.pt, picked by trainer.select_by)")

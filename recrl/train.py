@@ -13,8 +13,10 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 import recrl
+from recrl.algos.planner import MODEL_METHODS
 from recrl.checkpoint import load_checkpoint, save_checkpoint
 from recrl.config import build, validate
+from recrl.data.synthetic import HistoryBelief, SyntheticWorld
 from recrl.distributed import release
 from recrl.evaluate import Evaluation, final_report, ope_settings
 from recrl.metrics.stats import set_seed
@@ -31,7 +33,10 @@ def train_in_ground_truth(cfg: DictConfig, stages: Stages, trainer: Any, evaluat
                           log: Callable[[int, dict[str, float]], None] | None = None) -> Any | None:
     """``eval.train_in_ground_truth=true`` (research only): the run's algorithm trained with the
     same config, seed and budget in the ground-truth environment instead of the simulator. It
-    shows what the learner can find when the simulator is not in the way. ``None`` for
+    shows what the learner can find when the simulator is not in the way: a learner that takes
+    the planner's demonstrations gets them from a planner on the ground truth's own dynamics
+    (:func:`truth_planning_model`; ``eval.ground_truth_demonstrator=behavior``: on the fitted
+    model, as in the simulator). ``None`` for
     algorithms that never act during training (offline, baselines). ``log`` receives its
     training metrics (``eval/return``: in the ground truth), keys prefixed with
     ``trained_in_ground_truth/``."""
@@ -43,6 +48,14 @@ def train_in_ground_truth(cfg: DictConfig, stages: Stages, trainer: Any, evaluat
         logger.info("eval.train_in_ground_truth: %s learns from logs only; skipped", cfg.algo._target_)
         return None
     env, check_env = stages.make_env(stages.ground_truth), stages.make_env(stages.ground_truth)
+    demos = getattr(algo, "demos", None)
+    if demos is not None and evaluation.ground_truth_demonstrator == "truth":
+        model = truth_planning_model(stages.ground_truth, env)
+        if model is None:
+            logger.info("eval.train_in_ground_truth: the ground truth has no state to plan with; its "
+                        "demonstrations come from the behavior model")
+        else:
+            demos.plan_on(model)
     logger.info("training the same algorithm in the ground truth (eval.train_in_ground_truth)")
     def check() -> dict[str, float]:
         return {"eval/return": evaluation.mean_return(algo, check_env, trainer.eval_episodes)}
@@ -53,6 +66,16 @@ def train_in_ground_truth(cfg: DictConfig, stages: Stages, trainer: Any, evaluat
 
     trainer.fit(algo, env, evaluate=check, log=prefixed, save=lambda tag, step: None, seed=cfg.seed)
     return algo
+
+
+def truth_planning_model(world: Any, env: Any) -> Any:
+    """What a planner in the ground-truth environment ``env`` plans with: the synthetic world's
+    own dynamics with the user state estimated from the history
+    (:class:`~recrl.data.synthetic.HistoryBelief`), or a ground truth that is itself a fitted
+    sequential model (Coat's) as it is; ``None`` for one a planner cannot step."""
+    if isinstance(world, SyntheticWorld):
+        return HistoryBelief(world, env.choice)
+    return world if all(hasattr(world, method) for method in MODEL_METHODS) else None
 
 
 def starting_policy(algo: Any) -> dict[str, Any]:

@@ -67,7 +67,7 @@ from recrl.train import train_in_ground_truth
 from recrl.types import Obs, StepInfo
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from reference_policies import estimate_state
+from recrl.data.synthetic import estimate_state
 
 VARIANTS = ("history", "true_state", "topic_profile", "estimated_state")
 STATE_PARTS = ("interest", "satisfaction", "boredom")

@@ -16,8 +16,12 @@ that are given the world's *item* truth but no user state, to bound what the lea
 - ``estimated_topics``: the same with the interest estimated from the clicked items' *topics*
   alone (the normalised count of clicks per topic, scaled by :data:`TOPIC_SHRINK`), the part of
   an item a learner is told by the item table, without the item vectors' within-topic part.
+- ``truth_planner``: :class:`~recrl.algos.planner.SurvivalPlanner` on the ground truth seen from
+  the history (:class:`~recrl.data.synthetic.HistoryBelief`: ``estimated_state``'s estimate) at
+  the run's ``algo.demo_caution`` (2): the planner whose sessions a learner trained in the ground
+  truth takes as demonstrations (``eval.train_in_ground_truth``).
 
-All three read the world's item tables (quality, clickbait, item vectors), which no learner is given,
+All of them read the world's item tables (quality, clickbait, item vectors), which no learner is given,
 so they are references for the analysis, not algorithms. Prints a table and writes JSON.
 
     python scripts/reference_policies.py --out reference_policies.json
@@ -30,7 +34,6 @@ import argparse
 import json
 import platform
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -42,9 +45,10 @@ from torch import Tensor
 
 from recrl.algos.nets import mask_shown
 from recrl.algos.oracle import Oracle
+from recrl.algos.planner import SurvivalPlanner
 from recrl.algos.random import RandomPolicy
 from recrl.cli import compose_checked
-from recrl.data.synthetic import SyntheticWorld
+from recrl.data.synthetic import HistoryBelief, SyntheticWorld, clicked_interest, estimate_state
 from recrl.env.simulator import RecEnv
 from recrl.logs import console_logging
 from recrl.metrics.online import run_episodes
@@ -60,33 +64,6 @@ def topic_means(vectors: Tensor, topic: Tensor) -> Tensor:
     sums = torch.zeros(topics, vectors.shape[1], dtype=vectors.dtype, device=vectors.device)
     counts = torch.bincount(topic, minlength=topics).clamp(min=1).to(vectors.dtype)
     return (sums.index_add_(0, topic, vectors) / counts[:, None])[topic]
-
-
-def clicked_interest(world: SyntheticWorld, items: Tensor, clicked: Tensor) -> Tensor:
-    """The interest estimate ``[B, T]`` from the history's items ``[B, S]`` (padding clamped to a
-    real id) and click weights ``[B, S]`` (0 on padding): the normalised sum of the clicked items'
-    true vectors (zero before the first click)."""
-    return F.normalize((world.item_emb[items] * clicked.unsqueeze(-1)).sum(1), dim=1)
-
-
-def estimate_state(obs: Obs, world: SyntheticWorld,
-                   interest: Callable[[Tensor, Tensor], Tensor] | None = None) -> Tensor:
-    """A user state ``[B, 2 T + 1]`` = ``[interest | satisfaction | boredom]`` estimated from the
-    observed history: satisfaction and topic boredom replayed through the world's own update over
-    the observed steps (oldest first), the interest by ``interest(items, click weights)``
-    (default :func:`clicked_interest`)."""
-    b = obs.batch_size
-    items = obs.items.reshape(b, -1)
-    clicks = obs.clicks.reshape(b, -1)
-    real = items < world.n_items
-    known = items.clamp(max=world.n_items - 1)
-    state = torch.zeros(b, 2 * world.n_topics + 1, device=items.device)
-    for j in range(items.shape[1]):
-        after = world.update(state, known[:, j:j + 1], clicks[:, j:j + 1])
-        state = torch.where(real[:, j:j + 1], after, state)
-    weights = clicks * real
-    estimate = clicked_interest(world, known, weights) if interest is None else interest(known, weights)
-    return torch.cat([estimate, state[:, world.n_topics:]], 1)
 
 
 class QualityFirst:
@@ -182,6 +159,8 @@ def main() -> None:
                 "estimated_state": EstimatedState(world, stages.reward, env),
                 "state_without_interest": StateWithoutInterest(world, stages.reward, env),
                 "estimated_topics": EstimatedTopics(world, stages.reward, env),
+                "truth_planner": SurvivalPlanner(stages.ctx, caution=cfg.algo.get("demo_caution", 2.0),
+                                                 model=HistoryBelief(world, env.choice)),
                 "oracle": Oracle(world, stages.reward, env, candidates=cfg.eval.oracle_candidates)}
     rows = {}
     for name, policy in policies.items():

@@ -107,6 +107,11 @@ def test_train_in_ground_truth_adds_a_labelled_row(tmp_path: Path, shared_cache:
     # its learning curve (evaluated in the ground truth) lands in the run's metrics, labelled
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert any("train/demo_loss" in r for r in records)  # DQfD's margin loss was trained
+    # the run's demonstrations come from the planner on the fitted model, the copy's from the
+    # planner on the ground truth it trains in (eval.ground_truth_demonstrator=truth)
+    log = (run_dir / "cli.log").read_text()
+    assert "sessions of the planner on GRUBehavior as demonstrations" in log
+    assert "sessions of the planner on HistoryBelief as demonstrations" in log
     curve = [r for r in records if "trained_in_ground_truth/eval/return" in r]
     assert curve and all(r["trained_in_ground_truth/eval/return"] >= 0 for r in curve)
     assert any("eval/return" in r for r in records)  # the run's own curve is still there

@@ -21,9 +21,10 @@ from recrl.algos.slateq import SlateQ
 from recrl.behavior.features import side_features
 from recrl.behavior.gru import GRUBehavior
 from recrl.buffer import Rollout
-from recrl.data.synthetic import SyntheticWorld
+from recrl.data.synthetic import HistoryBelief, SyntheticWorld
 from recrl.env.simulator import RecEnv
 from recrl.rewards import ClickReward
+from recrl.train import truth_planning_model
 from recrl.types import AlgoContext, Obs, RecrlError, Response, Transition
 
 HORIZON = 5
@@ -357,3 +358,22 @@ def test_the_grus_batched_leave_after_each_click_is_the_pairwise_one(content: bo
         assert torch.allclose(fast, expected, atol=1e-6)
     planner = SurvivalPlanner(replace(gru_ctx(n_items=n), behavior=model))
     assert torch.allclose(planner.stay_after_click(state, conversion), 1.0 - expected, atol=1e-6)
+
+
+def test_a_learner_in_the_ground_truth_plans_its_demonstrations_on_the_truth() -> None:
+    """``eval.train_in_ground_truth``'s demonstrator: the synthetic world seen from the history,
+    a ground truth that is itself a sequential model as it is, and none for one it cannot step."""
+    world = SyntheticWorld(n_items=12, n_users=10, n_topics=3, horizon=HORIZON, seed=0)
+    env = RecEnv(world, ClickReward(), horizon=HORIZON, slate_size=1, history_len=2)
+    belief = truth_planning_model(world, env)
+    assert isinstance(belief, HistoryBelief) and belief.world is world
+    stub = StubModel()
+    assert truth_planning_model(stub, env) is stub
+    assert truth_planning_model(object(), env) is None
+    ctx = replace(make_ctx(StubModel()), n_items=12, item_popularity=torch.zeros(12))
+    demos = PlannerDemonstrations(ctx, 8, weight=1.0, batch=4, decay_steps=0, caution=1.0, skip_shown=True)
+    demos.plan_on(belief)
+    demos.record(env, seed=0)
+    observations, slates = demos.data
+    planner = SurvivalPlanner(ctx, caution=1.0, model=belief)
+    assert torch.equal(slates, planner.act(observations, explore=False))  # the truth planner's choices, not the stub's

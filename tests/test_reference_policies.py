@@ -6,8 +6,10 @@ from __future__ import annotations
 import torch
 from tiny import load_script, make_ctx
 
+from recrl.algos.nets import mask_shown
+from recrl.algos.planner import SurvivalPlanner
 from recrl.algos.random import RandomPolicy
-from recrl.data.synthetic import SyntheticWorld
+from recrl.data.synthetic import HistoryBelief, SyntheticWorld
 from recrl.env.simulator import RecEnv
 from recrl.rewards import ClickReward
 
@@ -95,3 +97,38 @@ def test_quality_first_serves_the_best_unseen_non_bait_items_in_order() -> None:
     served = torch.stack(served, 1)
     assert torch.equal(served, order[:3].expand(4, -1))
     assert float(world.is_bait[served].max()) == 0.0
+
+
+def test_the_planner_on_the_history_belief_at_caution_one_is_the_estimated_state_rule() -> None:
+    """``SurvivalPlanner`` on :class:`HistoryBelief` (what a learner trained in the ground truth
+    takes demonstrations from) scores every item as ``estimated_state`` does at caution 1."""
+    refs = load_script("reference_policies")
+    env = make_env()
+    ctx = make_ctx(n_items=30, slate_size=1, history_len=HORIZON, horizon=HORIZON)
+    planner = SurvivalPlanner(ctx, caution=1.0, model=HistoryBelief(env.model, env.choice))
+    rule = refs.EstimatedState(env.model, ClickReward(), env)
+    walk = RandomPolicy(ctx)
+    obs = env.reset(48, seed=3)
+    for _ in range(3):
+        obs, *_ = env.step(walk.act(obs, explore=True))
+    remaining = (HORIZON - 1 - obs.step).clamp(min=0)
+    expected = mask_shown(rule.base.base_scores(rule.estimate(obs), remaining), obs)
+    assert torch.allclose(planner.scores(obs), expected, atol=1e-6)
+    assert torch.equal(planner.act(obs, explore=False), rule.act(obs))
+
+
+def test_the_history_belief_replays_whole_slates() -> None:
+    """With slates of two items the belief replays each observed slate as one step of the world:
+    satisfaction and topic boredom come out as the true ones."""
+    world = SyntheticWorld(n_items=30, n_users=10, n_topics=3, horizon=HORIZON, leave_bias=-20.0, seed=1)
+    env = RecEnv(world, ClickReward(), horizon=HORIZON, slate_size=2, history_len=HORIZON)
+    walk = RandomPolicy(make_ctx(n_items=30, slate_size=2, history_len=HORIZON, horizon=HORIZON))
+    obs = env.reset(32, seed=4)
+    for _ in range(HORIZON - 1):
+        obs, *_ = env.step(walk.act(obs, explore=True))
+    belief = HistoryBelief(world, env.choice)
+    estimate, t = belief.encode(obs), world.n_topics
+    assert torch.allclose(estimate[:, t:], env.state[:, t:], atol=1e-5)
+    alone = belief.score_all(estimate)
+    assert alone.click_prob.shape == (32, 30)
+    assert torch.allclose(belief.leave_prob_after_click(estimate, alone.conversion_prob), alone.leave_prob)

@@ -2,7 +2,9 @@
 
 Before training, a learner that takes demonstrations records ``users`` users' complete
 sessions of :class:`~recrl.algos.planner.SurvivalPlanner` (the oracle's survival-aware rule on
-the fitted behavior model) in its own training environment, then draws a batch of their steps
+the fitted behavior model; on the ground truth's own dynamics, seen from the history, for the
+copy that ``eval.train_in_ground_truth`` trains there: :meth:`PlannerDemonstrations.plan_on`)
+in its own training environment, then draws a batch of their steps
 for every update: DQN, C51 and SlateQ for DQfD's large-margin loss (:func:`margin_loss`), the
 softmax policies (PPO, A2C, REINFORCE) for DAPG's log-likelihood term
 (:mod:`recrl.algos.actor_critic`).
@@ -15,6 +17,7 @@ References:
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import torch
@@ -24,6 +27,7 @@ from recrl.algos.nets import linear_decay
 from recrl.algos.planner import SurvivalPlanner, planner_can_run
 from recrl.types import AlgoContext, Obs, RecrlError
 
+logger = logging.getLogger(__name__)
 DEMO_SEED_OFFSET = 7919  # demonstration users differ from the training users of the same seed
 AUTO_DEMO_BATCHES = 2     # algo.demonstrations=auto: this many batches of training users (512 by default)
 AUTO_DEMO_ROWS = 262_144  # ... and at most this many (user, item) model steps a step (512 users x 500 items)
@@ -76,11 +80,20 @@ class PlannerDemonstrations:
         self.base_weight, self.batch, self.decay_steps = weight, batch, decay_steps
         self.caution, self.skip_shown = caution, skip_shown
         self.data: tuple[Obs, Tensor] | None = None  # (observations, planner slates) once recorded
+        self.model: Any = None  # the user model the planner plans with; None: the behavior model
+
+    def plan_on(self, model: Any) -> None:
+        """Record with a planner on ``model`` instead of the fitted behavior model (the ground
+        truth's own dynamics when the learner trains there: ``eval.train_in_ground_truth``)."""
+        self.model = model
 
     def record(self, env: Any, seed: int) -> None:
         """Record the planner's sessions in ``env`` (nothing when ``users`` is 0)."""
         if self.users:
-            planner = SurvivalPlanner(self.ctx, caution=self.caution, skip_shown=self.skip_shown)
+            planner = SurvivalPlanner(self.ctx, caution=self.caution, skip_shown=self.skip_shown,
+                                      model=self.model)
+            logger.info("recording %d users' sessions of the planner on %s as demonstrations", self.users,
+                        type(planner.model).__name__)
             self.data = planner.demonstrations(env, self.users, seed + DEMO_SEED_OFFSET)
 
     def weight(self, updates: int) -> float:

@@ -53,12 +53,16 @@ def planner_can_run(ctx: AlgoContext) -> bool:
 
 class SurvivalPlanner(FixedPolicy):
     """Top-``K`` items by ``r(s, i) * P(stay | click on i) ** (caution * R)`` under the behavior
-    model (see the module docstring); ``skip_shown`` never serves an item in the observed history."""
+    model (see the module docstring); ``skip_shown`` never serves an item in the observed history.
+    ``model``: plan with another user model with the same methods (:data:`MODEL_METHODS`) instead
+    of ``ctx.behavior``, e.g. the ground truth seen from the history
+    (:class:`~recrl.data.synthetic.HistoryBelief`)."""
 
     def __init__(self, ctx: AlgoContext, caution: float = 2.0, skip_shown: bool = True,
-                 chunk_rows: int = 262_144) -> None:
+                 chunk_rows: int = 262_144, model: Any = None) -> None:
         super().__init__(ctx)
-        missing = [m for m in MODEL_METHODS if not hasattr(ctx.behavior, m)]
+        model = ctx.behavior if model is None else model
+        missing = [m for m in MODEL_METHODS if not hasattr(model, m)]
         if missing:
             raise RecrlError(f"algo=planner needs a sequential behavior model (it lacks "
                              f"{', '.join(missing)}); use behavior=gru, sasrec or mf")
@@ -66,7 +70,7 @@ class SurvivalPlanner(FixedPolicy):
             raise RecrlError(f"algo.caution={caution} must be >= 0 (1: the oracle's rule, 0: myopic greedy)")
         if chunk_rows < 1:
             raise RecrlError(f"algo.chunk_rows={chunk_rows} must be >= 1")
-        self.model, self.reward = ctx.behavior, ctx.reward
+        self.model, self.reward = model, ctx.reward
         self.caution, self.chunk_rows = caution, chunk_rows
         self.skip_shown = skips_shown(ctx, skip_shown)
 

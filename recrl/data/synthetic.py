@@ -12,6 +12,7 @@ policy that records its propensities) and serves as the ground-truth evaluation 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
@@ -21,7 +22,7 @@ from torch import Tensor
 
 from recrl.env.choice import MNL, ChoiceModel, alone_probs
 from recrl.env.response import Predictions, expected_response, sample_response
-from recrl.types import Interactions, Response, Splits, log_columns
+from recrl.types import Interactions, Obs, Response, Splits, log_columns
 
 
 class SyntheticWorld:
@@ -184,6 +185,12 @@ class SyntheticWorld:
         satisfaction = self._split(state)[1]
         return torch.sigmoid(self.leave_bias - self.leave_satisfaction * satisfaction)
 
+    def leave_prob_after_click(self, state: Tensor) -> Tensor:
+        """Probability ``[B, N]`` of leaving after a click on each item shown alone."""
+        satisfaction = self._split(state)[1]
+        after = self.satisfaction_decay * satisfaction[:, None] + self.click_gain()
+        return torch.sigmoid(self.leave_bias - self.leave_satisfaction * after)
+
     def click_gain(self, items: Tensor | None = None) -> Tensor:
         """Satisfaction gained by clicking ``items`` (every item when ``None``): quality above
         0.5 pleases, clickbait disappoints."""
@@ -205,9 +212,7 @@ class SyntheticWorld:
         utility = predicted.click_logit
         click_prob = alone_probs(choice, utility) if slates is None else choice.probs(utility)
         if slates is None:
-            satisfaction = self._split(state)[1]
-            after = self.satisfaction_decay * satisfaction[:, None] + self.click_gain()
-            leave = torch.sigmoid(self.leave_bias - self.leave_satisfaction * after)
+            leave = self.leave_prob_after_click(state)
         else:
             leave = self.leave_prob(self.update(state, slates, click_prob))
         return expected_response(click_prob, predicted, leave)
@@ -307,6 +312,69 @@ class SyntheticWorld:
         clone = object.__new__(SyntheticWorld)
         clone.__dict__.update(self.__dict__)
         return clone.to(device)
+
+
+def clicked_interest(world: SyntheticWorld, items: Tensor, clicked: Tensor) -> Tensor:
+    """The interest estimate ``[B, T]`` from the history's items ``[B, S]`` (padding clamped to a
+    real id) and click weights ``[B, S]`` (0 on padding): the normalised sum of the clicked items'
+    true vectors (zero before the first click)."""
+    return F.normalize((world.item_emb[items] * clicked.unsqueeze(-1)).sum(1), dim=1)
+
+
+def estimate_state(obs: Obs, world: SyntheticWorld,
+                   interest: Callable[[Tensor, Tensor], Tensor] | None = None) -> Tensor:
+    """A user state ``[B, 2 T + 1]`` = ``[interest | satisfaction | boredom]`` estimated from the
+    observed history: satisfaction and topic boredom replayed through the world's own update over
+    the observed slates (oldest first), the interest by ``interest(items, click weights)`` on the
+    flattened history ``[B, L * K]`` (default :func:`clicked_interest`)."""
+    b, length = obs.items.shape[:2]
+    known = obs.items.clamp(max=world.n_items - 1)
+    real = obs.items[:, :, 0] < world.n_items  # [B, L]: padding slates are padded whole
+    state = torch.zeros(b, 2 * world.n_topics + 1, device=obs.items.device)
+    for j in range(length):
+        after = world.update(state, known[:, j], obs.clicks[:, j])
+        state = torch.where(real[:, j:j + 1], after, state)
+    items, weights = known.reshape(b, -1), (obs.clicks * real[:, :, None]).reshape(b, -1)
+    estimate = clicked_interest(world, items, weights) if interest is None else interest(items, weights)
+    return torch.cat([estimate, state[:, world.n_topics:]], 1)
+
+
+class HistoryBelief:
+    """The synthetic world as a planner's user model that, like a fitted behavior model, knows a
+    user only from the observed history: the true dynamics and item tables, with the state
+    estimated by :func:`estimate_state` instead of read from the world. What
+    :class:`~recrl.algos.planner.SurvivalPlanner` plans with when its environment is the ground
+    truth (``eval.train_in_ground_truth``'s demonstrations; ``scripts/reference_policies.py``).
+
+    Example::
+
+        planner = SurvivalPlanner(ctx, caution=2.0, model=HistoryBelief(world, env.choice))
+    """
+
+    def __init__(self, world: SyntheticWorld, choice: ChoiceModel = MNL) -> None:
+        self.world, self.choice = world, choice
+        self.n_items = world.n_items
+
+    def encode(self, obs: Obs) -> Tensor:
+        """The state estimated from ``obs``'s history ``[B, 2 T + 1]``."""
+        return estimate_state(obs, self.world)
+
+    def score_all(self, state: Tensor) -> Response:
+        """Each item's expected response shown alone ``[B, N]`` in ``state``."""
+        return self.world.expected_response(state, None, self.choice)
+
+    def leave_prob_after_click(self, state: Tensor, conversion: Tensor, chunk_rows: int = 0) -> Tensor:
+        """Probability ``[B, N]`` of leaving after a click on each item shown alone (the world's
+        leaving does not depend on conversions; ``chunk_rows`` is not needed)."""
+        return self.world.leave_prob_after_click(state)
+
+    def next_state(self, state: Tensor, items: Tensor, click: Tensor, conversion: Tensor) -> Tensor:
+        """The state after ``items`` ``[B, K]`` were shown and ``click`` ``[B, K]`` happened."""
+        return self.world.update(state, items, click)
+
+    def leave_prob(self, state: Tensor) -> Tensor:
+        """Probability ``[B]`` of leaving now."""
+        return self.world.leave_prob(state)
 
 
 def clicked_only(value: Tensor, click: Tensor) -> Tensor:
