@@ -376,4 +376,5 @@ def test_a_learner_in_the_ground_truth_plans_its_demonstrations_on_the_truth() -
     demos.record(env, seed=0)
     observations, slates = demos.data
     planner = SurvivalPlanner(ctx, caution=1.0, model=belief)
-    assert torch.equal(slates, planner.act(observations, explore=False))  # the truth planner's choices, not the stub's
+    # the truth planner's choices, not the stub's
+    assert torch.equal(slates, planner.act(observations, explore=False))
