@@ -33,6 +33,7 @@ from recrl.types import Env, Policy, RecrlError, Splits
 logger = logging.getLogger(__name__)
 DEMONSTRATORS = ("truth", "behavior")  # eval.ground_truth_demonstrator
 
+
 class Evaluation:
     """Final evaluation settings (``eval=default``) and the routine that applies them.
 

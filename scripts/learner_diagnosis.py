@@ -55,7 +55,7 @@ from torch import Tensor
 
 from recrl.algos.oracle import Oracle
 from recrl.config import CONF_DIR, build, validate
-from recrl.data.synthetic import SyntheticWorld
+from recrl.data.synthetic import SyntheticWorld, estimate_state
 from recrl.env.simulator import RecEnv
 from recrl.evaluate import Evaluation, oracle_summary
 from recrl.logs import console_logging
@@ -65,9 +65,6 @@ from recrl.report import write_text_atomic
 from recrl.stages import Stages, build_stages
 from recrl.train import train_in_ground_truth
 from recrl.types import Obs, StepInfo
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from recrl.data.synthetic import estimate_state
 
 VARIANTS = ("history", "true_state", "topic_profile", "estimated_state")
 STATE_PARTS = ("interest", "satisfaction", "boredom")
