@@ -13,7 +13,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 import recrl
-from recrl.algos.planner import MODEL_METHODS
+from recrl.algos.planner import missing_methods
 from recrl.checkpoint import load_checkpoint, save_checkpoint
 from recrl.config import build, validate
 from recrl.data.synthetic import HistoryBelief, SyntheticWorld
@@ -75,7 +75,7 @@ def truth_planning_model(world: Any, env: Any) -> Any:
     sequential model (Coat's) as it is; ``None`` for one a planner cannot step."""
     if isinstance(world, SyntheticWorld):
         return HistoryBelief(world, env.choice)
-    return world if all(hasattr(world, method) for method in MODEL_METHODS) else None
+    return None if missing_methods(world) else world
 
 
 def starting_policy(algo: Any) -> dict[str, Any]:

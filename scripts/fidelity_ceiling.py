@@ -42,7 +42,7 @@ from recrl.behavior.fidelity import true_model_agreement
 from recrl.data.synthetic import SyntheticWorld
 from recrl.env.signals import SIGNALS
 from recrl.logs import console_logging
-from recrl.report import write_text_atomic
+from recrl.report import cpu_model, write_text_atomic
 from recrl.types import Obs, Response
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -157,7 +157,7 @@ def main() -> None:
                               for k in ("click", "conversion", "leave")))
     Console(width=200).print(table)
     facts = {"torch": torch.__version__, "python": platform.python_version(), "overrides": args.overrides,
-             "particles": args.particles, "cpu": platform.processor() or platform.machine()}
+             "particles": args.particles, "cpu": cpu_model()}
     write_text_atomic(args.out, json.dumps({"facts": facts, "rows": rows}, indent=2))
     print(f"wrote {args.out}")
 

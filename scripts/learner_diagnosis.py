@@ -61,7 +61,7 @@ from recrl.evaluate import Evaluation, oracle_summary
 from recrl.logs import console_logging
 from recrl.metrics.online import run_episodes
 from recrl.metrics.stats import mean_ci, set_seed
-from recrl.report import write_text_atomic
+from recrl.report import cpu_model, write_text_atomic
 from recrl.stages import Stages, build_stages
 from recrl.train import train_in_ground_truth
 from recrl.types import Obs, StepInfo
@@ -276,7 +276,7 @@ def main() -> None:
     Console().print(served)
     facts = {"torch": torch.__version__, "python": platform.python_version(), "overrides": args.overrides,
              "seeds": args.seeds, "state_parts": args.state_parts,
-             "cpu": platform.processor() or platform.machine(), "oracle": oracle}
+             "cpu": cpu_model(), "oracle": oracle}
     write_text_atomic(args.out, json.dumps({"facts": facts, "rows": rows}, indent=2))
     print(f"wrote {args.out}")
 

@@ -52,7 +52,7 @@ from recrl.data.synthetic import HistoryBelief, SyntheticWorld, clicked_interest
 from recrl.env.simulator import RecEnv
 from recrl.logs import console_logging
 from recrl.metrics.online import run_episodes
-from recrl.report import write_text_atomic
+from recrl.report import cpu_model, write_text_atomic
 from recrl.stages import Stages, build_stages
 from recrl.types import Obs, RecrlError, Reward
 
@@ -178,7 +178,7 @@ def main() -> None:
                       f"{r['coverage']:.3f}", f"{r['same_top_item']:.3f}")
     Console().print(table)
     facts = {"torch": torch.__version__, "python": platform.python_version(), "overrides": args.overrides,
-             "cpu": platform.processor() or platform.machine()}
+             "cpu": cpu_model()}
     write_text_atomic(args.out, json.dumps({"facts": facts, "rows": rows}, indent=2))
     print(f"wrote {args.out}")
 

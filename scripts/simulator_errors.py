@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -36,7 +35,7 @@ from rich.table import Table
 
 from recrl.evaluate import restore_run
 from recrl.logs import console_logging
-from recrl.report import write_text_atomic
+from recrl.report import cpu_model, write_text_atomic
 from recrl.stages import Stages
 from recrl.types import RecrlError
 
@@ -149,7 +148,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     median = float(np.median(impressions))
     print_tables(rows, figures["steps"], median)
     result = {"facts": {"checkpoint": str(args.checkpoint), "users": args.users, "seed": seed,
-                        "torch": torch.__version__, "cpu": platform.processor() or platform.machine(),
+                        "torch": torch.__version__, "cpu": cpu_model(),
                         "median_logged_impressions": median},
               "items": rows, "steps": figures["steps"]}
     write_text_atomic(args.out, json.dumps(result, indent=2))

@@ -53,7 +53,7 @@ from recrl.behavior.fit import training_tensors
 from recrl.logs import console_logging
 from recrl.metrics.online import run_episodes
 from recrl.metrics.stats import summarize
-from recrl.report import write_text_atomic
+from recrl.report import cpu_model, write_text_atomic
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from reference_policies import synthetic_run
@@ -79,11 +79,10 @@ def attribute_slopes(stages: Any) -> dict[str, dict[str, float]]:
     the categorical columns' indicators, the step of the session and a constant). Empty without
     numeric columns or recorded non-clicks."""
     inter = stages.splits.interactions
-    table = inter.items.reindex(range(inter.n_items))
-    features = side_features(table, inter.n_items)
+    features = side_features(inter.items, inter.n_items)
     if features.dense is None or inter.positive_only:
         return {}
-    names = [str(c) for c in table.columns if side_features(table[[c]], inter.n_items).dense is not None]
+    names = features.dense_names
     train, _ = training_tensors(inter, stages.behavior.max_len, seed=0)
     with torch.no_grad():
         model_logit = stages.behavior.sequence_logits(train)["click"]
@@ -247,7 +246,7 @@ def main() -> None:
         result["b_minus_a"] = paired(args.seeds, fits["A"], fits["B"])
         console.print(paired_table(result["b_minus_a"]))
     result["facts"] = {"torch": torch.__version__, "python": platform.python_version(),
-                       "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+                       "cpu": cpu_model(), "threads": torch.get_num_threads(),
                        "seconds": time.perf_counter() - start}
     write_text_atomic(args.out, json.dumps(result, indent=2))
     print(f"wrote {args.out}")

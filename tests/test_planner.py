@@ -367,8 +367,8 @@ def test_a_learner_in_the_ground_truth_plans_its_demonstrations_on_the_truth() -
     env = RecEnv(world, ClickReward(), horizon=HORIZON, slate_size=1, history_len=2)
     belief = truth_planning_model(world, env)
     assert isinstance(belief, HistoryBelief) and belief.world is world
-    stub = StubModel()
-    assert truth_planning_model(stub, env) is stub
+    sequential = StubModel()  # a model with every method a planner steps
+    assert truth_planning_model(sequential, env) is sequential
     assert truth_planning_model(object(), env) is None
     ctx = replace(make_ctx(StubModel()), n_items=12, item_popularity=torch.zeros(12))
     demos = PlannerDemonstrations(ctx, 8, weight=1.0, batch=4, decay_steps=0, caution=1.0, skip_shown=True)
@@ -376,5 +376,5 @@ def test_a_learner_in_the_ground_truth_plans_its_demonstrations_on_the_truth() -
     demos.record(env, seed=0)
     observations, slates = demos.data
     planner = SurvivalPlanner(ctx, caution=1.0, model=belief)
-    # the truth planner's choices, not the stub's
+    # the truth planner's choices, not those of the context's behavior model
     assert torch.equal(slates, planner.act(observations, explore=False))

@@ -45,10 +45,15 @@ from recrl.types import AlgoContext, Obs, RecrlError, cat_obs
 MODEL_METHODS = ("encode", "score_all", "next_state", "leave_prob")
 
 
+def missing_methods(model: Any) -> list[str]:
+    """The methods of :data:`MODEL_METHODS` that ``model`` lacks (none: a planner can plan with it)."""
+    return [m for m in MODEL_METHODS if not hasattr(model, m)]
+
+
 def planner_can_run(ctx: AlgoContext) -> bool:
     """Whether :class:`SurvivalPlanner` can run in ``ctx``: catalogue items as actions and a
     behavior model with every method it needs (:data:`MODEL_METHODS`)."""
-    return ctx.item_actions and all(hasattr(ctx.behavior, m) for m in MODEL_METHODS)
+    return ctx.item_actions and not missing_methods(ctx.behavior)
 
 
 class SurvivalPlanner(FixedPolicy):
@@ -62,7 +67,7 @@ class SurvivalPlanner(FixedPolicy):
                  chunk_rows: int = 262_144, model: Any = None) -> None:
         super().__init__(ctx)
         model = ctx.behavior if model is None else model
-        missing = [m for m in MODEL_METHODS if not hasattr(model, m)]
+        missing = missing_methods(model)
         if missing:
             raise RecrlError(f"algo=planner needs a sequential behavior model (it lacks "
                              f"{', '.join(missing)}); use behavior=gru, sasrec or mf")

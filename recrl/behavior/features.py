@@ -41,6 +41,8 @@ class ItemFeatures:
         tokens: ``[n_items, C]`` multi-hot categorical tokens (``None`` when there are none).
         dense: ``[n_items, F]`` real-valued features, standardised or unit-norm embeddings.
         token_names: the name of each token column (e.g. ``genres=Comedy``).
+        dense_names: the item-table column behind each of the first ``len(dense_names)`` dense
+            columns (numeric side features; text embeddings are unnamed).
 
     Example::
 
@@ -51,6 +53,7 @@ class ItemFeatures:
     tokens: Tensor | None
     dense: Tensor | None
     token_names: tuple[str, ...] = ()
+    dense_names: tuple[str, ...] = ()
 
     @property
     def n_tokens(self) -> int:
@@ -68,7 +71,7 @@ class ItemFeatures:
             parts = [t for t in (a, b) if t is not None]
             return torch.cat(parts, 1) if parts else None
         return ItemFeatures(cat(self.tokens, other.tokens), cat(self.dense, other.dense),
-                            self.token_names + other.token_names)
+                            self.token_names + other.token_names, self.dense_names + other.dense_names)
 
 
 def _split_tokens(values: pd.Series, sep: str | None) -> list[list[str]]:
@@ -97,6 +100,7 @@ def side_features(items: pd.DataFrame, n_items: int) -> ItemFeatures:
     table = items.reindex(range(n_items))
     rows: list[list[str]] = [[] for _ in range(n_items)]
     dense_cols: list[np.ndarray] = []
+    dense_names: list[str] = []
     for name in table.columns:
         column = table[name]
         tokens = _column_tokens(str(name), column)
@@ -107,6 +111,7 @@ def side_features(items: pd.DataFrame, n_items: int) -> ItemFeatures:
             values = column.to_numpy(dtype=np.float64)
             values = np.nan_to_num(values, nan=np.nanmean(values) if np.isfinite(values).any() else 0.0)
             dense_cols.append((values - values.mean()) / (values.std() or 1.0))
+            dense_names.append(str(name))
     names = sorted({t for row in rows for t in row})
     index = {t: j for j, t in enumerate(names)}
     tokens = None
@@ -115,7 +120,7 @@ def side_features(items: pd.DataFrame, n_items: int) -> ItemFeatures:
         for i, row in enumerate(rows):
             tokens[i, [index[t] for t in row]] = 1.0
     dense = torch.tensor(np.stack(dense_cols, 1), dtype=torch.float32) if dense_cols else None
-    return ItemFeatures(tokens=tokens, dense=dense, token_names=tuple(names))
+    return ItemFeatures(tokens=tokens, dense=dense, token_names=tuple(names), dense_names=tuple(dense_names))
 
 
 def item_categories(items: pd.DataFrame, n_items: int, column: str | None = None) -> Tensor:

@@ -353,7 +353,6 @@ class HistoryBelief:
 
     def __init__(self, world: SyntheticWorld, choice: ChoiceModel = MNL) -> None:
         self.world, self.choice = world, choice
-        self.n_items = world.n_items
 
     def encode(self, obs: Obs) -> Tensor:
         """The state estimated from ``obs``'s history ``[B, 2 T + 1]``."""
