@@ -66,7 +66,7 @@ RANGES: dict[str, dict[str, Rule]] = {
                          "value_clip"), POSITIVE),
         **dict.fromkeys(("entropy_coef", "value_coef", "kl_coef", "alpha", "v", "logit_reg",
                          "choice_coef", "prior_count", "caution", "demo_caution", "demo_weight",
-                         "demo_margin", "demonstrations", "demo_decay_steps",
+                         "demo_margin", "demonstrations", "demo_decay_steps", "candidates",
                          "epsilon_decay_steps", "beta_warmup"), NON_NEGATIVE),
         **dict.fromkeys(("dim", "hidden", "heads", "layers", "epochs", "minibatch_size",
                          "target_update", "demo_batch", "chunk_rows", "topk", "n_steps", "n_step"),

@@ -356,6 +356,7 @@ def test_validate_rejects_bad_values() -> None:
     (["algo=ppo", "algo.lam=2"], "algo.lam=2 must be in [0, 1]"),
     (["algo=ppo", "algo.entropy_coef=-0.01"], "algo.entropy_coef=-0.01 must be >= 0"),
     (["algo=ppo", "algo.kl_coef=-1"], "algo.kl_coef=-1 must be >= 0"),
+    (["algo=reinforce", "algo.candidates=-3"], "algo.candidates=-3 must be >= 0"),
     (["algo=a2c", "algo.n_steps=0"], "algo.n_steps=0 must be >= 1"),
     (["algo=bcq", "algo.threshold=1.2"], "algo.threshold=1.2 must be in [0, 1]"),
     (["algo=planner", "algo.caution=-1"], "algo.caution=-1 must be >= 0"),

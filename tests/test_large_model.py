@@ -4,6 +4,7 @@ and the KL leash of fine-tuning (README: "Large-model RL")."""
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -11,9 +12,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from tiny import collect_rollout, make_ctx, train_smoke
+from tiny import collect_rollout, make_ctx, random_obs, train_smoke
 
 from recrl.algos.a2c import A2C
+from recrl.algos.actor_critic import candidates_first
 from recrl.algos.backbone import (
     Backbone,
     KLPenalty,
@@ -29,9 +31,10 @@ from recrl.algos.reinforce import Reinforce
 from recrl.algos.sqn import SQN
 from recrl.algos.supervised import Supervised
 from recrl.behavior.sasrec import SASRecBehavior
+from recrl.buffer import Rollout
 from recrl.checkpoint import save_checkpoint
 from recrl.data.preprocess import log_frame
-from recrl.types import Interactions, Obs, RecrlError
+from recrl.types import Interactions, Obs, RecrlError, Transition
 
 SMALL = dict(encoder="transformer", dim=8, hidden=16, layers=1, heads=2)
 
@@ -257,3 +260,92 @@ def test_return_weighted_pretraining_imitates_the_clicks_that_kept_users(seed: i
     assert preference("return") > 1.5          # the one after which the session went on
     with pytest.raises(RecrlError, match="weighting"):
         PretrainSettings(weighting="bogus")
+
+
+# ----------------------------------------------------------------------------- algo.candidates
+def empty_history(users: int, n_items: int, length: int = 2) -> Obs:
+    """Fresh users: every history slot is padding."""
+    return Obs(items=torch.full((users, length, 1), n_items), clicks=torch.zeros(users, length, 1),
+               step=torch.zeros(users, dtype=torch.long))
+
+
+def saved_start(tmp_path: Path, ctx) -> str:
+    """A saved PPO run (random weights, seed 3) to start from."""
+    path = tmp_path / "start.pt"
+    save_checkpoint(path, {"algo": PPO(replace(ctx, seed=3), **SMALL).state_dict()})
+    return str(path)
+
+
+def test_candidates_first_by_hand() -> None:
+    logits = torch.tensor([[5.0, 0.0, 2.0, float("-inf"), 9.0]])
+    reference = torch.tensor([[1.0, 4.0, 3.0, float("-inf"), 0.5]])
+    keep = torch.tensor([[True, False, True, False, False]])
+    scores = candidates_first(logits, reference, keep)
+    # candidates 0 (5) and 2 (2) first in the policy's order; then 1 (ref 4) and 4 (ref 0.5)
+    # shifted to end just below the lowest candidate (2 - 1 - 4 = -3); the masked item stays -inf
+    torch.testing.assert_close(scores, torch.tensor([[5.0, 1.0, 2.0, float("-inf"), -2.5]]))
+
+
+def test_candidates_restrict_acting_and_ranking_to_the_starting_models_top_items(tmp_path: Path) -> None:
+    ctx = make_ctx(slate_size=1, history_len=2)
+    algo = PPO(ctx, **SMALL, init_from=saved_start(tmp_path, ctx), candidates=3, skip_shown=True)
+    gen = torch.Generator().manual_seed(0)
+    obs = random_obs(64, gen, k=1)
+    with torch.no_grad():
+        ref = algo.unrestricted_logits(obs, algo.initial)
+    top3 = set(map(tuple, ref.topk(3, 1).indices.sort(1).values.tolist()))
+    keep = algo.candidate_mask(obs)
+    assert keep.sum(1).eq(3).all()
+    assert set(map(tuple, keep.nonzero()[:, 1].view(-1, 3).tolist())) <= top3
+    logits = algo.logits(obs)
+    assert torch.equal(logits.isfinite(), keep & ref.isfinite())
+    for _ in range(5):  # sampled and greedy slates alike come from the candidates
+        served = algo.act(obs, explore=True)
+        assert keep.gather(1, served).all()
+    assert keep.gather(1, algo.act(obs, explore=False)).all()
+    # the ranking: the candidates first, then the rest in the starting model's order
+    scores = algo.scores(obs)
+    order = scores.argsort(1, descending=True)
+    assert keep.gather(1, order[:, :3]).all()
+    rest = order[:, 3:]
+    finite = scores.gather(1, rest).isfinite()
+    ranked = ref.gather(1, rest)
+    assert bool(((ranked[:, :-1] >= ranked[:, 1:]) | ~finite[:, 1:]).all())
+
+
+def test_candidates_need_a_start_and_refuse_demonstrations(tmp_path: Path) -> None:
+    ctx = make_ctx(slate_size=1, history_len=2)
+    with pytest.raises(RecrlError, match=re.escape("algo.init_from")):
+        PPO(ctx, **SMALL, candidates=3)
+    with pytest.raises(RecrlError, match=re.escape("algo.demonstrations=0")):
+        Reinforce(ctx, **SMALL, init_from=saved_start(tmp_path, ctx), candidates=3, demonstrations=4)
+    with pytest.raises(RecrlError, match=re.escape("algo.candidates=-1")):
+        A2C(ctx, **SMALL, init_from=saved_start(tmp_path, ctx), candidates=-1)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_candidates_learn_the_best_candidate_and_never_serve_a_better_outsider(tmp_path: Path,
+                                                                               seed: int) -> None:
+    """A one-step bandit: the starting model's third-ranked item pays 1, an item outside its top
+    three pays 2, the rest 0. With three candidates PPO learns to serve the third-ranked item
+    and never serves the outsider; the starting model's own top-three set stays the top three."""
+    ctx = make_ctx(slate_size=1, history_len=2, seed=seed)
+    algo = PPO(ctx, **SMALL, lr=0.01, entropy_coef=0.0, init_from=saved_start(tmp_path, ctx),
+               candidates=3, minibatch_size=64)
+    users = 64
+    obs, one = empty_history(users, ctx.n_items), empty_history(1, ctx.n_items)
+    with torch.no_grad():
+        ranked = algo.unrestricted_logits(one, algo.initial).argsort(1, descending=True)[0]
+    reward = torch.zeros(ctx.n_items)
+    reward[ranked[2]], reward[ranked[5]] = 1.0, 2.0
+    served = []
+    for _ in range(30):
+        action = algo.act(obs, explore=True)
+        served.append(action)
+        done = torch.ones(users)
+        step = Transition(obs=obs, action=action, reward=reward[action[:, 0]], next_obs=obs, done=done,
+                          valid=done)
+        algo.update(Rollout.stack([step]))
+    assert int(torch.cat(served).eq(ranked[5]).sum()) == 0
+    assert int(algo.act(one, explore=False)[0, 0]) == int(ranked[2])
+    assert set(algo.scores(one).topk(3).indices[0].tolist()) == set(ranked[:3].tolist())

@@ -53,7 +53,7 @@ class A2C(SoftmaxActorCritic):
                  init_from: str | None = None, pretrain: PretrainSettings | None = None,
                  kl_coef: float = 0.0, kl_target: float | None = None, demonstrations: int | str = 0,
                  demo_weight: float = 1.0, demo_batch: int = 128, demo_decay_steps: int = 0,
-                 demo_caution: float = 2.0) -> None:
+                 demo_caution: float = 2.0, candidates: int = 0) -> None:
         if n_steps is not None and n_steps < 1:
             raise RecrlError(f"algo.n_steps={n_steps} must be >= 1 or null (GAE)")
         self.gamma, self.lam, self.n_steps = gamma, lam, n_steps
@@ -61,7 +61,7 @@ class A2C(SoftmaxActorCritic):
         self.normalize_advantage = normalize_advantage
         backbone = Backbone(encoder, dim, hidden, layers, heads, item_init, item_ids, summary)
         self.build(ctx, lr, sample_in_eval, backbone, skip_shown, init_from, pretrain, kl_coef, kl_target,
-                   demonstrations, demo_weight, demo_batch, demo_decay_steps, demo_caution)
+                   demonstrations, demo_weight, demo_batch, demo_decay_steps, demo_caution, candidates)
 
     def update(self, batch: Rollout) -> dict[str, Any]:
         """One actor-critic gradient step on a batch of complete episodes."""

@@ -29,6 +29,33 @@ def standardised(advantage: Tensor, valid: Tensor) -> Tensor:
     return (advantage - mean) / (std + 1e-8)
 
 
+def check_candidates(candidates: int, init_from: str | None, demonstrations: int | str) -> int:
+    """``algo.candidates``, refused in one line without a starting model to take them from or with
+    a number of the planner's demonstrations (whose items may lie outside them)."""
+    if isinstance(candidates, bool) or not isinstance(candidates, int) or candidates < 0:
+        raise RecrlError(f"algo.candidates={candidates!r}: use 0 (off) or a number of items")
+    if candidates and init_from is None:
+        raise RecrlError("algo.candidates restricts the policy to the starting model's top items: set "
+                         "algo.init_from=pretrain (or behavior, or a run)")
+    if candidates and demonstrations not in (0, "auto"):
+        raise RecrlError("algo.candidates restricts the policy to the starting model's top items, where the "
+                         "planner's demonstrations may not lie: set algo.demonstrations=0")
+    return candidates
+
+
+def candidates_first(logits: Tensor, reference: Tensor, keep: Tensor) -> Tensor:
+    """Scores ``[B, N]`` that rank the ``keep`` items by ``logits`` above every other item, and
+    those by ``reference`` (items at ``-inf`` in either stay there): the other items' reference
+    scores are shifted to end just below each row's lowest finite candidate."""
+    candidate = logits.masked_fill(~keep, float("-inf"))
+    finite = keep & candidate.isfinite()
+    floor = candidate.masked_fill(~finite, float("inf")).amin(1, keepdim=True)
+    rest = reference.masked_fill(keep, float("-inf"))
+    top_rest = rest.amax(1, keepdim=True)
+    shift = torch.where(floor.isfinite() & top_rest.isfinite(), floor - 1.0 - top_rest, 0.0)
+    return torch.where(keep, candidate, rest + shift)
+
+
 class SoftmaxActorCritic(LearnerState):
     """A softmax policy over the catalogue (``policy``, an :class:`~recrl.algos.nets.ItemScorer`
     on ``backbone``), a state-value head on the same encoded state (``value``), Adam over both,
@@ -55,18 +82,24 @@ class SoftmaxActorCritic(LearnerState):
 
     mode = "on_policy"
 
+    candidates = 0  # algo.candidates (set by build)
+
     def build(self, ctx: AlgoContext, lr: float, sample_in_eval: bool, backbone: Backbone,
               skip_shown: bool = False, init_from: str | None = None,
               pretrain: PretrainSettings | None = None, kl_coef: float = 0.0,
               kl_target: float | None = None, demonstrations: int | str = 0, demo_weight: float = 1.0,
-              demo_batch: int = 128, demo_decay_steps: int = 0, demo_caution: float = 2.0) -> None:
+              demo_batch: int = 128, demo_decay_steps: int = 0, demo_caution: float = 2.0,
+              candidates: int = 0) -> None:
         """Build the policy, the value head, the optimizer and the generator, the weights drawn
         from a stream seeded with ``ctx.seed`` (:func:`own_random_stream`), then load
         ``init_from``'s weights and keep the KL reference.
 
         ``skip_shown``: the policy gives no probability to items in the observed history;
         ``demonstrations`` (users, ``auto`` or 0: off) and the ``demo_*`` settings: the planner's
-        demonstrations (:class:`~recrl.algos.demonstrations.PlannerDemonstrations`).
+        demonstrations (:class:`~recrl.algos.demonstrations.PlannerDemonstrations`);
+        ``candidates`` > 0: the policy serves only the starting model's top ``candidates`` items
+        at each state and learns to rank them (:meth:`candidate_mask`; needs ``init_from``; the
+        ``auto`` demonstrations are then off, whose planner's items may lie outside them).
         """
         self.ctx, self.sample_in_eval = ctx, sample_in_eval
         self.skip_shown = skips_shown(ctx, skip_shown)
@@ -78,6 +111,9 @@ class SoftmaxActorCritic(LearnerState):
         if self.init_from is None and (kl_coef or kl_target):
             raise RecrlError("algo.kl_coef / kl_target keep the policy near its starting weights, which "
                              "are random without algo.init_from: set algo.init_from=pretrain (or behavior)")
+        self.candidates = check_candidates(candidates, self.init_from, demonstrations)
+        if self.candidates and demonstrations == "auto":
+            demonstrations = 0
         # the starting policy, frozen: the KL reference and the report's supervised row
         self.initial = copy_frozen(self.policy) if self.init_from is not None else None
         self.leash = KLPenalty(self.initial, kl_coef, kl_target)
@@ -96,10 +132,28 @@ class SoftmaxActorCritic(LearnerState):
     def logits(self, obs: Obs, state: Tensor | None = None, net: nn.Module | None = None) -> Tensor:
         """Policy logits ``[B, n_items]`` (``state``: the already-encoded ``obs``; ``net``: another
         scorer, e.g. the KL reference); with ``skip_shown`` the items in the observed history get
-        ``-inf``."""
+        ``-inf``, and with ``candidates`` every item outside :meth:`candidate_mask`."""
         net = self.policy if net is None else net
+        logits = self.unrestricted_logits(obs, net, state)
+        if not self.candidates:
+            return logits
+        own = logits.detach() if net is self.initial else None
+        return logits.masked_fill(~self.candidate_mask(obs, own), float("-inf"))
+
+    def unrestricted_logits(self, obs: Obs, net: nn.Module, state: Tensor | None = None) -> Tensor:
+        """``net``'s logits ``[B, n_items]`` with only ``skip_shown``'s mask (no candidates)."""
         logits = net.score(net.encoder(obs) if state is None else state)
         return mask_shown(logits, obs) if self.skip_shown else logits
+
+    @torch.no_grad()
+    def candidate_mask(self, obs: Obs, reference_logits: Tensor | None = None) -> Tensor:
+        """``True`` ``[B, n_items]`` on the items the policy may serve at ``obs`` with
+        ``candidates``: the frozen starting model's top ``candidates`` by its logits
+        (``reference_logits`` when already computed), as a two-stage recommender's ranking stage
+        re-ranks what its retrieval stage proposes."""
+        ref = self.unrestricted_logits(obs, self.initial) if reference_logits is None else reference_logits
+        top = ref.topk(min(self.candidates, ref.shape[1]), dim=1).indices
+        return torch.zeros_like(ref, dtype=torch.bool).scatter_(1, top, True)
 
     def plus_demo_term(self, loss: Tensor) -> tuple[Tensor, Tensor | None]:
         """``(loss + DAPG's term, the term)`` for one gradient step, ``(loss, None)`` when off. The
@@ -171,8 +225,14 @@ class SoftmaxActorCritic(LearnerState):
 
     @torch.no_grad()
     def scores(self, obs: Obs) -> Tensor:
-        """The policy's logits ``[B, n_items]``: its greedy ranking (what a top-k list serves)."""
-        return self.logits(obs)
+        """The policy's greedy ranking ``[B, n_items]`` (what a top-k list serves): its logits;
+        with ``candidates``, the candidates in the policy's order, then every other item in the
+        starting model's order (:func:`candidates_first`)."""
+        if not self.candidates:
+            return self.logits(obs)
+        ref = self.unrestricted_logits(obs, self.initial)
+        keep = self.candidate_mask(obs, ref)
+        return candidates_first(self.unrestricted_logits(obs, self.policy), ref, keep)
 
     @torch.no_grad()
     def act(self, obs: Obs, explore: bool) -> Tensor:

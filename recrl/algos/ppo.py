@@ -19,7 +19,8 @@ first minibatch whose ``approx_kl = mean[(rho - 1) - log rho]`` exceeds it. With
 ``init_from`` the policy starts from pretrained weights ``pi_0`` and ``kl_coef`` (fixed, or
 adapted toward ``kl_target``) keeps it near them: the KL is exact over the catalogue at every
 state (:class:`~recrl.algos.backbone.KLPenalty`), logged as ``train/kl`` apart from the
-reward (``train/reward``).
+reward (``train/reward``). With ``candidates`` it serves and learns to rank only the starting
+model's top items at each state (:meth:`SoftmaxActorCritic.candidate_mask`).
 
 References: Schulman et al. Proximal policy optimization algorithms. arXiv:1707.06347, 2017.
 Schulman et al. High-dimensional continuous control using generalized advantage estimation.
@@ -60,7 +61,7 @@ class PPO(SoftmaxActorCritic):
                  init_from: str | None = None, pretrain: PretrainSettings | None = None,
                  kl_coef: float = 0.0, kl_target: float | None = None, demonstrations: int | str = 0,
                  demo_weight: float = 1.0, demo_batch: int = 128, demo_decay_steps: int = 0,
-                 demo_caution: float = 2.0) -> None:
+                 demo_caution: float = 2.0, candidates: int = 0) -> None:
         if epochs < 1 or minibatch_size < 1 or clip <= 0:
             raise RecrlError("algo=ppo: epochs and minibatch_size must be >= 1 and clip > 0")
         self.gamma, self.lam, self.clip = gamma, lam, clip
@@ -70,7 +71,7 @@ class PPO(SoftmaxActorCritic):
         self.grad_clip = grad_clip
         backbone = Backbone(encoder, dim, hidden, layers, heads, item_init, item_ids, summary)
         self.build(ctx, lr, sample_in_eval, backbone, skip_shown, init_from, pretrain, kl_coef, kl_target,
-                   demonstrations, demo_weight, demo_batch, demo_decay_steps, demo_caution)
+                   demonstrations, demo_weight, demo_batch, demo_decay_steps, demo_caution, candidates)
 
     def evaluate(self, obs: Obs, action: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Slate log-probabilities ``[N]``, values ``[N]``, policy entropies ``[N]`` and the KL

@@ -44,12 +44,12 @@ class Reinforce(SoftmaxActorCritic):
                  init_from: str | None = None, pretrain: PretrainSettings | None = None,
                  kl_coef: float = 0.0, kl_target: float | None = None, demonstrations: int | str = 0,
                  demo_weight: float = 1.0, demo_batch: int = 128, demo_decay_steps: int = 0,
-                 demo_caution: float = 2.0) -> None:
+                 demo_caution: float = 2.0, candidates: int = 0) -> None:
         self.gamma, self.value_coef, self.entropy_coef, self.epochs = gamma, value_coef, entropy_coef, epochs
         self.grad_clip = grad_clip
         backbone = Backbone(encoder, dim, hidden, layers, heads, item_init, item_ids, summary)
         self.build(ctx, lr, sample_in_eval, backbone, skip_shown, init_from, pretrain, kl_coef, kl_target,
-                   demonstrations, demo_weight, demo_batch, demo_decay_steps, demo_caution)
+                   demonstrations, demo_weight, demo_batch, demo_decay_steps, demo_caution, candidates)
 
     def update(self, batch: Rollout) -> dict[str, float]:
         """Policy-gradient steps on a batch of complete episodes."""
