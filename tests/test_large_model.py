@@ -262,6 +262,37 @@ def test_return_weighted_pretraining_imitates_the_clicks_that_kept_users(seed: i
         PretrainSettings(weighting="bogus")
 
 
+def rated_log(n_users: int = 80) -> pd.DataFrame:
+    """Every user clicks one item: item 0 (rated 5) or item 1 (rated 1), equally often, so the
+    clicks alone cannot tell them apart; one user's rating is missing (NaN)."""
+    users = np.arange(n_users)
+    rating = np.where(users % 2 == 0, 5.0, 1.0).astype(np.float32)
+    rating[1] = np.nan
+    return log_frame({"user": users, "time": np.zeros(n_users, np.int64), "item": users % 2,
+                      "click": np.ones(n_users, np.float32), "rating": rating})
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_rating_weighted_pretraining_imitates_the_clicks_that_satisfied(seed: int) -> None:
+    ctx = logged_ctx(rated_log(), 6, seed=seed)
+    first_step = left_padded([[]], [[]], 6, 3)
+
+    def preference(weighting: str) -> float:
+        settings = PretrainSettings(steps=150, batch_size=256, lr=0.01, seed=seed, weighting=weighting,
+                                    temperature=0.5)
+        algo = Supervised(ctx, **{**SMALL, "encoder": "mlp"}, item_init="random", pretrain=settings)
+        scores = algo.scores(first_step)[0]
+        return float(scores[0] - scores[1])  # log-odds of item 0 over item 1 after no history
+
+    unweighted, weighted = preference("none"), preference("rating")
+    assert abs(unweighted) < 1.0               # equally common clicks (up to the batches' draw)
+    assert weighted > 2.5                      # the well-rated one: weights e^{+-2} at z = +-1
+    with pytest.raises(RecrlError, match=r"weighting=watch .* logs none"):
+        preference("watch")                    # a signal this log does not have: one clear line
+    with pytest.raises(RecrlError, match=r"the same conversion \(0\) on every clicked row"):
+        preference("conversion")               # logged, but constant: nothing to weigh by
+
+
 # ----------------------------------------------------------------------------- algo.candidates
 def empty_history(users: int, n_items: int, length: int = 2) -> Obs:
     """Fresh users: every history slot is padding."""
