@@ -100,7 +100,6 @@ class Backbone:
 
 
 WEIGHTINGS = ("none", "return", "rating", "conversion", "watch")
-OUTCOME_WEIGHTINGS = WEIGHTINGS[2:]  # a logged column read at the clicked row itself
 
 
 @dataclass(frozen=True)
