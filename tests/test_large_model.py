@@ -294,12 +294,6 @@ def test_rating_weighted_pretraining_imitates_the_clicks_that_satisfied(seed: in
 
 
 # ----------------------------------------------------------------------------- algo.candidates
-def empty_history(users: int, n_items: int, length: int = 2) -> Obs:
-    """Fresh users: every history slot is padding."""
-    return Obs(items=torch.full((users, length, 1), n_items), clicks=torch.zeros(users, length, 1),
-               step=torch.zeros(users, dtype=torch.long))
-
-
 def saved_start(tmp_path: Path, ctx) -> str:
     """A saved PPO run (random weights, seed 3) to start from."""
     path = tmp_path / "start.pt"
@@ -364,7 +358,8 @@ def test_candidates_learn_the_best_candidate_and_never_serve_a_better_outsider(t
     algo = PPO(ctx, **SMALL, lr=0.01, entropy_coef=0.0, init_from=saved_start(tmp_path, ctx),
                candidates=3, minibatch_size=64)
     users = 64
-    obs, one = empty_history(users, ctx.n_items), empty_history(1, ctx.n_items)
+    obs = left_padded([[]] * users, [[]] * users, ctx.n_items, 2)  # fresh users: padding only
+    one = left_padded([[]], [[]], ctx.n_items, 2)
     with torch.no_grad():
         ranked = algo.unrestricted_logits(one, algo.initial).argsort(1, descending=True)[0]
     reward = torch.zeros(ctx.n_items)

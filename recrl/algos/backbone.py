@@ -216,23 +216,25 @@ def clicked_rows(ctx: AlgoContext, backbone: Backbone,
     if settings.weighting == "return":
         score = steps.returns(settings.gamma)[rows]
     else:
-        score = logged_outcome(ctx.interactions.train, settings.weighting, ctx.device)[rows]
+        score = logged_outcome(ctx.interactions.train, settings.weighting, rows)
     z = (score - score.mean()) / score.std().clamp(min=1e-6)
     weights = torch.exp((z / settings.temperature).clamp(max=20.0))  # clamped: no row takes over
     return steps.index(rows), weights / weights.mean()
 
 
-def logged_outcome(log: pd.DataFrame, column: str, device: torch.device | str) -> Tensor:
-    """``log[column]`` as a ``[N]`` tensor for the outcome weightings; a clicked row without the
-    outcome (NaN) counts as the clicked rows' mean, drawn neither more nor less than average."""
+def logged_outcome(log: pd.DataFrame, column: str, rows: Tensor) -> Tensor:
+    """``log[column]`` at the clicked ``rows`` for the outcome weightings; a row without the
+    outcome (NaN) counts as the rows' mean, drawn neither more nor less than average."""
     values = (log[column].to_numpy(dtype=np.float32) if column in log
               else np.full(len(log), np.nan, np.float32))
-    known = values[(log["click"].to_numpy() > 0) & ~np.isnan(values)]
-    if known.size == 0 or known.min() == known.max():
-        what = "none" if known.size == 0 else f"the same {column} ({known[0]:g}) on every clicked row"
+    picked = torch.as_tensor(values, device=rows.device)[rows]
+    known = picked[~picked.isnan()]
+    if known.numel() == 0 or known.min() == known.max():
+        what = ("none" if known.numel() == 0
+                else f"the same {column} ({float(known[0]):g}) on every clicked row")
         raise RecrlError(f"algo.pretrain.weighting={column} weighs clicks by the {column} logged after "
                          f"them, but this dataset logs {what}; use weighting=none or return")
-    return torch.as_tensor(np.where(np.isnan(values), known.mean(), values), device=device)
+    return picked.nan_to_num(nan=float(known.mean()))
 
 
 def fit_next_item(ctx: AlgoContext, backbone: Backbone,
