@@ -17,10 +17,14 @@ own form (a plug-in bound: the within-topic directions are not averaged over, on
 Next to it, on the same users and slates: the run's behavior model (a single model, or the
 ensemble's mean with ``behavior.ensemble=K`` after ``--``), under random slates and under a
 policy that leaves the logged distribution (``quality_first``: the best non-clickbait items by
-quality, the same for everyone). Prints a table and writes JSON.
+quality, the same for everyone), and with ``--policy RUN`` (repeatable) under the slates of a
+trained policy (a ``recrl train`` run folder or ``.pt``, acting without exploration: the states
+it leads users to, where a simulator's errors are exploited; its run must be of the same world
+and behavior model as the overrides). Prints a table and writes JSON.
 
     python scripts/fidelity_ceiling.py --out fidelity_ceiling.json
     python scripts/fidelity_ceiling.py -- behavior.ensemble=5
+    python scripts/fidelity_ceiling.py --policy outputs/train/<dqn run> --policy outputs/train/<ppo run>
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 from torch import Tensor
@@ -41,9 +46,10 @@ from torch import Tensor
 from recrl.behavior.fidelity import true_model_agreement
 from recrl.data.synthetic import SyntheticWorld
 from recrl.env.signals import SIGNALS
+from recrl.evaluate import restore_run
 from recrl.logs import console_logging
 from recrl.report import cpu_model, write_text_atomic
-from recrl.types import Obs, Response
+from recrl.types import Obs, RecrlError, Response
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from reference_policies import QualityFirst, synthetic_run, topic_means
@@ -128,21 +134,47 @@ def content_world(world: SyntheticWorld) -> SyntheticWorld:
     return clone
 
 
-def main() -> None:
+SAME_RUN_KEYS = ("dataset", "behavior", "env")  # what a --policy run must share
+
+
+def trained_policy(run: Path, cfg: DictConfig) -> tuple[str, Any]:
+    """``(name, policy)`` of the ``recrl train`` run (folder or ``.pt``) ``run``, rebuilt on the
+    CPU; exits with one line when it cannot be read or was trained on another world, behavior
+    model or environment than ``cfg``'s (whose simulator's fidelity is being scored)."""
+    try:
+        _, algo, payload, path = restore_run(run, "cpu")
+    except RecrlError as err:
+        sys.exit(f"error: --policy {run}: {err}")
+    saved = OmegaConf.create(payload["config"])
+    for key in SAME_RUN_KEYS:
+        if key in saved and OmegaConf.to_container(saved[key], resolve=True) != OmegaConf.to_container(
+                cfg[key], resolve=True):
+            sys.exit(f"error: --policy {run} was trained with another {key} than this command's "
+                     f"overrides; pass that run's {key}.* overrides after --")
+    name = str(payload.get("algo_name") or saved.algo._target_.rsplit(".", 1)[-1].lower())
+    return f"{name} ({path.parent.parent.name if path.parent.name == 'checkpoints' else path.stem})", algo
+
+
+def main(argv: list[str] | None = None) -> None:
     """Evaluate the Bayes predictor and the behavior model, print the table, write JSON."""
     console_logging()  # the stages' messages (behavior fit or cache hit) on the console
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--particles", type=int, default=1024)
     parser.add_argument("--out", type=Path, default=Path("fidelity_ceiling.json"))
+    parser.add_argument("--policy", type=Path, action="append", default=[],
+                        help="a trained run (folder or .pt) whose slates to score on; repeatable")
     parser.add_argument("overrides", nargs="*", help="recrl train overrides after --")
-    args = parser.parse_args()
-    _, stages, world, env = synthetic_run(args.overrides, "fidelity ceilings")
+    args = parser.parse_args(argv)
+    cfg, stages, world, env = synthetic_run(args.overrides, "fidelity ceilings")
     bayes = BayesPredictor(world, args.particles)
     by_content = BayesPredictor(content_world(world), args.particles)
     models: dict[str, Any] = {"behavior model": stages.behavior,
                               "Bayes-optimal (true items, posterior interest)": bayes,
                               "Bayes, items by content (topic-mean vectors)": by_content}
     policies = {"random slates": None, "quality_first slates": QualityFirst(world)}
+    for run in args.policy:
+        name, policy = trained_policy(run, cfg)
+        policies[f"{name} slates"] = policy
     rows: dict[str, dict[str, dict[str, float]]] = {}
     for name, model in models.items():
         rows[name] = {where: true_model_agreement(model, env, policy=policy)
@@ -157,7 +189,7 @@ def main() -> None:
                               for k in ("click", "conversion", "leave")))
     Console(width=200).print(table)
     facts = {"torch": torch.__version__, "python": platform.python_version(), "overrides": args.overrides,
-             "particles": args.particles, "cpu": cpu_model()}
+             "particles": args.particles, "policies": [str(run) for run in args.policy], "cpu": cpu_model()}
     write_text_atomic(args.out, json.dumps({"facts": facts, "rows": rows}, indent=2))
     print(f"wrote {args.out}")
 

@@ -1,9 +1,14 @@
-"""The Bayes-optimal predictor of ``scripts/fidelity_ceiling.py``: known answers on a small world."""
+"""The Bayes-optimal predictor of ``scripts/fidelity_ceiling.py``: known answers on a small world, and
+the script end to end on a trained smoke run's slates."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
+import pytest
 import torch
-from tiny import load_script, make_ctx
+from tiny import load_script, make_ctx, run_recrl
 
 from recrl.algos.random import RandomPolicy
 from recrl.behavior.fidelity import pearson
@@ -66,3 +71,32 @@ def test_content_world_knows_items_by_their_topic_mean() -> None:
     assert torch.equal(world.item_emb, original)
     for name in ("topic", "quality", "price", "is_bait"):
         assert torch.equal(getattr(content, name), getattr(world, name))
+
+
+def test_the_ceiling_on_a_trained_policys_slates(tmp_path: Path, shared_cache: Path, monkeypatch) -> None:
+    """``--policy RUN`` adds the slates of a trained run (end to end on a smoke run): every
+    predictor is scored there too, the Bayes predictor's leave probability is the true one (it
+    replays satisfaction exactly when it sees the whole session), and a run of another world is
+    refused in one line."""
+    run, whole_session = tmp_path / "run", "env.history_len=10"  # the smoke horizon
+    proc = run_recrl("train", "experiment=smoke", whole_session, f"hydra.run.dir={run}", cwd=tmp_path,
+                     cache=shared_cache, OMP_NUM_THREADS="1")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ceiling = load_script("fidelity_ceiling")
+    monkeypatch.setenv("RECRL_CACHE_DIR", str(shared_cache))
+    torch.set_num_threads(1)
+    out = tmp_path / "ceiling.json"
+    ceiling.main(["--particles", "64", "--out", str(out), "--policy", str(run), "--", "experiment=smoke",
+                  whole_session])
+    rows = json.loads(out.read_text())["rows"]
+    assert set(rows) == {"behavior model", "Bayes-optimal (true items, posterior interest)",
+                         "Bayes, items by content (topic-mean vectors)"}
+    for by_slates in rows.values():
+        assert list(by_slates) == ["random slates", "quality_first slates", "dqn (run) slates"]
+        assert all(-1.0 <= value <= 1.0 for value in by_slates["dqn (run) slates"].values()
+                   if isinstance(value, float) and value == value)
+    bayes = rows["Bayes-optimal (true items, posterior interest)"]["dqn (run) slates"]
+    assert bayes["leave_prob_pearson"] > 0.999
+    with pytest.raises(SystemExit, match="was trained with another dataset"):
+        ceiling.main(["--out", str(out), "--policy", str(run), "--", "experiment=smoke",
+                      whole_session, "dataset.n_items=300"])
