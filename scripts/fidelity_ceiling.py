@@ -160,6 +160,7 @@ def main(argv: list[str] | None = None) -> None:
     console_logging()  # the stages' messages (behavior fit or cache hit) on the console
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--particles", type=int, default=1024)
+    parser.add_argument("--users", type=int, default=512, help="ground-truth users scored (10 steps each)")
     parser.add_argument("--out", type=Path, default=Path("fidelity_ceiling.json"))
     parser.add_argument("--policy", type=Path, action="append", default=[],
                         help="a trained run (folder or .pt) whose slates to score on; repeatable")
@@ -177,9 +178,10 @@ def main(argv: list[str] | None = None) -> None:
         policies[f"{name} slates"] = policy
     rows: dict[str, dict[str, dict[str, float]]] = {}
     for name, model in models.items():
-        rows[name] = {where: true_model_agreement(model, env, policy=policy)
+        rows[name] = {where: true_model_agreement(model, env, users=args.users, policy=policy)
                       for where, policy in policies.items()}
-    table = Table(title="Pearson correlation with the true probabilities (512 users x 10 steps, seed 0)")
+    table = Table(title=f"Pearson correlation with the true probabilities ({args.users} users x 10 steps, "
+                        "seed 0)")
     table.add_column("predictor")
     for where in policies:
         for key in ("click", "conversion", "leave"):
@@ -189,7 +191,8 @@ def main(argv: list[str] | None = None) -> None:
                               for k in ("click", "conversion", "leave")))
     Console(width=200).print(table)
     facts = {"torch": torch.__version__, "python": platform.python_version(), "overrides": args.overrides,
-             "particles": args.particles, "policies": [str(run) for run in args.policy], "cpu": cpu_model()}
+             "particles": args.particles, "users": args.users, "policies": [str(run) for run in args.policy],
+             "cpu": cpu_model()}
     write_text_atomic(args.out, json.dumps({"facts": facts, "rows": rows}, indent=2))
     print(f"wrote {args.out}")
 

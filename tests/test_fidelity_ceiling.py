@@ -86,8 +86,8 @@ def test_the_ceiling_on_a_trained_policys_slates(tmp_path: Path, shared_cache: P
     monkeypatch.setenv("RECRL_CACHE_DIR", str(shared_cache))
     torch.set_num_threads(1)
     out = tmp_path / "ceiling.json"
-    ceiling.main(["--particles", "64", "--out", str(out), "--policy", str(run), "--", "experiment=smoke",
-                  whole_session])
+    ceiling.main(["--particles", "64", "--users", "64", "--out", str(out), "--policy", str(run), "--",
+                  "experiment=smoke", whole_session])
     rows = json.loads(out.read_text())["rows"]
     assert set(rows) == {"behavior model", "Bayes-optimal (true items, posterior interest)",
                          "Bayes, items by content (topic-mean vectors)"}
