@@ -137,6 +137,17 @@ def content_world(world: SyntheticWorld) -> SyntheticWorld:
 SAME_RUN_KEYS = ("dataset", "behavior", "env")  # what a --policy run must share
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: an integer of at least 1 (else argparse's one-line usage error)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    return value
+
+
 def trained_policy(run: Path, cfg: DictConfig) -> tuple[str, Any]:
     """``(name, policy)`` of the ``recrl train`` run (folder or ``.pt``) ``run``, rebuilt on the
     CPU; exits with one line when it cannot be read or was trained on another world, behavior
@@ -159,8 +170,9 @@ def main(argv: list[str] | None = None) -> None:
     """Evaluate the Bayes predictor and the behavior model, print the table, write JSON."""
     console_logging()  # the stages' messages (behavior fit or cache hit) on the console
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--particles", type=int, default=1024)
-    parser.add_argument("--users", type=int, default=512, help="ground-truth users scored (10 steps each)")
+    parser.add_argument("--particles", type=positive_int, default=1024)
+    parser.add_argument("--users", type=positive_int, default=512,
+                        help="ground-truth users scored (10 steps each)")
     parser.add_argument("--out", type=Path, default=Path("fidelity_ceiling.json"))
     parser.add_argument("--policy", type=Path, action="append", default=[],
                         help="a trained run (folder or .pt) whose slates to score on; repeatable")

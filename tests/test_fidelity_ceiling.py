@@ -58,6 +58,15 @@ def test_history_sharpens_the_prediction_toward_the_truth() -> None:
     assert pearson(posterior.flatten().double(), flat) > pearson(prior.flatten().double(), flat) + 0.1
 
 
+@pytest.mark.parametrize("value", ["0", "-3", "many"])
+def test_counts_below_one_are_refused_in_one_line(value: str, capsys) -> None:
+    ceiling = load_script("fidelity_ceiling")
+    with pytest.raises(SystemExit) as exit_info:
+        ceiling.main(["--users", value])
+    assert exit_info.value.code == 2
+    assert f"argument --users: {value!r} is not a whole number of at least 1" in capsys.readouterr().err
+
+
 def test_content_world_knows_items_by_their_topic_mean() -> None:
     """Every item's vector is its topic's mean vector (by hand), the rest of the items' truth is
     kept, and the world itself is untouched."""
