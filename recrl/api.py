@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from recrl.checkpoint import run_folder
 from recrl.config import validate
 from recrl.fileio import write_text_atomic
 from recrl.logs import console_logging
@@ -187,7 +188,7 @@ def load(run_dir: str | Path, device: str | None = None, checkpoint: str = "last
         raise RecrlError(f"{folder} has no checkpoints/{checkpoint}.pt (use checkpoint='last' or 'best', "
                          "or pass a .pt file)")
     stages, algo, payload, path = restore_run(where, device)
-    home = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+    home = run_folder(path)
     return _run(home, OmegaConf.create(payload["config"]), read_report(home), stages, algo)
 
 

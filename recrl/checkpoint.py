@@ -38,6 +38,12 @@ def resolve_checkpoint(where: str | Path) -> Path:
     return p
 
 
+def run_folder(checkpoint: Path) -> Path:
+    """The run folder a checkpoint file belongs to: the parent of its ``checkpoints/`` folder,
+    or the folder holding a loose ``.pt``."""
+    return checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
+
+
 def load_checkpoint(where: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load a checkpoint with ``weights_only=True`` (no arbitrary code runs on load)."""
     path = resolve_checkpoint(where)

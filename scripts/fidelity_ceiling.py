@@ -44,6 +44,7 @@ from rich.table import Table
 from torch import Tensor
 
 from recrl.behavior.fidelity import true_model_agreement
+from recrl.checkpoint import run_folder
 from recrl.data.synthetic import SyntheticWorld
 from recrl.env.signals import SIGNALS
 from recrl.evaluate import restore_run
@@ -153,17 +154,15 @@ def trained_policy(run: Path, cfg: DictConfig) -> tuple[str, Any]:
     CPU; exits with one line when it cannot be read or was trained on another world, behavior
     model or environment than ``cfg``'s (whose simulator's fidelity is being scored)."""
     try:
-        _, algo, payload, path = restore_run(run, "cpu")
+        stages, algo, payload, path = restore_run(run, "cpu")
     except RecrlError as err:
         sys.exit(f"error: --policy {run}: {err}")
-    saved = OmegaConf.create(payload["config"])
-    for key in SAME_RUN_KEYS:
-        if key in saved and OmegaConf.to_container(saved[key], resolve=True) != OmegaConf.to_container(
-                cfg[key], resolve=True):
+    for key in SAME_RUN_KEYS:  # the run's config as restore_run read it (renamed keys migrated)
+        saved, wanted = (OmegaConf.to_container(c[key], resolve=True) for c in (stages.cfg, cfg))
+        if saved != wanted:
             sys.exit(f"error: --policy {run} was trained with another {key} than this command's "
                      f"overrides; pass that run's {key}.* overrides after --")
-    name = str(payload.get("algo_name") or saved.algo._target_.rsplit(".", 1)[-1].lower())
-    return f"{name} ({path.parent.parent.name if path.parent.name == 'checkpoints' else path.stem})", algo
+    return f"{payload['algo_name']} ({run_folder(path).name})", algo
 
 
 def main(argv: list[str] | None = None) -> None:
