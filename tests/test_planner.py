@@ -14,7 +14,7 @@ from recrl.algos.demonstrations import AUTO_DEMO_ROWS, PlannerDemonstrations, de
 from recrl.algos.dqn import DQN
 from recrl.algos.greedy import GreedyPolicy
 from recrl.algos.nets import gradient_step
-from recrl.algos.planner import SurvivalPlanner
+from recrl.algos.planner import MixedModel, SurvivalPlanner, leave_after_click
 from recrl.algos.ppo import PPO
 from recrl.algos.reinforce import Reinforce
 from recrl.algos.slateq import SlateQ
@@ -75,6 +75,78 @@ def test_scores_are_reward_times_survival_to_the_end() -> None:
     # early it serves the good item, at the end the clickbait; greedy serves clickbait throughout
     assert planner.act(obs_at([0, 4]), explore=False)[:, 0].tolist() == [1, 0]
     assert GreedyPolicy(make_ctx(StubModel())).act(obs_at([0, 4]), explore=False)[:, 0].tolist() == [0, 0]
+
+
+class OtherStub(StubModel):
+    """:class:`StubModel` with other clicks and leave rates: the second part of a mixed model."""
+
+    click = torch.tensor([0.2, 0.6, 0.4])
+    leave = torch.tensor([0.3, 0.2, 0.0])
+
+    def score_all(self, state: Tensor) -> Response:
+        response = super().score_all(state)
+        click = self.click.expand(state.shape[0], -1)
+        return replace(response, click_prob=click, click=click)
+
+    def next_state(self, state: Tensor, slates: Tensor, click: Tensor, conversion: Tensor) -> Tensor:
+        return (click * self.leave[slates]).sum(1, keepdim=True)
+
+
+def test_a_mixed_model_plans_with_one_models_responses_and_the_others_leaving() -> None:
+    """Scores by hand: the responses part's clicks times the leaving part's survival; each part
+    alone, or mixed with itself, plans as it does alone."""
+    obs = obs_at([0, 3])
+    mixed = SurvivalPlanner(make_ctx(StubModel()), caution=1.0, model=MixedModel(StubModel(), OtherStub()))
+    scores = mixed.scores(obs)
+    assert torch.allclose(scores[0], CLICK * (1.0 - OtherStub.leave) ** 4)
+    assert torch.allclose(scores[1], CLICK * (1.0 - OtherStub.leave) ** 1)
+    swapped = SurvivalPlanner(make_ctx(StubModel()), caution=1.0, model=MixedModel(OtherStub(), StubModel()))
+    assert torch.allclose(swapped.scores(obs)[0], OtherStub.click * (1.0 - LEAVE_AFTER_CLICK) ** 4)
+    alone = SurvivalPlanner(make_ctx(StubModel()), caution=1.0).scores(obs)
+    itself = SurvivalPlanner(make_ctx(StubModel()), caution=1.0, model=MixedModel(StubModel(), StubModel()))
+    assert torch.equal(itself.scores(obs), alone)
+
+
+def test_a_mixed_models_state_is_both_parts_and_steps_each_with_its_own_model() -> None:
+    world = SyntheticWorld(n_items=12, n_users=10, n_topics=3, horizon=HORIZON, seed=0)
+    truth, stub = HistoryBelief(world), OtherStub()
+    model = MixedModel(truth, stub)
+    with pytest.raises(RecrlError, match="encode must run"):
+        model.leave_prob(torch.zeros(2, 8))
+    obs = Obs(items=torch.tensor([[[12], [1]], [[4], [5]]]),  # 12: padding
+              clicks=torch.tensor([[[0.0], [1.0]], [[0.0], [1.0]]]), step=torch.tensor([1, 2]))
+    state = model.encode(obs)
+    own = truth.encode(obs)
+    assert torch.equal(state, torch.cat([own, stub.encode(obs)], 1))
+    slates, click = torch.tensor([[2], [0]]), torch.tensor([[1.0], [1.0]])
+    after = model.next_state(state, slates, click, torch.zeros(2, 1))
+    assert torch.allclose(after[:, :-1], truth.next_state(own, slates, click, torch.zeros(2, 1)))
+    assert torch.equal(after[:, -1], OtherStub.leave[slates[:, 0]])
+    assert torch.equal(model.leave_prob(after), after[:, -1])
+    assert torch.equal(model.score_all(state).click_prob, truth.score_all(own).click_prob)
+    with pytest.raises(RecrlError, match="lacks encode"):
+        MixedModel(object(), stub)
+
+
+def test_the_leave_after_each_click_step_by_step_is_the_models_batched_one() -> None:
+    """A model without a batched ``leave_prob_after_click`` gets it from one ``next_state`` per
+    (user, item) pair, in chunks: the synthetic world's own batched form, by another road."""
+    world = SyntheticWorld(n_items=12, n_users=10, n_topics=3, horizon=HORIZON, seed=0)
+    truth = HistoryBelief(world)
+
+    class StepByStep:  # the belief's methods, its batched leave form left out
+        encode, score_all = truth.encode, truth.score_all
+        next_state, leave_prob = truth.next_state, truth.leave_prob
+
+    g = torch.Generator().manual_seed(0)
+    obs = Obs(items=torch.randint(0, 12, (5, 3, 1), generator=g),
+              clicks=(torch.rand(5, 3, 1, generator=g) < 0.5).float(), step=torch.tensor([2] * 5))
+    state = truth.encode(obs)
+    conversion = truth.score_all(state).conversion_prob
+    fast = leave_after_click(truth, state, conversion, chunk_rows=24)
+    slow = leave_after_click(StepByStep(), state, conversion, chunk_rows=24)  # two users a chunk
+    assert fast.shape == (5, 12)
+    assert torch.allclose(fast, slow, atol=1e-6)
 
 
 def test_caution_scales_the_remaining_steps() -> None:

@@ -12,6 +12,9 @@ import pytest
 import torch
 from tiny import SCRIPTS, load_script
 
+from recrl.data.synthetic import HistoryBelief, SyntheticWorld
+from recrl.types import Obs
+
 SMALL = ["experiment=smoke", "dataset.n_users=200", "dataset.n_items=40", "trainer.device=cpu"]
 
 
@@ -28,8 +31,10 @@ def test_fits_differ_by_training_seed_and_repeat_exactly(tmp_path: Path) -> None
         assert pair == pytest.approx(again_slopes[name], rel=1e-9)
     first["slopes"] = slopes
     assert first["valid_click_logloss"] != second["valid_click_logloss"]
+    assert first["truth_planner"] == second["truth_planner"]  # the truth does not depend on the fit
     for row in (first, second):
-        assert {key for key, _, _ in fits.MEASURES} <= row.keys()
+        assert {key for key, _, _ in (*fits.MEASURES, *fits.ATTRIBUTION)} <= row.keys()
+        assert all(row[key] > 0.0 for key, _, _ in fits.ATTRIBUTION) and row["truth_planner"] > 0.0
         assert 0.0 < row["valid_click_logloss"] < 1.0 and 0.0 < row["valid_leave_logloss"] < 1.0
         assert all(-1.0 <= row[k] <= 1.0 for k in ("click_random", "leave_random", "click_planner"))
         assert row["planner_return"] > 0.0 and row["planner_sim_return"] > 0.0
@@ -69,21 +74,45 @@ def test_paired_differences_by_hand() -> None:
     assert out["planner_return"]["ci95"] == pytest.approx(4.302653 * math.sqrt(0.07 / 3), rel=1e-5)
 
 
-def test_main_writes_both_configurations_and_the_comparison(tmp_path: Path,
-                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+def test_main_writes_both_configurations_and_the_comparison(tmp_path: Path) -> None:
     fits = load_script("simulator_fits")
     out = tmp_path / "fits.json"
-    monkeypatch.setattr(sys, "argv", ["simulator_fits.py", "--seeds", "0", "1", "--users", "32",
-                                      "--against", "behavior.recency=false", "--out", str(out), "--",
-                                      *SMALL, f"cache_dir='{tmp_path}'"])
-    fits.main()
+    fits.main(["--seeds", "0", "1", "--users", "32", "--against", "behavior.recency=false",
+               "--ablate", "boredom", "--out", str(out), "--", *SMALL, f"cache_dir='{tmp_path}'"])
     result = json.loads(out.read_text())
+    assert result["ablate"] == ["boredom"]
+    assert {"planner_true_leaving", "planner_true_responses_without_boredom"} <= result["summary"]["A"].keys()
+    assert "planner_true_responses_without_boredom" in result["b_minus_a"]
     assert result["configs"]["B"][-1] == "behavior.recency=false"
     assert set(result["fits"]) == {"A", "B"} and set(result["fits"]["A"]) == {"0", "1"}
     diff = result["b_minus_a"]["valid_click_logloss"]
     by_seed = [result["fits"]["B"][s]["valid_click_logloss"] - result["fits"]["A"][s]["valid_click_logloss"]
                for s in ("0", "1")]
     assert diff["mean"] == pytest.approx(sum(by_seed) / 2)
+
+
+def test_the_truth_without_one_click_term() -> None:
+    """Each ablation removes one term of the truth's click utility, on a copy: the world itself
+    keeps it; without the interest the history's clicks leave the interest estimate at zero."""
+    fits = load_script("simulator_fits")
+    world = SyntheticWorld(n_items=12, n_users=10, n_topics=3, horizon=5, seed=0)
+    obs = Obs(items=torch.tensor([[[1], [2]]]), clicks=torch.tensor([[[1.0], [1.0]]]), step=torch.tensor([2]))
+    truth = HistoryBelief(world)
+    state = truth.encode(obs)
+    assert state[:, :3].abs().sum() > 0
+    boredom = state[0, 4:]  # [interest (3) | satisfaction | boredom (3)]
+    terms = {"boredom": -world.click_boredom * boredom[world.topic],
+             "quality": world.click_quality * world.quality, "clickbait": world.click_bait * world.is_bait}
+    for part, parameter in fits.ABLATIONS.items():
+        without = fits.truth_without(world, part)
+        changed = without.encode(obs)
+        if parameter is None:
+            assert torch.equal(changed[:, :3], torch.zeros(1, 3))
+            assert torch.equal(changed[:, 3:], state[:, 3:])
+            continue
+        assert getattr(without.world, parameter) == 0.0 and getattr(world, parameter) != 0.0
+        removed = world.click_utility(state, None) - without.world.click_utility(state, None)
+        assert torch.allclose(removed[0], terms[part], atol=1e-6)
 
 
 def test_a_wrong_key_is_one_line_and_a_nonzero_exit(tmp_path: Path) -> None:

@@ -92,21 +92,7 @@ class SurvivalPlanner(FixedPolicy):
     def stay_after_click(self, state: Tensor, conversion_prob: Tensor) -> Tensor:
         """``1 - P_leave`` ``[B, N]`` in the state after a click on each item shown alone (its
         conversion at its expected value)."""
-        fast = getattr(self.model, "leave_prob_after_click", None)
-        if fast is not None:  # the model's own batched form (the GRU's)
-            return 1.0 - fast(state, conversion_prob, self.chunk_rows)
-        b, n = conversion_prob.shape
-        users = max(1, self.chunk_rows // n)
-        items = torch.arange(n, device=state.device)
-        stay = []
-        for start in range(0, b, users):
-            chunk = state[start:start + users]
-            m = chunk.shape[0]
-            after = self.model.next_state(chunk.repeat_interleave(n, 0), items.repeat(m)[:, None],
-                                          torch.ones(m * n, 1, device=state.device),
-                                          conversion_prob[start:start + users].reshape(-1, 1))
-            stay.append((1.0 - self.model.leave_prob(after)).view(m, n))
-        return torch.cat(stay)
+        return 1.0 - leave_after_click(self.model, state, conversion_prob, self.chunk_rows)
 
     @torch.no_grad()
     def demonstrations(self, env: Any, n_users: int, seed: int, batch: int = 256) -> tuple[Obs, Tensor]:
@@ -125,3 +111,78 @@ class SurvivalPlanner(FixedPolicy):
         observations = cat_obs([s.flat_obs() for s in sessions])
         slates = torch.cat([s.action.flatten(0, 1) for s in sessions])
         return observations.index(there), slates[there]
+
+
+def leave_after_click(model: Any, state: Tensor, conversion_prob: Tensor, chunk_rows: int) -> Tensor:
+    """``model``'s probability ``[B, N]`` of leaving after a click on each item shown alone, its
+    conversion at ``conversion_prob`` ``[B, N]``: the model's own batched
+    ``leave_prob_after_click`` where it has one (the GRU's, the synthetic world's), else one
+    ``next_state`` and ``leave_prob`` per (user, item) pair, in chunks of at most ``chunk_rows``."""
+    fast = getattr(model, "leave_prob_after_click", None)
+    if fast is not None:
+        return fast(state, conversion_prob, chunk_rows)
+    b, n = conversion_prob.shape
+    users = max(1, chunk_rows // n)
+    items = torch.arange(n, device=state.device)
+    leave = []
+    for start in range(0, b, users):
+        chunk = state[start:start + users]
+        m = chunk.shape[0]
+        after = model.next_state(chunk.repeat_interleave(n, 0), items.repeat(m)[:, None],
+                                 torch.ones(m * n, 1, device=state.device),
+                                 conversion_prob[start:start + users].reshape(-1, 1))
+        leave.append(model.leave_prob(after).view(m, n))
+    return torch.cat(leave)
+
+
+class MixedModel:
+    """A planner's user model made of two: each item's response now (click, conversion, rating:
+    what the reward reads) from ``responses``, the leaving after it from ``leaving``. Each part
+    keeps its own state, estimated from the same history. With one part fitted and the other the
+    ground truth (:class:`~recrl.data.synthetic.HistoryBelief`) it shows which part of a fitted
+    simulator costs a policy its return (``scripts/simulator_fits.py``).
+
+    Example::
+
+        model = MixedModel(responses=behavior, leaving=HistoryBelief(world, env.choice))
+        planner = SurvivalPlanner(ctx, caution=2.0, model=model)
+    """
+
+    def __init__(self, responses: Any, leaving: Any) -> None:
+        for part in (responses, leaving):
+            missing = missing_methods(part)
+            if missing:
+                raise RecrlError(f"a planner's user model lacks {', '.join(missing)}: "
+                                 f"{type(part).__name__} cannot be one part of a mixed model")
+        self.responses, self.leaving = responses, leaving
+        self.width: int | None = None  # columns of the responses part's state, set by encode
+
+    def encode(self, obs: Obs) -> Tensor:
+        """Both parts' states from ``obs``'s history, side by side ``[B, S_r + S_l]``."""
+        first = self.responses.encode(obs)
+        self.width = first.shape[-1]
+        return torch.cat([first, self.leaving.encode(obs).to(first.dtype)], -1)
+
+    def split(self, state: Tensor) -> tuple[Tensor, Tensor]:
+        """The responses part's and the leaving part's states."""
+        if self.width is None:
+            raise RecrlError("MixedModel.encode must run before its states can be read")
+        return state[..., :self.width], state[..., self.width:]
+
+    def score_all(self, state: Tensor) -> Any:
+        """Each item's expected response shown alone ``[B, N]``, from the responses part."""
+        return self.responses.score_all(self.split(state)[0])
+
+    def leave_prob_after_click(self, state: Tensor, conversion: Tensor, chunk_rows: int = 262_144) -> Tensor:
+        """The leaving part's probability ``[B, N]`` of leaving after a click on each item."""
+        return leave_after_click(self.leaving, self.split(state)[1], conversion, chunk_rows)
+
+    def next_state(self, state: Tensor, slates: Tensor, click: Tensor, conversion: Tensor) -> Tensor:
+        """Both parts' states after ``slates`` and the response to them."""
+        first, second = self.split(state)
+        return torch.cat([self.responses.next_state(first, slates, click, conversion),
+                          self.leaving.next_state(second, slates, click, conversion).to(first.dtype)], -1)
+
+    def leave_prob(self, state: Tensor) -> Tensor:
+        """The leaving part's probability ``[B]`` of leaving now."""
+        return self.leaving.leave_prob(self.split(state)[1])

@@ -351,12 +351,14 @@ class HistoryBelief:
         planner = SurvivalPlanner(ctx, caution=2.0, model=HistoryBelief(world, env.choice))
     """
 
-    def __init__(self, world: SyntheticWorld, choice: ChoiceModel = MNL) -> None:
-        self.world, self.choice = world, choice
+    def __init__(self, world: SyntheticWorld, choice: ChoiceModel = MNL,
+                 interest: Callable[[Tensor, Tensor], Tensor] | None = None) -> None:
+        self.world, self.choice, self.interest = world, choice, interest
 
     def encode(self, obs: Obs) -> Tensor:
-        """The state estimated from ``obs``'s history ``[B, 2 T + 1]``."""
-        return estimate_state(obs, self.world)
+        """The state estimated from ``obs``'s history ``[B, 2 T + 1]`` (the interest by
+        ``interest(items, click weights)`` when given, see :func:`estimate_state`)."""
+        return estimate_state(obs, self.world, self.interest)
 
     def score_all(self, state: Tensor) -> Response:
         """Each item's expected response shown alone ``[B, N]`` in ``state``."""
