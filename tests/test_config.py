@@ -369,6 +369,8 @@ def test_validate_rejects_bad_values() -> None:
     (["behavior.training.lr=-1"], "behavior.training.lr=-1 must be > 0"),
     (["behavior.recency=false", "behavior.click_profile=true"],
      "behavior.click_profile=true is a channel of the attribute recency term"),
+    (["behavior.recency_fit=learned"],
+     "behavior.recency_fit='learned' is not a valid one of 'joint', 'logs'"),
     (["dataset.n_topics=0"], "dataset.n_topics=0 must be >= 1"),
     (["dataset.clickbait_share=2"], "dataset.clickbait_share=2 must be in [0, 1]"),
     (["trainer.eval_every=0"], "trainer.eval_every=0 must be >= 1"),

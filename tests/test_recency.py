@@ -46,21 +46,25 @@ def test_recency_by_hand() -> None:
 
 
 def topic_log(n_users: int, seed: int, base: float, weight: float, decay: float,
-              clicks_only: bool = False) -> Interactions:
+              clicks_only: bool = False, click_weight: float = 0.0, click_decay: float = 0.0) -> Interactions:
     """Random items; the click utility is ``base + weight * profile[topic of the item]``, the
     profile being the user's decayed count of the topics shown so far (``clicks_only``: of the
-    topics clicked)."""
+    topics clicked), plus ``click_weight`` times a second profile of the topics clicked, decayed
+    ``click_decay`` a step."""
     rng = np.random.default_rng(seed)
     rows = []
     for user in range(n_users):
-        profile = np.zeros(N_TOPICS)
+        profile, clicked = np.zeros(N_TOPICS), np.zeros(N_TOPICS)
         for t in range(LENGTH):
             item = int(rng.integers(N_ITEMS))
             topic = item % N_TOPICS
-            click = int(rng.random() < 1.0 / (1.0 + math.exp(-(base + weight * profile[topic]))))
+            utility = base + weight * profile[topic] + click_weight * clicked[topic]
+            click = int(rng.random() < 1.0 / (1.0 + math.exp(-utility)))
             rows.append((user, item, t, click, 0, np.nan, np.nan, np.nan))
             profile *= decay
             profile[topic] += click if clicks_only else 1.0
+            clicked *= click_decay
+            clicked[topic] += click
     log = log_frame(pd.DataFrame(rows, columns=COLUMNS))
     is_valid = log["user"] >= int(0.8 * n_users)
     return Interactions(train=log[~is_valid].reset_index(drop=True),
@@ -180,6 +184,53 @@ def test_warm_start_recovers_the_logged_click_profile(seed: int) -> None:
     assert 1.0 < click_weight < 2.0 and abs(weight) < 0.4
     click_decay = float(model.recency.decays()[1].detach())
     assert min(abs(click_decay - grid) for grid in (0.5, 0.7, 0.9)) < 1e-6   # a decay of the grid, not 0.3
+
+
+def bored_but_drawn_back_log(n_users: int, seed: int) -> Interactions:
+    """Boredom (-1.0 per unit of exposure to the item's topic, decay 0.7) and, apart from it, a
+    pull toward clicked topics (+1.5 per unit of the decayed clicks on it, decay 0.9)."""
+    return topic_log(n_users, seed, base=0.0, weight=-1.0, decay=0.7, click_weight=1.5, click_decay=0.9)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_holding_the_clicks_apart_recovers_the_boredom_the_exposure_alone_understates(seed: int) -> None:
+    """An exposure is also a chance to click, and clicks pull users back to the topic: fitted
+    alone the exposure's weight mixes both; fitted beside a click profile it is the boredom's."""
+    sessions, _ = training_tensors(bored_but_drawn_back_log(400, seed), LENGTH, seed=seed)
+    alone, held = recency_model(seed).recency, recency_model(seed).recency
+    alone.warm_start(sessions)
+    held.warm_start(sessions, hold_clicks=True)
+    assert held.channels == 1 and held.width == N_TOPICS  # still one channel: only its fit held clicks apart
+    assert float(held.decay().detach()) == pytest.approx(0.7)
+    assert -1.3 < float(held.weight.detach()) < -0.7                       # the logs' -1.0
+    assert float(alone.weight.detach()) > float(held.weight.detach()) + 0.2  # understated alone
+
+
+def test_a_term_fitted_from_the_logs_stays_as_the_logs_say() -> None:
+    """``recency_fit="logs"``: the model starts from the held-apart fit and keeps it (the rest of
+    the model is fitted); ``joint`` trains the term on from its warm start."""
+    log = bored_but_drawn_back_log(300, 0)
+    sessions, _ = training_tensors(log, LENGTH, seed=0)
+    expected = recency_model().recency
+    expected.warm_start(sessions, hold_clicks=True)
+    fixed, joint = recency_model(recency_fit="logs"), recency_model(recency_fit="joint")
+    start = joint.recency.weight.detach().clone()
+    fixed.fit(log)
+    joint.fit(log)
+    assert not any(p.requires_grad for p in fixed.recency.parameters())
+    assert float(fixed.recency.weight) == float(expected.weight.detach())
+    assert float(fixed.recency.decay()) == float(expected.decay().detach())
+    assert all(p.requires_grad for p in joint.recency.parameters())
+    assert float(joint.recency.weight.detach()) != float(start)
+
+
+def test_a_term_from_the_logs_needs_logged_non_clicks() -> None:
+    log = bored_log(50, 0)
+    positive = Interactions(train=log.train[log.train["click"] > 0].reset_index(drop=True),
+                            valid=log.valid[log.valid["click"] > 0].reset_index(drop=True), items=log.items,
+                            n_users=log.n_users, n_items=log.n_items, positive_only=True)
+    with pytest.raises(RecrlError, match=r"recency_fit=logs .* use behavior\.recency_fit=joint"):
+        recency_model(recency_fit="logs").fit(positive)
 
 
 def test_click_profile_state_in_the_simulator_and_an_ensemble() -> None:

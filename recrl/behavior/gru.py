@@ -11,7 +11,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Collection, Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +24,7 @@ from recrl.env.choice import MNL, ChoiceModel
 from recrl.env.response import Predictions, sample_response
 from recrl.types import Interactions, RecrlError, Response
 
+RECENCY_FITS = ("joint", "logs")  # behavior.recency_fit: trained with the model, or fixed from the logs
 CACHE_ROWS = 8192  # (user, item) pairs per chunk on a CPU: [pairs, 3 x hidden] floats stay in cache
 
 
@@ -56,7 +57,12 @@ class AttributeRecency(nn.Module):
     policy can make, so the simulated users tire of a topic served over and over (boredom,
     satiation), or stay attached to it if the logs say so (``w > 0``). Fitted jointly from zero,
     the recurrent state takes most of the effect and the term keeps little of it, so
-    :meth:`warm_start` first fits the term alone in a log-linear click model.
+    :meth:`warm_start` first fits the term alone in a log-linear click model. In the logs a topic
+    a user was shown is also a topic they may have clicked, and clicks make the next ones
+    likelier (interest shows in them, and may move toward them), so the exposure alone mixes
+    boredom with that pull; ``warm_start(hold_clicks=True)`` fits it beside a click-profile
+    channel and keeps only the exposure's weight and decay, and :meth:`fix` keeps them so
+    (``behavior.recency_fit=logs``).
 
     With ``clicks`` a second channel keeps the user's *click profile* the same way,
     ``p_{t+1} = d_c * p_t + sum over the slate of click * tokens[item]``, with its own term
@@ -135,16 +141,21 @@ class AttributeRecency(nn.Module):
             exposure = self.update(exposure, items[:, t:t + 1], fixed, click)
         return torch.stack(rows, 1)
 
-    def warm_start(self, sessions: SessionTensors, decays: Sequence[float] = (0.3, 0.5, 0.7, 0.9)) -> None:
+    def warm_start(self, sessions: SessionTensors, decays: Sequence[float] = (0.3, 0.5, 0.7, 0.9),
+                   hold_clicks: bool = False) -> None:
         """Start the weights and decays at the maximum-likelihood fit, over ``decays`` (per
         channel), of the click model ``logit = b_item + sum_c w_c * exposure_c`` (a bias per item)
-        on the logged ``sessions``."""
+        on the logged ``sessions``. ``hold_clicks``: fit a term without a click channel beside
+        one (the click profile held apart) and keep the exposure's weight and decay."""
+        fitted = AttributeRecency(self.tokens[:-1], clicks=True) if hold_clicks and not self.clicks else self
         item, real = sessions.item, sessions.mask.bool()
         n_items = self.tokens.shape[0] - 1
         clicked = sessions.click[real].float()
         logged = item.clamp(max=n_items - 1)[real]
-        fits = [(*log_linear_fit(logged, self.exposures(item, pair, sessions.click)[real], clicked, n_items),
-                 pair) for pair in itertools.product(decays, repeat=self.channels)]
+        fits = []
+        for pair in itertools.product(decays, repeat=fitted.channels):
+            exposure = fitted.exposures(item, pair, sessions.click)[real]
+            fits.append((*log_linear_fit(logged, exposure, clicked, n_items), pair))
         _, weights, pair = min(fits)
         with torch.no_grad():
             self.decay_logit.fill_(math.log(pair[0] / (1.0 - pair[0])))
@@ -152,6 +163,10 @@ class AttributeRecency(nn.Module):
             if self.clicks:
                 self.click_decay_logit.fill_(math.log(pair[1] / (1.0 - pair[1])))
                 self.click_weight.fill_(weights[1])
+
+    def fix(self) -> None:
+        """Keep the weights and decays as they are: not trained with the model from here on."""
+        self.requires_grad_(False)
 
     def overlap(self, exposure: Tensor, items: Tensor | None = None) -> Tensor:
         """``<tokens[i], r>`` ``[..., B, K]`` of ``items`` ``[B, K]`` or ``[..., B, K]``
@@ -225,15 +240,20 @@ class GRUBehavior(SequenceUserModel):
         if keys["click_profile"] and not keys["recency"]:
             raise RecrlError("behavior.click_profile=true is a channel of the attribute recency term: "
                              "set behavior.recency=true too")
+        if keys.get("recency_fit", "joint") not in RECENCY_FITS:
+            raise RecrlError(f"behavior.recency_fit={keys['recency_fit']!r}: use one of "
+                             f"{', '.join(RECENCY_FITS)}")
 
     def __init__(self, n_items: int, dim: int = 32, hidden: int = 64,
                  features: Sequence[str] = (), training: TrainingSettings | None = None,
                  n_users: int = 0, item_features: ItemFeatures | None = None, item_ids: bool = True,
-                 recency: bool = False, click_profile: bool = False, device: str = "cpu") -> None:
+                 recency: bool = False, click_profile: bool = False,
+                 recency_fit: Literal["joint", "logs"] = "joint", device: str = "cpu") -> None:
         super().__init__()
         self._setup(n_items, n_users, training, features, item_features, dim, item_ids=item_ids)
         self.hidden = hidden
-        self.check_keys({"recency": recency, "click_profile": click_profile})
+        self.check_keys({"recency": recency, "click_profile": click_profile, "recency_fit": recency_fit})
+        self.recency_fit = recency_fit
         self.recency = self._attribute_recency(item_features, click_profile) if recency else None
         self.item_in = self.id_table(n_items + 1, dim, padding_idx=n_items)
         self.event = nn.Linear(2 * dim + 2, hidden)
@@ -344,9 +364,20 @@ class GRUBehavior(SequenceUserModel):
     # ------------------------------------------------------------------ training
     def prepare_fit(self, train: SessionTensors, interactions: Interactions) -> None:
         """With ``recency`` on a log with recorded non-clicks, the term starts from its own
-        log-linear fit on the training sessions (:meth:`AttributeRecency.warm_start`)."""
-        if self.recency is not None and not interactions.positive_only:
-            self.recency.warm_start(train)
+        log-linear fit on the training sessions (:meth:`AttributeRecency.warm_start`); with
+        ``recency_fit="logs"`` that fit holds the click profile apart and the term is then kept
+        fixed while the rest of the model is fitted."""
+        if self.recency is None:
+            return
+        if interactions.positive_only:
+            if self.recency_fit == "logs":
+                raise RecrlError("behavior.recency_fit=logs estimates the term from logged non-clicks, "
+                                 "which these logs do not have: use behavior.recency_fit=joint")
+            return
+        fixed = self.recency_fit == "logs"
+        self.recency.warm_start(train, hold_clicks=fixed)
+        if fixed:
+            self.recency.fix()
 
     def sequence_logits(self, batch: SessionTensors) -> dict[str, Tensor]:
         """Per-step logits of every head over padded sessions ``[S, T]`` (slate size 1)."""
