@@ -174,17 +174,15 @@ def score_fit(overrides: Sequence[str], training_seed: int, users: int | None,
     planner = SurvivalPlanner(stages.ctx, caution=caution)
     random_slates = true_model_agreement(model, env)
     planner_slates = true_model_agreement(model, env, policy=planner)
-    runs = {where: run_episodes(planner, world_env, users or cfg.eval.episodes, seed=cfg.eval.seed,
-                                batch_size=cfg.eval.batch_size).summary()
+
+    def summary(policy: Any, world_env: Any) -> dict[str, Any]:
+        return run_episodes(policy, world_env, users or cfg.eval.episodes, seed=cfg.eval.seed,
+                            batch_size=cfg.eval.batch_size).summary()
+
+    runs = {where: summary(planner, world_env)
             for where, world_env in (("truth", env), ("simulator", stages.make_env(model)))}
-    returns = {where: summary["return"]["mean"] for where, summary in runs.items()}
-    mixed = {**attribution_models(model, world, ablate), "truth_planner": HistoryBelief(world)}
-
-    def truth_return(planning_model: Any) -> float:
-        policy = SurvivalPlanner(stages.ctx, caution=caution, model=planning_model)
-        return float(run_episodes(policy, env, users or cfg.eval.episodes, seed=cfg.eval.seed,
-                                  batch_size=cfg.eval.batch_size).summary()["return"]["mean"])
-
+    returns = {where: s["return"]["mean"] for where, s in runs.items()}
+    planning_models = {**attribution_models(model, world, ablate), "truth_planner": HistoryBelief(world)}
     return {"valid_click_logloss": float(report["valid_click_logloss"]),
             "valid_leave_logloss": float(report["valid_leave_logloss"]),
             "click_random": random_slates["click_prob_pearson"],
@@ -197,7 +195,8 @@ def score_fit(overrides: Sequence[str], training_seed: int, users: int | None,
             # what the return is made of: clicks per step and steps per session, in each world
             **{f"planner_{key}_{where}": float(runs[where][key]["mean"])
                for key in ("ctr", "episode_length") for where in runs},
-            **{key: truth_return(planning_model) for key, planning_model in mixed.items()},
+            **{key: float(summary(SurvivalPlanner(stages.ctx, caution=caution, model=planning_model),
+                                  env)["return"]["mean"]) for key, planning_model in planning_models.items()},
             "slopes": attribute_slopes(stages),
             "epochs": float(report.get("epochs", float("nan"))),
             "fit_seconds": float(report.get("seconds", float("nan")))}

@@ -77,7 +77,7 @@ def test_scores_are_reward_times_survival_to_the_end() -> None:
     assert GreedyPolicy(make_ctx(StubModel())).act(obs_at([0, 4]), explore=False)[:, 0].tolist() == [0, 0]
 
 
-class OtherStub(StubModel):
+class OtherRates(StubModel):
     """:class:`StubModel` with other clicks and leave rates: the second part of a mixed model."""
 
     click = torch.tensor([0.2, 0.6, 0.4])
@@ -96,12 +96,12 @@ def test_a_mixed_model_plans_with_one_models_responses_and_the_others_leaving() 
     """Scores by hand: the responses part's clicks times the leaving part's survival; each part
     alone, or mixed with itself, plans as it does alone."""
     obs = obs_at([0, 3])
-    mixed = SurvivalPlanner(make_ctx(StubModel()), caution=1.0, model=MixedModel(StubModel(), OtherStub()))
+    mixed = SurvivalPlanner(make_ctx(StubModel()), caution=1.0, model=MixedModel(StubModel(), OtherRates()))
     scores = mixed.scores(obs)
-    assert torch.allclose(scores[0], CLICK * (1.0 - OtherStub.leave) ** 4)
-    assert torch.allclose(scores[1], CLICK * (1.0 - OtherStub.leave) ** 1)
-    swapped = SurvivalPlanner(make_ctx(StubModel()), caution=1.0, model=MixedModel(OtherStub(), StubModel()))
-    assert torch.allclose(swapped.scores(obs)[0], OtherStub.click * (1.0 - LEAVE_AFTER_CLICK) ** 4)
+    assert torch.allclose(scores[0], CLICK * (1.0 - OtherRates.leave) ** 4)
+    assert torch.allclose(scores[1], CLICK * (1.0 - OtherRates.leave) ** 1)
+    swapped = SurvivalPlanner(make_ctx(StubModel()), caution=1.0, model=MixedModel(OtherRates(), StubModel()))
+    assert torch.allclose(swapped.scores(obs)[0], OtherRates.click * (1.0 - LEAVE_AFTER_CLICK) ** 4)
     alone = SurvivalPlanner(make_ctx(StubModel()), caution=1.0).scores(obs)
     itself = SurvivalPlanner(make_ctx(StubModel()), caution=1.0, model=MixedModel(StubModel(), StubModel()))
     assert torch.equal(itself.scores(obs), alone)
@@ -109,23 +109,23 @@ def test_a_mixed_model_plans_with_one_models_responses_and_the_others_leaving() 
 
 def test_a_mixed_models_state_is_both_parts_and_steps_each_with_its_own_model() -> None:
     world = SyntheticWorld(n_items=12, n_users=10, n_topics=3, horizon=HORIZON, seed=0)
-    truth, stub = HistoryBelief(world), OtherStub()
-    model = MixedModel(truth, stub)
+    truth, rates = HistoryBelief(world), OtherRates()
+    model = MixedModel(truth, rates)
     with pytest.raises(RecrlError, match="encode must run"):
         model.leave_prob(torch.zeros(2, 8))
     obs = Obs(items=torch.tensor([[[12], [1]], [[4], [5]]]),  # 12: padding
               clicks=torch.tensor([[[0.0], [1.0]], [[0.0], [1.0]]]), step=torch.tensor([1, 2]))
     state = model.encode(obs)
     own = truth.encode(obs)
-    assert torch.equal(state, torch.cat([own, stub.encode(obs)], 1))
+    assert torch.equal(state, torch.cat([own, rates.encode(obs)], 1))
     slates, click = torch.tensor([[2], [0]]), torch.tensor([[1.0], [1.0]])
     after = model.next_state(state, slates, click, torch.zeros(2, 1))
     assert torch.allclose(after[:, :-1], truth.next_state(own, slates, click, torch.zeros(2, 1)))
-    assert torch.equal(after[:, -1], OtherStub.leave[slates[:, 0]])
+    assert torch.equal(after[:, -1], OtherRates.leave[slates[:, 0]])
     assert torch.equal(model.leave_prob(after), after[:, -1])
     assert torch.equal(model.score_all(state).click_prob, truth.score_all(own).click_prob)
     with pytest.raises(RecrlError, match="lacks encode"):
-        MixedModel(object(), stub)
+        MixedModel(object(), rates)
 
 
 def test_the_leave_after_each_click_step_by_step_is_the_models_batched_one() -> None:
