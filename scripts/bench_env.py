@@ -94,7 +94,7 @@ from rich.table import Table
 from torch import Tensor
 
 from recrl.algos.dqn import DQN
-from recrl.algos.nets import ScoreBlock, chunk_rows
+from recrl.algos.nets import ScoreBlock, chunk_rows, scores_by_item
 from recrl.behavior.ensemble import BehaviorEnsemble, OwnMemberSimulator
 from recrl.behavior.fit import TrainingSettings
 from recrl.behavior.gru import GRUBehavior
@@ -363,13 +363,15 @@ def bench_acting(result: dict, args: argparse.Namespace, gflops: float) -> dict:
 def scoring_gflops(policy: DQN, batch: int, device: torch.device, repeats: int) -> float:
     """GFLOP/s of the acting loop's main product alone: ``batch`` users' factors by every
     item's (``[rows x D] @ [D x N]``, in the row blocks :func:`~recrl.algos.nets.top_k_by_chunks`
-    scores at a time, into one reused block). Its shape (``D`` = dim + 2 is small) sets how near
-    the big-matmul rate the loop can run at large ``N``."""
+    scores at a time, into one reused block, item-major where acting writes it so:
+    :func:`~recrl.algos.nets.scores_by_item`). Its shape (``D`` = dim + 2 is small) sets how
+    near the big-matmul rate the loop can run at large ``N``."""
     users, items = policy.q.factors(torch.randn(batch, policy.q.item_out.embedding_dim, device=device))
     users, items = users.detach(), items.detach()
     n_items, times = items.shape[0], 10
-    rows = chunk_rows(batch, n_items, device)
-    block = ScoreBlock().take(min(rows, batch), n_items, like=users)  # written in place, as acting does
+    rows = min(chunk_rows(batch, n_items, device), batch)
+    # written in place and in the layout acting writes
+    block = ScoreBlock().take(rows, n_items, like=users, item_major=scores_by_item(n_items, device))
 
     def score() -> None:
         for _ in range(times):

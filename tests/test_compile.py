@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from recrl.algos import nets
 from recrl.algos.dqn import DQN
 from recrl.behavior.gru import GRUBehavior
-from recrl.compile import compile_hot_paths, compile_mode, owning_outputs
+from recrl.compile import compile_function, compile_hot_paths, compile_mode, owning_outputs
 from recrl.env.simulator import RecEnv
 from recrl.loop import Trainer
 from recrl.rewards import ClickReward
@@ -60,6 +61,20 @@ def test_compiled_act_step_and_update_match_the_eager_ones() -> None:
         assert abs(float(stats["train/loss"]) - float(eager_stats["train/loss"])) < 1e-4
     for p, q in zip(algo.q.parameters(), eager_algo.q.parameters(), strict=True):
         assert torch.allclose(p, q, atol=1e-4)
+
+
+def test_compiled_greedy_acting_on_item_major_scores_matches_the_eager_one(monkeypatch) -> None:
+    """Item-major scores (acting's layout on a CPU from ``ITEM_MAJOR_ITEMS`` items on) inside a
+    compiled graph: masked in place through the transposed view, searched down the columns."""
+    monkeypatch.setattr(nets, "ITEM_MAJOR_ITEMS", N_ITEMS)
+    algo, env = make_pair(user_model())
+    act = compile_function(algo.act, compile_mode(), algo)
+    gen = torch.Generator().manual_seed(1)
+    obs = env.reset(USERS, seed=0)
+    for _ in range(HORIZON):
+        slates = algo.act(obs, explore=False)
+        assert torch.equal(act(obs, explore=False), slates)
+        obs = env.step(torch.randint(0, N_ITEMS, (USERS, 1), generator=gen))[0]
 
 
 def test_the_compiled_environment_step_is_one_graph() -> None:

@@ -115,7 +115,7 @@ def test_dqn_acts_with_tables_and_learns_without_them() -> None:
         assert net.encoder.training and net.encoder.slot_tables.tables is None
 
 
-@pytest.mark.parametrize("n", [BLOCK_ARGMAX_ITEMS, BLOCK_ARGMAX_ITEMS + 7, 10_000])
+@pytest.mark.parametrize("n", [12, 101, BLOCK_ARGMAX_ITEMS, BLOCK_ARGMAX_ITEMS + 7, 10_000])
 def test_best_item_is_max_indices_with_ties_and_infinities(n: int) -> None:
     gen = torch.Generator().manual_seed(n)
     scores = torch.randn(40, n, generator=gen)
@@ -128,3 +128,6 @@ def test_best_item_is_max_indices_with_ties_and_infinities(n: int) -> None:
     assert torch.equal(best_item(scores), expected)
     assert expected[:4].tolist() == [0, 5, n - 1, n // 2]
     assert torch.equal(top_k(scores, 1)[:, 0], expected)
+    item_major = scores.T.contiguous().T  # the same scores laid out item by item, as acting writes them
+    assert torch.equal(best_item(item_major), expected)
+    assert torch.equal(best_item(item_major[:, :n - 3]), scores[:, :n - 3].max(1).indices)

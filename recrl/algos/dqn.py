@@ -97,6 +97,7 @@ from recrl.algos.nets import (
     WeightAverage,
     adam,
     attach_prior,
+    catalogue_scores,
     epsilon_explore,
     gradient_step,
     id_plus_prior,
@@ -387,7 +388,7 @@ class DQN(LearnerState, ActsGreedily):
             users, items = net.factors(state)
 
             def scores_of(rows: slice, out: Tensor | None) -> Tensor:
-                return torch.matmul(users[rows], items.T, out=out)
+                return catalogue_scores(users[rows], items, out)
 
         return top_k_by_chunks(
             lambda rows, out: self.allowed(scores_of(rows, out), obs.index(rows), in_place=True),
