@@ -71,6 +71,8 @@ second, as the first mostly measures the machines.
     python scripts/bench_env.py --device cuda --compile --items 10000 --batches 1048576 --slates 1
     python scripts/bench_env.py --threads 2 --acting --models gru --items 100 10000 --batches 1000 --slates 1
     python scripts/bench_env.py --profile --models synthetic --items 10000 --batches 1024 --slates 1
+    python scripts/bench_env.py --profile --acting --compile --threads 2 --lean --models gru \
+        --items 10000 --batches 1024 --slates 1 --steps 30
 """
 
 from __future__ import annotations
@@ -433,28 +435,42 @@ def print_comparison(console: Console, rows: list[dict], old_path: Path, old_mac
 
 
 def profile_one(model_name: str, n_items: int, batch: int, slate: int, args: argparse.Namespace) -> None:
-    """Print the top ops of ``torch.profiler`` over ``args.steps`` steps of one configuration."""
+    """Print the top ops of ``torch.profiler`` over ``args.steps`` steps of one configuration:
+    the environment's steps on random slates, or with ``--acting`` the acting loop's (the
+    default DQN's ``act`` then the step); with ``--compile`` compiled as the benchmark compiles
+    them, the warm-up steps compiling."""
     from torch.profiler import ProfilerActivity, profile
 
     device = torch.device(args.device)
     env = make_env(model_name, n_items, slate, args.dim, device, args.history, args.horizon, args.lean)
     gen = torch.Generator(device).manual_seed(0)
-    env.reset(batch, seed=0)
+    obs = [env.reset(batch, seed=0)]
+    step = compiled_step(env, args)
+    if args.acting:
+        policy = acting_policy(n_items, slate, args.history, args.horizon, device)
+        act = compiled(policy.act, args, policy)
+
+        def choose() -> Tensor:
+            return act(obs[0], explore=False)
+    else:
+        def choose() -> Tensor:
+            return torch.randint(0, n_items, (batch, slate), device=device, generator=gen)
 
     def run(steps: int) -> None:
         for _ in range(steps):
-            env.step(torch.randint(0, n_items, (batch, slate), device=device, generator=gen))
+            obs[0] = step(choose())[0]
 
     run(args.warmup)
     sync(device)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    with profile(activities=activities) as prof:
+    with profile(activities=activities, record_shapes=True) as prof:
         run(args.steps)
         sync(device)
     key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
     print(f"profile: model={model_name} N={n_items:,} B={batch:,} K={slate} on {device}, "
-          f"{args.steps} steps, {torch.get_num_threads()} threads")
-    print(prof.key_averages().table(sort_by=key, row_limit=args.profile_rows))
+          f"{args.steps} steps{' of acting' if args.acting else ''}"
+          f"{', compiled' if args.compile else ''}, {torch.get_num_threads()} threads")
+    print(prof.key_averages(group_by_input_shape=True).table(sort_by=key, row_limit=args.profile_rows))
 
 
 def machine_info(device: torch.device) -> dict:
@@ -495,7 +511,8 @@ def main() -> None:
     parser.add_argument("--compile-mode", default="auto", choices=COMPILE_MODES,
                         help="auto: inductor's default; reduce-overhead: CUDA graphs on a GPU")
     parser.add_argument("--profile", action="store_true",
-                        help="profile the first configuration of the grid instead of benchmarking")
+                        help="profile the first configuration of the grid instead of benchmarking "
+                             "(with --acting the acting loop, with --compile compiled)")
     parser.add_argument("--profile-rows", type=int, default=25)
     parser.add_argument("--out", type=Path, default=Path("bench_env.json"))
     parser.add_argument("--compare", type=Path, default=None, metavar="OLD_JSON",

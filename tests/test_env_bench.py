@@ -270,6 +270,21 @@ def test_bench_script_reference_bound_and_compare() -> None:
         [0]["ratio_change"] is None  # an old run from before the reference
 
 
+@pytest.mark.parametrize("acting", [False, True])
+def test_bench_script_profiles_the_env_steps_or_the_acting_loop(capsys, acting: bool) -> None:
+    """``--profile``: the top ops of the env's steps, or with ``--acting`` of the acting loop
+    (the policy's masking of the items already shown among them)."""
+    bench = load_script("bench_env")
+    args = argparse.Namespace(device="cpu", dim=4, history=3, horizon=5, steps=2, warmup=1, lean=True,
+                              acting=acting, compile=False, compile_mode="auto", profile_rows=1000)
+    bench.profile_one("gru", 20, 4, 1, args)
+    printed = capsys.readouterr().out
+    assert printed.startswith("profile: model=gru N=20 B=4 K=1 on cpu, 2 steps")
+    assert ("of acting" in printed) == acting
+    assert "aten::baddbmm" in printed  # the GRU step
+    assert ("aten::scatter_reduce_" in printed) == acting  # the history masked in place before the search
+
+
 def test_recsim_ng_bench_says_how_to_install_it_where_it_is_missing() -> None:
     """``scripts/bench_recsim_ng.py`` (RecSim NG is not a recrl dependency): one line, exit 1."""
     import importlib.util
