@@ -56,6 +56,10 @@ every item, alone as a share of the big-matmul rate (``scoring_share_of_matmul``
 width of ``dim + 2`` its shape does not reach the square product's rate, and at large ``N``
 the loop cannot run nearer its bound than that share).
 
+``--acting-algo NAME`` times another algorithm's default network instead of DQN's, and
+``--acting-explore`` acts as training does (``explore=True``: DQN's epsilon-greedy, a
+policy-gradient learner's draw from its softmax over the catalogue).
+
 ``--compile`` times the step (and with ``--acting`` the policy's ``act``) compiled as
 ``trainer.compile=true`` compiles it (``--compile-mode``; the warm-up steps pay the compile).
 ``--lean`` builds the environments as training does (``RecEnv(lean=True)``): the behavior
@@ -71,6 +75,8 @@ second, as the first mostly measures the machines.
     python scripts/bench_env.py --device cuda --compile --items 10000 --batches 1048576 --slates 1
     python scripts/bench_env.py --threads 2 --acting --models gru --items 100 10000 --batches 1000 --slates 1
     python scripts/bench_env.py --profile --models synthetic --items 10000 --batches 1024 --slates 1
+    python scripts/bench_env.py --threads 2 --lean --acting --acting-algo ppo --acting-explore --models gru \
+        --items 1000 10000 --batches 1024 --slates 1
     python scripts/bench_env.py --profile --acting --compile --threads 2 --lean --models gru \
         --items 10000 --batches 1024 --slates 1 --steps 30
 """
@@ -116,7 +122,7 @@ from recrl.data.synthetic import SyntheticWorld
 from recrl.env.simulator import RecEnv
 from recrl.report import cpu_model
 from recrl.rewards import ClickReward
-from recrl.types import AlgoContext
+from recrl.types import AlgoContext, Policy
 
 MODELS = ("synthetic", "gru", "mf", "gru_ensemble", "gru_ensemble_all")
 ENSEMBLE = 5  # members of ``gru_ensemble`` and ``gru_ensemble_all`` (behavior.ensemble=5)
@@ -320,11 +326,14 @@ def add_reference(result: dict, args: argparse.Namespace, gflops: float) -> dict
                                         share_of_bound(reference, flops, gflops)), strict=True))}
 
 
-def acting_policy(n_items: int, slate: int, history: int, horizon: int, device: torch.device) -> DQN:
-    """The default DQN's network (``conf/algo/dqn.yaml``; untrained: speed does not depend on the
-    weights) for a catalogue of ``n_items``: what a trained policy costs to act with."""
-    node = group_option("algo", "dqn")
-    node.demonstrations = 0  # no planner sessions to record before acting
+def acting_policy(n_items: int, slate: int, history: int, horizon: int, device: torch.device,
+                  algo: str = "dqn") -> Policy:
+    """The default network of ``algo`` (``conf/algo/<algo>.yaml``; untrained: speed does not
+    depend on the weights) for a catalogue of ``n_items``: what a trained policy costs to act
+    with."""
+    node = group_option("algo", algo)
+    if "demonstrations" in node:
+        node.demonstrations = 0  # no planner sessions to record before acting
     ctx = AlgoContext(n_items=n_items, slate_size=slate, history_len=history, horizon=horizon, device=device,
                       seed=0, item_popularity=torch.zeros(n_items, device=device), behavior=None,
                       reward=ClickReward())
@@ -332,21 +341,23 @@ def acting_policy(n_items: int, slate: int, history: int, horizon: int, device: 
 
 
 def bench_acting(result: dict, args: argparse.Namespace, gflops: float) -> dict:
-    """``result`` with the acting loop's speed: each step the default DQN scores the whole
-    catalogue and serves its top ``K`` (``act(obs, explore=False)``, averaged weights, history
-    masked), then the environment steps; its FLOPs per user-step (counted), the share of the
-    arithmetic bound, and its speed over the environment's alone (``acting_over_env``)."""
+    """``result`` with the acting loop's speed: each step the default DQN (``--acting-algo``:
+    another algorithm's network) scores the whole catalogue and serves its top ``K``
+    (``act(obs, explore=False)``, averaged weights, history masked; ``--acting-explore``:
+    ``explore=True``, as in training: epsilon-greedy, or a policy-gradient learner's draw from
+    its softmax), then the environment steps; its FLOPs per user-step (counted), the share of
+    the arithmetic bound, and its speed over the environment's alone (``acting_over_env``)."""
     device = torch.device(args.device)
     n_items, batch, slate = result["n_items"], result["batch"], result["slate"]
     env = make_env(result["model"], n_items, slate, args.dim, device, args.history, args.horizon,
                    args.lean)
-    policy = acting_policy(n_items, slate, args.history, args.horizon, device)
+    policy = acting_policy(n_items, slate, args.history, args.horizon, device, args.acting_algo)
     obs = [env.reset(batch, seed=0)]
     act, step = policy.act, env.step
 
     def run(steps: int) -> None:
         for _ in range(steps):
-            obs[0] = step(act(obs[0], explore=False))[0]
+            obs[0] = step(act(obs[0], explore=args.acting_explore))[0]
 
     # counted eagerly (same FLOPs: compiled graphs run under FlopCounterMode are slower after
     # it), after one step that builds what acting reuses (the policy's first-layer tables)
@@ -356,10 +367,12 @@ def bench_acting(result: dict, args: argparse.Namespace, gflops: float) -> dict:
     act, step = compiled(policy.act, args, policy), compiled_step(env, args)
     run(args.warmup)
     speed = batch * args.steps / best_seconds(lambda: run(args.steps), device, args.repeats)
-    return {**result, "acting_user_steps_per_s": speed, "acting_flops_per_user_step": flops,
+    scoring = scoring_gflops(policy, batch, device, args.repeats) if isinstance(policy, DQN) else None
+    return {**result, "acting_algo": args.acting_algo, "acting_explore": args.acting_explore,
+            "acting_user_steps_per_s": speed, "acting_flops_per_user_step": flops,
             "acting_share_of_bound": share_of_bound(speed, flops, gflops),
             "acting_over_env": speed / result["user_steps_per_s"],
-            "scoring_share_of_matmul": scoring_gflops(policy, batch, device, args.repeats) / gflops}
+            "scoring_share_of_matmul": None if scoring is None else scoring / gflops}
 
 
 def scoring_gflops(policy: DQN, batch: int, device: torch.device, repeats: int) -> float:
@@ -447,11 +460,11 @@ def profile_one(model_name: str, n_items: int, batch: int, slate: int, args: arg
     obs = [env.reset(batch, seed=0)]
     step = compiled_step(env, args)
     if args.acting:
-        policy = acting_policy(n_items, slate, args.history, args.horizon, device)
+        policy = acting_policy(n_items, slate, args.history, args.horizon, device, args.acting_algo)
         act = compiled(policy.act, args, policy)
 
         def choose() -> Tensor:
-            return act(obs[0], explore=False)
+            return act(obs[0], explore=args.acting_explore)
     else:
         def choose() -> Tensor:
             return torch.randint(0, n_items, (batch, slate), device=device, generator=gen)
@@ -505,6 +518,11 @@ def main() -> None:
     parser.add_argument("--acting", action="store_true",
                         help="also time the acting loop: the default DQN's network picks each slate, "
                              "then the env steps")
+    parser.add_argument("--acting-algo", default="dqn",
+                        help="--acting: the algorithm whose default network acts (conf/algo/<name>.yaml)")
+    parser.add_argument("--acting-explore", action="store_true",
+                        help="--acting: act(obs, explore=True) as in training (epsilon-greedy; a "
+                             "policy-gradient learner samples from its softmax)")
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile the env step (and with --acting the policy's act) as "
                              "trainer.compile does; the warm-up steps compile")
@@ -540,9 +558,10 @@ def main() -> None:
             if args.acting:
                 r = bench_acting(r, args, gflops)
             results.append(r)
+            scoring = _fmt(r.get("scoring_share_of_matmul"), ".2f")
             acting = (f", acting {r['acting_user_steps_per_s']:,.0f} "
                       f"({r['acting_share_of_bound']:.3g} of its bound; its scoring product alone "
-                      f"{r['scoring_share_of_matmul']:.2f} of the matmul rate)" if args.acting else "")
+                      f"{scoring} of the matmul rate)" if args.acting else "")
             console.print(f"  {r['model']:>12} N={r['n_items']:>7,} B={r['batch']:>6,} K={r['slate']:>2}: "
                           f"{r['user_steps_per_s']:>13,.0f} user-steps/s, ratio to reference "
                           f"{_fmt(r['ratio_to_reference'], '.3f')}{acting}", highlight=False)
@@ -559,7 +578,7 @@ def main() -> None:
         table.add_column(col, justify="right")
     for r in results:
         acting_cells = ((f"{r['acting_user_steps_per_s']:,.0f}", _fmt(r["acting_share_of_bound"], ".3g"),
-                         f"{r['acting_over_env']:.3f}", f"{r['scoring_share_of_matmul']:.2f}")
+                         f"{r['acting_over_env']:.3f}", _fmt(r["scoring_share_of_matmul"], ".2f"))
                         if args.acting else ())
         table.add_row(r["model"], f"{r['n_items']:,}", f"{r['batch']:,}", str(r["slate"]),
                       f"{r['user_steps_per_s']:,.0f}", _fmt(r["reference_user_steps_per_s"], ",.0f"),
@@ -582,9 +601,10 @@ def main() -> None:
             "(bench_env.py's docstring), ratio_to_reference = user_steps_per_s / it; bound_user_steps_per_s "
             "= matmul FLOP/s / flops_per_user_step (12 d^2 + 2 K d), share_of_bound = user_steps_per_s / "
             "bound; null for models without a reference; --acting: acting_user_steps_per_s of the default "
-            "DQN's act(explore=False) + env.step loop, acting_flops_per_user_step (FlopCounterMode), "
+            "DQN's (acting_algo's) act(explore=False) (explore=acting_explore) + env.step loop, "
+            "acting_flops_per_user_step (FlopCounterMode), "
             "acting_share_of_bound, acting_over_env = acting / env-only user-steps/s, "
-            "scoring_share_of_matmul = GFLOP/s of the scoring product alone / matmul_gflops")
+            "scoring_share_of_matmul = GFLOP/s of the scoring product alone / matmul_gflops (DQN only)")
     out = {"results": results, "machine": info, "settings": settings, "note": note}
     if comparison is not None:
         out["comparison"] = {"old": str(args.compare), "old_machine": old.get("machine", {}),

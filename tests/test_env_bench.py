@@ -238,7 +238,8 @@ def test_bench_script_reference_bound_and_compare() -> None:
     assert math.isfinite(gflops) and gflops > 0
     assert bench.gru_step_flops(dim=4, slate=3) == 12 * 16 + 2 * 3 * 4
     args = argparse.Namespace(device="cpu", dim=4, history=3, horizon=5, steps=2, warmup=1, repeats=1,
-                              lean=False, compile=False, compile_mode="auto")
+                              lean=False, compile=False, compile_mode="auto", acting_algo="dqn",
+                              acting_explore=False)
     gru = bench.add_reference(bench.bench_one("gru", 20, 4, 2, args), args, gflops)
     for key in ("reference_user_steps_per_s", "ratio_to_reference", "flops_per_user_step",
                 "bound_user_steps_per_s", "share_of_bound", "reference_share_of_bound"):
@@ -254,6 +255,10 @@ def test_bench_script_reference_bound_and_compare() -> None:
         acting["acting_user_steps_per_s"] * acting["acting_flops_per_user_step"] / (gflops * 1e9))
     assert acting["acting_over_env"] == pytest.approx(acting["acting_user_steps_per_s"] / speed)
     assert math.isfinite(acting["scoring_share_of_matmul"]) and acting["scoring_share_of_matmul"] > 0
+    args.acting_algo, args.acting_explore = "ppo", True  # PPO drawing from its softmax, as in training
+    sampling = bench.bench_acting(gru, args, gflops)
+    assert sampling["acting_user_steps_per_s"] > 0 and sampling["acting_algo"] == "ppo"
+    assert sampling["acting_explore"] and sampling["scoring_share_of_matmul"] is None  # DQN's product only
 
     def row(model: str, n: int, speed: float, ratio: float | None = None) -> dict:
         return {"model": model, "n_items": n, "batch": 8, "slate": 1, "user_steps_per_s": speed,
@@ -276,7 +281,8 @@ def test_bench_script_profiles_the_env_steps_or_the_acting_loop(capsys, acting: 
     (the policy's masking of the items already shown among them)."""
     bench = load_script("bench_env")
     args = argparse.Namespace(device="cpu", dim=4, history=3, horizon=5, steps=2, warmup=1, lean=True,
-                              acting=acting, compile=False, compile_mode="auto", profile_rows=1000)
+                              acting=acting, compile=False, compile_mode="auto", profile_rows=1000,
+                              acting_algo="dqn", acting_explore=False)
     bench.profile_one("gru", 20, 4, 1, args)
     printed = capsys.readouterr().out
     assert printed.startswith("profile: model=gru N=20 B=4 K=1 on cpu, 2 steps")
