@@ -673,11 +673,52 @@ def masked_scores(net: nn.Module, obs: Obs, skip_shown: bool) -> Tensor:
     return skip_history(net(obs), obs, skip_shown)
 
 
+SAMPLE_BY_BLOCKS_ITEMS = 512  # from this many items a CPU draws single items by block masses
+
+
 def sample_top_k(logits: Tensor, k: int, generator: torch.Generator) -> Tensor:
     """``k`` distinct items ``[B, k]`` drawn without replacement from ``softmax(logits)``
-    (Gumbel top-``k``)."""
+    (Gumbel top-``k``). One item on a CPU from :data:`SAMPLE_BY_BLOCKS_ITEMS` items on: the same
+    distribution by :func:`sample_by_blocks`, which draws two uniform numbers per user where
+    Gumbel draws one per item (at 10,000 items and 1,024 users 20 ms against 129 ms here)."""
+    if k == 1 and logits.device.type == "cpu" and logits.shape[1] >= SAMPLE_BY_BLOCKS_ITEMS:
+        return sample_by_blocks(logits, generator)[:, None]
     u = torch.rand(logits.shape, device=logits.device, generator=generator)
     return top_k(logits - torch.log(-torch.log(u.clamp(1e-12, 1.0 - 1e-7))), k)
+
+
+def sample_by_blocks(logits: Tensor, generator: torch.Generator) -> Tensor:
+    """One item ``[B]`` per row drawn from ``softmax(logits)`` in two stages: a block of about
+    ``sqrt(N)`` items by the blocks' masses, then an item of that block by the items' masses
+    (``P(i) = M_b / M * p_i / M_b``). One pass of ``exp`` and one of block sums over the scores,
+    cumulative sums only over ``sqrt(N)`` numbers, two uniform numbers per row. Items at
+    ``-inf`` have no mass and are never drawn (a row needs one finite logit)."""
+    rows, n = logits.shape
+    mass = (logits - logits.amax(1, keepdim=True)).exp_()
+    size = math.isqrt(n)
+    blocks = n // size
+    whole = mass[:, :blocks * size].unflatten(1, (blocks, size))
+    block_mass = whole.sum(2)
+    tail = mass[:, blocks * size:]  # fewer than size items
+    if tail.shape[1]:
+        block_mass = torch.cat([block_mass, tail.sum(1, keepdim=True)], 1)
+    u = torch.rand(rows, 2, device=logits.device, generator=generator, dtype=logits.dtype)
+    block = draw_by_mass(block_mass, u[:, 0])
+    inner = whole[torch.arange(rows, device=logits.device), block.clamp(max=blocks - 1)]
+    if tail.shape[1]:
+        inner = torch.where((block == blocks)[:, None], F.pad(tail, (0, size - tail.shape[1])), inner)
+    return block * size + draw_by_mass(inner, u[:, 1])
+
+
+def draw_by_mass(mass: Tensor, u: Tensor) -> Tensor:
+    """The index ``[B]`` where ``u`` ``[B]`` (uniform in [0, 1)) falls in each row's cumulative
+    ``mass`` ``[B, M]`` (non-negative, a positive total), i.e. ``i`` with probability
+    ``mass_i / total``; never an index without mass (rounding that puts ``u * total`` past the
+    last cumulative sum takes the last index with mass)."""
+    cumulative = mass.cumsum(1)
+    index = torch.searchsorted(cumulative, (u * cumulative[:, -1])[:, None], right=True)[:, 0]
+    last_with_mass = mass.shape[1] - 1 - (mass > 0).flip(1).int().argmax(1)
+    return torch.minimum(index, last_with_mass)
 
 
 def policy_entropy(log_pi: Tensor) -> Tensor:

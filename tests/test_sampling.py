@@ -1,0 +1,50 @@
+"""Drawing items from a softmax policy: Gumbel top-``k`` (``sample_top_k``) and, for one item on a
+CPU from ``SAMPLE_BY_BLOCKS_ITEMS`` items on, the two-stage draw by block masses
+(``sample_by_blocks``), which must give the same distribution."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from recrl.algos import nets
+from recrl.algos.nets import draw_by_mass, sample_by_blocks, sample_top_k
+
+
+def test_draw_by_mass_by_hand() -> None:
+    mass = torch.tensor([[1.0, 0.0, 3.0], [1.0, 3.0, 0.0]])
+
+    def draw(u0: float, u1: float) -> list[int]:
+        return draw_by_mass(mass, torch.tensor([u0, u1])).tolist()
+
+    assert draw(0.2, 0.2) == [0, 0]     # 0.8 of 4 falls in the first item's mass
+    assert draw(0.25, 0.25) == [2, 1]   # exactly 1.0: the next item with mass, never item 1 (none) of row 0
+    assert draw(0.99, 0.99) == [2, 1]
+    assert draw(1.0, 1.0) == [2, 1]     # past the total (rounding): the last item with mass
+
+
+@pytest.mark.parametrize("n", [7, 12, 30, 101])
+def test_the_draw_by_blocks_follows_the_softmax_and_never_draws_a_masked_item(n: int) -> None:
+    gen = torch.Generator().manual_seed(n)
+    logits = 2 * torch.randn(n, generator=gen)
+    logits[[1, n - 1]] = float("-inf")  # masked, one of them in the tail where n is not a square
+    rows = 100_000
+    drawn = sample_by_blocks(logits.expand(rows, n).contiguous(), gen)
+    freq = torch.bincount(drawn, minlength=n).double() / rows
+    p = torch.softmax(logits.double(), 0)
+    assert freq[1] == 0 and freq[n - 1] == 0
+    sigma = (p * (1 - p) / rows).sqrt().clamp(min=1e-6)
+    assert ((freq - p).abs() / sigma).max() < 5  # a seeded stream: the same on every machine
+
+
+def test_one_item_on_a_large_catalogue_is_drawn_by_blocks_and_slates_by_gumbel(monkeypatch) -> None:
+    logits = torch.randn(64, 40, generator=torch.Generator().manual_seed(0))
+    monkeypatch.setattr(nets, "SAMPLE_BY_BLOCKS_ITEMS", 40)
+    one = sample_top_k(logits, 1, torch.Generator().manual_seed(1))
+    assert one.shape == (64, 1)
+    assert torch.equal(one[:, 0], sample_by_blocks(logits, torch.Generator().manual_seed(1)))
+    slates = sample_top_k(logits, 3, torch.Generator().manual_seed(1))  # without replacement: Gumbel
+    assert slates.shape == (64, 3) and all(len(set(row)) == 3 for row in slates.tolist())
+    monkeypatch.setattr(nets, "SAMPLE_BY_BLOCKS_ITEMS", 41)  # below the threshold: Gumbel for one item too
+    gumbel = sample_top_k(logits, 1, torch.Generator().manual_seed(1))
+    assert torch.equal(gumbel, sample_top_k(logits, 3, torch.Generator().manual_seed(1))[:, :1])
