@@ -37,6 +37,13 @@ def test_the_draw_by_blocks_follows_the_softmax_and_never_draws_a_masked_item(n:
     assert ((freq - p).abs() / sigma).max() < 5  # a seeded stream: the same on every machine
 
 
+def test_half_precision_logits_are_drawn_in_float32() -> None:
+    logits = torch.tensor([[0.0, 0.0, float("-inf"), 0.0]] * 4000, dtype=torch.bfloat16)
+    drawn = sample_by_blocks(logits, torch.Generator().manual_seed(0))
+    counts = torch.bincount(drawn, minlength=4)
+    assert counts[2] == 0 and ((counts[[0, 1, 3]] - 4000 / 3).abs() < 5 * 30).all()
+
+
 def test_one_item_on_a_large_catalogue_is_drawn_by_blocks_and_slates_by_gumbel(monkeypatch) -> None:
     logits = torch.randn(64, 40, generator=torch.Generator().manual_seed(0))
     monkeypatch.setattr(nets, "SAMPLE_BY_BLOCKS_ITEMS", 40)

@@ -692,9 +692,10 @@ def sample_by_blocks(logits: Tensor, generator: torch.Generator) -> Tensor:
     ``sqrt(N)`` items by the blocks' masses, then an item of that block by the items' masses
     (``P(i) = M_b / M * p_i / M_b``). One pass of ``exp`` and one of block sums over the scores,
     cumulative sums only over ``sqrt(N)`` numbers, two uniform numbers per row. Items at
-    ``-inf`` have no mass and are never drawn (a row needs one finite logit)."""
+    ``-inf`` have no mass and are never drawn (a row needs one finite logit). The masses and
+    uniform numbers are at least float32 (half-precision uniforms would bias the draw)."""
     rows, n = logits.shape
-    mass = (logits - logits.amax(1, keepdim=True)).exp_()
+    mass = (logits - logits.amax(1, keepdim=True)).to(torch.promote_types(logits.dtype, torch.float32)).exp_()
     size = math.isqrt(n)
     blocks = n // size
     whole = mass[:, :blocks * size].unflatten(1, (blocks, size))
@@ -702,7 +703,7 @@ def sample_by_blocks(logits: Tensor, generator: torch.Generator) -> Tensor:
     tail = mass[:, blocks * size:]  # fewer than size items
     if tail.shape[1]:
         block_mass = torch.cat([block_mass, tail.sum(1, keepdim=True)], 1)
-    u = torch.rand(rows, 2, device=logits.device, generator=generator, dtype=logits.dtype)
+    u = torch.rand(rows, 2, device=logits.device, generator=generator, dtype=mass.dtype)
     block = draw_by_mass(block_mass, u[:, 0])
     inner = whole[torch.arange(rows, device=logits.device), block.clamp(max=blocks - 1)]
     if tail.shape[1]:
