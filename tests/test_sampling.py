@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tiny import make_ctx, random_obs
 
 from recrl.algos import nets
 from recrl.algos.nets import draw_by_mass, sample_by_blocks, sample_top_k
+from recrl.algos.ppo import PPO
 
 
 def test_draw_by_mass_by_hand() -> None:
@@ -55,3 +57,17 @@ def test_one_item_on_a_large_catalogue_is_drawn_by_blocks_and_slates_by_gumbel(m
     monkeypatch.setattr(nets, "SAMPLE_BY_BLOCKS_ITEMS", 41)  # below the threshold: Gumbel for one item too
     gumbel = sample_top_k(logits, 1, torch.Generator().manual_seed(1))
     assert torch.equal(gumbel, sample_top_k(logits, 3, torch.Generator().manual_seed(1))[:, :1])
+
+
+def test_ppo_exploring_on_a_large_catalogue_draws_allowed_items(monkeypatch) -> None:
+    """PPO's training-time draw goes through the two-stage sampler from 512 items on and never
+    serves an item of the observed history (``skip_shown``)."""
+    calls = []
+    monkeypatch.setattr(nets, "sample_by_blocks", lambda logits, gen: calls.append(1) or
+                        sample_by_blocks(logits, gen))
+    ppo = PPO(make_ctx(n_items=600, slate_size=1), demonstrations=0)
+    obs = random_obs(256, torch.Generator().manual_seed(0), k=1)
+    slates = ppo.act(obs, explore=True)
+    assert calls == [1] and slates.shape == (256, 1)
+    assert ((slates >= 0) & (slates < 600)).all()
+    assert not obs.shown_mask(600).gather(1, slates).any()
