@@ -494,42 +494,43 @@ BLOCK_ARGMAX_ITEMS = 2048  # from this many items, best_item searches blocks (fa
 
 def best_item(scores: Tensor) -> Tensor:
     """The index ``[B]`` of each row's highest score (the first of ties, NaN counting highest, as
-    ``max``). On a CPU from :data:`BLOCK_ARGMAX_ITEMS` items on, in two passes: the best of each
-    block of about ``sqrt(N)`` items by ``amax`` (vectorised, where ``max`` with indices is not),
-    then the best within each row's best block; below that, ``max`` (on a CPU about twice as fast
-    as ``argmax`` and ``topk``). Item-major scores (a transposed view, as acting writes them on
-    a CPU: :func:`scores_by_item`) are searched down their columns the same way, at any size."""
+    ``max``). On a CPU from :data:`BLOCK_ARGMAX_ITEMS` items on by :func:`best_by_blocks`;
+    below that, ``max`` (on a CPU about twice as fast as ``argmax`` and ``topk``). Item-major
+    scores (a transposed view, as acting writes them on a CPU: :func:`scores_by_item`) are
+    searched by blocks down their columns, at any size."""
     if scores.device.type == "cpu" and is_item_major(scores):
-        return best_in_columns(scores.T)
-    rows, n = scores.shape
-    if n < BLOCK_ARGMAX_ITEMS or scores.device.type != "cpu":
+        return best_by_blocks(scores.T, items_dim=0)
+    if scores.shape[1] < BLOCK_ARGMAX_ITEMS or scores.device.type != "cpu":
         return scores.max(1).indices
-    size = math.isqrt(n)
-    blocks = n // size
-    whole = scores[:, :blocks * size].unflatten(1, (blocks, size))
-    block_best, block = whole.amax(2).max(1)
-    best = block * size + whole[torch.arange(rows, device=scores.device), block].max(1).indices
-    if blocks * size == n:
-        return best
-    tail_best, tail = scores[:, blocks * size:].max(1)
-    return torch.where(tail_best > block_best, tail + blocks * size, best)
+    return best_by_blocks(scores, items_dim=1)
 
 
-def best_in_columns(scores: Tensor) -> Tensor:
-    """The index ``[U]`` of each column's highest score in ``scores`` ``[N, U]`` (one column per
-    user; the first of ties, NaN counting highest): the best of each block of about ``sqrt(N)``
-    rows by ``amax`` down the columns (a pass that vectorises across the users), then the best
-    row within each column's best block."""
-    n, users = scores.shape
+def sqrt_blocks(scores: Tensor, items_dim: int) -> tuple[Tensor, Tensor, int]:
+    """``scores`` split along ``items_dim`` (``N`` items) into ``N // size`` whole blocks of
+    ``size = isqrt(N)`` items (a view with that dim unflattened to ``[blocks, size]``) and the
+    tail of the last ``N mod size`` items; and ``size``."""
+    n = scores.shape[items_dim]
     size = math.isqrt(n)
-    blocks = n // size
-    whole = scores[:blocks * size].unflatten(0, (blocks, size))
-    block_best, block = whole.amax(1).max(0)
-    best = block * size + whole[block, :, torch.arange(users, device=scores.device)].max(1).indices
-    if blocks * size == n:
+    whole = n // size * size
+    return (scores.narrow(items_dim, 0, whole).unflatten(items_dim, (n // size, size)),
+            scores.narrow(items_dim, whole, n - whole), size)
+
+
+def best_by_blocks(scores: Tensor, items_dim: int) -> Tensor:
+    """The index ``[U]`` of each user's highest score in ``scores`` (``[U, N]`` with
+    ``items_dim=1``, ``[N, U]`` with ``items_dim=0``; the first of ties, NaN counting highest, as
+    ``max``), in two passes: the best of each block of about ``sqrt(N)`` items by ``amax``
+    (vectorised, where ``max`` with indices is not; down the columns it vectorises across the
+    users), then the best item within each user's best block."""
+    head, tail, size = sqrt_blocks(scores, items_dim)
+    block_best, block = head.amax(items_dim + 1).max(items_dim)
+    per_user = head if items_dim == 1 else head.permute(2, 0, 1)  # [U, blocks, size]
+    users = torch.arange(per_user.shape[0], device=scores.device)
+    best = block * size + per_user[users, block].max(1).indices
+    if tail.shape[items_dim] == 0:
         return best
-    tail_best, tail = scores[blocks * size:].max(0)
-    return torch.where(tail_best > block_best, tail + blocks * size, best)
+    tail_best, tail_index = tail.max(items_dim)
+    return torch.where(tail_best > block_best, tail_index + head.shape[items_dim] * size, best)
 
 
 def is_item_major(scores: Tensor) -> bool:
@@ -694,13 +695,11 @@ def sample_by_blocks(logits: Tensor, generator: torch.Generator) -> Tensor:
     cumulative sums only over ``sqrt(N)`` numbers, two uniform numbers per row. Items at
     ``-inf`` have no mass and are never drawn (a row needs one finite logit). The masses and
     uniform numbers are at least float32 (half-precision uniforms would bias the draw)."""
-    rows, n = logits.shape
+    rows = logits.shape[0]
     mass = (logits - logits.amax(1, keepdim=True)).to(torch.promote_types(logits.dtype, torch.float32)).exp_()
-    size = math.isqrt(n)
-    blocks = n // size
-    whole = mass[:, :blocks * size].unflatten(1, (blocks, size))
+    whole, tail, size = sqrt_blocks(mass, items_dim=1)
+    blocks = whole.shape[1]
     block_mass = whole.sum(2)
-    tail = mass[:, blocks * size:]  # fewer than size items
     if tail.shape[1]:
         block_mass = torch.cat([block_mass, tail.sum(1, keepdim=True)], 1)
     u = torch.rand(rows, 2, device=logits.device, generator=generator, dtype=mass.dtype)
