@@ -340,6 +340,31 @@ def acting_policy(n_items: int, slate: int, history: int, horizon: int, device: 
     return build(node)(ctx=ctx)
 
 
+class ActingLoop:
+    """The acting loop of one configuration: each step the policy of ``--acting-algo`` acts
+    (``explore=--acting-explore``) on the observations and the environment steps; ``compile``
+    swaps both for their compiled forms as ``--compile`` asks."""
+
+    def __init__(self, model_name: str, n_items: int, batch: int, slate: int,
+                 args: argparse.Namespace) -> None:
+        device = torch.device(args.device)
+        self.env = make_env(model_name, n_items, slate, args.dim, device, args.history, args.horizon,
+                            args.lean)
+        self.policy = acting_policy(n_items, slate, args.history, args.horizon, device, args.acting_algo)
+        self.explore = args.acting_explore
+        self.obs = self.env.reset(batch, seed=0)
+        self.act, self.step = self.policy.act, self.env.step
+
+    def compile(self, args: argparse.Namespace) -> None:
+        """Act and step compiled (with ``--compile``; otherwise unchanged)."""
+        self.act, self.step = compiled(self.policy.act, args, self.policy), compiled_step(self.env, args)
+
+    def run(self, steps: int) -> None:
+        """``steps`` steps of acting and stepping."""
+        for _ in range(steps):
+            self.obs = self.step(self.act(self.obs, explore=self.explore))[0]
+
+
 def bench_acting(result: dict, args: argparse.Namespace, gflops: float) -> dict:
     """``result`` with the acting loop's speed: each step the default DQN (``--acting-algo``:
     another algorithm's network) scores the whole catalogue and serves its top ``K``
@@ -348,25 +373,17 @@ def bench_acting(result: dict, args: argparse.Namespace, gflops: float) -> dict:
     its softmax), then the environment steps; its FLOPs per user-step (counted), the share of
     the arithmetic bound, and its speed over the environment's alone (``acting_over_env``)."""
     device = torch.device(args.device)
-    n_items, batch, slate = result["n_items"], result["batch"], result["slate"]
-    env = make_env(result["model"], n_items, slate, args.dim, device, args.history, args.horizon,
-                   args.lean)
-    policy = acting_policy(n_items, slate, args.history, args.horizon, device, args.acting_algo)
-    obs = [env.reset(batch, seed=0)]
-    act, step = policy.act, env.step
-
-    def run(steps: int) -> None:
-        for _ in range(steps):
-            obs[0] = step(act(obs[0], explore=args.acting_explore))[0]
-
+    n_items, batch = result["n_items"], result["batch"]
+    loop = ActingLoop(result["model"], n_items, batch, result["slate"], args)
     # counted eagerly (same FLOPs: compiled graphs run under FlopCounterMode are slower after
     # it), after one step that builds what acting reuses (the policy's first-layer tables)
-    run(1)
-    flops = count_flops(lambda: run(1)) / batch
+    loop.run(1)
+    flops = count_flops(lambda: loop.run(1)) / batch
     forget_compiled(args)
-    act, step = compiled(policy.act, args, policy), compiled_step(env, args)
-    run(args.warmup)
-    speed = batch * args.steps / best_seconds(lambda: run(args.steps), device, args.repeats)
+    loop.compile(args)
+    loop.run(args.warmup)
+    speed = batch * args.steps / best_seconds(lambda: loop.run(args.steps), device, args.repeats)
+    policy = loop.policy
     scoring = scoring_gflops(policy, batch, device, args.repeats) if isinstance(policy, DQN) else None
     return {**result, "acting_algo": args.acting_algo, "acting_explore": args.acting_explore,
             "acting_user_steps_per_s": speed, "acting_flops_per_user_step": flops,
@@ -455,23 +472,19 @@ def profile_one(model_name: str, n_items: int, batch: int, slate: int, args: arg
     from torch.profiler import ProfilerActivity, profile
 
     device = torch.device(args.device)
-    env = make_env(model_name, n_items, slate, args.dim, device, args.history, args.horizon, args.lean)
-    gen = torch.Generator(device).manual_seed(0)
-    obs = [env.reset(batch, seed=0)]
-    step = compiled_step(env, args)
     if args.acting:
-        policy = acting_policy(n_items, slate, args.history, args.horizon, device, args.acting_algo)
-        act = compiled(policy.act, args, policy)
-
-        def choose() -> Tensor:
-            return act(obs[0], explore=args.acting_explore)
+        loop = ActingLoop(model_name, n_items, batch, slate, args)
+        loop.compile(args)
+        run = loop.run
     else:
-        def choose() -> Tensor:
-            return torch.randint(0, n_items, (batch, slate), device=device, generator=gen)
+        env = make_env(model_name, n_items, slate, args.dim, device, args.history, args.horizon, args.lean)
+        gen = torch.Generator(device).manual_seed(0)
+        env.reset(batch, seed=0)
+        step = compiled_step(env, args)
 
-    def run(steps: int) -> None:
-        for _ in range(steps):
-            obs[0] = step(choose())[0]
+        def run(steps: int) -> None:
+            for _ in range(steps):
+                step(torch.randint(0, n_items, (batch, slate), device=device, generator=gen))
 
     run(args.warmup)
     sync(device)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Collection, Mapping, Sequence
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -24,7 +24,8 @@ from recrl.env.choice import MNL, ChoiceModel
 from recrl.env.response import Predictions, sample_response
 from recrl.types import Interactions, RecrlError, Response
 
-RECENCY_FITS = ("joint", "logs")  # behavior.recency_fit: trained with the model, or fixed from the logs
+RecencyFit = Literal["joint", "logs"]  # behavior.recency_fit: trained with the model, or fixed from the logs
+RECENCY_FITS = get_args(RecencyFit)
 CACHE_ROWS = 8192  # (user, item) pairs per chunk on a CPU: [pairs, 3 x hidden] floats stay in cache
 
 
@@ -248,7 +249,7 @@ class GRUBehavior(SequenceUserModel):
                  features: Sequence[str] = (), training: TrainingSettings | None = None,
                  n_users: int = 0, item_features: ItemFeatures | None = None, item_ids: bool = True,
                  recency: bool = False, click_profile: bool = False,
-                 recency_fit: Literal["joint", "logs"] = "joint", device: str = "cpu") -> None:
+                 recency_fit: RecencyFit = "joint", device: str = "cpu") -> None:
         super().__init__()
         self._setup(n_items, n_users, training, features, item_features, dim, item_ids=item_ids)
         self.hidden = hidden
