@@ -63,11 +63,53 @@ def test_ppo_exploring_on_a_large_catalogue_draws_allowed_items(monkeypatch) -> 
     """PPO's training-time draw goes through the two-stage sampler from 512 items on and never
     serves an item of the observed history (``skip_shown``)."""
     calls = []
-    monkeypatch.setattr(nets, "sample_by_blocks", lambda logits, gen: calls.append(1) or
-                        sample_by_blocks(logits, gen))
-    ppo = PPO(make_ctx(n_items=600, slate_size=1), demonstrations=0)
+    monkeypatch.setattr(nets, "sample_by_blocks", lambda logits, gen, *rest: calls.append(1) or
+                        sample_by_blocks(logits, gen, *rest))
+    ppo = PPO(make_ctx(n_items=600, slate_size=1), demonstrations=0, skip_shown=True)
     obs = random_obs(256, torch.Generator().manual_seed(0), k=1)
     slates = ppo.act(obs, explore=True)
     assert calls == [1] and slates.shape == (256, 1)
     assert ((slates >= 0) & (slates < 600)).all()
     assert not obs.shown_mask(600).gather(1, slates).any()
+
+
+@pytest.mark.parametrize("in_place", [False, True])
+def test_item_major_logits_give_the_user_major_draws(in_place: bool) -> None:
+    """Logits laid out item by item (acting's chunks on a CPU) are drawn from as the same logits
+    user by user: the same uniform numbers, the same items (block sums in another order move a
+    boundary only by rounding); ``in_place`` overwrites the scratch logits with their masses."""
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(300, 1000, generator=gen) * 3
+    logits[:, ::97] = float("-inf")
+    item_major = logits.T.contiguous().T
+    assert nets.is_item_major(item_major)
+    user_draw = sample_by_blocks(logits, torch.Generator().manual_seed(5))
+    scratch = item_major.clone().T.contiguous().T if in_place else item_major
+    item_draw = sample_by_blocks(scratch, torch.Generator().manual_seed(5), in_place)
+    assert (item_draw == user_draw).float().mean() > 0.99
+    assert not (item_draw % 97 == 0).any()  # never a masked item
+    assert in_place == (not torch.equal(scratch, item_major))  # masses where the logits lay
+
+
+@pytest.mark.parametrize("sample", [False, True])
+def test_ppo_acts_by_chunks_as_from_the_whole_batchs_logits(monkeypatch, sample: bool) -> None:
+    """PPO makes, masks and draws from its logits a chunk of users at a time (item-major on a
+    CPU from 512 items on, three chunks of 256 users and a partial one here): greedy slates are
+    the whole batch's top items exactly; drawn ones come from the same random numbers, so the
+    same items but where rounding moves a block boundary."""
+    monkeypatch.setattr(nets, "CACHE_SCORES", 256 * 2000)
+    ppo = PPO(make_ctx(n_items=2000, slate_size=1), demonstrations=0, skip_shown=True,
+              sample_in_eval=sample)
+    obs = random_obs(700, torch.Generator().manual_seed(0), k=1)
+    assert nets.chunk_rows(700, 2000, torch.device("cpu")) == 256
+    state = ppo.generator.get_state()
+    chunked = ppo.act(obs, explore=False)
+    ppo.generator.set_state(state)
+    with torch.no_grad():
+        logits = ppo.logits(obs)
+    whole = sample_top_k(logits, 1, ppo.generator) if sample else nets.top_k(logits, 1)
+    assert chunked.shape == (700, 1) and not obs.shown_mask(2000).gather(1, chunked).any()
+    if sample:
+        assert (chunked == whole).float().mean() > 0.99
+    else:
+        assert torch.equal(chunked, whole)

@@ -12,7 +12,16 @@ from torch import Tensor, nn
 from recrl.algos.backbone import Backbone, KLPenalty, PretrainSettings, copy_frozen, initialise, kl_divergence
 from recrl.algos.demonstrations import PlannerDemonstrations
 from recrl.algos.learner_state import LearnerState
-from recrl.algos.nets import adam, mask_shown, policy_entropy, sample_top_k, skips_shown, top_k
+from recrl.algos.nets import (
+    ScoreBlock,
+    adam,
+    choose_by_chunks,
+    mask_shown,
+    policy_entropy,
+    sample_top_k,
+    skips_shown,
+    top_k,
+)
 from recrl.algos.probs import evaluation_slate_probs
 from recrl.algos.seeding import own_random_stream
 from recrl.algos.supervised import Supervised
@@ -121,6 +130,7 @@ class SoftmaxActorCritic(LearnerState):
         self.optimizer = adam(self.params, lr)
         self.generator = torch.Generator(ctx.device).manual_seed(ctx.seed)
         self.updates = 0
+        self.score_block = ScoreBlock()  # scratch memory for acting's catalogue scores
         self.demos = PlannerDemonstrations(ctx, demonstrations, demo_weight, demo_batch, demo_decay_steps,
                                            demo_caution, self.skip_shown)
 
@@ -237,11 +247,17 @@ class SoftmaxActorCritic(LearnerState):
     @torch.no_grad()
     def act(self, obs: Obs, explore: bool) -> Tensor:
         """Sample a slate from the policy, or take its top-``K`` items when neither ``explore``
-        nor ``sample_in_eval`` is set (the learned policy is stochastic; its mode can differ)."""
-        logits = self.logits(obs)
-        if not (explore or self.sample_in_eval):
-            return top_k(logits, self.ctx.slate_size)
-        return sample_top_k(logits, self.ctx.slate_size, self.generator)
+        nor ``sample_in_eval`` is set (the learned policy is stochastic; its mode can differ).
+        The users' logits are made, masked and drawn from a chunk of users at a time
+        (:func:`~recrl.algos.nets.choose_by_chunks`: in cache, item-major on a CPU from 512
+        items on); with ``candidates`` from the whole batch's logits at once."""
+        k, sample = self.ctx.slate_size, explore or self.sample_in_eval
+        if self.candidates:
+            logits = self.logits(obs)
+            return sample_top_k(logits, k, self.generator) if sample else top_k(logits, k)
+        users, items = self.policy.factors(self.policy.encoder(obs))
+        pick = (lambda scores: sample_top_k(scores, k, self.generator, in_place=True)) if sample else None
+        return choose_by_chunks(users, items, obs, k, self.skip_shown, self.score_block, pick)
 
     @torch.no_grad()
     def action_probs(self, obs: Obs) -> Tensor:

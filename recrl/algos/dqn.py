@@ -97,7 +97,7 @@ from recrl.algos.nets import (
     WeightAverage,
     adam,
     attach_prior,
-    catalogue_scores,
+    choose_by_chunks,
     epsilon_explore,
     gradient_step,
     id_plus_prior,
@@ -379,21 +379,15 @@ class DQN(LearnerState, ActsGreedily):
     def greedy(self, obs: Obs, net: nn.Module) -> Tensor:
         """Top-``K`` allowed items ``[B, K]`` by ``net``'s Q-values (C51: expected returns): the
         users are encoded together, then scored, masked and searched a block at a time
-        (:func:`top_k_by_chunks`)."""
+        (:func:`choose_by_chunks`, C51 :func:`top_k_by_chunks`)."""
         state = net.encoder(obs)
-        if self.atoms:
-            def scores_of(rows: slice, out: Tensor | None) -> Tensor:
-                return net.expected(state[rows], self.support)
-        else:
+        if not self.atoms:
             users, items = net.factors(state)
+            return choose_by_chunks(users, items, obs, self.ctx.slate_size, self.skip_shown, self.score_block)
+        def scores_of(rows: slice, out: Tensor | None) -> Tensor:
+            return self.allowed(net.expected(state[rows], self.support), obs.index(rows), in_place=True)
 
-            def scores_of(rows: slice, out: Tensor | None) -> Tensor:
-                return catalogue_scores(users[rows], items, out)
-
-        return top_k_by_chunks(
-            lambda rows, out: self.allowed(scores_of(rows, out), obs.index(rows), in_place=True),
-            obs.batch_size, self.ctx.slate_size, self.ctx.n_items, state.device,
-            block=None if self.atoms else self.score_block, like=state)
+        return top_k_by_chunks(scores_of, obs.batch_size, self.ctx.slate_size, self.ctx.n_items, state.device)
 
     def make_replay(self, capacity: int, env: Env) -> Replay:
         """DQN's replay for ``env``: ``n_step`` transitions discounted by ``gamma``, prioritized
