@@ -83,7 +83,9 @@ class Trainer:
     ``compile_mode`` (``auto``: inductor's default; ``reduce-overhead``: CUDA graphs on a GPU).
     ``threads``: PyTorch's CPU threads for the job (``None``: PyTorch's default, every core), so
     parallel sweep jobs share a machine without oversubscribing it (applied by the CLI at the
-    start of each job, before any data is read).
+    start of each job, before any data is read). ``keep_freed_memory``: freed memory stays in the
+    process for the next step's temporaries instead of going back to the system
+    (:mod:`recrl.memory`; also applied by the CLI at the start of each job).
 
     Example::
 
@@ -97,7 +99,7 @@ class Trainer:
                  log_every: int = 100, checkpoint_every: int = 1000,
                  device: str = "auto", progress: Progress = "auto", select_by: str = "simulator",
                  compile: bool = False, compile_mode: str = "auto",
-                 threads: int | None = None) -> None:
+                 threads: int | None = None, keep_freed_memory: bool = True) -> None:
         if steps < 0 or n_users < 1 or batch_size < 1 or eval_episodes < 1:
             raise RecrlError("trainer: steps must be >= 0; n_users, batch_size, eval_episodes >= 1")
         if threads is not None and threads < 1:
@@ -123,7 +125,7 @@ class Trainer:
         self.select_by = select_by
         compile_mode_of(compile_mode)  # checks the value
         self.compile, self.compile_mode = compile, compile_mode
-        self.threads = threads
+        self.threads, self.keep_freed_memory = threads, keep_freed_memory
 
     @property
     def device(self) -> torch.device:

@@ -68,8 +68,7 @@ class A2C(SoftmaxActorCritic):
         t_len, b = batch.reward.shape
         obs = batch.flat_obs()
         state = self.policy.encoder(obs)
-        log_pi = torch.log_softmax(self.logits(obs, state), 1)
-        logp = log_pi.gather(1, batch.action.reshape(t_len * b, -1)).sum(1)
+        logp, entropy, kl = self.policy_terms(obs, state, batch.action.reshape(t_len * b, -1))
         value = self.value(state).squeeze(1)
         with torch.no_grad():
             v = value.reshape(t_len, b)
@@ -83,7 +82,7 @@ class A2C(SoftmaxActorCritic):
         valid = batch.valid.reshape(-1)
         if self.normalize_advantage:
             advantage = standardised(advantage, valid)
-        loss, stats, kl = self.valid_rows_loss(obs, log_pi, logp, value, advantage, target, valid)
+        loss, stats, kl = self.valid_rows_loss(logp, entropy, kl, value, advantage, target, valid)
         grad_norm = gradient_step(self.optimizer, loss, self.params, self.grad_clip)
         self.updates += 1
         return {**stats, "train/grad_norm": grad_norm.detach(), **self.leash_stats(kl, batch)}

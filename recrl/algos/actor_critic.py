@@ -20,6 +20,7 @@ from recrl.algos.nets import (
     policy_entropy,
     sample_top_k,
     skips_shown,
+    softmax_stats,
     top_k,
 )
 from recrl.algos.probs import evaluation_slate_probs
@@ -174,8 +175,7 @@ class SoftmaxActorCritic(LearnerState):
         if weight == 0.0:
             return loss, None
         obs, slates = self.demos.sample(self.generator)
-        log_pi = torch.log_softmax(self.logits(obs), 1)
-        term = -weight * log_pi.gather(1, slates).sum(1).mean()
+        term = -weight * softmax_stats(self.logits(obs), slates)[0].mean()
         return loss + term, term
 
     @staticmethod
@@ -183,11 +183,24 @@ class SoftmaxActorCritic(LearnerState):
         """What an update logs of :meth:`plus_demo_term`'s term: ``train/demo_loss`` (nothing when off)."""
         return {} if term is None else {"train/demo_loss": term.detach()}
 
-    def valid_rows_loss(self, obs: Obs, log_pi: Tensor, logp: Tensor, value: Tensor, advantage: Tensor,
+    def policy_terms(self, obs: Obs, state: Tensor, actions: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``(log-probability of each row's slate, policy entropy, KL to the starting policy)``,
+        each ``[N]``, at the encoded ``state`` of ``obs`` for the slates ``actions`` ``[N, K]``
+        (the KL zeros without the leash). Without the leash in one fused pass over the logits
+        (:func:`~recrl.algos.nets.softmax_stats`); with it the log-probabilities of the whole
+        catalogue, which the KL needs."""
+        logits = self.logits(obs, state)
+        if self.leash.reference is None:
+            logp, entropy = softmax_stats(logits, actions)
+            return logp, entropy, logp.new_zeros(logp.shape[0])
+        log_pi = torch.log_softmax(logits, 1)
+        return log_pi.gather(1, actions).sum(1), policy_entropy(log_pi), self.kl_term(obs, log_pi)
+
+    def valid_rows_loss(self, logp: Tensor, entropy: Tensor, kl: Tensor, value: Tensor, advantage: Tensor,
                         target: Tensor, valid: Tensor) -> tuple[Tensor, dict[str, Tensor], Tensor]:
         """The actor-critic loss of REINFORCE and A2C over the ``valid`` rows of a batch of whole
-        episodes (every argument flat ``[N]``, ``log_pi`` ``[N, n_items]``; ``advantage`` and
-        ``target`` not differentiated)::
+        episodes (every argument flat ``[N]``: :meth:`policy_terms`' three, the values, advantages
+        and targets; ``advantage`` and ``target`` not differentiated)::
 
             L = -mean[A log pi(a|s)] + value_coef mean[(V - target)^2] - entropy_coef mean[H]
                 + kl_coef mean[KL(pi || pi_0)]  (+ the demonstrations' term)
@@ -197,8 +210,8 @@ class SoftmaxActorCritic(LearnerState):
         n = valid.sum().clamp(min=1.0)
         policy_loss = -(advantage * logp * valid).sum() / n
         value_loss = (((value - target) ** 2) * valid).sum() / n
-        entropy_mean = (policy_entropy(log_pi) * valid).sum() / n
-        kl = (self.kl_term(obs, log_pi) * valid).sum() / n
+        entropy_mean = (entropy * valid).sum() / n
+        kl = (kl * valid).sum() / n
         loss, demo = self.plus_demo_term(policy_loss + self.value_coef * value_loss
                                          - self.entropy_coef * entropy_mean + self.leash.coef * kl)
         stats = {"train/loss": loss.detach(), "train/policy_loss": policy_loss.detach(),

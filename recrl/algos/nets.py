@@ -756,6 +756,60 @@ def draw_by_mass(mass: Tensor, u: Tensor) -> Tensor:
     return torch.searchsorted(cumulative, point, right=True)[:, 0]
 
 
+class _SoftmaxStats(torch.autograd.Function):
+    """Forward and backward of :func:`softmax_stats` in a few passes over the logits."""
+
+    @staticmethod
+    def forward(ctx: Any, logits: Tensor, actions: Tensor) -> tuple[Tensor, Tensor]:
+        shifted = logits - logits.amax(1, keepdim=True)
+        p = torch.exp2(shifted * LOG2E)  # exp, faster and without its denormal slow path (sample_by_blocks)
+        total = p.sum(1, keepdim=True)
+        p.div_(total)
+        # -inf (masked items) becomes a large finite number: with p = 0 there, p * log_p stays 0
+        log_p = shifted.sub_(total.log_()).clamp_(min=-MASKED_LOG_P)
+        entropy = -torch.linalg.vecdot(p, log_p)
+        logp = log_p.gather(1, actions).sum(1)
+        ctx.save_for_backward(p, log_p, entropy, actions)
+        return logp, entropy
+
+    @staticmethod
+    def backward(ctx: Any, grad_logp: Tensor, grad_entropy: Tensor) -> tuple[Tensor, None]:
+        p, log_p, entropy, actions = ctx.saved_tensors
+        # d logp / d l_j = count_j - K p_j;  d H / d l_j = -p_j (log p_j + H)
+        slope = -grad_entropy[:, None]
+        offset = slope * entropy[:, None] - actions.shape[1] * grad_logp[:, None]
+        grad = torch.addcmul(offset, log_p, slope).mul_(p)
+        grad.scatter_add_(1, actions, grad_logp[:, None].expand_as(actions).contiguous())
+        return grad, None
+
+
+# the floor of :func:`softmax_stats`' log-probabilities, where items at -inf land: finite (so
+# p * log p is 0, not NaN, there) even in float16, and below any log-probability whose
+# probability a float64 can hold (exp(-10^4) is 0)
+MASKED_LOG_P = 1e4
+
+
+def softmax_stats(logits: Tensor, actions: Tensor) -> tuple[Tensor, Tensor]:
+    """``(log-probability of each row's slate [B], entropy [B])`` of ``softmax(logits)``
+    (``logits`` ``[B, N]``, items at ``-inf`` masked; ``actions`` ``[B, K]``, the slate's
+    log-probability is the sum over its items, as a policy-gradient learner scores its slates).
+    The same numbers and gradients as ``log_softmax`` + ``gather`` + :func:`policy_entropy` up to
+    rounding, in a third of the passes over the ``[B, N]`` logits: the forward keeps the
+    probabilities and log-probabilities, and the backward is one fused expression,
+    ``g_l = p * (a log p + b)`` plus the slate's items, where autograd would walk through the
+    softmax, the gather, the ``nan_to_num`` and the product one operation at a time. Below
+    :data:`FUSED_STATS_ITEMS` items, where the fused form measured no faster, exactly that
+    composition (so runs on small catalogues, the default synthetic world's 500 items among
+    them, are unchanged to the last bit)."""
+    if logits.shape[1] >= FUSED_STATS_ITEMS:
+        return _SoftmaxStats.apply(logits, actions)
+    log_pi = torch.log_softmax(logits, 1)
+    return log_pi.gather(1, actions).sum(1), policy_entropy(log_pi)
+
+
+FUSED_STATS_ITEMS = 512  # from this many items softmax_stats runs fused (2,000 items: 2x faster)
+
+
 def policy_entropy(log_pi: Tensor) -> Tensor:
     """Entropy ``[B]`` of each row of log-probabilities ``[B, N]``; masked items (``-inf``) add 0."""
     return -(log_pi.exp() * log_pi.nan_to_num(neginf=0.0)).sum(1)

@@ -36,7 +36,7 @@ from torch import Tensor
 
 from recrl.algos.actor_critic import SoftmaxActorCritic
 from recrl.algos.backbone import Backbone, PretrainSettings
-from recrl.algos.nets import gradient_step, policy_entropy
+from recrl.algos.nets import gradient_step
 from recrl.buffer import Rollout, gae
 from recrl.types import AlgoContext, Obs, RecrlError
 
@@ -77,10 +77,8 @@ class PPO(SoftmaxActorCritic):
         """Slate log-probabilities ``[N]``, values ``[N]``, policy entropies ``[N]`` and the KL
         to the starting policy ``[N]`` (zeros without ``kl_coef``)."""
         state = self.policy.encoder(obs)
-        log_pi = torch.log_softmax(self.logits(obs, state), 1)
-        logp = log_pi.gather(1, action).sum(1)
-        entropy = policy_entropy(log_pi)
-        return logp, self.value(state).squeeze(1), entropy, self.kl_term(obs, log_pi)
+        logp, entropy, kl = self.policy_terms(obs, state, action)
+        return logp, self.value(state).squeeze(1), entropy, kl
 
     def loss(self, obs: Obs, action: Tensor, old_logp: Tensor, old_value: Tensor, advantage: Tensor,
              target: Tensor) -> dict[str, Tensor]:

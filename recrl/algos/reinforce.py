@@ -17,8 +17,6 @@ reinforcement learning. Machine Learning 8, 1992.
 
 from __future__ import annotations
 
-import torch
-
 from recrl.algos.actor_critic import SoftmaxActorCritic, standardised
 from recrl.algos.backbone import Backbone, PretrainSettings
 from recrl.algos.nets import gradient_step
@@ -59,11 +57,10 @@ class Reinforce(SoftmaxActorCritic):
         obs = batch.flat_obs()
         for _ in range(self.epochs):
             state = self.policy.encoder(obs)
-            log_pi = torch.log_softmax(self.logits(obs, state), 1)
-            logp = log_pi.gather(1, actions).sum(1)
+            logp, entropy, kl = self.policy_terms(obs, state, actions)
             value = self.value(state).squeeze(1)
             advantage = standardised((returns - value).detach(), valid)
-            loss, stats, kl = self.valid_rows_loss(obs, log_pi, logp, value, advantage, returns, valid)
+            loss, stats, kl = self.valid_rows_loss(logp, entropy, kl, value, advantage, returns, valid)
             gradient_step(self.optimizer, loss, self.params, self.grad_clip)
         self.updates += 1
         return {**stats, **self.leash_stats(kl, batch)}
