@@ -19,10 +19,10 @@ from recrl.algos.ppo import PPO
 
 def test_log_probability_and_entropy_by_hand() -> None:
     logits = torch.tensor([[0.0, math.log(3.0), float("-inf")]])  # p = (1/4, 3/4, 0)
-    logp, entropy = nets._SoftmaxStats.apply(logits, torch.tensor([[1]]))
+    logp, entropy = nets._SoftmaxStats.apply(logits, torch.tensor([[1]]), None)
     assert logp.item() == pytest.approx(math.log(0.75))
     assert entropy.item() == pytest.approx(-(0.25 * math.log(0.25) + 0.75 * math.log(0.75)))
-    both, _ = nets._SoftmaxStats.apply(logits, torch.tensor([[0, 1]]))  # a slate: the sum
+    both, _ = nets._SoftmaxStats.apply(logits, torch.tensor([[0, 1]]), None)  # a slate: the sum
     assert both.item() == pytest.approx(math.log(0.25) + math.log(0.75))
 
 
@@ -41,7 +41,8 @@ def test_fused_values_and_gradients_are_the_composed_ones(seed: int, slate: int)
     actions = torch.stack([torch.randperm(slate, generator=gen) for _ in range(7)])
     weights = torch.randn(2, 7, generator=gen, dtype=torch.float64)
     fused_in, composed_in = logits.clone().requires_grad_(), logits.clone().requires_grad_()
-    fused_out, composed_out = nets._SoftmaxStats.apply(fused_in, actions), composed(composed_in, actions)
+    fused_out = nets._SoftmaxStats.apply(fused_in, actions, None)
+    composed_out = composed(composed_in, actions)
     for got, want in zip(fused_out, composed_out, strict=True):
         torch.testing.assert_close(got, want)
     (weights[0] @ fused_out[0] + weights[1] @ fused_out[1]).backward()
@@ -51,16 +52,40 @@ def test_fused_values_and_gradients_are_the_composed_ones(seed: int, slate: int)
     torch.testing.assert_close(fused_in.grad, composed_in.grad)
 
 
+@pytest.mark.parametrize("seed", [0, 1])
+def test_the_history_is_masked_inside_the_fused_form_as_mask_shown_does(seed: int) -> None:
+    """With ``obs``, the fused form masks the observed history in its own copy of the logits:
+    the values and gradients of ``mask_shown`` then the composition (padding ids skipped,
+    repeated items once), and the caller's logits untouched."""
+    obs = random_obs(16, torch.Generator().manual_seed(seed), k=1)
+    gen = torch.Generator().manual_seed(seed)
+    n = 600
+    logits = torch.randn(16, n, generator=gen, dtype=torch.float64) * 2
+    logits[:, :13] += 30.0  # the history's items (ids below 13) would dominate unmasked
+    actions = torch.randint(13, n, (16, 2), generator=gen)
+    weights = torch.randn(2, 16, generator=gen, dtype=torch.float64)
+    fused_in, composed_in = logits.clone().requires_grad_(), logits.clone().requires_grad_()
+    fused_out = softmax_stats(fused_in, actions, obs)
+    composed_out = composed(nets.mask_shown(composed_in, obs), actions)
+    for got, want in zip(fused_out, composed_out, strict=True):
+        torch.testing.assert_close(got, want)
+    (weights[0] @ fused_out[0] + weights[1] @ fused_out[1]).backward()
+    (weights[0] @ composed_out[0] + weights[1] @ composed_out[1]).backward()
+    torch.testing.assert_close(fused_in.grad, composed_in.grad)
+    assert torch.equal(fused_in.detach(), logits)
+
+
 def test_gradcheck_of_the_fused_form() -> None:
     gen = torch.Generator().manual_seed(3)
     logits = torch.randn(4, 9, generator=gen, dtype=torch.float64).requires_grad_()
     actions = torch.tensor([[0, 4], [8, 1], [2, 2], [5, 7]])
-    assert torch.autograd.gradcheck(lambda x: nets._SoftmaxStats.apply(x, actions), (logits,))
+    assert torch.autograd.gradcheck(lambda x: nets._SoftmaxStats.apply(x, actions, None), (logits,))
 
 
 def test_softmax_stats_is_fused_from_the_threshold_on(monkeypatch) -> None:
     calls = []
-    monkeypatch.setattr(nets._SoftmaxStats, "apply", lambda *a: calls.append(1) or composed(*a))
+    monkeypatch.setattr(nets._SoftmaxStats, "apply", lambda logits, actions, shown: calls.append(1) or
+                        composed(logits, actions))
     actions = torch.zeros(2, 1, dtype=torch.long)
     softmax_stats(torch.zeros(2, nets.FUSED_STATS_ITEMS - 1), actions)
     assert calls == []  # small catalogues: the composition itself, to the last bit

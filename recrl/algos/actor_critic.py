@@ -175,7 +175,7 @@ class SoftmaxActorCritic(LearnerState):
         if weight == 0.0:
             return loss, None
         obs, slates = self.demos.sample(self.generator)
-        term = -weight * softmax_stats(self.logits(obs), slates)[0].mean()
+        term = -weight * self.slate_stats(obs, self.policy.encoder(obs), slates)[0].mean()
         return loss + term, term
 
     @staticmethod
@@ -186,15 +186,21 @@ class SoftmaxActorCritic(LearnerState):
     def policy_terms(self, obs: Obs, state: Tensor, actions: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """``(log-probability of each row's slate, policy entropy, KL to the starting policy)``,
         each ``[N]``, at the encoded ``state`` of ``obs`` for the slates ``actions`` ``[N, K]``
-        (the KL zeros without the leash). Without the leash in one fused pass over the logits
-        (:func:`~recrl.algos.nets.softmax_stats`); with it the log-probabilities of the whole
-        catalogue, which the KL needs."""
-        logits = self.logits(obs, state)
+        (the KL zeros without the leash); with the leash from the whole catalogue's
+        log-probabilities, which the KL needs, otherwise by :meth:`slate_stats`."""
         if self.leash.reference is None:
-            logp, entropy = softmax_stats(logits, actions)
+            logp, entropy = self.slate_stats(obs, state, actions)
             return logp, entropy, logp.new_zeros(logp.shape[0])
-        log_pi = torch.log_softmax(logits, 1)
+        log_pi = torch.log_softmax(self.logits(obs, state), 1)
         return log_pi.gather(1, actions).sum(1), policy_entropy(log_pi), self.kl_term(obs, log_pi)
+
+    def slate_stats(self, obs: Obs, state: Tensor, actions: Tensor) -> tuple[Tensor, Tensor]:
+        """``(log-probability of each row's slate, policy entropy)`` ``[N]`` by
+        :func:`~recrl.algos.nets.softmax_stats` (fused from 512 items, the history masked inside
+        it); with ``candidates`` over :meth:`logits`, which masks the rest."""
+        if self.candidates:
+            return softmax_stats(self.logits(obs, state), actions)
+        return softmax_stats(self.policy.score(state), actions, obs if self.skip_shown else None)
 
     def valid_rows_loss(self, logp: Tensor, entropy: Tensor, kl: Tensor, value: Tensor, advantage: Tensor,
                         target: Tensor, valid: Tensor) -> tuple[Tensor, dict[str, Tensor], Tensor]:

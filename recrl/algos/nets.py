@@ -670,14 +670,18 @@ def random_slates(batch: int, n_items: int, k: int, device: torch.device,
 def mask_shown(scores: Tensor, obs: Obs, in_place: bool = False) -> Tensor:
     """``scores`` with the items already shown in the observed history set to ``-inf`` (a new
     tensor; with ``in_place``, ``scores`` itself when no gradient flows through it)."""
-    n = scores.shape[1]
-    shown = obs.items.reshape(obs.batch_size, -1)
     if in_place and not (torch.is_grad_enabled() and scores.requires_grad):
-        # padding ids (n) are sent to item n - 1 with +inf, which the minimum ignores
-        real = shown < n
-        src = torch.where(real, float("-inf"), float("inf")).to(scores.dtype)
-        return scores.scatter_reduce_(1, shown.clamp(max=n - 1), src, reduce="amin")
-    return scores.masked_fill(obs.shown_mask(n), float("-inf"))
+        return mask_items_(scores, obs.items.reshape(obs.batch_size, -1))
+    return scores.masked_fill(obs.shown_mask(scores.shape[1]), float("-inf"))
+
+
+def mask_items_(scores: Tensor, items: Tensor) -> Tensor:
+    """``scores`` ``[B, N]`` with each row's ``items`` ``[B, S]`` set to ``-inf``, in place (ids of
+    ``N`` or more, history padding, are skipped: sent to item ``N - 1`` with ``+inf``, which the
+    minimum ignores)."""
+    n = scores.shape[1]
+    src = torch.where(items < n, float("-inf"), float("inf")).to(scores.dtype)
+    return scores.scatter_reduce_(1, items.clamp(max=n - 1), src, reduce="amin")
 
 
 def skip_history(scores: Tensor, obs: Obs, skip_shown: bool) -> Tensor:
@@ -760,8 +764,11 @@ class _SoftmaxStats(torch.autograd.Function):
     """Forward and backward of :func:`softmax_stats` in a few passes over the logits."""
 
     @staticmethod
-    def forward(ctx: Any, logits: Tensor, actions: Tensor) -> tuple[Tensor, Tensor]:
-        shifted = logits - logits.amax(1, keepdim=True)
+    def forward(ctx: Any, logits: Tensor, actions: Tensor, masked: Tensor | None) -> tuple[Tensor, Tensor]:
+        shifted = logits.clone()
+        if masked is not None:
+            mask_items_(shifted, masked)
+        shifted.sub_(shifted.amax(1, keepdim=True))
         p = torch.exp2(shifted * LOG2E)  # exp, faster and without its denormal slow path (sample_by_blocks)
         total = p.sum(1, keepdim=True)
         p.div_(total)
@@ -773,14 +780,14 @@ class _SoftmaxStats(torch.autograd.Function):
         return logp, entropy
 
     @staticmethod
-    def backward(ctx: Any, grad_logp: Tensor, grad_entropy: Tensor) -> tuple[Tensor, None]:
+    def backward(ctx: Any, grad_logp: Tensor, grad_entropy: Tensor) -> tuple[Tensor, None, None]:
         p, log_p, entropy, actions = ctx.saved_tensors
         # d logp / d l_j = count_j - K p_j;  d H / d l_j = -p_j (log p_j + H)
         slope = -grad_entropy[:, None]
         offset = slope * entropy[:, None] - actions.shape[1] * grad_logp[:, None]
         grad = torch.addcmul(offset, log_p, slope).mul_(p)
         grad.scatter_add_(1, actions, grad_logp[:, None].expand_as(actions).contiguous())
-        return grad, None
+        return grad, None, None  # masked items: p = 0 there, so no gradient
 
 
 # the floor of :func:`softmax_stats`' log-probabilities, where items at -inf land: finite (so
@@ -789,10 +796,12 @@ class _SoftmaxStats(torch.autograd.Function):
 MASKED_LOG_P = 1e4
 
 
-def softmax_stats(logits: Tensor, actions: Tensor) -> tuple[Tensor, Tensor]:
+def softmax_stats(logits: Tensor, actions: Tensor, obs: Obs | None = None) -> tuple[Tensor, Tensor]:
     """``(log-probability of each row's slate [B], entropy [B])`` of ``softmax(logits)``
     (``logits`` ``[B, N]``, items at ``-inf`` masked; ``actions`` ``[B, K]``, the slate's
-    log-probability is the sum over its items, as a policy-gradient learner scores its slates).
+    log-probability is the sum over its items, as a policy-gradient learner scores its slates);
+    with ``obs``, the items of its observed history masked as well (as :func:`mask_shown`,
+    inside the fused form's own copy of the logits, where no ``[B, N]`` mask is built).
     The same numbers and gradients as ``log_softmax`` + ``gather`` + :func:`policy_entropy` up to
     rounding, in a third of the passes over the ``[B, N]`` logits: the forward keeps the
     probabilities and log-probabilities, and the backward is one fused expression,
@@ -802,8 +811,9 @@ def softmax_stats(logits: Tensor, actions: Tensor) -> tuple[Tensor, Tensor]:
     composition (so runs on small catalogues, the default synthetic world's 500 items among
     them, are unchanged to the last bit)."""
     if logits.shape[1] >= FUSED_STATS_ITEMS:
-        return _SoftmaxStats.apply(logits, actions)
-    log_pi = torch.log_softmax(logits, 1)
+        shown = None if obs is None else obs.items.reshape(obs.batch_size, -1)
+        return _SoftmaxStats.apply(logits, actions, shown)
+    log_pi = torch.log_softmax(logits if obs is None else mask_shown(logits, obs), 1)
     return log_pi.gather(1, actions).sum(1), policy_entropy(log_pi)
 
 
