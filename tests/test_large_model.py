@@ -20,12 +20,11 @@ from recrl.algos.backbone import (
     Backbone,
     KLPenalty,
     PretrainSettings,
-    kl_divergence,
     pretrained_state,
 )
 from recrl.algos.cql import DiscreteCQL
 from recrl.algos.dqn import DQN
-from recrl.algos.nets import TransformerHistoryEncoder
+from recrl.algos.nets import TransformerHistoryEncoder, kl_divergence
 from recrl.algos.ppo import PPO
 from recrl.algos.reinforce import Reinforce
 from recrl.algos.sqn import SQN

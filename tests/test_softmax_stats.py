@@ -1,4 +1,4 @@
-"""``softmax_stats``: a policy-gradient learner's slate log-probabilities and policy entropies,
+"""``softmax_stats``: a policy-gradient learner's slate log-probabilities, policy entropies and KL,
 fused from 512 items on; the same values and gradients as ``log_softmax`` + ``gather`` +
 ``policy_entropy``, including masked items; and ``keep_freed_memory``."""
 
@@ -19,10 +19,10 @@ from recrl.algos.ppo import PPO
 
 def test_log_probability_and_entropy_by_hand() -> None:
     logits = torch.tensor([[0.0, math.log(3.0), float("-inf")]])  # p = (1/4, 3/4, 0)
-    logp, entropy = nets._SoftmaxStats.apply(logits, torch.tensor([[1]]), None)
+    logp, entropy = nets._SoftmaxStats.apply(logits, torch.tensor([[1]]), None, None)[:2]
     assert logp.item() == pytest.approx(math.log(0.75))
     assert entropy.item() == pytest.approx(-(0.25 * math.log(0.25) + 0.75 * math.log(0.75)))
-    both, _ = nets._SoftmaxStats.apply(logits, torch.tensor([[0, 1]]), None)  # a slate: the sum
+    both = nets._SoftmaxStats.apply(logits, torch.tensor([[0, 1]]), None, None)[0]  # a slate: the sum
     assert both.item() == pytest.approx(math.log(0.25) + math.log(0.75))
 
 
@@ -41,7 +41,7 @@ def test_fused_values_and_gradients_are_the_composed_ones(seed: int, slate: int)
     actions = torch.stack([torch.randperm(slate, generator=gen) for _ in range(7)])
     weights = torch.randn(2, 7, generator=gen, dtype=torch.float64)
     fused_in, composed_in = logits.clone().requires_grad_(), logits.clone().requires_grad_()
-    fused_out = nets._SoftmaxStats.apply(fused_in, actions, None)
+    fused_out = nets._SoftmaxStats.apply(fused_in, actions, None, None)[:2]
     composed_out = composed(composed_in, actions)
     for got, want in zip(fused_out, composed_out, strict=True):
         torch.testing.assert_close(got, want)
@@ -65,7 +65,7 @@ def test_the_history_is_masked_inside_the_fused_form_as_mask_shown_does(seed: in
     actions = torch.randint(13, n, (16, 2), generator=gen)
     weights = torch.randn(2, 16, generator=gen, dtype=torch.float64)
     fused_in, composed_in = logits.clone().requires_grad_(), logits.clone().requires_grad_()
-    fused_out = softmax_stats(fused_in, actions, obs)
+    fused_out = softmax_stats(fused_in, actions, obs)[:2]
     composed_out = composed(nets.mask_shown(composed_in, obs), actions)
     for got, want in zip(fused_out, composed_out, strict=True):
         torch.testing.assert_close(got, want)
@@ -75,17 +75,43 @@ def test_the_history_is_masked_inside_the_fused_form_as_mask_shown_does(seed: in
     assert torch.equal(fused_in.detach(), logits)
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_the_kl_to_a_reference_and_its_gradient_are_the_composed_ones(seed: int) -> None:
+    """With a reference policy's log-probabilities (masked where the policy is), the fused KL
+    and its gradient are :func:`kl_divergence`'s over the composition."""
+    gen = torch.Generator().manual_seed(seed)
+    logits = torch.randn(5, 700, generator=gen, dtype=torch.float64) * 2
+    masked = torch.rand(5, 700, generator=gen) < 0.1
+    masked[:, 0] = False
+    logits[masked] = float("-inf")
+    log_ref = torch.log_softmax((torch.randn(5, 700, generator=gen, dtype=torch.float64) * 2)
+                                .masked_fill(masked, float("-inf")), 1)
+    actions = torch.zeros(5, 1, dtype=torch.long)
+    weights = torch.randn(3, 5, generator=gen, dtype=torch.float64)
+    fused_in, composed_in = logits.clone().requires_grad_(), logits.clone().requires_grad_()
+    fused_out = softmax_stats(fused_in, actions, log_ref=log_ref)
+    log_pi = torch.log_softmax(composed_in, 1)
+    composed_out = (*composed(composed_in, actions), nets.kl_divergence(log_pi, log_ref))
+    for got, want in zip(fused_out, composed_out, strict=True):
+        torch.testing.assert_close(got, want)
+    sum(w @ out for w, out in zip(weights, fused_out, strict=True)).backward()
+    sum(w @ out for w, out in zip(weights, composed_out, strict=True)).backward()
+    assert torch.isfinite(fused_in.grad).all()
+    torch.testing.assert_close(fused_in.grad, composed_in.grad)
+
+
 def test_gradcheck_of_the_fused_form() -> None:
     gen = torch.Generator().manual_seed(3)
     logits = torch.randn(4, 9, generator=gen, dtype=torch.float64).requires_grad_()
+    log_ref = torch.log_softmax(torch.randn(4, 9, generator=gen, dtype=torch.float64), 1)
     actions = torch.tensor([[0, 4], [8, 1], [2, 2], [5, 7]])
-    assert torch.autograd.gradcheck(lambda x: nets._SoftmaxStats.apply(x, actions, None), (logits,))
+    assert torch.autograd.gradcheck(lambda x: nets._SoftmaxStats.apply(x, actions, None, log_ref), (logits,))
 
 
 def test_softmax_stats_is_fused_from_the_threshold_on(monkeypatch) -> None:
     calls = []
-    monkeypatch.setattr(nets._SoftmaxStats, "apply", lambda logits, actions, shown: calls.append(1) or
-                        composed(logits, actions))
+    monkeypatch.setattr(nets._SoftmaxStats, "apply",
+                        lambda logits, actions, *rest: calls.append(1) or (*composed(logits, actions), None))
     actions = torch.zeros(2, 1, dtype=torch.long)
     softmax_stats(torch.zeros(2, nets.FUSED_STATS_ITEMS - 1), actions)
     assert calls == []  # small catalogues: the composition itself, to the last bit

@@ -9,15 +9,15 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from recrl.algos.backbone import Backbone, KLPenalty, PretrainSettings, copy_frozen, initialise, kl_divergence
+from recrl.algos.backbone import Backbone, KLPenalty, PretrainSettings, copy_frozen, initialise
 from recrl.algos.demonstrations import PlannerDemonstrations
 from recrl.algos.learner_state import LearnerState
 from recrl.algos.nets import (
     ScoreBlock,
     adam,
     choose_by_chunks,
+    kl_divergence,
     mask_shown,
-    policy_entropy,
     sample_top_k,
     skips_shown,
     softmax_stats,
@@ -175,7 +175,9 @@ class SoftmaxActorCritic(LearnerState):
         if weight == 0.0:
             return loss, None
         obs, slates = self.demos.sample(self.generator)
-        term = -weight * self.slate_stats(obs, self.policy.encoder(obs), slates)[0].mean()
+        logits = self.logits(obs) if self.candidates else self.policy.score(self.policy.encoder(obs))
+        shown = obs if self.skip_shown and not self.candidates else None
+        term = -weight * softmax_stats(logits, slates, shown)[0].mean()
         return loss + term, term
 
     @staticmethod
@@ -186,21 +188,16 @@ class SoftmaxActorCritic(LearnerState):
     def policy_terms(self, obs: Obs, state: Tensor, actions: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """``(log-probability of each row's slate, policy entropy, KL to the starting policy)``,
         each ``[N]``, at the encoded ``state`` of ``obs`` for the slates ``actions`` ``[N, K]``
-        (the KL zeros without the leash); with the leash from the whole catalogue's
-        log-probabilities, which the KL needs, otherwise by :meth:`slate_stats`."""
-        if self.leash.reference is None:
-            logp, entropy = self.slate_stats(obs, state, actions)
-            return logp, entropy, logp.new_zeros(logp.shape[0])
-        log_pi = torch.log_softmax(self.logits(obs, state), 1)
-        return log_pi.gather(1, actions).sum(1), policy_entropy(log_pi), self.kl_term(obs, log_pi)
-
-    def slate_stats(self, obs: Obs, state: Tensor, actions: Tensor) -> tuple[Tensor, Tensor]:
-        """``(log-probability of each row's slate, policy entropy)`` ``[N]`` by
-        :func:`~recrl.algos.nets.softmax_stats` (fused from 512 items, the history masked inside
-        it); with ``candidates`` over :meth:`logits`, which masks the rest."""
+        (the KL zeros without the leash), by :func:`~recrl.algos.nets.softmax_stats` (fused
+        from 512 items, the history masked inside it); with ``candidates`` over :meth:`logits`,
+        which masks the rest."""
+        log_ref = None
+        if self.leash.reference is not None:
+            with torch.no_grad():
+                log_ref = torch.log_softmax(self.logits(obs, net=self.leash.reference), 1)
         if self.candidates:
-            return softmax_stats(self.logits(obs, state), actions)
-        return softmax_stats(self.policy.score(state), actions, obs if self.skip_shown else None)
+            return softmax_stats(self.logits(obs, state), actions, log_ref=log_ref)
+        return softmax_stats(self.policy.score(state), actions, obs if self.skip_shown else None, log_ref)
 
     def valid_rows_loss(self, logp: Tensor, entropy: Tensor, kl: Tensor, value: Tensor, advantage: Tensor,
                         target: Tensor, valid: Tensor) -> tuple[Tensor, dict[str, Tensor], Tensor]:

@@ -361,20 +361,6 @@ def saved_policy_state(where: str) -> dict[str, Tensor]:
                      "supervised or bc")
 
 
-def kl_divergence(log_pi: Tensor, log_ref: Tensor) -> Tensor:
-    """``KL(pi || ref)`` ``[B]`` per row of log-probabilities ``[B, N]``, exactly over the
-    catalogue; items ``pi`` gives no probability (``-inf``) add 0.
-
-    Example::
-
-        kl_divergence(torch.tensor([[0.5, 0.5]]).log(), torch.tensor([[0.9, 0.1]]).log())
-        # 0.5 log(0.5/0.9) + 0.5 log(0.5/0.1) = 0.5108
-    """
-    allowed = torch.isfinite(log_pi)
-    diff = torch.where(allowed, log_pi, 0.0) - torch.where(allowed, log_ref, 0.0)
-    return (log_pi.exp() * diff).sum(1)
-
-
 class KLPenalty:
     """The KL leash of RL fine-tuning: ``coef * KL(pi || pi_ref)`` added to the loss, ``pi_ref``
     a frozen copy of the policy as it started (``algo.init_from``'s weights).

@@ -760,11 +760,26 @@ def draw_by_mass(mass: Tensor, u: Tensor) -> Tensor:
     return torch.searchsorted(cumulative, point, right=True)[:, 0]
 
 
+def kl_divergence(log_pi: Tensor, log_ref: Tensor) -> Tensor:
+    """``KL(pi || ref)`` ``[B]`` per row of log-probabilities ``[B, N]``, exactly over the
+    catalogue; items ``pi`` gives no probability (``-inf``) add 0.
+
+    Example::
+
+        kl_divergence(torch.tensor([[0.5, 0.5]]).log(), torch.tensor([[0.9, 0.1]]).log())
+        # 0.5 log(0.5/0.9) + 0.5 log(0.5/0.1) = 0.5108
+    """
+    allowed = torch.isfinite(log_pi)
+    diff = torch.where(allowed, log_pi, 0.0) - torch.where(allowed, log_ref, 0.0)
+    return (log_pi.exp() * diff).sum(1)
+
+
 class _SoftmaxStats(torch.autograd.Function):
     """Forward and backward of :func:`softmax_stats` in a few passes over the logits."""
 
     @staticmethod
-    def forward(ctx: Any, logits: Tensor, actions: Tensor, masked: Tensor | None) -> tuple[Tensor, Tensor]:
+    def forward(ctx: Any, logits: Tensor, actions: Tensor, masked: Tensor | None,
+                log_ref: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
         shifted = logits.clone()
         if masked is not None:
             mask_items_(shifted, masked)
@@ -776,18 +791,25 @@ class _SoftmaxStats(torch.autograd.Function):
         log_p = shifted.sub_(total.log_()).clamp_(min=-MASKED_LOG_P)
         entropy = -torch.linalg.vecdot(p, log_p)
         logp = log_p.gather(1, actions).sum(1)
-        ctx.save_for_backward(p, log_p, entropy, actions)
-        return logp, entropy
+        gap = None if log_ref is None else log_p - log_ref.clamp(min=-MASKED_LOG_P)
+        kl = logp.new_zeros(logp.shape) if gap is None else torch.linalg.vecdot(p, gap)
+        ctx.save_for_backward(p, log_p, entropy, actions, gap, kl)
+        return logp, entropy, kl
 
     @staticmethod
-    def backward(ctx: Any, grad_logp: Tensor, grad_entropy: Tensor) -> tuple[Tensor, None, None]:
-        p, log_p, entropy, actions = ctx.saved_tensors
-        # d logp / d l_j = count_j - K p_j;  d H / d l_j = -p_j (log p_j + H)
+    def backward(ctx: Any, grad_logp: Tensor, grad_entropy: Tensor,
+                 grad_kl: Tensor) -> tuple[Tensor, None, None, None]:
+        p, log_p, entropy, actions, gap, kl = ctx.saved_tensors
+        # d logp / d l_j = count_j - K p_j;  d H / d l_j = -p_j (log p_j + H);
+        # d KL / d l_j = p_j (log p_j - log q_j - KL)
         slope = -grad_entropy[:, None]
         offset = slope * entropy[:, None] - actions.shape[1] * grad_logp[:, None]
-        grad = torch.addcmul(offset, log_p, slope).mul_(p)
+        grad = torch.addcmul(offset, log_p, slope)
+        if gap is not None:
+            grad.sub_(grad_kl[:, None] * kl[:, None]).addcmul_(gap, grad_kl[:, None])
+        grad.mul_(p)
         grad.scatter_add_(1, actions, grad_logp[:, None].expand_as(actions).contiguous())
-        return grad, None, None  # masked items: p = 0 there, so no gradient
+        return grad, None, None, None  # masked items: p = 0 there, so no gradient
 
 
 # the floor of :func:`softmax_stats`' log-probabilities, where items at -inf land: finite (so
@@ -796,26 +818,33 @@ class _SoftmaxStats(torch.autograd.Function):
 MASKED_LOG_P = 1e4
 
 
-def softmax_stats(logits: Tensor, actions: Tensor, obs: Obs | None = None) -> tuple[Tensor, Tensor]:
-    """``(log-probability of each row's slate [B], entropy [B])`` of ``softmax(logits)``
-    (``logits`` ``[B, N]``, items at ``-inf`` masked; ``actions`` ``[B, K]``, the slate's
-    log-probability is the sum over its items, as a policy-gradient learner scores its slates);
-    with ``obs``, the items of its observed history masked as well (as :func:`mask_shown`,
-    inside the fused form's own copy of the logits, where no ``[B, N]`` mask is built).
-    The same numbers and gradients as ``log_softmax`` + ``gather`` + :func:`policy_entropy` up to
-    rounding (the probabilities by ``exp2``, within 4e-6 of ``exp``'s relative to themselves, as
-    in :func:`sample_by_blocks`), in fewer passes over the ``[B, N]`` logits: the forward keeps the
-    probabilities and log-probabilities, and the backward is one fused expression,
-    ``g_l = p * (a log p + b)`` plus the slate's items, where autograd would walk through the
-    softmax, the gather, the ``nan_to_num`` and the product one operation at a time. Below
+def softmax_stats(logits: Tensor, actions: Tensor, obs: Obs | None = None,
+                  log_ref: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """``(log-probability of each row's slate, entropy, KL to a reference)``, each ``[B]``, of
+    ``softmax(logits)`` (``logits`` ``[B, N]``, items at ``-inf`` masked; ``actions`` ``[B, K]``,
+    the slate's log-probability is the sum over its items, as a policy-gradient learner scores
+    its slates); with ``obs``, the items of its observed history masked as well (as
+    :func:`mask_shown`, inside the fused form's own copy of the logits, where no ``[B, N]`` mask
+    is built); with ``log_ref`` (a reference policy's log-probabilities ``[B, N]``, not
+    differentiated, masked where the policy is) ``KL(pi || ref)`` as :func:`kl_divergence`,
+    zeros without. The same numbers and gradients as ``log_softmax`` + ``gather`` +
+    :func:`policy_entropy` + :func:`kl_divergence` up to rounding (the probabilities by
+    ``exp2``, within 4e-6 of ``exp``'s relative to themselves, as in :func:`sample_by_blocks`),
+    in fewer passes over the ``[B, N]`` logits: the forward keeps the probabilities and
+    log-probabilities, and the backward is one fused expression, ``g_l = p * (a log p + c (log p
+    - log q) + b)`` plus the slate's items, where autograd would walk through the softmax, the
+    gather, the ``nan_to_num``, the ``where`` and the products one operation at a time. Below
     :data:`FUSED_STATS_ITEMS` items, where the fused form measured no faster, exactly that
     composition (so runs on small catalogues, the default synthetic world's 500 items among
     them, are unchanged to the last bit)."""
     if logits.shape[1] >= FUSED_STATS_ITEMS:
         shown = None if obs is None else obs.items.reshape(obs.batch_size, -1)
-        return _SoftmaxStats.apply(logits, actions, shown)
+        return _SoftmaxStats.apply(logits, actions, shown, log_ref)
     log_pi = torch.log_softmax(logits if obs is None else mask_shown(logits, obs), 1)
-    return log_pi.gather(1, actions).sum(1), policy_entropy(log_pi)
+    # in this order: autograd sums the three gradients into log_pi in the order they were made
+    logp, entropy = log_pi.gather(1, actions).sum(1), policy_entropy(log_pi)
+    kl = log_pi.new_zeros(log_pi.shape[0]) if log_ref is None else kl_divergence(log_pi, log_ref)
+    return logp, entropy, kl
 
 
 FUSED_STATS_ITEMS = 512  # from this many items softmax_stats runs fused (2,000 items: 2x faster)
