@@ -75,3 +75,9 @@ def share_of_bound(per_second: float, flops_each: int, gflops: float) -> float |
     if flops_each <= 0:
         return None
     return per_second / (gflops * 1e9 / flops_each)
+
+
+def rate_text(per_second: float) -> str:
+    """A rate for a table: whole numbers with thousands separators from 100 on, three significant
+    digits below (an update every few seconds reads 0.312, not 0)."""
+    return f"{per_second:,.0f}" if per_second >= 100 else f"{per_second:.3g}"

@@ -58,7 +58,7 @@ from rich.table import Table
 from torch import Tensor, nn
 
 from recrl.algos.oracle import Oracle, can_plan
-from recrl.benchmark import bench_device, best_seconds, count_flops, matmul_gflops, share_of_bound
+from recrl.benchmark import bench_device, best_seconds, count_flops, matmul_gflops, rate_text, share_of_bound
 from recrl.compile import COMPILE_MODES
 from recrl.config import algo_options, build_algo_by_name, compose_config, group_option, validate
 from recrl.logs import console_logging
@@ -338,7 +338,7 @@ def print_table(rows: list[dict], args: argparse.Namespace, target: float, oracl
         bound = "-" if r["share_of_bound"] is None else f"{r['share_of_bound']:.3g}"
         shape = (f"{r['updates']:,} updates" if r["mode"] == "offline"
                  else f"{r['trainer_steps']:,} x {r['n_users']:,}")
-        table.add_row(r["algo"], r["mode"], shape, f"{r['updates_per_s']:,.0f}",
+        table.add_row(r["algo"], r["mode"], shape, rate_text(r["updates_per_s"]),
                       f"{r['ratio_to_reference']:.3f}", user_steps, bound, f"{r['final_return']:.3f}",
                       reached, share, half)
     Console(width=None if sys.stdout.isatty() else 180).print(table)
@@ -362,7 +362,7 @@ def print_comparison(rows: list[dict], old: dict, path: Path) -> list[dict]:
         change = {"algo": r["algo"], "speed_change": r["updates_per_s"] / o["updates_per_s"],
                   "ratio_change": r["ratio_to_reference"] / old_ratio if old_ratio else None}
         changes.append(change)
-        table.add_row(r["algo"], f"{o['updates_per_s']:,.0f}", f"{r['updates_per_s']:,.0f}",
+        table.add_row(r["algo"], rate_text(o["updates_per_s"]), rate_text(r["updates_per_s"]),
                       f"{change['speed_change']:.2f}", "-" if old_ratio is None else f"{old_ratio:.3f}",
                       f"{r['ratio_to_reference']:.3f}",
                       "-" if change["ratio_change"] is None else f"{change['ratio_change']:.2f}")

@@ -230,6 +230,13 @@ def test_counted_flops_and_the_share_of_the_bound_by_hand() -> None:
     assert share_of_bound(1000.0, 0, 10.0) is None
 
 
+def test_rates_keep_three_significant_digits_below_100() -> None:
+    from recrl.benchmark import rate_text
+
+    assert [rate_text(r) for r in (0.3123, 12.345, 99.94, 100.4, 1234.5)] == \
+        ["0.312", "12.3", "99.9", "100", "1,234"]
+
+
 def test_bench_script_reference_bound_and_compare() -> None:
     """The matmul speed, the reference step, the bound and ``--compare``'s arithmetic (no timing asserted)."""
     bench = load_script("bench_env")
