@@ -85,7 +85,7 @@ class Trainer:
     parallel sweep jobs share a machine without oversubscribing it (applied by the CLI at the
     start of each job, before any data is read). ``keep_freed_memory``: freed memory stays in the
     process for the next step's temporaries instead of going back to the system
-    (:mod:`recrl.memory`; also applied by the CLI at the start of each job).
+    (:mod:`recrl.memory`; applied by the CLI at the start of each job).
 
     Example::
 
@@ -125,7 +125,7 @@ class Trainer:
         self.select_by = select_by
         compile_mode_of(compile_mode)  # checks the value
         self.compile, self.compile_mode = compile, compile_mode
-        self.threads, self.keep_freed_memory = threads, keep_freed_memory
+        self.threads = threads  # keep_freed_memory, like threads, is applied by the CLI per job
 
     @property
     def device(self) -> torch.device:

@@ -175,9 +175,7 @@ class SoftmaxActorCritic(LearnerState):
         if weight == 0.0:
             return loss, None
         obs, slates = self.demos.sample(self.generator)
-        logits = self.logits(obs) if self.candidates else self.policy.score(self.policy.encoder(obs))
-        shown = obs if self.skip_shown and not self.candidates else None
-        term = -weight * softmax_stats(logits, slates, shown)[0].mean()
+        term = -weight * self.slate_stats(obs, self.policy.encoder(obs), slates)[0].mean()
         return loss + term, term
 
     @staticmethod
@@ -188,16 +186,25 @@ class SoftmaxActorCritic(LearnerState):
     def policy_terms(self, obs: Obs, state: Tensor, actions: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """``(log-probability of each row's slate, policy entropy, KL to the starting policy)``,
         each ``[N]``, at the encoded ``state`` of ``obs`` for the slates ``actions`` ``[N, K]``
-        (the KL zeros without the leash), by :func:`~recrl.algos.nets.softmax_stats` (fused
-        from 512 items, the history masked inside it); with ``candidates`` over :meth:`logits`,
-        which masks the rest."""
-        log_ref = None
-        if self.leash.reference is not None:
-            with torch.no_grad():
-                log_ref = torch.log_softmax(self.logits(obs, net=self.leash.reference), 1)
+        (the KL zeros without the leash): :meth:`slate_stats` with the reference's
+        log-probabilities."""
+        log_ref = None if self.leash.reference is None else self.reference_log_probs(obs)
+        return self.slate_stats(obs, state, actions, log_ref)
+
+    def slate_stats(self, obs: Obs, state: Tensor, actions: Tensor,
+                    log_ref: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """:func:`~recrl.algos.nets.softmax_stats` of the policy at the encoded ``state`` of
+        ``obs`` (fused from 512 items, the history masked inside it; with ``candidates`` over
+        :meth:`logits`, which masks the rest)."""
         if self.candidates:
             return softmax_stats(self.logits(obs, state), actions, log_ref=log_ref)
         return softmax_stats(self.policy.score(state), actions, obs if self.skip_shown else None, log_ref)
+
+    @torch.no_grad()
+    def reference_log_probs(self, obs: Obs) -> Tensor:
+        """The frozen starting policy's log-probabilities ``[N, n_items]`` at ``obs`` (the KL
+        leash's reference; masked as the policy is)."""
+        return torch.log_softmax(self.logits(obs, net=self.leash.reference), 1)
 
     def valid_rows_loss(self, logp: Tensor, entropy: Tensor, kl: Tensor, value: Tensor, advantage: Tensor,
                         target: Tensor, valid: Tensor) -> tuple[Tensor, dict[str, Tensor], Tensor]:
@@ -227,9 +234,7 @@ class SoftmaxActorCritic(LearnerState):
         against the frozen starting policy (zeros when the leash is off)."""
         if self.leash.reference is None:
             return log_pi.new_zeros(log_pi.shape[0])
-        with torch.no_grad():
-            log_ref = torch.log_softmax(self.logits(obs, net=self.leash.reference), 1)
-        return kl_divergence(log_pi, log_ref)
+        return kl_divergence(log_pi, self.reference_log_probs(obs))
 
     def leash_stats(self, kl: Tensor, batch: Rollout) -> dict[str, Any]:
         """After an update: adapt the KL coefficient to the update's mean ``kl`` and return what
