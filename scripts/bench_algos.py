@@ -2,8 +2,9 @@
 
 Builds the run's stages once from ``recrl train`` overrides (data, fitted or cached behavior
 model, ground truth), then trains each algorithm at its own default budget, the trainer
-settings of ``recrl train algo=<name>`` (DQN's 1,500 steps of 1,024 users, the others' 6,000
-steps of 256 users or 6,000 updates on logged batches), or at the ``--steps`` and ``--n-users``
+settings of ``recrl train algo=<name>`` (DQN's and C51's 1,500 steps of 1,024 users, PPO's
+1,500 steps of 256 users, the others' 6,000 steps of 256 users or 6,000 updates on logged
+batches: ``conf/algo_trainer/``), or at the ``--steps`` and ``--n-users``
 given for all, and every ``--eval-every`` steps (default: a twelfth of the run) scores it in the
 ground-truth environment (``--eval-episodes`` episodes, not counted in the training time).
 Reports per algorithm: updates/s and user-steps/s of training alone, the final ground-truth
@@ -12,7 +13,8 @@ myopic greedy baseline's (``--target greedy``) or a fixed value (``--target 3.0`
 it never did. On the synthetic world it also evaluates the oracle
 (:class:`recrl.algos.oracle.Oracle`) on the same users and reports each algorithm's final share
 of the oracle's return and the environment steps until it first reached half of it.
-Prints a table and writes JSON.
+Prints a table and writes JSON (each algorithm's ``curve``: every check's step, training
+seconds and ground-truth return, the learning curve a budget is chosen by).
 
 Machines differ in speed by up to 8x, so each run also measures, in the same process:
 
@@ -259,7 +261,9 @@ def bench_one(name: str, stages, args: argparse.Namespace, budget: Budget, targe
             "train_s": train_s, "updates_per_s": stats.updates / train_s,
             "user_steps_per_s": (stats.user_steps / train_s) if algo.mode != "offline" else None,
             "final_return": final, "time_to_target_s": reached,
-            "oracle_share": None if oracle is None else final / oracle, "steps_to_half_oracle": half}
+            "oracle_share": None if oracle is None else final / oracle, "steps_to_half_oracle": half,
+            "curve": [{"step": step, "train_s": t, "return": ret}
+                      for step, (t, ret) in zip(steps_at, curve, strict=False)]}
 
 
 def main() -> None:

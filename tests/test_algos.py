@@ -322,7 +322,7 @@ def test_bench_algos_trains_each_algorithm_at_its_own_budget() -> None:
     dqn, ppo = bench.budget_of("dqn", own), bench.budget_of("ppo", own)
     assert (dqn.steps, dqn.n_users, dqn.eval_every) == (1500, 1024, 125)
     assert dqn.algo.epsilon_decay_steps == 750 and dqn.algo._target_ == "recrl.algos.dqn.DQN"
-    assert (ppo.steps, ppo.n_users, ppo.eval_every) == (6000, 256, 500)
+    assert (ppo.steps, ppo.n_users, ppo.eval_every) == (1500, 256, 125)  # conf/algo_trainer/ppo.yaml
     assert ppo.trainer["batch_size"] == 256 and ppo.algo._target_ == "recrl.algos.ppo.PPO"
     assert not bench.learns("planner") and not bench.learns("greedy") and bench.learns("bc")
     fixed = argparse.Namespace(steps=40, n_users=8, eval_every=10, device="cpu", overrides=["algo.lr=0.01"])
@@ -361,6 +361,10 @@ def test_bench_algos_script_writes_json(tmp_path, monkeypatch, shared_cache) -> 
     assert data["facts"]["greedy_return"] > 0 and data["facts"]["steps"] == 20
     assert all(r["trainer_steps"] == 20 and r["n_users"] == 8 for r in rows.values())
     assert data["facts"]["matmul_gflops"] > 0 and data["facts"]["reference_updates_per_s"] > 0
+    for r in rows.values():  # every ground-truth check of training, in order; the last is the final return
+        assert [c["step"] for c in r["curve"]] == [10, 20]
+        assert r["curve"][-1]["return"] == r["final_return"]
+        assert r["curve"][0]["train_s"] <= r["curve"][1]["train_s"]
     reference = data["facts"]["reference_updates_per_s"]
     for r in rows.values():  # every algorithm's figures divided by the same run's yardsticks
         assert r["ratio_to_reference"] == pytest.approx(r["updates_per_s"] / reference)

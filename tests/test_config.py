@@ -163,7 +163,8 @@ def test_a_dataset_sets_its_behavior_defaults_and_overrides_still_win() -> None:
 
 def test_an_algorithm_sets_its_budget_shape_and_overrides_still_win() -> None:
     """conf/algo_trainer/<algo>.yaml applies to that algorithm only (c51 inherits dqn's algo file
-    and names dqn's shape in its own); a command-line key wins and ``~algo_trainer`` drops it."""
+    and names dqn's shape in its own; ppo has a shape of its own); a command-line key wins and
+    ``~algo_trainer`` drops it."""
     def composed_with(*overrides: str) -> DictConfig:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             return compose("train", overrides=list(overrides))
@@ -183,8 +184,12 @@ def test_an_algorithm_sets_its_budget_shape_and_overrides_still_win() -> None:
     assert (c51.trainer.steps, c51.trainer.n_users, c51.algo.epsilon_decay_steps) == (
         dqn.steps, dqn.n_users, composed_with().algo.epsilon_decay_steps)
     assert composed_with("algo=c51", "~algo_trainer").algo.epsilon_decay_steps == plain_epsilon
-    for other in ("algo=ppo", "algo=slateq", "~algo_trainer"):
-        assert (trainer(other).steps, trainer(other).n_users) == (plain.steps, plain.n_users), other
+    for other in ("algo=slateq", "~algo_trainer", "algo=ppo ~algo_trainer"):
+        got = trainer(*other.split())
+        assert (got.steps, got.n_users) == (plain.steps, plain.n_users), other
+    ppo = trainer("algo=ppo")  # PPO's shape: a quarter of the steps, the same users per step
+    assert (ppo.steps, ppo.n_users) == (plain.steps // 4, plain.n_users)
+    assert trainer("algo=ppo", "trainer.steps=6000").steps == 6000
     assert (trainer("trainer.n_users=256").steps, trainer("trainer.n_users=256").n_users) == (1500, 256)
     assert trainer("experiment=smoke").steps == 60  # an experiment still sets the budget
     algos = {p.stem for p in (CONF_DIR / "algo").glob("*.yaml")}
