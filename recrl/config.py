@@ -43,6 +43,19 @@ def migrate_renamed_keys(cfg: DictConfig) -> DictConfig:
     return cfg
 
 
+def demonstrated_budget(demonstrations: Any, candidates: Any, with_them: int, without_them: int) -> int:
+    """The training steps of a learner that may learn from the planner's demonstrations: the
+    ``${demonstrated_budget:${algo.demonstrations},${algo.candidates},1500,6000}`` of
+    ``conf/algo_trainer/ppo.yaml``. ``with_them`` where it takes demonstrations
+    (``algo.demonstrations`` a number of users or ``auto``), ``without_them`` where it does not
+    (``0``, or ``auto`` with ``algo.candidates``, which turns the automatic ones off): PPO
+    reaches its return within the first 500 steps with them and needs 6,000 without them."""
+    off = demonstrations == 0 or (demonstrations == "auto" and bool(candidates))
+    return int(without_them if off else with_them)
+
+
+OmegaConf.register_new_resolver("demonstrated_budget", demonstrated_budget, replace=True)
+
 VALUE_CHECKED = ("trainer", "eval", "ope", "search")
 """Groups whose classes are cheap to build and check their values in the constructor, so
 :func:`validate` builds them once (a wrong value fails before any data is read)."""

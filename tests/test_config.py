@@ -26,6 +26,7 @@ from recrl.config import (
     build_algo_by_name,
     check_node,
     compose_config,
+    demonstrated_budget,
     group_option,
     validate,
     without_ensemble,
@@ -190,6 +191,10 @@ def test_an_algorithm_sets_its_budget_shape_and_overrides_still_win() -> None:
     ppo = trainer("algo=ppo")  # PPO's shape: a quarter of the steps, the same users per step
     assert (ppo.steps, ppo.n_users) == (plain.steps // 4, plain.n_users)
     assert trainer("algo=ppo", "trainer.steps=6000").steps == 6000
+    assert trainer("algo=ppo", "algo.demonstrations=64").steps == plain.steps // 4
+    # without the planner's demonstrations PPO keeps the default's steps
+    assert trainer("algo=ppo", "algo.demonstrations=0").steps == plain.steps
+    assert trainer("algo=ppo", "algo.candidates=10", "algo.init_from=pretrain").steps == plain.steps
     assert (trainer("trainer.n_users=256").steps, trainer("trainer.n_users=256").n_users) == (1500, 256)
     assert trainer("experiment=smoke").steps == 60  # an experiment still sets the budget
     algos = {p.stem for p in (CONF_DIR / "algo").glob("*.yaml")}
@@ -471,3 +476,11 @@ def test_every_search_composes_with_its_sweeper_and_a_valid_space(name: str) -> 
         assert OmegaConf.select(cfg, dim.key) is not None, dim.key
     if name != "behavior":
         assert cfg.hydra.runtime.choices.algo == name
+
+
+@pytest.mark.parametrize(("demonstrations", "candidates", "steps"),
+                         [("auto", 0, 1500), (512, 0, 1500), (0, 0, 6000), ("auto", 10, 6000), (0, 10, 6000)])
+def test_demonstrated_budget_follows_the_demonstrations(demonstrations, candidates, steps) -> None:
+    """The short budget where the learner takes demonstrations (a number, or ``auto`` without
+    ``candidates``, which turns the automatic ones off), the long one where it does not."""
+    assert demonstrated_budget(demonstrations, candidates, 1500, 6000) == steps
