@@ -50,8 +50,10 @@ def demonstrated_budget(demonstrations: Any, candidates: Any, with_them: int, wi
     (``algo.demonstrations`` a number of users or ``auto``), ``without_them`` where it does not
     (``0``, or ``auto`` with ``algo.candidates``, which turns the automatic ones off): PPO
     reaches its return within the first 500 steps with them and needs 6,000 without them."""
-    off = demonstrations == 0 or (demonstrations == "auto" and bool(candidates))
-    return int(without_them if off else with_them)
+    # the learner's own rule (imported here: the config module stays free of torch until it is used)
+    from recrl.algos.demonstrations import demonstrations_taken
+
+    return int(with_them if demonstrations_taken(demonstrations, candidates) != 0 else without_them)
 
 
 OmegaConf.register_new_resolver("demonstrated_budget", demonstrated_budget, replace=True)

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from recrl.algos.backbone import Backbone, KLPenalty, PretrainSettings, copy_frozen, initialise
-from recrl.algos.demonstrations import PlannerDemonstrations
+from recrl.algos.demonstrations import PlannerDemonstrations, demonstrations_taken
 from recrl.algos.learner_state import LearnerState
 from recrl.algos.nets import (
     ScoreBlock,
@@ -122,8 +122,7 @@ class SoftmaxActorCritic(LearnerState):
             raise RecrlError("algo.kl_coef / kl_target keep the policy near its starting weights, which "
                              "are random without algo.init_from: set algo.init_from=pretrain (or behavior)")
         self.candidates = check_candidates(candidates, self.init_from, demonstrations)
-        if self.candidates and demonstrations == "auto":
-            demonstrations = 0
+        demonstrations = demonstrations_taken(demonstrations, self.candidates)
         # the starting policy, frozen: the KL reference and the report's supervised row
         self.initial = copy_frozen(self.policy) if self.init_from is not None else None
         self.leash = KLPenalty(self.initial, kl_coef, kl_target)

@@ -33,6 +33,12 @@ AUTO_DEMO_BATCHES = 2     # algo.demonstrations=auto: this many batches of train
 AUTO_DEMO_ROWS = 262_144  # ... and at most this many (user, item) model steps a step (512 users x 500 items)
 
 
+def demonstrations_taken(demonstrations: int | str, candidates: int) -> int | str:
+    """``algo.demonstrations`` as a learner applies it: ``auto`` with ``algo.candidates`` is 0
+    (the planner's items may lie outside the candidates); anything else as given."""
+    return 0 if candidates and demonstrations == "auto" else demonstrations
+
+
 def demonstration_users(ctx: AlgoContext, demonstrations: int | str) -> int:
     """How many users' planner sessions to record (``algo.demonstrations``).
 
