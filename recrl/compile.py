@@ -52,8 +52,11 @@ def keep_eager() -> None:
     would be a constant of a new graph; likewise the encoder's check of its cached first-layer
     tables (:class:`recrl.algos.nets.SlotTables`). Done here, at the first compile, so that a
     run without ``trainer.compile`` never imports the compiler (two seconds of start-up)."""
+    from recrl import kernels
     from recrl.algos import nets
 
+    # a Python bool (whether the native search is built): the graph keeps it as a constant
+    torch.compiler.assume_constant_result(kernels.best_dot_ready)
     nets.lerp_weights = _eager(nets.lerp_weights)
     # the table check compares weights with a copy (Python booleans): a graph would hold one
     # answer; eager, the graph after it gets the tables (or None) as inputs

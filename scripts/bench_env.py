@@ -54,7 +54,11 @@ scoring product dominates, and the loop should run near the bound) and its speed
 environment's alone (``acting_over_env``), and the rate of its main product, the scoring of
 every item, alone as a share of the big-matmul rate (``scoring_share_of_matmul``: with a
 width of ``dim + 2`` its shape does not reach the square product's rate, and at large ``N``
-the loop cannot run nearer its bound than that share).
+the loop cannot run nearer its bound than that share). Where greedy acting searches each user's
+best item inside the product instead (``recrl.kernels.best_dot``, a CPU with the native kernel
+built, from ``nets.FUSED_SEARCH_ITEMS`` items, slates of one item), ``fused_search_share_of_matmul``
+is that kernel's rate alone (its FLOPs: the product's and the items' biases; ``machine.native_search``
+says ``built`` or why not).
 
 ``--acting-algo NAME`` times another algorithm's default network instead of DQN's, and
 ``--acting-explore`` acts as training does (``explore=True``: DQN's epsilon-greedy, a
@@ -101,8 +105,9 @@ from rich.console import Console
 from rich.table import Table
 from torch import Tensor
 
+from recrl import kernels
 from recrl.algos.dqn import DQN
-from recrl.algos.nets import ScoreBlock, chunk_rows, scores_by_item
+from recrl.algos.nets import ScoreBlock, chunk_rows, scores_by_item, searches_fused
 from recrl.behavior.ensemble import BehaviorEnsemble, OwnMemberSimulator
 from recrl.behavior.fit import TrainingSettings
 from recrl.behavior.gru import GRUBehavior
@@ -385,11 +390,13 @@ def bench_acting(result: dict, args: argparse.Namespace, gflops: float) -> dict:
     speed = batch * args.steps / best_seconds(lambda: loop.run(args.steps), device, args.repeats)
     policy = loop.policy
     scoring = scoring_gflops(policy, batch, device, args.repeats) if isinstance(policy, DQN) else None
+    fused = fused_search_gflops(policy, batch, device, args.repeats) if isinstance(policy, DQN) else None
     return {**result, "acting_algo": args.acting_algo, "acting_explore": args.acting_explore,
             "acting_user_steps_per_s": speed, "acting_flops_per_user_step": flops,
             "acting_share_of_bound": share_of_bound(speed, flops, gflops),
             "acting_over_env": speed / result["user_steps_per_s"],
-            "scoring_share_of_matmul": None if scoring is None else scoring / gflops}
+            "scoring_share_of_matmul": None if scoring is None else scoring / gflops,
+            "fused_search_share_of_matmul": None if fused is None else fused / gflops}
 
 
 def scoring_gflops(policy: DQN, batch: int, device: torch.device, repeats: int) -> float:
@@ -413,6 +420,27 @@ def scoring_gflops(policy: DQN, batch: int, device: torch.device, repeats: int) 
 
     score()
     return 2 * batch * users.shape[1] * n_items * times / best_seconds(score, device, repeats) / 1e9
+
+
+def fused_search_gflops(policy: DQN, batch: int, device: torch.device, repeats: int) -> float | None:
+    """GFLOP/s of the search fused into the product alone (:func:`recrl.kernels.best_dot` on the
+    policy's ranking factors: ``batch`` users by every item, each user's best item, no scores
+    written), where greedy acting takes it (:func:`~recrl.algos.nets.searches_fused`, slates of
+    one item); else ``None``. Near 1 of the matmul rate, the loop's bound is within reach."""
+    net = policy.q
+    users, items, bias = (t.detach() for t in net.ranking_factors(
+        torch.randn(batch, net.item_out.embedding_dim, device=device)))
+    if policy.ctx.slate_size != 1 or not searches_fused(users, items):
+        return None
+    none, times = torch.zeros(batch, 0, dtype=torch.int64), 10
+
+    def search() -> None:
+        for _ in range(times):
+            kernels.best_dot(users, items, bias, none)
+
+    search()
+    flops = (2 * users.shape[1] + 1) * batch * items.shape[0] * times
+    return flops / best_seconds(search, device, repeats) / 1e9
 
 
 def config_key(result: dict) -> tuple:
@@ -504,7 +532,8 @@ def machine_info(device: torch.device) -> dict:
     cpu = cpu_model()
     info = {"torch": torch.__version__, "python": sys.version.split()[0], "threads": torch.get_num_threads(),
             "cpus": os.cpu_count(), "cpu": cpu, "device": str(device),
-            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu}
+            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu,
+            "native_search": kernels.unavailable_reason() or "built"}
     return info
 
 
@@ -572,9 +601,11 @@ def main() -> None:
                 r = bench_acting(r, args, gflops)
             results.append(r)
             scoring = _fmt(r.get("scoring_share_of_matmul"), ".2f")
+            fused = r.get("fused_search_share_of_matmul")
+            searched = "" if fused is None else f", the search fused into it {fused:.2f}"
             acting = (f", acting {r['acting_user_steps_per_s']:,.0f} "
                       f"({r['acting_share_of_bound']:.3g} of its bound; its scoring product alone "
-                      f"{scoring} of the matmul rate)" if args.acting else "")
+                      f"{scoring} of the matmul rate{searched})" if args.acting else "")
             console.print(f"  {r['model']:>12} N={r['n_items']:>7,} B={r['batch']:>6,} K={r['slate']:>2}: "
                           f"{r['user_steps_per_s']:>13,.0f} user-steps/s, ratio to reference "
                           f"{_fmt(r['ratio_to_reference'], '.3f')}{acting}", highlight=False)
@@ -585,13 +616,14 @@ def main() -> None:
                         f"{'compiled, ' + args.compile_mode + ' mode, ' if args.compile else ''}"
                         f"best of {args.repeats} x {args.steps} steps)")
     acting_columns = ("acting user-steps/s", "acting share of bound", "acting / env",
-                      "scoring / matmul rate") if args.acting else ()
+                      "scoring / matmul rate", "fused search / matmul rate") if args.acting else ()
     for col in ("model", "N items", "B users", "K", "user-steps/s", "ref user-steps/s", "ratio",
                 "bound", "share of bound", *acting_columns, "ms/step", "CPU ms/step", "peak MB"):
         table.add_column(col, justify="right")
     for r in results:
         acting_cells = ((f"{r['acting_user_steps_per_s']:,.0f}", _fmt(r["acting_share_of_bound"], ".3g"),
-                         f"{r['acting_over_env']:.3f}", _fmt(r["scoring_share_of_matmul"], ".2f"))
+                         f"{r['acting_over_env']:.3f}", _fmt(r["scoring_share_of_matmul"], ".2f"),
+                         _fmt(r["fused_search_share_of_matmul"], ".2f"))
                         if args.acting else ())
         table.add_row(r["model"], f"{r['n_items']:,}", f"{r['batch']:,}", str(r["slate"]),
                       f"{r['user_steps_per_s']:,.0f}", _fmt(r["reference_user_steps_per_s"], ",.0f"),
@@ -617,7 +649,9 @@ def main() -> None:
             "DQN's (acting_algo's) act(explore=False) (explore=acting_explore) + env.step loop, "
             "acting_flops_per_user_step (FlopCounterMode), "
             "acting_share_of_bound, acting_over_env = acting / env-only user-steps/s, "
-            "scoring_share_of_matmul = GFLOP/s of the scoring product alone / matmul_gflops (DQN only)")
+            "scoring_share_of_matmul = GFLOP/s of the scoring product alone / matmul_gflops (DQN only), "
+            "fused_search_share_of_matmul = the same of the native search fused into the product "
+            "(recrl.kernels.best_dot; null where acting does not take it, machine.native_search says why)")
     out = {"results": results, "machine": info, "settings": settings, "note": note}
     if comparison is not None:
         out["comparison"] = {"old": str(args.compare), "old_machine": old.get("machine", {}),

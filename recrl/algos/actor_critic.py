@@ -16,6 +16,7 @@ from recrl.algos.nets import (
     ScoreBlock,
     adam,
     choose_by_chunks,
+    fused_greedy,
     kl_divergence,
     mask_shown,
     sample_top_k,
@@ -270,12 +271,17 @@ class SoftmaxActorCritic(LearnerState):
         nor ``sample_in_eval`` is set (the learned policy is stochastic; its mode can differ).
         The users' logits are made, masked and drawn from a chunk of users at a time
         (:func:`~recrl.algos.nets.choose_by_chunks`: in cache, item-major on a CPU from 512
-        items on); with ``candidates`` from the whole batch's logits at once."""
+        items on; one greedy item inside the product, :func:`~recrl.algos.nets.fused_greedy`);
+        with ``candidates`` from the whole batch's logits at once."""
         k, sample = self.ctx.slate_size, explore or self.sample_in_eval
         if self.candidates:
             logits = self.logits(obs)
             return sample_top_k(logits, k, self.generator) if sample else top_k(logits, k)
-        users, items = self.policy.factors(self.policy.encoder(obs))
+        state = self.policy.encoder(obs)
+        fused = None if sample else fused_greedy(self.policy, state, obs, k, self.skip_shown)
+        if fused is not None:
+            return fused
+        users, items = self.policy.factors(state)
         pick = (lambda scores: sample_top_k(scores, k, self.generator, in_place=True)) if sample else None
         return choose_by_chunks(users, items, obs, k, self.skip_shown, self.score_block, pick)
 

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from recrl import kernels
 from recrl.behavior.features import side_features
 from recrl.behavior.sasrec import TransformerBlock, rope_tables
 from recrl.types import AlgoContext, Obs, RecrlError
@@ -468,6 +469,13 @@ class ItemScorer(nn.Module):
         users, items = self.factors(state)
         return (items[slates] @ users[:, :, None])[..., 0]
 
+    def ranking_factors(self, state: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``(users [B, dim], items [n_items, dim], bias [n_items])``: ``users @ items.T + bias``
+        orders every user's items as the scores do (it is the scores less a per-user constant,
+        e.g. :class:`~recrl.algos.dqn.DuelingScorer`'s centring), without the copies of the
+        item table that :meth:`factors` makes to fold the bias in."""
+        return state, self.item_table(), self.bias
+
     def factors(self, state: Tensor) -> tuple[Tensor, Tensor]:
         """``(users [B, D], items [n_items, D])`` whose product ``users @ items.T`` is the scores:
         ``[s | 1] . [E_i | b_i]`` (the bias folded in as a column, so scoring is one matrix product
@@ -642,6 +650,38 @@ def choose_by_chunks(users: Tensor, items: Tensor, obs: Obs, k: int, skip_shown:
 
     return top_k_by_chunks(scores_of, users.shape[0], k, items.shape[0], users.device,
                            block=block, like=users, pick=pick)
+
+
+FUSED_SEARCH_ITEMS = 512  # from this many items a CPU searches greedy items inside the product
+
+
+def searches_fused(users: Tensor, items: Tensor) -> bool:
+    """Whether greedy acting takes each user's best item from the native kernel that searches
+    the scores inside the product (:func:`recrl.kernels.best_dot`; README "A search fused into
+    the product"): float32 on a CPU, no gradient, from :data:`FUSED_SEARCH_ITEMS` items on
+    (below that a step's scores stay in cache anyway, and catalogues the size of the default
+    synthetic world keep their PyTorch path and so their runs' exact numbers), where the kernel
+    is built here."""
+    return (users.device.type == "cpu" and users.dtype == items.dtype == torch.float32
+            and items.shape[0] >= FUSED_SEARCH_ITEMS
+            and not (torch.is_grad_enabled() and (users.requires_grad or items.requires_grad))
+            and kernels.best_dot_ready())
+
+
+def fused_greedy(scorer: ItemScorer, state: Tensor, obs: Obs, k: int, skip_shown: bool) -> Tensor | None:
+    """The greedy slates ``[B, 1]`` of ``scorer`` at the encoded ``state``: each user's best item
+    (with ``skip_shown``, none of the observed history's) searched inside the product by
+    :func:`recrl.kernels.best_dot` on :meth:`ItemScorer.ranking_factors`; ``None`` where that
+    does not apply (slates of more than one item, or not :func:`searches_fused`), for the
+    caller's :func:`choose_by_chunks`."""
+    if k != 1:
+        return None
+    users, items, bias = scorer.ranking_factors(state)
+    if not searches_fused(users, items):
+        return None
+    excluded = obs.items.reshape(obs.batch_size, -1) if skip_shown \
+        else users.new_empty(users.shape[0], 0, dtype=torch.int64)
+    return kernels.best_dot(users, items, bias, excluded)[:, None]
 
 
 def chunk_rows(batch: int, n_items: int, device: torch.device) -> int:

@@ -1,0 +1,165 @@
+"""Native CPU kernels that PyTorch lacks, compiled on first use.
+
+:func:`best_dot`: each user's highest-scoring item of a factorised scorer (``users @ items.T``),
+made and searched in registers tile by tile, so that the ``[users x N]`` scores are never
+written to memory (``best_dot.c``; README "A search fused into the product"). Greedy acting
+over a large catalogue spends as much time writing and re-reading its scores as making them;
+this kernel does the product alone at the matrix-multiply rate.
+
+The C source is compiled once per source and compiler with the machine's C compiler (``$CC``,
+else ``cc``; ``-O3 -mavx512f -mfma -fopenmp``) into ``$RECRL_KERNEL_DIR`` (default
+``~/.cache/recrl/kernels``), written atomically, and loaded with :mod:`ctypes`; its OpenMP
+threads are PyTorch's own (the library resolves ``libgomp.so.1`` to the copy PyTorch loaded).
+Where the CPU has no AVX-512, there is no compiler, the build fails, or ``RECRL_NATIVE=0``,
+:func:`best_dot_ready` is false and callers take their PyTorch path
+(:func:`unavailable_reason` says why).
+
+Example::
+
+    from recrl.kernels import best_dot, best_dot_ready
+
+    if best_dot_ready():
+        best = best_dot(users, items, None, excluded)   # [B] item ids: argmax of users @ items.T
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+import torch.utils.flop_counter
+from torch import Tensor
+
+log = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).with_name("best_dot.c")
+FLAGS = ["-O3", "-mavx512f", "-mfma", "-fopenmp", "-shared", "-fPIC"]
+SMALL_WORK = 1 << 16  # user-item pairs below which one thread scores them (threads cost more)
+
+_why_not: list[str] = []
+
+
+def kernel_dir() -> Path:
+    """Where compiled kernels are kept: ``$RECRL_KERNEL_DIR``, else ``~/.cache/recrl/kernels``."""
+    return Path(os.environ.get("RECRL_KERNEL_DIR") or Path.home() / ".cache" / "recrl" / "kernels")
+
+
+def _compiler() -> str | None:
+    return shutil.which(os.environ.get("CC") or "cc")
+
+
+def _build(compiler: str) -> Path:
+    """The compiled library's path, building it first if this source and compiler have none."""
+    version = subprocess.run([compiler, "--version"], capture_output=True, text=True, check=False).stdout
+    key = hashlib.sha256(SOURCE.read_bytes() + version.encode() + " ".join(FLAGS).encode()).hexdigest()[:16]
+    target = kernel_dir() / f"best_dot-{key}.so"
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, partial = tempfile.mkstemp(suffix=".so", dir=target.parent)
+    os.close(fd)
+    try:
+        done = subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", partial],
+                              capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            last = (done.stderr.strip().splitlines() or ["no message"])[-1]
+            raise OSError(f"{compiler} exited with {done.returncode}: {last}")
+        os.replace(partial, target)  # parallel builders each write their own file; one wins
+    finally:
+        if os.path.exists(partial):
+            os.unlink(partial)
+    return target
+
+
+@functools.cache
+def _library() -> ctypes.CDLL | None:
+    """The loaded kernel library, or ``None`` (the reason in :func:`unavailable_reason`)."""
+    compiler = _compiler()
+    if os.environ.get("RECRL_NATIVE", "1") == "0":
+        reason = "RECRL_NATIVE=0"
+    elif platform.machine().lower() not in ("x86_64", "amd64"):
+        reason = f"an {platform.machine()} CPU (the kernel is AVX-512)"
+    elif torch.backends.cpu.get_cpu_capability() != "AVX512":
+        reason = f"a CPU without AVX-512 (PyTorch reports {torch.backends.cpu.get_cpu_capability()})"
+    elif compiler is None:
+        reason = "no C compiler ($CC or cc)"
+    else:
+        try:
+            library = ctypes.CDLL(str(_build(compiler)))
+        except OSError as error:
+            reason = f"the build failed: {error}"
+        else:
+            pointer, size = ctypes.c_void_p, ctypes.c_int64
+            library.best_dot.argtypes = [pointer, pointer, pointer, size, size, size, pointer, size,
+                                         pointer, ctypes.c_int]
+            library.best_dot.restype = ctypes.c_int
+            return library
+    _why_not.append(reason)
+    log.info("native best_dot unavailable (%s): greedy acting uses the PyTorch path", reason)
+    return None
+
+
+def best_dot_ready() -> bool:
+    """Whether :func:`best_dot` runs the native kernel here (built and loaded on first call; a
+    compiled graph keeps the answer as a constant: :func:`recrl.compile.keep_eager`)."""
+    return _library() is not None
+
+
+def unavailable_reason() -> str | None:
+    """Why the native kernel is not used here, or ``None`` where it is."""
+    return None if best_dot_ready() else _why_not[-1]
+
+
+@torch.library.custom_op("recrl::best_dot", mutates_args=())
+def best_dot(users: Tensor, items: Tensor, bias: Tensor | None, excluded: Tensor) -> Tensor:
+    """The index ``[B]`` of each user's highest score ``users @ items.T + bias`` (``[B, D]`` by
+    ``[N, D]``, plus ``bias`` ``[N]`` where given; float32 on the CPU), skipping each user's
+    ``excluded`` items (``[B, S]`` ids; ids of ``N`` or more, such as padding, are ignored;
+    ``S`` may be 0). Ties keep the first item; a user with every score excluded gets item 0,
+    as ``max`` over ``-inf`` does. The scores are summed in the kernel's own order, so where
+    two items' scores differ by float32 rounding alone the item may differ from another
+    product's. Inputs with a non-finite value or large enough for a score to overflow (and a
+    kernel out of memory) take the PyTorch path, NaN counting highest as in ``max``. Requires
+    :func:`best_dot_ready`."""
+    users, items = users.contiguous(), items.contiguous()
+    bias = None if bias is None else bias.contiguous()
+    excluded = excluded.to(torch.int64).contiguous()
+    (batch, dim), n_items = users.shape, items.shape[0]
+    best = torch.empty(batch, dtype=torch.int64)
+    threads = 1 if batch * n_items < SMALL_WORK else torch.get_num_threads()
+    status = _library().best_dot(users.data_ptr(), items.data_ptr(),
+                                 None if bias is None else bias.data_ptr(), batch, dim, n_items,
+                                 excluded.data_ptr() if excluded.shape[1] else None, excluded.shape[1],
+                                 best.data_ptr(), threads)
+    return best if status == 0 else _best_by_product(users, items, bias, excluded)
+
+
+@best_dot.register_fake
+def _(users: Tensor, items: Tensor, bias: Tensor | None, excluded: Tensor) -> Tensor:
+    return users.new_empty(users.shape[0], dtype=torch.int64)
+
+
+def _best_by_product(users: Tensor, items: Tensor, bias: Tensor | None, excluded: Tensor) -> Tensor:
+    """:func:`best_dot`'s answer by PyTorch's product and ``max``."""
+    scores = users @ items.T if bias is None else torch.addmm(bias, users, items.T)
+    valid = excluded < scores.shape[1]
+    rows = torch.arange(scores.shape[0])[:, None].expand_as(excluded)
+    scores[rows[valid], excluded[valid]] = float("-inf")
+    return scores.max(1).indices
+
+
+@torch.utils.flop_counter.register_flop_formula(torch.ops.recrl.best_dot)
+def _best_dot_flops(users_shape, items_shape, bias_shape, *args, out_shape=None, **kwargs) -> int:
+    """The product's multiply-adds, as ``mm`` counts them, and the bias's adds (the search's
+    comparisons are not counted, as ``max``'s are not)."""
+    scores = users_shape[0] * items_shape[0]
+    return 2 * scores * users_shape[1] + (0 if bias_shape is None else scores)

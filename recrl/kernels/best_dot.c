@@ -1,0 +1,164 @@
+/* best_dot: each user's highest-scoring item, the scores users[u] . items[i] made and searched
+ * tile by tile in registers, never written to memory (recrl/kernels/__init__.py builds and loads
+ * this file; README "A search fused into the product").
+ *
+ * Each thread takes a share of the users and walks the catalogue a panel of PANEL items at a
+ * time: it copies the panel's factors dimension by dimension into its own buffer (zero past the
+ * catalogue's end; the items' biases, if any, as one more row), then scores it against its users
+ * MR at a time. A tile is MR users x TILE
+ * items: MR x NR accumulators of 16 floats (AVX-512), each dimension of the tile's items
+ * loaded once and multiplied with the MR users' factor. After the tile's last FMA each user's
+ * 64 scores are reduced by max into one vector and compared with the user's best score so far;
+ * only where some score beats it (a handful of times per user over the catalogue) are the 64
+ * scores written to the stack and scanned in item order, skipping the user's excluded items.
+ * Ties keep the first item, as torch.max does.
+ */
+#include <immintrin.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <omp.h>
+
+#define MR 6             /* users per tile */
+#define NR 4             /* vectors of 16 items per tile */
+#define TILE (16 * NR)   /* items per tile */
+#define PANEL (8 * TILE) /* items per panel: a panel of 34 dimensions is 70 KB, in L2 */
+
+static int excluded_item(const int64_t *excluded, int64_t count, int64_t item) {
+    for (int64_t j = 0; j < count; ++j)
+        if (excluded[j] == item) return 1;
+    return 0;
+}
+
+/* Scan one user's TILE scores (items base.. in order) for a new best. */
+static void rescan(const float *scores, int64_t base, int64_t n, const int64_t *excluded,
+                   int64_t count, float *best_score, int64_t *best) {
+    for (int j = 0; j < TILE && base + j < n; ++j) {
+        float s = scores[j];
+        if (s > *best_score && !excluded_item(excluded, count, base + j)) {
+            *best_score = s;
+            *best = base + j;
+        }
+    }
+}
+
+/* The largest |x| over n floats, +inf if any is not finite. */
+static float max_abs(const float *x, int64_t n) {
+    const __m512 inf = _mm512_set1_ps(INFINITY);
+    __m512 m = _mm512_setzero_ps();
+    __mmask16 bad = 0;
+    int64_t i = 0;
+    for (; i < n; i += 16) {
+        __mmask16 lanes = n - i >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - i)) - 1);
+        __m512 a = _mm512_abs_ps(_mm512_maskz_loadu_ps(lanes, x + i));
+        bad |= _mm512_cmp_ps_mask(a, inf, _CMP_NLT_UQ);  /* inf or NaN */
+        m = _mm512_max_ps(m, a);
+    }
+    return bad ? INFINITY : _mm512_reduce_max_ps(m);
+}
+
+/* acc[r][c] = the scores of user r for the 16 items 16c.. of the tile at v (item factors
+ * dimension by dimension, row stride PANEL; the tile's biases at bias). */
+static inline __attribute__((always_inline)) void tile_scores(
+        __m512 acc[MR][NR], const float *v, const float *bias, int64_t k, const float *const u[MR]) {
+    for (int c = 0; c < NR; ++c) {
+        __m512 start = _mm512_load_ps(bias + 16 * c);
+        for (int r = 0; r < MR; ++r) acc[r][c] = start;
+    }
+    for (int64_t d = 0; d < k; ++d, v += PANEL) {
+        __m512 vec[NR];
+        for (int c = 0; c < NR; ++c) vec[c] = _mm512_load_ps(v + 16 * c);
+        for (int r = 0; r < MR; ++r) {
+            __m512 a = _mm512_set1_ps(u[r][d]);
+            for (int c = 0; c < NR; ++c) acc[r][c] = _mm512_fmadd_ps(a, vec[c], acc[r][c]);
+        }
+    }
+}
+
+/* The panel of items p0 .. p0 + PANEL (rows of k factors) into pack, dimension by dimension,
+ * then their biases (0 without); zero past item n. */
+static void pack_panel(const float *items, const float *bias, int64_t n, int64_t k, int64_t p0,
+                       float *pack) {
+    int64_t in = n - p0 < PANEL ? n - p0 : PANEL;
+    float *bias_row = pack + k * PANEL;
+    if (bias) memcpy(bias_row, bias + p0, (size_t)in * sizeof(float));
+    else memset(bias_row, 0, (size_t)in * sizeof(float));
+    memset(bias_row + in, 0, (size_t)(PANEL - in) * sizeof(float));
+    for (int64_t d = 0; d < k; ++d) {
+        float *row = pack + d * PANEL;
+        for (int64_t i = 0; i < in; ++i) row[i] = items[(p0 + i) * k + d];
+        memset(row + in, 0, (size_t)(PANEL - in) * sizeof(float));
+    }
+}
+
+/* One thread's users, blocks lo .. hi of MR users, over the whole catalogue. */
+static int best_of_blocks(const float *users, const float *items, const float *bias, int64_t b,
+                          int64_t k, int64_t n, const int64_t *excluded, int64_t count, int64_t *best,
+                          int64_t lo, int64_t hi) {
+    int64_t slots = (hi - lo) * MR;
+    float *pack = aligned_alloc(64, (size_t)((k + 1) * PANEL) * sizeof(float));
+    float *best_score = malloc((size_t)slots * sizeof(float));
+    int64_t *best_item = malloc((size_t)slots * sizeof(int64_t));
+    if (!pack || !best_score || !best_item) {
+        free(pack); free(best_score); free(best_item);
+        return 1;
+    }
+    for (int64_t j = 0; j < slots; ++j) {
+        best_score[j] = -INFINITY;
+        best_item[j] = 0;  /* every score -inf or excluded: item 0, as torch.max over -inf */
+    }
+    float scores[TILE] __attribute__((aligned(64)));
+    for (int64_t p0 = 0; p0 < n; p0 += PANEL) {
+        pack_panel(items, bias, n, k, p0, pack);
+        int64_t tiles_end = n - p0 < PANEL ? n - p0 : PANEL;
+        for (int64_t block = lo; block < hi; ++block) {
+            const int64_t u0 = block * MR;
+            const int rows = (int)(b - u0 < MR ? b - u0 : MR);
+            const float *u[MR];
+            for (int r = 0; r < MR; ++r)  /* a short block repeats its first user */
+                u[r] = users + (u0 + (r < rows ? r : 0)) * k;
+            float *top = best_score + (block - lo) * MR;
+            int64_t *top_item = best_item + (block - lo) * MR;
+            for (int64_t t = 0; t < tiles_end; t += TILE) {
+                __m512 acc[MR][NR];
+                tile_scores(acc, pack + t, pack + k * PANEL + t, k, u);
+                for (int r = 0; r < rows; ++r) {
+                    __m512 m = _mm512_max_ps(_mm512_max_ps(acc[r][0], acc[r][1]),
+                                             _mm512_max_ps(acc[r][2], acc[r][3]));
+                    if (_mm512_cmp_ps_mask(m, _mm512_set1_ps(top[r]), _CMP_GT_OQ)) {
+                        for (int c = 0; c < NR; ++c) _mm512_store_ps(scores + 16 * c, acc[r][c]);
+                        rescan(scores, p0 + t, n, excluded ? excluded + (u0 + r) * count : 0, count,
+                               &top[r], &top_item[r]);
+                    }
+                }
+            }
+        }
+    }
+    for (int64_t block = lo; block < hi; ++block)
+        for (int64_t r = 0; r < MR && block * MR + r < b; ++r)
+            best[block * MR + r] = best_item[(block - lo) * MR + r];
+    free(pack); free(best_score); free(best_item);
+    return 0;
+}
+
+/* The item i of highest users[u] . items[i] + bias[i] for every user u: users [b, k] and items
+ * [n, k] row-major; bias [n] or NULL (none); excluded [b, count] item ids per user (ids >= n,
+ * e.g. padding, never match) or NULL; best [b] out. Returns 0; 1 (best not all written) where
+ * an input is not finite or a score could overflow float32, so that the caller's exact path
+ * decides, NaN rules included; 2 where memory ran out. */
+int best_dot(const float *users, const float *items, const float *bias, int64_t b, int64_t k,
+             int64_t n, const int64_t *excluded, int64_t count, int64_t *best, int threads) {
+    float bound = max_abs(users, b * k) * max_abs(items, n * k) * (float)k
+                  + (bias ? max_abs(bias, n) : 0.0f);
+    if (!(bound < 1e37f)) return 1;
+    const int64_t blocks = (b + MR - 1) / MR;
+    int failed = 0;
+    #pragma omp parallel num_threads(threads) reduction(|:failed)
+    {
+        int64_t share = omp_get_num_threads(), id = omp_get_thread_num();
+        failed |= best_of_blocks(users, items, bias, b, k, n, excluded, count, best,
+                                 blocks * id / share, blocks * (id + 1) / share) ? 2 : 0;
+    }
+    return failed;
+}

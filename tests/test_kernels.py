@@ -1,0 +1,176 @@
+"""The native search fused into the product (``recrl.kernels.best_dot``): each user's best item
+of ``users @ items.T + bias`` without writing the scores, against float64 products by hand; its
+fallbacks; acting through it (``nets.fused_greedy``) eager and compiled."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+from tiny import N_ITEMS, make_ctx, random_obs
+from torch.utils.flop_counter import FlopCounterMode
+
+from recrl import kernels
+from recrl.algos import nets
+from recrl.algos.dqn import DQN
+from recrl.algos.ppo import PPO
+from recrl.compile import compile_function, compile_mode
+
+needs_kernel = pytest.mark.skipif(not kernels.best_dot_ready(),
+                                  reason=f"native kernel not built here: {kernels.unavailable_reason()}")
+
+
+def reference_best(users: torch.Tensor, items: torch.Tensor, bias: torch.Tensor | None,
+                   excluded: torch.Tensor) -> torch.Tensor:
+    """Each row's best item by a float64 product, excluded items (ids below N) at -inf."""
+    scores = users.double() @ items.double().T
+    if bias is not None:
+        scores += bias.double()
+    rows = torch.arange(scores.shape[0])[:, None].expand_as(excluded)
+    real = excluded < scores.shape[1]
+    scores[rows[real], excluded[real]] = float("-inf")
+    return scores.max(1).indices
+
+
+@needs_kernel
+@pytest.mark.parametrize("batch", [1, 5, 6, 7, 13])
+@pytest.mark.parametrize("n_items", [1, 63, 64, 65, 512, 513, 1100])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_best_dot_finds_each_users_best_item_skipping_excluded_ones(batch: int, n_items: int,
+                                                                    with_bias: bool) -> None:
+    gen = torch.Generator().manual_seed(batch * 1000 + n_items)
+    users, items = torch.randn(batch, 7, generator=gen), torch.randn(n_items, 7, generator=gen)
+    bias = torch.randn(n_items, generator=gen) if with_bias else None
+    # ids past the catalogue (history padding) never match; some users exclude their best item
+    excluded = torch.randint(0, n_items + 3, (batch, 4), generator=gen)
+    excluded[::2, 0] = reference_best(users, items, bias, excluded[:, :0])[::2]
+    for excluding in (excluded, excluded[:, :0]):
+        assert torch.equal(kernels.best_dot(users, items, bias, excluding),
+                           reference_best(users, items, bias, excluding))
+
+
+@needs_kernel
+def test_ties_keep_the_first_item_and_a_user_with_every_item_excluded_gets_item_0() -> None:
+    items = torch.zeros(200, 2)
+    items[[70, 150, 199], 0] = 1.0  # three equal best items, in different tiles
+    users = torch.tensor([[1.0, 0.0], [1.0, 0.0], [-1.0, 0.0]])
+    excluded = torch.tensor([[300, 300], [70, 300], [300, 300]])  # 300: padding
+    assert kernels.best_dot(users, items, None, excluded).tolist() == [70, 150, 0]
+    assert kernels.best_dot(users[:1], items[:2], None, torch.tensor([[0, 1]])).tolist() == [0]
+
+
+@needs_kernel
+def test_non_finite_or_overflowing_inputs_take_the_pytorch_path_with_its_nan_rule() -> None:
+    gen = torch.Generator().manual_seed(0)
+    users, items = torch.randn(4, 3, generator=gen), torch.randn(100, 3, generator=gen)
+    none = torch.zeros(4, 0).long()
+    users[1, 0] = float("nan")  # every score of user 1 is NaN: max takes the first, item 0
+    items[40] = torch.tensor([1e30, 1e30, 1e30])  # scores of 1e30 * users could overflow float32
+    expected = (users @ items.T).max(1).indices
+    assert torch.equal(kernels.best_dot(users, items, None, none), expected)
+    assert kernels.best_dot(users, items, None, none)[1] == 0
+
+
+@needs_kernel
+def test_the_flop_counter_counts_the_product_and_the_bias() -> None:
+    users, items, none = torch.randn(8, 4), torch.randn(100, 4), torch.zeros(8, 0).long()
+    with FlopCounterMode(display=False) as counter:
+        kernels.best_dot(users, items, None, none)
+    assert counter.get_total_flops() == 2 * 8 * 4 * 100  # as mm counts [8 x 4] @ [4 x 100]
+    with FlopCounterMode(display=False) as counter:
+        kernels.best_dot(users, items, torch.zeros(100), none)
+    assert counter.get_total_flops() == 2 * 8 * 4 * 100 + 8 * 100
+
+
+@needs_kernel
+def test_best_dot_runs_inside_one_compiled_graph() -> None:
+    def best(users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        return kernels.best_dot(users * 2.0, items, None, users.new_zeros(users.shape[0], 0).long())
+
+    users, items = torch.randn(9, 5), torch.randn(700, 5)
+    compiled = torch.compile(best, fullgraph=True)  # fullgraph: a graph break would raise
+    assert torch.equal(compiled(users, items), best(users, items))
+
+
+def _choices(act, obs) -> torch.Tensor:
+    return act(obs, explore=False)
+
+
+@needs_kernel
+@pytest.mark.parametrize("algo", ["dqn", "ppo"])
+def test_greedy_acting_takes_the_fused_path_from_the_threshold_and_serves_the_best_allowed_item(
+        monkeypatch, algo: str) -> None:
+    """Fused and unfused greedy acting serve the same items (the default DQN's dueling scores
+    and a softmax policy's logits rank as their ranking factors do), none from the history."""
+    monkeypatch.setattr(nets, "FUSED_SEARCH_ITEMS", N_ITEMS)
+    ctx = make_ctx(slate_size=1)
+    policy = DQN(ctx, demonstrations=0, skip_shown=True) if algo == "dqn" \
+        else PPO(ctx, demonstrations=0, skip_shown=True, sample_in_eval=False)
+    obs = random_obs(40, torch.Generator().manual_seed(2), k=1)
+    calls = []
+    real = kernels.best_dot
+    monkeypatch.setattr(kernels, "best_dot", lambda *a: calls.append(1) or real(*a))
+    fused = _choices(policy.act, obs)
+    assert calls, "greedy acting did not take the fused path"
+    monkeypatch.setattr(nets, "FUSED_SEARCH_ITEMS", N_ITEMS + 1)  # below the threshold: unfused
+    calls.clear()
+    assert torch.equal(_choices(policy.act, obs), fused) and not calls
+    history = obs.items.reshape(40, -1)
+    assert not (history == fused).any(1).any()
+
+
+@needs_kernel
+def test_compiled_greedy_acting_through_the_kernel_matches_the_eager_one(monkeypatch) -> None:
+    monkeypatch.setattr(nets, "FUSED_SEARCH_ITEMS", N_ITEMS)
+    dqn = DQN(make_ctx(slate_size=1), demonstrations=0)
+    act = compile_function(dqn.act, compile_mode(), dqn)
+    for seed in range(3):
+        obs = random_obs(16, torch.Generator().manual_seed(seed), k=1)
+        assert torch.equal(act(obs, explore=False), dqn.act(obs, explore=False))
+
+
+def test_slates_of_several_items_and_exploration_keep_the_unfused_path(monkeypatch) -> None:
+    monkeypatch.setattr(nets, "FUSED_SEARCH_ITEMS", 1)
+    monkeypatch.setattr(kernels, "best_dot", lambda *a: pytest.fail("the fused path was taken"))
+    obs = random_obs(8, torch.Generator().manual_seed(0), k=3)
+    DQN(make_ctx(slate_size=3), demonstrations=0).act(obs, explore=False)
+    ppo = PPO(make_ctx(slate_size=1), demonstrations=0)
+    ppo.act(random_obs(8, torch.Generator().manual_seed(0), k=1), explore=True)
+
+
+def test_without_the_kernel_acting_takes_the_pytorch_path(monkeypatch) -> None:
+    monkeypatch.setattr(nets, "FUSED_SEARCH_ITEMS", 1)
+    monkeypatch.setattr(kernels, "best_dot_ready", lambda: False)
+    monkeypatch.setattr(kernels, "best_dot", lambda *a: pytest.fail("the fused path was taken"))
+    obs = random_obs(8, torch.Generator().manual_seed(0), k=1)
+    assert DQN(make_ctx(slate_size=1), demonstrations=0).act(obs, explore=False).shape == (8, 1)
+
+
+def _reason_in_subprocess(tmp_path, **environ: str) -> str:
+    code = "from recrl import kernels; print(kernels.best_dot_ready(), kernels.unavailable_reason())"
+    env = {**__import__("os").environ, "RECRL_KERNEL_DIR": str(tmp_path), **environ}
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                          check=True).stdout.strip()
+
+
+def test_recrl_native_0_turns_the_kernel_off_and_says_so(tmp_path) -> None:
+    assert _reason_in_subprocess(tmp_path, RECRL_NATIVE="0") == "False RECRL_NATIVE=0"
+
+
+@needs_kernel
+def test_a_failing_compiler_leaves_the_pytorch_path_and_no_partial_file(tmp_path) -> None:
+    out = _reason_in_subprocess(tmp_path, CC="false")
+    assert out.startswith("False the build failed: ") and "false exited with 1" in out, out
+    assert list(tmp_path.iterdir()) == []  # the partial build was removed
+
+
+@needs_kernel
+def test_the_kernel_is_built_once_into_the_kernel_dir(tmp_path) -> None:
+    assert _reason_in_subprocess(tmp_path) == "True None"
+    built = list(tmp_path.iterdir())
+    assert len(built) == 1 and built[0].suffix == ".so"
+    stamp = built[0].stat().st_mtime_ns
+    assert _reason_in_subprocess(tmp_path) == "True None"
+    assert list(tmp_path.iterdir()) == built and built[0].stat().st_mtime_ns == stamp  # reused
