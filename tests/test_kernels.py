@@ -174,3 +174,16 @@ def test_the_kernel_is_built_once_into_the_kernel_dir(tmp_path) -> None:
     stamp = built[0].stat().st_mtime_ns
     assert _reason_in_subprocess(tmp_path) == "True None"
     assert list(tmp_path.iterdir()) == built and built[0].stat().st_mtime_ns == stamp  # reused
+
+
+def test_same_bytes_tells_a_copy_from_a_changed_tensor() -> None:
+    a = torch.randn(300, 7)
+    assert kernels.same_bytes(a, a.clone())
+    changed = a.clone()
+    changed[299, 6] += 1.0
+    assert not kernels.same_bytes(a, changed)
+    assert not kernels.same_bytes(a, a[:, :6].contiguous()) and not kernels.same_bytes(a, a.double())
+    nan = torch.tensor([float("nan"), 0.0])
+    assert kernels.same_bytes(nan, nan.clone())  # the same bytes, though NaN != NaN
+    assert not kernels.same_bytes(torch.tensor([0.0]), torch.tensor([-0.0]))
+    assert kernels.same_bytes(a.T, a.T.clone())  # not contiguous: compared by value

@@ -146,8 +146,9 @@ class SlotTables:
     what it learns does not depend on them. An encoder in eval mode always uses them (where no
     gradient flows, on a CPU, outside ``torch.compile`` graphs, up to
     :data:`MAX_TABLE_NUMBERS`), so its outputs depend only on its weights and inputs; the
-    tables are rebuilt when the weights differ, by value, from the copy they were built from
-    (version counters would miss the fused Adam step, which does not bump them). The sums run
+    tables are rebuilt when the weights differ from the copy they were built from, byte by byte
+    (:func:`recrl.kernels.same_bytes`; version counters would miss the fused Adam step, which
+    does not bump them). The sums run
     in another order than the direct pass's: values agree with it to about 1e-6. Not on a GPU,
     where per-operation overhead matters less and comparing weights would wait for the device.
     """
@@ -168,7 +169,7 @@ class SlotTables:
                 or encoder.slots * (encoder.n_items + 1) * first.shape[0] > MAX_TABLE_NUMBERS):
             return None
         weights = encoder.frozen_weights()
-        if self.tables is None or not all(map(torch.equal, self.weights, weights)):
+        if self.tables is None or not all(map(kernels.same_bytes, self.weights, weights)):
             self.weights = [w.detach().clone() for w in weights]
             self.tables = encoder.build_slot_tables()
         return self.tables

@@ -2,9 +2,9 @@
  * tile by tile in registers, never written to memory (recrl/kernels/__init__.py builds and loads
  * this file; README "A search fused into the product").
  *
- * Each thread takes a share of the users and walks the catalogue a panel of PANEL items at a
- * time: it copies the panel's factors dimension by dimension into its own buffer (zero past the
- * catalogue's end; the items' biases, if any, as one more row), then scores it against its users
+ * The threads walk the catalogue a panel of PANEL items at a time: together they copy the
+ * panel's factors dimension by dimension into one buffer (zero past the catalogue's end; the
+ * items' biases, if any, as one more row), then each scores it against its share of the users,
  * MR at a time. A tile is MR users x TILE
  * items: MR x NR accumulators of 16 floats (AVX-512), each dimension of the tile's items
  * loaded once and multiplied with the MR users' factor. After the tile's last FMA each user's
@@ -76,76 +76,60 @@ static inline __attribute__((always_inline)) void tile_scores(
     }
 }
 
-/* The panel of items p0 .. p0 + PANEL (rows of k factors) into pack, dimension by dimension,
- * then their biases (0 without); zero past item n. */
-static void pack_panel(const float *items, const float *bias, int64_t n, int64_t k, int64_t p0,
-                       float *pack) {
-    int64_t in = n - p0 < PANEL ? n - p0 : PANEL;
-    float *bias_row = pack + k * PANEL;
-    if (bias) memcpy(bias_row, bias + p0, (size_t)in * sizeof(float));
-    else memset(bias_row, 0, (size_t)in * sizeof(float));
-    memset(bias_row + in, 0, (size_t)(PANEL - in) * sizeof(float));
-    for (int64_t d = 0; d < k; ++d) {
-        float *row = pack + d * PANEL;
-        for (int64_t i = 0; i < in; ++i) row[i] = items[(p0 + i) * k + d];
-        memset(row + in, 0, (size_t)(PANEL - in) * sizeof(float));
+/* Items p0 + g0 .. p0 + g1 (g0, g1 multiples of 16 within the panel; rows of k factors) into
+ * the panel buffer pack, dimension by dimension (16 items by one gather), then their biases (0
+ * without); zero past item n. */
+static void pack_items(const float *items, const float *bias, int64_t n, int64_t k, int64_t p0,
+                       int64_t g0, int64_t g1, float *pack) {
+    const __m512i rows = _mm512_mullo_epi32(
+        _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15), _mm512_set1_epi32((int)k));
+    for (int64_t g = g0; g < g1; g += 16) {
+        int64_t in = n - (p0 + g);
+        __mmask16 lanes = in >= 16 ? (__mmask16)0xFFFF : in <= 0 ? 0 : (__mmask16)((1u << in) - 1);
+        const float *first = items + (p0 + g) * k;
+        for (int64_t d = 0; d < k; ++d)
+            _mm512_store_ps(pack + d * PANEL + g,
+                            _mm512_mask_i32gather_ps(_mm512_setzero_ps(), lanes, rows, first + d, 4));
+        _mm512_store_ps(pack + k * PANEL + g,
+                        bias ? _mm512_maskz_loadu_ps(lanes, bias + p0 + g) : _mm512_setzero_ps());
     }
 }
 
-/* One thread's users, blocks lo .. hi of MR users, over the whole catalogue. */
-static int best_of_blocks(const float *users, const float *items, const float *bias, int64_t b,
-                          int64_t k, int64_t n, const int64_t *excluded, int64_t count, int64_t *best,
-                          int64_t lo, int64_t hi) {
-    int64_t slots = (hi - lo) * MR;
-    float *pack = aligned_alloc(64, (size_t)((k + 1) * PANEL) * sizeof(float));
-    float *best_score = malloc((size_t)slots * sizeof(float));
-    int64_t *best_item = malloc((size_t)slots * sizeof(int64_t));
-    if (!pack || !best_score || !best_item) {
-        free(pack); free(best_score); free(best_item);
-        return 1;
-    }
-    for (int64_t j = 0; j < slots; ++j) {
-        best_score[j] = -INFINITY;
-        best_item[j] = 0;  /* every score -inf or excluded: item 0, as torch.max over -inf */
-    }
+/* Users of blocks lo .. hi (MR users each) against the packed panel of items p0 ..: each tile's
+ * scores searched for a new best per user (top, top_item: the blocks' running bests). */
+static void search_panel(const float *users, const float *pack, int64_t b, int64_t k, int64_t n,
+                         int64_t p0, const int64_t *excluded, int64_t count, int64_t lo, int64_t hi,
+                         float *best_score, int64_t *best_item) {
     float scores[TILE] __attribute__((aligned(64)));
-    for (int64_t p0 = 0; p0 < n; p0 += PANEL) {
-        pack_panel(items, bias, n, k, p0, pack);
-        int64_t tiles_end = n - p0 < PANEL ? n - p0 : PANEL;
-        for (int64_t block = lo; block < hi; ++block) {
-            const int64_t u0 = block * MR;
-            const int rows = (int)(b - u0 < MR ? b - u0 : MR);
-            const float *u[MR];
-            for (int r = 0; r < MR; ++r)  /* a short block repeats its first user */
-                u[r] = users + (u0 + (r < rows ? r : 0)) * k;
-            float *top = best_score + (block - lo) * MR;
-            int64_t *top_item = best_item + (block - lo) * MR;
-            for (int64_t t = 0; t < tiles_end; t += TILE) {
-                __m512 acc[MR][NR];
-                tile_scores(acc, pack + t, pack + k * PANEL + t, k, u);
-                for (int r = 0; r < rows; ++r) {
-                    __m512 m = _mm512_max_ps(_mm512_max_ps(acc[r][0], acc[r][1]),
-                                             _mm512_max_ps(acc[r][2], acc[r][3]));
-                    if (_mm512_cmp_ps_mask(m, _mm512_set1_ps(top[r]), _CMP_GT_OQ)) {
-                        for (int c = 0; c < NR; ++c) _mm512_store_ps(scores + 16 * c, acc[r][c]);
-                        rescan(scores, p0 + t, n, excluded ? excluded + (u0 + r) * count : 0, count,
-                               &top[r], &top_item[r]);
-                    }
+    const int64_t tiles_end = n - p0 < PANEL ? n - p0 : PANEL;
+    for (int64_t block = lo; block < hi; ++block) {
+        const int64_t u0 = block * MR;
+        const int rows = (int)(b - u0 < MR ? b - u0 : MR);
+        const float *u[MR];
+        for (int r = 0; r < MR; ++r)  /* a short block repeats its first user */
+            u[r] = users + (u0 + (r < rows ? r : 0)) * k;
+        float *top = best_score + u0;
+        int64_t *top_item = best_item + u0;
+        for (int64_t t = 0; t < tiles_end; t += TILE) {
+            __m512 acc[MR][NR];
+            tile_scores(acc, pack + t, pack + k * PANEL + t, k, u);
+            for (int r = 0; r < rows; ++r) {
+                __m512 m = _mm512_max_ps(_mm512_max_ps(acc[r][0], acc[r][1]),
+                                         _mm512_max_ps(acc[r][2], acc[r][3]));
+                if (_mm512_cmp_ps_mask(m, _mm512_set1_ps(top[r]), _CMP_GT_OQ)) {
+                    for (int c = 0; c < NR; ++c) _mm512_store_ps(scores + 16 * c, acc[r][c]);
+                    rescan(scores, p0 + t, n, excluded ? excluded + (u0 + r) * count : 0, count,
+                           &top[r], &top_item[r]);
                 }
             }
         }
     }
-    for (int64_t block = lo; block < hi; ++block)
-        for (int64_t r = 0; r < MR && block * MR + r < b; ++r)
-            best[block * MR + r] = best_item[(block - lo) * MR + r];
-    free(pack); free(best_score); free(best_item);
-    return 0;
 }
 
 /* The item i of highest users[u] . items[i] + bias[i] for every user u: users [b, k] and items
  * [n, k] row-major; bias [n] or NULL (none); excluded [b, count] item ids per user (ids >= n,
- * e.g. padding, never match) or NULL; best [b] out. Returns 0; 1 (best not all written) where
- * an input is not finite or a score could overflow float32, so that the caller's exact path
+ * e.g. padding, never match) or NULL; best [b] out. Returns 0; 1 (best not written) where an
+ * input is not finite or a score could overflow float32, so that the caller's exact path
  * decides, NaN rules included; 2 where memory ran out. */
 int best_dot(const float *users, const float *items, const float *bias, int64_t b, int64_t k,
              int64_t n, const int64_t *excluded, int64_t count, int64_t *best, int threads) {
@@ -153,12 +137,32 @@ int best_dot(const float *users, const float *items, const float *bias, int64_t 
                   + (bias ? max_abs(bias, n) : 0.0f);
     if (!(bound < 1e37f)) return 1;
     const int64_t blocks = (b + MR - 1) / MR;
-    int failed = 0;
-    #pragma omp parallel num_threads(threads) reduction(|:failed)
-    {
-        int64_t share = omp_get_num_threads(), id = omp_get_thread_num();
-        failed |= best_of_blocks(users, items, bias, b, k, n, excluded, count, best,
-                                 blocks * id / share, blocks * (id + 1) / share) ? 2 : 0;
+    float *pack = aligned_alloc(64, (size_t)((k + 1) * PANEL) * sizeof(float));
+    float *best_score = malloc((size_t)(blocks * MR) * sizeof(float));
+    int64_t *best_item = malloc((size_t)(blocks * MR) * sizeof(int64_t));
+    if (!pack || !best_score || !best_item) {
+        free(pack); free(best_score); free(best_item);
+        return 2;
     }
-    return failed;
+    for (int64_t j = 0; j < blocks * MR; ++j) {
+        best_score[j] = -INFINITY;
+        best_item[j] = 0;  /* every score -inf or excluded: item 0, as torch.max over -inf */
+    }
+    /* The threads pack each panel together, then each searches it for its own users. */
+    #pragma omp parallel num_threads(threads)
+    {
+        const int64_t share = omp_get_num_threads(), id = omp_get_thread_num();
+        const int64_t lo = blocks * id / share, hi = blocks * (id + 1) / share;
+        const int64_t groups = PANEL / 16;
+        for (int64_t p0 = 0; p0 < n; p0 += PANEL) {
+            pack_items(items, bias, n, k, p0, 16 * (groups * id / share),
+                       16 * (groups * (id + 1) / share), pack);
+            #pragma omp barrier
+            search_panel(users, pack, b, k, n, p0, excluded, count, lo, hi, best_score, best_item);
+            #pragma omp barrier  /* the panel is searched by all before it is overwritten */
+        }
+    }
+    memcpy(best, best_item, (size_t)b * sizeof(int64_t));
+    free(pack); free(best_score); free(best_item);
+    return 0;
 }
