@@ -55,10 +55,10 @@ environment's alone (``acting_over_env``), and the rate of its main product, the
 every item, alone as a share of the big-matmul rate (``scoring_share_of_matmul``: with a
 width of ``dim + 2`` its shape does not reach the square product's rate, and at large ``N``
 the loop cannot run nearer its bound than that share). Where greedy acting searches each user's
-best item inside the product instead (``recrl.kernels.best_dot``, a CPU with the native kernel
-built, from ``nets.FUSED_SEARCH_ITEMS`` items, slates of one item), ``fused_search_share_of_matmul``
-is that kernel's rate alone (its FLOPs: the product's and the items' biases; ``machine.native_search``
-says ``built`` or why not).
+best items inside the product instead (``recrl.kernels.best_dot``: a CPU with the native kernel
+built, from ``nets.FUSED_SEARCH_ITEMS`` items, slates of up to ``nets.FUSED_MAX_SLATE`` items),
+``fused_search_share_of_matmul`` is that kernel's rate alone (its FLOPs: the product's and the
+items' biases; ``machine.native_search`` says ``built`` or why not).
 
 ``--acting-algo NAME`` times another algorithm's default network instead of DQN's, and
 ``--acting-explore`` acts as training does (``explore=True``: DQN's epsilon-greedy, a
@@ -107,7 +107,7 @@ from torch import Tensor
 
 from recrl import kernels
 from recrl.algos.dqn import DQN
-from recrl.algos.nets import ScoreBlock, chunk_rows, scores_by_item, searches_fused
+from recrl.algos.nets import FUSED_MAX_SLATE, ScoreBlock, chunk_rows, scores_by_item, searches_fused
 from recrl.behavior.ensemble import BehaviorEnsemble, OwnMemberSimulator
 from recrl.behavior.fit import TrainingSettings
 from recrl.behavior.gru import GRUBehavior
@@ -424,19 +424,20 @@ def scoring_gflops(policy: DQN, batch: int, device: torch.device, repeats: int) 
 
 def fused_search_gflops(policy: DQN, batch: int, device: torch.device, repeats: int) -> float | None:
     """GFLOP/s of the search fused into the product alone (:func:`recrl.kernels.best_dot` on the
-    policy's ranking factors: ``batch`` users by every item, each user's best item, no scores
-    written), where greedy acting takes it (:func:`~recrl.algos.nets.searches_fused`, slates of
-    one item); else ``None``. Near 1 of the matmul rate, the loop's bound is within reach."""
+    policy's ranking factors: ``batch`` users by every item, each user's top ``K`` items, no
+    scores written), where greedy acting takes it (:func:`~recrl.algos.nets.searches_fused`,
+    slates of up to ``FUSED_MAX_SLATE`` items); else ``None``. Near 1 of the matmul rate, the
+    loop's bound is within reach."""
     net = policy.q
     users, items, bias = (t.detach() for t in net.ranking_factors(
         torch.randn(batch, net.item_out.embedding_dim, device=device)))
-    if policy.ctx.slate_size != 1 or not searches_fused(users, items):
+    if policy.ctx.slate_size > FUSED_MAX_SLATE or not searches_fused(users, items):
         return None
     none, times = torch.zeros(batch, 0, dtype=torch.int64), 10
 
     def search() -> None:
         for _ in range(times):
-            kernels.best_dot(users, items, bias, none)
+            kernels.best_dot(users, items, bias, none, policy.ctx.slate_size)
 
     search()
     flops = (2 * users.shape[1] + 1) * batch * items.shape[0] * times

@@ -1,4 +1,4 @@
-"""The native search fused into the product (``recrl.kernels.best_dot``): each user's best item
+"""The native search fused into the product (``recrl.kernels.best_dot``): each user's top items
 of ``users @ items.T + bias`` without writing the scores, against float64 products by hand; its
 fallbacks; acting through it (``nets.fused_greedy``) eager and compiled."""
 
@@ -23,15 +23,16 @@ needs_kernel = pytest.mark.skipif(not kernels.best_dot_ready(),
 
 
 def reference_best(users: torch.Tensor, items: torch.Tensor, bias: torch.Tensor | None,
-                   excluded: torch.Tensor) -> torch.Tensor:
-    """Each row's best item by a float64 product, excluded items (ids below N) at -inf."""
+                   excluded: torch.Tensor, top: int = 1) -> torch.Tensor:
+    """Each row's ``top`` best items ``[B, top]`` by a float64 product, excluded items (ids
+    below N) at -inf."""
     scores = users.double() @ items.double().T
     if bias is not None:
         scores += bias.double()
     rows = torch.arange(scores.shape[0])[:, None].expand_as(excluded)
     real = excluded < scores.shape[1]
     scores[rows[real], excluded[real]] = float("-inf")
-    return scores.max(1).indices
+    return scores.topk(top, dim=1).indices
 
 
 @needs_kernel
@@ -45,10 +46,23 @@ def test_best_dot_finds_each_users_best_item_skipping_excluded_ones(batch: int, 
     bias = torch.randn(n_items, generator=gen) if with_bias else None
     # ids past the catalogue (history padding) never match; some users exclude their best item
     excluded = torch.randint(0, n_items + 3, (batch, 4), generator=gen)
-    excluded[::2, 0] = reference_best(users, items, bias, excluded[:, :0])[::2]
+    excluded[::2, 0] = reference_best(users, items, bias, excluded[:, :0])[::2, 0]
     for excluding in (excluded, excluded[:, :0]):
         assert torch.equal(kernels.best_dot(users, items, bias, excluding),
                            reference_best(users, items, bias, excluding))
+
+
+@needs_kernel
+@pytest.mark.parametrize("top", [2, 5, 64])
+@pytest.mark.parametrize("n_items", [80, 700])
+def test_best_dot_finds_each_users_top_items_best_first(top: int, n_items: int) -> None:
+    gen = torch.Generator().manual_seed(top * 10 + n_items)
+    users, items = torch.randn(9, 6, generator=gen), torch.randn(n_items, 6, generator=gen)
+    bias = torch.randn(n_items, generator=gen)
+    excluded = torch.randint(0, n_items + 2, (9, 7), generator=gen)
+    best = kernels.best_dot(users, items, bias, excluded, top)
+    assert best.shape == (9, top)
+    assert torch.equal(best, reference_best(users, items, bias, excluded, top))
 
 
 @needs_kernel
@@ -57,8 +71,21 @@ def test_ties_keep_the_first_item_and_a_user_with_every_item_excluded_gets_item_
     items[[70, 150, 199], 0] = 1.0  # three equal best items, in different tiles
     users = torch.tensor([[1.0, 0.0], [1.0, 0.0], [-1.0, 0.0]])
     excluded = torch.tensor([[300, 300], [70, 300], [300, 300]])  # 300: padding
-    assert kernels.best_dot(users, items, None, excluded).tolist() == [70, 150, 0]
-    assert kernels.best_dot(users[:1], items[:2], None, torch.tensor([[0, 1]])).tolist() == [0]
+    assert kernels.best_dot(users, items, None, excluded).tolist() == [[70], [150], [0]]
+    # the equal items in item order, then the zeros in item order
+    assert kernels.best_dot(users, items, None, excluded, 4).tolist()[0] == [70, 150, 199, 0]
+    assert kernels.best_dot(users[:1], items[:2], None, torch.tensor([[0, 1]])).tolist() == [[0]]
+
+
+@needs_kernel
+def test_users_with_fewer_items_left_than_the_slate_take_topk() -> None:
+    gen = torch.Generator().manual_seed(0)
+    users, items = torch.randn(3, 4, generator=gen), torch.randn(5, 4, generator=gen)
+    excluded = torch.tensor([[0, 1, 2], [9, 9, 9], [9, 9, 9]])  # user 0 has 2 items left
+    best = kernels.best_dot(users, items, None, excluded, 3)
+    scores = users @ items.T
+    scores[0, :3] = float("-inf")
+    assert torch.equal(best, scores.topk(3, dim=1).indices)
 
 
 @needs_kernel
@@ -68,9 +95,9 @@ def test_non_finite_or_overflowing_inputs_take_the_pytorch_path_with_its_nan_rul
     none = torch.zeros(4, 0).long()
     users[1, 0] = float("nan")  # every score of user 1 is NaN: max takes the first, item 0
     items[40] = torch.tensor([1e30, 1e30, 1e30])  # scores of 1e30 * users could overflow float32
-    expected = (users @ items.T).max(1).indices
+    expected = (users @ items.T).max(1).indices[:, None]
     assert torch.equal(kernels.best_dot(users, items, None, none), expected)
-    assert kernels.best_dot(users, items, None, none)[1] == 0
+    assert kernels.best_dot(users, items, None, none)[1, 0] == 0
 
 
 @needs_kernel
@@ -100,15 +127,16 @@ def _choices(act, obs) -> torch.Tensor:
 
 @needs_kernel
 @pytest.mark.parametrize("algo", ["dqn", "ppo"])
-def test_greedy_acting_takes_the_fused_path_from_the_threshold_and_serves_the_best_allowed_item(
-        monkeypatch, algo: str) -> None:
-    """Fused and unfused greedy acting serve the same items (the default DQN's dueling scores
+@pytest.mark.parametrize("slate", [1, 3])
+def test_greedy_acting_takes_the_fused_path_from_the_threshold_and_serves_the_best_allowed_items(
+        monkeypatch, algo: str, slate: int) -> None:
+    """Fused and unfused greedy acting serve the same slates (the default DQN's dueling scores
     and a softmax policy's logits rank as their ranking factors do), none from the history."""
     monkeypatch.setattr(nets, "FUSED_SEARCH_ITEMS", N_ITEMS)
-    ctx = make_ctx(slate_size=1)
+    ctx = make_ctx(slate_size=slate)
     policy = DQN(ctx, demonstrations=0, skip_shown=True) if algo == "dqn" \
         else PPO(ctx, demonstrations=0, skip_shown=True, sample_in_eval=False)
-    obs = random_obs(40, torch.Generator().manual_seed(2), k=1)
+    obs = random_obs(40, torch.Generator().manual_seed(2), k=slate)
     calls = []
     real = kernels.best_dot
     monkeypatch.setattr(kernels, "best_dot", lambda *a: calls.append(1) or real(*a))
@@ -118,7 +146,7 @@ def test_greedy_acting_takes_the_fused_path_from_the_threshold_and_serves_the_be
     calls.clear()
     assert torch.equal(_choices(policy.act, obs), fused) and not calls
     history = obs.items.reshape(40, -1)
-    assert not (history == fused).any(1).any()
+    assert fused.shape == (40, slate) and not (history[:, :, None] == fused[:, None, :]).any()
 
 
 @needs_kernel
@@ -131,8 +159,9 @@ def test_compiled_greedy_acting_through_the_kernel_matches_the_eager_one(monkeyp
         assert torch.equal(act(obs, explore=False), dqn.act(obs, explore=False))
 
 
-def test_slates_of_several_items_and_exploration_keep_the_unfused_path(monkeypatch) -> None:
+def test_long_slates_and_exploration_keep_the_unfused_path(monkeypatch) -> None:
     monkeypatch.setattr(nets, "FUSED_SEARCH_ITEMS", 1)
+    monkeypatch.setattr(nets, "FUSED_MAX_SLATE", 2)
     monkeypatch.setattr(kernels, "best_dot", lambda *a: pytest.fail("the fused path was taken"))
     obs = random_obs(8, torch.Generator().manual_seed(0), k=3)
     DQN(make_ctx(slate_size=3), demonstrations=0).act(obs, explore=False)

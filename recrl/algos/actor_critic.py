@@ -271,7 +271,7 @@ class SoftmaxActorCritic(LearnerState):
         nor ``sample_in_eval`` is set (the learned policy is stochastic; its mode can differ).
         The users' logits are made, masked and drawn from a chunk of users at a time
         (:func:`~recrl.algos.nets.choose_by_chunks`: in cache, item-major on a CPU from 512
-        items on; one greedy item inside the product, :func:`~recrl.algos.nets.fused_greedy`);
+        items on; greedy slates inside the product, :func:`~recrl.algos.nets.fused_greedy`);
         with ``candidates`` from the whole batch's logits at once."""
         k, sample = self.ctx.slate_size, explore or self.sample_in_eval
         if self.candidates:

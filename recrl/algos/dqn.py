@@ -380,8 +380,8 @@ class DQN(LearnerState, ActsGreedily):
     def greedy(self, obs: Obs, net: nn.Module) -> Tensor:
         """Top-``K`` allowed items ``[B, K]`` by ``net``'s Q-values (C51: expected returns): the
         users are encoded together, then scored, masked and searched a block at a time
-        (:func:`choose_by_chunks`, C51 :func:`top_k_by_chunks`; one item from a large catalogue on
-        a CPU inside the product, :func:`fused_greedy`)."""
+        (:func:`choose_by_chunks`, C51 :func:`top_k_by_chunks`; from a large catalogue on a CPU
+        inside the product, :func:`fused_greedy`)."""
         state = net.encoder(obs)
         if not self.atoms:
             fused = fused_greedy(net, state, obs, self.ctx.slate_size, self.skip_shown)

@@ -653,11 +653,11 @@ def choose_by_chunks(users: Tensor, items: Tensor, obs: Obs, k: int, skip_shown:
                            block=block, like=users, pick=pick)
 
 
-FUSED_SEARCH_ITEMS = 512  # from this many items a CPU searches greedy items inside the product
+FUSED_SEARCH_ITEMS = 512  # from this many items a CPU searches greedy slates inside the product
 
 
 def searches_fused(users: Tensor, items: Tensor) -> bool:
-    """Whether greedy acting takes each user's best item from the native kernel that searches
+    """Whether greedy acting takes each user's best items from the native kernel that searches
     the scores inside the product (:func:`recrl.kernels.best_dot`; README "A search fused into
     the product"): float32 on a CPU, no gradient, from :data:`FUSED_SEARCH_ITEMS` items on
     (below that a step's scores stay in cache anyway, and catalogues the size of the default
@@ -669,20 +669,23 @@ def searches_fused(users: Tensor, items: Tensor) -> bool:
             and kernels.best_dot_ready())
 
 
+FUSED_MAX_SLATE = 64  # the most items a slate may have for the fused search (it keeps a list)
+
+
 def fused_greedy(scorer: ItemScorer, state: Tensor, obs: Obs, k: int, skip_shown: bool) -> Tensor | None:
-    """The greedy slates ``[B, 1]`` of ``scorer`` at the encoded ``state``: each user's best item
-    (with ``skip_shown``, none of the observed history's) searched inside the product by
-    :func:`recrl.kernels.best_dot` on :meth:`ItemScorer.ranking_factors`; ``None`` where that
-    does not apply (slates of more than one item, or not :func:`searches_fused`), for the
-    caller's :func:`choose_by_chunks`."""
-    if k != 1:
+    """The greedy slates ``[B, k]`` of ``scorer`` at the encoded ``state``: each user's top
+    ``k`` items, best first (with ``skip_shown``, none of the observed history's), searched
+    inside the product by :func:`recrl.kernels.best_dot` on :meth:`ItemScorer.ranking_factors`;
+    ``None`` where that does not apply (slates of more than :data:`FUSED_MAX_SLATE` items, or
+    not :func:`searches_fused`), for the caller's :func:`choose_by_chunks`."""
+    if k > FUSED_MAX_SLATE:
         return None
     users, items, bias = scorer.ranking_factors(state)
     if not searches_fused(users, items):
         return None
     excluded = obs.items.reshape(obs.batch_size, -1) if skip_shown \
         else users.new_empty(users.shape[0], 0, dtype=torch.int64)
-    return kernels.best_dot(users, items, bias, excluded)[:, None]
+    return kernels.best_dot(users, items, bias, excluded, k)
 
 
 def chunk_rows(batch: int, n_items: int, device: torch.device) -> int:

@@ -1,6 +1,6 @@
 """Native CPU kernels that PyTorch lacks, compiled on first use.
 
-:func:`best_dot`: each user's highest-scoring item of a factorised scorer (``users @ items.T``),
+:func:`best_dot`: each user's highest-scoring items of a factorised scorer (``users @ items.T``),
 made and searched in registers tile by tile, so that the ``[users x N]`` scores are never
 written to memory (``best_dot.c``; README "A search fused into the product"). Greedy acting
 over a large catalogue spends as much time writing and re-reading its scores as making them;
@@ -19,7 +19,7 @@ Example::
     from recrl.kernels import best_dot, best_dot_ready
 
     if best_dot_ready():
-        best = best_dot(users, items, None, excluded)   # [B] item ids: argmax of users @ items.T
+        best = best_dot(users, items, None, excluded, 10)  # [B, 10]: top 10 of users @ items.T
 """
 
 from __future__ import annotations
@@ -117,7 +117,7 @@ def _library() -> ctypes.CDLL | None:
         else:
             pointer, size = ctypes.c_void_p, ctypes.c_int64
             library.best_dot.argtypes = [pointer, pointer, pointer, size, size, size, pointer, size,
-                                         pointer, ctypes.c_int]
+                                         size, pointer, ctypes.c_int]
             library.best_dot.restype = ctypes.c_int
             return library
     _why_not.append(reason)
@@ -137,41 +137,43 @@ def unavailable_reason() -> str | None:
 
 
 @torch.library.custom_op("recrl::best_dot", mutates_args=())
-def best_dot(users: Tensor, items: Tensor, bias: Tensor | None, excluded: Tensor) -> Tensor:
-    """The index ``[B]`` of each user's highest score ``users @ items.T + bias`` (``[B, D]`` by
-    ``[N, D]``, plus ``bias`` ``[N]`` where given; float32 on the CPU), skipping each user's
-    ``excluded`` items (``[B, S]`` ids; ids of ``N`` or more, such as padding, are ignored;
-    ``S`` may be 0). Ties keep the first item; a user with every score excluded gets item 0,
-    as ``max`` over ``-inf`` does. The scores are summed in the kernel's own order, so where
-    two items' scores differ by float32 rounding alone the item may differ from another
-    product's. Inputs with a non-finite value or large enough for a score to overflow (and a
-    kernel out of memory) take the PyTorch path, NaN counting highest as in ``max``. Requires
-    :func:`best_dot_ready`."""
+def best_dot(users: Tensor, items: Tensor, bias: Tensor | None, excluded: Tensor, top: int = 1) -> Tensor:
+    """The indices ``[B, top]`` of each user's ``top`` highest scores ``users @ items.T + bias``
+    (``[B, D]`` by ``[N, D]``, plus ``bias`` ``[N]`` where given; float32 on the CPU), best
+    first, skipping each user's ``excluded`` items (``[B, S]`` ids; ids of ``N`` or more, such
+    as padding, are ignored; ``S`` may be 0). Of equal scores the earlier item comes first
+    (``max``'s rule for one item). The scores are summed in the kernel's own order, so where two
+    items' scores differ by float32 rounding alone the order may differ from another product's.
+    Inputs with a non-finite value or large enough for a score to overflow, a user with fewer
+    than ``top`` items left (and a kernel out of memory) take the PyTorch path: ``max`` for one
+    item (NaN counting highest, item 0 where every item is excluded), ``topk`` for more.
+    Requires :func:`best_dot_ready`."""
     users, items = users.contiguous(), items.contiguous()
     bias = None if bias is None else bias.contiguous()
     excluded = excluded.to(torch.int64).contiguous()
     (batch, dim), n_items = users.shape, items.shape[0]
-    best = torch.empty(batch, dtype=torch.int64)
+    best = torch.empty(batch, top, dtype=torch.int64)
     threads = 1 if batch * n_items < SMALL_WORK else torch.get_num_threads()
     status = _library().best_dot(users.data_ptr(), items.data_ptr(),
                                  None if bias is None else bias.data_ptr(), batch, dim, n_items,
                                  excluded.data_ptr() if excluded.shape[1] else None, excluded.shape[1],
-                                 best.data_ptr(), threads)
-    return best if status == 0 else _best_by_product(users, items, bias, excluded)
+                                 top, best.data_ptr(), threads)
+    return best if status == 0 else _best_by_product(users, items, bias, excluded, top)
 
 
 @best_dot.register_fake
-def _(users: Tensor, items: Tensor, bias: Tensor | None, excluded: Tensor) -> Tensor:
-    return users.new_empty(users.shape[0], dtype=torch.int64)
+def _(users: Tensor, items: Tensor, bias: Tensor | None, excluded: Tensor, top: int = 1) -> Tensor:
+    return users.new_empty(users.shape[0], top, dtype=torch.int64)
 
 
-def _best_by_product(users: Tensor, items: Tensor, bias: Tensor | None, excluded: Tensor) -> Tensor:
-    """:func:`best_dot`'s answer by PyTorch's product and ``max``."""
+def _best_by_product(users: Tensor, items: Tensor, bias: Tensor | None, excluded: Tensor,
+                     top: int) -> Tensor:
+    """:func:`best_dot`'s answer by PyTorch's product and ``max`` (``topk`` for more than one)."""
     scores = users @ items.T if bias is None else torch.addmm(bias, users, items.T)
     valid = excluded < scores.shape[1]
     rows = torch.arange(scores.shape[0])[:, None].expand_as(excluded)
     scores[rows[valid], excluded[valid]] = float("-inf")
-    return scores.max(1).indices
+    return scores.max(1).indices[:, None] if top == 1 else scores.topk(top, dim=1).indices
 
 
 @torch.utils.flop_counter.register_flop_formula(torch.ops.recrl.best_dot)

@@ -1,17 +1,17 @@
-/* best_dot: each user's highest-scoring item, the scores users[u] . items[i] made and searched
- * tile by tile in registers, never written to memory (recrl/kernels/__init__.py builds and loads
- * this file; README "A search fused into the product").
+/* best_dot: each user's `top` highest-scoring items, the scores users[u] . items[i] + bias[i]
+ * made and searched tile by tile in registers, never written to memory
+ * (recrl/kernels/__init__.py builds and loads this file; README "A search fused into the product").
  *
  * The threads walk the catalogue a panel of PANEL items at a time: together they copy the
  * panel's factors dimension by dimension into one buffer (zero past the catalogue's end; the
  * items' biases, if any, as one more row), then each scores it against its share of the users,
- * MR at a time. A tile is MR users x TILE
- * items: MR x NR accumulators of 16 floats (AVX-512), each dimension of the tile's items
- * loaded once and multiplied with the MR users' factor. After the tile's last FMA each user's
- * 64 scores are reduced by max into one vector and compared with the user's best score so far;
- * only where some score beats it (a handful of times per user over the catalogue) are the 64
- * scores written to the stack and scanned in item order, skipping the user's excluded items.
- * Ties keep the first item, as torch.max does.
+ * MR at a time. A tile is MR users x TILE items: MR x NR accumulators of 16 floats (AVX-512),
+ * each dimension of the tile's items loaded once and multiplied with the MR users' factor.
+ * After the tile's last FMA each user's 64 scores are reduced by max into one vector and
+ * compared with the lowest score of the user's list of `top` best so far; only where some score
+ * beats it (a handful of times per user over the catalogue) are the 64 scores written to the
+ * stack and scanned in item order, skipping the user's excluded items, each new entry inserted
+ * in the list by score. Ties keep the earlier item first, as torch.max does.
  */
 #include <immintrin.h>
 #include <math.h>
@@ -31,15 +31,20 @@ static int excluded_item(const int64_t *excluded, int64_t count, int64_t item) {
     return 0;
 }
 
-/* Scan one user's TILE scores (items base.. in order) for a new best. */
+/* Scan one user's TILE scores (items base.. in order) into the user's list of `top` best
+ * (scores in descending order, the last one the bar a new item must beat). */
 static void rescan(const float *scores, int64_t base, int64_t n, const int64_t *excluded,
-                   int64_t count, float *best_score, int64_t *best) {
+                   int64_t count, int64_t top, float *list_score, int64_t *list_item) {
     for (int j = 0; j < TILE && base + j < n; ++j) {
         float s = scores[j];
-        if (s > *best_score && !excluded_item(excluded, count, base + j)) {
-            *best_score = s;
-            *best = base + j;
+        if (!(s > list_score[top - 1]) || excluded_item(excluded, count, base + j)) continue;
+        int64_t at = top - 1;
+        for (; at > 0 && list_score[at - 1] < s; --at) {  /* an equal score stays ahead */
+            list_score[at] = list_score[at - 1];
+            list_item[at] = list_item[at - 1];
         }
+        list_score[at] = s;
+        list_item[at] = base + j;
     }
 }
 
@@ -48,8 +53,7 @@ static float max_abs(const float *x, int64_t n) {
     const __m512 inf = _mm512_set1_ps(INFINITY);
     __m512 m = _mm512_setzero_ps();
     __mmask16 bad = 0;
-    int64_t i = 0;
-    for (; i < n; i += 16) {
+    for (int64_t i = 0; i < n; i += 16) {
         __mmask16 lanes = n - i >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - i)) - 1);
         __m512 a = _mm512_abs_ps(_mm512_maskz_loadu_ps(lanes, x + i));
         bad |= _mm512_cmp_ps_mask(a, inf, _CMP_NLT_UQ);  /* inf or NaN */
@@ -61,12 +65,12 @@ static float max_abs(const float *x, int64_t n) {
 /* acc[r][c] = the scores of user r for the 16 items 16c.. of the tile at v (item factors
  * dimension by dimension, row stride PANEL; the tile's biases at bias). */
 static inline __attribute__((always_inline)) void tile_scores(
-        __m512 acc[MR][NR], const float *v, const float *bias, int64_t k, const float *const u[MR]) {
+        __m512 acc[MR][NR], const float *v, const float *bias, int64_t dims, const float *const u[MR]) {
     for (int c = 0; c < NR; ++c) {
         __m512 start = _mm512_load_ps(bias + 16 * c);
         for (int r = 0; r < MR; ++r) acc[r][c] = start;
     }
-    for (int64_t d = 0; d < k; ++d, v += PANEL) {
+    for (int64_t d = 0; d < dims; ++d, v += PANEL) {
         __m512 vec[NR];
         for (int c = 0; c < NR; ++c) vec[c] = _mm512_load_ps(v + 16 * c);
         for (int r = 0; r < MR; ++r) {
@@ -76,30 +80,32 @@ static inline __attribute__((always_inline)) void tile_scores(
     }
 }
 
-/* Items p0 + g0 .. p0 + g1 (g0, g1 multiples of 16 within the panel; rows of k factors) into
- * the panel buffer pack, dimension by dimension (16 items by one gather), then their biases (0
- * without); zero past item n. */
-static void pack_items(const float *items, const float *bias, int64_t n, int64_t k, int64_t p0,
+/* Items p0 + g0 .. p0 + g1 (g0, g1 multiples of 16 within the panel; rows of dims factors)
+ * into the panel buffer pack, dimension by dimension (16 items by one gather), then their
+ * biases (0 without); zero past item n. */
+static void pack_items(const float *items, const float *bias, int64_t n, int64_t dims, int64_t p0,
                        int64_t g0, int64_t g1, float *pack) {
     const __m512i rows = _mm512_mullo_epi32(
-        _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15), _mm512_set1_epi32((int)k));
+        _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+        _mm512_set1_epi32((int)dims));
     for (int64_t g = g0; g < g1; g += 16) {
         int64_t in = n - (p0 + g);
         __mmask16 lanes = in >= 16 ? (__mmask16)0xFFFF : in <= 0 ? 0 : (__mmask16)((1u << in) - 1);
-        const float *first = items + (p0 + g) * k;
-        for (int64_t d = 0; d < k; ++d)
+        const float *first = items + (p0 + g) * dims;
+        for (int64_t d = 0; d < dims; ++d)
             _mm512_store_ps(pack + d * PANEL + g,
                             _mm512_mask_i32gather_ps(_mm512_setzero_ps(), lanes, rows, first + d, 4));
-        _mm512_store_ps(pack + k * PANEL + g,
+        _mm512_store_ps(pack + dims * PANEL + g,
                         bias ? _mm512_maskz_loadu_ps(lanes, bias + p0 + g) : _mm512_setzero_ps());
     }
 }
 
-/* Users of blocks lo .. hi (MR users each) against the packed panel of items p0 ..: each tile's
- * scores searched for a new best per user (top, top_item: the blocks' running bests). */
-static void search_panel(const float *users, const float *pack, int64_t b, int64_t k, int64_t n,
-                         int64_t p0, const int64_t *excluded, int64_t count, int64_t lo, int64_t hi,
-                         float *best_score, int64_t *best_item) {
+/* Users of blocks lo .. hi (MR users each) against the packed panel of items p0 ..: each
+ * tile's scores searched for entries of the users' lists (list_score, list_item: `top` per
+ * user, user-major). */
+static void search_panel(const float *users, const float *pack, int64_t b, int64_t dims, int64_t n,
+                         int64_t p0, const int64_t *excluded, int64_t count, int64_t top,
+                         int64_t lo, int64_t hi, float *list_score, int64_t *list_item) {
     float scores[TILE] __attribute__((aligned(64)));
     const int64_t tiles_end = n - p0 < PANEL ? n - p0 : PANEL;
     for (int64_t block = lo; block < hi; ++block) {
@@ -107,46 +113,47 @@ static void search_panel(const float *users, const float *pack, int64_t b, int64
         const int rows = (int)(b - u0 < MR ? b - u0 : MR);
         const float *u[MR];
         for (int r = 0; r < MR; ++r)  /* a short block repeats its first user */
-            u[r] = users + (u0 + (r < rows ? r : 0)) * k;
-        float *top = best_score + u0;
-        int64_t *top_item = best_item + u0;
+            u[r] = users + (u0 + (r < rows ? r : 0)) * dims;
         for (int64_t t = 0; t < tiles_end; t += TILE) {
             __m512 acc[MR][NR];
-            tile_scores(acc, pack + t, pack + k * PANEL + t, k, u);
+            tile_scores(acc, pack + t, pack + dims * PANEL + t, dims, u);
             for (int r = 0; r < rows; ++r) {
+                float *user_score = list_score + (u0 + r) * top;
                 __m512 m = _mm512_max_ps(_mm512_max_ps(acc[r][0], acc[r][1]),
                                          _mm512_max_ps(acc[r][2], acc[r][3]));
-                if (_mm512_cmp_ps_mask(m, _mm512_set1_ps(top[r]), _CMP_GT_OQ)) {
+                if (_mm512_cmp_ps_mask(m, _mm512_set1_ps(user_score[top - 1]), _CMP_GT_OQ)) {
                     for (int c = 0; c < NR; ++c) _mm512_store_ps(scores + 16 * c, acc[r][c]);
-                    rescan(scores, p0 + t, n, excluded ? excluded + (u0 + r) * count : 0, count,
-                           &top[r], &top_item[r]);
+                    rescan(scores, p0 + t, n, excluded ? excluded + (u0 + r) * count : 0, count, top,
+                           user_score, list_item + (u0 + r) * top);
                 }
             }
         }
     }
 }
 
-/* The item i of highest users[u] . items[i] + bias[i] for every user u: users [b, k] and items
- * [n, k] row-major; bias [n] or NULL (none); excluded [b, count] item ids per user (ids >= n,
- * e.g. padding, never match) or NULL; best [b] out. Returns 0; 1 (best not written) where an
- * input is not finite or a score could overflow float32, so that the caller's exact path
- * decides, NaN rules included; 2 where memory ran out. */
-int best_dot(const float *users, const float *items, const float *bias, int64_t b, int64_t k,
-             int64_t n, const int64_t *excluded, int64_t count, int64_t *best, int threads) {
-    float bound = max_abs(users, b * k) * max_abs(items, n * k) * (float)k
+/* The `top` items i of highest users[u] . items[i] + bias[i] for every user u, best first:
+ * users [b, dims] and items [n, dims] row-major; bias [n] or NULL (none); excluded [b, count]
+ * item ids per user (ids >= n, e.g. padding, never match) or NULL; best [b, top] out. Returns
+ * 0; otherwise best is not all written and the caller's exact path decides: 1 where an input
+ * is not finite or a score could overflow float32 (NaN rules included), 2 where memory ran
+ * out, 3 where some user has fewer than `top` items not excluded. */
+int best_dot(const float *users, const float *items, const float *bias, int64_t b, int64_t dims,
+             int64_t n, const int64_t *excluded, int64_t count, int64_t top, int64_t *best,
+             int threads) {
+    float bound = max_abs(users, b * dims) * max_abs(items, n * dims) * (float)dims
                   + (bias ? max_abs(bias, n) : 0.0f);
     if (!(bound < 1e37f)) return 1;
     const int64_t blocks = (b + MR - 1) / MR;
-    float *pack = aligned_alloc(64, (size_t)((k + 1) * PANEL) * sizeof(float));
-    float *best_score = malloc((size_t)(blocks * MR) * sizeof(float));
-    int64_t *best_item = malloc((size_t)(blocks * MR) * sizeof(int64_t));
-    if (!pack || !best_score || !best_item) {
-        free(pack); free(best_score); free(best_item);
+    float *pack = aligned_alloc(64, (size_t)((dims + 1) * PANEL) * sizeof(float));
+    float *list_score = malloc((size_t)(blocks * MR * top) * sizeof(float));
+    int64_t *list_item = malloc((size_t)(blocks * MR * top) * sizeof(int64_t));
+    if (!pack || !list_score || !list_item) {
+        free(pack); free(list_score); free(list_item);
         return 2;
     }
-    for (int64_t j = 0; j < blocks * MR; ++j) {
-        best_score[j] = -INFINITY;
-        best_item[j] = 0;  /* every score -inf or excluded: item 0, as torch.max over -inf */
+    for (int64_t j = 0; j < blocks * MR * top; ++j) {
+        list_score[j] = -INFINITY;  /* scores are finite: the first `top` allowed items enter */
+        list_item[j] = -1;
     }
     /* The threads pack each panel together, then each searches it for its own users. */
     #pragma omp parallel num_threads(threads)
@@ -155,14 +162,18 @@ int best_dot(const float *users, const float *items, const float *bias, int64_t 
         const int64_t lo = blocks * id / share, hi = blocks * (id + 1) / share;
         const int64_t groups = PANEL / 16;
         for (int64_t p0 = 0; p0 < n; p0 += PANEL) {
-            pack_items(items, bias, n, k, p0, 16 * (groups * id / share),
+            pack_items(items, bias, n, dims, p0, 16 * (groups * id / share),
                        16 * (groups * (id + 1) / share), pack);
             #pragma omp barrier
-            search_panel(users, pack, b, k, n, p0, excluded, count, lo, hi, best_score, best_item);
+            search_panel(users, pack, b, dims, n, p0, excluded, count, top, lo, hi, list_score,
+                         list_item);
             #pragma omp barrier  /* the panel is searched by all before it is overwritten */
         }
     }
-    memcpy(best, best_item, (size_t)b * sizeof(int64_t));
-    free(pack); free(best_score); free(best_item);
-    return 0;
+    int status = 0;
+    for (int64_t j = 0; j < b * top; ++j)
+        if (list_item[j] < 0) status = 3;
+    if (status == 0) memcpy(best, list_item, (size_t)(b * top) * sizeof(int64_t));
+    free(pack); free(list_score); free(list_item);
+    return status;
 }
