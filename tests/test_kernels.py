@@ -169,6 +169,15 @@ def test_long_slates_and_exploration_keep_the_unfused_path(monkeypatch) -> None:
     ppo.act(random_obs(8, torch.Generator().manual_seed(0), k=1), explore=True)
 
 
+def test_best_dot_without_a_built_kernel_answers_by_the_pytorch_path(monkeypatch) -> None:
+    monkeypatch.setattr(kernels, "_library", lambda: None)
+    gen = torch.Generator().manual_seed(1)
+    users, items, bias = torch.randn(5, 3, generator=gen), torch.randn(40, 3, generator=gen), torch.randn(40)
+    excluded = torch.tensor([[0, 40]] * 5)
+    assert torch.equal(kernels.best_dot(users, items, bias, excluded, 4),
+                       reference_best(users, items, bias, excluded, 4))
+
+
 def test_without_the_kernel_acting_takes_the_pytorch_path(monkeypatch) -> None:
     monkeypatch.setattr(nets, "FUSED_SEARCH_ITEMS", 1)
     monkeypatch.setattr(kernels, "best_dot_ready", lambda: False)

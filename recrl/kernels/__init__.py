@@ -33,6 +33,7 @@ import platform
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -80,9 +81,17 @@ def _build(compiler: str) -> Path:
     return target
 
 
-_libc = ctypes.CDLL(None)  # the C library the process already runs on
-_libc.memcmp.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t]
-_libc.memcmp.restype = ctypes.c_int
+@functools.cache
+def _memcmp() -> Callable[..., int] | None:
+    """The C library's ``memcmp`` (the one the process already runs on), or ``None`` where
+    :mod:`ctypes` cannot reach it."""
+    try:
+        memcmp = ctypes.CDLL(None).memcmp
+    except (OSError, TypeError, AttributeError):
+        return None
+    memcmp.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t]
+    memcmp.restype = ctypes.c_int
+    return memcmp
 
 
 def same_bytes(a: Tensor, b: Tensor) -> bool:
@@ -92,8 +101,9 @@ def same_bytes(a: Tensor, b: Tensor) -> bool:
     equals ``0.0``, NaN equals nothing). A tensor and its copy are the same bytes."""
     if a.shape != b.shape or a.dtype != b.dtype:
         return False
-    if a.device.type == b.device.type == "cpu" and a.is_contiguous() and b.is_contiguous():
-        return _libc.memcmp(a.data_ptr(), b.data_ptr(), a.numel() * a.element_size()) == 0
+    memcmp = _memcmp()
+    if memcmp and a.device.type == b.device.type == "cpu" and a.is_contiguous() and b.is_contiguous():
+        return memcmp(a.data_ptr(), b.data_ptr(), a.numel() * a.element_size()) == 0
     return torch.equal(a, b)
 
 
@@ -145,19 +155,22 @@ def best_dot(users: Tensor, items: Tensor, bias: Tensor | None, excluded: Tensor
     (``max``'s rule for one item). The scores are summed in the kernel's own order, so where two
     items' scores differ by float32 rounding alone the order may differ from another product's.
     Inputs with a non-finite value or large enough for a score to overflow, a user with fewer
-    than ``top`` items left (and a kernel out of memory) take the PyTorch path: ``max`` for one
-    item (NaN counting highest, item 0 where every item is excluded), ``topk`` for more.
-    Requires :func:`best_dot_ready`."""
+    than ``top`` items left (and a kernel out of memory, or none built:
+    :func:`best_dot_ready`) take the PyTorch path: ``max`` for one item (NaN counting highest,
+    item 0 where every item is excluded), ``topk`` for more."""
     users, items = users.contiguous(), items.contiguous()
     bias = None if bias is None else bias.contiguous()
     excluded = excluded.to(torch.int64).contiguous()
+    library = _library()
+    if library is None:
+        return _best_by_product(users, items, bias, excluded, top)
     (batch, dim), n_items = users.shape, items.shape[0]
     best = torch.empty(batch, top, dtype=torch.int64)
     threads = 1 if batch * n_items < SMALL_WORK else torch.get_num_threads()
-    status = _library().best_dot(users.data_ptr(), items.data_ptr(),
-                                 None if bias is None else bias.data_ptr(), batch, dim, n_items,
-                                 excluded.data_ptr() if excluded.shape[1] else None, excluded.shape[1],
-                                 top, best.data_ptr(), threads)
+    status = library.best_dot(users.data_ptr(), items.data_ptr(),
+                              None if bias is None else bias.data_ptr(), batch, dim, n_items,
+                              excluded.data_ptr() if excluded.shape[1] else None, excluded.shape[1],
+                              top, best.data_ptr(), threads)
     return best if status == 0 else _best_by_product(users, items, bias, excluded, top)
 
 
