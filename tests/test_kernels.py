@@ -225,3 +225,28 @@ def test_same_bytes_tells_a_copy_from_a_changed_tensor() -> None:
     assert kernels.same_bytes(nan, nan.clone())  # the same bytes, though NaN != NaN
     assert not kernels.same_bytes(torch.tensor([0.0]), torch.tensor([-0.0]))
     assert kernels.same_bytes(a.T, a.T.clone())  # not contiguous: compared by value
+
+
+@needs_kernel
+@pytest.mark.parametrize("double", [True, False])
+@pytest.mark.parametrize("slate", [1, 3])
+def test_dqn_values_the_next_state_by_the_fused_search_as_by_the_catalogue_scores(
+        monkeypatch, double: bool, slate: int) -> None:
+    """The TD target's ``Q_target(s', a*)``: ``a*`` from the fused search and only its items
+    valued, or both catalogue-wide products; the same numbers up to float32 rounding."""
+    dqn = DQN(make_ctx(slate_size=slate), demonstrations=0, skip_shown=True, double=double)
+    for p in dqn.q_target.parameters():  # a target that differs from the online net
+        p.data.add_(0.1 * torch.randn_like(p))
+    obs = random_obs(30, torch.Generator().manual_seed(4), k=slate)
+    calls = []
+    real = kernels.best_dot
+    monkeypatch.setattr(kernels, "best_dot", lambda *a: calls.append(1) or real(*a))
+    monkeypatch.setattr(nets, "FUSED_SEARCH_ITEMS", N_ITEMS)
+    with torch.no_grad():
+        fused = dqn._next_value(obs)
+        assert calls
+        monkeypatch.setattr(nets, "FUSED_SEARCH_ITEMS", N_ITEMS + 1)
+        calls.clear()
+        unfused = dqn._next_value(obs)
+        assert not calls
+    torch.testing.assert_close(fused, unfused, rtol=1e-5, atol=1e-6)

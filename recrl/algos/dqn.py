@@ -451,15 +451,27 @@ class DQN(LearnerState, ActsGreedily):
         ``q_slate``: the online network's Q-values of the taken slates ``batch.action`` ``[B, K]``."""
         q_taken = q_slate.mean(1)
         with torch.no_grad():
-            q_target_next = self.q_target(batch.next_obs)
-            # a*: the online net's top-K (double DQN) or the target net's own (vanilla max)
-            q_pick = self.q(batch.next_obs) if self.double else q_target_next
-            best_next = top_k(self.allowed(q_pick, batch.next_obs, in_place=q_pick is not q_target_next),
-                              self.ctx.slate_size)
-            q_next = q_target_next.gather(1, best_next).mean(1)
+            q_next = self._next_value(batch.next_obs)
             target = batch.reward + self.gamma**self.n_step * (1.0 - batch.done) * q_next
             self.td_error = (q_taken - target).abs() * batch.valid
         return F.smooth_l1_loss(q_taken, target, reduction="none"), q_taken
+
+    def _next_value(self, next_obs: Obs) -> Tensor:
+        """``Q_target(s', a*)`` ``[B]`` (the mean over the slate ``a*``): ``a*`` the online net's
+        top-K (double DQN) or the target net's own (vanilla max). Where the native search
+        applies (:func:`fused_greedy`), ``a*`` is searched inside the product and only its items
+        are valued, instead of two catalogue-wide products."""
+        target_state = self.q_target.encoder(next_obs)
+        picker = self.q if self.double else self.q_target
+        pick_state = picker.encoder(next_obs) if self.double else target_state
+        best_next = fused_greedy(picker, pick_state, next_obs, self.ctx.slate_size, self.skip_shown)
+        if best_next is not None:
+            return self.q_target.score_items(target_state, best_next).mean(1)
+        q_target_next = self.q_target.score(target_state)
+        q_pick = picker.score(pick_state) if self.double else q_target_next
+        best_next = top_k(self.allowed(q_pick, next_obs, in_place=q_pick is not q_target_next),
+                          self.ctx.slate_size)
+        return q_target_next.gather(1, best_next).mean(1)
 
     def _categorical_loss(self, batch: Transition, state: Tensor) -> tuple[Tensor, Tensor]:
         """Per-row C51 cross-entropy ``[B]`` (mean over the slate) and ``Q(s, slate)`` ``[B]``;
