@@ -250,3 +250,32 @@ def test_dqn_values_the_next_state_by_the_fused_search_as_by_the_catalogue_score
         unfused = dqn._next_value(obs)
         assert not calls
     torch.testing.assert_close(fused, unfused, rtol=1e-5, atol=1e-6)
+
+
+@needs_kernel
+@pytest.mark.parametrize("slate", [1, 3])
+def test_dqfd_margin_loss_from_the_best_rivals_equals_the_catalogue_wide_one(monkeypatch, slate: int) -> None:
+    """The margin loss from the fused search's best rivals and the demonstrated items: the same
+    value and the same gradient as from every item's Q-value."""
+    monkeypatch.setattr(nets, "FUSED_SEARCH_ITEMS", N_ITEMS)
+    dqn = DQN(make_ctx(slate_size=slate), demonstrations=0, skip_shown=True, demo_margin=0.3)
+    obs = random_obs(25, torch.Generator().manual_seed(5), k=slate)
+    shown = torch.stack([torch.randperm(N_ITEMS, generator=torch.Generator().manual_seed(i))[:slate]
+                         for i in range(25)])
+
+    def loss_and_grads(fused: bool) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        dqn.q.zero_grad()
+        state = dqn.q.encoder(obs)
+        rivals = dqn._margin_rivals(obs, shown, state)
+        assert rivals is not None and rivals.shape == (25, slate)
+        loss = dqn._fused_margin_loss(shown, state, rivals) if fused \
+            else dqn._demo_loss(obs, shown, dqn.q.score(state))
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in dqn.q.parameters() if p.grad is not None]
+
+    fused_loss, fused_grads = loss_and_grads(True)
+    loss, grads = loss_and_grads(False)
+    assert float(loss) > 0  # some rival within the margin: the loss is not trivially 0
+    torch.testing.assert_close(fused_loss, loss, rtol=1e-5, atol=1e-6)
+    for g, h in zip(fused_grads, grads, strict=True):
+        torch.testing.assert_close(g, h, rtol=1e-4, atol=1e-6)

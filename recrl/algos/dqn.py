@@ -414,20 +414,24 @@ class DQN(LearnerState, ActsGreedily):
         obs = batch.obs if demo is None else cat_obs([batch.obs, demo[0]])
         state = self.q.encoder(obs)
         rows = batch.reward.shape[0]
+        rivals = None
         if self.atoms:
             per_row, q_taken = self._categorical_loss(batch, state[:rows])
             demo_q = None if demo is None else self.q.logits(state[rows:]).softmax(-1) @ self.support
         else:
-            # the TD loss needs only the taken items' Q; the margin loss needs every item's
+            # the TD loss needs only the taken items' Q; the margin loss every item's, or where
+            # the native search applies only the best rivals'
             per_row, q_taken = self._td_loss(batch, self.q.score_items(state[:rows], batch.action))
-            demo_q = None if demo is None else self.q.score(state[rows:])
+            rivals = None if demo is None else self._margin_rivals(demo[0], demo[1], state[rows:])
+            demo_q = None if demo is None or rivals is not None else self.q.score(state[rows:])
         if weights is not None:
             per_row = per_row * weights
         loss = (per_row * batch.valid).sum()
         loss = loss / batch.valid.sum().clamp(min=1.0)
         stats = {}
         if demo is not None:
-            demo_loss = self._demo_loss(demo[0], demo[1], demo_q)
+            demo_loss = self._demo_loss(demo[0], demo[1], demo_q) if rivals is None \
+                else self._fused_margin_loss(demo[1], state[rows:], rivals)
             loss = loss + weight * demo_loss
             stats["train/demo_loss"] = demo_loss.detach()
         gradient_step(self.optimizer, loss, self.q.parameters(), self.grad_clip)
@@ -445,6 +449,27 @@ class DQN(LearnerState, ActsGreedily):
         differentiable) toward the planner's slates ``shown``; the rivals are the items the policy
         may pick."""
         return margin_loss(q, self.allowed(q, obs), shown, self.demo_margin)
+
+    def _margin_rivals(self, obs: Obs, shown: Tensor, state: Tensor) -> Tensor | None:
+        """The demonstrations' best ``K`` rivals ``[B, K]`` for :meth:`_fused_margin_loss`: the
+        top ``K`` by ``Q`` of the items the policy may pick that were not demonstrated (all of
+        them have the margin, so they lead ``Q + margin`` among the non-demonstrated), searched
+        inside the product (:func:`fused_greedy`); ``None`` where the search does not apply."""
+        with torch.no_grad():
+            return fused_greedy(self.q, state, obs, shown.shape[1], self.skip_shown, also_excluded=shown)
+
+    def _fused_margin_loss(self, shown: Tensor, state: Tensor, rivals: Tensor) -> Tensor:
+        """:func:`~recrl.algos.demonstrations.margin_loss` from the ``2K`` items it reads: the
+        best ``K`` rivals (:meth:`_margin_rivals`) and the ``K`` demonstrated items hold the top
+        ``K`` of ``Q + margin * [not demonstrated]``, so only they are valued, with their gradient
+        (:meth:`~recrl.algos.nets.ItemScorer.score_items`), in place of every item's. The same
+        loss up to float32 rounding."""
+        k = shown.shape[1]
+        values = self.q.score_items(state, torch.cat([rivals, shown], 1))  # [B, 2K]
+        bonus = torch.zeros_like(values)
+        bonus[:, :k] = self.demo_margin  # the rivals have the margin, the demonstrated items not
+        rival = (values + bonus).topk(k, dim=1).values.mean(1)
+        return (rival - values[:, k:].mean(1)).mean()
 
     def _td_loss(self, batch: Transition, q_slate: Tensor) -> tuple[Tensor, Tensor]:
         """Per-row Huber loss ``[B]`` and ``Q(s, slate)`` ``[B]`` of scalar (double) DQN;

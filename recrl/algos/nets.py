@@ -672,19 +672,23 @@ def searches_fused(users: Tensor, items: Tensor) -> bool:
 FUSED_MAX_SLATE = 64  # the most items a slate may have for the fused search (it keeps a list)
 
 
-def fused_greedy(scorer: ItemScorer, state: Tensor, obs: Obs, k: int, skip_shown: bool) -> Tensor | None:
+def fused_greedy(scorer: ItemScorer, state: Tensor, obs: Obs, k: int, skip_shown: bool,
+                 also_excluded: Tensor | None = None) -> Tensor | None:
     """The greedy slates ``[B, k]`` of ``scorer`` at the encoded ``state``: each user's top
-    ``k`` items, best first (with ``skip_shown``, none of the observed history's), searched
-    inside the product by :func:`recrl.kernels.best_dot` on :meth:`ItemScorer.ranking_factors`;
-    ``None`` where that does not apply (slates of more than :data:`FUSED_MAX_SLATE` items, or
-    not :func:`searches_fused`), for the caller's :func:`choose_by_chunks`."""
+    ``k`` items, best first (with ``skip_shown``, none of the observed history's; none of
+    ``also_excluded`` ``[B, S]``), searched inside the product by :func:`recrl.kernels.best_dot`
+    on :meth:`ItemScorer.ranking_factors`; ``None`` where that does not apply (slates of more
+    than :data:`FUSED_MAX_SLATE` items, or not :func:`searches_fused`), for the caller's
+    :func:`choose_by_chunks`."""
     if k > FUSED_MAX_SLATE:
         return None
     users, items, bias = scorer.ranking_factors(state)
     if not searches_fused(users, items):
         return None
-    excluded = obs.items.reshape(obs.batch_size, -1) if skip_shown \
-        else users.new_empty(users.shape[0], 0, dtype=torch.int64)
+    excluded = [obs.items.reshape(obs.batch_size, -1)] if skip_shown else []
+    if also_excluded is not None:
+        excluded.append(also_excluded)
+    excluded = torch.cat(excluded, 1) if excluded else users.new_empty(users.shape[0], 0, dtype=torch.int64)
     return kernels.best_dot(users, items, bias, excluded, k)
 
 
