@@ -51,7 +51,9 @@ def keep_eager() -> None:
     (weight averaging's step size, :func:`recrl.algos.nets.lerp_weights`): traced, each value
     would be a constant of a new graph; likewise the encoder's check of its cached first-layer
     tables (:class:`recrl.algos.nets.SlotTables`). Done here, at the first compile, so that a
-    run without ``trainer.compile`` never imports the compiler (two seconds of start-up)."""
+    run without ``trainer.compile`` does not import the compiler for it (about a second of
+    start-up; in torch 2.13 constructing ``torch.optim.Adam`` imports TorchDynamo anyway, so
+    of the runs without ``trainer.compile`` only those without a gradient learner save it)."""
     from recrl import kernels
     from recrl.algos import nets
 
