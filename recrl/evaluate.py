@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import Tensor
 
 import recrl
+from recrl import kernels
 from recrl.algos.oracle import Oracle, can_plan
 from recrl.behavior.fidelity import fidelity_report
 from recrl.behavior.offline import RANKING_SPLITS, offline_ranking, policy_ranking
@@ -327,9 +328,11 @@ def behavior_sections(cfg: DictConfig, stages: Stages, evaluation: Evaluation, e
 
 
 def run_facts(cfg: DictConfig, run_dir: Path, device: torch.device) -> dict[str, Any]:
-    """Run directory, seed, device, CPU threads, resolved config and versions: the head of every report."""
+    """Run directory, seed, device, CPU threads, whether the native search is built (``built``
+    or why not: greedy acting on a CPU from 512 items searches inside the product with it,
+    :mod:`recrl.kernels`), resolved config and versions: the head of every report."""
     return {"run_dir": str(run_dir), "seed": int(cfg.seed), "device": str(device),
-            "threads": torch.get_num_threads(),
+            "threads": torch.get_num_threads(), "native_search": kernels.unavailable_reason() or "built",
             "config": OmegaConf.to_container(cfg, resolve=True),
             "versions": {"recrl": recrl.__version__, "torch": torch.__version__,
                          "python": platform.python_version()}}

@@ -17,7 +17,7 @@ import pytest
 import torch
 from tiny import load_script, run_recrl
 
-from recrl import api
+from recrl import api, kernels
 from recrl.checkpoint import load_checkpoint
 from recrl.cli import _combinations, check_overrides, main
 from recrl.ope.evaluation import OffPolicyEvaluation
@@ -78,6 +78,7 @@ def test_train_writes_the_run_folder(trained_run: tuple[Path, Path]) -> None:
     assert ret["n"] == 64 and ret["ci95"] > 0
     assert 0 < report["behavior"]["valid_click_auc"] <= 1
     assert report["seed"] == 0 and report["versions"]["torch"]
+    assert report["native_search"] == (kernels.unavailable_reason() or "built")
     ckpt = load_checkpoint(run / "checkpoints" / "last.pt")
     assert ckpt["algo_name"] == algo and ckpt["step"] in (60, 70)  # on-policy: whole episodes of 10 steps
 
