@@ -4,6 +4,7 @@ fallbacks; acting through it (``nets.fused_greedy``) eager and compiled."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -121,10 +122,6 @@ def test_best_dot_runs_inside_one_compiled_graph() -> None:
     assert torch.equal(compiled(users, items), best(users, items))
 
 
-def _choices(act, obs) -> torch.Tensor:
-    return act(obs, explore=False)
-
-
 @needs_kernel
 @pytest.mark.parametrize("algo", ["dqn", "ppo"])
 @pytest.mark.parametrize("slate", [1, 3])
@@ -140,11 +137,11 @@ def test_greedy_acting_takes_the_fused_path_from_the_threshold_and_serves_the_be
     calls = []
     real = kernels.best_dot
     monkeypatch.setattr(kernels, "best_dot", lambda *a: calls.append(1) or real(*a))
-    fused = _choices(policy.act, obs)
+    fused = policy.act(obs, explore=False)
     assert calls, "greedy acting did not take the fused path"
     monkeypatch.setattr(nets, "FUSED_SEARCH_ITEMS", N_ITEMS + 1)  # below the threshold: unfused
     calls.clear()
-    assert torch.equal(_choices(policy.act, obs), fused) and not calls
+    assert torch.equal(policy.act(obs, explore=False), fused) and not calls
     history = obs.items.reshape(40, -1)
     assert fused.shape == (40, slate) and not (history[:, :, None] == fused[:, None, :]).any()
 
@@ -187,8 +184,10 @@ def test_without_the_kernel_acting_takes_the_pytorch_path(monkeypatch) -> None:
 
 
 def _reason_in_subprocess(tmp_path, **environ: str) -> str:
+    """``best_dot_ready()`` and ``unavailable_reason()`` of a fresh process building into
+    ``tmp_path`` with the extra environment variables ``environ``."""
     code = "from recrl import kernels; print(kernels.best_dot_ready(), kernels.unavailable_reason())"
-    env = {**__import__("os").environ, "RECRL_KERNEL_DIR": str(tmp_path), **environ}
+    env = {**os.environ, "RECRL_KERNEL_DIR": str(tmp_path), **environ}
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
                           check=True).stdout.strip()
 
