@@ -107,7 +107,7 @@ from torch import Tensor
 
 from recrl import kernels
 from recrl.algos.dqn import DQN
-from recrl.algos.nets import FUSED_MAX_SLATE, ScoreBlock, chunk_rows, scores_by_item, searches_fused
+from recrl.algos.nets import ScoreBlock, chunk_rows, scores_by_item, searches_fused
 from recrl.behavior.ensemble import BehaviorEnsemble, OwnMemberSimulator
 from recrl.behavior.fit import TrainingSettings
 from recrl.behavior.gru import GRUBehavior
@@ -399,49 +399,55 @@ def bench_acting(result: dict, args: argparse.Namespace, gflops: float) -> dict:
             "fused_search_share_of_matmul": None if fused is None else fused / gflops}
 
 
+def gflops_of(once: Callable[[], object], flops: float, device: torch.device, repeats: int,
+              times: int = 10) -> float:
+    """GFLOP/s of ``once`` (``flops`` FLOPs a call): the best of ``repeats`` timings of ``times``
+    calls, after one warm-up."""
+    def run() -> None:
+        for _ in range(times):
+            once()
+
+    run()
+    return flops * times / best_seconds(run, device, repeats) / 1e9
+
+
+def random_state(policy: DQN, batch: int, device: torch.device) -> Tensor:
+    """An encoded state ``[batch, dim]`` for ``policy``'s Q-network (speed does not depend on it)."""
+    return torch.randn(batch, policy.q.item_out.embedding_dim, device=device)
+
+
 def scoring_gflops(policy: DQN, batch: int, device: torch.device, repeats: int) -> float:
     """GFLOP/s of the acting loop's main product alone: ``batch`` users' factors by every
     item's (``[rows x D] @ [D x N]``, in the row blocks :func:`~recrl.algos.nets.top_k_by_chunks`
     scores at a time, into one reused block, item-major where acting writes it so:
     :func:`~recrl.algos.nets.scores_by_item`). Its shape (``D`` = dim + 2 is small) sets how
     near the big-matmul rate the loop can run at large ``N``."""
-    users, items = policy.q.factors(torch.randn(batch, policy.q.item_out.embedding_dim, device=device))
-    users, items = users.detach(), items.detach()
-    n_items, times = items.shape[0], 10
+    users, items = (t.detach() for t in policy.q.factors(random_state(policy, batch, device)))
+    n_items = items.shape[0]
     rows = min(chunk_rows(batch, n_items, device), batch)
     # written in place and in the layout acting writes
     block = ScoreBlock().take(rows, n_items, like=users, item_major=scores_by_item(n_items, device))
 
     def score() -> None:
-        for _ in range(times):
-            for start in range(0, batch, rows):
-                chunk = users[start:start + rows]
-                torch.mm(chunk, items.T, out=block[:chunk.shape[0]])
+        for start in range(0, batch, rows):
+            chunk = users[start:start + rows]
+            torch.mm(chunk, items.T, out=block[:chunk.shape[0]])
 
-    score()
-    return 2 * batch * users.shape[1] * n_items * times / best_seconds(score, device, repeats) / 1e9
+    return gflops_of(score, 2 * batch * users.shape[1] * n_items, device, repeats)
 
 
 def fused_search_gflops(policy: DQN, batch: int, device: torch.device, repeats: int) -> float | None:
     """GFLOP/s of the search fused into the product alone (:func:`recrl.kernels.best_dot` on the
     policy's ranking factors: ``batch`` users by every item, each user's top ``K`` items, no
-    scores written), where greedy acting takes it (:func:`~recrl.algos.nets.searches_fused`,
-    slates of up to ``FUSED_MAX_SLATE`` items); else ``None``. Near 1 of the matmul rate, the
-    loop's bound is within reach."""
-    net = policy.q
-    users, items, bias = (t.detach() for t in net.ranking_factors(
-        torch.randn(batch, net.item_out.embedding_dim, device=device)))
-    if policy.ctx.slate_size > FUSED_MAX_SLATE or not searches_fused(users, items):
+    scores written), where greedy acting takes it (:func:`~recrl.algos.nets.searches_fused`);
+    else ``None``. Near 1 of the matmul rate, the loop's bound is within reach."""
+    users, items, bias = (t.detach() for t in policy.q.ranking_factors(random_state(policy, batch, device)))
+    k = policy.ctx.slate_size
+    if not searches_fused(users, items, k):
         return None
-    none, times = torch.zeros(batch, 0, dtype=torch.int64), 10
-
-    def search() -> None:
-        for _ in range(times):
-            kernels.best_dot(users, items, bias, none, policy.ctx.slate_size)
-
-    search()
-    flops = (2 * users.shape[1] + 1) * batch * items.shape[0] * times
-    return flops / best_seconds(search, device, repeats) / 1e9
+    none = torch.zeros(batch, 0, dtype=torch.int64)
+    flops = (2 * users.shape[1] + 1) * batch * items.shape[0]
+    return gflops_of(lambda: kernels.best_dot(users, items, bias, none, k), flops, device, repeats)
 
 
 def config_key(result: dict) -> tuple:

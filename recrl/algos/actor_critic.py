@@ -15,8 +15,7 @@ from recrl.algos.learner_state import LearnerState
 from recrl.algos.nets import (
     ScoreBlock,
     adam,
-    choose_by_chunks,
-    fused_greedy,
+    choose_slates,
     kl_divergence,
     mask_shown,
     sample_top_k,
@@ -270,20 +269,16 @@ class SoftmaxActorCritic(LearnerState):
         """Sample a slate from the policy, or take its top-``K`` items when neither ``explore``
         nor ``sample_in_eval`` is set (the learned policy is stochastic; its mode can differ).
         The users' logits are made, masked and drawn from a chunk of users at a time
-        (:func:`~recrl.algos.nets.choose_by_chunks`: in cache, item-major on a CPU from 512
-        items on; greedy slates inside the product, :func:`~recrl.algos.nets.fused_greedy`);
-        with ``candidates`` from the whole batch's logits at once."""
+        (:func:`~recrl.algos.nets.choose_slates`: in cache, item-major on a CPU from 512 items
+        on; greedy slates inside the product); with ``candidates`` from the whole batch's logits
+        at once."""
         k, sample = self.ctx.slate_size, explore or self.sample_in_eval
         if self.candidates:
             logits = self.logits(obs)
             return sample_top_k(logits, k, self.generator) if sample else top_k(logits, k)
-        state = self.policy.encoder(obs)
-        fused = None if sample else fused_greedy(self.policy, state, obs, k, self.skip_shown)
-        if fused is not None:
-            return fused
-        users, items = self.policy.factors(state)
         pick = (lambda scores: sample_top_k(scores, k, self.generator, in_place=True)) if sample else None
-        return choose_by_chunks(users, items, obs, k, self.skip_shown, self.score_block, pick)
+        return choose_slates(self.policy, self.policy.encoder(obs), obs, k, self.skip_shown,
+                             self.score_block, pick)
 
     @torch.no_grad()
     def action_probs(self, obs: Obs) -> Tensor:

@@ -97,7 +97,7 @@ from recrl.algos.nets import (
     WeightAverage,
     adam,
     attach_prior,
-    choose_by_chunks,
+    choose_slates,
     epsilon_explore,
     fused_greedy,
     gradient_step,
@@ -380,15 +380,11 @@ class DQN(LearnerState, ActsGreedily):
     def greedy(self, obs: Obs, net: nn.Module) -> Tensor:
         """Top-``K`` allowed items ``[B, K]`` by ``net``'s Q-values (C51: expected returns): the
         users are encoded together, then scored, masked and searched a block at a time
-        (:func:`choose_by_chunks`, C51 :func:`top_k_by_chunks`; from a large catalogue on a CPU
-        inside the product, :func:`fused_greedy`)."""
+        (:func:`choose_slates`, C51 :func:`top_k_by_chunks`; from a large catalogue on a CPU
+        inside the product)."""
         state = net.encoder(obs)
         if not self.atoms:
-            fused = fused_greedy(net, state, obs, self.ctx.slate_size, self.skip_shown)
-            if fused is not None:
-                return fused
-            users, items = net.factors(state)
-            return choose_by_chunks(users, items, obs, self.ctx.slate_size, self.skip_shown, self.score_block)
+            return choose_slates(net, state, obs, self.ctx.slate_size, self.skip_shown, self.score_block)
         def scores_of(rows: slice, out: Tensor | None) -> Tensor:
             return self.allowed(net.expected(state[rows], self.support), obs.index(rows), in_place=True)
 

@@ -654,22 +654,20 @@ def choose_by_chunks(users: Tensor, items: Tensor, obs: Obs, k: int, skip_shown:
 
 
 FUSED_SEARCH_ITEMS = 512  # from this many items a CPU searches greedy slates inside the product
+FUSED_MAX_SLATE = 64  # the most items a slate may have for the fused search (it keeps a list)
 
 
-def searches_fused(users: Tensor, items: Tensor) -> bool:
-    """Whether greedy acting takes each user's best items from the native kernel that searches
-    the scores inside the product (:func:`recrl.kernels.best_dot`; README "A search fused into
-    the product"): float32 on a CPU, no gradient, from :data:`FUSED_SEARCH_ITEMS` items on
-    (below that a step's scores stay in cache anyway, and catalogues the size of the default
-    synthetic world keep their PyTorch path and so their runs' exact numbers), where the kernel
-    is built here."""
-    return (users.device.type == "cpu" and users.dtype == items.dtype == torch.float32
-            and items.shape[0] >= FUSED_SEARCH_ITEMS
+def searches_fused(users: Tensor, items: Tensor, k: int) -> bool:
+    """Whether greedy slates of ``k`` items come from the native kernel that searches the scores
+    inside the product (:func:`recrl.kernels.best_dot`; README "A search fused into the
+    product"): float32 on a CPU, no gradient, from :data:`FUSED_SEARCH_ITEMS` items on (below
+    that a step's scores stay in cache anyway, and catalogues the size of the default synthetic
+    world keep their PyTorch path and so their runs' exact numbers), slates of up to
+    :data:`FUSED_MAX_SLATE` items, where the kernel is built here."""
+    return (k <= FUSED_MAX_SLATE and users.device.type == "cpu"
+            and users.dtype == items.dtype == torch.float32 and items.shape[0] >= FUSED_SEARCH_ITEMS
             and not (torch.is_grad_enabled() and (users.requires_grad or items.requires_grad))
             and kernels.best_dot_ready())
-
-
-FUSED_MAX_SLATE = 64  # the most items a slate may have for the fused search (it keeps a list)
 
 
 def fused_greedy(scorer: ItemScorer, state: Tensor, obs: Obs, k: int, skip_shown: bool,
@@ -677,19 +675,30 @@ def fused_greedy(scorer: ItemScorer, state: Tensor, obs: Obs, k: int, skip_shown
     """The greedy slates ``[B, k]`` of ``scorer`` at the encoded ``state``: each user's top
     ``k`` items, best first (with ``skip_shown``, none of the observed history's; none of
     ``also_excluded`` ``[B, S]``), searched inside the product by :func:`recrl.kernels.best_dot`
-    on :meth:`ItemScorer.ranking_factors`; ``None`` where that does not apply (slates of more
-    than :data:`FUSED_MAX_SLATE` items, or not :func:`searches_fused`), for the caller's
-    :func:`choose_by_chunks`."""
-    if k > FUSED_MAX_SLATE:
-        return None
+    on :meth:`ItemScorer.ranking_factors`; ``None`` where :func:`searches_fused` says no."""
     users, items, bias = scorer.ranking_factors(state)
-    if not searches_fused(users, items):
+    if not searches_fused(users, items, k):
         return None
     excluded = [obs.items.reshape(obs.batch_size, -1)] if skip_shown else []
     if also_excluded is not None:
         excluded.append(also_excluded)
     excluded = torch.cat(excluded, 1) if excluded else users.new_empty(users.shape[0], 0, dtype=torch.int64)
     return kernels.best_dot(users, items, bias, excluded, k)
+
+
+def choose_slates(scorer: ItemScorer, state: Tensor, obs: Obs, k: int, skip_shown: bool,
+                  block: ScoreBlock | None = None,
+                  pick: Callable[[Tensor], Tensor] | None = None) -> Tensor:
+    """A factorised policy's slates ``[B, k]`` at the encoded ``state``: its greedy top ``k``
+    searched inside the product where :func:`fused_greedy` applies, else
+    :func:`choose_by_chunks` on the scorer's factors (the top ``k`` of each chunk of users, or
+    ``pick`` of them, e.g. a draw from their softmax)."""
+    if pick is None:
+        fused = fused_greedy(scorer, state, obs, k, skip_shown)
+        if fused is not None:
+            return fused
+    users, items = scorer.factors(state)
+    return choose_by_chunks(users, items, obs, k, skip_shown, block, pick)
 
 
 def chunk_rows(batch: int, n_items: int, device: torch.device) -> int:

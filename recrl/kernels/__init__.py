@@ -46,9 +46,6 @@ SOURCE = Path(__file__).with_name("best_dot.c")
 FLAGS = ["-O3", "-mavx512f", "-mfma", "-fopenmp", "-shared", "-fPIC"]
 SMALL_WORK = 1 << 16  # user-item pairs below which one thread scores them (threads cost more)
 
-_why_not: list[str] = []
-
-
 def kernel_dir() -> Path:
     """Where compiled kernels are kept: ``$RECRL_KERNEL_DIR``, else ``~/.cache/recrl/kernels``."""
     return Path(os.environ.get("RECRL_KERNEL_DIR") or Path.home() / ".cache" / "recrl" / "kernels")
@@ -108,8 +105,8 @@ def same_bytes(a: Tensor, b: Tensor) -> bool:
 
 
 @functools.cache
-def _library() -> ctypes.CDLL | None:
-    """The loaded kernel library, or ``None`` (the reason in :func:`unavailable_reason`)."""
+def _load() -> tuple[ctypes.CDLL | None, str | None]:
+    """The loaded kernel library and ``None``, or ``None`` and the reason there is none."""
     compiler = _compiler()
     if os.environ.get("RECRL_NATIVE", "1") == "0":
         reason = "RECRL_NATIVE=0"
@@ -129,10 +126,14 @@ def _library() -> ctypes.CDLL | None:
             library.best_dot.argtypes = [pointer, pointer, pointer, size, size, size, pointer, size,
                                          size, pointer, ctypes.c_int]
             library.best_dot.restype = ctypes.c_int
-            return library
-    _why_not.append(reason)
+            return library, None
     log.info("native best_dot unavailable (%s): greedy acting uses the PyTorch path", reason)
-    return None
+    return None, reason
+
+
+def _library() -> ctypes.CDLL | None:
+    """The loaded kernel library, or ``None`` (the reason in :func:`unavailable_reason`)."""
+    return _load()[0]
 
 
 def best_dot_ready() -> bool:
@@ -143,7 +144,7 @@ def best_dot_ready() -> bool:
 
 def unavailable_reason() -> str | None:
     """Why the native kernel is not used here, or ``None`` where it is."""
-    return None if best_dot_ready() else _why_not[-1]
+    return _load()[1]
 
 
 @torch.library.custom_op("recrl::best_dot", mutates_args=())
