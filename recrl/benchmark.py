@@ -2,7 +2,9 @@
 
 Machines differ in speed by up to 8x, so a benchmark states, next to its absolute speed,
 figures measured in the same process on the same device and thread count: the machine's big
-matrix-product throughput (:func:`matmul_gflops`), the FLOPs a step really performs (counted by
+matrix-product throughput (:func:`matmul_gflops`; :class:`MatmulRate` samples it between a
+benchmark's timed runs, so that a slow spell of a shared machine at the start cannot lower it),
+the FLOPs a step really performs (counted by
 PyTorch's own :class:`~torch.utils.flop_counter.FlopCounterMode`, :func:`count_flops`) and so the
 share of the arithmetic bound a step reaches (:func:`share_of_bound`).
 """
@@ -48,6 +50,44 @@ def matmul_gflops(device: torch.device, size: int = MATMUL_SIZE, repeats: int = 
     return 2 * size**3 / best_seconds(lambda: torch.mm(a, b, out=out), device, repeats) / 1e9
 
 
+class MatmulRate:
+    """The big-matmul rate of :func:`matmul_gflops`, sampled again whenever :meth:`sample` is
+    called (a benchmark calls it between its timed runs: :func:`best_seconds`'s ``between``) and
+    summarised by the best sample, the rate of the machine's quiet spells, which is what the
+    timed runs' best-of also measures. A rate measured once at the start of a long benchmark
+    on a shared machine can fall in a slow spell and make every later share of the bound look
+    better than it is (an ad-hoc check on a 2-core AMD EPYC: 103 GFLOP/s at one start, 196-201
+    at four others).
+
+    Example::
+
+        rate = MatmulRate(torch.device("cpu"))
+        rate.sample()
+        seconds = best_seconds(run, device, 5, between=rate.sample)
+        share = share_of_bound(steps / seconds, flops_per_step, rate.best)
+    """
+
+    def __init__(self, device: torch.device, size: int = MATMUL_SIZE, repeats: int = 5) -> None:
+        self.device, self.size, self.repeats = device, size, repeats
+        self.samples: list[float] = []
+
+    def sample(self) -> float:
+        """Measure the rate now (GFLOP/s), keep it, and return it."""
+        rate = matmul_gflops(self.device, self.size, self.repeats)
+        self.samples.append(rate)
+        return rate
+
+    @property
+    def best(self) -> float:
+        """The highest rate sampled (GFLOP/s); samples one first if there is none."""
+        return max(self.samples) if self.samples else self.sample()
+
+    def summary(self) -> dict[str, float | int]:
+        """The best, lowest and number of samples, for a benchmark's JSON."""
+        return {"matmul_gflops": self.best, "matmul_gflops_lowest": min(self.samples),
+                "matmul_samples": len(self.samples)}
+
+
 def count_flops(fn: Callable[[], Any]) -> int:
     """FLOPs of one call of ``fn``, as PyTorch counts them (matrix products and convolutions,
     forward and backward; elementwise work is not counted, so the bound it gives is optimistic)."""
@@ -56,11 +96,15 @@ def count_flops(fn: Callable[[], Any]) -> int:
     return int(counter.get_total_flops())
 
 
-def best_seconds(fn: Callable[[], Any], device: torch.device, repeats: int) -> float:
+def best_seconds(fn: Callable[[], Any], device: torch.device, repeats: int,
+                 between: Callable[[], Any] | None = None) -> float:
     """The fastest of ``repeats`` timed calls of ``fn`` (other jobs on a shared machine make calls
-    slower, never faster)."""
+    slower, never faster); ``between``, if given, runs untimed before each call (e.g.
+    :meth:`MatmulRate.sample`, so the rate a share divides by is sampled over the same spell)."""
     best = math.inf
     for _ in range(repeats):
+        if between is not None:
+            between()
         sync(device)
         start = time.perf_counter()
         fn()

@@ -18,7 +18,9 @@ seconds and ground-truth return, the learning curve a budget is chosen by).
 
 Machines differ in speed by up to 8x, so each run also measures, in the same process:
 
-- the machine's **matmul throughput** (GFLOP/s of a 1024 x 1024 float32 ``torch.mm``);
+- the machine's **matmul throughput** (GFLOP/s of a 1024 x 1024 float32 ``torch.mm``; the faster
+  of a measurement before and one after the training runs, as other jobs only slow it:
+  ``facts.matmul_gflops``, with ``matmul_gflops_lowest``);
 - a **plain-PyTorch reference update** (``reference_updates_per_s``): one double-DQN update of
   the default network's size written directly with ``torch.nn`` (an MLP over the flattened
   history of ``L`` items of width 32 and their clicks, 128 hidden units twice, a 32-wide
@@ -60,7 +62,7 @@ from rich.table import Table
 from torch import Tensor, nn
 
 from recrl.algos.oracle import Oracle, can_plan
-from recrl.benchmark import bench_device, best_seconds, count_flops, matmul_gflops, rate_text, share_of_bound
+from recrl.benchmark import MatmulRate, bench_device, best_seconds, count_flops, rate_text, share_of_bound
 from recrl.compile import COMPILE_MODES
 from recrl.config import algo_options, build_algo_by_name, compose_config, group_option, validate
 from recrl.logs import console_logging
@@ -286,21 +288,23 @@ def main() -> None:
     oracle = (ground_truth_return(Oracle(stages.ground_truth, stages.reward, gt_env), gt_env,
                                   args.eval_episodes, seed=10_000) if can_plan(stages.ground_truth) else None)
     device = torch.device(args.device)
-    gflops = matmul_gflops(device)
+    rate = MatmulRate(device)
     reference = reference_updates_per_s(stages.ctx.n_items, stages.ctx.history_len, device)
-    print(f"matmul {gflops:,.1f} GFLOP/s; plain-PyTorch reference DQN update {reference:,.0f} updates/s "
-          f"({torch.get_num_threads()} threads on {args.device})")
+    print(f"matmul {rate.sample():,.1f} GFLOP/s; plain-PyTorch reference DQN update {reference:,.0f} "
+          f"updates/s ({torch.get_num_threads()} threads on {args.device})")
     budgets = {name: budget_of(name, args) for name in names}
-    rows = [with_ratios(bench_one(name, stages, args, budgets[name], target, oracle), stages, args,
-                        budgets[name], gflops, reference)
-            for name in names]
+    runs = [bench_one(name, stages, args, budgets[name], target, oracle) for name in names]
+    rate.sample()  # again after training: a slow spell at the start cannot lower the rate
+    gflops = rate.best
+    rows = [with_ratios(run, stages, args, budgets[name], gflops, reference)
+            for name, run in zip(names, runs, strict=True)]
     print_table(rows, args, target, oracle)
     facts = {"torch": torch.__version__, "python": platform.python_version(), "device": args.device,
              "threads": torch.get_num_threads(), "overrides": args.overrides, "greedy_return": greedy,
              "target": target, "oracle_return": oracle, "steps": args.steps, "n_users": args.n_users,
              "eval_every": args.eval_every,
              "compile": args.compile, "compile_mode": args.compile_mode, "cpu": cpu_model(),
-             "matmul_gflops": gflops,
+             **rate.summary(),
              "reference_updates_per_s": reference}
     out = {"facts": facts, "rows": rows}
     if args.compare is not None:

@@ -20,8 +20,11 @@ therefore also measures, in the same process, on the same device and thread coun
 divide by:
 
 - **matmul throughput** (``machine.matmul_gflops``): GFLOP/s of a float32 ``torch.mm`` of two
-  1024 x 1024 matrices (``2 * 1024**3`` FLOPs), best of 5 timed calls after one warm-up, measured
-  once per run and printed above the table.
+  1024 x 1024 matrices (``2 * 1024**3`` FLOPs), best of 5 timed calls after one warm-up, sampled
+  at the start and again before every timed run (``recrl.benchmark.MatmulRate``); the best sample
+  is the rate every share divides by, as the runs' own best-of times come from the machine's
+  quiet spells too (``machine.matmul_gflops_lowest`` and ``machine.matmul_samples`` say how much
+  it moved). It is printed under the table.
 - **plain-PyTorch reference step** (``reference_user_steps_per_s``, ``ratio_to_reference`` =
   recrl user-steps/s / reference user-steps/s), for ``gru`` and ``gru_ensemble`` (each user steps
   one GRU of width ``d`` in both; other models show "-" and store ``null``). The reference is the
@@ -114,10 +117,10 @@ from recrl.behavior.gru import GRUBehavior
 from recrl.behavior.mf import MFBehavior
 from recrl.benchmark import (
     MATMUL_SIZE,
+    MatmulRate,
     bench_device,
     best_seconds,
     count_flops,
-    matmul_gflops,
     share_of_bound,
     sync,
 )
@@ -216,8 +219,10 @@ def make_env(model_name: str, n_items: int, slate: int, dim: int, device: torch.
                   autoreset=True, device=device, lean=lean)
 
 
-def bench_one(model_name: str, n_items: int, batch: int, slate: int, args: argparse.Namespace) -> dict:
-    """User-steps/s (best of ``args.repeats`` timed runs of ``args.steps`` steps) and peak memory."""
+def bench_one(model_name: str, n_items: int, batch: int, slate: int, args: argparse.Namespace,
+              between: Callable[[], Any] | None = None) -> dict:
+    """User-steps/s (best of ``args.repeats`` timed runs of ``args.steps`` steps) and peak memory;
+    ``between`` runs untimed before each timed run (:class:`~recrl.benchmark.MatmulRate`'s sample)."""
     device = torch.device(args.device)
     with PeakMemory(device) as mem:
         env = make_env(model_name, n_items, slate, args.dim, device, args.history, args.horizon, args.lean)
@@ -234,6 +239,8 @@ def bench_one(model_name: str, n_items: int, batch: int, slate: int, args: argpa
         run(args.warmup)
         times, cpu_times = [], []
         for _ in range(args.repeats):
+            if between is not None:
+                between()
             sync(device)
             start, cpu_start = time.perf_counter(), time.process_time()
             run(args.steps)
@@ -316,19 +323,40 @@ def bench_reference(n_items: int, batch: int, slate: int, args: argparse.Namespa
     return batch * args.steps / best_seconds(lambda: run(args.steps), device, args.repeats)
 
 
-def add_reference(result: dict, args: argparse.Namespace, gflops: float) -> dict:
-    """``result`` with the reference step's speed, the ratio to it, the FLOPs per user-step, the
-    arithmetic bound and the share of it (``None`` for models outside ``REFERENCE_MODELS``)."""
-    keys = ("reference_user_steps_per_s", "ratio_to_reference", "flops_per_user_step",
-            "bound_user_steps_per_s", "share_of_bound", "reference_share_of_bound")
+def add_reference(result: dict, args: argparse.Namespace) -> dict:
+    """``result`` with the reference step's speed, the ratio to it and the FLOPs per user-step
+    (``None`` for models outside ``REFERENCE_MODELS``)."""
+    keys = ("reference_user_steps_per_s", "ratio_to_reference", "flops_per_user_step")
     if result["model"] not in REFERENCE_MODELS:
         return {**result, **dict.fromkeys(keys)}
     reference = bench_reference(result["n_items"], result["batch"], result["slate"], args)
-    flops = gru_step_flops(args.dim, result["slate"])
     speed = result["user_steps_per_s"]
-    return {**result, **dict(zip(keys, (reference, speed / reference, flops, gflops * 1e9 / flops,
-                                        share_of_bound(speed, flops, gflops),
-                                        share_of_bound(reference, flops, gflops)), strict=True))}
+    flops = gru_step_flops(args.dim, result["slate"])
+    return {**result, **dict(zip(keys, (reference, speed / reference, flops), strict=True))}
+
+
+def add_shares(result: dict, gflops: float) -> dict:
+    """``result`` with every figure that divides by the matmul rate ``gflops`` (the run's best
+    sample, known once the grid is done): the step's arithmetic bound and the shares of it
+    (``None`` without a reference), and with ``--acting`` the loop's share of its bound and its
+    products' rates as shares of the matmul rate (``None`` where not measured)."""
+    flops = result["flops_per_user_step"]
+    shared: dict[str, float | None] = dict.fromkeys(
+        ("bound_user_steps_per_s", "share_of_bound", "reference_share_of_bound"))
+    if flops is not None:
+        reference = result["reference_user_steps_per_s"]
+        shared = {"bound_user_steps_per_s": gflops * 1e9 / flops,
+                  "share_of_bound": share_of_bound(result["user_steps_per_s"], flops, gflops),
+                  "reference_share_of_bound": share_of_bound(reference, flops, gflops)}
+    if "acting_user_steps_per_s" in result:
+        def of_matmul(rate: float | None) -> float | None:
+            return None if rate is None else rate / gflops
+
+        shared |= {"acting_share_of_bound": share_of_bound(result["acting_user_steps_per_s"],
+                                                           result["acting_flops_per_user_step"], gflops),
+                   "scoring_share_of_matmul": of_matmul(result["scoring_gflops"]),
+                   "fused_search_share_of_matmul": of_matmul(result["fused_search_gflops"])}
+    return {**result, **shared}
 
 
 def acting_policy(n_items: int, slate: int, history: int, horizon: int, device: torch.device,
@@ -370,13 +398,15 @@ class ActingLoop:
             self.obs = self.step(self.act(self.obs, explore=self.explore))[0]
 
 
-def bench_acting(result: dict, args: argparse.Namespace, gflops: float) -> dict:
+def bench_acting(result: dict, args: argparse.Namespace, between: Callable[[], Any] | None = None) -> dict:
     """``result`` with the acting loop's speed: each step the default DQN (``--acting-algo``:
     another algorithm's network) scores the whole catalogue and serves its top ``K``
     (``act(obs, explore=False)``, averaged weights, history masked; ``--acting-explore``:
     ``explore=True``, as in training: epsilon-greedy, or a policy-gradient learner's draw from
-    its softmax), then the environment steps; its FLOPs per user-step (counted), the share of
-    the arithmetic bound, and its speed over the environment's alone (``acting_over_env``)."""
+    its softmax), then the environment steps; its FLOPs per user-step (counted), its speed over
+    the environment's alone (``acting_over_env``), and the GFLOP/s of its scoring product and of
+    the fused search alone (DQN; :func:`add_shares` divides them by the matmul rate). ``between``
+    runs untimed before each timed run."""
     device = torch.device(args.device)
     n_items, batch = result["n_items"], result["batch"]
     loop = ActingLoop(result["model"], n_items, batch, result["slate"], args)
@@ -387,28 +417,27 @@ def bench_acting(result: dict, args: argparse.Namespace, gflops: float) -> dict:
     forget_compiled(args)
     loop.compile(args)
     loop.run(args.warmup)
-    speed = batch * args.steps / best_seconds(lambda: loop.run(args.steps), device, args.repeats)
+    speed = batch * args.steps / best_seconds(lambda: loop.run(args.steps), device, args.repeats, between)
     policy = loop.policy
-    scoring = scoring_gflops(policy, batch, device, args.repeats) if isinstance(policy, DQN) else None
-    fused = fused_search_gflops(policy, batch, device, args.repeats) if isinstance(policy, DQN) else None
+    dqn = isinstance(policy, DQN)
+    scoring = scoring_gflops(policy, batch, device, args.repeats, between) if dqn else None
+    fused = fused_search_gflops(policy, batch, device, args.repeats, between) if dqn else None
     return {**result, "acting_algo": args.acting_algo, "acting_explore": args.acting_explore,
             "acting_user_steps_per_s": speed, "acting_flops_per_user_step": flops,
-            "acting_share_of_bound": share_of_bound(speed, flops, gflops),
             "acting_over_env": speed / result["user_steps_per_s"],
-            "scoring_share_of_matmul": None if scoring is None else scoring / gflops,
-            "fused_search_share_of_matmul": None if fused is None else fused / gflops}
+            "scoring_gflops": scoring, "fused_search_gflops": fused}
 
 
 def gflops_of(once: Callable[[], object], flops: float, device: torch.device, repeats: int,
-              times: int = 10) -> float:
+              between: Callable[[], Any] | None = None, times: int = 10) -> float:
     """GFLOP/s of ``once`` (``flops`` FLOPs a call): the best of ``repeats`` timings of ``times``
-    calls, after one warm-up."""
+    calls, after one warm-up (``between``: untimed, before each timing)."""
     def run() -> None:
         for _ in range(times):
             once()
 
     run()
-    return flops * times / best_seconds(run, device, repeats) / 1e9
+    return flops * times / best_seconds(run, device, repeats, between) / 1e9
 
 
 def random_state(policy: DQN, batch: int, device: torch.device) -> Tensor:
@@ -416,7 +445,8 @@ def random_state(policy: DQN, batch: int, device: torch.device) -> Tensor:
     return torch.randn(batch, policy.q.item_out.embedding_dim, device=device)
 
 
-def scoring_gflops(policy: DQN, batch: int, device: torch.device, repeats: int) -> float:
+def scoring_gflops(policy: DQN, batch: int, device: torch.device, repeats: int,
+                   between: Callable[[], Any] | None = None) -> float:
     """GFLOP/s of the acting loop's main product alone: ``batch`` users' factors by every
     item's (``[rows x D] @ [D x N]``, in the row blocks :func:`~recrl.algos.nets.top_k_by_chunks`
     scores at a time, into one reused block, item-major where acting writes it so:
@@ -433,10 +463,11 @@ def scoring_gflops(policy: DQN, batch: int, device: torch.device, repeats: int) 
             chunk = users[start:start + rows]
             torch.mm(chunk, items.T, out=block[:chunk.shape[0]])
 
-    return gflops_of(score, 2 * batch * users.shape[1] * n_items, device, repeats)
+    return gflops_of(score, 2 * batch * users.shape[1] * n_items, device, repeats, between)
 
 
-def fused_search_gflops(policy: DQN, batch: int, device: torch.device, repeats: int) -> float | None:
+def fused_search_gflops(policy: DQN, batch: int, device: torch.device, repeats: int,
+                        between: Callable[[], Any] | None = None) -> float | None:
     """GFLOP/s of the search fused into the product alone (:func:`recrl.kernels.best_dot` on the
     policy's ranking factors: ``batch`` users by every item, each user's top ``K`` items, no
     scores written), where greedy acting takes it (:func:`~recrl.algos.nets.searches_fused`);
@@ -447,7 +478,7 @@ def fused_search_gflops(policy: DQN, batch: int, device: torch.device, repeats: 
         return None
     none = torch.zeros(batch, 0, dtype=torch.int64)
     flops = (2 * users.shape[1] + 1) * batch * items.shape[0]
-    return gflops_of(lambda: kernels.best_dot(users, items, bias, none, k), flops, device, repeats)
+    return gflops_of(lambda: kernels.best_dot(users, items, bias, none, k), flops, device, repeats, between)
 
 
 def config_key(result: dict) -> tuple:
@@ -534,6 +565,19 @@ def profile_one(model_name: str, n_items: int, batch: int, slate: int, args: arg
     print(prof.key_averages(group_by_input_shape=True).table(sort_by=key, row_limit=args.profile_rows))
 
 
+def print_progress(console: Console, r: dict, acting: bool) -> None:
+    """One configuration's line as the grid runs (its shares against the best matmul rate so far;
+    the table at the end divides by the run's best)."""
+    scoring = _fmt(r.get("scoring_share_of_matmul"), ".2f")
+    fused = r.get("fused_search_share_of_matmul")
+    searched = "" if fused is None else f", the search fused into it {fused:.2f}"
+    line = (f", acting {r['acting_user_steps_per_s']:,.0f} ({r['acting_share_of_bound']:.3g} of its bound; "
+            f"its scoring product alone {scoring} of the matmul rate{searched})" if acting else "")
+    console.print(f"  {r['model']:>12} N={r['n_items']:>7,} B={r['batch']:>6,} K={r['slate']:>2}: "
+                  f"{r['user_steps_per_s']:>13,.0f} user-steps/s, ratio to reference "
+                  f"{_fmt(r['ratio_to_reference'], '.3f')}{line}", highlight=False)
+
+
 def machine_info(device: torch.device) -> dict:
     """Versions, threads and the device's name."""
     cpu = cpu_model()
@@ -597,26 +641,21 @@ def main() -> None:
         return
     old = json.loads(args.compare.read_text()) if args.compare is not None else None
     console = Console(width=None if sys.stdout.isatty() else 150)  # a piped table keeps its columns
-    gflops = matmul_gflops(device)
-    console.print(f"matmul: {gflops:,.1f} GFLOP/s (float32 torch.mm {MATMUL_SIZE}x{MATMUL_SIZE}, best of 5, "
-                  f"{torch.get_num_threads()} threads on {device})", highlight=False)
+    rate = MatmulRate(device)
+    console.print(f"matmul: {rate.sample():,.1f} GFLOP/s at the start (float32 torch.mm "
+                  f"{MATMUL_SIZE}x{MATMUL_SIZE}, best of 5, {torch.get_num_threads()} threads on {device}; "
+                  "sampled again before every timed run)", highlight=False)
     results = []
     with mode():
         for cfg in grid:
-            r = add_reference(bench_one(*cfg, args), args, gflops)
+            r = add_reference(bench_one(*cfg, args, between=rate.sample), args)
             if args.acting:
-                r = bench_acting(r, args, gflops)
+                r = bench_acting(r, args, between=rate.sample)
             results.append(r)
-            scoring = _fmt(r.get("scoring_share_of_matmul"), ".2f")
-            fused = r.get("fused_search_share_of_matmul")
-            searched = "" if fused is None else f", the search fused into it {fused:.2f}"
-            acting = (f", acting {r['acting_user_steps_per_s']:,.0f} "
-                      f"({r['acting_share_of_bound']:.3g} of its bound; its scoring product alone "
-                      f"{scoring} of the matmul rate{searched})" if args.acting else "")
-            console.print(f"  {r['model']:>12} N={r['n_items']:>7,} B={r['batch']:>6,} K={r['slate']:>2}: "
-                          f"{r['user_steps_per_s']:>13,.0f} user-steps/s, ratio to reference "
-                          f"{_fmt(r['ratio_to_reference'], '.3f')}{acting}", highlight=False)
-    info = {**machine_info(device), "matmul_gflops": gflops, "matmul_size": MATMUL_SIZE}
+            print_progress(console, add_shares(r, rate.best), args.acting)
+    gflops = rate.best
+    results = [add_shares(r, gflops) for r in results]
+    info = {**machine_info(device), **rate.summary(), "matmul_size": MATMUL_SIZE}
     table = Table(title=f"RecEnv user-steps/s, random actions, autoreset, d={args.dim}, "
                         f"history {args.history}, on {info['device_name']} ({info['threads']} threads, "
                         f"{'inference' if args.inference_mode else 'grad'} mode, "
@@ -637,7 +676,9 @@ def main() -> None:
                       _fmt(r["ratio_to_reference"], ".3f"), _fmt(r["bound_user_steps_per_s"], ",.0f"),
                       _fmt(r["share_of_bound"], ".3g"), *acting_cells, f"{r['ms_per_step']:.3f}",
                       f"{r['cpu_ms_per_step']:.3f}", f"{r['peak_bytes'] / 1e6:.1f}")
-    console.print(f"matmul {gflops:,.1f} GFLOP/s; ratio = user-steps/s / plain-PyTorch reference GRU step's; "
+    console.print(f"matmul {gflops:,.1f} GFLOP/s (the best of {len(rate.samples)} samples, the lowest "
+                  f"{min(rate.samples):,.1f}; every share below divides by the best); "
+                  f"ratio = user-steps/s / plain-PyTorch reference GRU step's; "
                   f"bound = matmul FLOP/s / (12 d^2 + 2 K d) FLOPs per user-step", highlight=False)
     console.print(table)
     comparison = None
@@ -649,15 +690,19 @@ def main() -> None:
             "torch.randint each step (K>1: independent draws, items may repeat in a slate); peak = "
             "growth of the peak resident set (CPU, after gc and malloc_trim) or of allocated CUDA "
             "memory over building the model and env and running the steps; matmul_gflops: float32 "
-            "torch.mm of 1024x1024, best of 5; reference_user_steps_per_s: the plain-PyTorch GRU step "
+            "torch.mm of 1024x1024, best of 5, sampled at the start and before every timed run, the best "
+            "sample (matmul_gflops_lowest the lowest, matmul_samples how many); "
+            "reference_user_steps_per_s: the plain-PyTorch GRU step "
             "(bench_env.py's docstring), ratio_to_reference = user_steps_per_s / it; bound_user_steps_per_s "
             "= matmul FLOP/s / flops_per_user_step (12 d^2 + 2 K d), share_of_bound = user_steps_per_s / "
             "bound; null for models without a reference; --acting: acting_user_steps_per_s of the default "
             "DQN's (acting_algo's) act(explore=False) (explore=acting_explore) + env.step loop, "
             "acting_flops_per_user_step (FlopCounterMode), "
             "acting_share_of_bound, acting_over_env = acting / env-only user-steps/s, "
-            "scoring_share_of_matmul = GFLOP/s of the scoring product alone / matmul_gflops (DQN only), "
-            "fused_search_share_of_matmul = the same of the native search fused into the product "
+            "scoring_gflops: GFLOP/s of the scoring product alone (DQN only), scoring_share_of_matmul = "
+            "scoring_gflops / matmul_gflops, fused_search_gflops the same of the native search fused into "
+            "the product, "
+            "fused_search_share_of_matmul = fused_search_gflops / matmul_gflops "
             "(recrl.kernels.best_dot; null where acting does not take it, machine.native_search says why)")
     out = {"results": results, "machine": info, "settings": settings, "note": note}
     if comparison is not None:

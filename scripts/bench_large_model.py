@@ -61,7 +61,7 @@ from rich.table import Table
 
 from recrl.algos.ppo import PPO
 from recrl.algos.random import RandomPolicy
-from recrl.benchmark import MATMUL_SIZE, bench_device, count_flops, matmul_gflops, share_of_bound, sync
+from recrl.benchmark import MATMUL_SIZE, MatmulRate, bench_device, count_flops, share_of_bound, sync
 from recrl.buffer import Rollout
 from recrl.config import build, group_option
 from recrl.env.simulator import RecEnv
@@ -286,9 +286,9 @@ def main(argv: list[str] | None = None) -> dict:
     device = bench_device(args.device)
     old = json.loads(args.compare.read_text()) if args.compare is not None else None
     console = Console(width=None if sys.stdout.isatty() else 180)  # a piped table keeps its columns
-    gflops = matmul_gflops(device)
-    console.print(f"matmul: {gflops:,.1f} GFLOP/s (float32 torch.mm {MATMUL_SIZE}x{MATMUL_SIZE}, best of 5, "
-                  f"{torch.get_num_threads()} threads on {device})", highlight=False)
+    rate = MatmulRate(device)
+    console.print(f"matmul: {rate.sample():,.1f} GFLOP/s (float32 torch.mm {MATMUL_SIZE}x{MATMUL_SIZE}, "
+                  f"best of 5, {torch.get_num_threads()} threads on {device})", highlight=False)
     env = make_env("synthetic", args.items, 1, WORLD_TOPICS, device, args.history, args.horizon, lean=True)
     ctx = context(env, device, args.seed)
     rollout, obs = fixed_rollout(env, ctx, args.users, args.seed)
@@ -302,9 +302,9 @@ def main(argv: list[str] | None = None) -> dict:
                       f"update ({r['minibatch_steps']} minibatch steps), peak "
                       f"{r['peak_bytes'] / 1e6:,.1f} MB", highlight=False)
     results = bench_all(algos, rows, rollout, obs, args, device)
-    gflops = max(gflops, matmul_gflops(device))  # again: other jobs make it slower, never faster
-    results = add_ratios(results, gflops)
-    info = {**machine_info(device), "matmul_gflops": gflops, "matmul_size": MATMUL_SIZE}
+    rate.sample()  # again: other jobs make it slower, never faster
+    results = add_ratios(results, rate.best)
+    info = {**machine_info(device), **rate.summary(), "matmul_size": MATMUL_SIZE}
     print_table(console, results, info, args)
     comparison = None
     if old is not None:

@@ -19,6 +19,7 @@ from torch import Tensor
 
 from recrl.behavior.gru import GRUBehavior
 from recrl.behavior.mf import MFBehavior
+from recrl.benchmark import MatmulRate, best_seconds
 from recrl.data.synthetic import SyntheticWorld
 from recrl.env.choice import Choice, cascade_probs, mnl_probs, sample_choice
 from recrl.env.leave import BoredomRule, SatisfactionRule
@@ -230,6 +231,26 @@ def test_counted_flops_and_the_share_of_the_bound_by_hand() -> None:
     assert share_of_bound(1000.0, 0, 10.0) is None
 
 
+def test_the_matmul_rate_is_the_best_of_samples_taken_between_timed_runs() -> None:
+    """``best_seconds(between=rate.sample)`` samples the matmul rate before every timed call
+    (untimed), and the rate a share divides by is the best sample (a slow spell at the start
+    cannot lower it)."""
+    rate = MatmulRate(torch.device("cpu"), size=16, repeats=1)
+    order: list[str] = []
+
+    def between() -> None:
+        order.append("sample")
+        rate.sample()
+
+    seconds = best_seconds(lambda: order.append("call"), torch.device("cpu"), 3, between=between)
+    assert order == ["sample", "call"] * 3 and seconds >= 0
+    rate.samples += [1.0, 1e9]  # a slow and a fast spell
+    assert rate.best == 1e9
+    assert rate.summary() == {"matmul_gflops": 1e9, "matmul_gflops_lowest": 1.0, "matmul_samples": 5}
+    fresh = MatmulRate(torch.device("cpu"), size=16, repeats=1)
+    assert fresh.best > 0 and len(fresh.samples) == 1  # sampled on first use
+
+
 def test_rates_keep_three_significant_digits_below_100() -> None:
     from recrl.benchmark import rate_text
 
@@ -241,29 +262,33 @@ def test_bench_script_reference_bound_and_compare() -> None:
     """The matmul speed, the reference step, the bound and ``--compare``'s arithmetic (no timing asserted)."""
     bench = load_script("bench_env")
     device = torch.device("cpu")
-    gflops = bench.matmul_gflops(device, size=32, repeats=1)
-    assert math.isfinite(gflops) and gflops > 0
+    rate = MatmulRate(device, size=32, repeats=1)
     assert bench.gru_step_flops(dim=4, slate=3) == 12 * 16 + 2 * 3 * 4
-    args = argparse.Namespace(device="cpu", dim=4, history=3, horizon=5, steps=2, warmup=1, repeats=1,
+    args = argparse.Namespace(device="cpu", dim=4, history=3, horizon=5, steps=2, warmup=1, repeats=2,
                               lean=False, compile=False, compile_mode="auto", acting_algo="dqn",
                               acting_explore=False)
-    gru = bench.add_reference(bench.bench_one("gru", 20, 4, 2, args), args, gflops)
+    gru = bench.add_reference(bench.bench_one("gru", 20, 4, 2, args, between=rate.sample), args)
+    assert len(rate.samples) == 2  # sampled before each of the two timed runs
+    gflops = rate.best
+    assert math.isfinite(gflops) and gflops == max(rate.samples) > 0
+    gru = bench.add_shares(gru, gflops)
     for key in ("reference_user_steps_per_s", "ratio_to_reference", "flops_per_user_step",
                 "bound_user_steps_per_s", "share_of_bound", "reference_share_of_bound"):
         assert math.isfinite(gru[key]) and gru[key] > 0, key
     speed = gru["user_steps_per_s"]
     assert gru["ratio_to_reference"] == pytest.approx(speed / gru["reference_user_steps_per_s"])
     assert gru["share_of_bound"] == pytest.approx(speed * gru["flops_per_user_step"] / (gflops * 1e9))
-    mf = bench.add_reference(bench.bench_one("mf", 20, 4, 1, args), args, gflops)
-    assert mf["ratio_to_reference"] is None and mf["user_steps_per_s"] > 0
-    acting = bench.bench_acting(gru, args, gflops)  # the default DQN's act + env step
+    mf = bench.add_shares(bench.add_reference(bench.bench_one("mf", 20, 4, 1, args), args), gflops)
+    assert mf["ratio_to_reference"] is None and mf["share_of_bound"] is None and mf["user_steps_per_s"] > 0
+    acting = bench.add_shares(bench.bench_acting(gru, args), gflops)  # the default DQN's act + env step
     assert acting["acting_user_steps_per_s"] > 0 and acting["acting_flops_per_user_step"] > 0
     assert acting["acting_share_of_bound"] == pytest.approx(
         acting["acting_user_steps_per_s"] * acting["acting_flops_per_user_step"] / (gflops * 1e9))
     assert acting["acting_over_env"] == pytest.approx(acting["acting_user_steps_per_s"] / speed)
+    assert acting["scoring_share_of_matmul"] == pytest.approx(acting["scoring_gflops"] / gflops)
     assert math.isfinite(acting["scoring_share_of_matmul"]) and acting["scoring_share_of_matmul"] > 0
     args.acting_algo, args.acting_explore = "ppo", True  # PPO drawing from its softmax, as in training
-    sampling = bench.bench_acting(gru, args, gflops)
+    sampling = bench.add_shares(bench.bench_acting(gru, args), gflops)
     assert sampling["acting_user_steps_per_s"] > 0 and sampling["acting_algo"] == "ppo"
     assert sampling["acting_explore"] and sampling["scoring_share_of_matmul"] is None  # DQN's product only
 
