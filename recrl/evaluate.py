@@ -332,7 +332,7 @@ def run_facts(cfg: DictConfig, run_dir: Path, device: torch.device) -> dict[str,
     or why not: greedy acting on a CPU from 512 items searches inside the product with it,
     :mod:`recrl.kernels`), resolved config and versions: the head of every report."""
     return {"run_dir": str(run_dir), "seed": int(cfg.seed), "device": str(device),
-            "threads": torch.get_num_threads(), "native_search": kernels.unavailable_reason() or "built",
+            "threads": torch.get_num_threads(), "native_search": kernels.status(),
             "config": OmegaConf.to_container(cfg, resolve=True),
             "versions": {"recrl": recrl.__version__, "torch": torch.__version__,
                          "python": platform.python_version()}}

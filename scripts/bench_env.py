@@ -61,7 +61,7 @@ the loop cannot run nearer its bound than that share). Where greedy acting searc
 best items inside the product instead (``recrl.kernels.best_dot``: a CPU with the native kernel
 built, from ``nets.FUSED_SEARCH_ITEMS`` items, slates of up to ``nets.FUSED_MAX_SLATE`` items),
 ``fused_search_share_of_matmul`` is that kernel's rate alone (its FLOPs: the product's and the
-items' biases; ``machine.native_search`` says ``built`` or why not).
+items' biases; ``machine.native_search`` says ``built (avx512)``, ``built (avx2)`` or why not).
 
 ``--acting-algo NAME`` times another algorithm's default network instead of DQN's, and
 ``--acting-explore`` acts as training does (``explore=True``: DQN's epsilon-greedy, a
@@ -584,7 +584,7 @@ def machine_info(device: torch.device) -> dict:
     info = {"torch": torch.__version__, "python": sys.version.split()[0], "threads": torch.get_num_threads(),
             "cpus": os.cpu_count(), "cpu": cpu, "device": str(device),
             "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu,
-            "native_search": kernels.unavailable_reason() or "built"}
+            "native_search": kernels.status()}
     return info
 
 

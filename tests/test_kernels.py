@@ -21,6 +21,17 @@ from recrl.compile import compile_function, compile_mode
 
 needs_kernel = pytest.mark.skipif(not kernels.best_dot_ready(),
                                   reason=f"native kernel not built here: {kernels.unavailable_reason()}")
+#: the builds this CPU runs (AVX-512 and AVX2 on an AVX-512 CPU): each is checked on its own
+RUNNABLE = [name for name in kernels.VARIANTS if kernels.load_variant(name)[0] is not None]
+each_build = pytest.mark.parametrize(
+    "build", RUNNABLE or [pytest.param(None, marks=pytest.mark.skip(
+        reason=f"no native build runs here: {kernels.unavailable_reason()}"))])
+
+
+def search(build: str, users: torch.Tensor, items: torch.Tensor, bias: torch.Tensor | None,
+           excluded: torch.Tensor, top: int = 1) -> torch.Tensor:
+    """``best_dot`` by the build ``build`` (``avx512``, ``avx2``)."""
+    return kernels.search_with(kernels.load_variant(build)[0], users, items, bias, excluded, top)
 
 
 def reference_best(users: torch.Tensor, items: torch.Tensor, bias: torch.Tensor | None,
@@ -36,12 +47,12 @@ def reference_best(users: torch.Tensor, items: torch.Tensor, bias: torch.Tensor 
     return scores.topk(top, dim=1).indices
 
 
-@needs_kernel
+@each_build
 @pytest.mark.parametrize("batch", [1, 5, 6, 7, 13])
 @pytest.mark.parametrize("n_items", [1, 63, 64, 65, 512, 513, 1100])
 @pytest.mark.parametrize("with_bias", [False, True])
-def test_best_dot_finds_each_users_best_item_skipping_excluded_ones(batch: int, n_items: int,
-                                                                    with_bias: bool) -> None:
+def test_best_dot_finds_each_users_best_item_skipping_excluded_ones(build: str, batch: int,
+                                                                    n_items: int, with_bias: bool) -> None:
     gen = torch.Generator().manual_seed(batch * 1000 + n_items)
     users, items = torch.randn(batch, 7, generator=gen), torch.randn(n_items, 7, generator=gen)
     bias = torch.randn(n_items, generator=gen) if with_bias else None
@@ -49,56 +60,56 @@ def test_best_dot_finds_each_users_best_item_skipping_excluded_ones(batch: int, 
     excluded = torch.randint(0, n_items + 3, (batch, 4), generator=gen)
     excluded[::2, 0] = reference_best(users, items, bias, excluded[:, :0])[::2, 0]
     for excluding in (excluded, excluded[:, :0]):
-        assert torch.equal(kernels.best_dot(users, items, bias, excluding),
+        assert torch.equal(search(build, users, items, bias, excluding),
                            reference_best(users, items, bias, excluding))
 
 
-@needs_kernel
+@each_build
 @pytest.mark.parametrize("top", [2, 5, 64])
 @pytest.mark.parametrize("n_items", [80, 700])
-def test_best_dot_finds_each_users_top_items_best_first(top: int, n_items: int) -> None:
+def test_best_dot_finds_each_users_top_items_best_first(build: str, top: int, n_items: int) -> None:
     gen = torch.Generator().manual_seed(top * 10 + n_items)
     users, items = torch.randn(9, 6, generator=gen), torch.randn(n_items, 6, generator=gen)
     bias = torch.randn(n_items, generator=gen)
     excluded = torch.randint(0, n_items + 2, (9, 7), generator=gen)
-    best = kernels.best_dot(users, items, bias, excluded, top)
+    best = search(build, users, items, bias, excluded, top)
     assert best.shape == (9, top)
     assert torch.equal(best, reference_best(users, items, bias, excluded, top))
 
 
-@needs_kernel
-def test_ties_keep_the_first_item_and_a_user_with_every_item_excluded_gets_item_0() -> None:
+@each_build
+def test_ties_keep_the_first_item_and_a_user_with_every_item_excluded_gets_item_0(build: str) -> None:
     items = torch.zeros(200, 2)
     items[[70, 150, 199], 0] = 1.0  # three equal best items, in different tiles
     users = torch.tensor([[1.0, 0.0], [1.0, 0.0], [-1.0, 0.0]])
     excluded = torch.tensor([[300, 300], [70, 300], [300, 300]])  # 300: padding
-    assert kernels.best_dot(users, items, None, excluded).tolist() == [[70], [150], [0]]
+    assert search(build, users, items, None, excluded).tolist() == [[70], [150], [0]]
     # the equal items in item order, then the zeros in item order
-    assert kernels.best_dot(users, items, None, excluded, 4).tolist()[0] == [70, 150, 199, 0]
-    assert kernels.best_dot(users[:1], items[:2], None, torch.tensor([[0, 1]])).tolist() == [[0]]
+    assert search(build, users, items, None, excluded, 4).tolist()[0] == [70, 150, 199, 0]
+    assert search(build, users[:1], items[:2], None, torch.tensor([[0, 1]])).tolist() == [[0]]
 
 
-@needs_kernel
-def test_users_with_fewer_items_left_than_the_slate_take_topk() -> None:
+@each_build
+def test_users_with_fewer_items_left_than_the_slate_take_topk(build: str) -> None:
     gen = torch.Generator().manual_seed(0)
     users, items = torch.randn(3, 4, generator=gen), torch.randn(5, 4, generator=gen)
     excluded = torch.tensor([[0, 1, 2], [9, 9, 9], [9, 9, 9]])  # user 0 has 2 items left
-    best = kernels.best_dot(users, items, None, excluded, 3)
+    best = search(build, users, items, None, excluded, 3)
     scores = users @ items.T
     scores[0, :3] = float("-inf")
     assert torch.equal(best, scores.topk(3, dim=1).indices)
 
 
-@needs_kernel
-def test_non_finite_or_overflowing_inputs_take_the_pytorch_path_with_its_nan_rule() -> None:
+@each_build
+def test_non_finite_or_overflowing_inputs_take_the_pytorch_path_with_its_nan_rule(build: str) -> None:
     gen = torch.Generator().manual_seed(0)
     users, items = torch.randn(4, 3, generator=gen), torch.randn(100, 3, generator=gen)
     none = torch.zeros(4, 0).long()
     users[1, 0] = float("nan")  # every score of user 1 is NaN: max takes the first, item 0
     items[40] = torch.tensor([1e30, 1e30, 1e30])  # scores of 1e30 * users could overflow float32
     expected = (users @ items.T).max(1).indices[:, None]
-    assert torch.equal(kernels.best_dot(users, items, None, none), expected)
-    assert kernels.best_dot(users, items, None, none)[1, 0] == 0
+    assert torch.equal(search(build, users, items, None, none), expected)
+    assert search(build, users, items, None, none)[1, 0] == 0
 
 
 @needs_kernel
@@ -194,6 +205,27 @@ def _reason_in_subprocess(tmp_path, **environ: str) -> str:
 
 def test_recrl_native_0_turns_the_kernel_off_and_says_so(tmp_path) -> None:
     assert _reason_in_subprocess(tmp_path, RECRL_NATIVE="0") == "False RECRL_NATIVE=0"
+    assert _reason_in_subprocess(tmp_path, RECRL_NATIVE="sse") == \
+        "False RECRL_NATIVE='sse' (use 0, 1 or one of avx512, avx2)"
+
+
+@pytest.mark.skipif("avx2" not in RUNNABLE, reason="this CPU runs no AVX2 build")
+def test_recrl_native_avx2_acts_with_the_avx2_build(tmp_path) -> None:
+    code = "from recrl import kernels; print(kernels.status())"
+    env = {**os.environ, "RECRL_KERNEL_DIR": str(tmp_path), "RECRL_NATIVE": "avx2"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert done.stdout.strip() == "built (avx2)"
+    assert [path.name.startswith("best_dot-avx2-") for path in tmp_path.iterdir()] == [True]
+
+
+@pytest.mark.skipif(len(RUNNABLE) < 2, reason="this CPU runs one build")
+def test_the_builds_find_the_same_items() -> None:
+    """The AVX-512 and AVX2 builds sum every score in the same order: the same answers."""
+    gen = torch.Generator().manual_seed(3)
+    users, items = torch.randn(40, 33, generator=gen), torch.randn(3000, 33, generator=gen)
+    bias, excluded = torch.randn(3000, generator=gen), torch.randint(0, 3010, (40, 9), generator=gen)
+    answers = [search(build, users, items, bias, excluded, 5) for build in RUNNABLE]
+    assert all(torch.equal(answers[0], other) for other in answers[1:])
 
 
 @needs_kernel

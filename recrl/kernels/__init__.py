@@ -6,13 +6,16 @@ written to memory (``best_dot.c``; README "A search fused into the product"). Gr
 over a large catalogue spends as much time writing and re-reading its scores as making them;
 this kernel does the product alone at the matrix-multiply rate.
 
-The C source is compiled once per source and compiler with the machine's C compiler (``$CC``,
-else ``cc``; ``-O3 -mavx512f -mfma -fopenmp``) into ``$RECRL_KERNEL_DIR`` (default
-``~/.cache/recrl/kernels``), written atomically, and loaded with :mod:`ctypes`; its OpenMP
-threads are PyTorch's own (the library resolves ``libgomp.so.1`` to the copy PyTorch loaded).
-Where the CPU has no AVX-512, there is no compiler, the build fails, or ``RECRL_NATIVE=0``,
-:func:`best_dot_ready` is false and callers take their PyTorch path
-(:func:`unavailable_reason` says why).
+The C source is compiled once per source, compiler and instruction set with the machine's C
+compiler (``$CC``, else ``cc``; ``-O3 -fopenmp`` and ``-mavx512f -mfma`` or ``-mavx2 -mfma``)
+into ``$RECRL_KERNEL_DIR`` (default ``~/.cache/recrl/kernels``), written atomically, and loaded
+with :mod:`ctypes`; its OpenMP threads are PyTorch's own (the library resolves ``libgomp.so.1``
+to the copy PyTorch loaded). The build is the widest the CPU runs, as PyTorch reports it
+(:data:`VARIANTS`: AVX-512, else AVX2, the vector width of most laptops and desktops);
+``RECRL_NATIVE=avx2`` asks for the AVX2 build on an AVX-512 CPU. Where the CPU has neither,
+there is no compiler, the build fails, or ``RECRL_NATIVE=0``, :func:`best_dot_ready` is false
+and callers take their PyTorch path (:func:`unavailable_reason` says why; :func:`status` says
+which build runs or why none does).
 
 Example::
 
@@ -43,7 +46,10 @@ from torch import Tensor
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("best_dot.c")
-FLAGS = ["-O3", "-mavx512f", "-mfma", "-fopenmp", "-shared", "-fPIC"]
+FLAGS = ["-O3", "-fopenmp", "-shared", "-fPIC"]
+#: the builds, widest first: the flags of each and the PyTorch CPU capabilities that run it
+VARIANTS = {"avx512": (["-mavx512f", "-mfma"], ("AVX512",)),
+            "avx2": (["-mavx2", "-mfma", "-DRECRL_AVX2"], ("AVX512", "AVX2"))}
 SMALL_WORK = 1 << 16  # user-item pairs below which one thread scores them (threads cost more)
 
 def kernel_dir() -> Path:
@@ -55,18 +61,20 @@ def _compiler() -> str | None:
     return shutil.which(os.environ.get("CC") or "cc")
 
 
-def _build(compiler: str) -> Path:
-    """The compiled library's path, building it first if this source and compiler have none."""
+def _build(compiler: str, variant: str) -> Path:
+    """The compiled library of ``variant``'s path, building it first if this source, compiler
+    and variant have none."""
+    flags = [*FLAGS, *VARIANTS[variant][0]]
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True, check=False).stdout
-    key = hashlib.sha256(SOURCE.read_bytes() + version.encode() + " ".join(FLAGS).encode()).hexdigest()[:16]
-    target = kernel_dir() / f"best_dot-{key}.so"
+    key = hashlib.sha256(SOURCE.read_bytes() + version.encode() + " ".join(flags).encode()).hexdigest()[:16]
+    target = kernel_dir() / f"best_dot-{variant}-{key}.so"
     if target.exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, partial = tempfile.mkstemp(suffix=".so", dir=target.parent)
     os.close(fd)
     try:
-        done = subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", partial],
+        done = subprocess.run([compiler, *flags, str(SOURCE), "-o", partial],
                               capture_output=True, text=True, check=False)
         if done.returncode != 0:
             last = (done.stderr.strip().splitlines() or ["no message"])[-1]
@@ -105,20 +113,20 @@ def same_bytes(a: Tensor, b: Tensor) -> bool:
 
 
 @functools.cache
-def _load() -> tuple[ctypes.CDLL | None, str | None]:
-    """The loaded kernel library and ``None``, or ``None`` and the reason there is none."""
-    compiler = _compiler()
-    if os.environ.get("RECRL_NATIVE", "1") == "0":
-        reason = "RECRL_NATIVE=0"
-    elif platform.machine().lower() not in ("x86_64", "amd64"):
-        reason = f"an {platform.machine()} CPU (the kernel is AVX-512)"
-    elif torch.backends.cpu.get_cpu_capability() != "AVX512":
-        reason = f"a CPU without AVX-512 (PyTorch reports {torch.backends.cpu.get_cpu_capability()})"
+def load_variant(variant: str) -> tuple[ctypes.CDLL | None, str | None]:
+    """The loaded library of one build (:data:`VARIANTS`) and ``None``, or ``None`` and the
+    reason it cannot run here (tests compare the builds a CPU runs; acting takes
+    :func:`_load`'s)."""
+    compiler, capability = _compiler(), torch.backends.cpu.get_cpu_capability()
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        reason = f"an {platform.machine()} CPU (the kernel is AVX-512 or AVX2)"
+    elif capability not in VARIANTS[variant][1]:
+        reason = f"a CPU without {variant.upper()} (PyTorch reports {capability})"
     elif compiler is None:
         reason = "no C compiler ($CC or cc)"
     else:
         try:
-            library = ctypes.CDLL(str(_build(compiler)))
+            library = ctypes.CDLL(str(_build(compiler, variant)))
         except OSError as error:
             reason = f"the build failed: {error}"
         else:
@@ -127,13 +135,50 @@ def _load() -> tuple[ctypes.CDLL | None, str | None]:
                                          size, pointer, ctypes.c_int]
             library.best_dot.restype = ctypes.c_int
             return library, None
-    log.info("native best_dot unavailable (%s): greedy acting uses the PyTorch path", reason)
     return None, reason
+
+
+@functools.cache
+def _load() -> tuple[ctypes.CDLL | None, str | None, str | None]:
+    """The library acting uses, its variant and ``None``; or ``None``, ``None`` and the reason
+    there is none. ``RECRL_NATIVE``: ``0`` none, ``avx2`` the AVX2 build, else the widest the
+    CPU runs."""
+    wanted = os.environ.get("RECRL_NATIVE", "1").lower()
+    capability = torch.backends.cpu.get_cpu_capability()
+    runnable = [name for name, (_, capabilities) in VARIANTS.items() if capability in capabilities]
+    if wanted == "0":
+        reason = "RECRL_NATIVE=0"
+    elif wanted not in ("1", *VARIANTS):
+        reason = f"RECRL_NATIVE={wanted!r} (use 0, 1 or one of {', '.join(VARIANTS)})"
+    elif wanted == "1" and not runnable:
+        reason = (f"an {platform.machine()} CPU (the kernel is AVX-512 or AVX2)"
+                  if platform.machine().lower() not in ("x86_64", "amd64")
+                  else f"a CPU without AVX-512 or AVX2 (PyTorch reports {capability})")
+    else:
+        reasons = []
+        for name in runnable if wanted == "1" else [wanted]:
+            library, why = load_variant(name)
+            if library is not None:
+                return library, name, None
+            reasons.append(why)
+        reason = reasons[0]
+    log.info("native best_dot unavailable (%s): greedy acting uses the PyTorch path", reason)
+    return None, None, reason
 
 
 def _library() -> ctypes.CDLL | None:
     """The loaded kernel library, or ``None`` (the reason in :func:`unavailable_reason`)."""
     return _load()[0]
+
+
+def variant() -> str | None:
+    """Which build acting runs (``avx512``, ``avx2``), or ``None`` where none does."""
+    return _load()[1]
+
+
+def status() -> str:
+    """For reports: ``built (<variant>)``, or why no build runs here."""
+    return f"built ({variant()})" if best_dot_ready() else str(unavailable_reason())
 
 
 def best_dot_ready() -> bool:
@@ -144,7 +189,7 @@ def best_dot_ready() -> bool:
 
 def unavailable_reason() -> str | None:
     """Why the native kernel is not used here, or ``None`` where it is."""
-    return _load()[1]
+    return _load()[2]
 
 
 @torch.library.custom_op("recrl::best_dot", mutates_args=())
@@ -159,10 +204,16 @@ def best_dot(users: Tensor, items: Tensor, bias: Tensor | None, excluded: Tensor
     than ``top`` items left (and a kernel out of memory, or none built:
     :func:`best_dot_ready`) take the PyTorch path: ``max`` for one item (NaN counting highest,
     item 0 where every item is excluded), ``topk`` for more."""
+    return search_with(_library(), users, items, bias, excluded, top)
+
+
+def search_with(library: ctypes.CDLL | None, users: Tensor, items: Tensor, bias: Tensor | None,
+                excluded: Tensor, top: int = 1) -> Tensor:
+    """:func:`best_dot` by ``library`` (one of :func:`load_variant`'s; ``None``: the PyTorch
+    path)."""
     users, items = users.contiguous(), items.contiguous()
     bias = None if bias is None else bias.contiguous()
     excluded = excluded.to(torch.int64).contiguous()
-    library = _library()
     if library is None:
         return _best_by_product(users, items, bias, excluded, top)
     (batch, dim), n_items = users.shape, items.shape[0]

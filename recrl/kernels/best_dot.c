@@ -12,6 +12,10 @@
  * beats it (a handful of times per user over the catalogue) are the 64 scores written to the
  * stack and scanned in item order, skipping the user's excluded items, each new entry inserted
  * in the list by score. Ties keep the earlier item first, as torch.max does.
+ *
+ * Built twice: for AVX-512 (vectors of 16 floats, tiles of 6 users x 64 items in 24 of the 32
+ * registers) and, with -DRECRL_AVX2, for AVX2 (vectors of 8, tiles of 6 x 16 items in 12 of
+ * the 16 registers), the same algorithm through the vector helpers below.
  */
 #include <immintrin.h>
 #include <math.h>
@@ -21,9 +25,72 @@
 #include <omp.h>
 
 #define MR 6             /* users per tile */
-#define NR 4             /* vectors of 16 items per tile */
-#define TILE (16 * NR)   /* items per tile */
-#define PANEL (8 * TILE) /* items per panel: a panel of 34 dimensions is 70 KB, in L2 */
+#define PANEL 512        /* items per panel: a panel of 34 dimensions is 70 KB, in L2 */
+
+#ifdef RECRL_AVX2
+#define W 8              /* floats per vector */
+#define NR 2             /* vectors per tile */
+typedef __m256 vec;
+typedef __m256i lanes_t;
+static inline vec vzero(void) { return _mm256_setzero_ps(); }
+static inline vec vset1(float x) { return _mm256_set1_ps(x); }
+static inline vec vload(const float *p) { return _mm256_load_ps(p); }
+static inline void vstore(float *p, vec a) { _mm256_store_ps(p, a); }
+static inline vec vfma(vec a, vec b, vec c) { return _mm256_fmadd_ps(a, b, c); }
+static inline vec vmax(vec a, vec b) { return _mm256_max_ps(a, b); }
+static inline vec vabs(vec a) { return _mm256_andnot_ps(_mm256_set1_ps(-0.0f), a); }
+static inline int any_above(vec a, float bar) {
+    return _mm256_movemask_ps(_mm256_cmp_ps(a, _mm256_set1_ps(bar), _CMP_GT_OQ));
+}
+static inline int any_not_finite(vec a) {  /* inf or NaN */
+    return _mm256_movemask_ps(_mm256_cmp_ps(a, _mm256_set1_ps(INFINITY), _CMP_NLT_UQ));
+}
+static inline float reduce_max(vec a) {
+    __m128 m = _mm_max_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+    m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    return _mm_cvtss_f32(_mm_max_ss(m, _mm_shuffle_ps(m, m, 1)));
+}
+static inline lanes_t first_lanes(int64_t count) {  /* lanes below count (0..W) */
+    const int c = (int)(count < 0 ? 0 : count > W ? W : count);
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(c), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+static inline vec load_lanes(lanes_t lanes, const float *p) { return _mm256_maskload_ps(p, lanes); }
+static inline __m256i strides(int64_t dims) {
+    return _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32((int)dims));
+}
+static inline vec gather_lanes(lanes_t lanes, __m256i rows, const float *first) {
+    return _mm256_mask_i32gather_ps(_mm256_setzero_ps(), first, rows, _mm256_castsi256_ps(lanes), 4);
+}
+#else
+#define W 16
+#define NR 4
+typedef __m512 vec;
+typedef __mmask16 lanes_t;
+static inline vec vzero(void) { return _mm512_setzero_ps(); }
+static inline vec vset1(float x) { return _mm512_set1_ps(x); }
+static inline vec vload(const float *p) { return _mm512_load_ps(p); }
+static inline void vstore(float *p, vec a) { _mm512_store_ps(p, a); }
+static inline vec vfma(vec a, vec b, vec c) { return _mm512_fmadd_ps(a, b, c); }
+static inline vec vmax(vec a, vec b) { return _mm512_max_ps(a, b); }
+static inline vec vabs(vec a) { return _mm512_abs_ps(a); }
+static inline int any_above(vec a, float bar) {
+    return _mm512_cmp_ps_mask(a, _mm512_set1_ps(bar), _CMP_GT_OQ);
+}
+static inline int any_not_finite(vec a) { return _mm512_cmp_ps_mask(a, _mm512_set1_ps(INFINITY), _CMP_NLT_UQ); }
+static inline float reduce_max(vec a) { return _mm512_reduce_max_ps(a); }
+static inline lanes_t first_lanes(int64_t count) {
+    return count >= W ? (lanes_t)0xFFFF : count <= 0 ? (lanes_t)0 : (lanes_t)((1u << count) - 1);
+}
+static inline vec load_lanes(lanes_t lanes, const float *p) { return _mm512_maskz_loadu_ps(lanes, p); }
+static inline __m512i strides(int64_t dims) {
+    return _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                              _mm512_set1_epi32((int)dims));
+}
+static inline vec gather_lanes(lanes_t lanes, __m512i rows, const float *first) {
+    return _mm512_mask_i32gather_ps(_mm512_setzero_ps(), lanes, rows, first, 4);
+}
+#endif
+#define TILE (W * NR)    /* items per tile */
 
 static int excluded_item(const int64_t *excluded, int64_t count, int64_t item) {
     for (int64_t j = 0; j < count; ++j)
@@ -50,53 +117,46 @@ static void rescan(const float *scores, int64_t base, int64_t n, const int64_t *
 
 /* The largest |x| over n floats, +inf if any is not finite. */
 static float max_abs(const float *x, int64_t n) {
-    const __m512 inf = _mm512_set1_ps(INFINITY);
-    __m512 m = _mm512_setzero_ps();
-    __mmask16 bad = 0;
-    for (int64_t i = 0; i < n; i += 16) {
-        __mmask16 lanes = n - i >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - i)) - 1);
-        __m512 a = _mm512_abs_ps(_mm512_maskz_loadu_ps(lanes, x + i));
-        bad |= _mm512_cmp_ps_mask(a, inf, _CMP_NLT_UQ);  /* inf or NaN */
-        m = _mm512_max_ps(m, a);
+    vec m = vzero();
+    int bad = 0;
+    for (int64_t i = 0; i < n; i += W) {
+        vec a = vabs(load_lanes(first_lanes(n - i), x + i));
+        bad |= any_not_finite(a);
+        m = vmax(m, a);
     }
-    return bad ? INFINITY : _mm512_reduce_max_ps(m);
+    return bad ? INFINITY : reduce_max(m);
 }
 
-/* acc[r][c] = the scores of user r for the 16 items 16c.. of the tile at v (item factors
+/* acc[r][c] = the scores of user r for the W items Wc.. of the tile at v (item factors
  * dimension by dimension, row stride PANEL; the tile's biases at bias). */
 static inline __attribute__((always_inline)) void tile_scores(
-        __m512 acc[MR][NR], const float *v, const float *bias, int64_t dims, const float *const u[MR]) {
+        vec acc[MR][NR], const float *v, const float *bias, int64_t dims, const float *const u[MR]) {
     for (int c = 0; c < NR; ++c) {
-        __m512 start = _mm512_load_ps(bias + 16 * c);
+        vec start = vload(bias + W * c);
         for (int r = 0; r < MR; ++r) acc[r][c] = start;
     }
     for (int64_t d = 0; d < dims; ++d, v += PANEL) {
-        __m512 vec[NR];
-        for (int c = 0; c < NR; ++c) vec[c] = _mm512_load_ps(v + 16 * c);
+        vec item[NR];
+        for (int c = 0; c < NR; ++c) item[c] = vload(v + W * c);
         for (int r = 0; r < MR; ++r) {
-            __m512 a = _mm512_set1_ps(u[r][d]);
-            for (int c = 0; c < NR; ++c) acc[r][c] = _mm512_fmadd_ps(a, vec[c], acc[r][c]);
+            vec a = vset1(u[r][d]);
+            for (int c = 0; c < NR; ++c) acc[r][c] = vfma(a, item[c], acc[r][c]);
         }
     }
 }
 
-/* Items p0 + g0 .. p0 + g1 (g0, g1 multiples of 16 within the panel; rows of dims factors)
- * into the panel buffer pack, dimension by dimension (16 items by one gather), then their
+/* Items p0 + g0 .. p0 + g1 (g0, g1 multiples of W within the panel; rows of dims factors)
+ * into the panel buffer pack, dimension by dimension (W items by one gather), then their
  * biases (0 without); zero past item n. */
 static void pack_items(const float *items, const float *bias, int64_t n, int64_t dims, int64_t p0,
                        int64_t g0, int64_t g1, float *pack) {
-    const __m512i rows = _mm512_mullo_epi32(
-        _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-        _mm512_set1_epi32((int)dims));
-    for (int64_t g = g0; g < g1; g += 16) {
-        int64_t in = n - (p0 + g);
-        __mmask16 lanes = in >= 16 ? (__mmask16)0xFFFF : in <= 0 ? 0 : (__mmask16)((1u << in) - 1);
+    const __typeof__(strides(dims)) rows = strides(dims);
+    for (int64_t g = g0; g < g1; g += W) {
+        const lanes_t lanes = first_lanes(n - (p0 + g));
         const float *first = items + (p0 + g) * dims;
         for (int64_t d = 0; d < dims; ++d)
-            _mm512_store_ps(pack + d * PANEL + g,
-                            _mm512_mask_i32gather_ps(_mm512_setzero_ps(), lanes, rows, first + d, 4));
-        _mm512_store_ps(pack + dims * PANEL + g,
-                        bias ? _mm512_maskz_loadu_ps(lanes, bias + p0 + g) : _mm512_setzero_ps());
+            vstore(pack + d * PANEL + g, gather_lanes(lanes, rows, first + d));
+        vstore(pack + dims * PANEL + g, bias ? load_lanes(lanes, bias + p0 + g) : vzero());
     }
 }
 
@@ -115,14 +175,14 @@ static void search_panel(const float *users, const float *pack, int64_t b, int64
         for (int r = 0; r < MR; ++r)  /* a short block repeats its first user */
             u[r] = users + (u0 + (r < rows ? r : 0)) * dims;
         for (int64_t t = 0; t < tiles_end; t += TILE) {
-            __m512 acc[MR][NR];
+            vec acc[MR][NR];
             tile_scores(acc, pack + t, pack + dims * PANEL + t, dims, u);
             for (int r = 0; r < rows; ++r) {
                 float *user_score = list_score + (u0 + r) * top;
-                __m512 m = _mm512_max_ps(_mm512_max_ps(acc[r][0], acc[r][1]),
-                                         _mm512_max_ps(acc[r][2], acc[r][3]));
-                if (_mm512_cmp_ps_mask(m, _mm512_set1_ps(user_score[top - 1]), _CMP_GT_OQ)) {
-                    for (int c = 0; c < NR; ++c) _mm512_store_ps(scores + 16 * c, acc[r][c]);
+                vec m = acc[r][0];
+                for (int c = 1; c < NR; ++c) m = vmax(m, acc[r][c]);
+                if (any_above(m, user_score[top - 1])) {
+                    for (int c = 0; c < NR; ++c) vstore(scores + W * c, acc[r][c]);
                     rescan(scores, p0 + t, n, excluded ? excluded + (u0 + r) * count : 0, count, top,
                            user_score, list_item + (u0 + r) * top);
                 }
@@ -160,10 +220,10 @@ int best_dot(const float *users, const float *items, const float *bias, int64_t 
     {
         const int64_t share = omp_get_num_threads(), id = omp_get_thread_num();
         const int64_t lo = blocks * id / share, hi = blocks * (id + 1) / share;
-        const int64_t groups = PANEL / 16;
+        const int64_t groups = PANEL / W;
         for (int64_t p0 = 0; p0 < n; p0 += PANEL) {
-            pack_items(items, bias, n, dims, p0, 16 * (groups * id / share),
-                       16 * (groups * (id + 1) / share), pack);
+            pack_items(items, bias, n, dims, p0, W * (groups * id / share),
+                       W * (groups * (id + 1) / share), pack);
             #pragma omp barrier
             search_panel(users, pack, b, dims, n, p0, excluded, count, top, lo, hi, list_score,
                          list_item);
