@@ -32,6 +32,7 @@
 #define NR 2             /* vectors per tile */
 typedef __m256 vec;
 typedef __m256i lanes_t;
+typedef __m256i index_t;
 static inline vec vzero(void) { return _mm256_setzero_ps(); }
 static inline vec vset1(float x) { return _mm256_set1_ps(x); }
 static inline vec vload(const float *p) { return _mm256_load_ps(p); }
@@ -55,10 +56,10 @@ static inline lanes_t first_lanes(int64_t count) {  /* lanes below count (0..W) 
     return _mm256_cmpgt_epi32(_mm256_set1_epi32(c), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
 }
 static inline vec load_lanes(lanes_t lanes, const float *p) { return _mm256_maskload_ps(p, lanes); }
-static inline __m256i strides(int64_t dims) {
+static inline index_t strides(int64_t dims) {
     return _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32((int)dims));
 }
-static inline vec gather_lanes(lanes_t lanes, __m256i rows, const float *first) {
+static inline vec gather_lanes(lanes_t lanes, index_t rows, const float *first) {
     return _mm256_mask_i32gather_ps(_mm256_setzero_ps(), first, rows, _mm256_castsi256_ps(lanes), 4);
 }
 #else
@@ -66,6 +67,7 @@ static inline vec gather_lanes(lanes_t lanes, __m256i rows, const float *first) 
 #define NR 4
 typedef __m512 vec;
 typedef __mmask16 lanes_t;
+typedef __m512i index_t;
 static inline vec vzero(void) { return _mm512_setzero_ps(); }
 static inline vec vset1(float x) { return _mm512_set1_ps(x); }
 static inline vec vload(const float *p) { return _mm512_load_ps(p); }
@@ -82,11 +84,11 @@ static inline lanes_t first_lanes(int64_t count) {
     return count >= W ? (lanes_t)0xFFFF : count <= 0 ? (lanes_t)0 : (lanes_t)((1u << count) - 1);
 }
 static inline vec load_lanes(lanes_t lanes, const float *p) { return _mm512_maskz_loadu_ps(lanes, p); }
-static inline __m512i strides(int64_t dims) {
+static inline index_t strides(int64_t dims) {
     return _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
                               _mm512_set1_epi32((int)dims));
 }
-static inline vec gather_lanes(lanes_t lanes, __m512i rows, const float *first) {
+static inline vec gather_lanes(lanes_t lanes, index_t rows, const float *first) {
     return _mm512_mask_i32gather_ps(_mm512_setzero_ps(), lanes, rows, first, 4);
 }
 #endif
@@ -150,7 +152,7 @@ static inline __attribute__((always_inline)) void tile_scores(
  * biases (0 without); zero past item n. */
 static void pack_items(const float *items, const float *bias, int64_t n, int64_t dims, int64_t p0,
                        int64_t g0, int64_t g1, float *pack) {
-    const __typeof__(strides(dims)) rows = strides(dims);
+    const index_t rows = strides(dims);
     for (int64_t g = g0; g < g1; g += W) {
         const lanes_t lanes = first_lanes(n - (p0 + g));
         const float *first = items + (p0 + g) * dims;
