@@ -49,7 +49,7 @@ def reference_best(users: torch.Tensor, items: torch.Tensor, bias: torch.Tensor 
 
 @each_build
 @pytest.mark.parametrize("batch", [1, 5, 6, 7, 13])
-@pytest.mark.parametrize("n_items", [1, 63, 64, 65, 512, 513, 1100])
+@pytest.mark.parametrize("n_items", [1, 23, 24, 25, 63, 64, 65, 481, 512, 513, 1100])
 @pytest.mark.parametrize("with_bias", [False, True])
 def test_best_dot_finds_each_users_best_item_skipping_excluded_ones(build: str, batch: int,
                                                                     n_items: int, with_bias: bool) -> None:
