@@ -144,19 +144,18 @@ def _load() -> tuple[ctypes.CDLL | None, str | None, str | None]:
     there is none. ``RECRL_NATIVE``: ``0`` none, ``avx2`` the AVX2 build, else the widest the
     CPU runs."""
     wanted = os.environ.get("RECRL_NATIVE", "1").lower()
-    capability = torch.backends.cpu.get_cpu_capability()
-    runnable = [name for name, (_, capabilities) in VARIANTS.items() if capability in capabilities]
     if wanted == "0":
         reason = "RECRL_NATIVE=0"
     elif wanted not in ("1", *VARIANTS):
         reason = f"RECRL_NATIVE={wanted!r} (use 0, 1 or one of {', '.join(VARIANTS)})"
-    elif wanted == "1" and not runnable:
-        reason = (f"an {platform.machine()} CPU (the kernel is AVX-512 or AVX2)"
-                  if platform.machine().lower() not in ("x86_64", "amd64")
-                  else f"a CPU without AVX-512 or AVX2 (PyTorch reports {capability})")
     else:
+        capability = torch.backends.cpu.get_cpu_capability()
+        # auto: the builds this CPU runs, widest first; where it runs none, the narrowest
+        # build's refusal says why
+        names = ([name for name, (_, runs_on) in VARIANTS.items() if capability in runs_on]
+                 or [list(VARIANTS)[-1]]) if wanted == "1" else [wanted]
         reasons = []
-        for name in runnable if wanted == "1" else [wanted]:
+        for name in names:
             library, why = load_variant(name)
             if library is not None:
                 return library, name, None
