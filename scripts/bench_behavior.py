@@ -25,6 +25,7 @@ from rich.table import Table
 
 from recrl.behavior.fit import sequence_loss, session_tensors
 from recrl.config import CONF_DIR
+from recrl.fileio import write_text_atomic
 from recrl.types import LOG_COLUMNS, Obs
 
 MODELS = ("gru", "sasrec", "sasrec_large", "mf", "deepfm")
@@ -129,7 +130,7 @@ def main() -> None:
     Console().print(table)
     meta = {"device": args.device, "torch": torch.__version__, "cpus": os.cpu_count(),
             "python": sys.version.split()[0], **{k: v for k, v in vars(args).items() if k != "out"}}
-    args.out.write_text(json.dumps({"results": results, "settings": meta}, indent=2, default=str))
+    write_text_atomic(args.out, json.dumps({"results": results, "settings": meta}, indent=2, default=str))
     Console().print(f"wrote {args.out}")
 
 

@@ -21,6 +21,8 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from recrl.fileio import write_text_atomic
+
 REPO = Path(__file__).resolve().parents[1]
 
 DATASETS = {  # name -> (config name, extra overrides, raw files measured)
@@ -152,7 +154,7 @@ def main() -> None:
               "python": sys.version.split()[0],
               "cpus": os.cpu_count(), "seconds": time.perf_counter() - start,
               "note": "peak = growth of the peak resident set during a cold load() (fresh process)"}
-    args.out.write_text(json.dumps(result, indent=2))
+    write_text_atomic(args.out, json.dumps(result, indent=2))
     console.print(f"wrote {args.out}")
 
 

@@ -128,6 +128,7 @@ from recrl.compile import COMPILE_MODES, ENV_HOT_PATH, compile_function, compile
 from recrl.config import build, group_option
 from recrl.data.synthetic import SyntheticWorld
 from recrl.env.simulator import RecEnv
+from recrl.fileio import write_text_atomic
 from recrl.report import cpu_model
 from recrl.rewards import ClickReward
 from recrl.types import AlgoContext, Policy
@@ -708,7 +709,7 @@ def main() -> None:
     if comparison is not None:
         out["comparison"] = {"old": str(args.compare), "old_machine": old.get("machine", {}),
                              "rows": comparison}
-    args.out.write_text(json.dumps(out, indent=2))
+    write_text_atomic(args.out, json.dumps(out, indent=2))
     console.print(f"wrote {args.out}")
 
 

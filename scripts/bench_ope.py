@@ -25,6 +25,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from recrl.fileio import write_text_atomic
 from recrl.ope import estimators as ope
 from recrl.ope import slate
 from recrl.ope.core import N_BOOT
@@ -142,7 +143,7 @@ def main() -> None:
     print_table(shared, args.budget,
                 f"shared bootstrap, {N_BOOT} resamples: {total:.2f} s of {args.budget:g} s")
     settings = {**info, "n_boot": N_BOOT, **{k: v for k, v in vars(args).items() if k != "out"}}
-    args.out.write_text(json.dumps({"single": single, "shared": shared, "total_seconds": total,
+    write_text_atomic(args.out, json.dumps({"single": single, "shared": shared, "total_seconds": total,
                                     "within_budget": total <= args.budget, "settings": settings},
                                    indent=2, default=str))
     Console().print(f"wrote {args.out}")

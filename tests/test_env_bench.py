@@ -201,13 +201,14 @@ def test_choice_functions_equal_their_plain_formulas() -> None:
 
 
 def test_bench_script_writes_json(tmp_path, monkeypatch) -> None:
-    """``scripts/bench_env.py`` runs a tiny grid and writes its JSON (no timing is asserted)."""
+    """``scripts/bench_env.py`` runs a tiny grid and writes its JSON, into a folder it makes (no
+    timing is asserted)."""
     import json
     import runpy
     import sys
     from pathlib import Path
 
-    out = tmp_path / "bench_env.json"
+    out = tmp_path / "not_yet" / "bench_env.json"
     script = Path(__file__).resolve().parents[1] / "scripts" / "bench_env.py"
     monkeypatch.setattr(sys, "argv", ["bench_env.py", "--threads", "1", "--items", "50", "--batches", "8",
                                       "--slates", "1", "2", "--dim", "4", "--steps", "2", "--warmup", "1",
