@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from tiny import load_script, run_recrl
+from tiny import load_script, refused_in_process, run_recrl
 
 from recrl import api, kernels
 from recrl.checkpoint import load_checkpoint
@@ -387,7 +387,20 @@ def test_sweep_syntax_errors_are_one_line(args: list[str], message: str,
     (["eval", "checkpoint=/no/such/run", "eval.ground_truth=/other/run"], "eval.ground_truth is the run's"),
     (["fly"], "unknown command"),
 ])
-def test_bad_input_gives_one_line_and_exit_code_2(tmp_path: Path, args: list[str], message: str) -> None:
+def test_bad_input_gives_one_line_and_exit_code_2(args: list[str], message: str, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """In this process (the subprocess test below checks that a real process exits the same way)."""
+    lines = refused_in_process(*args, cwd=tmp_path, monkeypatch=monkeypatch, capsys=capsys)
+    assert len(lines) == 1 and message in lines[0], lines
+    assert not (tmp_path / "outputs").exists() and not (tmp_path / "cache").exists()
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["train", "trainer.stepz=1"], "unknown key trainer.stepz"),  # the config's pre-check
+    (["eval", "checkpoint=/no/such/run"], "does not exist"),
+])
+def test_a_recrl_process_exits_2_with_one_line(tmp_path: Path, args: list[str], message: str) -> None:
     proc = recrl(*args, cwd=tmp_path, cache=tmp_path / "cache", check=False)
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()

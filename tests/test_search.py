@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from omegaconf import OmegaConf
-from tiny import run_recrl
+from tiny import refused_in_process, run_recrl
 
 from recrl.search import (
     Dimension,
@@ -135,17 +135,19 @@ def test_search_runs_in_parallel_then_resumes(tmp_path: Path, shared_cache: Path
     assert [p.name for p in sweep.parent.iterdir() if (p / "study.db").exists()] == ["first"]
 
 
-def test_search_errors_are_one_line(tmp_path: Path) -> None:
-    proc = recrl("sweep", "search=dqn", *SMOKE, "search.objective=ground_truth", cwd=tmp_path)
-    assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines() == [
-        "recrl: error: search.objective='ground_truth' is not a valid one of 'simulator', 'ope', 'behavior'"]
+def test_search_errors_are_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                    capsys: pytest.CaptureFixture[str]) -> None:
+    lines = refused_in_process("sweep", "search=dqn", *SMOKE, "search.objective=ground_truth", cwd=tmp_path,
+                               monkeypatch=monkeypatch, capsys=capsys)
+    assert lines == ["recrl: error: search.objective='ground_truth' is not a valid one of "
+                     "'simulator', 'ope', 'behavior'"]
 
 
-def test_an_unknown_search_is_one_line(tmp_path: Path) -> None:
-    proc = recrl("sweep", "search=dqnn", *SMOKE, cwd=tmp_path)
-    assert proc.returncode == 2
-    assert "unknown option search=dqnn; valid options for search: behavior, c51, cql, dqn, ppo" in proc.stderr
+def test_an_unknown_search_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    [line] = refused_in_process("sweep", "search=dqnn", *SMOKE, cwd=tmp_path, monkeypatch=monkeypatch,
+                                capsys=capsys)
+    assert "unknown option search=dqnn; valid options for search: behavior, c51, cql, dqn, ppo" in line
 
 
 def test_trials_that_fail_are_recorded_and_the_search_exits_non_zero(tmp_path: Path,

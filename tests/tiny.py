@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
+import pytest
 import torch
 
 from recrl.buffer import Rollout
@@ -63,6 +64,27 @@ def run_recrl(*args: str, cwd: Path, cache: Path | None = None, timeout: float =
         env["RECRL_CACHE_DIR"] = str(cache)
     return subprocess.run([sys.executable, "-m", "recrl.cli", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=timeout)
+
+
+def refused_in_process(*args: str, cwd: Path, monkeypatch: pytest.MonkeyPatch,
+                       capsys: pytest.CaptureFixture[str]) -> list[str]:
+    """``recrl <args>`` through the console script's entry point in this process, from ``cwd``
+    with the recrl cache ``cwd/cache`` and ``RECRL_DEBUG`` off, which must refuse it with exit
+    code 2 (returned, or raised as ``SystemExit`` from inside a run as the process would exit):
+    the lines it wrote to stderr. A fraction of a second where a ``recrl`` process takes
+    seconds to start; ``tests/test_cli.py`` checks that a real process exits the same way."""
+    from recrl.cli import main
+
+    monkeypatch.chdir(cwd)
+    monkeypatch.setenv("RECRL_CACHE_DIR", str(cwd / "cache"))
+    monkeypatch.delenv("RECRL_DEBUG", raising=False)
+    try:
+        code = main(list(args))
+    except SystemExit as stop:
+        code = stop.code
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 2, lines
+    return lines
 
 
 def train_smoke(tmp_path: Path, *overrides: str, cache: Path | None = None) -> tuple[dict, list[dict]]:
