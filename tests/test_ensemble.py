@@ -476,14 +476,16 @@ def test_selection_runs_in_a_held_out_member(tmp_path: Path) -> None:
         Trainer(select_by="ground_truth")
 
 
-def test_cli_picks_best_in_the_held_out_member(tmp_path: Path) -> None:
+def test_cli_picks_best_in_the_held_out_member(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
     run = tmp_path / "run"
     proc = run_cli("behavior.ensemble=3", "trainer.select_by=held_out_member", "dataset.n_users=300",
                    f"hydra.run.dir={run}", tmp_path=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (run / "checkpoints" / "best.pt").is_file()
-    proc = run_cli("trainer.select_by=held_out_member", tmp_path=tmp_path)
-    assert proc.returncode == 2 and "needs behavior.ensemble >= 3" in proc.stderr.strip().splitlines()[-1]
+    lines = refused_in_process("train", "experiment=smoke", "trainer.select_by=held_out_member", cwd=tmp_path,
+                               monkeypatch=monkeypatch, capsys=capsys)
+    assert "needs behavior.ensemble >= 3" in lines[-1]
 
 
 def test_eval_mode_reaches_the_batched_template() -> None:
