@@ -24,7 +24,7 @@ from rich.console import Console
 from rich.table import Table
 
 from recrl.behavior.fit import sequence_loss, session_tensors
-from recrl.config import CONF_DIR
+from recrl.config import CONF_DIR, without_ensemble
 from recrl.fileio import write_text_atomic
 from recrl.types import LOG_COLUMNS, Obs
 
@@ -38,16 +38,20 @@ def generated_log(users: int, length: int, items: int, seed: int = 0) -> pd.Data
     item = rng.choice(items, size=users * length, p=popularity / popularity.sum())
     frame = pd.DataFrame({"user": np.repeat(np.arange(users), length), "item": item,
                           "time": np.tile(np.arange(length), users), "click": 1.0})
-    for column, value in (("conversion", 0.0), ("rating", np.nan), ("leave", np.nan), ("propensity", np.nan)):
-        frame[column] = value
+    frame["conversion"] = 0.0
+    for column in LOG_COLUMNS:  # rating, leave, propensity and every user signal's column: unknown
+        if column not in frame:
+            frame[column] = np.nan
     return frame[list(LOG_COLUMNS)]
 
 
 def build(name: str, items: int, users: int, device: str) -> torch.nn.Module:
     """A model from ``conf/behavior/<name>.yaml`` (static models such as MF need ``users``)."""
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("train", overrides=[f"behavior={name}"])
-    return instantiate(cfg.behavior)(n_items=items, n_users=users, device=device)
+        # the model as its config file has it, without a dataset's adjustments (the synthetic
+        # world's GRU knows items by content, which this generated log has none of)
+        cfg = compose("train", overrides=[f"behavior={name}", "~dataset_behavior"])
+    return instantiate(without_ensemble(cfg.behavior))(n_items=items, n_users=users, device=device)
 
 
 def sync(device: str) -> None:

@@ -143,9 +143,9 @@ def main() -> None:
     print_table(shared, args.budget,
                 f"shared bootstrap, {N_BOOT} resamples: {total:.2f} s of {args.budget:g} s")
     settings = {**info, "n_boot": N_BOOT, **{k: v for k, v in vars(args).items() if k != "out"}}
-    write_text_atomic(args.out, json.dumps({"single": single, "shared": shared, "total_seconds": total,
-                                    "within_budget": total <= args.budget, "settings": settings},
-                                   indent=2, default=str))
+    result = {"single": single, "shared": shared, "total_seconds": total,
+              "within_budget": total <= args.budget, "settings": settings}
+    write_text_atomic(args.out, json.dumps(result, indent=2, default=str))
     Console().print(f"wrote {args.out}")
 
 
