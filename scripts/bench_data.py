@@ -149,7 +149,8 @@ def main() -> None:
                       f"{r['us_per_row']:.2f}", f"{r['peak_bytes'] / 1e6:.1f}")
     console.print(scale)
     marginal = marginal_peak_over_raw(scaling) if len(scaling) > 1 else float("nan")
-    console.print(f"marginal peak memory per raw byte: {marginal:.2f}x")
+    console.print("marginal peak memory per raw byte: "
+                  + (f"{marginal:.2f}x" if len(scaling) > 1 else "needs two --sizes or more"))
     result = {"datasets": datasets, "scaling": scaling, "marginal_peak_over_raw": marginal,
               "python": sys.version.split()[0],
               "cpus": os.cpu_count(), "seconds": time.perf_counter() - start,
