@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
-from tiny import run_recrl
+from tiny import refused_in_process, run_recrl
 
 from recrl.behavior.gru import GRUBehavior
 from recrl.config import CONF_DIR
@@ -62,12 +62,13 @@ def test_data_info_and_prepare(tmp_path: Path) -> None:
     assert again.returncode == 0 and "hit" in again.stdout
 
 
-def test_missing_dataset_fails_before_any_output(tmp_path: Path) -> None:
+def test_missing_dataset_fails_before_any_output(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
     env_dir = tmp_path / "empty"
-    proc = run_recrl("train", "dataset=ml100k", cwd=tmp_path, timeout=120, RECRL_DATA_DIR=str(env_dir))
-    assert proc.returncode == 2
-    line = proc.stderr.strip()
-    assert "\n" not in line and str(env_dir / "ml-100k") in line and "recrl data download ml100k" in line
+    monkeypatch.setenv("RECRL_DATA_DIR", str(env_dir))
+    [line] = refused_in_process("train", "dataset=ml100k", cwd=tmp_path, monkeypatch=monkeypatch,
+                                capsys=capsys)
+    assert str(env_dir / "ml-100k") in line and "recrl data download ml100k" in line
     assert not (tmp_path / "outputs").exists()
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from hydra import compose, initialize_config_dir
-from tiny import run_recrl
+from tiny import refused_in_process
 
 import recrl.data.cache
 from recrl.config import CONF_DIR, build, validate
@@ -258,14 +258,14 @@ def test_bad_propensities_in_parquet_and_raw_logs(tmp_path: Path) -> None:
         all_train()(raw)
 
 
-def test_cli_bad_propensities_exit_2_with_one_line(tmp_path: Path) -> None:
+def test_cli_bad_propensities_exit_2_with_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "log.csv").write_text(PROPENSITY_ROWS)
     args = ["data", "prepare", "dataset=csv", f"data_dir={tmp_path}", f"cache_dir={tmp_path}/c",
             "dataset.path=log.csv", "dataset.columns.user=u", "dataset.columns.item=i",
             "dataset.columns.time=t", "~dataset.columns.rating", "+dataset.columns.propensity=prop"]
-    proc = run_recrl(*args, cwd=tmp_path)
-    lines = proc.stderr.strip().splitlines()
-    assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-2000:]
+    lines = refused_in_process(*args, cwd=tmp_path, monkeypatch=monkeypatch, capsys=capsys)
+    assert len(lines) == 1, lines
     assert re.search(PROPENSITY_MESSAGE.replace("$", ""), lines[0]), lines[0]
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from tiny import run_recrl
+from tiny import refused_in_process, run_recrl
 
 from recrl.behavior.fit import TrainingSettings
 from recrl.behavior.gru import GRUBehavior
@@ -98,12 +98,13 @@ def test_train_with_the_watch_reward_end_to_end(tmp_path: Path, shared_cache: Pa
         assert stats["watch"]["mean"] > 0
 
 
-def test_watch_reward_on_data_without_watch_is_a_one_line_error(tmp_path: Path) -> None:
+def test_watch_reward_on_data_without_watch_is_a_one_line_error(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     args = ["train", "experiment=smoke", "reward=watch", "dataset=csv", f"dataset.root={TABULAR}",
             "dataset.path=valid.csv", "+dataset.columns.click=clicked",
             "dataset.preprocess.min_user_interactions=1", "dataset.preprocess.min_item_interactions=1"]
-    proc = _recrl(*args, tmp=tmp_path)
-    lines = proc.stderr.strip().splitlines()
-    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    lines = refused_in_process(*args, f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path,
+                               monkeypatch=monkeypatch, capsys=capsys)
+    assert len(lines) == 1, lines
     assert "reward=watch needs watch (dwell) values" in lines[0] and "dataset.columns.watch" in lines[0]
     assert not (tmp_path / "run" / "report.json").exists()
