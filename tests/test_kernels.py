@@ -194,10 +194,11 @@ def test_without_the_kernel_acting_takes_the_pytorch_path(monkeypatch) -> None:
     assert DQN(make_ctx(slate_size=1), demonstrations=0).act(obs, explore=False).shape == (8, 1)
 
 
-def _reason_in_subprocess(tmp_path, **environ: str) -> str:
-    """``best_dot_ready()`` and ``unavailable_reason()`` of a fresh process building into
-    ``tmp_path`` with the extra environment variables ``environ``."""
-    code = "from recrl import kernels; print(kernels.best_dot_ready(), kernels.unavailable_reason())"
+def _reason_in_subprocess(tmp_path, shown: str = "kernels.best_dot_ready(), kernels.unavailable_reason()",
+                          **environ: str) -> str:
+    """What a fresh process building into ``tmp_path`` with the extra environment variables
+    ``environ`` prints of ``shown`` (by default ``best_dot_ready()`` and ``unavailable_reason()``)."""
+    code = f"from recrl import kernels; print({shown})"
     env = {**os.environ, "RECRL_KERNEL_DIR": str(tmp_path), **environ}
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
                           check=True).stdout.strip()
@@ -211,10 +212,7 @@ def test_recrl_native_0_turns_the_kernel_off_and_says_so(tmp_path) -> None:
 
 @pytest.mark.skipif("avx2" not in RUNNABLE, reason="this CPU runs no AVX2 build")
 def test_recrl_native_avx2_acts_with_the_avx2_build(tmp_path) -> None:
-    code = "from recrl import kernels; print(kernels.status())"
-    env = {**os.environ, "RECRL_KERNEL_DIR": str(tmp_path), "RECRL_NATIVE": "avx2"}
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
-    assert done.stdout.strip() == "built (avx2)"
+    assert _reason_in_subprocess(tmp_path, "kernels.status()", RECRL_NATIVE="avx2") == "built (avx2)"
     assert [path.name.startswith("best_dot-avx2-") for path in tmp_path.iterdir()] == [True]
 
 

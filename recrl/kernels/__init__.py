@@ -154,13 +154,12 @@ def _load() -> tuple[ctypes.CDLL | None, str | None, str | None]:
         # build's refusal says why
         names = ([name for name, (_, runs_on) in VARIANTS.items() if capability in runs_on]
                  or [list(VARIANTS)[-1]]) if wanted == "1" else [wanted]
-        reasons = []
+        reason = None
         for name in names:
             library, why = load_variant(name)
             if library is not None:
                 return library, name, None
-            reasons.append(why)
-        reason = reasons[0]
+            reason = reason or why  # the widest build's refusal
     log.info("native best_dot unavailable (%s): greedy acting uses the PyTorch path", reason)
     return None, None, reason
 
