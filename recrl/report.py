@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import logging
 import math
+import os
 import platform
+import socket
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
@@ -24,6 +28,7 @@ METRICS_FILE = "metrics.jsonl"
 PLOT_PREFIXES = ("eval/", "train/", "trained_in_ground_truth/eval/")  # the last: eval.train_in_ground_truth
 
 logger = logging.getLogger(__name__)
+_EVENT_FILES = itertools.count()  # event files opened by this process
 
 
 def to_jsonable(obj: Any) -> Any:
@@ -63,6 +68,44 @@ def write_json_atomic(path: Path, obj: Any) -> None:
     write_text_atomic(path, text + "\n")
 
 
+class TensorBoardScalars:
+    """A TensorBoard event file of scalars (``events.out.tfevents.*`` in ``log_dir``), written and
+    flushed in the calling thread.
+
+    Not torch's ``SummaryWriter``: that one hands each record to a writer thread through a
+    queue's locks, and a Ctrl-C or SIGTERM raised in the main thread while it holds one of them
+    can leave the close on the way out of an interrupted run waiting for that lock forever.
+    """
+
+    def __init__(self, log_dir: Path) -> None:
+        from tensorboard.compat.proto.event_pb2 import Event
+        from tensorboard.summary.writer.record_writer import RecordWriter
+
+        log_dir.mkdir(parents=True, exist_ok=True)
+        # the name TensorBoard globs for; time, host, process and a counter keep two writers apart
+        name = (f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}.{os.getpid()}"
+                f".{next(_EVENT_FILES)}")
+        self._event = Event
+        self._records = RecordWriter(open(log_dir / name, "ab"))  # noqa: SIM115 (closed in close)
+        self._write(Event(wall_time=time.time(), file_version="brain.Event:2"))
+
+    def write(self, step: int, scalars: Mapping[str, float]) -> None:
+        """One event at ``step`` holding every scalar (tag: value), flushed to disk."""
+        from tensorboard.compat.proto.summary_pb2 import Summary
+
+        values = [Summary.Value(tag=tag, simple_value=value) for tag, value in scalars.items()]
+        self._write(self._event(wall_time=time.time(), step=step, summary=Summary(value=values)))
+
+    def _write(self, event: Any) -> None:
+        self._records.write(event.SerializeToString())
+        self._records.flush()
+
+    def close(self) -> None:
+        """Close the event file (safe to call twice)."""
+        if not self._records.closed:
+            self._records.close()
+
+
 class RunLogger:
     """Logs scalar metrics to ``run_dir/metrics.jsonl`` and, optionally, TensorBoard ``run_dir/tb``.
 
@@ -79,15 +122,7 @@ class RunLogger:
         self.tensorboard = tensorboard
         self.metrics_path = self.run_dir / METRICS_FILE
         self._file: TextIO | None = None
-        self._writer: Any = None
-
-    def _tb_writer(self) -> Any:
-        """The lazily created ``SummaryWriter`` (imported on first use to keep startup fast)."""
-        if self._writer is None:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self._writer = SummaryWriter(log_dir=str(self.run_dir / "tb"))
-        return self._writer
+        self._events: TensorBoardScalars | None = None
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
         """Append ``{"step": step, **metrics}`` as one JSON line and write the scalars to TensorBoard."""
@@ -97,21 +132,19 @@ class RunLogger:
         self._file.write(json.dumps(record, allow_nan=False) + "\n")
         self._file.flush()
         if self.tensorboard:
-            writer = self._tb_writer()
-            for key, value in metrics.items():
-                scalar = _as_scalar(value)
-                if scalar is not None:
-                    writer.add_scalar(key, scalar, global_step=int(step))
-            writer.flush()
+            if self._events is None:
+                self._events = TensorBoardScalars(self.run_dir / "tb")
+            scalars = {key: _as_scalar(value) for key, value in metrics.items()}
+            self._events.write(int(step), {key: v for key, v in scalars.items() if v is not None})
 
     def close(self) -> None:
-        """Close the metrics file and the TensorBoard writer (safe to call twice)."""
+        """Close the metrics file and the TensorBoard event file (safe to call twice)."""
         if self._file is not None:
             self._file.close()
             self._file = None
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
+        if self._events is not None:
+            self._events.close()
+            self._events = None
 
     def __enter__(self) -> RunLogger:
         return self

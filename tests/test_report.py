@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -70,9 +71,33 @@ def test_run_logger_writes_strict_jsonl_and_tensorboard(tmp_path: Path) -> None:
         {"step": 1, "train/loss": 0.5, "eval/return": None},
         {"step": 2, "train/loss": 0.25, "eval/return": 3.0, "train/inf": None},
     ]
-    tb_dir = tmp_path / "run" / "tb"
-    assert tb_dir.is_dir()
-    assert any(p.name.startswith("events.out.tfevents") for p in tb_dir.iterdir())
+    scalars = _tensorboard_scalars(tmp_path / "run" / "tb")
+    assert scalars["train/loss"] == [(1, 0.5), (2, 0.25)]
+    assert scalars["eval/return"][1] == (2, 3.0) and math.isnan(scalars["eval/return"][0][1])
+    assert scalars["train/inf"] == [(2, math.inf)]
+
+
+def _tensorboard_scalars(tb_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar TensorBoard's own reader finds in ``tb_dir``: tag -> [(step, value)]."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tb_dir))
+    events.Reload()
+    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
+def test_run_logger_writes_tensorboard_without_a_writer_thread(tmp_path: Path) -> None:
+    """An interrupt can stop the run anywhere in ``log``: no thread or lock is left for ``close``
+    to wait on, and what was logged before stays readable."""
+    threads = threading.active_count()
+    logger = RunLogger(tmp_path)
+    logger.log(3, {"eval/return": 2.0})
+    assert threading.active_count() == threads
+    assert _tensorboard_scalars(tmp_path / "tb") == {"eval/return": [(3, 2.0)]}  # flushed, not yet closed
+    logger.close()
+    logger.close()
+    RunLogger(tmp_path).log(4, {"eval/return": 1.0})  # a resumed run: a second file in the same folder
+    assert _tensorboard_scalars(tmp_path / "tb") == {"eval/return": [(3, 2.0), (4, 1.0)]}
 
 
 def test_run_logger_without_tensorboard_appends(tmp_path: Path) -> None:
