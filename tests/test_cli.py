@@ -25,8 +25,9 @@ from recrl.ope.evaluation import OffPolicyEvaluation
 SMOKE = ["experiment=smoke"]
 
 
-def recrl(*args: str, cwd: Path, cache: Path, check: bool = True) -> subprocess.CompletedProcess:
-    proc = run_recrl(*args, cwd=cwd, cache=cache)
+def recrl(*args: str, cwd: Path, cache: Path, check: bool = True,
+          fresh: bool = False) -> subprocess.CompletedProcess:
+    proc = run_recrl(*args, cwd=cwd, cache=cache, fresh=fresh)
     if check:
         assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
@@ -401,7 +402,7 @@ def test_bad_input_gives_one_line_and_exit_code_2(args: list[str], message: str,
     (["eval", "checkpoint=/no/such/run"], "does not exist"),
 ])
 def test_a_recrl_process_exits_2_with_one_line(tmp_path: Path, args: list[str], message: str) -> None:
-    proc = recrl(*args, cwd=tmp_path, cache=tmp_path / "cache", check=False)
+    proc = recrl(*args, cwd=tmp_path, cache=tmp_path / "cache", check=False, fresh=True)  # a new interpreter
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], proc.stderr
