@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from recrl.types import RecrlError
@@ -200,9 +201,18 @@ def build_item_features(kinds: Sequence[str], items: pd.DataFrame, n_items: int,
     return result
 
 
+TOKEN_LISTS_FROM = 64  # vocabularies this large are read as token lists (ItemContentEncoder)
+
+
 class ItemContentEncoder(nn.Module):
     """Maps every item's features to a ``dim`` vector: a mean of token embeddings plus a linear
     map of the dense part. Added to an item-id embedding, it lets unseen items be scored.
+
+    From :data:`TOKEN_LISTS_FROM` tokens on, the tokens are kept as each item's few token ids
+    and weights (its token counts' shares), so a vector costs its item's tokens, not the whole
+    vocabulary: Beauty's items have at most 6 of 637 tokens, where the multi-hot row times the
+    token matrix did 637 multiply-adds per output. Below it, the multi-hot product itself, in
+    its old order, so the small vocabularies (the synthetic world's 11 tokens) give the same bits.
 
     Example::
 
@@ -212,9 +222,12 @@ class ItemContentEncoder(nn.Module):
 
     def __init__(self, features: ItemFeatures, dim: int) -> None:
         super().__init__()
+        self.token_lists = features.n_tokens >= TOKEN_LISTS_FROM
         tokens = features.tokens if features.tokens is not None else torch.zeros(0, 0)
-        counts = tokens.sum(1, keepdim=True).clamp(min=1.0) if tokens.numel() else tokens
-        self.register_buffer("tokens", tokens / counts if tokens.numel() else tokens, persistent=False)
+        shares = tokens / tokens.sum(1, keepdim=True).clamp(min=1.0) if tokens.numel() else tokens
+        token_ids, token_weights = _token_lists(shares) if self.token_lists else (torch.zeros(0, 0), shares)
+        self.register_buffer("token_ids", token_ids.long(), persistent=False)
+        self.register_buffer("token_weights", token_weights, persistent=False)
         self.register_buffer("dense", features.dense if features.dense is not None else torch.zeros(0, 0),
                              persistent=False)
         self.token_emb = nn.Linear(features.n_tokens, dim, bias=False) if features.n_tokens else None
@@ -226,7 +239,22 @@ class ItemContentEncoder(nn.Module):
         """Content vectors ``[n_items, dim]`` (or ``[..., dim]`` for given ``items``)."""
         parts = []
         if self.token_emb is not None:
-            parts.append(self.token_emb(self.tokens if items is None else self.tokens[items]))
+            weights = self.token_weights if items is None else self.token_weights[items]
+            if self.token_lists:
+                ids = self.token_ids if items is None else self.token_ids[items]
+                embedded = F.embedding(ids, self.token_emb.weight.T)               # [..., M, dim]
+                parts.append((embedded * weights.unsqueeze(-1)).sum(-2))
+            else:
+                parts.append(self.token_emb(weights))
         if self.dense_proj is not None:
             parts.append(self.dense_proj(self.dense if items is None else self.dense[items]))
         return torch.stack(parts).sum(0)
+
+
+def _token_lists(weights: Tensor) -> tuple[Tensor, Tensor]:
+    """Each item's token ids and weights ``[n_items, M]``: the nonzeros of its row of
+    ``weights`` ``[n_items, C]`` (M: the most any item has; shorter lists padded with token 0
+    at weight 0)."""
+    width = max(int((weights != 0).sum(1).max()), 1)
+    ids = torch.argsort((weights == 0).to(torch.uint8), dim=1, stable=True)[:, :width]  # nonzeros first
+    return ids, weights.gather(1, ids)
