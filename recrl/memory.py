@@ -18,8 +18,9 @@ import ctypes
 import ctypes.util
 
 M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3  # glibc's malloc.h parameter numbers
+C_INT_MAX = (1 << 31) - 1  # mallopt takes a C int: ctypes wraps larger values silently (1 << 32 -> 0)
 MMAP_THRESHOLD = 1 << 30  # blocks below 1 GB from the heap (glibc may cap it: 32 MB is tried next)
-TRIM_THRESHOLD = 1 << 32  # freed heap memory kept up to 4 GB
+TRIM_THRESHOLD = C_INT_MAX  # freed heap memory kept up to 2 GB
 TOP_PAD = 1 << 26  # the heap grows 64 MB at a time (untouched pages cost nothing)
 
 

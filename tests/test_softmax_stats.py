@@ -151,6 +151,24 @@ def test_keep_freed_memory_sets_glibcs_thresholds() -> None:
     assert torch.zeros(4 << 20).sum() == 0
 
 
+def test_keep_freed_memory_passes_values_a_c_int_holds(monkeypatch) -> None:
+    """Undeclared, ctypes wrapped 1 << 32 to 0 and glibc took it: a trim threshold of 0, every
+    free at the heap's top handed back (1.45 million page faults for one Beauty epoch, 0.50
+    million with the threshold held)."""
+    taken: list[tuple[int, int]] = []
+
+    class Library:
+        def mallopt(self, param: int, value: int) -> int:
+            taken.append((param, value))
+            return 1
+
+    monkeypatch.setattr(memory.ctypes, "CDLL", lambda name: Library())
+    monkeypatch.setattr(memory.ctypes.util, "find_library", lambda name: "libc.so.6")
+    assert memory.keep_freed_memory() is True
+    assert dict(taken) == {memory.M_MMAP_THRESHOLD: 1 << 30, memory.M_TRIM_THRESHOLD: (1 << 31) - 1,
+                           memory.M_TOP_PAD: 1 << 26}
+
+
 def test_keep_freed_memory_without_a_c_library_sets_nothing(monkeypatch) -> None:
     monkeypatch.setattr(memory.ctypes.util, "find_library", lambda name: None)
     assert memory.keep_freed_memory() is False
