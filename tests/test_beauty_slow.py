@@ -1,4 +1,4 @@
-"""SASRec against popularity on the real Beauty file (slow: one short CPU fit, ~1-2 min)."""
+"""SASRec against popularity on the real Beauty file (slow: one short CPU fit, about a minute)."""
 
 from __future__ import annotations
 
@@ -29,7 +29,9 @@ def test_sasrec_beats_popularity_on_beauty(tmp_path: Path) -> None:
                             cache_dir=str(tmp_path), preprocess=Preprocessing(split="leave_last_out",
                                                                               dedupe="none")).load()
     inter = splits.interactions
-    settings = TrainingSettings(lr=3e-3, epochs=3, patience=3, max_len=20, batch_size=128, loss="softmax",
+    # 2 epochs at 6e-3: NDCG@10 3.09, 2.55 and 2.52 times popularity's for training seeds 0-2
+    # (3 epochs at 3e-3: 2.84 for seed 0); the threshold is 1.5
+    settings = TrainingSettings(lr=6e-3, epochs=2, patience=3, max_len=20, batch_size=128, loss="softmax",
                                 early_stopping="loss")
     model = SASRecBehavior(n_items=inter.n_items, dim=32, layers=1, heads=2, window=20, dropout=0.2,
                            training=settings)
