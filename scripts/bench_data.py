@@ -148,9 +148,12 @@ def main() -> None:
         scale.add_row(f"{r['rows']:,}", f"{r['raw_bytes'] / 1e6:.1f}", f"{r['cold_s']:.3f}",
                       f"{r['us_per_row']:.2f}", f"{r['peak_bytes'] / 1e6:.1f}")
     console.print(scale)
-    marginal = marginal_peak_over_raw(scaling) if len(scaling) > 1 else float("nan")
-    console.print("marginal peak memory per raw byte: "
-                  + (f"{marginal:.2f}x" if len(scaling) > 1 else "needs two --sizes or more"))
+    if len(scaling) > 1:
+        marginal = marginal_peak_over_raw(scaling)
+        console.print(f"marginal peak memory per raw byte: {marginal:.2f}x")
+    else:
+        marginal = float("nan")
+        console.print("marginal peak memory per raw byte: needs two --sizes or more")
     result = {"datasets": datasets, "scaling": scaling, "marginal_peak_over_raw": marginal,
               "python": sys.version.split()[0],
               "cpus": os.cpu_count(), "seconds": time.perf_counter() - start,

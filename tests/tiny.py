@@ -7,6 +7,7 @@ by hand.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import logging
@@ -85,7 +86,9 @@ def run_recrl(*args: str, cwd: Path, cache: Path | None = None, timeout: float =
     return _forked_recrl(list(args), cwd, env, timeout)
 
 
+@functools.cache
 def _fork_server() -> multiprocessing.context.ForkServerContext:
+    """The fork-server context, its preloads set once (they matter when its server starts)."""
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(list(PRELOADED))
     return context
@@ -114,7 +117,9 @@ def _recrl_child(args: list[str], cwd: str, env: dict[str, str], out: str, err: 
     os.environ.clear()
     os.environ.update(env)
     for fd, path in ((1, out), (2, err)):
-        os.dup2(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), fd)
+        opened = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+        os.dup2(opened, fd)
+        os.close(opened)
     sys.stdout = open(1, "w", encoding="utf-8", closefd=False)  # noqa: SIM115 (the process's own)
     sys.stderr = open(2, "w", encoding="utf-8", closefd=False, buffering=1)  # noqa: SIM115
     if env.get("OMP_NUM_THREADS"):

@@ -225,8 +225,10 @@ class ItemContentEncoder(nn.Module):
         self.token_lists = features.n_tokens >= TOKEN_LISTS_FROM
         tokens = features.tokens if features.tokens is not None else torch.zeros(0, 0)
         shares = tokens / tokens.sum(1, keepdim=True).clamp(min=1.0) if tokens.numel() else tokens
-        token_ids, token_weights = _token_lists(shares) if self.token_lists else (torch.zeros(0, 0), shares)
-        self.register_buffer("token_ids", token_ids.long(), persistent=False)
+        # token lists: ids and weights [n_items, M]; else no ids and the shares [n_items, C] themselves
+        no_ids = torch.zeros(0, 0, dtype=torch.long)
+        token_ids, token_weights = _token_lists(shares) if self.token_lists else (no_ids, shares)
+        self.register_buffer("token_ids", token_ids, persistent=False)
         self.register_buffer("token_weights", token_weights, persistent=False)
         self.register_buffer("dense", features.dense if features.dense is not None else torch.zeros(0, 0),
                              persistent=False)
