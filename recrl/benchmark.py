@@ -6,11 +6,14 @@ matrix-product throughput (:func:`matmul_gflops`; :class:`MatmulRate` samples it
 benchmark's timed runs, so that a slow spell of a shared machine at the start cannot lower it),
 the FLOPs a step really performs (counted by
 PyTorch's own :class:`~torch.utils.flop_counter.FlopCounterMode`, :func:`count_flops`) and so the
-share of the arithmetic bound a step reaches (:func:`share_of_bound`).
+share of the arithmetic bound a step reaches (:func:`share_of_bound`). A benchmark's process
+keeps freed memory as every ``recrl`` job does (:func:`add_malloc_option`), so that it times the
+steps a run takes, not glibc's page faults.
 """
 
 from __future__ import annotations
 
+import argparse
 import math
 import time
 from collections.abc import Callable
@@ -18,6 +21,8 @@ from typing import Any
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
+
+from recrl.memory import keep_freed_memory
 
 MATMUL_SIZE = 1024
 
@@ -125,3 +130,17 @@ def rate_text(per_second: float) -> str:
     """A rate for a table: whole numbers with thousands separators from 100 on, three significant
     digits below (an update every few seconds reads 0.312, not 0)."""
     return f"{per_second:,.0f}" if per_second >= 100 else f"{per_second:.3g}"
+
+
+def add_malloc_option(parser: argparse.ArgumentParser) -> None:
+    """``--glibc-malloc``: time with glibc's own malloc thresholds instead of the kept memory of a
+    ``recrl`` job (``trainer.keep_freed_memory=true``, the default; :mod:`recrl.memory`)."""
+    parser.add_argument("--glibc-malloc", action="store_true",
+                        help="keep glibc's malloc thresholds (a recrl job raises them, "
+                             "trainer.keep_freed_memory=true; recrl/memory.py); default: as a job")
+
+
+def apply_malloc_option(args: argparse.Namespace) -> bool:
+    """Keep freed memory in this process unless ``--glibc-malloc`` was given; whether it is kept
+    (for the benchmark's JSON: ``machine.keep_freed_memory``)."""
+    return False if args.glibc_malloc else keep_freed_memory()

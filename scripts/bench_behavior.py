@@ -24,6 +24,7 @@ from rich.console import Console
 from rich.table import Table
 
 from recrl.behavior.fit import sequence_loss, session_tensors
+from recrl.benchmark import add_malloc_option, apply_malloc_option
 from recrl.config import CONF_DIR, without_ensemble
 from recrl.fileio import write_text_atomic
 from recrl.types import LOG_COLUMNS, Obs
@@ -111,8 +112,10 @@ def main() -> None:
     parser.add_argument("--history", type=int, default=20)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--models", nargs="*", default=list(MODELS))
+    add_malloc_option(parser)
     parser.add_argument("--out", type=Path, default=Path("bench_behavior.json"))
     args = parser.parse_args()
+    kept_memory = apply_malloc_option(args)
     log = generated_log(args.users, args.length, args.items)
     results = []
     for name in args.models:
@@ -133,6 +136,7 @@ def main() -> None:
                       f"{r['score_users_per_s']:,.0f}")
     Console().print(table)
     meta = {"device": args.device, "torch": torch.__version__, "cpus": os.cpu_count(),
+            "keep_freed_memory": kept_memory,
             "python": sys.version.split()[0], **{k: v for k, v in vars(args).items() if k != "out"}}
     write_text_atomic(args.out, json.dumps({"results": results, "settings": meta}, indent=2, default=str))
     Console().print(f"wrote {args.out}")

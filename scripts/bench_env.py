@@ -118,6 +118,8 @@ from recrl.behavior.mf import MFBehavior
 from recrl.benchmark import (
     MATMUL_SIZE,
     MatmulRate,
+    add_malloc_option,
+    apply_malloc_option,
     bench_device,
     best_seconds,
     count_flops,
@@ -626,11 +628,13 @@ def main() -> None:
                         help="profile the first configuration of the grid instead of benchmarking "
                              "(with --acting the acting loop, with --compile compiled)")
     parser.add_argument("--profile-rows", type=int, default=25)
+    add_malloc_option(parser)
     parser.add_argument("--out", type=Path, default=Path("bench_env.json"))
     parser.add_argument("--compare", type=Path, default=None, metavar="OLD_JSON",
                         help="a previous run's JSON: print the change in user-steps/s and in the ratio "
                              "to the reference for the configurations in both")
     args = parser.parse_args()
+    kept_memory = apply_malloc_option(args)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     device = bench_device(args.device)
@@ -656,7 +660,8 @@ def main() -> None:
             print_progress(console, add_shares(r, rate.best), args.acting)
     gflops = rate.best
     results = [add_shares(r, gflops) for r in results]
-    info = {**machine_info(device), **rate.summary(), "matmul_size": MATMUL_SIZE}
+    info = {**machine_info(device), **rate.summary(), "matmul_size": MATMUL_SIZE,
+            "keep_freed_memory": kept_memory}
     table = Table(title=f"RecEnv user-steps/s, random actions, autoreset, d={args.dim}, "
                         f"history {args.history}, on {info['device_name']} ({info['threads']} threads, "
                         f"{'inference' if args.inference_mode else 'grad'} mode, "

@@ -61,7 +61,16 @@ from rich.table import Table
 
 from recrl.algos.ppo import PPO
 from recrl.algos.random import RandomPolicy
-from recrl.benchmark import MATMUL_SIZE, MatmulRate, bench_device, count_flops, share_of_bound, sync
+from recrl.benchmark import (
+    MATMUL_SIZE,
+    MatmulRate,
+    add_malloc_option,
+    apply_malloc_option,
+    bench_device,
+    count_flops,
+    share_of_bound,
+    sync,
+)
 from recrl.buffer import Rollout
 from recrl.config import build, group_option
 from recrl.env.simulator import RecEnv
@@ -100,6 +109,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", default="auto", help="cpu | cuda | cuda:1 | auto (cuda when available)")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU ops)")
     parser.add_argument("--seed", type=int, default=0)
+    add_malloc_option(parser)
     parser.add_argument("--out", type=Path, default=Path("bench_large_model.json"))
     parser.add_argument("--compare", type=Path, default=None, metavar="OLD_JSON",
                         help="a previous run's JSON: print the change in updates/s and in the update time "
@@ -281,6 +291,7 @@ def print_comparison(console: Console, rows: list[dict], old_path: Path, old_mac
 def main(argv: list[str] | None = None) -> dict:
     """Measure every backbone, print the table, write the JSON; returns what it wrote."""
     args = parse(argv)
+    kept_memory = apply_malloc_option(args)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     device = bench_device(args.device)
@@ -304,7 +315,8 @@ def main(argv: list[str] | None = None) -> dict:
     results = bench_all(algos, rows, rollout, obs, args, device)
     rate.sample()  # again: other jobs make it slower, never faster
     results = add_ratios(results, rate.best)
-    info = {**machine_info(device), **rate.summary(), "matmul_size": MATMUL_SIZE}
+    info = {**machine_info(device), **rate.summary(), "matmul_size": MATMUL_SIZE,
+            "keep_freed_memory": kept_memory}
     print_table(console, results, info, args)
     comparison = None
     if old is not None:

@@ -15,6 +15,7 @@ from recrl.algos.popular import PopularPolicy
 from recrl.algos.random import RandomPolicy
 from recrl.algos.reinforce import Reinforce
 from recrl.behavior.gru import GRUBehavior
+from recrl.memory import keep_freed_memory
 from recrl.rewards import ConversionReward
 from recrl.types import Algorithm, Obs, Policy, RecrlError, Transition
 
@@ -361,6 +362,7 @@ def test_bench_algos_script_writes_json(tmp_path, monkeypatch, shared_cache) -> 
     assert data["facts"]["greedy_return"] > 0 and data["facts"]["steps"] == 20
     assert all(r["trainer_steps"] == 20 and r["n_users"] == 8 for r in rows.values())
     assert data["facts"]["matmul_gflops"] > 0 and data["facts"]["reference_updates_per_s"] > 0
+    assert data["facts"]["keep_freed_memory"] is keep_freed_memory()  # trainer.keep_freed_memory=true
     for r in rows.values():  # every ground-truth check of training, in order; the last is the final return
         assert [c["step"] for c in r["curve"]] == [10, 20]
         assert r["curve"][-1]["return"] == r["final_return"]

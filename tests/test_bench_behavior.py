@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 from tiny import SCRIPTS
 
+from recrl.memory import keep_freed_memory
+
 
 def test_bench_behavior_writes_one_row_per_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "not_yet" / "bench_behavior.json"
@@ -20,3 +22,4 @@ def test_bench_behavior_writes_one_row_per_model(tmp_path: Path, monkeypatch: py
     rows = json.loads(out.read_text())["results"]
     assert [r["model"] for r in rows] == ["gru", "mf"]
     assert all(r["params"] > 0 and r["train_rows_per_s"] > 0 and r["score_users_per_s"] > 0 for r in rows)
+    assert json.loads(out.read_text())["settings"]["keep_freed_memory"] is keep_freed_memory()  # as a job

@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 from tiny import load_script
 
+from recrl.memory import keep_freed_memory
+
 
 def test_bench_large_model_writes_one_row_per_backbone_with_ratios_to_the_mlp(tmp_path: Path) -> None:
     bench = load_script("bench_large_model")
@@ -35,6 +37,7 @@ def test_bench_large_model_writes_one_row_per_backbone_with_ratios_to_the_mlp(tm
             r["updates_per_s"] * r["flops_per_update"] / (data["machine"]["matmul_gflops"] * 1e9))
     assert small["flops_per_update"] > mlp["flops_per_update"]  # same rollout, bigger network
     assert data["machine"]["matmul_gflops"] > 0 and data["settings"]["backbones"] == ["mlp", "small"]
+    assert data["machine"]["keep_freed_memory"] is keep_freed_memory()  # as a recrl job
 
     again = bench.main([*tiny, "--backbones", "mlp", "--out", str(tmp_path / "new.json"),
                         "--compare", str(out)])

@@ -24,6 +24,7 @@ from recrl.data.synthetic import SyntheticWorld
 from recrl.env.choice import Choice, cascade_probs, mnl_probs, sample_choice
 from recrl.env.leave import BoredomRule, SatisfactionRule
 from recrl.env.simulator import RecEnv
+from recrl.memory import keep_freed_memory
 from recrl.rewards import ClickReward, MixReward
 from recrl.types import Obs, StepInfo
 
@@ -218,6 +219,21 @@ def test_bench_script_writes_json(tmp_path, monkeypatch) -> None:
     assert len(data["results"]) == 5 * 2  # synthetic, gru, mf, gru_ensemble, gru_ensemble_all x K in {1, 2}
     assert all(r["user_steps_per_s"] > 0 and r["peak_bytes"] >= 0 for r in data["results"])
     assert data["machine"]["threads"] == 1 and data["machine"]["torch"] == torch.__version__
+    assert data["machine"]["keep_freed_memory"] is keep_freed_memory()  # as a recrl job: True with glibc
+
+
+def test_a_benchmark_keeps_freed_memory_as_a_job_unless_asked_not_to(monkeypatch) -> None:
+    """Benchmarks time the process a ``recrl`` job runs (``trainer.keep_freed_memory=true``);
+    ``--glibc-malloc`` leaves glibc's thresholds alone."""
+    from recrl import benchmark
+
+    calls: list[str] = []
+    monkeypatch.setattr(benchmark, "keep_freed_memory", lambda: calls.append("kept") or True)
+    parser = argparse.ArgumentParser()
+    benchmark.add_malloc_option(parser)
+    assert benchmark.apply_malloc_option(parser.parse_args([])) is True and calls == ["kept"]
+    assert benchmark.apply_malloc_option(parser.parse_args(["--glibc-malloc"])) is False
+    assert calls == ["kept"]  # not called again
 
 
 def test_counted_flops_and_the_share_of_the_bound_by_hand() -> None:
