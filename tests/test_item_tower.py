@@ -36,6 +36,57 @@ def test_item_prior_is_standardised_and_maps_every_item() -> None:
     torch.testing.assert_close(prior(torch.tensor([3])), torch.zeros(1, 4))
 
 
+def token_prior(items: int = 400, columns: int = 90, seed: int = 0) -> torch.Tensor:
+    """A wide multi-hot prior (2% of the tokens set) with one numeric column, as a category vocabulary."""
+    gen = torch.Generator().manual_seed(seed)
+    prior = (torch.rand(items, columns, generator=gen) < 0.02).float()
+    prior[:, 0] = torch.randn(items, generator=gen)
+    return prior
+
+
+@pytest.mark.parametrize("padding", [False, True])
+def test_a_wide_sparse_prior_gives_the_dense_products_values_and_gradients(padding: bool) -> None:
+    """From SPARSE_PRIOR_FROM columns on, the table is the columns' commonest values plus a sparse
+    rest: the dense product's values and weight gradient up to float rounding, padding row included."""
+    prior = ItemPrior(token_prior(), dim=8, padding=padding)
+    assert prior.base is not None  # split
+    assert prior.rest_values.numel() < 0.1 * prior.prior.numel()  # the numeric column and a few tokens
+    for with_padding in [False, True] if padding else [False]:
+        rows = prior.prior.shape[0] if with_padding else prior.n_items
+        dense = prior.proj(prior.prior[:rows])
+        table = prior.table(with_padding)
+        torch.testing.assert_close(table, dense, rtol=1e-5, atol=1e-5)
+        upstream = torch.randn(table.shape, generator=torch.Generator().manual_seed(1))
+        (sparse_grad,) = torch.autograd.grad((table * upstream).sum(), prior.proj.weight)
+        (dense_grad,) = torch.autograd.grad((dense * upstream).sum(), prior.proj.weight)
+        torch.testing.assert_close(sparse_grad, dense_grad, rtol=1e-4, atol=1e-4)  # sums of 400 rows
+        if with_padding:
+            torch.testing.assert_close(table[-1], torch.zeros(8), rtol=0, atol=1e-5)
+
+
+def test_the_split_is_rebuilt_from_a_loaded_prior_and_never_saved() -> None:
+    """Checkpoints hold ``prior`` and the projection alone; loading one into a prior built from
+    other data splits the loaded values (a narrow or dense prior keeps the exact dense product)."""
+    source = ItemPrior(token_prior(seed=0), dim=8)
+    assert set(source.state_dict()) == {"prior", "proj.weight"}
+    target = ItemPrior(torch.randn(400, 90), dim=8)  # dense: no split
+    assert target.base is None
+    target.load_state_dict(source.state_dict())
+    assert target.base is not None
+    torch.testing.assert_close(target.table(), source.table(), rtol=0, atol=0)
+    narrow = ItemPrior(token_prior(columns=13), dim=8)  # the synthetic world's width: the dense product
+    assert narrow.base is None
+    assert torch.equal(narrow.table(), narrow.proj(narrow.prior))
+
+
+def test_a_compiled_table_takes_the_dense_product() -> None:
+    """Compiled graphs multiply the dense prior (sparse tensors stay out of them): equal to eager's
+    sparse path up to float rounding."""
+    prior = ItemPrior(token_prior(), dim=8)
+    compiled = torch.compile(lambda: prior.table(), backend="eager", fullgraph=True)
+    torch.testing.assert_close(compiled(), prior.table(), rtol=1e-5, atol=1e-5)
+
+
 def test_side_prior_reads_the_item_table_and_ids_start_at_zero() -> None:
     ctx = with_items(tiny_context(), item_table(tiny_context().n_items))
     prior = behavior_item_prior(ctx, "side")

@@ -4,9 +4,11 @@ on-policy ones."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
 import torch
@@ -192,12 +194,28 @@ def history_summary(emb: Tensor, clicks: Tensor, real: Tensor) -> Tensor:
     return torch.cat([mean_shown, mean_clicked, clicked / shown], -1)
 
 
+#: priors this wide whose entries are mostly their column's commonest value (multi-hot tokens,
+#: standardised) are multiplied as a constant row plus a sparse rest (:class:`ItemPrior`); narrower
+#: ones (the synthetic world's 13 columns) keep the dense product and its exact sums
+SPARSE_PRIOR_FROM = 64
+#: ... and where at most this share of the entries differs from that value
+SPARSE_PRIOR_DENSITY = 0.25
+
+
 class ItemPrior(nn.Module):
     """A learned linear map of fixed pretrained item vectors into the policy's item space.
 
     ``prior`` ``[n_items, P]`` (e.g. the behavior model's item vectors, see
     :func:`behavior_item_prior`) is standardised per column and kept as a buffer (saved with the
     policy); ``padding=True`` adds a zero row for the history padding id ``n_items``.
+
+    A wide prior of category tokens is mostly one value per column after the standardisation
+    (Amazon Beauty: 637 columns, 0.6% of the entries differ from their column's commonest value),
+    so from :data:`SPARSE_PRIOR_FROM` columns on, where at most :data:`SPARSE_PRIOR_DENSITY` of
+    the entries differ, :meth:`table` multiplies it as ``1 · base`` plus the sparse rest:
+    ``base @ W.T`` once and the rest by ``embedding_bag`` over ``W.T``'s rows, the same values up
+    to float rounding at a fraction of the dense product's cost. The rest is rebuilt from the
+    buffer whenever one is loaded, so checkpoints hold the prior alone, as before.
 
     Example::
 
@@ -215,6 +233,29 @@ class ItemPrior(nn.Module):
             prior = torch.cat([prior, prior.new_zeros(1, prior.shape[1])])
         self.register_buffer("prior", prior)
         self.proj = nn.Linear(prior.shape[1], dim, bias=False)
+        self._split_prior()
+
+    def _split_prior(self) -> None:
+        """Where it pays (see the class docstring), ``prior`` as its columns' commonest values
+        (``base``) plus the entries that differ (``rest_*``: compressed rows of the rest and of its
+        transpose); else ``base`` is ``None``. Not saved: derived from ``prior``."""
+        prior = self.prior
+        base = prior.mode(0).values if prior.shape[1] >= SPARSE_PRIOR_FROM else None
+        if base is not None and (prior != base).sum() > SPARSE_PRIOR_DENSITY * prior.numel():
+            base = None
+        with quiet_sparse():
+            rest = (prior - base if base is not None else prior.new_zeros(prior.shape)).to_sparse_csr()
+            rest_t = rest.to_sparse_coo().t().to_sparse_csr()
+        self.items_rest = int(rest.crow_indices()[self.n_items])  # the items' entries, not padding's
+        self.register_buffer("base", base, persistent=False)
+        for name, part in (("rest", rest), ("rest_t", rest_t)):
+            self.register_buffer(f"{name}_crow", part.crow_indices(), persistent=False)
+            self.register_buffer(f"{name}_columns", part.col_indices(), persistent=False)
+            self.register_buffer(f"{name}_values", part.values(), persistent=False)
+
+    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
+        super()._load_from_state_dict(*args, **kwargs)
+        self._split_prior()  # the loaded prior's own split
 
     def forward(self, items: Tensor) -> Tensor:
         """Vectors ``[..., dim]`` of ``items``."""
@@ -223,7 +264,47 @@ class ItemPrior(nn.Module):
     def table(self, padding: bool = False) -> Tensor:
         """Vectors ``[n_items, dim]`` of the whole catalogue; with ``padding`` (a prior built with
         one) ``[n_items + 1, dim]``, the padding id's zero row last."""
-        return self.proj(self.prior if padding else self.prior[:self.n_items])
+        rows = self.prior.shape[0] if padding else self.n_items
+        if self.base is None or torch.compiler.is_compiling():  # compiled graphs: the dense product
+            return self.proj(self.prior[:rows])
+        entries = self.rest_columns.shape[0] if padding else self.items_rest
+        with quiet_sparse():
+            rest = torch.sparse_csr_tensor(self.rest_crow[:rows + 1], self.rest_columns[:entries],
+                                           self.rest_values[:entries], (rows, self.prior.shape[1]),
+                                           check_invariants=False)
+            rest_t = torch.sparse_csr_tensor(self.rest_t_crow, self.rest_t_columns, self.rest_t_values,
+                                             (self.prior.shape[1], self.prior.shape[0]),
+                                             check_invariants=False)
+        weight_rows = self.proj.weight.T  # [P, dim]: column j of the prior adds row j
+        return _SparseProduct.apply(weight_rows, rest, rest_t) + self.base @ weight_rows
+
+
+@contextlib.contextmanager
+def quiet_sparse() -> Iterator[None]:
+    """A context without PyTorch's warning that sparse CSR tensors are a beta feature (recrl uses
+    them only for :class:`ItemPrior`'s products, checked against the dense ones in its tests)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        yield
+
+
+class _SparseProduct(torch.autograd.Function):
+    """``rest @ weight`` for a fixed sparse ``rest`` ``[R, P]`` (compressed rows), its gradient
+    ``rest.T @ grad`` by ``rest_t``, the compressed rows of the whole prior's rest transposed
+    ``[P, R']`` (``R' >= R``: rows past ``R``, the padding's, get no gradient)."""
+
+    @staticmethod
+    def forward(ctx: Any, weight: Tensor, rest: Tensor, rest_t: Tensor) -> Tensor:
+        ctx.save_for_backward(rest_t)
+        return rest @ weight.contiguous()
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:
+        (rest_t,) = ctx.saved_tensors
+        missing = rest_t.shape[1] - grad.shape[0]
+        if missing:
+            grad = torch.cat([grad, grad.new_zeros(missing, grad.shape[1])])
+        return rest_t @ grad.contiguous(), None, None
 
 
 def attach_prior(ids: nn.Embedding, item_prior: Tensor | None, padding: bool = False) -> ItemPrior | None:
