@@ -227,7 +227,7 @@ def logged_outcome(log: pd.DataFrame, column: str, rows: Tensor) -> Tensor:
     outcome (NaN) counts as the rows' mean, drawn neither more nor less than average."""
     values = (log[column].to_numpy(dtype=np.float32) if column in log
               else np.full(len(log), np.nan, np.float32))
-    picked = torch.as_tensor(values, device=rows.device)[rows]
+    picked = torch.tensor(values, device=rows.device)[rows]  # a copy: pandas may hand out a read-only view
     known = picked[~picked.isnan()]
     if known.numel() == 0 or known.min() == known.max():
         what = ("none" if known.numel() == 0
