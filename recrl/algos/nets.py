@@ -213,9 +213,10 @@ class ItemPrior(nn.Module):
     (Amazon Beauty: 637 columns, 0.6% of the entries differ from their column's commonest value),
     so from :data:`SPARSE_PRIOR_FROM` columns on, where at most :data:`SPARSE_PRIOR_DENSITY` of
     the entries differ, :meth:`table` multiplies it as ``1 · base`` plus the sparse rest:
-    ``base @ W.T`` once and the rest by ``embedding_bag`` over ``W.T``'s rows, the same values up
-    to float rounding at a fraction of the dense product's cost. The rest is rebuilt from the
-    buffer whenever one is loaded, so checkpoints hold the prior alone, as before.
+    ``base @ W.T`` once and the rest as a compressed-row matrix (its transpose's for the weight's
+    gradient), the same values up to float rounding at a fraction of the dense product's cost
+    (eager only: compiled graphs take the dense product). The rest is rebuilt from the buffer
+    whenever one is loaded, so checkpoints hold the prior alone, as before.
 
     Example::
 
@@ -243,15 +244,20 @@ class ItemPrior(nn.Module):
         base = prior.mode(0).values if prior.shape[1] >= SPARSE_PRIOR_FROM else None
         if base is not None and (prior != base).sum() > SPARSE_PRIOR_DENSITY * prior.numel():
             base = None
-        with quiet_sparse():
-            rest = (prior - base if base is not None else prior.new_zeros(prior.shape)).to_sparse_csr()
-            rest_t = rest.to_sparse_coo().t().to_sparse_csr()
-        self.items_rest = int(rest.crow_indices()[self.n_items])  # the items' entries, not padding's
         self.register_buffer("base", base, persistent=False)
-        for name, part in (("rest", rest), ("rest_t", rest_t)):
-            self.register_buffer(f"{name}_crow", part.crow_indices(), persistent=False)
-            self.register_buffer(f"{name}_columns", part.col_indices(), persistent=False)
-            self.register_buffer(f"{name}_values", part.values(), persistent=False)
+        self.items_rest = 0
+        parts: dict[str, Tensor | None] = dict.fromkeys(
+            f"{name}_{part}" for name in ("rest", "rest_t") for part in ("crow", "columns", "values"))
+        if base is not None:
+            with quiet_sparse():
+                rest = (prior - base).to_sparse_csr()
+                rest_t = rest.to_sparse_coo().t().to_sparse_csr()
+            self.items_rest = int(rest.crow_indices()[self.n_items])  # the items' entries, not padding's
+            for name, matrix in (("rest", rest), ("rest_t", rest_t)):
+                parts.update({f"{name}_crow": matrix.crow_indices(), f"{name}_columns": matrix.col_indices(),
+                              f"{name}_values": matrix.values()})
+        for name, part in parts.items():
+            self.register_buffer(name, part, persistent=False)
 
     def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
         super()._load_from_state_dict(*args, **kwargs)
