@@ -419,7 +419,8 @@ def _affine(stack: tuple[Tensor, Tensor], x: Tensor) -> Tensor:
     """``K`` stacked linear maps (:func:`_linear_stack`) of ``x`` ``[K, B, in]``: ``bias + x @
     weight``. Eagerly one ``baddbmm``; inside a compiled graph the product alone, so that the bias
     is added in the fused kernel that reads it next instead of being copied into the product's
-    output first (the GRU step's two such copies cost as much as a tenth of a compiled step)."""
+    output first (the GRU step's two copies took 64-250 µs of a compiled step of about 0.8 ms
+    for 1,024 users on a 2-core CPU)."""
     weight, bias = stack
     if torch.compiler.is_compiling():
         return torch.bmm(x, weight) + bias
@@ -428,8 +429,7 @@ def _affine(stack: tuple[Tensor, Tensor], x: Tensor) -> Tensor:
 
 def _linear_stack(layers: Sequence[nn.Linear | tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
     """Weights ``[K, in, out]`` (transposed, contiguous) and biases ``[K, 1, out]`` of ``K`` linear
-    maps (layers or ``(weight, bias)`` pairs), for ``torch.baddbmm(bias, x, weight)`` on inputs
-    ``[K, B, in]``."""
+    maps (layers or ``(weight, bias)`` pairs), for :func:`_affine` on inputs ``[K, B, in]``."""
     pairs = [(m.weight, m.bias) if isinstance(m, nn.Linear) else m for m in layers]
     weight = torch.stack([w.detach().T for w, _ in pairs]).contiguous()
     bias = torch.stack([b.detach() for _, b in pairs])[:, None, :].contiguous()
