@@ -128,8 +128,10 @@ def _recrl_child(args: list[str], cwd: str, env: dict[str, str], out: str, err: 
 
     try:
         code = main(args)
-    except SystemExit as stop:
-        code = stop.code if isinstance(stop.code, int) else 1
+    except SystemExit as stop:  # as the interpreter ends on one: None is 0, a message is printed with 1
+        code = stop.code if isinstance(stop.code, int) else 0 if stop.code is None else 1
+        if not isinstance(stop.code, int | None):
+            print(stop.code, file=sys.stderr)
     except BaseException:
         traceback.print_exc()
         code = 1

@@ -274,13 +274,12 @@ class ItemPrior(nn.Module):
         if self.base is None or torch.compiler.is_compiling():  # compiled graphs: the dense product
             return self.proj(self.prior[:rows])
         entries = self.rest_columns.shape[0] if padding else self.items_rest
-        with quiet_sparse():
-            rest = torch.sparse_csr_tensor(self.rest_crow[:rows + 1], self.rest_columns[:entries],
-                                           self.rest_values[:entries], (rows, self.prior.shape[1]),
-                                           check_invariants=False)
-            rest_t = torch.sparse_csr_tensor(self.rest_t_crow, self.rest_t_columns, self.rest_t_values,
-                                             (self.prior.shape[1], self.prior.shape[0]),
-                                             check_invariants=False)
+        # PyTorch's beta warning is issued once per process, by the split's first sparse tensor
+        rest = torch.sparse_csr_tensor(self.rest_crow[:rows + 1], self.rest_columns[:entries],
+                                       self.rest_values[:entries], (rows, self.prior.shape[1]),
+                                       check_invariants=False)
+        rest_t = torch.sparse_csr_tensor(self.rest_t_crow, self.rest_t_columns, self.rest_t_values,
+                                         (self.prior.shape[1], self.prior.shape[0]), check_invariants=False)
         weight_rows = self.proj.weight.T  # [P, dim]: column j of the prior adds row j
         return _SparseProduct.apply(weight_rows, rest, rest_t) + self.base @ weight_rows
 

@@ -244,7 +244,7 @@ class ItemContentEncoder(nn.Module):
             weights = self.token_weights if items is None else self.token_weights[items]
             if self.token_lists:
                 ids = self.token_ids if items is None else self.token_ids[items]
-                embedded = F.embedding(ids, self.token_emb.weight.T)               # [..., M, dim]
+                embedded = F.embedding(ids, self.token_emb.weight.T.contiguous())  # [..., M, dim]
                 parts.append((embedded * weights.unsqueeze(-1)).sum(-2))
             else:
                 parts.append(self.token_emb(weights))
