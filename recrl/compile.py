@@ -140,6 +140,14 @@ def compile_function(function: Callable[..., Any], mode: str, owner: Any = None)
     return owning_outputs(compiled, owner) if uses_cuda_graphs(mode) else compiled
 
 
+def expect_compiled(env: Any) -> None:
+    """Tell an environment whose step was just compiled (``env.expect_compiled``, where it has
+    one): its user model's snapshot may then keep what only a compiled step reads."""
+    expect = getattr(env, "expect_compiled", None)
+    if expect is not None:
+        expect()
+
+
 def compile_hot_paths(algo: Any, env: Any, mode: str = "auto") -> list[str]:
     """Replace ``algo.act``, ``algo.update`` and ``env.step`` by their ``torch.compile`` forms
     (``mode``: see :func:`compile_mode`), on these objects only (the classes are untouched);
@@ -155,5 +163,7 @@ def compile_hot_paths(algo: Any, env: Any, mode: str = "auto") -> list[str]:
             continue  # nothing to compile, a fixed policy, or compiled already (a second fit)
         setattr(target, method, compile_function(function, mode, target))
         compiled.append(f"{owner}.{method}")
+        if method == ENV_HOT_PATH:
+            expect_compiled(target)
     logger.info("trainer.compile: %s compiled (mode %s); the first steps compile", ", ".join(compiled), mode)
     return compiled

@@ -247,7 +247,9 @@ class UserModel(Protocol):
     (:class:`recrl.env.noise.PreDrawn`, passed as ``generator``) so a compiled step is one graph.
     A model that can do per-item work once for fixed weights may define ``frozen()``, returning
     an object whose ``respond`` gives the same responses: the environment takes one at every
-    reset and steps it (:class:`recrl.behavior.gru.FrozenGRU`).
+    reset and steps it (:class:`recrl.behavior.gru.FrozenGRU`); where the step runs compiled it
+    asks for ``frozen(compiled=True)``, a snapshot that may also keep what only compiled steps
+    read.
     """
 
     n_items: int

@@ -126,7 +126,7 @@ from recrl.benchmark import (
     share_of_bound,
     sync,
 )
-from recrl.compile import COMPILE_MODES, ENV_HOT_PATH, compile_function, compile_mode
+from recrl.compile import COMPILE_MODES, ENV_HOT_PATH, compile_function, compile_mode, expect_compiled
 from recrl.config import build, group_option
 from recrl.data.synthetic import SyntheticWorld
 from recrl.env.simulator import RecEnv
@@ -275,6 +275,7 @@ def compiled_step(env: RecEnv, args: argparse.Namespace) -> Callable[..., Any]:
     are drawn before it)."""
     if args.compile:
         setattr(env, ENV_HOT_PATH, compiled(getattr(env, ENV_HOT_PATH), args, env))
+        expect_compiled(env)
     return env.step
 
 

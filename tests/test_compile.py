@@ -43,6 +43,8 @@ def test_compiled_act_step_and_update_match_the_eager_ones() -> None:
         "algorithm.act", "algorithm.update", "environment.transition"]
     assert compile_hot_paths(algo, env) == []  # never compiled twice
     obs, eager_obs = env.reset(USERS, seed=0), eager_env.reset(USERS, seed=0)
+    # the compiled step looks its input gates up (FrozenGRU), the eager one multiplies
+    assert env.responder.input_gates is not None and eager_env.responder.input_gates is None
     steps = []
     for _ in range(2 * HORIZON):  # users leave and are replaced on the way
         slates = algo.act(obs, explore=True)

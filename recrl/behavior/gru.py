@@ -27,6 +27,10 @@ from recrl.types import Interactions, RecrlError, Response
 RecencyFit = Literal["joint", "logs"]  # behavior.recency_fit: trained with the model, or fixed from the logs
 RECENCY_FITS = get_args(RecencyFit)
 CACHE_ROWS = 8192  # (user, item) pairs per chunk on a CPU: [pairs, 3 x hidden] floats stay in cache
+#: a compiled step's table of input gates per (item, outcome) is built up to this size (bytes):
+#: 3 outcomes x 3 hidden floats per item, 2.3 KB at hidden 64, so up to about 1,800 items. A
+#: core's L2 cache holds it; at 10,000 items (23 MB) the lookups missed and the step ran slower
+OUTCOME_TABLE_BYTES = 4 << 20
 
 
 def gru_cell(cell: nn.GRUCell, x: Tensor, h: Tensor) -> Tensor:
@@ -330,10 +334,12 @@ class GRUBehavior(SequenceUserModel):
             leave.append(torch.sigmoid(self.leave_head(after).squeeze(-1)))
         return torch.cat(leave) * self.leave_known
 
-    def frozen(self) -> FrozenGRU:
+    def frozen(self, compiled: bool = False) -> FrozenGRU:
         """This model's :meth:`respond` with the weights as they are now and the per-item work
-        done once (:class:`FrozenGRU`): what an environment steps (it takes one at reset)."""
-        return FrozenGRU(self)
+        done once (:class:`FrozenGRU`): what an environment steps (it takes one at reset;
+        ``compiled``: its step runs compiled, so the snapshot also keeps what only a compiled
+        step reads)."""
+        return FrozenGRU(self, compiled)
 
     def initial_state(self, n_users: int, generator: torch.Generator | None = None) -> Tensor:
         """The learned start-of-session state (no exposure yet), repeated ``n_users`` times."""
@@ -403,6 +409,16 @@ class GRUBehavior(SequenceUserModel):
         return {k: torch.stack(v, 1) for k, v in
                 (("click", click), ("conversion", conv), ("rating", rating), *values.items(),
                  ("leave", leave), ("click_negative", negative), ("click_state", states)) if v}
+
+
+#: a one-item slate's drawn outcomes (click, conversion), in the order of
+#: :meth:`GRUStack.outcome_input_gates`; a conversion comes only with a click
+OUTCOMES = ((0.0, 0.0), (1.0, 0.0), (1.0, 1.0))
+
+
+def outcome_index(click: Tensor, conversion: Tensor) -> Tensor:
+    """The :data:`OUTCOMES` index of drawn 0/1 ``click`` and ``conversion`` (same shape)."""
+    return (click + conversion).long()
 
 
 def _rows(table: Tensor, items: Tensor) -> Tensor:
@@ -561,20 +577,42 @@ class GRUStack:
         rating = skipped() if rating is None else 1.0 + 4.0 * torch.sigmoid(rating)
         return click, torch.sigmoid(conversion), rating, *values
 
-    def next_state(self, state: Tensor, slates: Tensor, click: Tensor, conversion: Tensor) -> Tensor:
+    def next_state(self, state: Tensor, slates: Tensor, click: Tensor, conversion: Tensor,
+                   input_gates: Tensor | None = None) -> Tensor:
         """Every member's state after ``slates`` and the response: the same for every member
-        (``[B, S]``) or each member's own users (``[K, B, S]``, as the ensemble's own-member step)."""
+        (``[B, S]``) or each member's own users (``[K, B, S]``, as the ensemble's own-member step).
+        ``input_gates`` ``[K, B, 3 hidden]``: the GRU's input-gate pre-activations where the
+        caller has them already (:meth:`outcome_input_gates`); else they are computed."""
         h = state[..., :self.hidden]
-        shown = _rows(self.event_shown, slates).mean(-2)                                    # [K, B, hidden]
-        clicked = (click.unsqueeze(-1) * _rows(self.event_clicked, slates)).sum(-2)
-        flags = (click.sum(-1).unsqueeze(-1) * self.event_flags[:, None, 0]
-                 + conversion.sum(-1).unsqueeze(-1) * self.event_flags[:, None, 1])
-        x = torch.relu(shown + clicked + flags)
-        h = gru_gates(_affine(self.ih, x), _affine(self.hh, h), h)
+        if input_gates is None:
+            input_gates = _affine(self.ih, self._event_input(slates, click, conversion))
+        h = gru_gates(input_gates, _affine(self.hh, h), h)
         if self.recency is None:
             return h
         recency, _, decays = self.recency
         return torch.cat([h, recency.update(state[..., self.hidden:], slates, decays, click)], -1)
+
+    def _event_input(self, slates: Tensor, click: Tensor, conversion: Tensor) -> Tensor:
+        """The GRU's input ``[K, B, hidden]``: the event layer over the shown slates and the response."""
+        shown = _rows(self.event_shown, slates).mean(-2)                                    # [K, B, hidden]
+        clicked = (click.unsqueeze(-1) * _rows(self.event_clicked, slates)).sum(-2)
+        flags = (click.sum(-1).unsqueeze(-1) * self.event_flags[:, None, 0]
+                 + conversion.sum(-1).unsqueeze(-1) * self.event_flags[:, None, 1])
+        return torch.relu(shown + clicked + flags)
+
+    def outcome_input_gates(self) -> Tensor:
+        """The input-gate pre-activations ``[K, N + 1, 3, 3 hidden]`` after a slate of one item
+        (the padding id included) and each drawn outcome: no click, a click, a click and a
+        conversion (:data:`OUTCOMES`, :func:`outcome_index`). With one shown item and 0/1
+        outcomes the event layer's input takes only these values, so the step's input-gate
+        product becomes a lookup (what :class:`FrozenGRU` does in compiled steps)."""
+        click = self.event_flags.new_tensor([outcome[0] for outcome in OUTCOMES])[:, None]  # [3, 1]
+        conversion = self.event_flags.new_tensor([outcome[1] for outcome in OUTCOMES])[:, None]
+        flags = click * self.event_flags[:, None, 0] + conversion * self.event_flags[:, None, 1]  # [K, 3, H]
+        x = torch.relu(self.event_shown[:, :, None] + click * self.event_clicked[:, :, None]
+                       + flags[:, None])                                                    # [K, N + 1, 3, H]
+        k, rows = x.shape[0], x.shape[1] * x.shape[2]
+        return _affine(self.ih, x.reshape(k, rows, -1)).view(*x.shape[:3], -1)
 
     def leave_prob(self, state: Tensor) -> Tensor:
         """Every member's probability ``[K, B]`` of leaving in ``state``."""
@@ -596,6 +634,13 @@ class FrozenGRU:
     head and ``hidden`` multiply-adds per head and slate item; the responses are the model's
     up to float rounding. A snapshot: take another after the weights change.
 
+    ``compiled`` (the environment's step runs compiled: ``trainer.compile``): with slates of one
+    item the GRU's input-gate product is looked up instead, from a table of every item's gates
+    after each drawn outcome (:meth:`GRUStack.outcome_input_gates`; up to
+    :data:`OUTCOME_TABLE_BYTES`), which the compiled kernel reads as it goes: one of the step's
+    two ``[B, hidden] x [hidden, 3 hidden]`` products, most of a step's arithmetic at 100 items.
+    Eager steps keep the product, and with it their bits.
+
     Example::
 
         step = model.frozen()
@@ -604,9 +649,13 @@ class FrozenGRU:
 
     pre_drawable = True  # draws only through sample_response: the env may pre-draw (recrl.env.noise)
 
-    def __init__(self, model: GRUBehavior) -> None:
+    def __init__(self, model: GRUBehavior, compiled: bool = False) -> None:
         self.n_items, self.signal_names = model.n_items, model.signal_names
         self.stack = GRUStack([model])
+        self.input_gates = None  # [(N + 1) x 3, 3 hidden]: one-item slates' input gates per outcome
+        table_bytes = (self.n_items + 1) * len(OUTCOMES) * 3 * model.hidden * 4
+        if compiled and table_bytes <= OUTCOME_TABLE_BYTES:
+            self.input_gates = self.stack.outcome_input_gates()[0].flatten(0, 1).contiguous()
 
     @torch.no_grad()
     def respond(self, state: Tensor, slates: Tensor, generator: torch.Generator,
@@ -618,7 +667,12 @@ class FrozenGRU:
         predicted = Predictions.unflat(parts, self.signal_names)
 
         def advance(click: Tensor, conversion: Tensor) -> tuple[Tensor, Tensor]:
-            nxt, leave = self.stack.advance(member, slates, click, conversion)
-            return nxt[0], leave[0]
+            gates = None
+            if self.input_gates is not None and slates.shape[-1] == 1:
+                # drawn outcomes are 0/1 (sample_response), so the input gates are a lookup
+                row = slates[:, 0] * len(OUTCOMES) + outcome_index(click[:, 0], conversion[:, 0])
+                gates = self.input_gates.index_select(0, row)[None]
+            nxt = self.stack.next_state(member, slates, click, conversion, gates)
+            return nxt[0], self.stack.leave_prob(nxt)[0]
 
         return sample_response(predicted, generator, choice, available, advance)

@@ -59,6 +59,7 @@ class RecEnv:
         self.device = torch.device(device)
         self.n_items = model.n_items
         self.generator = torch.Generator(self.device)
+        self.compiled = False  # whether transition runs compiled (expect_compiled)
         if boredom is not None:
             if item_categories is None:
                 raise RecrlError("env.boredom needs item categories (built from the dataset's item table)")
@@ -80,9 +81,7 @@ class RecEnv:
         """Start ``n_users`` fresh sessions; ``seed`` re-seeds the environment's generator."""
         if seed is not None:
             self.generator.manual_seed(seed)
-        # a model that can precompute its per-item work for fixed weights steps that snapshot
-        frozen = getattr(self.model, "frozen", None)
-        self.responder = frozen() if frozen is not None else self.model
+        self.responder = self._snapshot()
         self.state = self.model.initial_state(n_users, self.generator)
         self.items = torch.full((n_users, self.history_len, self.slate_size), self.n_items,
                                 dtype=torch.long, device=self.device)
@@ -95,6 +94,21 @@ class RecEnv:
         for rule in self.rules:
             rule.reset(n_users, self.device)
         return self.observe()
+
+    def _snapshot(self) -> UserModel:
+        """What steps the users: the model's snapshot where it can precompute its per-item work
+        for fixed weights (``frozen``), else the model itself."""
+        frozen = getattr(self.model, "frozen", None)
+        if frozen is None:
+            return self.model
+        return frozen(compiled=True) if self.compiled else frozen()
+
+    def expect_compiled(self) -> None:
+        """From now on :meth:`transition` runs compiled (``trainer.compile``): the model's
+        snapshot is retaken (and at every reset) with what only a compiled step reads."""
+        self.compiled = True
+        if hasattr(self, "responder"):
+            self.responder = self._snapshot()
 
     def start_from(self, obs: Obs, state: Tensor, seed: int | None = None) -> Obs:
         """Continue sessions from observed histories instead of fresh users: ``obs`` gives each
