@@ -34,7 +34,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from recrl.checkpoint import resolve_checkpoint
 from recrl.config import CONF_DIR, RENAMED_KEYS, compose_config, validate
-from recrl.memory import keep_freed_memory
+from recrl.memory import keep_freed_memory_as_configured
 from recrl.sweep import FAILED, INTERRUPTED, OK, PRUNED, JobStatus
 from recrl.types import Pruned, RecrlError
 
@@ -260,8 +260,7 @@ def _task(cfg: DictConfig) -> int:
     threads = OmegaConf.select(cfg, "trainer.threads")
     if threads:
         torch.set_num_threads(int(threads))
-    if OmegaConf.select(cfg, "trainer.keep_freed_memory", default=False):
-        keep_freed_memory()
+    keep_freed_memory_as_configured(cfg)
     start = time.perf_counter()
     status = _run_task(cfg, run_dir, hc.runtime.choices.get("algo"))
     dataclasses.replace(status, seconds=time.perf_counter() - start).write(run_dir)

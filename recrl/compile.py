@@ -140,9 +140,11 @@ def compile_function(function: Callable[..., Any], mode: str, owner: Any = None)
     return owning_outputs(compiled, owner) if uses_cuda_graphs(mode) else compiled
 
 
-def expect_compiled(env: Any) -> None:
-    """Tell an environment whose step was just compiled (``env.expect_compiled``, where it has
-    one): its user model's snapshot may then keep what only a compiled step reads."""
+def compile_env_step(env: Any, mode: str) -> None:
+    """Replace ``env``'s step arithmetic (:data:`ENV_HOT_PATH`) by its compiled form in ``mode``
+    (resolved) and tell the environment (``env.expect_compiled``, where it has one), so that its
+    user model's snapshot keeps what only a compiled step reads."""
+    setattr(env, ENV_HOT_PATH, compile_function(getattr(env, ENV_HOT_PATH), mode, env))
     expect = getattr(env, "expect_compiled", None)
     if expect is not None:
         expect()
@@ -161,9 +163,10 @@ def compile_hot_paths(algo: Any, env: Any, mode: str = "auto") -> list[str]:
         function = getattr(target, method, None)
         if function is None or getattr(target, "mode", None) == "none" or method in vars(target):
             continue  # nothing to compile, a fixed policy, or compiled already (a second fit)
-        setattr(target, method, compile_function(function, mode, target))
-        compiled.append(f"{owner}.{method}")
         if method == ENV_HOT_PATH:
-            expect_compiled(target)
+            compile_env_step(target, mode)
+        else:
+            setattr(target, method, compile_function(function, mode, target))
+        compiled.append(f"{owner}.{method}")
     logger.info("trainer.compile: %s compiled (mode %s); the first steps compile", ", ".join(compiled), mode)
     return compiled

@@ -16,12 +16,21 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+from typing import Any
+
+from omegaconf import OmegaConf
 
 M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3  # glibc's malloc.h parameter numbers
 C_INT_MAX = (1 << 31) - 1  # mallopt takes a C int: ctypes wraps larger values silently (1 << 32 -> 0)
 MMAP_THRESHOLD = 1 << 30  # blocks below 1 GB from the heap (glibc may cap it: 32 MB is tried next)
 TRIM_THRESHOLD = C_INT_MAX  # freed heap memory kept up to 2 GB
 TOP_PAD = 1 << 26  # the heap grows 64 MB at a time (untouched pages cost nothing)
+
+
+def keep_freed_memory_as_configured(cfg: Any) -> bool:
+    """A job's ``trainer.keep_freed_memory`` (absent: off): keep freed memory where it is on;
+    whether it is kept (the CLI for every job, ``scripts/bench_algos.py`` as the job would)."""
+    return bool(OmegaConf.select(cfg, "trainer.keep_freed_memory", default=False)) and keep_freed_memory()
 
 
 def keep_freed_memory() -> bool:

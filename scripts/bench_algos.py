@@ -67,7 +67,7 @@ from recrl.compile import COMPILE_MODES
 from recrl.config import algo_options, build_algo_by_name, compose_config, group_option, validate
 from recrl.logs import console_logging
 from recrl.loop import Trainer
-from recrl.memory import keep_freed_memory
+from recrl.memory import keep_freed_memory_as_configured
 from recrl.metrics.online import run_episodes
 from recrl.report import cpu_model, write_text_atomic
 from recrl.stages import build_stages
@@ -278,7 +278,7 @@ def main() -> None:
     bench_device(args.device)  # stops in one line where the device is missing
     cfg = compose_config("train", [f"trainer.device={args.device}", *args.overrides])
     validate(cfg)
-    kept_memory = bool(cfg.trainer.keep_freed_memory) and keep_freed_memory()  # as the job would
+    kept_memory = keep_freed_memory_as_configured(cfg)  # as the job would
     stages = build_stages(cfg, torch.device(args.device))
     if stages.ground_truth is None:
         sys.exit("this dataset has no ground-truth environment; use dataset=synthetic or coat")

@@ -126,7 +126,7 @@ from recrl.benchmark import (
     share_of_bound,
     sync,
 )
-from recrl.compile import COMPILE_MODES, ENV_HOT_PATH, compile_function, compile_mode, expect_compiled
+from recrl.compile import COMPILE_MODES, compile_env_step, compile_function, compile_mode
 from recrl.config import build, group_option
 from recrl.data.synthetic import SyntheticWorld
 from recrl.env.simulator import RecEnv
@@ -274,8 +274,7 @@ def compiled_step(env: RecEnv, args: argparse.Namespace) -> Callable[..., Any]:
     ``trainer.compile`` compiles, :data:`recrl.compile.ENV_HOT_PATH`; the step's random numbers
     are drawn before it)."""
     if args.compile:
-        setattr(env, ENV_HOT_PATH, compiled(getattr(env, ENV_HOT_PATH), args, env))
-        expect_compiled(env)
+        compile_env_step(env, compile_mode(args.compile_mode))
     return env.step
 
 

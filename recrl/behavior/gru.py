@@ -601,18 +601,17 @@ class GRUStack:
         return torch.relu(shown + clicked + flags)
 
     def outcome_input_gates(self) -> Tensor:
-        """The input-gate pre-activations ``[K, N + 1, 3, 3 hidden]`` after a slate of one item
-        (the padding id included) and each drawn outcome: no click, a click, a click and a
-        conversion (:data:`OUTCOMES`, :func:`outcome_index`). With one shown item and 0/1
-        outcomes the event layer's input takes only these values, so the step's input-gate
-        product becomes a lookup (what :class:`FrozenGRU` does in compiled steps)."""
-        click = self.event_flags.new_tensor([outcome[0] for outcome in OUTCOMES])[:, None]  # [3, 1]
-        conversion = self.event_flags.new_tensor([outcome[1] for outcome in OUTCOMES])[:, None]
-        flags = click * self.event_flags[:, None, 0] + conversion * self.event_flags[:, None, 1]  # [K, 3, H]
-        x = torch.relu(self.event_shown[:, :, None] + click * self.event_clicked[:, :, None]
-                       + flags[:, None])                                                    # [K, N + 1, 3, H]
-        k, rows = x.shape[0], x.shape[1] * x.shape[2]
-        return _affine(self.ih, x.reshape(k, rows, -1)).view(*x.shape[:3], -1)
+        """The input-gate pre-activations ``[K, (N + 1) x 3, 3 hidden]`` after a slate of one item
+        (the padding id included) and each drawn outcome, row ``3 item + outcome``: no click, a
+        click, a click and a conversion (:data:`OUTCOMES`, :func:`outcome_index`). With one shown
+        item and 0/1 outcomes the event layer's input takes only these values, so the step's
+        input-gate product becomes a lookup (what :class:`FrozenGRU` does in compiled steps); the
+        table is the step's own arithmetic on every (item, outcome) pair."""
+        rows = self.n_items + 1
+        items = torch.arange(rows, device=self.event_flags.device).repeat_interleave(len(OUTCOMES))[:, None]
+        click, conversion = (self.event_flags.new_tensor(values).repeat(rows)[:, None]  # [(N + 1) x 3, 1]
+                             for values in zip(*OUTCOMES, strict=True))
+        return _affine(self.ih, self._event_input(items, click, conversion))
 
     def leave_prob(self, state: Tensor) -> Tensor:
         """Every member's probability ``[K, B]`` of leaving in ``state``."""
@@ -655,7 +654,7 @@ class FrozenGRU:
         self.input_gates = None  # [(N + 1) x 3, 3 hidden]: one-item slates' input gates per outcome
         table_bytes = (self.n_items + 1) * len(OUTCOMES) * 3 * model.hidden * 4
         if compiled and table_bytes <= OUTCOME_TABLE_BYTES:
-            self.input_gates = self.stack.outcome_input_gates()[0].flatten(0, 1).contiguous()
+            self.input_gates = self.stack.outcome_input_gates()[0]
 
     @torch.no_grad()
     def respond(self, state: Tensor, slates: Tensor, generator: torch.Generator,
