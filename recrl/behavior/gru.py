@@ -619,10 +619,11 @@ class GRUStack:
         hidden = torch.relu(_affine(first, state[..., :self.hidden]))
         return torch.sigmoid(_affine(second, hidden))[..., 0] * self.leave_known[:, None]
 
-    def advance(self, state: Tensor, slates: Tensor, click: Tensor,
-                conversion: Tensor) -> tuple[Tensor, Tensor]:
-        """The next states and the leave probabilities there, ``([K, B, S], [K, B])``."""
-        nxt = self.next_state(state, slates, click, conversion)
+    def advance(self, state: Tensor, slates: Tensor, click: Tensor, conversion: Tensor,
+                input_gates: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """The next states and the leave probabilities there, ``([K, B, S], [K, B])``
+        (``input_gates``: see :meth:`next_state`)."""
+        nxt = self.next_state(state, slates, click, conversion, input_gates)
         return nxt, self.leave_prob(nxt)
 
 
@@ -652,7 +653,7 @@ class FrozenGRU:
         self.n_items, self.signal_names = model.n_items, model.signal_names
         self.stack = GRUStack([model])
         self.input_gates = None  # [(N + 1) x 3, 3 hidden]: one-item slates' input gates per outcome
-        table_bytes = (self.n_items + 1) * len(OUTCOMES) * 3 * model.hidden * 4
+        table_bytes = (self.n_items + 1) * len(OUTCOMES) * 3 * model.hidden * model.h0.element_size()
         if compiled and table_bytes <= OUTCOME_TABLE_BYTES:
             self.input_gates = self.stack.outcome_input_gates()[0]
 
@@ -666,12 +667,16 @@ class FrozenGRU:
         predicted = Predictions.unflat(parts, self.signal_names)
 
         def advance(click: Tensor, conversion: Tensor) -> tuple[Tensor, Tensor]:
-            gates = None
-            if self.input_gates is not None and slates.shape[-1] == 1:
-                # drawn outcomes are 0/1 (sample_response), so the input gates are a lookup
-                row = slates[:, 0] * len(OUTCOMES) + outcome_index(click[:, 0], conversion[:, 0])
-                gates = self.input_gates.index_select(0, row)[None]
-            nxt = self.stack.next_state(member, slates, click, conversion, gates)
-            return nxt[0], self.stack.leave_prob(nxt)[0]
+            gates = self._looked_up_gates(slates, click, conversion)
+            nxt, leave = self.stack.advance(member, slates, click, conversion, gates)
+            return nxt[0], leave[0]
 
         return sample_response(predicted, generator, choice, available, advance)
+
+    def _looked_up_gates(self, slates: Tensor, click: Tensor, conversion: Tensor) -> Tensor | None:
+        """The input gates ``[1, B, 3 hidden]`` from the outcome table, where there is one and
+        the slates hold one item (drawn outcomes are 0/1, :func:`sample_response`); else ``None``."""
+        if self.input_gates is None or slates.shape[-1] != 1:
+            return None
+        row = slates[:, 0] * len(OUTCOMES) + outcome_index(click[:, 0], conversion[:, 0])
+        return self.input_gates.index_select(0, row)[None]
