@@ -61,7 +61,11 @@ the loop cannot run nearer its bound than that share). Where greedy acting searc
 best items inside the product instead (``recrl.kernels.best_dot``: a CPU with the native kernel
 built, from ``nets.FUSED_SEARCH_ITEMS`` items, slates of up to ``nets.FUSED_MAX_SLATE`` items),
 ``fused_search_share_of_matmul`` is that kernel's rate alone (its FLOPs: the product's and the
-items' biases; ``machine.native_search`` says ``built (avx512)``, ``built (avx2)`` or why not).
+items' biases; ``machine.native_search`` says ``built (avx512bf16)``, ``built (avx512)``,
+``built (avx2)`` or why not). The ``avx512bf16`` build searches by bfloat16 factors, two
+multiply-adds an instruction, and proves its answer in float32 (README "A search fused into the
+product"), so its rate and the loop's share of the float32 bound can pass 1 (``RECRL_NATIVE=avx512``
+times the float32 build); ``acting_rechecked_share`` is the share of users it searched again.
 
 ``--acting-algo NAME`` times another algorithm's default network instead of DQN's, and
 ``--acting-explore`` acts as training does (``explore=True``: DQN's epsilon-greedy, a
@@ -421,13 +425,16 @@ def bench_acting(result: dict, args: argparse.Namespace, between: Callable[[], A
     loop.compile(args)
     loop.run(args.warmup)
     speed = batch * args.steps / best_seconds(lambda: loop.run(args.steps), device, args.repeats, between)
+    rechecked = kernels.rechecked_users()
+    loop.run(args.steps)
+    rechecked_share = (kernels.rechecked_users() - rechecked) / (batch * args.steps)
     policy = loop.policy
     dqn = isinstance(policy, DQN)
     scoring = scoring_gflops(policy, batch, device, args.repeats, between) if dqn else None
     fused = fused_search_gflops(policy, batch, device, args.repeats, between) if dqn else None
     return {**result, "acting_algo": args.acting_algo, "acting_explore": args.acting_explore,
             "acting_user_steps_per_s": speed, "acting_flops_per_user_step": flops,
-            "acting_over_env": speed / result["user_steps_per_s"],
+            "acting_over_env": speed / result["user_steps_per_s"], "acting_rechecked_share": rechecked_share,
             "scoring_gflops": scoring, "fused_search_gflops": fused}
 
 
@@ -574,6 +581,8 @@ def print_progress(console: Console, r: dict, acting: bool) -> None:
     scoring = _fmt(r.get("scoring_share_of_matmul"), ".2f")
     fused = r.get("fused_search_share_of_matmul")
     searched = "" if fused is None else f", the search fused into it {fused:.2f}"
+    if acting and kernels.variant() == "avx512bf16":
+        searched += f"; users searched again in float32 {r['acting_rechecked_share']:.2%}"
     line = (f", acting {r['acting_user_steps_per_s']:,.0f} ({r['acting_share_of_bound']:.3g} of its bound; "
             f"its scoring product alone {scoring} of the matmul rate{searched})" if acting else "")
     console.print(f"  {r['model']:>12} N={r['n_items']:>7,} B={r['batch']:>6,} K={r['slate']:>2}: "
@@ -705,6 +714,8 @@ def main() -> None:
             "DQN's (acting_algo's) act(explore=False) (explore=acting_explore) + env.step loop, "
             "acting_flops_per_user_step (FlopCounterMode), "
             "acting_share_of_bound, acting_over_env = acting / env-only user-steps/s, "
+            "acting_rechecked_share: the share of acting's users whose search the bfloat16 build "
+            "(machine.native_search built (avx512bf16)) could not prove and ran again in float32, "
             "scoring_gflops: GFLOP/s of the scoring product alone (DQN only), scoring_share_of_matmul = "
             "scoring_gflops / matmul_gflops, fused_search_gflops the same of the native search fused into "
             "the product, "

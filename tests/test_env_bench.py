@@ -304,6 +304,7 @@ def test_bench_script_reference_bound_and_compare() -> None:
     assert acting["acting_share_of_bound"] == pytest.approx(
         acting["acting_user_steps_per_s"] * acting["acting_flops_per_user_step"] / (gflops * 1e9))
     assert acting["acting_over_env"] == pytest.approx(acting["acting_user_steps_per_s"] / speed)
+    assert 0.0 <= acting["acting_rechecked_share"] <= 1.0
     assert acting["scoring_share_of_matmul"] == pytest.approx(acting["scoring_gflops"] / gflops)
     assert math.isfinite(acting["scoring_share_of_matmul"]) and acting["scoring_share_of_matmul"] > 0
     args.acting_algo, args.acting_explore = "ppo", True  # PPO drawing from its softmax, as in training

@@ -207,13 +207,20 @@ def _reason_in_subprocess(tmp_path, shown: str = "kernels.best_dot_ready(), kern
 def test_recrl_native_0_turns_the_kernel_off_and_says_so(tmp_path) -> None:
     assert _reason_in_subprocess(tmp_path, RECRL_NATIVE="0") == "False RECRL_NATIVE=0"
     assert _reason_in_subprocess(tmp_path, RECRL_NATIVE="sse") == \
-        "False RECRL_NATIVE='sse' (use 0, 1 or one of avx512, avx2)"
+        "False RECRL_NATIVE='sse' (use 0, 1 or one of avx512bf16, avx512, avx2)"
 
 
-@pytest.mark.skipif("avx2" not in RUNNABLE, reason="this CPU runs no AVX2 build")
-def test_recrl_native_avx2_acts_with_the_avx2_build(tmp_path) -> None:
-    assert _reason_in_subprocess(tmp_path, "kernels.status()", RECRL_NATIVE="avx2") == "built (avx2)"
-    assert [path.name.startswith("best_dot-avx2-") for path in tmp_path.iterdir()] == [True]
+@pytest.mark.parametrize("build", ["avx512", "avx2"])
+def test_recrl_native_names_a_narrower_build_to_act_with(tmp_path, build: str) -> None:
+    if build not in RUNNABLE:
+        pytest.skip(f"this CPU runs no {build} build")
+    assert _reason_in_subprocess(tmp_path, "kernels.status()", RECRL_NATIVE=build) == f"built ({build})"
+    assert [path.name.startswith(f"best_dot-{build}-") for path in tmp_path.iterdir()] == [True]
+
+
+@needs_kernel
+def test_by_default_acting_takes_the_widest_build_the_cpu_runs(tmp_path) -> None:
+    assert _reason_in_subprocess(tmp_path, "kernels.status()") == f"built ({RUNNABLE[0]})"
 
 
 @pytest.mark.skipif(len(RUNNABLE) < 2, reason="this CPU runs one build")
@@ -224,6 +231,64 @@ def test_the_builds_find_the_same_items() -> None:
     bias, excluded = torch.randn(3000, generator=gen), torch.randint(0, 3010, (40, 9), generator=gen)
     answers = [search(build, users, items, bias, excluded, 5) for build in RUNNABLE]
     assert all(torch.equal(answers[0], other) for other in answers[1:])
+
+
+needs_bf16 = pytest.mark.skipif("avx512bf16" not in RUNNABLE or "avx512" not in RUNNABLE,
+                                reason="this CPU runs no bfloat16 build")
+
+
+def rechecked_by(build: str, *args, **kwargs) -> tuple[torch.Tensor, int]:
+    """``search(build, ...)``'s answer and how many users it searched again in float32."""
+    library = kernels.load_variant(build)[0]
+    before = library.best_dot_rechecked()
+    best = search(build, *args, **kwargs)
+    return best, library.best_dot_rechecked() - before
+
+
+@needs_bf16
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("top", [1, 10])
+def test_the_bfloat16_search_proves_most_users_and_answers_as_float32(seed: int, top: int) -> None:
+    """Random factors: the rounded search's short lists prove nearly every user's answer (the
+    rest are searched again), and every answer is the float32 build's."""
+    gen = torch.Generator().manual_seed(seed)
+    users, items = torch.randn(300, 32, generator=gen), torch.randn(3000, 32, generator=gen)
+    bias, excluded = torch.randn(3000, generator=gen), torch.randint(0, 3010, (300, 10), generator=gen)
+    best, rechecked = rechecked_by("avx512bf16", users, items, bias, excluded, top)
+    assert torch.equal(best, search("avx512", users, items, bias, excluded, top))
+    assert torch.equal(best, reference_best(users, items, bias, excluded, top))
+    assert rechecked <= 30  # 10% at most; 0 or 1 measured
+
+
+@needs_bf16
+@pytest.mark.parametrize("top", [1, 3])
+def test_near_ties_that_bfloat16_cannot_tell_apart_are_searched_again_in_float32(top: int) -> None:
+    """Items that differ below bfloat16's precision (8 bits): the rounded scores tie, so no
+    answer can be proven from them; float32 tells them apart, and so does the build."""
+    gen = torch.Generator().manual_seed(0)
+    users, base = torch.randn(20, 16, generator=gen), torch.randn(700, 16, generator=gen)
+    close = base[:1].repeat(12, 1) * (1 + 1e-5 * torch.arange(12.0)[:, None])  # 12 near-copies
+    items = torch.cat([base, close[torch.randperm(12, generator=gen)]])
+    users[:10] = close[0] * (1 + 0.01 * torch.randn(10, 16, generator=gen))  # near-copies win
+    none = torch.zeros(20, 0).long()
+    best, rechecked = rechecked_by("avx512bf16", users, items, None, none, top)
+    assert rechecked >= 10
+    assert torch.equal(best, search("avx512", users, items, None, none, top))
+    assert torch.equal(best, reference_best(users, items, None, none, top))
+
+
+@needs_bf16
+def test_the_bfloat16_build_takes_float32_where_rounding_loses_the_answer() -> None:
+    """Factors near float32's largest (bfloat16 would round them to inf) and products below
+    float32's smallest normal (the bfloat16 product flushes them to 0): the float32 build's
+    answers."""
+    gen = torch.Generator().manual_seed(0)
+    none = torch.zeros(6, 0).long()
+    users, items = torch.randn(6, 8, generator=gen), torch.randn(900, 8, generator=gen)
+    huge, tiny = users * 3e38 / users.abs().max(), items * 1e-35
+    for u, v in ((huge, tiny), (users * 1e-5, tiny)):
+        best, _ = rechecked_by("avx512bf16", u, v, None, none, 2)
+        assert torch.equal(best, search("avx512", u, v, None, none, 2))
 
 
 @needs_kernel

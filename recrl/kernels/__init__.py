@@ -7,12 +7,15 @@ over a large catalogue spends as much time writing and re-reading its scores as 
 this kernel does the product alone at the matrix-multiply rate.
 
 The C source is compiled once per source, compiler and instruction set with the machine's C
-compiler (``$CC``, else ``cc``; ``-O3 -fopenmp`` and ``-mavx512f -mfma`` or ``-mavx2 -mfma``)
+compiler (``$CC``, else ``cc``; ``-O3 -fopenmp`` and the build's flags, :data:`VARIANTS`)
 into ``$RECRL_KERNEL_DIR`` (default ``~/.cache/recrl/kernels``), written atomically, and loaded
 with :mod:`ctypes`; its OpenMP threads are PyTorch's own (the library resolves ``libgomp.so.1``
-to the copy PyTorch loaded). The build is the widest the CPU runs, as PyTorch reports it
-(:data:`VARIANTS`: AVX-512, else AVX2, the vector width of most laptops and desktops);
-``RECRL_NATIVE=avx2`` asks for the AVX2 build on an AVX-512 CPU. Where the CPU has neither,
+to the copy PyTorch loaded). The build is the widest the CPU runs, as PyTorch and the library
+itself (``best_dot_runs_here``) report it: ``avx512bf16`` (AVX-512 with the bfloat16 dot
+product: the search by rounded factors, proven exact or searched again, twice the multiply-adds
+per instruction), ``avx512``, else ``avx2`` (the vector width of most laptops and desktops).
+All three answer with the same items. ``RECRL_NATIVE=avx512`` or ``avx2`` asks for a narrower
+build. Where the CPU has none,
 there is no compiler, the build fails, or ``RECRL_NATIVE=0``, :func:`best_dot_ready` is false
 and callers take their PyTorch path (:func:`unavailable_reason` says why; :func:`status` says
 which build runs or why none does).
@@ -48,7 +51,8 @@ log = logging.getLogger(__name__)
 SOURCE = Path(__file__).with_name("best_dot.c")
 FLAGS = ["-O3", "-fopenmp", "-shared", "-fPIC"]
 #: the builds, widest first: the flags of each and the PyTorch CPU capabilities that run it
-VARIANTS = {"avx512": (["-mavx512f", "-mfma"], ("AVX512",)),
+VARIANTS = {"avx512bf16": (["-mavx512f", "-mfma", "-mavx512bf16", "-DRECRL_BF16"], ("AVX512",)),
+            "avx512": (["-mavx512f", "-mfma"], ("AVX512",)),
             "avx2": (["-mavx2", "-mfma", "-DRECRL_AVX2"], ("AVX512", "AVX2"))}
 SMALL_WORK = 1 << 16  # user-item pairs below which one thread scores them (threads cost more)
 
@@ -130,6 +134,10 @@ def load_variant(variant: str) -> tuple[ctypes.CDLL | None, str | None]:
         except OSError as error:
             reason = f"the build failed: {error}"
         else:
+            library.best_dot_runs_here.restype = ctypes.c_int
+            library.best_dot_rechecked.restype = ctypes.c_int64
+            if not library.best_dot_runs_here():
+                return None, f"a CPU without the {variant.upper()} instructions"
             pointer, size = ctypes.c_void_p, ctypes.c_int64
             library.best_dot.argtypes = [pointer, pointer, pointer, size, size, size, pointer, size,
                                          size, pointer, ctypes.c_int]
@@ -170,13 +178,21 @@ def _library() -> ctypes.CDLL | None:
 
 
 def variant() -> str | None:
-    """Which build acting runs (``avx512``, ``avx2``), or ``None`` where none does."""
+    """Which build acting runs (``avx512bf16``, ``avx512``, ``avx2``), or ``None`` where none does."""
     return _load()[1]
 
 
 def status() -> str:
     """For reports: ``built (<variant>)``, or why no build runs here."""
     return f"built ({variant()})" if best_dot_ready() else str(unavailable_reason())
+
+
+def rechecked_users() -> int:
+    """Users whose answer the bfloat16 build (``avx512bf16``) could not prove from its rounded
+    search and searched again in float32, since the kernel loaded (0 for the other builds and
+    without a kernel): with :func:`best_dot`'s calls, the share it pays twice for."""
+    library = _library()
+    return int(library.best_dot_rechecked()) if library is not None else 0
 
 
 def best_dot_ready() -> bool:
