@@ -331,8 +331,7 @@ def run_facts(cfg: DictConfig, run_dir: Path, device: torch.device) -> dict[str,
     """Run directory, seed, device, CPU threads, which build of the native search runs
     (``built (avx512bf16)``, ``built (avx512)``, ``built (avx2)`` or why none: greedy acting on a
     CPU from 512 items searches inside the product with it, :func:`recrl.kernels.status`),
-    resolved config and
-    versions: the head of every report."""
+    resolved config and versions: the head of every report."""
     return {"run_dir": str(run_dir), "seed": int(cfg.seed), "device": str(device),
             "threads": torch.get_num_threads(), "native_search": kernels.status(),
             "config": OmegaConf.to_container(cfg, resolve=True),
