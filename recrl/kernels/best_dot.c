@@ -170,14 +170,19 @@ static float max_abs(const float *x, int64_t n) {
     return bad ? INFINITY : reduce_max(m);
 }
 
-/* acc[r][c] = the scores of user r for the W items Wc.. of the tile at v (item factors
- * dimension by dimension, row stride PANEL; the tile's biases at bias). */
-static inline __attribute__((always_inline)) void tile_scores(
-        vec acc[MR][NR], const float *v, const float *bias, int64_t dims, const float *const u[MR]) {
+/* Every user's accumulators of a tile start at the tile's items' biases. */
+static inline __attribute__((always_inline)) void start_at_bias(vec acc[MR][NR], const float *bias) {
     for (int c = 0; c < NR; ++c) {
         vec start = vload(bias + W * c);
         for (int r = 0; r < MR; ++r) acc[r][c] = start;
     }
+}
+
+/* acc[r][c] = the scores of user r for the W items Wc.. of the tile at v (item factors
+ * dimension by dimension, row stride PANEL; the tile's biases at bias). */
+static inline __attribute__((always_inline)) void tile_scores(
+        vec acc[MR][NR], const float *v, const float *bias, int64_t dims, const float *const u[MR]) {
+    start_at_bias(acc, bias);
     for (int64_t d = 0; d < dims; ++d, v += PANEL) {
         vec item[NR];
         for (int c = 0; c < NR; ++c) item[c] = vload(v + W * c);
@@ -355,10 +360,7 @@ static void to_bf16_pairs(const float *x, int64_t dims, int64_t first, int64_t l
 /* As tile_scores, on pairs of bfloat16 factors: `words` pairs, two dimensions a multiply-add. */
 static inline __attribute__((always_inline)) void tile_scores_bf16(
         vec acc[MR][NR], const float *v, const float *bias, int64_t words, const float *const u[MR]) {
-    for (int c = 0; c < NR; ++c) {
-        vec start = vload(bias + W * c);
-        for (int r = 0; r < MR; ++r) acc[r][c] = start;
-    }
+    start_at_bias(acc, bias);
     for (int64_t p = 0; p < words; ++p, v += PANEL) {
         __m512bh item[NR];
         for (int c = 0; c < NR; ++c) item[c] = (__m512bh)_mm512_load_si512((const void *)(v + W * c));
