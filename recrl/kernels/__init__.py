@@ -149,8 +149,8 @@ def load_variant(variant: str) -> tuple[ctypes.CDLL | None, str | None]:
 @functools.cache
 def _load() -> tuple[ctypes.CDLL | None, str | None, str | None]:
     """The library acting uses, its variant and ``None``; or ``None``, ``None`` and the reason
-    there is none. ``RECRL_NATIVE``: ``0`` none, ``avx2`` the AVX2 build, else the widest the
-    CPU runs."""
+    there is none. ``RECRL_NATIVE``: ``0`` none, a build's name (``avx512``, ``avx2``) that
+    build, else the widest the CPU runs."""
     wanted = os.environ.get("RECRL_NATIVE", "1").lower()
     if wanted == "0":
         reason = "RECRL_NATIVE=0"
