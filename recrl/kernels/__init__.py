@@ -49,7 +49,8 @@ from torch import Tensor
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("best_dot.c")
-FLAGS = ["-O3", "-fopenmp", "-shared", "-fPIC"]
+# -fno-strict-aliasing: the BF16 build reads its bfloat16 pairs, written as 32-bit integers, as floats
+FLAGS = ["-O3", "-fopenmp", "-shared", "-fPIC", "-fno-strict-aliasing"]
 #: the builds, widest first: the flags of each and the PyTorch CPU capabilities that run it
 VARIANTS = {"avx512bf16": (["-mavx512f", "-mfma", "-mavx512bf16", "-DRECRL_BF16"], ("AVX512",)),
             "avx512": (["-mavx512f", "-mfma"], ("AVX512",)),
