@@ -7,18 +7,17 @@ over a large catalogue spends as much time writing and re-reading its scores as 
 this kernel does the product alone at the matrix-multiply rate.
 
 The C source is compiled once per source, compiler and instruction set with the machine's C
-compiler (``$CC``, else ``cc``; ``-O3 -fopenmp`` and the build's flags, :data:`VARIANTS`)
-into ``$RECRL_KERNEL_DIR`` (default ``~/.cache/recrl/kernels``), written atomically, and loaded
-with :mod:`ctypes`; its OpenMP threads are PyTorch's own (the library resolves ``libgomp.so.1``
-to the copy PyTorch loaded). The build is the widest the CPU runs, as PyTorch and the library
+compiler (``$CC``, else ``cc``; :data:`FLAGS` and the build's, :data:`VARIANTS`) into
+``$RECRL_KERNEL_DIR`` (default ``~/.cache/recrl/kernels``), written atomically, and loaded with
+:mod:`ctypes`; its OpenMP threads are PyTorch's own (the library resolves ``libgomp.so.1`` to
+the copy PyTorch loaded). The build is the widest the CPU runs, as PyTorch and the library
 itself (``best_dot_runs_here``) report it: ``avx512bf16`` (AVX-512 with the bfloat16 dot
 product: the search by rounded factors, proven exact or searched again, twice the multiply-adds
 per instruction), ``avx512``, else ``avx2`` (the vector width of most laptops and desktops).
 All three answer with the same items. ``RECRL_NATIVE=avx512`` or ``avx2`` asks for a narrower
-build. Where the CPU has none,
-there is no compiler, the build fails, or ``RECRL_NATIVE=0``, :func:`best_dot_ready` is false
-and callers take their PyTorch path (:func:`unavailable_reason` says why; :func:`status` says
-which build runs or why none does).
+build. Where the CPU has none, there is no compiler, the build fails, or ``RECRL_NATIVE=0``,
+:func:`best_dot_ready` is false and callers take their PyTorch path (:func:`unavailable_reason`
+says why; :func:`status` says which build runs or why none does).
 
 Example::
 
