@@ -436,14 +436,16 @@ static double max_norm2(const float *x, int64_t dims, int64_t first, int64_t las
  * of norm unorm: the rounding of each factor (relative 2^-9, so 2^-8 + 2^-18 a product) on
  * sum |u_d v_d| <= unorm * vnorm (Cauchy-Schwarz, vnorm the largest item norm), the float32
  * sums of both scores (dims + 2 additions, each relative 2^-24, on at most bias + that sum),
- * and a flushed denormal per term (absolute). The proof compares the float32 score with the
- * rounded one, so both scores' errors count. */
+ * and denormals flushed to zero (absolute: a bfloat16 factor below 2^-126 read as 0 loses up to
+ * 2^-126 times the other factor, and each of the at most 2 dims + 4 additions of both sums may
+ * flush 2^-126; twice that, generously). The proof compares the float32 score with the rounded
+ * one, so both scores' errors count. */
 static double rounding_slack(double unorm, double vnorm, double bias_max, double umax, double vmax,
                              int64_t dims) {
     const double terms = unorm * vnorm * (1.0 + 1e-6) + bias_max;
     const double gamma = (double)(dims + 2) * 0x1p-24 / (1.0 - (double)(dims + 2) * 0x1p-24);
     return unorm * vnorm * (1.0 + 1e-6) * (0x1p-8 + 0x1p-18) + 2.0 * gamma * terms * (1.0 + 0x1p-7)
-           + 2.0 * (double)(dims + 2) * 0x1p-126 * (1.0 + umax + vmax);
+           + 4.0 * (double)(dims + 2) * 0x1p-126 * (1.0 + umax + vmax);
 }
 
 /* The bfloat16 search and its proof over preallocated buffers (search_bf16's): each proven
