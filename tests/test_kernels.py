@@ -285,6 +285,22 @@ def test_near_ties_that_bfloat16_cannot_tell_apart_are_searched_again_in_float32
 
 
 @needs_bf16
+@pytest.mark.parametrize("noise", [1e-2, 1e-3, 1e-4])
+def test_clustered_catalogues_answer_as_float32_however_many_users_are_searched_again(noise: float) -> None:
+    """50 clusters of 100 items each, spread by `noise` (relative): the finer the spread, the
+    more near ties the rounding cannot prove; the answers are the float32 build's throughout."""
+    gen = torch.Generator().manual_seed(int(1 / noise))
+    centres = torch.randn(50, 24, generator=gen)
+    items = (centres.repeat_interleave(100, 0) * (1 + noise * torch.randn(5000, 24, generator=gen)))
+    items = items[torch.randperm(5000, generator=gen)]
+    users = centres[torch.randint(0, 50, (60,), generator=gen)] + 0.1 * torch.randn(60, 24, generator=gen)
+    bias, excluded = 0.1 * torch.randn(5000, generator=gen), torch.randint(0, 5010, (60, 5), generator=gen)
+    best, rechecked = rechecked_by("avx512bf16", users, items, bias, excluded, 1)
+    assert torch.equal(best, search("avx512", users, items, bias, excluded, 1))
+    assert rechecked >= 10  # 34-56 of 60 measured: the float32 search again is exercised
+
+
+@needs_bf16
 def test_the_bfloat16_build_takes_float32_where_rounding_loses_the_answer() -> None:
     """Factors near float32's largest (bfloat16 would round them to inf) and products below
     float32's smallest normal (the bfloat16 product flushes them to 0), and a catalogue too small
