@@ -317,8 +317,8 @@ static int scores_bounded(const float *users, const float *items, const float *b
 /* The catalogue size from which the rounded search pays: below it, a user's fixed costs (its
  * first tile, where every score enters the emptier list, and the proof) outweigh the halved
  * multiply-adds. Measured (1,024 users, 32 dimensions, 2 threads) against the float32 search:
- * top 1 0.5x at 512 items, 1.0x at 3,000, 1.3x at 5,000, 1.4x at 10,000; top 10 1.2x at
- * 10,000, 1.35x at 20,000. */
+ * top 1 0.5x at 512 items, 1.0x at 3,000, 1.3x at 5,000, 1.2-1.4x at 10,000; top 10
+ * 1.1-1.3x at 10,000, 1.35x at 20,000. */
 #define BF16_MIN_ITEMS(top) (4096 + 512 * (top))
 
 /* List entries past `top` that the rounded search keeps for the proof: more prove more users
