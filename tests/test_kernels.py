@@ -300,6 +300,26 @@ def test_clustered_catalogues_answer_as_float32_however_many_users_are_searched_
     assert rechecked >= 10  # 34-56 of 60 measured: the float32 search again is exercised
 
 
+@pytest.mark.parametrize("threads", [2, 3])
+def test_every_build_answers_alike_on_several_threads(threads: int) -> None:
+    """The threads split the users (and share the packing of each panel; the bfloat16 build
+    also its rounding of the items and their norms): the same answers as one thread's."""
+    if not RUNNABLE:
+        pytest.skip(f"no native build runs here: {kernels.unavailable_reason()}")
+    gen = torch.Generator().manual_seed(threads)
+    users, items = torch.randn(100, 32, generator=gen), torch.randn(BF16_ITEMS[3], 32, generator=gen)
+    bias = torch.randn(items.shape[0], generator=gen)
+    excluded = torch.randint(0, 6000, (100, 7), generator=gen)
+    expected = reference_best(users, items, bias, excluded, 3)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        answers = {build: search(build, users, items, bias, excluded, 3) for build in RUNNABLE}
+    finally:
+        torch.set_num_threads(before)
+    assert all(torch.equal(best, expected) for best in answers.values())
+
+
 @needs_bf16
 def test_the_bfloat16_build_takes_float32_where_rounding_loses_the_answer() -> None:
     """Factors near float32's largest (bfloat16 would round them to inf) and products below
