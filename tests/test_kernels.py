@@ -4,9 +4,11 @@ fallbacks; acting through it (``nets.fused_greedy``) eager and compiled."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -318,6 +320,19 @@ def test_every_build_answers_alike_on_several_threads(threads: int) -> None:
     finally:
         torch.set_num_threads(before)
     assert all(torch.equal(best, expected) for best in answers.values())
+
+
+@pytest.mark.skipif(len(RUNNABLE) < 2, reason="this CPU runs one build")
+def test_the_stress_script_compares_the_builds_and_writes_its_table(tmp_path) -> None:
+    out = tmp_path / "stress.json"
+    script = Path(__file__).parents[1] / "scripts" / "stress_native_search.py"
+    done = subprocess.run([sys.executable, str(script), "--seconds", "1", "--items", "5000", "5200",
+                           "--out", str(out)], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(out.read_text())
+    assert report["builds"] == RUNNABLE
+    assert sum(row["cases"] for row in report["rows"].values()) > 0
+    assert all(row["mismatches"] == 0 for row in report["rows"].values())
 
 
 @needs_bf16
