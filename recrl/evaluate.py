@@ -192,6 +192,7 @@ def evaluate(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     report.update(task="eval", checkpoint=str(path), source_run=str(payload.get("run_dir", "")),
                   checkpoint_step=int(payload["step"]))
     report["timings"] = {"total_s": time.perf_counter() - start}
+    report["native_search_users"] = kernels.search_counts()
     write_report(run_dir, report)
     print_report_table(report)
     return report

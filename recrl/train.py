@@ -13,6 +13,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 import recrl
+from recrl import kernels
 from recrl.algos.planner import missing_methods
 from recrl.checkpoint import load_checkpoint, save_checkpoint
 from recrl.config import build, validate
@@ -206,6 +207,7 @@ def train(cfg: DictConfig, run_dir: Path, algo_name: str) -> TrainedRun:
         report["init_from"] = algo.init_from
     report["timings"] = {"behavior_fit_s": t_fit - t0, "train_s": t_train - t_fit,
                          "eval_s": time.perf_counter() - t_train, "total_s": time.perf_counter() - t0}
+    report["native_search_users"] = kernels.search_counts()  # training and evaluation together
     plot_learning_curves(run_dir / "metrics.jsonl", run_dir / "plots" / "learning_curve.png")
     write_report(run_dir, report)
     print_report_table(report)

@@ -80,6 +80,8 @@ def test_train_writes_the_run_folder(trained_run: tuple[Path, Path]) -> None:
     assert 0 < report["behavior"]["valid_click_auc"] <= 1
     assert report["seed"] == 0 and report["versions"]["torch"]
     assert report["native_search"] == kernels.status()
+    # the tiny world's catalogue is under the bfloat16 search's threshold: nothing rounded
+    assert report["native_search_users"] == {"rounded_users": 0, "searched_again": 0}
     ckpt = load_checkpoint(run / "checkpoints" / "last.pt")
     assert ckpt["algo_name"] == algo and ckpt["step"] in (60, 70)  # on-policy: whole episodes of 10 steps
 

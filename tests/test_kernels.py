@@ -322,6 +322,19 @@ def test_every_build_answers_alike_on_several_threads(threads: int) -> None:
     assert all(torch.equal(best, expected) for best in answers.values())
 
 
+@pytest.mark.skipif(kernels.variant() != "avx512bf16", reason="acting here does not run the bfloat16 build")
+def test_the_search_counts_say_how_many_users_were_rounded_and_searched_again() -> None:
+    gen = torch.Generator().manual_seed(0)
+    users, base = torch.randn(30, 16, generator=gen), torch.randn(BF16_ITEMS[1], 16, generator=gen)
+    users[:5] = base[7] * 10  # five users whose best item has four near-copies: not provable
+    items = torch.cat([base, base[7:8].repeat(4, 1) * (1 + 1e-6 * torch.arange(1.0, 5.0)[:, None])])
+    before = kernels.search_counts()
+    kernels.best_dot(users, items, None, torch.zeros(30, 0).long())
+    after = kernels.search_counts()
+    assert after["rounded_users"] - before["rounded_users"] == 30
+    assert after["searched_again"] - before["searched_again"] >= 5
+
+
 @pytest.mark.skipif(len(RUNNABLE) < 2, reason="this CPU runs one build")
 def test_the_stress_script_compares_the_builds_and_writes_its_table(tmp_path) -> None:
     out = tmp_path / "stress.json"

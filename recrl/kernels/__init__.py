@@ -136,6 +136,7 @@ def load_variant(variant: str) -> tuple[ctypes.CDLL | None, str | None]:
         else:
             library.best_dot_runs_here.restype = ctypes.c_int
             library.best_dot_rechecked.restype = ctypes.c_int64
+            library.best_dot_rounded.restype = ctypes.c_int64
             if not library.best_dot_runs_here():
                 return None, f"a CPU without the {variant.upper()} instructions"
             pointer, size = ctypes.c_void_p, ctypes.c_int64
@@ -190,9 +191,23 @@ def status() -> str:
 def rechecked_users() -> int:
     """Users whose answer the bfloat16 build (``avx512bf16``) could not prove from its rounded
     search and searched again in float32, since the kernel loaded (0 for the other builds and
-    without a kernel): with :func:`best_dot`'s calls, the share it pays twice for."""
+    without a kernel): of :func:`rounded_users`, the ones it paid twice for."""
     library = _library()
     return int(library.best_dot_rechecked()) if library is not None else 0
+
+
+def rounded_users() -> int:
+    """Users the bfloat16 build searched by rounded factors (from its threshold of items on),
+    since the kernel loaded (0 for the other builds and without a kernel)."""
+    library = _library()
+    return int(library.best_dot_rounded()) if library is not None else 0
+
+
+def search_counts() -> dict[str, int]:
+    """For reports: the users this process searched by rounded factors and of them the ones
+    searched again in float32 (both 0 unless the ``avx512bf16`` build runs and the catalogue
+    reaches its threshold)."""
+    return {"rounded_users": rounded_users(), "searched_again": rechecked_users()}
 
 
 def best_dot_ready() -> bool:

@@ -119,9 +119,10 @@ int best_dot_runs_here(void) {
 #endif
 }
 
-/* Users the BF16 build could not prove and searched again in float32, since the library loaded
- * (0 in the other builds). */
-static int64_t rechecked_users = 0;
+/* Users the BF16 build searched by rounded factors, and of those the ones it could not prove
+ * and searched again in float32, since the library loaded (0 in the other builds). */
+static int64_t rounded_users = 0, rechecked_users = 0;
+int64_t best_dot_rounded(void) { return __atomic_load_n(&rounded_users, __ATOMIC_RELAXED); }
 int64_t best_dot_rechecked(void) { return __atomic_load_n(&rechecked_users, __ATOMIC_RELAXED); }
 
 static int excluded_item(const int64_t *excluded, int64_t count, int64_t item) {
@@ -541,6 +542,7 @@ static int search_bf16(const float *users, const float *items, const float *bias
         const int64_t unproven = search_and_prove(users, items, bias, b, dims, n, excluded, count, top,
                                                   length, best, threads, pack, user_words, item_words,
                                                   item_norm2, list_score, list_item, proven);
+        __atomic_add_fetch(&rounded_users, b, __ATOMIC_RELAXED);
         __atomic_add_fetch(&rechecked_users, unproven, __ATOMIC_RELAXED);
         status = unproven ? recheck(users, items, bias, b, dims, n, excluded, count, top, proven, unproven,
                                     best, threads) : 0;
