@@ -425,9 +425,9 @@ def bench_acting(result: dict, args: argparse.Namespace, between: Callable[[], A
     loop.compile(args)
     loop.run(args.warmup)
     speed = batch * args.steps / best_seconds(lambda: loop.run(args.steps), device, args.repeats, between)
-    rechecked = kernels.rechecked_users()
+    rechecked = kernels.search_counts()["searched_again"]
     loop.run(args.steps)
-    rechecked_share = (kernels.rechecked_users() - rechecked) / (batch * args.steps)
+    rechecked_share = (kernels.search_counts()["searched_again"] - rechecked) / (batch * args.steps)
     policy = loop.policy
     dqn = isinstance(policy, DQN)
     scoring = scoring_gflops(policy, batch, device, args.repeats, between) if dqn else None

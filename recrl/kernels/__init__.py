@@ -188,26 +188,16 @@ def status() -> str:
     return f"built ({variant()})" if best_dot_ready() else str(unavailable_reason())
 
 
-def rechecked_users() -> int:
-    """Users whose answer the bfloat16 build (``avx512bf16``) could not prove from its rounded
-    search and searched again in float32, since the kernel loaded (0 for the other builds and
-    without a kernel): of :func:`rounded_users`, the ones it paid twice for."""
-    library = _library()
-    return int(library.best_dot_rechecked()) if library is not None else 0
-
-
-def rounded_users() -> int:
-    """Users the bfloat16 build searched by rounded factors (from its threshold of items on),
-    since the kernel loaded (0 for the other builds and without a kernel)."""
-    library = _library()
-    return int(library.best_dot_rounded()) if library is not None else 0
-
-
 def search_counts() -> dict[str, int]:
-    """For reports: the users this process searched by rounded factors and of them the ones
-    searched again in float32 (both 0 unless the ``avx512bf16`` build runs and the catalogue
-    reaches its threshold)."""
-    return {"rounded_users": rounded_users(), "searched_again": rechecked_users()}
+    """The users this process's kernel searched by rounded factors (``rounded_users``: the
+    ``avx512bf16`` build, from its threshold of items on) and of them the ones it could not
+    prove and searched again in float32 (``searched_again``), since it loaded; both 0 for the
+    other builds and without a kernel. For reports and benchmarks."""
+    library = _library()
+    if library is None:
+        return {"rounded_users": 0, "searched_again": 0}
+    return {"rounded_users": int(library.best_dot_rounded()),
+            "searched_again": int(library.best_dot_rechecked())}
 
 
 def best_dot_ready() -> bool:

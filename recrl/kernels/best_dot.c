@@ -305,13 +305,19 @@ static int search_f32(const float *users, const float *items, const float *bias,
     return status;
 }
 
-/* The largest score that could overflow is checked first: 1 where an input is not finite or a
- * score could overflow float32 (NaN rules included). */
-static int scores_bounded(const float *users, const float *items, const float *bias, int64_t b,
-                          int64_t dims, int64_t n) {
-    const float bound = max_abs(users, b * dims) * max_abs(items, n * dims) * (float)dims
-                        + (bias ? max_abs(bias, n) : 0.0f);
-    return bound < 1e37f;
+/* The largest |value| of the users' factors, the items' factors and the biases (0 without),
+ * each +inf if any value is not finite: measured once a call, read by every check below. */
+typedef struct { float users, items, bias; } magnitudes;
+
+static magnitudes largest_magnitudes(const float *users, const float *items, const float *bias,
+                                     int64_t b, int64_t dims, int64_t n) {
+    magnitudes m = {max_abs(users, b * dims), max_abs(items, n * dims), bias ? max_abs(bias, n) : 0.0f};
+    return m;
+}
+
+/* Whether every input is finite and no score can overflow float32 (else best_dot returns 1). */
+static int scores_bounded(magnitudes m, int64_t dims) {
+    return m.users * m.items * (float)dims + m.bias < 1e37f;
 }
 
 #ifdef RECRL_BF16
@@ -455,12 +461,10 @@ static double rounding_slack(double unorm, double vnorm, double bias_max, double
  * user's answer in best and proven[u] = 1; returns the number of users not proven. */
 static int64_t search_and_prove(const float *users, const float *items, const float *bias, int64_t b,
                                 int64_t dims, int64_t n, const int64_t *excluded, int64_t count,
-                                int64_t top, int64_t length, int64_t *best, int threads, float *pack,
-                                uint32_t *user_words, uint32_t *item_words, double *item_norm2,
-                                float *list_score, int64_t *list_item, char *proven) {
+                                int64_t top, int64_t length, int64_t *best, int threads, magnitudes m,
+                                float *pack, uint32_t *user_words, uint32_t *item_words,
+                                double *item_norm2, float *list_score, int64_t *list_item, char *proven) {
     const int64_t blocks = (b + MR - 1) / MR, words = (dims + 1) / 2;
-    const double umax = max_abs(users, b * dims), vmax = max_abs(items, n * dims);
-    const double bias_max = bias ? max_abs(bias, n) : 0.0;
     int64_t unproven = 0;
     #pragma omp parallel num_threads(threads) reduction(+:unproven)
     {
@@ -486,7 +490,7 @@ static int64_t search_and_prove(const float *users, const float *items, const fl
         for (int64_t i = u_lo; i < u_hi; ++i) {
             const float *u = users + i * dims;
             const double slack = rounding_slack(sqrt(max_norm2(users, dims, i, i + 1)), sqrt(vnorm2),
-                                                bias_max, umax, vmax, dims);
+                                                m.bias, m.users, m.items, dims);
             proven[i] = (char)prove_user(u, items, bias, dims, list_score + i * length,
                                          list_item + i * length, length, top, slack, best + i * top);
             unproven += !proven[i];
@@ -524,8 +528,8 @@ static int recheck(const float *users, const float *items, const float *bias, in
  * searched by search_f32; best_dot's arguments and return values. */
 static int search_bf16(const float *users, const float *items, const float *bias, int64_t b,
                        int64_t dims, int64_t n, const int64_t *excluded, int64_t count, int64_t top,
-                       int64_t *best, int threads) {
-    if (n < BF16_MIN_ITEMS(top) || max_abs(users, b * dims) > 1e38f || max_abs(items, n * dims) > 1e38f)
+                       int64_t *best, int threads, magnitudes m) {
+    if (n < BF16_MIN_ITEMS(top) || m.users > 1e38f || m.items > 1e38f)
         /* a small catalogue, or factors near float32's largest (bfloat16 would round them to inf) */
         return search_f32(users, items, bias, b, dims, n, excluded, count, top, best, threads);
     const int64_t blocks = (b + MR - 1) / MR, words = (dims + 1) / 2, length = top + SPARE(top);
@@ -540,7 +544,7 @@ static int search_bf16(const float *users, const float *items, const float *bias
     if (pack && user_words && item_words && item_norm2 && proven
         && new_lists(blocks * MR, length, &list_score, &list_item)) {
         const int64_t unproven = search_and_prove(users, items, bias, b, dims, n, excluded, count, top,
-                                                  length, best, threads, pack, user_words, item_words,
+                                                  length, best, threads, m, pack, user_words, item_words,
                                                   item_norm2, list_score, list_item, proven);
         __atomic_add_fetch(&rounded_users, b, __ATOMIC_RELAXED);
         __atomic_add_fetch(&rechecked_users, unproven, __ATOMIC_RELAXED);
@@ -562,9 +566,10 @@ static int search_bf16(const float *users, const float *items, const float *bias
 int best_dot(const float *users, const float *items, const float *bias, int64_t b, int64_t dims,
              int64_t n, const int64_t *excluded, int64_t count, int64_t top, int64_t *best,
              int threads) {
-    if (!scores_bounded(users, items, bias, b, dims, n)) return 1;
+    const magnitudes m = largest_magnitudes(users, items, bias, b, dims, n);
+    if (!scores_bounded(m, dims)) return 1;
 #ifdef RECRL_BF16
-    return search_bf16(users, items, bias, b, dims, n, excluded, count, top, best, threads);
+    return search_bf16(users, items, bias, b, dims, n, excluded, count, top, best, threads, m);
 #else
     return search_f32(users, items, bias, b, dims, n, excluded, count, top, best, threads);
 #endif
